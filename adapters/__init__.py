@@ -1,0 +1,1 @@
+"""Wire-protocol adapters (AMQP, MQTT, Kafka, OpenWire), each registered through the ``polymq`` hooks."""

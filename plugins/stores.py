@@ -1,0 +1,40 @@
+"""Built-in store backends: ``memory`` and ``sqlite``, registered through the store hook."""
+
+from __future__ import annotations
+
+from polymq.core.hookspecs import hookimpl
+from polymq.core.plugins import StoreBackendSpec
+
+COMMON_KEYS = ("backend", "data_dir")
+
+
+def _options(section: dict) -> dict:
+    return {k: v for k, v in section.items() if k not in COMMON_KEYS}
+
+
+def _memory(section: dict):
+    from polymq.core.store.memory import MemoryStore
+
+    return MemoryStore(config=_options(section))
+
+
+def _sqlite(section: dict):
+    from polymq.core.store.sqlite import SqliteStore
+
+    return SqliteStore(section["data_dir"], **_options(section))
+
+
+@hookimpl
+def polymq_store_backends():
+    return [
+        StoreBackendSpec(
+            name="memory",
+            factory=_memory,
+            description="nothing is kept across restarts; for tests and transient brokers",
+        ),
+        StoreBackendSpec(
+            name="sqlite",
+            factory=_sqlite,
+            description="one SQLite file in data_dir, WAL, group commit on a writer thread",
+        ),
+    ]
