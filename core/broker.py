@@ -1,0 +1,192 @@
+"""The broker: virtual hosts over a store, plus what adapters share (auth, limits, formats)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .errors import NotFound
+from .queue import Queue
+from .store.interfaces import IStore, StoreSnapshot
+from .store.memory import MemoryStore
+from .stream import Stream, StreamFormat
+from .vhost import VirtualHost
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+log = Logger()
+
+
+class Broker:
+    """Owns the virtual hosts and the store.
+
+    ``config`` is the whole effective configuration (see docs/config.md); the broker reads
+    ``limits`` and ``broker`` from it. ``clock`` is the reactor (or a test clock) for timers.
+    """
+
+    def __init__(
+        self,
+        store: IStore | None = None,
+        plugins: Any = None,
+        config: dict | None = None,
+        clock: Any = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.store: IStore = store if store is not None else MemoryStore()
+        self.plugins = plugins
+        self.config = config or {}
+        limits = self.config.get("limits", {})
+        broker_cfg = self.config.get("broker", {})
+        self.max_message_size: int = limits.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        self.default_delivery_limit: int | None = broker_cfg.get("max_deliveries") or None
+        self.default_vhost: str = broker_cfg.get("default_vhost", "/")
+        self.stream_formats: dict[str, StreamFormat] = {}
+        self.vhosts: dict[str, VirtualHost] = {}
+        self._kv: dict[str, dict[str, bytes]] = {}
+        self.started = False
+        self.add_vhost(self.default_vhost)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self):
+        """Open the store and rebuild every durable entity from it."""
+        snapshot = yield self.store.open()
+        self._restore(snapshot)
+        self.started = True
+
+    @defer.inlineCallbacks
+    def stop(self):
+        """Close the store once every queued write is durable."""
+        self.started = False
+        yield self.store.close()
+
+    def _restore(self, snap: StoreSnapshot) -> None:
+        kv_vhosts = snap.kv.get("vhosts", {})
+        for name in kv_vhosts:
+            self.add_vhost(name)
+        for vhost, name, rec in snap.exchanges:
+            vh = self.add_vhost(vhost)
+            if name not in vh.exchanges:
+                vh.declare_exchange(
+                    name, rec["type"], durable=True, auto_delete=rec.get("auto_delete", False),
+                    internal=rec.get("internal", False), arguments=rec.get("arguments") or {},
+                )
+        for vhost, name, rec in snap.queues:
+            vh = self.add_vhost(vhost)
+            args = rec.get("arguments") or {}
+            if rec.get("type") == "stream":
+                s = Stream(vh, name, durable=True, partitions=rec.get("partitions", 1),
+                           arguments=args)
+                s.config = rec.get("config") or {}
+                vh.queues[name] = s
+            else:
+                vh.queues[name] = Queue(
+                    vh, name, durable=True, auto_delete=rec.get("auto_delete", False),
+                    arguments=args,
+                )
+        for vhost, source, kind, dest, key, args in snap.bindings:
+            vh = self.vhosts.get(vhost)
+            if vh is None:
+                continue
+            ex = vh.exchanges.get(source)
+            target = vh.exchanges.get(dest) if kind == "exchange" else vh.queues.get(dest)
+            if ex is None or target is None:
+                continue
+            if ex.bind(target, key, args) and kind == "exchange":
+                vh._e2e += 1
+        for (vhost, queue), rows in snap.messages.items():
+            q = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(queue)
+            if isinstance(q, Queue):
+                for seq, data, count in rows:
+                    q.restore(seq, data, count)
+        for (vhost, stream, part), rows in snap.stream_entries.items():
+            s = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(stream)
+            if isinstance(s, Stream):
+                if part >= len(s.partitions):
+                    s.add_partitions(part + 1)
+                p = s.partitions[part]
+                for offset, count, ts, fmt, data in rows:
+                    p.restore(offset, count, ts, fmt, data)
+        self._kv = {ns: dict(v) for ns, v in snap.kv.items()}
+        log.info(
+            "restored {queues} queues/streams, {messages} messages",
+            queues=len(snap.queues),
+            messages=sum(len(r) for r in snap.messages.values()),
+        )
+
+    # -- virtual hosts ----------------------------------------------------------------------
+
+    def add_vhost(self, name: str) -> VirtualHost:
+        vh = self.vhosts.get(name)
+        if vh is None:
+            vh = self.vhosts[name] = VirtualHost(self, name)
+            if name != self.default_vhost:
+                self.kv_put("vhosts", name, b"")
+        return vh
+
+    def vhost(self, name: str | None = None) -> VirtualHost:
+        vh = self.vhosts.get(self.default_vhost if name is None else name)
+        if vh is None:
+            raise NotFound(f"no vhost '{name}'")
+        return vh
+
+    # -- durability -------------------------------------------------------------------------
+
+    def when_durable(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once everything written so far is on disk (group commit)."""
+        self.store.after_durable(callback)
+
+    # -- adapter-owned records (MQTT sessions, retained messages, Kafka offsets) --------------
+
+    def kv(self, namespace: str) -> dict[str, bytes]:
+        """The records of a namespace as loaded at start and updated since (read-only view)."""
+        return self._kv.setdefault(namespace, {})
+
+    def kv_put(self, namespace: str, key: str, value: bytes) -> None:
+        self._kv.setdefault(namespace, {})[key] = value
+        self.store.put_kv(namespace, key, value)
+
+    def kv_delete(self, namespace: str, key: str) -> None:
+        ns = self._kv.get(namespace)
+        if ns is not None and ns.pop(key, None) is not None:
+            self.store.delete_kv(namespace, key)
+
+    def kv_put_obj(self, namespace: str, key: str, value: Any) -> None:
+        self.kv_put(namespace, key, msgpack.packb(value, use_bin_type=True))
+
+    def kv_get_obj(self, namespace: str, key: str) -> Any:
+        data = self.kv(namespace).get(key)
+        if data is None:
+            return None
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+    # -- authentication ---------------------------------------------------------------------
+
+    def authenticate(
+        self, protocol: str, username: str | None, password: str | bytes | None, peer: Any
+    ) -> Any:
+        """Ask the auth plugins; returns an Identity, or a Refusal (or None if nobody answered).
+
+        Called once per connection, never per message.
+        """
+        from .auth import Identity, Refusal
+
+        if self.plugins is None:
+            return Identity(user=username or "anonymous", protocol=protocol)
+        try:
+            result = self.plugins.hook.polymq_authenticate(
+                protocol=protocol, username=username, password=password, peer=peer
+            )
+        except Exception as e:  # a broken auth plugin refuses, it does not crash a connection
+            log.failure("auth plugin failed")
+            return Refusal(reason=f"authentication error: {e}")
+        if result is None:
+            return Refusal(reason="no authentication plugin accepted the client")
+        return result

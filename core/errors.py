@@ -1,0 +1,43 @@
+"""Protocol-neutral broker errors.
+
+Each carries the AMQP 0-9-1 reply code it corresponds to, because that protocol has the richest
+vocabulary; other adapters translate the class into their own reason codes.
+"""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    code = 541  # internal-error
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class AccessRefused(BrokerError):
+    code = 403
+
+
+class NotFound(BrokerError):
+    code = 404
+
+
+class ResourceLocked(BrokerError):
+    code = 405
+
+
+class PreconditionFailed(BrokerError):
+    code = 406
+
+
+class CommandInvalid(BrokerError):
+    code = 503
+
+
+class ResourceError(BrokerError):
+    code = 506
+
+
+class NotAllowed(BrokerError):
+    code = 530

@@ -1,0 +1,695 @@
+"""Queues: FIFO with competing consumers, credit, acknowledgement and dead-lettering.
+
+A queue pushes to its consumers while they have room (prefetch window and/or link credit),
+round-robin across the ones that do, so prefetch=1 gives fair dispatch. Everything an adapter
+needs for delivery semantics lives here: ack, nack/reject with or without requeue, redelivery
+with a delivery count, TTL, priorities, max-length, dead-letter exchange, delivery limit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import PreconditionFailed, ResourceLocked
+from .message import Message, now_ms
+
+if TYPE_CHECKING:
+    from .vhost import VirtualHost
+
+OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+
+class Delivery:
+    """One message on one queue. The same object is handed out again on redelivery.
+
+    ``delivery_count`` is how many times it was delivered before the current delivery, so
+    ``redelivered`` (AMQP) is ``delivery_count > 0`` and JMSXDeliveryCount is ``delivery_count+1``.
+    """
+
+    __slots__ = (
+        "queue",
+        "seq",
+        "message",
+        "delivery_count",
+        "consumer",
+        "expires_at",
+        "data",
+        "offset",
+    )
+
+    def __init__(
+        self, queue: Queue, seq: int, message: Message, delivery_count: int, expires_at: int | None
+    ) -> None:
+        self.queue = queue
+        self.seq = seq
+        self.message = message
+        self.delivery_count = delivery_count
+        self.consumer: Consumer | None = None
+        self.expires_at = expires_at
+        self.data: bytes | None = None  # persisted form, when stored
+        self.offset: int | None = None  # stream offset, for deliveries from a stream
+
+    @property
+    def redelivered(self) -> bool:
+        return self.delivery_count > 0
+
+    def __repr__(self) -> str:
+        return f"Delivery({self.queue.name!r}, seq={self.seq}, count={self.delivery_count})"
+
+
+class Limit:
+    """An unacknowledged-message window (AMQP prefetch, OpenWire prefetch, MQTT receive max).
+
+    Shared by several consumers for AMQP ``basic.qos(global=True)``. ``prefetch == 0`` is
+    unlimited.
+    """
+
+    __slots__ = ("prefetch", "in_flight", "consumers")
+
+    def __init__(self, prefetch: int = 0) -> None:
+        self.prefetch = prefetch
+        self.in_flight = 0
+        self.consumers: list[Consumer] = []
+
+    def has_room(self) -> bool:
+        return self.prefetch == 0 or self.in_flight < self.prefetch
+
+    def set_prefetch(self, prefetch: int) -> None:
+        grew = prefetch == 0 or prefetch > self.prefetch
+        self.prefetch = prefetch
+        if grew:
+            self._wake()
+
+    def release(self, n: int = 1) -> None:
+        was_full = not self.has_room()
+        self.in_flight -= n
+        if was_full and self.has_room():
+            self._wake()
+
+    def _wake(self) -> None:
+        for c in list(self.consumers):
+            if c.queue is not None:
+                c.queue.dispatch()
+
+
+class Consumer:
+    """A subscription of an adapter's session to a queue.
+
+    ``deliver(delivery)`` is a plain callable, invoked synchronously by the queue: it must write
+    the delivery out and return, never raise. ``credit`` is None (no link credit, only the
+    window) or a count decremented per delivery (AMQP 1.0 link credit, pull requests).
+    """
+
+    __slots__ = (
+        "queue",
+        "tag",
+        "deliver",
+        "limit",
+        "no_ack",
+        "exclusive",
+        "selector",
+        "owner",
+        "unacked",
+        "paused",
+        "credit",
+        "arguments",
+        "on_cancel",
+    )
+
+    def __init__(
+        self,
+        tag: str,
+        deliver: Callable[[Delivery], None],
+        *,
+        prefetch: int = 0,
+        limit: Limit | None = None,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        selector: Callable[[Message], bool] | None = None,
+        owner: Any = None,
+        credit: int | None = None,
+        arguments: dict | None = None,
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
+        self.queue: Any = None  # the Queue or Stream it is attached to
+        self.tag = tag
+        self.deliver = deliver
+        self.limit = limit if limit is not None else Limit(prefetch)
+        self.limit.consumers.append(self)
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.selector = selector
+        self.owner = owner
+        self.unacked: dict[int, Delivery] = {}
+        self.paused = False
+        self.credit = credit
+        self.arguments = arguments or {}
+        # called when the broker ends the subscription (queue deleted): AMQP basic.cancel
+        self.on_cancel = on_cancel
+
+    def ready(self) -> bool:
+        if self.paused:
+            return False
+        if self.credit is not None and self.credit <= 0:
+            return False
+        return self.no_ack or self.limit.has_room()
+
+    def pause(self) -> None:
+        """Stop deliveries (the transport's buffer is full)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.queue is not None:
+                self.queue.dispatch()
+
+    def add_credit(self, n: int) -> None:
+        self.credit = (self.credit or 0) + n
+        if self.queue is not None:
+            self.queue.dispatch()
+
+    def set_prefetch(self, prefetch: int) -> None:
+        self.limit.set_prefetch(prefetch)
+
+
+class Queue:
+    """A FIFO queue of a virtual host."""
+
+    kind = "queue"
+
+    def __init__(
+        self,
+        vhost: VirtualHost,
+        name: str,
+        *,
+        durable: bool = False,
+        exclusive_owner: Any = None,
+        auto_delete: bool = False,
+        arguments: dict | None = None,
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        self.arguments = arguments = dict(arguments or {})
+        self.message_ttl = _opt_int(arguments, "x-message-ttl", 0)
+        self.expires = _opt_int(arguments, "x-expires", 1)
+        self.max_length = _opt_int(arguments, "x-max-length", 0)
+        self.max_length_bytes = _opt_int(arguments, "x-max-length-bytes", 0)
+        self.max_priority = _opt_int(arguments, "x-max-priority", 0)
+        if self.max_priority is not None and self.max_priority > 255:
+            raise PreconditionFailed("x-max-priority must be at most 255")
+        limit = _opt_int(arguments, "x-delivery-limit", 0)
+        self.delivery_limit = limit if limit is not None else vhost.default_delivery_limit
+        overflow = arguments.get("x-overflow", "drop-head")
+        if isinstance(overflow, bytes):
+            overflow = overflow.decode()
+        if overflow not in OVERFLOW_MODES:
+            raise PreconditionFailed(f"invalid x-overflow {overflow!r}")
+        self.overflow = overflow
+        self.dead_letter_exchange = _opt_str(arguments, "x-dead-letter-exchange")
+        self.dead_letter_routing_key = _opt_str(arguments, "x-dead-letter-routing-key")
+        levels = (self.max_priority or 0) + 1
+        self._levels: list[deque[Delivery]] = [deque() for _ in range(levels)]
+        self._count = 0
+        self._bytes = 0
+        self._next_seq = 1
+        self.consumers: list[Consumer] = []
+        self._rr = 0
+        self._selective = 0  # consumers with a selector
+        self.unacked: dict[int, Delivery] = {}
+        self._dispatching = False
+        self._again = False
+        self._had_consumers = False
+        self._expiry_timer: Any = None
+        self._expiry_at: int | None = None
+        self._idle_timer: Any = None
+        self.deleted = False
+        self._touch()
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def record(self) -> dict:
+        return {
+            "type": "classic",
+            "durable": self.durable,
+            "auto_delete": self.auto_delete,
+            "arguments": self.arguments,
+        }
+
+    @property
+    def persistent(self) -> bool:
+        return self.durable
+
+    def restore(self, seq: int, data: bytes, delivery_count: int) -> None:
+        """Put back a message read from the store at start-up."""
+        message = Message.from_bytes(data)
+        d = Delivery(self, seq, message, delivery_count, self._expiry_for(message, now_ms()))
+        d.data = data
+        self._next_seq = max(self._next_seq, seq + 1)
+        self._append(d)
+
+    # -- stats ------------------------------------------------------------------------------
+
+    @property
+    def message_count(self) -> int:
+        """Messages ready for delivery (not the unacknowledged ones), as AMQP reports it."""
+        return self._count
+
+    @property
+    def byte_count(self) -> int:
+        return self._bytes
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self.consumers)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def enqueue(self, message: Message, data: bytes | None = None) -> bool:
+        """Add a routed message. False when refused by ``x-overflow: reject-publish``.
+
+        ``data`` is the message's persisted form, computed once by the publisher for all the
+        durable queues a message is routed to.
+        """
+        size = len(message.body)
+        if self._over_limit(1, size):
+            if self.overflow == "drop-head":
+                self._drop_head_for(size)
+            else:
+                if self.overflow == "reject-publish-dlx":
+                    self._dead_letter_message(message, "maxlen")
+                return False
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        now = now_ms()
+        d = Delivery(self, seq, message, 0, self._expiry_for(message, now))
+        if self.durable and message.durable:
+            if data is None:
+                data = message.to_bytes()
+            d.data = data
+            self.vhost.store.put_message(self.vhost.name, self.name, seq, data, 0)
+        if self.consumers and not self._count and not self._selective:
+            # fast path: straight to a consumer, never touching the ready list
+            c = self._next_ready_consumer()
+            if c is not None and not self._dispatching:
+                if d.expires_at is not None and d.expires_at <= now:
+                    self._dead_letter(d, "expired")
+                    return True
+                self._hand_to(c, d)
+                return True
+        self._append(d)
+        self.dispatch()
+        return True
+
+    def _expiry_for(self, message: Message, now: int) -> int | None:
+        exp = message.expiration
+        if self.message_ttl is not None:
+            t = now + self.message_ttl
+            exp = t if exp is None else min(exp, t)
+        return exp
+
+    def _over_limit(self, extra: int, extra_bytes: int) -> bool:
+        if self.max_length is not None and self._count + extra > self.max_length:
+            return True
+        if self.max_length_bytes is not None and self._bytes + extra_bytes > self.max_length_bytes:
+            return True
+        return False
+
+    def _drop_head_for(self, size: int) -> None:
+        while self._count and self._over_limit(1, size):
+            d = self._pop_head()
+            self._dead_letter(d, "maxlen")
+
+    def _append(self, d: Delivery) -> None:
+        level = self._level_of(d.message)
+        self._levels[level].append(d)
+        self._count += 1
+        self._bytes += len(d.message.body)
+        if d.expires_at is not None and self._count == 1:
+            self._schedule_expiry()
+
+    def _level_of(self, message: Message) -> int:
+        if self.max_priority is None:
+            return 0
+        p = message.priority or 0
+        return p if p <= self.max_priority else self.max_priority
+
+    def _pop_head(self) -> Delivery:
+        for level in reversed(self._levels):
+            if level:
+                d = level.popleft()
+                self._count -= 1
+                self._bytes -= len(d.message.body)
+                return d
+        raise IndexError("empty queue")
+
+    def _peek_head(self) -> Delivery | None:
+        for level in reversed(self._levels):
+            if level:
+                return level[0]
+        return None
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        if self.consumers and (consumer.exclusive or any(c.exclusive for c in self.consumers)):
+            raise ResourceLocked(f"queue '{self.name}' has an exclusive consumer")
+        consumer.queue = self
+        self.consumers.append(consumer)
+        if consumer.selector is not None:
+            self._selective += 1
+        self._had_consumers = True
+        self._cancel_idle_timer()
+        self.dispatch()
+
+    def remove_consumer(self, consumer: Consumer, requeue: bool = True) -> None:
+        """Detach a consumer; with ``requeue`` its unacknowledged deliveries go back."""
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+            if consumer.selector is not None:
+                self._selective -= 1
+        if consumer in consumer.limit.consumers:
+            consumer.limit.consumers.remove(consumer)
+        if requeue and consumer.unacked:
+            self.requeue(list(consumer.unacked.values()))
+        if not self.consumers:
+            if self.auto_delete and self._had_consumers and not self.deleted:
+                self.vhost.delete_queue(self.name)
+                return
+            self._touch()
+        else:
+            self.dispatch()
+
+    def _next_ready_consumer(self) -> Consumer | None:
+        consumers = self.consumers
+        n = len(consumers)
+        for i in range(n):
+            idx = (self._rr + i) % n
+            c = consumers[idx]
+            if c.ready():
+                self._rr = idx + 1
+                return c
+        return None
+
+    def _hand_to(self, c: Consumer, d: Delivery) -> None:
+        if c.credit is not None:
+            c.credit -= 1
+        if c.no_ack:
+            d.consumer = None
+            self._settle(d)
+            c.deliver(d)
+            return
+        d.consumer = c
+        c.limit.in_flight += 1
+        c.unacked[d.seq] = d
+        self.unacked[d.seq] = d
+        c.deliver(d)
+
+    def dispatch(self) -> None:
+        """Push ready messages to consumers with room, until one side runs out."""
+        if self._dispatching:
+            self._again = True
+            return
+        self._dispatching = True
+        try:
+            while True:
+                self._again = False
+                if self._selective:
+                    self._dispatch_selective()
+                else:
+                    self._dispatch_fifo()
+                if not self._again:
+                    break
+        finally:
+            self._dispatching = False
+
+    def _dispatch_fifo(self) -> None:
+        now = None
+        while self._count and self.consumers:
+            c = self._next_ready_consumer()
+            if c is None:
+                return
+            d = self._pop_head()
+            if d.expires_at is not None:
+                if now is None:
+                    now = now_ms()
+                if d.expires_at <= now:
+                    self._dead_letter(d, "expired")
+                    continue
+            self._hand_to(c, d)
+
+    def _dispatch_selective(self) -> None:
+        # Slow path: a consumer with a selector takes only matching messages, so walk the
+        # ready list in order and find, for each message, a ready consumer that wants it.
+        now = now_ms()
+        for level in reversed(self._levels):
+            i = 0
+            while i < len(level):
+                d = level[i]
+                if d.expires_at is not None and d.expires_at <= now:
+                    del level[i]
+                    self._count -= 1
+                    self._bytes -= len(d.message.body)
+                    self._dead_letter(d, "expired")
+                    continue
+                target = None
+                n = len(self.consumers)
+                for k in range(n):
+                    idx = (self._rr + k) % n
+                    c = self.consumers[idx]
+                    if c.ready() and (c.selector is None or c.selector(d.message)):
+                        target = c
+                        self._rr = idx + 1
+                        break
+                if target is None:
+                    if not any(c.ready() for c in self.consumers):
+                        return
+                    i += 1
+                    continue
+                del level[i]
+                self._count -= 1
+                self._bytes -= len(d.message.body)
+                self._hand_to(target, d)
+
+    def get(self, no_ack: bool = False, owner: Consumer | None = None) -> Delivery | None:
+        """Pull one message (AMQP basic.get, OpenWire pull, MQTT-less polling).
+
+        With ``owner`` the delivery counts against that consumer's window and is requeued
+        with it; without, the caller must ack/nack it.
+        """
+        self._touch()
+        now = now_ms()
+        while self._count:
+            d = self._pop_head()
+            if d.expires_at is not None and d.expires_at <= now:
+                self._dead_letter(d, "expired")
+                continue
+            if no_ack:
+                self._settle(d)
+                return d
+            d.consumer = owner
+            self.unacked[d.seq] = d
+            if owner is not None:
+                owner.limit.in_flight += 1
+                owner.unacked[d.seq] = d
+            return d
+        return None
+
+    # -- settlement -------------------------------------------------------------------------
+
+    def _detach(self, d: Delivery) -> None:
+        self.unacked.pop(d.seq, None)
+        c = d.consumer
+        if c is not None:
+            d.consumer = None
+            if c.unacked.pop(d.seq, None) is not None:
+                c.limit.release()
+
+    def _settle(self, d: Delivery) -> None:
+        if d.data is not None:
+            self.vhost.store.delete_message(self.vhost.name, self.name, d.seq)
+            d.data = None
+
+    def ack(self, d: Delivery) -> None:
+        """The consumer is done with ``d``: forget it for good."""
+        if d.seq not in self.unacked:
+            return
+        self._detach(d)
+        self._settle(d)
+        if self.consumers:
+            self.dispatch()
+
+    def nack(self, d: Delivery, requeue: bool = True) -> None:
+        """Reject ``d``: back to the queue, or dead-lettered (reason ``rejected``)."""
+        if d.seq not in self.unacked:
+            return
+        if requeue:
+            self.requeue([d])
+            return
+        self._detach(d)
+        self._dead_letter(d, "rejected")
+        if self.consumers:
+            self.dispatch()
+
+    reject = nack
+
+    def requeue(self, deliveries: Iterable[Delivery]) -> None:
+        """Put unacknowledged deliveries back at the head, in their original order."""
+        back = [d for d in deliveries if d.seq in self.unacked]
+        back.sort(key=lambda d: d.seq, reverse=True)
+        for d in back:
+            self._detach(d)
+        if self.deleted:
+            return
+        for d in back:
+            d.delivery_count += 1
+            if self.delivery_limit is not None and d.delivery_count >= self.delivery_limit:
+                self._dead_letter(d, "delivery_limit")
+                continue
+            if d.data is not None:
+                self.vhost.store.put_message(
+                    self.vhost.name, self.name, d.seq, d.data, d.delivery_count
+                )
+            self._levels[self._level_of(d.message)].appendleft(d)
+            self._count += 1
+            self._bytes += len(d.message.body)
+        if self._count:
+            self._schedule_expiry()
+        self.dispatch()
+
+    def purge(self) -> int:
+        """Drop every ready message; returns how many."""
+        n = self._count
+        for level in self._levels:
+            for d in level:
+                self._settle(d)
+            level.clear()
+        self._count = 0
+        self._bytes = 0
+        return n
+
+    # -- dead-lettering, TTL ----------------------------------------------------------------
+
+    def _dead_letter(self, d: Delivery, reason: str) -> None:
+        self._settle(d)
+        self._dead_letter_message(d.message, reason)
+
+    def _dead_letter_message(self, message: Message, reason: str) -> None:
+        dlx = self.dead_letter_exchange
+        if dlx is None:
+            return
+        deaths = list(message.headers.get("x-death") or [])
+        # RabbitMQ's cycle rule: a message that only ever expired and comes back to a queue
+        # it already died in is dropped, or it would circle forever.
+        if reason != "rejected" and any(
+            isinstance(x, dict) and x.get("queue") == self.name for x in deaths
+        ):
+            if all(isinstance(x, dict) and x.get("reason") != "rejected" for x in deaths):
+                return
+        for x in deaths:
+            if isinstance(x, dict) and x.get("queue") == self.name and x.get("reason") == reason:
+                x["count"] = int(x.get("count", 1)) + 1
+                break
+        else:
+            deaths.insert(
+                0,
+                {
+                    "count": 1,
+                    "reason": reason,
+                    "queue": self.name,
+                    "time": now_ms() // 1000,
+                    "exchange": message.exchange,
+                    "routing-keys": [message.routing_key],
+                },
+            )
+        headers = dict(message.headers)
+        headers["x-death"] = deaths
+        headers.setdefault("x-first-death-reason", reason)
+        headers.setdefault("x-first-death-queue", self.name)
+        headers.setdefault("x-first-death-exchange", message.exchange)
+        key = (
+            self.dead_letter_routing_key
+            if self.dead_letter_routing_key is not None
+            else message.routing_key
+        )
+        dead = message.copy(headers=headers, expiration=None)
+        self.vhost.publish(dlx, key, dead)
+
+    def _schedule_expiry(self) -> None:
+        head = self._peek_head()
+        if head is None or head.expires_at is None:
+            return
+        if self._expiry_at is not None and self._expiry_at <= head.expires_at:
+            return
+        if self._expiry_timer is not None and self._expiry_timer.active():
+            self._expiry_timer.cancel()
+        self._expiry_at = head.expires_at
+        delay = max(0.0, (head.expires_at - now_ms()) / 1000.0)
+        self._expiry_timer = self.vhost.clock.callLater(delay, self._expire_head)
+
+    def _expire_head(self) -> None:
+        self._expiry_timer = None
+        self._expiry_at = None
+        if self.deleted:
+            return
+        now = now_ms()
+        while True:
+            head = self._peek_head()
+            if head is None or head.expires_at is None or head.expires_at > now:
+                break
+            self._dead_letter(self._pop_head(), "expired")
+        self._schedule_expiry()
+
+    # -- queue expiry (x-expires) and deletion ----------------------------------------------
+
+    def _touch(self) -> None:
+        if self.expires is None or self.consumers:
+            return
+        self._cancel_idle_timer()
+        self._idle_timer = self.vhost.clock.callLater(self.expires / 1000.0, self._idle_expired)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if not self.consumers and not self.deleted:
+            self.vhost.delete_queue(self.name)
+
+    def close(self) -> None:
+        """Called by the virtual host on deletion: cancel timers and consumers."""
+        self.deleted = True
+        self._cancel_idle_timer()
+        if self._expiry_timer is not None and self._expiry_timer.active():
+            self._expiry_timer.cancel()
+        for d in list(self.unacked.values()):
+            self._detach(d)
+
+
+def _opt_int(arguments: dict, name: str, minimum: int) -> int | None:
+    v = arguments.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise PreconditionFailed(f"invalid arg '{name}': expected an integer, got {v!r}")
+    if v < minimum:
+        raise PreconditionFailed(f"invalid arg '{name}': must be >= {minimum}")
+    return v
+
+
+def _opt_str(arguments: dict, name: str) -> str | None:
+    v = arguments.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if not isinstance(v, str):
+        raise PreconditionFailed(f"invalid arg '{name}': expected a string")
+    return v

@@ -1,0 +1,441 @@
+"""Streams: append-only partitioned logs addressed by offset (what a Kafka topic is).
+
+A stream is a queue type: exchanges route into it like into a queue, but reading never removes
+anything; readers keep their own offsets and retention trims the head.
+
+An entry holds either one core ``Message`` (format ``"message"``) or an opaque batch of
+``count`` records in a format an adapter registered (``"kafka"`` record batches, say), kept as
+the bytes the producer sent. Batches are decoded only when a reader of another protocol needs
+them, through ``broker.stream_formats``; encodings made for a reader are cached on the entry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+import zlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .errors import PreconditionFailed
+from .message import Message, now_ms
+from .queue import Consumer, Delivery
+
+if TYPE_CHECKING:
+    from .vhost import VirtualHost
+
+MESSAGE_FORMAT = "message"
+
+
+class StreamFormat:
+    """A batch format an adapter stores verbatim (registered in ``broker.stream_formats``).
+
+    ``decode(data) -> list[Message]`` gives one message per offset of the batch;
+    ``encode(messages) -> bytes`` builds a batch of that format from core messages.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        decode: Callable[[bytes], list[Message]],
+        encode: Callable[[list[Message]], bytes] | None = None,
+    ) -> None:
+        self.name = name
+        self.decode = decode
+        self.encode = encode
+
+
+class StreamEntry:
+    __slots__ = ("offset", "count", "timestamp", "fmt", "data", "message", "size", "cache")
+
+    def __init__(
+        self,
+        offset: int,
+        count: int,
+        timestamp: int,
+        fmt: str,
+        data: bytes | None,
+        message: Message | None,
+    ) -> None:
+        self.offset = offset
+        self.count = count
+        self.timestamp = timestamp
+        self.fmt = fmt
+        self.data = data
+        self.message = message
+        self.size = len(data) if data is not None else len(message.body) if message else 0
+        self.cache: dict[str, Any] | None = None
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + self.count
+
+
+class Partition:
+    """One ordered log."""
+
+    def __init__(self, stream: Stream, index: int) -> None:
+        self.stream = stream
+        self.index = index
+        self.entries: list[StreamEntry] = []
+        self._offsets: list[int] = []  # base offsets, for bisect
+        self.start_offset = 0  # first offset still kept (log start)
+        self.next_offset = 0  # high watermark
+        self.bytes = 0
+        self.waiters: list[Callable[[], None]] = []
+        self.readers: list[StreamReader] = []
+
+    def _add(self, entry: StreamEntry) -> None:
+        self.entries.append(entry)
+        self._offsets.append(entry.offset)
+        self.next_offset = entry.next_offset
+        self.bytes += entry.size
+
+    def append_message(self, message: Message) -> int:
+        """Append one core message; returns its offset."""
+        offset = self.next_offset
+        ts = message.timestamp if message.timestamp is not None else now_ms()
+        entry = StreamEntry(offset, 1, ts, MESSAGE_FORMAT, None, message)
+        self._add(entry)
+        stream = self.stream
+        if stream.durable:
+            stream.vhost.store.append_stream(
+                stream.vhost.name, stream.name, self.index, offset, 1, ts, MESSAGE_FORMAT,
+                message.to_bytes(),
+            )
+        self._appended()
+        return offset
+
+    def append_batch(self, fmt: str, data: bytes, count: int, timestamp: int) -> int:
+        """Append an adapter-format batch of ``count`` records; returns its base offset."""
+        offset = self.next_offset
+        entry = StreamEntry(offset, count, timestamp, fmt, data, None)
+        self._add(entry)
+        stream = self.stream
+        if stream.durable:
+            stream.vhost.store.append_stream(
+                stream.vhost.name, stream.name, self.index, offset, count, timestamp, fmt, data
+            )
+        self._appended()
+        return offset
+
+    def restore(self, offset: int, count: int, timestamp: int, fmt: str, data: bytes) -> None:
+        if fmt == MESSAGE_FORMAT:
+            entry = StreamEntry(offset, count, timestamp, fmt, None, Message.from_bytes(data))
+        else:
+            entry = StreamEntry(offset, count, timestamp, fmt, data, None)
+        if not self.entries:
+            self.start_offset = offset
+        self._add(entry)
+
+    def _appended(self) -> None:
+        self.stream._retain(self)
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for w in waiters:
+                w()
+        for r in self.readers:
+            r.pump()
+
+    def find(self, offset: int) -> int:
+        """Index of the entry containing ``offset`` (or the first one after it)."""
+        i = bisect.bisect_right(self._offsets, offset) - 1
+        if i < 0:
+            return 0
+        if self.entries[i].next_offset <= offset:
+            return i + 1
+        return i
+
+    def read(self, offset: int, max_bytes: int) -> list[StreamEntry]:
+        """Entries from the one containing ``offset``, at least one, up to ``max_bytes``."""
+        out: list[StreamEntry] = []
+        total = 0
+        entries = self.entries
+        i = self.find(offset)
+        while i < len(entries):
+            e = entries[i]
+            if out and total + e.size > max_bytes:
+                break
+            out.append(e)
+            total += e.size
+            i += 1
+        return out
+
+    def offset_for_timestamp(self, timestamp: int) -> int:
+        """The earliest offset whose entry timestamp is >= ``timestamp`` (or the end)."""
+        for e in self.entries:
+            if e.timestamp >= timestamp:
+                return e.offset
+        return self.next_offset
+
+    def messages(self, entry: StreamEntry) -> list[Message]:
+        """The core messages of an entry, decoding a batch through its registered format."""
+        if entry.message is not None:
+            return [entry.message]
+        if entry.cache is not None and MESSAGE_FORMAT in entry.cache:
+            return entry.cache[MESSAGE_FORMAT]
+        fmt = self.stream.vhost.broker.stream_formats.get(entry.fmt)
+        if fmt is None:
+            raise PreconditionFailed(f"no decoder for stream format {entry.fmt!r}")
+        msgs = fmt.decode(entry.data)
+        if entry.cache is None:
+            entry.cache = {}
+        entry.cache[MESSAGE_FORMAT] = msgs
+        return msgs
+
+    def trim_before(self, offset: int) -> None:
+        i = 0
+        while i < len(self.entries) and self.entries[i].next_offset <= offset:
+            self.bytes -= self.entries[i].size
+            i += 1
+        if i:
+            del self.entries[:i]
+            del self._offsets[:i]
+            self.start_offset = self.entries[0].offset if self.entries else self.next_offset
+            stream = self.stream
+            if stream.durable:
+                stream.vhost.store.trim_stream(
+                    stream.vhost.name, stream.name, self.index, self.start_offset
+                )
+
+
+class StreamReader:
+    """Pushes a stream partition to a consumer from an offset, while it has room."""
+
+    def __init__(self, stream: Stream, partition: Partition, consumer: Consumer, offset: int):
+        self.stream = stream
+        self.partition = partition
+        self.consumer = consumer
+        self.offset = offset
+        self._pumping = False
+
+    def pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            p = self.partition
+            c = self.consumer
+            while self.offset < p.next_offset and c.ready():
+                if self.offset < p.start_offset:
+                    self.offset = p.start_offset
+                i = p.find(self.offset)
+                if i >= len(p.entries):
+                    break
+                entry = p.entries[i]
+                msgs = p.messages(entry)
+                k = self.offset - entry.offset
+                if k < 0:
+                    k = 0
+                    self.offset = entry.offset
+                msg = msgs[k]
+                self.stream._seq += 1
+                d = Delivery(self.stream, self.stream._seq, msg, 0, None)
+                d.offset = self.offset
+                self.offset += 1
+                if c.credit is not None:
+                    c.credit -= 1
+                if not c.no_ack:
+                    d.consumer = c
+                    c.limit.in_flight += 1
+                    c.unacked[d.seq] = d
+                c.deliver(d)
+        finally:
+            self._pumping = False
+
+
+_AGE = re.compile(r"^(\d+)(Y|M|D|h|m|s)$")
+_AGE_MS = {
+    "Y": 365 * 86400000,
+    "M": 30 * 86400000,
+    "D": 86400000,
+    "h": 3600000,
+    "m": 60000,
+    "s": 1000,
+}
+
+
+def parse_max_age(value: Any) -> int | None:
+    """RabbitMQ's ``x-max-age`` ("7D", "12h", "30s") or milliseconds as an integer."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        m = _AGE.match(value)
+        if m:
+            return int(m.group(1)) * _AGE_MS[m.group(2)]
+    raise PreconditionFailed(f"invalid arg 'x-max-age': {value!r}")
+
+
+class Stream:
+    """A partitioned, append-only log bound to exchanges like a queue."""
+
+    kind = "stream"
+
+    def __init__(
+        self,
+        vhost: VirtualHost,
+        name: str,
+        *,
+        durable: bool = True,
+        partitions: int = 1,
+        arguments: dict | None = None,
+        exclusive_owner: Any = None,
+        auto_delete: bool = False,
+    ) -> None:
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.arguments = dict(arguments or {})
+        self.exclusive_owner = exclusive_owner
+        self.auto_delete = auto_delete
+        if partitions < 1:
+            raise PreconditionFailed("a stream needs at least one partition")
+        mlb = self.arguments.get("x-max-length-bytes")
+        if mlb is not None and (isinstance(mlb, bool) or not isinstance(mlb, int) or mlb < 0):
+            raise PreconditionFailed("invalid arg 'x-max-length-bytes'")
+        self.max_bytes: int | None = mlb
+        self.max_age_ms = parse_max_age(self.arguments.get("x-max-age"))
+        self.partitions = [Partition(self, i) for i in range(partitions)]
+        self.consumers: list[Consumer] = []
+        self._rr = 0
+        self._seq = 0
+        self.deleted = False
+        self.config: dict[str, Any] = {}  # adapter-level settings (Kafka topic configs)
+
+    def record(self) -> dict:
+        return {
+            "type": "stream",
+            "durable": self.durable,
+            "partitions": len(self.partitions),
+            "arguments": self.arguments,
+            "config": self.config,
+        }
+
+    @property
+    def message_count(self) -> int:
+        return sum(p.next_offset - p.start_offset for p in self.partitions)
+
+    @property
+    def consumer_count(self) -> int:
+        return len(self.consumers)
+
+    def add_partitions(self, total: int) -> None:
+        while len(self.partitions) < total:
+            self.partitions.append(Partition(self, len(self.partitions)))
+        if self.durable:
+            self.vhost.store.put_queue(self.vhost.name, self.name, self.record())
+
+    def partition_for(self, key: bytes | None) -> Partition:
+        n = len(self.partitions)
+        if n == 1:
+            return self.partitions[0]
+        if key is None:
+            self._rr = (self._rr + 1) % n
+            return self.partitions[self._rr]
+        return self.partitions[zlib.crc32(key) % n]
+
+    def enqueue(self, message: Message, data: bytes | None = None) -> bool:
+        """A message routed here by an exchange."""
+        self.partition_for(message.key).append_message(message)
+        return True
+
+    def _retain(self, p: Partition) -> None:
+        if self.max_bytes is not None and p.bytes > self.max_bytes and len(p.entries) > 1:
+            total = p.bytes
+            cut = p.start_offset
+            for e in p.entries[:-1]:
+                if total <= self.max_bytes:
+                    break
+                total -= e.size
+                cut = e.next_offset
+            p.trim_before(cut)
+        if self.max_age_ms is not None and p.entries:
+            horizon = now_ms() - self.max_age_ms
+            cut = None
+            for e in p.entries[:-1]:
+                if e.timestamp >= horizon:
+                    break
+                cut = e.next_offset
+            if cut is not None:
+                p.trim_before(cut)
+
+    # -- consumers (AMQP x-stream-offset style push) ------------------------------------------
+
+    def resolve_offset(self, partition: Partition, spec: Any) -> int:
+        """``first`` | ``last`` | ``next`` | an integer offset | ``("timestamp", ms)``."""
+        if isinstance(spec, bytes):
+            spec = spec.decode()
+        if spec is None or spec == "next":
+            return partition.next_offset
+        if spec == "first":
+            return partition.start_offset
+        if spec == "last":
+            if not partition.entries:
+                return partition.next_offset
+            return partition.entries[-1].offset
+        if isinstance(spec, tuple) and spec[0] == "timestamp":
+            return partition.offset_for_timestamp(int(spec[1]))
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            return max(partition.start_offset, min(spec, partition.next_offset))
+        raise PreconditionFailed(f"invalid stream offset {spec!r}")
+
+    def add_consumer(self, consumer: Consumer, offset: Any = "next") -> None:
+        consumer.queue = self
+        self.consumers.append(consumer)
+        readers = []
+        for p in self.partitions:
+            r = StreamReader(self, p, consumer, self.resolve_offset(p, offset))
+            p.readers.append(r)
+            readers.append(r)
+        for r in readers:
+            r.pump()
+
+    def remove_consumer(self, consumer: Consumer, requeue: bool = True) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+        for p in self.partitions:
+            p.readers = [r for r in p.readers if r.consumer is not consumer]
+        if consumer in consumer.limit.consumers:
+            consumer.limit.consumers.remove(consumer)
+        consumer.unacked.clear()
+
+    def dispatch(self) -> None:
+        for p in self.partitions:
+            for r in p.readers:
+                r.pump()
+
+    def ack(self, d: Delivery) -> None:
+        """Stream reads remove nothing: an ack only gives the consumer's window back."""
+        c = d.consumer
+        if c is not None and c.unacked.pop(d.seq, None) is not None:
+            d.consumer = None
+            c.limit.release()
+            self.dispatch()
+
+    def nack(self, d: Delivery, requeue: bool = True) -> None:
+        self.ack(d)
+
+    reject = nack
+
+    def requeue(self, deliveries: Any) -> None:
+        for d in deliveries:
+            self.ack(d)
+
+    def get(self, no_ack: bool = False, owner: Consumer | None = None) -> None:
+        raise PreconditionFailed(f"stream '{self.name}' is read by offset, not by get")
+
+    def purge(self) -> int:
+        raise PreconditionFailed(f"stream '{self.name}' cannot be purged")
+
+    def close(self) -> None:
+        self.deleted = True
+        for p in self.partitions:
+            p.readers.clear()
+            if p.waiters:
+                waiters, p.waiters = p.waiters, []
+                for w in waiters:
+                    w()

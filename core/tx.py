@@ -1,0 +1,63 @@
+"""Local transactions over publishes and acknowledgements (AMQP tx, JMS transacted sessions).
+
+Work is buffered and applied in order on commit; rollback discards it and hands back the
+deliveries whose acknowledgements were discarded, so the adapter can apply its protocol's rule
+(AMQP leaves them unacknowledged; JMS redelivers them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .message import Message
+from .queue import Delivery
+from .vhost import VirtualHost
+
+_PUBLISH, _ACK, _NACK = 0, 1, 2
+
+
+class Transaction:
+    def __init__(self, vhost: VirtualHost) -> None:
+        self.vhost = vhost
+        self._work: list[tuple] = []
+
+    def __len__(self) -> int:
+        return len(self._work)
+
+    def publish(self, exchange: str, routing_key: str, message: Message, **options: Any) -> None:
+        self._work.append((_PUBLISH, exchange, routing_key, message, options))
+
+    def ack(self, delivery: Delivery) -> None:
+        self._work.append((_ACK, delivery))
+
+    def nack(self, delivery: Delivery, requeue: bool = True) -> None:
+        self._work.append((_NACK, delivery, requeue))
+
+    def pending_deliveries(self) -> list[Delivery]:
+        """Deliveries whose settlement waits for commit."""
+        return [w[1] for w in self._work if w[0] != _PUBLISH]
+
+    def commit(self, on_durable: Callable[[], None] | None = None) -> list[tuple[int, int]]:
+        """Apply everything in order. Returns the publish results (routed, refused).
+
+        ``on_durable`` runs once every persistent write of the transaction is on disk: the
+        moment to answer commit-ok / a synchronous commit.
+        """
+        work, self._work = self._work, []
+        results = []
+        for w in work:
+            if w[0] == _PUBLISH:
+                results.append(self.vhost.publish(w[1], w[2], w[3], **w[4]))
+            elif w[0] == _ACK:
+                w[1].queue.ack(w[1])
+            else:
+                w[1].queue.nack(w[1], w[2])
+        if on_durable is not None:
+            self.vhost.broker.when_durable(on_durable)
+        return results
+
+    def rollback(self) -> list[Delivery]:
+        """Discard everything; returns the deliveries whose settlement was discarded."""
+        work, self._work = self._work, []
+        return [w[1] for w in work if w[0] != _PUBLISH]
