@@ -26,6 +26,7 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 BASE_DEFAULTS: dict[str, dict] = {
     "broker": {
         "default_vhost": "/",
+        "max_deliveries": 0,
         "shutdown_timeout": 10.0,
     },
     "store": {
@@ -279,6 +280,8 @@ def _check_values(cfg: dict) -> None:
     timeout = cfg["broker"]["shutdown_timeout"]
     if not math.isfinite(timeout) or timeout < 0:
         raise ConfigError("broker.shutdown_timeout", f"must be >= 0 seconds, got {timeout}")
+    if cfg["broker"]["max_deliveries"] < 0:
+        raise ConfigError("broker.max_deliveries", "must be >= 0 (0 means no limit)")
     if not cfg["broker"]["default_vhost"]:
         raise ConfigError("broker.default_vhost", "must not be empty")
     if cfg["log"]["level"] not in LOG_LEVELS:
