@@ -57,24 +57,26 @@ def _toml_value(value) -> str:
     return toml_value(value)
 
 
-_known_adapters: list[str] | None = None
+_known_adapters: dict[str, list[str]] = {}
 
 
-def installed_adapters() -> list[str]:
-    """Names of every adapter the installed plugins provide (same venv as the broker)."""
-    global _known_adapters
-    if _known_adapters is None:
+def installed_adapters(env: Mapping[str, str] | None = None) -> list[str]:
+    """Names of every adapter the installed plugins provide, as a broker started with ``env``
+    (e.g. an extra ``PYTHONPATH``) would see them. Cached per ``PYTHONPATH``."""
+    child_env = _child_env(env)
+    cache_key = child_env.get("PYTHONPATH", "")
+    if cache_key not in _known_adapters:
         out = subprocess.run(
             [sys.executable, "-m", "polymq.core", "plugins", "--json"],
             capture_output=True,
             text=True,
             timeout=60,
-            env=_child_env(None),
+            env=child_env,
         )
         if out.returncode != 0:
             raise BrokerStartError(f"polymq plugins failed: {out.stderr.strip()}")
-        _known_adapters = sorted(json.loads(out.stdout)["adapters"])
-    return list(_known_adapters)
+        _known_adapters[cache_key] = sorted(json.loads(out.stdout)["adapters"])
+    return list(_known_adapters[cache_key])
 
 
 def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -127,7 +129,7 @@ class BrokerProcess:
             "store.backend": self.store,
             "store.data_dir": str(self.data_dir),
         }
-        for name in installed_adapters():
+        for name in installed_adapters(self.env):
             if name not in self.adapters:
                 sets[f"adapters.{name}.enabled"] = False
         for name in self.adapters:
