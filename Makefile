@@ -1,0 +1,54 @@
+# polymq: the two commands of the README.
+#   make serve   create .venv if missing, install polymq, run the broker with defaults
+#   make test    create .venv, install test extras and the Debian/Java pieces, run the suite
+# Both are idempotent: installs are skipped when nothing changed.
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+DEB_PACKAGES := default-jdk-headless libactivemq-java kcat
+PYTEST_ARGS ?= -q
+SERVE_ARGS ?=
+
+.PHONY: serve test deb-deps lint clean
+
+$(VPY):
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "polymq needs Python >= 3.11" or 0)'
+	$(PYTHON) -m venv $(VENV)
+
+# Build requirements go into the venv once so later installs need no isolated build env.
+$(VENV)/.build-deps: | $(VPY)
+	$(VPY) -c 'import setuptools, wheel, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 64)' \
+		2>/dev/null || $(VPY) -m pip install --quiet 'setuptools>=64' wheel
+	touch $@
+
+$(VENV)/.installed: setup.cfg pyproject.toml $(VENV)/.build-deps
+	$(VPY) -m pip install --quiet --no-build-isolation -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.build-deps
+	$(VPY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+serve: $(VENV)/.installed
+	$(VENV)/bin/polymq serve $(SERVE_ARGS)
+
+deb-deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		echo "installing Debian packages:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing \
+		|| { $$sudo apt-get update && \
+		     DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; }; \
+	fi
+
+test: $(VENV)/.installed-test deb-deps
+	$(VPY) -m pytest $(PYTEST_ARGS) tests
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check core adapters plugins tests
+
+clean:
+	rm -rf build *.egg-info .pytest_cache .ruff_cache
