@@ -1,0 +1,755 @@
+"""The ``sqlite`` store: the embedded default backend.
+
+One file, ``<data_dir>/polymq.sqlite3``, in WAL mode with ``synchronous=FULL`` so that every
+commit is fsynced before it is reported durable.
+
+Threading model
+---------------
+The reactor thread never touches the disk. Every write method only appends an operation tuple
+to the current batch; the first write of a reactor turn schedules ``_flush`` with
+``clock.callLater(0, ...)``, which hands the whole batch (operations plus the
+``after_durable`` callbacks registered during the turn) to the writer thread through a
+:class:`queue.Queue`. The writer thread owns the only connection: it takes *every* batch waiting
+in its queue at once, runs them in one transaction, commits (one fsync), and then calls
+``reactor.callFromThread`` once with the callbacks of all those batches (group commit: under
+load many reactor turns share one fsync).
+
+Failure model
+-------------
+* ``open()`` fails with :class:`StoreOpenError` when the directory cannot be created or
+  written, the file is not a database (corrupt), it was written by a newer schema version, or
+  another process holds the data directory.
+* If a transaction fails, it is rolled back and retried (``retries`` times, with a short
+  back-off). If it still fails the store becomes *failed*: the callbacks of that batch and of
+  every later batch are never called (nothing is ever reported durable that is not on disk),
+  later writes are dropped, the error is logged as critical and ``on_fatal(exc)`` is called.
+  The default ``on_fatal`` stops the reactor (the broker cannot keep its promises any more);
+  the broker may install its own handler by setting :attr:`SqliteStore.on_fatal`.
+* Writes issued after ``close()`` are ignored: the first one is logged, all are counted in
+  :attr:`SqliteStore.dropped_after_close`. ``after_durable`` after close calls its callback at
+  once if no write was dropped (everything issued before close is committed), otherwise it
+  drops the callback too.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from itertools import groupby
+from operator import itemgetter
+from typing import Any
+
+import msgpack
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .interfaces import IStore, StoreSnapshot
+
+__all__ = ["SqliteStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSION", "FILENAME"]
+
+log = Logger(namespace="polymq.store.sqlite")
+
+FILENAME = "polymq.sqlite3"
+LOCKNAME = "polymq.lock"
+SCHEMA_VERSION = 1
+
+
+class StoreOpenError(Exception):
+    """The store could not be opened (unwritable directory, corrupt file, newer schema, in use)."""
+
+
+class StoreFailedError(Exception):
+    """The store hit an unrecoverable write error; nothing after it was made durable."""
+
+
+_SCHEMA_V1 = """
+CREATE TABLE exchanges (
+    vhost TEXT NOT NULL, name TEXT NOT NULL, record BLOB NOT NULL,
+    PRIMARY KEY (vhost, name));
+CREATE TABLE queues (
+    vhost TEXT NOT NULL, name TEXT NOT NULL, record BLOB NOT NULL,
+    PRIMARY KEY (vhost, name));
+CREATE TABLE bindings (
+    vhost TEXT NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL, destination TEXT NOT NULL,
+    "key" TEXT NOT NULL, args BLOB NOT NULL,
+    PRIMARY KEY (vhost, source, kind, destination, "key", args));
+CREATE INDEX bindings_by_destination ON bindings (vhost, kind, destination);
+CREATE TABLE messages (
+    vhost TEXT NOT NULL, queue TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (vhost, queue, seq));
+CREATE TABLE stream_entries (
+    vhost TEXT NOT NULL, stream TEXT NOT NULL, "partition" INTEGER NOT NULL,
+    "offset" INTEGER NOT NULL, "count" INTEGER NOT NULL, "timestamp" INTEGER NOT NULL,
+    "format" TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (vhost, stream, "partition", "offset"));
+CREATE TABLE kv (
+    namespace TEXT NOT NULL, "key" TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (namespace, "key"));
+"""
+
+# from-version -> script bringing the schema to from-version + 1 (empty until version 2 exists)
+_MIGRATIONS: dict[int, str] = {}
+
+# Operation kinds. Every statement of a kind takes the same parameter tuple (numbered params).
+_PUT_EXCHANGE = 0
+_DEL_EXCHANGE = 1
+_PUT_QUEUE = 2
+_DEL_QUEUE = 3
+_PUT_BINDING = 4
+_DEL_BINDING = 5
+_PUT_MESSAGE = 6
+_DEL_MESSAGE = 7
+_APPEND_STREAM = 8
+_TRIM_STREAM = 9
+_PUT_KV = 10
+_DEL_KV = 11
+
+_SQL: dict[int, tuple[str, ...]] = {
+    _PUT_EXCHANGE: ("INSERT OR REPLACE INTO exchanges (vhost, name, record) VALUES (?1, ?2, ?3)",),
+    _DEL_EXCHANGE: (
+        "DELETE FROM exchanges WHERE vhost = ?1 AND name = ?2",
+        "DELETE FROM bindings WHERE vhost = ?1 AND (source = ?2 OR"
+        " (kind = 'exchange' AND destination = ?2))",
+    ),
+    _PUT_QUEUE: ("INSERT OR REPLACE INTO queues (vhost, name, record) VALUES (?1, ?2, ?3)",),
+    _DEL_QUEUE: (
+        "DELETE FROM queues WHERE vhost = ?1 AND name = ?2",
+        "DELETE FROM messages WHERE vhost = ?1 AND queue = ?2",
+        "DELETE FROM stream_entries WHERE vhost = ?1 AND stream = ?2",
+        "DELETE FROM bindings WHERE vhost = ?1 AND kind = 'queue' AND destination = ?2",
+    ),
+    _PUT_BINDING: (
+        'INSERT OR IGNORE INTO bindings (vhost, source, kind, destination, "key", args)'
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    ),
+    _DEL_BINDING: (
+        "DELETE FROM bindings WHERE vhost = ?1 AND source = ?2 AND kind = ?3"
+        ' AND destination = ?4 AND "key" = ?5 AND args = ?6',
+    ),
+    _PUT_MESSAGE: (
+        "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count)"
+        " VALUES (?1, ?2, ?3, ?4, ?5)",
+    ),
+    _DEL_MESSAGE: ("DELETE FROM messages WHERE vhost = ?1 AND queue = ?2 AND seq = ?3",),
+    _APPEND_STREAM: (
+        'INSERT OR REPLACE INTO stream_entries (vhost, stream, "partition", "offset", "count",'
+        ' "timestamp", "format", data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)',
+    ),
+    _TRIM_STREAM: (
+        'DELETE FROM stream_entries WHERE vhost = ?1 AND stream = ?2 AND "partition" = ?3'
+        ' AND "offset" < ?4',
+    ),
+    _PUT_KV: ('INSERT OR REPLACE INTO kv (namespace, "key", value) VALUES (?1, ?2, ?3)',),
+    _DEL_KV: ('DELETE FROM kv WHERE namespace = ?1 AND "key" = ?2',),
+}
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+# Writer-queue items other than batches.
+_CLOSE = object()
+
+# Store states (reactor side).
+_NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
+
+
+def _pack(record: Any) -> bytes:
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _canonical(value: Any) -> Any:
+    """Binding arguments with dict keys sorted, so equal dicts encode to equal bytes."""
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value, key=lambda k: (type(k).__name__, k))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _pack_args(arguments: dict | None) -> bytes:
+    return _pack(_canonical(arguments or {}))
+
+
+def _default_on_fatal(exc: BaseException) -> None:
+    from twisted.internet import reactor
+
+    if reactor.running:  # type: ignore[attr-defined]
+        reactor.stop()  # type: ignore[attr-defined]
+
+
+@implementer(IStore)
+class SqliteStore:
+    """Embedded durable store; see the module docstring for the threading and failure model.
+
+    Counters (read them from the reactor thread; they are for tests and metrics):
+    ``commits`` transactions committed (one fsync each), ``flushes`` batches handed to the
+    writer, ``ops_written`` operations executed, ``cancelled`` message writes that never reached
+    the disk because the message was deleted in the same batch.
+    """
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        data_dir: str,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 5000,
+        clock: Any = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+        retries: int = 3,
+        **ignored: Any,
+    ) -> None:
+        synchronous = str(synchronous).upper()
+        if synchronous not in _SYNCHRONOUS:
+            raise ValueError(
+                f"sqlite synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}"
+            )
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+        from twisted.internet import reactor
+
+        self.data_dir = os.path.abspath(data_dir)
+        self.path = os.path.join(self.data_dir, FILENAME)
+        self.synchronous = synchronous
+        self.busy_timeout_ms = int(busy_timeout_ms)
+        self.retries = int(retries)
+        self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
+        self._clock = clock
+        self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
+
+        # counters
+        self.commits = 0
+        self.flushes = 0
+        self.ops_written = 0
+        self.cancelled = 0
+        self.dropped_after_close = 0
+
+        # reactor-side state
+        self._state = _NEW
+        self._ops: list[tuple[int, tuple] | None] = []
+        self._callbacks: list[Callable[[], None]] = []
+        self._puts: dict[tuple[str, str, int], int] = {}  # message key -> index in _ops
+        self._flush_call: Any = None
+        self._inflight = 0  # batches handed to the writer whose callbacks have not run yet
+        self._open_d: defer.Deferred | None = None
+        self._close_d: defer.Deferred | None = None
+        self._close_waiters: list[defer.Deferred] = []
+        self._failure: BaseException | None = None
+        self._open_failed = False
+
+        # writer side
+        self._q: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open(self) -> defer.Deferred:
+        """Open or create the store in the writer thread; fire with a :class:`StoreSnapshot`."""
+        if self._state != _NEW:
+            return defer.fail(StoreOpenError(f"sqlite store {self.path} was already opened"))
+        self._state = _OPENING
+        d: defer.Deferred = defer.Deferred()
+        self._open_d = d
+        self._thread = threading.Thread(
+            target=self._run, name=f"polymq-sqlite-writer:{self.data_dir}", daemon=True
+        )
+        self._thread.start()
+        return d
+
+    def close(self) -> defer.Deferred:
+        """Commit every queued write, close the connection, end the thread; return a Deferred."""
+        if self._state in (_NEW, _CLOSED):
+            self._state = _CLOSED
+            return defer.succeed(None)
+        if self._open_failed:
+            self._state = _CLOSED
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._close_waiters.append(d)
+        if self._state == _CLOSING or (self._state == _FAILED and self._close_d is not None):
+            return d
+        self._flush()
+        if self._state != _FAILED:
+            self._state = _CLOSING
+        self._close_d = d
+        self._q.put(_CLOSE)
+        return d
+
+    # ------------------------------------------------------------------ writes (reactor thread)
+
+    def _write(self, kind: int, params: tuple) -> None:
+        if self._state >= _CLOSING:
+            self._dropped(kind)
+            return
+        self._ops.append((kind, params))
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _dropped(self, kind: int) -> None:
+        self.dropped_after_close += 1
+        if self.dropped_after_close == 1:
+            state = "failed" if self._state == _FAILED else "closed"
+            log.warn(
+                "sqlite store {path} is {state}: write ignored (kind {kind}); further ignored"
+                " writes are only counted",
+                path=self.path,
+                state=state,
+                kind=kind,
+            )
+
+    def put_exchange(self, vhost: str, name: str, record: dict) -> None:
+        self._write(_PUT_EXCHANGE, (vhost, name, _pack(record)))
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._write(_DEL_EXCHANGE, (vhost, name))
+
+    def put_queue(self, vhost: str, name: str, record: dict) -> None:
+        self._write(_PUT_QUEUE, (vhost, name, _pack(record)))
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._write(_DEL_QUEUE, (vhost, name))
+
+    def put_binding(
+        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
+    ) -> None:
+        self._write(_PUT_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
+
+    def delete_binding(
+        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
+    ) -> None:
+        self._write(_DEL_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
+
+    def put_message(
+        self, vhost: str, queue: str, seq: int, data: bytes, delivery_count: int
+    ) -> None:
+        if self._state >= _CLOSING:
+            self._dropped(_PUT_MESSAGE)
+            return
+        ops = self._ops
+        k = (vhost, queue, seq)
+        old = self._puts.get(k)
+        if old is not None:  # an older version of the same message in this batch: superseded
+            ops[old] = None
+        self._puts[k] = len(ops)
+        ops.append((_PUT_MESSAGE, (vhost, queue, seq, data, delivery_count)))
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def delete_message(self, vhost: str, queue: str, seq: int) -> None:
+        if self._state >= _CLOSING:
+            self._dropped(_DEL_MESSAGE)
+            return
+        ops = self._ops
+        i = self._puts.pop((vhost, queue, seq), None)
+        if i is not None:
+            # Put and delete in the same unflushed batch: the data never reaches the disk. The
+            # delete stays (cheap primary-key miss when the row does not exist) because an
+            # earlier, already flushed batch may have written the message.
+            ops[i] = None
+            self.cancelled += 1
+        ops.append((_DEL_MESSAGE, (vhost, queue, seq)))
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def append_stream(
+        self,
+        vhost: str,
+        stream: str,
+        partition: int,
+        offset: int,
+        count: int,
+        timestamp: int,
+        fmt: str,
+        data: bytes,
+    ) -> None:
+        self._write(_APPEND_STREAM, (vhost, stream, partition, offset, count, timestamp, fmt, data))
+
+    def trim_stream(self, vhost: str, stream: str, partition: int, before_offset: int) -> None:
+        self._write(_TRIM_STREAM, (vhost, stream, partition, before_offset))
+
+    def put_kv(self, namespace: str, key: str, value: bytes) -> None:
+        self._write(_PUT_KV, (namespace, key, value))
+
+    def delete_kv(self, namespace: str, key: str) -> None:
+        self._write(_DEL_KV, (namespace, key))
+
+    def after_durable(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (reactor thread) once every write issued before it is committed."""
+        state = self._state
+        if state >= _CLOSING:
+            if state == _FAILED or self.dropped_after_close:
+                log.warn(
+                    "sqlite store {path}: after_durable callback dropped (store {state})",
+                    path=self.path,
+                    state="failed" if state == _FAILED else "closed with dropped writes",
+                )
+                return
+            if state == _CLOSED:
+                callback()
+                return
+            # closing: the callback runs after the last batches, before close() fires
+        elif not self._ops and not self._callbacks and self._inflight == 0:
+            callback()
+            return
+        if state == _CLOSING:
+            self._ops_closing_callback(callback)
+            return
+        self._callbacks.append(callback)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _ops_closing_callback(self, callback: Callable[[], None]) -> None:
+        # The close sentinel is already queued; chain the callback behind close().
+        def run(_: Any) -> Any:
+            callback()
+            return _
+
+        if self._close_d is not None:
+            self._close_d.addCallback(run)
+
+    # ------------------------------------------------------------------ flush / commit
+
+    def _flush(self) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if not self._ops and not self._callbacks:
+            return
+        ops, callbacks = self._ops, self._callbacks
+        self._ops, self._callbacks, self._puts = [], [], {}
+        if self._state == _FAILED:
+            return  # never report durable; writes are lost (already logged)
+        self._inflight += 1
+        self.flushes += 1
+        self._q.put((ops, callbacks))
+
+    def _committed(self, nbatches: int, callbacks: list[Callable[[], None]]) -> None:
+        """Reactor thread: the batches are on disk; run their callbacks in order."""
+        self._inflight -= nbatches
+        for cb in callbacks:
+            try:
+                cb()
+            except Exception:
+                log.failure("after_durable callback {cb!r} failed", cb=cb)
+
+    def _opened(self, snapshot: StoreSnapshot | None, error: BaseException | None) -> None:
+        d, self._open_d = self._open_d, None
+        if error is not None:
+            self._state = _FAILED
+            self._open_failed = True
+            self._failure = error
+            if self._thread is not None:
+                self._thread.join(1.0)
+                self._thread = None
+            self._ops, self._callbacks, self._puts = [], [], {}
+            log.error("sqlite store {path} failed to open: {error}", path=self.path, error=error)
+            if d is not None:
+                d.errback(error)
+            waiters, self._close_waiters = self._close_waiters, []
+            self._close_d = None
+            for w in waiters:  # close() was called while opening
+                w.callback(None)
+            return
+        if self._state == _OPENING:
+            self._state = _OPEN
+        log.info("sqlite store {path} opened", path=self.path)
+        if d is not None:
+            d.callback(snapshot)
+
+    def _fatal(self, exc: BaseException) -> None:
+        """Reactor thread: the writer gave up on a batch."""
+        self._state = _FAILED
+        self._failure = exc
+        self._ops, self._callbacks, self._puts = [], [], {}
+        log.critical(
+            "sqlite store {path}: write failed after retries, nothing more will be reported"
+            " durable: {exc!r}",
+            path=self.path,
+            exc=exc,
+        )
+        try:
+            self.on_fatal(exc)
+        except Exception:
+            log.failure("sqlite store on_fatal handler failed")
+
+    def _closed(self) -> None:
+        self._close_d = None
+        if self._thread is not None:
+            self._thread.join(1.0)
+            self._thread = None
+        waiters, self._close_waiters = self._close_waiters, []
+        if self._state == _FAILED:
+            for d in waiters:
+                d.errback(StoreFailedError(str(self._failure)))
+            return
+        self._state = _CLOSED
+        log.info("sqlite store {path} closed", path=self.path)
+        for d in waiters:
+            d.callback(None)
+
+    # ------------------------------------------------------------------ writer thread
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as e:
+            err = (
+                e
+                if isinstance(e, StoreOpenError)
+                else StoreOpenError(f"cannot open sqlite store {self.path}: {e}")
+            )
+            self._release_lock()
+            self._call_from_thread(self._opened, None, err)
+            return
+        try:
+            snapshot = self._load(conn)
+        except BaseException as e:
+            conn.close()
+            self._release_lock()
+            self._call_from_thread(
+                self._opened,
+                None,
+                StoreOpenError(f"cannot read sqlite store {self.path} (corrupt?): {e}"),
+            )
+            return
+        self._call_from_thread(self._opened, snapshot, None)
+        try:
+            self._loop(conn)
+        finally:
+            try:
+                conn.close()
+            except sqlite3.Error as e:
+                log.error("sqlite store {path}: close failed: {e}", path=self.path, e=e)
+            self._release_lock()
+            self._call_from_thread(self._closed)
+
+    def _loop(self, conn: sqlite3.Connection) -> None:
+        get, get_nowait = self._q.get, self._q.get_nowait
+        failed = False
+        synced_dir = False
+        while True:
+            items = [get()]
+            while True:
+                try:
+                    items.append(get_nowait())
+                except queue.Empty:
+                    break
+            closing = False
+            batches = []
+            for item in items:
+                if item is _CLOSE:
+                    closing = True  # nothing is queued after the sentinel
+                else:
+                    batches.append(item)
+            if batches and not failed:
+                error = self._commit_batches(conn, batches)
+                if error is not None:
+                    failed = True
+                    self._call_from_thread(self._fatal, error)
+                else:
+                    callbacks = [cb for _, cbs in batches for cb in cbs]
+                    if not synced_dir:
+                        # The WAL file was (re)created by this connection: make its directory
+                        # entry durable once, so a power loss cannot orphan committed data.
+                        self._fsync_dir()
+                        synced_dir = True
+                    self._call_from_thread(self._committed, len(batches), callbacks)
+            if closing:
+                return
+
+    def _commit_batches(self, conn: sqlite3.Connection, batches: list) -> BaseException | None:
+        """Run all batches in one transaction; retry on error. Return the final error or None."""
+        delay = 0.05
+        for attempt in range(self.retries + 1):
+            try:
+                self._execute(conn, batches)
+                return None
+            except Exception as e:  # sqlite errors, and bad parameters (OverflowError, ...)
+                try:
+                    conn.rollback()
+                except sqlite3.Error:
+                    pass
+                log.error(
+                    "sqlite store {path}: transaction failed (attempt {n} of {total}): {e!r}",
+                    path=self.path,
+                    n=attempt + 1,
+                    total=self.retries + 1,
+                    e=e,
+                )
+                last: BaseException = e
+                if attempt < self.retries:
+                    time.sleep(delay)
+                    delay *= 4
+        return last
+
+    def _execute(self, conn: sqlite3.Connection, batches: list) -> int:  # writer thread
+        """Execute the operations of ``batches`` in one transaction and commit (fsync)."""
+        ops = [op for b_ops, _ in batches for op in b_ops if op is not None]
+        if not ops:
+            return 0  # only callbacks: everything before them is already committed
+        conn.execute("BEGIN IMMEDIATE")
+        for kind, group in groupby(ops, key=itemgetter(0)):
+            params = [p for _, p in group]
+            for sql in _SQL[kind]:
+                if len(params) == 1:
+                    conn.execute(sql, params[0])
+                else:
+                    conn.executemany(sql, params)
+        conn.execute("COMMIT")
+        self.commits += 1
+        self.ops_written += len(ops)
+        return len(ops)
+
+    def _fsync_dir(self) -> None:
+        try:
+            fd = os.open(self.data_dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:  # some filesystems refuse fsync on directories
+            log.debug("fsync of {dir} failed: {e}", dir=self.data_dir, e=e)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+        except OSError as e:
+            raise StoreOpenError(f"cannot create data directory {self.data_dir}: {e}") from e
+        if not os.access(self.data_dir, os.W_OK | os.X_OK):
+            raise StoreOpenError(f"data directory {self.data_dir} is not writable")
+        self._take_lock()
+        existed = os.path.exists(self.path)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        except sqlite3.Error as e:
+            raise StoreOpenError(f"cannot open {self.path}: {e}") from e
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreOpenError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            self._migrate(conn)
+        except StoreOpenError:
+            conn.close()
+            raise
+        except sqlite3.Error as e:
+            conn.close()
+            raise StoreOpenError(
+                f"cannot open {self.path} (corrupt or not a database?): {e}"
+            ) from e
+        if not existed:
+            self._fsync_dir()
+        return conn
+
+    def _take_lock(self) -> None:
+        path = os.path.join(self.data_dir, LOCKNAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreOpenError(f"cannot create lock file {path}: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreOpenError(
+                    f"data directory {self.data_dir} is in use by another store or process"
+                ) from e
+            raise StoreOpenError(f"cannot lock {path}: {e}") from e
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreOpenError(
+                f"{self.path} has schema version {version}; this polymq understands up to"
+                f" {SCHEMA_VERSION}"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 0:
+                tables = conn.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                ).fetchone()[0]
+                if tables:
+                    raise StoreOpenError(f"{self.path} holds tables but no polymq schema version")
+                for stmt in _SCHEMA_V1.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                version = 1
+            while version < SCHEMA_VERSION:
+                for stmt in _MIGRATIONS[version].split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                version += 1
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+
+    def _load(self, conn: sqlite3.Connection) -> StoreSnapshot:
+        snap = StoreSnapshot()
+        snap.exchanges = [
+            (v, n, _unpack(r))
+            for v, n, r in conn.execute(
+                "SELECT vhost, name, record FROM exchanges ORDER BY vhost, name"
+            )
+        ]
+        snap.queues = [
+            (v, n, _unpack(r))
+            for v, n, r in conn.execute(
+                "SELECT vhost, name, record FROM queues ORDER BY vhost, name"
+            )
+        ]
+        snap.bindings = [
+            (v, s, k, d, key, _unpack(a))
+            for v, s, k, d, key, a in conn.execute(
+                'SELECT vhost, source, kind, destination, "key", args FROM bindings'
+                ' ORDER BY vhost, source, kind, destination, "key"'
+            )
+        ]
+        messages: dict[tuple[str, str], list[tuple[int, bytes, int]]] = {}
+        for v, q, seq, data, dc in conn.execute(
+            "SELECT vhost, queue, seq, data, delivery_count FROM messages"
+            " ORDER BY vhost, queue, seq"
+        ):
+            messages.setdefault((v, q), []).append((seq, bytes(data), dc))
+        snap.messages = messages
+        entries: dict[tuple[str, str, int], list[tuple[int, int, int, str, bytes]]] = {}
+        for v, s, p, off, cnt, ts, fmt, data in conn.execute(
+            'SELECT vhost, stream, "partition", "offset", "count", "timestamp", "format", data'
+            ' FROM stream_entries ORDER BY vhost, stream, "partition", "offset"'
+        ):
+            entries.setdefault((v, s, p), []).append((off, cnt, ts, fmt, bytes(data)))
+        snap.stream_entries = entries
+        kv: dict[str, dict[str, bytes]] = {}
+        for ns, k, value in conn.execute('SELECT namespace, "key", value FROM kv'):
+            kv.setdefault(ns, {})[k] = bytes(value)
+        snap.kv = kv
+        return snap

@@ -1,0 +1,645 @@
+"""The sqlite store: round trips, delete semantics, durability ordering, group commit."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sqlite3
+import threading
+import time
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer, reactor, task
+from twisted.python import failure
+from zope.interface.verify import verifyObject
+
+try:
+    from polymq.core.store.interfaces import IStore
+    from polymq.core.store.sqlite import FILENAME, SqliteStore, StoreOpenError
+except ImportError:  # running from the source tree without an install
+    from core.store.interfaces import IStore
+    from core.store.sqlite import FILENAME, SqliteStore, StoreOpenError
+
+
+def turn() -> defer.Deferred:
+    """Let the reactor run one turn (the store flushes on callLater(0))."""
+    return task.deferLater(reactor, 0, lambda: None)
+
+
+def durable(store: SqliteStore) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred()
+    store.after_durable(lambda: d.callback(None))
+    return d
+
+
+def open_store(path, **kw) -> tuple[SqliteStore, defer.Deferred]:
+    store = SqliteStore(str(path), **kw)
+    return store, store.open()
+
+
+@pytest_twisted.inlineCallbacks
+def test_provides_interface(tmp_path):
+    store, d = open_store(tmp_path / "data")
+    snap = yield d
+    assert verifyObject(IStore, store)
+    assert store.name == "sqlite"
+    assert snap.queues == [] and snap.messages == {} and snap.kv == {}
+    assert os.path.exists(tmp_path / "data" / FILENAME)
+    con = sqlite3.connect(tmp_path / "data" / FILENAME)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    con.close()
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_round_trip_every_kind(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    store.put_exchange("/", "ex", {"type": "topic", "durable": True, "args": {"a": [1, b"x"]}})
+    store.put_exchange("v2", "ex", {"type": "direct"})
+    store.put_queue("/", "q1", {"durable": True, "arguments": {"x-max-length": 10}})
+    store.put_queue("/", "s1", {"type": "stream"})
+    store.put_binding("/", "ex", "queue", "q1", "a.*", {})
+    store.put_binding("/", "ex", "queue", "q1", "a.*", {})  # idempotent
+    store.put_binding("/", "amq.headers", "queue", "q1", "", {"x-match": "all", "h": 1})
+    store.put_binding("/", "ex", "exchange", "ex2", "#", {})
+    yield turn()
+    for seq in range(5):
+        store.put_message("/", "q1", seq, b"m%d" % seq, 0)
+    store.put_message("/", "q1", 3, b"m3", 2)  # delivery-count update
+    store.append_stream("/", "s1", 0, 0, 3, 1000, "kafka.v2", b"batch0")
+    store.append_stream("/", "s1", 0, 3, 1, 1001, "polymq", b"batch1")
+    store.append_stream("/", "s1", 1, 0, 1, 1002, "polymq", b"p1")
+    store.put_kv("mqtt.session", "client-1", b"\x00\x01")
+    store.put_kv("mqtt.retained", "a/b", b"ret")
+    yield durable(store)
+    yield store.close()
+
+    store2, d2 = open_store(tmp_path)
+    snap = yield d2
+    assert sorted(snap.exchanges) == [
+        ("/", "ex", {"type": "topic", "durable": True, "args": {"a": [1, b"x"]}}),
+        ("v2", "ex", {"type": "direct"}),
+    ]
+    assert sorted(snap.queues, key=lambda q: q[1]) == [
+        ("/", "q1", {"durable": True, "arguments": {"x-max-length": 10}}),
+        ("/", "s1", {"type": "stream"}),
+    ]
+    assert sorted(snap.bindings, key=repr) == sorted(
+        [
+            ("/", "ex", "queue", "q1", "a.*", {}),
+            ("/", "amq.headers", "queue", "q1", "", {"x-match": "all", "h": 1}),
+            ("/", "ex", "exchange", "ex2", "#", {}),
+        ],
+        key=repr,
+    )
+    assert snap.messages == {
+        ("/", "q1"): [(0, b"m0", 0), (1, b"m1", 0), (2, b"m2", 0), (3, b"m3", 2), (4, b"m4", 0)]
+    }
+    assert snap.stream_entries == {
+        ("/", "s1", 0): [(0, 3, 1000, "kafka.v2", b"batch0"), (3, 1, 1001, "polymq", b"batch1")],
+        ("/", "s1", 1): [(0, 1, 1002, "polymq", b"p1")],
+    }
+    assert snap.kv == {"mqtt.session": {"client-1": b"\x00\x01"}, "mqtt.retained": {"a/b": b"ret"}}
+    yield store2.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_delete_semantics(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    store.put_exchange("/", "x", {})
+    store.put_exchange("/", "y", {})
+    store.put_queue("/", "q", {})
+    store.put_queue("/", "other", {})
+    store.put_binding("/", "x", "queue", "q", "k", {"b": 1, "a": 2})
+    store.put_binding("/", "x", "exchange", "y", "k", {})
+    store.put_binding("/", "y", "queue", "other", "k", {})
+    store.put_binding("/", "y", "exchange", "x", "k", {})
+    store.put_binding("/", "y", "queue", "q", "z", {})
+    for s in range(3):
+        store.put_message("/", "q", s, b"q", 0)
+        store.put_message("/", "other", s, b"o", 0)
+    store.append_stream("/", "q", 0, 0, 1, 0, "f", b"e")
+    store.append_stream("/", "other", 0, 0, 1, 0, "f", b"e0")
+    store.append_stream("/", "other", 0, 1, 2, 0, "f", b"e1")
+    store.append_stream("/", "other", 0, 3, 1, 0, "f", b"e3")
+    store.put_kv("ns", "a", b"1")
+    store.put_kv("ns", "b", b"2")
+    yield durable(store)
+    # binding args are matched regardless of dict order
+    store.delete_binding("/", "x", "queue", "q", "k", {"a": 2, "b": 1})
+    store.put_binding("/", "x", "queue", "q", "k2", {})
+    store.delete_queue("/", "q")  # messages, stream entries, bindings *to* q
+    store.delete_exchange("/", "x")  # bindings from x and to x
+    store.delete_message("/", "other", 1)
+    store.trim_stream("/", "other", 0, 3)
+    store.delete_kv("ns", "a")
+    yield durable(store)
+    yield store.close()
+
+    store2, d2 = open_store(tmp_path)
+    snap = yield d2
+    yield store2.close()
+    assert snap.exchanges == [("/", "y", {})]
+    assert snap.queues == [("/", "other", {})]
+    assert snap.bindings == [("/", "y", "queue", "other", "k", {})]
+    assert snap.messages == {("/", "other"): [(0, b"o", 0), (2, b"o", 0)]}
+    assert snap.stream_entries == {("/", "other", 0): [(3, 1, 0, "f", b"e3")]}
+    assert snap.kv == {"ns": {"b": b"2"}}
+
+
+@pytest_twisted.inlineCallbacks
+def test_after_durable_order_and_visibility(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    path = str(tmp_path / FILENAME)
+    seen: list[tuple[int, int]] = []
+
+    def check(seq: int) -> None:
+        con = sqlite3.connect(path)
+        try:
+            rows = con.execute("SELECT count(*) FROM messages WHERE seq <= ?", (seq,)).fetchone()
+        finally:
+            con.close()
+        seen.append((seq, rows[0]))
+
+    # nothing pending: called synchronously
+    called = []
+    store.after_durable(lambda: called.append(1))
+    assert called == [1]
+
+    for turn_no in range(5):
+        for i in range(20):
+            seq = turn_no * 20 + i
+            store.put_message("/", "q", seq, b"x" * 100, 0)
+            if i % 7 == 0:
+                store.after_durable(lambda seq=seq: check(seq))
+                assert seen == [] or seen[-1][0] < seq  # never synchronous while pending
+        yield turn()
+    yield durable(store)
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen)
+    assert len(seen) == 15
+    # at callback time every message up to seq was readable by another connection
+    assert all(count == seq + 1 for seq, count in seen)
+    # pending state drains: synchronous again
+    store.after_durable(lambda: called.append(2))
+    assert called == [1, 2]
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_after_durable_with_only_inflight_writes(tmp_path):
+    """A callback registered with no new write but a batch in flight waits for that batch."""
+    gate = threading.Event()
+
+    class Gated(SqliteStore):
+        def _execute(self, conn, batches):
+            gate.wait(5)
+            return super()._execute(conn, batches)
+
+    store = Gated(str(tmp_path))
+    yield store.open()
+    store.put_message("/", "q", 1, b"a", 0)
+    yield turn()  # flushed, writer blocked on the gate
+    order = []
+    store.after_durable(lambda: order.append("cb"))
+    assert order == []
+    yield turn()
+    assert order == []
+    gate.set()
+    yield durable(store)
+    assert order == ["cb"]
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_group_commit(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    acks = []
+    for t in range(20):
+        for i in range(50):
+            seq = t * 50 + i
+            store.put_message("/", "q", seq, b"payload", 0)
+            store.after_durable(lambda seq=seq: acks.append(seq))
+        yield turn()
+    yield durable(store)
+    assert acks == list(range(1000))
+    assert 1 <= store.commits <= 20 < 1000
+    assert store.ops_written == 1000
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_group_commit_merges_reactor_turns(tmp_path):
+    """Batches queued while the writer is busy share one transaction (one fsync)."""
+    gate = threading.Event()
+
+    class Gated(SqliteStore):
+        def _execute(self, conn, batches):
+            gate.wait(5)
+            return super()._execute(conn, batches)
+
+    store = Gated(str(tmp_path))
+    yield store.open()
+    acks = []
+    for seq in range(50):  # 50 reactor turns while the first commit is held
+        store.put_message("/", "q", seq, b"m", 0)
+        store.after_durable(lambda seq=seq: acks.append(seq))
+        yield turn()
+    assert store.flushes == 50
+    assert acks == []
+    gate.set()
+    yield durable(store)
+    assert acks == list(range(50))
+    assert store.commits <= 2  # (the first batch, then) all the others together
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_put_delete_cancel(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    store.put_message("/", "q", 1, b"keep", 0)
+    yield durable(store)
+    order = []
+    store.put_message("/", "q", 2, b"gone", 0)
+    store.after_durable(lambda: order.append("confirm2"))
+    store.put_message("/", "q", 2, b"gone", 1)
+    store.delete_message("/", "q", 2)  # acked before it reached the disk
+    store.delete_message("/", "q", 1)  # deletes a message flushed earlier
+    store.put_message("/", "q", 3, b"three", 0)
+    store.after_durable(lambda: order.append("confirm3"))
+    assert store.cancelled == 1
+    yield durable(store)
+    assert order == ["confirm2", "confirm3"]
+    yield store.close()
+    store2, d2 = open_store(tmp_path)
+    snap = yield d2
+    yield store2.close()
+    assert snap.messages == {("/", "q"): [(3, b"three", 0)]}
+
+
+@pytest_twisted.inlineCallbacks
+def test_put_delete_across_batches(tmp_path):
+    """A delete in a later batch than its put is not cancelled away: the row goes."""
+    store, d = open_store(tmp_path)
+    yield d
+    store.put_message("/", "q", 1, b"a", 0)
+    store.put_message("/", "q", 2, b"a", 0)
+    yield turn()
+    store.delete_message("/", "q", 1)
+    store.put_message("/", "q", 1, b"b", 0)  # same seq again (re-declared queue)
+    store.delete_message("/", "q", 1)
+    store.put_message("/", "q", 2, b"a", 1)  # delivery-count update, then ack, same batch
+    store.delete_message("/", "q", 2)
+    yield store.close()
+    store2, d2 = open_store(tmp_path)
+    snap = yield d2
+    yield store2.close()
+    assert snap.messages == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_close_commits_pending_then_writes_ignored(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    calls = []
+    for seq in range(100):
+        store.put_message("/", "q", seq, b"m", 0)
+    store.after_durable(lambda: calls.append("before-close"))
+    closed = store.close()
+    store.after_durable(lambda: calls.append("while-closing"))
+    yield closed
+    assert calls[0] == "before-close"
+    assert store._thread is None
+    # everything issued before close is committed; a late after_durable runs at once
+    store.after_durable(lambda: calls.append("after-close"))
+    assert calls == ["before-close", "while-closing", "after-close"]
+    # writes after close are ignored (counted, logged once) and never reported durable
+    store.put_message("/", "q", 1000, b"late", 0)
+    store.put_queue("/", "late", {})
+    assert store.dropped_after_close == 2
+    store.after_durable(lambda: calls.append("never"))
+    yield turn()
+    assert "never" not in calls
+    yield store.close()  # idempotent
+    store2, d2 = open_store(tmp_path)
+    snap = yield d2
+    yield store2.close()
+    assert [s for s, _, _ in snap.messages[("/", "q")]] == list(range(100))
+    assert snap.queues == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_unwritable_data_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"not a directory")
+    store = SqliteStore(str(blocker / "data"))
+    with pytest.raises(StoreOpenError, match="cannot create data directory"):
+        yield store.open()
+    yield store.close()
+
+    if os.geteuid() != 0:  # root ignores directory permissions
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            with pytest.raises(StoreOpenError):
+                yield SqliteStore(str(ro)).open()
+        finally:
+            ro.chmod(0o700)
+
+
+@pytest_twisted.inlineCallbacks
+def test_corrupt_file(tmp_path):
+    (tmp_path / FILENAME).write_bytes(b"this is not an sqlite database" * 100)
+    store = SqliteStore(str(tmp_path))
+    with pytest.raises(StoreOpenError, match="corrupt"):
+        yield store.open()
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_newer_schema_refused(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    yield store.close()
+    con = sqlite3.connect(tmp_path / FILENAME)
+    con.execute("PRAGMA user_version = 99")
+    con.close()
+    with pytest.raises(StoreOpenError, match="schema version 99"):
+        yield SqliteStore(str(tmp_path)).open()
+
+
+@pytest_twisted.inlineCallbacks
+def test_data_dir_in_use(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    other = SqliteStore(str(tmp_path))
+    with pytest.raises(StoreOpenError, match="in use"):
+        yield other.open()
+    yield store.close()
+    third, d3 = open_store(tmp_path)  # lock released by close
+    yield d3
+    yield third.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_error_never_reports_durable(tmp_path):
+    class Broken(SqliteStore):
+        fail = False
+
+        def _execute(self, conn, batches):
+            if self.fail:
+                raise sqlite3.OperationalError("disk I/O error")
+            return super()._execute(conn, batches)
+
+    fatal = []
+    store = Broken(str(tmp_path), on_fatal=fatal.append, retries=1)
+    yield store.open()
+    store.put_message("/", "q", 1, b"ok", 0)
+    yield durable(store)
+    store.fail = True
+    calls = []
+    store.put_message("/", "q", 2, b"lost", 0)
+    store.after_durable(lambda: calls.append("bad"))
+    for _ in range(50):
+        yield task.deferLater(reactor, 0.02, lambda: None)
+        if fatal:
+            break
+    assert len(fatal) == 1 and isinstance(fatal[0], sqlite3.OperationalError)
+    assert calls == []
+    store.put_message("/", "q", 3, b"after", 0)  # dropped
+    store.after_durable(lambda: calls.append("bad2"))
+    yield turn()
+    assert calls == []
+    with pytest.raises(Exception, match="disk I/O error"):
+        yield store.close()
+    store2, d2 = open_store(tmp_path)
+    snap = yield d2
+    yield store2.close()
+    assert snap.messages == {("/", "q"): [(1, b"ok", 0)]}
+
+
+def test_flush_uses_injected_clock(tmp_path):
+    clock = task.Clock()
+    store = SqliteStore(str(tmp_path), clock=clock)
+    store.put_kv("ns", "k", b"v")
+    store.put_kv("ns", "k2", b"v")
+    assert len(clock.getDelayedCalls()) == 1  # one flush per turn, not per write
+    clock.advance(0)
+    assert store.flushes == 1
+    assert clock.getDelayedCalls() == []
+
+
+# ---------------------------------------------------------------- model-based (hypothesis)
+
+names = st.sampled_from(["a", "b"])
+vhosts = st.sampled_from(["/", "v"])
+message_ops = st.one_of(
+    st.tuples(
+        st.just("put_message"),
+        st.just("/"),
+        st.just("a"),
+        st.integers(0, 1),
+        st.binary(max_size=4),
+        st.integers(0, 3),
+    ),
+    st.tuples(st.just("delete_message"), st.just("/"), st.just("a"), st.integers(0, 1)),
+    st.tuples(st.just("turn")),
+)
+other_ops = st.one_of(
+    st.tuples(st.just("put_exchange"), vhosts, names, st.dictionaries(names, st.integers(0, 3))),
+    st.tuples(st.just("delete_exchange"), vhosts, names),
+    st.tuples(st.just("put_queue"), vhosts, names, st.dictionaries(names, st.integers(0, 3))),
+    st.tuples(st.just("delete_queue"), vhosts, names),
+    st.tuples(
+        st.just("put_binding"),
+        vhosts,
+        names,
+        st.sampled_from(["queue", "exchange"]),
+        names,
+        st.sampled_from(["", "k"]),
+        st.dictionaries(names, st.integers(0, 1), max_size=2),
+    ),
+    st.tuples(
+        st.just("delete_binding"),
+        vhosts,
+        names,
+        st.sampled_from(["queue", "exchange"]),
+        names,
+        st.sampled_from(["", "k"]),
+        st.dictionaries(names, st.integers(0, 1), max_size=2),
+    ),
+    st.tuples(
+        st.just("put_message"),
+        vhosts,
+        names,
+        st.integers(0, 2),
+        st.binary(max_size=8),
+        st.integers(0, 3),
+    ),
+    st.tuples(st.just("delete_message"), vhosts, names, st.integers(0, 2)),
+    st.tuples(
+        st.just("append_stream"),
+        vhosts,
+        names,
+        st.integers(0, 1),
+        st.integers(0, 9),
+        st.integers(1, 3),
+        st.integers(0, 10**12),
+        st.sampled_from(["f", "g"]),
+        st.binary(max_size=8),
+    ),
+    st.tuples(st.just("trim_stream"), vhosts, names, st.integers(0, 1), st.integers(0, 10)),
+    st.tuples(st.just("put_kv"), names, names, st.binary(max_size=4)),
+    st.tuples(st.just("delete_kv"), names, names),
+    st.tuples(st.just("turn")),
+    st.tuples(st.just("reopen")),
+)
+# half of the operations hit two message keys, so put/turn/put/delete patterns are common
+ops_strategy = st.sampled_from([message_ops, other_ops]).flatmap(lambda strategy: strategy)
+
+
+class Model:
+    def __init__(self) -> None:
+        self.exchanges: dict = {}
+        self.queues: dict = {}
+        self.bindings: set = set()
+        self.messages: dict = {}
+        self.streams: dict = {}
+        self.kv: dict = {}
+
+    @staticmethod
+    def _bkey(v, s, k, d, key, args):
+        return (v, s, k, d, key, tuple(sorted(args.items())))
+
+    def apply(self, op):
+        name, *a = op
+        if name == "put_exchange":
+            self.exchanges[(a[0], a[1])] = a[2]
+        elif name == "delete_exchange":
+            v, n = a
+            self.exchanges.pop((v, n), None)
+            self.bindings = {
+                b
+                for b in self.bindings
+                if not (b[0] == v and (b[1] == n or (b[2] == "exchange" and b[3] == n)))
+            }
+        elif name == "put_queue":
+            self.queues[(a[0], a[1])] = a[2]
+        elif name == "delete_queue":
+            v, n = a
+            self.queues.pop((v, n), None)
+            self.messages = {k: m for k, m in self.messages.items() if k[:2] != (v, n)}
+            self.streams = {k: e for k, e in self.streams.items() if k[:2] != (v, n)}
+            self.bindings = {
+                b for b in self.bindings if not (b[0] == v and b[2] == "queue" and b[3] == n)
+            }
+        elif name == "put_binding":
+            self.bindings.add(self._bkey(*a))
+        elif name == "delete_binding":
+            self.bindings.discard(self._bkey(*a))
+        elif name == "put_message":
+            v, q, seq, data, dc = a
+            self.messages[(v, q, seq)] = (data, dc)
+        elif name == "delete_message":
+            self.messages.pop(tuple(a), None)
+        elif name == "append_stream":
+            v, s, p, off, cnt, ts, fmt, data = a
+            self.streams[(v, s, p, off)] = (cnt, ts, fmt, data)
+        elif name == "trim_stream":
+            v, s, p, before = a
+            self.streams = {
+                k: e for k, e in self.streams.items() if not (k[:3] == (v, s, p) and k[3] < before)
+            }
+        elif name == "put_kv":
+            self.kv[(a[0], a[1])] = a[2]
+        elif name == "delete_kv":
+            self.kv.pop((a[0], a[1]), None)
+
+    def check(self, snap) -> None:
+        assert {(v, n): r for v, n, r in snap.exchanges} == self.exchanges
+        assert {(v, n): r for v, n, r in snap.queues} == self.queues
+        assert {self._bkey(*b) for b in snap.bindings} == self.bindings
+        assert len(snap.bindings) == len(self.bindings)
+        got_msgs = {}
+        for (v, q), lst in snap.messages.items():
+            assert [s for s, _, _ in lst] == sorted(s for s, _, _ in lst)
+            for seq, data, dc in lst:
+                got_msgs[(v, q, seq)] = (data, dc)
+        assert got_msgs == self.messages
+        got_streams = {}
+        for (v, s, p), lst in snap.stream_entries.items():
+            assert [e[0] for e in lst] == sorted(e[0] for e in lst)
+            for off, cnt, ts, fmt, data in lst:
+                got_streams[(v, s, p, off)] = (cnt, ts, fmt, data)
+        assert got_streams == self.streams
+        got_kv = {(ns, k): v for ns, d in snap.kv.items() for k, v in d.items()}
+        assert got_kv == self.kv
+
+
+class ThreadClock(task.Clock):
+    """A deterministic clock whose callFromThread queues calls for :meth:`wait` to run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread_calls: queue.Queue = queue.Queue()
+
+    def callFromThread(self, f, *args, **kw) -> None:  # noqa: N802 (Twisted API name)
+        self.thread_calls.put((f, args, kw))
+
+    def wait(self, d: defer.Deferred, timeout: float = 10.0):
+        """Pump flushes and writer-thread results until ``d`` fires; return its result."""
+        results: list = []
+        d.addBoth(results.append)
+        deadline = time.monotonic() + timeout
+        while not results:
+            self.advance(0)
+            try:
+                f, args, kw = self.thread_calls.get(timeout=0.01)
+            except queue.Empty:
+                assert time.monotonic() < deadline, "store did not answer"
+                continue
+            f(*args, **kw)
+        if isinstance(results[0], failure.Failure):
+            results[0].raiseException()
+        return results[0]
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=st.lists(ops_strategy, min_size=8, max_size=60))
+def test_model(tmp_path_factory, ops):
+    """Arbitrary operation sequences, flushed and reopened at arbitrary points, match a model."""
+    data_dir = str(tmp_path_factory.mktemp("model"))
+    clock = ThreadClock()
+    model = Model()
+    store = SqliteStore(data_dir, clock=clock)
+    clock.wait(store.open())
+    for op in ops:
+        if op[0] == "turn":
+            d: defer.Deferred = defer.Deferred()
+            store.after_durable(lambda d=d: d.callback(None))
+            clock.wait(d)
+        elif op[0] == "reopen":
+            clock.wait(store.close())
+            store = SqliteStore(data_dir, clock=clock)
+            model.check(clock.wait(store.open()))
+        else:
+            getattr(store, op[0])(*op[1:])
+            model.apply(op)
+    clock.wait(store.close())
+    store = SqliteStore(data_dir, clock=clock)
+    snap = clock.wait(store.open())
+    clock.wait(store.close())
+    model.check(snap)
