@@ -1,0 +1,1 @@
+"""Kafka wire protocol adapter: topics are core streams, record batches are stored verbatim."""

@@ -1,0 +1,33 @@
+"""Registers the Kafka adapter through the same hook a third-party adapter uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polymq.core.hookspecs import hookimpl
+from polymq.core.plugins import AdapterSpec
+
+DEFAULT_CONFIG = {
+    "advertised_host": "127.0.0.1",
+    "advertised_port": 0,
+    "auto_create_topics": True,
+    "num_partitions": 1,
+    "sasl": False,
+    "max_request_size": 100 * 1024 * 1024,
+    "group_initial_rebalance_delay_ms": 0,
+}
+
+
+def build_factory(broker: Any, section: dict) -> Any:
+    from .transport import KafkaFactory
+
+    return KafkaFactory(broker, section)
+
+
+@hookimpl
+def polymq_adapters() -> list[AdapterSpec]:
+    return [AdapterSpec(
+        name="kafka", default_port=9092, build_factory=build_factory,
+        default_config=dict(DEFAULT_CONFIG),
+        description="Kafka wire protocol (produce, fetch, consumer groups, idempotence)",
+    )]
