@@ -1,0 +1,1166 @@
+"""The MQTT protocol state machine: connections, sessions, subscriptions, retained messages.
+
+No sockets here. A :class:`Connection` is fed bytes (``data_received``) and hands the bytes it
+wants written to its ``write`` callable (the transport batches them per reactor turn); it asks
+the transport to close through ``close``. A :class:`SessionState` outlives connections (persistent
+sessions); the :class:`MqttServer` owns the sessions, retained messages and will timers of one
+listener.
+
+Mapping to the core (docs/mqtt.md): an MQTT topic ``a/b`` is the ``amq.topic`` routing key
+``a.b`` ('/' and '.' swapped both ways); each session has a queue ``mqtt-session.<client id>``
+bound to ``amq.topic`` with its translated filters (durable for persistent sessions); a shared
+subscription ``$share/g/f`` is a queue ``mqtt-shared.g.<key>`` whose consumers are the members.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from polymq.core.auth import Refusal
+from polymq.core.errors import BrokerError
+from polymq.core.message import Message, now_ms
+from polymq.core.queue import Consumer, Delivery, Limit
+
+from . import codec as c
+
+log = Logger(namespace="polymq.mqtt")
+
+SESSIONS_NS = "mqtt.sessions"
+RETAINED_NS = "mqtt.retained"
+NEVER = 0xFFFFFFFF
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "max_packet_size": 0,  # 0: broker max_message_size + 64 KiB
+    "max_connect_size": 65536 * 4,  # cap on the first packet (CONNECT), before the state check
+    "receive_maximum": 1024,  # inbound QoS>0 in flight per connection (5.0: advertised)
+    "max_inflight": 1024,  # outbound QoS>0 window for 3.1.1 clients
+    "topic_alias_maximum": 64,
+    "max_keep_alive": 65535,  # 5.0: a longer (or zero) keep-alive gets Server Keep Alive
+    "max_session_expiry": NEVER,
+    "max_connections": 100000,
+    "retain_available": True,
+    "vhost": "",
+}
+
+
+class Sub:
+    """One subscription of a session."""
+
+    __slots__ = ("filter", "qos", "no_local", "rap", "rh", "sid", "group", "key", "queue_name")
+
+    def __init__(
+        self, flt: str, qos: int, no_local: bool = False, rap: bool = False, rh: int = 0,
+        sid: int | None = None, group: str | None = None,
+    ) -> None:
+        self.filter = flt
+        self.qos = qos
+        self.no_local = no_local
+        self.rap = rap
+        self.rh = rh
+        self.sid = sid
+        self.group = group
+        self.key = c.topic_to_key(flt)
+        self.queue_name = f"mqtt-shared.{group}.{self.key}" if group is not None else None
+
+    def record(self) -> list:
+        return [self.filter, self.qos, self.no_local, self.rap, self.rh, self.sid, self.group]
+
+    @classmethod
+    def from_record(cls, r: list) -> Sub:
+        return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+
+
+class SessionState:
+    """What MQTT calls the session: it survives the connection when it is persistent."""
+
+    def __init__(self, server: MqttServer, client_id: str) -> None:
+        self.server = server
+        self.client_id = client_id
+        self.queue_name = "mqtt-session." + client_id
+        self.queue: Any = None
+        self.durable = False
+        self.expiry: int = 0  # seconds after disconnect; NEVER = never
+        self.subs: dict[str, Sub] = {}  # plain subscriptions by filter
+        self.shared: dict[tuple[str, str], Sub] = {}  # (group, filter) -> Sub
+        self.key_refs: dict[str, int] = {}
+        self.match_cache: dict[str, tuple] = {}
+        self.no_local_count = 0
+        self.conn: Connection | None = None
+        self.inbound_qos2: set[int] = set()
+        self.pubrel_pending: set[int] = set()
+        self.expiry_timer: Any = None
+        self.version = c.V311
+
+    # -- queue and bindings -----------------------------------------------------------------
+
+    def ensure_queue(self, durable: bool) -> None:
+        vh = self.server.vhost
+        q = vh.queues.get(self.queue_name)
+        if q is not None and q.durable != durable:
+            if durable:
+                # a clean session becoming persistent: recreate durable, keep bindings
+                vh.delete_queue(self.queue_name)
+                q = None
+            # a durable queue serving a session that is now transient stays durable
+        if q is None:
+            q = vh.declare_queue(self.queue_name, durable=durable)
+            for key in self.key_refs:
+                vh.bind_queue(self.queue_name, "amq.topic", key)
+        self.queue = q
+        self.durable = q.durable
+
+    def add_sub(self, sub: Sub) -> bool:
+        """Add or replace a subscription; True when it is new."""
+        if sub.group is not None:
+            ident = (sub.group, sub.filter)
+            new = ident not in self.shared
+            self.shared[ident] = sub
+            return new
+        old = self.subs.get(sub.filter)
+        self.subs[sub.filter] = sub
+        if old is None:
+            n = self.key_refs.get(sub.key, 0)
+            self.key_refs[sub.key] = n + 1
+            if n == 0:
+                self.server.vhost.bind_queue(self.queue_name, "amq.topic", sub.key)
+        else:
+            self.no_local_count -= old.no_local
+        self.no_local_count += sub.no_local
+        self.match_cache.clear()
+        return old is None
+
+    def remove_sub(self, flt: str, group: str | None) -> Sub | None:
+        if group is not None:
+            return self.shared.pop((group, flt), None)
+        sub = self.subs.pop(flt, None)
+        if sub is None:
+            return None
+        self.no_local_count -= sub.no_local
+        n = self.key_refs.get(sub.key, 0) - 1
+        if n <= 0:
+            self.key_refs.pop(sub.key, None)
+            try:
+                self.server.vhost.unbind_queue(self.queue_name, "amq.topic", sub.key)
+            except BrokerError:
+                pass
+        else:
+            self.key_refs[sub.key] = n
+        self.match_cache.clear()
+        return sub
+
+    def match(self, key: str) -> tuple:
+        """(topic, topic bytes, max qos, subscription ids, retain-as-published) for a key."""
+        hit = self.match_cache.get(key)
+        if hit is not None:
+            return hit
+        topic = c.key_to_topic(key)
+        qos = -1
+        sids = []
+        rap = False
+        for sub in self.subs.values():
+            if c.topic_matches(sub.filter, topic):
+                if sub.qos > qos:
+                    qos = sub.qos
+                if sub.sid is not None:
+                    sids.append(sub.sid)
+                rap = rap or sub.rap
+        hit = (topic, topic.encode(), qos, tuple(sids), rap)
+        if len(self.match_cache) > 4096:
+            self.match_cache.clear()
+        self.match_cache[key] = hit
+        return hit
+
+    def excluded_for_own_publish(self, topic: str) -> bool:
+        """No Local: True when every own subscription matching ``topic`` has no_local set."""
+        any_match = False
+        for sub in self.subs.values():
+            if c.topic_matches(sub.filter, topic):
+                if not sub.no_local:
+                    return False
+                any_match = True
+        return any_match
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def save(self, gone: int = 0) -> None:
+        if not self.durable:
+            return
+        rec = {
+            "subs": [s.record() for s in self.subs.values()]
+            + [s.record() for s in self.shared.values()],
+            "expiry": self.expiry,
+            "gone": gone,
+            "v": self.version,
+        }
+        self.server.broker.kv_put_obj(SESSIONS_NS, self.client_id, rec)
+
+    def load(self, rec: dict) -> None:
+        self.expiry = rec.get("expiry", NEVER)
+        self.version = rec.get("v", c.V311)
+        for r in rec.get("subs", ()):
+            sub = Sub.from_record(r)
+            if sub.group is not None:
+                self.shared[(sub.group, sub.filter)] = sub
+            else:
+                self.subs[sub.filter] = sub
+                self.key_refs[sub.key] = self.key_refs.get(sub.key, 0) + 1
+                self.no_local_count += sub.no_local
+
+    def destroy(self) -> None:
+        """End the session: its queue, its record, its pending will."""
+        server = self.server
+        if server.sessions.get(self.client_id) is self:
+            del server.sessions[self.client_id]
+        self.cancel_expiry()
+        server.fire_will(self.client_id)
+        try:
+            server.vhost.delete_queue(self.queue_name)
+        except BrokerError:
+            pass
+        server.broker.kv_delete(SESSIONS_NS, self.client_id)
+
+    def cancel_expiry(self) -> None:
+        if self.expiry_timer is not None and self.expiry_timer.active():
+            self.expiry_timer.cancel()
+        self.expiry_timer = None
+
+
+class MqttServer:
+    """Per-listener state shared by all connections."""
+
+    def __init__(self, broker: Any, config: dict | None = None) -> None:
+        cfg = dict(DEFAULT_CONFIG)
+        cfg.update(config or {})
+        self.config = cfg
+        self.broker = broker
+        self.clock = broker.clock
+        self.vhost = broker.vhost(cfg.get("vhost") or None)
+        self.max_packet_size = cfg["max_packet_size"] or min(
+            c.MAX_REMAINING_LENGTH, broker.max_message_size + 65536
+        )
+        self.max_connect_size = cfg["max_connect_size"]
+        self.receive_maximum = max(1, min(65535, cfg["receive_maximum"]))
+        self.max_inflight = cfg["max_inflight"]
+        self.topic_alias_maximum = cfg["topic_alias_maximum"]
+        self.max_keep_alive = cfg["max_keep_alive"]
+        self.max_session_expiry = cfg["max_session_expiry"]
+        self.retain_available = cfg["retain_available"]
+        self.max_connections = cfg["max_connections"]
+        self.connections = 0
+        self.sessions: dict[str, SessionState] = {}
+        self.retained: dict[str, Message] = {}
+        self.will_timers: dict[str, tuple[Any, Callable[[], None]]] = {}
+        self.expiry_timers: dict[str, Any] = {}
+        # encoded-PUBLISH cache for fan-out: id(message) -> [message, {variant: frame}]
+        self.enc_cache: dict[int, list] = {}
+        for topic, data in list(broker.kv(RETAINED_NS).items()):
+            try:
+                self.retained[topic] = Message.from_bytes(data)
+            except Exception:
+                log.warn("mqtt: dropping unreadable retained message for {topic}", topic=topic)
+        self._arm_stored_expiries()
+
+    # -- stored sessions --------------------------------------------------------------------
+
+    def _arm_stored_expiries(self) -> None:
+        now = now_ms()
+        for cid in list(self.broker.kv(SESSIONS_NS)):
+            rec = self.broker.kv_get_obj(SESSIONS_NS, cid) or {}
+            expiry = rec.get("expiry", NEVER)
+            if expiry == NEVER:
+                continue
+            gone = rec.get("gone") or now
+            left = max(0.0, (gone + expiry * 1000 - now) / 1000.0)
+            self.expiry_timers[cid] = self.clock.callLater(left, self._expire_stored, cid)
+
+    def _expire_stored(self, cid: str) -> None:
+        self.expiry_timers.pop(cid, None)
+        s = self.sessions.get(cid)
+        if s is not None:
+            if s.conn is None:
+                s.destroy()
+            return
+        try:
+            self.vhost.delete_queue("mqtt-session." + cid)
+        except BrokerError:
+            pass
+        self.broker.kv_delete(SESSIONS_NS, cid)
+
+    def find_session(self, cid: str) -> SessionState | None:
+        s = self.sessions.get(cid)
+        if s is not None:
+            return s
+        rec = self.broker.kv_get_obj(SESSIONS_NS, cid)
+        if rec is None:
+            return None
+        t = self.expiry_timers.pop(cid, None)
+        if t is not None and t.active():
+            t.cancel()
+        s = SessionState(self, cid)
+        s.load(rec)
+        s.durable = True
+        self.sessions[cid] = s
+        return s
+
+    # -- wills ------------------------------------------------------------------------------
+
+    def schedule_will(self, cid: str, delay: int, publish: Callable[[], None]) -> None:
+        self.cancel_will(cid)
+        if delay <= 0:
+            publish()
+            return
+        call = self.clock.callLater(delay, self._will_due, cid)
+        self.will_timers[cid] = (call, publish)
+
+    def _will_due(self, cid: str) -> None:
+        entry = self.will_timers.pop(cid, None)
+        if entry is not None:
+            entry[1]()
+
+    def cancel_will(self, cid: str) -> None:
+        entry = self.will_timers.pop(cid, None)
+        if entry is not None and entry[0].active():
+            entry[0].cancel()
+
+    def fire_will(self, cid: str) -> None:
+        entry = self.will_timers.pop(cid, None)
+        if entry is not None:
+            if entry[0].active():
+                entry[0].cancel()
+            entry[1]()
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(self, topic: str, msg: Message, retain: bool, exclude: Any = None) -> int:
+        """Route a message published to ``topic``; handles the retained store. Returns routed."""
+        key = c.topic_to_key(topic)
+        routed, _ = self.vhost.publish("amq.topic", key, msg, exclude=exclude)
+        if retain:
+            if msg.body:
+                self.retained[topic] = msg
+                self.broker.kv_put(RETAINED_NS, topic, msg.to_bytes())
+            elif self.retained.pop(topic, None) is not None:
+                self.broker.kv_delete(RETAINED_NS, topic)
+        return routed
+
+    def retained_for(self, flt: str) -> list[Message]:
+        now = now_ms()
+        out = []
+        expired = []
+        for topic, msg in self.retained.items():
+            if c.topic_matches(flt, topic):
+                if msg.expiration is not None and msg.expiration <= now:
+                    expired.append(topic)
+                    continue
+                out.append(msg)
+        for topic in expired:
+            self.retained.pop(topic, None)
+            self.broker.kv_delete(RETAINED_NS, topic)
+        return out
+
+    def cached(self, msg: Message) -> dict:
+        e = self.enc_cache.get(id(msg))
+        if e is None or e[0] is not msg:
+            if len(self.enc_cache) >= 256:
+                self.enc_cache.clear()
+            e = self.enc_cache[id(msg)] = [msg, {}]
+        return e[1]
+
+
+def _str(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v).decode("utf-8", "replace")
+    if v is None:
+        return ""
+    return str(v)
+
+
+def static_props(msg: Message) -> dict[str, Any]:
+    """The 5.0 PUBLISH properties that depend only on the message (no expiry, alias, ids)."""
+    ann = msg.annotations
+    props: dict[str, Any] = {}
+    pfi = ann.get("mqtt.payload_format")
+    if pfi is not None:
+        props["payload_format_indicator"] = pfi
+    if msg.content_type is not None:
+        props["content_type"] = msg.content_type
+    if msg.reply_to is not None:
+        props["response_topic"] = msg.reply_to
+    cd = ann.get("mqtt.correlation_data")
+    if cd is not None:
+        props["correlation_data"] = bytes(cd)
+    elif msg.correlation_id is not None:
+        props["correlation_data"] = _str(msg.correlation_id).encode()
+    ups = ann.get("mqtt.user_properties")
+    if ups is not None:
+        props["user_property"] = [(_str(k), _str(v)) for k, v in ups]
+    elif msg.headers:
+        props["user_property"] = [(_str(k), _str(v)) for k, v in msg.headers.items()]
+    return props
+
+
+class Connection:
+    """One network connection speaking MQTT."""
+
+    def __init__(
+        self,
+        server: MqttServer,
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+        peer: Any = None,
+    ) -> None:
+        self.server = server
+        self.broker = server.broker
+        self.write = write
+        self._close = close
+        self.peer = peer
+        self.reader = c.FrameReader(server.max_connect_size)
+        self.reader.first_type_check = self._check_first
+        self.state = 0  # 0 new, 1 connected, 2 closed
+        self.version = c.V311
+        self.client_id = ""
+        self.session: SessionState | None = None
+        self.consumers: list[Consumer] = []
+        self.limit: Limit | None = None
+        self.inflight: dict[int, Delivery] = {}
+        self.next_pid = 1
+        self.in_aliases: dict[int, str] = {}
+        self.out_aliases: dict[str, int] = {}
+        self.out_alias_max = 0
+        self.client_max_packet = c.MAX_REMAINING_LENGTH + 5
+        self.keep_alive = 0
+        self.last_rx = 0.0
+        self.ka_timer: Any = None
+        self.will: tuple[str, Message, bool, int] | None = None
+        self.acks: list[bytes] | None = None
+        self.inbound_pending = 0
+        self.paused = False
+        self.request_problem_info = True
+        self.user = None
+
+    # -- input ------------------------------------------------------------------------------
+
+    def _check_first(self, first: int, length: int) -> None:
+        if first >> 4 != c.CONNECT:
+            raise c.MalformedPacket(
+                f"first packet is {c.PACKET_NAMES.get(first >> 4, first >> 4)}, not CONNECT",
+                c.PROTOCOL_ERROR,
+            )
+        self.reader.first_type_check = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == 2:
+            return
+        self.last_rx = self.server.clock.seconds()
+        packets = self.reader.feed(data)
+        self.acks = acks = []
+        try:
+            for first, body in packets:
+                if self.state == 2:
+                    break
+                self.handle(first, body)
+            if self.reader.error is not None and self.state != 2:
+                e = self.reader.error
+                self.fail(e.reason, str(e))
+        except c.MalformedPacket as e:
+            self.fail(e.reason, str(e))
+        finally:
+            self.acks = None
+            if acks:
+                self.broker.when_durable(lambda: self._write_acks(acks))
+
+    def _write_acks(self, acks: list[bytes]) -> None:
+        if self.state == 1:
+            self.write(b"".join(acks))
+
+    def handle(self, first: int, body: bytes) -> None:
+        ptype = first >> 4
+        if ptype == c.PUBLISH:
+            if self.state != 1:
+                raise c.MalformedPacket("PUBLISH before CONNECT", c.PROTOCOL_ERROR)
+            self.on_publish(first & 0x0F, body)
+            return
+        if (first & 0x0F) != c.REQUIRED_FLAGS.get(ptype, -1):
+            if ptype == 0 or ptype not in c.REQUIRED_FLAGS:
+                raise c.MalformedPacket(f"reserved packet type {ptype}")
+            raise c.MalformedPacket(f"bad fixed-header flags on {c.PACKET_NAMES[ptype]}")
+        if self.state == 0:
+            if ptype != c.CONNECT:
+                raise c.MalformedPacket("first packet is not CONNECT", c.PROTOCOL_ERROR)
+            self.on_connect(body)
+            return
+        if ptype == c.PUBACK:
+            pid, _ = c.decode_ack(body, self.version)
+            d = self.inflight.pop(pid, None)
+            if d is not None:
+                d.queue.ack(d)
+        elif ptype == c.PUBREC:
+            pid, reason = c.decode_ack(body, self.version)
+            d = self.inflight.pop(pid, None)
+            if d is not None:
+                d.queue.ack(d)
+            if reason >= 0x80:
+                return
+            if d is not None or pid in self.session.pubrel_pending:
+                self.session.pubrel_pending.add(pid)
+                self.write(c.encode_ack(c.PUBREL, pid))
+            else:
+                self.write(self._ack(c.PUBREL, pid, c.PACKET_ID_NOT_FOUND))
+        elif ptype == c.PUBCOMP:
+            pid, _ = c.decode_ack(body, self.version)
+            self.session.pubrel_pending.discard(pid)
+        elif ptype == c.PUBREL:
+            pid, _ = c.decode_ack(body, self.version)
+            s = self.session
+            if pid in s.inbound_qos2:
+                s.inbound_qos2.discard(pid)
+                self.inbound_pending -= 1
+                self.acks.append(c.encode_ack(c.PUBCOMP, pid))
+            else:
+                self.acks.append(self._ack(c.PUBCOMP, pid, c.PACKET_ID_NOT_FOUND))
+        elif ptype == c.PINGREQ:
+            self.write(b"\xd0\x00")
+        elif ptype == c.SUBSCRIBE:
+            self.on_subscribe(body)
+        elif ptype == c.UNSUBSCRIBE:
+            self.on_unsubscribe(body)
+        elif ptype == c.DISCONNECT:
+            self.on_disconnect(body)
+        elif ptype == c.CONNECT:
+            raise c.MalformedPacket("second CONNECT", c.PROTOCOL_ERROR)
+        elif ptype == c.AUTH and self.version == c.V5:
+            raise c.MalformedPacket("AUTH without an authentication method", c.PROTOCOL_ERROR)
+        else:
+            raise c.MalformedPacket(
+                f"{c.PACKET_NAMES.get(ptype, ptype)} is not sent by clients", c.PROTOCOL_ERROR
+            )
+
+    def _ack(self, ptype: int, pid: int, reason: int, text: str | None = None) -> bytes:
+        if self.version != c.V5:
+            return c.encode_ack(ptype, pid)
+        props = c.encode_props({"reason_string": text}) if text and self.request_problem_info \
+            else None
+        if props is None and reason == 0:
+            return c.encode_ack(ptype, pid)
+        return c.encode_ack(ptype, pid, reason, props if props is not None else b"\x00")
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def fail(self, reason: int, text: str) -> None:
+        """A protocol violation: 5.0 DISCONNECT with the reason code, then close."""
+        if self.state == 2:
+            return
+        log.info(
+            "mqtt: closing {peer} ({cid}): {text}", peer=_peer(self.peer), cid=self.client_id,
+            text=text,
+        )
+        if self.state == 1 and self.version == c.V5:
+            self.send_disconnect(reason, text)
+        self.close()
+
+    def send_disconnect(self, reason: int, text: str | None = None) -> None:
+        props = {"reason_string": text} if text and self.request_problem_info else None
+        body = bytes((reason,)) + c.encode_props(props)
+        self.write(c.frame(c.DISCONNECT << 4, body))
+
+    def close(self) -> None:
+        if self.state != 2:
+            self._close()
+
+    # -- CONNECT ----------------------------------------------------------------------------
+
+    def on_connect(self, body: bytes) -> None:
+        pkt = c.decode(c.CONNECT, body, c.V311)
+        level = pkt.protocol_level
+        name = pkt.protocol_name
+        if not ((name == "MQTT" and level in (c.V311, c.V5)) or (name == "MQIsdp" and level == 3)):
+            if name in ("MQTT", "MQIsdp"):
+                self._connack(0, c.V3_UNACCEPTABLE_PROTOCOL, {}, v5reason=0x84)
+            self.fail(c.UNSUPPORTED_PROTOCOL_VERSION, f"unsupported protocol {name!r} {level}")
+            return
+        self.version = level if level == c.V5 else c.V311
+        v5 = level == c.V5
+        f = pkt.flags
+        if f.reserved:
+            raise c.MalformedPacket("reserved CONNECT flag set")
+        if not f.will and (f.will_qos or f.will_retain):
+            raise c.MalformedPacket("will QoS/retain without a will")
+        if f.will_qos == 3:
+            raise c.MalformedPacket("will QoS 3")
+        if not v5 and f.password and not f.username:
+            raise c.MalformedPacket("password without user name")
+        props = c.props_to_dict(pkt.properties["items"]) if v5 else {}
+        if props.get("receive_maximum") == 0 or props.get("maximum_packet_size") == 0:
+            raise c.MalformedPacket("receive maximum or maximum packet size of 0",
+                                    c.PROTOCOL_ERROR)
+        self.request_problem_info = props.get("request_problem_information", 1) != 0
+        if "authentication_method" in props:
+            self._connack(0, c.V3_NOT_AUTHORIZED, {}, v5reason=c.BAD_AUTH_METHOD)
+            self.fail(c.BAD_AUTH_METHOD, "enhanced authentication is not supported")
+            return
+        cid = pkt.client_id
+        clean = bool(f.clean_start)
+        assigned = None
+        if not cid:
+            if not v5 and not clean:
+                self._connack(0, c.V3_IDENTIFIER_REJECTED, {})
+                self.fail(c.CLIENT_ID_NOT_VALID, "empty client id without clean session")
+                return
+            cid = assigned = "auto-" + secrets.token_hex(12)
+        if "\x00" in cid:
+            raise c.MalformedPacket("NUL in client id")
+        self.client_id = cid
+        # will (validated before authentication so that a malformed one is refused as such)
+        will = None
+        if f.will:
+            wtopic = pkt.will_topic
+            if not c.valid_topic_name(wtopic):
+                raise c.MalformedPacket("invalid will topic", c.TOPIC_NAME_INVALID)
+            wprops = c.props_to_dict(pkt.will_properties["items"]) if v5 else {}
+            wmsg = self._message(pkt.will_payload, f.will_qos, bool(f.will_retain), wprops)
+            will = (wtopic, wmsg, bool(f.will_retain), wprops.get("will_delay_interval", 0))
+        # authentication, once per connection
+        username = pkt.username
+        password = pkt.password
+        ident = self.broker.authenticate("mqtt", username, password, self.peer)
+        if ident is None or isinstance(ident, Refusal):
+            reason = getattr(ident, "reason", "refused")
+            self._connack(0, c.V3_BAD_USERNAME_OR_PASSWORD if username else c.V3_NOT_AUTHORIZED,
+                          {"reason_string": reason},
+                          v5reason=c.BAD_USERNAME_OR_PASSWORD if username else c.NOT_AUTHORIZED)
+            self.fail(c.NOT_AUTHORIZED, f"authentication refused: {reason}")
+            return
+        self.user = ident
+        server = self.server
+        # keep-alive
+        ka = pkt.keep_alive
+        server_ka = None
+        if v5 and server.max_keep_alive and (ka == 0 or ka > server.max_keep_alive):
+            ka = server_ka = server.max_keep_alive
+        self.keep_alive = ka
+        # session expiry
+        if v5:
+            expiry = props.get("session_expiry_interval", 0)
+            if expiry != NEVER:
+                expiry = min(expiry, server.max_session_expiry)
+        else:
+            expiry = 0 if clean else NEVER
+        # take over / resume / start the session
+        if clean:
+            server.fire_will(cid)
+        else:
+            server.cancel_will(cid)
+        old = server.sessions.get(cid)
+        if old is not None and old.conn is not None:
+            old.conn.taken_over()
+        session = None if clean else server.find_session(cid)
+        if clean:
+            stale = server.find_session(cid)
+            if stale is not None:
+                stale.destroy()
+        present = session is not None
+        if session is None:
+            session = SessionState(server, cid)
+            server.sessions[cid] = session
+        session.cancel_expiry()
+        session.version = self.version
+        session.expiry = expiry
+        session.ensure_queue(durable=expiry != 0)
+        session.conn = self
+        self.session = session
+        self.will = will
+        self.state = 1
+        self.reader.max_size = server.max_packet_size
+        # limits the client asked for
+        if v5:
+            rm = props.get("receive_maximum", 65535)
+            self.client_max_packet = props.get("maximum_packet_size", self.client_max_packet)
+            self.out_alias_max = props.get("topic_alias_maximum", 0)
+        else:
+            rm = server.max_inflight
+        self.limit = Limit(rm)
+        ack_props: dict[str, Any] = {}
+        if v5:
+            ack_props = {
+                "receive_maximum": server.receive_maximum,
+                "maximum_packet_size": server.max_packet_size,
+                "topic_alias_maximum": server.topic_alias_maximum,
+                "retain_available": 1 if server.retain_available else 0,
+                "wildcard_subscription_available": 1,
+                "subscription_identifier_available": 1,
+                "shared_subscription_available": 1,
+            }
+            if assigned:
+                ack_props["assigned_client_identifier"] = assigned
+            if server_ka is not None:
+                ack_props["server_keep_alive"] = server_ka
+            if expiry != props.get("session_expiry_interval", 0):
+                ack_props["session_expiry_interval"] = expiry
+        self._connack(1 if present else 0, 0, ack_props)
+        session.save()
+        if ka:
+            self.ka_timer = server.clock.callLater(ka * 1.5, self._keep_alive_check)
+        # resume: PUBRELs still owed, then queued and in-flight messages
+        for pid in sorted(session.pubrel_pending):
+            self.write(c.encode_ack(c.PUBREL, pid))
+        self.inbound_pending = len(session.inbound_qos2)
+        self._attach()
+
+    def _connack(self, present: int, v3code: int, props: dict, v5reason: int | None = None) -> None:
+        if self.version == c.V5:
+            reason = v5reason if v5reason is not None else (0 if v3code == 0 else 0x80)
+            if reason and not self.request_problem_info:
+                props = {k: v for k, v in props.items() if k != "reason_string"}
+            body = bytes((present, reason)) + c.encode_props(props)
+        else:
+            body = bytes((present, v3code))
+        self.write(c.frame(c.CONNACK << 4, body))
+
+    def _attach(self) -> None:
+        s = self.session
+        c_ = Consumer(f"mqtt:{s.client_id}", self.deliver, limit=self.limit, owner=self)
+        self.consumers.append(c_)
+        if self.paused:
+            c_.pause()
+        s.queue.add_consumer(c_)
+        for sub in list(s.shared.values()):
+            self._attach_shared(sub)
+
+    def _attach_shared(self, sub: Sub) -> None:
+        vh = self.server.vhost
+        q = vh.declare_queue(sub.queue_name, durable=False, auto_delete=True)
+        vh.bind_queue(sub.queue_name, "amq.topic", sub.key)
+        topic_flt = sub.filter
+
+        def deliver(d: Delivery) -> None:
+            topic = c.key_to_topic(d.message.routing_key)
+            if not c.topic_matches(topic_flt, topic):
+                d.queue.ack(d)
+                return
+            self._send(d, (topic, topic.encode(), sub.qos,
+                           (sub.sid,) if sub.sid is not None else (), sub.rap))
+
+        cons = Consumer(f"mqtt:{self.client_id}:{sub.group}", deliver, limit=self.limit,
+                        owner=self, arguments={"mqtt.sub": sub})
+        self.consumers.append(cons)
+        if self.paused:
+            cons.pause()
+        q.add_consumer(cons)
+
+    def _detach_shared(self, sub: Sub) -> None:
+        for cons in list(self.consumers):
+            if cons.arguments.get("mqtt.sub") is sub:
+                self.consumers.remove(cons)
+                self._drop_inflight_of(cons)
+                if cons.queue is not None:
+                    cons.queue.remove_consumer(cons, requeue=True)
+
+    def _drop_inflight_of(self, cons: Consumer) -> None:
+        for pid, d in list(self.inflight.items()):
+            if d.consumer is cons:
+                del self.inflight[pid]
+
+    def taken_over(self) -> None:
+        """Another connection took this client id: 5.0 DISCONNECT 0x8E, no will."""
+        log.info("mqtt: session {cid} taken over", cid=self.client_id)
+        if self.version == c.V5:
+            self.send_disconnect(c.SESSION_TAKEN_OVER)
+        self.will = None
+        self._detach_session(keep=True)
+        self.close()
+
+    # -- keep-alive -------------------------------------------------------------------------
+
+    def _keep_alive_check(self) -> None:
+        self.ka_timer = None
+        if self.state != 1:
+            return
+        limit = self.keep_alive * 1.5
+        idle = self.server.clock.seconds() - self.last_rx
+        if idle >= limit:
+            self.fail(c.KEEP_ALIVE_TIMEOUT, f"no packet for {idle:.1f} s (keep-alive timeout)")
+            return
+        self.ka_timer = self.server.clock.callLater(limit - idle, self._keep_alive_check)
+
+    # -- PUBLISH in -------------------------------------------------------------------------
+
+    def _message(self, payload: bytes, qos: int, retain: bool, props: dict) -> Message:
+        ann: dict[str, Any] = {}
+        if qos == 2:
+            ann["mqtt.qos"] = 2
+        if retain:
+            ann["mqtt.retain"] = True
+        msg = Message(payload, durable=qos > 0, annotations=ann)
+        if props:
+            if "content_type" in props:
+                msg.content_type = props["content_type"]
+            if "response_topic" in props:
+                msg.reply_to = props["response_topic"]
+            cd = props.get("correlation_data")
+            if cd is not None:
+                try:
+                    msg.correlation_id = cd.decode("utf-8")
+                except UnicodeDecodeError:
+                    ann["mqtt.correlation_data"] = cd
+            mei = props.get("message_expiry_interval")
+            if mei is not None:
+                msg.expiration = now_ms() + mei * 1000
+            pfi = props.get("payload_format_indicator")
+            if pfi is not None:
+                ann["mqtt.payload_format"] = pfi
+            ups = props.get("user_property")
+            if ups:
+                headers = {}
+                for k, v in ups:
+                    if k in headers:
+                        ann["mqtt.user_properties"] = [[k_, v_] for k_, v_ in ups]
+                    headers[k] = v
+                msg.headers = headers
+        return msg
+
+    def on_publish(self, flags: int, body: bytes) -> None:
+        qos = (flags >> 1) & 3
+        if qos == 3:
+            raise c.MalformedPacket("PUBLISH with QoS 3")
+        if qos == 0 and flags & 8:
+            raise c.MalformedPacket("DUP set on a QoS 0 PUBLISH")
+        v5 = self.version == c.V5
+        topic, pid, block, payload, _tb = c.decode_publish(flags, body, self.version)
+        props = c.props_from_block(block) if block is not None else None
+        if props:
+            alias = props.pop("topic_alias", None)
+            if alias is not None:
+                if alias == 0 or alias > self.server.topic_alias_maximum:
+                    raise c.MalformedPacket(f"topic alias {alias} out of range",
+                                            c.TOPIC_ALIAS_INVALID)
+                if topic:
+                    self.in_aliases[alias] = topic
+                else:
+                    topic = self.in_aliases.get(alias, "")
+                    if not topic:
+                        raise c.MalformedPacket(f"unknown topic alias {alias}", c.PROTOCOL_ERROR)
+            if "subscription_identifier" in props:
+                raise c.MalformedPacket("subscription identifier in PUBLISH", c.PROTOCOL_ERROR)
+        if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+            raise c.MalformedPacket(f"invalid topic name {topic!r}", c.TOPIC_NAME_INVALID)
+        if len(payload) > self.broker.max_message_size:
+            raise c.MalformedPacket("message over the broker's size limit", c.PACKET_TOO_LARGE)
+        retain = flags & 1
+        if retain and not self.server.retain_available:
+            raise c.MalformedPacket("retain is not available", c.RETAIN_NOT_SUPPORTED)
+        s = self.session
+        if qos:
+            if qos == 2 and pid in s.inbound_qos2:
+                # a resent QoS 2 PUBLISH we already have: only PUBREC again (exactly once)
+                self.acks.append(c.encode_ack(c.PUBREC, pid))
+                return
+            if self.inbound_pending >= self.server.receive_maximum and v5:
+                raise c.MalformedPacket("receive maximum exceeded", c.RECEIVE_MAXIMUM_EXCEEDED)
+        msg = self._message(payload, qos, bool(retain), props)
+        exclude = None
+        if s.no_local_count and s.excluded_for_own_publish(topic):
+            exclude = s.queue
+        if qos == 0 and not retain and block is None:
+            # forward this very frame to subscribers of the same protocol family
+            self.server.cached(msg)[(v5, 0, False, topic)] = c.frame(0x30, body)
+        routed = self.server.publish(topic, msg, bool(retain), exclude)
+        if qos == 1:
+            if v5 and not routed:
+                self.acks.append(c.encode_ack(c.PUBACK, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
+            else:
+                self.acks.append(c.encode_ack(c.PUBACK, pid))
+        elif qos == 2:
+            s.inbound_qos2.add(pid)
+            self.inbound_pending += 1
+            if v5 and not routed:
+                self.acks.append(c.encode_ack(c.PUBREC, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
+            else:
+                self.acks.append(c.encode_ack(c.PUBREC, pid))
+
+    # -- PUBLISH out ------------------------------------------------------------------------
+
+    def deliver(self, d: Delivery) -> None:
+        """Consumer callback of the session queue (hot path)."""
+        hit = self.session.match(d.message.routing_key)
+        if hit[2] < 0:
+            d.queue.ack(d)  # no subscription matches any more ($-topic, unsubscribed)
+            return
+        self._send(d, hit)
+
+    def _send(self, d: Delivery, hit: tuple) -> None:
+        msg = d.message
+        topic, tbytes, subqos, sids, rap = hit
+        ann = msg.annotations
+        if ann:
+            mq = ann.get("mqtt.qos", 1 if msg.durable else 0)
+            retain = ann.get("mqtt.retain_delivery", False) or (rap and ann.get("mqtt.retain",
+                                                                               False))
+        else:
+            mq = 1 if msg.durable else 0
+            retain = False
+        qos = mq if mq < subqos else subqos
+        v5 = self.version == c.V5
+        if qos == 0 and not (v5 and (sids or self.out_alias_max or msg.expiration)):
+            cache = self.server.cached(msg)
+            variant = (v5, 0, retain, topic)
+            frame = cache.get(variant)
+            if frame is None:
+                props = None
+                if v5:
+                    sp = cache.get("p5")
+                    if sp is None:
+                        sp = cache["p5"] = c.encode_props(static_props(msg))
+                    props = sp
+                frame = cache[variant] = c.encode_publish(tbytes, msg.body, 0, 0, retain,
+                                                          False, props)
+            if len(frame) > self.client_max_packet:
+                d.queue.ack(d)
+                return
+            self.write(frame)
+            d.queue.ack(d)
+            return
+        props = None
+        if v5:
+            p = static_props(msg)
+            if msg.expiration is not None:
+                left = msg.expiration - now_ms()
+                if left <= 0:
+                    d.queue.ack(d)
+                    return
+                p["message_expiry_interval"] = (left + 999) // 1000
+            if sids:
+                p["subscription_identifier"] = list(sids)
+            if self.out_alias_max:
+                alias = self.out_aliases.get(topic)
+                if alias is not None:
+                    tbytes = b""
+                    p["topic_alias"] = alias
+                elif len(self.out_aliases) < self.out_alias_max:
+                    alias = self.out_aliases[topic] = len(self.out_aliases) + 1
+                    p["topic_alias"] = alias
+            props = c.encode_props(p)
+        pid = 0
+        if qos:
+            pid = self._next_pid()
+            self.inflight[pid] = d
+        frame = c.encode_publish(tbytes, msg.body, qos, pid, retain, d.delivery_count > 0, props)
+        if len(frame) > self.client_max_packet:
+            self.inflight.pop(pid, None)
+            d.queue.ack(d)
+            return
+        self.write(frame)
+        if not qos:
+            d.queue.ack(d)
+
+    def _next_pid(self) -> int:
+        pid = self.next_pid
+        inflight = self.inflight
+        pending = self.session.pubrel_pending
+        while pid in inflight or pid in pending:
+            pid = pid + 1 if pid < 65535 else 1
+        self.next_pid = pid + 1 if pid < 65535 else 1
+        return pid
+
+    # -- SUBSCRIBE / UNSUBSCRIBE ------------------------------------------------------------
+
+    def on_subscribe(self, body: bytes) -> None:
+        pkt = c.decode(c.SUBSCRIBE, body, self.version)
+        v5 = self.version == c.V5
+        if not pkt.topics:
+            raise c.MalformedPacket("SUBSCRIBE without topics", c.PROTOCOL_ERROR)
+        props = c.props_to_dict(pkt.properties["items"]) if v5 else {}
+        sids = props.get("subscription_identifier")
+        sid = None
+        if sids:
+            if len(sids) > 1 or sids[0] == 0:
+                raise c.MalformedPacket("bad subscription identifier", c.PROTOCOL_ERROR)
+            sid = sids[0]
+        s = self.session
+        codes = []
+        retained: list[tuple[Sub, list[Message]]] = []
+        for t in pkt.topics:
+            o = t.options
+            if o.reserved or o.qos == 3 or (not v5 and (o.retain_handling or o.no_local
+                                                        or o.retain_as_published)):
+                raise c.MalformedPacket("reserved subscription options")
+            if o.retain_handling == 3:
+                raise c.MalformedPacket("retain handling 3", c.PROTOCOL_ERROR)
+            flt = t.filter
+            group = None
+            if flt.startswith("$share/"):
+                parts = flt.split("/", 2)
+                if len(parts) < 3 or not parts[1] or "+" in parts[1] or "#" in parts[1] \
+                        or not parts[2]:
+                    codes.append(c.TOPIC_FILTER_INVALID if v5 else 0x80)
+                    continue
+                if o.no_local:
+                    raise c.MalformedPacket("no local on a shared subscription",
+                                            c.PROTOCOL_ERROR)
+                group, flt = parts[1], parts[2]
+            if not c.valid_topic_filter(flt):
+                codes.append(c.TOPIC_FILTER_INVALID if v5 else 0x80)
+                continue
+            sub = Sub(flt, o.qos, bool(o.no_local), bool(o.retain_as_published),
+                      o.retain_handling, sid, group)
+            try:
+                if group is not None:
+                    old = s.shared.get((group, flt))
+                    if old is not None:
+                        self._detach_shared(old)
+                    s.add_sub(sub)
+                    self._attach_shared(sub)
+                    new = old is None
+                else:
+                    new = s.add_sub(sub)
+            except BrokerError as e:
+                log.info("mqtt: subscribe {flt} failed: {e}", flt=flt, e=e.text)
+                codes.append(c.UNSPECIFIED_ERROR if v5 else 0x80)
+                continue
+            codes.append(o.qos)
+            if group is None and (o.retain_handling == 0 or (o.retain_handling == 1 and new)):
+                msgs = self.server.retained_for(flt)
+                if msgs:
+                    retained.append((sub, msgs))
+        s.save()
+        if v5:
+            body_out = pkt.packet_id.to_bytes(2, "big") + b"\x00" + bytes(codes)
+        else:
+            body_out = pkt.packet_id.to_bytes(2, "big") + bytes(codes)
+        self.write(c.frame(c.SUBACK << 4, body_out))
+        # retained messages go through the session queue (flow control, acks, persistence)
+        for _sub, msgs in retained:
+            for m in msgs:
+                copy = m.copy()
+                copy.annotations["mqtt.retain_delivery"] = True
+                s.queue.enqueue(copy)
+
+    def on_unsubscribe(self, body: bytes) -> None:
+        pkt = c.decode(c.UNSUBSCRIBE, body, self.version)
+        if not pkt.filters:
+            raise c.MalformedPacket("UNSUBSCRIBE without topics", c.PROTOCOL_ERROR)
+        s = self.session
+        codes = []
+        for flt in pkt.filters:
+            group = None
+            if flt.startswith("$share/"):
+                parts = flt.split("/", 2)
+                if len(parts) == 3:
+                    group, flt = parts[1], parts[2]
+            sub = s.remove_sub(flt, group)
+            if sub is not None and group is not None:
+                self._detach_shared(sub)
+            codes.append(0 if sub is not None else c.NO_SUBSCRIPTION_EXISTED)
+        s.save()
+        if self.version == c.V5:
+            body_out = pkt.packet_id.to_bytes(2, "big") + b"\x00" + bytes(codes)
+        else:
+            body_out = pkt.packet_id.to_bytes(2, "big")
+        self.write(c.frame(c.UNSUBACK << 4, body_out))
+
+    # -- DISCONNECT and connection loss -----------------------------------------------------
+
+    def on_disconnect(self, body: bytes) -> None:
+        reason = 0
+        if self.version == c.V5 and body:
+            pkt = c.decode(c.DISCONNECT, body, self.version)
+            reason = pkt.reason or 0
+            if pkt.properties is not None:
+                props = c.props_to_dict(pkt.properties["items"])
+                exp = props.get("session_expiry_interval")
+                if exp is not None:
+                    if self.session.expiry == 0 and exp != 0:
+                        raise c.MalformedPacket("session expiry set after 0", c.PROTOCOL_ERROR)
+                    self.session.expiry = exp
+        if reason != c.DISCONNECT_WITH_WILL:
+            self.will = None
+        self.close()
+
+    def connection_lost(self) -> None:
+        """The transport is gone (after close() or a network error)."""
+        if self.state == 2:
+            return
+        was_connected = self.state == 1
+        self.state = 2
+        if self.ka_timer is not None and self.ka_timer.active():
+            self.ka_timer.cancel()
+        self.ka_timer = None
+        if not was_connected:
+            return
+        will = self.will
+        self.will = None
+        s = self.session
+        if s is not None and s.conn is self:
+            self._detach_session(keep=False)
+            if will is not None:
+                delay = will[3]
+                if s.expiry != NEVER:
+                    delay = min(delay, s.expiry)
+                self.server.schedule_will(self.client_id, delay, self._will_publisher(will))
+            self._end_or_keep(s)
+        elif will is not None:
+            self._will_publisher(will)()
+
+    def _will_publisher(self, will: tuple) -> Callable[[], None]:
+        topic, msg, retain, _ = will
+        server = self.server
+
+        def publish() -> None:
+            server.publish(topic, msg, retain)
+
+        return publish
+
+    def _detach_session(self, keep: bool) -> None:
+        """Remove this connection's consumers (in-flight messages go back to the queue)."""
+        s = self.session
+        consumers, self.consumers = self.consumers, []
+        self.inflight.clear()
+        for cons in consumers:
+            q = cons.queue
+            if q is not None:
+                q.remove_consumer(cons, requeue=True)
+        if s is not None and s.conn is self:
+            s.conn = None
+            if keep:
+                return
+
+    def _end_or_keep(self, s: SessionState) -> None:
+        server = self.server
+        if s.expiry == 0:
+            s.destroy()
+            return
+        s.save(gone=now_ms())
+        if s.expiry != NEVER:
+            s.expiry_timer = server.clock.callLater(s.expiry, self._expire, s)
+
+    @staticmethod
+    def _expire(s: SessionState) -> None:
+        s.expiry_timer = None
+        if s.conn is None:
+            s.destroy()
+
+    # -- back-pressure ----------------------------------------------------------------------
+
+    def pause(self) -> None:
+        self.paused = True
+        for cons in self.consumers:
+            cons.pause()
+
+    def resume(self) -> None:
+        self.paused = False
+        for cons in list(self.consumers):
+            cons.resume()
+
+
+def _peer(peer: Any) -> str:
+    host = getattr(peer, "host", None)
+    if host is not None:
+        return f"{host}:{getattr(peer, 'port', '?')}"
+    return str(peer)

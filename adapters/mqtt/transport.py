@@ -1,0 +1,127 @@
+"""Twisted transport for MQTT: bytes in to the session, batched bytes out.
+
+Every frame a connection produces during one reactor turn is collected and written with one
+``transport.write`` at the end of the turn (one ``callLater(0)`` per listener per turn, not per
+connection or per frame). The protocol is a streaming push producer for its transport: when
+the socket buffer fills, ``pauseProducing`` pauses the session's queue consumers, and
+``resumeProducing`` resumes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .session import Connection, MqttServer
+
+log = Logger(namespace="polymq.mqtt")
+
+
+@implementer(IPushProducer)
+class MqttProtocol(Protocol):
+    def __init__(self, factory: MqttFactory) -> None:
+        self.factory = factory
+        self.conn: Connection | None = None
+        self._out: list[bytes] | None = None
+        self._closing = False
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        server = f.server
+        if server.connections >= server.max_connections:
+            log.warn("mqtt: connection limit {n} reached, refusing {peer}",
+                     n=server.max_connections, peer=self.transport.getPeer())
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        server.connections += 1
+        self.conn = Connection(server, self._write, self._close, self.transport.getPeer())
+        self.transport.registerProducer(self, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.data_received(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self.factory.mark_dirty(self)
+        else:
+            out.append(data)
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = None
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self.flush()
+        self._closing = True
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        self.conn = None
+        self._closing = True
+        self._out = None
+        self.factory.server.connections -= 1
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        conn.connection_lost()
+
+    # -- IPushProducer ----------------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        if self.conn is not None:
+            self.conn.pause()
+
+    def resumeProducing(self) -> None:
+        if self.conn is not None:
+            self.conn.resume()
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class MqttFactory(ServerFactory):
+    """Builds :class:`MqttProtocol` instances sharing one :class:`MqttServer`."""
+
+    protocol = MqttProtocol
+    noisy = False
+
+    def __init__(self, broker: Any, section: dict | None = None) -> None:
+        self.broker = broker
+        self.server = MqttServer(broker, section)
+        self.clock = broker.clock
+        self._dirty: list[MqttProtocol] = []
+        self._flush_call: Any = None
+
+    def buildProtocol(self, addr: Any) -> MqttProtocol:
+        p = MqttProtocol(self)
+        return p
+
+    def mark_dirty(self, proto: MqttProtocol) -> None:
+        self._dirty.append(proto)
+        if self._flush_call is None:
+            self._flush_call = self.clock.callLater(0, self.flush_all)
+
+    def flush_all(self) -> None:
+        self._flush_call = None
+        dirty, self._dirty = self._dirty, []
+        for p in dirty:
+            p.flush()
