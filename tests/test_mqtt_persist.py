@@ -1,0 +1,83 @@
+"""Persistent sessions: queued messages while away, across a broker restart, and kill -9."""
+
+from __future__ import annotations
+
+import pytest
+from test_mqtt_helpers import V3, V5, VERSIONS, Client, uid
+
+
+@pytest.fixture(scope="module")
+def shared_broker(tmp_path_factory):
+    from test_mqtt_helpers import start_broker
+
+    b = start_broker(tmp_path_factory, store="sqlite")
+    yield b
+    b.stop()
+
+
+def _session(broker, cid, version):
+    return Client(broker, client_id=cid, version=version, clean=False, expiry=3600)
+
+
+@VERSIONS
+def test_persistent_session_receives_100_queued(shared_broker, version):
+    cid, t = uid("p100"), uid("p100t")
+    a = _session(shared_broker, cid, version)
+    a.subscribe(t, qos=1)
+    a.disconnect()
+    pub = Client(shared_broker, version=version)
+    for i in range(100):
+        pub.publish(t, f"m{i}".encode(), qos=1)
+    pub.disconnect()
+    a = _session(shared_broker, cid, version)
+    assert a.connack[0].session_present is True
+    got = a.get_n(100)
+    assert [m.payload for m in got] == [f"m{i}".encode() for i in range(100)]
+    assert all(m.qos == 1 for m in got)
+    assert a.none(0.3)
+    a.disconnect()
+
+
+@VERSIONS
+def test_persistent_session_100_across_restart(broker_factory, version):
+    broker = broker_factory(adapters=["mqtt"], store="sqlite")
+    cid, t = uid("pr"), uid("prt")
+    a = _session(broker, cid, version)
+    a.subscribe(t, qos=1)
+    a.disconnect()
+    pub = Client(broker, version=version)
+    for i in range(100):
+        pub.publish(t, f"m{i}".encode(), qos=1)
+    pub.disconnect()
+    broker.restart()
+    a = _session(broker, cid, version)
+    assert a.connack[0].session_present is True
+    got = a.get_n(100)
+    assert [m.payload for m in got] == [f"m{i}".encode() for i in range(100)]
+    # the subscription itself survived too
+    pub = Client(broker, version=version)
+    pub.publish(t, b"after", qos=1)
+    assert a.get().payload == b"after"
+    a.disconnect()
+
+
+def test_acknowledged_publishes_survive_kill9_and_retained_is_kept(broker_factory):
+    broker = broker_factory(adapters=["mqtt"], store="sqlite")
+    cid, t = uid("k9"), uid("k9t")
+    a = _session(broker, cid, V5)
+    a.subscribe(t, qos=1)
+    a.disconnect()
+    pub = Client(broker, version=V3)
+    for i in range(20):
+        pub.publish(t, f"k{i}".encode(), qos=1)  # waits for PUBACK: sent once durable
+    pub.publish(t + "/ret", b"retained", qos=1, retain=True)
+    broker.kill9()
+    broker.start()
+    a = _session(broker, cid, V5)
+    assert [m.payload for m in a.get_n(20)] == [f"k{i}".encode() for i in range(20)]
+    s = Client(broker, version=V3)
+    s.subscribe(t + "/ret", qos=1)
+    m = s.get()
+    assert (m.payload, m.retain) == (b"retained", True)
+    a.disconnect()
+    s.disconnect()
