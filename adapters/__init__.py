@@ -1,1 +1,1 @@
-"""Wire-protocol adapters (AMQP, MQTT, Kafka, OpenWire), each registered through the ``polymq`` hooks."""
+"""Wire-protocol adapters (AMQP, MQTT, Kafka, OpenWire), registered through the polymq hooks."""
