@@ -52,6 +52,10 @@ class Broker:
         self.started = False
         self.add_vhost(self.default_vhost)
 
+    def now(self) -> int:
+        """Milliseconds since the epoch by the broker's clock (TTLs, expiry, retention)."""
+        return int(self.clock.seconds() * 1000)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -176,17 +180,12 @@ class Broker:
 
         Called once per connection, never per message.
         """
-        from .auth import Identity, Refusal
+        from .auth import Identity, Refusal, authenticate
 
         if self.plugins is None:
             return Identity(user=username or "anonymous", protocol=protocol)
         try:
-            result = self.plugins.hook.polymq_authenticate(
-                protocol=protocol, username=username, password=password, peer=peer
-            )
+            return authenticate(self.plugins, protocol, username, password, peer)
         except Exception as e:  # a broken auth plugin refuses, it does not crash a connection
             log.failure("auth plugin failed")
             return Refusal(reason=f"authentication error: {e}")
-        if result is None:
-            return Refusal(reason="no authentication plugin accepted the client")
-        return result

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import PreconditionFailed, ResourceLocked
-from .message import Message, now_ms
+from .message import Message
 
 if TYPE_CHECKING:
     from .vhost import VirtualHost
@@ -248,7 +248,8 @@ class Queue:
     def restore(self, seq: int, data: bytes, delivery_count: int) -> None:
         """Put back a message read from the store at start-up."""
         message = Message.from_bytes(data)
-        d = Delivery(self, seq, message, delivery_count, self._expiry_for(message, now_ms()))
+        expires_at = self._expiry_for(message, self.vhost.now())
+        d = Delivery(self, seq, message, delivery_count, expires_at)
         d.data = data
         self._next_seq = max(self._next_seq, seq + 1)
         self._append(d)
@@ -286,7 +287,7 @@ class Queue:
                 return False
         seq = self._next_seq
         self._next_seq = seq + 1
-        now = now_ms()
+        now = self.vhost.now()
         d = Delivery(self, seq, message, 0, self._expiry_for(message, now))
         if self.durable and message.durable:
             if data is None:
@@ -437,7 +438,7 @@ class Queue:
             d = self._pop_head()
             if d.expires_at is not None:
                 if now is None:
-                    now = now_ms()
+                    now = self.vhost.now()
                 if d.expires_at <= now:
                     self._dead_letter(d, "expired")
                     continue
@@ -446,7 +447,7 @@ class Queue:
     def _dispatch_selective(self) -> None:
         # Slow path: a consumer with a selector takes only matching messages, so walk the
         # ready list in order and find, for each message, a ready consumer that wants it.
-        now = now_ms()
+        now = self.vhost.now()
         for level in reversed(self._levels):
             i = 0
             while i < len(level):
@@ -483,7 +484,7 @@ class Queue:
         with it; without, the caller must ack/nack it.
         """
         self._touch()
-        now = now_ms()
+        now = self.vhost.now()
         while self._count:
             d = self._pop_head()
             if d.expires_at is not None and d.expires_at <= now:
@@ -602,7 +603,7 @@ class Queue:
                     "count": 1,
                     "reason": reason,
                     "queue": self.name,
-                    "time": now_ms() // 1000,
+                    "time": self.vhost.now() // 1000,
                     "exchange": message.exchange,
                     "routing-keys": [message.routing_key],
                 },
@@ -629,7 +630,7 @@ class Queue:
         if self._expiry_timer is not None and self._expiry_timer.active():
             self._expiry_timer.cancel()
         self._expiry_at = head.expires_at
-        delay = max(0.0, (head.expires_at - now_ms()) / 1000.0)
+        delay = max(0.0, (head.expires_at - self.vhost.now()) / 1000.0)
         self._expiry_timer = self.vhost.clock.callLater(delay, self._expire_head)
 
     def _expire_head(self) -> None:
@@ -637,7 +638,7 @@ class Queue:
         self._expiry_at = None
         if self.deleted:
             return
-        now = now_ms()
+        now = self.vhost.now()
         while True:
             head = self._peek_head()
             if head is None or head.expires_at is None or head.expires_at > now:

@@ -165,9 +165,10 @@ class FanoutExchange(Exchange):
 
 
 class _TrieNode:
-    __slots__ = ("children", "hash_child", "dests")
+    __slots__ = ("children", "hash_child", "dests", "is_hash")
 
-    def __init__(self) -> None:
+    def __init__(self, is_hash: bool = False) -> None:
+        self.is_hash = is_hash  # reached through "#": may swallow further words
         self.children: dict[str, _TrieNode] = {}  # literal words and "*"
         self.hash_child: _TrieNode | None = None  # "#"
         self.dests: dict[int, list] = {}  # id(dest) -> [dest, refcount]
@@ -176,8 +177,9 @@ class _TrieNode:
 class TopicTrie:
     """Binding patterns of dot-separated words; ``*`` is one word, ``#`` zero or more words.
 
-    Matching is iterative with a visited set over (node, position), so it is linear in
-    (pattern nodes × key words) in the worst case, whatever the client sends.
+    Matching is iterative with a visited set over (node, position), each state pushing a
+    constant number of successors, so it is linear in (pattern nodes × key words) in the worst
+    case, whatever the client sends.
     """
 
     def __init__(self) -> None:
@@ -188,7 +190,7 @@ class TopicTrie:
         for word in pattern.split("."):
             if word == "#":
                 if node.hash_child is None:
-                    node.hash_child = _TrieNode()
+                    node.hash_child = _TrieNode(is_hash=True)
                 node = node.hash_child
             else:
                 nxt = node.children.get(word)
@@ -241,9 +243,9 @@ class TopicTrie:
             seen.add(mark)
             h = node.hash_child
             if h is not None:
-                # "#" swallows words i..n-1 (zero or more)
-                for j in range(i, n + 1):
-                    stack.append((h, j))
+                stack.append((h, i))  # "#" matching zero words
+            if node.is_hash and i < n:
+                stack.append((node, i + 1))  # "#" swallowing one more word
             if i == n:
                 for k, entry in node.dests.items():
                     found[k] = entry[0]

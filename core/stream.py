@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import PreconditionFailed
-from .message import Message, now_ms
+from .message import Message
 from .queue import Consumer, Delivery
 
 if TYPE_CHECKING:
@@ -94,10 +94,10 @@ class Partition:
     def append_message(self, message: Message) -> int:
         """Append one core message; returns its offset."""
         offset = self.next_offset
-        ts = message.timestamp if message.timestamp is not None else now_ms()
+        stream = self.stream
+        ts = message.timestamp if message.timestamp is not None else stream.vhost.now()
         entry = StreamEntry(offset, 1, ts, MESSAGE_FORMAT, None, message)
         self._add(entry)
-        stream = self.stream
         if stream.durable:
             stream.vhost.store.append_stream(
                 stream.vhost.name, stream.name, self.index, offset, 1, ts, MESSAGE_FORMAT,
@@ -354,7 +354,7 @@ class Stream:
                 cut = e.next_offset
             p.trim_before(cut)
         if self.max_age_ms is not None and p.entries:
-            horizon = now_ms() - self.max_age_ms
+            horizon = self.vhost.now() - self.max_age_ms
             cut = None
             for e in p.entries[:-1]:
                 if e.timestamp >= horizon:

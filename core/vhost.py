@@ -59,6 +59,7 @@ class VirtualHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue | Stream] = {}
         self._e2e = 0  # exchange-to-exchange bindings; zero keeps publish on the fast path
+        self.now = broker.now
         self.exchanges[""] = DefaultExchange(self, "", durable=True)
         for name_, type_ in STANDARD_EXCHANGES:
             self.exchanges[name_] = EXCHANGE_CLASSES[type_](self, name_, durable=True)
