@@ -613,7 +613,8 @@ def decode_request_header(frame: bytes | memoryview) -> tuple[RequestHeader, int
         pos += n
     elif n != -1:
         raise KafkaDecodeError("negative client_id length")
-    if is_flexible(api_key, version) and api_key in SCHEMAS:
+    if api_key in SCHEMAS and is_flexible(api_key, version) and \
+            version <= API_RANGES[api_key][1]:
         try:
             st = io.BytesIO(bytes(frame[pos:]))
             TaggedFields().parse_stream(st)
