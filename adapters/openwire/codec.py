@@ -1,0 +1,871 @@
+"""OpenWire (ActiveMQ 5.x, protocol version 9–12) loose encoding, sans I/O.
+
+The broker always negotiates loose encoding with the cache and stack traces off, so only the
+loose form exists here. The wire format is described declaratively:
+
+* ``FRAME_HEADER`` and ``WIRE_FORMAT_INFO`` are ``construct`` declarations (fixed layouts);
+* ``SCHEMA`` is the table of every command and data structure the broker reads or writes: type
+  id, class name, whether it carries the command prefix (commandId, responseRequired) and its
+  fields in wire order with their field kinds. One generic marshaller (:func:`decode_object`,
+  :func:`encode_object`) interprets the table; ``construct_for`` turns the same table into
+  ``construct`` declarations, which the tests use to check the marshaller (the table is the
+  single source of truth for field orders).
+
+Field kinds: ``z`` boolean, ``b`` byte, ``h`` short, ``i`` int, ``l`` long, ``s`` nullable
+string (Java modified UTF-8), ``y`` nullable byte sequence (int32 length), ``o`` nullable nested
+object, ``O`` nullable object array (int16 count), ``t`` nullable throwable (class name and
+message only: stack traces are never negotiated).
+
+Every length is checked against what remains of the frame before anything is allocated, and
+nesting is capped at :data:`MAX_NESTING`, so a client controls neither allocation sizes nor
+recursion depth.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from typing import Any
+
+import construct as cs
+
+MAGIC = b"ActiveMQ"
+MAX_NESTING = 8
+MAX_MAP_NESTING = 16
+
+# -- type ids ---------------------------------------------------------------------------------
+
+WIREFORMAT_INFO = 1
+BROKER_INFO = 2
+CONNECTION_INFO = 3
+SESSION_INFO = 4
+CONSUMER_INFO = 5
+PRODUCER_INFO = 6
+TRANSACTION_INFO = 7
+DESTINATION_INFO = 8
+REMOVE_SUBSCRIPTION_INFO = 9
+KEEP_ALIVE_INFO = 10
+SHUTDOWN_INFO = 11
+REMOVE_INFO = 12
+CONTROL_COMMAND = 14
+FLUSH_COMMAND = 15
+CONNECTION_ERROR = 16
+CONSUMER_CONTROL = 17
+CONNECTION_CONTROL = 18
+PRODUCER_ACK = 19
+MESSAGE_PULL = 20
+MESSAGE_DISPATCH = 21
+MESSAGE_ACK = 22
+MESSAGE = 23
+BYTES_MESSAGE = 24
+MAP_MESSAGE = 25
+OBJECT_MESSAGE = 26
+STREAM_MESSAGE = 27
+TEXT_MESSAGE = 28
+BLOB_MESSAGE = 29
+RESPONSE = 30
+EXCEPTION_RESPONSE = 31
+DATA_RESPONSE = 32
+DATA_ARRAY_RESPONSE = 33
+INTEGER_RESPONSE = 34
+MESSAGE_DISPATCH_NOTIFICATION = 90
+QUEUE = 100
+TOPIC = 101
+TEMP_QUEUE = 102
+TEMP_TOPIC = 103
+MESSAGE_ID = 110
+LOCAL_TRANSACTION_ID = 111
+XA_TRANSACTION_ID = 112
+CONNECTION_ID = 120
+SESSION_ID = 121
+CONSUMER_ID = 122
+PRODUCER_ID = 123
+BROKER_ID = 124
+
+MESSAGE_TYPES = frozenset(range(MESSAGE, BLOB_MESSAGE + 1))
+DESTINATION_TYPES = frozenset((QUEUE, TOPIC, TEMP_QUEUE, TEMP_TOPIC))
+
+# -- the declarative table ------------------------------------------------------------------
+
+_MESSAGE_FIELDS = (
+    ("producer_id", "o"),
+    ("destination", "o"),
+    ("transaction_id", "o"),
+    ("original_destination", "o"),
+    ("message_id", "o"),
+    ("original_transaction_id", "o"),
+    ("group_id", "s"),
+    ("group_sequence", "i"),
+    ("correlation_id", "s"),
+    ("persistent", "z"),
+    ("expiration", "l"),
+    ("priority", "b"),
+    ("reply_to", "o"),
+    ("timestamp", "l"),
+    ("jms_type", "s"),
+    ("content", "y"),
+    ("marshalled_properties", "y"),
+    ("data_structure", "o"),
+    ("target_consumer_id", "o"),
+    ("compressed", "z"),
+    ("redelivery_counter", "i"),
+    ("broker_path", "O"),
+    ("arrival", "l"),
+    ("user_id", "s"),
+    ("received_by_dfbridge", "z"),
+    ("droppable", "z"),
+    ("cluster", "O"),
+    ("broker_in_time", "l"),
+    ("broker_out_time", "l"),
+    ("jmsx_group_first_for_consumer", "z"),
+)
+
+_DEST = (("physical_name", "s"),)
+
+# type id: (class name, has command prefix, fields)
+SCHEMA: dict[int, tuple[str, bool, tuple[tuple[str, str], ...]]] = {
+    BROKER_INFO: ("BrokerInfo", True, (
+        ("broker_id", "o"), ("broker_url", "s"), ("peer_broker_infos", "O"),
+        ("broker_name", "s"), ("slave_broker", "z"), ("master_broker", "z"),
+        ("fault_tolerant_configuration", "z"), ("duplex_connection", "z"),
+        ("network_connection", "z"), ("connection_id", "l"), ("broker_upload_url", "s"),
+        ("network_properties", "s"),
+    )),
+    CONNECTION_INFO: ("ConnectionInfo", True, (
+        ("connection_id", "o"), ("client_id", "s"), ("password", "s"), ("user_name", "s"),
+        ("broker_path", "O"), ("broker_master_connector", "z"), ("manageable", "z"),
+        ("client_master", "z"), ("fault_tolerant", "z"), ("failover_reconnect", "z"),
+        ("client_ip", "s"),
+    )),
+    SESSION_INFO: ("SessionInfo", True, (("session_id", "o"),)),
+    CONSUMER_INFO: ("ConsumerInfo", True, (
+        ("consumer_id", "o"), ("browser", "z"), ("destination", "o"), ("prefetch_size", "i"),
+        ("maximum_pending_message_limit", "i"), ("dispatch_async", "z"), ("selector", "s"),
+        ("client_id", "s"), ("subscription_name", "s"), ("no_local", "z"), ("exclusive", "z"),
+        ("retroactive", "z"), ("priority", "b"), ("broker_path", "O"),
+        ("additional_predicate", "o"), ("network_subscription", "z"),
+        ("optimized_acknowledge", "z"), ("no_range_acks", "z"), ("network_consumer_path", "O"),
+    )),
+    PRODUCER_INFO: ("ProducerInfo", True, (
+        ("producer_id", "o"), ("destination", "o"), ("broker_path", "O"),
+        ("dispatch_async", "z"), ("window_size", "i"),
+    )),
+    TRANSACTION_INFO: ("TransactionInfo", True, (
+        ("connection_id", "o"), ("transaction_id", "o"), ("tx_type", "b"),
+    )),
+    DESTINATION_INFO: ("DestinationInfo", True, (
+        ("connection_id", "o"), ("destination", "o"), ("operation_type", "b"),
+        ("timeout", "l"), ("broker_path", "O"),
+    )),
+    REMOVE_SUBSCRIPTION_INFO: ("RemoveSubscriptionInfo", True, (
+        ("connection_id", "o"), ("subscription_name", "s"), ("client_id", "s"),
+    )),
+    KEEP_ALIVE_INFO: ("KeepAliveInfo", True, ()),
+    SHUTDOWN_INFO: ("ShutdownInfo", True, ()),
+    REMOVE_INFO: ("RemoveInfo", True, (
+        ("object_id", "o"), ("last_delivered_sequence_id", "l"),
+    )),
+    CONTROL_COMMAND: ("ControlCommand", True, (("command", "s"),)),
+    FLUSH_COMMAND: ("FlushCommand", True, ()),
+    CONNECTION_ERROR: ("ConnectionError", True, (
+        ("exception", "t"), ("connection_id", "o"),
+    )),
+    CONSUMER_CONTROL: ("ConsumerControl", True, (
+        ("destination", "o"), ("close", "z"), ("consumer_id", "o"), ("prefetch", "i"),
+        ("flush", "z"), ("start", "z"), ("stop", "z"),
+    )),
+    CONNECTION_CONTROL: ("ConnectionControl", True, (
+        ("close", "z"), ("exit", "z"), ("fault_tolerant", "z"), ("resume", "z"),
+        ("suspend", "z"), ("connected_brokers", "s"), ("reconnect_to", "s"),
+        ("rebalance_connection", "z"), ("token", "y"),
+    )),
+    PRODUCER_ACK: ("ProducerAck", True, (("producer_id", "o"), ("size", "i"))),
+    MESSAGE_PULL: ("MessagePull", True, (
+        ("consumer_id", "o"), ("destination", "o"), ("timeout", "l"),
+        ("correlation_id", "s"), ("message_id", "o"),
+    )),
+    MESSAGE_DISPATCH: ("MessageDispatch", True, (
+        ("consumer_id", "o"), ("destination", "o"), ("message", "o"),
+        ("redelivery_counter", "i"),
+    )),
+    MESSAGE_ACK: ("MessageAck", True, (
+        ("destination", "o"), ("transaction_id", "o"), ("consumer_id", "o"),
+        ("ack_type", "b"), ("first_message_id", "o"), ("last_message_id", "o"),
+        ("message_count", "i"), ("poison_cause", "t"),
+    )),
+    MESSAGE: ("ActiveMQMessage", True, _MESSAGE_FIELDS),
+    BYTES_MESSAGE: ("ActiveMQBytesMessage", True, _MESSAGE_FIELDS),
+    MAP_MESSAGE: ("ActiveMQMapMessage", True, _MESSAGE_FIELDS),
+    OBJECT_MESSAGE: ("ActiveMQObjectMessage", True, _MESSAGE_FIELDS),
+    STREAM_MESSAGE: ("ActiveMQStreamMessage", True, _MESSAGE_FIELDS),
+    TEXT_MESSAGE: ("ActiveMQTextMessage", True, _MESSAGE_FIELDS),
+    BLOB_MESSAGE: ("ActiveMQBlobMessage", True, _MESSAGE_FIELDS + (
+        ("remote_blob_url", "s"), ("mime_type", "s"), ("deleted_by_broker", "z"),
+    )),
+    RESPONSE: ("Response", True, (("correlation_id", "i"),)),
+    EXCEPTION_RESPONSE: ("ExceptionResponse", True, (
+        ("correlation_id", "i"), ("exception", "t"),
+    )),
+    DATA_RESPONSE: ("DataResponse", True, (("correlation_id", "i"), ("data", "o"))),
+    DATA_ARRAY_RESPONSE: ("DataArrayResponse", True, (
+        ("correlation_id", "i"), ("data", "O"),
+    )),
+    INTEGER_RESPONSE: ("IntegerResponse", True, (("correlation_id", "i"), ("result", "i"))),
+    MESSAGE_DISPATCH_NOTIFICATION: ("MessageDispatchNotification", True, (
+        ("consumer_id", "o"), ("destination", "o"), ("delivery_sequence_id", "l"),
+        ("message_id", "o"),
+    )),
+    QUEUE: ("ActiveMQQueue", False, _DEST),
+    TOPIC: ("ActiveMQTopic", False, _DEST),
+    TEMP_QUEUE: ("ActiveMQTempQueue", False, _DEST),
+    TEMP_TOPIC: ("ActiveMQTempTopic", False, _DEST),
+    MESSAGE_ID: ("MessageId", False, (
+        ("text_view", "s"), ("producer_id", "o"), ("producer_sequence_id", "l"),
+        ("broker_sequence_id", "l"),
+    )),
+    LOCAL_TRANSACTION_ID: ("LocalTransactionId", False, (
+        ("value", "l"), ("connection_id", "o"),
+    )),
+    XA_TRANSACTION_ID: ("XATransactionId", False, (
+        ("format_id", "i"), ("global_transaction_id", "y"), ("branch_qualifier", "y"),
+    )),
+    CONNECTION_ID: ("ConnectionId", False, (("value", "s"),)),
+    SESSION_ID: ("SessionId", False, (("connection_id", "s"), ("value", "l"))),
+    CONSUMER_ID: ("ConsumerId", False, (
+        ("connection_id", "s"), ("session_id", "l"), ("value", "l"),
+    )),
+    PRODUCER_ID: ("ProducerId", False, (
+        ("connection_id", "s"), ("value", "l"), ("session_id", "l"),
+    )),
+    BROKER_ID: ("BrokerId", False, (("value", "s"),)),
+}
+
+_DEFAULTS = {"z": False, "b": 0, "h": 0, "i": 0, "l": 0}
+
+
+class Obj:
+    """A decoded command or data structure: ``type`` plus the fields named in ``SCHEMA``."""
+
+    __slots__ = ("type", "command_id", "response_required", "__dict__")
+
+    def __init__(self, type: int, **fields: Any) -> None:
+        self.type = type
+        self.command_id = 0
+        self.response_required = False
+        name, _, spec = SCHEMA[type]
+        d = self.__dict__
+        for fname, kind in spec:
+            d[fname] = _DEFAULTS.get(kind)
+        for k, v in fields.items():
+            if k == "command_id":
+                self.command_id = v
+            elif k == "response_required":
+                self.response_required = v
+            else:
+                d[k] = v
+
+    @property
+    def name(self) -> str:
+        return SCHEMA[self.type][0]
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Obj)
+            and self.type == other.type
+            and self.command_id == other.command_id
+            and self.response_required == other.response_required
+            and self.__dict__ == other.__dict__
+        )
+
+    def __hash__(self) -> int:  # ids are used as dict keys
+        return hash((self.type, tuple(_hashable(v) for v in self.__dict__.values())))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if v not in (None, 0))
+        return f"{self.name}({fields})"
+
+
+def _hashable(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+class DecodeError(Exception):
+    """The bytes are not a valid OpenWire loose-encoded frame (protocol violation)."""
+
+
+# -- modified UTF-8 -----------------------------------------------------------------------------
+
+
+def decode_mutf8(data: bytes) -> str:
+    """Java modified UTF-8 (NUL as C0 80, supplementary characters as surrogate pairs)."""
+    if data.isascii():
+        return data.decode("ascii")
+    if max(data) >= 0xF0:
+        raise DecodeError("invalid modified UTF-8: 4-byte sequence")
+    try:
+        s = data.replace(b"\xc0\x80", b"\x00").decode("utf-8", "surrogatepass")
+        if _SURROGATE.search(s):
+            s = s.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    except UnicodeError as e:
+        raise DecodeError(f"invalid modified UTF-8: {e.reason}") from None
+    return s
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SUPPLEMENTARY = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _split_pair(m: re.Match) -> str:
+    o = ord(m.group()) - 0x10000
+    return chr(0xD800 + (o >> 10)) + chr(0xDC00 + (o & 0x3FF))
+
+
+def encode_mutf8(s: str) -> bytes:
+    if s.isascii() and "\x00" not in s:
+        return s.encode("ascii")
+    s = _SUPPLEMENTARY.sub(_split_pair, s)
+    return s.encode("utf-8", "surrogatepass").replace(b"\x00", b"\xc0\x80")
+
+
+# -- reader / writer ---------------------------------------------------------------------------
+
+_B = struct.Struct(">b")
+_H = struct.Struct(">h")
+_UH = struct.Struct(">H")
+_I = struct.Struct(">i")
+_Q = struct.Struct(">q")
+_F = struct.Struct(">f")
+_D = struct.Struct(">d")
+
+
+class Reader:
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or n > self.end - self.pos:
+            raise DecodeError(f"length {n} exceeds the {self.end - self.pos} bytes left")
+        p = self.pos
+        self.pos = p + n
+        return self.data[p : p + n]
+
+    def _fixed(self, st: struct.Struct) -> Any:
+        p = self.pos
+        if p + st.size > self.end:
+            raise DecodeError("truncated")
+        self.pos = p + st.size
+        return st.unpack_from(self.data, p)[0]
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            raise DecodeError("truncated")
+        v = self.data[self.pos]
+        self.pos += 1
+        return v
+
+    def bool(self) -> bool:
+        return self.u8() != 0
+
+    def byte(self) -> int:
+        return self._fixed(_B)
+
+    def short(self) -> int:
+        return self._fixed(_H)
+
+    def ushort(self) -> int:
+        return self._fixed(_UH)
+
+    def int(self) -> int:
+        return self._fixed(_I)
+
+    def long(self) -> int:
+        return self._fixed(_Q)
+
+    def float(self) -> float:
+        return self._fixed(_F)
+
+    def double(self) -> float:
+        return self._fixed(_D)
+
+    def utf(self) -> str:
+        return decode_mutf8(self.take(self.ushort()))
+
+    def string(self) -> str | None:
+        return self.utf() if self.bool() else None
+
+    def byteseq(self) -> bytes | None:
+        if not self.bool():
+            return None
+        return self.take(self.int())
+
+
+class Writer:
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
+
+    def raw(self, b: bytes) -> None:
+        self.parts.append(b)
+
+    def bool(self, v: bool) -> None:
+        self.parts.append(b"\x01" if v else b"\x00")
+
+    def byte(self, v: int) -> None:
+        self.parts.append(_B.pack(v))
+
+    def short(self, v: int) -> None:
+        self.parts.append(_H.pack(v))
+
+    def int(self, v: int) -> None:
+        self.parts.append(_I.pack(v))
+
+    def long(self, v: int) -> None:
+        self.parts.append(_Q.pack(v))
+
+    def float(self, v: float) -> None:
+        self.parts.append(_F.pack(v))
+
+    def double(self, v: float) -> None:
+        self.parts.append(_D.pack(v))
+
+    def utf(self, s: str) -> None:
+        b = encode_mutf8(s)
+        if len(b) > 0xFFFF:
+            raise ValueError("string too long for writeUTF")
+        self.parts.append(_UH.pack(len(b)))
+        self.parts.append(b)
+
+    def string(self, s: str | None) -> None:
+        if s is None:
+            self.parts.append(b"\x00")
+        else:
+            self.parts.append(b"\x01")
+            self.utf(s)
+
+    def byteseq(self, b: bytes | None) -> None:
+        if b is None:
+            self.parts.append(b"\x00")
+        else:
+            self.parts.append(b"\x01" + _I.pack(len(b)))
+            self.parts.append(b)
+
+
+# -- the generic marshaller -------------------------------------------------------------------
+
+
+def decode_object(r: Reader, depth: int = 0) -> Obj | None:
+    """A nullable nested object: bool present, type byte, body."""
+    if not r.bool():
+        return None
+    return decode_body(r, r.u8(), depth)
+
+
+def decode_body(r: Reader, type_id: int, depth: int = 0) -> Obj:
+    if depth > MAX_NESTING:
+        raise DecodeError("objects nested too deeply")
+    spec = SCHEMA.get(type_id)
+    if spec is None:
+        raise DecodeError(f"unknown data type {type_id}")
+    _, prefix, fields = spec
+    obj = Obj.__new__(Obj)
+    obj.type = type_id
+    if prefix:
+        obj.command_id = r.int()
+        obj.response_required = r.bool()
+    else:
+        obj.command_id = 0
+        obj.response_required = False
+    d = obj.__dict__
+    for name, kind in fields:
+        if kind == "o":
+            d[name] = decode_object(r, depth + 1)
+        elif kind == "s":
+            d[name] = r.string()
+        elif kind == "z":
+            d[name] = r.bool()
+        elif kind == "l":
+            d[name] = r.long()
+        elif kind == "i":
+            d[name] = r.int()
+        elif kind == "b":
+            d[name] = r.byte()
+        elif kind == "y":
+            d[name] = r.byteseq()
+        elif kind == "O":
+            if r.bool():
+                n = r.short()
+                if n < 0 or n > r.remaining():
+                    raise DecodeError(f"array count {n} exceeds the frame")
+                d[name] = [decode_object(r, depth + 1) for _ in range(n)]
+            else:
+                d[name] = None
+        elif kind == "t":
+            if r.bool():
+                d[name] = (r.string(), r.string())
+            else:
+                d[name] = None
+        elif kind == "h":
+            d[name] = r.short()
+        else:  # pragma: no cover - table error
+            raise AssertionError(kind)
+    return obj
+
+
+def encode_object(w: Writer, obj: Obj | None) -> None:
+    if obj is None:
+        w.parts.append(b"\x00")
+        return
+    w.parts.append(bytes((1, obj.type)))
+    encode_body(w, obj)
+
+
+def encode_body(w: Writer, obj: Obj) -> None:
+    _, prefix, fields = SCHEMA[obj.type]
+    parts = w.parts
+    if prefix:
+        parts.append(_I.pack(obj.command_id))
+        parts.append(b"\x01" if obj.response_required else b"\x00")
+    d = obj.__dict__
+    for name, kind in fields:
+        v = d.get(name)
+        if kind == "o":
+            encode_object(w, v)
+        elif kind == "s":
+            w.string(v)
+        elif kind == "z":
+            parts.append(b"\x01" if v else b"\x00")
+        elif kind == "l":
+            parts.append(_Q.pack(v or 0))
+        elif kind == "i":
+            parts.append(_I.pack(v or 0))
+        elif kind == "b":
+            parts.append(_B.pack(v or 0))
+        elif kind == "y":
+            w.byteseq(v)
+        elif kind == "O":
+            if v is None:
+                parts.append(b"\x00")
+            else:
+                parts.append(b"\x01" + _H.pack(len(v)))
+                for x in v:
+                    encode_object(w, x)
+        elif kind == "t":
+            if v is None:
+                parts.append(b"\x00")
+            else:
+                parts.append(b"\x01")
+                w.string(v[0])
+                w.string(v[1])
+        elif kind == "h":
+            parts.append(_H.pack(v or 0))
+
+
+def encode_frame(obj: Obj) -> bytes:
+    """One size-prefixed frame: int32 size, type byte, body."""
+    w = Writer()
+    w.parts.append(b"")  # placeholder for the size
+    w.parts.append(bytes((obj.type,)))
+    encode_body(w, obj)
+    body_len = sum(len(p) for p in w.parts)
+    w.parts[0] = _I.pack(body_len)
+    return b"".join(w.parts)
+
+
+def decode_command(frame: bytes) -> Obj:
+    """A frame without its size prefix: type byte, body (must consume it exactly)."""
+    if not frame:
+        raise DecodeError("empty frame")
+    type_id = frame[0]
+    r = Reader(frame, 1)
+    if type_id == WIREFORMAT_INFO:
+        raise DecodeError("unexpected WireFormatInfo")
+    obj = decode_body(r, type_id)
+    if r.pos != r.end:
+        raise DecodeError(f"{r.end - r.pos} bytes left over after {obj.name}")
+    return obj
+
+
+# -- construct declarations (fixed layouts; also derived from the table for the tests) ----------
+
+FRAME_HEADER = cs.Struct("size" / cs.Int32sb, "type" / cs.Int8ub)
+
+WIRE_FORMAT_INFO = cs.Struct(
+    "magic" / cs.Const(MAGIC),
+    "version" / cs.Int32sb,
+    "properties" / cs.Struct(
+        "present" / cs.Flag,
+        "data" / cs.If(cs.this.present, cs.Prefixed(cs.Int32sb, cs.GreedyBytes)),
+    ),
+)
+
+
+def construct_for(type_id: int, depth: int = 3) -> cs.Construct:
+    """A ``construct`` declaration of one type, built from ``SCHEMA`` (strings as raw bytes).
+
+    ``depth`` bounds nested objects (they are declared through ``cs.Switch`` on the type byte).
+    """
+    _, prefix, fields = SCHEMA[type_id]
+    members: list[cs.Construct] = []
+    if prefix:
+        members += ["command_id" / cs.Int32sb, "response_required" / cs.Flag]
+    for name, kind in fields:
+        members.append(name / _construct_kind(kind, depth))
+    return cs.Struct(*members)
+
+
+_STRING = cs.Struct(
+    "present" / cs.Flag, "value" / cs.If(cs.this.present, cs.PascalString(cs.Int16ub, "utf8"))
+)
+_BYTESEQ = cs.Struct(
+    "present" / cs.Flag, "value" / cs.If(cs.this.present, cs.Prefixed(cs.Int32sb, cs.GreedyBytes))
+)
+
+
+def _nested(depth: int) -> cs.Construct:
+    if depth <= 0:
+        return cs.Struct("present" / cs.Const(False, cs.Flag))
+    cases = {t: construct_for(t, depth - 1) for t in SCHEMA}
+    return cs.Struct(
+        "present" / cs.Flag,
+        "value" / cs.If(
+            cs.this.present,
+            cs.Struct("type" / cs.Int8ub, "body" / cs.Switch(cs.this.type, cases)),
+        ),
+    )
+
+
+def _construct_kind(kind: str, depth: int) -> cs.Construct:
+    if kind == "z":
+        return cs.Flag
+    if kind == "b":
+        return cs.Int8sb
+    if kind == "h":
+        return cs.Int16sb
+    if kind == "i":
+        return cs.Int32sb
+    if kind == "l":
+        return cs.Int64sb
+    if kind == "s":
+        return _STRING
+    if kind == "y":
+        return _BYTESEQ
+    if kind == "o":
+        return cs.LazyBound(lambda: _nested(depth))
+    if kind == "O":
+        return cs.Struct(
+            "present" / cs.Flag,
+            "items" / cs.If(
+                cs.this.present, cs.PrefixedArray(cs.Int16sb, cs.LazyBound(lambda: _nested(depth)))
+            ),
+        )
+    if kind == "t":
+        return cs.Struct(
+            "present" / cs.Flag,
+            "value" / cs.If(cs.this.present, cs.Struct("cls" / _STRING, "message" / _STRING)),
+        )
+    raise AssertionError(kind)
+
+
+# -- WireFormatInfo -------------------------------------------------------------------------------
+
+
+def decode_wireformat(frame: bytes, max_size: int) -> tuple[int, dict]:
+    """A WireFormatInfo frame (without size prefix): (version, properties)."""
+    if not frame or frame[0] != WIREFORMAT_INFO:
+        raise DecodeError("expected WireFormatInfo")
+    r = Reader(frame, 1)
+    if r.take(8) != MAGIC:
+        raise DecodeError("bad magic")
+    version = r.int()
+    props: dict = {}
+    raw = r.byteseq()
+    if raw is not None:
+        props = decode_primitive_map(Reader(raw), max_size)
+    if r.remaining():
+        raise DecodeError("bytes left over after WireFormatInfo")
+    return version, props
+
+
+def encode_wireformat(version: int, props: dict, types: dict[str, int]) -> bytes:
+    body = WIRE_FORMAT_INFO.build(
+        {
+            "version": version,
+            "properties": {"present": True, "data": encode_primitive_map(props, types)},
+        }
+    )
+    return _I.pack(len(body) + 1) + bytes((WIREFORMAT_INFO,)) + body
+
+
+# -- primitive maps (properties, MapMessage bodies, WireFormatInfo properties) -------------------
+
+P_NULL, P_BOOL, P_BYTE, P_CHAR, P_SHORT, P_INT, P_LONG, P_DOUBLE, P_FLOAT, P_STRING = range(10)
+P_BYTES, P_MAP, P_LIST, P_BIGSTRING = 10, 11, 12, 13
+
+PTYPE_NAMES = {P_BYTE: "byte", P_CHAR: "char", P_SHORT: "short", P_INT: "int", P_LONG: "long",
+               P_FLOAT: "float", P_DOUBLE: "double"}
+PTYPE_CODES = {v: k for k, v in PTYPE_NAMES.items()}
+
+
+def decode_primitive_map(
+    r: Reader, max_entries: int, types: dict | None = None, depth: int = 0
+) -> dict:
+    """int32 count, then (writeUTF key, typed value) pairs. ``types`` collects the type codes
+    of numeric values whose Java type a Python value does not keep (byte/short/char/float...)."""
+    n = r.int()
+    if n < 0:
+        return {}
+    if n > r.remaining() or n > max_entries:
+        raise DecodeError(f"map of {n} entries exceeds the frame")
+    out = {}
+    for _ in range(n):
+        key = r.utf()
+        code, value = decode_primitive(r, depth)
+        out[key] = value
+        if types is not None and code in PTYPE_NAMES and code not in (P_INT, P_DOUBLE):
+            types[key] = PTYPE_NAMES[code]
+    return out
+
+
+def decode_primitive(r: Reader, depth: int = 0) -> tuple[int, Any]:
+    code = r.u8()
+    if code == P_NULL:
+        return code, None
+    if code == P_BOOL:
+        return code, r.bool()
+    if code == P_BYTE:
+        return code, r.byte()
+    if code == P_CHAR:
+        return code, chr(r.ushort())
+    if code == P_SHORT:
+        return code, r.short()
+    if code == P_INT:
+        return code, r.int()
+    if code == P_LONG:
+        return code, r.long()
+    if code == P_DOUBLE:
+        return code, r.double()
+    if code == P_FLOAT:
+        return code, r.float()
+    if code == P_STRING:
+        return code, r.utf()
+    if code == P_BYTES:
+        return code, r.take(r.int())
+    if code == P_BIGSTRING:
+        return code, decode_mutf8(r.take(r.int()))
+    if depth >= MAX_MAP_NESTING:
+        raise DecodeError("maps/lists nested too deeply")
+    if code == P_MAP:
+        return code, decode_primitive_map(r, r.remaining(), None, depth + 1)
+    if code == P_LIST:
+        n = r.int()
+        if n < 0 or n > r.remaining():
+            raise DecodeError(f"list of {n} items exceeds the frame")
+        return code, [decode_primitive(r, depth + 1)[1] for _ in range(n)]
+    raise DecodeError(f"unknown primitive type {code}")
+
+
+def encode_primitive(w: Writer, value: Any, jtype: str | None = None, depth: int = 0) -> None:
+    parts = w.parts
+    if value is None:
+        parts.append(b"\x00")
+    elif isinstance(value, bool):
+        parts.append(b"\x01\x01" if value else b"\x01\x00")
+    elif isinstance(value, int):
+        if jtype == "byte" and -128 <= value < 128:
+            parts.append(b"\x02" + _B.pack(value))
+        elif jtype == "short" and -32768 <= value < 32768:
+            parts.append(b"\x04" + _H.pack(value))
+        elif jtype == "char" and 0 <= value < 65536:
+            parts.append(b"\x03" + _UH.pack(value))
+        elif jtype != "long" and -(2**31) <= value < 2**31:
+            parts.append(b"\x05" + _I.pack(value))
+        elif -(2**63) <= value < 2**63:
+            parts.append(b"\x06" + _Q.pack(value))
+        else:
+            encode_primitive(w, str(value))
+    elif isinstance(value, float):
+        if jtype == "float":
+            parts.append(b"\x08" + _F.pack(value))
+        else:
+            parts.append(b"\x07" + _D.pack(value))
+    elif isinstance(value, str):
+        if jtype == "char" and len(value) == 1 and ord(value) < 65536:
+            parts.append(b"\x03" + _UH.pack(ord(value)))
+            return
+        b = encode_mutf8(value)
+        if len(b) <= 0xFFFF:
+            parts.append(b"\x09" + _UH.pack(len(b)))
+        else:
+            parts.append(b"\x0d" + _I.pack(len(b)))
+        parts.append(b)
+    elif isinstance(value, bytes | bytearray | memoryview):
+        b = bytes(value)
+        parts.append(b"\x0a" + _I.pack(len(b)))
+        parts.append(b)
+    elif isinstance(value, dict) and depth < MAX_MAP_NESTING:
+        parts.append(b"\x0b")
+        _encode_map_into(w, value, None, depth + 1)
+    elif isinstance(value, list | tuple) and depth < MAX_MAP_NESTING:
+        parts.append(b"\x0c" + _I.pack(len(value)))
+        for x in value:
+            encode_primitive(w, x, None, depth + 1)
+    else:
+        encode_primitive(w, str(value))
+
+
+def _encode_map_into(w: Writer, m: dict, types: dict | None, depth: int = 0) -> None:
+    w.parts.append(_I.pack(len(m)))
+    for k, v in m.items():
+        w.utf(str(k))
+        encode_primitive(w, v, types.get(k) if types else None, depth)
+
+
+def encode_primitive_map(m: dict, types: dict | None = None) -> bytes:
+    w = Writer()
+    _encode_map_into(w, m, types)
+    return w.getvalue()
+
+
+# -- message bodies -------------------------------------------------------------------------
+
+
+def inflate(data: bytes, limit: int) -> bytes:
+    """zlib-inflate ``data``, refusing output larger than ``limit``."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise DecodeError(f"bad compressed body: {e}") from None
+    if len(out) > limit:
+        raise DecodeError("decompressed body exceeds the maximum message size")
+    return out
+
+
+def decode_text_body(content: bytes | None) -> str | None:
+    """A TextMessage body: int32 length + modified UTF-8 (null content = null text)."""
+    if content is None:
+        return None
+    r = Reader(content)
+    n = r.int()
+    if n < 0:
+        return None
+    return decode_mutf8(r.take(n))
+
+
+def encode_text_body(text: str) -> bytes:
+    b = encode_mutf8(text)
+    return _I.pack(len(b)) + b

@@ -1,0 +1,34 @@
+"""Registers the OpenWire adapter through the same hook a third-party adapter uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from polymq.core.hookspecs import hookimpl
+from polymq.core.plugins import AdapterSpec
+
+DEFAULT_CONFIG = {
+    "max_frame_size": 0,  # 0: the broker's max_message_size plus 1 MiB
+    "max_inactivity_ms": 30000,
+    "inactivity_initial_delay_ms": 10000,
+    "handshake_timeout": 10.0,
+}
+
+
+def build_factory(broker: Any, section: dict) -> Any:
+    from .transport import OpenWireFactory
+
+    return OpenWireFactory(broker, section)
+
+
+@hookimpl
+def polymq_adapters() -> list[AdapterSpec]:
+    return [
+        AdapterSpec(
+            name="openwire",
+            default_port=61616,
+            build_factory=build_factory,
+            default_config=dict(DEFAULT_CONFIG),
+            description="OpenWire (ActiveMQ 5.x JMS clients)",
+        )
+    ]

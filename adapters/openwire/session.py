@@ -1,0 +1,970 @@
+"""The OpenWire connection state machine: JMS connections, sessions, producers, consumers,
+acknowledgements and local transactions mapped onto the polymq core. No sockets here: the
+transport hands decoded commands to :meth:`Connection.handle` and gives the connection a
+``write(bytes)`` callable and a ``close()`` callable.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+from polymq.core.auth import Refusal
+from polymq.core.errors import BrokerError, NotFound
+from polymq.core.message import Message, now_ms
+from polymq.core.queue import Consumer, Delivery, Queue
+from polymq.core.tx import Transaction
+
+from . import codec as c
+from .codec import Obj
+
+log = Logger(namespace="polymq.openwire")
+
+DLQ = "ActiveMQ.DLQ"
+ADVISORY_PREFIX = "ActiveMQ.Advisory."
+TEXT_CT = "text/plain; charset=utf-8"
+
+ACK_DELIVERED, ACK_POISON, ACK_STANDARD, ACK_REDELIVERED = 0, 1, 2, 3
+ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED = 4, 5, 6
+
+TX_BEGIN, TX_PREPARE, TX_COMMIT_ONE, TX_COMMIT_TWO, TX_ROLLBACK = 0, 1, 2, 3, 4
+TX_RECOVER, TX_FORGET, TX_END = 5, 6, 7
+
+JMS_TYPES = {
+    c.MESSAGE: "Message",
+    c.BYTES_MESSAGE: "Bytes",
+    c.MAP_MESSAGE: "Map",
+    c.OBJECT_MESSAGE: "Object",
+    c.STREAM_MESSAGE: "Stream",
+    c.TEXT_MESSAGE: "Text",
+    c.BLOB_MESSAGE: "Bytes",
+}
+JMS_TYPE_IDS = {v: k for k, v in JMS_TYPES.items() if k != c.BLOB_MESSAGE}
+
+DEST_PREFIX = {c.QUEUE: "queue://", c.TOPIC: "topic://", c.TEMP_QUEUE: "temp-queue://",
+               c.TEMP_TOPIC: "temp-topic://"}
+
+
+class ProtocolError(Exception):
+    """A violation that ends the connection."""
+
+
+# -- destinations ------------------------------------------------------------------------------
+
+
+def dest_to_str(d: Obj | None) -> str | None:
+    if d is None:
+        return None
+    return DEST_PREFIX.get(d.type, "queue://") + (d.physical_name or "")
+
+
+def str_to_dest(s: str | None) -> Obj | None:
+    if not s:
+        return None
+    for t, prefix in DEST_PREFIX.items():
+        if s.startswith(prefix):
+            return Obj(t, physical_name=s[len(prefix) :])
+    return Obj(c.QUEUE, physical_name=s)
+
+
+def split_dest(d: Obj) -> list[tuple[int, str]]:
+    """A (possibly composite) destination as a list of (type, name)."""
+    name = d.physical_name or ""
+    if "," not in name:
+        return [(d.type, name)]
+    out = []
+    for part in name.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        t = d.type
+        for pt, prefix in DEST_PREFIX.items():
+            if part.startswith(prefix):
+                t, part = pt, part[len(prefix) :]
+                break
+        out.append((t, part))
+    return out
+
+
+def is_topic(t: int) -> bool:
+    return t in (c.TOPIC, c.TEMP_TOPIC)
+
+
+def topic_pattern(name: str) -> str:
+    """ActiveMQ wildcard (`*` one element, `>` the rest) as an amq.topic binding key."""
+    return ".".join("#" if w == ">" else w for w in name.split("."))
+
+
+def key_of(obj: Obj | None) -> tuple:
+    if obj is None:
+        return ()
+    return (obj.type,) + tuple(
+        key_of(v) if isinstance(v, Obj) else v for v in obj.__dict__.values()
+    )
+
+
+# -- the per-broker shared state ---------------------------------------------------------------
+
+
+class OpenWireHub:
+    """State shared by every OpenWire connection of one broker: temp destinations and the
+    consumers of their advisory topics (advisories are never stored)."""
+
+    def __init__(self, broker: Any, config: dict) -> None:
+        self.broker = broker
+        self.config = config
+        self.broker_id = "ID:polymq-" + uuid.uuid4().hex[:12]
+        self.temp_dests: dict[tuple[int, str], Obj] = {}  # -> DestinationInfo
+        self.advisory_consumers: list[tuple[Connection, ConsumerState]] = []
+        self.connections: set[Connection] = set()
+        self._ids = itertools.count(1)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def add_temp(self, info: Obj) -> None:
+        k = (info.destination.type, info.destination.physical_name)
+        self.temp_dests[k] = info
+        self._advise(info)
+
+    def remove_temp(self, dest: Obj, conn_id: Obj | None) -> None:
+        k = (dest.type, dest.physical_name)
+        if self.temp_dests.pop(k, None) is None:
+            return
+        info = Obj(c.DESTINATION_INFO, connection_id=conn_id, destination=dest,
+                   operation_type=1)
+        self._advise(info)
+
+    def _advise(self, info: Obj) -> None:
+        for conn, cs in list(self.advisory_consumers):
+            if cs.wants_advisory(info.destination.type):
+                conn.dispatch_advisory(cs, info)
+
+    def add_advisory_consumer(self, conn: Connection, cs: ConsumerState) -> None:
+        self.advisory_consumers.append((conn, cs))
+        for info in list(self.temp_dests.values()):
+            if cs.wants_advisory(info.destination.type):
+                conn.dispatch_advisory(cs, info)
+
+    def remove_advisory_consumer(self, cs: ConsumerState) -> None:
+        self.advisory_consumers = [x for x in self.advisory_consumers if x[1] is not cs]
+
+
+# -- consumers ---------------------------------------------------------------------------------
+
+
+class ConsumerState:
+    """One JMS MessageConsumer: its core consumer (or advisory/browse role) and what it has
+    been sent but not yet settled."""
+
+    def __init__(self, info: Obj) -> None:
+        self.info = info
+        self.id = info.consumer_id
+        self.key = key_of(info.consumer_id)
+        self.session_key = (info.consumer_id.connection_id, info.consumer_id.session_id)
+        self.destination = info.destination
+        self.prefetch = info.prefetch_size
+        self.core: Consumer | None = None
+        self.queue: Queue | None = None
+        self.temp_queue: str | None = None  # per-consumer subscription queue (topics)
+        self.dispatched: dict[int, Delivery] = {}  # dispatch seq -> delivery, in order
+        self.delivered: set[int] = set()  # DELIVERED-acked, still unsettled
+        self.in_tx: set[int] = set()
+        self.advisory: set[str] | None = None
+        self.pull_timer: Any = None
+        self.pull_pending = False
+
+    def wants_advisory(self, dest_type: int) -> bool:
+        if self.advisory is None:
+            return False
+        if dest_type == c.TEMP_QUEUE:
+            return "TempQueue" in self.advisory
+        return "TempTopic" in self.advisory
+
+    def credit_back(self) -> None:
+        """The window is prefetch + DELIVERED-acked messages still unsettled."""
+        if self.core is not None and self.prefetch > 0:
+            self.core.set_prefetch(self.prefetch + len(self.delivered))
+
+
+# -- conversion ----------------------------------------------------------------------------------
+
+
+def jms_to_core(m: Obj, max_size: int, conn_key: str) -> Message:
+    """An incoming ActiveMQ message as a core Message (see docs/openwire.md)."""
+    ann: dict[str, Any] = {}
+    jtype = JMS_TYPES[m.type]
+    ann["jms.type"] = jtype
+    content = m.content
+    if content is not None and m.compressed:
+        if m.type == c.BYTES_MESSAGE and len(content) >= 4:
+            # int32 original length, then zlib data; the 5.17 client deflates the whole
+            # backing array, so only the first ``length`` inflated bytes are the body
+            length = int.from_bytes(content[:4], "big", signed=True)
+            if length < 0 or length > max_size:
+                raise c.DecodeError(f"compressed body length {length} out of range")
+            content = _inflate_any(content[4:], max_size)[:length]
+        else:
+            content = _inflate_any(content, max_size)
+    content_type = None
+    if m.type == c.TEXT_MESSAGE:
+        text = c.decode_text_body(content)
+        body = b"" if text is None else text.encode("utf-8", "surrogatepass")
+        content_type = TEXT_CT
+        if text is None:
+            ann["openwire.null_text"] = True
+    elif m.type == c.MAP_MESSAGE:
+        raw = content or b""
+        if raw:
+            mp = c.decode_primitive_map(c.Reader(raw), max_size)
+        else:
+            mp = {}
+        body = json.dumps(_jsonable(mp), separators=(",", ":")).encode()
+        content_type = "application/json"
+        ann["openwire.map"] = raw
+    elif m.type == c.OBJECT_MESSAGE:
+        body = content or b""
+        content_type = "application/x-java-serialized-object"
+    else:
+        body = content or b""
+        if m.type == c.STREAM_MESSAGE:
+            content_type = "application/x-activemq-stream"
+    headers: dict[str, Any] = {}
+    if m.marshalled_properties:
+        ptypes: dict[str, str] = {}
+        headers = c.decode_primitive_map(
+            c.Reader(m.marshalled_properties), max_size, ptypes
+        )
+        if ptypes:
+            ann["openwire.ptypes"] = ptypes
+    if m.group_id is not None:
+        ann["openwire.group_id"] = m.group_id
+        ann["openwire.group_seq"] = m.group_sequence
+    mid = m.message_id
+    message_id = None
+    if mid is not None:
+        if mid.text_view:
+            message_id = mid.text_view
+        elif mid.producer_id is not None:
+            p = mid.producer_id
+            message_id = f"{p.connection_id}:{p.session_id}:{p.value}:{mid.producer_sequence_id}"
+        if mid.producer_id is not None:
+            p = mid.producer_id
+            ann["openwire.pid"] = [p.connection_id, p.value, p.session_id,
+                                   mid.producer_sequence_id]
+    if message_id is not None and not message_id.startswith("ID:"):
+        message_id = "ID:" + message_id
+    ann["openwire.conn"] = conn_key
+    if m.destination is not None and m.destination.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
+        ann["openwire.dest"] = dest_to_str(m.destination)
+    return Message(
+        body,
+        headers=headers,
+        content_type=content_type,
+        message_id=message_id,
+        correlation_id=m.correlation_id,
+        reply_to=dest_to_str(m.reply_to),
+        user_id=m.user_id,
+        type=m.jms_type,
+        timestamp=m.timestamp or None,
+        expiration=m.expiration or None,
+        priority=m.priority,
+        durable=bool(m.persistent),
+        annotations=ann,
+    )
+
+
+def _inflate_any(data: bytes, limit: int) -> bytes:
+    try:
+        return c.inflate(data, limit)
+    except c.DecodeError:
+        import zlib
+
+        d = zlib.decompressobj(-15)
+        try:
+            out = d.decompress(data, limit + 1)
+        except zlib.error as e:
+            raise c.DecodeError(f"bad compressed body: {e}") from None
+        if len(out) > limit:
+            raise c.DecodeError("decompressed body too large") from None
+        return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        import base64
+
+        return base64.b64encode(v).decode()
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def _is_text(msg: Message) -> bool:
+    ct = (msg.content_type or "").lower()
+    if not (ct.startswith("text/") or "json" in ct or "xml" in ct):
+        return False
+    try:
+        msg.body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def core_to_jms(msg: Message, synthetic_pid: Obj, seq: int) -> Obj:
+    """A core Message as an ActiveMQ message command (for MessageDispatch)."""
+    ann = msg.annotations or {}
+    jtype = ann.get("jms.type")
+    tid = JMS_TYPE_IDS.get(jtype) if jtype else None
+    if tid is None:
+        tid = c.TEXT_MESSAGE if _is_text(msg) else c.BYTES_MESSAGE
+    body = msg.body
+    if tid == c.TEXT_MESSAGE:
+        if ann.get("openwire.null_text"):
+            content = None
+        else:
+            content = c.encode_text_body(body.decode("utf-8", "surrogatepass"))
+    elif tid == c.MAP_MESSAGE:
+        content = ann.get("openwire.map")
+        if content is None:
+            try:
+                mp = json.loads(body) if body else {}
+            except ValueError:
+                mp = {}
+            content = c.encode_primitive_map(mp if isinstance(mp, dict) else {})
+    elif tid == c.MESSAGE:
+        content = None
+    else:
+        content = body
+    pid_info = ann.get("openwire.pid")
+    if pid_info:
+        pid = Obj(c.PRODUCER_ID, connection_id=pid_info[0], value=pid_info[1],
+                  session_id=pid_info[2])
+        pseq = pid_info[3]
+    else:
+        pid, pseq = synthetic_pid, seq
+    mid = Obj(c.MESSAGE_ID, text_view=msg.message_id, producer_id=pid,
+              producer_sequence_id=pseq, broker_sequence_id=seq)
+    props = None
+    if msg.headers:
+        props = c.encode_primitive_map(msg.headers, ann.get("openwire.ptypes"))
+    dest = ann.get("openwire.dest")
+    if dest is None:
+        if msg.exchange == "amq.topic":
+            dest = "topic://" + msg.routing_key
+        else:
+            dest = "queue://" + msg.routing_key
+    m = Obj(
+        tid,
+        producer_id=pid,
+        destination=str_to_dest(dest),
+        message_id=mid,
+        correlation_id=msg.correlation_id,
+        persistent=bool(msg.durable),
+        expiration=msg.expiration or 0,
+        priority=4 if msg.priority is None else max(0, min(9, msg.priority)),
+        reply_to=str_to_dest(msg.reply_to),
+        timestamp=msg.timestamp or 0,
+        content=content,
+        marshalled_properties=props,
+        user_id=msg.user_id,
+    )
+    m.jms_type = msg.type
+    if "openwire.group_id" in ann:
+        m.group_id = ann["openwire.group_id"]
+        m.group_sequence = ann.get("openwire.group_seq", 0)
+    return m
+
+
+# -- the connection --------------------------------------------------------------------------
+
+
+class Connection:
+    """One OpenWire client connection (after WireFormatInfo negotiation)."""
+
+    def __init__(
+        self,
+        hub: OpenWireHub,
+        write: Callable[[bytes], None],
+        close: Callable[[], None],
+        peer: Any = None,
+    ) -> None:
+        self.hub = hub
+        self.broker = hub.broker
+        self.vhost = hub.broker.vhost()
+        self.write = write
+        self.close_transport = close
+        self.peer = peer
+        self.max_size = hub.broker.max_message_size
+        self.identity: Any = None
+        self.connection_id: Obj | None = None
+        self.conn_key = uuid.uuid4().hex
+        self.client_id: str | None = None
+        self.consumers: dict[tuple, ConsumerState] = {}
+        self.transactions: dict[tuple, tuple[Transaction, list]] = {}
+        self.temp_dests: list[Obj] = []
+        self.paused = False
+        self.closed = False
+        self._dseq = itertools.count(1)
+        self.synthetic_pid = Obj(c.PRODUCER_ID, connection_id=hub.broker_id,
+                                 value=hub.next_id(), session_id=0)
+        self._handlers = {
+            c.CONNECTION_INFO: self.on_connection_info,
+            c.SESSION_INFO: self.on_session_info,
+            c.PRODUCER_INFO: self.on_ok,
+            c.CONSUMER_INFO: self.on_consumer_info,
+            c.REMOVE_INFO: self.on_remove_info,
+            c.MESSAGE_ACK: self.on_ack,
+            c.MESSAGE_PULL: self.on_pull,
+            c.TRANSACTION_INFO: self.on_transaction,
+            c.DESTINATION_INFO: self.on_destination_info,
+            c.REMOVE_SUBSCRIPTION_INFO: self.on_remove_subscription,
+            c.KEEP_ALIVE_INFO: self.on_keepalive,
+            c.SHUTDOWN_INFO: self.on_shutdown,
+            c.FLUSH_COMMAND: self.on_ok,
+            c.CONSUMER_CONTROL: self.on_ok,
+            c.CONNECTION_CONTROL: self.on_ok,
+            c.CONTROL_COMMAND: self.on_ok,
+            c.PRODUCER_ACK: self.on_ok,
+            c.CONNECTION_ERROR: self.on_shutdown,
+            c.RESPONSE: self.on_ignore,
+            c.EXCEPTION_RESPONSE: self.on_ignore,
+        }
+        hub.connections.add(self)
+
+    # -- output helpers ------------------------------------------------------------------
+
+    def send(self, obj: Obj) -> None:
+        if not self.closed:
+            self.write(c.encode_frame(obj))
+
+    def respond(self, cmd: Obj) -> None:
+        if cmd.response_required:
+            self.send(Obj(c.RESPONSE, correlation_id=cmd.command_id))
+
+    def respond_error(self, cmd: Obj, cls: str, text: str) -> None:
+        if cmd.response_required:
+            self.send(Obj(c.EXCEPTION_RESPONSE, correlation_id=cmd.command_id,
+                          exception=(cls, text)))
+
+    def broker_info(self) -> Obj:
+        return Obj(c.BROKER_INFO, broker_id=Obj(c.BROKER_ID, value=self.hub.broker_id),
+                   broker_url="tcp://polymq", broker_name="polymq")
+
+    def fatal(self, cls: str, text: str) -> None:
+        """ConnectionError, then close."""
+        self.send(Obj(c.CONNECTION_ERROR, exception=(cls, text),
+                      connection_id=self.connection_id))
+        self.close_transport()
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def handle(self, cmd: Obj) -> None:
+        t = cmd.type
+        if t in c.MESSAGE_TYPES:
+            return self.on_message(cmd)
+        h = self._handlers.get(t)
+        if h is None:
+            self.respond_error(cmd, "javax.jms.JMSException",
+                               f"unsupported command {cmd.name}")
+            return
+        if self.connection_id is None and t not in (
+            c.CONNECTION_INFO, c.KEEP_ALIVE_INFO, c.SHUTDOWN_INFO, c.RESPONSE,
+            c.EXCEPTION_RESPONSE, c.CONNECTION_ERROR,
+        ):
+            raise ProtocolError(f"{cmd.name} before ConnectionInfo")
+        try:
+            h(cmd)
+        except BrokerError as e:
+            cls = ("javax.jms.InvalidDestinationException" if isinstance(e, NotFound)
+                   else "javax.jms.JMSException")
+            self.respond_error(cmd, cls, e.text)
+        except c.DecodeError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            log.failure("openwire: error handling {name}", name=cmd.name)
+            self.respond_error(cmd, "javax.jms.JMSException", f"{type(e).__name__}: {e}")
+
+    def on_ok(self, cmd: Obj) -> None:
+        self.respond(cmd)
+
+    def on_ignore(self, cmd: Obj) -> None:
+        pass
+
+    def on_keepalive(self, cmd: Obj) -> None:
+        if cmd.response_required:
+            self.send(Obj(c.KEEP_ALIVE_INFO))
+
+    def on_shutdown(self, cmd: Obj) -> None:
+        self.connection_closed()
+        self.close_transport()
+
+    # -- connection, sessions ----------------------------------------------------------------
+
+    def on_connection_info(self, cmd: Obj) -> None:
+        if self.connection_id is not None:
+            self.respond(cmd)
+            return
+        result = self.broker.authenticate("openwire", cmd.user_name, cmd.password, self.peer)
+        if result is None or isinstance(result, Refusal):
+            reason = getattr(result, "reason", "not authorized")
+            self.respond_error(cmd, "java.lang.SecurityException", reason)
+            log.info("openwire: login refused for {user}: {reason}", user=cmd.user_name,
+                     reason=reason)
+            self.broker.clock.callLater(0.1, self.close_transport)
+            return
+        self.identity = result
+        self.connection_id = cmd.connection_id
+        self.client_id = cmd.client_id
+        self.respond(cmd)
+
+    def on_session_info(self, cmd: Obj) -> None:
+        self.respond(cmd)
+
+    def on_remove_info(self, cmd: Obj) -> None:
+        oid = cmd.object_id
+        if oid is None:
+            self.respond(cmd)
+            return
+        if oid.type == c.CONSUMER_ID:
+            cs = self.consumers.pop(key_of(oid), None)
+            if cs is not None:
+                self.remove_consumer(cs)
+        elif oid.type == c.SESSION_ID:
+            for k, cs in list(self.consumers.items()):
+                if cs.session_key == (oid.connection_id, oid.value):
+                    del self.consumers[k]
+                    self.remove_consumer(cs)
+        elif oid.type == c.CONNECTION_ID:
+            self.respond(cmd)
+            self.connection_closed()
+            return
+        self.respond(cmd)
+
+    def connection_closed(self) -> None:
+        """Release everything: consumers (their unsettled deliveries go back), transactions,
+        temp destinations, exclusive queues."""
+        if self.closed:
+            return
+        self.closed = True
+        self.hub.connections.discard(self)
+        for tx, _ in self.transactions.values():
+            tx.rollback()
+        self.transactions.clear()
+        for cs in list(self.consumers.values()):
+            self.remove_consumer(cs)
+        self.consumers.clear()
+        for d in self.temp_dests:
+            self._drop_temp(d)
+        self.temp_dests.clear()
+        self.vhost.connection_closed(self)
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def on_message(self, m: Obj) -> None:
+        if self.connection_id is None:
+            raise ProtocolError("message before ConnectionInfo")
+        if m.destination is None:
+            self.respond_error(m, "javax.jms.InvalidDestinationException", "no destination")
+            return
+        try:
+            msg = jms_to_core(m, self.max_size, self.conn_key)
+        except c.DecodeError as e:
+            self.respond_error(m, "javax.jms.MessageFormatException", str(e))
+            return
+        if len(msg.body) > self.max_size:
+            self.respond_error(m, "javax.jms.JMSException", "message exceeds the maximum size")
+            return
+        tx = None
+        if m.transaction_id is not None:
+            entry = self.transactions.get(key_of(m.transaction_id))
+            if entry is None:
+                entry = self._begin(m.transaction_id)
+            tx = entry[0]
+        try:
+            for t, name in split_dest(m.destination):
+                if is_topic(t):
+                    if name.startswith(ADVISORY_PREFIX):
+                        continue
+                    exchange, key = "amq.topic", name
+                else:
+                    exchange, key = "", name
+                    if t == c.QUEUE:
+                        self._ensure_queue(name)
+                if tx is not None:
+                    tx.publish(exchange, key, msg)
+                else:
+                    self.vhost.publish(exchange, key, msg)
+        except BrokerError as e:
+            self.respond_error(m, "javax.jms.JMSException", e.text)
+            return
+        if m.response_required:
+            cid = m.command_id
+            if msg.durable and tx is None:
+                self.broker.when_durable(lambda: self.send(Obj(c.RESPONSE, correlation_id=cid)))
+            else:
+                self.send(Obj(c.RESPONSE, correlation_id=cid))
+
+    def _ensure_queue(self, name: str) -> Queue:
+        q = self.vhost.queues.get(name)
+        if q is None:
+            q = self.vhost.declare_queue(name, durable=True)
+        return q
+
+    # -- consumers ---------------------------------------------------------------------------
+
+    def on_consumer_info(self, cmd: Obj) -> None:
+        dest = cmd.destination
+        if dest is None or cmd.consumer_id is None:
+            self.respond_error(cmd, "javax.jms.InvalidDestinationException", "no destination")
+            return
+        cs = ConsumerState(cmd)
+        parts = split_dest(dest)
+        if all(is_topic(t) and n.startswith(ADVISORY_PREFIX) for t, n in parts):
+            cs.advisory = {n[len(ADVISORY_PREFIX) :] for _, n in parts}
+            self.consumers[cs.key] = cs
+            self.respond(cmd)
+            self.hub.add_advisory_consumer(self, cs)
+            return
+        if len(parts) != 1:
+            self.respond_error(cmd, "javax.jms.InvalidDestinationException",
+                               "composite destinations are not supported for consumers")
+            return
+        selector = None
+        if cmd.selector:
+            try:
+                from polymq.core.selector import InvalidSelector, compile_selector
+            except ImportError:  # pragma: no cover
+                compile_selector = None
+            if compile_selector is not None:
+                try:
+                    selector = compile_selector(cmd.selector)
+                except InvalidSelector as e:
+                    self.respond_error(cmd, "javax.jms.InvalidSelectorException", str(e))
+                    return
+        if cmd.no_local:
+            mine = self.conn_key
+            base = selector
+
+            def selector(msg: Message, base=base, mine=mine) -> bool:
+                if msg.annotations.get("openwire.conn") == mine:
+                    return False
+                return base is None or base(msg)
+
+        t, name = parts[0]
+        if cmd.browser:
+            self.consumers[cs.key] = cs
+            self.respond(cmd)
+            self._browse(cs, name, selector)
+            return
+        if is_topic(t):
+            pattern = topic_pattern(name)
+            if cmd.subscription_name:
+                qname = f"{self.client_id or cmd.client_id}.{cmd.subscription_name}"
+                q = self.vhost.queues.get(qname)
+                if q is None:
+                    q = self.vhost.declare_queue(qname, durable=True)
+                ex = self.vhost.get_exchange("amq.topic")
+                stale = [b for b in ex.bindings_to(q) if b.key != pattern]
+                for b in stale:
+                    self.vhost.unbind_queue(qname, "amq.topic", b.key)
+                    q.purge()
+                self.vhost.bind_queue(qname, "amq.topic", pattern)
+            else:
+                q = self.vhost.declare_queue("", exclusive_owner=self, auto_delete=True)
+                self.vhost.bind_queue(q.name, "amq.topic", pattern, owner=self)
+                cs.temp_queue = q.name
+        else:
+            if t == c.TEMP_QUEUE:
+                q = self.vhost.queues.get(name)
+                if q is None:
+                    self.respond_error(cmd, "javax.jms.InvalidDestinationException",
+                                       f"temporary queue {name} does not exist")
+                    return
+            else:
+                q = self._ensure_queue(name)
+        if not isinstance(q, Queue):
+            self.respond_error(cmd, "javax.jms.InvalidDestinationException",
+                               f"{name} is a stream")
+            return
+        prefetch = cmd.prefetch_size
+        core = Consumer(
+            f"ow-{cs.key}", lambda d, cs=cs: self._deliver(cs, d),
+            prefetch=max(prefetch, 0), selector=selector, owner=self,
+            credit=0 if prefetch <= 0 else None, exclusive=bool(cmd.exclusive),
+        )
+        cs.core = core
+        cs.queue = q
+        if self.paused:
+            core.paused = True
+        self.consumers[cs.key] = cs
+        self.respond(cmd)
+        q.add_consumer(core)
+
+    def remove_consumer(self, cs: ConsumerState) -> None:
+        if cs.advisory is not None:
+            self.hub.remove_advisory_consumer(cs)
+            return
+        if cs.pull_timer is not None and cs.pull_timer.active():
+            cs.pull_timer.cancel()
+        # deliveries settled inside an open transaction stay with it
+        if cs.core is not None and cs.queue is not None:
+            cs.queue.remove_consumer(cs.core, requeue=True)
+        cs.dispatched.clear()
+        if cs.temp_queue is not None:
+            q = self.vhost.queues.get(cs.temp_queue)
+            if q is not None and not q.consumers:
+                self.vhost.delete_queue(cs.temp_queue)
+
+    def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
+        seq = next(self._dseq)
+        cs.dispatched[seq] = d
+        cs.pull_pending = False
+        m = core_to_jms(d.message, self.synthetic_pid, seq)
+        m.redelivery_counter = d.delivery_count
+        self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination,
+                      message=m, redelivery_counter=d.delivery_count))
+
+    def dispatch_advisory(self, cs: ConsumerState, info: Obj) -> None:
+        seq = next(self._dseq)
+        topic = ADVISORY_PREFIX + ("TempQueue" if info.destination.type == c.TEMP_QUEUE
+                                   else "TempTopic")
+        dest = Obj(c.TOPIC, physical_name=topic)
+        mid = Obj(c.MESSAGE_ID, producer_id=self.synthetic_pid, producer_sequence_id=seq,
+                  broker_sequence_id=seq)
+        m = Obj(c.MESSAGE, producer_id=self.synthetic_pid, destination=dest, message_id=mid,
+                priority=4, timestamp=now_ms(), data_structure=info)
+        self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination,
+                      message=m))
+
+    def _browse(self, cs: ConsumerState, name: str, selector: Any) -> None:
+        q = self.vhost.queues.get(name)
+        if isinstance(q, Queue):
+            # the core has no browse operation: read the ready list without taking from it
+            for level in reversed(q._levels):
+                for d in list(level):
+                    if selector is not None and not selector(d.message):
+                        continue
+                    seq = next(self._dseq)
+                    m = core_to_jms(d.message, self.synthetic_pid, seq)
+                    m.redelivery_counter = d.delivery_count
+                    self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id,
+                                  destination=cs.destination, message=m,
+                                  redelivery_counter=d.delivery_count))
+        self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination))
+
+    def pause(self) -> None:
+        self.paused = True
+        for cs in self.consumers.values():
+            if cs.core is not None:
+                cs.core.pause()
+
+    def resume(self) -> None:
+        self.paused = False
+        for cs in list(self.consumers.values()):
+            if cs.core is not None:
+                cs.core.resume()
+
+    # -- pull ------------------------------------------------------------------------------
+
+    def on_pull(self, cmd: Obj) -> None:
+        cs = self.consumers.get(key_of(cmd.consumer_id))
+        if cs is None or cs.core is None:
+            return
+        if cs.prefetch > 0:
+            return
+        if cs.pull_timer is not None and cs.pull_timer.active():
+            cs.pull_timer.cancel()
+            cs.pull_timer = None
+        if not cs.pull_pending:
+            cs.pull_pending = True
+            cs.core.add_credit(1)
+        if not cs.pull_pending:
+            return  # answered synchronously
+        if cmd.timeout == -1 or cmd.timeout < 0:
+            self._pull_expired(cs)
+        elif cmd.timeout > 0:
+            cs.pull_timer = self.broker.clock.callLater(
+                cmd.timeout / 1000.0, self._pull_expired, cs
+            )
+
+    def _pull_expired(self, cs: ConsumerState) -> None:
+        cs.pull_timer = None
+        if not cs.pull_pending or cs.core is None:
+            return
+        cs.pull_pending = False
+        cs.core.credit = 0
+        self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination))
+
+    # -- acknowledgements ---------------------------------------------------------------------
+
+    def on_ack(self, ack: Obj) -> None:
+        cs = self.consumers.get(key_of(ack.consumer_id))
+        if cs is None or cs.advisory is not None or cs.core is None:
+            self.respond(ack)
+            return
+        last = ack.last_message_id.broker_sequence_id if ack.last_message_id else None
+        if last is None:
+            self.respond(ack)
+            return
+        kind = ack.ack_type
+        if kind in (ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED):
+            seqs = [last] if last in cs.dispatched else []
+        elif kind == ACK_POISON:
+            first = ack.first_message_id.broker_sequence_id if ack.first_message_id else last
+            seqs = [s for s in cs.dispatched if first <= s <= last]
+            if not seqs and last in cs.dispatched:
+                seqs = [last]
+        else:
+            seqs = []
+            for s in cs.dispatched:
+                if s > last:
+                    break
+                seqs.append(s)
+        if kind in (ACK_DELIVERED, ACK_REDELIVERED):
+            before = len(cs.delivered)
+            cs.delivered.update(seqs)
+            if len(cs.delivered) != before:
+                cs.credit_back()
+            self.respond(ack)
+            return
+        if kind == ACK_POISON:
+            cause = ack.poison_cause[1] if ack.poison_cause else None
+            for s in seqs:
+                d = cs.dispatched.pop(s)
+                cs.delivered.discard(s)
+                self._dead_letter(d, cause)
+            cs.credit_back()
+            self.respond(ack)
+            return
+        if ack.transaction_id is not None:
+            entry = self.transactions.get(key_of(ack.transaction_id))
+            if entry is None:
+                entry = self._begin(ack.transaction_id)
+            tx, settled = entry
+            for s in seqs:
+                if s in cs.in_tx:
+                    continue
+                cs.in_tx.add(s)
+                tx.ack(cs.dispatched[s])
+                settled.append((cs, s))
+            self.respond(ack)
+            return
+        for s in seqs:
+            if s in cs.in_tx:
+                continue
+            d = cs.dispatched.pop(s)
+            cs.delivered.discard(s)
+            d.queue.ack(d)
+        cs.credit_back()
+        self.respond(ack)
+
+    def _dead_letter(self, d: Delivery, cause: str | None) -> None:
+        msg = d.message
+        headers = dict(msg.headers)
+        if cause:
+            headers["dlqDeliveryFailureCause"] = cause
+        dead = msg.copy(headers=headers, expiration=None)
+        self._ensure_queue(DLQ)
+        self.vhost.publish("", DLQ, dead)
+        d.queue.ack(d)
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def _begin(self, tid: Obj) -> tuple[Transaction, list]:
+        entry = (Transaction(self.vhost), [])
+        self.transactions[key_of(tid)] = entry
+        return entry
+
+    def on_transaction(self, cmd: Obj) -> None:
+        tid = cmd.transaction_id
+        if tid is None:
+            self.respond(cmd)
+            return
+        k = key_of(tid)
+        t = cmd.tx_type
+        if t == TX_BEGIN:
+            if k not in self.transactions:
+                self._begin(tid)
+            self.respond(cmd)
+        elif t in (TX_COMMIT_ONE, TX_COMMIT_TWO):
+            entry = self.transactions.pop(k, None)
+            if entry is None:
+                self.respond(cmd)
+                return
+            tx, settled = entry
+            for cs, s in settled:
+                cs.in_tx.discard(s)
+                if cs.dispatched.pop(s, None) is not None:
+                    cs.delivered.discard(s)
+            cid, rr = cmd.command_id, cmd.response_required
+            tx.commit(on_durable=(lambda: self.send(Obj(c.RESPONSE, correlation_id=cid)))
+                      if rr else None)
+            for cs in {cs for cs, _ in settled}:
+                cs.credit_back()
+        elif t == TX_ROLLBACK:
+            entry = self.transactions.pop(k, None)
+            if entry is not None:
+                tx, settled = entry
+                tx.rollback()
+                for cs, s in settled:
+                    cs.in_tx.discard(s)
+            self.respond(cmd)
+        elif t == TX_RECOVER:
+            if cmd.response_required:
+                self.send(Obj(c.DATA_ARRAY_RESPONSE, correlation_id=cmd.command_id, data=[]))
+        elif t == TX_PREPARE:
+            if cmd.response_required:
+                self.send(Obj(c.INTEGER_RESPONSE, correlation_id=cmd.command_id, result=3))
+        else:
+            self.respond(cmd)
+
+    # -- temp destinations ---------------------------------------------------------------------
+
+    def on_destination_info(self, cmd: Obj) -> None:
+        dest = cmd.destination
+        if dest is None:
+            self.respond(cmd)
+            return
+        if cmd.operation_type == 0:
+            if dest.type == c.TEMP_QUEUE:
+                if dest.physical_name not in self.vhost.queues:
+                    self.vhost.declare_queue(dest.physical_name, exclusive_owner=self)
+            if dest.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
+                self.temp_dests.append(dest)
+                self.hub.add_temp(Obj(c.DESTINATION_INFO, connection_id=cmd.connection_id,
+                                      destination=dest, operation_type=0))
+            elif dest.type == c.QUEUE:
+                self._ensure_queue(dest.physical_name)
+        elif cmd.operation_type == 1:
+            if dest.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
+                self.temp_dests = [d for d in self.temp_dests if key_of(d) != key_of(dest)]
+                self._drop_temp(dest)
+        self.respond(cmd)
+
+    def _drop_temp(self, dest: Obj) -> None:
+        if dest.type == c.TEMP_QUEUE:
+            q = self.vhost.queues.get(dest.physical_name)
+            if q is not None and q.exclusive_owner is self:
+                self.vhost.delete_queue(dest.physical_name)
+        self.hub.remove_temp(dest, self.connection_id)
+
+    # -- durable subscriptions -------------------------------------------------------------
+
+    def on_remove_subscription(self, cmd: Obj) -> None:
+        qname = f"{cmd.client_id or self.client_id}.{cmd.subscription_name}"
+        q = self.vhost.queues.get(qname)
+        if q is not None:
+            if q.consumers:
+                self.respond_error(cmd, "javax.jms.JMSException",
+                                   f"durable subscription {cmd.subscription_name} is in use")
+                return
+            self.vhost.delete_queue(qname)
+        self.respond(cmd)
