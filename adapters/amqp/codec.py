@@ -763,6 +763,11 @@ def decode_content_header(payload: bytes) -> tuple[int, int, dict, bytes]:
     return class_id, body_size, props, payload[12:]
 
 
+def decode_properties(raw: bytes) -> dict:
+    """Properties from flags + property list (what :func:`encode_properties` makes)."""
+    return decode_content_header(b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00" + raw)[2]
+
+
 def _enc_shortstr(s: str) -> bytes:
     b = s.encode("utf-8")
     if len(b) > 255:

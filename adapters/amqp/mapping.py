@@ -1,9 +1,11 @@
 """Core ``Message`` <-> AMQP 0-9-1 content properties (see docs/amqp.md for the table).
 
 An AMQP-published message keeps its encoded property list in ``annotations["amqp.props"]`` so
-that an AMQP consumer gets exactly the bytes the publisher sent, without re-encoding. The cache
-is used only while it is still true: not when the message has an expiration (the remaining time
-is sent), was dead-lettered (x-death headers added) or comes from a stream (x-stream-offset).
+that an AMQP consumer gets exactly the bytes the publisher sent, without re-encoding. When the
+message has an expiration (the remaining time is sent) or comes from a stream (x-stream-offset
+header added) the cached list is decoded, amended and encoded again, which keeps typed headers
+(decimals, timestamps) intact; a dead-lettered message (x-death added by the core) is encoded
+from the core fields.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def message_from_properties(
         if ms < 0:
             raise ValueError(f"invalid expiration {exp!r}")
         expiration = broker.now() + ms
-    elif raw is not None:
+    if raw is not None:
         annotations[PROPS_KEY] = raw
     dm = get("delivery_mode")
     if dm is not None and dm != 2:
@@ -160,6 +162,19 @@ def properties_dict(m: Message, offset: int | None, now: int) -> dict:
 
 def properties_for(m: Message, offset: int | None, broker: Any) -> bytes:
     """Encoded property flags and list for a delivery of ``m``."""
+    raw = m.annotations.get(PROPS_KEY) if m.annotations else None
+    if raw is not None and "x-death" not in m.headers:
+        if m.expiration is None and offset is None:
+            return raw
+        # the publisher's own properties (typed headers intact), with what changed
+        props = C.decode_properties(raw)
+        if m.expiration is not None:
+            props["expiration"] = str(max(0, m.expiration - broker.now()))
+        if offset is not None:
+            headers = dict(props.get("headers") or {})
+            headers["x-stream-offset"] = offset
+            props["headers"] = headers
+        return C.encode_properties(props)
     props = properties_dict(m, offset, broker.now() if m.expiration is not None else 0)
     try:
         return C.encode_properties(props)
