@@ -1,0 +1,81 @@
+"""Kafka SASL/PLAIN through the broker's auth hook (config ``adapters.kafka.sasl = true``)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+import uuid
+
+import pytest
+from brokerproc import BrokerProcess
+from confluent_kafka import Consumer, KafkaError, Producer
+from kafka import KafkaProducer
+
+from polymq.adapters.kafka import codec as C
+
+
+@pytest.fixture(scope="module")
+def sbroker(tmp_path_factory):
+    b = BrokerProcess(tmp_path_factory.mktemp("sasl"), adapters=["kafka"], log_level="info",
+                      settings={"adapters.kafka.sasl": True})
+    b.start()
+    yield b
+    try:
+        b.stop()
+    finally:
+        b.kill9()
+
+
+def conf(b, user, password):
+    return {"bootstrap.servers": f"{b.host}:{b.port('kafka')}",
+            "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
+            "sasl.username": user, "sasl.password": password}
+
+
+def test_confluent_plain_accepted(sbroker):
+    t = "s-" + uuid.uuid4().hex[:8]
+    p = Producer(conf(sbroker, "guest", "guest"))
+    p.produce(t, b"secret")
+    assert p.flush(15) == 0
+    c = Consumer({**conf(sbroker, "guest", "guest"), "group.id": t,
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([t])
+    got = None
+    deadline = time.time() + 15
+    while got is None and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            got = m.value()
+    c.close()
+    assert got == b"secret"
+
+
+def test_confluent_wrong_password_refused(sbroker):
+    errors = []
+    p = Producer({**conf(sbroker, "guest", "nope"), "error_cb": errors.append,
+                  "message.timeout.ms": 2000})
+    p.produce("s-refused", b"x")
+    p.flush(5)
+    assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+
+
+def test_kafka_python_plain(sbroker):
+    p = KafkaProducer(bootstrap_servers=f"{sbroker.host}:{sbroker.port('kafka')}",
+                      security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
+                      sasl_plain_username="guest", sasl_plain_password="guest")
+    md = p.send("s-" + uuid.uuid4().hex[:8], b"v").get(timeout=15)
+    assert md.offset == 0
+    p.close()
+
+
+def test_request_before_authentication_closes(sbroker):
+    s = socket.create_connection((sbroker.host, sbroker.port("kafka")), timeout=5)
+    s.sendall(C.encode_request(C.METADATA, 1, 1, "x", {"topics": None}))
+    assert s.recv(100) == b""
+    s.close()
+    s = socket.create_connection((sbroker.host, sbroker.port("kafka")), timeout=5)
+    s.sendall(C.encode_request(C.API_VERSIONS, 0, 1, "x", {}))
+    (n,) = struct.unpack(">i", s.recv(4))
+    assert n > 0
+    s.close()
