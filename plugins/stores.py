@@ -35,6 +35,7 @@ def polymq_store_backends():
         StoreBackendSpec(
             name="sqlite",
             factory=_sqlite,
+            default_config={"synchronous": "FULL", "busy_timeout_ms": 5000},
             description="one SQLite file in data_dir, WAL, group commit on a writer thread",
         ),
     ]
