@@ -48,7 +48,12 @@ def error_of(pm, tmp_path, **kw) -> str:
 
 def test_defaults(pm, tmp_path):
     cfg = load(pm, tmp_path)
-    assert cfg["store"] == {"backend": "sqlite", "data_dir": "./polymq-data"}
+    assert cfg["store"] == {
+        "backend": "sqlite",
+        "data_dir": "./polymq-data",
+        "synchronous": "FULL",
+        "busy_timeout_ms": 5000,
+    }
     assert cfg["adapters"]["mqtt"] == {
         "enabled": True,
         "host": "0.0.0.0",
