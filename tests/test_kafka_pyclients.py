@@ -157,3 +157,37 @@ def test_aiokafka_produce_consume_group(kbroker):
     got, committed = asyncio.run(run())
     assert got == [b"a%d" % i for i in range(10)]
     assert committed == 10
+
+
+def test_kafka_python_admin_groups(kbroker):
+    t = name()
+    group = "g-" + t
+    p = KafkaProducer(bootstrap_servers=bootstrap(kbroker))
+    for i in range(3):
+        p.send(t, b"x%d" % i)
+    p.flush(15)
+    p.close()
+    c = KafkaConsumer(t, bootstrap_servers=bootstrap(kbroker), group_id=group,
+                      auto_offset_reset="earliest", enable_auto_commit=False,
+                      session_timeout_ms=6000, heartbeat_interval_ms=300,
+                      consumer_timeout_ms=15000)
+    n = 0
+    for _ in c:
+        n += 1
+        if n == 3:
+            break
+    c.commit()
+    a = KafkaAdminClient(bootstrap_servers=bootstrap(kbroker))
+    try:
+        assert {"group_id": group, "protocol_type": "consumer"} in a.list_groups()
+        desc = a.describe_groups([group])[group]
+        assert desc["group_state"] == "Stable" and desc["protocol_type"] == "consumer"
+        (member,) = desc["members"]
+        assert member["client_host"] == "/127.0.0.1"
+        assert member["member_assignment"]["assigned_partitions"] == [
+            {"topic": t, "partitions": [0]}]
+        offsets = a.list_group_offsets({group: None})[group]
+        assert offsets[TopicPartition(t, 0)].offset == 3
+    finally:
+        c.close()
+        a.close()

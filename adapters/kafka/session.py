@@ -579,7 +579,8 @@ class KafkaSession:
     def _join_group(self, ver: int, req: Any, reply: Callable) -> None:
         rebalance = req.rebalance_timeout_ms if ver >= 1 else req.session_timeout_ms
         self.server.coordinator.join(
-            req.group_id, req.member_id, self.client_id, self.peer, req.session_timeout_ms,
+            req.group_id, req.member_id, self.client_id, "/" + self.peer.rsplit(":", 1)[0],
+            req.session_timeout_ms,
             rebalance, req.protocol_type, [(p.name, p.metadata) for p in req.protocols], reply)
 
     def _sync_group(self, ver: int, req: Any, reply: Callable) -> None:
