@@ -25,7 +25,8 @@ BOTH = pytest.mark.parametrize("level", [4, 5], ids=["v311", "v5"])
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     b = start_broker(tmp_path_factory, store="memory",
-                     settings={"adapters.mqtt.max_packet_size": 65536})
+                     settings={"adapters.mqtt.max_packet_size": 65536,
+                               "adapters.mqtt.connect_timeout": 1.0})
     yield b
     b.stop()
 
@@ -195,3 +196,8 @@ def test_repeated_qos2_same_id_without_pubrel(broker, bystander):
     assert sub.get().payload == b"same"
     assert sub.none(0.3)
     s.close()
+
+
+def test_silent_connection_is_closed_after_connect_timeout(broker, bystander):
+    s = raw(broker)
+    assert closed(s, timeout=4)

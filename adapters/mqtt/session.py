@@ -42,6 +42,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_keep_alive": 65535,  # 5.0: a longer (or zero) keep-alive gets Server Keep Alive
     "max_session_expiry": NEVER,
     "max_connections": 100000,
+    "max_connections_per_host": 10000,
+    "connect_timeout": 10.0,  # seconds to send CONNECT after the TCP connection is made
     "retain_available": True,
     "vhost": "",
 }
@@ -250,6 +252,8 @@ class MqttServer:
         self.max_session_expiry = cfg["max_session_expiry"]
         self.retain_available = cfg["retain_available"]
         self.max_connections = cfg["max_connections"]
+        self.max_connections_per_host = cfg["max_connections_per_host"]
+        self.connect_timeout = float(cfg["connect_timeout"])
         self.connections = 0
         self.sessions: dict[str, SessionState] = {}
         self.retained: dict[str, Message] = {}
@@ -445,6 +449,13 @@ class Connection:
         self.paused = False
         self.request_problem_info = True
         self.user = None
+        # a connection must say CONNECT soon (SlowITe-style slot holding)
+        self.ka_timer = server.clock.callLater(server.connect_timeout, self._connect_timeout)
+
+    def _connect_timeout(self) -> None:
+        self.ka_timer = None
+        if self.state == 0:
+            self.fail(c.MALFORMED_PACKET, "no CONNECT in time")
 
     # -- input ------------------------------------------------------------------------------
 
@@ -640,6 +651,9 @@ class Connection:
             return
         self.user = ident
         server = self.server
+        if self.ka_timer is not None and self.ka_timer.active():
+            self.ka_timer.cancel()
+        self.ka_timer = None
         # keep-alive
         ka = pkt.keep_alive
         server_ka = None

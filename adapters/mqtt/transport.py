@@ -20,6 +20,8 @@ from .session import Connection, MqttServer
 
 log = Logger(namespace="polymq.mqtt")
 
+FLUSH_AT = 256 * 1024  # bytes collected in one turn before they are written at once
+
 
 @implementer(IPushProducer)
 class MqttProtocol(Protocol):
@@ -27,7 +29,9 @@ class MqttProtocol(Protocol):
         self.factory = factory
         self.conn: Connection | None = None
         self._out: list[bytes] | None = None
+        self._pending = 0
         self._closing = False
+        self._host: str | None = None
 
     def connectionMade(self) -> None:
         f = self.factory
@@ -38,8 +42,19 @@ class MqttProtocol(Protocol):
             self._closing = True
             self.transport.abortConnection()
             return
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None)
+        per_host = f.per_host.get(host, 0)
+        if per_host >= server.max_connections_per_host:
+            log.warn("mqtt: {host} already has {n} connections, refusing another",
+                     host=host, n=per_host)
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        f.per_host[host] = per_host + 1
+        self._host = host
         server.connections += 1
-        self.conn = Connection(server, self._write, self._close, self.transport.getPeer())
+        self.conn = Connection(server, self._write, self._close, peer)
         self.transport.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
@@ -53,14 +68,21 @@ class MqttProtocol(Protocol):
         out = self._out
         if out is None:
             self._out = [data]
+            self._pending = len(data)
             self.factory.mark_dirty(self)
         else:
             out.append(data)
+            self._pending += len(data)
+        if self._pending > FLUSH_AT:
+            # a big burst (a backlog dispatched at once): hand it over now, so that the
+            # transport's buffer limit can pause the consumers through pauseProducing
+            self.flush()
 
     def flush(self) -> None:
         out = self._out
         if out:
             self._out = None
+            self._pending = 0
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def _close(self) -> None:
@@ -77,7 +99,13 @@ class MqttProtocol(Protocol):
         self.conn = None
         self._closing = True
         self._out = None
-        self.factory.server.connections -= 1
+        f = self.factory
+        f.server.connections -= 1
+        n = f.per_host.get(self._host, 1) - 1
+        if n > 0:
+            f.per_host[self._host] = n
+        else:
+            f.per_host.pop(self._host, None)
         try:
             self.transport.unregisterProducer()
         except Exception:
@@ -109,6 +137,7 @@ class MqttFactory(ServerFactory):
         self.server = MqttServer(broker, section)
         self.clock = broker.clock
         self._dirty: list[MqttProtocol] = []
+        self.per_host: dict[str | None, int] = {}
         self._flush_call: Any = None
 
     def buildProtocol(self, addr: Any) -> MqttProtocol:
@@ -124,4 +153,5 @@ class MqttFactory(ServerFactory):
         self._flush_call = None
         dirty, self._dirty = self._dirty, []
         for p in dirty:
-            p.flush()
+            if p._out:
+                p.flush()
