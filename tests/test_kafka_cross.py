@@ -86,3 +86,27 @@ def test_kafka_produce_reaches_amqp_queue(broker):
     lo, hi = c.get_watermark_offsets(TopicPartition(t, 0), timeout=10)
     c.close()
     assert (lo, hi) == (0, 5)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_kafka_batches_decoded_for_amqp(broker, codec):
+    t = "cross." + uuid.uuid4().hex[:8]
+    bs = f"{broker.host}:{broker.port('kafka')}"
+    conn, ch = amqp_channel(broker)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", t)
+    p = Producer({"bootstrap.servers": bs, "linger.ms": 50, "compression.type": codec})
+    values = [(b"%s-%d " % (codec.encode(), i)) * 30 for i in range(50)]
+    for v in values:
+        p.produce(t, v)
+    assert p.flush(10) == 0
+    bodies = []
+    deadline = time.time() + 10
+    while len(bodies) < 50 and time.time() < deadline:
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        bodies.append(body)
+    conn.close()
+    assert bodies == values
