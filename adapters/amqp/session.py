@@ -64,6 +64,26 @@ def _reply_text(code: int, text: str) -> str:
     return out[:255]
 
 
+def requeue_in_order(q: Any, deliveries: list) -> None:
+    """``q.requeue`` with the head order kept.
+
+    Works around core/queue.py ``Queue.requeue``: it releases the consumers' windows
+    (``_detach`` -> ``Limit.release`` -> dispatch) before the deliveries are back at the head, so
+    the next ready message would overtake them. Holding the queue's dispatch guard during the
+    requeue defers that dispatch until the deliveries are back in place.
+    """
+    if getattr(q, "kind", None) != "queue" or q._dispatching:
+        q.requeue(deliveries)
+        return
+    q._dispatching = True
+    try:
+        q.requeue(deliveries)
+    finally:
+        q._dispatching = False
+    if not q.deleted:
+        q.dispatch()
+
+
 class Channel:
     """One AMQP channel: its consumers, unacknowledged deliveries, confirms and transaction."""
 
@@ -103,7 +123,8 @@ class Channel:
         for consumer in list(self.consumers.values()):
             q = consumer.queue
             if q is not None:
-                q.remove_consumer(consumer, requeue=True)
+                # unacknowledged deliveries are requeued below, all together and in order
+                q.remove_consumer(consumer, requeue=False)
         self.consumers.clear()
         self._requeue_all()
         if self.tx is not None:
@@ -125,7 +146,7 @@ class Channel:
                 entry[1].append(d)
         self.unacked.clear()
         for q, ds in by_queue.values():
-            q.requeue(ds)
+            requeue_in_order(q, ds)
 
 
 class Connection:
@@ -518,12 +539,12 @@ class Connection:
             for d in ds:
                 channel.tx.nack(d, requeue)
             return
-        if requeue and len(ds) > 1:
+        if requeue:
             by_queue: dict[int, tuple[Any, list]] = {}
             for d in ds:
                 by_queue.setdefault(id(d.queue), (d.queue, []))[1].append(d)
             for q, group in by_queue.values():
-                q.requeue(group)
+                requeue_in_order(q, group)
             return
         for d in ds:
             d.queue.nack(d, requeue)
