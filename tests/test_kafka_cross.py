@@ -110,3 +110,30 @@ def test_compressed_kafka_batches_decoded_for_amqp(broker, codec):
         bodies.append(body)
     conn.close()
     assert bodies == values
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_kafka_python_compressed_batches_decoded_for_amqp(broker, codec):
+    from kafka import KafkaProducer
+
+    t = "cross." + uuid.uuid4().hex[:8]
+    conn, ch = amqp_channel(broker)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.topic", t)
+    p = KafkaProducer(bootstrap_servers=f"{broker.host}:{broker.port('kafka')}",
+                      compression_type=codec, linger_ms=50)
+    values = [(b"kp-%d " % i) * 30 for i in range(20)]
+    for v in values:
+        p.send(t, v)
+    p.flush(10)
+    p.close()
+    bodies = []
+    deadline = time.time() + 10
+    while len(bodies) < 20 and time.time() < deadline:
+        method, props, body = ch.basic_get(q, auto_ack=True)
+        if method is None:
+            time.sleep(0.05)
+            continue
+        bodies.append(body)
+    conn.close()
+    assert bodies == values
