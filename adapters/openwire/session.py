@@ -477,7 +477,8 @@ class Connection:
             return
         if self.connection_id is None and t not in (
             c.CONNECTION_INFO, c.KEEP_ALIVE_INFO, c.SHUTDOWN_INFO, c.RESPONSE,
-            c.EXCEPTION_RESPONSE, c.CONNECTION_ERROR,
+            c.EXCEPTION_RESPONSE, c.CONNECTION_ERROR, c.CONNECTION_CONTROL,
+            c.CONSUMER_CONTROL, c.CONTROL_COMMAND, c.FLUSH_COMMAND,
         ):
             raise ProtocolError(f"{cmd.name} before ConnectionInfo")
         try:
