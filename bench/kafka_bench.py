@@ -79,6 +79,14 @@ def loopback_iperf3(seconds: int = 3) -> float | None:
         server.wait()
 
 
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                  replication_factor=1)])[topic].result(30)
+
+
 def bench_produce(bootstrap: str, topic: str, n: int, size: int, acks: str) -> tuple[float, float]:
     from confluent_kafka import Producer
 
@@ -87,8 +95,6 @@ def bench_produce(bootstrap: str, topic: str, n: int, size: int, acks: str) -> t
                   "queue.buffering.max.kbytes": 1048576, "queue.buffering.max.messages": 1000000,
                   "compression.type": "none"})
     value = os.urandom(size)
-    p.produce(topic, value)  # create the topic, warm up
-    p.flush(30)
     failures = [0]
 
     def cb(err, msg):
@@ -110,14 +116,15 @@ def bench_produce(bootstrap: str, topic: str, n: int, size: int, acks: str) -> t
     return n * size / elapsed / 1e6, n / elapsed
 
 
-def bench_consume(bootstrap: str, topic: str, n: int, size: int) -> tuple[float, float]:
+def bench_consume(bootstrap: str, topic: str, n: int, size: int,
+                  partitions: int) -> tuple[float, float]:
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-" + topic,
                   "enable.auto.commit": False, "fetch.max.bytes": 52428800,
                   "max.partition.fetch.bytes": 10485760, "fetch.wait.max.ms": 100,
                   "queued.max.messages.kbytes": 1048576})
-    c.assign([TopicPartition(topic, 0, 1)])  # skip the warm-up record
+    c.assign([TopicPartition(topic, i, 0) for i in range(partitions)])
     got = 0
     start = None
     deadline = time.time() + 120
@@ -125,7 +132,6 @@ def bench_consume(bootstrap: str, topic: str, n: int, size: int) -> tuple[float,
         msgs = c.consume(10000, 1.0)
         if msgs and start is None:
             start = time.perf_counter()
-            got -= 0
         for m in msgs:
             if not m.error():
                 got += 1
@@ -139,6 +145,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=200000)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
+    ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
 
@@ -159,10 +166,12 @@ def main() -> None:
         rows = []
         for acks in ("1", "all"):
             topic = f"bench-{acks}-{uuid.uuid4().hex[:6]}"
+            create_topic(bootstrap, topic, args.partitions)
             pmb, prs = bench_produce(bootstrap, topic, args.records, args.size, acks)
-            cmb, crs = bench_consume(bootstrap, topic, args.records, args.size)
+            cmb, crs = bench_consume(bootstrap, topic, args.records, args.size, args.partitions)
             rows.append((acks, pmb, prs, cmb, crs))
-        print(f"records={args.records} size={args.size}B store={args.store}")
+        print(f"records={args.records} size={args.size}B store={args.store} "
+              f"partitions={args.partitions}")
         if ipf is not None:
             print(f"loopback (iperf3, 1 stream): {ipf:8.0f} MB/s")
         print(f"loopback (Python socket blast, 1 stream): {py:8.0f} MB/s")
