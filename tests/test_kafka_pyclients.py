@@ -10,7 +10,7 @@ import uuid
 import pytest
 from brokerproc import BrokerProcess
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,11 @@ def test_kafka_python_admin_create_delete(kbroker):
     assert t in a.list_topics()
     desc = a.describe_topics([t])
     assert len(desc[0]["partitions"]) == 3
+    configs = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t)],
+                                 config_filter="all")
+    topic_configs = configs["topic"][t]
+    assert topic_configs["retention.ms"]["value"] == "3600000"
+    assert topic_configs["cleanup.policy"]["value"] == "delete"
     a.delete_topics([t])
     assert t not in a.list_topics()
     a.close()
