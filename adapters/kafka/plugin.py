@@ -15,6 +15,7 @@ DEFAULT_CONFIG = {
     "sasl": False,
     "max_request_size": 100 * 1024 * 1024,
     "group_initial_rebalance_delay_ms": 0,
+    "vhost": "",
 }
 
 
