@@ -1,0 +1,104 @@
+"""Run the JMS benchmark against polymq (OpenWire adapter) and ActiveMQ in one run.
+
+    .venv/bin/python bench/jms_bench/run.py [--activemq-port 26616] [--quick]
+
+Starts polymq as a subprocess (sqlite store, OpenWire only), compiles JmsBench.java against
+the Debian ActiveMQ 5.17 jars, runs each scenario against both brokers (ActiveMQ must already
+listen: ``/work/shared/peers/peers start activemq``) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "java"))
+
+import jmsrun  # noqa: E402
+from brokerproc import BrokerProcess  # noqa: E402
+
+# (label, queue|topic, persistent, producers, consumers, messages per producer, body size)
+SCENARIOS = [
+    ("queue non-persistent 1p/1c", "queue", False, 1, 1, 20000, 256),
+    ("queue non-persistent 4p/4c", "queue", False, 4, 4, 5000, 256),
+    ("topic non-persistent 1p/2c", "topic", False, 1, 2, 10000, 256),
+    ("queue persistent 1p/1c", "queue", True, 1, 1, 1000, 256),
+    ("queue persistent 16p/2c", "queue", True, 16, 2, 250, 256),
+]
+
+
+def run_one(classes, url, sc):
+    _, kind, persistent, p, c, n, size = sc
+    out = subprocess.run(
+        jmsrun.java_cmd(classes, "JmsBench", url, kind, str(persistent).lower(), str(p), str(c),
+                        str(n), str(size)),
+        capture_output=True, text=True, timeout=600,
+    )
+    m = re.search(r"RESULT .*", out.stdout)
+    if not m:
+        return None, out.stderr[-500:]
+    fields = dict(kv.split("=") for kv in m.group().split()[1:])
+    return fields, None
+
+
+def reachable(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--activemq-port", type=int, default=26616)
+    ap.add_argument("--quick", action="store_true", help="a tenth of the messages")
+    args = ap.parse_args()
+    scenarios = SCENARIOS
+    if args.quick:
+        scenarios = [(a, b, c, d, e, max(50, f // 10), g) for a, b, c, d, e, f, g in SCENARIOS]
+    tmp = Path(tempfile.mkdtemp(prefix="jms-bench-"))
+    classes = tmp / "classes"
+    classes.mkdir()
+    subprocess.run(["javac", "-nowarn", "-cp", jmsrun.classpath(), "-d", str(classes),
+                    str(Path(__file__).parent / "JmsBench.java")], check=True)
+    broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store="sqlite",
+                           log_level="warn")
+    broker.start()
+    targets = [("polymq", f"tcp://127.0.0.1:{broker.port('openwire')}")]
+    if reachable(args.activemq_port):
+        targets.append(("ActiveMQ 5.17", f"tcp://127.0.0.1:{args.activemq_port}"))
+    else:
+        print(f"(ActiveMQ not listening on {args.activemq_port}: polymq only)")
+    rows = []
+    try:
+        for sc in scenarios:
+            row = [sc[0], str(sc[3] * sc[5])]
+            for _name, url in targets:
+                res, err = run_one(classes, url, sc)
+                if res is None:
+                    row.append(f"error: {err}")
+                else:
+                    row.append(f"{float(res['send_rate']):,.0f} / {float(res['recv_rate']):,.0f}"
+                               + ("" if res["complete"] == "true" else " (incomplete)"))
+            rows.append(row)
+            print(" | ".join(row), flush=True)
+    finally:
+        broker.stop()
+    header = ["scenario", "messages"] + [f"{n} send/recv msg/s" for n, _ in targets]
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
