@@ -122,6 +122,7 @@ class OpenWireHub:
         self.temp_dests: dict[tuple[int, str], Obj] = {}  # -> DestinationInfo
         self.advisory_consumers: list[tuple[Connection, ConsumerState]] = []
         self.connections: set[Connection] = set()
+        self.client_ids: dict[str, Connection] = {}
         self._ids = itertools.count(1)
 
     def next_id(self) -> int:
@@ -521,6 +522,13 @@ class Connection:
                      reason=reason)
             self.broker.clock.callLater(0.1, self.close_transport)
             return
+        if cmd.client_id:
+            other = self.hub.client_ids.get(cmd.client_id)
+            if other is not None and other is not self and not other.closed:
+                self.respond_error(cmd, "javax.jms.InvalidClientIDException",
+                                   f"client id {cmd.client_id} is already in use")
+                return
+            self.hub.client_ids[cmd.client_id] = self
         self.identity = result
         self.connection_id = cmd.connection_id
         self.client_id = cmd.client_id
@@ -556,6 +564,8 @@ class Connection:
             return
         self.closed = True
         self.hub.connections.discard(self)
+        if self.client_id and self.hub.client_ids.get(self.client_id) is self:
+            del self.hub.client_ids[self.client_id]
         for tx, _ in self.transactions.values():
             tx.rollback()
         self.transactions.clear()

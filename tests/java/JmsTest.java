@@ -581,6 +581,12 @@ public class JmsTest {
 
     static void sc_durable_subscribe() throws Exception {
         Connection c = durableConn();
+        try {
+            durableConn();
+            fail("durable.clientid.unique", "second connection with the same client id");
+        } catch (InvalidClientIDException e) {
+            ok("durable.clientid.unique");
+        }
         Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
         TopicSubscriber sub = s.createDurableSubscriber(s.createTopic("dur.t"), "sub1");
         MessageProducer p = s.createProducer(s.createTopic("dur.t"));
