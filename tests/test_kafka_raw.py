@@ -238,3 +238,4 @@ def test_long_poll_woken_by_produce(kbroker):
     assert fr.responses[0].partitions[0].high_watermark == 1
     c.close()
     p.close()
+

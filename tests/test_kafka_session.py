@@ -156,3 +156,35 @@ def test_coordinator_rebalance_and_session_timeout():
     co.join("g", "", "c", "h", 1000, 1000, "consumer", [("other", b"")], rec("c"))
     assert got["c"]["error_code"] == C.INCONSISTENT_GROUP_PROTOCOL
     co.close()
+
+
+def test_transport_back_pressure_and_frame_split():
+    from twisted.internet.testing import StringTransport
+
+    from polymq.adapters.kafka.transport import KafkaFactory
+
+    broker = Broker(MemoryStore(), clock=Clock())
+    factory = KafkaFactory(broker, dict(DEFAULT_CONFIG))
+    proto = factory.buildProtocol(None)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    assert tr.producer is proto and tr.streaming
+    # when our writes back up, reading from the client stops; it resumes when they drain
+    proto.pauseProducing()
+    assert tr.producerState == "paused"
+    proto.resumeProducing()
+    assert tr.producerState == "producing"
+    # frames split at every byte boundary still come out whole and in order
+    data = b"".join(C.encode_request(C.API_VERSIONS, 0, i, "c", {}) for i in range(3))
+    for i in range(len(data)):
+        proto.dataReceived(data[i:i + 1])
+    out = tr.value()
+    corrs = []
+    while out:
+        (n,) = struct.unpack(">i", out[:4])
+        corrs.append(struct.unpack(">i", out[4:8])[0])
+        out = out[4 + n:]
+    assert corrs == [0, 1, 2]
+    # a negative length closes the connection
+    proto.dataReceived(struct.pack(">i", -1))
+    assert tr.disconnecting

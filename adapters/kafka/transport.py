@@ -43,6 +43,7 @@ class KafkaProtocol(Protocol):
         self._closing = True
         self._parts = []
         self._size = 0
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -90,7 +91,7 @@ class KafkaProtocol(Protocol):
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
-        if not self._closing:
+        if not self._closing and not getattr(self.transport, "disconnecting", False):
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
