@@ -172,3 +172,22 @@ def test_message_mapping():
 def test_declarations_are_construct():
     assert isinstance(C.request_struct(C.FETCH, 11), cs.Construct)
     assert isinstance(C.response_struct(C.PRODUCE, 7), cs.Construct)
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4])
+def test_decompression_is_bounded(codec):
+    big = R.encode_batch([(None, b"\x00" * 2_000_000, [], 1)], codec=codec)
+    assert len(big) < 200_000
+    with pytest.raises(R.BatchError) as ei:
+        R.decode_batch(big, limit=100_000)
+    assert ei.value.code == C.MESSAGE_TOO_LARGE
+    assert R.decode_batch(big, limit=3_000_000)[0].value == b"\x00" * 2_000_000
+
+
+def test_xerial_snappy_decoded():
+    import snappy
+
+    body = R.encode_batch([(b"k", b"v" * 100, [], 1)])[R.HEADER_SIZE:]
+    chunk = snappy.compress(body)
+    framed = b"\x82SNAPPY\x00" + struct.pack(">ii", 1, 1) + struct.pack(">i", len(chunk)) + chunk
+    assert R.decompress(R.CODEC_SNAPPY, framed, 10_000) == body

@@ -7,6 +7,7 @@ per batch; records are decoded only when a reader of another protocol needs them
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 from typing import Any
@@ -138,41 +139,61 @@ def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
 # compression
 
 
+def _snappy_raw(data: bytes, limit: int) -> bytes:
+    import snappy
+
+    # a raw snappy block starts with its uncompressed length (uvarint): check it first
+    n = shift = 0
+    for i in range(min(5, len(data))):
+        b = data[i]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    if n > limit:
+        raise BatchError(10, "decompressed batch too large")
+    return snappy.uncompress(data)
+
+
 def decompress(codec: int, data: bytes, limit: int) -> bytes:
+    """Decompress a batch's records; never produces (much) more than ``limit`` bytes."""
     if codec == CODEC_NONE:
         return data
-    if codec == CODEC_GZIP:
-        d = zlib.decompressobj(wbits=47)
-        out = d.decompress(data, limit + 1)
-    elif codec == CODEC_SNAPPY:
-        import snappy
+    try:
+        if codec == CODEC_GZIP:
+            out = zlib.decompressobj(wbits=47).decompress(data, limit + 1)
+        elif codec == CODEC_SNAPPY:
+            if data[:8] == b"\x82SNAPPY\x00":  # xerial framing (Java clients, kafka-python)
+                parts = []
+                pos = 16
+                total = 0
+                while pos + 4 <= len(data):
+                    (n,) = struct.unpack_from(">i", data, pos)
+                    pos += 4
+                    if n < 0 or pos + n > len(data):
+                        raise BatchError(2, "bad xerial snappy chunk")
+                    chunk = _snappy_raw(data[pos:pos + n], limit - total)
+                    total += len(chunk)
+                    parts.append(chunk)
+                    pos += n
+                out = b"".join(parts)
+            else:
+                out = _snappy_raw(data, limit)
+        elif codec == CODEC_LZ4:
+            import lz4.frame
 
-        if data[:8] == b"\x82SNAPPY\x00":  # xerial framing (Java clients)
-            parts = []
-            pos = 16
-            total = 0
-            while pos + 4 <= len(data):
-                (n,) = struct.unpack_from(">i", data, pos)
-                pos += 4
-                chunk = snappy.uncompress(data[pos:pos + n])
-                total += len(chunk)
-                if total > limit:
-                    break
-                parts.append(chunk)
-                pos += n
-            out = b"".join(parts) if total <= limit else b"x" * (limit + 1)
+            out = lz4.frame.LZ4FrameDecompressor().decompress(data, max_length=limit + 1)
+        elif codec == CODEC_ZSTD:
+            import zstandard
+
+            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as r:
+                out = r.read(limit + 1)
         else:
-            out = snappy.uncompress(data)
-    elif codec == CODEC_LZ4:
-        import lz4.frame
-
-        out = lz4.frame.decompress(data)
-    elif codec == CODEC_ZSTD:
-        import zstandard
-
-        out = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    else:
-        raise BatchError(2, f"unknown compression codec {codec}")
+            raise BatchError(2, f"unknown compression codec {codec}")
+    except BatchError:
+        raise
+    except Exception as e:
+        raise BatchError(2, f"cannot decompress batch: {e}") from e
     if len(out) > limit:
         raise BatchError(10, "decompressed batch too large")
     return out
