@@ -231,9 +231,15 @@ def test_inflight_resent_with_dup_on_reconnect(broker):
     s.sendall(bytes((0x82,)) + varint(len(body)) + body)
     assert recv_packet(s) == (0x90, b"\x00\x01\x01")
     pub = Client(broker, version=V3)
+    for _ in range(2):  # acknowledged ones first, so the packet ids have moved on
+        pub.publish(t, b"acked", qos=1)
+        first, body = recv_packet(s)
+        s.sendall(b"\x40\x02" + body[2 + len(t): 4 + len(t)])
     pub.publish(t, b"unacked", qos=1)
     first, body = recv_packet(s)
     assert first == 0x32 and body.endswith(b"unacked")
+    first_pid = body[2 + len(t): 4 + len(t)]
+    assert first_pid == b"\x00\x03"
     s.close()  # never acknowledged
     time.sleep(0.3)
     s = raw(broker)
@@ -242,6 +248,7 @@ def test_inflight_resent_with_dup_on_reconnect(broker):
     first, body = recv_packet(s)
     assert first == 0x3A and body.endswith(b"unacked")  # DUP set on the resend
     pid = body[2 + len(t): 4 + len(t)]
+    assert pid == first_pid  # resent with its original packet identifier
     s.sendall(b"\x40\x02" + pid)
     s.sendall(b"\xe0\x00")
     s.close()

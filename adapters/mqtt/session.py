@@ -94,6 +94,9 @@ class SessionState:
         self.conn: Connection | None = None
         self.inbound_qos2: set[int] = set()
         self.pubrel_pending: set[int] = set()
+        # (queue name, seq) -> packet id of QoS > 0 deliveries not yet acknowledged, so that a
+        # resend after a reconnect uses the original packet id [MQTT-4.4.0-1]
+        self.sent_pids: dict[tuple[str, int], int] = {}
         self.expiry_timer: Any = None
         self.version = c.V311
 
@@ -153,6 +156,10 @@ class SessionState:
             self.key_refs[sub.key] = n
         self.match_cache.clear()
         return sub
+
+    def max_qos(self) -> int:
+        """The highest QoS of the plain subscriptions (0 lets the consumer skip acks)."""
+        return max((sub.qos for sub in self.subs.values()), default=0)
 
     def match(self, key: str) -> tuple:
         """(topic, topic bytes, max qos, subscription ids, retain-as-published) for a key."""
@@ -261,6 +268,10 @@ class MqttServer:
         self.expiry_timers: dict[str, Any] = {}
         # encoded-PUBLISH cache for fan-out: id(message) -> [message, {variant: frame}]
         self.enc_cache: dict[int, list] = {}
+        # the inbound QoS 0 PUBLISH being routed right now, and its frame
+        self.last_msg: Message | None = None
+        self.last_frame = b""
+        self.last_v5 = False
         for topic, data in list(broker.kv(RETAINED_NS).items()):
             try:
                 self.retained[topic] = Message.from_bytes(data)
@@ -435,6 +446,7 @@ class Connection:
         self.consumers: list[Consumer] = []
         self.limit: Limit | None = None
         self.inflight: dict[int, Delivery] = {}
+        self.own_consumer: Consumer | None = None
         self.next_pid = 1
         self.in_aliases: dict[int, str] = {}
         self.out_aliases: dict[str, int] = {}
@@ -483,6 +495,11 @@ class Connection:
                 self.fail(e.reason, str(e))
         except c.MalformedPacket as e:
             self.fail(e.reason, str(e))
+        except BrokerError as e:
+            self.fail(c.IMPLEMENTATION_SPECIFIC, f"broker refused: {e.text}")
+        except Exception:
+            log.failure("mqtt: internal error on {peer}", peer=_peer(self.peer))
+            self.fail(c.UNSPECIFIED_ERROR, "internal error")
         finally:
             self.acks = None
             if acks:
@@ -512,11 +529,13 @@ class Connection:
             pid, _ = c.decode_ack(body, self.version)
             d = self.inflight.pop(pid, None)
             if d is not None:
+                self.session.sent_pids.pop((d.queue.name, d.seq), None)
                 d.queue.ack(d)
         elif ptype == c.PUBREC:
             pid, reason = c.decode_ack(body, self.version)
             d = self.inflight.pop(pid, None)
             if d is not None:
+                self.session.sent_pids.pop((d.queue.name, d.seq), None)
                 d.queue.ack(d)
             if reason >= 0x80:
                 return
@@ -740,13 +759,20 @@ class Connection:
 
     def _attach(self) -> None:
         s = self.session
-        c_ = Consumer(f"mqtt:{s.client_id}", self.deliver, limit=self.limit, owner=self)
+        c_ = Consumer(f"mqtt:{s.client_id}", self.deliver, limit=self.limit, owner=self,
+                      no_ack=s.max_qos() == 0)
+        self.own_consumer = c_
         self.consumers.append(c_)
         if self.paused:
             c_.pause()
         s.queue.add_consumer(c_)
         for sub in list(s.shared.values()):
             self._attach_shared(sub)
+
+    def _update_ack_mode(self) -> None:
+        # only QoS 0 subscriptions: every delivery is QoS 0, so the queue need not track acks
+        if self.own_consumer is not None:
+            self.own_consumer.no_ack = self.session.max_qos() == 0
 
     def _attach_shared(self, sub: Sub) -> None:
         vh = self.server.vhost
@@ -763,7 +789,7 @@ class Connection:
                            (sub.sid,) if sub.sid is not None else (), sub.rap))
 
         cons = Consumer(f"mqtt:{self.client_id}:{sub.group}", deliver, limit=self.limit,
-                        owner=self, arguments={"mqtt.sub": sub})
+                        owner=self, arguments={"mqtt.sub": sub}, no_ack=sub.qos == 0)
         self.consumers.append(cons)
         if self.paused:
             cons.pause()
@@ -781,6 +807,7 @@ class Connection:
         for pid, d in list(self.inflight.items()):
             if d.consumer is cons:
                 del self.inflight[pid]
+                self.session.sent_pids.pop((d.queue.name, d.seq), None)
 
     def taken_over(self) -> None:
         """Another connection took this client id: 5.0 DISCONNECT 0x8E, no will."""
@@ -882,10 +909,15 @@ class Connection:
         exclude = None
         if s.no_local_count and s.excluded_for_own_publish(topic):
             exclude = s.queue
+        server = self.server
         if qos == 0 and not retain and block is None:
-            # forward this very frame to subscribers of the same protocol family
-            self.server.cached(msg)[(v5, 0, False, topic)] = c.frame(0x30, body)
-        routed = self.server.publish(topic, msg, bool(retain), exclude)
+            # forward this very frame to subscribers of the same protocol family: the
+            # deliveries made while this publish is routed find it in the one-slot cache
+            server.last_msg = msg
+            server.last_frame = c.frame(0x30, body)
+            server.last_v5 = v5
+        routed = server.publish(topic, msg, bool(retain), exclude)
+        server.last_msg = None
         if qos == 1:
             if v5 and not routed:
                 self.acks.append(c.encode_ack(c.PUBACK, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
@@ -923,7 +955,15 @@ class Connection:
         qos = mq if mq < subqos else subqos
         v5 = self.version == c.V5
         if qos == 0 and not (v5 and (sids or self.out_alias_max or msg.expiration)):
-            cache = self.server.cached(msg)
+            server = self.server
+            if msg is server.last_msg and v5 is server.last_v5 and not retain:
+                frame = server.last_frame
+                if len(frame) <= self.client_max_packet:
+                    self.write(frame)
+                if d.consumer is not None:
+                    d.queue.ack(d)
+                return
+            cache = server.cached(msg)
             variant = (v5, 0, retain, topic)
             frame = cache.get(variant)
             if frame is None:
@@ -939,7 +979,8 @@ class Connection:
                 d.queue.ack(d)
                 return
             self.write(frame)
-            d.queue.ack(d)
+            if d.consumer is not None:
+                d.queue.ack(d)
             return
         props = None
         if v5:
@@ -963,15 +1004,24 @@ class Connection:
             props = c.encode_props(p)
         pid = 0
         if qos:
-            pid = self._next_pid()
+            sent = self.session.sent_pids
+            ident = (d.queue.name, d.seq)
+            pid = sent.get(ident, 0) if d.delivery_count else 0
+            if not pid or pid in self.inflight or pid in self.session.pubrel_pending:
+                pid = self._next_pid()
+            if len(sent) > 131072:  # stale entries (messages that went elsewhere): start over
+                sent.clear()
+            sent[ident] = pid
             self.inflight[pid] = d
         frame = c.encode_publish(tbytes, msg.body, qos, pid, retain, d.delivery_count > 0, props)
         if len(frame) > self.client_max_packet:
-            self.inflight.pop(pid, None)
+            if qos:
+                self.inflight.pop(pid, None)
+                self.session.sent_pids.pop((d.queue.name, d.seq), None)
             d.queue.ack(d)
             return
         self.write(frame)
-        if not qos:
+        if not qos and d.consumer is not None:
             d.queue.ack(d)
 
     def _next_pid(self) -> int:
@@ -1044,6 +1094,7 @@ class Connection:
                 if msgs:
                     retained.append((sub, msgs))
         s.save()
+        self._update_ack_mode()
         if v5:
             body_out = pkt.packet_id.to_bytes(2, "big") + b"\x00" + bytes(codes)
         else:
@@ -1073,6 +1124,7 @@ class Connection:
                 self._detach_shared(sub)
             codes.append(0 if sub is not None else c.NO_SUBSCRIPTION_EXISTED)
         s.save()
+        self._update_ack_mode()
         if self.version == c.V5:
             body_out = pkt.packet_id.to_bytes(2, "big") + b"\x00" + bytes(codes)
         else:
@@ -1135,6 +1187,7 @@ class Connection:
         """Remove this connection's consumers (in-flight messages go back to the queue)."""
         s = self.session
         consumers, self.consumers = self.consumers, []
+        self.own_consumer = None
         self.inflight.clear()
         for cons in consumers:
             q = cons.queue
