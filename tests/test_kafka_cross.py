@@ -137,3 +137,45 @@ def test_kafka_python_compressed_batches_decoded_for_amqp(broker, codec):
         bodies.append(body)
     conn.close()
     assert bodies == values
+
+
+def test_mqtt_and_kafka_both_ways(tmp_path):
+    if "mqtt" not in installed_adapters():
+        pytest.skip("the MQTT adapter is not installed")
+    import paho.mqtt.client as mqtt
+
+    with BrokerProcess(tmp_path / "mq", adapters=["kafka", "mqtt"], log_level="info") as b:
+        bs = f"{b.host}:{b.port('kafka')}"
+        t = "sensors.t" + uuid.uuid4().hex[:6]
+        p = Producer({"bootstrap.servers": bs})
+        p.produce(t, b"first")  # creates the topic
+        assert p.flush(10) == 0
+        got = []
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kx-" + t)
+        c.on_message = lambda cl, u, m: got.append((m.topic, m.payload))
+        c.connect(b.host, b.port("mqtt"))
+        c.loop_start()
+        try:
+            c.subscribe("sensors/#", 1)
+            time.sleep(0.5)
+            c.publish(t.replace(".", "/"), b"from-mqtt", qos=1).wait_for_publish(5)
+            p.produce(t, b"from-kafka")
+            assert p.flush(10) == 0
+            deadline = time.time() + 10
+            while len(got) < 2 and time.time() < deadline:
+                time.sleep(0.05)
+        finally:
+            c.loop_stop()
+            c.disconnect()
+        assert got == [(t.replace(".", "/"), b"from-mqtt"), (t.replace(".", "/"), b"from-kafka")]
+        k = Consumer({"bootstrap.servers": bs, "group.id": "g" + t,
+                      "auto.offset.reset": "earliest"})
+        k.subscribe([t])
+        out = []
+        deadline = time.time() + 10
+        while len(out) < 3 and time.time() < deadline:
+            m = k.poll(0.2)
+            if m is not None and not m.error():
+                out.append(m.value())
+        k.close()
+        assert out == [b"first", b"from-mqtt", b"from-kafka"]
