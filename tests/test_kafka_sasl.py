@@ -79,3 +79,40 @@ def test_request_before_authentication_closes(sbroker):
     (n,) = struct.unpack(">i", s.recv(4))
     assert n > 0
     s.close()
+
+
+def _recv_frame(s):
+    (n,) = struct.unpack(">i", s.recv(4))
+    buf = b""
+    while len(buf) < n:
+        buf += s.recv(n - len(buf))
+    return buf
+
+
+def test_handshake_v0_raw_token(sbroker):
+    s = socket.create_connection((sbroker.host, sbroker.port("kafka")), timeout=5)
+    s.sendall(C.encode_request(C.SASL_HANDSHAKE, 0, 1, "x", {"mechanism": "PLAIN"}))
+    corr, r = C.decode_response(C.SASL_HANDSHAKE, 0, _recv_frame(s))
+    assert corr == 1 and r.error_code == 0 and list(r.mechanisms) == ["PLAIN"]
+    token = b"\x00guest\x00guest"
+    s.sendall(struct.pack(">i", len(token)) + token)
+    assert _recv_frame(s) == b""  # empty server token: authenticated
+    s.sendall(C.encode_request(C.METADATA, 1, 2, "x", {"topics": []}))
+    corr, r = C.decode_response(C.METADATA, 1, _recv_frame(s))
+    assert corr == 2 and r.brokers[0].node_id == 1
+    s.close()
+
+
+def test_authenticate_v1_wrong_password(sbroker):
+    s = socket.create_connection((sbroker.host, sbroker.port("kafka")), timeout=5)
+    s.sendall(C.encode_request(C.SASL_HANDSHAKE, 1, 1, "x", {"mechanism": "SCRAM-SHA-256"}))
+    _, r = C.decode_response(C.SASL_HANDSHAKE, 1, _recv_frame(s))
+    assert r.error_code == C.UNSUPPORTED_SASL_MECHANISM
+    s.sendall(C.encode_request(C.SASL_HANDSHAKE, 1, 2, "x", {"mechanism": "PLAIN"}))
+    _, r = C.decode_response(C.SASL_HANDSHAKE, 1, _recv_frame(s))
+    assert r.error_code == 0
+    s.sendall(C.encode_request(C.SASL_AUTHENTICATE, 1, 3, "x",
+                               {"auth_bytes": b"\x00guest\x00bad"}))
+    _, r = C.decode_response(C.SASL_AUTHENTICATE, 1, _recv_frame(s))
+    assert r.error_code == C.SASL_AUTHENTICATION_FAILED and "password" in r.error_message
+    s.close()
