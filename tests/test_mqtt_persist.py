@@ -81,3 +81,22 @@ def test_acknowledged_publishes_survive_kill9_and_retained_is_kept(broker_factor
     assert (m.payload, m.retain) == (b"retained", True)
     a.disconnect()
     s.disconnect()
+
+
+def test_session_expiry_counts_across_restart(broker_factory):
+    broker = broker_factory(adapters=["mqtt"], store="sqlite")
+    short, long_ = uid("short"), uid("long")
+    for cid, expiry in ((short, 2), (long_, 600)):
+        c = Client(broker, client_id=cid, version=V5, clean=False, expiry=expiry)
+        c.subscribe(uid("st"), qos=1)
+        c.disconnect()
+    broker.restart()
+    import time
+
+    time.sleep(2.5)
+    a = Client(broker, client_id=short, version=V5, clean=False, expiry=2)
+    assert a.connack[0].session_present is False
+    b = Client(broker, client_id=long_, version=V5, clean=False, expiry=600)
+    assert b.connack[0].session_present is True
+    a.disconnect()
+    b.disconnect()

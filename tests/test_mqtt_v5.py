@@ -276,3 +276,78 @@ def test_invalid_filter_gets_reason_code(broker):
     assert recv_packet(s) == (0xB0, b"\x00\x04\x00\x11")
     s.sendall(b"\xe0\x00")
     assert closed(s)
+
+
+def test_disconnect_with_will_and_session_expiry_update(broker):
+    t = uid("dww")
+    watcher = Client(broker, version=V5)
+    watcher.subscribe(t, qos=1)
+    a = Client(broker, version=V5, will=(t, b"asked for it", 1, True))
+    dp = Properties(PacketTypes.DISCONNECT)
+    a.c.disconnect(reasoncode=__import__("paho.mqtt.reasoncodes", fromlist=["ReasonCode"])
+                   .ReasonCode(PacketTypes.DISCONNECT, identifier=0x04), properties=dp)
+    m = watcher.get()
+    assert m.payload == b"asked for it"
+    # the will was retained
+    late = Client(broker, version=V5)
+    late.subscribe(t, qos=1)
+    assert late.get().retain is True
+    # a persistent session ended by DISCONNECT with session expiry 0 is gone at once
+    cid = uid("dse")
+    b = Client(broker, client_id=cid, version=V5, clean=False, expiry=600)
+    b.subscribe(uid("x"), qos=1)
+    b.disconnect(properties=props(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
+    time.sleep(0.2)
+    b2 = Client(broker, client_id=cid, version=V5, clean=False, expiry=600)
+    assert b2.connack[0].session_present is False
+    b2.disconnect()
+
+
+def test_enhanced_auth_is_refused_with_bad_auth_method(broker):
+    c = Client(broker, version=V5, connect=False,
+               properties=props(PacketTypes.CONNECT, AuthenticationMethod="SCRAM-SHA-1"))
+    c.connect(expect_ok=False)
+    assert c.connack[1].value == 0x8C
+    c.c.loop_stop()
+
+
+def test_retained_message_expires(broker):
+    t = uid("rexp")
+    pub = Client(broker, version=V5)
+    pub.publish(t, b"brief", qos=1, retain=True, properties=props(MessageExpiryInterval=1))
+    time.sleep(1.3)
+    c = Client(broker, version=V5)
+    c.subscribe(t, qos=1)
+    assert c.none(0.4)
+
+
+def test_server_receive_maximum_enforced(broker):
+    s = raw(broker)
+    s.sendall(connect_packet(uid("rmx"), version=5))
+    assert recv_packet(s)[0] == 0x20
+    t = uid("rmxt")
+    out = b""
+    for pid in range(1, 52):  # receive maximum is 50: the 51st QoS 2 in flight is too many
+        body = s16(t) + struct.pack(">H", pid) + b"\x00" + b"x"
+        out += bytes((0x34,)) + varint(len(body)) + body
+    s.sendall(out)
+    pkt = recv_packet(s)
+    pubrecs = 0
+    while pkt is not None and pkt[0] == 0x50:  # PUBRECs may or may not precede the refusal
+        pubrecs += 1
+        pkt = recv_packet(s)
+    assert pubrecs <= 50
+    assert pkt[0] == 0xE0 and pkt[1][0] == 0x93
+    assert closed(s)
+
+
+def test_unknown_pubrel_and_problem_information(broker):
+    s = raw(broker)
+    s.sendall(connect_packet(uid("pr"), version=5, props=b"\x02\x17\x00"))  # no problem info
+    assert recv_packet(s)[0] == 0x20
+    s.sendall(b"\x62\x02\x00\x33")  # PUBREL for an id never used
+    first, body = recv_packet(s)
+    assert first == 0x70 and body[:3] == b"\x00\x33\x92"
+    s.sendall(b"\x30\x04\x00\x01#\x00")  # wildcard topic: DISCONNECT 0x90 without a reason string
+    assert recv_packet(s) == (0xE0, b"\x90\x00")
+    assert closed(s)
