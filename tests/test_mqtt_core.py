@@ -155,11 +155,14 @@ def test_assigned_client_id_and_empty_id_rules(broker, version):
 @VERSIONS
 def test_session_takeover(broker, version):
     cid = uid("take")
-    a = Client(broker, client_id=cid, version=version)
+    watcher = Client(broker, version=version)
+    watcher.subscribe(cid + "/will", qos=1)
+    a = Client(broker, client_id=cid, version=version, will=(cid + "/will", b"a gone", 1, False))
     b = Client(broker, client_id=cid, version=version)
     rc, _props = a.disconnects.get(timeout=5)
     if version == V5:
         assert rc.value == 0x8E  # session taken over
+    assert watcher.get().payload == b"a gone"  # the server closed it: its will is published
     b.subscribe(cid + "/t", qos=1)
     b.publish(cid + "/t", b"still works", qos=1)
     assert b.get().payload == b"still works"

@@ -8,6 +8,7 @@ import time
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from test_mqtt_helpers import (
     V3,
@@ -284,8 +285,7 @@ def test_disconnect_with_will_and_session_expiry_update(broker):
     watcher.subscribe(t, qos=1)
     a = Client(broker, version=V5, will=(t, b"asked for it", 1, True))
     dp = Properties(PacketTypes.DISCONNECT)
-    a.c.disconnect(reasoncode=__import__("paho.mqtt.reasoncodes", fromlist=["ReasonCode"])
-                   .ReasonCode(PacketTypes.DISCONNECT, identifier=0x04), properties=dp)
+    a.c.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=0x04), properties=dp)
     m = watcher.get()
     assert m.payload == b"asked for it"
     # the will was retained

@@ -170,7 +170,9 @@ class SessionState:
         qos = -1
         sids = []
         rap = False
-        for sub in self.subs.values():
+        # a key from another protocol that is no valid MQTT topic is not delivered
+        subs = self.subs.values() if c.valid_topic_name(topic) else ()
+        for sub in subs:
             if c.topic_matches(sub.filter, topic):
                 if sub.qos > qos:
                     qos = sub.qos
@@ -687,13 +689,15 @@ class Connection:
         else:
             expiry = 0 if clean else NEVER
         # take over / resume / start the session
+        old = server.sessions.get(cid)
+        if old is not None and old.conn is not None:
+            old.conn.taken_over()
+        # a pending (delayed) will of this client id: the session continues, so it is
+        # dropped; or the session ends (clean start), so it is published now
         if clean:
             server.fire_will(cid)
         else:
             server.cancel_will(cid)
-        old = server.sessions.get(cid)
-        if old is not None and old.conn is not None:
-            old.conn.taken_over()
         session = None if clean else server.find_session(cid)
         if clean:
             stale = server.find_session(cid)
@@ -810,12 +814,19 @@ class Connection:
                 self.session.sent_pids.pop((d.queue.name, d.seq), None)
 
     def taken_over(self) -> None:
-        """Another connection took this client id: 5.0 DISCONNECT 0x8E, no will."""
+        """Another connection took this client id: 5.0 DISCONNECT 0x8E; the will is handled
+        as for any connection the server closes (published, after its delay)."""
         log.info("mqtt: session {cid} taken over", cid=self.client_id)
         if self.version == c.V5:
             self.send_disconnect(c.SESSION_TAKEN_OVER)
-        self.will = None
+        will, self.will = self.will, None
+        s = self.session
         self._detach_session(keep=True)
+        if will is not None:
+            delay = will[3]
+            if s is not None and s.expiry != NEVER:
+                delay = min(delay, s.expiry)
+            self.server.schedule_will(self.client_id, delay, self._will_publisher(will))
         self.close()
 
     # -- keep-alive -------------------------------------------------------------------------
