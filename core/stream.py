@@ -323,6 +323,12 @@ class Stream:
     def consumer_count(self) -> int:
         return len(self.consumers)
 
+    def set_config(self, settings: dict[str, Any]) -> None:
+        """Update adapter-level settings (Kafka topic configs) and persist them."""
+        self.config.update(settings)
+        if self.durable:
+            self.vhost.store.put_queue(self.vhost.name, self.name, self.record())
+
     def add_partitions(self, total: int) -> None:
         while len(self.partitions) < total:
             self.partitions.append(Partition(self, len(self.partitions)))

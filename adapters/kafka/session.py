@@ -108,9 +108,7 @@ class KafkaServer:
             pass
         s = self.vhost.declare_stream(name, partitions=partitions, arguments=args)
         if configs:
-            s.config.update({k: v for k, v in configs.items() if v is not None})
-            if s.durable:
-                self.vhost.store.put_queue(self.vhost.name, name, s.record())
+            s.set_config({k: v for k, v in configs.items() if v is not None})
         self.vhost.bind_queue(name, "amq.topic", name)
         log.info("kafka topic {t} created with {n} partitions", t=name, n=partitions)
         return s
