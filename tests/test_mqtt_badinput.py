@@ -201,3 +201,14 @@ def test_repeated_qos2_same_id_without_pubrel(broker, bystander):
 def test_silent_connection_is_closed_after_connect_timeout(broker, bystander):
     s = raw(broker)
     assert closed(s, timeout=4)
+
+
+def test_unsupported_protocol_level(broker, bystander):
+    s = raw(broker)
+    body = s16("MQTT") + b"\x06\x02\x00\x3c\x00\x00" + s16("x") + b"\xff\xff"
+    s.sendall(packet(0x10, body))
+    assert recv_packet(s) == (0x20, b"\x00\x01")  # unacceptable protocol version
+    assert closed(s)
+    s = raw(broker)
+    s.sendall(packet(0x10, s16("HTTP") + b"\x04\x02\x00\x3c" + s16("x")))
+    assert recv_packet(s) is None  # not MQTT at all: just closed

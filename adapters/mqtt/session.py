@@ -610,14 +610,18 @@ class Connection:
     # -- CONNECT ----------------------------------------------------------------------------
 
     def on_connect(self, body: bytes) -> None:
-        pkt = c.decode(c.CONNECT, body, c.V311)
-        level = pkt.protocol_level
-        name = pkt.protocol_name
-        if not ((name == "MQTT" and level in (c.V311, c.V5)) or (name == "MQIsdp" and level == 3)):
-            if name in ("MQTT", "MQIsdp"):
+        # protocol name and level first: an unknown level gets its CONNACK even when the rest
+        # of the packet is laid out differently
+        nlen = (body[0] << 8) | body[1] if len(body) >= 2 else -1
+        name = body[2:2 + nlen] if nlen >= 0 else b""
+        level = body[2 + nlen] if 0 <= nlen and len(body) > 2 + nlen else -1
+        if not ((name == b"MQTT" and level in (c.V311, c.V5))
+                or (name == b"MQIsdp" and level == 3)):
+            if name in (b"MQTT", b"MQIsdp") and level >= 0:
                 self._connack(0, c.V3_UNACCEPTABLE_PROTOCOL, {}, v5reason=0x84)
             self.fail(c.UNSUPPORTED_PROTOCOL_VERSION, f"unsupported protocol {name!r} {level}")
             return
+        pkt = c.decode(c.CONNECT, body, c.V311)
         self.version = level if level == c.V5 else c.V311
         v5 = level == c.V5
         f = pkt.flags
