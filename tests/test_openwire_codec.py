@@ -210,3 +210,27 @@ def test_decoder_fuzz_mutations(obj, data):
         c.decode_command(bytes(frame[:cut]))
     except c.DecodeError:
         pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(messages(), acks()))
+def test_compiled_fast_paths_match_the_table_interpreter(obj):
+    frame = c.encode_frame(obj)
+    assert frame == c.encode_frame_generic(obj)
+    assert c.decode_command(frame[4:]) == c.decode_command_generic(frame[4:]) == obj
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(messages(), acks()), st.data())
+def test_compiled_and_interpreted_decoders_agree_on_garbage(obj, data):
+    frame = bytearray(c.encode_frame(obj)[4:])
+    i = data.draw(st.integers(0, len(frame) - 1))
+    frame[i] = data.draw(st.integers(0, 255))
+    cut = bytes(frame[: data.draw(st.integers(1, len(frame)))])
+    results = []
+    for dec in (c.decode_command, c.decode_command_generic):
+        try:
+            results.append(dec(cut))
+        except c.DecodeError:
+            results.append("error")
+    assert results[0] == results[1]

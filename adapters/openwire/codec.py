@@ -251,19 +251,12 @@ class Obj:
 
     def __init__(self, type: int, **fields: Any) -> None:
         self.type = type
-        self.command_id = 0
-        self.response_required = False
-        name, _, spec = SCHEMA[type]
-        d = self.__dict__
-        for fname, kind in spec:
-            d[fname] = _DEFAULTS.get(kind)
-        for k, v in fields.items():
-            if k == "command_id":
-                self.command_id = v
-            elif k == "response_required":
-                self.response_required = v
-            else:
-                d[k] = v
+        self.command_id = fields.pop("command_id", 0)
+        self.response_required = fields.pop("response_required", False)
+        d = _DEFAULT_DICTS[type].copy()
+        if fields:
+            d.update(fields)
+        self.__dict__ = d
 
     @property
     def name(self) -> str:
@@ -284,6 +277,11 @@ class Obj:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if v not in (None, 0))
         return f"{self.name}({fields})"
+
+
+_DEFAULT_DICTS = {
+    t: {name: _DEFAULTS.get(kind) for name, kind in spec[2]} for t, spec in SCHEMA.items()
+}
 
 
 def _hashable(v: Any) -> Any:
@@ -574,19 +572,17 @@ def encode_body(w: Writer, obj: Obj) -> None:
             parts.append(_H.pack(v or 0))
 
 
-def encode_frame(obj: Obj) -> bytes:
-    """One size-prefixed frame: int32 size, type byte, body."""
+def encode_frame_generic(obj: Obj) -> bytes:
+    """One size-prefixed frame through the table interpreter (reference implementation)."""
     w = Writer()
-    w.parts.append(b"")  # placeholder for the size
     w.parts.append(bytes((obj.type,)))
     encode_body(w, obj)
-    body_len = sum(len(p) for p in w.parts)
-    w.parts[0] = _I.pack(body_len)
-    return b"".join(w.parts)
+    body = w.getvalue()
+    return _I.pack(len(body)) + body
 
 
-def decode_command(frame: bytes) -> Obj:
-    """A frame without its size prefix: type byte, body (must consume it exactly)."""
+def decode_command_generic(frame: bytes) -> Obj:
+    """:func:`decode_command` through the table interpreter (reference implementation)."""
     if not frame:
         raise DecodeError("empty frame")
     type_id = frame[0]
@@ -596,6 +592,227 @@ def decode_command(frame: bytes) -> Obj:
     obj = decode_body(r, type_id)
     if r.pos != r.end:
         raise DecodeError(f"{r.end - r.pos} bytes left over after {obj.name}")
+    return obj
+
+
+# -- compiled fast paths ------------------------------------------------------------------
+# The same SCHEMA, turned once at import into one straight-line decoder and encoder per type
+# (consecutive fixed-width fields read/written with a single struct call). The tests check
+# them against the interpreter above and the construct declarations below.
+
+_FIXED = {"z": "?", "b": "b", "h": "h", "i": "i", "l": "q"}
+_trunc = "truncated"
+
+
+def _rs(data: bytes, pos: int, end: int) -> tuple[str | None, int]:
+    if pos >= end:
+        raise DecodeError(_trunc)
+    if not data[pos]:
+        return None, pos + 1
+    if pos + 3 > end:
+        raise DecodeError(_trunc)
+    n = (data[pos + 1] << 8) | data[pos + 2]
+    pos += 3
+    if pos + n > end:
+        raise DecodeError(f"string length {n} exceeds the frame")
+    raw = data[pos : pos + n]
+    return (raw.decode("ascii") if raw.isascii() else decode_mutf8(raw)), pos + n
+
+
+def _ry(data: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
+    if pos >= end:
+        raise DecodeError(_trunc)
+    if not data[pos]:
+        return None, pos + 1
+    if pos + 5 > end:
+        raise DecodeError(_trunc)
+    n = _I.unpack_from(data, pos + 1)[0]
+    pos += 5
+    if n < 0 or pos + n > end:
+        raise DecodeError(f"length {n} exceeds the frame")
+    return data[pos : pos + n], pos + n
+
+
+def _ro(data: bytes, pos: int, end: int, depth: int) -> tuple[Obj | None, int]:
+    if pos >= end:
+        raise DecodeError(_trunc)
+    if not data[pos]:
+        return None, pos + 1
+    if pos + 2 > end:
+        raise DecodeError(_trunc)
+    dec = _DECODERS.get(data[pos + 1])
+    if dec is None:
+        raise DecodeError(f"unknown data type {data[pos + 1]}")
+    if depth > MAX_NESTING:
+        raise DecodeError("objects nested too deeply")
+    return dec(data, pos + 2, end, depth)
+
+
+def _rO(data: bytes, pos: int, end: int, depth: int) -> tuple[list | None, int]:
+    if pos >= end:
+        raise DecodeError(_trunc)
+    if not data[pos]:
+        return None, pos + 1
+    if pos + 3 > end:
+        raise DecodeError(_trunc)
+    n = _H.unpack_from(data, pos + 1)[0]
+    pos += 3
+    if n < 0 or n > end - pos:
+        raise DecodeError(f"array count {n} exceeds the frame")
+    out = []
+    for _ in range(n):
+        v, pos = _ro(data, pos, end, depth)
+        out.append(v)
+    return out, pos
+
+
+def _rt(data: bytes, pos: int, end: int) -> tuple[tuple | None, int]:
+    if pos >= end:
+        raise DecodeError(_trunc)
+    if not data[pos]:
+        return None, pos + 1
+    cls, pos = _rs(data, pos + 1, end)
+    msg, pos = _rs(data, pos, end)
+    return (cls, msg), pos
+
+
+def _ws(v: str | None, parts: list) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    elif v.isascii() and "\x00" not in v:
+        parts.append(b"\x01" + _UH.pack(len(v)) + v.encode("ascii"))
+    else:
+        b = encode_mutf8(v)
+        if len(b) > 0xFFFF:
+            raise ValueError("string too long for writeUTF")
+        parts.append(b"\x01" + _UH.pack(len(b)))
+        parts.append(b)
+
+
+def _wy(v: bytes | None, parts: list) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(b"\x01" + _I.pack(len(v)))
+        parts.append(v)
+
+
+def _wo(v: Obj | None, parts: list) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(_OBJ_HEADER[v.type])
+        _ENCODERS[v.type](v, parts)
+
+
+def _wO(v: list | None, parts: list) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(b"\x01" + _H.pack(len(v)))
+        for x in v:
+            _wo(x, parts)
+
+
+def _wt(v: tuple | None, parts: list) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(b"\x01")
+        _ws(v[0], parts)
+        _ws(v[1], parts)
+
+
+def _runs(fields: tuple) -> list:
+    """Group consecutive fixed-width fields: [(kind, [names])]."""
+    out: list = []
+    for name, kind in fields:
+        if kind in _FIXED and out and out[-1][0] == "fixed":
+            out[-1][1].append((name, kind))
+        elif kind in _FIXED:
+            out.append(("fixed", [(name, kind)]))
+        else:
+            out.append((kind, [(name, kind)]))
+    return out
+
+
+def _generate() -> tuple[dict, dict]:
+    env: dict[str, Any] = {
+        "Obj": Obj, "DecodeError": DecodeError, "_rs": _rs, "_ry": _ry, "_ro": _ro,
+        "_rO": _rO, "_rt": _rt, "_ws": _ws, "_wy": _wy, "_wo": _wo, "_wO": _wO, "_wt": _wt,
+        "_new": object.__new__, "_PREFIX": struct.Struct(">i?"),
+    }
+    src: list[str] = []
+    for t, (_, prefix, fields) in SCHEMA.items():
+        dec = [f"def _d{t}(data, pos, end, depth):", "    o = _new(Obj)", f"    o.type = {t}"]
+        enc = [f"def _e{t}(o, parts):", "    d = o.__dict__"]
+        if prefix:
+            dec += ["    if pos + 5 > end:", "        raise DecodeError('truncated')",
+                    "    o.command_id, o.response_required = _PREFIX.unpack_from(data, pos)",
+                    "    pos += 5"]
+            enc += ["    parts.append(_PREFIX.pack(o.command_id, o.response_required))"]
+        else:
+            dec += ["    o.command_id = 0", "    o.response_required = False"]
+        names = []
+        for i, (kind, group) in enumerate(_runs(fields)):
+            if kind == "fixed":
+                fmt = ">" + "".join(_FIXED[k] for _, k in group)
+                st = struct.Struct(fmt)
+                env[f"_S{t}_{i}"] = st
+                vs = [f"v_{n}" for n, _ in group]
+                dec += [f"    if pos + {st.size} > end:", "        raise DecodeError('truncated')",
+                        f"    {', '.join(vs)}{',' if len(vs) == 1 else ''} = "
+                        f"_S{t}_{i}.unpack_from(data, pos)",
+                        f"    pos += {st.size}"]
+                args = ", ".join(
+                    f"d['{n}']" if k == "z" else f"d['{n}'] or 0" for n, k in group
+                )
+                enc.append(f"    parts.append(_S{t}_{i}.pack({args}))")
+                names += [n for n, _ in group]
+                continue
+            n = group[0][0]
+            names.append(n)
+            if kind in ("o", "O"):
+                dec.append(f"    v_{n}, pos = _r{kind}(data, pos, end, depth + 1)")
+            else:
+                dec.append(f"    v_{n}, pos = _r{kind}(data, pos, end)")
+            enc.append(f"    _w{kind}(d['{n}'], parts)")
+        dec.append("    o.__dict__ = {" + ", ".join(f"'{n}': v_{n}" for n in names) + "}")
+        dec.append("    return o, pos")
+        if len(enc) == 2 and not prefix:
+            enc.append("    pass")
+        src += dec + [""] + enc + [""]
+    exec(compile("\n".join(src), "<openwire codec>", "exec"), env)
+    return ({t: env[f"_d{t}"] for t in SCHEMA}, {t: env[f"_e{t}"] for t in SCHEMA})
+
+
+_DECODERS, _ENCODERS = _generate()
+_OBJ_HEADER = {t: bytes((1, t)) for t in SCHEMA}
+_TYPE_BYTE = {t: bytes((t,)) for t in SCHEMA}
+
+
+def encode_frame(obj: Obj) -> bytes:
+    """One size-prefixed frame: int32 size, type byte, body."""
+    parts = [_TYPE_BYTE[obj.type]]
+    _ENCODERS[obj.type](obj, parts)
+    body = b"".join(parts)
+    return _I.pack(len(body)) + body
+
+
+def decode_command(frame: bytes) -> Obj:
+    """A frame without its size prefix: type byte, body (must consume it exactly)."""
+    if not frame:
+        raise DecodeError("empty frame")
+    type_id = frame[0]
+    if type_id == WIREFORMAT_INFO:
+        raise DecodeError("unexpected WireFormatInfo")
+    dec = _DECODERS.get(type_id)
+    if dec is None:
+        raise DecodeError(f"unknown data type {type_id}")
+    end = len(frame)
+    obj, pos = dec(frame, 1, end, 0)
+    if pos != end:
+        raise DecodeError(f"{end - pos} bytes left over after {obj.name}")
     return obj
 
 
