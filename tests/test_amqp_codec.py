@@ -160,6 +160,8 @@ def test_deliver_fast_path_matches_declaration(tag, dtag, redelivered, exchange,
         exchange=exchange, routing_key=rk,
     )
     assert fast == slow
+    tail = C.deliver_tail(exchange, rk)
+    assert C.deliver_frame(channel, C.deliver_prefix(tag), dtag, redelivered, tail) == slow
     f = C.FRAME.parse(fast)
     assert (f.type, f.channel) == (1, channel)
 

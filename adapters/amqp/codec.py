@@ -678,6 +678,20 @@ def deliver_prefix(consumer_tag: str) -> bytes:
     return _DELIVER_IDS + bytes((len(t),)) + t
 
 
+def deliver_tail(exchange: str, routing_key: str) -> bytes:
+    """The exchange and routing-key part of basic.deliver."""
+    ex = exchange.encode("utf-8")
+    rk = routing_key.encode("utf-8")
+    return bytes((len(ex),)) + ex + bytes((len(rk),)) + rk
+
+
+def deliver_frame(channel: int, prefix: bytes, delivery_tag: int, redelivered: bool,
+                  tail: bytes) -> bytes:
+    """basic.deliver from its constant prefix and an encoded :func:`deliver_tail`."""
+    payload = prefix + _pack_QB(delivery_tag, 1 if redelivered else 0) + tail
+    return _pack_frame_head(1, channel, len(payload)) + payload + FRAME_END_BYTE
+
+
 def encode_deliver(
     channel: int, prefix: bytes, delivery_tag: int, redelivered: bool, exchange: str,
     routing_key: str,

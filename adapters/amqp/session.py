@@ -188,6 +188,7 @@ class Connection:
         self._hb_timer: Any = None
         self._close_timer: Any = None
         self._confirming: list[Channel] = []
+        self._pub_cache: dict[bytes, dict] = {}
         clock = broker.clock
         self.clock = clock
         self._handshake_timer = clock.callLater(
@@ -307,7 +308,14 @@ class Connection:
                 C.UNEXPECTED_FRAME, f"method frame while content of {ch} is incomplete", *ids
             )
         if ids == _PUBLISH_ID:
-            channel.pub = C.decode_publish(payload)
+            # publishers repeat the same exchange and key: decode each distinct method once
+            pub = self._pub_cache.get(payload)
+            if pub is None:
+                pub = C.decode_publish(payload)
+                if len(self._pub_cache) >= 256:
+                    self._pub_cache.clear()
+                self._pub_cache[payload] = pub
+            channel.pub = pub
             channel.props = None
             return
         if ids == _ACK_ID:
@@ -556,8 +564,10 @@ class Connection:
         number = channel.number
         unacked = channel.unacked
         broker = self.broker
-        encode_deliver = C.encode_deliver
+        deliver_frame = C.deliver_frame
         content_frames = C.content_frames
+        tails: dict[tuple[str, str], bytes] = {}  # encoded (exchange, routing key)
+        write = self._write
 
         def deliver(d: Any) -> None:
             channel.next_tag = tag = channel.next_tag + 1
@@ -569,9 +579,15 @@ class Connection:
                 "x-death" in m.headers
             ):
                 raw = properties_for(m, d.offset, broker)
-            self.write(
-                encode_deliver(number, prefix, tag, d.delivery_count > 0, m.exchange,
-                               m.routing_key)
+            where = (m.exchange, m.routing_key)
+            tail = tails.get(where)
+            if tail is None:
+                if len(tails) >= 256:
+                    tails.clear()
+                tail = tails[where] = C.deliver_tail(*where)
+            self._tx_idle = False
+            write(
+                deliver_frame(number, prefix, tag, d.delivery_count > 0, tail)
                 + content_frames(number, raw, m.body, self.frame_max)
             )
 
@@ -659,6 +675,8 @@ class Connection:
         for channel in list(self.channels.values()):
             if channel.flow_active:
                 for consumer in list(channel.consumers.values()):
+                    if self.paused:  # a delivery filled the socket buffer again
+                        return
                     consumer.resume()
 
     # -- timers ---------------------------------------------------------------------------
