@@ -18,7 +18,7 @@ from brokerproc import BrokerProcess
 def broker(tmp_path_factory):
     b = BrokerProcess(
         tmp_path_factory.mktemp("amqp_pika"), adapters=["amqp"], log_level="info",
-        settings={"adapters.amqp.frame_max": 16384},
+        settings={"adapters.amqp.frame_max": 16384, "limits.max_message_size": 2 * 1024 * 1024},
     )
     b.start()
     yield b
@@ -398,6 +398,18 @@ def test_empty_and_large_bodies(conn):
     ch.basic_publish("", q, big)
     got = drain(ch, q, 2)
     assert [b for _, _, b in got] == [b"", big]
+
+
+def test_message_over_max_message_size_is_406(conn):
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("", q, b"x" * (2 * 1024 * 1024 + 1))
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.queue_declare("", exclusive=True)
+    assert e.value.reply_code == 406
+    ch = conn.channel()  # the connection is fine
+    ch.basic_publish("", q, b"small")
+    assert ch.basic_get(q, auto_ack=True)[2] == b"small"
 
 
 def test_get_and_get_empty(conn):
