@@ -772,22 +772,67 @@ def _generate() -> tuple[dict, dict]:
                 continue
             n = group[0][0]
             names.append(n)
-            if kind in ("o", "O"):
+            if kind == "s":  # inlined _rs / _ws
+                dec += [
+                    "    if pos >= end:", "        raise DecodeError('truncated')",
+                    "    if data[pos]:",
+                    "        if pos + 3 > end:", "            raise DecodeError('truncated')",
+                    "        n = (data[pos + 1] << 8) | data[pos + 2]",
+                    "        pos += 3",
+                    "        if pos + n > end:",
+                    "            raise DecodeError(f'string length {n} exceeds the frame')",
+                    "        raw = data[pos : pos + n]",
+                    "        pos += n",
+                    f"        v_{n} = raw.decode('ascii') if raw.isascii() else _mutf8(raw)",
+                    "    else:", f"        v_{n} = None", "        pos += 1",
+                ]
+                enc += [
+                    f"    v = d['{n}']",
+                    "    if v is None:", "        parts.append(b'\\x00')",
+                    "    elif v.isascii() and '\\x00' not in v:",
+                    "        parts.append(b'\\x01' + _UHpack(len(v)) + v.encode('ascii'))",
+                    "    else:", "        _ws(v, parts)",
+                ]
+            elif kind == "o":  # inlined _ro / _wo
+                dec += [
+                    "    if pos >= end:", "        raise DecodeError('truncated')",
+                    "    if data[pos]:",
+                    "        if pos + 2 > end:", "            raise DecodeError('truncated')",
+                    "        dec = _DECODERS_get(data[pos + 1])",
+                    "        if dec is None:",
+                    "            raise DecodeError(f'unknown data type {data[pos + 1]}')",
+                    f"        if depth + 1 > {MAX_NESTING}:",
+                    "            raise DecodeError('objects nested too deeply')",
+                    f"        v_{n}, pos = dec(data, pos + 2, end, depth + 1)",
+                    "    else:", f"        v_{n} = None", "        pos += 1",
+                ]
+                enc += [
+                    f"    v = d['{n}']",
+                    "    if v is None:", "        parts.append(b'\\x00')",
+                    "    else:", "        parts.append(_OBJ_HEADER[v.type])",
+                    "        _ENCODERS[v.type](v, parts)",
+                ]
+            elif kind == "O":
                 dec.append(f"    v_{n}, pos = _r{kind}(data, pos, end, depth + 1)")
+                enc.append(f"    _w{kind}(d['{n}'], parts)")
             else:
                 dec.append(f"    v_{n}, pos = _r{kind}(data, pos, end)")
-            enc.append(f"    _w{kind}(d['{n}'], parts)")
+                enc.append(f"    _w{kind}(d['{n}'], parts)")
         dec.append("    o.__dict__ = {" + ", ".join(f"'{n}': v_{n}" for n in names) + "}")
         dec.append("    return o, pos")
         if len(enc) == 2 and not prefix:
             enc.append("    pass")
         src += dec + [""] + enc + [""]
     exec(compile("\n".join(src), "<openwire codec>", "exec"), env)
-    return ({t: env[f"_d{t}"] for t in SCHEMA}, {t: env[f"_e{t}"] for t in SCHEMA})
+    decoders = {t: env[f"_d{t}"] for t in SCHEMA}
+    encoders = {t: env[f"_e{t}"] for t in SCHEMA}
+    env.update(_DECODERS_get=decoders.get, _ENCODERS=encoders, _OBJ_HEADER=_OBJ_HEADER,
+               _mutf8=decode_mutf8, _UHpack=_UH.pack)
+    return decoders, encoders
 
 
-_DECODERS, _ENCODERS = _generate()
 _OBJ_HEADER = {t: bytes((1, t)) for t in SCHEMA}
+_DECODERS, _ENCODERS = _generate()
 _TYPE_BYTE = {t: bytes((t,)) for t in SCHEMA}
 
 
