@@ -341,3 +341,16 @@ def test_second_client_is_served_after_errors(broker):
     c.publish("ok/x", b"y", qos=0)
     assert c.get().payload == b"y"
     c.disconnect()
+
+
+def test_mqtt_3_1_clients_are_served(broker):
+    from paho.mqtt.client import MQTTv31
+
+    t = uid("v31")
+    sub = Client(broker, version=MQTTv31)
+    sub.subscribe(t, qos=1)
+    pub = Client(broker, version=V5)
+    pub.publish(t, b"old protocol", qos=1)
+    m = sub.get()
+    assert (m.payload, m.qos) == (b"old protocol", 1)
+    sub.disconnect()
