@@ -1,0 +1,143 @@
+"""The two sides of one run, each in its own process: producers and consumers.
+
+The coordinator (runner.py) starts the consumer side, waits for ``ready`` (every consumer is
+subscribed), then starts the producer side. Progress goes through shared counters; the final
+result of each side comes back on a queue.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import time
+import traceback
+
+from .common import Tally, cpu_seconds, merge_tallies, socket_bytes
+from .workload import Target, Workload
+
+
+class DriverError(Exception):
+    """A failure a driver reports in one line (refused login, broker closed the channel...)."""
+
+
+class Shared:
+    """Counters and events shared by the coordinator and both sides (multiprocessing)."""
+
+    def __init__(self, mp) -> None:
+        self.sent = mp.Value("q", 0, lock=False)
+        self.received = mp.Value("q", 0, lock=False)
+        self.ready = mp.Event()
+        self.producers_done = mp.Event()
+        self.consumers_done = mp.Event()
+        self.abort = mp.Event()
+
+
+class SideContext:
+    def __init__(self, side: str, target: Target, wl: Workload, run: str, shared: Shared):
+        self.side = side
+        self.target = target
+        self.wl = wl
+        self.run = run
+        self.shared = shared
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+
+    # names every driver uses for the run's destination
+    @property
+    def topic(self) -> str:  # dot-separated (AMQP routing key, Kafka topic, OpenWire topic)
+        return f"polymq-compare.{self.run}"
+
+    def error(self, text: str) -> None:
+        with self._lock:
+            if len(self.errors) < 20:
+                self.errors.append(text)
+
+    def aborted(self) -> bool:
+        return self.shared.abort.is_set()
+
+    def wire_bytes(self, pid: int | None = None) -> tuple[int, int] | None:
+        return socket_bytes(pid or os.getpid(), self.target.port)
+
+
+class ConsumerMonitor:
+    """Sums the tallies of consumer threads into the shared counter and decides when to stop."""
+
+    def __init__(self, ctx: SideContext, tallies: list[Tally]) -> None:
+        self.ctx = ctx
+        self.tallies = tallies
+        self.stop = threading.Event()
+        self.complete = False
+
+    def unique(self) -> int:
+        return sum(t.unique for t in self.tallies)
+
+    def watch(self, threads: list[threading.Thread], poll: float = 0.02) -> None:
+        ctx = self.ctx
+        last_count = -1
+        last_change = time.monotonic()
+        done_at = None
+        while True:
+            n = self.unique()
+            ctx.shared.received.value = n
+            now = time.monotonic()
+            if n != last_count:
+                last_count, last_change = n, now
+            if ctx.aborted():
+                break
+            if not any(t.is_alive() for t in threads):
+                break
+            if ctx.shared.producers_done.is_set():
+                done_at = done_at or now
+                if n >= ctx.wl.expected(ctx.shared.sent.value):
+                    self.complete = True
+                    break
+                if now - max(last_change, done_at) > ctx.wl.drain_timeout:
+                    break
+            time.sleep(poll)
+        ctx.shared.received.value = self.unique()
+
+
+def consumer_result(ctx: SideContext, tallies: list[Tally], wire, cpu0: float) -> dict:
+    out = merge_tallies(tallies)
+    out.update(wire_result(wire))
+    out["cpu_s"] = cpu_seconds() - cpu0
+    out["errors"] = list(ctx.errors)
+    return out
+
+
+def producers_finished(ctx: SideContext, sent: int) -> None:
+    """Publish the final sent count, then wait until the consumers are done, so that the kernel
+    has sent everything queued on the producer sockets before their bytes are counted."""
+    ctx.shared.sent.value = sent
+    ctx.shared.producers_done.set()
+    deadline = time.monotonic() + ctx.wl.drain_timeout + 600
+    while time.monotonic() < deadline and not ctx.aborted():
+        if ctx.shared.consumers_done.wait(0.05):
+            break
+
+
+def wire_result(wire) -> dict:
+    if wire is None:
+        return {"bytes_up": None, "bytes_down": None}
+    return {"bytes_up": wire[0], "bytes_down": wire[1]}
+
+
+def side_main(side: str, target: Target, wl: Workload, run: str, shared: Shared, results) -> None:
+    """Process entry point: run one side of one protocol and put its result on ``results``."""
+    ctx = SideContext(side, target, wl, run, shared)
+    try:
+        mod = importlib.import_module(f"polymq.plugins.compare.drivers.{target.protocol}")
+        fn = mod.run_consumers if side == "consumers" else mod.run_producers
+        result = fn(ctx)
+        results.put((side, "ok", result))
+    except DriverError as e:
+        shared.abort.set()
+        results.put((side, "error", str(e)))
+    except OSError as e:
+        shared.abort.set()
+        results.put((side, "error", f"{target.protocol} {side}: {e.strerror or e}"))
+    except BaseException as e:  # noqa: BLE001 - reported to the coordinator, not lost
+        shared.abort.set()
+        tb = traceback.format_exc(limit=4)
+        results.put((side, "error", f"{target.protocol} {side}: {type(e).__name__}: {e}\n{tb}"))
