@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import struct
+import time
+
 import pytest
-from test_mqtt_helpers import V3, V5, VERSIONS, Client, uid
+from test_mqtt_helpers import (
+    V3,
+    V5,
+    VERSIONS,
+    Client,
+    connect_packet,
+    raw,
+    recv_packet,
+    s16,
+    uid,
+    varint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +105,6 @@ def test_session_expiry_counts_across_restart(broker_factory):
         c.subscribe(uid("st"), qos=1)
         c.disconnect()
     broker.restart()
-    import time
-
     time.sleep(2.5)
     a = Client(broker, client_id=short, version=V5, clean=False, expiry=2)
     assert a.connack[0].session_present is False
@@ -100,3 +112,49 @@ def test_session_expiry_counts_across_restart(broker_factory):
     assert b.connack[0].session_present is True
     a.disconnect()
     b.disconnect()
+
+
+def test_qos2_exactly_once_across_restart(broker_factory):
+    broker = broker_factory(adapters=["mqtt"], store="sqlite")
+    t = uid("eo2")
+    # a persistent QoS 2 subscriber that will stop half-way through the QoS 2 handshake
+    scid = uid("eo2s")
+    sub = raw(broker)
+    sub.sendall(connect_packet(scid, clean=False))
+    assert recv_packet(sub)[0] == 0x20
+    body = struct.pack(">H", 1) + s16(t) + b"\x02"
+    sub.sendall(b"\x82" + varint(len(body)) + body)
+    assert recv_packet(sub)[0] == 0x90
+    # a persistent publisher: PUBLISH QoS 2, PUBREC, then the broker restarts
+    pcid = uid("eo2p")
+    pub = raw(broker)
+    pub.sendall(connect_packet(pcid, clean=False))
+    assert recv_packet(pub)[0] == 0x20
+    frame = s16(t) + struct.pack(">H", 5) + b"exactly"
+    pub.sendall(b"\x34" + varint(len(frame)) + frame)
+    assert recv_packet(pub) == (0x50, b"\x00\x05")
+    first, body = recv_packet(sub)
+    assert first & 0xF6 == 0x34 and body.endswith(b"exactly")
+    pid = body[2 + len(t): 4 + len(t)]
+    sub.sendall(b"\x50\x02" + pid)  # PUBREC
+    assert recv_packet(sub) == (0x62, pid)  # PUBREL; no PUBCOMP from us
+    time.sleep(0.3)  # let the session records reach the disk
+    pub.close()
+    sub.close()
+    broker.restart()
+    # the publisher resends the PUBLISH (DUP): acknowledged, not routed a second time
+    pub = raw(broker)
+    pub.sendall(connect_packet(pcid, clean=False))
+    assert recv_packet(pub) == (0x20, b"\x01\x00")
+    pub.sendall(b"\x3c" + varint(len(frame)) + frame)
+    assert recv_packet(pub) == (0x50, b"\x00\x05")
+    pub.sendall(b"\x62\x02\x00\x05")
+    assert recv_packet(pub) == (0x70, b"\x00\x05")
+    # the subscriber gets the PUBREL it is owed, and no second copy of the message
+    sub = raw(broker)
+    sub.sendall(connect_packet(scid, clean=False))
+    assert recv_packet(sub) == (0x20, b"\x01\x00")
+    assert recv_packet(sub) == (0x62, pid)
+    sub.sendall(b"\x70\x02" + pid)
+    with pytest.raises(TimeoutError):
+        recv_packet(sub, timeout=0.7)

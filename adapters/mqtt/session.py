@@ -206,12 +206,17 @@ class SessionState:
             "expiry": self.expiry,
             "gone": gone,
             "v": self.version,
+            # QoS 2 state that must survive a restart to stay exactly-once
+            "q2in": sorted(self.inbound_qos2),
+            "relout": sorted(self.pubrel_pending),
         }
         self.server.broker.kv_put_obj(SESSIONS_NS, self.client_id, rec)
 
     def load(self, rec: dict) -> None:
         self.expiry = rec.get("expiry", NEVER)
         self.version = rec.get("v", c.V311)
+        self.inbound_qos2 = set(rec.get("q2in", ()))
+        self.pubrel_pending = set(rec.get("relout", ()))
         for r in rec.get("subs", ()):
             sub = Sub.from_record(r)
             if sub.group is not None:
@@ -541,20 +546,30 @@ class Connection:
                 d.queue.ack(d)
             if reason >= 0x80:
                 return
-            if d is not None or pid in self.session.pubrel_pending:
-                self.session.pubrel_pending.add(pid)
+            s = self.session
+            if d is not None or pid in s.pubrel_pending:
+                if pid not in s.pubrel_pending:
+                    s.pubrel_pending.add(pid)
+                    if s.durable:
+                        s.save()
                 self.write(c.encode_ack(c.PUBREL, pid))
             else:
                 self.write(self._ack(c.PUBREL, pid, c.PACKET_ID_NOT_FOUND))
         elif ptype == c.PUBCOMP:
             pid, _ = c.decode_ack(body, self.version)
-            self.session.pubrel_pending.discard(pid)
+            s = self.session
+            if pid in s.pubrel_pending:
+                s.pubrel_pending.discard(pid)
+                if s.durable:
+                    s.save()
         elif ptype == c.PUBREL:
             pid, _ = c.decode_ack(body, self.version)
             s = self.session
             if pid in s.inbound_qos2:
                 s.inbound_qos2.discard(pid)
                 self.inbound_pending -= 1
+                if s.durable:
+                    s.save()
                 self.acks.append(c.encode_ack(c.PUBCOMP, pid))
             else:
                 self.acks.append(self._ack(c.PUBCOMP, pid, c.PACKET_ID_NOT_FOUND))
@@ -941,6 +956,8 @@ class Connection:
         elif qos == 2:
             s.inbound_qos2.add(pid)
             self.inbound_pending += 1
+            if s.durable:
+                s.save()  # before PUBREC (same group commit): exactly-once across a restart
             if v5 and not routed:
                 self.acks.append(c.encode_ack(c.PUBREC, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
             else:
