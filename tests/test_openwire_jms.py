@@ -67,7 +67,7 @@ def test_every_message_type_property_type_and_header(classes, broker):
 def test_client_ack_individual_ack_and_dead_letter_queue(classes, broker):
     r = run(classes, broker, "clientack", "individual", "dlq")
     r.check("clientack.redelivered.body", "clientack.redelivered.flag",
-            "clientack.deliverycount", "clientack.empty", "clientack.conn.again",
+            "clientack.deliverycount", "clientack.m4.fresh", "clientack.empty", "clientack.conn.again",
             "individual.rest", "dlq.deliveries", "dlq.dead", "dlq.source.empty")
 
 

@@ -542,15 +542,16 @@ class Connection:
         if oid is None:
             self.respond(cmd)
             return
+        last = cmd.last_delivered_sequence_id
         if oid.type == c.CONSUMER_ID:
             cs = self.consumers.pop(key_of(oid), None)
             if cs is not None:
-                self.remove_consumer(cs)
+                self.remove_consumer(cs, last)
         elif oid.type == c.SESSION_ID:
             for k, cs in list(self.consumers.items()):
                 if cs.session_key == (oid.connection_id, oid.value):
                     del self.consumers[k]
-                    self.remove_consumer(cs)
+                    self.remove_consumer(cs, last)
         elif oid.type == c.CONNECTION_ID:
             self.respond(cmd)
             self.connection_closed()
@@ -719,13 +720,22 @@ class Connection:
         self.respond(cmd)
         q.add_consumer(core)
 
-    def remove_consumer(self, cs: ConsumerState) -> None:
+    def remove_consumer(self, cs: ConsumerState, last_delivered: int = -1) -> None:
+        """Detach a consumer; what it was sent and did not settle goes back to its queue.
+
+        ``last_delivered`` (RemoveInfo.lastDeliveredSequenceId) is the dispatch sequence of the
+        last message the application saw: the ones after it were only prefetched, so going back
+        does not count as a delivery (the core's requeue adds one; take it off first).
+        """
         if cs.advisory is not None:
             self.hub.remove_advisory_consumer(cs)
             return
         if cs.pull_timer is not None and cs.pull_timer.active():
             cs.pull_timer.cancel()
-        # deliveries settled inside an open transaction stay with it
+        if last_delivered >= 0:
+            for seq, d in cs.dispatched.items():
+                if seq > last_delivered and seq not in cs.in_tx:
+                    d.delivery_count -= 1
         if cs.core is not None and cs.queue is not None:
             cs.queue.remove_consumer(cs.core, requeue=True)
         cs.dispatched.clear()

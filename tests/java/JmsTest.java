@@ -306,6 +306,7 @@ public class JmsTest {
               r == null ? "null" : "" + r.getIntProperty("JMSXDeliveryCount"));
         Message r4 = mc2.receive(5000);
         eq("clientack.m4", "m4", r4 == null ? null : ((TextMessage) r4).getText());
+        eq("clientack.m4.fresh", false, r4 == null ? null : r4.getJMSRedelivered());
         r4.acknowledge();
         eq("clientack.empty", null, mc2.receive(300));
         c.close();
