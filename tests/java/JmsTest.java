@@ -668,4 +668,59 @@ public class JmsTest {
         eq("failover.all", want, got);
         c.close();
     }
+
+    // -- interop with other protocols (driven by test_openwire_interop.py) -------------------
+    static void sc_interop_send() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(s.createQueue("interop.q"));
+        TextMessage t = s.createTextMessage("from jms \u00e9");
+        t.setJMSCorrelationID("corr-j");
+        t.setJMSType("jtype");
+        t.setIntProperty("count", 3);
+        t.setStringProperty("who", "jms");
+        t.setBooleanProperty("flag", true);
+        t.setDoubleProperty("ratio", 0.5);
+        p.send(t, DeliveryMode.PERSISTENT, 6, 0);
+        MapMessage m = s.createMapMessage();
+        m.setInt("a", 1);
+        m.setString("b", "two");
+        p.send(m);
+        BytesMessage b = s.createBytesMessage();
+        b.writeBytes(new byte[] {0, 1, 2, (byte) 255});
+        p.send(b);
+        c.close();
+        ok("interop.sent");
+    }
+
+    static void sc_interop_recv() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer mc = s.createConsumer(s.createTopic("interop.>"));
+        System.out.println("READY");
+        System.out.flush();
+        Message m = mc.receive(20000);
+        check("interop.text.type", m instanceof TextMessage, "got " + m);
+        if (m instanceof TextMessage) {
+            eq("interop.text.body", "hello \u00e9", ((TextMessage) m).getText());
+            eq("interop.text.corr", "c-1", m.getJMSCorrelationID());
+            eq("interop.text.prop", "v", m.getStringProperty("k"));
+            eq("interop.text.intprop", 7, m.getObjectProperty("n"));
+            eq("interop.text.priority", 5, m.getJMSPriority());
+            eq("interop.text.destination", "topic://interop.a", "" + m.getJMSDestination());
+        }
+        m = mc.receive(20000);
+        check("interop.bytes.type", m instanceof BytesMessage, "got " + m);
+        if (m instanceof BytesMessage) {
+            BytesMessage bm = (BytesMessage) m;
+            byte[] got = new byte[(int) bm.getBodyLength()];
+            bm.readBytes(got);
+            eq("interop.bytes.body", "[0, -1, 10]", Arrays.toString(got));
+        }
+        m = mc.receive(20000);
+        check("interop.mqtt.type", m instanceof BytesMessage || m instanceof TextMessage,
+              "got " + m);
+        if (m != null) eq("interop.mqtt.destination", "topic://interop.m.x", "" + m.getJMSDestination());
+        c.close();
+    }
 }
