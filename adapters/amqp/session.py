@@ -351,7 +351,7 @@ class Connection:
             raise C.FrameError(C.UNEXPECTED_FRAME, f"unexpected content header on channel {ch}")
         class_id, size, props, raw = C.decode_content_header(payload)
         if class_id != 60:
-            raise C.FrameError(C.FRAME_ERROR, f"content header for class {class_id}")
+            raise C.FrameError(C.UNEXPECTED_FRAME, f"content header for class {class_id}")
         if size > self.max_message_size:
             channel.pub = None
             self.channel_error(
@@ -432,7 +432,13 @@ class Connection:
             channel.tx.publish(exchange, rk, message)
             channel.tx_returns.append((pub["mandatory"], message, raw))
             return
-        routed, refused = self.vhost.publish(exchange, rk, message)
+        try:
+            routed, refused = self.vhost.publish(exchange, rk, message)
+        except BrokerError as e:
+            if e.code not in C.CHANNEL_ERRORS:
+                raise
+            self.channel_error(channel, e.code, e.text, 60, 40)
+            return
         if not routed and not refused and pub["mandatory"]:
             self._basic_return(channel, message, raw)
         if channel.confirm:
