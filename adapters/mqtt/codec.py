@@ -370,6 +370,43 @@ def encode_props(props: dict[str, Any] | None) -> bytes:
     return encode_varint(len(out)) + bytes(out)
 
 
+def props_container(props: dict[str, Any] | None) -> dict:
+    """A property dict as the construct declaration builds it."""
+    items = []
+    for name, value in (props or {}).items():
+        if value is None:
+            continue
+        pid = PROPERTY_IDS[name]
+        if name == "user_property":
+            items += [{"id": pid, "value": {"key": k, "value": v}} for k, v in value]
+        elif name == "subscription_identifier":
+            items += [{"id": pid, "value": v} for v in value]
+        else:
+            items.append({"id": pid, "value": value})
+    return {"items": items}
+
+
+def build_connack(version: int, session_present: bool, reason: int,
+                  props: dict[str, Any] | None = None) -> bytes:
+    return build(CONNACK, version, session_present=int(session_present), reason=reason,
+                 properties=props_container(props) if version == V5 else None)
+
+
+def build_suback(version: int, packet_id: int, reasons: list[int]) -> bytes:
+    return build(SUBACK, version, packet_id=packet_id, reasons=bytes(reasons),
+                 properties=props_container(None) if version == V5 else None)
+
+
+def build_unsuback(version: int, packet_id: int, reasons: list[int]) -> bytes:
+    return build(UNSUBACK, version, packet_id=packet_id,
+                 reasons=bytes(reasons) if version == V5 else b"",
+                 properties=props_container(None) if version == V5 else None)
+
+
+def build_disconnect(reason: int, props: dict[str, Any] | None = None) -> bytes:
+    return build(DISCONNECT, V5, reason=reason, properties=props_container(props))
+
+
 # -- framing --------------------------------------------------------------------------------
 
 

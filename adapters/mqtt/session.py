@@ -615,8 +615,7 @@ class Connection:
 
     def send_disconnect(self, reason: int, text: str | None = None) -> None:
         props = {"reason_string": text} if text and self.request_problem_info else None
-        body = bytes((reason,)) + c.encode_props(props)
-        self.write(c.frame(c.DISCONNECT << 4, body))
+        self.write(c.build_disconnect(reason, props))
 
     def close(self) -> None:
         if self.state != 2:
@@ -775,10 +774,9 @@ class Connection:
             reason = v5reason if v5reason is not None else (0 if v3code == 0 else 0x80)
             if reason and not self.request_problem_info:
                 props = {k: v for k, v in props.items() if k != "reason_string"}
-            body = bytes((present, reason)) + c.encode_props(props)
+            self.write(c.build_connack(c.V5, bool(present), reason, props))
         else:
-            body = bytes((present, v3code))
-        self.write(c.frame(c.CONNACK << 4, body))
+            self.write(c.build_connack(c.V311, bool(present), v3code))
 
     def _attach(self) -> None:
         s = self.session
@@ -1127,11 +1125,7 @@ class Connection:
                     retained.append((sub, msgs))
         s.save()
         self._update_ack_mode()
-        if v5:
-            body_out = pkt.packet_id.to_bytes(2, "big") + b"\x00" + bytes(codes)
-        else:
-            body_out = pkt.packet_id.to_bytes(2, "big") + bytes(codes)
-        self.write(c.frame(c.SUBACK << 4, body_out))
+        self.write(c.build_suback(self.version, pkt.packet_id, codes))
         # retained messages go through the session queue (flow control, acks, persistence)
         for _sub, msgs in retained:
             for m in msgs:
@@ -1157,11 +1151,7 @@ class Connection:
             codes.append(0 if sub is not None else c.NO_SUBSCRIPTION_EXISTED)
         s.save()
         self._update_ack_mode()
-        if self.version == c.V5:
-            body_out = pkt.packet_id.to_bytes(2, "big") + b"\x00" + bytes(codes)
-        else:
-            body_out = pkt.packet_id.to_bytes(2, "big")
-        self.write(c.frame(c.UNSUBACK << 4, body_out))
+        self.write(c.build_unsuback(self.version, pkt.packet_id, codes))
 
     # -- DISCONNECT and connection loss -----------------------------------------------------
 
