@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate the config and exit")
     _add_config_options(check)
 
+    sub.add_parser("compare", help="compare the protocols on one workload (polymq compare -h)",
+                   add_help=False)
+
     plugins = sub.add_parser("plugins", help="list adapters and store backends found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -84,6 +87,11 @@ def _load(args, check_paths: bool):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from polymq.plugins.compare.cli import main as compare_main
+
+        return compare_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
