@@ -234,3 +234,17 @@ def test_compiled_and_interpreted_decoders_agree_on_garbage(obj, data):
         except c.DecodeError:
             results.append("error")
     assert results[0] == results[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.none() | messages(), st.none() | dests(), i32,
+       st.builds(lambda cn, s, v: Obj(c.CONSUMER_ID, connection_id=cn, session_id=s, value=v),
+                 opt_text, i64, i64))
+def test_dispatch_fast_path(message, dest, redelivery, consumer_id):
+    head = c.dispatch_head(consumer_id, dest)
+    fast = c.encode_dispatch(head, message, redelivery)
+    ref = Obj(c.MESSAGE_DISPATCH, consumer_id=consumer_id, destination=dest, message=message,
+              redelivery_counter=redelivery)
+    assert fast == c.encode_frame_generic(ref)
+    parsed = c.construct_for(c.MESSAGE_DISPATCH).parse(fast[5:])
+    assert ("obj", c.MESSAGE_DISPATCH, _plain(parsed)) == _as_plain(ref)

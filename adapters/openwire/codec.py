@@ -844,6 +844,30 @@ def encode_frame(obj: Obj) -> bytes:
     return _I.pack(len(body)) + body
 
 
+def dispatch_head(consumer_id: Obj | None, destination: Obj | None) -> bytes:
+    """The constant start of every MessageDispatch to one consumer (for :func:`encode_dispatch`):
+    type byte, commandId 0, responseRequired false, ConsumerId, Destination."""
+    parts = [bytes((MESSAGE_DISPATCH,)), b"\x00\x00\x00\x00\x00"]
+    _wo(consumer_id, parts)
+    _wo(destination, parts)
+    return b"".join(parts)
+
+
+def encode_dispatch(head: bytes, message: Obj | None, redelivery_counter: int) -> bytes:
+    """Hand-written fast path for the hottest frame, MessageDispatch; equal to
+    ``encode_frame(Obj(MESSAGE_DISPATCH, consumer_id=.., destination=.., message=..,
+    redelivery_counter=..))`` (checked by the tests)."""
+    parts = [head]
+    if message is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(_OBJ_HEADER[message.type])
+        _ENCODERS[message.type](message, parts)
+    parts.append(_I.pack(redelivery_counter))
+    body = b"".join(parts)
+    return _I.pack(len(body)) + body
+
+
 def decode_command(frame: bytes) -> Obj:
     """A frame without its size prefix: type byte, body (must consume it exactly)."""
     if not frame:

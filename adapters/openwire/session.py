@@ -63,13 +63,26 @@ def dest_to_str(d: Obj | None) -> str | None:
     return DEST_PREFIX.get(d.type, "queue://") + (d.physical_name or "")
 
 
+_DEST_CACHE: dict[str, Obj] = {}
+
+
 def str_to_dest(s: str | None) -> Obj | None:
+    """A destination URI string as a destination object (shared: never mutate it)."""
     if not s:
         return None
+    d = _DEST_CACHE.get(s)
+    if d is not None:
+        return d
     for t, prefix in DEST_PREFIX.items():
         if s.startswith(prefix):
-            return Obj(t, physical_name=s[len(prefix) :])
-    return Obj(c.QUEUE, physical_name=s)
+            d = Obj(t, physical_name=s[len(prefix) :])
+            break
+    else:
+        d = Obj(c.QUEUE, physical_name=s)
+    if len(_DEST_CACHE) >= 4096:
+        _DEST_CACHE.clear()
+    _DEST_CACHE[s] = d
+    return d
 
 
 def split_dest(d: Obj) -> list[tuple[int, str]]:
@@ -179,6 +192,7 @@ class ConsumerState:
         self.advisory: set[str] | None = None
         self.pull_timer: Any = None
         self.pull_pending = False
+        self.head = c.dispatch_head(self.id, self.destination)
 
     def wants_advisory(self, dest_type: int) -> bool:
         if self.advisory is None:
@@ -749,9 +763,9 @@ class Connection:
         cs.dispatched[seq] = d
         cs.pull_pending = False
         m = core_to_jms(d.message, self.synthetic_pid, seq)
-        m.redelivery_counter = d.delivery_count
-        self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination,
-                      message=m, redelivery_counter=d.delivery_count))
+        m.redelivery_counter = count = d.delivery_count
+        if not self.closed:
+            self.write(c.encode_dispatch(cs.head, m, count))
 
     def dispatch_advisory(self, cs: ConsumerState, info: Obj) -> None:
         seq = next(self._dseq)
