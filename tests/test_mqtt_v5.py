@@ -351,3 +351,23 @@ def test_unknown_pubrel_and_problem_information(broker):
     s.sendall(b"\x30\x04\x00\x01#\x00")  # wildcard topic: DISCONNECT 0x90 without a reason string
     assert recv_packet(s) == (0xE0, b"\x90\x00")
     assert closed(s)
+
+
+def test_shared_subscription_keeps_messages_for_persistent_members(broker):
+    t = uid("shp")
+    cid = uid("shm")
+    m = Client(broker, client_id=cid, version=V5, clean=False, expiry=600)
+    m.subscribe(f"$share/gp/{t}", qos=1)
+    m.disconnect()
+    pub = Client(broker, version=V5)
+    for i in range(3):
+        pub.publish(t, str(i).encode(), qos=1)
+    m = Client(broker, client_id=cid, version=V5, clean=False, expiry=600)
+    assert [x.payload for x in m.get_n(3)] == [b"0", b"1", b"2"]
+    # ending the last member's session removes the group's queue: nothing piles up
+    m.disconnect(properties=props(PacketTypes.DISCONNECT, SessionExpiryInterval=0))
+    time.sleep(0.2)
+    pub.publish(t, b"nobody", qos=1)
+    m = Client(broker, client_id=cid, version=V5, clean=False, expiry=600)
+    m.subscribe(f"$share/gp/{t}", qos=1)
+    assert m.none(0.4)

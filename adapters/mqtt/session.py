@@ -31,6 +31,7 @@ log = Logger(namespace="polymq.mqtt")
 
 SESSIONS_NS = "mqtt.sessions"
 RETAINED_NS = "mqtt.retained"
+SHARED_NS = "mqtt.shared"
 NEVER = 0xFFFFFFFF
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -124,6 +125,7 @@ class SessionState:
             ident = (sub.group, sub.filter)
             new = ident not in self.shared
             self.shared[ident] = sub
+            self.server.add_member(sub.queue_name, sub.key, self.client_id)
             return new
         old = self.subs.get(sub.filter)
         self.subs[sub.filter] = sub
@@ -140,7 +142,10 @@ class SessionState:
 
     def remove_sub(self, flt: str, group: str | None) -> Sub | None:
         if group is not None:
-            return self.shared.pop((group, flt), None)
+            sub = self.shared.pop((group, flt), None)
+            if sub is not None:
+                self.server.remove_member(sub.queue_name, self.client_id)
+            return sub
         sub = self.subs.pop(flt, None)
         if sub is None:
             return None
@@ -233,6 +238,8 @@ class SessionState:
             del server.sessions[self.client_id]
         self.cancel_expiry()
         server.fire_will(self.client_id)
+        for sub in self.shared.values():
+            server.remove_member(sub.queue_name, self.client_id)
         try:
             server.vhost.delete_queue(self.queue_name)
         except BrokerError:
@@ -284,6 +291,9 @@ class MqttServer:
                 self.retained[topic] = Message.from_bytes(data)
             except Exception:
                 log.warn("mqtt: dropping unreadable retained message for {topic}", topic=topic)
+        self.shared_members: dict[str, set[str]] = {}
+        for qname in list(broker.kv(SHARED_NS)):
+            self.shared_members[qname] = set(broker.kv_get_obj(SHARED_NS, qname) or ())
         self._arm_stored_expiries()
 
     # -- stored sessions --------------------------------------------------------------------
@@ -306,6 +316,11 @@ class MqttServer:
             if s.conn is None:
                 s.destroy()
             return
+        rec = self.broker.kv_get_obj(SESSIONS_NS, cid) or {}
+        for r in rec.get("subs", ()):
+            sub = Sub.from_record(r)
+            if sub.group is not None:
+                self.remove_member(sub.queue_name, cid)
         try:
             self.vhost.delete_queue("mqtt-session." + cid)
         except BrokerError:
@@ -327,6 +342,35 @@ class MqttServer:
         s.durable = True
         self.sessions[cid] = s
         return s
+
+    # -- shared subscriptions -----------------------------------------------------------------
+
+    def add_member(self, qname: str, key: str, cid: str) -> None:
+        """A session subscribes to a shared subscription: its queue exists (durable, so that
+        messages wait for persistent members) as long as some session is a member."""
+        members = self.shared_members.get(qname)
+        if members is None:
+            members = self.shared_members[qname] = set()
+            self.vhost.declare_queue(qname, durable=True)
+            self.vhost.bind_queue(qname, "amq.topic", key)
+        if cid not in members:
+            members.add(cid)
+            self.broker.kv_put_obj(SHARED_NS, qname, sorted(members))
+
+    def remove_member(self, qname: str, cid: str) -> None:
+        members = self.shared_members.get(qname)
+        if members is None or cid not in members:
+            return
+        members.discard(cid)
+        if members:
+            self.broker.kv_put_obj(SHARED_NS, qname, sorted(members))
+            return
+        del self.shared_members[qname]
+        self.broker.kv_delete(SHARED_NS, qname)
+        try:
+            self.vhost.delete_queue(qname)
+        except BrokerError:
+            pass
 
     # -- wills ------------------------------------------------------------------------------
 
@@ -796,9 +840,10 @@ class Connection:
             self.own_consumer.no_ack = self.session.max_qos() == 0
 
     def _attach_shared(self, sub: Sub) -> None:
-        vh = self.server.vhost
-        q = vh.declare_queue(sub.queue_name, durable=False, auto_delete=True)
-        vh.bind_queue(sub.queue_name, "amq.topic", sub.key)
+        server = self.server
+        server.add_member(sub.queue_name, sub.key, self.client_id)
+        q = server.vhost.declare_queue(sub.queue_name, durable=True)
+        server.vhost.bind_queue(sub.queue_name, "amq.topic", sub.key)
         topic_flt = sub.filter
 
         def deliver(d: Delivery) -> None:
@@ -1145,9 +1190,9 @@ class Connection:
                 parts = flt.split("/", 2)
                 if len(parts) == 3:
                     group, flt = parts[1], parts[2]
+            if group is not None and (group, flt) in s.shared:
+                self._detach_shared(s.shared[(group, flt)])
             sub = s.remove_sub(flt, group)
-            if sub is not None and group is not None:
-                self._detach_shared(sub)
             codes.append(0 if sub is not None else c.NO_SUBSCRIPTION_EXISTED)
         s.save()
         self._update_ack_mode()
