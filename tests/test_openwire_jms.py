@@ -67,7 +67,8 @@ def test_every_message_type_property_type_and_header(classes, broker):
 def test_client_ack_individual_ack_and_dead_letter_queue(classes, broker):
     r = run(classes, broker, "clientack", "individual", "dlq")
     r.check("clientack.redelivered.body", "clientack.redelivered.flag",
-            "clientack.deliverycount", "clientack.m4.fresh", "clientack.empty", "clientack.conn.again",
+            "clientack.deliverycount", "clientack.m4.fresh", "clientack.empty",
+            "clientack.conn.again",
             "individual.rest", "dlq.deliveries", "dlq.dead", "dlq.source.empty")
 
 
@@ -85,11 +86,12 @@ def test_wildcards_composites_temp_destinations_browsers(classes, broker):
             "browser.selector", "browser.not.consumed")
 
 
-def test_prefetch_zero_and_selectors(classes, broker):
-    r = run(classes, broker, "prefetch0", "selector")
+def test_prefetch_zero_selectors_and_producer_window(classes, broker):
+    r = run(classes, broker, "prefetch0", "selector", "producer_window")
     r.check("prefetch0.nowait.empty", "prefetch0.timeout.empty", "prefetch0.timeout.waited",
             "prefetch0.first", "prefetch0.other", "prefetch0.third", "selector.queue",
-            "selector.rest", "selector.topic", "selector.topic.only", "selector.invalid")
+            "selector.rest", "selector.topic", "selector.topic.only", "selector.invalid",
+            "window.sent", "window.received")
 
 
 def test_durable_subscriber_and_persistent_messages_survive_kill9(classes, tmp_path):

@@ -425,6 +425,7 @@ class Connection:
         self.consumers: dict[tuple, ConsumerState] = {}
         self.transactions: dict[tuple, tuple[Transaction, list]] = {}
         self.temp_dests: list[Obj] = []
+        self.windowed_producers: set[tuple] = set()  # producers with a producerWindowSize
         self.paused = False
         self.closed = False
         self._dseq = itertools.count(1)
@@ -433,7 +434,7 @@ class Connection:
         self._handlers = {
             c.CONNECTION_INFO: self.on_connection_info,
             c.SESSION_INFO: self.on_session_info,
-            c.PRODUCER_INFO: self.on_ok,
+            c.PRODUCER_INFO: self.on_producer_info,
             c.CONSUMER_INFO: self.on_consumer_info,
             c.REMOVE_INFO: self.on_remove_info,
             c.MESSAGE_ACK: self.on_ack,
@@ -551,13 +552,20 @@ class Connection:
     def on_session_info(self, cmd: Obj) -> None:
         self.respond(cmd)
 
+    def on_producer_info(self, cmd: Obj) -> None:
+        if cmd.window_size > 0 and cmd.producer_id is not None:
+            self.windowed_producers.add(key_of(cmd.producer_id))
+        self.respond(cmd)
+
     def on_remove_info(self, cmd: Obj) -> None:
         oid = cmd.object_id
         if oid is None:
             self.respond(cmd)
             return
         last = cmd.last_delivered_sequence_id
-        if oid.type == c.CONSUMER_ID:
+        if oid.type == c.PRODUCER_ID:
+            self.windowed_producers.discard(key_of(oid))
+        elif oid.type == c.CONSUMER_ID:
             cs = self.consumers.pop(key_of(oid), None)
             if cs is not None:
                 self.remove_consumer(cs, last)
@@ -631,6 +639,12 @@ class Connection:
         except BrokerError as e:
             self.respond_error(m, "javax.jms.JMSException", e.text)
             return
+        if (not m.response_required and self.windowed_producers
+                and key_of(m.producer_id) in self.windowed_producers):
+            # async send under a producer window: give the window back (the client counts a
+            # message as 1024 bytes plus its content and marshalled properties)
+            size = 1024 + len(m.content or b"") + len(m.marshalled_properties or b"")
+            self.send(Obj(c.PRODUCER_ACK, producer_id=m.producer_id, size=size))
         if m.response_required:
             cid = m.command_id
             if msg.durable and tx is None:

@@ -669,6 +669,22 @@ public class JmsTest {
         c.close();
     }
 
+    static void sc_producer_window() throws Exception {
+        Connection c = conn(url + (url.contains("?") ? "&" : "?")
+                + "jms.producerWindowSize=4096&jms.useAsyncSend=true");
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("window.q");
+        MessageProducer p = s.createProducer(q);
+        p.setDeliveryMode(DeliveryMode.NON_PERSISTENT);
+        for (int i = 0; i < 200; i++) p.send(s.createTextMessage("w" + i));
+        ok("window.sent");
+        MessageConsumer mc = s.createConsumer(q);
+        int n = 0;
+        while (mc.receive(1000) != null) n++;
+        eq("window.received", 200, n);
+        c.close();
+    }
+
     // -- interop with other protocols (driven by test_openwire_interop.py) -------------------
     static void sc_interop_send() throws Exception {
         Connection c = conn();
