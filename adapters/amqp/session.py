@@ -31,6 +31,7 @@ DEFAULTS = {
     "channel_max": 2047,
     "heartbeat": 60,
     "handshake_timeout": 10,
+    "memory_high_watermark": 1 << 30,
 }
 
 SERVER_CAPABILITIES = {
@@ -159,6 +160,7 @@ class Connection:
         close_transport: Callable[[bool], None],
         peer: Any = None,
         config: dict | None = None,
+        pause_reading: Callable[[bool], None] | None = None,
     ) -> None:
         cfg = dict(DEFAULTS)
         if config:
@@ -189,6 +191,11 @@ class Connection:
         self._close_timer: Any = None
         self._confirming: list[Channel] = []
         self._pub_cache: dict[bytes, dict] = {}
+        # connection.blocked: the broker holds too much; a publishing connection stops being read
+        self._pause_reading = pause_reading
+        self.blocked = False
+        self.reading_paused = False
+        self.blocked_notify = False
         clock = broker.clock
         self.clock = clock
         self._handshake_timer = clock.callLater(
@@ -251,6 +258,8 @@ class Connection:
                     raise C.FrameError(C.FRAME_ERROR, f"unknown frame type {ftype}")
                 if self.state == "closed":
                     return
+                if self.reading_paused:  # blocked: the rest waits until unblocked
+                    break
                 limit = self.frame_max - 8
         except C.FrameError as e:
             self.connection_error(e.code, e.text, e.class_id, e.method_id)
@@ -428,6 +437,9 @@ class Connection:
             )
             return
         rk = pub["routing_key"]
+        if self.blocked and not self.reading_paused and self._pause_reading is not None:
+            self.reading_paused = True
+            self._pause_reading(True)
         if channel.tx is not None:
             channel.tx.publish(exchange, rk, message)
             channel.tx_returns.append((pub["mandatory"], message, raw))
@@ -685,6 +697,24 @@ class Connection:
                         return
                     consumer.resume()
 
+    def set_blocked(self, blocked: bool, reason: str = "") -> None:
+        """Resource alarm on/off: tell the client (connection.blocked / unblocked) and stop
+        reading from this connection once it publishes while blocked."""
+        if blocked == self.blocked:
+            return
+        self.blocked = blocked
+        if self.state == "opened" and self.blocked_notify:
+            if blocked:
+                self.send_method(0, "connection.blocked", reason=reason[:255])
+            else:
+                self.send_method(0, "connection.unblocked")
+        if not blocked and self.reading_paused:
+            self.reading_paused = False
+            if self._pause_reading is not None:
+                self._pause_reading(False)
+            if self.buf and self.state not in ("closing", "closed"):
+                self.data_received(b"")  # frames that arrived with the blocking publish
+
     # -- timers ---------------------------------------------------------------------------
 
     def _handshake_timeout(self) -> None:
@@ -699,7 +729,7 @@ class Connection:
         self._hb_timer = None
         if self.state in ("closed",):
             return
-        if self._rx:
+        if self._rx or self.reading_paused:  # a blocked connection is not read from
             self._rx = False
             self._missed = 0
         else:
@@ -773,6 +803,7 @@ class Connection:
         self.client_properties = args.get("client_properties") or {}
         caps = self.client_properties.get("capabilities") or {}
         self.cancel_notify = bool(isinstance(caps, dict) and caps.get("consumer_cancel_notify"))
+        self.blocked_notify = bool(isinstance(caps, dict) and caps.get("connection.blocked"))
         mechanism = args["mechanism"]
         response = bytes(args["response"])
         if mechanism == "PLAIN":
@@ -838,6 +869,8 @@ class Connection:
             self._handshake_timer.cancel()
         self._handshake_timer = None
         self.send_method(0, "connection.open-ok")
+        if self.blocked and self.blocked_notify:
+            self.send_method(0, "connection.blocked", reason="memory high watermark")
 
 
 def _ack_frame(channel: int, tag: int, multiple: bool) -> bytes:

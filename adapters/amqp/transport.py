@@ -29,9 +29,17 @@ class AMQPProtocol(protocol.Protocol):
             pass
         factory = self.factory
         self.session = Connection(
-            factory.broker, t.write, self._close, peer=t.getPeer(), config=factory.section
+            factory.broker, t.write, self._close, peer=t.getPeer(), config=factory.section,
+            pause_reading=self._pause_reading,
         )
         t.registerProducer(self, True)
+        factory.connection_made(self.session)
+
+    def _pause_reading(self, pause: bool) -> None:
+        if pause:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
 
     def _close(self, abort: bool) -> None:
         t = self.transport
@@ -49,6 +57,7 @@ class AMQPProtocol(protocol.Protocol):
         s = self.session
         if s is not None:
             s.connection_lost()
+            self.factory.sessions.discard(s)
         try:
             self.transport.unregisterProducer()
         except Exception:
@@ -68,8 +77,54 @@ class AMQPProtocol(protocol.Protocol):
 
 
 class AMQPFactory(protocol.ServerFactory):
+    """Builds connections; watches how many message bytes the broker holds in queues and
+    raises the resource alarm (connection.blocked) above ``memory_high_watermark``."""
+
     protocol = AMQPProtocol
+    check_interval = 0.25
 
     def __init__(self, broker: Any, section: dict | None = None) -> None:
         self.broker = broker
         self.section = dict(section or {})
+        self.sessions: set[Connection] = set()
+        self.high_watermark = int(self.section.get("memory_high_watermark", 0) or 0)
+        self.blocked = False
+        self._timer: Any = None
+
+    def connection_made(self, session: Connection) -> None:
+        self.sessions.add(session)
+        if self.blocked:
+            session.set_blocked(True, "memory high watermark")
+        if self.high_watermark and self._timer is None:
+            self._timer = self.broker.clock.callLater(self.check_interval, self._check)
+
+    def held_bytes(self) -> int:
+        """Bytes of message bodies ready in the broker's queues (streams keep their own)."""
+        total = 0
+        for vh in self.broker.vhosts.values():
+            for q in vh.queues.values():
+                if q.kind == "queue":
+                    total += q.byte_count
+        return total
+
+    def _check(self) -> None:
+        self._timer = None
+        held = self.held_bytes()
+        if not self.blocked and held > self.high_watermark:
+            self.blocked = True
+            log.info("amqp: {held} bytes held in queues, above the high watermark {hw}: "
+                     "blocking publishers", held=held, hw=self.high_watermark)
+            for s in list(self.sessions):
+                s.set_blocked(True, "memory high watermark")
+        elif self.blocked and held <= self.high_watermark:
+            self.blocked = False
+            log.info("amqp: {held} bytes held in queues: unblocking publishers", held=held)
+            for s in list(self.sessions):
+                s.set_blocked(False)
+        if self.sessions or self.blocked:
+            self._timer = self.broker.clock.callLater(self.check_interval, self._check)
+
+    def stopFactory(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
