@@ -1,0 +1,94 @@
+"""In-process transport tests: framing across arbitrary chunk boundaries and back-pressure
+(the protocol is the transport's push producer; pausing it pauses the core consumers)."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from polymq.adapters.openwire import codec as c
+from polymq.adapters.openwire.codec import Obj
+from polymq.adapters.openwire.transport import OpenWireFactory
+from polymq.core.broker import Broker
+from polymq.core.message import Message
+
+
+def setup():
+    broker = Broker(clock=Clock())
+    factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
+    proto = factory.buildProtocol(None)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    return broker, proto, tr
+
+
+def frames(data: bytes) -> list[Obj | tuple]:
+    out = []
+    while data:
+        size = struct.unpack(">i", data[:4])[0]
+        frame, data = data[4 : 4 + size], data[4 + size :]
+        if frame[0] == c.WIREFORMAT_INFO:
+            out.append(("wireformat",))
+        else:
+            out.append(c.decode_command(frame))
+    return out
+
+
+def feed(proto, data: bytes, chunk: int) -> None:
+    for i in range(0, len(data), chunk):
+        proto.dataReceived(data[i : i + chunk])
+
+
+def connect(proto, tr, chunk=1):
+    hello = c.encode_wireformat(12, {"MaxInactivityDuration": 0}, {"MaxInactivityDuration":
+                                                                     "long"})
+    ci = c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1, response_required=True,
+                            connection_id=Obj(c.CONNECTION_ID, value="ID:t")))
+    cons = c.encode_frame(Obj(
+        c.CONSUMER_INFO, command_id=2, response_required=True,
+        consumer_id=Obj(c.CONSUMER_ID, connection_id="ID:t", session_id=1, value=1),
+        destination=Obj(c.QUEUE, physical_name="bp.q"), prefetch_size=1000))
+    feed(proto, hello + ci + cons, chunk)
+    got = frames(tr.value())
+    tr.clear()
+    return got
+
+
+def test_framing_byte_by_byte():
+    broker, proto, tr = setup()
+    assert tr.producer is proto and tr.streaming
+    got = connect(proto, tr, chunk=1)
+    assert got[0] == ("wireformat",)
+    assert [x.type for x in got[1:]] == [c.BROKER_INFO, c.RESPONSE, c.RESPONSE]
+    assert [x.correlation_id for x in got[2:]] == [1, 2]
+
+
+def test_pause_and_resume_producing():
+    broker, proto, tr = setup()
+    connect(proto, tr, chunk=7)
+    vh = broker.vhost()
+    vh.publish("", "bp.q", Message(b"a"))
+    assert [x.type for x in frames(tr.value())] == [c.MESSAGE_DISPATCH]
+    tr.clear()
+    proto.pauseProducing()
+    for i in range(5):
+        vh.publish("", "bp.q", Message(b"x%d" % i))
+    assert tr.value() == b""
+    assert vh.queues["bp.q"].message_count == 5
+    proto.resumeProducing()
+    got = frames(tr.value())
+    assert len(got) == 5 and all(x.type == c.MESSAGE_DISPATCH for x in got)
+    assert vh.queues["bp.q"].message_count == 0
+
+
+def test_connection_lost_requeues():
+    broker, proto, tr = setup()
+    connect(proto, tr)
+    vh = broker.vhost()
+    vh.publish("", "bp.q", Message(b"a"))
+    q = vh.queues["bp.q"]
+    assert q.message_count == 0
+    proto.connectionLost(None)
+    assert q.message_count == 1 and q.consumer_count == 0
