@@ -315,3 +315,35 @@ def test_session_survives_fuzzed_frames(data, chunk):
         last = t.out[-1]
         assert last[0] == 1 and last[7:11] == b"\x00\x0a\x00\x32"
     conn.connection_lost()
+
+
+def test_kafka_key_mapping_both_ways():
+    class B:
+        def now(self):
+            return 0
+
+    props = {"headers": {"x-kafka-key": "user-7"}}
+    m = message_from_properties(b"v", props, C.encode_properties(props), B())
+    assert m.key == b"user-7"
+    # a message from another protocol with a key: the header appears on the way out
+    from polymq.core.message import Message
+
+    out = C.decode_properties(properties_for(Message(b"v", key=b"\xff\x00"), None, B()))
+    assert out["headers"] == {"x-kafka-key": b"\xff\x00"}
+    out = C.decode_properties(properties_for(Message(b"v", key=b"k1", durable=True,
+                                                     timestamp=5000), None, B()))
+    assert out == {"headers": {"x-kafka-key": "k1"}, "delivery_mode": 2, "timestamp": 5}
+
+
+def test_amqp_published_properties_are_sent_back_verbatim():
+    class B:
+        def now(self):
+            return 0
+
+    props = {"headers": {"d": decimal.Decimal("1.5"), "t": C.Timestamp(7)}, "app_id": "a"}
+    raw = C.encode_properties(props)
+    m = message_from_properties(b"v", props, raw, B())
+    assert m.headers == {"d": "1.5", "t": 7}  # what other protocols see
+    assert properties_for(m, None, B()) == raw  # what AMQP consumers get: the same bytes
+    with_offset = C.decode_properties(properties_for(m, 42, B()))
+    assert with_offset["headers"] == {"d": decimal.Decimal("1.5"), "t": 7, "x-stream-offset": 42}
