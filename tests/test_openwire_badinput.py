@@ -21,6 +21,7 @@ from polymq.adapters.openwire import codec as c  # noqa: E402
 from polymq.adapters.openwire.codec import Obj  # noqa: E402
 
 MAX_FRAME = 65536
+MAX_MESSAGE = 4096
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def broker(tmp_path_factory):
         tmp_path_factory.mktemp("ow-bad"), adapters=["openwire"], store="memory",
         log_level="info",
         settings={"adapters.openwire.max_frame_size": MAX_FRAME,
+                  "limits.max_message_size": MAX_MESSAGE,
                   "adapters.openwire.max_inactivity_ms": 1500,
                   "adapters.openwire.inactivity_initial_delay_ms": 500},
     )
@@ -227,3 +229,19 @@ def test_jms_client_still_served_after_garbage(broker, tmp_path):
     r = jmsrun.run_java(classes, "JmsTest", f"tcp://{broker.host}:{broker.port('openwire')}",
                         "basic")
     r.check("connect", "basic.receive", "close")
+
+
+def test_message_over_the_broker_limit_is_refused(broker):
+    r = handshake(broker)
+    r.send(c.encode_frame(connection_info(1, client_id="big")))
+    assert r.command().type == c.RESPONSE
+    dest = Obj(c.QUEUE, physical_name="big.q")
+    for cid, size in ((2, MAX_MESSAGE + 1), (3, 10)):
+        r.send(c.encode_frame(Obj(c.BYTES_MESSAGE, command_id=cid, response_required=True,
+                                  destination=dest, content=b"x" * size, persistent=True)))
+    refused = r.command()
+    assert refused.type == c.EXCEPTION_RESPONSE and refused.correlation_id == 2
+    assert refused.exception[0] == "javax.jms.JMSException"
+    accepted = r.command()
+    assert accepted.type == c.RESPONSE and accepted.correlation_id == 3
+    r.close()
