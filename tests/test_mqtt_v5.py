@@ -371,3 +371,17 @@ def test_shared_subscription_keeps_messages_for_persistent_members(broker):
     m = Client(broker, client_id=cid, version=V5, clean=False, expiry=600)
     m.subscribe(f"$share/gp/{t}", qos=1)
     assert m.none(0.4)
+
+
+def test_dropped_oversize_message_does_not_spend_a_topic_alias(broker):
+    t = uid("adrop")
+    cp = Properties(PacketTypes.CONNECT)
+    cp.TopicAliasMaximum = 2
+    cp.MaximumPacketSize = 200
+    sub = Client(broker, version=V5, properties=cp)
+    sub.subscribe(t, qos=1)
+    pub = Client(broker, version=V5)
+    pub.publish(t, b"z" * 400, qos=1)  # dropped: over the subscriber's maximum
+    pub.publish(t, b"fits", qos=1)
+    m = sub.get()
+    assert (m.topic, m.payload) == (t, b"fits")  # the alias is introduced with its topic

@@ -593,6 +593,8 @@ class Connection:
             s = self.session
             if d is not None or pid in s.pubrel_pending:
                 if pid not in s.pubrel_pending:
+                    if len(s.pubrel_pending) >= 16384:
+                        raise c.MalformedPacket("too many PUBRELs unanswered", c.QUOTA_EXCEEDED)
                     s.pubrel_pending.add(pid)
                     if s.durable:
                         s.save()
@@ -780,11 +782,11 @@ class Connection:
         self.reader.max_size = server.max_packet_size
         # limits the client asked for
         if v5:
-            rm = props.get("receive_maximum", 65535)
+            rm = min(props.get("receive_maximum", 65535), 32768)
             self.client_max_packet = props.get("maximum_packet_size", self.client_max_packet)
             self.out_alias_max = props.get("topic_alias_maximum", 0)
         else:
-            rm = server.max_inflight
+            rm = min(server.max_inflight, 32768) or 32768
         self.limit = Limit(rm)
         ack_props: dict[str, Any] = {}
         if v5:
@@ -1058,6 +1060,7 @@ class Connection:
                 d.queue.ack(d)
             return
         props = None
+        new_alias = None
         if v5:
             p = static_props(msg)
             if msg.expiration is not None:
@@ -1076,6 +1079,7 @@ class Connection:
                 elif len(self.out_aliases) < self.out_alias_max:
                     alias = self.out_aliases[topic] = len(self.out_aliases) + 1
                     p["topic_alias"] = alias
+                    new_alias = topic
             props = c.encode_props(p)
         pid = 0
         if qos:
@@ -1088,8 +1092,11 @@ class Connection:
                 sent.clear()
             sent[ident] = pid
             self.inflight[pid] = d
-        frame = c.encode_publish(tbytes, msg.body, qos, pid, retain, d.delivery_count > 0, props)
+        frame = c.encode_publish(tbytes, msg.body, qos, pid, retain,
+                                 qos > 0 and d.delivery_count > 0, props)
         if len(frame) > self.client_max_packet:
+            if new_alias is not None:  # never sent: the client must not learn it this way
+                del self.out_aliases[new_alias]
             if qos:
                 self.inflight.pop(pid, None)
                 self.session.sent_pids.pop((d.queue.name, d.seq), None)
