@@ -246,5 +246,7 @@ def test_dispatch_fast_path(message, dest, redelivery, consumer_id):
     ref = Obj(c.MESSAGE_DISPATCH, consumer_id=consumer_id, destination=dest, message=message,
               redelivery_counter=redelivery)
     assert fast == c.encode_frame_generic(ref)
+    if message is not None:
+        assert c.encode_dispatch_raw(head, c.encode_message(message), redelivery) == fast
     parsed = c.construct_for(c.MESSAGE_DISPATCH).parse(fast[5:])
     assert ("obj", c.MESSAGE_DISPATCH, _plain(parsed)) == _as_plain(ref)

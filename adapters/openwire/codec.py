@@ -868,6 +868,19 @@ def encode_dispatch(head: bytes, message: Obj | None, redelivery_counter: int) -
     return _I.pack(len(body)) + body
 
 
+def encode_message(message: Obj) -> bytes:
+    """A message as a present nested object (flag, type, body), for :func:`encode_dispatch_raw`."""
+    parts = [_OBJ_HEADER[message.type]]
+    _ENCODERS[message.type](message, parts)
+    return b"".join(parts)
+
+
+def encode_dispatch_raw(head: bytes, message: bytes, redelivery_counter: int) -> bytes:
+    """:func:`encode_dispatch` with the message already encoded by :func:`encode_message`."""
+    n = len(head) + len(message) + 4
+    return b"".join((_I.pack(n), head, message, _I.pack(redelivery_counter)))
+
+
 def decode_command(frame: bytes) -> Obj:
     """A frame without its size prefix: type byte, body (must consume it exactly)."""
     if not frame:

@@ -26,6 +26,8 @@ from .codec import Obj
 log = Logger(namespace="polymq.openwire")
 
 DLQ = "ActiveMQ.DLQ"
+CACHE_ENTRIES = 256  # encoded messages kept for fan-out (bounded in count and body size)
+CACHE_MAX_BODY = 64 * 1024
 ADVISORY_PREFIX = "ActiveMQ.Advisory."
 TEXT_CT = "text/plain; charset=utf-8"
 
@@ -138,8 +140,29 @@ class OpenWireHub:
         self.client_ids: dict[str, Connection] = {}
         self._ids = itertools.count(1)
 
+        # the producer id of messages that did not come from a JMS producer
+        self.synthetic_pid = Obj(c.PRODUCER_ID, connection_id=self.broker_id, value=0,
+                                 session_id=0)
+        self._cache: dict[int, tuple[Message, int, bytes]] = {}
+
     def next_id(self) -> int:
         return next(self._ids)
+
+    def encoded(self, msg: Message) -> tuple[int, bytes]:
+        """The OpenWire encoding of a core message and its broker sequence id, shared by every
+        consumer it is dispatched to (topic fan-out encodes once). The sequence id identifies
+        the message in acknowledgements; the redelivery counter travels in MessageDispatch."""
+        e = self._cache.get(id(msg))
+        if e is not None and e[0] is msg:
+            return e[1], e[2]
+        seq = next(self._ids)
+        data = c.encode_message(core_to_jms(msg, self.synthetic_pid, seq))
+        if len(msg.body) <= CACHE_MAX_BODY:
+            cache = self._cache
+            if len(cache) >= CACHE_ENTRIES:
+                del cache[next(iter(cache))]
+            cache[id(msg)] = (msg, seq, data)
+        return seq, data
 
     def add_temp(self, info: Obj) -> None:
         k = (info.destination.type, info.destination.physical_name)
@@ -428,9 +451,6 @@ class Connection:
         self.windowed_producers: set[tuple] = set()  # producers with a producerWindowSize
         self.paused = False
         self.closed = False
-        self._dseq = itertools.count(1)
-        self.synthetic_pid = Obj(c.PRODUCER_ID, connection_id=hub.broker_id,
-                                 value=hub.next_id(), session_id=0)
         self._handlers = {
             c.CONNECTION_INFO: self.on_connection_info,
             c.SESSION_INFO: self.on_session_info,
@@ -761,9 +781,13 @@ class Connection:
         if cs.pull_timer is not None and cs.pull_timer.active():
             cs.pull_timer.cancel()
         if last_delivered >= 0:
+            # dispatch order: what follows the last delivered message was only prefetched
+            undelivered = last_delivered not in cs.dispatched
             for seq, d in cs.dispatched.items():
-                if seq > last_delivered and seq not in cs.in_tx:
+                if undelivered and seq not in cs.in_tx:
                     d.delivery_count -= 1
+                elif seq == last_delivered:
+                    undelivered = True
         if cs.core is not None and cs.queue is not None:
             cs.queue.remove_consumer(cs.core, requeue=True)
         cs.dispatched.clear()
@@ -773,22 +797,23 @@ class Connection:
                 self.vhost.delete_queue(cs.temp_queue)
 
     def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
-        seq = next(self._dseq)
+        seq, data = self.hub.encoded(d.message)
+        if seq in cs.dispatched:  # the same message twice on one consumer: a fresh id
+            seq = self.hub.next_id()
+            data = c.encode_message(core_to_jms(d.message, self.hub.synthetic_pid, seq))
         cs.dispatched[seq] = d
         cs.pull_pending = False
-        m = core_to_jms(d.message, self.synthetic_pid, seq)
-        m.redelivery_counter = count = d.delivery_count
         if not self.closed:
-            self.write(c.encode_dispatch(cs.head, m, count))
+            self.write(c.encode_dispatch_raw(cs.head, data, d.delivery_count))
 
     def dispatch_advisory(self, cs: ConsumerState, info: Obj) -> None:
-        seq = next(self._dseq)
+        seq = self.hub.next_id()
         topic = ADVISORY_PREFIX + ("TempQueue" if info.destination.type == c.TEMP_QUEUE
                                    else "TempTopic")
         dest = Obj(c.TOPIC, physical_name=topic)
-        mid = Obj(c.MESSAGE_ID, producer_id=self.synthetic_pid, producer_sequence_id=seq,
+        mid = Obj(c.MESSAGE_ID, producer_id=self.hub.synthetic_pid, producer_sequence_id=seq,
                   broker_sequence_id=seq)
-        m = Obj(c.MESSAGE, producer_id=self.synthetic_pid, destination=dest, message_id=mid,
+        m = Obj(c.MESSAGE, producer_id=self.hub.synthetic_pid, destination=dest, message_id=mid,
                 priority=4, timestamp=now_ms(), data_structure=info)
         self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination,
                       message=m))
@@ -801,8 +826,8 @@ class Connection:
                 for d in list(level):
                     if selector is not None and not selector(d.message):
                         continue
-                    seq = next(self._dseq)
-                    m = core_to_jms(d.message, self.synthetic_pid, seq)
+                    seq = self.hub.next_id()
+                    m = core_to_jms(d.message, self.hub.synthetic_pid, seq)
                     m.redelivery_counter = d.delivery_count
                     self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id,
                                   destination=cs.destination, message=m,
@@ -864,19 +889,26 @@ class Connection:
             self.respond(ack)
             return
         kind = ack.ack_type
-        if kind in (ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED):
-            seqs = [last] if last in cs.dispatched else []
-        elif kind == ACK_POISON:
-            first = ack.first_message_id.broker_sequence_id if ack.first_message_id else last
-            seqs = [s for s in cs.dispatched if first <= s <= last]
-            if not seqs and last in cs.dispatched:
-                seqs = [last]
-        else:
+        if last not in cs.dispatched:
             seqs = []
+        elif kind in (ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED):
+            seqs = [last]
+        else:
+            # everything dispatched up to ``last``, in dispatch order (for POISON from ``first``)
+            first = None
+            if kind == ACK_POISON and ack.first_message_id is not None:
+                first = ack.first_message_id.broker_sequence_id
+                if first not in cs.dispatched:
+                    first = None
+            seqs = []
+            collecting = first is None
             for s in cs.dispatched:
-                if s > last:
+                if not collecting and s == first:
+                    collecting = True
+                if collecting:
+                    seqs.append(s)
+                if s == last:
                     break
-                seqs.append(s)
         if kind in (ACK_DELIVERED, ACK_REDELIVERED):
             before = len(cs.delivered)
             cs.delivered.update(seqs)
