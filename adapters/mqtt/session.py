@@ -284,6 +284,7 @@ class MqttServer:
         self.enc_cache: dict[int, list] = {}
         # the inbound QoS 0 PUBLISH being routed right now, and its frame
         self.last_msg: Message | None = None
+        self.keys: dict[str, str] = {}  # topic -> routing key
         self.last_frame = b""
         self.last_v5 = False
         for topic, data in list(broker.kv(RETAINED_NS).items()):
@@ -403,7 +404,12 @@ class MqttServer:
 
     def publish(self, topic: str, msg: Message, retain: bool, exclude: Any = None) -> int:
         """Route a message published to ``topic``; handles the retained store. Returns routed."""
-        key = c.topic_to_key(topic)
+        keys = self.keys
+        key = keys.get(topic)
+        if key is None:
+            if len(keys) > 8192:
+                keys.clear()
+            key = keys[topic] = c.topic_to_key(topic)
         routed, _ = self.vhost.publish("amq.topic", key, msg, exclude=exclude)
         if retain:
             if msg.body:
@@ -580,13 +586,11 @@ class Connection:
             pid, _ = c.decode_ack(body, self.version)
             d = self.inflight.pop(pid, None)
             if d is not None:
-                self.session.sent_pids.pop((d.queue.name, d.seq), None)
                 d.queue.ack(d)
         elif ptype == c.PUBREC:
             pid, reason = c.decode_ack(body, self.version)
             d = self.inflight.pop(pid, None)
             if d is not None:
-                self.session.sent_pids.pop((d.queue.name, d.seq), None)
                 d.queue.ack(d)
             if reason >= 0x80:
                 return
@@ -875,7 +879,6 @@ class Connection:
         for pid, d in list(self.inflight.items()):
             if d.consumer is cons:
                 del self.inflight[pid]
-                self.session.sent_pids.pop((d.queue.name, d.seq), None)
 
     def taken_over(self) -> None:
         """Another connection took this client id: 5.0 DISCONNECT 0x8E; the will is handled
@@ -980,7 +983,10 @@ class Connection:
                 return
             if self.inbound_pending >= self.server.receive_maximum and v5:
                 raise c.MalformedPacket("receive maximum exceeded", c.RECEIVE_MAXIMUM_EXCEEDED)
-        msg = self._message(payload, qos, bool(retain), props)
+        if props or retain or qos == 2:
+            msg = self._message(payload, qos, bool(retain), props)
+        else:
+            msg = Message(payload, durable=qos > 0)
         exclude = None
         if s.no_local_count and s.excluded_for_own_publish(topic):
             exclude = s.queue
@@ -1083,14 +1089,13 @@ class Connection:
             props = c.encode_props(p)
         pid = 0
         if qos:
-            sent = self.session.sent_pids
-            ident = (d.queue.name, d.seq)
-            pid = sent.get(ident, 0) if d.delivery_count else 0
+            pid = 0
+            if d.delivery_count:
+                sent = self.session.sent_pids
+                if sent:
+                    pid = sent.pop((d.queue.name, d.seq), 0)
             if not pid or pid in self.inflight or pid in self.session.pubrel_pending:
                 pid = self._next_pid()
-            if len(sent) > 131072:  # stale entries (messages that went elsewhere): start over
-                sent.clear()
-            sent[ident] = pid
             self.inflight[pid] = d
         frame = c.encode_publish(tbytes, msg.body, qos, pid, retain,
                                  qos > 0 and d.delivery_count > 0, props)
@@ -1099,7 +1104,6 @@ class Connection:
                 del self.out_aliases[new_alias]
             if qos:
                 self.inflight.pop(pid, None)
-                self.session.sent_pids.pop((d.queue.name, d.seq), None)
             d.queue.ack(d)
             return
         self.write(frame)
@@ -1262,6 +1266,13 @@ class Connection:
         s = self.session
         consumers, self.consumers = self.consumers, []
         self.own_consumer = None
+        if s is not None and self.inflight:
+            # remember the packet ids, so that the resend after a reconnect reuses them
+            sent = s.sent_pids
+            if len(sent) > 131072:  # stale entries (messages that went elsewhere)
+                sent.clear()
+            for pid, d in self.inflight.items():
+                sent[(d.queue.name, d.seq)] = pid
         self.inflight.clear()
         for cons in consumers:
             q = cons.queue
