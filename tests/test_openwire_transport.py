@@ -92,3 +92,24 @@ def test_connection_lost_requeues():
     assert q.message_count == 0
     proto.connectionLost(None)
     assert q.message_count == 1 and q.consumer_count == 0
+
+
+def test_same_message_twice_on_one_consumer_gets_distinct_ids():
+    broker, proto, tr = setup()
+    connect(proto, tr)
+    vh = broker.vhost()
+    q = vh.queues["bp.q"]
+    m = Message(b"twice", content_type="text/plain")
+    q.enqueue(m)
+    q.enqueue(m)
+    got = frames(tr.value())
+    assert len(got) == 2
+    ids = [x.message.message_id.broker_sequence_id for x in got]
+    assert ids[0] != ids[1]
+    assert all(x.message.type == c.TEXT_MESSAGE for x in got)
+    # a standard ack of the second settles both (dispatch order)
+    last = got[1].message.message_id
+    proto.dataReceived(c.encode_frame(Obj(
+        c.MESSAGE_ACK, command_id=5, consumer_id=got[1].consumer_id, ack_type=2,
+        last_message_id=last, message_count=2)))
+    assert not q.unacked
