@@ -111,8 +111,9 @@ def is_topic(t: int) -> bool:
 
 
 def topic_pattern(name: str) -> str:
-    """ActiveMQ wildcard (`*` one element, `>` the rest) as an amq.topic binding key."""
-    return ".".join("#" if w == ">" else w for w in name.split("."))
+    """ActiveMQ wildcard (`*` one element, `>` one or more elements) as an amq.topic binding
+    key: `>` becomes `*.#` (AMQP's `#` alone would also match zero elements)."""
+    return ".".join("*.#" if w == ">" else w for w in name.split("."))
 
 
 def key_of(obj: Obj | None) -> tuple:

@@ -413,6 +413,7 @@ public class JmsTest {
         MessageConsumer star = s.createConsumer(s.createTopic("wc.*.temp"));
         MessageConsumer gt = s.createConsumer(s.createTopic("wc.>"));
         MessageProducer p = s.createProducer(null);
+        p.send(s.createTopic("wc"), s.createTextMessage("not-matched"));
         p.send(s.createTopic("wc.kitchen.temp"), s.createTextMessage("a"));
         p.send(s.createTopic("wc.kitchen.light.on"), s.createTextMessage("b"));
         Message m = star.receive(5000);
