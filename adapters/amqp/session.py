@@ -50,6 +50,32 @@ _PUBLISH_ID = (60, 40)
 _ACK_ID = (60, 80)
 
 
+# Output of every connection is gathered and written once per read / reactor turn.
+_FLUSH_BYTES = 65536
+_dirty: list[Connection] = []
+_reading = [0]  # depth of data_received calls in progress
+_flush_call: list[Any] = [None]
+
+
+def flush_all() -> None:
+    """Write out what every connection has queued."""
+    call = _flush_call[0]
+    if call is not None:
+        _flush_call[0] = None
+        if call.active():
+            call.cancel()
+    while _dirty:
+        dirty = _dirty[:]
+        _dirty.clear()
+        for conn in dirty:
+            conn.flush()
+
+
+def _schedule_flush(clock: Any) -> None:
+    if _flush_call[0] is None:
+        _flush_call[0] = clock.callLater(0, flush_all)
+
+
 class ChannelError(Exception):
     def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         super().__init__(text)
@@ -190,6 +216,8 @@ class Connection:
         self._hb_timer: Any = None
         self._close_timer: Any = None
         self._confirming: list[Channel] = []
+        self._out: list[bytes] = []
+        self._out_len = 0
         self._pub_cache: dict[bytes, dict] = {}
         # connection.blocked: the broker holds too much; a publishing connection stops being read
         self._pause_reading = pause_reading
@@ -205,8 +233,29 @@ class Connection:
     # -- output ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        """Queue ``data`` for the socket; flushed at the end of the current read (of any
+        connection), on the next reactor turn, or at once past 64 KiB (so that a full socket
+        buffer still pauses the consumers in time)."""
         self._tx_idle = False
-        self._write(data)
+        if not self._out:
+            _dirty.append(self)
+            if not _reading[0]:
+                _schedule_flush(self.clock)
+        self._out.append(data)
+        self._out_len += len(data)
+        if self._out_len >= _FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            self._out = []
+            self._out_len = 0
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _close(self, abort: bool) -> None:
+        self.flush()
+        self._close_transport(abort)
 
     def send_method(self, channel: int, name: str, **args: Any) -> None:
         self.write(C.method_frame(channel, name, **args))
@@ -214,6 +263,15 @@ class Connection:
     # -- input ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        _reading[0] += 1
+        try:
+            self._data_received(data)
+        finally:
+            _reading[0] -= 1
+            if not _reading[0]:
+                flush_all()
+
+    def _data_received(self, data: bytes) -> None:
         self._rx = True
         buf = self.buf + data if self.buf else data
         if self.state == "header":
@@ -224,7 +282,7 @@ class Connection:
                 log.info("amqp: unsupported protocol header {h!r} from {p}", h=buf[:8], p=self.peer)
                 self.write(C.PROTOCOL_HEADER)
                 self.state = "closed"
-                self._close_transport(False)
+                self._close(False)
                 return
             buf = buf[8:]
             self._send_start()
@@ -585,8 +643,6 @@ class Connection:
         deliver_frame = C.deliver_frame
         content_frames = C.content_frames
         tails: dict[tuple[str, str], bytes] = {}  # encoded (exchange, routing key)
-        write = self._write
-
         def deliver(d: Any) -> None:
             channel.next_tag = tag = channel.next_tag + 1
             if not no_ack:
@@ -603,8 +659,7 @@ class Connection:
                 if len(tails) >= 256:
                     tails.clear()
                 tail = tails[where] = C.deliver_tail(*where)
-            self._tx_idle = False
-            write(
+            self.write(
                 deliver_frame(number, prefix, tag, d.delivery_count > 0, tail)
                 + content_frames(number, raw, m.body, self.frame_max)
             )
@@ -640,7 +695,7 @@ class Connection:
         self.buf = b""
         if was in ("header",):
             self.state = "closed"
-            self._close_transport(False)
+            self._close(False)
             return
         self.state = "closing"
         self.send_method(
@@ -653,7 +708,7 @@ class Connection:
         self._close_timer = None
         if self.state != "closed":
             self.state = "closed"
-            self._close_transport(True)
+            self._close(True)
 
     def _drop_channel(self, channel: Channel) -> None:
         channel.teardown()
@@ -723,7 +778,7 @@ class Connection:
             log.info("amqp: handshake timeout from {peer}", peer=self.peer)
             self.state = "closed"
             self._teardown()
-            self._close_transport(True)
+            self._close(True)
 
     def _heartbeat_tick(self) -> None:
         self._hb_timer = None
@@ -738,10 +793,10 @@ class Connection:
                 log.info("amqp: missed heartbeats from {peer}, closing", peer=self.peer)
                 self.state = "closed"
                 self._teardown()
-                self._close_transport(True)
+                self._close(True)
                 return
         if self._tx_idle:
-            self._write(C.HEARTBEAT_FRAME)
+            self.write(C.HEARTBEAT_FRAME)
         self._tx_idle = True
         self._hb_timer = self.clock.callLater(self.heartbeat / 2.0, self._heartbeat_tick)
 
@@ -769,17 +824,17 @@ class Connection:
         if state == "closing":
             if name == "connection.close-ok":
                 self.state = "closed"
-                self._close_transport(False)
+                self._close(False)
             elif name == "connection.close":
                 self.write(C.method_frame(0, "connection.close-ok"))
                 self.state = "closed"
-                self._close_transport(False)
+                self._close(False)
             return
         if name == "connection.close":
             self._teardown()
             self.write(C.method_frame(0, "connection.close-ok"))
             self.state = "closed"
-            self._close_transport(False)
+            self._close(False)
             return
         if name == "connection.start-ok" and state == "start-ok":
             self._start_ok(args)
