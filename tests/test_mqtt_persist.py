@@ -158,3 +158,19 @@ def test_qos2_exactly_once_across_restart(broker_factory):
     sub.sendall(b"\x70\x02" + pid)
     with pytest.raises(TimeoutError):
         recv_packet(sub, timeout=0.7)
+
+
+@VERSIONS
+def test_subscription_acknowledged_is_kept_after_kill9(broker_factory, version):
+    broker = broker_factory(adapters=["mqtt"], store="sqlite")
+    cid, t = uid("sk9"), uid("sk9t")
+    a = _session(broker, cid, version)
+    a.subscribe(t, qos=1)  # SUBACK: the subscription is on disk
+    broker.kill9()
+    broker.start()
+    pub = Client(broker, version=version)
+    pub.publish(t, b"for the survivor", qos=1)
+    a = _session(broker, cid, version)
+    assert a.connack[0].session_present is True
+    assert a.get().payload == b"for the survivor"
+    a.disconnect()

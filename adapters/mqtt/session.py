@@ -1181,13 +1181,23 @@ class Connection:
                     retained.append((sub, msgs))
         s.save()
         self._update_ack_mode()
-        self.write(c.build_suback(self.version, pkt.packet_id, codes))
-        # retained messages go through the session queue (flow control, acks, persistence)
-        for _sub, msgs in retained:
-            for m in msgs:
-                copy = m.copy()
-                copy.annotations["mqtt.retain_delivery"] = True
-                s.queue.enqueue(copy)
+        suback = c.build_suback(self.version, pkt.packet_id, codes)
+
+        def done() -> None:
+            if self.state != 1 or s.conn is not self:
+                return
+            self.write(suback)
+            # retained messages go through the session queue (flow control, acks, persistence)
+            for _sub, msgs in retained:
+                for m in msgs:
+                    copy = m.copy()
+                    copy.annotations["mqtt.retain_delivery"] = True
+                    s.queue.enqueue(copy)
+
+        if s.durable:
+            self.broker.when_durable(done)  # a persistent subscription is on disk first
+        else:
+            done()
 
     def on_unsubscribe(self, body: bytes) -> None:
         pkt = c.decode(c.UNSUBSCRIBE, body, self.version)
@@ -1207,7 +1217,11 @@ class Connection:
             codes.append(0 if sub is not None else c.NO_SUBSCRIPTION_EXISTED)
         s.save()
         self._update_ack_mode()
-        self.write(c.build_unsuback(self.version, pkt.packet_id, codes))
+        unsuback = c.build_unsuback(self.version, pkt.packet_id, codes)
+        if s.durable:
+            self.broker.when_durable(lambda: self.state == 1 and self.write(unsuback))
+        else:
+            self.write(unsuback)
 
     # -- DISCONNECT and connection loss -----------------------------------------------------
 
