@@ -16,8 +16,6 @@ from typing import Any
 from construct import (
     BitsInteger,
     BitStruct,
-    Bytes,
-    Const,
     ConstructError,
     Container,
     Error,
@@ -284,7 +282,6 @@ BODIES = {
 # the variable byte integer of the fixed header, declared for the property tests
 RemainingLength = VarInt
 FixedHeader = Struct("type_flags" / Int8ub, "remaining_length" / VarInt)
-_ = (Bytes, Const)  # re-exported for tests that build odd frames
 
 
 # -- properties <-> dict --------------------------------------------------------------------
