@@ -65,10 +65,11 @@ def check_report(doc: dict, html: str) -> None:
                 assert float(shown.replace(",", "")) == pytest.approx(
                     value, abs=10 ** -_decimals(pattern) / 2 + 1e-9), (r["protocol"], path)
         bar = re.search(rf'<rect [^>]*data-run="{i}" data-msgs-per-s="([\d.e+-]+)"', html)
-        assert float(bar.group(1)) == r["throughput"]["msgs_per_s"]
+        assert float(bar.group(1)) == (r["throughput"]["msgs_per_s"] or 0)
         points = re.findall(rf'<circle [^>]*data-run="{i}" data-percentile="([\d.]+)" '
                             r'data-ms="([\d.e+-]+)"', html)
-        assert [[float(p), float(v)] for p, v in points] == r["latency"]["curve"]
+        assert [[float(p), float(v)] for p, v in points] == (
+            r["latency"]["curve"] if r["latency"] else [])
     embedded = re.search(r'<script type="application/json" id="polymq-compare-data">(.*?)'
                          r"</script>", html, re.S).group(1)
     assert json.loads(embedded.replace("<\\/", "</")) == doc
@@ -145,6 +146,30 @@ def test_fanout_at_most_once_rate(broker, tmp_path):
         # 200 messages at 400/s take about half a second
         assert r["throughput"]["send_msgs_per_s"] < 600
     check_report(doc, (tmp_path / "f.html").read_text())
+
+
+def test_wrong_broker_is_a_failed_run(broker, tmp_path):
+    """A reachable port that speaks another protocol: that run fails with a clear reason, the
+    others still run, the reports are written and the exit code is 1 (no traceback)."""
+    p = broker.port
+    out = tmp_path / "w.json"
+    md = tmp_path / "w.md"
+    res = compare("--preset", "smoke", "--count", "50",
+                  "--url", f"amqp@not-amqp=amqp://127.0.0.1:{p('mqtt')}/",
+                  "--url", f"mqtt=mqtt://127.0.0.1:{p('mqtt')}", "--json", str(out),
+                  "--markdown", str(md), "--no-progress", timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    bad, good = doc["results"]
+    assert not bad["ok"] and "amqp" in bad["failures"][0] and "closed" in bad["failures"][0]
+    assert good["ok"] and good["counts"]["unique"] == 50
+    assert "not-amqp amqp" in res.stdout.replace("  ", " ")
+    table = md.read_text().splitlines()
+    assert table[0].startswith("| target | protocol | msgs/s |")
+    assert table[2].startswith("| not-amqp | amqp |") and table[2].endswith("FAIL 0/0 |")
+    assert "| - | - |" in table[2]  # no throughput for a run that never started
+    check_report(doc, (tmp_path / "w.html").read_text())
 
 
 def _closed_port() -> int:

@@ -66,6 +66,7 @@ def build_parser(prog: str = "polymq compare") -> argparse.ArgumentParser:
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="result file (default compare-<time>.json)")
     o.add_argument("--html", metavar="FILE", help="HTML report (default: the JSON name, .html)")
+    o.add_argument("--markdown", metavar="FILE", help="also write the summary as a Markdown table")
     o.add_argument("--broker-pid", type=int, metavar="PID",
                    help="broker process for CPU accounting (default: the local process "
                    "listening on each target's port)")
@@ -142,11 +143,14 @@ def run(args, argv: list[str], wl, targets: list) -> int:
             result = run_target(target, wl, args.broker_pid)
         results.append(result)
         status = "[green]ok[/]" if result["ok"] else "[red]FAIL[/]"
-        console.print(f"{desc}: {status} {result['throughput']['msgs_per_s']:,.0f} msgs/s",
-                      highlight=False)
+        mps = result["throughput"]["msgs_per_s"]
+        console.print(f"{desc}: {status} {mps or 0:,.0f} msgs/s", highlight=False)
     doc = report.document(wl.as_dict(), results, ["polymq", "compare", *argv])
     report.write_json(doc, json_path)
     report.write_html(doc, html_path)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown_table(doc))
     report.print_summary(console, doc)
     console.print(f"JSON: {json_path}\nHTML: {html_path}", highlight=False)
     return EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILED

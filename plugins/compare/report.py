@@ -94,6 +94,18 @@ def rich_table(doc: dict):
     return table
 
 
+def markdown_table(doc: dict) -> str:
+    """The summary as a Markdown table (same columns and formats as the terminal and HTML)."""
+    head = ["target", "protocol", *[n for _p, n, _f in COLUMNS], "check"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in doc["results"]:
+        c = r["counts"]
+        check = f"{'ok' if r['ok'] else 'FAIL'} {c['unique']}/{c['expected']}"
+        cells = [r["label"], r["protocol"], *[fmt(get(r, p), f) for p, _n, f in COLUMNS], check]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def print_summary(console, doc: dict) -> None:
     console.print(rich_table(doc))
     for r in doc["results"]:
@@ -251,7 +263,10 @@ def render_html(doc: dict) -> str:
             f"<td>{fmt(wire.get('consumer_down_per_msg'), '{:.1f}')}</td>"
             f"<td>{fmt(wire.get('consumer_up_per_msg'), '{:.1f}')}</td>"
             f"<td class='l'>{_e(cpu.get('process', '-'))} {_e(cpu.get('pid', ''))}</td>"
-            f"<td>{fmt(cpu.get('cpu_s'), '{:.2f}')}</td></tr>"
+            f"<td>{fmt(cpu.get('cpu_s'), '{:.2f}')}</td>"
+            f"<td>{fmt(get(r, 'client_cpu_s.producers'), '{:.2f}')} / "
+            f"{fmt(get(r, 'client_cpu_s.consumers'), '{:.2f}')}</td>"
+            f"<td>{fmt(get(r, 'throughput.seconds'), '{:.2f}')}</td></tr>"
         )
     wl_text = ", ".join(f"{k}={v}" for k, v in wl.items())
     data = json.dumps(doc).replace("</", "<\\/")
@@ -275,7 +290,8 @@ def render_html(doc: dict) -> str:
 <h2>Details</h2>
 <table><tr><th>run</th><th>send msgs/s</th><th>min ms</th><th>mean ms</th><th>max ms</th>
 <th>producer B/msg out</th><th>producer B/msg in</th><th>consumer B/msg in</th>
-<th>consumer B/msg out</th><th>broker process</th><th>broker CPU s</th></tr>
+<th>consumer B/msg out</th><th>broker process</th><th>broker CPU s</th>
+<th>client CPU s (producers / consumers)</th><th>measured s</th></tr>
 {''.join(detail)}</table>
 <p>Throughput: unique deliveries / (last delivery - first send). Latency: consumer receive time
 - send time carried in the body (CLOCK_MONOTONIC, same machine), HDR histogram. Bytes: kernel TCP

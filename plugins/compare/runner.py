@@ -49,51 +49,62 @@ def run_target(target: Target, wl: Workload, broker_pid: int | None = None,
 
     total_hint = wl.expected(wl.count * wl.producers) if wl.count else 0
     try:
-        start("consumers")
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not shared.ready.is_set():
-            collect(0.05)
-            if first_error():
-                raise CompareError(first_error())
-            if not procs["consumers"].is_alive() and not shared.ready.is_set():
-                collect(1.0)
-                raise CompareError(first_error() or f"{target.protocol}: consumer side died")
-            if time.monotonic() > deadline:
-                raise CompareError(f"{target.protocol}: consumers not subscribed after "
-                                   f"{READY_TIMEOUT:.0f} s")
-        cpu.begin()
-        start("producers")
-        limit = _time_limit(wl)
-        t0 = time.monotonic()
-        while len(got) < 2:
-            collect(0.1)
-            if "consumers" in got:
-                shared.consumers_done.set()
-            if on_progress:
-                expected = (wl.expected(shared.sent.value) if shared.producers_done.is_set()
-                            or not total_hint else total_hint)
-                on_progress(shared.sent.value, shared.received.value, expected)
-            if first_error():
-                shared.abort.set()
-            for side, p in procs.items():
-                if side not in got and not p.is_alive():
-                    collect(1.0)
-                    if side not in got:
-                        got[side] = ("error", f"{target.protocol} {side} process exited "
-                                              f"with code {p.exitcode}")
-            if time.monotonic() - t0 > limit:
-                shared.abort.set()
-                if time.monotonic() - t0 > limit + 30:
-                    break
-        cpu.end()
+        _drive(target, wl, shared, procs, got, start, collect, first_error, cpu, total_hint,
+               on_progress)
+    except CompareError as e:  # the run could not start: a failed result, not a crash
+        got.setdefault("consumers", ("error", str(e)))
+        got.setdefault("producers", ("error", "producers not started"))
     finally:
-        shared.abort.set() if len(got) < 2 else None
+        if len(got) < 2:
+            shared.abort.set()
         for p in procs.values():
             p.join(10)
             if p.is_alive():
                 p.kill()
                 p.join(5)
     return build_result(target, wl, run, got, cpu, time.time() - started)
+
+
+def _drive(target, wl, shared, procs, got, start, collect, first_error, cpu, total_hint,
+           on_progress) -> None:
+    """Consumers first (until every one is subscribed), then producers; wait for both."""
+    start("consumers")
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not shared.ready.is_set():
+        collect(0.05)
+        if first_error():
+            raise CompareError(first_error())
+        if not procs["consumers"].is_alive() and not shared.ready.is_set():
+            collect(1.0)
+            raise CompareError(first_error() or f"{target.protocol}: consumer side died")
+        if time.monotonic() > deadline:
+            raise CompareError(f"{target.protocol}: consumers not subscribed after "
+                               f"{READY_TIMEOUT:.0f} s")
+    cpu.begin()
+    start("producers")
+    limit = _time_limit(wl)
+    t0 = time.monotonic()
+    while len(got) < 2:
+        collect(0.1)
+        if "consumers" in got:
+            shared.consumers_done.set()
+        if on_progress:
+            expected = (wl.expected(shared.sent.value) if shared.producers_done.is_set()
+                        or not total_hint else total_hint)
+            on_progress(shared.sent.value, shared.received.value, expected)
+        if first_error():
+            shared.abort.set()
+        for side, p in procs.items():
+            if side not in got and not p.is_alive():
+                collect(1.0)
+                if side not in got:
+                    got[side] = ("error", f"{target.protocol} {side} process exited "
+                                          f"with code {p.exitcode}")
+        if time.monotonic() - t0 > limit:
+            shared.abort.set()
+            if time.monotonic() - t0 > limit + 30:
+                break
+    cpu.end()
 
 
 def _time_limit(wl: Workload) -> float:
@@ -116,12 +127,12 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
     cons_status, cons = got.get("consumers", ("error", "consumer side did not report"))
     failures: list[str] = []
     warnings: list[str] = []
-    if prod_status != "ok":
-        failures.append(str(prod))
-        prod = {}
     if cons_status != "ok":
         failures.append(str(cons))
         cons = {}
+    if prod_status != "ok":
+        failures.append(str(prod))
+        prod = {}
     sent = prod.get("sent", 0)
     expected = wl.expected(sent)
     unique = cons.get("unique", 0)
@@ -169,6 +180,7 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
             "mean_ms": ms(hist.get_mean_value()),
             "max_ms": ms(hist.get_max_value()),
             **{f"p{_pct_name(p)}_ms": ms(hist.get_value_at_percentile(p)) for p in percentiles},
+            "histogram": hist.encode().decode("ascii"),
             "curve": [[p, ms(hist.get_value_at_percentile(p) if p < 100
                              else hist.get_max_value())] for p in curve_pcts],
         }
@@ -207,9 +219,9 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
             "duplicates": dups, "out_of_order": disorder,
         },
         "throughput": {
-            "msgs_per_s": round(mps, 1),
-            "mb_per_s": round(mps * wl.size / 1e6, 3),
-            "send_msgs_per_s": round(sent / send_window, 1) if send_window else 0.0,
+            "msgs_per_s": round(mps, 1) if window else None,
+            "mb_per_s": round(mps * wl.size / 1e6, 3) if window else None,
+            "send_msgs_per_s": round(sent / send_window, 1) if send_window else None,
             "seconds": round(window, 3),
         },
         "latency": latency,

@@ -88,9 +88,14 @@ def _consume(ctx: SideContext, consumer, tally: Tally, stop: threading.Event) ->
     add = tally.add
     try:
         while not stop.is_set():
-            msgs = consumer.consume(2000, 0.1)
+            # consume(n, timeout) waits for n messages or the whole timeout: take what is
+            # there without waiting, else block in poll() which returns on the first message
+            msgs = consumer.consume(2000, 0)
             if not msgs:
-                continue
+                m = consumer.poll(0.1)
+                if m is None:
+                    continue
+                msgs = [m]
             now = now_ns()
             for m in msgs:
                 if m.error() is None:

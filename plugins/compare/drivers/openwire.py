@@ -81,14 +81,13 @@ class Jvm:
         self.result: dict | None = None
         self.progress = 0
         self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
         threading.Thread(target=self._read_err, daemon=True).start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
             line = line.strip()
-            if os.environ.get("POLYMQ_COMPARE_DEBUG"):
-                print("jvm:", self.proc.args[7], round(time.monotonic(),2), line, flush=True)
             if line.startswith("P "):
                 self.progress = int(line[2:])
             elif line == "READY":
@@ -142,6 +141,7 @@ class Jvm:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(5)  # the RESULT line
         if self.result is None:
             raise DriverError(f"openwire: load client failed: {self.failure()}")
         return self.result, wire, 0.0
@@ -197,12 +197,9 @@ def run_producers(ctx: SideContext) -> dict:
             break
     if jvm.result is None and jvm.proc.poll() is not None and not jvm.io.is_set():
         raise DriverError(f"openwire producers: {jvm.failure()}")
-    # the JVM is waiting for CLOSE: the producers are done
+    # IO printed: every producer thread is done and the last progress line carried the final
+    # count; the JVM now waits for CLOSE, so its sockets can be counted while still open
     sent = jvm.progress
-    ctx.shared.sent.value = sent
-    res_wire = None
-    # know the final count before telling the consumers: read it from the RESULT after CLOSE
-    # would be too late for the byte count, so use the progress line printed before IO
     producers_finished(ctx, sent)
     res_wire = ctx.wire_bytes(jvm.proc.pid)
     jvm.send("CLOSE")
@@ -211,7 +208,7 @@ def run_producers(ctx: SideContext) -> dict:
     except subprocess.TimeoutExpired:
         jvm.proc.kill()
         jvm.proc.wait()
-    time.sleep(0.05)
+    jvm.reader.join(5)  # the RESULT line
     if jvm.result is None:
         raise DriverError(f"openwire producers: {jvm.failure()}")
     res = dict(jvm.result)
