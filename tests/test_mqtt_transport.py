@@ -15,6 +15,10 @@ class CountingTransport(StringTransport):
     def __init__(self, port):
         super().__init__(peerAddress=IPv4Address("TCP", "10.0.0.1", port))
         self.writes = 0
+        self.nodelay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.nodelay = enabled
 
     def write(self, data):
         self.writes += 1
@@ -74,3 +78,8 @@ def test_big_burst_is_written_before_the_turn_ends():
     assert st.writes >= 1  # handed to the transport early, so its buffer limit can pause us
     clock.advance(0)
     assert len(c.FrameReader(1 << 20).feed(st.value())) == n
+
+
+def test_nagle_is_off():
+    clock, factory, sub, st, pub = setup()
+    assert st.nodelay  # small deliveries to a silent subscriber must not wait for its ACK

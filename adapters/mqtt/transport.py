@@ -54,6 +54,12 @@ class MqttProtocol(Protocol):
         f.per_host[host] = per_host + 1
         self._host = host
         server.connections += 1
+        # we batch per reactor turn ourselves; Nagle would hold small deliveries back until
+        # the client's delayed ACK (tens of ms) on connections where the client sends nothing
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
         self.conn = Connection(server, self._write, self._close, peer)
         self.transport.registerProducer(self, True)
 
