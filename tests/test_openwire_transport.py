@@ -113,3 +113,59 @@ def test_same_message_twice_on_one_consumer_gets_distinct_ids():
         c.MESSAGE_ACK, command_id=5, consumer_id=got[1].consumer_id, ack_type=2,
         last_message_id=last, message_count=2)))
     assert not q.unacked
+
+
+# -- session fuzz: well-formed frames carrying nonsense (wrong nested types, nulls) -----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_SMALL_TYPES = [t for t, spec in c.SCHEMA.items() if not spec[1]]
+
+
+def _value(kind: str, depth: int):
+    if kind == "z":
+        return st.booleans()
+    if kind == "b":
+        return st.integers(-128, 127)
+    if kind == "h":
+        return st.integers(-(2**15), 2**15 - 1)
+    if kind == "i":
+        return st.integers(-5, 5) | st.integers(-(2**31), 2**31 - 1)
+    if kind == "l":
+        return st.integers(-5, 5) | st.integers(-(2**63), 2**63 - 1)
+    if kind == "s":
+        return st.none() | st.sampled_from(["ID:t", "bp.q", "x", "", "a.>", "color = 'r'"])
+    if kind == "y":
+        return st.none() | st.binary(max_size=12)
+    if kind == "t":
+        text = st.none() | st.text(max_size=5)
+        return st.none() | st.tuples(text, text)
+    if kind == "o":
+        return st.none() | _obj(depth + 1) if depth < 2 else st.none()
+    if kind == "O":
+        return st.none() | st.lists(_obj(depth + 1), max_size=2) if depth < 2 else st.none()
+    raise AssertionError(kind)
+
+
+def _obj(depth: int, types=None):
+    types = types or (_SMALL_TYPES if depth else sorted(c.SCHEMA))
+
+    def build(t):
+        fields = {name: _value(kind, depth) for name, kind in c.SCHEMA[t][2]}
+        return st.fixed_dictionaries(fields).map(
+            lambda d, t=t: Obj(t, command_id=1, response_required=True, **d))
+
+    return st.sampled_from(types).flatmap(build)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(_obj(0), min_size=1, max_size=6))
+def test_session_survives_nonsense_commands(cmds):
+    broker, proto, tr = setup()
+    connect(proto, tr)
+    for cmd in cmds:
+        if proto._closing:
+            break
+        proto.dataReceived(c.encode_frame(cmd))
+    proto.connectionLost(None)

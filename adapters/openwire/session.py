@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import struct
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,13 @@ DEST_PREFIX = {c.QUEUE: "queue://", c.TOPIC: "topic://", c.TEMP_QUEUE: "temp-que
 
 class ProtocolError(Exception):
     """A violation that ends the connection."""
+
+
+_BEFORE_CONNECTION = frozenset((
+    c.CONNECTION_INFO, c.KEEP_ALIVE_INFO, c.SHUTDOWN_INFO, c.RESPONSE, c.EXCEPTION_RESPONSE,
+    c.CONNECTION_ERROR, c.CONNECTION_CONTROL, c.CONSUMER_CONTROL, c.CONTROL_COMMAND,
+    c.FLUSH_COMMAND,
+))
 
 
 # -- destinations ------------------------------------------------------------------------------
@@ -357,6 +365,27 @@ def _is_text(msg: Message) -> bool:
     return True
 
 
+def _short(s: Any) -> str | None:
+    """A header string that fits Java's writeUTF (65535 bytes of modified UTF-8)."""
+    if s is None:
+        return None
+    if not isinstance(s, str):
+        s = str(s)
+    if len(s) <= 10922:  # at most 6 bytes per character
+        return s
+    b = c.encode_mutf8(s)
+    while len(b) > 0xFFFF:
+        s = s[: len(s) * 0xFFFF // len(b) - 1]
+        b = c.encode_mutf8(s)
+    return s
+
+
+def _long(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        return 0
+    return max(-(2**63), min(2**63 - 1, v))
+
+
 def core_to_jms(msg: Message, synthetic_pid: Obj, seq: int) -> Obj:
     """A core Message as an ActiveMQ message command (for MessageDispatch)."""
     ann = msg.annotations or {}
@@ -389,7 +418,7 @@ def core_to_jms(msg: Message, synthetic_pid: Obj, seq: int) -> Obj:
         pseq = pid_info[3]
     else:
         pid, pseq = synthetic_pid, seq
-    mid = Obj(c.MESSAGE_ID, text_view=msg.message_id, producer_id=pid,
+    mid = Obj(c.MESSAGE_ID, text_view=_short(msg.message_id), producer_id=pid,
               producer_sequence_id=pseq, broker_sequence_id=seq)
     props = None
     if msg.headers:
@@ -405,17 +434,17 @@ def core_to_jms(msg: Message, synthetic_pid: Obj, seq: int) -> Obj:
         producer_id=pid,
         destination=str_to_dest(dest),
         message_id=mid,
-        correlation_id=msg.correlation_id,
+        correlation_id=_short(msg.correlation_id),
         persistent=bool(msg.durable),
-        expiration=msg.expiration or 0,
+        expiration=_long(msg.expiration),
         priority=4 if msg.priority is None else max(0, min(9, msg.priority)),
-        reply_to=str_to_dest(msg.reply_to),
-        timestamp=msg.timestamp or 0,
+        reply_to=str_to_dest(_short(msg.reply_to)),
+        timestamp=_long(msg.timestamp),
         content=content,
         marshalled_properties=props,
-        user_id=msg.user_id,
+        user_id=_short(msg.user_id),
     )
-    m.jms_type = msg.type
+    m.jms_type = _short(msg.type)
     if "openwire.group_id" in ann:
         m.group_id = ann["openwire.group_id"]
         m.group_sequence = ann.get("openwire.group_seq", 0)
@@ -504,31 +533,28 @@ class Connection:
     # -- dispatch ------------------------------------------------------------------------
 
     def handle(self, cmd: Obj) -> None:
+        """Act on one command. A command whose fields have the wrong shape (a nested object of
+        the wrong type, a missing id) is a protocol violation: :class:`ProtocolError`."""
         t = cmd.type
-        if t in c.MESSAGE_TYPES:
-            return self.on_message(cmd)
-        h = self._handlers.get(t)
-        if h is None:
-            self.respond_error(cmd, "javax.jms.JMSException",
-                               f"unsupported command {cmd.name}")
-            return
-        if self.connection_id is None and t not in (
-            c.CONNECTION_INFO, c.KEEP_ALIVE_INFO, c.SHUTDOWN_INFO, c.RESPONSE,
-            c.EXCEPTION_RESPONSE, c.CONNECTION_ERROR, c.CONNECTION_CONTROL,
-            c.CONSUMER_CONTROL, c.CONTROL_COMMAND, c.FLUSH_COMMAND,
-        ):
-            raise ProtocolError(f"{cmd.name} before ConnectionInfo")
         try:
-            h(cmd)
-        except BrokerError as e:
-            cls = ("javax.jms.InvalidDestinationException" if isinstance(e, NotFound)
-                   else "javax.jms.JMSException")
-            self.respond_error(cmd, cls, e.text)
-        except c.DecodeError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            log.failure("openwire: error handling {name}", name=cmd.name)
-            self.respond_error(cmd, "javax.jms.JMSException", f"{type(e).__name__}: {e}")
+            if t in c.MESSAGE_TYPES:
+                return self.on_message(cmd)
+            h = self._handlers.get(t)
+            if h is None:
+                self.respond_error(cmd, "javax.jms.JMSException",
+                                   f"unsupported command {cmd.name}")
+                return
+            if self.connection_id is None and t not in _BEFORE_CONNECTION:
+                raise ProtocolError(f"{cmd.name} before ConnectionInfo")
+            try:
+                h(cmd)
+            except BrokerError as e:
+                cls = ("javax.jms.InvalidDestinationException" if isinstance(e, NotFound)
+                       else "javax.jms.JMSException")
+                self.respond_error(cmd, cls, e.text)
+        except (AttributeError, TypeError, KeyError, ValueError, IndexError,
+                OverflowError) as e:
+            raise ProtocolError(f"malformed {cmd.name} ({type(e).__name__}: {e})") from None
 
     def on_ok(self, cmd: Obj) -> None:
         self.respond(cmd)
@@ -798,7 +824,15 @@ class Connection:
                 self.vhost.delete_queue(cs.temp_queue)
 
     def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
-        seq, data = self.hub.encoded(d.message)
+        try:
+            seq, data = self.hub.encoded(d.message)
+        except (ValueError, TypeError, OverflowError, struct.error) as e:
+            # never let one odd message from another protocol break the queue's dispatch
+            log.info("openwire: delivering the body only of a message that does not convert: "
+                     "{err}", err=e)
+            seq = self.hub.next_id()
+            data = c.encode_message(core_to_jms(Message(d.message.body), self.hub.synthetic_pid,
+                                                seq))
         if seq in cs.dispatched:  # the same message twice on one consumer: a fresh id
             seq = self.hub.next_id()
             data = c.encode_message(core_to_jms(d.message, self.hub.synthetic_pid, seq))
