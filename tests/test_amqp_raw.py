@@ -306,3 +306,21 @@ def test_amqplain_login(broker):
                           response=response))
     assert r.read_method()[1] == "connection.tune"
     r.close()
+
+
+def test_pipelined_publishes_beyond_one_burst(broker):
+    """2000 publishes in one write: handled in bursts (the connection yields the reactor
+    between them), none lost, order kept."""
+    r = Raw(broker)
+    r.handshake()
+    r.send(C.method_frame(1, "queue.declare", queue="", exclusive=True))
+    q = r.read_method()[2]["queue"]
+    r.send(b"".join(publish_frames(1, "", q, b"%d" % i) for i in range(2000))
+           + C.method_frame(1, "queue.declare", queue=q, passive=True))
+    _, name, ok = r.read_method()
+    assert name == "queue.declare-ok" and ok["message_count"] == 2000
+    r.send(C.method_frame(1, "basic.get", queue=q, no_ack=True))
+    assert r.read_method()[1] == "basic.get-ok"
+    r.read_frame()
+    assert r.read_frame()[2] == b"0"
+    r.close()

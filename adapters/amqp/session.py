@@ -32,6 +32,7 @@ DEFAULTS = {
     "heartbeat": 60,
     "handshake_timeout": 10,
     "memory_high_watermark": 1 << 30,
+    "publish_burst": 256,
 }
 
 SERVER_CAPABILITIES = {
@@ -219,6 +220,9 @@ class Connection:
         self._out: list[bytes] = []
         self._out_len = 0
         self._pub_cache: dict[bytes, dict] = {}
+        self.publish_burst = int(cfg["publish_burst"]) or 1 << 62
+        self._burst = 0  # publishes handled since this connection last yielded
+        self._yield_call: Any = None
         # connection.blocked: the broker holds too much; a publishing connection stops being read
         self._pause_reading = pause_reading
         self.blocked = False
@@ -273,6 +277,8 @@ class Connection:
 
     def _data_received(self, data: bytes) -> None:
         self._rx = True
+        if data and self._yield_call is None:
+            self._burst = 0
         buf = self.buf + data if self.buf else data
         if self.state == "header":
             if len(buf) < 8:
@@ -317,6 +323,11 @@ class Connection:
                 if self.state == "closed":
                     return
                 if self.reading_paused:  # blocked: the rest waits until unblocked
+                    break
+                if self._burst >= self.publish_burst:
+                    # share the reactor: the rest of this read is handled on the next turn,
+                    # after the other connections (consumers acknowledging) had theirs
+                    self._yield()
                     break
                 limit = self.frame_max - 8
         except C.FrameError as e:
@@ -495,6 +506,7 @@ class Connection:
             )
             return
         rk = pub["routing_key"]
+        self._burst += 1
         if self.blocked and not self.reading_paused and self._pause_reading is not None:
             self.reading_paused = True
             self._pause_reading(True)
@@ -720,7 +732,7 @@ class Connection:
         self.channels.clear()
         if self.vhost is not None:
             self.vhost.connection_closed(self)
-        for attr in ("_hb_timer", "_handshake_timer"):
+        for attr in ("_hb_timer", "_handshake_timer", "_yield_call"):
             t = getattr(self, attr)
             if t is not None and t.active():
                 t.cancel()
@@ -751,6 +763,23 @@ class Connection:
                     if self.paused:  # a delivery filled the socket buffer again
                         return
                     consumer.resume()
+
+    def _yield(self) -> None:
+        if self._yield_call is None:
+            if self._pause_reading is not None and not self.reading_paused:
+                self._pause_reading(True)
+            self._yield_call = self.clock.callLater(0, self._resume_after_yield)
+
+    def _resume_after_yield(self) -> None:
+        self._yield_call = None
+        self._burst = 0
+        if self.state == "closed":
+            return
+        if self.buf:
+            self.data_received(b"")
+        if self._yield_call is None and not self.reading_paused and self.state != "closed":
+            if self._pause_reading is not None:
+                self._pause_reading(False)
 
     def set_blocked(self, blocked: bool, reason: str = "") -> None:
         """Resource alarm on/off: tell the client (connection.blocked / unblocked) and stop
