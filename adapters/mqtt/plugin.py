@@ -17,7 +17,7 @@ def build_factory(broker: Any, section: dict) -> Any:
 
 
 @hookimpl
-def polymq_adapters():
+def polymq_adapters() -> list[AdapterSpec]:
     return [
         AdapterSpec(
             name="mqtt",
