@@ -4,6 +4,7 @@ broker keeps serving everybody else."""
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 from test_mqtt_helpers import (
@@ -212,3 +213,19 @@ def test_unsupported_protocol_level(broker, bystander):
     s = raw(broker)
     s.sendall(packet(0x10, s16("HTTP") + b"\x04\x02\x00\x3c" + s16("x")))
     assert recv_packet(s) is None  # not MQTT at all: just closed
+
+
+def test_connection_caps(broker_factory):
+    b = broker_factory(adapters=["mqtt"], store="memory",
+                       settings={"adapters.mqtt.max_connections_per_host": 2})
+    a1, a2 = raw(b), raw(b)
+    for s in (a1, a2):
+        s.sendall(connect_packet(uid("cap")))
+        assert recv_packet(s)[0] == 0x20
+    third = raw(b)
+    assert closed(third)  # over the per-address cap
+    a1.close()
+    time.sleep(0.3)
+    again = raw(b)
+    again.sendall(connect_packet(uid("cap")))
+    assert recv_packet(again)[0] == 0x20  # a slot was freed

@@ -354,3 +354,17 @@ def test_mqtt_3_1_clients_are_served(broker):
     m = sub.get()
     assert (m.payload, m.qos) == (b"old protocol", 1)
     sub.disconnect()
+
+
+@VERSIONS
+def test_large_payload_round_trip(broker, version):
+    t = uid("big")
+    sub = Client(broker, version=version)
+    sub.subscribe(t, qos=1)
+    pub = Client(broker, version=version)
+    payload = bytes(range(256)) * (3 * 4096)  # 3 MiB, every byte value
+    pub.publish(t, payload, qos=1)
+    m = sub.get(timeout=15)
+    assert m.payload == payload
+    sub.disconnect()
+    pub.disconnect()
