@@ -45,6 +45,8 @@ class OpenWireProtocol(protocol.Protocol):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)  # we offer TcpNoDelayEnabled
         self.conn = Connection(self.hub, self.transport.write, self.close,
                                peer=self.transport.getPeer())
         props = {
