@@ -23,6 +23,18 @@ import sys
 import time
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a local process (Linux /proc), or None."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -290,31 +302,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=1, help="keep every Nth latency")
     p.add_argument("--idle-timeout", type=float, default=5.0,
                    help="stop when nothing arrives for this long")
+    p.add_argument("--pid", action="append", default=[],
+                   help="name=PID of a local broker process: adds its CPU time per delivered "
+                        "message (a figure that machine load does not distort much)")
     args = p.parse_args(argv)
     targets = []
     for t in args.target or ["polymq=127.0.0.1:1883"]:
         name, _, addr = t.partition("=")
         host, _, port = addr.rpartition(":")
         targets.append((name, host or "127.0.0.1", int(port)))
+    pids = {}
+    for item in args.pid:
+        name, _, pid = item.partition("=")
+        pids[name] = int(pid)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shape.split(",")]
     qoss = [int(q) for q in args.qos.split(",")]
     print(f"# mqtt_bench: size={args.size} B, count={args.count}/publisher, "
           f"MQTT level {args.version}, window={args.window}, rate={args.rate or 'max'}")
     print("| broker | pubs x subs | QoS | delivered/expected | msgs/s | p50 ms | p90 ms "
-          "| p99 ms | max ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| p99 ms | max ms | broker CPU µs/msg |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for pubs, subs in shapes:
         for qos in qoss:
             for name, host, port in targets:
                 run = Run(args, host, port, pubs, subs, qos)
+                cpu0 = cpu_seconds(pids.get(name))
                 try:
                     r = asyncio.run(run.go())
                 except (TimeoutError, OSError) as e:
-                    print(f"| {name} | {pubs}x{subs} | {qos} | error: {e} | | | | | |")
+                    print(f"| {name} | {pubs}x{subs} | {qos} | error: {e} | | | | | | |")
                     continue
+                cpu1 = cpu_seconds(pids.get(name))
+                cpu = ""
+                if cpu0 is not None and cpu1 is not None and r["received"]:
+                    cpu = f"{(cpu1 - cpu0) / r['received'] * 1e6:.1f}"
                 print(f"| {name} | {pubs}x{subs} | {qos} | {r['received']}/{r['expected']} | "
                       f"{r['rate']:,.0f} | {r['p50']:.1f} | {r['p90']:.1f} | {r['p99']:.1f} | "
-                      f"{r['max']:.1f} |")
+                      f"{r['max']:.1f} | {cpu} |")
                 sys.stdout.flush()
     return 0
 
