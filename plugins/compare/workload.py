@@ -79,23 +79,23 @@ class Workload:
 
 PRESETS: dict[str, dict] = {
     "smoke": dict(producers=1, consumers=1, size=128, count=500, guarantee="at-least-once"),
-    "throughput": dict(producers=1, consumers=1, size=1024, count=20000,
+    "throughput": dict(producers=1, consumers=1, size=1024, count=100000,
                        guarantee="at-most-once"),
     "latency": dict(producers=1, consumers=1, size=256, count=None, duration=5.0, rate=1000.0,
                     guarantee="at-least-once"),
-    "fanout": dict(producers=1, consumers=4, size=512, count=5000, guarantee="at-least-once",
+    "fanout": dict(producers=1, consumers=4, size=512, count=20000, guarantee="at-least-once",
                    pattern="fanout"),
-    "queue": dict(producers=2, consumers=4, size=1024, count=10000, guarantee="at-least-once",
+    "queue": dict(producers=2, consumers=4, size=1024, count=20000, guarantee="at-least-once",
                   pattern="queue"),
     "persistent": dict(producers=1, consumers=1, size=1024, count=10000,
                        guarantee="persistent"),
 }
 PRESET_HELP = {
     "smoke": "1 producer, 1 consumer, 500 x 128 B, at-least-once (quick check)",
-    "throughput": "1 -> 1, 20000 x 1 KiB, at-most-once, unlimited rate",
+    "throughput": "1 -> 1, 100000 x 1 KiB, at-most-once, unlimited rate",
     "latency": "1 -> 1, 256 B at 1000 msg/s for 5 s, at-least-once",
-    "fanout": "1 -> 4 subscribers of one topic, 5000 x 512 B, at-least-once",
-    "queue": "2 producers -> 4 competing consumers, 10000 x 1 KiB each, at-least-once",
+    "fanout": "1 -> 4 subscribers of one topic, 20000 x 512 B, at-least-once",
+    "queue": "2 producers -> 4 competing consumers, 20000 x 1 KiB each, at-least-once",
     "persistent": "1 -> 1, 10000 x 1 KiB, persistent with confirms (fsync before ack)",
 }
 
