@@ -172,6 +172,15 @@ def test_wrong_broker_is_a_failed_run(broker, tmp_path):
     check_report(doc, (tmp_path / "w.html").read_text())
 
 
+def test_progress_bar(broker, tmp_path):
+    res = compare("--preset", "smoke", "--count", "100", "--protocols", "mqtt",
+                  "--url", f"mqtt=mqtt://127.0.0.1:{broker.port('mqtt')}", "--json",
+                  str(tmp_path / "p.json"), "--progress", timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "mqtt @ 127.0.0.1" in res.stdout and "delivered" in res.stdout  # the bar's lines
+    assert json.loads((tmp_path / "p.json").read_text())["results"][0]["counts"]["unique"] == 100
+
+
 def _closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

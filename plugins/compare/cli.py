@@ -70,7 +70,10 @@ def build_parser(prog: str = "polymq compare") -> argparse.ArgumentParser:
     o.add_argument("--broker-pid", type=int, metavar="PID",
                    help="broker process for CPU accounting (default: the local process "
                    "listening on each target's port)")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bar = o.add_mutually_exclusive_group()
+    bar.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bar.add_argument("--progress", action="store_true",
+                     help="show the progress bar even when stdout is not a terminal")
     return p
 
 
@@ -114,9 +117,9 @@ def run(args, argv: list[str], wl, targets: list) -> int:
     from . import report
     from .runner import run_target
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 170))
+    console = Console(force_terminal=True if args.progress else None)
+    if not console.is_terminal or args.progress:
+        console = Console(width=max(console.width, 170), force_terminal=args.progress or None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = args.json or f"compare-{stamp}.json"
     html_path = args.html or (json_path[:-5] if json_path.endswith(".json") else json_path) \
