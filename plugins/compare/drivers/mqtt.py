@@ -66,7 +66,13 @@ class Conn:
             props = varint(len(p)) + p
         head = _s("MQTT") + bytes((5 if self.v5 else 4, flags)) + _H.pack(0) + props
         self.sock.sendall(frame(0x10, head + payload))
-        first, body = self.read_frame()
+        try:
+            first, body = self.read_frame()
+        except DriverError:
+            raise DriverError(
+                f"mqtt: {t.url} closed the connection instead of answering CONNECT (MQTT "
+                f"{'5.0' if self.v5 else '3.1.1'} not supported, or not an MQTT broker?)"
+            ) from None
         if first >> 4 != 2 or len(body) < 2:
             raise DriverError(f"mqtt: expected CONNACK, got packet type {first >> 4}")
         if body[1]:
