@@ -225,7 +225,7 @@ def test_jms_client_still_served_after_garbage(broker, tmp_path):
         s.close()
     if jmsrun.missing():
         pytest.skip(jmsrun.missing())
-    classes = jmsrun.compile_java(tmp_path / "classes")
+    classes = jmsrun.classes_once()
     r = jmsrun.run_java(classes, "JmsTest", f"tcp://{broker.host}:{broker.port('openwire')}",
                         "basic")
     r.check("connect", "basic.receive", "close")

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(jmsrun.missing() is not None, reason=str(jmsrun.
 
 
 @pytest.fixture(scope="module")
-def classes(tmp_path_factory):
-    return jmsrun.compile_java(tmp_path_factory.mktemp("jms-classes"))
+def classes():
+    return jmsrun.classes_once()
 
 
 @pytest.fixture(scope="module")

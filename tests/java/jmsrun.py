@@ -54,6 +54,22 @@ def compile_java(outdir: str | os.PathLike, sources: list[str] | None = None) ->
     return outdir
 
 
+_compiled: dict[tuple[str, ...], Path] = {}
+
+
+def classes_once(sources: list[str] | None = None) -> Path:
+    """Compile once per test session (per process) into a temporary directory."""
+    import atexit
+    import tempfile
+
+    key = tuple(sources or ["JmsTest.java"])
+    if key not in _compiled:
+        outdir = Path(tempfile.mkdtemp(prefix="polymq-jms-"))
+        atexit.register(shutil.rmtree, outdir, True)
+        _compiled[key] = compile_java(outdir, list(key))
+    return _compiled[key]
+
+
 class JavaResult:
     def __init__(self, stdout: str, stderr: str, returncode: int) -> None:
         self.stdout = stdout
