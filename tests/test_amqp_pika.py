@@ -743,6 +743,24 @@ def test_transactions_commit_and_rollback(conn):
     assert conn.channel().queue_declare(q, passive=True).method.message_count == 0
 
 
+def test_tx_rolled_back_settlements_are_requeued_on_close(conn):
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    for i in range(4):
+        ch.basic_publish("", q, b"%d" % i)
+    ch.tx_select()
+    tags = [ch.basic_get(q)[0].delivery_tag for _ in range(4)]
+    ch.basic_ack(tags[0])
+    ch.basic_ack(tags[2], multiple=True)  # tags 1 and 2 (0 is already settled in the tx)
+    ch.basic_reject(tags[3], requeue=False)
+    ch.tx_rollback()
+    ch.close()  # nothing was committed: all four are unacked again, then requeued
+    ch = conn.channel()
+    got = [ch.basic_get(q, auto_ack=True) for _ in range(4)]
+    assert [b for _, _, b in got] == [b"0", b"1", b"2", b"3"]
+    assert all(m.redelivered for m, _, _ in got)
+
+
 def test_tx_and_confirm_do_not_mix(conn):
     ch = conn.channel()
     ch.tx_select()

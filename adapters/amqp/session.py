@@ -148,6 +148,13 @@ class Channel:
     def teardown(self) -> None:
         """Cancel every consumer and requeue every unacknowledged delivery."""
         self.open = False
+        if self.tx is not None:
+            # settlements not committed are discarded: those deliveries are unacked again
+            self.tx.rollback()
+            self.tx = None
+            for tag, d in self.tx_settled:
+                self.unacked[tag] = d
+            self.tx_settled = []
         for consumer in list(self.consumers.values()):
             q = consumer.queue
             if q is not None:
@@ -155,9 +162,6 @@ class Channel:
                 q.remove_consumer(consumer, requeue=False)
         self.consumers.clear()
         self._requeue_all()
-        if self.tx is not None:
-            self.tx.rollback()
-            self.tx = None
         self.pub = None
         self.body_parts = []
 
@@ -587,63 +591,62 @@ class Connection:
 
     # -- acknowledgements -----------------------------------------------------------------
 
-    def _take(self, channel: Channel, tag: int, multiple: bool) -> list:
+    def _take(self, channel: Channel, tag: int, multiple: bool) -> list[tuple[int, Any]]:
+        """Remove and return the (tag, delivery) pairs an ack/nack/reject settles."""
         unacked = channel.unacked
         if multiple:
-            out = []
             if tag == 0:
-                out = list(unacked.values())
+                out = list(unacked.items())
                 unacked.clear()
                 return out
+            out = []
             while unacked:
                 first = next(iter(unacked))
                 if first > tag:
                     break
-                out.append(unacked.popitem(last=False)[1])
-            if not out and tag not in unacked:
+                out.append(unacked.popitem(last=False))
+            if not out:
                 raise ChannelError(C.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
             return out
         d = unacked.pop(tag, None)
         if d is None:
             raise ChannelError(C.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
-        return [d]
+        return [(tag, d)]
 
     def _ack(self, channel: Channel, tag: int, multiple: bool) -> None:
-        if not multiple:
+        if not multiple and channel.tx is None:
             d = channel.unacked.pop(tag, None)
             if d is None:
                 raise ChannelError(C.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
-            if channel.tx is not None:
-                channel.tx.ack(d)
-                channel.tx_settled.append((tag, d))
-            else:
-                d.queue.ack(d)
+            d.queue.ack(d)
             return
-        first_tag = next(iter(channel.unacked), None)
-        ds = self._take(channel, tag, True)
-        for d in ds:
-            if channel.tx is not None:
-                channel.tx.ack(d)
-            else:
-                d.queue.ack(d)
-        if channel.tx is not None and first_tag is not None:
-            channel.tx_settled.extend((first_tag + i, d) for i, d in enumerate(ds))
+        taken = self._take(channel, tag, multiple)
+        tx = channel.tx
+        if tx is not None:
+            for _, d in taken:
+                tx.ack(d)
+            channel.tx_settled.extend(taken)
+            return
+        for _, d in taken:
+            d.queue.ack(d)
 
     def _nack(self, channel: Channel, tag: int, multiple: bool, requeue: bool) -> None:
-        ds = self._take(channel, tag, multiple)
-        if channel.tx is not None:
-            for d in ds:
-                channel.tx.nack(d, requeue)
+        taken = self._take(channel, tag, multiple)
+        tx = channel.tx
+        if tx is not None:
+            for _, d in taken:
+                tx.nack(d, requeue)
+            channel.tx_settled.extend(taken)
             return
         if requeue:
             by_queue: dict[int, tuple[Any, list]] = {}
-            for d in ds:
+            for _, d in taken:
                 by_queue.setdefault(id(d.queue), (d.queue, []))[1].append(d)
             for q, group in by_queue.values():
                 requeue_in_order(q, group)
             return
-        for d in ds:
-            d.queue.nack(d, requeue)
+        for _, d in taken:
+            d.queue.nack(d, False)
 
     # -- consumers ------------------------------------------------------------------------
 
