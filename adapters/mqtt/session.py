@@ -280,13 +280,11 @@ class MqttServer:
         self.retained: dict[str, Message] = {}
         self.will_timers: dict[str, tuple[Any, Callable[[], None]]] = {}
         self.expiry_timers: dict[str, Any] = {}
-        # encoded-PUBLISH cache for fan-out: id(message) -> [message, {variant: frame}]
-        self.enc_cache: dict[int, list] = {}
-        # the inbound QoS 0 PUBLISH being routed right now, and its frame
-        self.last_msg: Message | None = None
+        # the last QoS 0 PUBLISH frame encoded per protocol family (3.x, 5.0), for fan-out:
+        # [message, retain flag, topic, frame]; a fan-out delivers one message to every
+        # subscriber in a row, so one slot per family is enough
+        self.enc: list[list] = [[None, False, "", b""], [None, False, "", b""]]
         self.keys: dict[str, str] = {}  # topic -> routing key
-        self.last_frame = b""
-        self.last_v5 = False
         for topic, data in list(broker.kv(RETAINED_NS).items()):
             try:
                 self.retained[topic] = Message.from_bytes(data)
@@ -434,13 +432,6 @@ class MqttServer:
             self.broker.kv_delete(RETAINED_NS, topic)
         return out
 
-    def cached(self, msg: Message) -> dict:
-        e = self.enc_cache.get(id(msg))
-        if e is None or e[0] is not msg:
-            if len(self.enc_cache) >= 256:
-                self.enc_cache.clear()
-            e = self.enc_cache[id(msg)] = [msg, {}]
-        return e[1]
 
 
 def _str(v: Any) -> str:
@@ -993,12 +984,9 @@ class Connection:
         server = self.server
         if qos == 0 and not retain and block is None:
             # forward this very frame to subscribers of the same protocol family: the
-            # deliveries made while this publish is routed find it in the one-slot cache
-            server.last_msg = msg
-            server.last_frame = c.frame(0x30, body)
-            server.last_v5 = v5
+            # deliveries made while this publish is routed find it in the cache
+            server.enc[v5] = [msg, False, topic, c.frame(0x30, body)]
         routed = server.publish(topic, msg, bool(retain), exclude)
-        server.last_msg = None
         if qos == 1:
             if v5 and not routed:
                 self.acks.append(c.encode_ack(c.PUBACK, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
@@ -1038,26 +1026,13 @@ class Connection:
         qos = mq if mq < subqos else subqos
         v5 = self.version == c.V5
         if qos == 0 and not (v5 and (sids or self.out_alias_max or msg.expiration)):
-            server = self.server
-            if msg is server.last_msg and v5 is server.last_v5 and not retain:
-                frame = server.last_frame
-                if len(frame) <= self.client_max_packet:
-                    self.write(frame)
-                if d.consumer is not None:
-                    d.queue.ack(d)
-                return
-            cache = server.cached(msg)
-            variant = (v5, 0, retain, topic)
-            frame = cache.get(variant)
-            if frame is None:
-                props = None
-                if v5:
-                    sp = cache.get("p5")
-                    if sp is None:
-                        sp = cache["p5"] = c.encode_props(static_props(msg))
-                    props = sp
-                frame = cache[variant] = c.encode_publish(tbytes, msg.body, 0, 0, retain,
-                                                          False, props)
+            slot = self.server.enc[v5]
+            if slot[0] is msg and slot[1] == retain and slot[2] == topic:
+                frame = slot[3]
+            else:
+                props = c.encode_props(static_props(msg)) if v5 else None
+                frame = c.encode_publish(tbytes, msg.body, 0, 0, retain, False, props)
+                self.server.enc[v5] = [msg, retain, topic, frame]
             if len(frame) > self.client_max_packet:
                 d.queue.ack(d)
                 return
