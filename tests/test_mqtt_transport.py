@@ -83,3 +83,35 @@ def test_big_burst_is_written_before_the_turn_ends():
 def test_nagle_is_off():
     clock, factory, sub, st, pub = setup()
     assert st.nodelay  # small deliveries to a silent subscriber must not wait for its ACK
+
+
+def test_qos0_fan_out_is_not_re_encoded(monkeypatch):
+    from polymq.adapters.mqtt import session as session_mod
+
+    clock = Clock()
+    factory = MqttFactory(Broker(clock=clock), {})
+    transports = []
+    for i, level in enumerate((4, 4, 4, 5, 5, 5)):
+        t = CountingTransport(10 + i)
+        p = factory.buildProtocol(t.getPeer())
+        p.makeConnection(t)
+        props = b"\x00" if level == 5 else b""
+        p.dataReceived(c.frame(0x10, b"\x00\x04MQTT" + bytes((level,)) + b"\x02\x00\x3c"
+                               + props + c._utf8(f"s{i}")))
+        p.dataReceived(c.frame(0x82, b"\x00\x01" + props + c._utf8("f/#") + b"\x00"))
+        transports.append(t)
+    pub, _ = connect(factory, "pub", 99)
+    clock.advance(0)
+    for t in transports:
+        t.clear()
+    calls = []
+    real = c.encode_publish
+    monkeypatch.setattr(session_mod.c, "encode_publish",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    pub.dataReceived(c.encode_publish(b"f/x", b"payload"))
+    clock.advance(0)
+    # 3.1.1 subscribers get the publisher's own frame; 5.0 ones share one encoding
+    assert len(calls) == 1
+    for t in transports:
+        [(first, body)] = c.FrameReader(1000).feed(t.value())
+        assert first == 0x30 and body.endswith(b"payload")
