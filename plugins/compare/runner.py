@@ -202,6 +202,11 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
         "broker_to_client_per_msg": _per(bytes_down, msgs_in),
         "method": "kernel TCP counters of the client sockets (ss -ti), handshakes included",
     }
+    for side_name, side in (("producer", prod), ("consumer", cons)):
+        busy = side.get("cpu_s")
+        if busy is not None and window > 0.5 and busy > 0.8 * window:
+            warnings.append(f"{side_name} side used {busy:.2f} CPU s in {window:.2f} s: the load "
+                            "client may be the bottleneck")
     broker_cpu = cpu.result()
     per10k = None
     if broker_cpu is not None and unique:
