@@ -104,11 +104,12 @@ def test_qos0_fan_out_is_not_re_encoded(monkeypatch):
     clock.advance(0)
     for t in transports:
         t.clear()
+    frame = c.encode_publish(b"f/x", b"payload")
     calls = []
     real = c.encode_publish
     monkeypatch.setattr(session_mod.c, "encode_publish",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    pub.dataReceived(c.encode_publish(b"f/x", b"payload"))
+    pub.dataReceived(frame)
     clock.advance(0)
     # 3.1.1 subscribers get the publisher's own frame; 5.0 ones share one encoding
     assert len(calls) == 1
