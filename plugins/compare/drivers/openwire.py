@@ -16,7 +16,7 @@ import time
 from array import array
 from pathlib import Path
 
-from ..common import cpu_seconds
+from ..brokercpu import cpu_of
 from ..side import DriverError, SideContext, producers_finished, wire_result
 
 HERE = Path(__file__).resolve().parent
@@ -79,6 +79,8 @@ class Jvm:
         self.ready = threading.Event()
         self.io = threading.Event()
         self.result: dict | None = None
+        self.cpu_ready = 0.0
+        self.cpu_s: float | None = None
         self.progress = 0
         self.stderr: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -122,6 +124,12 @@ class Jvm:
                 raise DriverError(f"openwire: {what} not ready")
         if self.proc.poll() is not None and not self.io.is_set():
             raise DriverError(f"openwire {what}: {self.failure()}")
+        self.cpu_ready = cpu_of(self.proc.pid) or 0.0
+
+    def busy(self) -> float | None:
+        """JVM CPU seconds since READY (start-up and class loading left out)."""
+        now = cpu_of(self.proc.pid)
+        return None if now is None else now - self.cpu_ready
 
     def failure(self) -> str:
         for line in self.stderr:
@@ -135,6 +143,7 @@ class Jvm:
             if self.ctx.aborted():
                 self.send("STOP")
         wire = self.ctx.wire_bytes(self.proc.pid)
+        self.cpu_s = self.busy()
         self.send("CLOSE")
         try:
             self.proc.wait(30)
@@ -154,7 +163,6 @@ def run_consumers(ctx: SideContext) -> dict:
 
     wl = ctx.wl
     latfile = f"/tmp/polymq-compare-{ctx.run}.lat"
-    cpu0 = cpu_seconds()
     jvm = Jvm(ctx, "consumer", wl.consumers, latfile)
     jvm.wait_ready("consumers")
     ctx.shared.ready.set()
@@ -181,14 +189,13 @@ def run_consumers(ctx: SideContext) -> dict:
     record_latencies(hist, lat)
     res["histogram"] = hist.encode()
     res.update(wire_result(wire))
-    res["cpu_s"] = cpu_seconds() - cpu0
+    res["cpu_s"] = jvm.cpu_s
     res["errors"] = list(ctx.errors)
     return res
 
 
 def run_producers(ctx: SideContext) -> dict:
     wl = ctx.wl
-    cpu0 = cpu_seconds()
     jvm = Jvm(ctx, "producer", wl.producers, "-")
     jvm.wait_ready("producers")
     while not jvm.io.wait(0.05):
@@ -202,6 +209,7 @@ def run_producers(ctx: SideContext) -> dict:
     sent = jvm.progress
     producers_finished(ctx, sent)
     res_wire = ctx.wire_bytes(jvm.proc.pid)
+    busy = jvm.busy()
     jvm.send("CLOSE")
     try:
         jvm.proc.wait(30)
@@ -215,6 +223,6 @@ def run_producers(ctx: SideContext) -> dict:
     if res["sent"] != sent:
         ctx.error(f"openwire: producer progress {sent} != final count {res['sent']}")
     res.update(wire_result(res_wire))
-    res["cpu_s"] = cpu_seconds() - cpu0
+    res["cpu_s"] = busy
     res["errors"] = list(ctx.errors)
     return res
