@@ -227,8 +227,9 @@ def test_jms_client_still_served_after_garbage(broker, tmp_path):
         pytest.skip(jmsrun.missing())
     classes = jmsrun.classes_once()
     r = jmsrun.run_java(classes, "JmsTest", f"tcp://{broker.host}:{broker.port('openwire')}",
-                        "basic")
-    r.check("connect", "basic.receive", "close")
+                        "basic", "idle")
+    # idle for several 1.5 s inactivity periods: the keep-alives of both sides keep it open
+    r.check("connect", "basic.receive", "close", "idle.alive")
 
 
 def test_message_over_the_broker_limit_is_refused(broker):

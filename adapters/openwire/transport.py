@@ -154,9 +154,11 @@ class OpenWireProtocol(protocol.Protocol):
         ours = self.factory.max_inactivity_ms
         interval = min(theirs, ours) if theirs > 0 and ours > 0 else 0
         if interval > 0:
-            delay = props.get("MaxInactivityDurationInitalDelay", self.factory.initial_delay_ms)
-            if not isinstance(delay, int) or delay < 0:
-                delay = self.factory.initial_delay_ms
+            # both sides use the smaller initial delay (as they do the smaller period)
+            delay = self.factory.initial_delay_ms
+            theirs_delay = props.get("MaxInactivityDurationInitalDelay")
+            if isinstance(theirs_delay, int) and 0 <= theirs_delay < delay:
+                delay = theirs_delay
             self._start_timer = self.hub.broker.clock.callLater(
                 delay / 1000.0, self._start_monitor, interval
             )

@@ -94,6 +94,18 @@ public class JmsTest {
         ok("close");
     }
 
+    static void sc_idle() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue q = s.createQueue("idle.q");
+        MessageConsumer mc = s.createConsumer(q);
+        Thread.sleep(5000);  // several negotiated inactivity periods: keep-alives keep it up
+        s.createProducer(q).send(s.createTextMessage("still here"));
+        Message m = mc.receive(10000);
+        eq("idle.alive", "still here", m == null ? null : ((TextMessage) m).getText());
+        c.close();
+    }
+
     static void sc_auth_refused() throws Exception {
         try {
             Connection c = factory(url).createConnection("baduser", "badpass");
