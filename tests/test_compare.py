@@ -31,19 +31,10 @@ def urls(broker) -> list[str]:
             "--url", f"openwire=tcp://127.0.0.1:{p('openwire')}"]
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-    from brokerproc import BrokerProcess
-
-    b = BrokerProcess(tmp_path_factory.mktemp("compare-broker"), adapters=PROTOS,
-                      store="sqlite", log_level="info")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+@pytest.fixture
+def broker(broker_factory):
+    """polymq with all four adapters on free ports (tests/conftest.py)."""
+    return broker_factory(adapters=PROTOS, log_level="info")
 
 
 def html_cells(html: str) -> dict[tuple[int, str], str]:
