@@ -116,3 +116,17 @@ def test_qos0_fan_out_is_not_re_encoded(monkeypatch):
     for t in transports:
         [(first, body)] = c.FrameReader(1000).feed(t.value())
         assert first == 0x30 and body.endswith(b"payload")
+
+
+def test_a_failing_delivery_closes_only_the_subscriber():
+    from polymq.core.message import Message
+
+    clock, factory, sub, st, pub = setup()
+    vhost = factory.server.vhost
+    # a broken message from elsewhere (a body that is no bytes) cannot be encoded
+    vhost.publish("amq.topic", "t.x", Message("not bytes"))  # type: ignore[arg-type]
+    clock.advance(0)
+    assert st.disconnecting  # the subscriber is closed
+    pub.dataReceived(c.encode_publish(b"t/y", b"fine", 1, 5))
+    clock.advance(0)
+    assert pub.transport.value().endswith(c.encode_ack(c.PUBACK, 5))  # the publisher is fine

@@ -844,12 +844,15 @@ class Connection:
         topic_flt = sub.filter
 
         def deliver(d: Delivery) -> None:
-            topic = c.key_to_topic(d.message.routing_key)
-            if not c.topic_matches(topic_flt, topic):
-                d.queue.ack(d)
-                return
-            self._send(d, (topic, topic.encode(), sub.qos,
-                           (sub.sid,) if sub.sid is not None else (), sub.rap))
+            try:
+                topic = c.key_to_topic(d.message.routing_key)
+                if not c.valid_topic_name(topic) or not c.topic_matches(topic_flt, topic):
+                    d.queue.ack(d)
+                    return
+                self._send(d, (topic, topic.encode(), sub.qos,
+                               (sub.sid,) if sub.sid is not None else (), sub.rap))
+            except Exception:
+                self._delivery_failed()
 
         cons = Consumer(f"mqtt:{self.client_id}:{sub.group}", deliver, limit=self.limit,
                         owner=self, arguments={"mqtt.sub": sub}, no_ack=sub.qos == 0)
@@ -1005,12 +1008,20 @@ class Connection:
     # -- PUBLISH out ------------------------------------------------------------------------
 
     def deliver(self, d: Delivery) -> None:
-        """Consumer callback of the session queue (hot path)."""
-        hit = self.session.match(d.message.routing_key)
-        if hit[2] < 0:
-            d.queue.ack(d)  # no subscription matches any more ($-topic, unsubscribed)
-            return
-        self._send(d, hit)
+        """Consumer callback of the session queue (hot path). Never raises: the queue calls
+        it while routing somebody else's publish."""
+        try:
+            hit = self.session.match(d.message.routing_key)
+            if hit[2] < 0:
+                d.queue.ack(d)  # no subscription matches any more ($-topic, unsubscribed)
+                return
+            self._send(d, hit)
+        except Exception:
+            self._delivery_failed()
+
+    def _delivery_failed(self) -> None:
+        log.failure("mqtt: delivery to {cid} failed", cid=self.client_id)
+        self.close()  # the unacknowledged delivery goes back to the queue with the consumer
 
     def _send(self, d: Delivery, hit: tuple) -> None:
         msg = d.message
