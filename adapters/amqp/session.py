@@ -48,6 +48,7 @@ SERVER_CAPABILITIES = {
 }
 
 _PUBLISH_ID = (60, 40)
+_unpack_frame_head = C._unpack_frame_head
 _ACK_ID = (60, 80)
 
 
@@ -299,9 +300,11 @@ class Connection:
         pos = 0
         n = len(buf)
         limit = self.frame_max - 8
+        unpack = _unpack_frame_head
+        on_body, on_method, on_header = self._on_body, self._on_method, self._on_header
         try:
             while n - pos >= 7:
-                ftype, ch, size = C.unpack_frame_head(buf, pos)
+                ftype, ch, size = unpack(buf, pos)
                 if size > limit:
                     raise C.FrameError(
                         C.FRAME_ERROR, f"frame size {size} exceeds frame_max {self.frame_max}"
@@ -309,16 +312,16 @@ class Connection:
                 end = pos + 7 + size
                 if end >= n:
                     break
-                if buf[end] != C.FRAME_END:
+                if buf[end] != 206:  # frame-end
                     raise C.FrameError(C.FRAME_ERROR, f"bad frame end byte {buf[end]:#x}")
                 payload = buf[pos + 7 : end]
                 pos = end + 1
-                if ftype == C.FRAME_BODY:
-                    self._on_body(ch, payload)
-                elif ftype == C.FRAME_METHOD:
-                    self._on_method(ch, payload)
-                elif ftype == C.FRAME_HEADER:
-                    self._on_header(ch, payload)
+                if ftype == 3:
+                    on_body(ch, payload)
+                elif ftype == 1:
+                    on_method(ch, payload)
+                elif ftype == 2:
+                    on_header(ch, payload)
                 elif ftype == C.FRAME_HEARTBEAT:
                     if ch != 0:
                         raise C.FrameError(C.FRAME_ERROR, "heartbeat frame on a channel")
