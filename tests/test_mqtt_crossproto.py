@@ -78,3 +78,35 @@ def test_mqtt5_to_amqp(broker, channel):
     assert props.headers == {"k": "v"}
     assert props.delivery_mode == 2  # QoS 1 -> persistent
     assert 55_000 <= int(props.expiration) <= 60_000
+
+
+@pytest.fixture(scope="module")
+def kbroker(tmp_path_factory):
+    from brokerproc import BrokerProcess
+
+    b = BrokerProcess(tmp_path_factory.mktemp("xkafka"), adapters=["mqtt", "kafka"],
+                      store="memory").start()
+    yield b
+    b.stop()
+
+
+def test_kafka_and_mqtt_share_topics(kbroker):
+    from kafka import KafkaConsumer, KafkaProducer
+
+    t = uid("k")
+    boot = f"{kbroker.host}:{kbroker.port('kafka')}"
+    sub = Client(kbroker, version=V5)
+    sub.subscribe(f"{t}/#", qos=1)
+    producer = KafkaProducer(bootstrap_servers=boot, acks=1)
+    producer.send(f"{t}.temp", b"21.5", headers=[("unit", b"C")]).get(10)
+    m = sub.get(timeout=10)
+    assert (m.topic, m.payload) == (f"{t}/temp", b"21.5")  # Kafka topic t.temp = MQTT t/temp
+    assert m.properties.UserProperty == [("unit", "C")]
+    # and back: an MQTT publish lands in the Kafka topic (a stream bound to amq.topic)
+    producer.send(f"{t}.hum", b"first").get(10)
+    sub.publish(f"{t}/hum", b"55", qos=1)
+    consumer = KafkaConsumer(f"{t}.hum", bootstrap_servers=boot, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000)
+    assert [r.value for r in consumer][:2] == [b"first", b"55"]
+    consumer.close()
+    producer.close()
