@@ -174,3 +174,18 @@ def test_subscription_acknowledged_is_kept_after_kill9(broker_factory, version):
     assert a.connack[0].session_present is True
     assert a.get().payload == b"for the survivor"
     a.disconnect()
+
+
+def test_max_queued_messages_drops_the_oldest(broker_factory):
+    broker = broker_factory(adapters=["mqtt"], store="memory",
+                            settings={"adapters.mqtt.max_queued_messages": 5})
+    cid, t = uid("mq"), uid("mqt")
+    a = _session(broker, cid, V3)
+    a.subscribe(t, qos=1)
+    a.disconnect()
+    pub = Client(broker, version=V3)
+    for i in range(10):
+        pub.publish(t, str(i).encode(), qos=1)
+    a = _session(broker, cid, V3)
+    assert [m.payload for m in a.get_n(10, timeout=2)] == [b"5", b"6", b"7", b"8", b"9"]
+    a.disconnect()

@@ -46,6 +46,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_connections_per_host": 10000,
     "connect_timeout": 10.0,  # seconds to send CONNECT after the TCP connection is made
     "retain_available": True,
+    "max_queued_messages": 0,  # per session queue (0: unlimited); the oldest are dropped
     "vhost": "",
 }
 
@@ -113,7 +114,10 @@ class SessionState:
                 q = None
             # a durable queue serving a session that is now transient stays durable
         if q is None:
-            q = vh.declare_queue(self.queue_name, durable=durable)
+            args = {}
+            if self.server.max_queued_messages:
+                args["x-max-length"] = self.server.max_queued_messages
+            q = vh.declare_queue(self.queue_name, durable=durable, arguments=args)
             for key in self.key_refs:
                 vh.bind_queue(self.queue_name, "amq.topic", key)
         self.queue = q
@@ -272,6 +276,7 @@ class MqttServer:
         self.max_keep_alive = cfg["max_keep_alive"]
         self.max_session_expiry = cfg["max_session_expiry"]
         self.retain_available = cfg["retain_available"]
+        self.max_queued_messages = cfg["max_queued_messages"]
         self.max_connections = cfg["max_connections"]
         self.max_connections_per_host = cfg["max_connections_per_host"]
         self.connect_timeout = float(cfg["connect_timeout"])
