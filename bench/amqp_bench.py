@@ -6,7 +6,7 @@ bottleneck), publishers and consumers in separate processes.
 
 Scenarios (each: P publisher connections, C consumer connections, one queue):
   transient      non-persistent, no confirms, consumers auto-ack
-  manual-ack     non-persistent, consumers ack each message, prefetch N
+  manual-ack     non-persistent, manual acks (a multiple ack per read; --ack-every), prefetch N
   confirms       non-persistent, publisher confirms (window W)
   persistent     persistent on a durable queue, confirms, manual acks with prefetch
 Reports published msgs/s, confirmed msgs/s and consumed msgs/s per target (the run with the
