@@ -250,3 +250,19 @@ def test_dispatch_fast_path(message, dest, redelivery, consumer_id):
         assert c.encode_dispatch_raw(head, c.encode_message(message), redelivery) == fast
     parsed = c.construct_for(c.MESSAGE_DISPATCH).parse(fast[5:])
     assert ("obj", c.MESSAGE_DISPATCH, _plain(parsed)) == _as_plain(ref)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages(), i64)
+def test_reencode_message_from_its_frame(m, seq):
+    frame = c.encode_frame(m)[4:]
+    decoded = c.decode_command(frame)
+    raw = c.reencode_message(decoded, seq)
+    if m.message_id is None:
+        assert raw is None
+        return
+    expected = c.decode_command(frame)
+    expected.command_id = 0
+    expected.response_required = False
+    expected.message_id.broker_sequence_id = seq
+    assert raw == c.encode_message(expected)

@@ -247,7 +247,9 @@ _DEFAULTS = {"z": False, "b": 0, "h": 0, "i": 0, "l": 0}
 class Obj:
     """A decoded command or data structure: ``type`` plus the fields named in ``SCHEMA``."""
 
-    __slots__ = ("type", "command_id", "response_required", "__dict__")
+    # ``mark``: for a decoded message, the frame offset just after its MessageId (whose last
+    # 8 bytes are the broker sequence id); ``raw``: the frame it was decoded from
+    __slots__ = ("type", "command_id", "response_required", "mark", "raw", "__dict__")
 
     def __init__(self, type: int, **fields: Any) -> None:
         self.type = type
@@ -806,6 +808,8 @@ def _generate() -> tuple[dict, dict]:
                     f"        v_{n}, pos = dec(data, pos + 2, end, depth + 1)",
                     "    else:", f"        v_{n} = None", "        pos += 1",
                 ]
+                if t in MESSAGE_TYPES and n == "message_id":
+                    dec.append("    o.mark = pos")
                 enc += [
                     f"    v = d['{n}']",
                     "    if v is None:", "        parts.append(b'\\x00')",
@@ -895,7 +899,22 @@ def decode_command(frame: bytes) -> Obj:
     obj, pos = dec(frame, 1, end, 0)
     if pos != end:
         raise DecodeError(f"{end - pos} bytes left over after {obj.name}")
+    if type_id in MESSAGE_TYPES:
+        obj.raw = frame
     return obj
+
+
+def reencode_message(m: Obj, broker_sequence_id: int) -> bytes | None:
+    """The message a client sent, as a nested object for :func:`encode_dispatch_raw`, taken
+    from its frame instead of encoded again: commandId and responseRequired zeroed and the
+    MessageId's broker sequence id set. None when ``m`` was not decoded from a frame or has
+    no MessageId."""
+    frame = getattr(m, "raw", None)
+    mark = getattr(m, "mark", None)
+    if frame is None or mark is None or m.message_id is None:
+        return None
+    return b"".join((b"\x01", frame[:1], b"\x00\x00\x00\x00\x00", frame[6 : mark - 8],
+                     _Q.pack(broker_sequence_id), frame[mark:]))
 
 
 # -- construct declarations (fixed layouts; also derived from the table for the tests) ----------

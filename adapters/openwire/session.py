@@ -157,6 +157,20 @@ class OpenWireHub:
     def next_id(self) -> int:
         return next(self._ids)
 
+    def prime(self, msg: Message, m: Obj) -> None:
+        """Cache the encoding of a message that came from a JMS producer straight from its
+        frame (JMS -> JMS dispatch then skips converting and encoding it again)."""
+        if len(msg.body) > CACHE_MAX_BODY:
+            return
+        seq = next(self._ids)
+        data = c.reencode_message(m, seq)
+        if data is None:
+            return
+        cache = self._cache
+        if len(cache) >= CACHE_ENTRIES:
+            del cache[next(iter(cache))]
+        cache[id(msg)] = (msg, seq, data)
+
     def encoded(self, msg: Message) -> tuple[int, bytes]:
         """The OpenWire encoding of a core message and its broker sequence id, shared by every
         consumer it is dispatched to (topic fan-out encodes once). The sequence id identifies
@@ -669,8 +683,11 @@ class Connection:
             if entry is None:
                 entry = self._begin(m.transaction_id)
             tx = entry[0]
+        parts = split_dest(m.destination)
+        if len(parts) == 1 and tx is None and m.data_structure is None:
+            self.hub.prime(msg, m)
         try:
-            for t, name in split_dest(m.destination):
+            for t, name in parts:
                 if is_topic(t):
                     if name.startswith(ADVISORY_PREFIX):
                         continue
