@@ -286,3 +286,34 @@ def test_fuzz_valid_sequences_keep_invariants(v5, ops):
             assert d.seq in d.queue.unacked
         conn.connection_lost()
     assert not server.sessions
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 300_000), min_size=1, max_size=4),
+       st.integers(1, 70_000), st.data())
+def test_frame_reader_large_packets_any_chunking(sizes, chunk, data):
+    frames = [(0x30, bytes([i % 251]) * n) for i, n in enumerate(sizes)]
+    stream = b"".join(c.frame(f, b) for f, b in frames)
+    reader = c.FrameReader(1 << 20)
+    got = []
+    pos = 0
+    while pos < len(stream):
+        step = data.draw(st.integers(1, chunk))
+        got += reader.feed(stream[pos:pos + step])
+        pos += step
+    assert reader.error is None
+    assert got == frames
+
+
+def test_frame_reader_big_packet_in_small_reads_is_linear():
+    import time
+
+    body = b"x" * (16 * 1024 * 1024)
+    stream = c.frame(0x30, body)
+    reader = c.FrameReader(1 << 25)
+    start = time.process_time()
+    got = []
+    for i in range(0, len(stream), 65536):
+        got += reader.feed(stream[i:i + 65536])
+    assert got == [(0x30, body)]
+    assert time.process_time() - start < 1.0  # quadratic concatenation took many seconds

@@ -416,10 +416,16 @@ class FrameReader:
     kept.
     """
 
-    __slots__ = ("buf", "max_size", "first_type_check", "error", "_out")
+    __slots__ = ("buf", "max_size", "first_type_check", "error", "_out", "_chunks", "_have",
+                 "_need")
 
     def __init__(self, max_size: int) -> None:
         self.buf = b""
+        # a large packet arriving over many reads: its pieces, joined once it is complete
+        # (concatenating every read would copy it quadratically)
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
         self.max_size = max_size
         # a callable(first_byte, remaining) run before the body is buffered, or None
         self.first_type_check: Any = None
@@ -434,10 +440,22 @@ class FrameReader:
         except MalformedPacket as e:
             self.error = e
             self.buf = b""
+            self._chunks = []
+            self._need = 0
             return self._out
 
     def _feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self.buf + data if self.buf else data
+        if self._need:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                self._out = []
+                return self._out
+            buf = b"".join(self._chunks)
+            self._chunks = []
+            self._have = self._need = 0
+        else:
+            buf = self.buf + data if self.buf else data
         n = len(buf)
         pos = 0
         out = self._out = []
@@ -476,6 +494,12 @@ class FrameReader:
                 self.first_type_check(first, length)
             end = pos + hdr + length
             if end > n:
+                if length > 65536:
+                    self._chunks = [buf[pos:]]
+                    self._have = n - pos
+                    self._need = end - pos
+                    self.buf = b""
+                    return out
                 break
             out.append((first, buf[pos + hdr : end]))
             pos = end
