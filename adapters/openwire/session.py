@@ -27,6 +27,7 @@ from .codec import Obj
 log = Logger(namespace="polymq.openwire")
 
 DLQ = "ActiveMQ.DLQ"
+BROWSE_MAX = 400  # messages one queue browser sees (ActiveMQ's maxBrowsePageSize)
 CACHE_ENTRIES = 256  # encoded messages kept for fan-out (bounded in count and body size)
 CACHE_MAX_BODY = 64 * 1024
 ADVISORY_PREFIX = "ActiveMQ.Advisory."
@@ -873,17 +874,22 @@ class Connection:
     def _browse(self, cs: ConsumerState, name: str, selector: Any) -> None:
         q = self.vhost.queues.get(name)
         if isinstance(q, Queue):
-            # the core has no browse operation: read the ready list without taking from it
-            for level in reversed(q._levels):
-                for d in list(level):
-                    if selector is not None and not selector(d.message):
-                        continue
-                    seq = self.hub.next_id()
-                    m = core_to_jms(d.message, self.hub.synthetic_pid, seq)
-                    m.redelivery_counter = d.delivery_count
-                    self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id,
-                                  destination=cs.destination, message=m,
-                                  redelivery_counter=d.delivery_count))
+            # the core has no browse operation: read the ready list without taking from it;
+            # like ActiveMQ (maxBrowsePageSize) a browser sees at most BROWSE_MAX messages
+            now = now_ms()
+            left = BROWSE_MAX
+            for d in itertools.chain.from_iterable(reversed(q._levels)):
+                if d.expires_at is not None and d.expires_at <= now:
+                    continue
+                if selector is not None and not selector(d.message):
+                    continue
+                left -= 1
+                if left < 0:
+                    break
+                seq = self.hub.next_id()
+                m = core_to_jms(d.message, self.hub.synthetic_pid, seq)
+                self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination,
+                              message=m, redelivery_counter=d.delivery_count))
         self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination))
 
     def pause(self) -> None:

@@ -512,6 +512,8 @@ public class JmsTest {
             m.setIntProperty("n", i);
             p.send(m);
         }
+        p.send(s.createTextMessage("expired"), DeliveryMode.NON_PERSISTENT, 4, 1);
+        Thread.sleep(50);
         List<String> seen = new ArrayList<>();
         Enumeration<?> e = s.createBrowser(q).getEnumeration();
         while (e.hasMoreElements()) seen.add(((TextMessage) e.nextElement()).getText());
