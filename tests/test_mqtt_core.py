@@ -368,3 +368,13 @@ def test_large_payload_round_trip(broker, version):
     assert m.payload == payload
     sub.disconnect()
     pub.disconnect()
+
+
+def test_v5_clients_are_told_when_the_server_shuts_down(broker_factory):
+    b = broker_factory(adapters=["mqtt"], store="memory")
+    c5 = Client(b, version=V5)
+    c3 = Client(b, version=V3)
+    assert b.stop() == 0
+    rc, _ = c5.disconnects.get(timeout=5)
+    assert rc.value == 0x8B  # server shutting down
+    c3.disconnects.get(timeout=5)  # 3.1.1 has no DISCONNECT from the server: just closed

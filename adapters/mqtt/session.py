@@ -879,6 +879,10 @@ class Connection:
             if d.consumer is cons:
                 del self.inflight[pid]
 
+    def server_shutting_down(self) -> None:
+        if self.state == 1 and self.version == c.V5:
+            self.send_disconnect(c.SERVER_SHUTTING_DOWN)
+
     def taken_over(self) -> None:
         """Another connection took this client id: 5.0 DISCONNECT 0x8E; the will is handled
         as for any connection the server closes (published, after its delay)."""

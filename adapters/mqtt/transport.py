@@ -9,6 +9,7 @@ the socket buffer fills, ``pauseProducing`` pauses the session's queue consumers
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
@@ -19,6 +20,9 @@ from zope.interface import implementer
 from .session import Connection, MqttServer
 
 log = Logger(namespace="polymq.mqtt")
+
+# every factory built, so that the broker-stopping hook can say goodbye on each connection
+FACTORIES: weakref.WeakSet = weakref.WeakSet()
 
 FLUSH_AT = 256 * 1024  # bytes collected in one turn before they are written at once
 
@@ -61,6 +65,7 @@ class MqttProtocol(Protocol):
         except Exception:
             pass
         self.conn = Connection(server, self._write, self._close, peer)
+        f.protocols.add(self)
         self.transport.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
@@ -106,6 +111,7 @@ class MqttProtocol(Protocol):
         self._closing = True
         self._out = None
         f = self.factory
+        f.protocols.discard(self)
         f.server.connections -= 1
         n = f.per_host.get(self._host, 1) - 1
         if n > 0:
@@ -144,6 +150,8 @@ class MqttFactory(ServerFactory):
         self.clock = broker.clock
         self._dirty: list[MqttProtocol] = []
         self.per_host: dict[str | None, int] = {}
+        self.protocols: set[MqttProtocol] = set()
+        FACTORIES.add(self)
         self._flush_call: Any = None
 
     def buildProtocol(self, addr: Any) -> MqttProtocol:
@@ -154,6 +162,13 @@ class MqttFactory(ServerFactory):
         self._dirty.append(proto)
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self.flush_all)
+
+    def shutting_down(self) -> None:
+        """The broker is stopping: 5.0 clients get DISCONNECT 0x8B (server shutting down)."""
+        for p in list(self.protocols):
+            if p.conn is not None:
+                p.conn.server_shutting_down()
+                p.flush()
 
     def flush_all(self) -> None:
         self._flush_call = None
