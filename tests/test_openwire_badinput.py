@@ -246,3 +246,22 @@ def test_message_over_the_broker_limit_is_refused(broker):
     accepted = r.command()
     assert accepted.type == c.RESPONSE and accepted.correlation_id == 3
     r.close()
+
+
+def test_client_id_taken_over_only_by_a_failover_reconnect(broker):
+    first = handshake(broker)
+    first.send(c.encode_frame(connection_info(1, client_id="sticky")))
+    assert first.command().type == c.RESPONSE
+    second = handshake(broker)
+    second.send(c.encode_frame(connection_info(1, client_id="sticky")))
+    refused = second.command()
+    assert refused.type == c.EXCEPTION_RESPONSE
+    assert refused.exception[0] == "javax.jms.InvalidClientIDException"
+    second.close()
+    third = handshake(broker)
+    info = connection_info(2, client_id="sticky")
+    info.failover_reconnect = True
+    third.send(c.encode_frame(info))
+    assert third.command().type == c.RESPONSE
+    assert closed_with_error(first) == []  # the stale connection is closed
+    third.close()

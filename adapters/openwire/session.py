@@ -602,9 +602,16 @@ class Connection:
         if cmd.client_id:
             other = self.hub.client_ids.get(cmd.client_id)
             if other is not None and other is not self and not other.closed:
-                self.respond_error(cmd, "javax.jms.InvalidClientIDException",
-                                   f"client id {cmd.client_id} is already in use")
-                return
+                if not cmd.failover_reconnect:
+                    self.respond_error(cmd, "javax.jms.InvalidClientIDException",
+                                       f"client id {cmd.client_id} is already in use")
+                    return
+                # a failover client back before its old connection timed out: the new
+                # connection takes the client id over
+                log.info("openwire: client {cid} reconnected; closing its old connection",
+                         cid=cmd.client_id)
+                other.connection_closed()
+                other.close_transport()
             self.hub.client_ids[cmd.client_id] = self
         self.identity = result
         self.connection_id = cmd.connection_id
