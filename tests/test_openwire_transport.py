@@ -169,3 +169,37 @@ def test_session_survives_nonsense_commands(cmds):
             break
         proto.dataReceived(c.encode_frame(cmd))
     proto.connectionLost(None)
+
+
+def _tx_ack_then_close_consumer(commit: bool):
+    broker, proto, tr = setup()
+    connect(proto, tr)
+    q = broker.vhost().queues["bp.q"]
+    q.enqueue(Message(b"t"))
+    (disp,) = frames(tr.value())
+    tr.clear()
+    tid = Obj(c.LOCAL_TRANSACTION_ID, value=1, connection_id=Obj(c.CONNECTION_ID, value="ID:t"))
+    cid = disp.consumer_id
+
+    def send(o):
+        proto.dataReceived(c.encode_frame(o))
+
+    send(Obj(c.TRANSACTION_INFO, command_id=10, transaction_id=tid, tx_type=0))
+    send(Obj(c.MESSAGE_ACK, command_id=11, consumer_id=cid, transaction_id=tid, ack_type=2,
+             last_message_id=disp.message.message_id, message_count=1))
+    send(Obj(c.REMOVE_INFO, command_id=12, response_required=True, object_id=cid,
+             last_delivered_sequence_id=disp.message.message_id.broker_sequence_id))
+    assert q.message_count == 0  # still held by the transaction
+    send(Obj(c.TRANSACTION_INFO, command_id=13, response_required=True, transaction_id=tid,
+             tx_type=2 if commit else 4))
+    return q
+
+
+def test_transaction_commit_after_consumer_closed_settles():
+    q = _tx_ack_then_close_consumer(commit=True)
+    assert q.message_count == 0 and not q.unacked
+
+
+def test_transaction_rollback_after_consumer_closed_requeues():
+    q = _tx_ack_then_close_consumer(commit=False)
+    assert q.message_count == 1 and not q.unacked

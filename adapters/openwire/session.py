@@ -239,6 +239,7 @@ class ConsumerState:
         self.advisory: set[str] | None = None
         self.pull_timer: Any = None
         self.pull_pending = False
+        self.removed = False
         self.head = c.dispatch_head(self.id, self.destination)
 
     def wants_advisory(self, dest_type: int) -> bool:
@@ -658,8 +659,8 @@ class Connection:
         self.hub.connections.discard(self)
         if self.client_id and self.hub.client_ids.get(self.client_id) is self:
             del self.hub.client_ids[self.client_id]
-        for tx, _ in self.transactions.values():
-            tx.rollback()
+        for entry in list(self.transactions.values()):
+            self._rollback(entry)
         self.transactions.clear()
         for cs in list(self.consumers.values()):
             self.remove_consumer(cs)
@@ -832,6 +833,14 @@ class Connection:
             return
         if cs.pull_timer is not None and cs.pull_timer.active():
             cs.pull_timer.cancel()
+        cs.removed = True
+        if cs.core is not None:
+            # deliveries acknowledged inside an open transaction stay with the transaction:
+            # settled by its commit, requeued by its rollback (see _rollback)
+            for seq in cs.in_tx:
+                d = cs.dispatched.get(seq)
+                if d is not None and cs.core.unacked.pop(d.seq, None) is not None:
+                    d.consumer = None
         if last_delivered >= 0:
             # dispatch order: what follows the last delivered message was only prefetched
             undelivered = last_delivered not in cs.dispatched
@@ -999,8 +1008,9 @@ class Connection:
                 if s in cs.in_tx:
                     continue
                 cs.in_tx.add(s)
-                tx.ack(cs.dispatched[s])
-                settled.append((cs, s))
+                d = cs.dispatched[s]
+                tx.ack(d)
+                settled.append((cs, s, d))
             self.respond(ack)
             return
         for s in seqs:
@@ -1029,6 +1039,17 @@ class Connection:
         self.transactions[key_of(tid)] = entry
         return entry
 
+    def _rollback(self, entry: tuple[Transaction, list]) -> None:
+        """Discard a transaction. Its acknowledged deliveries stay with their consumer (the
+        JMS client redelivers them itself); those of a consumer closed meanwhile go back to
+        their queue."""
+        tx, settled = entry
+        tx.rollback()
+        for cs, s, d in settled:
+            cs.in_tx.discard(s)
+            if cs.removed:
+                d.queue.requeue([d])
+
     def on_transaction(self, cmd: Obj) -> None:
         tid = cmd.transaction_id
         if tid is None:
@@ -1046,22 +1067,19 @@ class Connection:
                 self.respond(cmd)
                 return
             tx, settled = entry
-            for cs, s in settled:
+            for cs, s, _ in settled:
                 cs.in_tx.discard(s)
                 if cs.dispatched.pop(s, None) is not None:
                     cs.delivered.discard(s)
             cid, rr = cmd.command_id, cmd.response_required
             tx.commit(on_durable=(lambda: self.send(Obj(c.RESPONSE, correlation_id=cid)))
                       if rr else None)
-            for cs in {cs for cs, _ in settled}:
+            for cs in {x[0] for x in settled}:
                 cs.credit_back()
         elif t == TX_ROLLBACK:
             entry = self.transactions.pop(k, None)
             if entry is not None:
-                tx, settled = entry
-                tx.rollback()
-                for cs, s in settled:
-                    cs.in_tx.discard(s)
+                self._rollback(entry)
             self.respond(cmd)
         elif t == TX_RECOVER:
             if cmd.response_required:
