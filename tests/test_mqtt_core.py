@@ -290,7 +290,7 @@ def test_session_expiry_v5(broker):
     b = Client(broker, client_id=cid, version=V5, clean=False, expiry=1)
     assert b.connack[0].session_present is True
     b.disconnect()
-    time.sleep(1.6)
+    time.sleep(2.2)
     c = Client(broker, client_id=cid, version=V5, clean=False, expiry=1)
     assert c.connack[0].session_present is False
     c.disconnect()
