@@ -28,7 +28,8 @@ log = Logger(namespace="polymq.openwire")
 
 DLQ = "ActiveMQ.DLQ"
 BROWSE_MAX = 400  # messages one queue browser sees (ActiveMQ's maxBrowsePageSize)
-CACHE_ENTRIES = 256  # encoded messages kept for fan-out (bounded in count and body size)
+# encoded messages kept (oldest out first) for dispatch: bounded in bytes, and per message
+CACHE_BYTES = 16 * 1024 * 1024
 CACHE_MAX_BODY = 64 * 1024
 ADVISORY_PREFIX = "ActiveMQ.Advisory."
 TEXT_CT = "text/plain; charset=utf-8"
@@ -154,6 +155,7 @@ class OpenWireHub:
         self.synthetic_pid = Obj(c.PRODUCER_ID, connection_id=self.broker_id, value=0,
                                  session_id=0)
         self._cache: dict[int, tuple[Message, int, bytes]] = {}
+        self._cache_bytes = 0
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -165,12 +167,19 @@ class OpenWireHub:
             return
         seq = next(self._ids)
         data = c.reencode_message(m, seq)
-        if data is None:
-            return
+        if data is not None:
+            self._remember(msg, seq, data)
+
+    def _remember(self, msg: Message, seq: int, data: bytes) -> None:
         cache = self._cache
-        if len(cache) >= CACHE_ENTRIES:
-            del cache[next(iter(cache))]
+        old = cache.pop(id(msg), None)
+        if old is not None:
+            self._cache_bytes -= len(old[2]) + len(old[0].body)
+        self._cache_bytes += len(data) + len(msg.body)
         cache[id(msg)] = (msg, seq, data)
+        while self._cache_bytes > CACHE_BYTES:
+            m, _, d = cache.pop(next(iter(cache)))
+            self._cache_bytes -= len(d) + len(m.body)
 
     def encoded(self, msg: Message) -> tuple[int, bytes]:
         """The OpenWire encoding of a core message and its broker sequence id, shared by every
@@ -182,10 +191,7 @@ class OpenWireHub:
         seq = next(self._ids)
         data = c.encode_message(core_to_jms(msg, self.synthetic_pid, seq))
         if len(msg.body) <= CACHE_MAX_BODY:
-            cache = self._cache
-            if len(cache) >= CACHE_ENTRIES:
-                del cache[next(iter(cache))]
-            cache[id(msg)] = (msg, seq, data)
+            self._remember(msg, seq, data)
         return seq, data
 
     def add_temp(self, info: Obj) -> None:
