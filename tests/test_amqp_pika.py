@@ -340,6 +340,39 @@ def test_max_length_drops_head(conn):
     assert [ch.basic_get(q, auto_ack=True)[2] for _ in range(2)] == [b"2", b"3"]
 
 
+def test_headers_exchange_binding_arguments(conn):
+    ch = conn.channel()
+    q_all = ch.queue_declare("", exclusive=True).method.queue
+    q_any = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q_all, "amq.headers", arguments={"x-match": "all", "a": 1, "b": "x"})
+    ch.queue_bind(q_any, "amq.headers", arguments={"x-match": "any", "a": 1, "b": "x"})
+    ch.basic_publish("amq.headers", "", b"both", pika.BasicProperties(headers={"a": 1, "b": "x"}))
+    ch.basic_publish("amq.headers", "", b"one", pika.BasicProperties(headers={"a": 1}))
+    assert [ch.basic_get(q_all, auto_ack=True)[2] for _ in range(2)] == [b"both", None]
+    assert [ch.basic_get(q_any, auto_ack=True)[2] for _ in range(3)] == [b"both", b"one", None]
+
+
+def test_queue_arguments_reach_the_core(conn):
+    ch = conn.channel()
+    q = ch.queue_declare(qname(), arguments={"x-expires": 300}).method.queue
+    ok = ch.queue_declare("", exclusive=True, arguments={
+        "x-max-length-bytes": 10, "x-overflow": "reject-publish"})
+    small = ok.method.queue
+    ch.basic_publish("", small, b"12345678")
+    ch.basic_publish("", small, b"too much")  # refused: 16 bytes > 10
+    assert ch.queue_declare(small, passive=True).method.message_count == 1
+    lim = ch.queue_declare("", exclusive=True, arguments={"x-delivery-limit": 2}).method.queue
+    ch.basic_publish("", lim, b"poison")
+    for _ in range(2):
+        method, _, _ = ch.basic_get(lim)
+        ch.basic_nack(method.delivery_tag, requeue=True)
+    assert ch.basic_get(lim)[0] is None  # dropped after two deliveries (no DLX)
+    time.sleep(0.6)  # x-expires: the unused queue is gone
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        conn.channel().queue_declare(q, passive=True)
+    assert e.value.reply_code == 404
+
+
 def test_priority_queue(conn):
     ch = conn.channel()
     q = ch.queue_declare("", exclusive=True, arguments={"x-max-priority": 5}).method.queue
