@@ -2,8 +2,9 @@
 
 A :class:`Connection` is fed raw bytes (:meth:`Connection.data_received`) and writes frames through
 the ``write`` callable it was given; it calls the core for everything else. Deliveries arrive from
-the core synchronously (``Consumer.deliver``) and are written straight out as one buffer per
-message (deliver + content header + body frames).
+the core synchronously (``Consumer.deliver``) and are encoded as one buffer per message (deliver +
+content header + body frames). Output is gathered per connection and handed to ``write`` once
+per socket read (of any connection) or reactor turn, or at once past 64 KiB.
 """
 
 from __future__ import annotations
