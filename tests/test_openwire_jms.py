@@ -79,11 +79,11 @@ def test_local_transactions(classes, broker):
 
 
 def test_wildcards_composites_temp_destinations_browsers(classes, broker):
-    r = run(classes, broker, "wildcard", "composite", "tempreply", "browser")
+    r = run(classes, broker, "wildcard", "composite", "tempreply", "browser", "nolocal")
     r.check("wildcard.star", "wildcard.star.only", "wildcard.gt", "composite.comp.a",
             "composite.comp.b", "composite.topic", "tempreply.reply0", "tempreply.reply2",
             "tempreply.corr1", "tempreply.temptopic", "tempreply.delete", "browser.all",
-            "browser.selector", "browser.not.consumed")
+            "browser.selector", "browser.not.consumed", "nolocal.others", "nolocal.all")
 
 
 def test_prefetch_zero_selectors_and_producer_window(classes, broker):

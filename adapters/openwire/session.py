@@ -156,6 +156,7 @@ class OpenWireHub:
                                  session_id=0)
         self._cache: dict[int, tuple[Message, int, bytes]] = {}
         self._cache_bytes = 0
+        self.no_local_consumers = 0
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -246,6 +247,7 @@ class ConsumerState:
         self.pull_timer: Any = None
         self.pull_pending = False
         self.removed = False
+        self.no_local = False
         self.head = c.dispatch_head(self.id, self.destination)
 
     def wants_advisory(self, dest_type: int) -> bool:
@@ -264,7 +266,7 @@ class ConsumerState:
 # -- conversion ----------------------------------------------------------------------------------
 
 
-def jms_to_core(m: Obj, max_size: int, conn_key: str) -> Message:
+def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
     """An incoming ActiveMQ message as a core Message (see docs/openwire.md)."""
     ann: dict[str, Any] = {}
     jtype = JMS_TYPES[m.type]
@@ -328,7 +330,8 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str) -> Message:
                                    mid.producer_sequence_id]
     if message_id is not None and not message_id.startswith("ID:"):
         message_id = "ID:" + message_id
-    ann["openwire.conn"] = conn_key
+    if conn_key is not None:
+        ann["openwire.conn"] = conn_key
     if m.destination is not None and m.destination.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
         ann["openwire.dest"] = dest_to_str(m.destination)
     return Message(
@@ -685,7 +688,9 @@ class Connection:
             self.respond_error(m, "javax.jms.InvalidDestinationException", "no destination")
             return
         try:
-            msg = jms_to_core(m, self.max_size, self.conn_key)
+            # the sending connection is recorded only while some consumer is noLocal
+            msg = jms_to_core(m, self.max_size,
+                              self.conn_key if self.hub.no_local_consumers else None)
         except c.DecodeError as e:
             self.respond_error(m, "javax.jms.MessageFormatException", str(e))
             return
@@ -769,6 +774,8 @@ class Connection:
                     self.respond_error(cmd, "javax.jms.InvalidSelectorException", str(e))
                     return
         if cmd.no_local:
+            self.hub.no_local_consumers += 1
+            cs.no_local = True
             mine = self.conn_key
             base = selector
 
@@ -840,6 +847,9 @@ class Connection:
         if cs.pull_timer is not None and cs.pull_timer.active():
             cs.pull_timer.cancel()
         cs.removed = True
+        if cs.no_local:
+            cs.no_local = False
+            self.hub.no_local_consumers -= 1
         if cs.core is not None:
             # deliveries acknowledged inside an open transaction stay with the transaction:
             # settled by its commit, requeued by its rollback (see _rollback)

@@ -445,6 +445,22 @@ public class JmsTest {
         c.close();
     }
 
+    static void sc_nolocal() throws Exception {
+        Connection a = conn();
+        Connection b = conn();
+        Session sa = a.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Session sb = b.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Topic t = sa.createTopic("nolocal.t");
+        MessageConsumer others = sa.createConsumer(t, null, true);
+        MessageConsumer all = sa.createConsumer(t);
+        sa.createProducer(t).send(sa.createTextMessage("mine"));
+        sb.createProducer(t).send(sb.createTextMessage("theirs"));
+        eq("nolocal.others", Arrays.asList("theirs"), texts(others, 1));
+        eq("nolocal.all", Arrays.asList("mine", "theirs"), texts(all, 2));
+        a.close();
+        b.close();
+    }
+
     static void sc_composite() throws Exception {
         Connection c = conn();
         Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
