@@ -130,3 +130,16 @@ def test_a_failing_delivery_closes_only_the_subscriber():
     pub.dataReceived(c.encode_publish(b"t/y", b"fine", 1, 5))
     clock.advance(0)
     assert pub.transport.value().endswith(c.encode_ack(c.PUBACK, 5))  # the publisher is fine
+
+
+def test_a_key_that_is_no_utf8_is_not_delivered():
+    from polymq.core.message import Message
+
+    clock, factory, sub, st, pub = setup()
+    vhost = factory.server.vhost
+    vhost.publish("amq.topic", "t.\udcff", Message(b"bad key"))  # lone surrogate from elsewhere
+    vhost.publish("amq.topic", "t.ok", Message(b"good"))
+    clock.advance(0)
+    assert not st.disconnecting
+    [(first, body)] = c.FrameReader(1000).feed(st.value())
+    assert body.endswith(b"good")

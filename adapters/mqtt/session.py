@@ -180,7 +180,12 @@ class SessionState:
         sids = []
         rap = False
         # a key from another protocol that is no valid MQTT topic is not delivered
-        subs = self.subs.values() if c.valid_topic_name(topic) else ()
+        try:
+            tbytes = topic.encode()
+            subs = self.subs.values() if c.valid_topic_name(topic) else ()
+        except UnicodeEncodeError:  # lone surrogates: no UTF-8 for MQTT clients
+            tbytes = b""
+            subs = ()
         for sub in subs:
             if c.topic_matches(sub.filter, topic):
                 if sub.qos > qos:
@@ -188,7 +193,7 @@ class SessionState:
                 if sub.sid is not None:
                     sids.append(sub.sid)
                 rap = rap or sub.rap
-        hit = (topic, topic.encode(), qos, tuple(sids), rap)
+        hit = (topic, tbytes, qos, tuple(sids), rap)
         if len(self.match_cache) > 4096:
             self.match_cache.clear()
         self.match_cache[key] = hit
@@ -854,7 +859,12 @@ class Connection:
                 if not c.valid_topic_name(topic) or not c.topic_matches(topic_flt, topic):
                     d.queue.ack(d)
                     return
-                self._send(d, (topic, topic.encode(), sub.qos,
+                try:
+                    tbytes = topic.encode()
+                except UnicodeEncodeError:
+                    d.queue.ack(d)
+                    return
+                self._send(d, (topic, tbytes, sub.qos,
                                (sub.sid,) if sub.sid is not None else (), sub.rap))
             except Exception:
                 self._delivery_failed()
