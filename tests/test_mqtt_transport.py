@@ -143,3 +143,24 @@ def test_a_key_that_is_no_utf8_is_not_delivered():
     assert not st.disconnecting
     [(first, body)] = c.FrameReader(1000).feed(st.value())
     assert body.endswith(b"good")
+
+
+def test_headers_with_no_utf8_form_are_sent_replaced():
+    from polymq.core.message import Message
+
+    clock = Clock()
+    factory = MqttFactory(Broker(clock=clock), {})
+    t = CountingTransport(7)
+    p = factory.buildProtocol(t.getPeer())
+    p.makeConnection(t)
+    p.dataReceived(c.frame(0x10, b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + c._utf8("v5")))
+    p.dataReceived(c.frame(0x82, b"\x00\x01\x00" + c._utf8("h/#") + b"\x01"))
+    clock.advance(0)
+    t.clear()
+    factory.server.vhost.publish("amq.topic", "h.x",
+                                 Message(b"b", headers={"k": "bad\udcff"}, durable=True))
+    clock.advance(0)
+    assert not t.disconnecting
+    [(first, body)] = c.FrameReader(1000).feed(t.value())
+    props = c.Publish.parse(body, version=c.V5, qos=1).properties
+    assert c.props_to_dict(props["items"])["user_property"] == [("k", "bad?")]

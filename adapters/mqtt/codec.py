@@ -323,7 +323,8 @@ def encode_varint(n: int) -> bytes:
 
 
 def _utf8(s: str) -> bytes:
-    b = s.encode("utf-8")
+    # "replace": a string from another protocol with lone surrogates still becomes valid UTF-8
+    b = s.encode("utf-8", "replace")
     return len(b).to_bytes(2, "big") + b
 
 
