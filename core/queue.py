@@ -304,7 +304,8 @@ class Queue:
                 self._hand_to(c, d)
                 return True
         self._append(d)
-        self.dispatch()
+        if self.consumers:
+            self.dispatch()
         return True
 
     def _expiry_for(self, message: Message, now: int) -> int | None:
@@ -542,26 +543,38 @@ class Queue:
     def requeue(self, deliveries: Iterable[Delivery]) -> None:
         """Put unacknowledged deliveries back at the head, in their original order."""
         back = [d for d in deliveries if d.seq in self.unacked]
-        back.sort(key=lambda d: d.seq, reverse=True)
-        for d in back:
-            self._detach(d)
-        if self.deleted:
+        if not back:
             return
-        for d in back:
-            d.delivery_count += 1
-            if self.delivery_limit is not None and d.delivery_count >= self.delivery_limit:
-                self._dead_letter(d, "delivery_limit")
-                continue
-            if d.data is not None:
-                self.vhost.store.put_message(
-                    self.vhost.name, self.name, d.seq, d.data, d.delivery_count
-                )
-            self._levels[self._level_of(d.message)].appendleft(d)
-            self._count += 1
-            self._bytes += len(d.message.body)
+        back.sort(key=lambda d: d.seq, reverse=True)
+        # Freeing the consumers' windows (_detach) may dispatch; hold dispatch until the
+        # deliveries are back at the head, or the next ready message would overtake them.
+        nested = self._dispatching
+        self._dispatching = True
+        try:
+            for d in back:
+                self._detach(d)
+            if self.deleted:
+                return
+            for d in back:
+                d.delivery_count += 1
+                if self.delivery_limit is not None and d.delivery_count >= self.delivery_limit:
+                    self._dead_letter(d, "delivery_limit")
+                    continue
+                if d.data is not None:
+                    self.vhost.store.put_message(
+                        self.vhost.name, self.name, d.seq, d.data, d.delivery_count
+                    )
+                self._levels[self._level_of(d.message)].appendleft(d)
+                self._count += 1
+                self._bytes += len(d.message.body)
+        finally:
+            self._dispatching = nested
         if self._count:
             self._schedule_expiry()
-        self.dispatch()
+        if nested:
+            self._again = True
+        else:
+            self.dispatch()
 
     def purge(self) -> int:
         """Drop every ready message; returns how many."""

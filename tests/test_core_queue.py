@@ -140,6 +140,17 @@ def test_nack_requeue_and_delivery_count(vh):
     assert d2.message.body == b"0" and d2.delivery_count == 1 and d2.redelivered
 
 
+def test_requeued_message_is_not_overtaken(vh):
+    q = vh.declare_queue("q")
+    got = []
+    q.add_consumer(Consumer("c", got.append, prefetch=2))
+    publish_n(vh, "q", 4)
+    assert bodies(got) == [b"0", b"1"]
+    q.nack(got[0], requeue=True)  # frees a slot: the requeued "0" must come before "2"
+    assert bodies(got) == [b"0", b"1", b"0"]
+    assert got[2].redelivered
+
+
 def test_cancel_requeues_unacked_in_order_to_another_consumer(vh):
     q = vh.declare_queue("q")
     a, b = [], []

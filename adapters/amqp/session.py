@@ -94,26 +94,6 @@ def _reply_text(code: int, text: str) -> str:
     return out[:255]
 
 
-def requeue_in_order(q: Any, deliveries: list) -> None:
-    """``q.requeue`` with the head order kept.
-
-    Works around core/queue.py ``Queue.requeue``: it releases the consumers' windows
-    (``_detach`` -> ``Limit.release`` -> dispatch) before the deliveries are back at the head, so
-    the next ready message would overtake them. Holding the queue's dispatch guard during the
-    requeue defers that dispatch until the deliveries are back in place.
-    """
-    if getattr(q, "kind", None) != "queue" or q._dispatching:
-        q.requeue(deliveries)
-        return
-    q._dispatching = True
-    try:
-        q.requeue(deliveries)
-    finally:
-        q._dispatching = False
-    if not q.deleted:
-        q.dispatch()
-
-
 class Channel:
     """One AMQP channel: its consumers, unacknowledged deliveries, confirms and transaction."""
 
@@ -180,7 +160,7 @@ class Channel:
                 entry[1].append(d)
         self.unacked.clear()
         for q, ds in by_queue.values():
-            requeue_in_order(q, ds)
+            q.requeue(ds)
 
 
 class Connection:
@@ -647,7 +627,7 @@ class Connection:
             for _, d in taken:
                 by_queue.setdefault(id(d.queue), (d.queue, []))[1].append(d)
             for q, group in by_queue.values():
-                requeue_in_order(q, group)
+                q.requeue(group)
             return
         for _, d in taken:
             d.queue.nack(d, False)
