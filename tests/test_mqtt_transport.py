@@ -164,3 +164,30 @@ def test_headers_with_no_utf8_form_are_sent_replaced():
     [(first, body)] = c.FrameReader(1000).feed(t.value())
     props = c.Publish.parse(body, version=c.V5, qos=1).properties
     assert c.props_to_dict(props["items"])["user_property"] == [("k", "bad?")]
+
+
+def test_odd_fields_from_other_protocols_do_not_break_delivery():
+    from polymq.core.message import Message, now_ms
+
+    clock = Clock()
+    factory = MqttFactory(Broker(clock=clock), {})
+    t = CountingTransport(8)
+    p = factory.buildProtocol(t.getPeer())
+    p.makeConnection(t)
+    p.dataReceived(c.frame(0x10, b"\x00\x04MQTT\x05\x02\x00\x3c\x00" + c._utf8("odd")))
+    p.dataReceived(c.frame(0x82, b"\x00\x01\x00" + c._utf8("o/#") + b"\x01"))
+    clock.advance(0)
+    t.clear()
+    m = Message(b"b", durable=True, headers={"long": "x" * 70000, "n": None, "l": [1, 2]},
+                reply_to=b"bytes-reply", correlation_id=12,  # type: ignore[arg-type]
+                expiration=now_ms() + 10**13)
+    factory.server.vhost.publish("amq.topic", "o.x", m)
+    clock.advance(0)
+    assert not t.disconnecting
+    [(first, body)] = c.FrameReader(1 << 20).feed(t.value())
+    props = c.props_to_dict(c.Publish.parse(body, version=c.V5, qos=1).properties["items"])
+    assert props["message_expiry_interval"] == 0xFFFFFFFF
+    assert props["response_topic"] == "bytes-reply"
+    assert props["correlation_data"] == b"12"
+    ups = dict(props["user_property"])
+    assert len(ups["long"]) == 0xFFFF and ups["n"] == "" and ups["l"] == "[1, 2]"

@@ -325,10 +325,14 @@ def encode_varint(n: int) -> bytes:
 def _utf8(s: str) -> bytes:
     # "replace": a string from another protocol with lone surrogates still becomes valid UTF-8
     b = s.encode("utf-8", "replace")
+    if len(b) > 0xFFFF:  # longer than MQTT allows (a header from elsewhere): cut at a character
+        b = b[:0xFFFF].decode("utf-8", "ignore").encode()
     return len(b).to_bytes(2, "big") + b
 
 
 def _bin(b: bytes) -> bytes:
+    if len(b) > 0xFFFF:
+        b = b[:0xFFFF]
     return len(b).to_bytes(2, "big") + b
 
 

@@ -461,19 +461,19 @@ def static_props(msg: Message) -> dict[str, Any]:
     ann = msg.annotations
     props: dict[str, Any] = {}
     pfi = ann.get("mqtt.payload_format")
-    if pfi is not None:
+    if pfi in (0, 1):
         props["payload_format_indicator"] = pfi
     if msg.content_type is not None:
-        props["content_type"] = msg.content_type
+        props["content_type"] = _str(msg.content_type)
     if msg.reply_to is not None:
-        props["response_topic"] = msg.reply_to
+        props["response_topic"] = _str(msg.reply_to)
     cd = ann.get("mqtt.correlation_data")
-    if cd is not None:
+    if isinstance(cd, bytes | bytearray | memoryview):
         props["correlation_data"] = bytes(cd)
     elif msg.correlation_id is not None:
-        props["correlation_data"] = _str(msg.correlation_id).encode()
+        props["correlation_data"] = _str(msg.correlation_id).encode("utf-8", "replace")
     ups = ann.get("mqtt.user_properties")
-    if ups is not None:
+    if isinstance(ups, list) and all(isinstance(x, list | tuple) and len(x) == 2 for x in ups):
         props["user_property"] = [(_str(k), _str(v)) for k, v in ups]
     elif msg.headers:
         props["user_property"] = [(_str(k), _str(v)) for k, v in msg.headers.items()]
@@ -1079,7 +1079,7 @@ class Connection:
                 if left <= 0:
                     d.queue.ack(d)
                     return
-                p["message_expiry_interval"] = (left + 999) // 1000
+                p["message_expiry_interval"] = min((left + 999) // 1000, 0xFFFFFFFF)
             if sids:
                 p["subscription_identifier"] = list(sids)
             if self.out_alias_max:
