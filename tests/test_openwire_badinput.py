@@ -265,3 +265,21 @@ def test_client_id_taken_over_only_by_a_failover_reconnect(broker):
     assert third.command().type == c.RESPONSE
     assert closed_with_error(first) == []  # the stale connection is closed
     third.close()
+
+
+def test_empty_destination_names_are_refused(broker):
+    r = handshake(broker)
+    r.send(c.encode_frame(connection_info(1, client_id="empty-dest")))
+    assert r.command().type == c.RESPONSE
+    for cid, name in ((2, ""), (3, ",")):
+        r.send(c.encode_frame(Obj(c.TEXT_MESSAGE, command_id=cid, response_required=True,
+                                  destination=Obj(c.QUEUE, physical_name=name))))
+        resp = r.command()
+        assert resp.type == c.EXCEPTION_RESPONSE
+        assert resp.exception[0] == "javax.jms.InvalidDestinationException"
+    r.send(c.encode_frame(Obj(
+        c.CONSUMER_INFO, command_id=4, response_required=True,
+        consumer_id=Obj(c.CONSUMER_ID, connection_id="ID:raw-1", session_id=1, value=1),
+        destination=Obj(c.QUEUE, physical_name=""), prefetch_size=10)))
+    assert r.command().type == c.EXCEPTION_RESPONSE
+    r.close()

@@ -704,6 +704,10 @@ class Connection:
                 entry = self._begin(m.transaction_id)
             tx = entry[0]
         parts = split_dest(m.destination)
+        if not parts or not all(name for _, name in parts):
+            self.respond_error(m, "javax.jms.InvalidDestinationException",
+                               "empty destination name")
+            return
         if len(parts) == 1 and tx is None and m.data_structure is None:
             self.hub.prime(msg, m)
         try:
@@ -751,6 +755,10 @@ class Connection:
             return
         cs = ConsumerState(cmd)
         parts = split_dest(dest)
+        if not parts or not all(name for _, name in parts):
+            self.respond_error(cmd, "javax.jms.InvalidDestinationException",
+                               "empty destination name")
+            return
         if all(is_topic(t) and n.startswith(ADVISORY_PREFIX) for t, n in parts):
             cs.advisory = {n[len(ADVISORY_PREFIX) :] for _, n in parts}
             self.consumers[cs.key] = cs
@@ -1110,8 +1118,9 @@ class Connection:
 
     def on_destination_info(self, cmd: Obj) -> None:
         dest = cmd.destination
-        if dest is None:
-            self.respond(cmd)
+        if dest is None or not dest.physical_name:
+            self.respond_error(cmd, "javax.jms.InvalidDestinationException",
+                               "empty destination name")
             return
         if cmd.operation_type == 0:
             if dest.type == c.TEMP_QUEUE:
