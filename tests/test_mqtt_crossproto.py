@@ -74,7 +74,7 @@ def test_mqtt5_to_amqp(broker, channel):
     assert body == b'{"v": 1}'
     assert props.content_type == "application/json"
     assert props.correlation_id == "abc"
-    assert props.reply_to == "reply/to"
+    assert props.reply_to == "topic://reply.to"  # docs/mapping.md: reply-to addresses
     assert props.headers == {"k": "v"}
     assert props.delivery_mode == 2  # QoS 1 -> persistent
     assert 55_000 <= int(props.expiration) <= 60_000

@@ -127,6 +127,18 @@ def _sanitize(value: Any, depth: int = 0) -> Any:
     return str(value)
 
 
+def reply_to_amqp(reply_to: str | None) -> str | None:
+    """A core reply-to address for an AMQP consumer: a queue address (``queue://Q``,
+    ``temp-queue://Q``) becomes the plain queue name Q, the routing key a responder publishes to
+    through the default exchange; ``topic://K`` stays as it is (publish to amq.topic, key K)."""
+    if reply_to is not None:
+        if reply_to.startswith("queue://"):
+            return reply_to[8:]
+        if reply_to.startswith("temp-queue://"):
+            return reply_to[13:]
+    return reply_to
+
+
 def properties_dict(m: Message, offset: int | None, now: int) -> dict:
     """The AMQP content properties of a core message (as a dict)."""
     headers = m.headers
@@ -147,7 +159,7 @@ def properties_dict(m: Message, offset: int | None, now: int) -> dict:
         "delivery_mode": 2 if m.durable else ann.get("amqp.delivery_mode"),
         "priority": m.priority if m.priority is None else max(0, min(255, int(m.priority))),
         "correlation_id": _text(m.correlation_id),
-        "reply_to": _text(m.reply_to),
+        "reply_to": reply_to_amqp(_text(m.reply_to)),
         "message_id": _text(m.message_id),
         "timestamp": m.timestamp // 1000 if m.timestamp is not None else None,
         "type": _text(m.type),

@@ -306,13 +306,19 @@ def decode_batch(data: bytes, limit: int = DECODE_LIMIT) -> list[Record]:
 def decode_messages(data: bytes) -> list[Message]:
     """A stored Kafka batch as core messages (the ``kafka`` StreamFormat decoder).
 
-    key -> ``key``; value -> ``body`` (null -> b""); headers -> ``headers`` with bytes values
-    (Kafka header values are bytes; a null value becomes None); timestamp -> ``timestamp``.
+    key -> ``key``; value -> ``body`` (null -> b""); headers -> ``headers``: a value that is
+    valid UTF-8 becomes a str (so other protocols see text), any other stays bytes, a null value
+    becomes None (``header_bytes`` gives the same bytes back); timestamp -> ``timestamp``.
     """
     out = []
     for r in decode_batch(data):
         headers: dict[str, Any] = {}
         for k, v in r.headers:
+            if v is not None:
+                try:
+                    v = v.decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
             headers[k] = v
         out.append(Message(
             r.value if r.value is not None else b"",

@@ -456,6 +456,25 @@ def _str(v: Any) -> str:
     return str(v)
 
 
+_ADDRESS_PREFIXES = ("topic://", "queue://", "temp-topic://", "temp-queue://")
+
+
+def reply_to_core(response_topic: str) -> str:
+    """A Response Topic as a core reply-to address, ``topic://<amq.topic key>``."""
+    return "topic://" + c.key_to_topic(response_topic)
+
+
+def reply_to_mqtt(reply_to: str) -> str:
+    """A core reply-to address as a Response Topic: the name after any ``topic://``,
+    ``queue://``, ``temp-*://`` prefix, as a topic ('.' and '/' swapped), so a responder
+    publishing there reaches ``amq.topic`` with that name as the key."""
+    for prefix in _ADDRESS_PREFIXES:
+        if reply_to.startswith(prefix):
+            reply_to = reply_to[len(prefix):]
+            break
+    return c.key_to_topic(reply_to)
+
+
 def static_props(msg: Message) -> dict[str, Any]:
     """The 5.0 PUBLISH properties that depend only on the message (no expiry, alias, ids)."""
     ann = msg.annotations
@@ -466,7 +485,7 @@ def static_props(msg: Message) -> dict[str, Any]:
     if msg.content_type is not None:
         props["content_type"] = _str(msg.content_type)
     if msg.reply_to is not None:
-        props["response_topic"] = _str(msg.reply_to)
+        props["response_topic"] = reply_to_mqtt(_str(msg.reply_to))
     cd = ann.get("mqtt.correlation_data")
     if isinstance(cd, bytes | bytearray | memoryview):
         props["correlation_data"] = bytes(cd)
@@ -935,7 +954,7 @@ class Connection:
             if "content_type" in props:
                 msg.content_type = props["content_type"]
             if "response_topic" in props:
-                msg.reply_to = props["response_topic"]
+                msg.reply_to = reply_to_core(props["response_topic"])
             cd = props.get("correlation_data")
             if cd is not None:
                 try:

@@ -1,0 +1,454 @@
+"""One small wrapper per protocol around a real client, for the interoperability tests.
+
+Every wrapper has the same three calls, all addressed by an ``amq.topic`` routing key
+(``a.b.c``; patterns ``*``/``#`` for subscriptions):
+
+* ``subscribe(key) -> handle`` — start receiving what is published to ``key`` (a pattern for
+  MQTT, AMQP and JMS; a concrete topic for Kafka, whose topic is created).
+* ``publish(key, out)`` — send one message described by an :class:`Out` (each client sends the
+  fields its protocol can carry and ignores the others).
+* ``receive(handle, n, timeout) -> [Got]`` — what arrived, as protocol-neutral :class:`Got`
+  records (``None`` where the protocol has no place for a field).
+
+Clients: paho-mqtt (3.1.1 and 5.0), pika (AMQP 0-9-1), confluent-kafka, and the ActiveMQ 5.x JMS
+client through the long-lived ``JmsInterop`` Java program (commands on stdin).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "java"))
+
+import jmsrun  # noqa: E402
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Out:
+    """A message to send; ``text`` chooses a text body (TextMessage for JMS)."""
+
+    body: bytes
+    text: bool = False
+    content_type: str | None = None
+    content_encoding: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    user_id: str | None = None
+    type: str | None = None
+    timestamp_ms: int | None = None
+    ttl_ms: int | None = None
+    priority: int | None = None
+    durable: bool = True
+    headers: dict[str, Any] = field(default_factory=dict)
+    key: bytes | None = None
+
+
+@dataclass
+class Got:
+    body: bytes
+    content_type: str | None = None
+    content_encoding: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    user_id: str | None = None
+    type: str | None = None
+    timestamp_ms: int | None = None
+    ttl_left_ms: int | None = None  # remaining time to live when received
+    priority: int | None = None
+    durable: bool | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    key: bytes | None = None
+    jms_class: str | None = None
+    jms_types: dict[str, str] = field(default_factory=dict)  # header -> Java type
+    qos: int | None = None
+    retain: bool | None = None
+    topic: str | None = None
+
+
+def mqtt_topic(key: str) -> str:
+    """An amq.topic key (or pattern) as an MQTT topic (filter)."""
+    swapped = key.translate(str.maketrans("./", "/."))
+    return "/".join("+" if w == "*" else w for w in swapped.split("/"))
+
+
+# -- MQTT ------------------------------------------------------------------------------------
+
+
+class MqttClient:
+    def __init__(self, host: str, port: int, v5: bool) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.mqtt = mqtt
+        self.v5 = v5
+        proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"interop-{'v5' if v5 else 'v311'}-{next(_ids)}",
+                             protocol=proto)
+        self.lock = threading.Lock()
+        self.inbox: dict[str, list] = {}
+        self.subs: list[tuple[str, str]] = []
+        self.c.on_message = self._on_message
+        self.acks: dict[int, threading.Event] = {}
+        self.c.on_subscribe = self._on_subscribe
+        self.c.on_publish = lambda *a: None
+        if v5:
+            self.c.connect(host, port, keepalive=60, clean_start=True)
+        else:
+            self.c.connect(host, port, keepalive=60)
+        self.c.loop_start()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self.lock:
+            ev = self.acks.setdefault(mid, threading.Event())
+        ev.set()
+
+    def _on_message(self, client, userdata, m) -> None:
+        got = Got(bytes(m.payload), qos=m.qos, retain=bool(m.retain), topic=m.topic)
+        p = getattr(m, "properties", None)
+        if self.v5 and p is not None:
+            got.content_type = getattr(p, "ContentType", None)
+            got.reply_to = getattr(p, "ResponseTopic", None)
+            cd = getattr(p, "CorrelationData", None)
+            if cd is not None:
+                got.correlation_data = bytes(cd)  # type: ignore[attr-defined]
+                try:
+                    got.correlation_id = bytes(cd).decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+            mei = getattr(p, "MessageExpiryInterval", None)
+            if mei is not None:
+                got.ttl_left_ms = mei * 1000
+            for k, v in getattr(p, "UserProperty", None) or []:
+                got.headers[k] = v
+        with self.lock:
+            for handle, filt in self.subs:
+                if self.mqtt.topic_matches_sub(filt, m.topic):
+                    self.inbox[handle].append(got)
+
+    def subscribe(self, key: str) -> str:
+        handle = f"s{next(_ids)}"
+        filt = mqtt_topic(key)
+        with self.lock:
+            self.inbox[handle] = []
+            self.subs.append((handle, filt))
+        rc, mid = self.c.subscribe(filt, qos=1)
+        with self.lock:
+            ev = self.acks.setdefault(mid, threading.Event())
+        assert ev.wait(10), "no SUBACK"
+        return handle
+
+    def publish(self, key: str, out: Out, retain: bool = False) -> None:
+        props = None
+        if self.v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.PUBLISH)
+            if out.content_type is not None:
+                props.ContentType = out.content_type
+            if out.correlation_id is not None:
+                props.CorrelationData = out.correlation_id.encode("utf-8")
+            if out.reply_to is not None:
+                props.ResponseTopic = out.reply_to
+            if out.ttl_ms is not None:
+                props.MessageExpiryInterval = out.ttl_ms // 1000
+            if out.headers:
+                props.UserProperty = [(k, str(v)) for k, v in out.headers.items()]
+        info = self.c.publish(mqtt_topic(key), out.body, qos=1 if out.durable else 0,
+                              retain=retain, properties=props)
+        info.wait_for_publish(10)
+
+    def receive(self, handle: str, n: int, timeout: float = 10.0) -> list[Got]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.inbox[handle]) >= n:
+                    break
+            time.sleep(0.01)
+        with self.lock:
+            got, self.inbox[handle] = self.inbox[handle][:n], self.inbox[handle][n:]
+        return got
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+# -- AMQP 0-9-1 ------------------------------------------------------------------------------
+
+
+class AmqpClient:
+    def __init__(self, host: str, port: int) -> None:
+        import pika
+
+        self.pika = pika
+        self.conn = pika.BlockingConnection(
+            pika.ConnectionParameters(host, port, heartbeat=0, blocked_connection_timeout=30))
+        self.ch = self.conn.channel()
+
+    def subscribe(self, key: str, queue: str = "", durable: bool = False) -> str:
+        r = self.ch.queue_declare(queue, exclusive=not durable, durable=durable,
+                                  auto_delete=False)
+        q = r.method.queue
+        self.ch.queue_bind(q, "amq.topic", key)
+        return q
+
+    def publish(self, key: str, out: Out, exchange: str = "amq.topic") -> None:
+        headers = dict(out.headers)
+        if out.key is not None:
+            headers["x-kafka-key"] = out.key.decode("utf-8")
+        props = self.pika.BasicProperties(
+            content_type=out.content_type,
+            content_encoding=out.content_encoding,
+            headers=headers or None,
+            delivery_mode=2 if out.durable else 1,
+            priority=out.priority,
+            correlation_id=out.correlation_id,
+            reply_to=out.reply_to,
+            expiration=None if out.ttl_ms is None else str(out.ttl_ms),
+            message_id=out.message_id,
+            timestamp=None if out.timestamp_ms is None else out.timestamp_ms // 1000,
+            type=out.type,
+            user_id=out.user_id,
+        )
+        self.ch.basic_publish(exchange, key, out.body, props)
+
+    def receive(self, handle: str, n: int, timeout: float = 10.0) -> list[Got]:
+        got: list[Got] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            method, p, body = self.ch.basic_get(handle, auto_ack=True)
+            if method is None:
+                self.conn.sleep(0.02)
+                continue
+            headers = dict(p.headers or {})
+            k = headers.get("x-kafka-key")
+            got.append(Got(
+                bytes(body),
+                content_type=p.content_type,
+                content_encoding=p.content_encoding,
+                message_id=p.message_id,
+                correlation_id=p.correlation_id,
+                reply_to=p.reply_to,
+                user_id=p.user_id,
+                type=p.type,
+                timestamp_ms=None if p.timestamp is None else p.timestamp * 1000,
+                ttl_left_ms=None if p.expiration is None else int(p.expiration),
+                priority=p.priority,
+                durable=p.delivery_mode == 2,
+                headers=headers,
+                key=k.encode("utf-8") if isinstance(k, str) else k,
+                topic=method.routing_key,
+            ))
+        return got
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+# -- Kafka -----------------------------------------------------------------------------------
+
+
+class KafkaClient:
+    def __init__(self, host: str, port: int) -> None:
+        from confluent_kafka import Producer
+
+        self.bootstrap = f"{host}:{port}"
+        self.producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 0,
+                                  "acks": "all"})
+        self.consumers: dict[str, Any] = {}
+
+    def create(self, topic: str) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        fut = admin.create_topics([NewTopic(topic, 1, 1)])[topic]
+        try:
+            fut.result(10)
+        except Exception as e:  # already there is fine
+            if "already exists" not in str(e).lower() and "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise
+
+    def subscribe(self, key: str, offset: int | None = None) -> str:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self.create(key)
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"interop-{next(_ids)}",
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        c.assign([TopicPartition(key, 0, OFFSET_BEGINNING if offset is None else offset)])
+        handle = f"k{next(_ids)}"
+        self.consumers[handle] = c
+        return handle
+
+    def publish(self, key: str, out: Out) -> None:
+        headers = [(k, v if isinstance(v, bytes) else str(v).encode("utf-8"))
+                   for k, v in out.headers.items()]
+        kwargs: dict[str, Any] = {"headers": headers}
+        if out.timestamp_ms is not None:
+            kwargs["timestamp"] = out.timestamp_ms
+        self.producer.produce(key, out.body, key=out.key, **kwargs)
+        assert self.producer.flush(10) == 0
+
+    def receive(self, handle: str, n: int, timeout: float = 10.0) -> list[Got]:
+        c = self.consumers[handle]
+        got: list[Got] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < n and time.monotonic() < deadline:
+            m = c.poll(0.1)
+            if m is None or m.error():
+                continue
+            headers: dict[str, Any] = {}
+            for k, v in m.headers() or []:
+                headers[k] = v
+            got.append(Got(m.value() or b"", key=m.key(), headers=headers,
+                           timestamp_ms=m.timestamp()[1], topic=m.topic()))
+        return got
+
+    def close(self) -> None:
+        for c in self.consumers.values():
+            c.close()
+        self.producer.flush(5)
+
+
+# -- OpenWire (JMS) --------------------------------------------------------------------------
+
+
+def _b64(s: str | bytes) -> str:
+    return base64.b64encode(s.encode("utf-8") if isinstance(s, str) else s).decode()
+
+
+def _unb64(s: str) -> str:
+    return base64.b64decode(s).decode("utf-8")
+
+
+def _jms_prop(v: Any) -> str:
+    if isinstance(v, bool):
+        return "boolean:" + _b64("true" if v else "false")
+    if isinstance(v, int):
+        return ("int:" if -(2**31) <= v < 2**31 else "long:") + _b64(str(v))
+    if isinstance(v, float):
+        return "double:" + _b64(repr(v))
+    return "string:" + _b64(str(v))
+
+
+def _from_java(jtype: str, text: str) -> Any:
+    if jtype in ("byte", "short", "int", "long"):
+        return int(_unb64(text))
+    if jtype in ("float", "double"):
+        return float(_unb64(text))
+    if jtype == "boolean":
+        return _unb64(text) == "true"
+    if jtype == "bytes":
+        return base64.b64decode(text)
+    return _unb64(text)
+
+
+class JmsClient:
+    """The JmsInterop Java program, one JVM and one JMS connection for the whole module."""
+
+    def __init__(self, url: str) -> None:
+        classes = jmsrun.classes_once([str(HERE / "JmsInterop.java")])
+        self.proc = subprocess.Popen(
+            jmsrun.java_cmd(classes, "JmsInterop", url), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+            bufsize=1)
+        line = self.proc.stdout.readline().strip()
+        if line != "READY":
+            raise RuntimeError(f"JmsInterop did not start: {line!r} {self.proc.stderr.read()}")
+        self.last_id: str | None = None
+
+    def cmd(self, *words: str) -> str:
+        self.proc.stdin.write(" ".join(words) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().strip()
+        if line.startswith("ERR") or not line:
+            raise RuntimeError(f"JmsInterop: {' '.join(words)[:200]} -> {line!r}")
+        return line
+
+    def subscribe(self, key: str, kind: str = "topic") -> str:
+        handle = f"j{next(_ids)}"
+        self.cmd("SUB", handle, kind, _b64(key))
+        return handle
+
+    def publish(self, key: str, out: Out, kind: str = "topic") -> None:
+        words = ["SEND", kind, _b64(key), "text" if out.text else "bytes",
+                 _b64(out.body)]
+        if out.correlation_id is not None:
+            words.append("corr=" + _b64(out.correlation_id))
+        if out.type is not None:
+            words.append("type=" + _b64(out.type))
+        if out.reply_to is not None:
+            words.append("replyq=" + _b64(out.reply_to))
+        if out.priority is not None:
+            words.append(f"prio={out.priority}")
+        words.append(f"persist={1 if out.durable else 0}")
+        if out.ttl_ms is not None:
+            words.append(f"ttl={out.ttl_ms}")
+        for k, v in out.headers.items():
+            words.append(f"p.{k}={_jms_prop(v)}")
+        reply = self.cmd(*words)
+        self.last_id = _unb64(reply.split()[1])
+
+    def receive(self, handle: str, n: int, timeout: float = 10.0) -> list[Got]:
+        got: list[Got] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < n:
+            left = int((deadline - time.monotonic()) * 1000)
+            if left <= 0:
+                break
+            line = self.cmd("RECV", handle, str(left))
+            if line == "NONE":
+                break
+            got.append(self._parse(line))
+        return got
+
+    @staticmethod
+    def _parse(line: str) -> Got:
+        f: dict[str, str] = {}
+        g = Got(b"")
+        for word in line.split()[1:]:
+            k, v = word.split("=", 1)
+            if k.startswith("p."):
+                jtype, text = v.split(":", 1)
+                g.headers[k[2:]] = _from_java(jtype, text)
+                g.jms_types[k[2:]] = jtype
+            else:
+                f[k] = v
+        g.body = base64.b64decode(f["body"])
+        g.jms_class = _unb64(f["cls"])
+        g.message_id = _unb64(f["id"]) if "id" in f else None
+        g.correlation_id = _unb64(f["corr"]) if "corr" in f else None
+        g.type = _unb64(f["type"]) if "type" in f else None
+        g.reply_to = _unb64(f["replyto"]) if "replyto" in f else None
+        g.user_id = _unb64(f["userid"]) if "userid" in f else None
+        g.priority = int(_unb64(f["prio"]))
+        g.timestamp_ms = int(_unb64(f["ts"])) or None
+        exp = int(_unb64(f["exp"]))
+        g.ttl_left_ms = exp - int(time.time() * 1000) if exp else None
+        g.durable = _unb64(f["persist"]) == "1"
+        g.topic = _unb64(f["dest"]) if "dest" in f else None
+        return g
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("QUIT\n")
+            self.proc.stdin.flush()
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
