@@ -304,7 +304,10 @@ class Queue:
                 self._hand_to(c, d)
                 return True
         self._append(d)
-        if self.consumers:
+        # With a backlog already waiting, no consumer was ready at the last dispatch and
+        # every change of readiness (ack, resume, credit) dispatches by itself; only a
+        # selector consumer might want this message in particular.
+        if self.consumers and (self._count == 1 or self._selective):
             self.dispatch()
         return True
 

@@ -30,6 +30,9 @@ class KafkaProtocol(Protocol):
         self._closing = False
 
     def connectionMade(self) -> None:
+        if hasattr(self.transport, "setTcpNoDelay"):
+            # responses are often small (produce acks, heartbeats): Nagle would hold them
+            self.transport.setTcpNoDelay(True)
         peer = self.transport.getPeer()
         host = self.transport.getHost()
         self.session = KafkaSession(
