@@ -174,6 +174,22 @@ class Consumer:
     def set_prefetch(self, prefetch: int) -> None:
         self.limit.set_prefetch(prefetch)
 
+    def set_credit(self, credit: int | None) -> None:
+        """Replace the link credit (0 takes back what is left, as an expired pull does)."""
+        self.credit = credit
+        if self.queue is not None and (credit is None or credit > 0):
+            self.queue.dispatch()
+
+    def detach(self, delivery: Delivery) -> None:
+        """Stop counting ``delivery`` against this consumer; it stays unacknowledged.
+
+        For settlements held by a transaction that outlives the consumer: the delivery is no
+        longer requeued with the consumer, and its ack or nack still applies later.
+        """
+        if self.unacked.pop(delivery.seq, None) is not None:
+            delivery.consumer = None
+            self.limit.release()
+
 
 class Queue:
     """A FIFO queue of a virtual host."""
@@ -543,8 +559,12 @@ class Queue:
 
     reject = nack
 
-    def requeue(self, deliveries: Iterable[Delivery]) -> None:
-        """Put unacknowledged deliveries back at the head, in their original order."""
+    def requeue(self, deliveries: Iterable[Delivery], count: bool = True) -> None:
+        """Put unacknowledged deliveries back at the head, in their original order.
+
+        ``count=False`` is for messages that were sent ahead (prefetched) but never reached
+        the application: they go back without counting as a delivery.
+        """
         back = [d for d in deliveries if d.seq in self.unacked]
         if not back:
             return
@@ -559,7 +579,8 @@ class Queue:
             if self.deleted:
                 return
             for d in back:
-                d.delivery_count += 1
+                if count:
+                    d.delivery_count += 1
                 if self.delivery_limit is not None and d.delivery_count >= self.delivery_limit:
                     self._dead_letter(d, "delivery_limit")
                     continue
@@ -578,6 +599,25 @@ class Queue:
             self._again = True
         else:
             self.dispatch()
+
+    def browse(
+        self, limit: int, selector: Callable[[Message], bool] | None = None
+    ) -> list[Delivery]:
+        """Up to ``limit`` ready messages in delivery order, taking nothing (queue browsers).
+
+        The deliveries returned are the queue's own: read them, never settle them.
+        """
+        now = self.vhost.now()
+        out: list[Delivery] = []
+        for level in reversed(self._levels):
+            for d in level:
+                if len(out) >= limit:
+                    return out
+                if d.expires_at is not None and d.expires_at <= now:
+                    continue
+                if selector is None or selector(d.message):
+                    out.append(d)
+        return out
 
     def purge(self) -> int:
         """Drop every ready message; returns how many."""

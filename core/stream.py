@@ -427,7 +427,7 @@ class Stream:
 
     reject = nack
 
-    def requeue(self, deliveries: Any) -> None:
+    def requeue(self, deliveries: Any, count: bool = True) -> None:
         for d in deliveries:
             self.ack(d)
 

@@ -371,3 +371,45 @@ def test_transaction_commit_and_rollback(vh):
     done = []
     tx.commit(on_durable=lambda: done.append(1))
     assert not q.unacked and done == [1]
+
+
+def test_browse_takes_nothing(vh, clock):
+    q = vh.declare_queue("q", arguments={"x-max-priority": 2})
+    vh.publish("", "q", Message(b"low", priority=0, headers={"k": 1}))
+    vh.publish("", "q", Message(b"high", priority=2, headers={"k": 2}))
+    vh.publish("", "q", Message(b"gone", expiration=vh.now() + 5))
+    clock.advance(0.01)
+    assert bodies(q.browse(10)) == [b"high", b"low"]
+    assert bodies(q.browse(1)) == [b"high"]
+    assert bodies(q.browse(10, lambda m: m.headers.get("k") == 1)) == [b"low"]
+    assert q.message_count == 3
+
+
+def test_uncounted_requeue_and_detach(vh):
+    q = vh.declare_queue("q")
+    got = []
+    c = Consumer("c", got.append, prefetch=2)
+    q.add_consumer(c)
+    publish_n(vh, "q", 2)
+    c.pause()  # closing: nothing more is sent to it
+    q.requeue([got[1]], count=False)  # prefetched, never seen by the application
+    c.detach(got[0])  # its ack is held elsewhere (a transaction)
+    q.remove_consumer(c, requeue=True)
+    assert q.message_count == 1 and got[0].seq in q.unacked
+    again = q.get(no_ack=True)
+    assert again.message.body == b"1" and again.delivery_count == 0
+    q.ack(got[0])
+    assert not q.unacked
+
+
+def test_set_credit_takes_back_credit(vh):
+    q = vh.declare_queue("q")
+    got = []
+    c = Consumer("c", got.append, credit=0)
+    q.add_consumer(c)
+    publish_n(vh, "q", 2)
+    c.set_credit(1)
+    assert len(got) == 1
+    c.set_credit(0)
+    q.ack(got[0])
+    assert len(got) == 1

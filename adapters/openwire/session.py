@@ -863,16 +863,20 @@ class Connection:
             # settled by its commit, requeued by its rollback (see _rollback)
             for seq in cs.in_tx:
                 d = cs.dispatched.get(seq)
-                if d is not None and cs.core.unacked.pop(d.seq, None) is not None:
-                    d.consumer = None
-        if last_delivered >= 0:
-            # dispatch order: what follows the last delivered message was only prefetched
+                if d is not None:
+                    cs.core.detach(d)
+        if last_delivered >= 0 and cs.core is not None and cs.queue is not None:
+            # dispatch order: what follows the last delivered message was only prefetched,
+            # so it goes back without counting as a delivery
+            cs.core.pause()
             undelivered = last_delivered not in cs.dispatched
+            prefetched = []
             for seq, d in cs.dispatched.items():
                 if undelivered and seq not in cs.in_tx:
-                    d.delivery_count -= 1
+                    prefetched.append(d)
                 elif seq == last_delivered:
                     undelivered = True
+            cs.queue.requeue(prefetched, count=False)
         if cs.core is not None and cs.queue is not None:
             cs.queue.remove_consumer(cs.core, requeue=True)
         cs.dispatched.clear()
@@ -914,18 +918,8 @@ class Connection:
     def _browse(self, cs: ConsumerState, name: str, selector: Any) -> None:
         q = self.vhost.queues.get(name)
         if isinstance(q, Queue):
-            # the core has no browse operation: read the ready list without taking from it;
             # like ActiveMQ (maxBrowsePageSize) a browser sees at most BROWSE_MAX messages
-            now = now_ms()
-            left = BROWSE_MAX
-            for d in itertools.chain.from_iterable(reversed(q._levels)):
-                if d.expires_at is not None and d.expires_at <= now:
-                    continue
-                if selector is not None and not selector(d.message):
-                    continue
-                left -= 1
-                if left < 0:
-                    break
+            for d in q.browse(BROWSE_MAX, selector):
                 seq = self.hub.next_id()
                 m = core_to_jms(d.message, self.hub.synthetic_pid, seq)
                 self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination,
@@ -972,7 +966,7 @@ class Connection:
         if not cs.pull_pending or cs.core is None:
             return
         cs.pull_pending = False
-        cs.core.credit = 0
+        cs.core.set_credit(0)
         self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination))
 
     # -- acknowledgements ---------------------------------------------------------------------
