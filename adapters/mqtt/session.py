@@ -445,15 +445,19 @@ class MqttServer:
 
 
 def _str(v: Any) -> str:
+    """A value from another protocol as an MQTT string (U+0000, which MQTT strings must not
+    contain and clients reject, becomes U+FFFD)."""
     if isinstance(v, str):
-        return v
-    if isinstance(v, bool):
+        s = v
+    elif isinstance(v, bool):
         return "true" if v else "false"
-    if isinstance(v, bytes | bytearray | memoryview):
-        return bytes(v).decode("utf-8", "replace")
-    if v is None:
+    elif isinstance(v, bytes | bytearray | memoryview):
+        s = bytes(v).decode("utf-8", "replace")
+    elif v is None:
         return ""
-    return str(v)
+    else:
+        s = str(v)
+    return s.replace("\x00", "\ufffd") if "\x00" in s else s
 
 
 _ADDRESS_PREFIXES = ("topic://", "queue://", "temp-topic://", "temp-queue://")

@@ -182,6 +182,14 @@ class MqttClient:
             got, self.inbox[handle] = self.inbox[handle][:n], self.inbox[handle][n:]
         return got
 
+    def done(self, handle: str) -> None:
+        with self.lock:
+            filt = dict(self.subs).pop(handle)
+            self.subs = [(h, f) for h, f in self.subs if h != handle]
+            del self.inbox[handle]
+        if all(f != filt for _h, f in self.subs):
+            self.c.unsubscribe(filt)
+
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
@@ -255,6 +263,9 @@ class AmqpClient:
             ))
         return got
 
+    def done(self, handle: str) -> None:
+        self.ch.queue_delete(handle)
+
     def close(self) -> None:
         try:
             self.conn.close()
@@ -319,6 +330,9 @@ class KafkaClient:
             got.append(Got(m.value() or b"", key=m.key(), headers=headers,
                            timestamp_ms=m.timestamp()[1], topic=m.topic()))
         return got
+
+    def done(self, handle: str) -> None:
+        self.consumers.pop(handle).close()
 
     def close(self) -> None:
         for c in self.consumers.values():
@@ -444,6 +458,9 @@ class JmsClient:
         g.durable = _unb64(f["persist"]) == "1"
         g.topic = _unb64(f["dest"]) if "dest" in f else None
         return g
+
+    def done(self, handle: str) -> None:
+        self.cmd("CLOSE", handle)
 
     def close(self) -> None:
         try:

@@ -1,0 +1,477 @@
+"""Every protocol to every protocol (issue 7), with real clients on both sides.
+
+``test_matrix`` covers the 25 ordered pairs (producer, consumer) among MQTT 3.1.1, MQTT 5,
+AMQP 0-9-1, Kafka and OpenWire: the producer sends a binary body holding every byte value and a
+text body with non-ASCII characters, each with every standard field its protocol can carry; the
+consumer checks each field that ``SURVIVES`` (the table of docs/mapping.md) says reaches it.
+The matrix is printed at the end of the module. Then wildcards across protocols, reply-to across
+protocols, and persistent messages surviving a restart consumed by another protocol.
+
+One broker for the module, one client per protocol, one JVM for the JMS client.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "interop"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
+
+import jmsrun  # noqa: E402
+from brokerproc import BrokerProcess, installed_adapters  # noqa: E402
+from clients import AmqpClient, JmsClient, KafkaClient, MqttClient, Out  # noqa: E402
+
+pytest.importorskip("pika")
+pytest.importorskip("paho.mqtt.client")
+pytest.importorskip("confluent_kafka")
+
+ADAPTERS = ["mqtt", "amqp", "kafka", "openwire"]
+if set(ADAPTERS) - set(installed_adapters()):
+    pytest.skip("all four adapters are needed", allow_module_level=True)
+if jmsrun.missing():
+    pytest.skip(jmsrun.missing(), allow_module_level=True)
+
+PROTOS = ["mqtt311", "mqtt5", "amqp", "kafka", "openwire"]
+ALL = frozenset(PROTOS)
+MQTT = frozenset({"mqtt311", "mqtt5"})
+
+# The mapping table (docs/mapping.md): field -> (protocols whose producers can set it,
+# protocols whose consumers see it). A field survives producer -> consumer when both hold.
+SURVIVES: dict[str, tuple[frozenset, frozenset]] = {
+    "body": (ALL, ALL),
+    "content_type": (frozenset({"amqp", "mqtt5", "openwire"}), frozenset({"amqp", "mqtt5"})),
+    "content_encoding": (frozenset({"amqp"}), frozenset({"amqp"})),
+    "message_id": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
+    "correlation_id": (frozenset({"amqp", "mqtt5", "openwire"}),
+                       frozenset({"amqp", "mqtt5", "openwire"})),
+    "reply_to": (frozenset({"amqp", "mqtt5", "openwire"}),
+                 frozenset({"amqp", "mqtt5", "openwire"})),
+    "user_id": (frozenset({"amqp"}), frozenset({"amqp", "openwire"})),
+    "type": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
+    "timestamp": (frozenset({"amqp", "kafka", "openwire"}),
+                  frozenset({"amqp", "kafka", "openwire"})),
+    "expiration": (frozenset({"amqp", "mqtt5", "openwire"}),
+                   frozenset({"amqp", "mqtt5", "openwire"})),
+    "priority": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
+    # MQTT producers: QoS 1 = durable; Kafka records are always durable; MQTT consumers: QoS 1
+    "durable": (ALL, frozenset({"amqp", "openwire", "mqtt311", "mqtt5"})),
+    "headers": (frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
+                frozenset({"amqp", "mqtt5", "kafka", "openwire"})),
+    # AMQP carries the Kafka key as the header x-kafka-key
+    "key": (frozenset({"amqp", "kafka"}), frozenset({"amqp", "kafka"})),
+    "jms_class": (ALL, frozenset({"openwire"})),
+}
+
+TYPED = frozenset({"amqp", "openwire"})  # typed header values (field tables, JMS properties)
+
+BINARY = bytes(range(256))
+TEXT = "Grüße, 世界 — naïve café ✓ ¿qué? Ωμέγα 🚀"
+TEXT_CT = "text/plain; charset=utf-8"
+TTL = 60_000
+REPLY = {"amqp": "reply.amqp", "mqtt5": "reply/mqtt", "openwire": "reply.jms"}
+# reply-to as each consumer sees it (docs/mapping.md, "Reply-to addresses")
+REPLY_SEEN = {
+    "amqp": {"amqp": "reply.amqp", "mqtt5": "reply/amqp", "openwire": "queue://reply.amqp"},
+    "mqtt5": {"amqp": "topic://reply.mqtt", "mqtt5": "reply/mqtt",
+              "openwire": "topic://reply.mqtt"},
+    "openwire": {"amqp": "reply.jms", "mqtt5": "reply/jms", "openwire": "queue://reply.jms"},
+}
+TYPED_HEADERS = {"h-str": "välue ✓", "h-int": 42, "h-long": 2**40, "h-bool": True}
+HEADERS = {
+    "amqp": TYPED_HEADERS,  # pika cannot encode a float header
+    "openwire": {**TYPED_HEADERS, "h-float": 1.5},
+    "mqtt5": {"h-str": "välue ✓", "h-int": "42"},
+    "kafka": {"h-str": "välue ✓".encode(), "h-bin": b"\x00\xff"},
+}
+
+
+def make_out(p: str, text: bool, cell: str) -> Out:
+    out = Out(TEXT.encode() if text else BINARY, text=text)
+    ins = {f for f, (i, _o) in SURVIVES.items() if p in i}
+    if "content_type" in ins:
+        out.content_type = TEXT_CT if text else "application/octet-stream"
+    if "content_encoding" in ins:
+        out.content_encoding = "identity"
+    if "message_id" in ins:
+        out.message_id = f"mid-{cell}-{int(text)}"
+    if "correlation_id" in ins:
+        out.correlation_id = f"corr-{cell}-{int(text)}"
+    if "reply_to" in ins:
+        out.reply_to = REPLY[p]
+    if "user_id" in ins:
+        out.user_id = "guest"
+    if "type" in ins:
+        out.type = "order.created"
+    if "timestamp" in ins:
+        out.timestamp_ms = int(time.time()) * 1000 - 5000  # whole seconds: AMQP carries s
+    if "expiration" in ins:
+        out.ttl_ms = TTL
+    if "priority" in ins:
+        out.priority = 7
+    if "headers" in ins:
+        out.headers = dict(HEADERS[p])
+    if "key" in ins:
+        out.key = f"key-{cell}".encode()
+    return out
+
+
+def header_text(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def expected_header(p: str, c: str, v):
+    """A header value ``v`` set by a ``p`` producer, as a ``c`` consumer sees it."""
+    if c == "kafka":
+        return v if isinstance(v, bytes) else header_text(v).encode()
+    if c == "mqtt5":  # MQTT strings hold no U+0000 (the broker sends U+FFFD instead)
+        return header_text(v).replace("\x00", "\ufffd")
+    # typed consumers (AMQP, JMS)
+    if c == "amqp" and isinstance(v, float):
+        return int(v)  # pika decodes a double ('d') field as an integer (pika/data.py)
+    if p == "kafka" and isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")  # UTF-8 Kafka header values become text
+        except UnicodeDecodeError:
+            return v
+    return v
+
+
+def kind(v) -> str:
+    """The type class of a header value (pika's ``long`` is an int)."""
+    for t in (bool, int, float, str, bytes):
+        if isinstance(v, t):
+            return t.__name__
+    return type(v).__name__
+
+
+def check(p: str, c: str, out: Out, got, sent_at: float, jms_id: str | None) -> list[str]:
+    """Differences between what was sent and what arrived, for the fields that survive."""
+    bad: list[str] = []
+
+    def eq(name, expected, actual):
+        if expected != actual:
+            bad.append(f"{name}: expected {expected!r}, got {actual!r}")
+
+    def survives(f):
+        i, o = SURVIVES[f]
+        return p in i and c in o
+
+    eq("body", out.body, got.body)
+    if survives("content_type"):
+        if p == "openwire":  # TextMessage: text/plain; charset=utf-8, BytesMessage: none
+            want = TEXT_CT if out.text else None
+        else:
+            want = out.content_type
+        eq("content_type", want, got.content_type)
+    if survives("content_encoding"):
+        eq("content_encoding", out.content_encoding, got.content_encoding)
+    if survives("message_id"):
+        mid = jms_id if p == "openwire" else out.message_id
+        if c == "openwire" and not mid.startswith("ID:"):
+            mid = "ID:" + mid  # the JMS client shows every id with its ID: prefix
+        eq("message_id", mid, got.message_id)
+    if survives("correlation_id"):
+        eq("correlation_id", out.correlation_id, got.correlation_id)
+    if survives("reply_to"):
+        eq("reply_to", REPLY_SEEN[p][c], got.reply_to)
+    if survives("user_id"):
+        eq("user_id", out.user_id, got.user_id)
+    if survives("type"):
+        eq("type", out.type, got.type)
+    if survives("timestamp"):
+        if p == "openwire":  # set by the JMS client when sending
+            lo, hi = int(sent_at * 1000) - 2000, int(time.time() * 1000) + 1000
+            if got.timestamp_ms is None or not lo <= got.timestamp_ms <= hi:
+                bad.append(f"timestamp: {got.timestamp_ms} not in [{lo}, {hi}]")
+        else:
+            eq("timestamp", out.timestamp_ms, got.timestamp_ms)
+    if survives("expiration"):
+        left = got.ttl_left_ms
+        if left is None or not TTL - 30_000 < left <= TTL:
+            bad.append(f"expiration: {left} ms left, expected about {TTL}")
+    if survives("priority"):
+        eq("priority", out.priority, got.priority)
+    if survives("durable"):
+        if c in MQTT:
+            eq("qos (durable)", 1, got.qos)
+        else:
+            eq("durable", True, got.durable)
+    if survives("headers"):
+        for k, v in out.headers.items():
+            if k not in got.headers:
+                bad.append(f"header {k} missing (got {sorted(got.headers)})")
+                continue
+            want = expected_header(p, c, v)
+            have = got.headers[k]
+            eq(f"header {k}", want, have)
+            if p in TYPED and c in TYPED and kind(want) != kind(have):
+                bad.append(f"header {k}: type {type(have).__name__}, "
+                           f"expected {type(want).__name__}")
+    if survives("key"):
+        eq("key", out.key, got.key)
+    if survives("jms_class"):
+        if p == "openwire":
+            want = "Text" if out.text else "Bytes"
+        else:  # textual content type and valid UTF-8 -> Text
+            want = "Text" if (out.text and out.content_type == TEXT_CT) else "Bytes"
+        eq("JMS message class", want, got.jms_class)
+    return bad
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+RESULTS: dict[tuple[str, str], str] = {}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = BrokerProcess(tmp_path_factory.mktemp("interop"), adapters=ADAPTERS, log_level="info")
+    b.start()
+    yield b
+    try:
+        b.stop()
+    finally:
+        b.kill9()
+
+
+def open_clients(b: BrokerProcess) -> dict:
+    return {
+        "mqtt311": MqttClient(b.host, b.port("mqtt"), v5=False),
+        "mqtt5": MqttClient(b.host, b.port("mqtt"), v5=True),
+        "amqp": AmqpClient(b.host, b.port("amqp")),
+        "kafka": KafkaClient(b.host, b.port("kafka")),
+        "openwire": JmsClient(f"tcp://{b.host}:{b.port('openwire')}"),
+    }
+
+
+def close_clients(clients: dict) -> None:
+    for cl in clients.values():
+        try:
+            cl.close()
+        except Exception:
+            pass
+
+
+class _MatrixReport:
+    """Prints the matrix in pytest's terminal summary (registered as a plugin)."""
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        tr = terminalreporter
+        if not RESULTS:
+            return
+        w = max(len(p) for p in PROTOS) + 2
+        tr.write_sep("=", "interoperability matrix (rows: producer, columns: consumer)")
+        tr.write_line("".ljust(w) + "".join(c.ljust(w) for c in PROTOS))
+        for p in PROTOS:
+            tr.write_line(p.ljust(w) + "".join(RESULTS.get((p, c), "-").ljust(w)
+                                               for c in PROTOS))
+
+
+@pytest.fixture(scope="module")
+def clients(broker, request):
+    pm = request.config.pluginmanager
+    if not pm.has_plugin("polymq-interop-matrix"):
+        pm.register(_MatrixReport(), "polymq-interop-matrix")
+    cl = open_clients(broker)
+    yield cl
+    close_clients(cl)
+
+
+# -- the matrix ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("consumer", PROTOS)
+@pytest.mark.parametrize("producer", PROTOS)
+def test_matrix(clients, producer, consumer):
+    RESULTS[(producer, consumer)] = "FAIL"
+    cell = f"{producer}-{consumer}"
+    key = f"ix.{producer}.{consumer}"
+    pc, cc = clients[producer], clients[consumer]
+    handle = cc.subscribe(key)
+    sent_at = time.time()
+    outs, ids = [make_out(producer, False, cell), make_out(producer, True, cell)], []
+    for out in outs:
+        pc.publish(key, out)
+        ids.append(getattr(pc, "last_id", None))
+    got = cc.receive(handle, 2, timeout=10)
+    cc.done(handle)
+    assert len(got) == 2, f"{cell}: received {len(got)} of 2 messages"
+    problems = []
+    for out, g, jid in zip(outs, got, ids, strict=True):
+        kind = "text" if out.text else "binary"
+        problems += [f"{kind} {d}" for d in check(producer, consumer, out, g, sent_at, jid)]
+    assert not problems, f"{cell}:\n" + "\n".join(problems)
+    RESULTS[(producer, consumer)] = "pass"
+
+
+# -- wildcards -------------------------------------------------------------------------------
+
+
+def test_wildcards_across_protocols(clients):
+    """MQTT ``s/+/t``, an AMQP binding ``s.*.t`` and a JMS topic ``s.*.t`` get what each protocol
+    publishes to ``s.x.t``; the Kafka topic ``s.x.t`` (a stream bound with its own name) too."""
+    s = "w" + uuid.uuid4().hex[:6]
+    pattern, topic = f"{s}.*.t", f"{s}.x.t"
+    subs = {p: clients[p].subscribe(pattern) for p in ("mqtt311", "mqtt5", "amqp", "openwire")}
+    subs["kafka"] = clients["kafka"].subscribe(topic)  # creates the topic first
+    publishers = ["mqtt311", "mqtt5", "amqp", "kafka", "openwire"]
+    # two levels where the pattern has one, sent first: matched by nobody
+    clients["amqp"].publish(f"{s}.x.y.t", Out(b"too deep"))
+    for p in publishers:
+        clients[p].publish(topic, Out(f"from {p}".encode(), text=True))
+    for c, h in subs.items():
+        got = clients[c].receive(h, len(publishers), timeout=10)
+        got += clients[c].receive(h, 1, timeout=0.2)  # nothing more
+        assert sorted(g.body.decode() for g in got) == sorted(f"from {p}" for p in publishers), c
+        if c in MQTT:
+            assert {g.topic for g in got} == {f"{s}/x/t"}
+        elif c == "openwire":
+            assert {g.topic for g in got} == {f"topic://{s}.x.t"}
+        else:
+            assert {g.topic for g in got} == {topic}
+        clients[c].done(h)
+
+
+def test_jms_and_mqtt_multilevel_wildcards(clients):
+    """JMS ``>`` (one or more levels) and MQTT ``#`` (zero or more levels) across protocols."""
+    s = "m" + uuid.uuid4().hex[:6]
+    hj = clients["openwire"].subscribe(f"{s}.>")
+    hm = clients["mqtt5"].subscribe(f"{s}.#")
+    clients["amqp"].publish(s, Out(b"parent"))
+    clients["amqp"].publish(f"{s}.a.b", Out(b"child"))
+    assert [g.body for g in clients["mqtt5"].receive(hm, 2, 5)] == [b"parent", b"child"]
+    assert [g.body for g in clients["openwire"].receive(hj, 1, 5)] == [b"child"]
+    assert clients["openwire"].receive(hj, 1, 0.3) == []
+    clients["mqtt5"].done(hm)
+    clients["openwire"].done(hj)
+
+
+# -- reply-to --------------------------------------------------------------------------------
+
+
+def test_amqp_request_answered_by_jms_and_mqtt5(clients):
+    """An AMQP requester's reply queue (bound to amq.topic under its own name, for MQTT
+    responders) gets the answers of a JMS responder and of an MQTT 5 responder."""
+    amqp, jms, m5 = clients["amqp"], clients["openwire"], clients["mqtt5"]
+    rid = uuid.uuid4().hex[:6]
+    reply_q = amqp.subscribe(f"rpc.reply.{rid}", queue=f"rpc.reply.{rid}")
+    assert reply_q == f"rpc.reply.{rid}"
+    # JMS responder on queue rpc.jms.<rid>
+    hj = jms.subscribe(f"rpc.jms.{rid}", kind="queue")
+    amqp.publish(f"rpc.jms.{rid}", Out(b"ask jms", correlation_id="c-jms",
+                                       reply_to=reply_q), exchange="")
+    (req,) = jms.receive(hj, 1, 5)
+    assert req.reply_to == f"queue://{reply_q}" and req.correlation_id == "c-jms"
+    jms.publish(req.reply_to.removeprefix("queue://"),
+                Out(b"jms says hi", text=True, correlation_id=req.correlation_id), kind="queue")
+    # MQTT 5 responder on topic rpc/mqtt/<rid>
+    hm = m5.subscribe(f"rpc.mqtt.{rid}")
+    amqp.publish(f"rpc.mqtt.{rid}", Out(b"ask mqtt", correlation_id="c-mqtt", reply_to=reply_q))
+    (req,) = m5.receive(hm, 1, 5)
+    assert req.reply_to == f"rpc/reply/{rid}" and req.correlation_id == "c-mqtt"
+    m5.publish(req.reply_to.replace("/", "."),  # the wrapper addresses by routing key
+               Out(b"mqtt says hi", correlation_id=req.correlation_id))
+    answers = amqp.receive(reply_q, 2, 5)
+    assert sorted((g.correlation_id, g.body) for g in answers) == [
+        ("c-jms", b"jms says hi"), ("c-mqtt", b"mqtt says hi")]
+    jms.done(hj)
+    m5.done(hm)
+    amqp.done(reply_q)
+
+
+def test_mqtt5_and_jms_requests_answered_across(clients):
+    """MQTT 5 requester answered by a JMS responder (reply to ``topic://``), and a JMS
+    requester answered by an AMQP responder (reply-to is the plain queue name)."""
+    amqp, jms, m5 = clients["amqp"], clients["openwire"], clients["mqtt5"]
+    rid = uuid.uuid4().hex[:6]
+    # MQTT 5 -> JMS -> MQTT 5
+    hr = m5.subscribe(f"mr.{rid}")
+    hj = jms.subscribe(f"svc.{rid}")
+    m5.publish(f"svc.{rid}", Out(b"q", correlation_id="c1", reply_to=f"mr/{rid}"))
+    (req,) = jms.receive(hj, 1, 5)
+    assert req.reply_to == f"topic://mr.{rid}"
+    jms.publish(req.reply_to.removeprefix("topic://"), Out(b"a", text=True,
+                                                             correlation_id="c1"))
+    (ans,) = m5.receive(hr, 1, 5)
+    assert (ans.body, ans.correlation_id, ans.topic) == (b"a", "c1", f"mr/{rid}")
+    # JMS -> AMQP -> JMS
+    hq = amqp.subscribe(f"svc2.{rid}")
+    hjr = jms.subscribe(f"jr.{rid}", kind="queue")
+    jms.publish(f"svc2.{rid}", Out(b"q2", correlation_id="c2", reply_to=f"jr.{rid}"))
+    (req,) = amqp.receive(hq, 1, 5)
+    assert req.reply_to == f"jr.{rid}"
+    amqp.publish(req.reply_to, Out(b"a2", correlation_id="c2"), exchange="")
+    (ans,) = jms.receive(hjr, 1, 5)
+    assert (ans.body, ans.correlation_id, ans.jms_class) == (b"a2", "c2", "Bytes")
+    for cl, h in ((m5, hr), (jms, hj), (amqp, hq), (jms, hjr)):
+        cl.done(h)
+
+
+# -- persistence across a restart ------------------------------------------------------------
+
+
+def test_persistent_messages_survive_restart_across_protocols(tmp_path):
+    """Persistent messages from each protocol into durable queues and streams are consumed by
+    another protocol after the broker is killed (-9) and started again."""
+    b = BrokerProcess(tmp_path / "restart", adapters=ADAPTERS, log_level="info").start()
+    try:
+        cl = open_clients(b)
+        try:
+            amqp = cl["amqp"]
+            amqp.ch.confirm_delivery()  # publishes wait for their (after-fsync) confirm
+            # durable destinations: two queues bound to amq.topic, one Kafka topic
+            amqp.subscribe("p.mqtt", queue="p.from-mqtt", durable=True)
+            amqp.subscribe("p.kafka", queue="p.from-kafka", durable=True)
+            cl["kafka"].create("p.stream")
+            # AMQP -> durable queue p.q1 (consumed by JMS)
+            amqp.ch.queue_declare("p.q1", durable=True)
+            amqp.publish("p.q1", Out(BINARY, headers={"n": 1}), exchange="")
+            # JMS -> queue://p.q2 (consumed by AMQP)
+            cl["openwire"].publish("p.q2", Out(TEXT.encode(), text=True, correlation_id="j"),
+                                   kind="queue")
+            # MQTT QoS 1 -> p/mqtt (queue, consumed by JMS) and p/stream (consumed by Kafka)
+            cl["mqtt5"].publish("p.mqtt", Out(b"mqtt persistent", content_type="text/plain"))
+            cl["mqtt311"].publish("p.stream", Out(b"mqtt into a stream"))
+            # Kafka (acks=all) -> p.kafka (queue, consumed by AMQP); AMQP -> the stream
+            cl["kafka"].publish("p.kafka", Out(b"kafka persistent", key=b"k"))
+            amqp.publish("p.stream", Out(b"amqp into a stream"))
+        finally:
+            close_clients(cl)
+        # every publish above was acknowledged after fsync (AMQP confirm, JMS synchronous
+        # persistent send, MQTT PUBACK, Kafka acks=all), so even kill -9 loses nothing
+        b.kill9()
+        b.start()
+        cl = open_clients(b)
+        try:
+            jms, amqp = cl["openwire"], cl["amqp"]
+            h1 = jms.subscribe("p.q1", kind="queue")
+            (g,) = jms.receive(h1, 1, 5)
+            assert (g.body, g.jms_class, g.durable, g.headers.get("n")) == (
+                BINARY, "Bytes", True, 1)
+            (g,) = amqp.receive("p.q2", 1, 5)
+            assert (g.body, g.content_type, g.correlation_id, g.durable) == (
+                TEXT.encode(), TEXT_CT, "j", True)
+            h3 = jms.subscribe("p.from-mqtt", kind="queue")
+            (g,) = jms.receive(h3, 1, 5)
+            assert (g.body, g.jms_class) == (b"mqtt persistent", "Text")
+            (g,) = amqp.receive("p.from-kafka", 1, 5)
+            assert (g.body, g.key) == (b"kafka persistent", b"k")
+            hk = cl["kafka"].subscribe("p.stream")
+            got = cl["kafka"].receive(hk, 2, 10)
+            assert [g.body for g in got] == [b"mqtt into a stream", b"amqp into a stream"]
+        finally:
+            close_clients(cl)
+    finally:
+        try:
+            b.stop()
+        finally:
+            b.kill9()
