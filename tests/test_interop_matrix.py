@@ -475,3 +475,41 @@ def test_persistent_messages_survive_restart_across_protocols(tmp_path):
             b.stop()
         finally:
             b.kill9()
+
+
+# -- JMS bodies and dead letters -------------------------------------------------------------
+
+
+def test_jms_map_message_reaches_others_as_json(clients):
+    """A MapMessage is a JSON object (application/json) for non-JMS consumers, and still a
+    MapMessage for JMS consumers."""
+    import json
+
+    key = "jm." + uuid.uuid4().hex[:6]
+    hs = {c: clients[c].subscribe(key) for c in ("amqp", "mqtt5", "openwire")}
+    entries = {"name": "Zoë", "city": "Kyōto"}
+    clients["openwire"].publish(key, Out(b"", jms_map=entries))
+    (a,) = clients["amqp"].receive(hs["amqp"], 1, 5)
+    assert a.content_type == "application/json" and json.loads(a.body) == entries
+    (m,) = clients["mqtt5"].receive(hs["mqtt5"], 1, 5)
+    assert m.content_type == "application/json" and json.loads(m.body) == entries
+    (j,) = clients["openwire"].receive(hs["openwire"], 1, 5)
+    assert j.jms_class == "Map"
+    for c, h in hs.items():
+        clients[c].done(h)
+
+
+def test_amqp_message_dead_lettered_by_jms_shows_the_cause_to_amqp(clients):
+    """An AMQP message that a JMS consumer rejects for good lands in ActiveMQ.DLQ with
+    ``dlqDeliveryFailureCause``; an AMQP consumer of the DLQ sees that header (the publisher's
+    cached property list is not reused once the message changed)."""
+    amqp, jms = clients["amqp"], clients["openwire"]
+    q = "dlq.src." + uuid.uuid4().hex[:6]
+    amqp.ch.queue_declare(q, durable=True)
+    amqp.ch.queue_declare("ActiveMQ.DLQ", durable=True)
+    amqp.ch.queue_purge("ActiveMQ.DLQ")
+    amqp.publish(q, Out(b"poison", headers={"n": 1}, correlation_id="dead-1"), exchange="")
+    assert jms.poison(q)
+    (g,) = amqp.receive("ActiveMQ.DLQ", 1, 5)
+    assert (g.body, g.correlation_id, g.headers.get("n")) == (b"poison", "dead-1", 1)
+    assert "dlqDeliveryFailureCause" in g.headers

@@ -10,6 +10,7 @@ import itertools
 import json
 import struct
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -154,7 +155,9 @@ class OpenWireHub:
         # the producer id of messages that did not come from a JMS producer
         self.synthetic_pid = Obj(c.PRODUCER_ID, connection_id=self.broker_id, value=0,
                                  session_id=0)
-        self._cache: dict[int, tuple[Message, int, bytes]] = {}
+        # oldest first; an OrderedDict because evicting from the front of a plain dict
+        # leaves holes that make next(iter(d)) linear in what was evicted before
+        self._cache: OrderedDict[int, tuple[Message, int, bytes]] = OrderedDict()
         self._cache_bytes = 0
         self.no_local_consumers = 0
 
@@ -179,7 +182,7 @@ class OpenWireHub:
         self._cache_bytes += len(data) + len(msg.body)
         cache[id(msg)] = (msg, seq, data)
         while self._cache_bytes > CACHE_BYTES:
-            m, _, d = cache.pop(next(iter(cache)))
+            m, _, d = cache.popitem(last=False)[1]
             self._cache_bytes -= len(d) + len(m.body)
 
     def encoded(self, msg: Message) -> tuple[int, bytes]:
@@ -1046,6 +1049,8 @@ class Connection:
         if cause:
             headers["dlqDeliveryFailureCause"] = cause
         dead = msg.copy(headers=headers, expiration=None)
+        # the headers changed: an AMQP publisher's cached property list no longer matches
+        dead.annotations.pop("amqp.props", None)
         self._ensure_queue(DLQ)
         self.vhost.publish("", DLQ, dead)
         d.queue.ack(d)

@@ -6,6 +6,9 @@
 //        kind: text | bytes | map (body = "k=b64v,...", string entries); fields: corr, type,
 //        replyq (a queue name), prio, persist (0/1), ttl (ms), p.<name>=<jtype>:<b64 text>
 //   CLOSE <id>                             close a consumer             -> "OK"
+//   POISON <b64 queue>                     receive one message in a transaction and roll it
+//                                          back; with no redeliveries allowed the client
+//                                          sends a POISON ack (dead-letter) -> "OK" | "NONE"
 //   QUIT
 // A received message is printed as: cls, body, id, corr, type, replyto, prio, ts, exp, persist,
 // redelivered, and p.<name>=<jtype>:<b64 value> (byte[] values as base64 of the bytes).
@@ -18,6 +21,7 @@ import org.apache.activemq.ActiveMQConnectionFactory;
 
 public class JmsInterop {
     static Session session;
+    static Connection conn;
     static Map<String, MessageConsumer> consumers = new HashMap<>();
 
     static String b64(String s) {
@@ -158,7 +162,9 @@ public class JmsInterop {
     public static void main(String[] args) throws Exception {
         ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(args[0]);
         f.setTrustAllPackages(false);
+        f.getRedeliveryPolicy().setMaximumRedeliveries(0);
         Connection c = f.createConnection();
+        conn = c;
         c.start();
         session = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
         BufferedReader in = new BufferedReader(new InputStreamReader(System.in,
@@ -183,6 +189,16 @@ public class JmsInterop {
                     case "SEND":
                         out = "OK " + b64(send(w));
                         break;
+                    case "POISON": {
+                        Session ts = conn.createSession(true, Session.SESSION_TRANSACTED);
+                        MessageConsumer mc = ts.createConsumer(ts.createQueue(unb64(w[1])));
+                        Message m = mc.receive(5000);
+                        ts.rollback();
+                        mc.close();
+                        ts.close();
+                        out = m == null ? "NONE" : "OK";
+                        break;
+                    }
                     case "CLOSE":
                         consumers.remove(w[1]).close();
                         out = "OK";

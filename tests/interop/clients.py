@@ -53,6 +53,7 @@ class Out:
     durable: bool = True
     headers: dict[str, Any] = field(default_factory=dict)
     key: bytes | None = None
+    jms_map: dict[str, str] | None = None  # JMS only: send a MapMessage instead
 
 
 @dataclass
@@ -401,8 +402,12 @@ class JmsClient:
         return handle
 
     def publish(self, key: str, out: Out, kind: str = "topic") -> None:
-        words = ["SEND", kind, _b64(key), "text" if out.text else "bytes",
-                 _b64(out.body)]
+        if out.jms_map is not None:  # a MapMessage with string entries
+            body = ",".join(f"{k}={_b64(v)}" for k, v in out.jms_map.items())
+            words = ["SEND", kind, _b64(key), "map", _b64(body)]
+        else:
+            words = ["SEND", kind, _b64(key), "text" if out.text else "bytes",
+                     _b64(out.body)]
         if out.correlation_id is not None:
             words.append("corr=" + _b64(out.correlation_id))
         if out.type is not None:
@@ -458,6 +463,10 @@ class JmsClient:
         g.durable = _unb64(f["persist"]) == "1"
         g.topic = _unb64(f["dest"]) if "dest" in f else None
         return g
+
+    def poison(self, queue: str) -> bool:
+        """Take one message from ``queue`` and reject it for good (JMS dead-letters it)."""
+        return self.cmd("POISON", _b64(queue)) == "OK"
 
     def done(self, handle: str) -> None:
         self.cmd("CLOSE", handle)
