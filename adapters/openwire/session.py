@@ -706,11 +706,16 @@ class Connection:
             if entry is None:
                 entry = self._begin(m.transaction_id)
             tx = entry[0]
-        parts = split_dest(m.destination)
-        if not parts or not all(name for _, name in parts):
-            self.respond_error(m, "javax.jms.InvalidDestinationException",
-                               "empty destination name")
-            return
+        dest = m.destination
+        name = dest.physical_name
+        if name and "," not in name:
+            parts = [(dest.type, name)]
+        else:
+            parts = split_dest(dest)
+            if not parts or not all(name for _, name in parts):
+                self.respond_error(m, "javax.jms.InvalidDestinationException",
+                                   "empty destination name")
+                return
         if len(parts) == 1 and tx is None and m.data_structure is None:
             self.hub.prime(msg, m)
         try:

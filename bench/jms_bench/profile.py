@@ -1,0 +1,138 @@
+"""CPU cost per message of one JMS benchmark scenario against polymq (and optionally ActiveMQ).
+
+    .venv/bin/python bench/jms_bench/profile.py [--scenario queue|topic] [--messages 40000]
+        [--py-spy out.txt] [--activemq-port 26616]
+
+Starts polymq (OpenWire only, sqlite store) as a subprocess, runs JmsBench non-persistent with
+1 producer and 1 consumer (queue) or 2 consumers (topic), and prints the broker's CPU time per
+message (from /proc/<pid>/stat), the client JVM's CPU time per message and the rates. With
+``--py-spy FILE`` the broker is sampled by py-spy (``pip install py-spy``) during the run and a
+flat "top functions" table is written to FILE (raw collapsed stacks to FILE.collapsed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "java"))
+
+import jmsrun  # noqa: E402
+from brokerproc import BrokerProcess  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run(classes: Path, url: str, kind: str, consumers: int, n: int, size: int,
+        broker_pid: int | None) -> dict:
+    b0 = proc_cpu(broker_pid) if broker_pid else 0.0
+    c0 = children_cpu()
+    out = subprocess.run(
+        jmsrun.java_cmd(classes, "JmsBench", url, kind, "false", "1", str(consumers), str(n),
+                        str(size)),
+        capture_output=True, text=True, timeout=600,
+    )
+    c1 = children_cpu()
+    b1 = proc_cpu(broker_pid) if broker_pid else 0.0
+    m = re.search(r"RESULT .*", out.stdout)
+    if not m:
+        raise SystemExit(out.stderr[-2000:])
+    res = dict(kv.split("=") for kv in m.group().split()[1:])
+    res["broker_us"] = (b1 - b0) / n * 1e6
+    res["client_us"] = (c1 - c0) / n * 1e6
+    return res
+
+
+def summarize(collapsed: Path, out: Path) -> None:
+    own: collections.Counter = collections.Counter()
+    total: collections.Counter = collections.Counter()
+    samples = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        k = int(count)
+        samples += k
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] += k
+        for f in set(frames):
+            total[f] += k
+    lines = [f"{samples} samples", "", "self%  function"]
+    lines += [f"{100 * v / samples:5.1f}  {f}" for f, v in own.most_common(40)]
+    lines += ["", "total%  function"]
+    lines += [f"{100 * v / samples:5.1f}  {f}" for f, v in total.most_common(60)]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scenario", choices=("queue", "topic"), default="queue")
+    ap.add_argument("--messages", type=int, default=40000)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--py-spy", type=Path)
+    ap.add_argument("--activemq-port", type=int)
+    ap.add_argument("--warmup", type=int, default=5000)
+    args = ap.parse_args()
+    consumers = 1 if args.scenario == "queue" else 2
+    tmp = Path(tempfile.mkdtemp(prefix="jms-prof-"))
+    classes = tmp / "classes"
+    classes.mkdir()
+    subprocess.run(["javac", "-nowarn", "-cp", jmsrun.classpath(), "-d", str(classes),
+                    str(Path(__file__).parent / "JmsBench.java")], check=True)
+    broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store="sqlite",
+                           log_level="warn")
+    broker.start()
+    try:
+        url = f"tcp://127.0.0.1:{broker.port('openwire')}"
+        run(classes, url, args.scenario, consumers, args.warmup, args.size, broker.pid)
+        spy = None
+        if args.py_spy:
+            collapsed = args.py_spy.with_suffix(".collapsed")
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                                    "-p", str(broker.pid), "-f", "raw", "-o", str(collapsed),
+                                    "-r", "500", "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+        res = run(classes, url, args.scenario, consumers, args.messages, args.size, broker.pid)
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+            summarize(collapsed, args.py_spy)
+        rows = [("polymq", res)]
+        if args.activemq_port:
+            aurl = f"tcp://127.0.0.1:{args.activemq_port}"
+            run(classes, aurl, args.scenario, consumers, args.warmup, args.size, None)
+            rows.append(("ActiveMQ", run(classes, aurl, args.scenario, consumers,
+                                         args.messages, args.size, None)))
+    finally:
+        broker.stop()
+    print("| broker | send msg/s | recv msg/s | broker CPU µs/msg | client CPU µs/msg |")
+    print("|---|---|---|---|---|")
+    for name, r in rows:
+        bus = f"{r['broker_us']:.1f}" if name == "polymq" else "-"
+        print(f"| {name} | {float(r['send_rate']):,.0f} | {float(r['recv_rate']):,.0f} | {bus} "
+              f"| {r['client_us']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
