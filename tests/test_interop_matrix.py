@@ -513,3 +513,44 @@ def test_amqp_message_dead_lettered_by_jms_shows_the_cause_to_amqp(clients):
     (g,) = amqp.receive("ActiveMQ.DLQ", 1, 5)
     assert (g.body, g.correlation_id, g.headers.get("n")) == (b"poison", "dead-1", 1)
     assert "dlqDeliveryFailureCause" in g.headers
+
+
+# -- durability flag and MQTT retain ---------------------------------------------------------
+
+
+def test_non_persistent_stays_non_persistent(clients):
+    """Transient messages (AMQP delivery-mode 1, JMS NON_PERSISTENT, MQTT QoS 0) arrive as
+    transient everywhere: delivery-mode not 2, NON_PERSISTENT, QoS 0."""
+    key = "np." + uuid.uuid4().hex[:6]
+    hs = {c: clients[c].subscribe(key) for c in ("amqp", "mqtt5", "openwire")}
+    for p in ("amqp", "openwire", "mqtt5"):
+        clients[p].publish(key, Out(f"t-{p}".encode(), durable=False))
+    for c, h in hs.items():
+        got = clients[c].receive(h, 3, 5)
+        assert sorted(g.body for g in got) == [b"t-amqp", b"t-mqtt5", b"t-openwire"], c
+        for g in got:
+            if c == "mqtt5":
+                assert g.qos == 0
+            else:
+                assert g.durable is False, (c, g.body)
+        clients[c].done(h)
+
+
+def test_mqtt_retain_is_mqtt_only(clients):
+    """A retained MQTT publish reaches current AMQP and JMS subscribers as a plain message and
+    later MQTT subscribers (3.1.1 and 5) as the retained copy."""
+    s = "rt" + uuid.uuid4().hex[:6]
+    ha = clients["amqp"].subscribe(f"{s}.state")
+    hj = clients["openwire"].subscribe(f"{s}.state")
+    clients["mqtt5"].publish(f"{s}.state", Out(b"on", content_type="text/plain"), retain=True)
+    assert [g.body for g in clients["amqp"].receive(ha, 1, 5)] == [b"on"]
+    (j,) = clients["openwire"].receive(hj, 1, 5)
+    assert (j.body, j.jms_class) == (b"on", "Text")
+    for c in ("mqtt311", "mqtt5"):
+        h = clients[c].subscribe(f"{s}.state")
+        (g,) = clients[c].receive(h, 1, 5)
+        assert (g.body, g.retain, g.topic) == (b"on", True, f"{s}/state")
+        clients[c].done(h)
+    clients["mqtt5"].publish(f"{s}.state", Out(b""), retain=True)  # clear the retained copy
+    clients["amqp"].done(ha)
+    clients["openwire"].done(hj)
