@@ -202,7 +202,7 @@ def test_after_durable_with_only_inflight_writes(tmp_path):
             gate.wait(5)
             return super()._execute(conn, batches)
 
-    store = Gated(str(tmp_path))
+    store = Gated(str(tmp_path), lazy_flush_ms=0)
     yield store.open()
     store.put_message("/", "q", 1, b"a", 0)
     yield turn()  # flushed, writer blocked on the gate
@@ -245,7 +245,7 @@ def test_group_commit_merges_reactor_turns(tmp_path):
             gate.wait(5)
             return super()._execute(conn, batches)
 
-    store = Gated(str(tmp_path))
+    store = Gated(str(tmp_path), lazy_flush_ms=0)
     yield store.open()
     acks = []
     for seq in range(50):  # 50 reactor turns while the first commit is held
@@ -288,7 +288,7 @@ def test_put_delete_cancel(tmp_path):
 @pytest_twisted.inlineCallbacks
 def test_put_delete_across_batches(tmp_path):
     """A delete in a later batch than its put is not cancelled away: the row goes."""
-    store, d = open_store(tmp_path)
+    store, d = open_store(tmp_path, lazy_flush_ms=0)
     yield d
     store.put_message("/", "q", 1, b"a", 0)
     store.put_message("/", "q", 2, b"a", 0)
@@ -429,13 +429,45 @@ def test_write_error_never_reports_durable(tmp_path):
 
 def test_flush_uses_injected_clock(tmp_path):
     clock = task.Clock()
-    store = SqliteStore(str(tmp_path), clock=clock)
+    store = SqliteStore(str(tmp_path), clock=clock, lazy_flush_ms=0)
     store.put_kv("ns", "k", b"v")
     store.put_kv("ns", "k2", b"v")
     assert len(clock.getDelayedCalls()) == 1  # one flush per turn, not per write
     clock.advance(0)
     assert store.flushes == 1
     assert clock.getDelayedCalls() == []
+
+
+def test_lazy_flush_of_writes_nobody_waits_for(tmp_path):
+    """Writes without a callback wait lazy_flush_ms; a callback takes them along at once."""
+    clock = task.Clock()
+    store = SqliteStore(str(tmp_path), clock=clock, lazy_flush_ms=20)
+    store.delete_message("/", "q", 1)  # a consumer ack: nobody waits for it
+    store.put_kv("ns", "k", b"v")
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert store.flushes == 0
+    clock.advance(0.019)
+    assert store.flushes == 0
+    clock.advance(0.001)
+    assert store.flushes == 1 and clock.getDelayedCalls() == []
+    # a callback registered while a lazy flush is pending: flushed this turn, one batch
+    store.delete_message("/", "q", 2)
+    clock.advance(0.005)
+    store.put_message("/", "q", 3, b"m", 0)
+    store.after_durable(lambda: None)
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [clock.seconds()]
+    clock.advance(0)
+    assert store.flushes == 2 and clock.getDelayedCalls() == []
+    (ops, callbacks) = store._q.get_nowait()  # the second batch (the first is also queued)
+    (ops, callbacks) = store._q.get_nowait()
+    assert [op[0] for op in ops] == [7, 6] and len(callbacks) == 1
+    # too many pending lazy writes: flushed on the next turn
+    store.lazy_flush_ops = 3
+    for seq in range(3):
+        store.delete_message("/", "q", seq)
+    clock.advance(0)
+    assert store.flushes == 3 and clock.getDelayedCalls() == []
 
 
 # ---------------------------------------------------------------- model-based (hypothesis)

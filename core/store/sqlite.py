@@ -209,6 +209,8 @@ class SqliteStore:
         clock: Any = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         retries: int = 3,
+        lazy_flush_ms: float = 20.0,
+        lazy_flush_ops: int = 10000,
         **ignored: Any,
     ) -> None:
         synchronous = str(synchronous).upper()
@@ -225,6 +227,8 @@ class SqliteStore:
         self.synchronous = synchronous
         self.busy_timeout_ms = int(busy_timeout_ms)
         self.retries = int(retries)
+        self.lazy_flush = max(0.0, float(lazy_flush_ms)) / 1000.0
+        self.lazy_flush_ops = max(1, int(lazy_flush_ops))
         self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
         self._clock = clock
         self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
@@ -242,6 +246,7 @@ class SqliteStore:
         self._callbacks: list[Callable[[], None]] = []
         self._puts: dict[tuple[str, str, int], int] = {}  # message key -> index in _ops
         self._flush_call: Any = None
+        self._flush_lazy = False  # the scheduled flush is the lazy one (no callback waits)
         self._inflight = 0  # batches handed to the writer whose callbacks have not run yet
         self._open_d: defer.Deferred | None = None
         self._close_d: defer.Deferred | None = None
@@ -250,7 +255,7 @@ class SqliteStore:
         self._open_failed = False
 
         # writer side
-        self._q: queue.Queue = queue.Queue()
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
 
@@ -295,8 +300,26 @@ class SqliteStore:
             self._dropped(kind)
             return
         self._ops.append((kind, params))
-        if self._flush_call is None:
+        if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
+            self._schedule_lazy()
+
+    def _schedule_lazy(self) -> None:
+        """Schedule the flush of a batch nobody waits for yet (no ``after_durable`` callback).
+
+        Such writes (consumer acks, writes of publishers without confirms) are held up to
+        ``lazy_flush_ms`` (or until ``lazy_flush_ops`` operations are pending): a callback
+        registered meanwhile takes them along in its own commit, instead of queueing behind a
+        commit of theirs. Nobody was promised anything about them, so this costs no durability.
+        """
+        call = self._flush_call
+        if call is not None and call.active():
+            call.cancel()
+        if self._callbacks or len(self._ops) >= self.lazy_flush_ops or not self.lazy_flush:
             self._flush_call = self._clock.callLater(0, self._flush)
+            self._flush_lazy = False
+        else:
+            self._flush_call = self._clock.callLater(self.lazy_flush, self._flush)
+            self._flush_lazy = True
 
     def _dropped(self, kind: int) -> None:
         self.dropped_after_close += 1
@@ -345,8 +368,8 @@ class SqliteStore:
             ops[old] = None
         self._puts[k] = len(ops)
         ops.append((_PUT_MESSAGE, (vhost, queue, seq, data, delivery_count)))
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
+        if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
+            self._schedule_lazy()
 
     def delete_message(self, vhost: str, queue: str, seq: int) -> None:
         if self._state >= _CLOSING:
@@ -361,8 +384,8 @@ class SqliteStore:
             ops[i] = None
             self.cancelled += 1
         ops.append((_DEL_MESSAGE, (vhost, queue, seq)))
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
+        if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
+            self._schedule_lazy()
 
     def append_stream(
         self,
@@ -408,8 +431,14 @@ class SqliteStore:
             self._ops_closing_callback(callback)
             return
         self._callbacks.append(callback)
-        if self._flush_call is None:
+        call = self._flush_call
+        if call is None:
             self._flush_call = self._clock.callLater(0, self._flush)
+        elif self._flush_lazy:  # someone waits now: flush this turn, not after the delay
+            if call.active():
+                call.cancel()
+            self._flush_call = self._clock.callLater(0, self._flush)
+            self._flush_lazy = False
 
     def _ops_closing_callback(self, callback: Callable[[], None]) -> None:
         # The close sentinel is already queued; chain the callback behind close().
@@ -424,6 +453,7 @@ class SqliteStore:
 
     def _flush(self) -> None:
         call, self._flush_call = self._flush_call, None
+        self._flush_lazy = False
         if call is not None and call.active():
             call.cancel()
         if not self._ops and not self._callbacks:
