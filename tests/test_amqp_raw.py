@@ -13,6 +13,7 @@ import time
 import pika
 import pytest
 from brokerproc import BrokerProcess
+from wire import peer_closed
 
 from polymq.adapters.amqp import codec as C
 
@@ -87,15 +88,7 @@ class Raw:
 
     def closed(self, timeout=5.0):
         """True once the server has closed the socket."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                if not self.sock.recv(65536):
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except TimeoutError:
-            return False
+        return peer_closed(self.sock, timeout)
 
     def close(self):
         self.sock.close()

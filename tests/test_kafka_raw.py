@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from brokerproc import BrokerProcess
+from wire import peer_closed
 
 from polymq.adapters.kafka import codec as C
 from polymq.adapters.kafka.records import encode_batch
@@ -56,15 +57,7 @@ class Client:
         return resp
 
     def closed(self, timeout: float = 5.0) -> bool:
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                if not self.sock.recv(65536):
-                    return True
-        except (ConnectionResetError, BrokenPipeError):
-            return True
-        except TimeoutError:
-            return False
+        return peer_closed(self.sock, timeout)
 
     def close(self) -> None:
         self.sock.close()

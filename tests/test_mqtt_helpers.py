@@ -15,6 +15,7 @@ from brokerproc import BrokerProcess
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from wire import peer_closed
 
 V3 = mqtt.MQTTv311
 V5 = mqtt.MQTTv5
@@ -197,17 +198,7 @@ def recv_packet(sock: socket.socket, timeout: float = 5.0) -> tuple[int, bytes] 
 
 def closed(sock: socket.socket, timeout: float = 5.0) -> bool:
     """True when the peer closes the connection (reading whatever it still sends)."""
-    sock.settimeout(timeout)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not sock.recv(4096):
-                return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except TimeoutError:
-        return False
-    return False
+    return peer_closed(sock, timeout)
 
 
 def wait_until(pred, timeout=5.0, step=0.05) -> bool:
