@@ -19,6 +19,8 @@ from typing import Any
 
 import construct as cs
 
+from ..varint import encode_uvarint
+
 # --------------------------------------------------------------------------------------------
 # errors and constants
 
@@ -156,18 +158,6 @@ class UVarint(cs.Construct):
 
     def _sizeof(self, context, path):
         raise cs.SizeofError(path=path)
-
-
-def encode_uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 class KString(cs.Construct):

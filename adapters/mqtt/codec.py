@@ -35,6 +35,8 @@ from construct import (
     this,
 )
 
+from ..varint import encode_uvarint as encode_varint
+
 # -- packet types --------------------------------------------------------------------------
 
 CONNECT = 1
@@ -306,20 +308,6 @@ def props_to_dict(items: list) -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def encode_varint(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _utf8(s: str) -> bytes:
