@@ -62,8 +62,9 @@ SURVIVES: dict[str, tuple[frozenset, frozenset]] = {
     "durable": (ALL, frozenset({"amqp", "openwire", "mqtt311", "mqtt5"})),
     "headers": (frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
                 frozenset({"amqp", "mqtt5", "kafka", "openwire"})),
-    # AMQP carries the Kafka key as the header x-kafka-key
-    "key": (frozenset({"amqp", "kafka"}), frozenset({"amqp", "kafka"})),
+    # AMQP, MQTT 5 and JMS carry the Kafka key as the header / property x-kafka-key
+    "key": (frozenset({"amqp", "kafka", "mqtt5", "openwire"}),
+            frozenset({"amqp", "kafka", "mqtt5", "openwire"})),
     "jms_class": (ALL, frozenset({"openwire"})),
 }
 

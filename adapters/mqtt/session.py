@@ -460,6 +460,7 @@ def _str(v: Any) -> str:
     return s.replace("\x00", "\ufffd") if "\x00" in s else s
 
 
+KAFKA_KEY = "x-kafka-key"  # header carrying a Kafka record key (docs/mapping.md)
 _ADDRESS_PREFIXES = ("topic://", "queue://", "temp-topic://", "temp-queue://")
 
 
@@ -498,8 +499,11 @@ def static_props(msg: Message) -> dict[str, Any]:
     ups = ann.get("mqtt.user_properties")
     if isinstance(ups, list) and all(isinstance(x, list | tuple) and len(x) == 2 for x in ups):
         props["user_property"] = [(_str(k), _str(v)) for k, v in ups]
-    elif msg.headers:
-        props["user_property"] = [(_str(k), _str(v)) for k, v in msg.headers.items()]
+    elif msg.headers or msg.key is not None:
+        up = [(_str(k), _str(v)) for k, v in msg.headers.items()]
+        if msg.key is not None and KAFKA_KEY not in msg.headers:
+            up.append((KAFKA_KEY, _str(msg.key)))  # the Kafka key, as AMQP and JMS see it
+        props["user_property"] = up
     return props
 
 
@@ -979,6 +983,9 @@ class Connection:
                         ann["mqtt.user_properties"] = [[k_, v_] for k_, v_ in ups]
                     headers[k] = v
                 msg.headers = headers
+                key = headers.get(KAFKA_KEY)
+                if key is not None:
+                    msg.key = key.encode("utf-8")
         return msg
 
     def on_publish(self, flags: int, body: bytes) -> None:

@@ -268,6 +268,8 @@ class ConsumerState:
 
 # -- conversion ----------------------------------------------------------------------------------
 
+KAFKA_KEY = "x-kafka-key"  # property carrying a Kafka record key (docs/mapping.md)
+
 
 def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
     """An incoming ActiveMQ message as a core Message (see docs/openwire.md)."""
@@ -316,6 +318,13 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
         )
         if ptypes:
             ann["openwire.ptypes"] = ptypes
+    key = None
+    if headers:
+        k = headers.get(KAFKA_KEY)
+        if isinstance(k, str):
+            key = k.encode("utf-8")
+        elif isinstance(k, bytes):
+            key = k
     if m.group_id is not None:
         ann["openwire.group_id"] = m.group_id
         ann["openwire.group_seq"] = m.group_sequence
@@ -339,6 +348,7 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
         ann["openwire.dest"] = dest_to_str(m.destination)
     return Message(
         body,
+        key=key,
         headers=headers,
         content_type=content_type,
         message_id=message_id,
@@ -449,8 +459,16 @@ def core_to_jms(msg: Message, synthetic_pid: Obj, seq: int) -> Obj:
     mid = Obj(c.MESSAGE_ID, text_view=_short(msg.message_id), producer_id=pid,
               producer_sequence_id=pseq, broker_sequence_id=seq)
     props = None
-    if msg.headers:
-        props = c.encode_primitive_map(msg.headers, ann.get("openwire.ptypes"))
+    headers = msg.headers
+    if msg.key is not None and KAFKA_KEY not in headers:
+        # the Kafka key as a property, as AMQP sees it (string when UTF-8, else byte[])
+        headers = dict(headers)
+        try:
+            headers[KAFKA_KEY] = msg.key.decode("utf-8")
+        except UnicodeDecodeError:
+            headers[KAFKA_KEY] = bytes(msg.key)
+    if headers:
+        props = c.encode_primitive_map(headers, ann.get("openwire.ptypes"))
     dest = ann.get("openwire.dest")
     if dest is None:
         if msg.exchange == "amq.topic":

@@ -134,6 +134,8 @@ class MqttClient:
                 got.ttl_left_ms = mei * 1000
             for k, v in getattr(p, "UserProperty", None) or []:
                 got.headers[k] = v
+            if "x-kafka-key" in got.headers:
+                got.key = got.headers["x-kafka-key"].encode("utf-8")
         with self.lock:
             for handle, filt in self.subs:
                 if self.mqtt.topic_matches_sub(filt, m.topic):
@@ -166,8 +168,11 @@ class MqttClient:
                 props.ResponseTopic = out.reply_to
             if out.ttl_ms is not None:
                 props.MessageExpiryInterval = out.ttl_ms // 1000
-            if out.headers:
-                props.UserProperty = [(k, str(v)) for k, v in out.headers.items()]
+            ups = [(k, str(v)) for k, v in out.headers.items()]
+            if out.key is not None:
+                ups.append(("x-kafka-key", out.key.decode("utf-8")))
+            if ups:
+                props.UserProperty = ups
         info = self.c.publish(mqtt_topic(key), out.body, qos=1 if out.durable else 0,
                               retain=retain, properties=props)
         info.wait_for_publish(10)
@@ -421,6 +426,8 @@ class JmsClient:
             words.append(f"ttl={out.ttl_ms}")
         for k, v in out.headers.items():
             words.append(f"p.{k}={_jms_prop(v)}")
+        if out.key is not None:
+            words.append(f"p.x-kafka-key={_jms_prop(out.key.decode('utf-8'))}")
         reply = self.cmd(*words)
         self.last_id = _unb64(reply.split()[1])
 
@@ -450,6 +457,8 @@ class JmsClient:
             else:
                 f[k] = v
         g.body = base64.b64decode(f["body"])
+        k = g.headers.get("x-kafka-key")
+        g.key = k.encode("utf-8") if isinstance(k, str) else k
         g.jms_class = _unb64(f["cls"])
         g.message_id = _unb64(f["id"]) if "id" in f else None
         g.correlation_id = _unb64(f["corr"]) if "corr" in f else None
