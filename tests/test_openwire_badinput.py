@@ -52,7 +52,7 @@ class Raw:
 
     def hello(self, inactivity: int = 30000) -> None:
         self.send(c.encode_wireformat(
-            12, {"TightEncodingEnabled": True, "CacheEnabled": True,
+            12, {"TightEncodingEnabled": True, "CacheEnabled": False,  # writes the plain form
                  "MaxInactivityDuration": inactivity}, {"MaxInactivityDuration": "long"}))
 
     def read_frame(self) -> bytes | None:
@@ -97,7 +97,8 @@ def handshake(broker) -> Raw:
     first = r.read_frame()
     version, props = c.decode_wireformat(first, 64)
     assert version == 12
-    assert props["TightEncodingEnabled"] is False and props["CacheEnabled"] is False
+    assert props["TightEncodingEnabled"] is False
+    assert props["CacheEnabled"] is True and props["CacheSize"] == 1024
     assert props["StackTraceEnabled"] is False
     r.hello()
     info = r.command()

@@ -24,7 +24,7 @@ def setup():
     return broker, proto, tr
 
 
-def frames(data: bytes) -> list[Obj | tuple]:
+def frames(data: bytes, cache: list | None = None) -> list[Obj | tuple]:
     out = []
     while data:
         size = struct.unpack(">i", data[:4])[0]
@@ -32,7 +32,7 @@ def frames(data: bytes) -> list[Obj | tuple]:
         if frame[0] == c.WIREFORMAT_INFO:
             out.append(("wireformat",))
         else:
-            out.append(c.decode_command(frame))
+            out.append(c.decode_command(frame, cache))
     return out
 
 
@@ -141,7 +141,7 @@ def _value(kind: str, depth: int):
     if kind == "t":
         text = st.none() | st.text(max_size=5)
         return st.none() | st.tuples(text, text)
-    if kind == "o":
+    if kind == "o" or kind == "c":
         return st.none() | _obj(depth + 1) if depth < 2 else st.none()
     if kind == "O":
         return st.none() | st.lists(_obj(depth + 1), max_size=2) if depth < 2 else st.none()
@@ -203,3 +203,91 @@ def test_transaction_commit_after_consumer_closed_settles():
 def test_transaction_rollback_after_consumer_closed_requeues():
     q = _tx_ack_then_close_consumer(commit=False)
     assert q.message_count == 1 and not q.unacked
+
+
+# -- the marshalling cache, negotiated ----------------------------------------------------------
+
+
+def test_cache_negotiation():
+    for offer, size, expected in ((True, 8, 8), (True, 5000, 1024), (False, 8, None),
+                                  (True, 0, None)):
+        broker, proto, tr = setup()
+        hello = c.encode_wireformat(12, {"MaxInactivityDuration": 0, "CacheEnabled": offer,
+                                         "CacheSize": size}, {"MaxInactivityDuration": "long"})
+        proto.dataReceived(hello)
+        assert proto.conn.cached is (expected is not None)
+        if expected:
+            assert len(proto.conn.ucache) == expected
+    broker = Broker(clock=Clock())
+    proto = OpenWireFactory(broker, {"cache_size": 0}).buildProtocol(None)
+    tr = StringTransport()
+    proto.makeConnection(tr)
+    proto.dataReceived(c.encode_wireformat(12, {"CacheEnabled": True, "CacheSize": 8}, {}))
+    assert not proto.conn.cached
+
+
+def test_cached_form_end_to_end():
+    """A client with a marshalling cache: its references are resolved, and what the broker
+    sends decodes through the client's unmarshalling cache (the dispatch head stores the
+    consumer id and destination once, then refers to them)."""
+    from test_openwire_codec import _ClientWriter
+
+    broker, proto, tr = setup()
+    w = _ClientWriter(8)
+    mine: list = [None] * 8
+    conn_id = Obj(c.CONNECTION_ID, value="ID:cc")
+    cid = Obj(c.CONSUMER_ID, connection_id="ID:cc", session_id=1, value=1)
+    dest = Obj(c.QUEUE, physical_name="cc.q")
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:cc", value=1, session_id=1)
+    proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
+                                                "CacheEnabled": True, "CacheSize": 8},
+                                           {"MaxInactivityDuration": "long"}))
+
+    def send(o):
+        body = w.frame(o)
+        proto.dataReceived(struct.pack(">i", len(body)) + body)
+
+    send(Obj(c.CONNECTION_INFO, command_id=1, response_required=True, connection_id=conn_id))
+    send(Obj(c.CONSUMER_INFO, command_id=2, response_required=True, consumer_id=cid,
+             destination=dest, prefetch_size=1000))
+    got = frames(tr.value(), mine)
+    tr.clear()
+    assert [x.type for x in got[1:]] == [c.BROKER_INFO, c.RESPONSE, c.RESPONSE]
+    for k in range(3):  # the client's references: producer id, destination, null tx ...
+        send(Obj(c.BYTES_MESSAGE, command_id=10 + k, producer_id=pid, destination=dest,
+                 message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k),
+                 priority=4, content=b"m%d" % k))
+    broker.vhost().publish("", "cc.q", Message(b"from the core"))
+    got = frames(tr.value(), mine)
+    tr.clear()
+    assert [x.type for x in got] == [c.MESSAGE_DISPATCH] * 4
+    assert all(x.consumer_id == cid and x.destination == dest for x in got)
+    assert [x.message.content for x in got] == [b"m0", b"m1", b"m2", b"from the core"]
+    assert all(x.message.producer_id == pid for x in got[:3])
+    assert len(tr.value()) == 0 and mine[:2] == [cid, dest]
+    last = got[-1].message.message_id
+    send(Obj(c.MESSAGE_ACK, command_id=20, destination=dest, consumer_id=cid, ack_type=2,
+             first_message_id=got[0].message.message_id, last_message_id=last,
+             message_count=4))
+    assert not broker.vhost().queues["cc.q"].unacked
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(_obj(0), min_size=1, max_size=6), st.binary(max_size=3))
+def test_session_survives_nonsense_commands_cached_form(cmds, junk):
+    broker, proto, tr = setup()
+    proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
+                                                "CacheEnabled": True, "CacheSize": 4}, {}))
+    proto.dataReceived(c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1,
+                                          connection_id=Obj(c.CONNECTION_ID, value="ID:f")),
+                                      cached=True))
+    for cmd in cmds:
+        if proto._closing:
+            break
+        proto.dataReceived(c.encode_frame(cmd, cached=True))
+    # a reference to a slot that may be out of range or empty: an error or a null, never a crash
+    if not proto._closing:
+        ref = b"\x00" + junk[:2].ljust(2, b"\x00")
+        body = bytes((c.REMOVE_INFO,)) + b"\x00\x00\x00\x05\x00" + ref + b"\x00" * 8
+        proto.dataReceived(struct.pack(">i", len(body)) + body)
+    proto.connectionLost(None)

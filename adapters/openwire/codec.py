@@ -13,8 +13,18 @@ loose form exists here. The wire format is described declaratively:
 
 Field kinds: ``z`` boolean, ``b`` byte, ``h`` short, ``i`` int, ``l`` long, ``s`` nullable
 string (Java modified UTF-8), ``y`` nullable byte sequence (int32 length), ``o`` nullable nested
-object, ``O`` nullable object array (int16 count), ``t`` nullable throwable (class name and
-message only: stack traces are never negotiated).
+object, ``c`` "cached" nullable nested object, ``O`` nullable object array (int16 count), ``t``
+nullable throwable (class name and message only: stack traces are never negotiated).
+
+The marshalling cache (``CacheEnabled``) changes only the ``c`` fields: each becomes
+``bool new, int16 index`` followed, when new, by the nested object, which the receiver stores
+at ``index`` of its unmarshalling cache (index -1: not stored); a reference (``new`` false)
+names an index stored earlier. Without the cache a ``c`` field is exactly an ``o`` field. The
+decoders of the cached form (``decode_command(frame, cache)``) check every index against the
+negotiated cache size; the encoders of the cached form (``cached=True``) write every ``c`` field
+as new with index -1 (valid for any receiver, shareable between connections), except the
+per-consumer MessageDispatch head (:func:`dispatch_heads_cached`), whose consumer id and
+destination are stored once in slots the connection allocates.
 
 Every length is checked against what remains of the frame before anything is allocated, and
 nesting is capped at :data:`MAX_NESTING`, so a client controls neither allocation sizes nor
@@ -89,12 +99,12 @@ DESTINATION_TYPES = frozenset((QUEUE, TOPIC, TEMP_QUEUE, TEMP_TOPIC))
 # -- the declarative table ------------------------------------------------------------------
 
 _MESSAGE_FIELDS = (
-    ("producer_id", "o"),
-    ("destination", "o"),
-    ("transaction_id", "o"),
-    ("original_destination", "o"),
+    ("producer_id", "c"),
+    ("destination", "c"),
+    ("transaction_id", "c"),
+    ("original_destination", "c"),
     ("message_id", "o"),
-    ("original_transaction_id", "o"),
+    ("original_transaction_id", "c"),
     ("group_id", "s"),
     ("group_sequence", "i"),
     ("correlation_id", "s"),
@@ -107,7 +117,7 @@ _MESSAGE_FIELDS = (
     ("content", "y"),
     ("marshalled_properties", "y"),
     ("data_structure", "o"),
-    ("target_consumer_id", "o"),
+    ("target_consumer_id", "c"),
     ("compressed", "z"),
     ("redelivery_counter", "i"),
     ("broker_path", "O"),
@@ -126,21 +136,21 @@ _DEST = (("physical_name", "s"),)
 # type id: (class name, has command prefix, fields)
 SCHEMA: dict[int, tuple[str, bool, tuple[tuple[str, str], ...]]] = {
     BROKER_INFO: ("BrokerInfo", True, (
-        ("broker_id", "o"), ("broker_url", "s"), ("peer_broker_infos", "O"),
+        ("broker_id", "c"), ("broker_url", "s"), ("peer_broker_infos", "O"),
         ("broker_name", "s"), ("slave_broker", "z"), ("master_broker", "z"),
         ("fault_tolerant_configuration", "z"), ("duplex_connection", "z"),
         ("network_connection", "z"), ("connection_id", "l"), ("broker_upload_url", "s"),
         ("network_properties", "s"),
     )),
     CONNECTION_INFO: ("ConnectionInfo", True, (
-        ("connection_id", "o"), ("client_id", "s"), ("password", "s"), ("user_name", "s"),
+        ("connection_id", "c"), ("client_id", "s"), ("password", "s"), ("user_name", "s"),
         ("broker_path", "O"), ("broker_master_connector", "z"), ("manageable", "z"),
         ("client_master", "z"), ("fault_tolerant", "z"), ("failover_reconnect", "z"),
         ("client_ip", "s"),
     )),
-    SESSION_INFO: ("SessionInfo", True, (("session_id", "o"),)),
+    SESSION_INFO: ("SessionInfo", True, (("session_id", "c"),)),
     CONSUMER_INFO: ("ConsumerInfo", True, (
-        ("consumer_id", "o"), ("browser", "z"), ("destination", "o"), ("prefetch_size", "i"),
+        ("consumer_id", "c"), ("browser", "z"), ("destination", "c"), ("prefetch_size", "i"),
         ("maximum_pending_message_limit", "i"), ("dispatch_async", "z"), ("selector", "s"),
         ("client_id", "s"), ("subscription_name", "s"), ("no_local", "z"), ("exclusive", "z"),
         ("retroactive", "z"), ("priority", "b"), ("broker_path", "O"),
@@ -148,23 +158,23 @@ SCHEMA: dict[int, tuple[str, bool, tuple[tuple[str, str], ...]]] = {
         ("optimized_acknowledge", "z"), ("no_range_acks", "z"), ("network_consumer_path", "O"),
     )),
     PRODUCER_INFO: ("ProducerInfo", True, (
-        ("producer_id", "o"), ("destination", "o"), ("broker_path", "O"),
+        ("producer_id", "c"), ("destination", "c"), ("broker_path", "O"),
         ("dispatch_async", "z"), ("window_size", "i"),
     )),
     TRANSACTION_INFO: ("TransactionInfo", True, (
-        ("connection_id", "o"), ("transaction_id", "o"), ("tx_type", "b"),
+        ("connection_id", "c"), ("transaction_id", "c"), ("tx_type", "b"),
     )),
     DESTINATION_INFO: ("DestinationInfo", True, (
-        ("connection_id", "o"), ("destination", "o"), ("operation_type", "b"),
+        ("connection_id", "c"), ("destination", "c"), ("operation_type", "b"),
         ("timeout", "l"), ("broker_path", "O"),
     )),
     REMOVE_SUBSCRIPTION_INFO: ("RemoveSubscriptionInfo", True, (
-        ("connection_id", "o"), ("subscription_name", "s"), ("client_id", "s"),
+        ("connection_id", "c"), ("subscription_name", "s"), ("client_id", "s"),
     )),
     KEEP_ALIVE_INFO: ("KeepAliveInfo", True, ()),
     SHUTDOWN_INFO: ("ShutdownInfo", True, ()),
     REMOVE_INFO: ("RemoveInfo", True, (
-        ("object_id", "o"), ("last_delivered_sequence_id", "l"),
+        ("object_id", "c"), ("last_delivered_sequence_id", "l"),
     )),
     CONTROL_COMMAND: ("ControlCommand", True, (("command", "s"),)),
     FLUSH_COMMAND: ("FlushCommand", True, ()),
@@ -182,15 +192,15 @@ SCHEMA: dict[int, tuple[str, bool, tuple[tuple[str, str], ...]]] = {
     )),
     PRODUCER_ACK: ("ProducerAck", True, (("producer_id", "o"), ("size", "i"))),
     MESSAGE_PULL: ("MessagePull", True, (
-        ("consumer_id", "o"), ("destination", "o"), ("timeout", "l"),
+        ("consumer_id", "c"), ("destination", "c"), ("timeout", "l"),
         ("correlation_id", "s"), ("message_id", "o"),
     )),
     MESSAGE_DISPATCH: ("MessageDispatch", True, (
-        ("consumer_id", "o"), ("destination", "o"), ("message", "o"),
+        ("consumer_id", "c"), ("destination", "c"), ("message", "o"),
         ("redelivery_counter", "i"),
     )),
     MESSAGE_ACK: ("MessageAck", True, (
-        ("destination", "o"), ("transaction_id", "o"), ("consumer_id", "o"),
+        ("destination", "c"), ("transaction_id", "c"), ("consumer_id", "c"),
         ("ack_type", "b"), ("first_message_id", "o"), ("last_message_id", "o"),
         ("message_count", "i"), ("poison_cause", "t"),
     )),
@@ -213,7 +223,7 @@ SCHEMA: dict[int, tuple[str, bool, tuple[tuple[str, str], ...]]] = {
     )),
     INTEGER_RESPONSE: ("IntegerResponse", True, (("correlation_id", "i"), ("result", "i"))),
     MESSAGE_DISPATCH_NOTIFICATION: ("MessageDispatchNotification", True, (
-        ("consumer_id", "o"), ("destination", "o"), ("delivery_sequence_id", "l"),
+        ("consumer_id", "c"), ("destination", "c"), ("delivery_sequence_id", "l"),
         ("message_id", "o"),
     )),
     QUEUE: ("ActiveMQQueue", False, _DEST),
@@ -221,11 +231,11 @@ SCHEMA: dict[int, tuple[str, bool, tuple[tuple[str, str], ...]]] = {
     TEMP_QUEUE: ("ActiveMQTempQueue", False, _DEST),
     TEMP_TOPIC: ("ActiveMQTempTopic", False, _DEST),
     MESSAGE_ID: ("MessageId", False, (
-        ("text_view", "s"), ("producer_id", "o"), ("producer_sequence_id", "l"),
+        ("text_view", "s"), ("producer_id", "c"), ("producer_sequence_id", "l"),
         ("broker_sequence_id", "l"),
     )),
     LOCAL_TRANSACTION_ID: ("LocalTransactionId", False, (
-        ("value", "l"), ("connection_id", "o"),
+        ("value", "l"), ("connection_id", "c"),
     )),
     XA_TRANSACTION_ID: ("XATransactionId", False, (
         ("format_id", "i"), ("global_transaction_id", "y"), ("branch_qualifier", "y"),
@@ -249,7 +259,10 @@ class Obj:
 
     # ``mark``: for a decoded message, the frame offset just after its MessageId (whose last
     # 8 bytes are the broker sequence id); ``raw``: the frame it was decoded from
-    __slots__ = ("type", "command_id", "response_required", "mark", "raw", "__dict__")
+    # ``cmark``: for a decoded message, the offsets after its original transaction id, and
+    # before and after its target consumer id (the rest of the frame is the same in both forms)
+    __slots__ = ("type", "command_id", "response_required", "mark", "cmark", "raw", "cenc",
+                 "__dict__")
 
     def __init__(self, type: int, **fields: Any) -> None:
         self.type = type
@@ -491,7 +504,7 @@ def decode_body(r: Reader, type_id: int, depth: int = 0) -> Obj:
         obj.response_required = False
     d = obj.__dict__
     for name, kind in fields:
-        if kind == "o":
+        if kind == "o" or kind == "c":
             d[name] = decode_object(r, depth + 1)
         elif kind == "s":
             d[name] = r.string()
@@ -542,7 +555,7 @@ def encode_body(w: Writer, obj: Obj) -> None:
     d = obj.__dict__
     for name, kind in fields:
         v = d.get(name)
-        if kind == "o":
+        if kind == "o" or kind == "c":
             encode_object(w, v)
         elif kind == "s":
             w.string(v)
@@ -738,16 +751,76 @@ def _runs(fields: tuple) -> list:
     return out
 
 
-def _generate() -> tuple[dict, dict]:
+def _cro(data: bytes, pos: int, end: int, depth: int, uc: list) -> tuple[Obj | None, int]:
+    """:func:`_ro` in the cached form (nested objects may hold cached fields)."""
+    if pos >= end:
+        raise DecodeError(_trunc)
+    if not data[pos]:
+        return None, pos + 1
+    if pos + 2 > end:
+        raise DecodeError(_trunc)
+    dec = _CDECODERS.get(data[pos + 1])
+    if dec is None:
+        raise DecodeError(f"unknown data type {data[pos + 1]}")
+    if depth > MAX_NESTING:
+        raise DecodeError("objects nested too deeply")
+    return dec(data, pos + 2, end, depth, uc)
+
+
+def _crO(data: bytes, pos: int, end: int, depth: int, uc: list) -> tuple[list | None, int]:
+    if pos >= end:
+        raise DecodeError(_trunc)
+    if not data[pos]:
+        return None, pos + 1
+    if pos + 3 > end:
+        raise DecodeError(_trunc)
+    n = _H.unpack_from(data, pos + 1)[0]
+    pos += 3
+    if n < 0 or n > end - pos:
+        raise DecodeError(f"array count {n} exceeds the frame")
+    out = []
+    for _ in range(n):
+        v, pos = _cro(data, pos, end, depth, uc)
+        out.append(v)
+    return out, pos
+
+
+def _cwo(v: Obj | None, parts: list) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(_OBJ_HEADER[v.type])
+        _CENCODERS[v.type](v, parts)
+
+
+def _cwO(v: list | None, parts: list) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(b"\x01" + _H.pack(len(v)))
+        for x in v:
+            _cwo(x, parts)
+
+
+_UNCACHED = b"\x01\xff\xff"  # a cached field written as new, index -1 (receiver keeps nothing)
+
+
+def _generate(cached: bool) -> tuple[dict, dict]:
+    """Decoders and encoders of every type, for the plain form or the cached form."""
     env: dict[str, Any] = {
         "Obj": Obj, "DecodeError": DecodeError, "_rs": _rs, "_ry": _ry, "_ro": _ro,
         "_rO": _rO, "_rt": _rt, "_ws": _ws, "_wy": _wy, "_wo": _wo, "_wO": _wO, "_wt": _wt,
-        "_new": object.__new__, "_PREFIX": struct.Struct(">i?"),
+        "_crO": _crO, "_cwO": _cwO,
+        "_new": object.__new__, "_PREFIX": struct.Struct(">i?"), "_SHunpack": _H.unpack_from,
+        "_UNCACHED": _UNCACHED,
     }
     src: list[str] = []
+    x = "c" if cached else ""  # function name prefix
+    uc = ", uc" if cached else ""
     for t, (_, prefix, fields) in SCHEMA.items():
-        dec = [f"def _d{t}(data, pos, end, depth):", "    o = _new(Obj)", f"    o.type = {t}"]
-        enc = [f"def _e{t}(o, parts):", "    d = o.__dict__"]
+        dec = [f"def _{x}d{t}(data, pos, end, depth{uc}):", "    o = _new(Obj)",
+               f"    o.type = {t}"]
+        enc = [f"def _{x}e{t}(o, parts):", "    d = o.__dict__"]
         if prefix:
             dec += ["    if pos + 5 > end:", "        raise DecodeError('truncated')",
                     "    o.command_id, o.response_required = _PREFIX.unpack_from(data, pos)",
@@ -774,6 +847,8 @@ def _generate() -> tuple[dict, dict]:
                 continue
             n = group[0][0]
             names.append(n)
+            if t in MESSAGE_TYPES and n == "target_consumer_id":
+                dec.append("    m2 = pos")
             if kind == "s":  # inlined _rs / _ws
                 dec += [
                     "    if pos >= end:", "        raise DecodeError('truncated')",
@@ -795,30 +870,59 @@ def _generate() -> tuple[dict, dict]:
                     "        parts.append(b'\\x01' + _UHpack(len(v)) + v.encode('ascii'))",
                     "    else:", "        _ws(v, parts)",
                 ]
-            elif kind == "o":  # inlined _ro / _wo
-                dec += [
-                    "    if pos >= end:", "        raise DecodeError('truncated')",
-                    "    if data[pos]:",
-                    "        if pos + 2 > end:", "            raise DecodeError('truncated')",
-                    "        dec = _DECODERS_get(data[pos + 1])",
-                    "        if dec is None:",
-                    "            raise DecodeError(f'unknown data type {data[pos + 1]}')",
-                    f"        if depth + 1 > {MAX_NESTING}:",
-                    "            raise DecodeError('objects nested too deeply')",
-                    f"        v_{n}, pos = dec(data, pos + 2, end, depth + 1)",
-                    "    else:", f"        v_{n} = None", "        pos += 1",
+            elif kind == "o" or kind == "c":  # inlined _ro / _wo
+                nested = [
+                    "if pos >= end:", "    raise DecodeError('truncated')",
+                    "if data[pos]:",
+                    "    if pos + 2 > end:", "        raise DecodeError('truncated')",
+                    "    dec = _DECODERS_get(data[pos + 1])",
+                    "    if dec is None:",
+                    "        raise DecodeError(f'unknown data type {data[pos + 1]}')",
+                    f"    if depth + 1 > {MAX_NESTING}:",
+                    "        raise DecodeError('objects nested too deeply')",
+                    f"    v_{n}, pos = dec(data, pos + 2, end, depth + 1{uc})",
+                    "else:", f"    v_{n} = None", "    pos += 1",
                 ]
+                if kind == "c" and cached:
+                    dec += [
+                        "    if pos + 3 > end:", "        raise DecodeError('truncated')",
+                        "    new = data[pos]",
+                        "    idx = _SHunpack(data, pos + 1)[0]",
+                        "    pos += 3",
+                        "    if new:",
+                    ] + ["        " + ln for ln in nested] + [
+                        "        if idx != -1:",
+                        "            if not 0 <= idx < len(uc):",
+                        "                raise DecodeError(f'cache index {idx} out of range')",
+                        f"            uc[idx] = v_{n}",
+                        "    else:",
+                        "        if not 0 <= idx < len(uc):",
+                        "            raise DecodeError(f'cache index {idx} out of range')",
+                        f"        v_{n} = uc[idx]",
+                    ]
+                    enc += [
+                        f"    v = d['{n}']",
+                        "    if v is None:", "        parts.append(b'\\x01\\xff\\xff\\x00')",
+                        "    else:", "        parts.append(_UNCACHED + _OBJ_HEADER[v.type])",
+                        "        _ENCODERS[v.type](v, parts)",
+                    ]
+                else:
+                    dec += ["    " + ln for ln in nested]
+                    enc += [
+                        f"    v = d['{n}']",
+                        "    if v is None:", "        parts.append(b'\\x00')",
+                        "    else:", "        parts.append(_OBJ_HEADER[v.type])",
+                        "        _ENCODERS[v.type](v, parts)",
+                    ]
                 if t in MESSAGE_TYPES and n == "message_id":
                     dec.append("    o.mark = pos")
-                enc += [
-                    f"    v = d['{n}']",
-                    "    if v is None:", "        parts.append(b'\\x00')",
-                    "    else:", "        parts.append(_OBJ_HEADER[v.type])",
-                    "        _ENCODERS[v.type](v, parts)",
-                ]
+                if t in MESSAGE_TYPES and n == "original_transaction_id":
+                    dec.append("    m1 = pos")
+                if t in MESSAGE_TYPES and n == "target_consumer_id":
+                    dec.append("    o.cmark = (m1, m2, pos)")
             elif kind == "O":
-                dec.append(f"    v_{n}, pos = _r{kind}(data, pos, end, depth + 1)")
-                enc.append(f"    _w{kind}(d['{n}'], parts)")
+                dec.append(f"    v_{n}, pos = _{x}rO(data, pos, end, depth + 1{uc})")
+                enc.append(f"    _{x}wO(d['{n}'], parts)")
             else:
                 dec.append(f"    v_{n}, pos = _r{kind}(data, pos, end)")
                 enc.append(f"    _w{kind}(d['{n}'], parts)")
@@ -827,23 +931,24 @@ def _generate() -> tuple[dict, dict]:
         if len(enc) == 2 and not prefix:
             enc.append("    pass")
         src += dec + [""] + enc + [""]
-    exec(compile("\n".join(src), "<openwire codec>", "exec"), env)
-    decoders = {t: env[f"_d{t}"] for t in SCHEMA}
-    encoders = {t: env[f"_e{t}"] for t in SCHEMA}
+    exec(compile("\n".join(src), f"<openwire codec{' cached' if cached else ''}>", "exec"), env)
+    decoders = {t: env[f"_{x}d{t}"] for t in SCHEMA}
+    encoders = {t: env[f"_{x}e{t}"] for t in SCHEMA}
     env.update(_DECODERS_get=decoders.get, _ENCODERS=encoders, _OBJ_HEADER=_OBJ_HEADER,
                _mutf8=decode_mutf8, _UHpack=_UH.pack)
     return decoders, encoders
 
 
 _OBJ_HEADER = {t: bytes((1, t)) for t in SCHEMA}
-_DECODERS, _ENCODERS = _generate()
+_DECODERS, _ENCODERS = _generate(False)
+_CDECODERS, _CENCODERS = _generate(True)
 _TYPE_BYTE = {t: bytes((t,)) for t in SCHEMA}
 
 
-def encode_frame(obj: Obj) -> bytes:
-    """One size-prefixed frame: int32 size, type byte, body."""
+def encode_frame(obj: Obj, cached: bool = False) -> bytes:
+    """One size-prefixed frame: int32 size, type byte, body (``cached``: the cached form)."""
     parts = [_TYPE_BYTE[obj.type]]
-    _ENCODERS[obj.type](obj, parts)
+    (_CENCODERS if cached else _ENCODERS)[obj.type](obj, parts)
     body = b"".join(parts)
     return _I.pack(len(body)) + body
 
@@ -857,7 +962,29 @@ def dispatch_head(consumer_id: Obj | None, destination: Obj | None) -> bytes:
     return b"".join(parts)
 
 
-def encode_dispatch(head: bytes, message: Obj | None, redelivery_counter: int) -> bytes:
+def dispatch_heads_cached(consumer_id: Obj | None, destination: Obj | None,
+                          slots: tuple[int, int] | None) -> tuple[bytes, bytes]:
+    """The MessageDispatch head of one consumer in the cached form: (first, later). ``first``
+    stores the consumer id and destination in the receiver's cache ``slots``; ``later``
+    refers to them. Without slots both write the fields as new with index -1."""
+    pre = bytes((MESSAGE_DISPATCH,)) + b"\x00\x00\x00\x00\x00"
+    if slots is None:
+        parts = [pre, _UNCACHED]
+        _wo(consumer_id, parts)
+        parts.append(_UNCACHED)
+        _wo(destination, parts)
+        head = b"".join(parts)
+        return head, head
+    ci, di = _H.pack(slots[0]), _H.pack(slots[1])
+    parts = [pre, b"\x01", ci]
+    _wo(consumer_id, parts)
+    parts += [b"\x01", di]
+    _wo(destination, parts)
+    return b"".join(parts), b"".join((pre, b"\x00", ci, b"\x00", di))
+
+
+def encode_dispatch(head: bytes, message: Obj | None, redelivery_counter: int,
+                    cached: bool = False) -> bytes:
     """Hand-written fast path for the hottest frame, MessageDispatch; equal to
     ``encode_frame(Obj(MESSAGE_DISPATCH, consumer_id=.., destination=.., message=..,
     redelivery_counter=..))`` (checked by the tests)."""
@@ -866,16 +993,16 @@ def encode_dispatch(head: bytes, message: Obj | None, redelivery_counter: int) -
         parts.append(b"\x00")
     else:
         parts.append(_OBJ_HEADER[message.type])
-        _ENCODERS[message.type](message, parts)
+        (_CENCODERS if cached else _ENCODERS)[message.type](message, parts)
     parts.append(_I.pack(redelivery_counter))
     body = b"".join(parts)
     return _I.pack(len(body)) + body
 
 
-def encode_message(message: Obj) -> bytes:
+def encode_message(message: Obj, cached: bool = False) -> bytes:
     """A message as a present nested object (flag, type, body), for :func:`encode_dispatch_raw`."""
     parts = [_OBJ_HEADER[message.type]]
-    _ENCODERS[message.type](message, parts)
+    (_CENCODERS if cached else _ENCODERS)[message.type](message, parts)
     return b"".join(parts)
 
 
@@ -885,18 +1012,28 @@ def encode_dispatch_raw(head: bytes, message: bytes, redelivery_counter: int) ->
     return b"".join((_I.pack(n), head, message, _I.pack(redelivery_counter)))
 
 
-def decode_command(frame: bytes) -> Obj:
-    """A frame without its size prefix: type byte, body (must consume it exactly)."""
+def decode_command(frame: bytes, cache: list | None = None) -> Obj:
+    """A frame without its size prefix: type byte, body (must consume it exactly). With
+    ``cache`` (the connection's unmarshalling cache, a list of the negotiated size) the frame
+    is in the cached form."""
     if not frame:
         raise DecodeError("empty frame")
     type_id = frame[0]
     if type_id == WIREFORMAT_INFO:
         raise DecodeError("unexpected WireFormatInfo")
-    dec = _DECODERS.get(type_id)
-    if dec is None:
-        raise DecodeError(f"unknown data type {type_id}")
     end = len(frame)
-    obj, pos = dec(frame, 1, end, 0)
+    if cache is None:
+        dec = _DECODERS.get(type_id)
+        if dec is None:
+            raise DecodeError(f"unknown data type {type_id}")
+        obj, pos = dec(frame, 1, end, 0)
+    else:
+        dec = _CDECODERS.get(type_id)
+        if dec is None:
+            raise DecodeError(f"unknown data type {type_id}")
+        obj, pos = dec(frame, 1, end, 0, cache)
+        if type_id in MESSAGE_TYPES:
+            obj.mark = None  # the cached form: no single slice makes the plain form
     if pos != end:
         raise DecodeError(f"{end - pos} bytes left over after {obj.name}")
     if type_id in MESSAGE_TYPES:
@@ -904,17 +1041,68 @@ def decode_command(frame: bytes) -> Obj:
     return obj
 
 
-def reencode_message(m: Obj, broker_sequence_id: int) -> bytes | None:
+def _cenc(v: Obj | None) -> bytes:
+    """A cached field as new with index -1; memoized on id and destination objects, which
+    are never changed once decoded (a cached one comes back as the same object)."""
+    if v is None:
+        return b"\x01\xff\xff\x00"
+    try:
+        return v.cenc
+    except AttributeError:
+        pass
+    parts = [_UNCACHED, _OBJ_HEADER[v.type]]
+    _CENCODERS[v.type](v, parts)
+    b = b"".join(parts)
+    if v.type in _VALUE_TYPES:
+        v.cenc = b
+    return b
+
+
+_VALUE_TYPES = DESTINATION_TYPES | {CONNECTION_ID, SESSION_ID, CONSUMER_ID, PRODUCER_ID,
+                                    BROKER_ID}
+_MID_HEAD = _OBJ_HEADER[MESSAGE_ID]
+_QQ = struct.Struct(">qq")
+
+
+def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> bytes | None:
     """The message a client sent, as a nested object for :func:`encode_dispatch_raw`, taken
     from its frame instead of encoded again: commandId and responseRequired zeroed and the
-    MessageId's broker sequence id set. None when ``m`` was not decoded from a frame or has
-    no MessageId."""
+    MessageId's broker sequence id set; ``cached`` gives the cached form (whatever the form
+    of the frame). None when ``m`` was not decoded from a frame or has no MessageId, or when
+    the forms differ and it carries a data structure."""
     frame = getattr(m, "raw", None)
-    mark = getattr(m, "mark", None)
-    if frame is None or mark is None or m.message_id is None:
+    mid = m.message_id
+    if frame is None or mid is None:
         return None
-    return b"".join((b"\x01", frame[:1], b"\x00\x00\x00\x00\x00", frame[6 : mark - 8],
-                     _Q.pack(broker_sequence_id), frame[mark:]))
+    mark = getattr(m, "mark", None)
+    if not cached and mark is not None:
+        # a plain frame into the plain form: one slice around the broker sequence id
+        return b"".join((b"\x01", frame[:1], b"\x00\x00\x00\x00\x00", frame[6 : mark - 8],
+                         _Q.pack(broker_sequence_id), frame[mark:]))
+    if m.data_structure is not None:  # may hold cached fields: not the same in both forms
+        return None
+    m1, m2, m3 = m.cmark
+    if cached:
+        enc = _cenc
+        mparts = [_MID_HEAD]
+        _ws(mid.text_view, mparts)
+        mparts.append(enc(mid.producer_id))
+    else:
+        def enc(v: Obj | None) -> bytes:
+            if v is None:
+                return b"\x00"
+            parts = [_OBJ_HEADER[v.type]]
+            _ENCODERS[v.type](v, parts)
+            return b"".join(parts)
+
+        mparts = [_MID_HEAD]
+        _ws(mid.text_view, mparts)
+        mparts.append(enc(mid.producer_id))
+    mparts.append(_QQ.pack(mid.producer_sequence_id, broker_sequence_id))
+    return b"".join((b"\x01", frame[:1], b"\x00\x00\x00\x00\x00", enc(m.producer_id),
+                     enc(m.destination), enc(m.transaction_id), enc(m.original_destination),
+                     *mparts, enc(m.original_transaction_id), frame[m1:m2],
+                     enc(m.target_consumer_id), frame[m3:]))
 
 
 # -- construct declarations (fixed layouts; also derived from the table for the tests) ----------
@@ -981,7 +1169,7 @@ def _construct_kind(kind: str, depth: int) -> cs.Construct:
         return _STRING
     if kind == "y":
         return _BYTESEQ
-    if kind == "o":
+    if kind == "o" or kind == "c":
         return cs.LazyBound(lambda: _nested(depth))
     if kind == "O":
         return cs.Struct(

@@ -157,7 +157,7 @@ class OpenWireHub:
                                  session_id=0)
         # oldest first; an OrderedDict because evicting from the front of a plain dict
         # leaves holes that make next(iter(d)) linear in what was evicted before
-        self._cache: OrderedDict[int, tuple[Message, int, bytes]] = OrderedDict()
+        self._cache: OrderedDict[int, list] = OrderedDict()
         self._cache_bytes = 0
         self.no_local_consumers = 0
 
@@ -165,37 +165,51 @@ class OpenWireHub:
         return next(self._ids)
 
     def prime(self, msg: Message, m: Obj) -> None:
-        """Cache the encoding of a message that came from a JMS producer straight from its
-        frame (JMS -> JMS dispatch then skips converting and encoding it again)."""
-        if len(msg.body) > CACHE_MAX_BODY:
+        """Remember the frame of a message that came from a JMS producer: JMS -> JMS dispatch
+        then takes its encoding from that frame (ids patched, in the form each consumer's
+        connection negotiated) instead of converting and encoding it again."""
+        if len(msg.body) > CACHE_MAX_BODY or m.message_id is None:
             return
-        seq = next(self._ids)
-        data = c.reencode_message(m, seq)
-        if data is not None:
-            self._remember(msg, seq, data)
+        self._remember([msg, next(self._ids), m, None, None, 0], len(m.raw))
 
-    def _remember(self, msg: Message, seq: int, data: bytes) -> None:
+    def _remember(self, entry: list, size: int) -> None:
+        """entry: [message, broker sequence id, decoded frame | None, plain encoding | None,
+        cached encoding | None, bytes accounted]."""
         cache = self._cache
+        msg = entry[0]
         old = cache.pop(id(msg), None)
         if old is not None:
-            self._cache_bytes -= len(old[2]) + len(old[0].body)
-        self._cache_bytes += len(data) + len(msg.body)
-        cache[id(msg)] = (msg, seq, data)
+            self._cache_bytes -= old[5]
+        entry[5] = size + len(msg.body)
+        self._cache_bytes += entry[5]
+        cache[id(msg)] = entry
         while self._cache_bytes > CACHE_BYTES:
-            m, _, d = cache.popitem(last=False)[1]
-            self._cache_bytes -= len(d) + len(m.body)
+            self._cache_bytes -= cache.popitem(last=False)[1][5]
 
-    def encoded(self, msg: Message) -> tuple[int, bytes]:
-        """The OpenWire encoding of a core message and its broker sequence id, shared by every
-        consumer it is dispatched to (topic fan-out encodes once). The sequence id identifies
-        the message in acknowledgements; the redelivery counter travels in MessageDispatch."""
+    def encoded(self, msg: Message, cached: bool = False) -> tuple[int, bytes]:
+        """The OpenWire encoding of a core message (plain or cached form) and its broker
+        sequence id, shared by every consumer it is dispatched to (topic fan-out encodes
+        once). The sequence id identifies the message in acknowledgements; the redelivery
+        counter travels in MessageDispatch."""
+        i = 4 if cached else 3
         e = self._cache.get(id(msg))
         if e is not None and e[0] is msg:
-            return e[1], e[2]
+            data = e[i]
+            if data is None:
+                if e[2] is not None:
+                    data = c.reencode_message(e[2], e[1], cached)
+                if data is None:
+                    data = c.encode_message(core_to_jms(msg, self.synthetic_pid, e[1]), cached)
+                e[i] = data
+                e[5] += len(data)
+                self._cache_bytes += len(data)
+            return e[1], data
         seq = next(self._ids)
-        data = c.encode_message(core_to_jms(msg, self.synthetic_pid, seq))
+        data = c.encode_message(core_to_jms(msg, self.synthetic_pid, seq), cached)
         if len(msg.body) <= CACHE_MAX_BODY:
-            self._remember(msg, seq, data)
+            entry = [msg, seq, None, None, None, 0]
+            entry[i] = data
+            self._remember(entry, len(data))
         return seq, data
 
     def add_temp(self, info: Obj) -> None:
@@ -252,6 +266,7 @@ class ConsumerState:
         self.removed = False
         self.no_local = False
         self.head = c.dispatch_head(self.id, self.destination)
+        self.head_later: bytes | None = None  # cached form: the head after the first dispatch
 
     def wants_advisory(self, dest_type: int) -> bool:
         if self.advisory is None:
@@ -527,6 +542,10 @@ class Connection:
         self.windowed_producers: set[tuple] = set()  # producers with a producerWindowSize
         self.paused = False
         self.closed = False
+        self.ucache: list | None = None  # the unmarshalling cache, when negotiated
+        self.cached = False
+        self.cache_size = 0
+        self._slots_used = 0
         self._handlers = {
             c.CONNECTION_INFO: self.on_connection_info,
             c.SESSION_INFO: self.on_session_info,
@@ -555,7 +574,22 @@ class Connection:
 
     def send(self, obj: Obj) -> None:
         if not self.closed:
-            self.write(c.encode_frame(obj))
+            self.write(c.encode_frame(obj, self.cached))
+
+    def enable_cache(self, size: int) -> None:
+        """The marshalling cache was negotiated (``size`` entries each way): commands arrive,
+        and are sent, in the cached form."""
+        self.ucache = [None] * size
+        self.cached = True
+        self.cache_size = size
+
+    def _cache_slots(self) -> tuple[int, int] | None:
+        """Two fresh slots of the client's unmarshalling cache (never reused), or None."""
+        n = self._slots_used
+        if n + 2 > self.cache_size:
+            return None
+        self._slots_used = n + 2
+        return n, n + 1
 
     def respond(self, cmd: Obj) -> None:
         if cmd.response_required:
@@ -865,6 +899,9 @@ class Connection:
         if self.paused:
             core.paused = True
         self.consumers[cs.key] = cs
+        if self.cached:
+            cs.head, cs.head_later = c.dispatch_heads_cached(cs.id, cs.destination,
+                                                             self._cache_slots())
         self.respond(cmd)
         q.add_consumer(core)
 
@@ -913,21 +950,25 @@ class Connection:
 
     def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
         try:
-            seq, data = self.hub.encoded(d.message)
+            seq, data = self.hub.encoded(d.message, self.cached)
         except (ValueError, TypeError, OverflowError, struct.error) as e:
             # never let one odd message from another protocol break the queue's dispatch
             log.info("openwire: delivering the body only of a message that does not convert: "
                      "{err}", err=e)
             seq = self.hub.next_id()
             data = c.encode_message(core_to_jms(Message(d.message.body), self.hub.synthetic_pid,
-                                                seq))
+                                                seq), self.cached)
         if seq in cs.dispatched:  # the same message twice on one consumer: a fresh id
             seq = self.hub.next_id()
-            data = c.encode_message(core_to_jms(d.message, self.hub.synthetic_pid, seq))
+            data = c.encode_message(core_to_jms(d.message, self.hub.synthetic_pid, seq),
+                                    self.cached)
         cs.dispatched[seq] = d
         cs.pull_pending = False
         if not self.closed:
             self.write(c.encode_dispatch_raw(cs.head, data, d.delivery_count))
+            if cs.head_later is not None:
+                cs.head = cs.head_later
+                cs.head_later = None
 
     def dispatch_advisory(self, cs: ConsumerState, info: Obj) -> None:
         seq = self.hub.next_id()

@@ -51,11 +51,11 @@ class OpenWireProtocol(protocol.Protocol):
                                peer=self.transport.getPeer())
         props = {
             "TightEncodingEnabled": False,
-            "CacheEnabled": False,
+            "CacheEnabled": self.factory.cache_size > 0,
             "StackTraceEnabled": False,
             "TcpNoDelayEnabled": True,
             "SizePrefixDisabled": False,
-            "CacheSize": 0,
+            "CacheSize": self.factory.cache_size,
             "MaxInactivityDuration": self.factory.max_inactivity_ms,
             "MaxInactivityDurationInitalDelay": self.factory.initial_delay_ms,
             "MaxFrameSize": self.max_frame,
@@ -139,7 +139,7 @@ class OpenWireProtocol(protocol.Protocol):
             return
         if frame[0] == c.WIREFORMAT_INFO:
             return  # a repeated WireFormatInfo changes nothing
-        self.conn.handle(c.decode_command(frame))
+        self.conn.handle(c.decode_command(frame, self.conn.ucache))
 
     def _hello(self, frame: bytes) -> None:
         version, props = c.decode_wireformat(frame, 64)
@@ -149,6 +149,11 @@ class OpenWireProtocol(protocol.Protocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self._handshake_timer = None
+        # the marshalling cache: on when both sides enable it, of the smaller size
+        theirs_cache = props.get("CacheSize")
+        if (self.factory.cache_size > 0 and props.get("CacheEnabled") is True
+                and isinstance(theirs_cache, int) and theirs_cache > 0):
+            self.conn.enable_cache(min(theirs_cache, self.factory.cache_size))
         self.conn.send(self.conn.broker_info())
         theirs = props.get("MaxInactivityDuration", 0)
         ours = self.factory.max_inactivity_ms
@@ -196,6 +201,8 @@ class OpenWireFactory(protocol.ServerFactory):
         self.max_inactivity_ms = int(section.get("max_inactivity_ms", 30000))
         self.initial_delay_ms = int(section.get("inactivity_initial_delay_ms", 10000))
         self.handshake_timeout = float(section.get("handshake_timeout", 10.0))
+        # entries of the marshalling cache offered to clients (0: no cache)
+        self.cache_size = max(0, min(int(section.get("cache_size", 1024)), 32767))
 
     def buildProtocol(self, addr: Any) -> OpenWireProtocol:
         return OpenWireProtocol(self)

@@ -1,6 +1,6 @@
 """CPU cost per message of one JMS benchmark scenario against polymq (and optionally ActiveMQ).
 
-    .venv/bin/python bench/jms_bench/profile.py [--scenario queue|topic] [--messages 40000]
+    .venv/bin/python bench/jms_bench/cpu.py [--scenario queue|topic] [--messages 40000]
         [--py-spy out.txt] [--activemq-port 26616]
 
 Starts polymq (OpenWire only, sqlite store) as a subprocess, runs JmsBench non-persistent with

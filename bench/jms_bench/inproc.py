@@ -1,0 +1,176 @@
+"""The OpenWire adapter's CPU per message without sockets: one producer and one consumer
+connection, fed the frames a 5.17 JMS client sends (BytesMessage, AUTO_ACKNOWLEDGE: one
+standard ack per message), through the real transport, session and core (memory store).
+
+    .venv/bin/python bench/jms_bench/inproc.py [--messages 20000] [--plain] [--profile]
+
+``--plain`` negotiates no marshalling cache (the loose form without cache); ``--profile``
+prints the top of a cProfile run. Frames are written the way the Java client writes them
+(cached fields as references after their first use). Prints µs of CPU per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from twisted.internet.task import Clock  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+from polymq.adapters.openwire import codec as c  # noqa: E402
+from polymq.adapters.openwire.codec import Obj  # noqa: E402
+from polymq.adapters.openwire.transport import OpenWireFactory  # noqa: E402
+from polymq.core.broker import Broker  # noqa: E402
+
+
+class ClientWriter:
+    """Writes commands as the Java client does: cached fields through a marshalling cache."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.index: dict = {}
+
+    def frame(self, obj: Obj) -> bytes:
+        w = c.Writer()
+        w.raw(bytes((obj.type,)))
+        self._body(w, obj)
+        body = w.getvalue()
+        return len(body).to_bytes(4, "big") + body
+
+    def _body(self, w: c.Writer, obj: Obj) -> None:
+        _, prefix, fields = c.SCHEMA[obj.type]
+        if prefix:
+            w.int(obj.command_id)
+            w.bool(obj.response_required)
+        for name, kind in fields:
+            v = obj.__dict__[name]
+            if kind == "c" and self.size:
+                key = None if v is None else (v.type, tuple(v.__dict__.values()))
+                if key in self.index:
+                    w.bool(False)
+                    w.short(self.index[key])
+                    continue
+                idx = len(self.index) if len(self.index) < self.size else -1
+                if idx >= 0:
+                    self.index[key] = idx
+                w.bool(True)
+                w.short(idx)
+                self._nested(w, v)
+            elif kind in ("o", "c"):
+                self._nested(w, v)
+            elif kind == "O":
+                w.bool(v is not None)
+                if v is not None:
+                    w.short(len(v))
+                    for x in v:
+                        self._nested(w, x)
+            elif kind == "t":
+                w.bool(v is not None)
+                if v is not None:
+                    w.string(v[0])
+                    w.string(v[1])
+            else:
+                {"z": w.bool, "b": w.byte, "h": w.short, "i": w.int, "l": w.long,
+                 "s": w.string, "y": w.byteseq}[kind](v)
+
+    def _nested(self, w: c.Writer, v: Obj | None) -> None:
+        w.bool(v is not None)
+        if v is not None:
+            w.raw(bytes((v.type,)))
+            self._body(w, v)
+
+
+def connect(factory: OpenWireFactory, cache: bool, name: str):
+    p = factory.buildProtocol(None)
+    t = StringTransport()
+    p.makeConnection(t)
+    props = {"CacheEnabled": cache, "CacheSize": 1024, "TightEncodingEnabled": False,
+             "MaxInactivityDuration": 0}
+    p.dataReceived(c.encode_wireformat(12, props, {}))
+    w = ClientWriter(1024 if cache else 0)
+    conn_id = Obj(c.CONNECTION_ID, value=f"ID:bench-{name}-1")
+    p.dataReceived(w.frame(Obj(c.CONNECTION_INFO, command_id=1, response_required=True,
+                                connection_id=conn_id, client_id=f"ID:bench-{name}")))
+    sid = Obj(c.SESSION_ID, connection_id=conn_id.value, value=1)
+    p.dataReceived(w.frame(Obj(c.SESSION_INFO, command_id=2, session_id=sid)))
+    return p, t, w, conn_id
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=20000)
+    ap.add_argument("--plain", action="store_true")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    cache = not args.plain
+    broker = Broker(clock=Clock())
+    factory = OpenWireFactory(broker, {})
+    dest = Obj(c.QUEUE, physical_name="bench.queue")
+    cp, ct, cw, cconn = connect(factory, cache, "c")
+    cid = Obj(c.CONSUMER_ID, connection_id=cconn.value, session_id=1, value=1)
+    cp.dataReceived(cw.frame(Obj(c.CONSUMER_INFO, command_id=3, response_required=True,
+                                 consumer_id=cid, destination=dest, prefetch_size=1000,
+                                 priority=0, dispatch_async=True)))
+    pp, pt, pw, pconn = connect(factory, cache, "p")
+    pid = Obj(c.PRODUCER_ID, connection_id=pconn.value, value=1, session_id=1)
+    pp.dataReceived(pw.frame(Obj(c.PRODUCER_INFO, command_id=3, response_required=True,
+                                 producer_id=pid, destination=dest)))
+    cs = next(iter(cp.conn.consumers.values()))
+    body = b"\x00" * 256
+
+    def frames(n: int, first: int, seq0: int) -> list[tuple[bytes, bytes]]:
+        """Message and ack frames, written ahead (the broker numbers messages in order)."""
+        out = []
+        for i, k in enumerate(range(first, first + n)):
+            mid = Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k)
+            m = Obj(c.BYTES_MESSAGE, command_id=k + 10, producer_id=pid, destination=dest,
+                    message_id=mid, priority=4, timestamp=1_700_000_000_000 + k,
+                    content=body)
+            ack_mid = Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k,
+                          broker_sequence_id=seq0 + i)
+            ack = Obj(c.MESSAGE_ACK, command_id=k + 10, destination=dest, consumer_id=cid,
+                      ack_type=2, first_message_id=ack_mid, last_message_id=ack_mid,
+                      message_count=1)
+            out.append((pw.frame(m), cw.frame(ack)))
+        return out
+
+    def run(batch: list[tuple[bytes, bytes]]) -> None:
+        for k, (mf, af) in enumerate(batch):
+            pp.dataReceived(mf)
+            cp.dataReceived(af)
+            if k % 256 == 0:
+                ct.clear()
+                pt.clear()
+
+    warm = frames(1, 1, 0)
+    pp.dataReceived(warm[0][0])
+    seq = next(reversed(cs.dispatched))
+    cp.dataReceived(frames(1, 1, seq)[0][1])
+    run(frames(2000, 2, seq + 1))
+    seq += 2001
+    batch = frames(args.messages, 10_000, seq)
+    t0 = time.process_time()
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+    run(batch)
+    if args.profile:
+        prof.disable()
+    cpu = time.process_time() - t0
+    assert not cs.dispatched, "acks did not settle"
+    print(f"{'plain' if args.plain else 'cached'} form: {cpu / args.messages * 1e6:.1f} µs CPU "
+          f"per message (publish + dispatch + ack), pid {os.getpid()}")
+    if args.profile:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
