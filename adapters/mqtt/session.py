@@ -427,6 +427,75 @@ class MqttServer:
                 self.broker.kv_delete(RETAINED_NS, topic)
         return routed
 
+    def publish_plain(self, topic: str, tbytes: bytes, payload: bytes, qos: int, v5: bool,
+                      body: bytes, exclude: Any = None) -> int:
+        """Route a PUBLISH without properties and without retain (hot path); returns routed.
+
+        Where a destination is an MQTT session queue that the core would hand the message to
+        at once (no backlog, no limits, one ready consumer: the session's own connection) and
+        the delivery is QoS 0 and needs no per-subscriber properties (5.0 subscription ids,
+        topic aliases), the PUBLISH frame is written to that connection directly: no core
+        Message, Delivery or consumer callback. Every other destination gets a core Message
+        through ``Queue.enqueue`` as ``VirtualHost.publish`` would do. ``body`` is the
+        received packet body (reused as the outgoing frame for QoS 0 to the same family).
+        """
+        keys = self.keys
+        key = keys.get(topic)
+        if key is None:
+            if len(keys) > 8192:
+                keys.clear()
+            key = keys[topic] = c.topic_to_key(topic)
+        vh = self.vhost
+        ex = vh.exchanges.get("amq.topic")
+        if ex is None or vh._e2e or ex.arguments:
+            # exchange-to-exchange bindings or an alternate exchange: the core resolves
+            return self.publish(topic, Message(payload, durable=qos > 0), False, exclude)
+        routed = 0
+        msg = None
+        data = None
+        frames: list = [None, None]  # the QoS 0 frame per protocol family, built once
+        for q in ex.match(key, _NO_HEADERS):
+            if q is exclude:
+                continue
+            if (q.kind == "queue" and len(q.consumers) == 1 and not q._count
+                    and not q._selective and not q._dispatching and q.max_length is None
+                    and q.max_length_bytes is None):
+                cons = q.consumers[0]
+                conn = cons.owner
+                if (type(conn) is Connection and cons is conn.own_consumer
+                        and conn.state == 1 and not cons.paused and cons.credit is None
+                        and (cons.no_ack or (not qos and cons.limit.has_room()))):
+                    hit = conn.session.match(key)
+                    subqos = hit[2]
+                    if subqos < 0:  # the session queue's bindings match, its filters not
+                        routed += 1
+                        continue
+                    sv5 = conn.version == c.V5
+                    if (qos == 0 or subqos == 0) and not (sv5 and (hit[3] or conn.out_alias_max)):
+                        frame = frames[sv5]
+                        if frame is None:
+                            if qos == 0 and sv5 == v5:
+                                frame = c.frame(0x30, body)
+                            else:
+                                frame = c.encode_publish(tbytes, payload, 0, 0, False, False,
+                                                         b"\x00" if sv5 else None)
+                            frames[sv5] = frame
+                        if len(frame) <= conn.client_max_packet:
+                            conn.write(frame)
+                        routed += 1
+                        continue
+            if msg is None:
+                msg = Message(payload, durable=qos > 0)
+                msg.exchange = "amq.topic"
+                msg.routing_key = key
+                if qos == 0:  # deliveries through the core reuse the frame (see _send)
+                    self.enc[v5] = [msg, False, topic, frames[v5] or c.frame(0x30, body)]
+            if data is None and qos and q.durable and q.kind == "queue":
+                data = msg.to_bytes()
+            if q.enqueue(msg, data):
+                routed += 1
+        return routed
+
     def retained_for(self, flt: str) -> list[Message]:
         now = now_ms()
         out = []
@@ -461,6 +530,7 @@ def _str(v: Any) -> str:
 
 
 KAFKA_KEY = "x-kafka-key"  # header carrying a Kafka record key (docs/mapping.md)
+_NO_HEADERS: dict = {}
 _ADDRESS_PREFIXES = ("topic://", "queue://", "temp-topic://", "temp-queue://")
 
 
@@ -1026,19 +1096,15 @@ class Connection:
                 return
             if self.inbound_pending >= self.server.receive_maximum and v5:
                 raise c.MalformedPacket("receive maximum exceeded", c.RECEIVE_MAXIMUM_EXCEEDED)
-        if props or retain or qos == 2:
-            msg = self._message(payload, qos, bool(retain), props)
-        else:
-            msg = Message(payload, durable=qos > 0)
         exclude = None
         if s.no_local_count and s.excluded_for_own_publish(topic):
             exclude = s.queue
         server = self.server
-        if qos == 0 and not retain and block is None:
-            # forward this very frame to subscribers of the same protocol family: the
-            # deliveries made while this publish is routed find it in the cache
-            server.enc[v5] = [msg, False, topic, c.frame(0x30, body)]
-        routed = server.publish(topic, msg, bool(retain), exclude)
+        if block is not None or retain or qos == 2:
+            msg = self._message(payload, qos, bool(retain), props or {})
+            routed = server.publish(topic, msg, bool(retain), exclude)
+        else:
+            routed = server.publish_plain(topic, _tb, payload, qos, v5, body, exclude)
         if qos == 1:
             if v5 and not routed:
                 self.acks.append(c.encode_ack(c.PUBACK, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
