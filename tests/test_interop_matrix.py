@@ -228,6 +228,40 @@ def check(p: str, c: str, out: Out, got, sent_at: float, jms_id: str | None) -> 
     return bad
 
 
+DOC_ROWS = {  # first words of the rows of docs/mapping.md's "What survives" table
+    "body": "body", "content type": "content_type", "content encoding": "content_encoding",
+    "message id": "message_id", "correlation id": "correlation_id", "reply-to": "reply_to",
+    "user id": "user_id", "type": "type", "timestamp": "timestamp",
+    "expiration / TTL": "expiration", "priority": "priority", "durability": "durable",
+    "headers / properties": "headers", "Kafka key": "key", "JMS message class": "jms_class",
+}
+
+
+def _doc_protocols(cell: str) -> frozenset:
+    import re
+
+    if cell.startswith("all"):
+        return ALL
+    cell = re.sub(r"\([^)]*\)", "", cell)  # remarks in parentheses
+    found = set()
+    for word in (w.strip() for w in cell.split(",")):
+        found |= {"AMQP": {"amqp"}, "MQTT 5": {"mqtt5"}, "MQTT": set(MQTT), "Kafka": {"kafka"},
+                  "JMS": {"openwire"}}[word]
+    return frozenset(found)
+
+
+def test_survival_table_mirrors_the_docs():
+    """SURVIVES above is the "What survives" table of docs/mapping.md."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "mapping.md").read_text()
+    table = text.split("| field | set by | seen by |", 1)[1].split("\n\n", 1)[0]
+    doc = {}
+    for line in table.strip().splitlines()[1:]:
+        name, set_by, seen_by = (c.strip() for c in line.strip("|").split("|"))
+        field = next(f for prefix, f in DOC_ROWS.items() if name.startswith(prefix))
+        doc[field] = (_doc_protocols(set_by), _doc_protocols(seen_by))
+    assert doc == SURVIVES
+
+
 # -- fixtures --------------------------------------------------------------------------------
 
 RESULTS: dict[tuple[str, str], str] = {}
