@@ -589,3 +589,43 @@ def test_mqtt_retain_is_mqtt_only(clients):
     clients["mqtt5"].publish(f"{s}.state", Out(b""), retain=True)  # clear the retained copy
     clients["amqp"].done(ha)
     clients["openwire"].done(hj)
+
+
+# -- value types -----------------------------------------------------------------------------
+
+
+def test_header_value_types_across_protocols(clients):
+    """The value-type table of docs/mapping.md: AMQP decimal, timestamp, list, table, void and
+    byte-array fields and JMS byte/short properties, as the other protocols see them."""
+    import datetime
+    import decimal
+
+    key = "vt." + uuid.uuid4().hex[:6]
+    hs = {c: clients[c].subscribe(key) for c in ("amqp", "mqtt5", "kafka", "openwire")}
+    ts = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    secs = int(ts.timestamp())
+    amqp_headers = {"dec": decimal.Decimal("3.14"), "ts": ts, "nul": None,
+                    "lst": [1, "a"], "tbl": {"x": 1}, "neg": -7}
+    clients["amqp"].publish(key, Out(b"a", headers=amqp_headers))
+    clients["openwire"].publish(key, Out(b"j", headers={"by": ("byte", 7),
+                                                         "sh": ("short", -300)}))
+    got = {c: clients[c].receive(h, 2, 10) for c, h in hs.items()}
+    for c, h in hs.items():
+        clients[c].done(h)
+    a_amqp, j_amqp = got["amqp"]
+    assert a_amqp.headers == amqp_headers  # AMQP -> AMQP: the publisher's own encoding
+    assert (j_amqp.headers["by"], j_amqp.headers["sh"]) == (7, -300)
+    a_jms, j_jms = got["openwire"]
+    assert (a_jms.headers["dec"], a_jms.jms_types["dec"]) == ("3.14", "string")
+    assert (a_jms.headers["ts"], a_jms.headers["neg"]) == (secs, -7)
+    assert a_jms.jms_types["neg"] == "int"
+    assert (j_jms.jms_types["by"], j_jms.jms_types["sh"]) == ("byte", "short")  # JMS -> JMS
+    a_m5, j_m5 = got["mqtt5"]
+    assert {k: a_m5.headers[k] for k in ("dec", "ts", "nul", "neg")} == {
+        "dec": "3.14", "ts": str(secs), "nul": "", "neg": "-7"}
+    assert (j_m5.headers["by"], j_m5.headers["sh"]) == ("7", "-300")
+    assert (a_m5.headers["lst"], a_m5.headers["tbl"]) == ("[1, 'a']", "{'x': 1}")
+    a_k, j_k = got["kafka"]
+    assert {k: a_k.headers[k] for k in ("dec", "ts", "nul", "neg")} == {
+        "dec": b"3.14", "ts": str(secs).encode(), "nul": None, "neg": b"-7"}
+    assert (j_k.headers["by"], j_k.headers["sh"]) == (b"7", b"-300")

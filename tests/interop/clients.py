@@ -358,6 +358,9 @@ def _unb64(s: str) -> str:
 
 
 def _jms_prop(v: Any) -> str:
+    """A property for the Java program; ``(java type, value)`` picks the type explicitly."""
+    if isinstance(v, tuple):
+        return f"{v[0]}:" + _b64(str(v[1]))
     if isinstance(v, bool):
         return "boolean:" + _b64("true" if v else "false")
     if isinstance(v, int):
