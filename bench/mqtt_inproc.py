@@ -9,7 +9,9 @@ Shape PxS: P publishers each publish ``--count`` messages to ``bench/p<i>``, S s
 subscribe to ``bench/#`` (with the same QoS), so each message goes to every subscriber. QoS 1
 subscribers acknowledge every delivery (PUBACKs fed back in one batch per turn). Prints µs of
 CPU per published message and per delivery (median of ``--runs``); ``--profile`` prints the
-top of a cProfile run of the last run.
+top of a cProfile run of the last run. ``--sub-buffer 65536 --sub-read 12000`` makes each
+subscriber read less per round than is published and pause the broker (back-pressure) when
+64 KiB wait unread: the path of a saturated subscriber (messages wait in the core).
 """
 
 from __future__ import annotations
@@ -49,10 +51,25 @@ def publish_frame(topic: str, payload: bytes, qos: int, pid: int, version: int) 
                             b"\x00" if version == 5 else None)
 
 
+class SlowTransport(StringTransport):
+    """Pauses its producer once ``limit`` bytes wait unread (as a full socket buffer does)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.paused = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.limit and not self.paused and self.io.tell() > self.limit:
+            self.paused = True
+            self.producer.pauseProducing()
+
+
 class Client:
-    def __init__(self, factory: MqttFactory, cid: str, version: int) -> None:
+    def __init__(self, factory: MqttFactory, cid: str, version: int, limit: int = 0) -> None:
         self.p = factory.buildProtocol(None)
-        self.t = StringTransport()
+        self.t = SlowTransport(limit)
         self.p.makeConnection(self.t)
         self.reader = c.FrameReader(1 << 28)
         self.received = 0
@@ -60,12 +77,19 @@ class Client:
         factory.flush_all()
         self.t.clear()
 
-    def drain(self, qos: int, version: int) -> None:
-        """Count the PUBLISHes written to this client; acknowledge QoS 1 ones."""
+    def drain(self, qos: int, version: int, most: int = 0) -> None:
+        """Read (at most ``most`` bytes, 0: all) of what was written to this client, count the
+        PUBLISHes, acknowledge QoS 1 ones; resume the broker once the backlog is small."""
         data = self.t.value()
+        self.t.clear()
+        if most and len(data) > most:
+            self.t.io.write(data[most:])
+            data = data[:most]
+        if self.t.paused and len(self.t.value()) <= self.t.limit // 2:
+            self.t.paused = False  # the socket buffer has room again
+            self.p.resumeProducing()
         if not data:
             return
-        self.t.clear()
         acks = []
         for first, body in self.reader.feed(data):
             if first >> 4 == c.PUBLISH:
@@ -78,12 +102,13 @@ class Client:
 
 
 def run_once(shape: str, qos: int, size: int, count: int, version: int, batch: int,
-             profile: bool) -> tuple[float, float, pstats.Stats | None]:
+             profile: bool, sub_buffer: int = 0,
+             sub_read: int = 0) -> tuple[float, float, pstats.Stats | None]:
     npub, nsub = (int(x) for x in shape.split("x"))
     clock = Clock()
     broker = Broker(clock=clock)
     factory = MqttFactory(broker, {})
-    subs = [Client(factory, f"sub{i}", version) for i in range(nsub)]
+    subs = [Client(factory, f"sub{i}", version, sub_buffer) for i in range(nsub)]
     for i, s in enumerate(subs):
         s.p.dataReceived(subscribe_frame("bench/#", qos, version))
         factory.flush_all()
@@ -106,10 +131,17 @@ def run_once(shape: str, qos: int, size: int, count: int, version: int, batch: i
             p.p.dataReceived(chunks[i][k])
         factory.flush_all()
         for s in subs:
-            s.drain(qos, version)
+            s.drain(qos, version, sub_read)
         factory.flush_all()
         for p in pubs:
             p.t.clear()
+    while sum(s.received for s in subs) < npub * count * nsub:  # what the core still holds
+        before = sum(s.received for s in subs)
+        for s in subs:
+            s.drain(qos, version)
+        factory.flush_all()
+        if sum(s.received for s in subs) == before:
+            break
     if prof:
         prof.disable()
     cpu = time.process_time() - t0
@@ -130,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", type=int, default=4, choices=(4, 5))
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--sub-buffer", type=int, default=0,
+                    help="bytes a subscriber's transport holds before it pauses its producer "
+                         "(0: never; Twisted's is 65536)")
+    ap.add_argument("--sub-read", type=int, default=0,
+                    help="bytes a subscriber reads per round (0: all); below what the "
+                         "publishers send per round, the subscriber is the bottleneck")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
     for shape in args.shape.split(","):
@@ -138,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             stats = None
             for r in range(args.runs):
                 a, b, st = run_once(shape, qos, args.size, args.count, args.version,
-                                    args.batch, args.profile and r == args.runs - 1)
+                                    args.batch, args.profile and r == args.runs - 1,
+                                    args.sub_buffer, args.sub_read)
                 per_pub.append(a)
                 per_del.append(b)
                 stats = st or stats

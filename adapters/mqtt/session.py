@@ -291,9 +291,10 @@ class MqttServer:
         self.will_timers: dict[str, tuple[Any, Callable[[], None]]] = {}
         self.expiry_timers: dict[str, Any] = {}
         # the last QoS 0 PUBLISH frame encoded per protocol family (3.x, 5.0), for fan-out:
-        # [message, retain flag, topic, frame]; a fan-out delivers one message to every
-        # subscriber in a row, so one slot per family is enough
-        self.enc: list[list] = [[None, False, "", b""], [None, False, "", b""]]
+        # [message, retain flag, topic, frame or None, received body to build it from]; a
+        # fan-out delivers one message to every subscriber in a row, so one slot per family
+        # is enough
+        self.enc: list[list] = [[None, False, "", b"", b""], [None, False, "", b"", b""]]
         self.keys: dict[str, str] = {}  # topic -> routing key
         for topic, data in list(broker.kv(RETAINED_NS).items()):
             try:
@@ -489,7 +490,7 @@ class MqttServer:
                 msg.exchange = "amq.topic"
                 msg.routing_key = key
                 if qos == 0:  # deliveries through the core reuse the frame (see _send)
-                    self.enc[v5] = [msg, False, topic, frames[v5] or c.frame(0x30, body)]
+                    self.enc[v5] = [msg, False, topic, frames[v5], body]
             if data is None and qos and q.durable and q.kind == "queue":
                 data = msg.to_bytes()
             if q.enqueue(msg, data):
@@ -1155,10 +1156,12 @@ class Connection:
             slot = self.server.enc[v5]
             if slot[0] is msg and slot[1] == retain and slot[2] == topic:
                 frame = slot[3]
+                if frame is None:  # built when first needed (a backlog never needs it)
+                    frame = slot[3] = c.frame(0x30, slot[4])
             else:
                 props = c.encode_props(static_props(msg)) if v5 else None
                 frame = c.encode_publish(tbytes, msg.body, 0, 0, retain, False, props)
-                self.server.enc[v5] = [msg, retain, topic, frame]
+                self.server.enc[v5] = [msg, retain, topic, frame, b""]
             if len(frame) > self.client_max_packet:
                 d.queue.ack(d)
                 return
