@@ -629,3 +629,34 @@ def test_header_value_types_across_protocols(clients):
     assert {k: a_k.headers[k] for k in ("dec", "ts", "nul", "neg")} == {
         "dec": b"3.14", "ts": str(secs).encode(), "nul": None, "neg": b"-7"}
     assert (j_k.headers["by"], j_k.headers["sh"]) == (b"7", b"-300")
+
+
+# -- Kafka topic = stream --------------------------------------------------------------------
+
+
+def test_kafka_topic_is_a_stream_for_amqp(clients):
+    """A Kafka topic is the core stream of that name: an AMQP consumer reads it from the first
+    offset (records decoded, key as x-kafka-key, offset as x-stream-offset) and an AMQP publish
+    through the default exchange appends to it for Kafka consumers."""
+    amqp, kafka = clients["amqp"], clients["kafka"]
+    t = "st." + uuid.uuid4().hex[:6]
+    kafka.create(t)
+    kafka.publish(t, Out(b"rec-0", key=b"k0", headers={"h": b"v"}))
+    amqp.publish(t, Out(b"rec-1", key=b"k1"), exchange="")  # default exchange -> stream t
+    ch = amqp.conn.channel()
+    ch.basic_qos(prefetch_count=10)
+    got = []
+    tag = ch.basic_consume(t, lambda c, m, p, b: got.append((b, p.headers)),
+                           arguments={"x-stream-offset": "first"})
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:
+        amqp.conn.process_data_events(0.05)
+    ch.basic_cancel(tag)
+    ch.close()
+    assert [(b, h["x-kafka-key"], h["x-stream-offset"]) for b, h in got] == [
+        (b"rec-0", "k0", 0), (b"rec-1", "k1", 1)]
+    assert got[0][1]["h"] == "v"
+    h = kafka.subscribe(t)
+    recs = kafka.receive(h, 2, 10)
+    kafka.done(h)
+    assert [(r.body, r.key) for r in recs] == [(b"rec-0", b"k0"), (b"rec-1", b"k1")]

@@ -343,7 +343,9 @@ class KafkaClient:
     def close(self) -> None:
         for c in self.consumers.values():
             c.close()
+        self.consumers.clear()
         self.producer.flush(5)
+        self.producer = None  # destroyed now, while the broker still answers
 
 
 # -- OpenWire (JMS) --------------------------------------------------------------------------
