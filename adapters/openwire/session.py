@@ -177,9 +177,7 @@ class OpenWireHub:
         cached encoding | None, bytes accounted]."""
         cache = self._cache
         msg = entry[0]
-        old = cache.pop(id(msg), None)
-        if old is not None:
-            self._cache_bytes -= old[5]
+        # (never there already: an entry keeps its message alive, so no other has its id)
         entry[5] = size + len(msg.body)
         self._cache_bytes += entry[5]
         cache[id(msg)] = entry
@@ -546,6 +544,8 @@ class Connection:
         self.cached = False
         self.cache_size = 0
         self._slots_used = 0
+        self._ack_cid: Obj | None = None  # the consumer id of the last ack, and its consumer
+        self._ack_cs: ConsumerState | None = None
         self._handlers = {
             c.CONNECTION_INFO: self.on_connection_info,
             c.SESSION_INFO: self.on_session_info,
@@ -913,6 +913,7 @@ class Connection:
         does not count as a delivery (the core's requeue adds one; take it off first).
         """
         if cs.advisory is not None:
+            cs.removed = True
             self.hub.remove_advisory_consumer(cs)
             return
         if cs.pull_timer is not None and cs.pull_timer.active():
@@ -1039,7 +1040,12 @@ class Connection:
     # -- acknowledgements ---------------------------------------------------------------------
 
     def on_ack(self, ack: Obj) -> None:
-        cs = self.consumers.get(key_of(ack.consumer_id))
+        cid = ack.consumer_id
+        cs = self._ack_cs
+        if cid is not self._ack_cid or cs is None or cs.removed:
+            # (with the marshalling cache every ack carries the very same consumer id object)
+            cs = self.consumers.get(key_of(cid))
+            self._ack_cid, self._ack_cs = cid, cs
         if cs is None or cs.advisory is not None or cs.core is None:
             self.respond(ack)
             return

@@ -109,29 +109,42 @@ class OpenWireProtocol(protocol.Protocol):
             return
         self._received = True
         buf = self._buf
-        buf += data
+        max_frame = self.max_frame
+        unpack = _SIZE.unpack_from
+        if buf:
+            buf += data
+            if len(buf) < 4:
+                return
+            size = unpack(buf, 0)[0]
+            if 0 < size <= max_frame and len(buf) < 4 + size:
+                return  # the rest of a frame still to come (no copy of what is there)
+            data = bytes(buf)
+            del buf[:]
+        # frames are sliced straight out of ``data`` (one copy each); a partial frame at the
+        # end waits in ``_buf``
         pos = 0
-        n = len(buf)
+        n = len(data)
         try:
             while n - pos >= 4:
-                size = _SIZE.unpack_from(buf, pos)[0]
-                if size <= 0 or size > self.max_frame:
-                    raise ProtocolError(f"frame size {size} outside 1..{self.max_frame}")
-                if n - pos - 4 < size:
+                size = unpack(data, pos)[0]
+                if size <= 0 or size > max_frame:
+                    raise ProtocolError(f"frame size {size} outside 1..{max_frame}")
+                end = pos + 4 + size
+                if end > n:
                     break
-                frame = bytes(buf[pos + 4 : pos + 4 + size])
-                pos += 4 + size
+                frame = data[pos + 4 : end]
+                pos = end
                 self._frame(frame)
                 if self._closing:
-                    break
+                    return
         except (c.DecodeError, ProtocolError) as e:
             log.info("openwire: protocol error from {peer}: {err}", peer=self._peer(), err=e)
-            del buf[:]
             if self.negotiated and self.conn is not None:
                 self.conn.fatal("java.io.IOException", str(e))
             self.close()
             return
-        del buf[:pos]
+        if pos < n:
+            buf += data[pos:]
 
     def _frame(self, frame: bytes) -> None:
         if not self.negotiated:

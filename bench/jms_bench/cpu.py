@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--py-spy", type=Path)
     ap.add_argument("--activemq-port", type=int)
     ap.add_argument("--warmup", type=int, default=5000)
+    ap.add_argument("--strace", action="store_true",
+                    help="count the broker's system calls during the run (strace -c)")
     args = ap.parse_args()
     consumers = 1 if args.scenario == "queue" else 2
     tmp = Path(tempfile.mkdtemp(prefix="jms-prof-"))
@@ -113,7 +115,17 @@ def main() -> None:
                                     "-r", "500", "--nonblocking"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
+        st = None
+        if args.strace:
+            st = subprocess.Popen(["strace", "-c", "-f", "-p", str(broker.pid), "-o",
+                                   str(tmp / "strace.txt")], stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
         res = run(classes, url, args.scenario, consumers, args.messages, args.size, broker.pid)
+        if st is not None:
+            st.send_signal(2)
+            st.wait(30)
+            print((tmp / "strace.txt").read_text())
+            print(f"({args.messages} messages)")
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)
