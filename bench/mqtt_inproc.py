@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                 stats = st or stats
             print(f"shape {shape} qos {qos} v{args.version} size {args.size}: "
                   f"{statistics.median(per_pub):.2f} µs CPU per published message, "
-                  f"{statistics.median(per_del):.2f} µs per delivery "
+                  f"{statistics.median(per_del):.2f} µs per delivery, min "
+                  f"{min(per_pub):.2f} "
                   f"(runs: {', '.join(f'{x:.2f}' for x in per_pub)})", flush=True)
             if stats is not None:
                 stats.sort_stats("tottime").print_stats(22)

@@ -643,9 +643,18 @@ class Connection:
         self.acks = acks = []
         try:
             for first, body in packets:
-                if self.state == 2:
-                    break
-                self.handle(first, body)
+                if self.state != 1:
+                    if self.state == 2:
+                        break
+                    self.handle(first, body)
+                elif first & 0xF0 == 0x30:  # PUBLISH (hot path)
+                    self.on_publish(first & 0x0F, body)
+                elif first == 0x40 and len(body) == 2:  # PUBACK without reason (hot path)
+                    d = self.inflight.pop((body[0] << 8) | body[1], None)
+                    if d is not None:
+                        d.queue.ack(d)
+                else:
+                    self.handle(first, body)
             if self.reader.error is not None and self.state != 2:
                 e = self.reader.error
                 self.fail(e.reason, str(e))
@@ -1082,7 +1091,10 @@ class Connection:
                         raise c.MalformedPacket(f"unknown topic alias {alias}", c.PROTOCOL_ERROR)
             if "subscription_identifier" in props:
                 raise c.MalformedPacket("subscription identifier in PUBLISH", c.PROTOCOL_ERROR)
-        if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        server = self.server
+        # a topic in the routing-key cache was valid when it got there
+        if topic not in server.keys and (not topic or "+" in topic or "#" in topic
+                                         or "\x00" in topic):
             raise c.MalformedPacket(f"invalid topic name {topic!r}", c.TOPIC_NAME_INVALID)
         if len(payload) > self.broker.max_message_size:
             raise c.MalformedPacket("message over the broker's size limit", c.PACKET_TOO_LARGE)
@@ -1100,7 +1112,6 @@ class Connection:
         exclude = None
         if s.no_local_count and s.excluded_for_own_publish(topic):
             exclude = s.queue
-        server = self.server
         if block is not None or retain or qos == 2:
             msg = self._message(payload, qos, bool(retain), props or {})
             routed = server.publish(topic, msg, bool(retain), exclude)
