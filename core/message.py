@@ -34,6 +34,15 @@ _FIELDS = (
 )
 
 
+# Annotation keys that hold another encoding of the standard fields (an adapter's encoded
+# property list, kept so that a message leaves by its own protocol unchanged). A copy that
+# changes any standard field drops them, so they never go stale. Adapters add their keys.
+DERIVED_ANNOTATIONS: set[str] = set()
+
+# Fields a derived annotation may encode: everything but routing and the annotations.
+_PROPERTY_FIELDS = frozenset(_FIELDS) - {"exchange", "routing_key", "annotations"}
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -95,7 +104,11 @@ class Message:
         return self.expiration is not None and self.expiration <= now
 
     def copy(self, **changes: Any) -> Message:
-        """A shallow copy with some fields replaced (headers/annotations dicts copied)."""
+        """A shallow copy with some fields replaced (headers/annotations dicts copied).
+
+        Change fields of a message only through this: a change of a standard field drops the
+        derived annotations (``DERIVED_ANNOTATIONS``) that would otherwise contradict it.
+        """
         m = Message.__new__(Message)
         for f in _FIELDS:
             setattr(m, f, getattr(self, f))
@@ -103,6 +116,9 @@ class Message:
         m.annotations = dict(self.annotations)
         for k, v in changes.items():
             setattr(m, k, v)
+        if DERIVED_ANNOTATIONS and not _PROPERTY_FIELDS.isdisjoint(changes):
+            for k in DERIVED_ANNOTATIONS:
+                m.annotations.pop(k, None)
         return m
 
     def to_bytes(self) -> bytes:

@@ -4,8 +4,9 @@ An AMQP-published message keeps its encoded property list in ``annotations["amqp
 that an AMQP consumer gets exactly the bytes the publisher sent, without re-encoding. When the
 message has an expiration (the remaining time is sent) or comes from a stream (x-stream-offset
 header added) the cached list is decoded, amended and encoded again, which keeps typed headers
-(decimals, timestamps) intact; a dead-lettered message (x-death added by the core) is encoded
-from the core fields.
+(decimals, timestamps) intact. The key is a derived annotation: a copy that changes a standard
+field (dead-lettering adds x-death, another adapter rewrites a field) drops it, and such a message
+is encoded from the core fields.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import decimal
 from typing import Any
 
-from polymq.core.message import Message
+from polymq.core.address import KEY_HEADER, parse_address
+from polymq.core.message import DERIVED_ANNOTATIONS, Message
 
 from . import codec as C
 
 PROPS_KEY = "amqp.props"
+DERIVED_ANNOTATIONS.add(PROPS_KEY)
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
@@ -59,7 +62,7 @@ def message_from_properties(
     if headers:
         if _has_decimal(headers):
             headers = _clean(headers)
-        k = headers.get("x-kafka-key")
+        k = headers.get(KEY_HEADER)
         if isinstance(k, str):
             key = k.encode("utf-8")
         elif isinstance(k, bytes):
@@ -132,22 +135,21 @@ def reply_to_amqp(reply_to: str | None) -> str | None:
     ``temp-queue://Q``) becomes the plain queue name Q, the routing key a responder publishes to
     through the default exchange; ``topic://K`` stays as it is (publish to amq.topic, key K)."""
     if reply_to is not None:
-        if reply_to.startswith("queue://"):
-            return reply_to[8:]
-        if reply_to.startswith("temp-queue://"):
-            return reply_to[13:]
+        kind, name = parse_address(reply_to)
+        if kind == "queue":
+            return name
     return reply_to
 
 
 def properties_dict(m: Message, offset: int | None, now: int) -> dict:
     """The AMQP content properties of a core message (as a dict)."""
     headers = m.headers
-    if m.key is not None and "x-kafka-key" not in headers:
+    if m.key is not None and KEY_HEADER not in headers:
         headers = dict(headers)
         try:
-            headers["x-kafka-key"] = m.key.decode("utf-8")
+            headers[KEY_HEADER] = m.key.decode("utf-8")
         except UnicodeDecodeError:
-            headers["x-kafka-key"] = m.key
+            headers[KEY_HEADER] = m.key
     if offset is not None:
         headers = dict(headers)
         headers["x-stream-offset"] = offset
@@ -175,7 +177,7 @@ def properties_dict(m: Message, offset: int | None, now: int) -> dict:
 def properties_for(m: Message, offset: int | None, broker: Any) -> bytes:
     """Encoded property flags and list for a delivery of ``m``."""
     raw = m.annotations.get(PROPS_KEY) if m.annotations else None
-    if raw is not None and "x-death" not in m.headers:
+    if raw is not None:
         if m.expiration is None and offset is None:
             return raw
         # the publisher's own properties (typed headers intact), with what changed

@@ -23,7 +23,7 @@ from polymq.core.queue import Consumer, Limit
 from polymq.core.tx import Transaction
 
 from . import codec as C
-from .mapping import message_from_properties, properties_for
+from .mapping import PROPS_KEY, message_from_properties, properties_for
 
 log = Logger(namespace="polymq.amqp")
 
@@ -647,10 +647,8 @@ class Connection:
             if not no_ack:
                 unacked[tag] = d
             m = d.message
-            raw = m.annotations.get("amqp.props")
-            if raw is None or m.expiration is not None or d.offset is not None or (
-                "x-death" in m.headers
-            ):
+            raw = m.annotations.get(PROPS_KEY)
+            if raw is None or m.expiration is not None or d.offset is not None:
                 raw = properties_for(m, d.offset, broker)
             where = (m.exchange, m.routing_key)
             tail = tails.get(where)
@@ -1153,8 +1151,8 @@ def _basic_get(conn: Connection, ch: Channel, args: dict) -> None:
     if not no_ack:
         ch.unacked[tag] = d
     m = d.message
-    raw = m.annotations.get("amqp.props")
-    if raw is None or m.expiration is not None or "x-death" in m.headers:
+    raw = m.annotations.get(PROPS_KEY)
+    if raw is None or m.expiration is not None:
         raw = properties_for(m, d.offset, conn.broker)
     conn.write(
         C.method_frame(

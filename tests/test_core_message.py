@@ -1,0 +1,62 @@
+"""The Message type: persisted form, copies, derived annotations, addresses."""
+
+from __future__ import annotations
+
+import pytest
+
+from polymq.core import message as message_module
+from polymq.core.address import parse_address, queue_address, topic_address
+from polymq.core.message import Message
+
+
+def test_round_trip_every_field():
+    m = Message(
+        bytes(range(256)),
+        key=b"k",
+        headers={"s": "é", "b": b"\x00", "i": -5, "f": 0.5, "t": True, "n": None,
+                 "l": [1, "x"], "d": {"a": 1}},
+        content_type="text/plain",
+        content_encoding="gzip",
+        message_id="m1",
+        correlation_id="c1",
+        reply_to="queue://r",
+        user_id="u",
+        type="t",
+        timestamp=1,
+        expiration=2,
+        priority=9,
+        durable=True,
+        annotations={"mqtt.retain": True},
+        exchange="x",
+        routing_key="k",
+    )
+    assert Message.from_bytes(m.to_bytes()) == m
+
+
+def test_copy_drops_derived_annotations_only_when_properties_change(monkeypatch):
+    monkeypatch.setattr(message_module, "DERIVED_ANNOTATIONS", {"proto.props"})
+    m = Message(b"x", headers={"a": 1}, annotations={"proto.props": b"raw", "proto.other": 1})
+    routed = m.copy(routing_key="elsewhere")
+    assert routed.annotations == {"proto.props": b"raw", "proto.other": 1}
+    changed = m.copy(headers={"a": 2})
+    assert changed.annotations == {"proto.other": 1}
+    assert m.annotations["proto.props"] == b"raw"  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    "address,parsed",
+    [
+        ("q", ("queue", "q")),
+        ("queue://q", ("queue", "q")),
+        ("temp-queue://ID:x", ("queue", "ID:x")),
+        ("topic://a.b", ("topic", "a.b")),
+        ("temp-topic://t", ("topic", "t")),
+    ],
+)
+def test_parse_address(address, parsed):
+    assert parse_address(address) == parsed
+
+
+def test_address_builders():
+    assert parse_address(queue_address("q")) == ("queue", "q")
+    assert parse_address(topic_address("a.b")) == ("topic", "a.b")
