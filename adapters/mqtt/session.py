@@ -458,14 +458,16 @@ class MqttServer:
         for q in ex.match(key, _NO_HEADERS):
             if q is exclude:
                 continue
-            if (q.kind == "queue" and len(q.consumers) == 1 and not q._count
-                    and not q._selective and not q._dispatching and q.max_length is None
-                    and q.max_length_bytes is None):
-                cons = q.consumers[0]
+            consumers = q.consumers
+            # (a QoS 1 publish goes direct only to sessions whose subscriptions are all QoS 0)
+            if (len(consumers) == 1 and (not qos or consumers[0].no_ack) and not q._count
+                    and q.kind == "queue" and not q._selective and not q._dispatching
+                    and q.max_length is None and q.max_length_bytes is None):
+                cons = consumers[0]
                 conn = cons.owner
                 if (type(conn) is Connection and cons is conn.own_consumer
                         and conn.state == 1 and not cons.paused and cons.credit is None
-                        and (cons.no_ack or (not qos and cons.limit.has_room()))):
+                        and (cons.no_ack or cons.limit.has_room())):
                     hit = conn.session.match(key)
                     subqos = hit[2]
                     if subqos < 0:  # the session queue's bindings match, its filters not
@@ -489,7 +491,9 @@ class MqttServer:
                 msg = Message(payload, durable=qos > 0)
                 msg.exchange = "amq.topic"
                 msg.routing_key = key
-                if qos == 0:  # deliveries through the core reuse the frame (see _send)
+                if qos == 0 and not q._count:
+                    # deliveries the core makes at once reuse the frame (see _send); behind a
+                    # backlog the slot would be overwritten long before its turn
                     self.enc[v5] = [msg, False, topic, frames[v5], body]
             if data is None and qos and q.durable and q.kind == "queue":
                 data = msg.to_bytes()
