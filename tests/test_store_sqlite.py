@@ -427,6 +427,35 @@ def test_write_error_never_reports_durable(tmp_path):
     assert snap.messages == {("/", "q"): [(1, b"ok", 0)]}
 
 
+@pytest_twisted.inlineCallbacks
+def test_background_checkpoints(tmp_path):
+    """The WAL is folded back by the checkpointer thread, not inside the commits."""
+    store, d = open_store(tmp_path, checkpoint_mb=0.25)
+    yield d
+    wal = tmp_path / (FILENAME + "-wal")
+    body = os.urandom(20000)
+    sizes = []
+    for seq in range(200):  # 4 MB through a 0.25 MB checkpoint threshold
+        store.put_message("/", "q", seq, body, 0)
+        yield durable(store)
+        if seq % 2:
+            store.delete_message("/", "q", seq)
+        sizes.append(os.path.getsize(wal))
+    for _ in range(100):
+        if store.checkpoints >= 3:
+            break
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    assert store.checkpoints >= 3
+    assert max(sizes) < 4 << 20  # the WAL was reset and reused, not grown to hold everything
+    yield store.close()
+    store2, d2 = open_store(tmp_path)
+    snap = yield d2
+    yield store2.close()
+    assert [(s, b == body) for s, b, _ in snap.messages[("/", "q")]] == [
+        (s, True) for s in range(0, 200, 2)
+    ]
+
+
 def test_flush_uses_injected_clock(tmp_path):
     clock = task.Clock()
     store = SqliteStore(str(tmp_path), clock=clock, lazy_flush_ms=0)

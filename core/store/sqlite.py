@@ -41,7 +41,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from itertools import groupby
+from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
@@ -153,6 +153,13 @@ _SQL: dict[int, tuple[str, ...]] = {
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+# kind -> index of the payload (bytes) in its parameters, for the WAL size estimate
+_DATA_INDEX = {_PUT_MESSAGE: 3, _APPEND_STREAM: 7, _PUT_KV: 2}
+_KIND = itemgetter(0)
+_PARAMS = itemgetter(1)
+_OPS = itemgetter(0)
+_CALLBACKS = itemgetter(1)
+
 # Writer-queue items other than batches.
 _CLOSE = object()
 
@@ -211,6 +218,7 @@ class SqliteStore:
         retries: int = 3,
         lazy_flush_ms: float = 20.0,
         lazy_flush_ops: int = 10000,
+        checkpoint_mb: float = 4.0,
         **ignored: Any,
     ) -> None:
         synchronous = str(synchronous).upper()
@@ -229,6 +237,9 @@ class SqliteStore:
         self.retries = int(retries)
         self.lazy_flush = max(0.0, float(lazy_flush_ms)) / 1000.0
         self.lazy_flush_ops = max(1, int(lazy_flush_ops))
+        # WAL bytes (estimated) after which the checkpointer thread runs; 0 = sqlite's own
+        # automatic checkpoints inside the commit, as without a checkpointer
+        self.checkpoint_bytes = int(max(0.0, float(checkpoint_mb)) * (1 << 20))
         self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
         self._clock = clock
         self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
@@ -239,6 +250,7 @@ class SqliteStore:
         self.ops_written = 0
         self.cancelled = 0
         self.dropped_after_close = 0
+        self.checkpoints = 0
 
         # reactor-side state
         self._state = _NEW
@@ -258,6 +270,10 @@ class SqliteStore:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
+        self._wal_estimate = 0  # writer thread: bytes committed since the last checkpoint signal
+        self._ckpt_event = threading.Event()
+        self._ckpt_stop = False
+        self._ckpt_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -556,9 +572,21 @@ class SqliteStore:
             )
             return
         self._call_from_thread(self._opened, snapshot, None)
+        if self.checkpoint_bytes:
+            self._ckpt_thread = threading.Thread(
+                target=self._checkpoint_loop,
+                name=f"polymq-sqlite-checkpointer:{self.data_dir}",
+                daemon=True,
+            )
+            self._ckpt_thread.start()
         try:
             self._loop(conn)
         finally:
+            if self._ckpt_thread is not None:
+                self._ckpt_stop = True
+                self._ckpt_event.set()
+                self._ckpt_thread.join(30.0)
+                self._ckpt_thread = None
             try:
                 conn.close()
             except sqlite3.Error as e:
@@ -590,7 +618,7 @@ class SqliteStore:
                     failed = True
                     self._call_from_thread(self._fatal, error)
                 else:
-                    callbacks = [cb for _, cbs in batches for cb in cbs]
+                    callbacks = list(chain.from_iterable(map(_CALLBACKS, batches)))
                     if not synced_dir:
                         # The WAL file was (re)created by this connection: make its directory
                         # entry durable once, so a power loss cannot orphan committed data.
@@ -626,22 +654,80 @@ class SqliteStore:
         return last
 
     def _execute(self, conn: sqlite3.Connection, batches: list) -> int:  # writer thread
-        """Execute the operations of ``batches`` in one transaction and commit (fsync)."""
-        ops = [op for b_ops, _ in batches for op in b_ops if op is not None]
-        if not ops:
+        """Execute the operations of ``batches`` in one transaction and commit (fsync).
+
+        The Python-level work here holds the GIL against the reactor thread, so it is kept to
+        C-level loops: one ``executemany`` per run of operations of one kind, parameter tuples
+        as the reactor built them, payload bytes passed through (no copies).
+        """
+        # (None marks a put cancelled by a later put or delete of the same message)
+        if len(batches) == 1:
+            ops = list(filter(None, batches[0][0]))
+        else:
+            ops = list(filter(None, chain.from_iterable(map(_OPS, batches))))
+        n = len(ops)
+        if n == 0:
             return 0  # only callbacks: everything before them is already committed
         conn.execute("BEGIN IMMEDIATE")
-        for kind, group in groupby(ops, key=itemgetter(0)):
-            params = [p for _, p in group]
+        est = 0
+        execute, executemany = conn.execute, conn.executemany
+        for kind, group in groupby(ops, key=_KIND):
+            params = list(map(_PARAMS, group))
             for sql in _SQL[kind]:
                 if len(params) == 1:
-                    conn.execute(sql, params[0])
+                    execute(sql, params[0])
                 else:
-                    conn.executemany(sql, params)
-        conn.execute("COMMIT")
+                    executemany(sql, params)
+            i = _DATA_INDEX.get(kind)
+            if i is not None:
+                est += sum(map(len, map(itemgetter(i), params)))
+        execute("COMMIT")
         self.commits += 1
-        self.ops_written += len(ops)
-        return len(ops)
+        self.ops_written += n
+        if self.checkpoint_bytes:
+            # WAL growth, roughly: a page per operation plus the payloads
+            est += self._wal_estimate + 4096 * n
+            if est >= self.checkpoint_bytes:
+                est = 0
+                self._ckpt_event.set()
+            self._wal_estimate = est
+        return n
+
+    def _checkpoint_loop(self) -> None:  # checkpointer thread
+        """Fold the WAL back into the database off the commit path (PASSIVE checkpoints).
+
+        A PASSIVE checkpoint runs beside the writer's transactions without blocking them, so a
+        commit (and the acknowledgements waiting for it) never pays for copying the WAL into
+        the database and the two extra fsyncs that takes. The writer connection keeps a high
+        ``wal_autocheckpoint`` as a bound on the WAL size in case this thread cannot keep up.
+        """
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except sqlite3.Error as e:
+            log.error("sqlite store {path}: no checkpointer: {e}", path=self.path, e=e)
+            return
+        errors = 0
+        try:
+            while True:
+                self._ckpt_event.wait(1.0)
+                self._ckpt_event.clear()
+                if self._ckpt_stop:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error as e:  # the next one retries; the WAL is still bounded
+                    errors += 1
+                    if errors == 1 or errors % 1000 == 0:
+                        log.warn(
+                            "sqlite store {path}: checkpoint failed ({n} so far): {e}",
+                            path=self.path,
+                            n=errors,
+                            e=e,
+                        )
+        finally:
+            conn.close()
 
     def _fsync_dir(self) -> None:
         try:
@@ -672,6 +758,9 @@ class SqliteStore:
             if str(mode).lower() != "wal":
                 raise StoreOpenError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            if self.checkpoint_bytes:  # the checkpointer thread does it; this is a bound only
+                pages = max(1000, 8 * self.checkpoint_bytes // 4096)
+                conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
             conn.execute("PRAGMA foreign_keys = OFF")
             self._migrate(conn)
         except StoreOpenError:
