@@ -261,6 +261,7 @@ class Obj:
     # 8 bytes are the broker sequence id); ``raw``: the frame it was decoded from
     # ``cmark``: for a decoded message, the offsets after its original transaction id, and
     # before and after its target consumer id (the rest of the frame is the same in both forms)
+    # ``cenc``: the cached form of an id or destination object, memoized
     __slots__ = ("type", "command_id", "response_required", "mark", "cmark", "raw", "cenc",
                  "__dict__")
 

@@ -210,6 +210,14 @@ class OpenWireHub:
             self._remember(entry, len(data))
         return seq, data
 
+    def forget(self, msg: Message) -> None:
+        """Drop the encodings of a message once a consumer settled it: most messages reach
+        one consumer, and a cache of only live messages keeps few objects for the garbage
+        collector to scan (a message still to be dispatched elsewhere is encoded again)."""
+        e = self._cache.pop(id(msg), None)
+        if e is not None:
+            self._cache_bytes -= e[5]
+
     def add_temp(self, info: Obj) -> None:
         k = (info.destination.type, info.destination.physical_name)
         self.temp_dests[k] = info
@@ -1104,12 +1112,14 @@ class Connection:
                 settled.append((cs, s, d))
             self.respond(ack)
             return
+        forget = self.hub.forget
         for s in seqs:
             if s in cs.in_tx:
                 continue
             d = cs.dispatched.pop(s)
             cs.delivered.discard(s)
             d.queue.ack(d)
+            forget(d.message)
         cs.credit_back()
         self.respond(ack)
 
