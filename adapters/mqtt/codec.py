@@ -453,6 +453,8 @@ class FrameReader:
         n = len(buf)
         pos = 0
         out = self._out = []
+        append = out.append
+        max_size = self.max_size
         while n - pos >= 2:
             first = buf[pos]
             # variable byte integer, at most four bytes
@@ -479,13 +481,14 @@ class FrameReader:
                         raise MalformedPacket("remaining length longer than four bytes")
                     mult *= 128
                 hdr = i - pos
-            if length > self.max_size:
+            if length > max_size:
                 raise MalformedPacket(
-                    f"packet of {length} bytes over the maximum of {self.max_size}",
+                    f"packet of {length} bytes over the maximum of {max_size}",
                     PACKET_TOO_LARGE,
                 )
             if self.first_type_check is not None:
                 self.first_type_check(first, length)
+                max_size = self.max_size
             end = pos + hdr + length
             if end > n:
                 if length > 65536:
@@ -495,7 +498,7 @@ class FrameReader:
                     self.buf = b""
                     return out
                 break
-            out.append((first, buf[pos + hdr : end]))
+            append((first, buf[pos + hdr : end]))
             pos = end
         self.buf = buf[pos:] if pos < n else b""
         return out
