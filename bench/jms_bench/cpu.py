@@ -33,11 +33,11 @@ from brokerproc import BrokerProcess  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process."""
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def children_cpu() -> float:
@@ -47,7 +47,7 @@ def children_cpu() -> float:
 
 def run(classes: Path, url: str, kind: str, consumers: int, n: int, size: int,
         broker_pid: int | None) -> dict:
-    b0 = proc_cpu(broker_pid) if broker_pid else 0.0
+    b0 = proc_cpu(broker_pid) if broker_pid else (0.0, 0.0)
     c0 = children_cpu()
     out = subprocess.run(
         jmsrun.java_cmd(classes, "JmsBench", url, kind, "false", "1", str(consumers), str(n),
@@ -55,12 +55,13 @@ def run(classes: Path, url: str, kind: str, consumers: int, n: int, size: int,
         capture_output=True, text=True, timeout=600,
     )
     c1 = children_cpu()
-    b1 = proc_cpu(broker_pid) if broker_pid else 0.0
+    b1 = proc_cpu(broker_pid) if broker_pid else (0.0, 0.0)
     m = re.search(r"RESULT .*", out.stdout)
     if not m:
         raise SystemExit(out.stderr[-2000:])
     res = dict(kv.split("=") for kv in m.group().split()[1:])
-    res["broker_us"] = (b1 - b0) / n * 1e6
+    res["broker_us"] = (b1[0] + b1[1] - b0[0] - b0[1]) / n * 1e6
+    res["broker_sys_us"] = (b1[1] - b0[1]) / n * 1e6
     res["client_us"] = (c1 - c0) / n * 1e6
     return res
 
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5000)
     ap.add_argument("--strace", action="store_true",
                     help="count the broker's system calls during the run (strace -c)")
+    ap.add_argument("--baseline", help="PYTHONPATH of a second polymq, measured first "
+                    "('polymq before'; see run.py)")
     args = ap.parse_args()
     consumers = 1 if args.scenario == "queue" else 2
     tmp = Path(tempfile.mkdtemp(prefix="jms-prof-"))
@@ -131,6 +134,18 @@ def main() -> None:
             spy.wait(30)
             summarize(collapsed, args.py_spy)
         rows = [("polymq", res)]
+        if args.baseline:
+            before = BrokerProcess(tmp / "polymq-before", adapters=["openwire"],
+                                   store="sqlite", log_level="warn",
+                                   env={"PYTHONPATH": args.baseline})
+            before.start()
+            try:
+                burl = f"tcp://127.0.0.1:{before.port('openwire')}"
+                run(classes, burl, args.scenario, consumers, args.warmup, args.size, before.pid)
+                rows.insert(0, ("polymq before", run(classes, burl, args.scenario, consumers,
+                                                     args.messages, args.size, before.pid)))
+            finally:
+                before.stop()
         if args.activemq_port:
             aurl = f"tcp://127.0.0.1:{args.activemq_port}"
             run(classes, aurl, args.scenario, consumers, args.warmup, args.size, None)
@@ -138,10 +153,12 @@ def main() -> None:
                                          args.messages, args.size, None)))
     finally:
         broker.stop()
-    print("| broker | send msg/s | recv msg/s | broker CPU µs/msg | client CPU µs/msg |")
+    print("| broker | send msg/s | recv msg/s | broker CPU µs/msg (of which system) "
+          "| client CPU µs/msg |")
     print("|---|---|---|---|---|")
     for name, r in rows:
-        bus = f"{r['broker_us']:.1f}" if name == "polymq" else "-"
+        bus = (f"{r['broker_us']:.1f} ({r['broker_sys_us']:.1f})" if name.startswith("polymq")
+               else "-")
         print(f"| {name} | {float(r['send_rate']):,.0f} | {float(r['recv_rate']):,.0f} | {bus} "
               f"| {r['client_us']:.1f} |")
 
