@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -291,3 +292,53 @@ def test_session_survives_nonsense_commands_cached_form(cmds, junk):
         body = bytes((c.REMOVE_INFO,)) + b"\x00\x00\x00\x05\x00" + ref + b"\x00" * 8
         proto.dataReceived(struct.pack(">i", len(body)) + body)
     proto.connectionLost(None)
+
+
+@pytest.mark.parametrize("producer_cached", [True, False])
+def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
+    """A topic message from a producer of either form reaches a plain-form consumer and a
+    cached-form consumer, each in its own form (the hub keeps one encoding per form)."""
+    from test_openwire_codec import _ClientWriter
+
+    broker = Broker(clock=Clock())
+    factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
+    topic = Obj(c.TOPIC, physical_name="mix.t")
+    conns = []
+    for name, cached in (("plain", False), ("cached", True), ("producer", producer_cached)):
+        proto = factory.buildProtocol(None)
+        tr = StringTransport()
+        proto.makeConnection(tr)
+        proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
+                                                    "CacheEnabled": cached, "CacheSize": 16},
+                                               {"MaxInactivityDuration": "long"}))
+        w = _ClientWriter(16) if cached else None
+
+        def send(o, proto=proto, w=w):
+            body = w.frame(o) if w is not None else c.encode_frame(o)[4:]
+            proto.dataReceived(struct.pack(">i", len(body)) + body)
+
+        conn_id = Obj(c.CONNECTION_ID, value=f"ID:{name}")
+        send(Obj(c.CONNECTION_INFO, command_id=1, connection_id=conn_id))
+        if name != "producer":
+            send(Obj(c.CONSUMER_INFO, command_id=2, prefetch_size=100, destination=topic,
+                     consumer_id=Obj(c.CONSUMER_ID, connection_id=f"ID:{name}", session_id=1,
+                                     value=1)))
+        cache = [None] * 16 if cached else None
+        got = frames(tr.value(), cache)
+        assert not [x for x in got if getattr(x, "type", None) == c.EXCEPTION_RESPONSE], got
+        tr.clear()
+        conns.append((proto, tr, send, cache))
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:producer", value=1, session_id=1)
+    send = conns[2][2]
+    for k in range(3):
+        send(Obj(c.TEXT_MESSAGE, command_id=5 + k, producer_id=pid, destination=topic,
+                 message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k),
+                 priority=4, content=c.encode_text_body(f"hello {k}"), correlation_id="corr"))
+    for _proto, tr, _, cache in conns[:2]:
+        got = frames(tr.value(), cache)
+        assert [x.type for x in got] == [c.MESSAGE_DISPATCH] * 3
+        for k, d in enumerate(got):
+            m = d.message
+            assert m.type == c.TEXT_MESSAGE and c.decode_text_body(m.content) == f"hello {k}"
+            assert m.producer_id == pid and m.destination == topic
+            assert m.message_id.producer_sequence_id == k and m.correlation_id == "corr"
