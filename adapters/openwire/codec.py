@@ -812,7 +812,7 @@ def _generate(cached: bool) -> tuple[dict, dict]:
         "Obj": Obj, "DecodeError": DecodeError, "_rs": _rs, "_ry": _ry, "_ro": _ro,
         "_rO": _rO, "_rt": _rt, "_ws": _ws, "_wy": _wy, "_wo": _wo, "_wO": _wO, "_wt": _wt,
         "_crO": _crO, "_cwO": _cwO,
-        "_new": object.__new__, "_PREFIX": struct.Struct(">i?"), "_SHunpack": _H.unpack_from,
+        "_new": object.__new__, "_PREFIX": struct.Struct(">i?"),
         "_UNCACHED": _UNCACHED,
     }
     src: list[str] = []
@@ -885,19 +885,21 @@ def _generate(cached: bool) -> tuple[dict, dict]:
                     "else:", f"    v_{n} = None", "    pos += 1",
                 ]
                 if kind == "c" and cached:
+                    # the index as unsigned: 0xFFFF is -1 (not stored); any other
+                    # index of 0x8000 and up is negative, beyond every cache (at most 32767)
                     dec += [
                         "    if pos + 3 > end:", "        raise DecodeError('truncated')",
-                        "    new = data[pos]",
-                        "    idx = _SHunpack(data, pos + 1)[0]",
-                        "    pos += 3",
-                        "    if new:",
+                        "    idx = (data[pos + 1] << 8) | data[pos + 2]",
+                        "    if data[pos]:",
+                        "        pos += 3",
                     ] + ["        " + ln for ln in nested] + [
-                        "        if idx != -1:",
-                        "            if not 0 <= idx < len(uc):",
+                        "        if idx != 0xFFFF:",
+                        "            if idx >= len(uc):",
                         "                raise DecodeError(f'cache index {idx} out of range')",
                         f"            uc[idx] = v_{n}",
                         "    else:",
-                        "        if not 0 <= idx < len(uc):",
+                        "        pos += 3",
+                        "        if idx >= len(uc):",
                         "            raise DecodeError(f'cache index {idx} out of range')",
                         f"        v_{n} = uc[idx]",
                     ]
