@@ -46,7 +46,8 @@ def _pct(values: list[float], p: float) -> float:
 def _row(name: str, lat: list[float], elapsed: float, extra: str = "") -> None:
     print(
         f"{name:<36} median {statistics.median(lat) * 1e3:7.3f} ms"
-        f"  p99 {_pct(lat, 0.99) * 1e3:7.3f} ms  {len(lat) / elapsed:8.0f} ops/s {extra}",
+        f"  p99 {_pct(lat, 0.99) * 1e3:7.3f} ms  p99.9 {_pct(lat, 0.999) * 1e3:7.3f} ms"
+        f"  {len(lat) / elapsed:8.0f} ops/s {extra}",
         flush=True,
     )
 

@@ -37,7 +37,7 @@ from twisted.internet import reactor
 
 from polymq.core.store.sqlite import SqliteStore
 
-store = SqliteStore(sys.argv[1])
+store = SqliteStore(sys.argv[1]{opts})
 state = {{"seq": 0}}
 
 
@@ -161,10 +161,16 @@ def acknowledged(lines: list[list[str]]) -> set[int]:
 
 
 @pytest.mark.parametrize("attempt", range(3))
+@pytest.mark.parametrize(
+    "opts",
+    ["", ", checkpoint_mb=0.05", ", lazy_flush_ms=0"],
+    ids=["default", "checkpointer", "eager"],
+)
 @pytest_twisted.inlineCallbacks
-def test_store_kill9_loses_no_acknowledged_write(tmp_path, attempt):
+def test_store_kill9_loses_no_acknowledged_write(tmp_path, attempt, opts):
+    """Also with the checkpointer thread folding the WAL back while the writer commits."""
     data_dir = tmp_path / "data"
-    script = STORE_WRITER.format(repo=REPO)
+    script = STORE_WRITER.format(repo=REPO, opts=opts)
     lines = run_and_kill(script, data_dir, min_acks=random.randint(300, 5000))
     acked = acknowledged(lines)
     deleted = {int(line[1]) for line in lines if line[0] == "D"}

@@ -6,13 +6,17 @@ commit is fsynced before it is reported durable.
 Threading model
 ---------------
 The reactor thread never touches the disk. Every write method only appends an operation tuple
-to the current batch; the first write of a reactor turn schedules ``_flush`` with
-``clock.callLater(0, ...)``, which hands the whole batch (operations plus the
-``after_durable`` callbacks registered during the turn) to the writer thread through a
-:class:`queue.Queue`. The writer thread owns the only connection: it takes *every* batch waiting
-in its queue at once, runs them in one transaction, commits (one fsync), and then calls
-``reactor.callFromThread`` once with the callbacks of all those batches (group commit: under
-load many reactor turns share one fsync).
+to the current batch. Once an ``after_durable`` callback waits for the batch, ``_flush`` is
+scheduled with ``clock.callLater(0, ...)``; writes nobody waits for yet (consumer acks, writes
+of publishers without confirms) are flushed lazily, ``lazy_flush_ms`` later, unless a callback
+arrives first and takes them along into its commit (so an ack never costs the next confirmed
+message an fsync of its own). The flush hands the whole batch (operations plus callbacks) to
+the writer thread through a :class:`queue.SimpleQueue`. The writer thread owns the writing
+connection: it takes *every* batch waiting in its queue at once, runs them in one transaction,
+commits (one fsync of the WAL), and then calls ``reactor.callFromThread`` once with the
+callbacks of all those batches (group commit: under load many reactor turns share one fsync).
+With ``checkpoint_mb`` > 0 a checkpointer thread folds the WAL back into the database with
+PASSIVE checkpoints beside the writer (off by default: sqlite's own automatic checkpoints).
 
 Failure model
 -------------
@@ -218,7 +222,7 @@ class SqliteStore:
         retries: int = 3,
         lazy_flush_ms: float = 20.0,
         lazy_flush_ops: int = 10000,
-        checkpoint_mb: float = 4.0,
+        checkpoint_mb: float = 0.0,
         **ignored: Any,
     ) -> None:
         synchronous = str(synchronous).upper()
@@ -273,6 +277,7 @@ class SqliteStore:
         self._wal_estimate = 0  # writer thread: bytes committed since the last checkpoint signal
         self._ckpt_event = threading.Event()
         self._ckpt_stop = False
+        self._ckpt_catchup = False  # set by the checkpointer, cleared by the writer
         self._ckpt_thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -625,6 +630,8 @@ class SqliteStore:
                         self._fsync_dir()
                         synced_dir = True
                     self._call_from_thread(self._committed, len(batches), callbacks)
+                    if self._ckpt_catchup:
+                        self._catch_up(conn)
             if closing:
                 return
 
@@ -693,6 +700,21 @@ class SqliteStore:
             self._wal_estimate = est
         return n
 
+    def _catch_up(self, conn: sqlite3.Connection) -> None:  # writer thread
+        """Checkpoint the few frames committed while the checkpointer ran.
+
+        The checkpointer's PASSIVE checkpoint copies what was in the WAL when it started, but
+        the writer kept committing meanwhile, and sqlite only starts the WAL over (rewriting
+        the same, already allocated file, whose fdatasync is cheaper than one that grows it)
+        when every frame is in the database. This small checkpoint runs after the callbacks of
+        the last commit have been handed to the reactor, between transactions.
+        """
+        self._ckpt_catchup = False
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as e:
+            log.warn("sqlite store {path}: checkpoint failed: {e}", path=self.path, e=e)
+
     def _checkpoint_loop(self) -> None:  # checkpointer thread
         """Fold the WAL back into the database off the commit path (PASSIVE checkpoints).
 
@@ -717,6 +739,7 @@ class SqliteStore:
                 try:
                     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                     self.checkpoints += 1
+                    self._ckpt_catchup = True
                 except sqlite3.Error as e:  # the next one retries; the WAL is still bounded
                     errors += 1
                     if errors == 1 or errors % 1000 == 0:
