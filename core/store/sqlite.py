@@ -677,6 +677,7 @@ class SqliteStore:
             return 0  # only callbacks: everything before them is already committed
         conn.execute("BEGIN IMMEDIATE")
         est = 0
+        checkpointer = self.checkpoint_bytes
         execute, executemany = conn.execute, conn.executemany
         for kind, group in groupby(ops, key=_KIND):
             params = list(map(_PARAMS, group))
@@ -685,13 +686,14 @@ class SqliteStore:
                     execute(sql, params[0])
                 else:
                     executemany(sql, params)
-            i = _DATA_INDEX.get(kind)
-            if i is not None:
-                est += sum(map(len, map(itemgetter(i), params)))
+            if checkpointer:
+                i = _DATA_INDEX.get(kind)
+                if i is not None:
+                    est += sum(map(len, map(itemgetter(i), params)))
         execute("COMMIT")
         self.commits += 1
         self.ops_written += n
-        if self.checkpoint_bytes:
+        if checkpointer:
             # WAL growth, roughly: a page per operation plus the payloads
             est += self._wal_estimate + 4096 * n
             if est >= self.checkpoint_bytes:
