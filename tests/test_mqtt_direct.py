@@ -242,3 +242,24 @@ def test_retained_publish_is_stored_and_not_forwarded_as_retained(factory):
     late.subscribe("r/#")
     [(first, *_rest, payload)] = late.publishes()
     assert first == 0x31 and payload == b"kept"
+
+
+def test_a_session_queue_length_limit_still_allows_the_direct_path(no_messages):
+    clock = Clock()
+    f = MqttFactory(Broker(clock=clock), {"max_queued_messages": 2})
+    f.clock = clock
+    sub = Peer(f, "s")
+    sub.subscribe("l/#")
+    pub = Peer(f, "p")
+    sub.packets()
+    pub.packets()
+    no_messages.clear()
+    pub.publish("l/x", b"0")
+    assert no_messages == []
+    sub.p.pauseProducing()
+    for i in range(1, 6):
+        pub.publish("l/x", b"%d" % i)
+    q = sub.p.conn.session.queue
+    assert q.message_count == 2  # the oldest were dropped (drop-head), as the core does
+    sub.p.resumeProducing()
+    assert [pl for *_, pl in sub.publishes()] == [b"0", b"4", b"5"]

@@ -433,12 +433,13 @@ class MqttServer:
         """Route a PUBLISH without properties and without retain (hot path); returns routed.
 
         Where a destination is an MQTT session queue that the core would hand the message to
-        at once (no backlog, no limits, one ready consumer: the session's own connection) and
-        the delivery is QoS 0 and needs no per-subscriber properties (5.0 subscription ids,
-        topic aliases), the PUBLISH frame is written to that connection directly: no core
-        Message, Delivery or consumer callback. Every other destination gets a core Message
-        through ``Queue.enqueue`` as ``VirtualHost.publish`` would do. ``body`` is the
-        received packet body (reused as the outgoing frame for QoS 0 to the same family).
+        at once (no backlog, room under its length limits, no TTL, one ready consumer: the
+        session's own connection) and the delivery is QoS 0 and needs no per-subscriber
+        properties (5.0 subscription ids, topic aliases), the PUBLISH frame is written to that
+        connection directly: no core Message, Delivery or consumer callback. Every other
+        destination gets a core Message through ``Queue.enqueue`` as ``VirtualHost.publish``
+        would do. ``body`` is the received packet body (reused as the outgoing frame for QoS 0
+        to the same family).
         """
         keys = self.keys
         key = keys.get(topic)
@@ -462,7 +463,9 @@ class MqttServer:
             # (a QoS 1 publish goes direct only to sessions whose subscriptions are all QoS 0)
             if (len(consumers) == 1 and (not qos or consumers[0].no_ack) and not q._count
                     and q.kind == "queue" and not q._selective and not q._dispatching
-                    and q.max_length is None and q.max_length_bytes is None):
+                    and q.message_ttl is None
+                    and (q.max_length is None or q.max_length >= 1)
+                    and (q.max_length_bytes is None or len(payload) <= q.max_length_bytes)):
                 cons = consumers[0]
                 conn = cons.owner
                 if (type(conn) is Connection and cons is conn.own_consumer
