@@ -428,6 +428,32 @@ def test_write_error_never_reports_durable(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_multi_row_statements(tmp_path):
+    """Runs of puts and deletes (several queues, repeated keys, odd sizes) keep their meaning."""
+    store, d = open_store(tmp_path, lazy_flush_ms=0)
+    yield d
+    expect: dict[tuple[str, str], dict[int, tuple[bytes, int]]] = {}
+    for n in (1, 2, 3, 129, 300):
+        for seq in range(n):
+            q = ("/", f"q{seq % 3}") if n > 3 else ("v", "x")
+            store.put_message(*q, seq, b"%d-%d" % (n, seq), n)
+            expect.setdefault(q, {})[seq] = (b"%d-%d" % (n, seq), n)
+        yield turn()  # flushed: the deletes below are a run of their own in the next batch
+        for seq in range(0, n, 2):
+            q = ("/", f"q{seq % 3}") if n > 3 else ("v", "x")
+            store.delete_message(*q, seq)
+            store.delete_message(*q, seq)  # twice: harmless
+            expect[q].pop(seq, None)
+        yield durable(store)
+    yield store.close()
+    store2, d2 = open_store(tmp_path)
+    snap = yield d2
+    yield store2.close()
+    got = {q: {s: (b, c) for s, b, c in rows} for q, rows in snap.messages.items()}
+    assert got == {q: m for q, m in expect.items() if m}
+
+
+@pytest_twisted.inlineCallbacks
 def test_background_checkpoints(tmp_path):
     """The WAL is folded back by the checkpointer thread, not inside the commits."""
     store, d = open_store(tmp_path, checkpoint_mb=0.25)

@@ -163,6 +163,61 @@ _KIND = itemgetter(0)
 _PARAMS = itemgetter(1)
 _OPS = itemgetter(0)
 _CALLBACKS = itemgetter(1)
+_QUEUE_KEY = itemgetter(0, 1)
+_SEQ = itemgetter(2)
+
+# Runs of message puts and deletes go in multi-row statements: sqlite releases the GIL around
+# every statement step (executemany: every row), and each time the writer thread wants it back
+# while the reactor thread is busy it may wait a whole switch interval (5 ms by default). Rows
+# per statement are powers of two up to _MANY (640 or 130 bound variables, below the 999 that
+# sqlite before 3.32 allows), so few distinct statements stay in the statement cache.
+_MANY = 128
+_PUT_MANY = {
+    k: "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count) VALUES "
+    + ",".join(["(?,?,?,?,?)"] * k)
+    for k in (1 << i for i in range(8))
+}
+_DEL_MANY = {
+    k: "DELETE FROM messages WHERE vhost = ? AND queue = ? AND seq IN (" + ",".join("?" * k) + ")"
+    for k in (1 << i for i in range(8))
+}
+
+
+def _chunks(n: int) -> list[int]:
+    """``n`` as a sum of powers of two, at most _MANY each, largest first."""
+    out = [_MANY] * (n // _MANY)
+    n %= _MANY
+    k = _MANY
+    while n:
+        k >>= 1
+        if n >= k:
+            out.append(k)
+            n -= k
+    return out
+
+
+def _put_many(execute: Callable, params: list[tuple]) -> None:
+    i = 0
+    for k in _chunks(len(params)):
+        execute(_PUT_MANY[k], list(chain.from_iterable(params[i : i + k])))
+        i += k
+
+
+def _delete_many(execute: Callable, params: list[tuple]) -> None:
+    # Deletes of different messages commute, so they are grouped by queue (usually one).
+    queues = set(map(_QUEUE_KEY, params))
+    if len(queues) == 1:
+        by_queue = {queues.pop(): list(map(_SEQ, params))}
+    else:
+        by_queue = {}
+        for vhost, queue, seq in params:
+            by_queue.setdefault((vhost, queue), []).append(seq)
+    for (vhost, queue), seqs in by_queue.items():
+        i = 0
+        for k in _chunks(len(seqs)):
+            execute(_DEL_MANY[k], [vhost, queue, *seqs[i : i + k]])
+            i += k
+
 
 # Writer-queue items other than batches.
 _CLOSE = object()
@@ -664,8 +719,9 @@ class SqliteStore:
         """Execute the operations of ``batches`` in one transaction and commit (fsync).
 
         The Python-level work here holds the GIL against the reactor thread, so it is kept to
-        C-level loops: one ``executemany`` per run of operations of one kind, parameter tuples
-        as the reactor built them, payload bytes passed through (no copies).
+        C-level loops over the parameter tuples the reactor built (payload bytes passed through,
+        no copies): one ``executemany`` per run of operations of one kind, and multi-row
+        statements for message puts and deletes (few statement steps, few GIL hand-overs).
         """
         # (None marks a put cancelled by a later put or delete of the same message)
         if len(batches) == 1:
@@ -681,10 +737,15 @@ class SqliteStore:
         execute, executemany = conn.execute, conn.executemany
         for kind, group in groupby(ops, key=_KIND):
             params = list(map(_PARAMS, group))
-            for sql in _SQL[kind]:
-                if len(params) == 1:
+            if len(params) == 1:
+                for sql in _SQL[kind]:
                     execute(sql, params[0])
-                else:
+            elif kind == _PUT_MESSAGE:
+                _put_many(execute, params)
+            elif kind == _DEL_MESSAGE:
+                _delete_many(execute, params)
+            else:
+                for sql in _SQL[kind]:
                     executemany(sql, params)
             if checkpointer:
                 i = _DATA_INDEX.get(kind)
