@@ -9,6 +9,11 @@ Each adapter turns these into its own form on the way out and back on the way in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .message import Message
+
 QUEUE_PREFIXES = ("queue://", "temp-queue://")
 TOPIC_PREFIXES = ("topic://", "temp-topic://")
 
@@ -34,3 +39,29 @@ def topic_address(key: str) -> str:
 
 def queue_address(name: str) -> str:
     return "queue://" + name
+
+
+def key_from_headers(headers: dict[str, Any]) -> bytes | None:
+    """The record key a keyless protocol carried in ``KEY_HEADER`` (text or bytes)."""
+    k = headers.get(KEY_HEADER)
+    if isinstance(k, str):
+        return k.encode("utf-8")
+    if isinstance(k, bytes | bytearray):
+        return bytes(k)
+    return None
+
+
+def headers_with_key(message: Message) -> dict[str, Any]:
+    """The message's headers, plus ``KEY_HEADER`` (text when UTF-8, else bytes) when it has a
+    key the headers do not carry yet. The message's own dict is returned when nothing is added.
+    """
+    headers = message.headers
+    key = message.key
+    if key is None or KEY_HEADER in headers:
+        return headers
+    headers = dict(headers)
+    try:
+        headers[KEY_HEADER] = key.decode("utf-8")
+    except UnicodeDecodeError:
+        headers[KEY_HEADER] = bytes(key)
+    return headers

@@ -60,3 +60,16 @@ def test_parse_address(address, parsed):
 def test_address_builders():
     assert parse_address(queue_address("q")) == ("queue", "q")
     assert parse_address(topic_address("a.b")) == ("topic", "a.b")
+
+
+def test_key_travels_in_a_header():
+    from polymq.core.address import KEY_HEADER, headers_with_key, key_from_headers
+
+    plain = Message(b"", headers={"a": 1})
+    assert headers_with_key(plain) is plain.headers
+    text = headers_with_key(Message(b"", key=b"k1", headers={"a": 1}))
+    assert text == {"a": 1, KEY_HEADER: "k1"}
+    binary = headers_with_key(Message(b"", key=b"\xff"))
+    assert binary == {KEY_HEADER: b"\xff"}
+    assert key_from_headers(text) == b"k1" and key_from_headers(binary) == b"\xff"
+    assert key_from_headers({}) is None and key_from_headers({KEY_HEADER: 5}) is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import decimal
 from typing import Any
 
-from polymq.core.address import KEY_HEADER, parse_address
+from polymq.core.address import headers_with_key, key_from_headers, parse_address
 from polymq.core.message import DERIVED_ANNOTATIONS, Message
 
 from . import codec as C
@@ -62,11 +62,7 @@ def message_from_properties(
     if headers:
         if _has_decimal(headers):
             headers = _clean(headers)
-        k = headers.get(KEY_HEADER)
-        if isinstance(k, str):
-            key = k.encode("utf-8")
-        elif isinstance(k, bytes):
-            key = k
+        key = key_from_headers(headers)
     expiration = None
     exp = get("expiration")
     if exp is not None:
@@ -143,13 +139,7 @@ def reply_to_amqp(reply_to: str | None) -> str | None:
 
 def properties_dict(m: Message, offset: int | None, now: int) -> dict:
     """The AMQP content properties of a core message (as a dict)."""
-    headers = m.headers
-    if m.key is not None and KEY_HEADER not in headers:
-        headers = dict(headers)
-        try:
-            headers[KEY_HEADER] = m.key.decode("utf-8")
-        except UnicodeDecodeError:
-            headers[KEY_HEADER] = m.key
+    headers = headers_with_key(m)
     if offset is not None:
         headers = dict(headers)
         headers["x-stream-offset"] = offset

@@ -16,6 +16,12 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from polymq.core.address import (
+    headers_with_key,
+    key_from_headers,
+    queue_address,
+    topic_address,
+)
 from polymq.core.auth import Refusal
 from polymq.core.errors import BrokerError, NotFound
 from polymq.core.message import Message, now_ms
@@ -289,7 +295,6 @@ class ConsumerState:
 
 # -- conversion ----------------------------------------------------------------------------------
 
-KAFKA_KEY = "x-kafka-key"  # property carrying a Kafka record key (docs/mapping.md)
 
 
 def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
@@ -339,13 +344,7 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
         )
         if ptypes:
             ann["openwire.ptypes"] = ptypes
-    key = None
-    if headers:
-        k = headers.get(KAFKA_KEY)
-        if isinstance(k, str):
-            key = k.encode("utf-8")
-        elif isinstance(k, bytes):
-            key = k
+    key = key_from_headers(headers) if headers else None
     if m.group_id is not None:
         ann["openwire.group_id"] = m.group_id
         ann["openwire.group_seq"] = m.group_sequence
@@ -480,22 +479,15 @@ def core_to_jms(msg: Message, synthetic_pid: Obj, seq: int) -> Obj:
     mid = Obj(c.MESSAGE_ID, text_view=_short(msg.message_id), producer_id=pid,
               producer_sequence_id=pseq, broker_sequence_id=seq)
     props = None
-    headers = msg.headers
-    if msg.key is not None and KAFKA_KEY not in headers:
-        # the Kafka key as a property, as AMQP sees it (string when UTF-8, else byte[])
-        headers = dict(headers)
-        try:
-            headers[KAFKA_KEY] = msg.key.decode("utf-8")
-        except UnicodeDecodeError:
-            headers[KAFKA_KEY] = bytes(msg.key)
+    headers = headers_with_key(msg)  # the Kafka key as a property, as AMQP sees it
     if headers:
         props = c.encode_primitive_map(headers, ann.get("openwire.ptypes"))
     dest = ann.get("openwire.dest")
     if dest is None:
         if msg.exchange == "amq.topic":
-            dest = "topic://" + msg.routing_key
+            dest = topic_address(msg.routing_key)
         else:
-            dest = "queue://" + msg.routing_key
+            dest = queue_address(msg.routing_key)
     m = Obj(
         tid,
         producer_id=pid,
@@ -1129,8 +1121,6 @@ class Connection:
         if cause:
             headers["dlqDeliveryFailureCause"] = cause
         dead = msg.copy(headers=headers, expiration=None)
-        # the headers changed: an AMQP publisher's cached property list no longer matches
-        dead.annotations.pop("amqp.props", None)
         self._ensure_queue(DLQ)
         self.vhost.publish("", DLQ, dead)
         d.queue.ack(d)
