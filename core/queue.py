@@ -294,7 +294,9 @@ class Queue:
         durable queues a message is routed to.
         """
         size = len(message.body)
-        if self._over_limit(1, size):
+        if (self.max_length is not None or self.max_length_bytes is not None) and (
+            self._over_limit(1, size)
+        ):
             if self.overflow == "drop-head":
                 self._drop_head_for(size)
             else:
@@ -303,8 +305,12 @@ class Queue:
                 return False
         seq = self._next_seq
         self._next_seq = seq + 1
-        now = self.vhost.now()
-        d = Delivery(self, seq, message, 0, self._expiry_for(message, now))
+        if message.expiration is None and self.message_ttl is None:
+            now = 0
+            d = Delivery(self, seq, message, 0, None)
+        else:
+            now = self.vhost.now()
+            d = Delivery(self, seq, message, 0, self._expiry_for(message, now))
         if self.durable and message.durable:
             if data is None:
                 data = message.to_bytes()
@@ -409,6 +415,9 @@ class Queue:
     def _next_ready_consumer(self) -> Consumer | None:
         consumers = self.consumers
         n = len(consumers)
+        if n == 1:
+            c = consumers[0]
+            return c if c.ready() else None
         for i in range(n):
             idx = (self._rr + i) % n
             c = consumers[idx]
@@ -430,6 +439,28 @@ class Queue:
         c.unacked[d.seq] = d
         self.unacked[d.seq] = d
         c.deliver(d)
+
+    def direct_consumer(self, size: int) -> Consumer | None:
+        """The consumer an enqueue of a ``size``-byte message without expiration would be
+        handed to at once, or None.
+
+        For an adapter's fast path: when the delivery needs no acknowledgement (MQTT QoS 0),
+        the adapter may write the message to that consumer itself and skip the queue, which
+        then records nothing, exactly as for a no-ack delivery.
+        """
+        consumers = self.consumers
+        if (
+            len(consumers) != 1
+            or self._count
+            or self._selective
+            or self._dispatching
+            or self.message_ttl is not None
+            or (self.max_length is not None and self.max_length < 1)
+            or (self.max_length_bytes is not None and size > self.max_length_bytes)
+        ):
+            return None
+        c = consumers[0]
+        return c if c.ready() else None
 
     def dispatch(self) -> None:
         """Push ready messages to consumers with room, until one side runs out."""

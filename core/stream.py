@@ -409,6 +409,10 @@ class Stream:
             consumer.limit.consumers.remove(consumer)
         consumer.unacked.clear()
 
+    def direct_consumer(self, size: int) -> None:
+        """A stream keeps every message: nothing bypasses it."""
+        return None
+
     def dispatch(self) -> None:
         for p in self.partitions:
             for r in p.readers:

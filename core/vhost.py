@@ -357,6 +357,16 @@ class VirtualHost:
                 refused += 1
         return routed, refused
 
+    def route(self, exchange: str, routing_key: str, headers: dict) -> Iterable[Any] | None:
+        """The destinations ``publish`` would give a message, when the exchange's own bindings
+        decide (no exchange-to-exchange bindings, no alternate exchange); None when only
+        ``publish`` can tell. For adapters' fast paths that deliver some destinations directly.
+        """
+        ex = self.exchanges.get(exchange)
+        if ex is None or self._e2e or ex.arguments:
+            return None
+        return ex.match(routing_key, headers)
+
     def _resolve(self, ex: Exchange, key: str, headers: dict) -> list[Any]:
         """Destinations through exchange-to-exchange bindings and alternate exchanges."""
         out: dict[int, Any] = {}

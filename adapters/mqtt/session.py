@@ -20,6 +20,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from polymq.core.address import headers_with_key, key_from_headers, parse_address, topic_address
 from polymq.core.auth import Refusal
 from polymq.core.errors import BrokerError
 from polymq.core.message import Message, now_ms
@@ -447,30 +448,23 @@ class MqttServer:
             if len(keys) > 8192:
                 keys.clear()
             key = keys[topic] = c.topic_to_key(topic)
-        vh = self.vhost
-        ex = vh.exchanges.get("amq.topic")
-        if ex is None or vh._e2e or ex.arguments:
+        dests = self.vhost.route("amq.topic", key, _NO_HEADERS)
+        if dests is None:
             # exchange-to-exchange bindings or an alternate exchange: the core resolves
             return self.publish(topic, Message(payload, durable=qos > 0), False, exclude)
         routed = 0
         msg = None
         data = None
         frames: list = [None, None]  # the QoS 0 frame per protocol family, built once
-        for q in ex.match(key, _NO_HEADERS):
+        for q in dests:
             if q is exclude:
                 continue
-            consumers = q.consumers
+            cons = q.direct_consumer(len(payload))
             # (a QoS 1 publish goes direct only to sessions whose subscriptions are all QoS 0)
-            if (len(consumers) == 1 and (not qos or consumers[0].no_ack) and not q._count
-                    and q.kind == "queue" and not q._selective and not q._dispatching
-                    and q.message_ttl is None
-                    and (q.max_length is None or q.max_length >= 1)
-                    and (q.max_length_bytes is None or len(payload) <= q.max_length_bytes)):
-                cons = consumers[0]
+            if cons is not None and (not qos or cons.no_ack):
                 conn = cons.owner
                 if (type(conn) is Connection and cons is conn.own_consumer
-                        and conn.state == 1 and not cons.paused and cons.credit is None
-                        and (cons.no_ack or cons.limit.has_room())):
+                        and conn.state == 1 and cons.credit is None):
                     hit = conn.session.match(key)
                     subqos = hit[2]
                     if subqos < 0:  # the session queue's bindings match, its filters not
@@ -494,7 +488,7 @@ class MqttServer:
                 msg = Message(payload, durable=qos > 0)
                 msg.exchange = "amq.topic"
                 msg.routing_key = key
-                if qos == 0 and not q._count:
+                if qos == 0 and not q.message_count:
                     # deliveries the core makes at once reuse the frame (see _send); behind a
                     # backlog the slot would be overwritten long before its turn
                     self.enc[v5] = [msg, False, topic, frames[v5], body]
@@ -537,25 +531,19 @@ def _str(v: Any) -> str:
     return s.replace("\x00", "\ufffd") if "\x00" in s else s
 
 
-KAFKA_KEY = "x-kafka-key"  # header carrying a Kafka record key (docs/mapping.md)
 _NO_HEADERS: dict = {}
-_ADDRESS_PREFIXES = ("topic://", "queue://", "temp-topic://", "temp-queue://")
 
 
 def reply_to_core(response_topic: str) -> str:
     """A Response Topic as a core reply-to address, ``topic://<amq.topic key>``."""
-    return "topic://" + c.key_to_topic(response_topic)
+    return topic_address(c.key_to_topic(response_topic))
 
 
 def reply_to_mqtt(reply_to: str) -> str:
-    """A core reply-to address as a Response Topic: the name after any ``topic://``,
-    ``queue://``, ``temp-*://`` prefix, as a topic ('.' and '/' swapped), so a responder
-    publishing there reaches ``amq.topic`` with that name as the key."""
-    for prefix in _ADDRESS_PREFIXES:
-        if reply_to.startswith(prefix):
-            reply_to = reply_to[len(prefix):]
-            break
-    return c.key_to_topic(reply_to)
+    """A core reply-to address as a Response Topic: the queue name or routing key of the
+    address, as a topic ('.' and '/' swapped), so a responder publishing there reaches
+    ``amq.topic`` with that name as the key."""
+    return c.key_to_topic(parse_address(reply_to)[1])
 
 
 def static_props(msg: Message) -> dict[str, Any]:
@@ -578,10 +566,8 @@ def static_props(msg: Message) -> dict[str, Any]:
     if isinstance(ups, list) and all(isinstance(x, list | tuple) and len(x) == 2 for x in ups):
         props["user_property"] = [(_str(k), _str(v)) for k, v in ups]
     elif msg.headers or msg.key is not None:
-        up = [(_str(k), _str(v)) for k, v in msg.headers.items()]
-        if msg.key is not None and KAFKA_KEY not in msg.headers:
-            up.append((KAFKA_KEY, _str(msg.key)))  # the Kafka key, as AMQP and JMS see it
-        props["user_property"] = up
+        # the Kafka key rides along as a user property, as AMQP and JMS see it
+        props["user_property"] = [(_str(k), _str(v)) for k, v in headers_with_key(msg).items()]
     return props
 
 
@@ -1070,9 +1056,7 @@ class Connection:
                         ann["mqtt.user_properties"] = [[k_, v_] for k_, v_ in ups]
                     headers[k] = v
                 msg.headers = headers
-                key = headers.get(KAFKA_KEY)
-                if key is not None:
-                    msg.key = key.encode("utf-8")
+                msg.key = key_from_headers(headers)
         return msg
 
     def on_publish(self, flags: int, body: bytes) -> None:
