@@ -35,7 +35,13 @@ def polymq_store_backends():
         StoreBackendSpec(
             name="sqlite",
             factory=_sqlite,
-            default_config={"synchronous": "FULL", "busy_timeout_ms": 5000},
+            default_config={
+                "synchronous": "FULL",
+                "busy_timeout_ms": 5000,
+                "lazy_flush_ms": 20,
+                "lazy_flush_ops": 10000,
+                "checkpoint_mb": 0,
+            },
             description="one SQLite file in data_dir, WAL, group commit on a writer thread",
         ),
     ]

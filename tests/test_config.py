@@ -53,6 +53,9 @@ def test_defaults(pm, tmp_path):
         "data_dir": "./polymq-data",
         "synchronous": "FULL",
         "busy_timeout_ms": 5000,
+        "lazy_flush_ms": 20,
+        "lazy_flush_ops": 10000,
+        "checkpoint_mb": 0,
     }
     assert cfg["adapters"]["mqtt"] == {
         "enabled": True,
