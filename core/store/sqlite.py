@@ -39,17 +39,22 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import queue
+import shutil
 import sqlite3
+import struct
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
 import msgpack
+from crc32c import crc32c
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -62,7 +67,7 @@ log = Logger(namespace="polymq.store.sqlite")
 
 FILENAME = "polymq.sqlite3"
 LOCKNAME = "polymq.lock"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class StoreOpenError(Exception):
@@ -71,6 +76,10 @@ class StoreOpenError(Exception):
 
 class StoreFailedError(Exception):
     """The store hit an unrecoverable write error; nothing after it was made durable."""
+
+
+class SegmentWriteError(OSError):
+    """Writing or syncing a stream segment failed (not retried: appends are not idempotent)."""
 
 
 _SCHEMA_V1 = """
@@ -99,8 +108,400 @@ CREATE TABLE kv (
     PRIMARY KEY (namespace, "key"));
 """
 
-# from-version -> script bringing the schema to from-version + 1 (empty until version 2 exists)
-_MIGRATIONS: dict[int, str] = {}
+# Version 2: stream entries live in segment files (StreamLog); the database keeps each
+# partition's log start (entries below it, in a segment that is still kept, are skipped).
+_STREAM_STARTS = """
+CREATE TABLE stream_starts (
+    vhost TEXT NOT NULL, stream TEXT NOT NULL, "partition" INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    PRIMARY KEY (vhost, stream, "partition"));
+"""
+
+# ---------------------------------------------------------------------------------- stream log
+
+STREAMS_DIR = "streams"
+_TRASH = ".trash"
+_NAME_FILE = ".name"
+SEGMENT_SUFFIX = ".seg"
+_OFFSET_DIGITS = 20
+# A directory name longer than this (after escaping) is replaced by a hash of the name.
+_MAX_DIR_NAME = 120
+
+# Record header, little endian: crc32c (of the rest of the header, the format name and the
+# payload), payload length, offset, count, timestamp, format name length; then the format name
+# (utf-8) and the payload.
+_REC = struct.Struct("<IIqIqH")
+_REC_CRC = struct.Struct("<I")
+_MAX_PAYLOAD = 0xFFFFFFFF
+
+
+def escape_name(name: str) -> str:
+    """A safe, bounded directory name for a vhost or stream name (never ``.``/``..``, no ``/``).
+
+    ``=`` followed by the percent-encoded UTF-8 name (every byte but letters, digits and
+    ``-_.~`` encoded, so ``/`` and NUL cannot occur), or, when that is longer than
+    ``_MAX_DIR_NAME``, ``#`` followed by the SHA-256 of the name (the name is then kept in a
+    ``.name`` file in the directory).
+    """
+    esc = "=" + urllib.parse.quote(name, safe="", encoding="utf-8", errors="surrogatepass")
+    if len(esc) <= _MAX_DIR_NAME:
+        return esc
+    return "#" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _unescape_dir(parent: str, entry: str) -> str | None:
+    """The name a directory entry stands for, or None for anything else."""
+    if entry.startswith("="):
+        return urllib.parse.unquote(entry[1:], encoding="utf-8", errors="surrogatepass")
+    if entry.startswith("#"):
+        try:
+            with open(os.path.join(parent, entry, _NAME_FILE), "rb") as f:
+                return f.read().decode("utf-8", "surrogatepass")
+        except OSError:
+            return None
+    return None
+
+
+def encode_record(offset: int, count: int, timestamp: int, fmt: str, data: bytes) -> bytes:
+    """The framed header (with its crc32c) of one stream entry; the payload follows it."""
+    f = fmt.encode("utf-8", "surrogatepass")
+    rest = _REC.pack(0, len(data), offset, count, timestamp, len(f))[4:] + f
+    return _REC_CRC.pack(crc32c(rest, crc32c(data))) + rest
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Partition:
+    __slots__ = ("dir", "segments", "fd", "size", "next", "start")
+
+    def __init__(self, path: str) -> None:
+        self.dir = path
+        self.segments: list[int] = []  # base offsets, ascending
+        self.fd: int | None = None  # the last segment, open for appending
+        self.size = 0  # bytes in the last segment
+        self.next = 0  # offset after the last entry written
+        self.start = 0  # log start: entries below it are skipped at load
+
+
+class StreamLog:
+    """Stream entries in append-only per-partition segment files (writer thread only).
+
+    ``<root>/<vhost>/<stream>/<partition>/<base offset>.seg``; see docs/storage.md.
+    """
+
+    def __init__(self, root: str, segment_bytes: int, sync: bool) -> None:
+        self.root = root
+        self.segment_bytes = max(1, segment_bytes)
+        self.sync_enabled = sync
+        self.parts: dict[tuple[str, str, int], _Partition] = {}
+        self.fsyncs = 0  # fdatasync of segment files and fsync of directories
+        self.writes = 0  # os.writev calls
+        self.truncated = 0  # torn tails cut at open
+        self._touched: dict[int, None] = {}  # fds written since the last sync (ordered)
+        self._dirs: dict[str, None] = {}  # directories whose entries changed since the last sync
+        self._pending: dict[tuple[str, str, int], list] = {}
+        try:
+            self._iov_max = max(16, os.sysconf("SC_IOV_MAX"))
+        except (ValueError, OSError):
+            self._iov_max = 1024
+
+    # -- paths
+
+    def _stream_dir(self, vhost: str, stream: str) -> str:
+        return os.path.join(self.root, escape_name(vhost), escape_name(stream))
+
+    def _mkdirs(self, vhost: str, stream: str, partition: int) -> str:
+        """Create the partition directory (and named parents); schedule the directory fsyncs."""
+        path = self.root
+        for name in (vhost, stream):
+            esc = escape_name(name)
+            child = os.path.join(path, esc)
+            if not os.path.isdir(child):
+                os.makedirs(child, exist_ok=True)
+                if esc.startswith("#"):
+                    tmp = os.path.join(child, _NAME_FILE + ".tmp")
+                    with open(tmp, "wb") as f:
+                        f.write(name.encode("utf-8", "surrogatepass"))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, os.path.join(child, _NAME_FILE))
+                    self._dirs[child] = None
+                self._dirs[path] = None
+            path = child
+        child = os.path.join(path, str(partition))
+        if not os.path.isdir(child):
+            os.makedirs(child, exist_ok=True)
+            self._dirs[path] = None
+        return child
+
+    # -- open
+
+    def load(self, starts: dict[tuple[str, str, int], int]) -> dict:
+        """Read every segment; cut torn tails; return ``StoreSnapshot.stream_entries``."""
+        os.makedirs(self.root, exist_ok=True)
+        trash = os.path.join(self.root, _TRASH)
+        if os.path.isdir(trash):
+            shutil.rmtree(trash, ignore_errors=True)
+        out: dict[tuple[str, str, int], list[tuple[int, int, int, str, bytes]]] = {}
+        for ve in sorted(os.listdir(self.root)):
+            vhost = _unescape_dir(self.root, ve)
+            vdir = os.path.join(self.root, ve)
+            if vhost is None or not os.path.isdir(vdir):
+                continue
+            for se in sorted(os.listdir(vdir)):
+                stream = _unescape_dir(vdir, se)
+                sdir = os.path.join(vdir, se)
+                if stream is None or not os.path.isdir(sdir):
+                    continue
+                for pe in os.listdir(sdir):
+                    if not pe.isdigit():
+                        continue
+                    key = (vhost, stream, int(pe))
+                    part = _Partition(os.path.join(sdir, pe))
+                    part.start = starts.get(key, 0)
+                    entries = self._load_partition(part)
+                    self.parts[key] = part
+                    if entries:
+                        out[key] = entries
+        return out
+
+    def _load_partition(self, part: _Partition) -> list:
+        bases = sorted(
+            int(n[: -len(SEGMENT_SUFFIX)])
+            for n in os.listdir(part.dir)
+            if n.endswith(SEGMENT_SUFFIX) and n[: -len(SEGMENT_SUFFIX)].isdigit()
+        )
+        entries: list[tuple[int, int, int, str, bytes]] = []
+        start = part.start
+        for i, base in enumerate(bases):
+            path = self._segment_path(part.dir, base)
+            with open(path, "rb") as f:
+                buf = f.read()
+            good = self._parse(buf, entries, start)
+            if good < len(buf):
+                # A torn or corrupt tail: nothing from here on was ever reported durable (a
+                # callback runs only after every segment written in its commit is synced).
+                log.warn(
+                    "stream segment {path}: torn tail at byte {at} of {size}, truncated",
+                    path=path,
+                    at=good,
+                    size=len(buf),
+                )
+                self.truncated += 1
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+                    f.flush()
+                    os.fsync(f.fileno())
+                for later in bases[i + 1 :]:
+                    os.unlink(self._segment_path(part.dir, later))
+                _fsync_path(part.dir)
+                bases = bases[: i + 1]
+                break
+        if (
+            bases
+            and os.path.getsize(self._segment_path(part.dir, bases[-1])) == 0
+            and len(bases) > 1
+        ):
+            os.unlink(self._segment_path(part.dir, bases.pop()))
+        part.segments = bases
+        if bases:
+            path = self._segment_path(part.dir, bases[-1])
+            part.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            part.size = os.fstat(part.fd).st_size
+        part.next = max(part.start, entries[-1][0] + entries[-1][1] if entries else 0)
+        if entries and entries[0][0] < start:
+            entries = [e for e in entries if e[0] >= start]
+        return entries
+
+    @staticmethod
+    def _parse(buf: bytes, entries: list, start: int) -> int:
+        """Append the intact records of ``buf`` to ``entries``; return the end of the last one."""
+        pos, n = 0, len(buf)
+        hsize = _REC.size
+        mv = memoryview(buf)
+        unpack = _REC.unpack_from
+        while pos + hsize <= n:
+            crc, length, offset, count, ts, flen = unpack(buf, pos)
+            end = pos + hsize + flen + length
+            if end > n:
+                break
+            body = pos + hsize + flen
+            if crc32c(mv[pos + 4 : body], crc32c(mv[body:end])) != crc:
+                break
+            fmt = bytes(mv[pos + hsize : pos + hsize + flen]).decode("utf-8", "surrogatepass")
+            entries.append((offset, count, ts, fmt, bytes(mv[pos + hsize + flen : end])))
+            pos = end
+        return pos
+
+    @staticmethod
+    def _segment_path(pdir: str, base: int) -> str:
+        return os.path.join(pdir, f"{base:0{_OFFSET_DIGITS}d}{SEGMENT_SUFFIX}")
+
+    # -- writes (one group commit: append/trim/delete in order, then sync)
+
+    def append(self, params: tuple) -> None:
+        vhost, stream, partition = params[0], params[1], params[2]
+        key = (vhost, stream, partition)
+        lst = self._pending.get(key)
+        if lst is None:
+            self._pending[key] = [params]
+        else:
+            lst.append(params)
+
+    def trim(self, vhost: str, stream: str, partition: int, before: int) -> None:
+        key = (vhost, stream, partition)
+        if key in self._pending:
+            self._write_partition(key, self._pending.pop(key))
+        part = self.parts.get(key)
+        if part is None:
+            return
+        part.start = max(part.start, before)
+        segs = part.segments
+        drop = 0
+        while drop < len(segs):
+            later = segs[drop + 1] if drop + 1 < len(segs) else None
+            if later is not None and later <= before:
+                drop += 1
+            elif later is None and part.next <= before and part.size > 0:
+                drop += 1  # the last one, every entry below the log start
+            else:
+                break
+        if not drop:
+            return
+        for base in segs[:drop]:
+            if base == segs[-1] and part.fd is not None:
+                self._touched.pop(part.fd, None)
+                os.close(part.fd)
+                part.fd = None
+                part.size = 0
+            os.unlink(self._segment_path(part.dir, base))
+        del segs[:drop]
+        self._dirs[part.dir] = None
+
+    def delete(self, vhost: str, stream: str) -> None:
+        for key in [k for k in self._pending if k[0] == vhost and k[1] == stream]:
+            del self._pending[key]
+        for key in [k for k in self.parts if k[0] == vhost and k[1] == stream]:
+            part = self.parts.pop(key)
+            if part.fd is not None:
+                self._touched.pop(part.fd, None)
+                os.close(part.fd)
+        sdir = self._stream_dir(vhost, stream)
+        if not os.path.isdir(sdir):
+            return
+        trash = os.path.join(self.root, _TRASH)
+        os.makedirs(trash, exist_ok=True)
+        dest = os.path.join(trash, f"{time.monotonic_ns()}-{os.getpid()}")
+        os.rename(sdir, dest)  # atomic: the stream is gone as a whole or not at all
+        self._dirs[os.path.dirname(sdir)] = None
+        shutil.rmtree(dest, ignore_errors=True)
+
+    def write_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for key, items in pending.items():
+            self._write_partition(key, items)
+
+    def _write_partition(self, key: tuple[str, str, int], items: list) -> None:
+        part = self.parts.get(key)
+        if part is None:
+            part = _Partition(self._mkdirs(*key))
+            self.parts[key] = part
+        bufs: list[bytes] = []
+        limit = self.segment_bytes
+        size = part.size
+        fd = part.fd
+        for _v, _s, _p, offset, count, ts, fmt, data in items:
+            if len(data) > _MAX_PAYLOAD:
+                raise ValueError(f"stream entry of {len(data)} bytes is too large")
+            hdr = encode_record(offset, count, ts, fmt, data)
+            rec = len(hdr) + len(data)
+            if fd is None or (size and size + rec > limit):
+                if bufs:
+                    self._writev(fd, bufs)
+                    bufs = []
+                part.size = size
+                fd = self._roll(part, offset)
+                size = 0
+            bufs.append(hdr)
+            bufs.append(data)
+            size += rec
+            part.next = offset + count
+        if bufs:
+            self._writev(fd, bufs)
+        part.size = size
+
+    def _roll(self, part: _Partition, base: int) -> int:
+        """Start a new segment at ``base`` (the old one is synced and closed)."""
+        if part.fd is not None:
+            if self.sync_enabled:
+                os.fdatasync(part.fd)
+                self.fsyncs += 1
+            self._touched.pop(part.fd, None)
+            os.close(part.fd)
+            part.fd = None
+        if part.segments and part.segments[-1] >= base:
+            # the last segment holds nothing at or above base (an empty segment): reuse its name
+            base = part.segments[-1]
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_TRUNC
+        else:
+            part.segments.append(base)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL
+        part.fd = os.open(self._segment_path(part.dir, base), flags, 0o644)
+        part.size = 0
+        self._dirs[part.dir] = None
+        return part.fd
+
+    def _writev(self, fd: int, bufs: list[bytes]) -> None:
+        self._touched[fd] = None
+        step = self._iov_max
+        for i in range(0, len(bufs), step):
+            chunk = bufs[i : i + step]
+            total = sum(map(len, chunk))
+            done = os.writev(fd, chunk)
+            self.writes += 1
+            if done < total:  # short write (rare: signals, nearly full disk): write the rest
+                rest = b"".join(chunk)[done:]
+                while rest:
+                    n = os.write(fd, rest)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "short write to a stream segment")
+                    rest = rest[n:]
+
+    def sync(self) -> None:
+        """fdatasync every segment written and fsync every changed directory."""
+        touched, self._touched = self._touched, {}
+        dirs, self._dirs = self._dirs, {}
+        if not self.sync_enabled:
+            return
+        for fd in touched:
+            os.fdatasync(fd)
+            self.fsyncs += 1
+        for d in dirs:
+            try:
+                _fsync_path(d)
+                self.fsyncs += 1
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        for part in self.parts.values():
+            if part.fd is not None:
+                try:
+                    os.close(part.fd)
+                except OSError:
+                    pass
+                part.fd = None
+
+
+# from-version -> script bringing the schema to from-version + 1. 1 -> 2 also moves the rows of
+# stream_entries into segment files first (SqliteStore._migrate_streams).
+_MIGRATIONS: dict[int, str] = {1: _STREAM_STARTS + "DROP TABLE stream_entries;"}
 
 # Operation kinds. Every statement of a kind takes the same parameter tuple (numbered params).
 _PUT_EXCHANGE = 0
@@ -127,7 +528,7 @@ _SQL: dict[int, tuple[str, ...]] = {
     _DEL_QUEUE: (
         "DELETE FROM queues WHERE vhost = ?1 AND name = ?2",
         "DELETE FROM messages WHERE vhost = ?1 AND queue = ?2",
-        "DELETE FROM stream_entries WHERE vhost = ?1 AND stream = ?2",
+        "DELETE FROM stream_starts WHERE vhost = ?1 AND stream = ?2",
         "DELETE FROM bindings WHERE vhost = ?1 AND kind = 'queue' AND destination = ?2",
     ),
     _PUT_BINDING: (
@@ -143,13 +544,11 @@ _SQL: dict[int, tuple[str, ...]] = {
         " VALUES (?1, ?2, ?3, ?4, ?5)",
     ),
     _DEL_MESSAGE: ("DELETE FROM messages WHERE vhost = ?1 AND queue = ?2 AND seq = ?3",),
-    _APPEND_STREAM: (
-        'INSERT OR REPLACE INTO stream_entries (vhost, stream, "partition", "offset", "count",'
-        ' "timestamp", "format", data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)',
-    ),
+    _APPEND_STREAM: (),  # segment files (StreamLog), not the database
     _TRIM_STREAM: (
-        'DELETE FROM stream_entries WHERE vhost = ?1 AND stream = ?2 AND "partition" = ?3'
-        ' AND "offset" < ?4',
+        'INSERT INTO stream_starts (vhost, stream, "partition", start) VALUES (?1, ?2, ?3, ?4)'
+        ' ON CONFLICT (vhost, stream, "partition") DO UPDATE SET start ='
+        " max(start, excluded.start)",
     ),
     _PUT_KV: ('INSERT OR REPLACE INTO kv (namespace, "key", value) VALUES (?1, ?2, ?3)',),
     _DEL_KV: ('DELETE FROM kv WHERE namespace = ?1 AND "key" = ?2',),
@@ -158,7 +557,7 @@ _SQL: dict[int, tuple[str, ...]] = {
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 # kind -> index of the payload (bytes) in its parameters, for the WAL size estimate
-_DATA_INDEX = {_PUT_MESSAGE: 3, _APPEND_STREAM: 7, _PUT_KV: 2}
+_DATA_INDEX = {_PUT_MESSAGE: 3, _PUT_KV: 2}
 _KIND = itemgetter(0)
 _PARAMS = itemgetter(1)
 _OPS = itemgetter(0)
@@ -278,6 +677,7 @@ class SqliteStore:
         lazy_flush_ms: float = 20.0,
         lazy_flush_ops: int = 10000,
         checkpoint_mb: float = 0.0,
+        segment_mb: float = 64.0,
         **ignored: Any,
     ) -> None:
         synchronous = str(synchronous).upper()
@@ -299,6 +699,9 @@ class SqliteStore:
         # WAL bytes (estimated) after which the checkpointer thread runs; 0 = sqlite's own
         # automatic checkpoints inside the commit, as without a checkpointer
         self.checkpoint_bytes = int(max(0.0, float(checkpoint_mb)) * (1 << 20))
+        # stream segments roll at this size
+        self.segment_bytes = max(1, int(float(segment_mb) * (1 << 20)))
+        self.streams_dir = os.path.join(self.data_dir, STREAMS_DIR)
         self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
         self._clock = clock
         self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
@@ -310,6 +713,9 @@ class SqliteStore:
         self.cancelled = 0
         self.dropped_after_close = 0
         self.checkpoints = 0
+        self.segment_fsyncs = 0  # fdatasync of segment files + fsync of stream directories
+        self.segment_writes = 0  # os.writev calls on segment files
+        self.segments_truncated = 0  # torn tails cut at open
 
         # reactor-side state
         self._state = _NEW
@@ -334,6 +740,8 @@ class SqliteStore:
         self._ckpt_stop = False
         self._ckpt_catchup = False  # set by the checkpointer, cleared by the writer
         self._ckpt_thread: threading.Thread | None = None
+        self._log: StreamLog | None = None
+        self._seg_applied: list | None = None  # batches whose stream part is on disk (retries)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -624,6 +1032,8 @@ class SqliteStore:
             snapshot = self._load(conn)
         except BaseException as e:
             conn.close()
+            if self._log is not None:
+                self._log.close()
             self._release_lock()
             self._call_from_thread(
                 self._opened,
@@ -651,6 +1061,8 @@ class SqliteStore:
                 conn.close()
             except sqlite3.Error as e:
                 log.error("sqlite store {path}: close failed: {e}", path=self.path, e=e)
+            if self._log is not None:
+                self._log.close()
             self._release_lock()
             self._call_from_thread(self._closed)
 
@@ -697,6 +1109,11 @@ class SqliteStore:
             try:
                 self._execute(conn, batches)
                 return None
+            except SegmentWriteError as e:  # nothing of the database part ran: not retried
+                log.error(
+                    "sqlite store {path}: stream segment write failed: {e!r}", path=self.path, e=e
+                )
+                return e
             except Exception as e:  # sqlite errors, and bad parameters (OverflowError, ...)
                 try:
                     conn.rollback()
@@ -731,12 +1148,44 @@ class SqliteStore:
         n = len(ops)
         if n == 0:
             return 0  # only callbacks: everything before them is already committed
+        groups = []
+        slog = self._log if self._seg_applied is not batches else None
+        try:
+            for kind, group in groupby(ops, key=_KIND):
+                params = list(map(_PARAMS, group))
+                if kind == _APPEND_STREAM:
+                    if slog is not None:
+                        for p in params:
+                            slog.append(p)
+                    continue
+                if slog is not None:
+                    if kind == _TRIM_STREAM:
+                        for p in params:
+                            slog.trim(*p)
+                    elif kind == _DEL_QUEUE:
+                        for p in params:
+                            slog.delete(*p)
+                groups.append((kind, params))
+            if slog is not None:
+                # one writev per partition, then one fdatasync per segment file written
+                slog.write_pending()
+                slog.sync()
+        except (OSError, ValueError, OverflowError, struct.error) as e:
+            raise SegmentWriteError(errno.EIO, f"stream segments: {e!r}") from e
+        finally:
+            if slog is not None:
+                self.segment_fsyncs = slog.fsyncs
+                self.segment_writes = slog.writes
+        self._seg_applied = batches
+        if not groups:  # stream appends only: no database transaction
+            self.commits += 1
+            self.ops_written += n
+            return n
         conn.execute("BEGIN IMMEDIATE")
         est = 0
         checkpointer = self.checkpoint_bytes
         execute, executemany = conn.execute, conn.executemany
-        for kind, group in groupby(ops, key=_KIND):
-            params = list(map(_PARAMS, group))
+        for kind, params in groups:
             if len(params) == 1:
                 for sql in _SQL[kind]:
                     execute(sql, params[0])
@@ -895,6 +1344,8 @@ class SqliteStore:
             )
         if version == SCHEMA_VERSION:
             return
+        if version == 1:
+            self._migrate_streams(conn)
         conn.execute("BEGIN IMMEDIATE")
         try:
             if version == 0:
@@ -907,6 +1358,8 @@ class SqliteStore:
                     if stmt.strip():
                         conn.execute(stmt)
                 version = 1
+                # a fresh database: whatever a segment directory holds belongs to nothing
+                shutil.rmtree(self.streams_dir, ignore_errors=True)
             while version < SCHEMA_VERSION:
                 for stmt in _MIGRATIONS[version].split(";"):
                     if stmt.strip():
@@ -917,6 +1370,37 @@ class SqliteStore:
         except BaseException:
             conn.rollback()
             raise
+
+    def _migrate_streams(self, conn: sqlite3.Connection) -> None:
+        """Schema 1 -> 2: write the rows of ``stream_entries`` into segment files (synced).
+
+        Runs before the transaction that drops the table; if the process dies in between, the
+        next open finds version 1 again and starts over from an empty segment directory.
+        """
+        shutil.rmtree(self.streams_dir, ignore_errors=True)
+        slog = StreamLog(self.streams_dir, self.segment_bytes, True)
+        os.makedirs(self.streams_dir, exist_ok=True)
+        n = 0
+        try:
+            for row in conn.execute(
+                'SELECT vhost, stream, "partition", "offset", "count", "timestamp", "format", data'
+                ' FROM stream_entries ORDER BY vhost, stream, "partition", "offset"'
+            ):
+                slog.append(row[:7] + (bytes(row[7]),))
+                n += 1
+                if n % 10000 == 0:
+                    slog.write_pending()
+            slog.write_pending()
+            slog.sync()
+        finally:
+            slog.close()
+        self._fsync_dir()
+        if n:
+            log.info(
+                "sqlite store {path}: moved {n} stream entries into segment files",
+                path=self.path,
+                n=n,
+            )
 
     def _load(self, conn: sqlite3.Connection) -> StoreSnapshot:
         snap = StoreSnapshot()
@@ -946,13 +1430,17 @@ class SqliteStore:
         ):
             messages.setdefault((v, q), []).append((seq, bytes(data), dc))
         snap.messages = messages
-        entries: dict[tuple[str, str, int], list[tuple[int, int, int, str, bytes]]] = {}
-        for v, s, p, off, cnt, ts, fmt, data in conn.execute(
-            'SELECT vhost, stream, "partition", "offset", "count", "timestamp", "format", data'
-            ' FROM stream_entries ORDER BY vhost, stream, "partition", "offset"'
-        ):
-            entries.setdefault((v, s, p), []).append((off, cnt, ts, fmt, bytes(data)))
-        snap.stream_entries = entries
+        starts = {
+            (v, s, p): start
+            for v, s, p, start in conn.execute(
+                'SELECT vhost, stream, "partition", start FROM stream_starts'
+            )
+        }
+        self._log = StreamLog(
+            self.streams_dir, self.segment_bytes, self.synchronous.upper() in ("FULL", "EXTRA")
+        )
+        snap.stream_entries = self._log.load(starts)
+        self.segments_truncated = self._log.truncated
         kv: dict[str, dict[str, bytes]] = {}
         for ns, k, value in conn.execute('SELECT namespace, "key", value FROM kv'):
             kv.setdefault(ns, {})[k] = bytes(value)
