@@ -31,6 +31,7 @@ import jmsrun  # noqa: E402
 from brokerproc import BrokerProcess  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+PERF_CALLS = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl")
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
@@ -93,8 +94,12 @@ def main() -> None:
     ap.add_argument("--py-spy", type=Path)
     ap.add_argument("--activemq-port", type=int)
     ap.add_argument("--warmup", type=int, default=5000)
+    ap.add_argument("--store", default="sqlite", help="store of the broker (sqlite, memory)")
     ap.add_argument("--strace", action="store_true",
                     help="count the broker's system calls during the run (strace -c)")
+    ap.add_argument("--perf", action="store_true",
+                    help="count the broker's socket system calls per message with perf stat "
+                         "(kernel counters: no slow-down, unlike strace)")
     ap.add_argument("--baseline", help="PYTHONPATH of a second polymq, measured first "
                     "('polymq before'; see run.py)")
     args = ap.parse_args()
@@ -104,7 +109,7 @@ def main() -> None:
     classes.mkdir()
     subprocess.run(["javac", "-nowarn", "-cp", jmsrun.classpath(), "-d", str(classes),
                     str(Path(__file__).parent / "JmsBench.java")], check=True)
-    broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store="sqlite",
+    broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
                            log_level="warn")
     broker.start()
     try:
@@ -115,7 +120,7 @@ def main() -> None:
             collapsed = args.py_spy.with_suffix(".collapsed")
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
                                     "-p", str(broker.pid), "-f", "raw", "-o", str(collapsed),
-                                    "-r", "500", "--nonblocking"],
+                                    "-r", "500"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         st = None
@@ -123,7 +128,23 @@ def main() -> None:
             st = subprocess.Popen(["strace", "-c", "-f", "-p", str(broker.pid), "-o",
                                    str(tmp / "strace.txt")], stderr=subprocess.DEVNULL)
             time.sleep(1.0)
+        pf = None
+        if args.perf:
+            events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{n}" for n in PERF_CALLS]
+            pf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(events), "-p",
+                                   str(broker.pid), "-o", str(tmp / "perf.txt")],
+                                  stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         res = run(classes, url, args.scenario, consumers, args.messages, args.size, broker.pid)
+        if pf is not None:
+            pf.send_signal(2)
+            pf.wait(30)
+            print("| system call | per message |\n|---|---|")
+            for line in (tmp / "perf.txt").read_text().splitlines():
+                f = line.split(",")
+                if len(f) > 2 and f[0].strip().isdigit():
+                    name = f[2].split(":")[-1].replace("sys_enter_", "")
+                    print(f"| {name} | {int(f[0]) / args.messages:.2f} |")
         if st is not None:
             st.send_signal(2)
             st.wait(30)
@@ -136,7 +157,7 @@ def main() -> None:
         rows = [("polymq", res)]
         if args.baseline:
             before = BrokerProcess(tmp / "polymq-before", adapters=["openwire"],
-                                   store="sqlite", log_level="warn",
+                                   store=args.store, log_level="warn",
                                    env={"PYTHONPATH": args.baseline})
             before.start()
             try:

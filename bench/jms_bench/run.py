@@ -63,6 +63,7 @@ def reachable(port: int) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--store", default="sqlite", help="store backend of polymq (sqlite, memory)")
     ap.add_argument("--activemq-port", type=int, default=26616)
     ap.add_argument("--quick", action="store_true", help="a tenth of the messages")
     ap.add_argument("--baseline", help="PYTHONPATH of a second polymq (a 'before' column)")
@@ -79,13 +80,13 @@ def main() -> None:
     classes.mkdir()
     subprocess.run(["javac", "-nowarn", "-cp", jmsrun.classpath(), "-d", str(classes),
                     str(Path(__file__).parent / "JmsBench.java")], check=True)
-    broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store="sqlite",
+    broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
                            log_level="warn")
     broker.start()
     brokers = [broker]
     targets = [("polymq", f"tcp://127.0.0.1:{broker.port('openwire')}")]
     if args.baseline:
-        before = BrokerProcess(tmp / "polymq-before", adapters=["openwire"], store="sqlite",
+        before = BrokerProcess(tmp / "polymq-before", adapters=["openwire"], store=args.store,
                                log_level="warn", env={"PYTHONPATH": args.baseline})
         before.start()
         brokers.append(before)
