@@ -742,3 +742,240 @@ def test_model(tmp_path_factory, ops):
     snap = clock.wait(store.open())
     clock.wait(store.close())
     model.check(snap)
+
+
+# ------------------------------------------------------------------ stream segment files
+
+
+def seg_files(root) -> list[str]:
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        out += [os.path.join(dirpath, f) for f in files if f.endswith(".seg")]
+    return sorted(out)
+
+
+def part_dir(tmp_path, vhost, stream, partition):
+    from polymq.core.store.sqlite import escape_name
+
+    return tmp_path / "streams" / escape_name(vhost) / escape_name(stream) / str(partition)
+
+
+@pytest_twisted.inlineCallbacks
+def test_stream_torn_tail_is_truncated_at_open(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    for off in range(5):
+        store.append_stream("/", "s", 0, off, 1, 100 + off, "f", b"entry%d" % off * 50)
+    yield durable(store)
+    yield store.close()
+    (seg,) = seg_files(tmp_path / "streams")
+    assert os.path.basename(seg) == f"{0:020d}.seg"
+    full = os.path.getsize(seg)
+    # a half-written last record: its header made it, part of its payload did not
+    with open(seg, "r+b") as f:
+        f.truncate(full - 7)
+    store, d = open_store(tmp_path)
+    snap = yield d
+    assert [e[0] for e in snap.stream_entries[("/", "s", 0)]] == [0, 1, 2, 3]
+    assert snap.stream_entries[("/", "s", 0)][3] == (3, 1, 103, "f", b"entry3" * 50)
+    assert store.segments_truncated == 1
+    # appending goes on after the cut
+    store.append_stream("/", "s", 0, 4, 2, 200, "g", b"again")
+    yield durable(store)
+    yield store.close()
+    # a flipped payload byte (crc mismatch) in the middle: cut there
+    with open(seg, "r+b") as f:
+        f.seek(os.path.getsize(seg) - 3)
+        f.write(b"X")
+    store, d = open_store(tmp_path)
+    snap = yield d
+    yield store.close()
+    assert [e[0] for e in snap.stream_entries[("/", "s", 0)]] == [0, 1, 2, 3]
+    # garbage after the last record (a torn header)
+    with open(seg, "ab") as f:
+        f.write(b"\x01\x02\x03")
+    store, d = open_store(tmp_path)
+    snap = yield d
+    yield store.close()
+    assert len(snap.stream_entries[("/", "s", 0)]) == 4
+
+
+@pytest_twisted.inlineCallbacks
+def test_stream_torn_segment_drops_later_segments(tmp_path):
+    store, d = open_store(tmp_path, segment_mb=0.0005)  # ~500 bytes per segment
+    yield d
+    for off in range(20):
+        store.append_stream("/", "s", 0, off, 1, 0, "f", b"%03d" % off * 40)
+    yield durable(store)
+    yield store.close()
+    segs = seg_files(tmp_path / "streams")
+    assert len(segs) >= 5
+    with open(segs[2], "r+b") as f:  # torn: everything from there on was never acknowledged
+        f.truncate(os.path.getsize(segs[2]) - 1)
+    store, d = open_store(tmp_path, segment_mb=0.0005)
+    snap = yield d
+    offsets = [e[0] for e in snap.stream_entries[("/", "s", 0)]]
+    assert offsets == list(range(len(offsets))) and 0 < len(offsets) < 20
+    assert seg_files(tmp_path / "streams") == segs[:3]
+    nxt = offsets[-1] + 1
+    store.append_stream("/", "s", 0, nxt, 1, 0, "f", b"new")
+    yield durable(store)
+    yield store.close()
+    store, d = open_store(tmp_path)
+    snap = yield d
+    yield store.close()
+    assert [e[0] for e in snap.stream_entries[("/", "s", 0)]] == [*offsets, nxt]
+
+
+@pytest_twisted.inlineCallbacks
+def test_stream_segments_roll_and_trim_deletes_whole_segments(tmp_path):
+    store, d = open_store(tmp_path, segment_mb=0.001)  # ~1 KB segments
+    yield d
+    for off in range(0, 60, 2):
+        store.append_stream("/", "s", 1, off, 2, off, "f", b"x" * 200)
+    yield durable(store)
+    pdir = part_dir(tmp_path, "/", "s", 1)
+    before = sorted(os.listdir(pdir))
+    assert len(before) >= 5
+    bases = [int(n[:-4]) for n in before]
+    store.trim_stream("/", "s", 1, 31)  # entries starting below 31 go
+    yield durable(store)
+    after = sorted(int(n[:-4]) for n in os.listdir(pdir))
+    assert after == [b for i, b in enumerate(bases) if i + 1 == len(bases) or bases[i + 1] > 31]
+    assert after[0] <= 31 < (after[1] if len(after) > 1 else 10**9)
+    yield store.close()
+    store, d = open_store(tmp_path, segment_mb=0.001)
+    snap = yield d
+    offs = [e[0] for e in snap.stream_entries[("/", "s", 1)]]
+    assert offs == list(range(32, 60, 2))  # below the log start in a kept segment: skipped
+    # trimming everything deletes the last segment too; appends start a new one
+    store.trim_stream("/", "s", 1, 60)
+    yield durable(store)
+    assert os.listdir(pdir) == []
+    store.append_stream("/", "s", 1, 60, 1, 0, "f", b"z")
+    yield durable(store)
+    assert os.listdir(pdir) == [f"{60:020d}.seg"]
+    yield store.close()
+    store, d = open_store(tmp_path)
+    snap = yield d
+    yield store.close()
+    assert snap.stream_entries == {("/", "s", 1): [(60, 1, 0, "f", b"z")]}
+
+
+@pytest_twisted.inlineCallbacks
+def test_stream_delete_queue_removes_directory(tmp_path):
+    store, d = open_store(tmp_path)
+    yield d
+    store.put_queue("/", "s", {"type": "stream"})
+    for p in range(3):
+        store.append_stream("/", "s", p, 0, 1, 0, "f", b"old")
+    store.append_stream("/", "keep", 0, 0, 1, 0, "f", b"k")
+    yield durable(store)
+    sdir = part_dir(tmp_path, "/", "s", 0).parent
+    assert sdir.is_dir()
+    store.delete_queue("/", "s")
+    yield durable(store)
+    assert not sdir.exists()
+    assert os.listdir(tmp_path / "streams" / ".trash") == []
+    # deleted and re-created in one batch: only the new entries
+    store.append_stream("/", "s", 0, 0, 1, 0, "f", b"gone")
+    store.delete_queue("/", "s")
+    store.append_stream("/", "s", 0, 0, 1, 0, "f", b"new")
+    yield durable(store)
+    yield store.close()
+    store, d = open_store(tmp_path)
+    snap = yield d
+    yield store.close()
+    assert snap.stream_entries == {
+        ("/", "s", 0): [(0, 1, 0, "f", b"new")],
+        ("/", "keep", 0): [(0, 1, 0, "f", b"k")],
+    }
+
+
+NASTY_NAMES = [
+    "..",
+    ".",
+    "../x",
+    "a/b",
+    "/abs",
+    "",
+    "=x",
+    "#y",
+    "%2F",
+    "\x00nul",
+    "é→☃",
+    "x" * 300,
+    "y" * 100 + "/" * 50,
+]
+
+
+@pytest_twisted.inlineCallbacks
+def test_stream_names_are_escaped(tmp_path):
+    from polymq.core.store.sqlite import escape_name
+
+    for name in NASTY_NAMES:
+        esc = escape_name(name)
+        assert "/" not in esc and "\x00" not in esc and esc not in (".", "..", "")
+        assert len(esc) <= 120
+    assert len({escape_name(n) for n in NASTY_NAMES}) == len(NASTY_NAMES)
+    data_dir = tmp_path / "data"
+    store, d = open_store(data_dir)
+    yield d
+    expect = {}
+    for i, name in enumerate(NASTY_NAMES):
+        vhost = NASTY_NAMES[-1 - i]
+        store.append_stream(vhost, name, 0, 0, 1, i, "f", b"%d" % i)
+        expect[(vhost, name, 0)] = [(0, 1, i, "f", b"%d" % i)]
+    yield durable(store)
+    yield store.close()
+    # nothing escaped the streams directory
+    assert sorted(os.listdir(tmp_path)) == ["data"]
+    assert sorted(os.listdir(data_dir)) == ["polymq.lock", "polymq.sqlite3", "streams"]
+    for path in seg_files(data_dir):
+        assert os.path.realpath(path).startswith(str(data_dir / "streams") + os.sep)
+        assert len(os.path.relpath(path, data_dir / "streams")) < 300
+    store, d = open_store(data_dir)
+    snap = yield d
+    assert snap.stream_entries == expect
+    for i, name in enumerate(NASTY_NAMES):
+        store.delete_queue(NASTY_NAMES[-1 - i], name)
+    yield durable(store)
+    yield store.close()
+    assert seg_files(data_dir) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_migration_from_schema_1_moves_stream_rows_to_segments(tmp_path):
+    from polymq.core.store import sqlite as mod
+
+    con = sqlite3.connect(tmp_path / FILENAME)
+    con.executescript(mod._SCHEMA_V1)
+    con.execute("PRAGMA user_version = 1")
+    rows = [
+        ("/", "s", p, off, 2, 1000 + off, "kafka.v2", b"b%d-%d" % (p, off))
+        for p in range(2)
+        for off in range(0, 20, 2)
+    ]
+    con.executemany("INSERT INTO stream_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.execute("INSERT INTO queues VALUES ('/', 's', ?)", (mod._pack({"type": "stream"}),))
+    con.commit()
+    con.close()
+    expect = {("/", "s", p): [r[3:] for r in rows if r[2] == p] for p in range(2)}
+    store, d = open_store(tmp_path)
+    snap = yield d
+    assert snap.stream_entries == expect
+    assert snap.queues == [("/", "s", {"type": "stream"})]
+    store.append_stream("/", "s", 0, 20, 1, 5, "f", b"after")
+    yield durable(store)
+    yield store.close()
+    con = sqlite3.connect(tmp_path / FILENAME)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "stream_entries" not in tables and "stream_starts" in tables
+    con.close()
+    assert len(seg_files(tmp_path / "streams")) == 2
+    store, d = open_store(tmp_path)
+    snap = yield d
+    yield store.close()
+    expect[("/", "s", 0)].append((20, 1, 5, "f", b"after"))
+    assert snap.stream_entries == expect
