@@ -12,6 +12,8 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 from .common import Tally, cpu_seconds, merge_tallies, socket_bytes
 from .workload import Target, Workload
@@ -96,6 +98,29 @@ class ConsumerMonitor:
                     break
             time.sleep(poll)
         ctx.shared.received.value = self.unique()
+
+
+def run_consumer_threads(
+    ctx: SideContext, clients: list, consume: Callable[..., None], *args: Any
+) -> tuple[list[Tally], Any, float]:
+    """Run ``consume(ctx, client, tally, stop, *args)`` on a thread per client until the
+    workload is complete or drained; returns (tallies, wire bytes, CPU seconds at the start)
+    for :func:`consumer_result`. Signals readiness so the producers start."""
+    cpu0 = cpu_seconds()
+    tallies = [Tally() for _ in clients]
+    mon = ConsumerMonitor(ctx, tallies)
+    threads = [
+        threading.Thread(target=consume, args=(ctx, c, t, mon.stop, *args), daemon=True)
+        for c, t in zip(clients, tallies, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    ctx.shared.ready.set()
+    mon.watch(threads)
+    mon.stop.set()
+    for t in threads:
+        t.join(5)
+    return tallies, ctx.wire_bytes(), cpu0
 
 
 def consumer_result(ctx: SideContext, tallies: list[Tally], wire, cpu0: float) -> dict:

@@ -14,8 +14,8 @@ import threading
 
 from polymq.adapters.amqp import codec as amqp
 
-from ..common import Budget, Pacer, Tally, cpu_seconds, now_ns, stamp
-from ..side import ConsumerMonitor, DriverError, SideContext, consumer_result
+from ..common import Budget, Pacer, Tally, now_ns, stamp
+from ..side import DriverError, SideContext, consumer_result, run_consumer_threads
 from .mqtt import run_producer_threads
 
 _HEAD = struct.Struct(">BHI")
@@ -189,19 +189,7 @@ def run_consumers(ctx: SideContext) -> dict:
         c.send(1, "basic.consume", queue=q, consumer_tag=f"c{i}", no_ack=no_ack)
         c.expect("basic.consume-ok")
         conns.append(c)
-    cpu0 = cpu_seconds()
-    tallies = [Tally() for _ in conns]
-    mon = ConsumerMonitor(ctx, tallies)
-    threads = [threading.Thread(target=_consume, args=(ctx, c, t, mon.stop, no_ack), daemon=True)
-               for c, t in zip(conns, tallies, strict=True)]
-    for t in threads:
-        t.start()
-    ctx.shared.ready.set()
-    mon.watch(threads)
-    mon.stop.set()
-    for t in threads:
-        t.join(5)
-    wire = ctx.wire_bytes()
+    tallies, wire, cpu0 = run_consumer_threads(ctx, conns, _consume, no_ack)
     for c in conns:
         c.close()
     if durable or wl.pattern == "queue":  # leave nothing behind

@@ -11,11 +11,11 @@ import time
 
 from ..common import Budget, Pacer, Tally, cpu_seconds, now_ns
 from ..side import (
-    ConsumerMonitor,
     DriverError,
     SideContext,
     consumer_result,
     producers_finished,
+    run_consumer_threads,
     wire_result,
 )
 from ..workload import HEADER
@@ -125,19 +125,7 @@ def run_consumers(ctx: SideContext) -> dict:
         consumers.append(c)
     for c in consumers:  # connect and start fetching before the producers start
         c.consume(1, 0.2)
-    cpu0 = cpu_seconds()
-    tallies = [Tally() for _ in consumers]
-    mon = ConsumerMonitor(ctx, tallies)
-    threads = [threading.Thread(target=_consume, args=(ctx, c, t, mon.stop), daemon=True)
-               for c, t in zip(consumers, tallies, strict=True)]
-    for t in threads:
-        t.start()
-    ctx.shared.ready.set()
-    mon.watch(threads)
-    mon.stop.set()
-    for t in threads:
-        t.join(5)
-    wire = ctx.wire_bytes()
+    tallies, wire, cpu0 = run_consumer_threads(ctx, consumers, _consume)
     for c in consumers:
         c.close()
     _delete_topic(ctx)

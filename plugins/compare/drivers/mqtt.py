@@ -11,11 +11,11 @@ import threading
 
 from ..common import Budget, Pacer, Tally, cpu_seconds, now_ns, stamp
 from ..side import (
-    ConsumerMonitor,
     DriverError,
     SideContext,
     consumer_result,
     producers_finished,
+    run_consumer_threads,
     wire_result,
 )
 
@@ -225,19 +225,7 @@ def run_consumers(ctx: SideContext) -> dict:
             raise DriverError(f"mqtt: subscription to {flt!r} refused")
         c.sock.settimeout(0.2)
         conns.append(c)
-    cpu0 = cpu_seconds()
-    tallies = [Tally() for _ in conns]
-    mon = ConsumerMonitor(ctx, tallies)
-    threads = [threading.Thread(target=_consume, args=(ctx, c, t, mon.stop), daemon=True)
-               for c, t in zip(conns, tallies, strict=True)]
-    for t in threads:
-        t.start()
-    ctx.shared.ready.set()
-    mon.watch(threads)
-    mon.stop.set()
-    for t in threads:
-        t.join(5)
-    wire = ctx.wire_bytes()
+    tallies, wire, cpu0 = run_consumer_threads(ctx, conns, _consume)
     for c in conns:
         c.close()
     if persistent:  # drop the persistent sessions again
