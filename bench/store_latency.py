@@ -16,6 +16,11 @@ Prints, all in one run and on the same disk:
 * ``... + acks (T us)``: the same, but a consumer acknowledges (``delete_message``) each message
   T microseconds after it was put, as in a JMS producer/consumer pair on a persistent queue.
 
+``--stream-mb M`` (instead of the above): stream appends, as the Kafka adapter does them:
+``--producers`` partitions, each appending ``--batch-kb`` KB entries (a Kafka record batch) and
+waiting for ``after_durable`` before the next one, until M MB are written; prints MB/s,
+commits, segment fsyncs, and the CPU time of the writer thread and of the process per MB.
+
 ``--gil-probe`` adds, in the N-producer runs, a busy reactor: every turn copies 1 MB, and the
 time between turns is reported (about 25-50 us of copying; more is waiting for the GIL that the
 writer thread holds).
@@ -190,6 +195,76 @@ def bench_store(d: str, n: int, size: int, producers: int, gil_probe: bool, ack_
     reactor.run()
 
 
+def _thread_cpu(native_id: int | None) -> float:
+    """CPU seconds (user + system) of one thread of this process, from /proc."""
+    try:
+        with open(f"/proc/self/task/{native_id}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+def bench_stream(d: str, mb: float, batch_kb: int, partitions: int) -> None:
+    """Stream appends (Kafka-like batches), one waiting producer per partition."""
+    from twisted.internet import reactor
+
+    from polymq.core.store.sqlite import SqliteStore
+
+    store = SqliteStore(os.path.join(d, f"stream-{partitions}"))
+    data = os.urandom(batch_kb * 1024)
+    total = int(mb * (1 << 20) // len(data))
+    state = {"sent": 0, "done": 0, "start": 0.0, "cpu": 0.0, "wcpu": 0.0}
+    nxt = [0] * partitions
+    lat: list[float] = []
+
+    def send(p: int) -> None:
+        state["sent"] += 1
+        t = time.perf_counter()
+        store.append_stream("/", "bench", p, nxt[p], 16, int(t * 1000), "kafka.v2", data)
+        nxt[p] += 16
+        store.after_durable(lambda: acked(p, t))
+
+    def acked(p: int, t: float) -> None:
+        lat.append(time.perf_counter() - t)
+        state["done"] += 1
+        if state["done"] >= total:
+            finish()
+        elif state["sent"] < total:
+            send(p)
+
+    def finish() -> None:
+        elapsed = time.perf_counter() - state["start"]
+        wcpu = _thread_cpu(store._thread.native_id) - state["wcpu"]
+        cpu = time.process_time() - state["cpu"]
+        written = total * len(data) / (1 << 20)
+        _row(
+            f"stream, {partitions} partition{'s' if partitions > 1 else ''}, {batch_kb} KB",
+            lat,
+            elapsed,
+            f" {written / elapsed:6.0f} MB/s  commits {store.commits}"
+            f"  segment fsyncs {getattr(store, 'segment_fsyncs', '-')}"
+            f"  writer CPU {wcpu * 1e3 / written:5.2f} ms/MB  process CPU"
+            f" {cpu * 1e3 / written:5.2f} ms/MB",
+        )
+        store.close().addBoth(lambda _: reactor.stop())
+
+    def started(_: object) -> None:
+        store.put_message("/", "q", 0, b"warm-up", 0)
+
+        def go() -> None:
+            state["start"] = time.perf_counter()
+            state["cpu"] = time.process_time()
+            state["wcpu"] = _thread_cpu(store._thread.native_id)
+            for p in range(partitions):
+                send(p)
+
+        store.after_durable(lambda: reactor.callLater(0, go))
+
+    store.open().addCallback(started)
+    reactor.run()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="messages per producer (default 2000)")
@@ -209,13 +284,33 @@ def main() -> None:
         help="comma-separated: -1 = no consumer; t >= 0 = each message is"
         " acknowledged (deleted) t microseconds after it is put (default -1,150)",
     )
+    ap.add_argument("--stream-mb", type=float, default=0, help="stream appends mode: MB to write")
+    ap.add_argument("--batch-kb", type=int, default=64, help="stream entry size (KB)")
     ap.add_argument("--only-store", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--stream-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.stream_child:
+        d = tempfile.mkdtemp(prefix="store-stream-", dir=args.dir)
+        try:
+            bench_stream(d, args.stream_mb, args.batch_kb, args.only_store)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        return
 
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
     d = tempfile.mkdtemp(prefix="store-latency-", dir=args.dir)
+    import subprocess
+
     try:
+        if args.stream_mb:
+            print(f"stream appends: {args.stream_mb:g} MB, {args.batch_kb} KB entries, dir={d}")
+            for p in [int(x) for x in args.producers.split(",") if x]:
+                cmd = [sys.executable, __file__, "--only-store", str(p), "--dir", d]
+                cmd += ["--stream-mb", str(args.stream_mb), "--batch-kb", str(args.batch_kb)]
+                cmd += ["--switch-interval", str(sys.getswitchinterval()), "--stream-child"]
+                subprocess.run(cmd, check=True)
+            return
         if args.only_store is not None:
             bench_store(d, args.n, args.size, args.only_store, args.gil_probe, float(args.ack_us))
             return
