@@ -144,6 +144,42 @@ def key_of(obj: Obj | None) -> tuple:
 # -- the per-broker shared state ---------------------------------------------------------------
 
 
+class _Mid:
+    """The MessageId fields :func:`c.reencode_message` reads (smaller than a decoded one)."""
+
+    __slots__ = ("text_view", "producer_id", "producer_sequence_id")
+
+    def __init__(self, text_view: str | None, producer_id: Obj | None, seq: int) -> None:
+        self.text_view = text_view
+        self.producer_id = producer_id
+        self.producer_sequence_id = seq
+
+
+class _Frame:
+    """What :func:`c.reencode_message` reads of a decoded message, kept for its dispatch
+    instead of the decoded message itself (whose thirty fields a backlog would hold for every
+    message: held bytes show in the time per message)."""
+
+    __slots__ = ("type", "raw", "mark", "cmark", "producer_id", "destination",
+                 "transaction_id", "original_destination", "message_id",
+                 "original_transaction_id", "target_consumer_id", "data_structure")
+
+    def __init__(self, m: Obj) -> None:
+        self.type = m.type
+        self.raw = m.raw
+        self.mark = m.mark
+        self.cmark = getattr(m, "cmark", None)
+        self.producer_id = m.producer_id
+        self.destination = m.destination
+        self.transaction_id = m.transaction_id
+        self.original_destination = m.original_destination
+        mid = m.message_id
+        self.message_id = _Mid(mid.text_view, mid.producer_id, mid.producer_sequence_id)
+        self.original_transaction_id = m.original_transaction_id
+        self.target_consumer_id = m.target_consumer_id
+        self.data_structure = m.data_structure
+
+
 class OpenWireHub:
     """State shared by every OpenWire connection of one broker: temp destinations and the
     consumers of their advisory topics (advisories are never stored)."""
@@ -176,7 +212,9 @@ class OpenWireHub:
         connection negotiated) instead of converting and encoding it again."""
         if len(msg.body) > CACHE_MAX_BODY or m.message_id is None:
             return
-        self._remember([msg, next(self._ids), m, None, None, 0], len(m.raw))
+        # only what reencode_message reads is kept (not the decoded frame's thirty fields):
+        # a backlog holds one of these per message, and its size shows in the time per message
+        self._remember([msg, next(self._ids), _Frame(m), None, None, 0], len(m.raw))
 
     def _remember(self, entry: list, size: int) -> None:
         """entry: [message, broker sequence id, decoded frame | None, plain encoding | None,

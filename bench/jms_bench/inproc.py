@@ -114,6 +114,13 @@ def main() -> None:
     ap.add_argument("--default-gc", action="store_true",
                     help="keep Python's default collector thresholds (the service, and so "
                          "every other figure, freezes start-up objects and raises them)")
+    ap.add_argument("--backlog", type=int, default=0,
+                    help="acks trail the sends by this many messages (the socket bench's "
+                         "consumer runs behind; past the prefetch of 1000 messages wait in the "
+                         "queue)")
+    ap.add_argument("--memory", action="store_true",
+                    help="bytes held per message waiting for its ack (tracemalloc)")
+    ap.add_argument("--gc-off", action="store_true", help="no cyclic collector (diagnostic)")
     ap.add_argument("--repeat", type=int, default=1, help="runs; prints each and the median")
     args = ap.parse_args()
     cache = not args.plain
@@ -149,12 +156,16 @@ def main() -> None:
         return out
 
     def run(batch: list[tuple[bytes, bytes]]) -> None:
-        for k, (mf, af) in enumerate(batch):
+        lag = args.backlog
+        for k, (mf, _) in enumerate(batch):
             pp.dataReceived(mf)
-            cp.dataReceived(af)
+            if k >= lag:
+                cp.dataReceived(batch[k - lag][1])
             if k % 256 == 0:
                 ct.clear()
                 pt.clear()
+        for _, af in batch[max(0, len(batch) - lag):]:
+            cp.dataReceived(af)
 
     warm = frames(1, 1, 0)
     pp.dataReceived(warm[0][0])
@@ -166,6 +177,27 @@ def main() -> None:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+    if args.gc_off:
+        gc.disable()
+    if args.memory:
+        import tracemalloc
+
+        n = 4000  # past the prefetch (1000): both dispatched and queued messages
+        batch = frames(n, 5_000, seq)
+        tracemalloc.start()
+        m0 = tracemalloc.get_traced_memory()[0]
+        for mf, _ in batch:
+            pp.dataReceived(mf)
+        ct.clear()
+        pt.clear()
+        m1 = tracemalloc.get_traced_memory()[0]
+        if os.environ.get("INPROC_TOP"):
+            for st in tracemalloc.take_snapshot().statistics("lineno")[:12]:
+                print(f"{st.size / n:7.0f} B/msg  {st.traceback}")
+        tracemalloc.stop()
+        print(f"{(m1 - m0) / n:.0f} bytes held per unacknowledged message ({n} sent, "
+              f"{len(cs.dispatched)} dispatched)")
+        return
     results = []
     first = 10_000
     for _ in range(args.repeat):
@@ -185,7 +217,8 @@ def main() -> None:
         print(f"{'plain' if args.plain else 'cached'} form: {results[-1]:.1f} µs CPU "
               f"per message (publish + dispatch + ack), pid {os.getpid()}")
     if args.repeat > 1:
-        print(f"median of {args.repeat}: {statistics.median(results):.1f} µs")
+        print(f"median of {args.repeat}: {statistics.median(results):.1f} µs, "
+              f"min {min(results):.1f} µs")
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
