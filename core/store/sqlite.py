@@ -430,7 +430,7 @@ class StreamLog:
                     bufs = []
                 part.size = size
                 fd = self._roll(part, offset)
-                size = 0
+                size = part.size
             bufs.append(hdr)
             bufs.append(data)
             size += rec
@@ -449,14 +449,15 @@ class StreamLog:
             os.close(part.fd)
             part.fd = None
         if part.segments and part.segments[-1] >= base:
-            # the last segment holds nothing at or above base (an empty segment): reuse its name
+            # offsets did not grow (the core never does this): go on appending to the last
+            # segment rather than create one whose name does not sort after it
             base = part.segments[-1]
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_TRUNC
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT
         else:
             part.segments.append(base)
             flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL
         part.fd = os.open(self._segment_path(part.dir, base), flags, 0o644)
-        part.size = 0
+        part.size = os.fstat(part.fd).st_size
         self._dirs[part.dir] = None
         return part.fd
 
