@@ -77,7 +77,8 @@ from polymq.core.store.sqlite import SqliteStore
 # small segments: rolls (a new file and a directory fsync) happen under load too
 store = SqliteStore(sys.argv[1], segment_mb=0.25)
 nxt = {{}}  # (stream, partition) -> next offset
-state = {{"seq": 0}}
+state = {{"seq": 0, "inflight": 0, "paused": False}}
+LIMIT = 8 << 20  # bytes not yet acknowledged: pause (bounded memory on a slow, shared disk)
 
 
 def payload(s, p, off):
@@ -85,29 +86,39 @@ def payload(s, p, off):
     return unit * random.choice((1, 10, 300, 3000))  # up to ~40 KB: torn writes are likely
 
 
-def acked(ranges, n):
+def acked(ranges, n, size):
     print("A", 1, n, flush=True)
     for s, p, lo, hi in ranges:
         print("S", s, p, lo, hi, flush=True)
+    state["inflight"] -= size
+    if state["paused"] and state["inflight"] < LIMIT:
+        state["paused"] = False
+        reactor.callLater(0, pump)
 
 
 def pump():
     ranges = []
-    n = 0
+    n = size = 0
     for s, p in random.sample([("s1", 0), ("s1", 1), ("s2", 0)], random.randint(1, 3)):
         lo = nxt.get((s, p), 0)
         for _ in range(random.randint(1, 30)):
             off = nxt.get((s, p), 0)
             cnt = random.randint(1, 3)
-            store.append_stream("/", s, p, off, cnt, off, "kafka.v2", payload(s, p, off))
+            data = payload(s, p, off)
+            store.append_stream("/", s, p, off, cnt, off, "kafka.v2", data)
             nxt[(s, p)] = off + cnt
             n += 1
+            size += len(data)
         ranges.append((s, p, lo, nxt[(s, p)] - 1))
     if random.random() < 0.5:  # the database part of the group commit too
         state["seq"] += 1
         store.put_message("/", "q", state["seq"], b"m", 0)
-    store.after_durable(lambda: acked(ranges, n))
-    reactor.callLater(0, pump)
+    state["inflight"] += size
+    store.after_durable(lambda: acked(ranges, n, size))
+    if state["inflight"] >= LIMIT:
+        state["paused"] = True
+    else:
+        reactor.callLater(0, pump)
 
 
 store.open().addCallback(lambda _: pump())
