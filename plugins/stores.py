@@ -41,6 +41,7 @@ def polymq_store_backends():
                 "lazy_flush_ms": 20,
                 "lazy_flush_ops": 10000,
                 "checkpoint_mb": 0,
+                "segment_mb": 64,
             },
             description="one SQLite file in data_dir, WAL, group commit on a writer thread",
         ),

@@ -56,6 +56,7 @@ def test_defaults(pm, tmp_path):
         "lazy_flush_ms": 20,
         "lazy_flush_ops": 10000,
         "checkpoint_mb": 0,
+        "segment_mb": 64,
     }
     assert cfg["adapters"]["mqtt"] == {
         "enabled": True,
