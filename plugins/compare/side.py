@@ -123,6 +123,41 @@ def run_consumer_threads(
     return tallies, ctx.wire_bytes(), cpu0
 
 
+def run_producer_threads(
+    ctx: SideContext,
+    connect: Callable[[int], Any],
+    produce: Callable[..., None],
+    close: bool = True,
+) -> dict:
+    """Connect ``wl.producers`` clients, run ``produce(ctx, index, client, out)`` on a thread
+    each, report the final count to the consumers and sum the producers' result. ``close``:
+    the clients have a ``close()`` to call afterwards."""
+    conns = [connect(i) for i in range(ctx.wl.producers)]
+    cpu0 = cpu_seconds()
+    outs = [{} for _ in conns]
+    threads = [threading.Thread(target=produce, args=(ctx, i, c, outs[i]), daemon=True)
+               for i, c in enumerate(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    producers_finished(ctx, sum(o.get("sent", 0) for o in outs))
+    wire = ctx.wire_bytes()
+    if close:
+        for c in conns:
+            c.close()
+    result = {
+        "sent": sum(o.get("sent", 0) for o in outs),
+        "confirmed": sum(o.get("confirmed", 0) for o in outs),
+        "first_ns": min((o["first_ns"] for o in outs if o.get("first_ns")), default=0),
+        "last_ns": max((o.get("last_ns", 0) for o in outs), default=0),
+        "cpu_s": cpu_seconds() - cpu0,
+        "errors": list(ctx.errors),
+    }
+    result.update(wire_result(wire))
+    return result
+
+
 def consumer_result(ctx: SideContext, tallies: list[Tally], wire, cpu0: float) -> dict:
     out = merge_tallies(tallies)
     out.update(wire_result(wire))

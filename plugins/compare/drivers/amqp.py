@@ -15,8 +15,13 @@ import threading
 from polymq.adapters.amqp import codec as amqp
 
 from ..common import Budget, Pacer, Tally, now_ns, stamp
-from ..side import DriverError, SideContext, consumer_result, run_consumer_threads
-from .mqtt import run_producer_threads
+from ..side import (
+    DriverError,
+    SideContext,
+    consumer_result,
+    run_consumer_threads,
+    run_producer_threads,
+)
 
 _HEAD = struct.Struct(">BHI")
 _Q = struct.Struct(">Q")

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
-from ..common import Budget, Pacer, Tally, cpu_seconds, now_ns
+from ..common import Budget, Pacer, Tally, now_ns
 from ..side import (
     DriverError,
     SideContext,
     consumer_result,
-    producers_finished,
     run_consumer_threads,
-    wire_result,
+    run_producer_threads,
 )
 from ..workload import HEADER
 
@@ -192,8 +190,8 @@ def run_producers(ctx: SideContext) -> dict:
     from confluent_kafka import Producer
 
     wl = ctx.wl
-    producers = []
-    for _ in range(wl.producers):
+
+    def connect(_index: int):
         conf = _common(ctx)
         conf.update({"acks": ACKS[wl.guarantee], "linger.ms": 0 if wl.rate else 5,
                      "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
@@ -201,25 +199,7 @@ def run_producers(ctx: SideContext) -> dict:
                      "enable.idempotence": False, "max.in.flight": 5})
         p = Producer(conf)
         _check_metadata(ctx, p)
-        producers.append(p)
-    cpu0 = cpu_seconds()
-    outs = [{} for _ in producers]
-    threads = [threading.Thread(target=_produce, args=(ctx, i, p, outs[i]), daemon=True)
-               for i, p in enumerate(producers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    producers_finished(ctx, sum(o.get("sent", 0) for o in outs))
-    wire = ctx.wire_bytes()
-    time.sleep(0)
-    result = {
-        "sent": sum(o.get("sent", 0) for o in outs),
-        "confirmed": sum(o.get("confirmed", 0) for o in outs),
-        "first_ns": min((o["first_ns"] for o in outs if o.get("first_ns")), default=0),
-        "last_ns": max((o.get("last_ns", 0) for o in outs), default=0),
-        "cpu_s": cpu_seconds() - cpu0,
-        "errors": list(ctx.errors),
-    }
-    result.update(wire_result(wire))
-    return result
+        return p
+
+    # librdkafka producers have nothing to close: they were flushed by _produce
+    return run_producer_threads(ctx, connect, _produce, close=False)

@@ -9,14 +9,13 @@ import socket
 import struct
 import threading
 
-from ..common import Budget, Pacer, Tally, cpu_seconds, now_ns, stamp
+from ..common import Budget, Pacer, Tally, now_ns, stamp
 from ..side import (
     DriverError,
     SideContext,
     consumer_result,
-    producers_finished,
     run_consumer_threads,
-    wire_result,
+    run_producer_threads,
 )
 
 _H = struct.Struct(">H")
@@ -326,27 +325,3 @@ def run_producers(ctx: SideContext) -> dict:
                                 _produce)
 
 
-def run_producer_threads(ctx: SideContext, connect, produce) -> dict:
-    conns = [connect(i) for i in range(ctx.wl.producers)]
-    cpu0 = cpu_seconds()
-    outs = [{} for _ in conns]
-    threads = [threading.Thread(target=produce, args=(ctx, i, c, outs[i]), daemon=True)
-               for i, c in enumerate(conns)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    producers_finished(ctx, sum(o.get("sent", 0) for o in outs))
-    wire = ctx.wire_bytes()
-    for c in conns:
-        c.close()
-    result = {
-        "sent": sum(o.get("sent", 0) for o in outs),
-        "confirmed": sum(o.get("confirmed", 0) for o in outs),
-        "first_ns": min((o["first_ns"] for o in outs if o.get("first_ns")), default=0),
-        "last_ns": max((o.get("last_ns", 0) for o in outs), default=0),
-        "cpu_s": cpu_seconds() - cpu0,
-        "errors": list(ctx.errors),
-    }
-    result.update(wire_result(wire))
-    return result
