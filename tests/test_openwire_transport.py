@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from polymq.adapters import output
 from polymq.adapters.openwire import codec as c
 from polymq.adapters.openwire.codec import Obj
 from polymq.adapters.openwire.transport import OpenWireFactory
@@ -16,11 +17,20 @@ from polymq.core.broker import Broker
 from polymq.core.message import Message
 
 
+class TurnTransport(StringTransport):
+    """What the socket has got by the end of the reactor turn: output made outside a read
+    (a publish from the core) is gathered until then."""
+
+    def value(self) -> bytes:
+        output.flush_pending()
+        return super().value()
+
+
 def setup():
     broker = Broker(clock=Clock())
     factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
     proto = factory.buildProtocol(None)
-    tr = StringTransport()
+    tr = TurnTransport()
     proto.makeConnection(tr)
     return broker, proto, tr
 
@@ -221,7 +231,7 @@ def test_cache_negotiation():
             assert len(proto.conn.ucache) == expected
     broker = Broker(clock=Clock())
     proto = OpenWireFactory(broker, {"cache_size": 0}).buildProtocol(None)
-    tr = StringTransport()
+    tr = TurnTransport()
     proto.makeConnection(tr)
     proto.dataReceived(c.encode_wireformat(12, {"CacheEnabled": True, "CacheSize": 8}, {}))
     assert not proto.conn.cached
@@ -306,7 +316,7 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
     conns = []
     for name, cached in (("plain", False), ("cached", True), ("producer", producer_cached)):
         proto = factory.buildProtocol(None)
-        tr = StringTransport()
+        tr = TurnTransport()
         proto.makeConnection(tr)
         proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
                                                     "CacheEnabled": cached, "CacheSize": 16},

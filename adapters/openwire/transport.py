@@ -10,6 +10,7 @@ from twisted.internet import protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from .. import output
 from . import codec as c
 from .codec import Obj
 from .session import Connection, OpenWireHub, ProtocolError
@@ -17,6 +18,7 @@ from .session import Connection, OpenWireHub, ProtocolError
 log = Logger(namespace="polymq.openwire")
 
 _SIZE = struct.Struct(">i")
+_reading = output.reading()
 PROTOCOL_VERSION = 12
 MIN_VERSION = 9
 _WF_TYPES = {
@@ -47,7 +49,8 @@ class OpenWireProtocol(protocol.Protocol):
         self.transport.registerProducer(self, True)
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)  # we offer TcpNoDelayEnabled
-        self.conn = Connection(self.hub, self.transport.write, self.close,
+        self.out = output.SocketWriter(self.transport, self.hub.broker.clock)
+        self.conn = Connection(self.hub, self.out.write, self.close,
                                peer=self.transport.getPeer())
         props = {
             "TightEncodingEnabled": False,
@@ -60,7 +63,7 @@ class OpenWireProtocol(protocol.Protocol):
             "MaxInactivityDurationInitalDelay": self.factory.initial_delay_ms,
             "MaxFrameSize": self.max_frame,
         }
-        self.transport.write(c.encode_wireformat(PROTOCOL_VERSION, props, _WF_TYPES))
+        self.out.write(c.encode_wireformat(PROTOCOL_VERSION, props, _WF_TYPES))
         clock = self.hub.broker.clock
         self._handshake_timer = clock.callLater(self.factory.handshake_timeout, self._no_hello)
 
@@ -73,6 +76,7 @@ class OpenWireProtocol(protocol.Protocol):
     def close(self) -> None:
         if not self._closing:
             self._closing = True
+            self.out.flush()
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -107,6 +111,10 @@ class OpenWireProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        with _reading:
+            self._data_received(data)
+
+    def _data_received(self, data: bytes) -> None:
         self._received = True
         buf = self._buf
         max_frame = self.max_frame

@@ -3,8 +3,9 @@
     .venv/bin/python bench/jms_bench/cpu.py [--scenario queue|topic] [--messages 40000]
         [--py-spy out.txt] [--activemq-port 26616]
 
-Starts polymq (OpenWire only, sqlite store) as a subprocess, runs JmsBench non-persistent with
-1 producer and 1 consumer (queue) or 2 consumers (topic), and prints the broker's CPU time per
+Starts polymq (OpenWire only, sqlite store) as a subprocess, runs JmsBench (non-persistent with
+1 producer and 1 consumer (queue) or 2 consumers (topic) unless ``--persistent``,
+``--producers``, ``--consumers`` say otherwise), and prints the broker's CPU time per
 message (from /proc/<pid>/stat), the client JVM's CPU time per message and the rates. With
 ``--py-spy FILE`` the broker is sampled by py-spy (``pip install py-spy``) during the run and a
 flat "top functions" table is written to FILE (raw collapsed stacks to FILE.collapsed).
@@ -31,7 +32,8 @@ import jmsrun  # noqa: E402
 from brokerproc import BrokerProcess  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
-PERF_CALLS = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl")
+PERF_CALLS = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl", "write", "pwrite64", "fdatasync",
+              "fsync", "futex", "read")
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
@@ -47,12 +49,12 @@ def children_cpu() -> float:
 
 
 def run(classes: Path, url: str, kind: str, consumers: int, n: int, size: int,
-        broker_pid: int | None) -> dict:
+        broker_pid: int | None, persistent: bool = False, producers: int = 1) -> dict:
     b0 = proc_cpu(broker_pid) if broker_pid else (0.0, 0.0)
     c0 = children_cpu()
     out = subprocess.run(
-        jmsrun.java_cmd(classes, "JmsBench", url, kind, "false", "1", str(consumers), str(n),
-                        str(size)),
+        jmsrun.java_cmd(classes, "JmsBench", url, kind, str(persistent).lower(), str(producers),
+                        str(consumers), str(n // producers), str(size)),
         capture_output=True, text=True, timeout=600,
     )
     c1 = children_cpu()
@@ -91,6 +93,9 @@ def main() -> None:
     ap.add_argument("--scenario", choices=("queue", "topic"), default="queue")
     ap.add_argument("--messages", type=int, default=40000)
     ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--persistent", action="store_true", help="persistent (synchronous) sends")
+    ap.add_argument("--producers", type=int, default=1)
+    ap.add_argument("--consumers", type=int, help="default: 1 for a queue, 2 for a topic")
     ap.add_argument("--py-spy", type=Path)
     ap.add_argument("--activemq-port", type=int)
     ap.add_argument("--warmup", type=int, default=5000)
@@ -103,7 +108,8 @@ def main() -> None:
     ap.add_argument("--baseline", help="PYTHONPATH of a second polymq, measured first "
                     "('polymq before'; see run.py)")
     args = ap.parse_args()
-    consumers = 1 if args.scenario == "queue" else 2
+    consumers = args.consumers or (1 if args.scenario == "queue" else 2)
+    shape = {"persistent": args.persistent, "producers": args.producers}
     tmp = Path(tempfile.mkdtemp(prefix="jms-prof-"))
     classes = tmp / "classes"
     classes.mkdir()
@@ -114,7 +120,7 @@ def main() -> None:
     broker.start()
     try:
         url = f"tcp://127.0.0.1:{broker.port('openwire')}"
-        run(classes, url, args.scenario, consumers, args.warmup, args.size, broker.pid)
+        run(classes, url, args.scenario, consumers, args.warmup, args.size, broker.pid, **shape)
         spy = None
         if args.py_spy:
             collapsed = args.py_spy.with_suffix(".collapsed")
@@ -135,7 +141,8 @@ def main() -> None:
                                    str(broker.pid), "-o", str(tmp / "perf.txt")],
                                   stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-        res = run(classes, url, args.scenario, consumers, args.messages, args.size, broker.pid)
+        res = run(classes, url, args.scenario, consumers, args.messages, args.size, broker.pid,
+                  **shape)
         if pf is not None:
             pf.send_signal(2)
             pf.wait(30)
@@ -162,16 +169,18 @@ def main() -> None:
             before.start()
             try:
                 burl = f"tcp://127.0.0.1:{before.port('openwire')}"
-                run(classes, burl, args.scenario, consumers, args.warmup, args.size, before.pid)
+                run(classes, burl, args.scenario, consumers, args.warmup, args.size, before.pid,
+                    **shape)
                 rows.insert(0, ("polymq before", run(classes, burl, args.scenario, consumers,
-                                                     args.messages, args.size, before.pid)))
+                                                     args.messages, args.size, before.pid,
+                                                     **shape)))
             finally:
                 before.stop()
         if args.activemq_port:
             aurl = f"tcp://127.0.0.1:{args.activemq_port}"
-            run(classes, aurl, args.scenario, consumers, args.warmup, args.size, None)
+            run(classes, aurl, args.scenario, consumers, args.warmup, args.size, None, **shape)
             rows.append(("ActiveMQ", run(classes, aurl, args.scenario, consumers,
-                                         args.messages, args.size, None)))
+                                         args.messages, args.size, None, **shape)))
     finally:
         broker.stop()
     print("| broker | send msg/s | recv msg/s | broker CPU µs/msg (of which system) "

@@ -1,0 +1,115 @@
+"""Output of a connection gathered per reactor turn and sent straight to its socket.
+
+Twisted's ``transport.write`` only buffers: a connection whose buffer was empty is registered
+for writability (one ``epoll_ctl``), sent to one poll later, and unregistered once its buffer
+is empty (another ``epoll_ctl``), each step a trip through the reactor's logging context. When
+every message is answered on a connection of its own (synchronous JMS producers, one per
+connection, each waiting for its response) that costs more than the ``send`` itself.
+
+A :class:`SocketWriter` gathers what a connection writes during one read (of any connection)
+or reactor turn and then sends it with one ``send`` from the reactor thread, if the transport
+has nothing buffered (else, and for whatever the kernel does not take, through
+``transport.write``, so Twisted's buffering, back-pressure and error handling apply as
+before). Past ``FLUSH_BYTES`` a writer flushes at once, so that a full socket still pauses the
+connection's producers in time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+
+FLUSH_BYTES = 65536
+
+
+class _Turn:
+    """The writers with output pending, flushed when the outermost read ends or, for writes
+    made outside any read (timers, store callbacks), at the next reactor turn."""
+
+    def __init__(self) -> None:
+        self.dirty: list[SocketWriter] = []
+        self.reading = 0
+        self.call: Any = None
+
+    def schedule(self, clock: Any) -> None:
+        if self.call is None:
+            self.call = clock.callLater(0, self.flush_all)
+
+    def flush_all(self) -> None:
+        call, self.call = self.call, None
+        if call is not None and call.active():
+            call.cancel()
+        dirty = self.dirty
+        while dirty:
+            writers = dirty[:]
+            dirty.clear()
+            for w in writers:
+                w.flush()
+
+
+_turn = _Turn()
+
+
+class reading:
+    """Context of one ``dataReceived``: output is flushed when the outermost one ends."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _turn.reading += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        _turn.reading -= 1
+        if not _turn.reading and _turn.dirty:
+            _turn.flush_all()
+
+
+class SocketWriter:
+    """The output side of one connection (see the module docstring)."""
+
+    __slots__ = ("transport", "clock", "_sock", "_out", "_out_len")
+
+    def __init__(self, transport: Any, clock: Any) -> None:
+        self.transport = transport
+        self.clock = clock
+        # only a plain TCP connection is sent to directly (TLS and test transports buffer)
+        self._sock = transport.socket if isinstance(transport, tcp.Connection) else None
+        self._out: list[bytes] = []
+        self._out_len = 0
+
+    def write(self, data: bytes) -> None:
+        out = self._out
+        if not out:
+            _turn.dirty.append(self)
+            if not _turn.reading:
+                _turn.schedule(self.clock)
+        out.append(data)
+        self._out_len += len(data)
+        if self._out_len >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_len = 0
+        t = self.transport
+        sock = self._sock
+        if (sock is not None and t.connected and not t.disconnecting and not t._tempDataBuffer
+                and len(t.dataBuffer) == t.offset):
+            try:
+                sent = sock.send(data)
+            except OSError:  # EAGAIN, or an error Twisted reports on its own write
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
+
+
+def flush_pending() -> None:
+    """Send what every writer has gathered now (tests; shutdown)."""
+    _turn.flush_all()
