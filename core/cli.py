@@ -179,7 +179,9 @@ def serve(args) -> int:
         overrides.append(f"log.format={args.log_format}")
     pm, cfg = _load(argparse.Namespace(config=args.config, overrides=overrides), True)
 
-    from twisted.internet import reactor
+    from .reactor import install
+
+    reactor = install()
 
     from .service import BrokerService, StartupError
 

@@ -18,6 +18,7 @@ import collections
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--consumers", type=int, help="default: 1 for a queue, 2 for a topic")
     ap.add_argument("--py-spy", type=Path)
     ap.add_argument("--activemq-port", type=int)
+    ap.add_argument("--activemq-pid", type=int,
+                    help="the ActiveMQ JVM, to measure its CPU too (ss -ltnp shows it)")
     ap.add_argument("--warmup", type=int, default=5000)
     ap.add_argument("--store", default="sqlite", help="store of the broker (sqlite, memory)")
     ap.add_argument("--strace", action="store_true",
@@ -105,8 +108,10 @@ def main() -> None:
     ap.add_argument("--perf", action="store_true",
                     help="count the broker's socket system calls per message with perf stat "
                          "(kernel counters: no slow-down, unlike strace)")
-    ap.add_argument("--baseline", help="PYTHONPATH of a second polymq, measured first "
-                    "('polymq before'; see run.py)")
+    ap.add_argument("--baseline", help="PYTHONPATH of a second polymq ('polymq before'; "
+                    "see run.py)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per target, interleaved; the table shows medians")
     args = ap.parse_args()
     consumers = args.consumers or (1 if args.scenario == "queue" else 2)
     shape = {"persistent": args.persistent, "producers": args.producers}
@@ -115,12 +120,25 @@ def main() -> None:
     classes.mkdir()
     subprocess.run(["javac", "-nowarn", "-cp", jmsrun.classpath(), "-d", str(classes),
                     str(Path(__file__).parent / "JmsBench.java")], check=True)
-    broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
-                           log_level="warn")
-    broker.start()
+    brokers = [BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
+                             log_level="warn")]
+    if args.baseline:
+        brokers.append(BrokerProcess(tmp / "polymq-before", adapters=["openwire"],
+                                     store=args.store, log_level="warn",
+                                     env={"PYTHONPATH": args.baseline}))
     try:
-        url = f"tcp://127.0.0.1:{broker.port('openwire')}"
-        run(classes, url, args.scenario, consumers, args.warmup, args.size, broker.pid, **shape)
+        targets = []  # (name, url, pid)
+        for b in brokers:
+            b.start()
+            targets.append(("polymq" if b is brokers[0] else "polymq before",
+                            f"tcp://127.0.0.1:{b.port('openwire')}", b.pid))
+        if args.activemq_port:
+            targets.append(("ActiveMQ", f"tcp://127.0.0.1:{args.activemq_port}",
+                            args.activemq_pid))
+        for _, url, pid in targets:
+            run(classes, url, args.scenario, consumers, args.warmup, args.size, pid, **shape)
+        broker = brokers[0]
+        url = targets[0][1]
         spy = None
         if args.py_spy:
             collapsed = args.py_spy.with_suffix(".collapsed")
@@ -141,8 +159,17 @@ def main() -> None:
                                    str(broker.pid), "-o", str(tmp / "perf.txt")],
                                   stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-        res = run(classes, url, args.scenario, consumers, args.messages, args.size, broker.pid,
-                  **shape)
+        results: dict[str, list[dict]] = {name: [] for name, _, _ in targets}
+        profiled = pf or st or spy
+        for rep in range(1 if profiled else args.repeat):
+            # interleaved, each round in another order, so that drift in the machine's load
+            # falls on every target alike
+            k = rep % len(targets)
+            for name, turl, pid in targets[k:] + targets[:k]:
+                if profiled and name != "polymq":
+                    continue
+                results[name].append(run(classes, turl, args.scenario, consumers,
+                                         args.messages, args.size, pid, **shape))
         if pf is not None:
             pf.send_signal(2)
             pf.wait(30)
@@ -161,36 +188,25 @@ def main() -> None:
             spy.send_signal(2)
             spy.wait(30)
             summarize(collapsed, args.py_spy)
-        rows = [("polymq", res)]
-        if args.baseline:
-            before = BrokerProcess(tmp / "polymq-before", adapters=["openwire"],
-                                   store=args.store, log_level="warn",
-                                   env={"PYTHONPATH": args.baseline})
-            before.start()
-            try:
-                burl = f"tcp://127.0.0.1:{before.port('openwire')}"
-                run(classes, burl, args.scenario, consumers, args.warmup, args.size, before.pid,
-                    **shape)
-                rows.insert(0, ("polymq before", run(classes, burl, args.scenario, consumers,
-                                                     args.messages, args.size, before.pid,
-                                                     **shape)))
-            finally:
-                before.stop()
-        if args.activemq_port:
-            aurl = f"tcp://127.0.0.1:{args.activemq_port}"
-            run(classes, aurl, args.scenario, consumers, args.warmup, args.size, None, **shape)
-            rows.append(("ActiveMQ", run(classes, aurl, args.scenario, consumers,
-                                         args.messages, args.size, None, **shape)))
     finally:
-        broker.stop()
+        for b in brokers:
+            b.stop()
+    n = max(len(rs) for rs in results.values())
+    print(f"medians of {n} interleaved run(s), each column on its own")
     print("| broker | send msg/s | recv msg/s | broker CPU µs/msg (of which system) "
           "| client CPU µs/msg |")
     print("|---|---|---|---|---|")
-    for name, r in rows:
-        bus = (f"{r['broker_us']:.1f} ({r['broker_sys_us']:.1f})" if name.startswith("polymq")
-               else "-")
-        print(f"| {name} | {float(r['send_rate']):,.0f} | {float(r['recv_rate']):,.0f} | {bus} "
-              f"| {r['client_us']:.1f} |")
+    for name, _, pid in targets:
+        rs = results[name]
+        if not rs:
+            continue
+
+        def med(key: str, rs: list[dict] = rs) -> float:
+            return statistics.median(float(r[key]) for r in rs)
+
+        bus = f"{med('broker_us'):.1f} ({med('broker_sys_us'):.1f})" if pid else "-"
+        print(f"| {name} | {med('send_rate'):,.0f} | {med('recv_rate'):,.0f} | {bus} "
+              f"| {med('client_us'):.1f} |")
 
 
 if __name__ == "__main__":
