@@ -6,8 +6,8 @@ is empty (another ``epoll_ctl``), each step a trip through the reactor's logging
 every message is answered on a connection of its own (synchronous JMS producers, one per
 connection, each waiting for its response) that costs more than the ``send`` itself.
 
-A :class:`SocketWriter` gathers what a connection writes during one read (of any connection)
-or reactor turn and then sends it with one ``send`` from the reactor thread, if the transport
+A :class:`SocketWriter` gathers what a connection writes during one reactor turn (or read,
+see :class:`_Turn`) and then sends it with one ``send`` from the reactor thread, if the transport
 has nothing buffered (else, and for whatever the kernel does not take, through
 ``transport.write``, so Twisted's buffering, back-pressure and error handling apply as
 before). Past ``FLUSH_BYTES`` a writer flushes at once, so that a full socket still pauses the
@@ -24,19 +24,31 @@ FLUSH_BYTES = 65536
 
 
 class _Turn:
-    """The writers with output pending, flushed when the outermost read ends or, for writes
-    made outside any read (timers, store callbacks), at the next reactor turn."""
+    """The writers with output pending. They are flushed at the end of the reactor turn when
+    the reactor offers a hook for it (``call_at_turn_end``, polymq's own reactor: the output
+    of every event of one poll leaves together); otherwise when the outermost read ends or,
+    for writes made outside any read (timers, store callbacks), at the next reactor turn."""
 
     def __init__(self) -> None:
         self.dirty: list[SocketWriter] = []
         self.reading = 0
+        self.scheduled = False
         self.call: Any = None
 
     def schedule(self, clock: Any) -> None:
-        if self.call is None:
+        if self.scheduled:
+            return
+        at_end = getattr(clock, "call_at_turn_end", None)
+        if at_end is not None:
+            at_end(self.flush_all)
+            self.scheduled = True
+        elif not self.reading:
             self.call = clock.callLater(0, self.flush_all)
+            self.scheduled = True
+        # else: flushed when the outermost read ends
 
     def flush_all(self) -> None:
+        self.scheduled = False
         call, self.call = self.call, None
         if call is not None and call.active():
             call.cancel()
@@ -52,7 +64,7 @@ _turn = _Turn()
 
 
 class reading:
-    """Context of one ``dataReceived``: output is flushed when the outermost one ends."""
+    """Context of one ``dataReceived`` (see :class:`_Turn`)."""
 
     __slots__ = ()
 
@@ -61,7 +73,7 @@ class reading:
 
     def __exit__(self, *exc: Any) -> None:
         _turn.reading -= 1
-        if not _turn.reading and _turn.dirty:
+        if not _turn.reading and _turn.dirty and not _turn.scheduled:
             _turn.flush_all()
 
 
@@ -82,8 +94,7 @@ class SocketWriter:
         out = self._out
         if not out:
             _turn.dirty.append(self)
-            if not _turn.reading:
-                _turn.schedule(self.clock)
+            _turn.schedule(self.clock)
         out.append(data)
         self._out_len += len(data)
         if self._out_len >= FLUSH_BYTES:

@@ -6,11 +6,14 @@ dict copied and pushed and popped). Nothing in polymq logs through that legacy c
 module uses ``twisted.logger.Logger`` with its own namespace), and when each message arrives on
 a connection of its own (synchronous producers) that wrapper costs several microseconds per
 message. :class:`EPollReactor` dispatches events directly and logs what escapes a handler.
+It also runs calls registered for the end of the turn (``call_at_turn_end``), after the events
+of one poll or the timed calls of one pass: adapters gather their output until then.
 """
 
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import epollreactor
@@ -20,6 +23,29 @@ log = Logger(namespace="polymq.reactor")
 
 
 class EPollReactor(epollreactor.EPollReactor):
+    def __init__(self) -> None:
+        super().__init__()
+        self._turn_end: list[Callable[[], Any]] = []
+
+    def call_at_turn_end(self, f: Callable[[], Any]) -> None:
+        """Call ``f`` once the events of the current poll (or the timed and thread calls now
+        running) are handled: output gathered over one turn leaves with one write."""
+        self._turn_end.append(f)
+
+    def _run_turn_end(self) -> None:
+        while self._turn_end:
+            calls, self._turn_end = self._turn_end, []
+            for f in calls:
+                try:
+                    f()
+                except Exception:
+                    log.failure("reactor: turn-end call {f!r} failed", f=f)
+
+    def runUntilCurrent(self) -> None:
+        super().runUntilCurrent()
+        if self._turn_end:
+            self._run_turn_end()
+
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:
             timeout = -1  # wait indefinitely
@@ -40,6 +66,8 @@ class EPollReactor(epollreactor.EPollReactor):
             except Exception:  # _doReadOrWrite already reports a handler's own errors
                 log.failure("reactor: event {event} on {selectable!r}", event=event,
                             selectable=selectable)
+        if self._turn_end:
+            self._run_turn_end()
 
     doIteration = doPoll
 

@@ -51,3 +51,37 @@ def test_events_reach_handlers_and_a_failing_handler_loses_only_its_connection()
         port.stopListening()
         for _ in range(5):
             reactor.iterate(0.01)
+
+
+class Gathering(protocol.Protocol):
+    """Writes its answer only at the end of the reactor turn (as adapters/output.py does)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.got = getattr(self, "got", b"") + data
+        self.factory.reactor.call_at_turn_end(self._answer)
+
+    def _answer(self) -> None:
+        if self.got:
+            self.transport.write(b"[" + self.got + b"]")
+            self.got = b""
+
+
+def test_turn_end_calls_run_after_the_events_of_the_turn():
+    reactor = EPollReactor()
+    factory = protocol.ServerFactory.forProtocol(Gathering)
+    factory.reactor = reactor
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        sock = socket.create_connection(("127.0.0.1", port.getHost().port))
+        sock.sendall(b"one")
+        assert _recv(reactor, sock) == b"[one]"
+        order = []
+        reactor.callLater(0, lambda: reactor.call_at_turn_end(lambda: order.append("end")))
+        reactor.callLater(0, lambda: order.append("timed"))
+        reactor.iterate(0)
+        assert order == ["timed", "end"]
+        sock.close()
+    finally:
+        port.stopListening()
+        for _ in range(5):
+            reactor.iterate(0.01)
