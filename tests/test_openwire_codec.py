@@ -404,3 +404,78 @@ def test_dispatch_fast_path_cached(message, dest, redelivery, consumer_id, slots
         assert first == later and cache == [None] * 10
     else:
         assert cache[slots[0]] == consumer_id and cache[slots[1]] == dest
+
+
+def _agree(frame: bytes, cache: list, generic_cache: list) -> bool:
+    """decode_command (which tries the speculative decoder first) and the generated cached
+    decoder give the same object, the same end and the same marks; returns whether the
+    speculative decoder took the frame."""
+    t = frame[0]
+    spec = c._SPECULATIVE.get(t)
+    took = spec(frame, 1, len(frame), list(cache)) if spec is not None else None
+    got = c.decode_command(frame, cache)
+    expected, pos = c._CDECODERS[t](frame, 1, len(frame), 0, generic_cache)
+    assert pos == len(frame)
+    assert got == expected
+    if t in c.MESSAGE_TYPES:
+        assert got.cmark == expected.cmark and got.mark is None
+    if took is not None:
+        assert took[0] == expected and took[1] == pos
+        if t in c.MESSAGE_TYPES:
+            assert took[0].cmark == expected.cmark
+    return took is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(messages(), acks()), min_size=1, max_size=6))
+def test_speculative_decoders_agree_with_the_generated_ones(objs):
+    writer = _ClientWriter(64)
+    cache, generic_cache = [None] * 64, [None] * 64
+    for obj in objs + objs:
+        _agree(writer.frame(obj), cache, generic_cache)
+
+
+def test_speculative_decoders_take_the_java_clients_shape():
+    """A BytesMessage and its standard ack as the 5.17 client writes them: the second time
+    round every cached field is a reference, and the speculative decoders take both."""
+    writer = _ClientWriter(64)
+    cache, generic_cache = [None] * 64, [None] * 64
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
+    dest = Obj(c.QUEUE, physical_name="q")
+    cid = Obj(c.CONSUMER_ID, connection_id="ID:c", session_id=1, value=1)
+    took = []
+    for k in (1, 2):
+        mid = Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k)
+        msg = Obj(c.BYTES_MESSAGE, command_id=k, producer_id=pid, destination=dest,
+                  message_id=mid, persistent=True, priority=4, timestamp=1_700_000_000_000,
+                  content=b"\x00" * 256, marshalled_properties=b"\x00\x00\x00\x00")
+        ack = Obj(c.MESSAGE_ACK, command_id=k, destination=dest, consumer_id=cid, ack_type=2,
+                  first_message_id=mid, last_message_id=mid, message_count=1)
+        took += [_agree(writer.frame(msg), cache, generic_cache),
+                 _agree(writer.frame(ack), cache, generic_cache)]
+    assert took == [False, False, True, True]
+    # one flag off the shape (a correlation id) and the generated decoder takes over
+    msg = Obj(c.BYTES_MESSAGE, command_id=3, producer_id=pid, destination=dest,
+              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=3),
+              correlation_id="corr", content=b"x")
+    assert not _agree(writer.frame(msg), cache, generic_cache)
+
+
+def test_speculative_decoder_leaves_malformed_frames_to_the_generated_one():
+    writer = _ClientWriter(64)
+    cache = [None] * 64
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
+    dest = Obj(c.QUEUE, physical_name="q")
+    msg = Obj(c.BYTES_MESSAGE, producer_id=pid, destination=dest,
+              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1),
+              content=b"abc")
+    c.decode_command(writer.frame(msg), cache)
+    frame = writer.frame(msg)  # references only: the speculative shape
+    assert c._SPECULATIVE[frame[0]](frame, 1, len(frame), cache) is not None
+    for bad in (frame[:-3], frame[:40], frame + b"\x00"):
+        with pytest.raises(c.DecodeError):
+            c.decode_command(bad, cache)
+    small = [None] * 2  # a reference beyond the negotiated cache
+    assert c._SPECULATIVE[frame[0]](frame, 1, len(frame), small) is None
+    with pytest.raises(c.DecodeError):
+        c.decode_command(frame, small)

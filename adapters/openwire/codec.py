@@ -33,6 +33,7 @@ recursion depth.
 
 from __future__ import annotations
 
+import itertools
 import re
 import struct
 import zlib
@@ -942,9 +943,162 @@ def _generate(cached: bool) -> tuple[dict, dict]:
     return decoders, encoders
 
 
+# -- speculative decoders (cached form) ---------------------------------------------------------
+# The JMS client writes its hottest commands (messages and their acks) in one shape: cached
+# fields as references, optional strings, objects and arrays absent, only the MessageIds
+# present. For that shape everything but the byte arrays is a few fixed layouts: one struct
+# call each, then one test that every flag holds what the shape assumes and one that every
+# cache index is in range. Anything else, malformed frames included, is left to the decoders
+# above (the speculative decoder returns None); the tests check both give the same object.
+
+_SPEC_PRESENT = {MESSAGE_ACK: ("first_message_id", "last_message_id")}
+_SPEC_PRESENT.update({t: ("message_id",) for t in MESSAGE_TYPES if t != BLOB_MESSAGE})
+
+
+class _SpecBuilder:
+    """Source of one speculative decoder: fixed layouts gathered field by field."""
+
+    def __init__(self, t: int, env: dict) -> None:
+        self.t = t
+        self.env = env
+        self.body: list[str] = ["    nuc = len(uc)"]
+        self.run: list[tuple[str, str]] = []  # (struct code, variable) of the current layout
+        self.checks: list[str] = []  # what the flags of the layout must hold
+        self.idxs: list[str] = []  # its cache indexes
+        self.after: list[str] = []  # lines run once it is unpacked (pos still at its start)
+        self._names = itertools.count()
+
+    def new(self) -> str:
+        return f"x{next(self._names)}"
+
+    def offset(self) -> int:
+        """Where the next field starts, from the start of the current layout."""
+        return struct.calcsize(">" + "".join(f for f, _ in self.run))
+
+    def fixed(self, code: str) -> str:
+        v = self.new()
+        self.run.append((code, v))
+        return v
+
+    def ref(self) -> str:
+        """A cached field written as a reference; the expression of its value."""
+        f, i = self.new(), self.new()
+        self.run.extend((("?", f), ("H", i)))
+        self.checks.append(f"not {f}")
+        self.idxs.append(i)
+        return f"uc[{i}]"
+
+    def absent(self) -> str:
+        """An optional string, object, array or throwable left out."""
+        f = self.fixed("?")
+        self.checks.append(f"not {f}")
+        return "None"
+
+    def flush(self) -> None:
+        run = self.run
+        if not run:
+            return
+        st = struct.Struct(">" + "".join(f for f, _ in run))
+        name = f"_SS{self.t}_{len(self.env)}"
+        self.env[name] = st
+        vs = [v for _, v in run]
+        b = self.body
+        b += [f"    if pos + {st.size} > end:", "        return None",
+              f"    {', '.join(vs)}{',' if len(vs) == 1 else ''} = "
+              f"{name}.unpack_from(data, pos)"]
+        if self.checks:
+            b += [f"    if not ({' and '.join(self.checks)}):", "        return None"]
+        if self.idxs:
+            top = f"max({', '.join(self.idxs)})" if len(self.idxs) > 1 else self.idxs[0]
+            b += [f"    if {top} >= nuc:", "        return None"]
+        b += ["    " + ln for ln in self.after]
+        b.append(f"    pos += {st.size}")
+        run.clear()
+        self.checks.clear()
+        self.idxs.clear()
+        self.after.clear()
+
+    def bytes_field(self) -> str:
+        self.flush()
+        v = self.new()
+        self.body += [
+            "    if pos >= end:", "        return None",
+            "    if data[pos]:",
+            "        if pos + 5 > end:", "            return None",
+            "        n = _I.unpack_from(data, pos + 1)[0]",
+            "        pos += 5",
+            "        if n < 0 or pos + n > end:", "            return None",
+            f"        {v} = data[pos : pos + n]",
+            "        pos += n",
+            "    else:", f"        {v} = None", "        pos += 1",
+        ]
+        return v
+
+    def message_id(self) -> str:
+        """A present MessageId without text view."""
+        p, ty = self.new(), self.new()
+        self.run.extend((("?", p), ("B", ty)))
+        self.checks.extend((p, f"{ty} == {MESSAGE_ID}"))
+        self.absent()
+        pid = self.ref()
+        seq, bseq = self.fixed("q"), self.fixed("q")
+        mid = self.new()
+        self.after += [
+            f"{mid} = _new(Obj)", f"{mid}.type = {MESSAGE_ID}",
+            f"{mid}.command_id = 0", f"{mid}.response_required = False",
+            f"{mid}.__dict__ = {{'text_view': None, 'producer_id': {pid}, "
+            f"'producer_sequence_id': {seq}, 'broker_sequence_id': {bseq}}}",
+        ]
+        return mid
+
+
+def _generate_speculative() -> dict:
+    env: dict[str, Any] = {"Obj": Obj, "_new": object.__new__, "_I": _I}
+    src: list[str] = []
+    for t, present in _SPEC_PRESENT.items():
+        _, prefix, fields = SCHEMA[t]
+        sb = _SpecBuilder(t, env)
+        message = t in MESSAGE_TYPES
+        values: dict[str, str] = {}
+        if prefix:
+            sb.run.extend((("i", "cid"), ("?", "rr")))
+        for name, kind in fields:
+            if message and name == "target_consumer_id":
+                sb.after.append(f"m2 = pos + {sb.offset()}")
+            if kind in _FIXED:
+                values[name] = sb.fixed(_FIXED[kind])
+            elif kind == "c":
+                values[name] = sb.ref()
+            elif kind == "o" and name in present:
+                values[name] = sb.message_id()
+            elif kind == "y":
+                values[name] = sb.bytes_field()
+            else:  # s, o, O, t
+                values[name] = sb.absent()
+            if message and name == "original_transaction_id":
+                sb.after.append(f"m1 = pos + {sb.offset()}")
+            if message and name == "target_consumer_id":
+                sb.after.append(f"m3 = pos + {sb.offset()}")
+        sb.flush()
+        tail = ["    o = _new(Obj)", f"    o.type = {t}"]
+        if prefix:
+            tail += ["    o.command_id = cid", "    o.response_required = rr"]
+        else:
+            tail += ["    o.command_id = 0", "    o.response_required = False"]
+        if message:
+            tail += ["    o.mark = None", "    o.cmark = (m1, m2, m3)"]
+        tail.append("    o.__dict__ = {" + ", ".join(f"'{n}': {e}" for n, e in values.items())
+                    + "}")
+        tail.append("    return o, pos")
+        src += [f"def _sd{t}(data, pos, end, uc):"] + sb.body + tail + [""]
+    exec(compile("\n".join(src), "<openwire codec speculative>", "exec"), env)
+    return {t: env[f"_sd{t}"] for t in _SPEC_PRESENT}
+
+
 _OBJ_HEADER = {t: bytes((1, t)) for t in SCHEMA}
 _DECODERS, _ENCODERS = _generate(False)
 _CDECODERS, _CENCODERS = _generate(True)
+_SPECULATIVE = _generate_speculative()
 _TYPE_BYTE = {t: bytes((t,)) for t in SCHEMA}
 
 
@@ -1031,12 +1185,17 @@ def decode_command(frame: bytes, cache: list | None = None) -> Obj:
             raise DecodeError(f"unknown data type {type_id}")
         obj, pos = dec(frame, 1, end, 0)
     else:
-        dec = _CDECODERS.get(type_id)
-        if dec is None:
-            raise DecodeError(f"unknown data type {type_id}")
-        obj, pos = dec(frame, 1, end, 0, cache)
-        if type_id in MESSAGE_TYPES:
-            obj.mark = None  # the cached form: no single slice makes the plain form
+        spec = _SPECULATIVE.get(type_id)
+        got = spec(frame, 1, end, cache) if spec is not None else None
+        if got is not None:
+            obj, pos = got
+        else:
+            dec = _CDECODERS.get(type_id)
+            if dec is None:
+                raise DecodeError(f"unknown data type {type_id}")
+            obj, pos = dec(frame, 1, end, 0, cache)
+            if type_id in MESSAGE_TYPES:
+                obj.mark = None  # the cached form: no single slice makes the plain form
     if pos != end:
         raise DecodeError(f"{end - pos} bytes left over after {obj.name}")
     if type_id in MESSAGE_TYPES:

@@ -122,6 +122,10 @@ def main() -> None:
                     help="bytes held per message waiting for its ack (tracemalloc)")
     ap.add_argument("--gc-off", action="store_true", help="no cyclic collector (diagnostic)")
     ap.add_argument("--repeat", type=int, default=1, help="runs; prints each and the median")
+    ap.add_argument("--floor", action="store_true",
+                    help="time only the codec work any OpenWire broker does per message "
+                         "(split the frames, decode the message and its ack, encode the "
+                         "dispatch): no session, no core")
     args = ap.parse_args()
     cache = not args.plain
     broker = Broker(clock=Clock())
@@ -198,6 +202,9 @@ def main() -> None:
         print(f"{(m1 - m0) / n:.0f} bytes held per unacknowledged message ({n} sent, "
               f"{len(cs.dispatched)} dispatched)")
         return
+    if args.floor:
+        floor(frames(args.messages, 10_000, seq), cs.head, cache, args.repeat)
+        return
     results = []
     first = 10_000
     for _ in range(args.repeat):
@@ -221,6 +228,51 @@ def main() -> None:
               f"min {min(results):.1f} µs")
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+def floor(batch: list[tuple[bytes, bytes]], head: bytes, cache: bool, repeat: int) -> None:
+    """µs per message of the codec steps alone, each timed on its own (median of ``repeat``)."""
+    n = len(batch)
+    stream = b"".join(mf for mf, _ in batch)
+
+    def split() -> None:
+        pos, end = 0, len(stream)
+        unpack = c._I.unpack_from
+        while pos < end:
+            size = unpack(stream, pos)[0]
+            stream[pos + 4 : pos + 4 + size]
+            pos += 4 + size
+
+    def decode_messages() -> None:
+        uc = [None] * 1024 if cache else None
+        for mf, _ in batch:
+            c.decode_command(mf[4:], uc)
+
+    def decode_acks() -> None:
+        uc = [None] * 1024 if cache else None
+        for _, af in batch:
+            c.decode_command(af[4:], uc)
+
+    uc = [None] * 1024 if cache else None
+    decoded = [c.decode_command(mf[4:], uc) for mf, _ in batch]
+
+    def encode_dispatches() -> None:
+        for i, m in enumerate(decoded):
+            c.encode_dispatch_raw(head, c.reencode_message(m, i, cache), 0)
+
+    steps = [("split frames", split), ("decode message", decode_messages),
+             ("decode ack", decode_acks), ("encode dispatch", encode_dispatches)]
+    total = 0.0
+    for name, fn in steps:
+        times = []
+        for _ in range(repeat):
+            t0 = time.process_time()
+            fn()
+            times.append((time.process_time() - t0) / n * 1e6)
+        med = statistics.median(times)
+        total += med
+        print(f"{name:16} {med:5.2f} µs per message")
+    print(f"{'codec floor':16} {total:5.2f} µs per message (median of {repeat} runs each)")
+
 
 if __name__ == "__main__":
     main()
