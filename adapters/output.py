@@ -10,8 +10,8 @@ A :class:`SocketWriter` gathers what a connection writes during one reactor turn
 see :class:`_Turn`) and then sends it with one ``send`` from the reactor thread, if the transport
 has nothing buffered (else, and for whatever the kernel does not take, through
 ``transport.write``, so Twisted's buffering, back-pressure and error handling apply as
-before). Past ``FLUSH_BYTES`` a writer flushes at once, so that a full socket still pauses the
-connection's producers in time.
+before). Past ``FLUSH_BYTES`` (or the writer's own ``flush_bytes``) a writer flushes at once,
+so that a full socket still pauses the connection's producers in time.
 """
 
 from __future__ import annotations
@@ -80,11 +80,12 @@ class reading:
 class SocketWriter:
     """The output side of one connection (see the module docstring)."""
 
-    __slots__ = ("transport", "clock", "_sock", "_out", "_out_len")
+    __slots__ = ("transport", "clock", "flush_bytes", "_sock", "_out", "_out_len")
 
-    def __init__(self, transport: Any, clock: Any) -> None:
+    def __init__(self, transport: Any, clock: Any, flush_bytes: int = FLUSH_BYTES) -> None:
         self.transport = transport
         self.clock = clock
+        self.flush_bytes = flush_bytes
         # only a plain TCP connection is sent to directly (TLS and test transports buffer)
         self._sock = transport.socket if isinstance(transport, tcp.Connection) else None
         self._out: list[bytes] = []
@@ -97,7 +98,7 @@ class SocketWriter:
             _turn.schedule(self.clock)
         out.append(data)
         self._out_len += len(data)
-        if self._out_len >= FLUSH_BYTES:
+        if self._out_len >= self.flush_bytes:
             self.flush()
 
     def flush(self) -> None:
