@@ -3,8 +3,10 @@
 A :class:`Connection` is fed raw bytes (:meth:`Connection.data_received`) and writes frames through
 the ``write`` callable it was given; it calls the core for everything else. Deliveries arrive from
 the core synchronously (``Consumer.deliver``) and are encoded as one buffer per message (deliver +
-content header + body frames). Output is gathered per connection and handed to ``write`` once
-per socket read (of any connection) or reactor turn, or at once past 64 KiB.
+content header + body frames). Gathering output per read or reactor turn is the ``write``
+callable's business (the transport's :class:`polymq.adapters.output.SocketWriter`); each
+``data_received`` runs inside the ``reading`` context it was given, so that the output of a read
+(the session's own resumed reads too) can leave when the read ends.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from twisted.logger import Logger
@@ -51,32 +54,6 @@ SERVER_CAPABILITIES = {
 _PUBLISH_ID = (60, 40)
 _unpack_frame_head = C._unpack_frame_head
 _ACK_ID = (60, 80)
-
-
-# Output of every connection is gathered and written once per read / reactor turn.
-_FLUSH_BYTES = 65536
-_dirty: list[Connection] = []
-_reading = [0]  # depth of data_received calls in progress
-_flush_call: list[Any] = [None]
-
-
-def flush_all() -> None:
-    """Write out what every connection has queued."""
-    call = _flush_call[0]
-    if call is not None:
-        _flush_call[0] = None
-        if call.active():
-            call.cancel()
-    while _dirty:
-        dirty = _dirty[:]
-        _dirty.clear()
-        for conn in dirty:
-            conn.flush()
-
-
-def _schedule_flush(clock: Any) -> None:
-    if _flush_call[0] is None:
-        _flush_call[0] = clock.callLater(0, flush_all)
 
 
 class ChannelError(Exception):
@@ -174,12 +151,14 @@ class Connection:
         peer: Any = None,
         config: dict | None = None,
         pause_reading: Callable[[bool], None] | None = None,
+        reading: AbstractContextManager[Any] = nullcontext(),
     ) -> None:
         cfg = dict(DEFAULTS)
         if config:
             cfg.update({k: v for k, v in config.items() if k in DEFAULTS})
         self.broker = broker
         self._write = write
+        self._reading = reading
         self._close_transport = close_transport
         self.peer = peer
         self.server_frame_max = max(C.FRAME_MIN_SIZE, int(cfg["frame_max"]))
@@ -203,8 +182,6 @@ class Connection:
         self._hb_timer: Any = None
         self._close_timer: Any = None
         self._confirming: list[Channel] = []
-        self._out: list[bytes] = []
-        self._out_len = 0
         self._pub_cache: dict[bytes, dict] = {}
         self.publish_burst = int(cfg["publish_burst"]) or 1 << 62
         self._burst = 0  # publishes handled since this connection last yielded
@@ -223,28 +200,13 @@ class Connection:
     # -- output ---------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        """Queue ``data`` for the socket; flushed at the end of the current read (of any
-        connection), on the next reactor turn, or at once past 64 KiB (so that a full socket
-        buffer still pauses the consumers in time)."""
+        """Hand ``data`` to the ``write`` callable (which gathers it per read or turn, see the
+        module docstring)."""
         self._tx_idle = False
-        if not self._out:
-            _dirty.append(self)
-            if not _reading[0]:
-                _schedule_flush(self.clock)
-        self._out.append(data)
-        self._out_len += len(data)
-        if self._out_len >= _FLUSH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        out = self._out
-        if out:
-            self._out = []
-            self._out_len = 0
-            self._write(out[0] if len(out) == 1 else b"".join(out))
+        self._write(data)
 
     def _close(self, abort: bool) -> None:
-        self.flush()
+        """Close the transport (whose ``close_transport`` sends what is gathered first)."""
         self._close_transport(abort)
 
     def send_method(self, channel: int, name: str, **args: Any) -> None:
@@ -253,13 +215,8 @@ class Connection:
     # -- input ----------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        _reading[0] += 1
-        try:
+        with self._reading:
             self._data_received(data)
-        finally:
-            _reading[0] -= 1
-            if not _reading[0]:
-                flush_all()
 
     def _data_received(self, data: bytes) -> None:
         self._rx = True

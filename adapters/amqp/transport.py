@@ -1,4 +1,8 @@
-"""Twisted transport for AMQP 0-9-1: bytes in to the session, frames out to the socket."""
+"""Twisted transport for AMQP 0-9-1: bytes in to the session, frames out to the socket.
+
+Output goes through an :class:`~polymq.adapters.output.SocketWriter`: gathered per read (the
+session runs each ``data_received`` inside :class:`~polymq.adapters.output.reading`) or reactor
+turn, and written at once past :data:`FLUSH_BYTES`."""
 
 from __future__ import annotations
 
@@ -9,9 +13,15 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .. import output
 from .session import Connection
 
 log = Logger(namespace="polymq.amqp")
+
+# gathered output is handed over at once past this (so that a full socket buffer still pauses
+# the consumers in time)
+FLUSH_BYTES = 65536
+_reading = output.reading()
 
 
 @implementer(IPushProducer)
@@ -28,9 +38,10 @@ class AMQPProtocol(protocol.Protocol):
         except Exception:  # not a TCP transport (tests)
             pass
         factory = self.factory
+        self.out = output.SocketWriter(t, factory.broker.clock, FLUSH_BYTES)
         self.session = Connection(
-            factory.broker, t.write, self._close, peer=t.getPeer(), config=factory.section,
-            pause_reading=self._pause_reading,
+            factory.broker, self.out.write, self._close, peer=t.getPeer(),
+            config=factory.section, pause_reading=self._pause_reading, reading=_reading,
         )
         t.registerProducer(self, True)
         factory.connection_made(self.session)
@@ -42,6 +53,7 @@ class AMQPProtocol(protocol.Protocol):
             self.transport.resumeProducing()
 
     def _close(self, abort: bool) -> None:
+        self.out.flush()
         t = self.transport
         if abort and hasattr(t, "abortConnection"):
             t.abortConnection()
