@@ -9,6 +9,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from polymq.adapters import output
 from polymq.adapters.mqtt import codec as c
 from polymq.adapters.mqtt import session as session_mod
 from polymq.adapters.mqtt.transport import MqttFactory
@@ -16,6 +17,12 @@ from polymq.core.broker import Broker
 from polymq.core.queue import Consumer
 
 _port = iter(range(1000, 100000))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_turn():
+    """No gathered output, and no flush scheduled on an earlier test's clock."""
+    output.flush_pending()
 
 
 class Peer:

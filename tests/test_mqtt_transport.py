@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from polymq.adapters import output
 from polymq.adapters.mqtt import codec as c
 from polymq.adapters.mqtt.transport import FLUSH_AT, MqttFactory
 from polymq.core.broker import Broker
+
+
+@pytest.fixture(autouse=True)
+def _fresh_turn():
+    """No gathered output, and no flush scheduled on an earlier test's clock."""
+    output.flush_pending()
 
 
 class CountingTransport(StringTransport):

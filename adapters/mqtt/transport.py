@@ -1,8 +1,9 @@
 """Twisted transport for MQTT: bytes in to the session, batched bytes out.
 
-Every frame a connection produces during one reactor turn is collected and written with one
-``transport.write`` at the end of the turn (one ``callLater(0)`` per listener per turn, not per
-connection or per frame). The protocol is a streaming push producer for its transport: when
+Every frame a connection produces during one reactor turn is collected by its
+:class:`~polymq.adapters.output.SocketWriter` and sent with one write at the end of the turn
+(reads are not marked as such: output waits for the turn, not for the end of a read), or at
+once past :data:`FLUSH_AT`. The protocol is a streaming push producer for its transport: when
 the socket buffer fills, ``pauseProducing`` pauses the session's queue consumers, and
 ``resumeProducing`` resumes them.
 """
@@ -17,6 +18,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .. import output
 from .session import Connection, MqttServer
 
 log = Logger(namespace="polymq.mqtt")
@@ -24,7 +26,9 @@ log = Logger(namespace="polymq.mqtt")
 # every factory built, so that the broker-stopping hook can say goodbye on each connection
 FACTORIES: weakref.WeakSet = weakref.WeakSet()
 
-FLUSH_AT = 256 * 1024  # bytes collected in one turn before they are written at once
+# bytes collected in one turn before they are written at once: a big burst (a backlog dispatched
+# at once) is handed over early, so that the transport's buffer limit can pause the consumers
+FLUSH_AT = 256 * 1024
 
 
 @implementer(IPushProducer)
@@ -32,8 +36,7 @@ class MqttProtocol(Protocol):
     def __init__(self, factory: MqttFactory) -> None:
         self.factory = factory
         self.conn: Connection | None = None
-        self._out: list[bytes] | None = None
-        self._pending = 0
+        self.out: output.SocketWriter | None = None
         self._closing = False
         self._host: str | None = None
 
@@ -64,6 +67,7 @@ class MqttProtocol(Protocol):
             self.transport.setTcpNoDelay(True)
         except Exception:
             pass
+        self.out = output.SocketWriter(self.transport, f.clock, FLUSH_AT)
         self.conn = Connection(server, self._write, self._close, peer)
         f.protocols.add(self)
         self.transport.registerProducer(self, True)
@@ -74,27 +78,13 @@ class MqttProtocol(Protocol):
             conn.data_received(data)
 
     def _write(self, data: bytes) -> None:
-        if self._closing:
-            return
-        out = self._out
-        if out is None:
-            self._out = [data]
-            self._pending = len(data)
-            self.factory.mark_dirty(self)
-        else:
-            out.append(data)
-            self._pending += len(data)
-        if self._pending > FLUSH_AT:
-            # a big burst (a backlog dispatched at once): hand it over now, so that the
-            # transport's buffer limit can pause the consumers through pauseProducing
-            self.flush()
+        if not self._closing:
+            self.out.write(data)
 
     def flush(self) -> None:
-        out = self._out
-        if out:
-            self._out = None
-            self._pending = 0
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        """Send what this connection has gathered now."""
+        if self.out is not None:
+            self.out.flush()
 
     def _close(self) -> None:
         if self._closing:
@@ -109,7 +99,6 @@ class MqttProtocol(Protocol):
             return
         self.conn = None
         self._closing = True
-        self._out = None
         f = self.factory
         f.protocols.discard(self)
         f.server.connections -= 1
@@ -148,20 +137,13 @@ class MqttFactory(ServerFactory):
         self.broker = broker
         self.server = MqttServer(broker, section)
         self.clock = broker.clock
-        self._dirty: list[MqttProtocol] = []
         self.per_host: dict[str | None, int] = {}
         self.protocols: set[MqttProtocol] = set()
         FACTORIES.add(self)
-        self._flush_call: Any = None
 
     def buildProtocol(self, addr: Any) -> MqttProtocol:
         p = MqttProtocol(self)
         return p
-
-    def mark_dirty(self, proto: MqttProtocol) -> None:
-        self._dirty.append(proto)
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self.flush_all)
 
     def shutting_down(self) -> None:
         """The broker is stopping: 5.0 clients get DISCONNECT 0x8B (server shutting down)."""
@@ -170,9 +152,7 @@ class MqttFactory(ServerFactory):
                 p.conn.server_shutting_down()
                 p.flush()
 
-    def flush_all(self) -> None:
-        self._flush_call = None
-        dirty, self._dirty = self._dirty, []
-        for p in dirty:
-            if p._out:
-                p.flush()
+    @staticmethod
+    def flush_all() -> None:
+        """Send what every connection has gathered now (in-process benchmarks and tests)."""
+        output.flush_pending()
