@@ -263,8 +263,9 @@ class Obj:
     # ``cmark``: for a decoded message, the offsets after its original transaction id, and
     # before and after its target consumer id (the rest of the frame is the same in both forms)
     # ``cenc``: the cached form of an id or destination object, memoized
+    # ``idstr``: for a producer id, the message id prefix its messages share (session.py)
     __slots__ = ("type", "command_id", "response_required", "mark", "cmark", "raw", "cenc",
-                 "__dict__")
+                 "idstr", "__dict__")
 
     def __init__(self, type: int, **fields: Any) -> None:
         self.type = type

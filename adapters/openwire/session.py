@@ -335,6 +335,21 @@ class ConsumerState:
 
 
 
+def _id_prefix(p: Obj) -> str:
+    """``ID:connection:session:producer:``, the message id of a producer's messages but for
+    the sequence number; memoized on the producer id (decoded once per connection with the
+    marshalling cache, and never changed)."""
+    try:
+        return p.idstr
+    except AttributeError:
+        pass
+    prefix = f"{p.connection_id}:{p.session_id}:{p.value}:"
+    if not prefix.startswith("ID:"):
+        prefix = "ID:" + prefix
+    p.idstr = prefix
+    return prefix
+
+
 def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
     """An incoming ActiveMQ message as a core Message (see docs/openwire.md)."""
     ann: dict[str, Any] = {}
@@ -389,17 +404,16 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
     mid = m.message_id
     message_id = None
     if mid is not None:
+        p = mid.producer_id
         if mid.text_view:
             message_id = mid.text_view
-        elif mid.producer_id is not None:
-            p = mid.producer_id
-            message_id = f"{p.connection_id}:{p.session_id}:{p.value}:{mid.producer_sequence_id}"
-        if mid.producer_id is not None:
-            p = mid.producer_id
+            if not message_id.startswith("ID:"):
+                message_id = "ID:" + message_id
+        elif p is not None:
+            message_id = _id_prefix(p) + str(mid.producer_sequence_id)
+        if p is not None:
             ann["openwire.pid"] = [p.connection_id, p.value, p.session_id,
                                    mid.producer_sequence_id]
-    if message_id is not None and not message_id.startswith("ID:"):
-        message_id = "ID:" + message_id
     if conn_key is not None:
         ann["openwire.conn"] = conn_key
     if m.destination is not None and m.destination.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
