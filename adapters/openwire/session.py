@@ -1106,7 +1106,19 @@ class Connection:
             self.respond(ack)
             return
         kind = ack.ack_type
-        if last not in cs.dispatched:
+        dispatched = cs.dispatched
+        if (kind == ACK_STANDARD and ack.transaction_id is None and not cs.in_tx
+                and dispatched and next(iter(dispatched)) == last):
+            # the common case (AUTO_ACKNOWLEDGE): the oldest message in flight, on its own
+            d = dispatched.pop(last)
+            d.queue.ack(d)
+            self.hub.forget(d.message)
+            if cs.delivered:
+                cs.delivered.discard(last)
+                cs.credit_back()
+            self.respond(ack)
+            return
+        if last not in dispatched:
             seqs = []
         elif kind in (ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED):
             seqs = [last]
