@@ -1225,6 +1225,7 @@ _VALUE_TYPES = DESTINATION_TYPES | {CONNECTION_ID, SESSION_ID, CONSUMER_ID, PROD
                                     BROKER_ID}
 _MID_HEAD = _OBJ_HEADER[MESSAGE_ID]
 _QQ = struct.Struct(">qq")
+_REENCODE_HEADS: dict[tuple, tuple] = {}
 
 
 def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> bytes | None:
@@ -1245,6 +1246,28 @@ def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> b
     if m.data_structure is not None:  # may hold cached fields: not the same in both forms
         return None
     m1, m2, m3 = m.cmark
+    if cached and mark is None:
+        # A cached-form frame into the cached form. Its ids and destination are the objects
+        # of the connection's unmarshalling cache, the same for every message of a producer
+        # to a destination, and so is everything up to the MessageId's sequence ids: built
+        # once (the entry holds the objects themselves, so their ids stay theirs).
+        key = (frame[0], id(m.producer_id), id(m.destination), id(m.transaction_id),
+               id(m.original_destination), id(mid.producer_id), mid.text_view)
+        entry = _REENCODE_HEADS.get(key)
+        if entry is None:
+            parts = [b"\x01", frame[:1], b"\x00\x00\x00\x00\x00", _cenc(m.producer_id),
+                     _cenc(m.destination), _cenc(m.transaction_id),
+                     _cenc(m.original_destination), _MID_HEAD]
+            _ws(mid.text_view, parts)
+            parts.append(_cenc(mid.producer_id))
+            if len(_REENCODE_HEADS) >= 4096:
+                _REENCODE_HEADS.clear()
+            entry = _REENCODE_HEADS[key] = (b"".join(parts), m.producer_id, m.destination,
+                                            m.transaction_id, m.original_destination,
+                                            mid.producer_id)
+        return b"".join((entry[0], _QQ.pack(mid.producer_sequence_id, broker_sequence_id),
+                         _cenc(m.original_transaction_id), frame[m1:m2],
+                         _cenc(m.target_consumer_id), frame[m3:]))
     if cached:
         enc = _cenc
         mparts = [_MID_HEAD]
