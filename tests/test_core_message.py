@@ -73,3 +73,17 @@ def test_key_travels_in_a_header():
     assert binary == {KEY_HEADER: b"\xff"}
     assert key_from_headers(text) == b"k1" and key_from_headers(binary) == b"\xff"
     assert key_from_headers({}) is None and key_from_headers({KEY_HEADER: 5}) is None
+
+
+def test_persisted_form_is_a_msgpack_array_of_the_fields_in_order():
+    """Stores hold messages in this form and decode it by position: it must not change."""
+    import msgpack
+
+    m = Message(b"\x00\xff", key=b"k", headers={"a": 1, "b": [1.5, "x"]}, message_id="ID:1",
+                priority=4, durable=True, annotations={"jms.type": "Bytes"},
+                routing_key="q")
+    fields = [getattr(m, f) for f in message_module._FIELDS]
+    assert m.to_bytes() == msgpack.packb(fields, use_bin_type=True)
+    with pytest.raises(TypeError):
+        Message(b"", headers={"bad": object()}).to_bytes()
+    assert m.to_bytes() == msgpack.packb(fields, use_bin_type=True)  # the packer recovered

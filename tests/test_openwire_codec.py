@@ -479,3 +479,10 @@ def test_speculative_decoder_leaves_malformed_frames_to_the_generated_one():
     assert c._SPECULATIVE[frame[0]](frame, 1, len(frame), small) is None
     with pytest.raises(c.DecodeError):
         c.decode_command(frame, small)
+
+
+@given(i32)
+def test_response_fast_path_matches_the_table(correlation_id):
+    obj = Obj(c.RESPONSE, correlation_id=correlation_id)
+    assert c.encode_response(correlation_id) == c.encode_frame(obj)
+    assert c.encode_response(correlation_id) == c.encode_frame(obj, cached=True)

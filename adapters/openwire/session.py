@@ -12,6 +12,7 @@ import struct
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.logger import Logger
@@ -644,8 +645,12 @@ class Connection:
         return n, n + 1
 
     def respond(self, cmd: Obj) -> None:
-        if cmd.response_required:
-            self.send(Obj(c.RESPONSE, correlation_id=cmd.command_id))
+        if cmd.response_required and not self.closed:
+            self.write(c.encode_response(cmd.command_id))
+
+    def _respond_id(self, command_id: int) -> None:
+        if not self.closed:
+            self.write(c.encode_response(command_id))
 
     def respond_error(self, cmd: Obj, cls: str, text: str) -> None:
         if cmd.response_required:
@@ -846,11 +851,10 @@ class Connection:
             size = 1024 + len(m.content or b"") + len(m.marshalled_properties or b"")
             self.send(Obj(c.PRODUCER_ACK, producer_id=m.producer_id, size=size))
         if m.response_required:
-            cid = m.command_id
             if msg.durable and tx is None:
-                self.broker.when_durable(lambda: self.send(Obj(c.RESPONSE, correlation_id=cid)))
+                self.broker.when_durable(partial(self._respond_id, m.command_id))
             else:
-                self.send(Obj(c.RESPONSE, correlation_id=cid))
+                self._respond_id(m.command_id)
 
     def _ensure_queue(self, name: str) -> Queue:
         q = self.vhost.queues.get(name)
