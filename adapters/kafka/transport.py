@@ -1,4 +1,8 @@
-"""Twisted transport for the Kafka adapter: length-prefixed frames in, byte chunks out."""
+"""Twisted transport for the Kafka adapter: length-prefixed frames in, byte chunks out.
+
+Responses go through an :class:`~polymq.adapters.output.SocketWriter`: those of one read (or,
+for answers made outside a read such as a fetch that waited, of one reactor turn) leave
+together."""
 
 from __future__ import annotations
 
@@ -10,11 +14,13 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .. import output
 from .session import KafkaServer, KafkaSession
 
 log = Logger(namespace="polymq.kafka")
 
 _LEN = struct.Struct(">i")
+_reading = output.reading()
 
 
 @implementer(IPushProducer)
@@ -35,23 +41,34 @@ class KafkaProtocol(Protocol):
             self.transport.setTcpNoDelay(True)
         peer = self.transport.getPeer()
         host = self.transport.getHost()
+        self.out = output.SocketWriter(self.transport, self.server.broker.clock)
         self.session = KafkaSession(
-            self.server, self.transport.writeSequence, self._abort,
+            self.server, self._send, self._abort,
             peer=f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}",
             local_port=getattr(host, "port", 0),
         )
         self.transport.registerProducer(self, True)
 
+    def _send(self, chunks: list[bytes]) -> None:
+        write = self.out.write
+        for chunk in chunks:
+            write(chunk)
+
     def _abort(self) -> None:
         self._closing = True
         self._parts = []
         self._size = 0
+        self.out.flush()
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        with _reading:
+            self._data_received(data)
+
+    def _data_received(self, data: bytes) -> None:
         self._parts.append(data)
         self._size += len(data)
         if self._size < self._need:
