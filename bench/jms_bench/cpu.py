@@ -98,6 +98,9 @@ def main() -> None:
     ap.add_argument("--producers", type=int, default=1)
     ap.add_argument("--consumers", type=int, help="default: 1 for a queue, 2 for a topic")
     ap.add_argument("--py-spy", type=Path)
+    ap.add_argument("--gil", action="store_true",
+                    help="with --py-spy: sample only the thread holding the GIL (where the "
+                         "Python CPU goes, not where threads wait)")
     ap.add_argument("--activemq-port", type=int)
     ap.add_argument("--activemq-pid", type=int,
                     help="the ActiveMQ JVM, to measure its CPU too (ss -ltnp shows it)")
@@ -144,7 +147,7 @@ def main() -> None:
             collapsed = args.py_spy.with_suffix(".collapsed")
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
                                     "-p", str(broker.pid), "-f", "raw", "-o", str(collapsed),
-                                    "-r", "500"],
+                                    "-r", "500"] + (["--gil"] if args.gil else []),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
         st = None
