@@ -73,7 +73,9 @@ class reading:
 
     def __exit__(self, *exc: Any) -> None:
         _turn.reading -= 1
-        if not _turn.reading and _turn.dirty and not _turn.scheduled:
+        # flushed now unless the reactor's turn-end hook will (a pending callLater may belong
+        # to a clock nobody advances: a test's, or one replaced since)
+        if not _turn.reading and _turn.dirty and (not _turn.scheduled or _turn.call is not None):
             _turn.flush_all()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import construct
 import pytest
+from test_amqp_codec import HANDSHAKE  # the same client handshake
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -14,15 +15,6 @@ from polymq.adapters.amqp import codec as C
 from polymq.adapters.amqp.transport import FLUSH_BYTES, AMQPFactory
 from polymq.core.broker import Broker
 from polymq.core.message import Message
-
-HANDSHAKE = (
-    C.PROTOCOL_HEADER
-    + C.method_frame(0, "connection.start-ok", client_properties={}, mechanism="PLAIN",
-                     response=b"\x00guest\x00guest", locale="en_US")
-    + C.method_frame(0, "connection.tune-ok", channel_max=0, frame_max=131072, heartbeat=0)
-    + C.method_frame(0, "connection.open", virtual_host="/")
-    + C.method_frame(1, "channel.open")
-)
 
 
 @pytest.fixture(autouse=True)
