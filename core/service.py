@@ -116,6 +116,12 @@ class BrokerService(MultiService):
 
     def startService(self):
         super().startService()
+        # Under twist the service starts before the reactor runs and installs its signal
+        # handlers: start (and announce readiness through the port file) only once it runs,
+        # so that a SIGTERM right after the port file appears still shuts down cleanly.
+        self.reactor.callWhenRunning(self._start_as_service)
+
+    def _start_as_service(self) -> None:
         d = self.start()
 
         def failed(failure):
