@@ -6,7 +6,9 @@
 Starts polymq (OpenWire only, sqlite store) as a subprocess, runs JmsBench (non-persistent with
 1 producer and 1 consumer (queue) or 2 consumers (topic) unless ``--persistent``,
 ``--producers``, ``--consumers`` say otherwise), and prints the broker's CPU time per
-message (from /proc/<pid>/stat), the client JVM's CPU time per message and the rates. With
+message during the timed run (from /proc/<pid>/stat), the client JVM's CPU time per message
+and the rates. Every run moves ``--warmup`` messages first, untimed, through the same client
+JVM (see run.py); a first run per target also warms the brokers. With
 ``--py-spy FILE`` the broker is sampled by py-spy (``pip install py-spy``) during the run and a
 flat "top functions" table is written to FILE (raw collapsed stacks to FILE.collapsed).
 """
@@ -15,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,47 +27,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "java"))
+sys.path.insert(0, str(Path(__file__).parent))
 
-import jmsrun  # noqa: E402
 from brokerproc import BrokerProcess  # noqa: E402
+from common import compile_bench, run_bench  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 PERF_CALLS = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl", "write", "pwrite64", "fdatasync",
               "fsync", "futex", "read")
 
 
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICK, int(fields[12]) / TICK
-
-
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def run(classes: Path, url: str, kind: str, consumers: int, n: int, size: int,
-        broker_pid: int | None, persistent: bool = False, producers: int = 1) -> dict:
-    b0 = proc_cpu(broker_pid) if broker_pid else (0.0, 0.0)
-    c0 = children_cpu()
-    out = subprocess.run(
-        jmsrun.java_cmd(classes, "JmsBench", url, kind, str(persistent).lower(), str(producers),
-                        str(consumers), str(n // producers), str(size)),
-        capture_output=True, text=True, timeout=600,
-    )
-    c1 = children_cpu()
-    b1 = proc_cpu(broker_pid) if broker_pid else (0.0, 0.0)
-    m = re.search(r"RESULT .*", out.stdout)
-    if not m:
-        raise SystemExit(out.stderr[-2000:])
-    res = dict(kv.split("=") for kv in m.group().split()[1:])
-    res["broker_us"] = (b1[0] + b1[1] - b0[0] - b0[1]) / n * 1e6
-    res["broker_sys_us"] = (b1[1] - b0[1]) / n * 1e6
-    res["client_us"] = (c1 - c0) / n * 1e6
-    return res
+        broker_pid: int | None, persistent: bool = False, producers: int = 1,
+        warmup: int = 0) -> dict:
+    return run_bench(classes, url, kind, persistent, producers, consumers, n // producers, size,
+                     warmup // producers, broker_pid)
 
 
 def summarize(collapsed: Path, out: Path) -> None:
@@ -104,7 +77,8 @@ def main() -> None:
     ap.add_argument("--activemq-port", type=int)
     ap.add_argument("--activemq-pid", type=int,
                     help="the ActiveMQ JVM, to measure its CPU too (ss -ltnp shows it)")
-    ap.add_argument("--warmup", type=int, default=5000)
+    ap.add_argument("--warmup", type=int, default=20000,
+                    help="untimed messages before each timed run (same client JVM)")
     ap.add_argument("--store", default="sqlite", help="store of the broker (sqlite, memory)")
     ap.add_argument("--strace", action="store_true",
                     help="count the broker's system calls during the run (strace -c)")
@@ -117,12 +91,9 @@ def main() -> None:
                     help="runs per target, interleaved; the table shows medians")
     args = ap.parse_args()
     consumers = args.consumers or (1 if args.scenario == "queue" else 2)
-    shape = {"persistent": args.persistent, "producers": args.producers}
+    shape = {"persistent": args.persistent, "producers": args.producers, "warmup": args.warmup}
     tmp = Path(tempfile.mkdtemp(prefix="jms-prof-"))
-    classes = tmp / "classes"
-    classes.mkdir()
-    subprocess.run(["javac", "-nowarn", "-cp", jmsrun.classpath(), "-d", str(classes),
-                    str(Path(__file__).parent / "JmsBench.java")], check=True)
+    classes = compile_bench(tmp)
     brokers = [BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
                              log_level="warn")]
     if args.baseline:

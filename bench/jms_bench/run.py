@@ -1,34 +1,41 @@
 """Run the JMS benchmark against polymq (OpenWire adapter) and ActiveMQ in one run.
 
-    .venv/bin/python bench/jms_bench/run.py [--activemq-port 26616] [--quick]
-        [--baseline PYTHONPATH] [--repeat N] [--best] [--only TEXT] [--store sqlite|memory]
+    .venv/bin/python bench/jms_bench/run.py [--activemq-port 26616] [--activemq-pid PID]
+        [--quick] [--baseline PYTHONPATH] [--repeat N] [--best] [--only TEXT]
+        [--store sqlite|memory] [--warmup-factor 1.0]
 
 Starts polymq as a subprocess (sqlite store, OpenWire only), compiles JmsBench.java against
 the Debian ActiveMQ 5.17 jars, runs each scenario against both brokers (ActiveMQ must already
-listen: ``/work/shared/peers/peers start activemq``) and prints a Markdown table.
+listen: ``/work/shared/peers/peers start activemq``; ``ss -ltnp`` shows its pid) and prints
+two Markdown tables: send / receive rates, and CPU per message of broker and client.
+
+Each run is a fresh client JVM with the JVM's default compilers: it first moves
+``--warmup-factor`` times the scenario's messages through the same connections, untimed (the
+client's JIT compiles its hot paths meanwhile), then the timed run. The broker's CPU during the
+timed run is read from /proc (ActiveMQ's only with ``--activemq-pid``); the client's is its own
+process CPU time.
 
 ``--baseline DIR`` adds a second polymq whose ``PYTHONPATH`` is DIR (e.g. a ``polymq``
-package tree whose ``adapters/openwire`` is an older checkout) as a "before" column of the same
-run; ``--repeat N`` runs every scenario N times per broker, interleaved, and reports the run
-with the median receive rate (``--best``: the best run).
+package tree of an older commit) as a "before" column of the same run; ``--repeat N`` runs every
+scenario N times per broker, interleaved (each round in another order), and reports for each
+target the run with the median receive rate (``--best``: the best run) and the median CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import socket
-import subprocess
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "java"))
+sys.path.insert(0, str(Path(__file__).parent))
 
-import jmsrun  # noqa: E402
 from brokerproc import BrokerProcess  # noqa: E402
+from common import compile_bench, run_bench  # noqa: E402
 
 # (label, queue|topic, persistent, producers, consumers, messages per producer, body size)
 SCENARIOS = [
@@ -38,20 +45,6 @@ SCENARIOS = [
     ("queue persistent 1p/1c", "queue", True, 1, 1, 1000, 256),
     ("queue persistent 16p/2c", "queue", True, 16, 2, 250, 256),
 ]
-
-
-def run_one(classes, url, sc):
-    _, kind, persistent, p, c, n, size = sc
-    out = subprocess.run(
-        jmsrun.java_cmd(classes, "JmsBench", url, kind, str(persistent).lower(), str(p), str(c),
-                        str(n), str(size)),
-        capture_output=True, text=True, timeout=600,
-    )
-    m = re.search(r"RESULT .*", out.stdout)
-    if not m:
-        return None, out.stderr[-500:]
-    fields = dict(kv.split("=") for kv in m.group().split()[1:])
-    return fields, None
 
 
 def reachable(port: int) -> bool:
@@ -66,70 +59,92 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default="sqlite", help="store backend of polymq (sqlite, memory)")
     ap.add_argument("--activemq-port", type=int, default=26616)
+    ap.add_argument("--activemq-pid", type=int, help="the ActiveMQ JVM, for its CPU per message")
     ap.add_argument("--quick", action="store_true", help="a tenth of the messages")
     ap.add_argument("--baseline", help="PYTHONPATH of a second polymq (a 'before' column)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--best", action="store_true",
                     help="report each target's best run (default: the median run)")
     ap.add_argument("--only", help="run only the scenarios whose label contains this")
+    ap.add_argument("--warmup-factor", type=float, default=1.0,
+                    help="untimed warm-up messages, as a multiple of the timed ones")
     args = ap.parse_args()
     scenarios = SCENARIOS
     if args.only:
         scenarios = [sc for sc in scenarios if args.only in sc[0]]
     if args.quick:
-        scenarios = [(a, b, c, d, e, max(50, f // 10), g) for a, b, c, d, e, f, g in SCENARIOS]
+        scenarios = [(a, b, c, d, e, max(50, f // 10), g) for a, b, c, d, e, f, g in scenarios]
     tmp = Path(tempfile.mkdtemp(prefix="jms-bench-"))
-    classes = tmp / "classes"
-    classes.mkdir()
-    subprocess.run(["javac", "-nowarn", "-cp", jmsrun.classpath(), "-d", str(classes),
-                    str(Path(__file__).parent / "JmsBench.java")], check=True)
+    classes = compile_bench(tmp)
     broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
                            log_level="warn")
     broker.start()
     brokers = [broker]
-    targets = [("polymq", f"tcp://127.0.0.1:{broker.port('openwire')}")]
+    targets = [("polymq", f"tcp://127.0.0.1:{broker.port('openwire')}", broker.pid)]
     if args.baseline:
         before = BrokerProcess(tmp / "polymq-before", adapters=["openwire"], store=args.store,
                                log_level="warn", env={"PYTHONPATH": args.baseline})
         before.start()
         brokers.append(before)
-        targets.insert(0, ("polymq before", f"tcp://127.0.0.1:{before.port('openwire')}"))
+        targets.insert(0, ("polymq before", f"tcp://127.0.0.1:{before.port('openwire')}",
+                           before.pid))
     if reachable(args.activemq_port):
-        targets.append(("ActiveMQ 5.17", f"tcp://127.0.0.1:{args.activemq_port}"))
+        targets.append(("ActiveMQ 5.17", f"tcp://127.0.0.1:{args.activemq_port}",
+                        args.activemq_pid))
     else:
         print(f"(ActiveMQ not listening on {args.activemq_port}: polymq only)")
-    rows = []
+    rates, cpus = [], []
     try:
         for sc in scenarios:
-            row = [sc[0], str(sc[3] * sc[5])]
-            runs: list[list] = [[] for _ in targets]
+            _, kind, persistent, p, c, n, size = sc
+            warm = int(n * args.warmup_factor)
+            runs: list[list[dict]] = [[] for _ in targets]
             errors: list = [None] * len(targets)
-            for _ in range(args.repeat):
-                for i, (_name, url) in enumerate(targets):
-                    res, err = run_one(classes, url, sc)
-                    if res is None:
-                        errors[i] = errors[i] or f"error: {err}"
-                        continue
-                    runs[i].append((float(res["send_rate"]), float(res["recv_rate"]),
-                                    res["complete"] == "true"))
-            for rs, err in zip(runs, errors, strict=True):
-                if rs:
-                    # the run with the median receive rate (or the best, --best)
-                    rs.sort(key=lambda r: r[1])
-                    b = rs[-1] if args.best else rs[(len(rs) - 1) // 2]
-                    row.append(f"{b[0]:,.0f} / {b[1]:,.0f}" + ("" if b[2] else " (incomplete)"))
-                else:
-                    row.append(str(err))
-            rows.append(row)
-            print(" | ".join(row), flush=True)
+            for rep in range(args.repeat):
+                order = list(range(len(targets)))
+                k = rep % len(order)
+                for i in order[k:] + order[:k]:
+                    _, url, pid = targets[i]
+                    try:
+                        runs[i].append(run_bench(classes, url, kind, persistent, p, c, n, size,
+                                                 warm, pid))
+                    except RuntimeError as e:
+                        errors[i] = errors[i] or f"error: {str(e)[-300:]}"
+            rate_row = [sc[0], str(p * n)]
+            cpu_row = [sc[0]]
+            for (_, _, pid), rs, err in zip(targets, runs, errors, strict=True):
+                if not rs:
+                    rate_row.append(str(err))
+                    cpu_row.append("-")
+                    continue
+                rs.sort(key=lambda r: r["recv_rate"])
+                b = rs[-1] if args.best else rs[(len(rs) - 1) // 2]
+                rate_row.append(f"{b['send_rate']:,.0f} / {b['recv_rate']:,.0f}"
+                                + ("" if all(r["complete"] for r in rs) else " (incomplete)"))
+                client = statistics.median(r["client_us"] for r in rs)
+                broker_us = (f"{statistics.median(r['broker_us'] for r in rs):.1f}" if pid
+                             else "-")
+                cpu_row.append(f"{broker_us} / {client:.1f}")
+            rates.append(rate_row)
+            cpus.append(cpu_row)
+            print(" | ".join(rate_row) + " || " + " | ".join(cpu_row[1:]), flush=True)
     finally:
         for b in brokers:
             b.stop()
-    header = ["scenario", "messages"] + [f"{n} send/recv msg/s" for n, _ in targets]
-    print()
+    names = [n for n, _, _ in targets]
+    how = "best" if args.best else "median"
+    print(f"\nsend / receive msg/s ({how} of {args.repeat} run(s) by receive rate; "
+          f"warm-up {args.warmup_factor:g}x untimed)")
+    header = ["scenario", "messages"] + names
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for row in rows:
+    for row in rates:
+        print("| " + " | ".join(row) + " |")
+    print(f"\nCPU µs per message, broker / client (median of {args.repeat})")
+    header = ["scenario"] + names
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in cpus:
         print("| " + " | ".join(row) + " |")
 
 
