@@ -308,7 +308,9 @@ class ConsumerState:
         self.core: Consumer | None = None
         self.queue: Queue | None = None
         self.temp_queue: str | None = None  # per-consumer subscription queue (topics)
-        self.dispatched: dict[int, Delivery] = {}  # dispatch seq -> delivery, in order
+        # dispatch seq -> delivery, in order; an OrderedDict because acks remove from the front,
+        # and a plain dict would then scan the holes left there to find the oldest
+        self.dispatched: OrderedDict[int, Delivery] = OrderedDict()
         self.delivered: set[int] = set()  # DELIVERED-acked, still unsettled
         self.in_tx: set[int] = set()
         self.advisory: set[str] | None = None
