@@ -486,3 +486,42 @@ def test_response_fast_path_matches_the_table(correlation_id):
     obj = Obj(c.RESPONSE, correlation_id=correlation_id)
     assert c.encode_response(correlation_id) == c.encode_frame(obj)
     assert c.encode_response(correlation_id) == c.encode_frame(obj, cached=True)
+
+
+def _check_ack_fields(frame: bytes, cache: list) -> bool:
+    """ack_fields agrees with the decoded frame (when it reads it at all); the frame is then
+    decoded into ``cache`` as the connection would. Returns whether ack_fields read it."""
+    fields = c.ack_fields(frame, cache)
+    obj = c.decode_command(frame, cache)
+    if fields is None:
+        return False
+    assert obj.type == c.MESSAGE_ACK
+    assert fields == (obj.command_id, obj.response_required, obj.consumer_id,
+                      obj.transaction_id, obj.ack_type, obj.last_message_id.broker_sequence_id)
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(messages(), acks()), min_size=1, max_size=6))
+def test_ack_fields_agree_with_the_decoder(objs):
+    writer = _ClientWriter(64)
+    cache = [None] * 64
+    for obj in objs + objs:
+        _check_ack_fields(writer.frame(obj), cache)
+
+
+def test_ack_fields_read_the_java_clients_standard_ack():
+    writer = _ClientWriter(64)
+    cache = [None] * 64
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
+    cid = Obj(c.CONSUMER_ID, connection_id="ID:c", session_id=1, value=1)
+    read = []
+    for k in (1, 2):
+        mid = Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k, broker_sequence_id=k)
+        ack = Obj(c.MESSAGE_ACK, command_id=k, destination=Obj(c.QUEUE, physical_name="q"),
+                  consumer_id=cid, ack_type=2, first_message_id=mid, last_message_id=mid,
+                  message_count=1)
+        read.append(_check_ack_fields(writer.frame(ack), cache))
+    assert read == [False, True]  # the first carries its cached fields as new entries
+    assert c.ack_fields(writer.frame(ack)[:-1], cache) is None  # truncated: decode it
+    assert c.ack_fields(writer.frame(ack), [None] * 2) is None  # index beyond the cache

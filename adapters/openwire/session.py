@@ -1097,6 +1097,29 @@ class Connection:
 
     # -- acknowledgements ---------------------------------------------------------------------
 
+    def standard_ack(self, fields: tuple) -> bool:
+        """The common ack (:func:`c.ack_fields`): a standard ack, outside a transaction, of
+        the oldest message in flight. Settled here without decoding the frame; False (nothing
+        done) for anything else, which then goes through :meth:`on_ack`."""
+        command_id, response_required, cid, tid, kind, last = fields
+        if kind != ACK_STANDARD or tid is not None or self.connection_id is None:
+            return False
+        cs = self._ack_cs
+        if cid is not self._ack_cid or cs is None or cs.removed:
+            return False
+        dispatched = cs.dispatched
+        if cs.in_tx or not dispatched or next(iter(dispatched)) != last:
+            return False
+        d = dispatched.pop(last)
+        d.queue.ack(d)
+        self.hub.forget(d.message)
+        if cs.delivered:
+            cs.delivered.discard(last)
+            cs.credit_back()
+        if response_required:
+            self._respond_id(command_id)
+        return True
+
     def on_ack(self, ack: Obj) -> None:
         cid = ack.consumer_id
         cs = self._ack_cs

@@ -158,9 +158,17 @@ class OpenWireProtocol(protocol.Protocol):
         if not self.negotiated:
             self._hello(frame)
             return
-        if frame[0] == c.WIREFORMAT_INFO:
+        t = frame[0]
+        if t == c.WIREFORMAT_INFO:
             return  # a repeated WireFormatInfo changes nothing
-        self.conn.handle(c.decode_command(frame, self.conn.ucache))
+        conn = self.conn
+        uc = conn.ucache
+        if t == c.MESSAGE_ACK and uc is not None:
+            # the common ack is settled from a few fields, without decoding it
+            fields = c.ack_fields(frame, uc)
+            if fields is not None and conn.standard_ack(fields):
+                return
+        conn.handle(c.decode_command(frame, uc))
 
     def _hello(self, frame: bytes) -> None:
         version, props = c.decode_wireformat(frame, 64)
