@@ -19,6 +19,7 @@ log = Logger(namespace="polymq.openwire")
 
 _SIZE = struct.Struct(">i")
 _reading = output.reading()
+_ACK, _WIREFORMAT = c.MESSAGE_ACK, c.WIREFORMAT_INFO
 PROTOCOL_VERSION = 12
 MIN_VERSION = 9
 _WF_TYPES = {
@@ -132,6 +133,9 @@ class OpenWireProtocol(protocol.Protocol):
         # end waits in ``_buf``
         pos = 0
         n = len(data)
+        conn = self.conn
+        handle, decode, ack_fields = conn.handle, c.decode_command, c.ack_fields
+        uc = conn.ucache
         try:
             while n - pos >= 4:
                 size = unpack(data, pos)[0]
@@ -142,7 +146,19 @@ class OpenWireProtocol(protocol.Protocol):
                     break
                 frame = data[pos + 4 : end]
                 pos = end
-                self._frame(frame)
+                # (the body of _frame, inlined: this loop runs for every frame)
+                if not self.negotiated:
+                    self._hello(frame)
+                    uc = conn.ucache
+                else:
+                    t = frame[0]
+                    if t == _ACK and uc is not None:
+                        # the common ack is settled from a few fields, without decoding it
+                        fields = ack_fields(frame, uc)
+                        if fields is None or not conn.standard_ack(fields):
+                            handle(decode(frame, uc))
+                    elif t != _WIREFORMAT:  # a repeated WireFormatInfo changes nothing
+                        handle(decode(frame, uc))
                 if self._closing:
                     return
         except (c.DecodeError, ProtocolError) as e:
@@ -153,22 +169,6 @@ class OpenWireProtocol(protocol.Protocol):
             return
         if pos < n:
             buf += data[pos:]
-
-    def _frame(self, frame: bytes) -> None:
-        if not self.negotiated:
-            self._hello(frame)
-            return
-        t = frame[0]
-        if t == c.WIREFORMAT_INFO:
-            return  # a repeated WireFormatInfo changes nothing
-        conn = self.conn
-        uc = conn.ucache
-        if t == c.MESSAGE_ACK and uc is not None:
-            # the common ack is settled from a few fields, without decoding it
-            fields = c.ack_fields(frame, uc)
-            if fields is not None and conn.standard_ack(fields):
-                return
-        conn.handle(c.decode_command(frame, uc))
 
     def _hello(self, frame: bytes) -> None:
         version, props = c.decode_wireformat(frame, 64)
