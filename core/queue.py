@@ -240,6 +240,7 @@ class Queue:
         self.unacked: dict[int, Delivery] = {}
         self._dispatching = False
         self._again = False
+        self._dispatches = 0  # dispatch() calls so far (ack skips one that just ran)
         self._had_consumers = False
         self._expiry_timer: Any = None
         self._expiry_at: int | None = None
@@ -464,6 +465,7 @@ class Queue:
 
     def dispatch(self) -> None:
         """Push ready messages to consumers with room, until one side runs out."""
+        self._dispatches += 1
         if self._dispatching:
             self._again = True
             return
@@ -571,9 +573,11 @@ class Queue:
         """The consumer is done with ``d``: forget it for good."""
         if d.seq not in self.unacked:
             return
+        runs = self._dispatches
         self._detach(d)
         self._settle(d)
-        if self.consumers:
+        # (a window that was full and has room again already dispatched, in _detach)
+        if self.consumers and self._dispatches == runs:
             self.dispatch()
 
     def nack(self, d: Delivery, requeue: bool = True) -> None:
