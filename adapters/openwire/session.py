@@ -811,6 +811,27 @@ class Connection:
         if len(msg.body) > self.max_size:
             self.respond_error(m, "javax.jms.JMSException", "message exceeds the maximum size")
             return
+        dest = m.destination
+        name = dest.physical_name
+        if m.transaction_id is None and name and "," not in name:
+            # the common case, one destination outside a transaction
+            if m.data_structure is None:
+                self.hub.prime(msg, m)
+            t = dest.type
+            vhost = self.vhost
+            try:
+                if t == c.TOPIC or t == c.TEMP_TOPIC:
+                    if not name.startswith(ADVISORY_PREFIX):
+                        vhost.publish("amq.topic", name, msg)
+                else:
+                    if t == c.QUEUE and name not in vhost.queues:
+                        self._ensure_queue(name)
+                    vhost.publish("", name, msg)
+            except BrokerError as e:
+                self.respond_error(m, "javax.jms.JMSException", e.text)
+                return
+            self._after_publish(m, msg, False)
+            return
         tx = None
         if m.transaction_id is not None:
             entry = self.transactions.get(key_of(m.transaction_id))
@@ -846,6 +867,11 @@ class Connection:
         except BrokerError as e:
             self.respond_error(m, "javax.jms.JMSException", e.text)
             return
+        self._after_publish(m, msg, tx is not None)
+
+    def _after_publish(self, m: Obj, msg: Message, in_tx: bool) -> None:
+        """The producer window given back, or the response (once durable, for a persistent
+        message outside a transaction)."""
         if (not m.response_required and self.windowed_producers
                 and key_of(m.producer_id) in self.windowed_producers):
             # async send under a producer window: give the window back (the client counts a
@@ -853,7 +879,7 @@ class Connection:
             size = 1024 + len(m.content or b"") + len(m.marshalled_properties or b"")
             self.send(Obj(c.PRODUCER_ACK, producer_id=m.producer_id, size=size))
         if m.response_required:
-            if msg.durable and tx is None:
+            if msg.durable and not in_tx:
                 self.broker.when_durable(partial(self._respond_id, m.command_id))
             else:
                 self._respond_id(m.command_id)
