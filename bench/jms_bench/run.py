@@ -1,7 +1,7 @@
 """Run the JMS benchmark against polymq (OpenWire adapter) and ActiveMQ in one run.
 
     .venv/bin/python bench/jms_bench/run.py [--activemq-port 26616] [--activemq-pid PID]
-        [--quick] [--baseline PYTHONPATH] [--repeat N] [--best] [--only TEXT]
+        [--quick | --scale X] [--baseline PYTHONPATH] [--repeat N] [--best] [--only TEXT]
         [--store sqlite|memory] [--warmup-factor 1.0]
 
 Starts polymq as a subprocess (sqlite store, OpenWire only), compiles JmsBench.java against
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--activemq-port", type=int, default=26616)
     ap.add_argument("--activemq-pid", type=int, help="the ActiveMQ JVM, for its CPU per message")
     ap.add_argument("--quick", action="store_true", help="a tenth of the messages")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply every scenario's message count (longer, steadier runs)")
     ap.add_argument("--baseline", help="PYTHONPATH of a second polymq (a 'before' column)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--best", action="store_true",
@@ -73,7 +75,10 @@ def main() -> None:
     if args.only:
         scenarios = [sc for sc in scenarios if args.only in sc[0]]
     if args.quick:
-        scenarios = [(a, b, c, d, e, max(50, f // 10), g) for a, b, c, d, e, f, g in scenarios]
+        args.scale /= 10
+    if args.scale != 1.0:
+        scenarios = [(a, b, c, d, e, max(50, int(f * args.scale)), g)
+                     for a, b, c, d, e, f, g in scenarios]
     tmp = Path(tempfile.mkdtemp(prefix="jms-bench-"))
     classes = compile_bench(tmp)
     broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
