@@ -1136,15 +1136,20 @@ class Connection:
         dispatched = cs.dispatched
         if cs.in_tx or not dispatched or next(iter(dispatched)) != last:
             return False
-        d = dispatched.pop(last)
+        self._settle_oldest(cs, last)
+        if response_required:
+            self._respond_id(command_id)
+        return True
+
+    def _settle_oldest(self, cs: ConsumerState, last: int) -> None:
+        """A standard ack of the oldest message in flight: settled and its encoding
+        forgotten; the window recomputed only while DELIVERED acks are outstanding."""
+        d = cs.dispatched.pop(last)
         d.queue.ack(d)
         self.hub.forget(d.message)
         if cs.delivered:
             cs.delivered.discard(last)
             cs.credit_back()
-        if response_required:
-            self._respond_id(command_id)
-        return True
 
     def on_ack(self, ack: Obj) -> None:
         cid = ack.consumer_id
@@ -1165,12 +1170,7 @@ class Connection:
         if (kind == ACK_STANDARD and ack.transaction_id is None and not cs.in_tx
                 and dispatched and next(iter(dispatched)) == last):
             # the common case (AUTO_ACKNOWLEDGE): the oldest message in flight, on its own
-            d = dispatched.pop(last)
-            d.queue.ack(d)
-            self.hub.forget(d.message)
-            if cs.delivered:
-                cs.delivered.discard(last)
-                cs.credit_back()
+            self._settle_oldest(cs, last)
             self.respond(ack)
             return
         if last not in dispatched:
