@@ -1025,7 +1025,10 @@ class SqliteStore:
                 d.errback(StoreFailedError(str(self._failure)))
             return
         self._state = _CLOSED
-        log.info("sqlite store {path} closed", path=self.path)
+        log.info("sqlite store {path} closed ({commits} commits, {flushes} flushes, {ops} "
+                 "operations written, {cancelled} puts cancelled by a delete)", path=self.path,
+                 commits=self.commits, flushes=self.flushes, ops=self.ops_written,
+                 cancelled=self.cancelled)
         for d in waiters:
             d.callback(None)
 
