@@ -647,8 +647,8 @@ class Connection:
         return n, n + 1
 
     def respond(self, cmd: Obj) -> None:
-        if cmd.response_required and not self.closed:
-            self.write(c.encode_response(cmd.command_id))
+        if cmd.response_required:
+            self._respond_id(cmd.command_id)
 
     def _respond_id(self, command_id: int) -> None:
         if not self.closed:
@@ -1133,23 +1133,26 @@ class Connection:
         cs = self._ack_cs
         if cid is not self._ack_cid or cs is None or cs.removed:
             return False
-        dispatched = cs.dispatched
-        if cs.in_tx or not dispatched or next(iter(dispatched)) != last:
+        if not self._settle_if_oldest(cs, last):
             return False
-        self._settle_oldest(cs, last)
         if response_required:
             self._respond_id(command_id)
         return True
 
-    def _settle_oldest(self, cs: ConsumerState, last: int) -> None:
-        """A standard ack of the oldest message in flight: settled and its encoding
-        forgotten; the window recomputed only while DELIVERED acks are outstanding."""
-        d = cs.dispatched.pop(last)
+    def _settle_if_oldest(self, cs: ConsumerState, last: int) -> bool:
+        """A standard ack outside a transaction: when ``last`` is the oldest message in
+        flight (AUTO_ACKNOWLEDGE acks each on its own, oldest first), settle it, forget its
+        encoding, recompute the window only while DELIVERED acks are outstanding, and say so."""
+        dispatched = cs.dispatched
+        if cs.in_tx or not dispatched or next(iter(dispatched)) != last:
+            return False
+        d = dispatched.pop(last)
         d.queue.ack(d)
         self.hub.forget(d.message)
         if cs.delivered:
             cs.delivered.discard(last)
             cs.credit_back()
+        return True
 
     def on_ack(self, ack: Obj) -> None:
         cid = ack.consumer_id
@@ -1166,14 +1169,11 @@ class Connection:
             self.respond(ack)
             return
         kind = ack.ack_type
-        dispatched = cs.dispatched
-        if (kind == ACK_STANDARD and ack.transaction_id is None and not cs.in_tx
-                and dispatched and next(iter(dispatched)) == last):
-            # the common case (AUTO_ACKNOWLEDGE): the oldest message in flight, on its own
-            self._settle_oldest(cs, last)
+        if (kind == ACK_STANDARD and ack.transaction_id is None
+                and self._settle_if_oldest(cs, last)):
             self.respond(ack)
             return
-        if last not in dispatched:
+        if last not in cs.dispatched:
             seqs = []
         elif kind in (ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED):
             seqs = [last]
