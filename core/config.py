@@ -35,6 +35,8 @@ BASE_DEFAULTS: dict[str, dict] = {
     },
     "limits": {
         "max_message_size": 16 * 1024 * 1024,
+        # connections of every protocol together (0: no limit but the process's descriptors)
+        "max_connections": 0,
     },
     "log": {
         "level": "info",
@@ -62,7 +64,11 @@ def default_config(plugins) -> dict:
 
 
 def _adapter_defaults(spec: AdapterSpec) -> dict:
+    from .connection import CONNECTION_DEFAULTS
+
+    # every listener has the connection contract's keys; an adapter may override any default
     section = {"enabled": True, "host": "0.0.0.0", "port": spec.default_port}
+    section.update(CONNECTION_DEFAULTS)
     section.update(copy.deepcopy(spec.default_config))
     return section
 

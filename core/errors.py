@@ -41,3 +41,25 @@ class ResourceError(BrokerError):
 
 class NotAllowed(BrokerError):
     code = 530
+
+
+class ProtocolError(Exception):
+    """The client broke its protocol (bad framing, wrong order, an unknown version ...).
+
+    Adapters raise it (or a subclass) from their framer or session; the connection contract
+    answers it through the session in the protocol's own words and closes the connection.
+    ``code`` is an optional protocol-specific reason code chosen by the adapter.
+    """
+
+    def __init__(self, text: str, code: int | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame announced a length over the listener's maximum."""
+
+
+class IdleTimeout(ProtocolError):
+    """Nothing arrived from the client within its liveness interval."""

@@ -193,7 +193,8 @@ class BrokerService(MultiService):
                 raise StartupError(f"adapter {name}: cannot build: {_describe(exc)}") from exc
             tracker = _ConnectionTracker(factory)
             endpoint_class = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
-            endpoint = endpoint_class(self.reactor, port, interface=host)
+            backlog = int(section.get("listen_backlog") or 128)
+            endpoint = endpoint_class(self.reactor, port, backlog=backlog, interface=host)
             try:
                 listening = await endpoint.listen(factory)
             except error.CannotListenError as exc:
@@ -247,6 +248,14 @@ class BrokerService(MultiService):
                 self.plugins.hook.polymq_broker_stopping(broker=broker)
             except Exception:
                 self.log.failure("a polymq_broker_stopping hook failed")
+        for tracker in self._trackers.values():
+            # contract listeners let each session say goodbye in its protocol (MQTT 5 0x8B)
+            shutting_down = getattr(tracker.factory, "shutting_down", None)
+            if shutting_down is not None:
+                try:
+                    shutting_down()
+                except Exception:
+                    self.log.failure("a listener's shutdown notice failed")
         listeners, self._listeners = self._listeners, {}
         await defer.gatherResults(
             [defer.maybeDeferred(port.stopListening) for port in listeners.values()],

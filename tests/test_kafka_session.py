@@ -161,7 +161,7 @@ def test_coordinator_rebalance_and_session_timeout():
 def test_transport_back_pressure_and_frame_split():
     from twisted.internet.testing import StringTransport
 
-    from polymq.adapters import output
+    from polymq.core import output
     from polymq.adapters.kafka.transport import KafkaFactory
 
     output.flush_pending()  # no flush left scheduled on an earlier test's clock

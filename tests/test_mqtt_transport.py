@@ -7,7 +7,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from polymq.adapters import output
+from polymq.core import output
 from polymq.adapters.mqtt import codec as c
 from polymq.adapters.mqtt.transport import FLUSH_AT, MqttFactory
 from polymq.core.broker import Broker

@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from polymq.adapters import output
+from polymq.core import output
 from polymq.adapters.openwire import codec as c
 from polymq.adapters.openwire.codec import Obj
 from polymq.adapters.openwire.transport import OpenWireFactory

@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .. import output
+from polymq.core import output
 from .session import Connection
 
 log = Logger(namespace="polymq.amqp")

@@ -14,7 +14,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .. import output
+from polymq.core import output
 from .session import KafkaServer, KafkaSession
 
 log = Logger(namespace="polymq.kafka")

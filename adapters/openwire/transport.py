@@ -10,7 +10,7 @@ from twisted.internet import protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .. import output
+from polymq.core import output
 from . import codec as c
 from .codec import Obj
 from .session import Connection, OpenWireHub, ProtocolError

@@ -1,0 +1,835 @@
+"""The adapter contract: what every protocol connection shares, written once.
+
+An adapter brings three things and the core does the rest:
+
+- a **framer** (:class:`IFramer`, sans-I/O): ``feed(data)`` returns the complete frames in the
+  bytes received so far, with a maximum length checked before a frame is buffered
+  (:class:`polymq.core.framing.LengthPrefixedFramer` serves every protocol with a length prefix);
+- a **session** (:class:`IProtocolSession`, usually a :class:`SessionBase` subclass): the
+  protocol's state machine, which gets the frames of each read and answers through its
+  :class:`ProtocolConnection`;
+- a **factory**: a :class:`ConnectionFactory` subclass naming the protocol and building the two.
+
+:class:`ProtocolConnection` is the one Twisted protocol of every adapter. It owns, for all of
+them: connection limits (per listener, per source address, broker-wide) checked before a session
+exists; the broker-wide :class:`ConnectionRegistry` entry (protocol, peer, user, vhost, client id,
+byte and message counters) that management reads; the handshake timeout and the idle (liveness)
+timeout with keep-alives; pause/resume as an ``IPushProducer`` (socket buffer full) and reading
+paused for flow control; authentication and the authorization check point; replies kept in
+request order when some wait for durability; and one error boundary: bad input
+(:class:`~polymq.core.errors.ProtocolError`, or a :class:`~polymq.core.errors.BrokerError` that
+escaped the session) is answered in the protocol's own words by ``session.protocol_error`` and
+closes the connection with one log line; anything else is a bug, logged with its traceback and
+answered by ``session.internal_error`` before the connection closes. Either way the broker goes
+on serving everyone else.
+
+Nothing here runs per message except :meth:`ProtocolConnection.write` and the reply helpers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from . import output
+from .auth import Identity, Refusal
+from .errors import BrokerError, IdleTimeout, ProtocolError
+
+__all__ = [
+    "CONNECTION_DEFAULTS",
+    "ConnectionFactory",
+    "ConnectionInfo",
+    "ConnectionRegistry",
+    "IFramer",
+    "IProtocolSession",
+    "ProtocolConnection",
+    "SessionBase",
+]
+
+log = Logger(namespace="polymq.connection")
+
+# The keys every adapter's config table has, whatever the protocol (merged into each
+# adapter's defaults by the config loader; an adapter may give its own default for any).
+CONNECTION_DEFAULTS: dict[str, Any] = {
+    # connections this listener accepts at once (0: no limit but the process's descriptors)
+    "max_connections": 0,
+    # connections one source address may hold on this listener at once (0: no limit)
+    "max_connections_per_host": 0,
+    # seconds a new connection has to finish its protocol's handshake
+    "handshake_timeout": 10.0,
+    # seconds of silence after which a connection is closed, unless the protocol negotiates
+    # its own liveness (MQTT keep-alive, AMQP heartbeat, OpenWire inactivity); 0: never
+    "idle_timeout": 0.0,
+    # pending connections the kernel queues for this listener (listen(2) backlog)
+    "listen_backlog": 128,
+}
+
+
+class IFramer(Interface):
+    """Splits one connection's byte stream into frames, without I/O.
+
+    A framer keeps one buffer for the frame in progress and checks a frame's announced length
+    against ``max_length`` before it keeps any of its bytes.
+    """
+
+    max_length = Attribute("The largest frame accepted; may change between frames.")
+    error = Attribute(
+        "None, or the ProtocolError that ended the stream; the frames before it were returned."
+    )
+    buffered = Attribute("Bytes held for the frame in progress.")
+
+    def feed(data: bytes) -> list:
+        """Return the frames completed by ``data`` (maybe none), in order.
+
+        On bad framing either raise :class:`~polymq.core.errors.ProtocolError` or set
+        :attr:`error` and return the frames before the bad one.
+        """
+
+
+class IProtocolSession(Interface):
+    """An adapter's protocol state machine, as the contract drives it."""
+
+    def frames_received(frames: list) -> None:
+        """Handle the frames of one read, in order. Raise ProtocolError on bad input."""
+
+    def protocol_error(error: Exception) -> None:
+        """The client broke the protocol (or the broker refused something the session did not
+        answer itself): tell it in the protocol's words. The connection closes afterwards."""
+
+    def internal_error(error: BaseException) -> None:
+        """A bug in the broker: tell the client with the protocol's internal-error code, if it
+        has one. The connection closes afterwards; the traceback is already logged."""
+
+    def connection_lost() -> None:
+        """The connection is gone: release consumers, requeue what was in flight."""
+
+    def pause() -> None:
+        """The socket's buffer is full: stop pushing deliveries until :meth:`resume`."""
+
+    def resume() -> None:
+        """The socket drained: deliveries may flow again."""
+
+    def publishing_blocked(blocked: bool, reason: str) -> None:
+        """The broker-wide resource alarm set (``blocked``) or cleared: hold publishers back
+        in the protocol's own way (AMQP connection.blocked, fewer reads, delayed acks ...)."""
+
+    def keepalive() -> None:
+        """Nothing was written for the negotiated keep-alive interval: send the protocol's
+        keep-alive frame (called only after ``conn.set_liveness(..., keepalive=...)``)."""
+
+    def shutting_down() -> None:
+        """The broker is stopping; say so if the protocol can (MQTT 5 DISCONNECT 0x8B)."""
+
+
+@implementer(IProtocolSession)
+class SessionBase:
+    """Defaults for the optional parts of :class:`IProtocolSession`. ``conn`` is the
+    :class:`ProtocolConnection` the session writes to."""
+
+    def __init__(self, conn: ProtocolConnection) -> None:
+        self.conn = conn
+
+    def frames_received(self, frames: list) -> None:
+        raise NotImplementedError
+
+    def protocol_error(self, error: Exception) -> None:
+        pass
+
+    def internal_error(self, error: BaseException) -> None:
+        pass
+
+    def connection_lost(self) -> None:
+        pass
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+    def publishing_blocked(self, blocked: bool, reason: str) -> None:
+        pass
+
+    def keepalive(self) -> None:
+        pass
+
+    def shutting_down(self) -> None:
+        pass
+
+
+class ConnectionInfo:
+    """What the broker knows of one connection: the registry entry management reads.
+
+    The counters are plain attributes that the adapter's hot path may add to
+    (``conn.info.messages_in += n``); they are never reset.
+    """
+
+    __slots__ = (
+        "id",
+        "protocol",
+        "listener",
+        "peer_host",
+        "peer_port",
+        "local_port",
+        "user",
+        "vhost",
+        "client_id",
+        "tls",
+        "connected_at",
+        "bytes_in",
+        "bytes_out",
+        "messages_in",
+        "messages_out",
+        "conn",
+    )
+
+    def __init__(
+        self,
+        conn_id: int,
+        protocol: str,
+        peer_host: str | None,
+        peer_port: int | None,
+        local_port: int | None,
+        connected_at: float,
+        conn: Any = None,
+    ) -> None:
+        self.id = conn_id
+        self.protocol = protocol
+        self.listener = protocol
+        self.peer_host = peer_host
+        self.peer_port = peer_port
+        self.local_port = local_port
+        self.user: str | None = None
+        self.vhost: str | None = None
+        self.client_id: str | None = None
+        self.tls = False
+        self.connected_at = connected_at
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.messages_in = 0
+        self.messages_out = 0
+        self.conn = conn
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the client (``[v6]:port`` for IPv6)."""
+        return format_peer(self.peer_host, self.peer_port)
+
+    @property
+    def name(self) -> str:
+        """A stable, readable name: ``protocol peer -> local port``."""
+        return f"{self.protocol} {self.peer} -> {self.local_port}"
+
+    def close(self, reason: str = "closed by the broker") -> None:
+        """Close the connection (management's "close connection")."""
+        if self.conn is not None:
+            self.conn.close_with_reason(reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "protocol": self.protocol,
+            "peer": self.peer,
+            "peer_host": self.peer_host,
+            "peer_port": self.peer_port,
+            "local_port": self.local_port,
+            "user": self.user,
+            "vhost": self.vhost,
+            "client_id": self.client_id,
+            "tls": self.tls,
+            "connected_at": self.connected_at,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+        }
+
+
+def format_peer(host: str | None, port: int | None) -> str:
+    """``host:port`` as every log line and the registry show a peer."""
+    if host is None:
+        return "?"
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+def peer_of(address: Any) -> tuple[str | None, int | None]:
+    """(host, port) of a Twisted address (or a tuple, or None)."""
+    if address is None:
+        return None, None
+    if isinstance(address, tuple):
+        return (str(address[0]), int(address[1])) if len(address) >= 2 else (None, None)
+    return getattr(address, "host", None), getattr(address, "port", None)
+
+
+class ConnectionRegistry:
+    """Every live connection of the broker, of every protocol (``broker.connections``).
+
+    Limits are checked here before a session exists; counts per protocol and per source
+    address are kept so that the checks cost a dict look-up.
+    """
+
+    def __init__(self, max_connections: int = 0) -> None:
+        self.max_connections = max_connections
+        self._by_id: dict[int, ConnectionInfo] = {}
+        self._per_protocol: dict[str, int] = {}
+        self._per_host: dict[tuple[str, str | None], int] = {}
+        self._ids = itertools.count(1)
+        self.refused = 0  # connections refused by a limit, since start
+        self.opened = 0  # connections accepted, since start
+        self.blocked = False
+        self.blocked_reason = ""
+
+    def __iter__(self) -> Iterator[ConnectionInfo]:
+        return iter(list(self._by_id.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, conn_id: int) -> ConnectionInfo | None:
+        return self._by_id.get(conn_id)
+
+    def count(self, protocol: str | None = None) -> int:
+        if protocol is None:
+            return len(self._by_id)
+        return self._per_protocol.get(protocol, 0)
+
+    def admit(self, listener: str, host: str | None, limit: int, per_host: int) -> str | None:
+        """None when one more connection from ``host`` on ``listener`` is within the limits,
+        otherwise the reason it is refused."""
+        if self.max_connections and len(self._by_id) >= self.max_connections:
+            reason = f"the broker's connection limit ({self.max_connections}) is reached"
+        elif limit and self._per_protocol.get(listener, 0) >= limit:
+            reason = f"the {listener} listener's connection limit ({limit}) is reached"
+        elif per_host and self._per_host.get((listener, host), 0) >= per_host:
+            reason = f"{host} already holds {per_host} {listener} connections (the limit)"
+        else:
+            return None
+        self.refused += 1
+        return reason
+
+    def add(self, info: ConnectionInfo) -> None:
+        info.id = next(self._ids)
+        self._by_id[info.id] = info
+        key = info.listener
+        self._per_protocol[key] = self._per_protocol.get(key, 0) + 1
+        hkey = (key, info.peer_host)
+        self._per_host[hkey] = self._per_host.get(hkey, 0) + 1
+        self.opened += 1
+
+    def remove(self, info: ConnectionInfo) -> None:
+        if self._by_id.pop(info.id, None) is None:
+            return
+        key = info.listener
+        n = self._per_protocol.get(key, 1) - 1
+        if n > 0:
+            self._per_protocol[key] = n
+        else:
+            self._per_protocol.pop(key, None)
+        hkey = (key, info.peer_host)
+        n = self._per_host.get(hkey, 1) - 1
+        if n > 0:
+            self._per_host[hkey] = n
+        else:
+            self._per_host.pop(hkey, None)
+
+    def set_publishing_blocked(self, blocked: bool, reason: str = "") -> None:
+        """The broker-wide resource alarm: every connection's session holds its publishers
+        back (or lets them go) in its protocol's way; new connections learn it on arrival."""
+        self.blocked = blocked
+        self.blocked_reason = reason
+        for info in list(self._by_id.values()):
+            conn = info.conn
+            if conn is not None and conn.session is not None:
+                conn.call_session(conn.session.publishing_blocked, blocked, reason)
+
+
+def registry_of(broker: Any) -> ConnectionRegistry:
+    """The broker's connection registry (created on first use for brokers built without one)."""
+    reg = getattr(broker, "connections", None)
+    if reg is None:
+        limits = (getattr(broker, "config", None) or {}).get("limits", {})
+        reg = ConnectionRegistry(int(limits.get("max_connections", 0) or 0))
+        broker.connections = reg
+    return reg
+
+
+_DURABLE = object()  # marks a reply batch that waits for the store
+
+
+@implementer(IPushProducer)
+class ProtocolConnection(Protocol):
+    """One client connection of any protocol: the thin transport every adapter shares.
+
+    Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable`,
+    :meth:`handshake_done`, :meth:`authenticate`, :meth:`authorize`, :meth:`set_liveness`,
+    :meth:`pause_reading` / :meth:`resume_reading`, and :attr:`info` (the registry entry).
+    """
+
+    framer: Any = None
+    session: Any = None
+    info: ConnectionInfo | None = None
+    closing = False
+
+    def __init__(self, factory: ConnectionFactory) -> None:
+        self.factory = factory
+        self.broker = factory.broker
+        self.clock = factory.clock
+        self.identity: Identity | None = None
+        self.out: Any = None
+        self._handshake_timer: Any = None
+        self._liveness_timer: Any = None
+        self._read_timeout = 0.0
+        self._keepalive_interval = 0.0
+        self._last_read = 0.0
+        self._last_write = 0.0
+        self._reading_paused = 0
+        # replies waiting behind a durable one: lists of frames, or _DURABLE-headed batches
+        self._replies: list[list] = []
+        self._durable_open: list | None = None
+        self._in_read = False
+
+    # -- Twisted protocol --------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        t = self.transport
+        peer_host, peer_port = peer_of(t.getPeer())
+        registry = f.registry
+        refusal = registry.admit(
+            f.listener_name, peer_host, f.max_connections, f.max_connections_per_host
+        )
+        if refusal is not None:
+            f.refused(format_peer(peer_host, peer_port), refusal)
+            self.closing = True
+            t.abortConnection()
+            return
+        try:
+            t.setTcpNoDelay(True)  # output is gathered per turn already: Nagle only delays it
+        except Exception:  # not TCP (tests, TLS wrappers decide themselves)
+            pass
+        now = self.clock.seconds()
+        self._last_read = self._last_write = now
+        self.info = info = ConnectionInfo(
+            0, f.protocol_name, peer_host, peer_port, getattr(t.getHost(), "port", None), now, self
+        )
+        info.listener = f.listener_name
+        info.tls = f.tls
+        registry.add(info)
+        self.out = output.SocketWriter(t, self.clock, f.flush_bytes)
+        self.framer = f.build_framer(self)
+        self.session = f.build_session(self)
+        f.connections.add(self)
+        t.registerProducer(self, True)
+        if f.handshake_timeout > 0:
+            self._handshake_timer = self.clock.callLater(
+                f.handshake_timeout, self._handshake_expired
+            )
+        if f.idle_timeout > 0:
+            self.set_liveness(f.idle_timeout)
+        if registry.blocked:
+            self.call_session(self.session.publishing_blocked, True, registry.blocked_reason)
+        started = getattr(self.session, "connection_made", None)
+        if started is not None:
+            self.call_session(started)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self._last_read = self.clock.seconds()
+        self.info.bytes_in += len(data)
+        self._in_read = True
+        _reading.__enter__()
+        try:
+            framer = self.framer
+            frames = framer.feed(data)
+            if frames:
+                self.session.frames_received(frames)
+            error = framer.error
+            if error is not None and not self.closing:
+                raise error
+        except (ProtocolError, BrokerError) as e:
+            self._fail(e)
+        except Exception as e:
+            self._crash(e)
+        finally:
+            self._in_read = False
+            if self._durable_open is not None:
+                self._register_durable()
+            _reading.__exit__(None, None, None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        info = self.info
+        if info is None:
+            return
+        self.closing = True
+        self._cancel_timers()
+        f = self.factory
+        f.registry.remove(info)
+        f.connections.discard(self)
+        info.conn = None
+        self._replies = []
+        self._durable_open = None
+        try:
+            self.transport.unregisterProducer()
+        except Exception:
+            pass
+        session = self.session
+        if session is not None:
+            try:
+                session.connection_lost()
+            except Exception:
+                log.failure(
+                    "{protocol}: session teardown failed for {peer}",
+                    protocol=f.protocol_name,
+                    peer=info.peer,
+                )
+        f.closed(self)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the socket; it leaves at the end of this read or reactor turn.
+
+        Unordered with respect to replies waiting for durability: deliveries, keep-alives and
+        flow-control frames go out at once. Answers to requests go through :meth:`reply`."""
+        if self.closing:
+            return
+        self.info.bytes_out += len(data)
+        self._last_write = self._last_read  # cheap "recently": no clock call per write
+        self.out.write(data)
+
+    def reply(self, data: bytes) -> None:
+        """The answer to a request that needs nothing from the store; it stays behind earlier
+        answers still waiting for durability, so the client sees answers in request order."""
+        if self._replies:
+            if not self.closing:
+                self._replies.append([data])
+            return
+        self.write(data)
+
+    def reply_after_durable(self, data: bytes) -> None:
+        """A reply that may leave only once everything written to the store so far is durable
+        (a publisher confirm, PUBACK, a sync-send response). Replies after it wait for it, so
+        the client sees them in request order. Replies of one read share one store callback."""
+        if self.closing:
+            return
+        batch = self._durable_open
+        if batch is None:
+            batch = self._durable_open = [_DURABLE]
+            self._replies.append(batch)
+        batch.append(data)
+        if not self._in_read:
+            self._register_durable()
+
+    def _register_durable(self) -> None:
+        batch = self._durable_open
+        self._durable_open = None
+
+        def durable() -> None:
+            batch[0] = None  # ready
+            self._release_replies()
+
+        self.broker.when_durable(durable)
+
+    def _release_replies(self) -> None:
+        replies = self._replies
+        out = self.out
+        i = 0
+        n = len(replies)
+        sent = 0
+        while i < n:
+            entry = replies[i]
+            if entry[0] is _DURABLE:
+                break
+            for data in itertools.islice(entry, 1, None) if entry[0] is None else entry:
+                sent += len(data)
+                out.write(data)
+            i += 1
+        if i:
+            del replies[:i]
+            if not self.closing and self.info is not None:
+                self.info.bytes_out += sent
+
+    def flush(self) -> None:
+        """Send what this connection has gathered now."""
+        if self.out is not None:
+            self.out.flush()
+
+    def close(self, abort: bool = False) -> None:
+        """Flush what is gathered and close; ``abort`` drops the socket at once."""
+        if self.closing:
+            return
+        self.closing = True
+        self._cancel_timers()
+        if self.out is not None:
+            self.out.flush()
+        t = self.transport
+        if abort:
+            t.abortConnection()
+        else:
+            t.loseConnection()
+
+    def close_with_reason(self, reason: str) -> None:
+        """Management's close: the session says goodbye in its protocol if it can."""
+        if self.closing:
+            return
+        log.info(
+            "{protocol}: closing {peer}: {reason}",
+            protocol=self.factory.protocol_name,
+            peer=self.peer,
+            reason=reason,
+        )
+        self.call_session(self.session.protocol_error, BrokerError(reason))
+        self.close()
+
+    # -- what sessions ask of the contract ---------------------------------------------------
+
+    @property
+    def peer(self) -> str:
+        return self.info.peer if self.info is not None else "?"
+
+    def handshake_done(
+        self, user: str | None = None, client_id: str | None = None, vhost: str | None = None
+    ) -> None:
+        """The protocol's handshake finished: stop its timer, record who this is."""
+        t = self._handshake_timer
+        if t is not None:
+            self._handshake_timer = None
+            if t.active():
+                t.cancel()
+        info = self.info
+        if info is not None:
+            if user is not None:
+                info.user = user
+            if client_id is not None:
+                info.client_id = client_id
+            if vhost is not None:
+                info.vhost = vhost
+
+    def authenticate(self, username: str | None, password: Any) -> Identity | Refusal:
+        """Ask the broker's auth plugins; the result's user is recorded on success."""
+        result = self.broker.authenticate(
+            self.factory.protocol_name, username, password, self.transport.getPeer()
+        )
+        if result is None:
+            result = Refusal("not authorized")
+        if isinstance(result, Identity):
+            self.identity = result
+            if self.info is not None:
+                self.info.user = result.user
+        return result
+
+    def authorize(self, action: str, kind: str, name: str, vhost: str | None = None) -> bool:
+        """The authorization check point: may this connection's user do ``action``
+        (``configure``, ``write``, ``read``) on the resource ``kind`` (``exchange``,
+        ``queue``, ``topic``, ``group`` ...) called ``name``? Every adapter asks here before
+        it declares, publishes or consumes; the answer comes from the broker's authorizer
+        (everything is allowed while none is configured)."""
+        authorizer = getattr(self.broker, "authorizer", None)
+        if authorizer is None:
+            return True
+        return authorizer(
+            self.identity, vhost if vhost is not None else self.info.vhost, action, kind, name
+        )
+
+    def set_liveness(self, read_timeout: float, keepalive: float = 0.0) -> None:
+        """Close the connection after ``read_timeout`` seconds without a byte from the client
+        (0: never), and call ``session.keepalive()`` when nothing was written for
+        ``keepalive`` seconds (0: never). Replaces the listener's ``idle_timeout``."""
+        self._read_timeout = float(read_timeout or 0)
+        self._keepalive_interval = float(keepalive or 0)
+        if self._liveness_timer is not None and self._liveness_timer.active():
+            self._liveness_timer.cancel()
+        self._liveness_timer = None
+        self._arm_liveness()
+
+    def pause_reading(self) -> None:
+        """Stop reading from the client (flow control); nested with :meth:`resume_reading`."""
+        self._reading_paused += 1
+        if self._reading_paused == 1 and not self.closing:
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused <= 0:
+            return
+        self._reading_paused -= 1
+        if self._reading_paused == 0 and not self.closing:
+            self.transport.resumeProducing()
+
+    def call_session(self, method: Callable, *args: Any) -> Any:
+        """Run a session method outside a read with the same error boundary."""
+        try:
+            return method(*args)
+        except (ProtocolError, BrokerError) as e:
+            self._fail(e)
+        except Exception as e:
+            self._crash(e)
+        return None
+
+    # -- IPushProducer: the socket's buffer -------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        if self.session is not None and not self.closing:
+            self.call_session(self.session.pause)
+
+    def resumeProducing(self) -> None:
+        if self.session is not None and not self.closing:
+            self.call_session(self.session.resume)
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- the error boundary ------------------------------------------------------------------
+
+    def _fail(self, error: Exception) -> None:
+        if self.closing:
+            return
+        log.info(
+            "{protocol}: closing {peer}: {error}",
+            protocol=self.factory.protocol_name,
+            peer=self.peer,
+            error=error,
+        )
+        try:
+            self.session.protocol_error(error)
+        except Exception:
+            log.failure(
+                "{protocol}: answering a protocol error failed", protocol=self.factory.protocol_name
+            )
+        self.close()
+
+    def _crash(self, error: BaseException) -> None:
+        log.failure(
+            "{protocol}: internal error on {peer}; closing it",
+            protocol=self.factory.protocol_name,
+            peer=self.peer,
+        )
+        if self.closing:
+            return
+        try:
+            self.session.internal_error(error)
+        except Exception:
+            log.failure(
+                "{protocol}: answering an internal error failed",
+                protocol=self.factory.protocol_name,
+            )
+        self.close()
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        self.call_session(
+            self._raise, ProtocolError(f"no handshake within {self.factory.handshake_timeout:g} s")
+        )
+
+    @staticmethod
+    def _raise(error: Exception) -> None:
+        raise error
+
+    def _arm_liveness(self) -> None:
+        if self.closing:
+            return
+        steps = [x for x in (self._read_timeout, self._keepalive_interval) if x > 0]
+        if not steps:
+            return
+        # wake at the nearest deadline (at least 10 ms ahead)
+        now = self.clock.seconds()
+        due = []
+        if self._read_timeout > 0:
+            due.append(self._last_read + self._read_timeout - now)
+        if self._keepalive_interval > 0:
+            due.append(self._last_write + self._keepalive_interval - now)
+        self._liveness_timer = self.clock.callLater(max(min(due), 0.01), self._check_liveness)
+
+    def _check_liveness(self) -> None:
+        self._liveness_timer = None
+        if self.closing:
+            return
+        now = self.clock.seconds()
+        if self._read_timeout > 0 and now - self._last_read >= self._read_timeout:
+            silent = now - self._last_read
+            self.call_session(self._raise, IdleTimeout(f"nothing received for {silent:.1f} s"))
+            return
+        if self._keepalive_interval > 0 and now - self._last_write >= self._keepalive_interval:
+            self._last_write = now
+            self.call_session(self.session.keepalive)
+        self._arm_liveness()
+
+    def _cancel_timers(self) -> None:
+        for name in ("_handshake_timer", "_liveness_timer"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, None)
+                if t.active():
+                    t.cancel()
+
+
+class ConnectionFactory(ServerFactory):
+    """The listener of one adapter. Subclasses set :attr:`protocol_name` and implement
+    :meth:`build_framer` and :meth:`build_session`; ``section`` is the adapter's effective
+    config table (with the :data:`CONNECTION_DEFAULTS` keys)."""
+
+    protocol = ProtocolConnection
+    protocol_name = "?"
+    noisy = False
+    # bytes gathered before a connection's output is handed to the socket early
+    flush_bytes = 65536
+
+    def __init__(self, broker: Any, section: dict | None = None) -> None:
+        section = dict(CONNECTION_DEFAULTS, **(section or {}))
+        self.broker = broker
+        self.section = section
+        self.clock = broker.clock
+        self.registry = registry_of(broker)
+        self.listener_name = section.get("listener_name") or self.protocol_name
+        self.tls = bool(section.get("tls", False))
+        self.max_connections = int(section.get("max_connections") or 0)
+        self.max_connections_per_host = int(section.get("max_connections_per_host") or 0)
+        self.handshake_timeout = float(section.get("handshake_timeout") or 0)
+        self.idle_timeout = float(section.get("idle_timeout") or 0)
+        self.connections: set[ProtocolConnection] = set()
+        self._refusals_logged = 0.0
+
+    def buildProtocol(self, addr: Any) -> ProtocolConnection:
+        return self.protocol(self)
+
+    def build_framer(self, conn: ProtocolConnection) -> Any:
+        raise NotImplementedError
+
+    def build_session(self, conn: ProtocolConnection) -> Any:
+        raise NotImplementedError
+
+    def closed(self, conn: ProtocolConnection) -> None:
+        """A connection of this listener is gone (after its session's teardown)."""
+
+    def refused(self, peer: str, reason: str) -> None:
+        # one line a second at most: a storm of refused connections must not flood the log
+        now = self.clock.seconds()
+        if now - self._refusals_logged >= 1.0:
+            self._refusals_logged = now
+            log.warn(
+                "{protocol}: refusing {peer}: {reason}",
+                protocol=self.protocol_name,
+                peer=peer,
+                reason=reason,
+            )
+
+    def shutting_down(self) -> None:
+        """The broker is stopping: each session may say so before its connection closes."""
+        for conn in list(self.connections):
+            if conn.session is not None and not conn.closing:
+                conn.call_session(conn.session.shutting_down)
+                conn.flush()
+
+
+_reading = output.reading()

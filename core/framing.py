@@ -1,0 +1,78 @@
+"""Sans-I/O framers shared by the adapters (see :class:`polymq.core.connection.IFramer`).
+
+Each keeps one buffer for the frame in progress and the length it waits for, so a large frame
+arriving over many reads is appended once per read and copied out once, and its announced
+length is checked before any of its bytes are kept (the model is Twisted's
+``IntNStringReceiver``).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from zope.interface import implementer
+
+from .connection import IFramer
+from .errors import FrameTooLarge, ProtocolError
+
+__all__ = ["LengthPrefixedFramer"]
+
+
+@implementer(IFramer)
+class LengthPrefixedFramer:
+    """Frames that start with a big-endian length of what follows (Kafka, OpenWire ...).
+
+    ``feed`` returns the frames without their prefix, as ``bytes`` (or ``memoryview`` slices of
+    one buffer with ``views=True``, cheaper when the session decodes them at once). A length
+    below ``min_length`` or above ``max_length`` raises :class:`FrameTooLarge` /
+    :class:`ProtocolError`.
+    """
+
+    __slots__ = ("max_length", "min_length", "error", "_buf", "_need", "_prefix", "_views")
+
+    def __init__(
+        self, max_length: int, prefix: str = ">i", min_length: int = 0, views: bool = False
+    ) -> None:
+        self.max_length = max_length
+        self.min_length = min_length
+        self.error: ProtocolError | None = None
+        self._buf = bytearray()
+        self._need = 0  # bytes the buffered frame needs in all (0: its header is incomplete)
+        self._prefix = struct.Struct(prefix)
+        self._views = views
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list:
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []  # the rest of a frame still to come: no copy of what is there
+            data = bytes(buf)
+            buf.clear()
+            self._need = 0
+        hsize = self._prefix.size
+        unpack = self._prefix.unpack_from
+        lo, hi = self.min_length, self.max_length
+        src = memoryview(data) if self._views else data
+        frames = []
+        pos = 0
+        n = len(data)
+        while n - pos >= hsize:
+            (size,) = unpack(data, pos)
+            if size > hi:
+                raise FrameTooLarge(f"frame length {size} over the maximum {hi}")
+            if size < lo:
+                raise ProtocolError(f"frame length {size} under the minimum {lo}")
+            end = pos + hsize + size
+            if end > n:
+                self._need = end - pos
+                break
+            frames.append(src[pos + hsize : end])
+            pos = end
+        if pos < n:
+            buf += src[pos:] if self._views else data[pos:]
+        return frames
