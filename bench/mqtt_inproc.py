@@ -113,7 +113,7 @@ def run_once(shape: str, qos: int, size: int, count: int, version: int, batch: i
         s.p.dataReceived(subscribe_frame("bench/#", qos, version))
         factory.flush_all()
         s.t.clear()
-        assert s.p.conn.session.subs, f"subscriber {i} not subscribed"
+        assert s.p.session.session.subs, f"subscriber {i} not subscribed"
     pubs = [Client(factory, f"pub{i}", version) for i in range(npub)]
     payload = b"\x00" * size
     # pre-encoded batches per publisher (packet ids wrap within 1..65535)

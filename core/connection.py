@@ -447,7 +447,9 @@ class ProtocolConnection(Protocol):
         self._last_read = self.clock.seconds()
         self.info.bytes_in += len(data)
         self._in_read = True
-        _reading.__enter__()
+        reading = self.factory.reading
+        if reading is not None:
+            reading.__enter__()
         try:
             framer = self.framer
             frames = framer.feed(data)
@@ -464,7 +466,8 @@ class ProtocolConnection(Protocol):
             self._in_read = False
             if self._durable_open is not None:
                 self._register_durable()
-            _reading.__exit__(None, None, None)
+            if reading is not None:
+                reading.__exit__(None, None, None)
 
     def connectionLost(self, reason: Any = None) -> None:
         info = self.info
@@ -784,6 +787,10 @@ class ConnectionFactory(ServerFactory):
     noisy = False
     # bytes gathered before a connection's output is handed to the socket early
     flush_bytes = 65536
+    # a connection's output leaves at the end of each read (None: at the end of the reactor
+    # turn only, so that a fan-out to the same subscriber from several reads is one write;
+    # the same with polymq's reactor, whose turn-end hook flushes either way)
+    reading: Any = output.reading()
 
     def __init__(self, broker: Any, section: dict | None = None) -> None:
         section = dict(CONNECTION_DEFAULTS, **(section or {}))
@@ -831,5 +838,3 @@ class ConnectionFactory(ServerFactory):
                 conn.call_session(conn.session.shutting_down)
                 conn.flush()
 
-
-_reading = output.reading()

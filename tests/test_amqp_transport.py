@@ -10,9 +10,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from polymq.core import output
 from polymq.adapters.amqp import codec as C
 from polymq.adapters.amqp.transport import FLUSH_BYTES, AMQPFactory
+from polymq.core import output
 from polymq.core.broker import Broker
 from polymq.core.message import Message
 

@@ -161,8 +161,8 @@ def test_coordinator_rebalance_and_session_timeout():
 def test_transport_back_pressure_and_frame_split():
     from twisted.internet.testing import StringTransport
 
-    from polymq.core import output
     from polymq.adapters.kafka.transport import KafkaFactory
+    from polymq.core import output
 
     output.flush_pending()  # no flush left scheduled on an earlier test's clock
 

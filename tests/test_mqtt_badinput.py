@@ -27,7 +27,7 @@ BOTH = pytest.mark.parametrize("level", [4, 5], ids=["v311", "v5"])
 def broker(tmp_path_factory):
     b = start_broker(tmp_path_factory, store="memory",
                      settings={"adapters.mqtt.max_packet_size": 65536,
-                               "adapters.mqtt.connect_timeout": 1.0})
+                               "adapters.mqtt.handshake_timeout": 1.0})
     yield b
     b.stop()
 

@@ -8,10 +8,13 @@ import socket
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from polymq.adapters.mqtt import codec as c
-from polymq.adapters.mqtt.session import Connection, MqttServer
+from polymq.adapters.mqtt.transport import MqttFactory
+from polymq.core import output
 from polymq.core.broker import Broker
 
 topics = st.text(min_size=1, max_size=40).filter(lambda t: "\x00" not in t)
@@ -147,21 +150,36 @@ def test_topic_helpers():
 
 
 def _server():
-    broker = Broker(clock=Clock())
-    return MqttServer(broker, {})
+    return MqttFactory(Broker(clock=Clock()), {})
 
 
 class Sink:
-    def __init__(self):
-        self.out = []
-        self.closed = False
+    """One connection of an MQTT listener, over a StringTransport."""
 
-    def write(self, data):
-        assert isinstance(data, bytes)
-        self.out.append(data)
+    def __init__(self, factory, host="127.0.0.1"):
+        self.t = StringTransport(peerAddress=IPv4Address("TCP", host, 0))
+        self.p = factory.buildProtocol(None)
+        self.p.makeConnection(self.t)
 
-    def close(self):
-        self.closed = True
+    def data_received(self, data):
+        self.p.dataReceived(data)
+        output.flush_pending()
+
+    def connection_lost(self):
+        self.p.connectionLost(None)
+
+    @property
+    def out(self):
+        value = self.t.value()
+        return [value] if value else []
+
+    @property
+    def closed(self):
+        return self.t.disconnecting
+
+    @property
+    def inflight(self):
+        return self.p.session.inflight
 
 
 CONNECT_V3 = c.frame(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x02ab")
@@ -182,8 +200,7 @@ frames_st = st.lists(
 @given(st.sampled_from([b"", CONNECT_V3, CONNECT_V5]), frames_st)
 def test_fuzz_session_never_raises(prefix, frames):
     server = _server()
-    sink = Sink()
-    conn = Connection(server, sink.write, sink.close, peer=("fuzz", 0))
+    sink = conn = Sink(server)
     conn.data_received(prefix)
     for data in frames:
         conn.data_received(data)
@@ -191,8 +208,7 @@ def test_fuzz_session_never_raises(prefix, frames):
             break
     conn.connection_lost()
     # whatever happened, the server still serves a well-behaved client
-    sink2 = Sink()
-    ok = Connection(server, sink2.write, sink2.close, peer=("ok", 0))
+    sink2 = ok = Sink(server, "127.0.0.2")
     ok.data_received(c.frame(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x02zz"))
     assert sink2.out and sink2.out[0] == b"\x20\x02\x00\x00"
     assert not sink2.closed
@@ -256,8 +272,7 @@ def test_fuzz_valid_sequences_keep_invariants(v5, ops):
     sinks = []
     conns = []
     for cid in ("p", "q"):
-        sink = Sink()
-        conn = Connection(server, sink.write, sink.close)
+        sink = conn = Sink(server)
         conn.data_received(CONNECT_V5.replace(b"\x02ab", b"\x02" + cid.encode() * 2)
                            if v5 else CONNECT_V3.replace(b"ab", cid.encode() * 2))
         assert sink.out[0].startswith(b"\x20")  # CONNACK
@@ -285,7 +300,7 @@ def test_fuzz_valid_sequences_keep_invariants(v5, ops):
         for d in conn.inflight.values():
             assert d.seq in d.queue.unacked
         conn.connection_lost()
-    assert not server.sessions
+    assert not server.server.sessions
 
 
 @settings(max_examples=40, deadline=None)

@@ -9,10 +9,10 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from polymq.core import output
 from polymq.adapters.mqtt import codec as c
 from polymq.adapters.mqtt import session as session_mod
 from polymq.adapters.mqtt.transport import MqttFactory
+from polymq.core import output
 from polymq.core.broker import Broker
 from polymq.core.queue import Consumer
 
@@ -131,7 +131,7 @@ def test_qos1_subscription_still_gets_qos1_through_the_core(factory, no_messages
     assert no_messages == [1]
     [(first, topic, pid, _, payload)] = sub.publishes()
     assert (first, topic, payload) == (0x32, "a/b", b"x") and pid
-    q = sub.p.conn.session.queue
+    q = sub.p.session.session.queue
     assert len(q.unacked) == 1  # tracked by the core until PUBACK
     sub.p.dataReceived(c.encode_ack(c.PUBACK, pid))
     assert not q.unacked
@@ -171,7 +171,7 @@ def test_maximum_packet_size_of_one_subscriber_does_not_affect_others(factory):
     pub.publish("m/x", b"short")
     assert [pl for *_, pl in small.publishes()] == [b"short"]
     assert [pl for *_, pl in big.publishes()] == [b"y" * 100, b"short"]
-    assert small.p.conn.session.queue.message_count == 0
+    assert small.p.session.session.queue.message_count == 0
 
 
 def test_no_local_is_respected(factory):
@@ -196,7 +196,7 @@ def test_order_is_kept_across_a_paused_subscriber_and_its_backlog(factory):
     sub.p.pauseProducing()
     for i in range(1, 4):
         pub.publish("o/x", b"%d" % i)
-    assert sub.p.conn.session.queue.message_count == 3  # held by the core
+    assert sub.p.session.session.queue.message_count == 3  # held by the core
     sub.p.resumeProducing()
     for i in range(4, 7):
         pub.publish("o/x", b"%d" % i)
@@ -226,7 +226,7 @@ def test_a_foreign_consumer_on_the_session_queue_gets_the_message_through_the_co
     pub = Peer(factory, "p")
     sub.packets()
     pub.packets()
-    q = sub.p.conn.session.queue
+    q = sub.p.session.session.queue
     got = []
     q.add_consumer(Consumer("other", got.append, no_ack=True))
     for i in range(4):
@@ -266,7 +266,7 @@ def test_a_session_queue_length_limit_still_allows_the_direct_path(no_messages):
     sub.p.pauseProducing()
     for i in range(1, 6):
         pub.publish("l/x", b"%d" % i)
-    q = sub.p.conn.session.queue
+    q = sub.p.session.session.queue
     assert q.message_count == 2  # the oldest were dropped (drop-head), as the core does
     sub.p.resumeProducing()
     assert [pl for *_, pl in sub.publishes()] == [b"0", b"4", b"5"]

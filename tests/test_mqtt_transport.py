@@ -7,9 +7,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from polymq.core import output
 from polymq.adapters.mqtt import codec as c
 from polymq.adapters.mqtt.transport import FLUSH_AT, MqttFactory
+from polymq.core import output
 from polymq.core.broker import Broker
 
 
@@ -66,7 +66,7 @@ def test_one_write_per_turn():
 
 def test_back_pressure_pauses_and_resumes_consumers():
     clock, factory, sub, st, pub = setup()
-    queue = sub.conn.session.queue
+    queue = sub.session.session.queue
     sub.pauseProducing()
     pub.dataReceived(b"".join(c.encode_publish(b"t/x", b"m") for _ in range(10)))
     clock.advance(0)

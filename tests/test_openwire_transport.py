@@ -9,10 +9,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from polymq.core import output
 from polymq.adapters.openwire import codec as c
 from polymq.adapters.openwire.codec import Obj
 from polymq.adapters.openwire.transport import OpenWireFactory
+from polymq.core import output
 from polymq.core.broker import Broker
 from polymq.core.message import Message
 

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from polymq.core import output
+
 from .session import Connection
 
 log = Logger(namespace="polymq.amqp")

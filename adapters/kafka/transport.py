@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from polymq.core import output
+
 from .session import KafkaServer, KafkaSession
 
 log = Logger(namespace="polymq.kafka")

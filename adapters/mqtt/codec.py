@@ -35,6 +35,8 @@ from construct import (
     this,
 )
 
+from polymq.core.errors import ProtocolError
+
 from ..varint import encode_uvarint as encode_varint
 
 # -- packet types --------------------------------------------------------------------------
@@ -118,11 +120,11 @@ V3_BAD_USERNAME_OR_PASSWORD = 4
 V3_NOT_AUTHORIZED = 5
 
 
-class MalformedPacket(Exception):
+class MalformedPacket(ProtocolError):
     """The bytes are not a valid MQTT packet; ``reason`` is the 5.0 reason code to send."""
 
     def __init__(self, text: str, reason: int = MALFORMED_PACKET) -> None:
-        super().__init__(text)
+        super().__init__(text, reason)
         self.reason = reason
 
 
@@ -425,6 +427,14 @@ class FrameReader:
         self.first_type_check: Any = None
         # set when the stream went bad; the packets before the bad one are still returned
         self.error: MalformedPacket | None = None
+
+    @property
+    def max_length(self) -> int:
+        return self.max_size
+
+    @property
+    def buffered(self) -> int:
+        return len(self.buf) + self._have
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """The complete packets in ``data`` (plus what was buffered); on a framing error the

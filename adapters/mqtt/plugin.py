@@ -17,16 +17,6 @@ def build_factory(broker: Any, section: dict) -> Any:
 
 
 @hookimpl
-def polymq_broker_stopping(broker: Any) -> None:
-    """Tell 5.0 clients the server is shutting down before the listeners close."""
-    from .transport import FACTORIES
-
-    for factory in list(FACTORIES):
-        if factory.broker is broker:
-            factory.shutting_down()
-
-
-@hookimpl
 def polymq_adapters() -> list[AdapterSpec]:
     return [
         AdapterSpec(

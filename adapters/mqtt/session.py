@@ -22,7 +22,8 @@ from twisted.logger import Logger
 
 from polymq.core.address import headers_with_key, key_from_headers, parse_address, topic_address
 from polymq.core.auth import Refusal
-from polymq.core.errors import BrokerError
+from polymq.core.connection import ProtocolConnection, SessionBase
+from polymq.core.errors import BrokerError, IdleTimeout
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Limit
 
@@ -43,9 +44,6 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "topic_alias_maximum": 64,
     "max_keep_alive": 65535,  # 5.0: a longer (or zero) keep-alive gets Server Keep Alive
     "max_session_expiry": NEVER,
-    "max_connections": 100000,
-    "max_connections_per_host": 10000,
-    "connect_timeout": 10.0,  # seconds to send CONNECT after the TCP connection is made
     "retain_available": True,
     "max_queued_messages": 0,  # per session queue (0: unlimited); the oldest are dropped
     "vhost": "",
@@ -283,10 +281,6 @@ class MqttServer:
         self.max_session_expiry = cfg["max_session_expiry"]
         self.retain_available = cfg["retain_available"]
         self.max_queued_messages = cfg["max_queued_messages"]
-        self.max_connections = cfg["max_connections"]
-        self.max_connections_per_host = cfg["max_connections_per_host"]
-        self.connect_timeout = float(cfg["connect_timeout"])
-        self.connections = 0
         self.sessions: dict[str, SessionState] = {}
         self.retained: dict[str, Message] = {}
         self.will_timers: dict[str, tuple[Any, Callable[[], None]]] = {}
@@ -571,22 +565,17 @@ def static_props(msg: Message) -> dict[str, Any]:
     return props
 
 
-class Connection:
-    """One network connection speaking MQTT."""
+class Connection(SessionBase):
+    """One network connection speaking MQTT: the session of the connection contract."""
 
-    def __init__(
-        self,
-        server: MqttServer,
-        write: Callable[[bytes], None],
-        close: Callable[[], None],
-        peer: Any = None,
-    ) -> None:
+    def __init__(self, server: MqttServer, conn: ProtocolConnection) -> None:
+        self.conn = conn
         self.server = server
         self.broker = server.broker
-        self.write = write
-        self._close = close
-        self.peer = peer
-        self.reader = c.FrameReader(server.max_connect_size)
+        self.write = conn.write
+        # acks sent once the publish they answer is durable, in order, one store wait a read
+        self.reply_durable = conn.reply_after_durable
+        self.reader = conn.framer
         self.reader.first_type_check = self._check_first
         self.state = 0  # 0 new, 1 connected, 2 closed
         self.version = c.V311
@@ -602,21 +591,18 @@ class Connection:
         self.out_alias_max = 0
         self.client_max_packet = c.MAX_REMAINING_LENGTH + 5
         self.keep_alive = 0
-        self.last_rx = 0.0
-        self.ka_timer: Any = None
         self.will: tuple[str, Message, bool, int] | None = None
-        self.acks: list[bytes] | None = None
         self.inbound_pending = 0
         self.paused = False
+        # the broker-wide resource alarm: a publisher's socket is no longer read while it holds
+        self.publishing_held = False
+        self.reading_held = False
         self.request_problem_info = True
         self.user = None
-        # a connection must say CONNECT soon (SlowITe-style slot holding)
-        self.ka_timer = server.clock.callLater(server.connect_timeout, self._connect_timeout)
 
-    def _connect_timeout(self) -> None:
-        self.ka_timer = None
-        if self.state == 0:
-            self.fail(c.MALFORMED_PACKET, "no CONNECT in time")
+    @property
+    def peer(self) -> str:
+        return self.conn.peer
 
     # -- input ------------------------------------------------------------------------------
 
@@ -628,44 +614,56 @@ class Connection:
             )
         self.reader.first_type_check = None
 
-    def data_received(self, data: bytes) -> None:
-        if self.state == 2:
-            return
-        self.last_rx = self.server.clock.seconds()
-        packets = self.reader.feed(data)
-        self.acks = acks = []
-        try:
-            for first, body in packets:
-                if self.state != 1:
-                    if self.state == 2:
-                        break
-                    self.handle(first, body)
-                elif first & 0xF0 == 0x30:  # PUBLISH (hot path)
-                    self.on_publish(first & 0x0F, body)
-                elif first == 0x40 and len(body) == 2:  # PUBACK without reason (hot path)
-                    d = self.inflight.pop((body[0] << 8) | body[1], None)
-                    if d is not None:
-                        d.queue.ack(d)
-                else:
-                    self.handle(first, body)
-            if self.reader.error is not None and self.state != 2:
-                e = self.reader.error
-                self.fail(e.reason, str(e))
-        except c.MalformedPacket as e:
-            self.fail(e.reason, str(e))
-        except BrokerError as e:
-            self.fail(c.IMPLEMENTATION_SPECIFIC, f"broker refused: {e.text}")
-        except Exception:
-            log.failure("mqtt: internal error on {peer}", peer=_peer(self.peer))
-            self.fail(c.UNSPECIFIED_ERROR, "internal error")
-        finally:
-            self.acks = None
-            if acks:
-                self.broker.when_durable(lambda: self._write_acks(acks))
+    def frames_received(self, packets: list) -> None:
+        """The packets of one read (the contract's error boundary handles what is raised)."""
+        for first, body in packets:
+            if self.state != 1:
+                if self.state == 2:
+                    break
+                self.handle(first, body)
+            elif first & 0xF0 == 0x30:  # PUBLISH (hot path)
+                self.on_publish(first & 0x0F, body)
+            elif first == 0x40 and len(body) == 2:  # PUBACK without reason (hot path)
+                d = self.inflight.pop((body[0] << 8) | body[1], None)
+                if d is not None:
+                    d.queue.ack(d)
+            else:
+                self.handle(first, body)
 
-    def _write_acks(self, acks: list[bytes]) -> None:
-        if self.state == 1:
-            self.write(b"".join(acks))
+    def protocol_error(self, error: Exception) -> None:
+        """Bad input or a refusal: 5.0 clients get DISCONNECT with the reason code."""
+        if isinstance(error, IdleTimeout):
+            reason, text = c.KEEP_ALIVE_TIMEOUT, f"{error} (keep-alive timeout)"
+        elif isinstance(error, BrokerError):
+            reason, text = c.IMPLEMENTATION_SPECIFIC, f"broker refused: {error.text}"
+        else:
+            reason = getattr(error, "reason", None) or c.MALFORMED_PACKET
+            text = str(error)
+        if self.state == 1 and self.version == c.V5:
+            self.send_disconnect(reason, text)
+        self.state = 2
+
+    def internal_error(self, error: BaseException) -> None:
+        if self.state == 1 and self.version == c.V5:
+            self.send_disconnect(c.UNSPECIFIED_ERROR, "internal error")
+        self.state = 2
+
+    def publishing_blocked(self, blocked: bool, reason: str) -> None:
+        self.publishing_held = blocked
+        if not blocked and self.reading_held:
+            self.reading_held = False
+            self.conn.resume_reading()
+
+    def _hold_publisher(self) -> None:
+        # as RabbitMQ does: a connection that publishes while the alarm is on is not read
+        # until it clears (its receive maximum fills); subscribers keep draining
+        if not self.reading_held:
+            self.reading_held = True
+            self.conn.pause_reading()
+
+    def shutting_down(self) -> None:
+        if self.state == 1 and self.version == c.V5:
+            self.send_disconnect(c.SERVER_SHUTTING_DOWN)
 
     def handle(self, first: int, body: bytes) -> None:
         ptype = first >> 4
@@ -721,9 +719,9 @@ class Connection:
                 self.inbound_pending -= 1
                 if s.durable:
                     s.save()
-                self.acks.append(c.encode_ack(c.PUBCOMP, pid))
+                self.reply_durable(c.encode_ack(c.PUBCOMP, pid))
             else:
-                self.acks.append(self._ack(c.PUBCOMP, pid, c.PACKET_ID_NOT_FOUND))
+                self.reply_durable(self._ack(c.PUBCOMP, pid, c.PACKET_ID_NOT_FOUND))
         elif ptype == c.PINGREQ:
             self.write(b"\xd0\x00")
         elif ptype == c.SUBSCRIBE:
@@ -756,10 +754,8 @@ class Connection:
         """A protocol violation: 5.0 DISCONNECT with the reason code, then close."""
         if self.state == 2:
             return
-        log.info(
-            "mqtt: closing {peer} ({cid}): {text}", peer=_peer(self.peer), cid=self.client_id,
-            text=text,
-        )
+        log.info("mqtt: closing {peer} ({cid}): {text}", peer=self.peer, cid=self.client_id,
+                 text=text)
         if self.state == 1 and self.version == c.V5:
             self.send_disconnect(reason, text)
         self.close()
@@ -770,7 +766,7 @@ class Connection:
 
     def close(self) -> None:
         if self.state != 2:
-            self._close()
+            self.conn.close()
 
     # -- CONNECT ----------------------------------------------------------------------------
 
@@ -831,7 +827,7 @@ class Connection:
         # authentication, once per connection
         username = pkt.username
         password = pkt.password
-        ident = self.broker.authenticate("mqtt", username, password, self.peer)
+        ident = self.conn.authenticate(username, password)
         if ident is None or isinstance(ident, Refusal):
             reason = getattr(ident, "reason", "refused")
             self._connack(0, c.V3_BAD_USERNAME_OR_PASSWORD if username else c.V3_NOT_AUTHORIZED,
@@ -841,9 +837,6 @@ class Connection:
             return
         self.user = ident
         server = self.server
-        if self.ka_timer is not None and self.ka_timer.active():
-            self.ka_timer.cancel()
-        self.ka_timer = None
         # keep-alive
         ka = pkt.keep_alive
         server_ka = None
@@ -911,9 +904,10 @@ class Connection:
             if expiry != props.get("session_expiry_interval", 0):
                 ack_props["session_expiry_interval"] = expiry
         self._connack(1 if present else 0, 0, ack_props)
+        self.conn.handshake_done(user=ident.user, client_id=cid, vhost=server.vhost.name)
         session.save()
         if ka:
-            self.ka_timer = server.clock.callLater(ka * 1.5, self._keep_alive_check)
+            self.conn.set_liveness(ka * 1.5)  # closed after 1.5 keep-alives of silence
         # resume: PUBRELs still owed, then queued and in-flight messages
         for pid in sorted(session.pubrel_pending):
             self.write(c.encode_ack(c.PUBREL, pid))
@@ -989,10 +983,6 @@ class Connection:
             if d.consumer is cons:
                 del self.inflight[pid]
 
-    def server_shutting_down(self) -> None:
-        if self.state == 1 and self.version == c.V5:
-            self.send_disconnect(c.SERVER_SHUTTING_DOWN)
-
     def taken_over(self) -> None:
         """Another connection took this client id: 5.0 DISCONNECT 0x8E; the will is handled
         as for any connection the server closes (published, after its delay)."""
@@ -1008,19 +998,6 @@ class Connection:
                 delay = min(delay, s.expiry)
             self.server.schedule_will(self.client_id, delay, self._will_publisher(will))
         self.close()
-
-    # -- keep-alive -------------------------------------------------------------------------
-
-    def _keep_alive_check(self) -> None:
-        self.ka_timer = None
-        if self.state != 1:
-            return
-        limit = self.keep_alive * 1.5
-        idle = self.server.clock.seconds() - self.last_rx
-        if idle >= limit:
-            self.fail(c.KEEP_ALIVE_TIMEOUT, f"no packet for {idle:.1f} s (keep-alive timeout)")
-            return
-        self.ka_timer = self.server.clock.callLater(limit - idle, self._keep_alive_check)
 
     # -- PUBLISH in -------------------------------------------------------------------------
 
@@ -1060,6 +1037,8 @@ class Connection:
         return msg
 
     def on_publish(self, flags: int, body: bytes) -> None:
+        if self.publishing_held:
+            self._hold_publisher()
         qos = (flags >> 1) & 3
         if qos == 3:
             raise c.MalformedPacket("PUBLISH with QoS 3")
@@ -1096,7 +1075,7 @@ class Connection:
         if qos:
             if qos == 2 and pid in s.inbound_qos2:
                 # a resent QoS 2 PUBLISH we already have: only PUBREC again (exactly once)
-                self.acks.append(c.encode_ack(c.PUBREC, pid))
+                self.reply_durable(c.encode_ack(c.PUBREC, pid))
                 return
             if self.inbound_pending >= self.server.receive_maximum and v5:
                 raise c.MalformedPacket("receive maximum exceeded", c.RECEIVE_MAXIMUM_EXCEEDED)
@@ -1110,18 +1089,18 @@ class Connection:
             routed = server.publish_plain(topic, _tb, payload, qos, v5, body, exclude)
         if qos == 1:
             if v5 and not routed:
-                self.acks.append(c.encode_ack(c.PUBACK, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
+                self.reply_durable(c.encode_ack(c.PUBACK, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
             else:
-                self.acks.append(c.encode_ack(c.PUBACK, pid))
+                self.reply_durable(c.encode_ack(c.PUBACK, pid))
         elif qos == 2:
             s.inbound_qos2.add(pid)
             self.inbound_pending += 1
             if s.durable:
                 s.save()  # before PUBREC (same group commit): exactly-once across a restart
             if v5 and not routed:
-                self.acks.append(c.encode_ack(c.PUBREC, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
+                self.reply_durable(c.encode_ack(c.PUBREC, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
             else:
-                self.acks.append(c.encode_ack(c.PUBREC, pid))
+                self.reply_durable(c.encode_ack(c.PUBREC, pid))
 
     # -- PUBLISH out ------------------------------------------------------------------------
 
@@ -1349,13 +1328,10 @@ class Connection:
 
     def connection_lost(self) -> None:
         """The transport is gone (after close() or a network error)."""
-        if self.state == 2:
+        if self.state == 2 and self.session is None:
             return
-        was_connected = self.state == 1
+        was_connected = self.session is not None and self.session.conn is self
         self.state = 2
-        if self.ka_timer is not None and self.ka_timer.active():
-            self.ka_timer.cancel()
-        self.ka_timer = None
         if not was_connected:
             return
         will = self.will
@@ -1429,10 +1405,3 @@ class Connection:
         self.paused = False
         for cons in list(self.consumers):
             cons.resume()
-
-
-def _peer(peer: Any) -> str:
-    host = getattr(peer, "host", None)
-    if host is not None:
-        return f"{host}:{getattr(peer, 'port', '?')}"
-    return str(peer)

@@ -11,6 +11,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from polymq.core import output
+
 from . import codec as c
 from .codec import Obj
 from .session import Connection, OpenWireHub, ProtocolError
