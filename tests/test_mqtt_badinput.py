@@ -229,3 +229,25 @@ def test_connection_caps(broker_factory):
     again = raw(b)
     again.sendall(connect_packet(uid("cap")))
     assert recv_packet(again)[0] == 0x20  # a slot was freed
+
+
+@BOTH
+def test_a_large_publish_in_the_same_read_as_connect_is_accepted(tmp_path_factory, level):
+    """CONNECT is capped at max_connect_size; a PUBLISH riding in the same read is measured
+    against the session's limit (here the default 16 MiB + 64 KiB), not CONNECT's."""
+    b = start_broker(tmp_path_factory, store="memory")
+    try:
+        sub = Client(b, version=level)
+        t = uid("big")
+        sub.subscribe(t, qos=0)
+        payload = bytes(range(256)) * 1200  # 300 KiB, over the 256 KiB CONNECT cap
+        s = raw(b)
+        s.sendall(connect_packet(uid("pub"), version=level) + publish(t.encode(), payload, level))
+        first, _ = recv_packet(s)
+        assert first == 0x20
+        got = sub.get()
+        assert got.payload == payload
+        s.close()
+        sub.disconnect()
+    finally:
+        b.stop()

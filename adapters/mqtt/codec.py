@@ -412,8 +412,8 @@ class FrameReader:
     kept.
     """
 
-    __slots__ = ("buf", "max_size", "first_type_check", "error", "_out", "_chunks", "_have",
-                 "_need")
+    __slots__ = ("buf", "max_size", "first_type_check", "one_at_a_time", "error", "_out",
+                 "_chunks", "_have", "_need")
 
     def __init__(self, max_size: int) -> None:
         self.buf = b""
@@ -425,6 +425,9 @@ class FrameReader:
         self.max_size = max_size
         # a callable(first_byte, remaining) run before the body is buffered, or None
         self.first_type_check: Any = None
+        # True until CONNECT is accepted: the packets after it wait in the buffer, so that they
+        # are measured against the limit that holds once the session exists, not CONNECT's
+        self.one_at_a_time = False
         # set when the stream went bad; the packets before the bad one are still returned
         self.error: MalformedPacket | None = None
 
@@ -510,6 +513,8 @@ class FrameReader:
                 break
             append((first, buf[pos + hdr : end]))
             pos = end
+            if self.one_at_a_time:
+                break
         self.buf = buf[pos:] if pos < n else b""
         return out
 

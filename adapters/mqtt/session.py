@@ -577,6 +577,7 @@ class Connection(SessionBase):
         self.reply_durable = conn.reply_after_durable
         self.reader = conn.framer
         self.reader.first_type_check = self._check_first
+        self.reader.one_at_a_time = True
         self.state = 0  # 0 new, 1 connected, 2 closed
         self.version = c.V311
         self.client_id = ""
@@ -629,6 +630,14 @@ class Connection(SessionBase):
                     d.queue.ack(d)
             else:
                 self.handle(first, body)
+        reader = self.reader
+        if self.state == 1 and reader.one_at_a_time:
+            # CONNECT was accepted: what came with it is framed under the session's limits
+            reader.one_at_a_time = False
+            if reader.buf:
+                more = reader.feed(b"")
+                if more:
+                    self.frames_received(more)
 
     def protocol_error(self, error: Exception) -> None:
         """Bad input or a refusal: 5.0 clients get DISCONNECT with the reason code."""
