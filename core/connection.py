@@ -287,6 +287,11 @@ class ConnectionRegistry:
         self.opened = 0  # connections accepted, since start
         self.blocked = False
         self.blocked_reason = ""
+        # connections the process's descriptor limit leaves room for, after a reserve kept for
+        # the store and the listeners (0: not checked; set by the service at start)
+        self.descriptor_budget = 0
+        self._listeners: list[Any] = []
+        self.accept_paused = False
 
     def __iter__(self) -> Iterator[ConnectionInfo]:
         return iter(list(self._by_id.values()))
@@ -305,7 +310,13 @@ class ConnectionRegistry:
     def admit(self, listener: str, host: str | None, limit: int, per_host: int) -> str | None:
         """None when one more connection from ``host`` on ``listener`` is within the limits,
         otherwise the reason it is refused."""
-        if self.max_connections and len(self._by_id) >= self.max_connections:
+        if self.descriptor_budget and len(self._by_id) >= self.descriptor_budget:
+            reason = (
+                f"file descriptors nearly exhausted ({len(self._by_id)} connections); "
+                "new connections wait until some close"
+            )
+            self._pause_accepting()
+        elif self.max_connections and len(self._by_id) >= self.max_connections:
             reason = f"the broker's connection limit ({self.max_connections}) is reached"
         elif limit and self._per_protocol.get(listener, 0) >= limit:
             reason = f"the {listener} listener's connection limit ({limit}) is reached"
@@ -340,6 +351,39 @@ class ConnectionRegistry:
             self._per_host[hkey] = n
         else:
             self._per_host.pop(hkey, None)
+        if self.accept_paused and len(self._by_id) < self.descriptor_budget * 0.9:
+            self._resume_accepting()
+
+    # -- the descriptor budget: accept stops near the limit and resumes below it ------------
+
+    def watch_listener(self, port: Any) -> None:
+        """A listening port whose accepting stops while the descriptor budget is spent."""
+        self._listeners.append(port)
+        if self.accept_paused:
+            port.stopReading()
+
+    def unwatch_listener(self, port: Any) -> None:
+        if port in self._listeners:
+            self._listeners.remove(port)
+
+    def _pause_accepting(self) -> None:
+        if self.accept_paused:
+            return
+        self.accept_paused = True
+        log.warn(
+            "{n} connections: file descriptors nearly exhausted, not accepting new "
+            "connections until some close (they wait in the listen backlog)",
+            n=len(self._by_id),
+        )
+        for port in self._listeners:
+            port.stopReading()
+
+    def _resume_accepting(self) -> None:
+        self.accept_paused = False
+        log.info("{n} connections: accepting new connections again", n=len(self._by_id))
+        for port in self._listeners:
+            if getattr(port, "connected", True):
+                port.startReading()
 
     def set_publishing_blocked(self, blocked: bool, reason: str = "") -> None:
         """The broker-wide resource alarm: every connection's session holds its publishers
@@ -350,6 +394,25 @@ class ConnectionRegistry:
             conn = info.conn
             if conn is not None and conn.session is not None:
                 conn.call_session(conn.session.publishing_blocked, blocked, reason)
+
+
+def descriptor_limits(reserve_fraction: float = 0.1, reserve_min: int = 64) -> tuple[int, int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return (soft before, soft now, budget):
+    the budget is how many connections leave ``reserve`` descriptors for the store, listeners
+    and log files."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = soft
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            new = target
+        except (ValueError, OSError):
+            pass
+    reserve = max(reserve_min, int(new * reserve_fraction))
+    return soft, new, max(new - reserve, 1)
 
 
 def registry_of(broker: Any) -> ConnectionRegistry:
@@ -837,4 +900,3 @@ class ConnectionFactory(ServerFactory):
             if conn.session is not None and not conn.closing:
                 conn.call_session(conn.session.shutting_down)
                 conn.flush()
-

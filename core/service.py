@@ -164,6 +164,7 @@ class BrokerService(MultiService):
             ) from exc
         self._broker_started = True
         self.log.info("store {backend} opened{where}", backend=store_cfg["backend"], where=where)
+        self._limit_descriptors()
         try:
             await self._listen()
         except BaseException:
@@ -175,6 +176,17 @@ class BrokerService(MultiService):
         self.log.info(
             "polymq ready: {listeners}",
             listeners=", ".join(f"{n}={p}" for n, p in self.ports.items()) or "no listeners",
+        )
+
+    def _limit_descriptors(self) -> None:
+        from .connection import descriptor_limits, registry_of
+
+        before, now, budget = descriptor_limits()
+        registry_of(self.broker).descriptor_budget = budget
+        self.log.info(
+            "file descriptors: soft limit {before} raised to {now} (hard limit); up to {budget} "
+            "connections, the rest kept for the store",
+            before=before, now=now, budget=budget,
         )
 
     async def _listen(self) -> None:
@@ -202,6 +214,9 @@ class BrokerService(MultiService):
                     f"adapter {name}: cannot listen on {host}:{port}: {_describe(exc.socketError)}"
                 ) from exc
             self._listeners[name] = listening
+            from .connection import registry_of
+
+            registry_of(self.broker).watch_listener(listening)
             self._trackers[name] = tracker
             self.ports[name] = listening.getHost().port
             self.log.info(

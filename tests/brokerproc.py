@@ -103,6 +103,7 @@ class BrokerProcess:
         log_level: str = "debug",
         start_timeout: float = 30.0,
         config_file: str | os.PathLike | None = None,
+        rlimit_nofile: int | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,8 @@ class BrokerProcess:
         self.log_level = log_level
         self.start_timeout = start_timeout
         self.config_file = config_file
+        # the child's soft and hard descriptor limit (descriptor exhaustion tests)
+        self.rlimit_nofile = rlimit_nofile
         self.data_dir = self.workdir / "data"
         self.port_file = self.workdir / "ports.json"
         self.proc: subprocess.Popen | None = None
@@ -163,6 +166,7 @@ class BrokerProcess:
             stdin=subprocess.DEVNULL,
             cwd=str(self.workdir),
             env=_child_env(self.env),
+            preexec_fn=self._preexec if self.rlimit_nofile else None,
         )
         deadline = time.monotonic() + self.start_timeout
         while True:
@@ -188,6 +192,11 @@ class BrokerProcess:
             self.stop()
             raise BrokerStartError(f"adapters {missing} did not start; log:\n{self.log_tail()}")
         return self
+
+    def _preexec(self) -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.rlimit_nofile, self.rlimit_nofile))
 
     def port(self, adapter: str) -> int:
         try:
