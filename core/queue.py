@@ -12,11 +12,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
+
 from .errors import PreconditionFailed, ResourceLocked
 from .message import Message
 
 if TYPE_CHECKING:
     from .vhost import VirtualHost
+
+log = Logger(namespace="polymq.queue")
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
@@ -228,6 +232,8 @@ class Queue:
             raise PreconditionFailed(f"invalid x-overflow {overflow!r}")
         self.overflow = overflow
         self.dead_letter_exchange = _opt_str(arguments, "x-dead-letter-exchange")
+        self.dead_letters_dropped = 0  # dead letters dropped: their exchange did not exist
+        self._dlx_missing_logged = False
         self.dead_letter_routing_key = _opt_str(arguments, "x-dead-letter-routing-key")
         levels = (self.max_priority or 0) + 1
         self._levels: list[deque[Delivery]] = [deque() for _ in range(levels)]
@@ -710,6 +716,17 @@ class Queue:
             else message.routing_key
         )
         dead = message.copy(headers=headers, expiration=None)
+        if dlx not in self.vhost.exchanges:
+            # as RabbitMQ does: a dead-letter exchange that does not exist drops the message;
+            # neither the publisher nor the queue's expiry and overflow fail because of it
+            self.dead_letters_dropped += 1
+            if not self._dlx_missing_logged:
+                self._dlx_missing_logged = True
+                log.warn("queue {queue} in vhost {vhost}: dead-letter exchange {dlx!r} does not "
+                         "exist; dead letters are dropped", queue=self.name,
+                         vhost=self.vhost.name, dlx=dlx)
+            return
+        self._dlx_missing_logged = False
         self.vhost.publish(dlx, key, dead)
 
     def _schedule_expiry(self) -> None:

@@ -77,3 +77,46 @@ def test_silent_connections_are_closed_after_the_handshake_timeout(broker_factor
     assert time.monotonic() - start < 6
     for s in socks:
         s.close()
+
+
+def test_a_missing_dead_letter_exchange_drops_dead_letters_and_hurts_nobody(broker_factory):
+    import pika
+
+    broker = broker_factory(adapters=["amqp", "mqtt"], store="memory")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port("amqp")))
+    ch = conn.channel()
+    # a trap: every amq.topic message lands in a one-message queue whose DLX does not exist
+    ch.queue_declare("trap", arguments={"x-dead-letter-exchange": "nope", "x-max-length": 1})
+    ch.queue_bind("trap", "amq.topic", "#")
+    # a queue whose messages expire into the same missing DLX
+    ch.queue_declare("ttl", arguments={"x-dead-letter-exchange": "nope", "x-message-ttl": 200})
+    sub = Client(broker, version=V3)
+    topic = uid("dlx")
+    sub.subscribe(topic, qos=1)
+    pub = Client(broker, version=V3)
+    for i in range(10):
+        pub.publish(topic, b"%d" % i, qos=1)  # overflow of "trap" dead-letters each one
+    assert [m.payload for m in sub.get_n(10)] == [b"%d" % i for i in range(10)]
+    assert pub.c.is_connected()
+    # expiry keeps working: the queue empties although its DLX is missing
+    for _ in range(5):
+        ch.basic_publish("", "ttl", b"x")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if ch.queue_declare("ttl", passive=True).method.message_count == 0:
+            break
+        time.sleep(0.1)
+    assert ch.queue_declare("ttl", passive=True).method.message_count == 0
+    # a nack without requeue dead-letters into nowhere, and the channel stays open
+    ch.queue_declare("rej", arguments={"x-dead-letter-exchange": "nope"})
+    ch.basic_publish("", "rej", b"reject me")
+    method, _, body = ch.basic_get("rej")
+    assert body == b"reject me"
+    ch.basic_nack(method.delivery_tag, requeue=False)
+    ch.basic_publish("", "rej", b"next")
+    method, _, body = ch.basic_get("rej")
+    assert body == b"next" and ch.is_open
+    assert broker.log_text().count("dead-letter exchange 'nope' does not exist") <= 3
+    conn.close()
+    for c in (pub, sub):
+        c.disconnect()
