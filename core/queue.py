@@ -233,6 +233,7 @@ class Queue:
         self.overflow = overflow
         self.dead_letter_exchange = _opt_str(arguments, "x-dead-letter-exchange")
         self.dead_letters_dropped = 0  # dead letters dropped: their exchange did not exist
+        self.dropped = 0  # messages dropped from the head by the length limits
         self._dlx_missing_logged = False
         self.dead_letter_routing_key = _opt_str(arguments, "x-dead-letter-routing-key")
         levels = (self.max_priority or 0) + 1
@@ -357,6 +358,7 @@ class Queue:
     def _drop_head_for(self, size: int) -> None:
         while self._count and self._over_limit(1, size):
             d = self._pop_head()
+            self.dropped += 1
             self._dead_letter(d, "maxlen")
 
     def _append(self, d: Delivery) -> None:

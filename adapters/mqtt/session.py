@@ -46,6 +46,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "max_session_expiry": NEVER,
     "retain_available": True,
     "max_queued_messages": 0,  # per session queue (0: unlimited); the oldest are dropped
+    # a session whose subscriptions are all QoS 0 holds at most this many messages for a
+    # client that does not read them (the oldest are dropped and counted, as Mosquitto does)
+    "max_queued_qos0": 1000,
     "vhost": "",
 }
 
@@ -281,6 +284,7 @@ class MqttServer:
         self.max_session_expiry = cfg["max_session_expiry"]
         self.retain_available = cfg["retain_available"]
         self.max_queued_messages = cfg["max_queued_messages"]
+        self.max_queued_qos0 = cfg["max_queued_qos0"]
         self.sessions: dict[str, SessionState] = {}
         self.retained: dict[str, Message] = {}
         self.will_timers: dict[str, tuple[Any, Callable[[], None]]] = {}
@@ -937,6 +941,7 @@ class Connection(SessionBase):
         c_ = Consumer(f"mqtt:{s.client_id}", self.deliver, limit=self.limit, owner=self,
                       no_ack=s.max_qos() == 0)
         self.own_consumer = c_
+        self._bound_queue(c_.no_ack)
         self.consumers.append(c_)
         if self.paused:
             c_.pause()
@@ -945,9 +950,21 @@ class Connection(SessionBase):
             self._attach_shared(sub)
 
     def _update_ack_mode(self) -> None:
-        # only QoS 0 subscriptions: every delivery is QoS 0, so the queue need not track acks
+        # only QoS 0 subscriptions: every delivery is QoS 0, so the queue need not track acks,
+        # and what waits for a client that does not read may be dropped past a bound
+        qos0_only = self.session.max_qos() == 0
         if self.own_consumer is not None:
-            self.own_consumer.no_ack = self.session.max_qos() == 0
+            self.own_consumer.no_ack = qos0_only
+        self._bound_queue(qos0_only)
+
+    def _bound_queue(self, qos0_only: bool) -> None:
+        server = self.server
+        bound = server.max_queued_messages or None
+        if qos0_only and server.max_queued_qos0:
+            bound = min(bound or server.max_queued_qos0, server.max_queued_qos0)
+        q = self.session.queue
+        if q.max_length != bound and q.overflow == "drop-head":
+            q.max_length = bound
 
     def _attach_shared(self, sub: Sub) -> None:
         server = self.server
