@@ -37,6 +37,9 @@ BASE_DEFAULTS: dict[str, dict] = {
         "max_message_size": 16 * 1024 * 1024,
         # connections of every protocol together (0: no limit but the process's descriptors)
         "max_connections": 0,
+        # bytes all connections together may hold in frames they have not finished sending;
+        # the connection that asks for more is closed (0: no bound)
+        "max_partial_frame_bytes": 256 * 1024 * 1024,
     },
     "log": {
         "level": "info",

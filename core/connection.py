@@ -68,6 +68,9 @@ CONNECTION_DEFAULTS: dict[str, Any] = {
     "idle_timeout": 0.0,
     # pending connections the kernel queues for this listener (listen(2) backlog)
     "listen_backlog": 128,
+    # seconds a connection may be silent before the kernel probes its peer (TCP keep-alive,
+    # then 6 probes 10 s apart), so that sockets to vanished peers are found; 0: off
+    "tcp_keepalive": 60,
 }
 
 
@@ -277,7 +280,7 @@ class ConnectionRegistry:
     address are kept so that the checks cost a dict look-up.
     """
 
-    def __init__(self, max_connections: int = 0) -> None:
+    def __init__(self, max_connections: int = 0, max_partial_bytes: int = 0) -> None:
         self.max_connections = max_connections
         self._by_id: dict[int, ConnectionInfo] = {}
         self._per_protocol: dict[str, int] = {}
@@ -287,6 +290,10 @@ class ConnectionRegistry:
         self.opened = 0  # connections accepted, since start
         self.blocked = False
         self.blocked_reason = ""
+        # bytes held in partial frames by every connection together, and the bound past which
+        # the connection that asks for more is closed (0: no bound)
+        self.partial_bytes = 0
+        self.max_partial_bytes = max_partial_bytes
         # connections the process's descriptor limit leaves room for, after a reserve kept for
         # the store and the listeners (0: not checked; set by the service at start)
         self.descriptor_budget = 0
@@ -396,6 +403,22 @@ class ConnectionRegistry:
                 conn.call_session(conn.session.publishing_blocked, blocked, reason)
 
 
+def _set_keepalive(transport: Any, idle: int) -> None:
+    import socket
+
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    except OSError:
+        pass
+
+
 def descriptor_limits(reserve_fraction: float = 0.1, reserve_min: int = 64) -> tuple[int, int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard limit; return (soft before, soft now, budget):
     the budget is how many connections leave ``reserve`` descriptors for the store, listeners
@@ -420,7 +443,10 @@ def registry_of(broker: Any) -> ConnectionRegistry:
     reg = getattr(broker, "connections", None)
     if reg is None:
         limits = (getattr(broker, "config", None) or {}).get("limits", {})
-        reg = ConnectionRegistry(int(limits.get("max_connections", 0) or 0))
+        reg = ConnectionRegistry(
+            int(limits.get("max_connections", 0) or 0),
+            int(limits.get("max_partial_frame_bytes", 0) or 0),
+        )
         broker.connections = reg
     return reg
 
@@ -455,6 +481,7 @@ class ProtocolConnection(Protocol):
         self._last_read = 0.0
         self._last_write = 0.0
         self._reading_paused = 0
+        self._partial = 0  # bytes this connection's framer holds, as counted in the registry
         # replies waiting behind a durable one: lists of frames, or _DURABLE-headed batches
         self._replies: list[list] = []
         self._durable_open: list | None = None
@@ -479,6 +506,8 @@ class ProtocolConnection(Protocol):
             t.setTcpNoDelay(True)  # output is gathered per turn already: Nagle only delays it
         except Exception:  # not TCP (tests, TLS wrappers decide themselves)
             pass
+        if f.tcp_keepalive > 0:
+            _set_keepalive(t, f.tcp_keepalive)
         now = self.clock.seconds()
         self._last_read = self._last_write = now
         self.info = info = ConnectionInfo(
@@ -516,6 +545,9 @@ class ProtocolConnection(Protocol):
         try:
             framer = self.framer
             frames = framer.feed(data)
+            held = framer.buffered
+            if held != self._partial:
+                self._hold_partial(held)
             if frames:
                 self.session.frames_received(frames)
             error = framer.error
@@ -532,6 +564,17 @@ class ProtocolConnection(Protocol):
             if reading is not None:
                 reading.__exit__(None, None, None)
 
+    def _hold_partial(self, held: int) -> None:
+        registry = self.factory.registry
+        registry.partial_bytes += held - self._partial
+        self._partial = held
+        limit = registry.max_partial_bytes
+        if limit and held and registry.partial_bytes > limit:
+            raise ProtocolError(
+                f"partial frames of all connections exceed limits.max_partial_frame_bytes "
+                f"({limit} bytes); this one holds {held}"
+            )
+
     def connectionLost(self, reason: Any = None) -> None:
         info = self.info
         if info is None:
@@ -539,6 +582,9 @@ class ProtocolConnection(Protocol):
         self.closing = True
         self._cancel_timers()
         f = self.factory
+        if self._partial:
+            f.registry.partial_bytes -= self._partial
+            self._partial = 0
         f.registry.remove(info)
         f.connections.discard(self)
         info.conn = None
@@ -867,6 +913,7 @@ class ConnectionFactory(ServerFactory):
         self.max_connections_per_host = int(section.get("max_connections_per_host") or 0)
         self.handshake_timeout = float(section.get("handshake_timeout") or 0)
         self.idle_timeout = float(section.get("idle_timeout") or 0)
+        self.tcp_keepalive = int(section.get("tcp_keepalive") or 0)
         self.connections: set[ProtocolConnection] = set()
         self._refusals_logged = 0.0
 

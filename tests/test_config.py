@@ -7,6 +7,7 @@ import tomllib
 import pytest
 
 from polymq.core.config import ConfigError, dump_toml, load_config, parse_value
+from polymq.core.connection import CONNECTION_DEFAULTS
 from polymq.core.hookspecs import hookimpl
 from polymq.core.plugins import AdapterSpec, get_plugin_manager
 
@@ -58,10 +59,12 @@ def test_defaults(pm, tmp_path):
         "checkpoint_mb": 0,
         "segment_mb": 64,
     }
+    # every listener has the connection contract's keys besides its own
     assert cfg["adapters"]["mqtt"] == {
         "enabled": True,
         "host": "0.0.0.0",
         "port": 1883,
+        **CONNECTION_DEFAULTS,
         "max_inflight": 20,
     }
     assert cfg["adapters"]["amqp"]["port"] == 5672

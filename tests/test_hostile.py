@@ -170,3 +170,46 @@ def test_a_qos0_subscriber_that_never_reads_costs_bounded_memory(broker_factory)
     slow.close()
     for c in (pub, reader):
         c.disconnect()
+
+
+def test_partial_frames_are_bounded_across_connections(broker_factory):
+    import struct
+
+    from test_mqtt_helpers import connect_packet, raw, recv_packet, varint
+
+    broker = broker_factory(
+        adapters=["mqtt"],
+        store="memory",
+        settings={"limits.max_partial_frame_bytes": 20 * 1024 * 1024},
+    )
+    sub = Client(broker, version=V3)
+    topic = uid("partial")
+    sub.subscribe(topic, qos=1)
+    held = []
+    size = 15 * 1024 * 1024
+    head_body = struct.pack(">H", len(topic)) + topic.encode()
+    for _i in range(3):
+        s = raw(broker, timeout=10)
+        s.sendall(connect_packet(uid("big"), version=4))
+        assert recv_packet(s)[0] == 0x20
+        s.sendall(b"\x30" + varint(len(head_body) + size) + head_body)
+        s.sendall(b"y" * (8 * 1024 * 1024))  # more than half of the frame, never the rest
+        held.append(s)
+        time.sleep(0.3)
+    # the third connection took the total over 20 MiB: it is closed, the first two are not
+    assert _closed_by_peer(held[2], 10)
+    held[0].settimeout(0.5)
+    try:
+        assert held[0].recv(1) == b""
+        first_open = False
+    except TimeoutError:
+        first_open = True
+    assert first_open
+    pub = Client(broker, version=V3)
+    pub.publish(topic, b"still served", qos=1)
+    assert sub.get(timeout=10).payload == b"still served"
+    assert "max_partial_frame_bytes" in broker.log_text()
+    for s in held:
+        s.close()
+    for c in (pub, sub):
+        c.disconnect()
