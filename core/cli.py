@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate the config and exit")
     _add_config_options(check)
 
-    sub.add_parser("compare", help="compare the protocols on one workload (polymq compare -h)",
-                   add_help=False)
+    sub.add_parser(
+        "compare", help="compare the protocols on one workload (polymq compare -h)", add_help=False
+    )
 
     plugins = sub.add_parser("plugins", help="list adapters and store backends found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -77,12 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: str) -> None:
-    print(f"polymq: {message}", file=sys.stderr)
+    for line in message.splitlines() or [""]:
+        print(f"polymq: {line}", file=sys.stderr)
 
 
-def _load(args, check_paths: bool):
+def _load(args, check_paths: bool, sources: dict[str, str] | None = None):
     pm = get_plugin_manager()
-    cfg = load_config(pm, path=args.config, overrides=args.overrides, check_paths=check_paths)
+    cfg = load_config(
+        pm,
+        path=args.config,
+        overrides=args.overrides,
+        check_paths=check_paths,
+        sources=sources,
+    )
     return pm, cfg
 
 
@@ -99,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "config":
             if args.config_command == "show":
-                _, cfg = _load(args, check_paths=False)
-                sys.stdout.write(dump_toml(cfg))
+                sources: dict[str, str] = {}
+                _, cfg = _load(args, check_paths=False, sources=sources)
+                print("# effective polymq config; a value without a '# from' comment is a default")
+                sys.stdout.write(dump_toml(cfg, sources))
                 return EXIT_OK
             if args.config_command == "check":
                 _load(args, check_paths=True)
