@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from polymq.core import __version__
 from polymq.core.auth import Refusal
 from polymq.core.errors import BrokerError, NotFound
 from polymq.core.message import Message
@@ -777,10 +778,11 @@ class Connection:
         self.state = "start-ok"
         props = {
             "product": "polymq",
-            "version": "0.1.0",
+            "version": __version__,
             "platform": "Python/Twisted",
             "copyright": "polymq authors",
-            "information": "https://example.invalid/polymq",
+            "information": f"polymq {__version__}: one broker for AMQP 0-9-1, MQTT, Kafka and "
+            "OpenWire clients; licensed under Apache-2.0",
             "cluster_name": "polymq",
             "capabilities": dict(SERVER_CAPABILITIES),
         }
