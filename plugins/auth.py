@@ -1,8 +1,9 @@
 """The default authentication plugin: a development broker's policy.
 
 ``guest``/``guest`` and anonymous clients (no user name, or an empty one) are let in; every other
-user name is refused, with the same text whether the user exists or not. A real deployment replaces this with a plugin that knows its users (a
-third-party ``polymq_authenticate`` is asked before this one, and the first answer wins).
+user name is refused, with the same text whether the user exists or not. A real deployment
+replaces this with a plugin that knows its users (a third-party ``polymq_authenticate`` is asked
+before this one, and the first answer wins).
 """
 
 from __future__ import annotations

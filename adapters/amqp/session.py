@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from polymq.adapters import peer_text
 from polymq.core import __version__
 from polymq.core.auth import Refusal
 from polymq.core.errors import BrokerError, NotFound
@@ -229,7 +230,8 @@ class Connection:
                 self.buf = buf
                 return
             if buf[:8] != C.PROTOCOL_HEADER:
-                log.info("amqp: unsupported protocol header {h!r} from {p}", h=buf[:8], p=self.peer)
+                log.info("amqp: unsupported protocol header {h!r} from {p}", h=buf[:8],
+                         p=peer_text(self.peer))
                 self.write(C.PROTOCOL_HEADER)
                 self.state = "closed"
                 self._close(False)
@@ -642,8 +644,8 @@ class Connection:
         if self.state in ("closing", "closed"):
             return
         log.info(
-            "amqp: closing connection from {peer}: {code} {text}", peer=self.peer, code=code,
-            text=text,
+            "amqp: closing connection from {peer}: {code} {text}", peer=peer_text(self.peer),
+            code=code, text=text,
         )
         was = self.state
         self._teardown()
@@ -747,7 +749,7 @@ class Connection:
     def _handshake_timeout(self) -> None:
         self._handshake_timer = None
         if self.state not in ("opened", "closing", "closed"):
-            log.info("amqp: handshake timeout from {peer}", peer=self.peer)
+            log.info("amqp: handshake timeout from {peer}", peer=peer_text(self.peer))
             self.state = "closed"
             self._teardown()
             self._close(True)
@@ -762,7 +764,7 @@ class Connection:
         else:
             self._missed += 1
             if self._missed >= 4:  # two heartbeat intervals (ticks are half intervals)
-                log.info("amqp: missed heartbeats from {peer}, closing", peer=self.peer)
+                log.info("amqp: missed heartbeats from {peer}, closing", peer=peer_text(self.peer))
                 self.state = "closed"
                 self._teardown()
                 self._close(True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from polymq.adapters import peer_text
 from polymq.core.address import headers_with_key, key_from_headers, parse_address, topic_address
 from polymq.core.auth import Refusal
 from polymq.core.errors import BrokerError
@@ -1431,8 +1432,4 @@ class Connection:
             cons.resume()
 
 
-def _peer(peer: Any) -> str:
-    host = getattr(peer, "host", None)
-    if host is not None:
-        return f"{host}:{getattr(peer, 'port', '?')}"
-    return str(peer)
+_peer = peer_text
