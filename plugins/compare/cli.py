@@ -41,8 +41,8 @@ def build_parser(prog: str = "polymq compare") -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help=f"named workload; the flags below override its values ({DEFAULT_PRESET})")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
-                   help="run each target N times and report the median run with the spread "
-                   "of throughput and latency (1)")
+                   help="run each target N times; report the median, range and spread of "
+                   "throughput and latency and the run closest to the medians (1)")
     p.add_argument("--protocols", default=",".join(PROTOCOLS), metavar="LIST",
                    help="comma-separated protocols run against polymq's default URLs when no "
                    "--url is given (default: all four)")

@@ -180,7 +180,7 @@ def repeat_table(doc: dict):
             s = r["repeats"]["summary"].get(key)
             figures = (["-"] * 4 if not s else [
                 pattern.format(s["median"]), pattern.format(s["min"]), pattern.format(s["max"]),
-                f"±{s['spread_pct']:.0f}%"])
+                f"{s['spread_pct']:.0f}%"])
             table.add_row(_name(r) if number == 0 else "", name, *figures)
     return table
 
@@ -213,14 +213,10 @@ REPEAT_MEASURES = [
 
 
 def summarise_repeats(runs: list[dict]) -> dict:
-    """The run with the median throughput, carrying every run's figures under ``repeats``."""
+    """The most typical run (closest to the medians of the repeated measures), carrying every
+    run's figures under ``repeats``."""
     import statistics
 
-    def rate(r: dict) -> float:
-        return get(r, "throughput.msgs_per_s") or 0.0
-
-    ranked = sorted(runs, key=rate)
-    chosen = dict(ranked[(len(ranked) - 1) // 2])
     summary = {}
     for key, _name, _f in REPEAT_MEASURES:
         values = [v for v in (get(r, key) for r in runs) if v is not None]
@@ -234,6 +230,20 @@ def summarise_repeats(runs: list[dict]) -> dict:
             "max": max(values),
             "spread_pct": round(100.0 * (max(values) - min(values)) / median, 1) if median else 0,
         }
+
+    def distance(r: dict) -> float:
+        """How far a run is from the medians, as the sum of log ratios (rates and latencies
+        weigh alike whatever their units)."""
+        total = 0.0
+        for key, s in summary.items():
+            value = get(r, key)
+            if value and s["median"]:
+                total += abs(math.log(value / s["median"]))
+            else:
+                total += 10.0  # a run without the figure is the least typical
+        return total
+
+    chosen = dict(min(runs, key=distance))
     failures = [f"run {i + 1}: {text}" for i, r in enumerate(runs) for text in r["failures"]]
     chosen.update(
         ok=all(r["ok"] for r in runs),
@@ -479,15 +489,15 @@ def repeat_html(results: list[dict]) -> str:
             s = r["repeats"]["summary"].get(key)
             cells.append("<td>-</td>" if not s else (
                 f"<td>{pattern.format(s['median'])} [{pattern.format(s['min'])} &ndash; "
-                f"{pattern.format(s['max'])}] &plusmn;{s['spread_pct']:.0f}%</td>"))
+                f"{pattern.format(s['max'])}], spread {s['spread_pct']:.0f}%</td>"))
         rows.append(f"<tr><td class='l'>{_e(_name(r))}</td>{''.join(cells)}</tr>")
     if not rows:
         return ""
     n = results[0]["repeats"]["n"] if results[0].get("repeats") else ""
     head = "".join(f"<th>{_e(name)}</th>" for _k, name, _f in REPEAT_MEASURES)
     return (f"<h2>Repeated runs</h2><p>{n} runs per target: median [lowest &ndash; highest] and "
-            "spread ((highest - lowest) / median). The summary above shows the run with the "
-            f"median throughput.</p><table id='repeats'><tr><th>run</th>{head}</tr>"
+            "spread ((highest - lowest) / median). The summary above shows the run closest to "
+            f"these medians.</p><table id='repeats'><tr><th>run</th>{head}</tr>"
             f"{''.join(rows)}</table>")
 
 
