@@ -2,6 +2,7 @@
 #   make serve   create .venv if missing, install polymq, run the broker with defaults
 #   make test    create .venv, install test extras and the Debian/Java pieces, run the suite
 # Both are idempotent: installs are skipped when nothing changed.
+#   make install puts the `polymq` command on your PATH (a link in ~/.local/bin, as pipx does).
 
 PYTHON ?= python3
 VENV := .venv
@@ -9,8 +10,9 @@ VPY := $(VENV)/bin/python
 DEB_PACKAGES := default-jdk-headless libactivemq-java kcat
 PYTEST_ARGS ?= -q
 SERVE_ARGS ?=
+BIN_DIR ?= $(HOME)/.local/bin
 
-.PHONY: serve test deb-deps lint clean
+.PHONY: serve test install deb-deps lint clean
 
 $(VPY):
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "polymq needs Python >= 3.11" or 0)'
@@ -31,7 +33,16 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.build-deps
 	touch $@ $(VENV)/.installed
 
 serve: $(VENV)/.installed
+	@echo "polymq command: $(VENV)/bin/polymq (or 'make install' to put it on your PATH); Ctrl-C stops the broker"
 	$(VENV)/bin/polymq serve $(SERVE_ARGS)
+
+# A link, not a copy: the command keeps using this checkout's .venv.
+install: $(VENV)/.installed
+	mkdir -p $(BIN_DIR)
+	ln -sf $(abspath $(VENV)/bin/polymq) $(BIN_DIR)/polymq
+	@echo "installed $(BIN_DIR)/polymq -> $(abspath $(VENV)/bin/polymq)"
+	@case ":$$PATH:" in *":$(BIN_DIR):"*) ;; \
+	  *) echo "$(BIN_DIR) is not on your PATH: add  export PATH=\"$(BIN_DIR):\$$PATH\"  to your shell profile";; esac
 
 deb-deps:
 	@missing=""; \

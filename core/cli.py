@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate the config and exit")
     _add_config_options(check)
 
-    sub.add_parser("compare", help="compare the protocols on one workload (polymq compare -h)",
-                   add_help=False)
+    sub.add_parser(
+        "compare", help="compare the protocols on one workload (polymq compare -h)", add_help=False
+    )
 
     plugins = sub.add_parser("plugins", help="list adapters and store backends found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -77,12 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(message: str) -> None:
-    print(f"polymq: {message}", file=sys.stderr)
+    for line in message.splitlines() or [""]:
+        print(f"polymq: {line}", file=sys.stderr)
 
 
-def _load(args, check_paths: bool):
+def _load(args, check_paths: bool, sources: dict[str, str] | None = None):
     pm = get_plugin_manager()
-    cfg = load_config(pm, path=args.config, overrides=args.overrides, check_paths=check_paths)
+    cfg = load_config(
+        pm,
+        path=args.config,
+        overrides=args.overrides,
+        check_paths=check_paths,
+        sources=sources,
+    )
     return pm, cfg
 
 
@@ -99,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             return serve(args)
         if args.command == "config":
             if args.config_command == "show":
-                _, cfg = _load(args, check_paths=False)
-                sys.stdout.write(dump_toml(cfg))
+                sources: dict[str, str] = {}
+                _, cfg = _load(args, check_paths=False, sources=sources)
+                print("# effective polymq config; a value without a '# from' comment is a default")
+                sys.stdout.write(dump_toml(cfg, sources))
                 return EXIT_OK
             if args.config_command == "check":
                 _load(args, check_paths=True)
@@ -158,17 +168,35 @@ def start_logging(level: str, fmt: str, stream=None) -> None:
         FilteringLogObserver,
         LogLevel,
         LogLevelFilterPredicate,
+        PredicateResult,
         globalLogBeginner,
         jsonFileLogObserver,
         textFileLogObserver,
     )
 
+    from .service import is_port_noise
+
+    def drop_port_noise(event: dict) -> PredicateResult:
+        return PredicateResult.no if is_port_noise(event) else PredicateResult.maybe
+
     stream = stream or sys.stderr
     observer = jsonFileLogObserver(stream) if fmt == "json" else textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(observer, [predicate])], redirectStandardIO=False
+        [FilteringLogObserver(observer, [drop_port_noise, predicate])], redirectStandardIO=False
     )
+
+
+def describe_sources(path: str | None, sources: dict[str, str]) -> str:
+    """``file polymq.toml, 2 keys from the environment, 1 from --set`` for the start banner."""
+    parts = [f"file {path}"] if path else ["built-in defaults"]
+    from_env = sum(1 for src in sources.values() if src.startswith("environment "))
+    from_set = sum(1 for src in sources.values() if src == "--set")
+    if from_env:
+        parts.append(f"{from_env} key{'s' if from_env > 1 else ''} from the environment")
+    if from_set:
+        parts.append(f"{from_set} from --set")
+    return ", ".join(parts)
 
 
 def serve(args) -> int:
@@ -177,7 +205,8 @@ def serve(args) -> int:
         overrides.append(f"log.level={args.log_level}")
     if args.log_format:
         overrides.append(f"log.format={args.log_format}")
-    pm, cfg = _load(argparse.Namespace(config=args.config, overrides=overrides), True)
+    sources: dict[str, str] = {}
+    pm, cfg = _load(argparse.Namespace(config=args.config, overrides=overrides), True, sources)
 
     from .reactor import install
 
@@ -186,7 +215,13 @@ def serve(args) -> int:
     from .service import BrokerService, StartupError
 
     start_logging(cfg["log"]["level"], cfg["log"]["format"])
-    service = BrokerService(cfg, plugins=pm, reactor=reactor, port_file=args.port_file)
+    service = BrokerService(
+        cfg,
+        plugins=pm,
+        reactor=reactor,
+        port_file=args.port_file,
+        config_source=describe_sources(args.config, sources),
+    )
     outcome = {"code": EXIT_OK}
 
     def started_failed(failure):

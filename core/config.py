@@ -2,13 +2,15 @@
 
 Precedence, lowest first: built-in defaults, the config file, ``POLYMQ_<SECTION>__<KEY>``
 environment variables, ``--set section.key=value`` options. The effective config is a plain
-dict of dicts, validated before anything starts; every problem is a :class:`ConfigError` whose
-one-line message names the offending key.
+dict of dicts, validated before anything starts. Validation goes on past the first problem: one
+:class:`ConfigError` lists every problem found, one line each, naming the key and where its value
+came from (the file, an environment variable or ``--set``).
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 import tomllib
@@ -50,12 +52,53 @@ BASE_DEFAULTS: dict[str, dict] = {
 
 
 class ConfigError(Exception):
-    """A bad configuration; ``str()`` is one line naming the key."""
+    """A bad configuration; ``str()`` is one line per problem, each naming its key.
 
-    def __init__(self, key: str | None, message: str) -> None:
+    ``key`` and ``message`` describe the first problem; ``problems`` holds every one of them as
+    ``(key, message)`` pairs.
+    """
+
+    def __init__(
+        self, key: str | None, message: str, more: Iterable[tuple[str | None, str]] = ()
+    ) -> None:
         self.key = key
         self.message = message
-        super().__init__(f"config error: {key}: {message}" if key else f"config error: {message}")
+        self.problems: list[tuple[str | None, str]] = [(key, message), *more]
+        super().__init__("\n".join(_error_line(k, m) for k, m in self.problems))
+
+
+def _error_line(key: str | None, message: str) -> str:
+    return f"config error: {key}: {message}" if key else f"config error: {message}"
+
+
+class _Problems:
+    """Collects every problem of one validation run, each told with the source of its value."""
+
+    def __init__(self, sources: Mapping[str, str]) -> None:
+        self.sources = sources
+        self.found: list[tuple[str | None, str]] = []
+
+    def add(self, key: str | None, message: str) -> None:
+        source = self.sources.get(key) if key else None
+        if source is None and key:
+            # an unknown table such as adapters.nope gets the source of a key inside it
+            source = next((src for k, src in self.sources.items() if k.startswith(key + ".")), None)
+        self.found.append((key, f"{message} (from {source})" if source else message))
+
+    def error(self, exc: ConfigError) -> None:
+        for key, message in exc.problems:
+            self.add(key, message)
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            (key, message), *more = self.found
+            raise ConfigError(key, message, more)
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'port'?)`` for a close match among ``known``, else an empty string."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def default_config(plugins) -> dict:
@@ -173,6 +216,14 @@ def _merge(target: dict, source: Mapping, prefix: str = "") -> None:
             target[key] = copy.deepcopy(value) if isinstance(value, dict | list) else value
 
 
+def _leaf_keys(data: Mapping, prefix: str = "") -> Iterable[str]:
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            yield from _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
 def read_file(path: str) -> dict:
     try:
         with open(path, "rb") as fh:
@@ -191,118 +242,193 @@ def load_config(
     overrides: Iterable[str] = (),
     environ: Mapping[str, str] | None = None,
     check_paths: bool = True,
+    sources: dict[str, str] | None = None,
 ) -> dict:
-    """Effective, validated config: defaults < file < environment < ``--set`` overrides."""
+    """Effective, validated config: defaults < file < environment < ``--set`` overrides.
+
+    ``sources``, when given, is filled with where each key that is not a default came from
+    ("file polymq.toml", "environment POLYMQ_...", "--set").
+    """
     environ = os.environ if environ is None else environ
+    sources = {} if sources is None else sources
+    problems = _Problems(sources)
     raw_cfg: dict = {}
     raws: dict[str, str | None] = {}
     if path is not None:
         raw_cfg = read_file(path)
-    for env_path, value, raw, _name in env_overrides(environ):
-        _set_path(raw_cfg, env_path, value, raw, raws)
+        for key in _leaf_keys(raw_cfg):
+            sources[key] = f"file {path}"
+    try:
+        found_env = env_overrides(environ)
+    except ConfigError as exc:
+        problems.error(exc)
+        found_env = []
+    for env_path, value, raw, name in found_env:
+        try:
+            _set_path(raw_cfg, env_path, value, raw, raws)
+            sources[".".join(env_path)] = f"environment {name}"
+        except ConfigError as exc:
+            problems.error(exc)
     for item in overrides:
-        set_path, value, raw = parse_set(item)
-        _set_path(raw_cfg, set_path, value, raw, raws)
-    return validate(raw_cfg, plugins, raws=raws, check_paths=check_paths)
+        try:
+            set_path, value, raw = parse_set(item)
+            _set_path(raw_cfg, set_path, value, raw, raws)
+            sources[".".join(set_path)] = "--set"
+        except ConfigError as exc:
+            problems.error(exc)
+    try:
+        cfg = validate(raw_cfg, plugins, raws=raws, check_paths=check_paths, sources=sources)
+    except ConfigError as exc:
+        problems.found.extend(exc.problems)  # already told with their sources
+    problems.raise_if_any()
+    return cfg
 
 
-def validate(user: Mapping, plugins, raws: Mapping | None = None, check_paths: bool = True) -> dict:
-    """Merge ``user`` over the defaults, checking every key and type; return the result."""
+def validate(
+    user: Mapping,
+    plugins,
+    raws: Mapping | None = None,
+    check_paths: bool = True,
+    sources: Mapping[str, str] | None = None,
+) -> dict:
+    """Merge ``user`` over the defaults, checking every key and type; return the result.
+
+    Every problem found is reported in one :class:`ConfigError`.
+    """
     raws = raws or {}
+    problems = _Problems(sources or {})
     specs = adapter_specs(plugins)
     backends = store_backends(plugins)
     cfg = default_config(plugins)
 
     for section, value in user.items():
         if section not in cfg:
-            raise ConfigError(section, f"unknown section (known: {', '.join(sorted(cfg))})")
-        if not isinstance(value, Mapping):
-            raise ConfigError(section, f"must be a table, got {value!r}")
+            problems.add(
+                section,
+                f"unknown section{did_you_mean(section, cfg)} (known: {', '.join(sorted(cfg))})",
+            )
+        elif not isinstance(value, Mapping):
+            problems.add(section, f"must be a table, got {value!r}")
+
+    def user_table(section: str) -> Mapping:
+        value = user.get(section, {})
+        return value if isinstance(value, Mapping) else {}
 
     for section in ("broker", "limits", "log"):
-        _check_section(section, cfg[section], user.get(section, {}), raws)
+        _check_section(section, cfg[section], user_table(section), raws, problems)
 
     # Store: common keys plus the chosen backend's own keys.
-    store_user = dict(user.get("store", {}))
+    store_user = dict(user_table("store"))
     backend = store_user.get("backend", cfg["store"]["backend"])
-    backend = _coerce("store.backend", "", backend, raws.get("store.backend"))
-    if backend not in backends:
-        raise ConfigError(
+    try:
+        backend = _coerce("store.backend", "", backend, raws.get("store.backend"))
+    except ConfigError as exc:
+        problems.error(exc)
+        backend = cfg["store"]["backend"]
+    spec: StoreBackendSpec | None = backends.get(backend)
+    if spec is None:
+        problems.add(
             "store.backend",
-            f"unknown store backend {backend!r} (known: {', '.join(sorted(backends)) or 'none'})",
+            f"unknown store backend {backend!r}{did_you_mean(backend, backends)} "
+            f"(known: {', '.join(sorted(backends)) or 'none'})",
         )
-    spec: StoreBackendSpec = backends[backend]
-    cfg["store"].update(copy.deepcopy(spec.default_config))
-    _check_section("store", cfg["store"], store_user, raws)
+        store_user.pop("backend", None)
+        # the backend's own keys cannot be checked without it: only the common ones are
+        store_user = {k: v for k, v in store_user.items() if k in cfg["store"]}
+    else:
+        cfg["store"].update(copy.deepcopy(spec.default_config))
+    _check_section("store", cfg["store"], store_user, raws, problems)
 
     # Adapters.
-    adapters_user = user.get("adapters", {})
+    adapters_user = user_table("adapters")
     for name, section in adapters_user.items():
         if name not in specs:
-            raise ConfigError(
+            problems.add(
                 f"adapters.{name}",
-                f"unknown adapter {name!r} (known: {', '.join(sorted(specs)) or 'none'})",
+                f"unknown adapter {name!r}{did_you_mean(name, specs)} "
+                f"(known: {', '.join(sorted(specs)) or 'none'})",
             )
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"adapters.{name}", f"must be a table, got {section!r}")
-        _check_section(f"adapters.{name}", cfg["adapters"][name], section, raws)
+        elif not isinstance(section, Mapping):
+            problems.add(f"adapters.{name}", f"must be a table, got {section!r}")
+        else:
+            _check_section(f"adapters.{name}", cfg["adapters"][name], section, raws, problems)
 
-    plugins_user = user.get("plugins", {})
+    plugins_user = user_table("plugins")
     for name, section in plugins_user.items():
         if not isinstance(section, Mapping):
-            raise ConfigError(f"plugins.{name}", f"must be a table, got {section!r}")
-        cfg["plugins"][name] = copy.deepcopy(dict(section))
+            problems.add(f"plugins.{name}", f"must be a table, got {section!r}")
+        else:
+            cfg["plugins"][name] = copy.deepcopy(dict(section))
 
-    _check_values(cfg)
-    if check_paths:
-        check_store_paths(cfg, backend)
+    _check_values(cfg, problems)
+    if spec is not None and spec.check is not None:
+        for key, message in spec.check(dict(cfg["store"])):
+            problems.add(f"store.{key}", message)
+    if check_paths and spec is not None:
+        try:
+            check_store_paths(cfg, backend)
+        except ConfigError as exc:
+            problems.error(exc)
+    problems.raise_if_any()
     return cfg
 
 
-def _check_section(name: str, defaults: dict, user: Mapping, raws: Mapping) -> None:
+def _check_section(
+    name: str, defaults: dict, user: Mapping, raws: Mapping, problems: _Problems
+) -> None:
     for key, value in user.items():
         full = f"{name}.{key}"
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
-            raise ConfigError(full, f"unknown key (known keys in [{name}]: {known})")
-        defaults[key] = _coerce(full, defaults[key], value, raws.get(full))
+            problems.add(
+                full, f"unknown key{did_you_mean(key, defaults)} (known keys in [{name}]: {known})"
+            )
+            continue
+        try:
+            defaults[key] = _coerce(full, defaults[key], value, raws.get(full))
+        except ConfigError as exc:
+            problems.error(exc)
 
 
-def _check_values(cfg: dict) -> None:
+def _check_values(cfg: dict, problems: _Problems) -> None:
     used: dict[tuple[str, int], str] = {}
     for name, section in cfg["adapters"].items():
         port = section["port"]
         if not 0 <= port <= 65535:
-            raise ConfigError(f"adapters.{name}.port", f"must be 0-65535, got {port}")
+            problems.add(f"adapters.{name}.port", f"must be 0-65535, got {port}")
         if not section["host"]:
-            raise ConfigError(f"adapters.{name}.host", "must not be empty")
+            problems.add(f"adapters.{name}.host", "must not be empty")
         if section["enabled"] and port:
             other = used.get((section["host"], port))
             if other:
-                raise ConfigError(
+                problems.add(
                     f"adapters.{name}.port", f"port {port} is already used by adapters.{other}"
                 )
             used[(section["host"], port)] = name
     size = cfg["limits"]["max_message_size"]
     if size <= 0:
-        raise ConfigError("limits.max_message_size", f"must be a positive integer, got {size}")
+        problems.add("limits.max_message_size", f"must be a positive integer, got {size}")
     timeout = cfg["broker"]["shutdown_timeout"]
     if not math.isfinite(timeout) or timeout < 0:
-        raise ConfigError("broker.shutdown_timeout", f"must be >= 0 seconds, got {timeout}")
+        problems.add("broker.shutdown_timeout", f"must be >= 0 seconds, got {timeout}")
     if cfg["broker"]["max_deliveries"] < 0:
-        raise ConfigError("broker.max_deliveries", "must be >= 0 (0 means no limit)")
+        problems.add("broker.max_deliveries", "must be >= 0 (0 means no limit)")
     if not cfg["broker"]["default_vhost"]:
-        raise ConfigError("broker.default_vhost", "must not be empty")
+        problems.add("broker.default_vhost", "must not be empty")
     if cfg["log"]["level"] not in LOG_LEVELS:
-        raise ConfigError("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
+        problems.add("log.level", f"must be one of {', '.join(LOG_LEVELS)}")
     if cfg["log"]["format"] not in ("text", "json"):
-        raise ConfigError("log.format", "must be text or json")
+        problems.add("log.format", "must be text or json")
     if not cfg["store"]["data_dir"]:
-        raise ConfigError("store.data_dir", "must not be empty")
+        problems.add("store.data_dir", "must not be empty")
 
 
 def check_store_paths(cfg: dict, backend: str | None = None) -> None:
-    """Check that ``store.data_dir`` is (or can become) a readable, writable directory."""
+    """Check that ``store.data_dir`` is (or can become) a readable, writable directory.
+
+    A directory that does not exist yet is created and removed again: permission bits alone
+    do not tell whether a directory can be made there (root may "write" to /proc).
+    """
     backend = backend or cfg["store"]["backend"]
     if backend == "memory":
         return
@@ -313,15 +439,24 @@ def check_store_paths(cfg: dict, backend: str | None = None) -> None:
         if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
             raise ConfigError("store.data_dir", f"{data_dir} is not readable and writable")
         return
-    parent = os.path.dirname(data_dir)
+    missing = data_dir
+    parent = os.path.dirname(missing)
     while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
+        missing, parent = parent, os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ConfigError(
             "store.data_dir", f"cannot create {data_dir}: {parent} is not a directory"
         )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError("store.data_dir", f"cannot create {data_dir}: {parent} is not writable")
+    try:
+        os.mkdir(missing)
+    except OSError as exc:
+        raise ConfigError(
+            "store.data_dir", f"cannot create {data_dir}: {exc.strerror or exc}"
+        ) from None
+    try:
+        os.rmdir(missing)
+    except OSError:
+        pass
 
 
 def enabled_adapters(cfg: dict) -> list[str]:
@@ -360,8 +495,13 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
-def dump_toml(cfg: Mapping) -> str:
-    """Write a config dict as TOML (tables of scalars and nested tables)."""
+def dump_toml(cfg: Mapping, sources: Mapping[str, str] | None = None) -> str:
+    """Write a config dict as TOML (tables of scalars and nested tables).
+
+    ``sources`` maps dotted keys to where their value came from; each such key gets a
+    ``# from ...`` comment on its line.
+    """
+    sources = sources or {}
     lines: list[str] = []
 
     def table(prefix: list[str], data: Mapping) -> None:
@@ -372,7 +512,9 @@ def dump_toml(cfg: Mapping) -> str:
                 lines.append("")
             lines.append("[" + ".".join(_toml_key(p) for p in prefix) + "]")
         for key, value in scalars:
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+            line = f"{_toml_key(key)} = {_toml_value(value)}"
+            source = sources.get(".".join([*prefix, key]))
+            lines.append(f"{line}  # from {source}" if source else line)
         for key, value in tables:
             table([*prefix, key], value)
 

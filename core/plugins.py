@@ -76,12 +76,15 @@ class StoreBackendSpec:
 
     ``factory(section)`` receives the ``[store]`` config table and returns an unopened IStore.
     ``default_config`` lists the backend-specific keys accepted in ``[store]`` and their defaults.
+    ``check(section)``, if given, returns ``(key, message)`` for every value the backend would
+    refuse, so that ``polymq config check`` rejects what ``serve`` would.
     """
 
     name: str
     factory: Callable[[dict], Any]
     default_config: dict = field(default_factory=dict)
     description: str = ""
+    check: Callable[[dict], list[tuple[str, str]]] | None = None
 
 
 def _is_missing(module: str, exc: ModuleNotFoundError) -> bool:

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
+import re
+import socket
 import tempfile
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, error
 from twisted.logger import Logger
 
+from . import __version__
 from .config import enabled_adapters
-from .plugins import adapter_specs, get_plugin_manager, store_backends
+from .plugins import BUILTIN_ORIGIN, adapter_specs, get_plugin_manager, store_backends
+
+# Other brokers that listen on the standard ports by default: named in a port clash's hint.
+USUAL_OCCUPANTS = {5672: "RabbitMQ", 1883: "Mosquitto", 9092: "Kafka", 61616: "ActiveMQ"}
+
+# Twisted's own lines for every listening port ("MqttFactory starting on 1883",
+# "(TCP Port 1883 Closed)"); the banner and the shutdown line say the same once.
+_PORT_NOISE = re.compile(r"^(\S+ starting on \d+|\((TCP|UDP|UNIX) Port \S+ Closed\))$")
+
+
+def is_port_noise(event: dict) -> bool:
+    """True for Twisted's per-port start and close log events, which polymq replaces."""
+    if event.get("log_namespace") != "log_legacy":
+        return False
+    text = event.get("log_text")
+    if text is None:
+        message = event.get("message") or ()
+        text = " ".join(str(part) for part in message)
+    return bool(_PORT_NOISE.match(text))
 
 
 class StartupError(Exception):
@@ -95,8 +117,16 @@ class BrokerService(MultiService):
 
     log = Logger(namespace="polymq.service")
 
-    def __init__(self, config: dict, plugins=None, reactor=None, port_file: str | None = None):
+    def __init__(
+        self,
+        config: dict,
+        plugins=None,
+        reactor=None,
+        port_file: str | None = None,
+        config_source: str = "",
+    ):
         super().__init__()
+        self.config_source = config_source
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -141,11 +171,18 @@ class BrokerService(MultiService):
 
         cfg = self.config
         store_cfg = cfg["store"]
+        self.log.info(
+            "polymq {version} starting; config: {source}",
+            version=__version__,
+            source=self.config_source or "built-in defaults",
+        )
+        self._check_ports()
         backend = store_backends(self.plugins)[store_cfg["backend"]]
-        where = "" if store_cfg["backend"] == "memory" else f" in {store_cfg['data_dir']}"
+        data_dir = os.path.abspath(store_cfg["data_dir"])
+        where = "" if store_cfg["backend"] == "memory" else f" in {data_dir}"
         try:
             if store_cfg["backend"] != "memory":
-                os.makedirs(store_cfg["data_dir"], exist_ok=True)
+                os.makedirs(data_dir, exist_ok=True)
             self.store = backend.factory(dict(store_cfg))
             self.broker = Broker(self.store, plugins=self.plugins, config=cfg, clock=self.reactor)
         except Exception as exc:
@@ -163,8 +200,16 @@ class BrokerService(MultiService):
                 f"cannot open store {store_cfg['backend']!r}{where}: {_describe(exc)}"
             ) from exc
         self._broker_started = True
-        self.log.info("store {backend} opened{where}", backend=store_cfg["backend"], where=where)
         self._limit_descriptors()
+        if store_cfg["backend"] == "memory":
+            self.log.info("store: memory (nothing is kept across restarts)")
+        else:
+            self.log.info(
+                "store: {backend}, data in {data_dir}",
+                backend=store_cfg["backend"],
+                data_dir=data_dir,
+            )
+        self.log.info("auth: {policy}", policy=self._auth_policy())
         try:
             await self._listen()
         except BaseException:
@@ -175,7 +220,7 @@ class BrokerService(MultiService):
         self.plugins.hook.polymq_broker_started(broker=self.broker)
         self.log.info(
             "polymq ready: {listeners}",
-            listeners=", ".join(f"{n}={p}" for n, p in self.ports.items()) or "no listeners",
+            listeners=", ".join(f"{n} {self._address(n)}" for n in self.ports) or "no listeners",
         )
 
     def _limit_descriptors(self) -> None:
@@ -188,6 +233,55 @@ class BrokerService(MultiService):
             "connections, the rest kept for the store",
             before=before, now=now, budget=budget,
         )
+    def _address(self, name: str) -> str:
+        host = self.config["adapters"][name]["host"]
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.ports[name]}"
+
+    def _auth_policy(self) -> str:
+        """Who may log in, as far as the registered auth plugins tell."""
+        origins = getattr(self.plugins, "polymq_origins", {})
+        others = [
+            origins.get(impl.plugin, getattr(impl.plugin, "__name__", repr(impl.plugin)))
+            for impl in self.plugins.hook.polymq_authenticate.get_hookimpls()
+            if origins.get(impl.plugin) != BUILTIN_ORIGIN
+        ]
+        builtin = (
+            "guest/guest and anonymous clients are let in from any address, "
+            "other users are refused (built-in development policy)"
+        )
+        if not others:
+            return builtin
+        return f"asked first: {', '.join(others)}; then the {builtin}"
+
+    def _login(self, name: str, section: dict) -> str:
+        if name == "kafka" and not section.get("sasl", True):
+            return "no login (adapters.kafka.sasl = false: every client is anonymous)"
+        if name == "kafka":
+            return "SASL/PLAIN login checked by the auth policy"
+        return "login checked by the auth policy"
+
+    def _check_ports(self) -> None:
+        """Bind each listener's address briefly before anything opens, so that every clash is
+        reported at once, with the setting that moves it, instead of the first one only."""
+        clashes = []
+        for name in enabled_adapters(self.config):
+            section = self.config["adapters"][name]
+            host, port = section["host"], section["port"]
+            if not port:
+                continue
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            probe = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                # as Twisted's listening sockets do, so a port in TIME_WAIT is no clash
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+            except OSError as exc:
+                clashes.append(_clash(name, host, port, exc))
+            finally:
+                probe.close()
+        if clashes:
+            raise StartupError("\n".join(clashes))
 
     async def _listen(self) -> None:
         from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -196,13 +290,16 @@ class BrokerService(MultiService):
         names = enabled_adapters(self.config)
         if not names:
             self.log.warn("no adapter is enabled; the broker accepts no connections")
+        failures = []
         for name in names:
             section = dict(self.config["adapters"][name])
             host, port = section["host"], section["port"]
             try:
                 factory = specs[name].build_factory(self.broker, section)
             except Exception as exc:
-                raise StartupError(f"adapter {name}: cannot build: {_describe(exc)}") from exc
+                failures.append(f"adapter {name}: cannot build: {_describe(exc)}")
+                continue
+            factory.noisy = False  # no "Starting factory <... object at 0x...>" lines
             tracker = _ConnectionTracker(factory)
             endpoint_class = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
             backlog = int(section.get("listen_backlog") or 128)
@@ -210,9 +307,8 @@ class BrokerService(MultiService):
             try:
                 listening = await endpoint.listen(factory)
             except error.CannotListenError as exc:
-                raise StartupError(
-                    f"adapter {name}: cannot listen on {host}:{port}: {_describe(exc.socketError)}"
-                ) from exc
+                failures.append(_clash(name, host, port, exc.socketError))
+                continue
             self._listeners[name] = listening
             from .connection import registry_of
 
@@ -220,11 +316,13 @@ class BrokerService(MultiService):
             self._trackers[name] = tracker
             self.ports[name] = listening.getHost().port
             self.log.info(
-                "{adapter} listening on {host}:{port}",
+                "{adapter} listening on {address}: plain TCP (TLS off), {login}",
                 adapter=name,
-                host=host,
-                port=self.ports[name],
+                address=self._address(name),
+                login=self._login(name, section),
             )
+        if failures:
+            raise StartupError("\n".join(failures))
 
     def _write_port_file(self) -> None:
         if not self.port_file:
@@ -272,6 +370,8 @@ class BrokerService(MultiService):
                 except Exception:
                     self.log.failure("a listener's shutdown notice failed")
         listeners, self._listeners = self._listeners, {}
+        if listeners:
+            self.log.info("polymq stopping: closing {names}", names=", ".join(listeners))
         await defer.gatherResults(
             [defer.maybeDeferred(port.stopListening) for port in listeners.values()],
             consumeErrors=True,
@@ -291,6 +391,25 @@ class BrokerService(MultiService):
                 os.unlink(self.port_file)
             except OSError:
                 pass
+
+
+def _clash(name: str, host: str, port: int, exc: BaseException | None) -> str:
+    """One line for a listener that cannot bind, naming the setting that moves it."""
+    reason = _describe(exc) if exc is not None else "cannot listen"
+    hint = ""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        occupant = USUAL_OCCUPANTS.get(port)
+        who = f" (perhaps {occupant}; `ss -ltnp` shows which)" if occupant else ""
+        hint = (
+            f"; another program listens there{who}. Choose another port with "
+            f"--set adapters.{name}.port=N (or POLYMQ_ADAPTERS__{name.upper()}__PORT=N), "
+            f"or turn the adapter off with --set adapters.{name}.enabled=false"
+        )
+    elif isinstance(exc, OSError) and exc.errno == errno.EACCES:
+        hint = f"; ports below 1024 need privileges: --set adapters.{name}.port=N with N >= 1024"
+    elif isinstance(exc, OSError) and exc.errno == errno.EADDRNOTAVAIL:
+        hint = f"; no interface has that address: --set adapters.{name}.host=0.0.0.0"
+    return f"adapter {name}: cannot listen on {host}:{port}: {reason}{hint}"
 
 
 def _describe(exc: BaseException) -> str:

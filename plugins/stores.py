@@ -24,6 +24,16 @@ def _sqlite(section: dict):
     return SqliteStore(section["data_dir"], **_options(section))
 
 
+def _check_sqlite(section: dict) -> list[tuple[str, str]]:
+    """What SqliteStore would refuse at start, found without opening anything."""
+    from polymq.core.store.sqlite import _SYNCHRONOUS
+
+    if str(section["synchronous"]).upper() not in _SYNCHRONOUS:
+        choices = ", ".join(_SYNCHRONOUS)
+        return [("synchronous", f"must be one of {choices}, got {section['synchronous']!r}")]
+    return []
+
+
 @hookimpl
 def polymq_store_backends():
     return [
@@ -44,5 +54,6 @@ def polymq_store_backends():
                 "segment_mb": 64,
             },
             description="one SQLite file in data_dir, WAL, group commit on a writer thread",
+            check=_check_sqlite,
         ),
     ]

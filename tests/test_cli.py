@@ -235,3 +235,46 @@ def test_twist_polymq_after_pip_install(tmp_path):
             proc.kill()
     assert "broker stopped, store closed" in output
     assert "Traceback" not in output
+
+
+def test_config_check_reports_every_problem_with_its_source(tmp_path):
+    out = polymq(
+        "config",
+        "check",
+        "--set",
+        "store.synchronous=sometimes",
+        "--set",
+        "store.data_dir=/proc/polymq-test",
+        "--set",
+        "adapters.amqp.prot=5673",
+        env={"POLYMQ_LOG__LEVEL": "loud"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 4, out.stderr
+    assert all(line.startswith("polymq: config error: ") for line in lines)
+    assert "store.synchronous: must be one of" in out.stderr
+    assert "store.data_dir: cannot create /proc/polymq-test" in out.stderr
+    assert "did you mean 'port'?" in out.stderr
+    assert "(from environment POLYMQ_LOG__LEVEL)" in out.stderr
+
+
+def test_config_show_names_the_source_of_each_changed_value(tmp_path):
+    conf = tmp_path / "polymq.toml"
+    conf.write_text("[adapters.mqtt]\nport = 2883\n")
+    out = polymq(
+        "config",
+        "show",
+        "--config",
+        str(conf),
+        "--set",
+        "adapters.amqp.port=2672",
+        env={"POLYMQ_LOG__LEVEL": "debug"},
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"port = 2883  # from file {conf}" in out.stdout
+    assert "port = 2672  # from --set" in out.stdout
+    assert 'level = "debug"  # from environment POLYMQ_LOG__LEVEL' in out.stdout
+    assert tomllib.loads(out.stdout)["adapters"]["mqtt"]["port"] == 2883

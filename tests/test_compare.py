@@ -4,6 +4,7 @@ the HTML report (numbers equal to the JSON) and the table; correctness bookkeepi
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -246,3 +247,139 @@ def test_workload_presets_and_flags():
         make_workload("throughput", size=8)
     with pytest.raises(CompareError):
         make_workload("nope")
+
+
+def test_default_preset_is_smoke_and_repeat_shows_the_spread(broker, tmp_path):
+    out = tmp_path / "rep.json"
+    res = compare("--repeat", "3", "--url", f"mqtt=mqtt://127.0.0.1:{broker.port('mqtt')}",
+                  "--json", str(out), "--no-progress", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["workload"]["name"] == "smoke" and doc["workload"]["count"] == 500
+    (r,) = doc["results"]
+    rep = r["repeats"]
+    assert rep["n"] == 3 and len(set(rep["run_ids"])) == 3
+    rates = rep["summary"]["throughput.msgs_per_s"]
+    assert len(rates["values"]) == 3
+    assert rates["min"] <= rates["median"] <= rates["max"]
+    # the run shown is one of the three, the one closest to the medians
+    assert r["run_id"] in rep["run_ids"] and r["throughput"]["msgs_per_s"] in rates["values"]
+    p50 = rep["summary"]["latency.p50_ms"]
+    assert p50["min"] <= r["latency"]["p50_ms"] <= p50["max"]
+    assert "3 runs per target" in res.stdout
+    assert f"{rates['median']:,.0f}" in res.stdout and f"{rates['max']:,.0f}" in res.stdout
+    html = (tmp_path / "rep.html").read_text()
+    assert "Repeated runs" in html
+    check_report(doc, html)
+
+
+def run_on_terminal(args: list[str], columns: int, timeout: float = 180) -> tuple[int, str]:
+    """Run ``polymq compare`` with its output on a pseudo-terminal ``columns`` wide."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-m", "polymq.core", "compare", *args],
+                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    code = proc.wait(timeout)
+    text = b"".join(chunks).decode("utf-8", "replace").replace("\r\n", "\n")
+    return code, re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def test_narrow_terminal_keeps_numbers_whole(broker, tmp_path):
+    out = tmp_path / "n.json"
+    p = broker.port
+    code, text = run_on_terminal(
+        ["--url", f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+         "--url", f"amqp@a-long-label-for-amqp=amqp://127.0.0.1:{p('amqp')}/",
+         "--url", f"mqtt@second-mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+         "--json", str(out), "--no-progress"], columns=60)
+    assert code == 0, text
+    doc = json.loads(out.read_text())
+    table = text[text.index("polymq compare - "):text.index("JSON: ")]
+    assert max(len(line) for line in table.splitlines()) <= 60, table
+    for r in doc["results"]:
+        for path, _name, pattern in report.COLUMNS:
+            shown = report.fmt(report.get(r, path), pattern)
+            if shown != "-":
+                assert shown in table, (path, shown, table)
+    assert "a-long-label-for-amqp" in table
+
+
+def test_report_chart_and_workload_line(broker, tmp_path):
+    out = tmp_path / "c.json"
+    p = broker.port
+    res = compare("--count", "50", "--url", f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+                  "--url", f"amqp=amqp://127.0.0.1:{p('amqp')}/", "--json", str(out),
+                  "--no-progress", timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(out.read_text())
+    html = (tmp_path / "c.html").read_text()
+    for r in doc["results"]:
+        pcts = [pct for pct, _v in r["latency"]["curve"]]
+        # 50 samples measure percentiles up to 98; beyond that only the maximum is known
+        assert pcts[-1] == 100 and pcts[-2] <= 98 and 99 not in pcts
+    assert re.search(r'class="axis">p50</text>', html)
+    # the two runs differ by line style and marker shape, not only by colour
+    lines = re.findall(r"<polyline [^>]*>", html)
+    dashes = {(re.search(r'stroke-dasharray="([^"]*)"', line) or re.match("", "")).group(0)
+              for line in lines}
+    assert len(lines) == 2 and len(dashes) == 2, lines
+    assert '<circle cx=' in html and '<rect x=' in html and 'class="marker"' in html
+    assert "=None" not in html and "duration=" not in html
+    assert "smoke: 1 producer -&gt; 1 consumer, fanout, 50 messages of 128 B per producer" in html
+
+
+def test_unexpected_driver_error_is_one_line_with_the_traceback_apart(tmp_path):
+    import multiprocessing
+    import queue
+
+    from polymq.plugins.compare.brokercpu import BrokerCpu
+    from polymq.plugins.compare.runner import build_result
+    from polymq.plugins.compare.side import Shared, side_main
+
+    target = parse_target("mqtt=mqtt://127.0.0.1:1883")
+    target.protocol = "nosuchdriver"  # its driver module does not exist: an unexpected error
+    results: queue.Queue = queue.Queue()
+    side_main("consumers", target, make_workload("smoke"), "x",
+              Shared(multiprocessing.get_context("fork")), results)
+    items = [results.get_nowait() for _ in range(results.qsize())]
+    (tb,) = [value for _side, status, value in items if status == "traceback"]
+    (error,) = [value for _side, status, value in items if status == "error"]
+    assert "\n" not in error and "ModuleNotFoundError" in error
+    assert tb.startswith("Traceback")
+    r = build_result(target, make_workload("smoke"), "x",
+                     {"consumers": ("error", error), "producers": ("skipped", None)},
+                     BrokerCpu(None, "none"), 1.0, [f"consumers:\n{tb}"])
+    assert r["failures"] == [error] and r["tracebacks"]
+    html = report.render_html(report.document(make_workload("smoke").as_dict(), [r], ["x"]))
+    assert re.search(r'<li class="fail">[^<\n]*ModuleNotFoundError[^<\n]*</li>', html)
+    assert "<details><summary>" in html and "<pre>consumers:\nTraceback" in html
+
+
+def test_kafka_without_its_client_is_one_line(tmp_path):
+    fake = tmp_path / "confluent_kafka"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('librdkafka missing')\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "polymq.core", "compare", "--url", "kafka=127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "kafka runs need confluent-kafka" in lines[0], res.stderr

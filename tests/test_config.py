@@ -195,3 +195,80 @@ def test_dump_toml_round_trips(pm, tmp_path):
         sets=["adapters.mqtt.port=1999"],
     )
     assert tomllib.loads(dump_toml(cfg)) == cfg
+
+
+def test_every_problem_in_one_error_with_its_source(pm, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(
+            pm,
+            tmp_path,
+            text="[adapters.mqtt]\nprot = 1\n",
+            env={"POLYMQ_LOG__LEVEL": "loud"},
+            sets=["limits.max_message_size=0", "adapters.amqp.port=abc"],
+        )
+    lines = str(info.value).splitlines()
+    assert len(lines) == 4, lines
+    assert all(line.startswith("config error: ") for line in lines)
+    text = "\n".join(lines)
+    assert "adapters.mqtt.prot: unknown key; did you mean 'port'?" in text
+    assert f"(from file {tmp_path / 'polymq.toml'})" in text
+    assert "log.level: must be one of" in text and "(from environment POLYMQ_LOG__LEVEL)" in text
+    assert "limits.max_message_size: must be a positive integer, got 0 (from --set)" in text
+    assert "adapters.amqp.port: must be an integer" in text
+    assert {key for key, _ in info.value.problems} == {
+        "log.level",
+        "limits.max_message_size",
+        "adapters.mqtt.prot",
+        "adapters.amqp.port",
+    }
+
+
+@pytest.mark.parametrize(
+    "sets, expected",
+    [
+        (["brokr.default_vhost=x"], "brokr: unknown section; did you mean 'broker'?"),
+        (["adapters.mqt.port=1"], "adapters.mqt: unknown adapter 'mqt'; did you mean 'mqtt'?"),
+        (["store.backend=sqlit"], "store.backend: unknown store backend 'sqlit'; did you mean"),
+        (["broker.max_delivery=1"], "did you mean 'max_deliveries'?"),
+    ],
+)
+def test_did_you_mean(pm, tmp_path, sets, expected):
+    assert expected in error_of(pm, tmp_path, sets=sets)
+
+
+def test_no_suggestion_for_a_far_name(pm, tmp_path):
+    assert "did you mean" not in error_of(pm, tmp_path, sets=["broker.zzzzzz=1"])
+
+
+def test_sources_of_values(pm, tmp_path):
+    sources: dict[str, str] = {}
+    path = tmp_path / "polymq.toml"
+    path.write_text("[adapters.mqtt]\nport = 2000\n")
+    load_config(
+        pm,
+        path=str(path),
+        overrides=["adapters.amqp.port=2001"],
+        environ={"POLYMQ_LOG__LEVEL": "debug"},
+        sources=sources,
+    )
+    assert sources == {
+        "adapters.mqtt.port": f"file {path}",
+        "adapters.amqp.port": "--set",
+        "log.level": "environment POLYMQ_LOG__LEVEL",
+    }
+
+
+def test_sqlite_synchronous_checked_before_start(pm, tmp_path):
+    msg = error_of(pm, tmp_path, sets=["store.synchronous=sometimes"])
+    assert "store.synchronous: must be one of OFF, NORMAL, FULL, EXTRA" in msg
+    cfg = load(pm, tmp_path, sets=["store.synchronous=normal"])  # sqlite takes any case
+    assert cfg["store"]["synchronous"] == "normal"
+
+
+def test_data_dir_that_cannot_be_made(pm, tmp_path):
+    # /proc refuses new directories even to root, whose permission bits say writable
+    msg = error_of(pm, tmp_path, sets=["store.data_dir=/proc/polymq-test/data"])
+    assert msg.startswith("config error: store.data_dir: cannot create /proc/polymq-test/data")
+    assert not (tmp_path / "new").exists()
+    load(pm, tmp_path, sets=[f"store.data_dir={tmp_path}/new/deeper"])
+    assert not (tmp_path / "new").exists()  # the check leaves nothing behind

@@ -1,4 +1,5 @@
-"""Kafka <-> other protocols through amq.topic (DESIGN.md): AMQP 0-9-1 (pika) on the other side."""
+"""Kafka <-> other protocols through amq.topic (docs/mapping.md); AMQP 0-9-1 (pika) on the
+other side."""
 
 from __future__ import annotations
 

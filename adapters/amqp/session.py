@@ -19,6 +19,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from polymq.adapters import peer_text
+from polymq.core import __version__
 from polymq.core.auth import Refusal
 from polymq.core.errors import BrokerError, NotFound
 from polymq.core.message import Message
@@ -228,7 +230,8 @@ class Connection:
                 self.buf = buf
                 return
             if buf[:8] != C.PROTOCOL_HEADER:
-                log.info("amqp: unsupported protocol header {h!r} from {p}", h=buf[:8], p=self.peer)
+                log.info("amqp: unsupported protocol header {h!r} from {p}", h=buf[:8],
+                         p=peer_text(self.peer))
                 self.write(C.PROTOCOL_HEADER)
                 self.state = "closed"
                 self._close(False)
@@ -641,8 +644,8 @@ class Connection:
         if self.state in ("closing", "closed"):
             return
         log.info(
-            "amqp: closing connection from {peer}: {code} {text}", peer=self.peer, code=code,
-            text=text,
+            "amqp: closing connection from {peer}: {code} {text}", peer=peer_text(self.peer),
+            code=code, text=text,
         )
         was = self.state
         self._teardown()
@@ -746,7 +749,7 @@ class Connection:
     def _handshake_timeout(self) -> None:
         self._handshake_timer = None
         if self.state not in ("opened", "closing", "closed"):
-            log.info("amqp: handshake timeout from {peer}", peer=self.peer)
+            log.info("amqp: handshake timeout from {peer}", peer=peer_text(self.peer))
             self.state = "closed"
             self._teardown()
             self._close(True)
@@ -761,7 +764,7 @@ class Connection:
         else:
             self._missed += 1
             if self._missed >= 4:  # two heartbeat intervals (ticks are half intervals)
-                log.info("amqp: missed heartbeats from {peer}, closing", peer=self.peer)
+                log.info("amqp: missed heartbeats from {peer}, closing", peer=peer_text(self.peer))
                 self.state = "closed"
                 self._teardown()
                 self._close(True)
@@ -777,10 +780,11 @@ class Connection:
         self.state = "start-ok"
         props = {
             "product": "polymq",
-            "version": "0.1.0",
+            "version": __version__,
             "platform": "Python/Twisted",
             "copyright": "polymq authors",
-            "information": "https://example.invalid/polymq",
+            "information": f"polymq {__version__}: one broker for AMQP 0-9-1, MQTT, Kafka and "
+            "OpenWire clients; licensed under Apache-2.0",
             "cluster_name": "polymq",
             "capabilities": dict(SERVER_CAPABILITIES),
         }

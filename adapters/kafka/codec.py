@@ -80,7 +80,7 @@ INIT_PRODUCER_ID = 22
 DESCRIBE_CONFIGS = 32
 SASL_AUTHENTICATE = 36
 
-# advertised (min, max); see shared/notes/kafka.md
+# advertised (min, max): the versions the clients in docs/kafka.md negotiate
 API_RANGES: dict[int, tuple[int, int]] = {
     PRODUCE: (0, 7),
     FETCH: (4, 11),
@@ -103,6 +103,36 @@ API_RANGES: dict[int, tuple[int, int]] = {
     DESCRIBE_CONFIGS: (0, 2),
     SASL_AUTHENTICATE: (0, 1),
 }
+# the names Kafka's own protocol guide gives the API keys, for log lines and errors
+API_NAMES: dict[int, str] = {
+    PRODUCE: "Produce",
+    FETCH: "Fetch",
+    LIST_OFFSETS: "ListOffsets",
+    METADATA: "Metadata",
+    OFFSET_COMMIT: "OffsetCommit",
+    OFFSET_FETCH: "OffsetFetch",
+    FIND_COORDINATOR: "FindCoordinator",
+    JOIN_GROUP: "JoinGroup",
+    HEARTBEAT: "Heartbeat",
+    LEAVE_GROUP: "LeaveGroup",
+    SYNC_GROUP: "SyncGroup",
+    DESCRIBE_GROUPS: "DescribeGroups",
+    LIST_GROUPS: "ListGroups",
+    SASL_HANDSHAKE: "SaslHandshake",
+    API_VERSIONS: "ApiVersions",
+    CREATE_TOPICS: "CreateTopics",
+    DELETE_TOPICS: "DeleteTopics",
+    INIT_PRODUCER_ID: "InitProducerId",
+    DESCRIBE_CONFIGS: "DescribeConfigs",
+    SASL_AUTHENTICATE: "SaslAuthenticate",
+}
+
+
+def api_name(api_key: int) -> str:
+    """``Metadata`` for 3; an API key polymq does not know is told by number."""
+    return API_NAMES.get(api_key) or f"unknown API key {api_key}"
+
+
 # versions listed but refused when used (old librdkafka checks they are listed)
 REFUSED_VERSIONS = {PRODUCE: (0, 1, 2)}
 # first flexible version per API (only ApiVersions reaches it within the advertised ranges)

@@ -202,11 +202,13 @@ class KafkaSession:
             return self._api_versions(hdr, frame, pos)
         rng = C.API_RANGES.get(api)
         if rng is None:
-            raise ProtocolViolation(f"unknown api key {api}")
+            raise ProtocolViolation(f"{C.api_name(api)} is not supported")
         if not rng[0] <= ver <= rng[1] or ver in C.REFUSED_VERSIONS.get(api, ()):
-            raise ProtocolViolation(f"unsupported version {ver} of api {api}")
+            raise ProtocolViolation(
+                f"{C.api_name(api)} version {ver} is not supported (supported: {rng[0]}-{rng[1]})"
+            )
         if not self.authenticated and api not in (C.SASL_HANDSHAKE, C.SASL_AUTHENTICATE):
-            raise ProtocolViolation(f"api {api} before SASL authentication")
+            raise ProtocolViolation(f"{C.api_name(api)} before SASL authentication")
         if api == C.PRODUCE:
             return self._produce(hdr, C.decode_produce(ver, frame[pos:]))
         body = C.decode_body(api, ver, frame[pos:])

@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from polymq.adapters import peer_text
 from polymq.core.address import (
     headers_with_key,
     key_from_headers,
@@ -719,8 +720,8 @@ class Connection:
         if result is None or isinstance(result, Refusal):
             reason = getattr(result, "reason", "not authorized")
             self.respond_error(cmd, "java.lang.SecurityException", reason)
-            log.info("openwire: login refused for {user}: {reason}", user=cmd.user_name,
-                     reason=reason)
+            log.info("openwire: login refused for {user} from {peer}: {reason}",
+                     user=cmd.user_name, peer=peer_text(self.peer), reason=reason)
             self.broker.clock.callLater(0.1, self.close_transport)
             return
         if cmd.client_id:

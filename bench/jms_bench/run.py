@@ -6,7 +6,8 @@
 
 Starts polymq as a subprocess (sqlite store, OpenWire only), compiles JmsBench.java against
 the Debian ActiveMQ 5.17 jars, runs each scenario against both brokers (ActiveMQ must already
-listen: ``/work/shared/peers/peers start activemq``; ``ss -ltnp`` shows its pid) and prints
+listen, on 26616 unless ``--activemq-port`` says otherwise: docs/benchmarks.md, "Reference
+brokers", shows how to run it; ``ss -ltnp`` shows its pid) and prints
 two Markdown tables: send / receive rates, and CPU per message of broker and client.
 
 Each run is a fresh client JVM with the JVM's default compilers: it first moves

@@ -13,6 +13,7 @@ import sys
 import time
 
 from .workload import (
+    DEFAULT_PRESET,
     DEFAULT_URLS,
     GUARANTEES,
     PATTERNS,
@@ -37,8 +38,11 @@ def build_parser(prog: str = "polymq compare") -> argparse.ArgumentParser:
         "percentiles, bytes on the wire and broker CPU per protocol.",
         epilog="presets: " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()),
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default="throughput",
-                   help="named workload; the flags below override its values (throughput)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                   help=f"named workload; the flags below override its values ({DEFAULT_PRESET})")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run each target N times; report the median, range and spread of "
+                   "throughput and latency and the run closest to the medians (1)")
     p.add_argument("--protocols", default=",".join(PROTOCOLS), metavar="LIST",
                    help="comma-separated protocols run against polymq's default URLs when no "
                    "--url is given (default: all four)")
@@ -88,6 +92,18 @@ def resolve_targets(args) -> list:
     return [target_from_url(x, DEFAULT_URLS[x], "polymq") for x in protos]
 
 
+def check_kafka_client() -> None:
+    """Kafka runs drive librdkafka through confluent-kafka, a dependency of polymq; a broken
+    or partial install gets one line instead of a failed run with a traceback."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError as e:
+        raise CompareError(
+            f"kafka runs need confluent-kafka, which cannot be imported ({e}): "
+            "pip install 'confluent-kafka>=2.3', or leave kafka out with --protocols"
+        ) from None
+
+
 def main(argv: list[str] | None = None, prog: str = "polymq compare") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
@@ -98,7 +114,11 @@ def main(argv: list[str] | None = None, prog: str = "polymq compare") -> int:
             pattern=args.pattern, mqtt_version=args.mqtt_version, window=args.window,
             drain_timeout=args.drain_timeout,
         )
+        if args.repeat < 1:
+            raise CompareError("--repeat must be at least 1")
         targets = resolve_targets(args)
+        if any(t.protocol == "kafka" for t in targets):
+            check_kafka_client()
         for t in targets:
             check_reachable(t)
         return run(args, argv, wl, targets)
@@ -115,10 +135,19 @@ def run(args, argv: list[str], wl, targets: list) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from . import report
-    from .runner import run_target
+    from .runner import run_target as run_once
+
+    def run_target(target, wl, broker_pid, on_progress=None):
+        runs = []
+        for i in range(args.repeat):
+            if args.repeat > 1 and not show:
+                console.print(f"  run {i + 1} of {args.repeat}", highlight=False)
+            runs.append(run_once(target, wl, broker_pid, on_progress))
+        return runs[0] if len(runs) == 1 else report.summarise_repeats(runs)
 
     console = Console(force_terminal=True if args.progress else None)
     if not console.is_terminal or args.progress:
+        # output to a file or pipe: the one-row-per-run table, whole
         console = Console(width=max(console.width, 170), force_terminal=args.progress or None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = args.json or f"compare-{stamp}.json"

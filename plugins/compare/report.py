@@ -12,6 +12,9 @@ import time
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
           "#7f7f7f", "#bcbd22", "#17becf"]
+# runs are told apart by line style and marker shape too, not by colour alone
+DASHES = ["", "6 3", "2 3", "8 3 2 3", "12 4", "4 2 4 6"]
+MARKERS = ["circle", "square", "triangle", "diamond", "cross", "triangle-down"]
 
 # (json path, column title, HTML/terminal format) of the summary columns
 COLUMNS = [
@@ -72,26 +75,76 @@ def write_json(doc: dict, path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _title(doc: dict) -> str:
+    from .workload import describe_workload
+
+    return "polymq compare - " + describe_workload(doc["workload"])
+
+
+def _check(r: dict) -> str:
+    c = r["counts"]
+    mark = "[green]ok[/]" if r["ok"] else "[red]FAIL[/]"
+    return f"{mark} {c['unique']}/{c['expected']}"
+
+
+def _width(cells: list[str]) -> int:
+    from rich.text import Text
+
+    return max(Text.from_markup(c).cell_len for c in cells)
+
+
 def rich_table(doc: dict):
+    """One row per run, one column per measure."""
     from rich.table import Table
 
-    wl = doc["workload"]
-    title = (f"polymq compare - {wl['name']}: {wl['producers']} producer(s) -> "
-             f"{wl['consumers']} consumer(s), {wl['pattern']}, {wl['size']} B, "
-             f"{wl['guarantee']}" + (f", {wl['rate']:g} msg/s each" if wl.get("rate") else ""))
-    table = Table(title=title)
-    table.add_column("target")
-    table.add_column("protocol")
+    table = Table(title=_title(doc))
+    table.add_column("target", no_wrap=True)
+    table.add_column("protocol", no_wrap=True)
     for _path, name, _f in COLUMNS:
-        table.add_column(name, justify="right")
-    table.add_column("check")
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("check", no_wrap=True)
     for r in doc["results"]:
-        c = r["counts"]
-        check = (f"[green]ok[/] {c['unique']}/{c['expected']}" if r["ok"]
-                 else f"[red]FAIL[/] {c['unique']}/{c['expected']}")
         table.add_row(r["label"], r["protocol"],
-                      *[fmt(get(r, p), f) for p, _n, f in COLUMNS], check)
+                      *[fmt(get(r, p), f) for p, _n, f in COLUMNS], _check(r))
     return table
+
+
+def _wide_width(doc: dict) -> int:
+    """Columns the one-row-per-run table needs with every cell whole."""
+    results = doc["results"]
+    columns = [["target", *[r["label"] for r in results]],
+               ["protocol", *[r["protocol"] for r in results]],
+               *[[name, *[fmt(get(r, p), f) for r in results]] for p, name, f in COLUMNS],
+               ["check", *[_check(r) for r in results]]]
+    return sum(_width(c) + 3 for c in columns) + 1
+
+
+def narrow_tables(doc: dict, width: int) -> list:
+    """The same figures with the runs as columns, as many runs per table as fit ``width``."""
+    from rich.table import Table
+
+    results = doc["results"]
+    names = ["protocol", *[n for _p, n, _f in COLUMNS], "check"]
+    label_width = _width(names) + 3
+    run_cells = [[r["protocol"], *[fmt(get(r, p), f) for p, _n, f in COLUMNS], _check(r)]
+                 for r in results]
+    run_widths = [max(_width(cells), _width([r["label"]])) + 3 for cells, r in
+                  zip(run_cells, results, strict=True)]
+    tables, start = [], 0
+    while start < len(results):
+        end, used = start + 1, label_width + run_widths[start] + 1
+        while end < len(results) and used + run_widths[end] <= width:
+            used += run_widths[end]
+            end += 1
+        table = Table(title=_title(doc) if not tables else None)
+        table.add_column("", no_wrap=True)
+        for r in results[start:end]:
+            table.add_column(r["label"], justify="right", no_wrap=True)
+        for row, name in enumerate(names):
+            table.add_row(name, *[cells[row] for cells in run_cells[start:end]])
+        tables.append(table)
+        start = end
+    return tables
 
 
 def markdown_table(doc: dict) -> str:
@@ -106,13 +159,100 @@ def markdown_table(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def repeat_table(doc: dict):
+    """Median and spread of the repeated runs (``--repeat N``), or None after single runs.
+
+    One row per run and measure, so that the numbers stay whole on a narrow terminal (only the
+    run's name wraps)."""
+    from rich.table import Table
+
+    results = [r for r in doc["results"] if r.get("repeats")]
+    if not results:
+        return None
+    n = results[0]["repeats"]["n"]
+    table = Table(title=f"{n} runs per target; spread = (highest - lowest) / median")
+    table.add_column("run")
+    table.add_column("measure", no_wrap=True)
+    for name in ("median", "lowest", "highest", "spread"):
+        table.add_column(name, justify="right", no_wrap=True)
+    for r in results:
+        for number, (key, name, pattern) in enumerate(REPEAT_MEASURES):
+            s = r["repeats"]["summary"].get(key)
+            figures = (["-"] * 4 if not s else [
+                pattern.format(s["median"]), pattern.format(s["min"]), pattern.format(s["max"]),
+                f"{s['spread_pct']:.0f}%"])
+            table.add_row(_name(r) if number == 0 else "", name, *figures)
+    return table
+
+
 def print_summary(console, doc: dict) -> None:
-    console.print(rich_table(doc))
+    if _wide_width(doc) <= console.width:
+        console.print(rich_table(doc))
+    else:
+        for table in narrow_tables(doc, console.width):
+            console.print(table)
+    repeats = repeat_table(doc)
+    if repeats is not None:
+        console.print(repeats)
     for r in doc["results"]:
         for text in r["failures"]:
             console.print(f"[red]{r['label']} {r['protocol']}: {text}[/]", highlight=False)
+        if r.get("tracebacks"):
+            console.print(f"[red]{r['label']} {r['protocol']}: the traceback is in the JSON "
+                          "and HTML reports[/]", highlight=False)
         for text in r["warnings"]:
             console.print(f"[yellow]{r['label']} {r['protocol']}: {text}[/]", highlight=False)
+
+
+# measures summarised over repeated runs: (key in a run's record, title, format)
+REPEAT_MEASURES = [
+    ("throughput.msgs_per_s", "msgs/s", "{:,.0f}"),
+    ("latency.p50_ms", "p50 ms", "{:.3f}"),
+    ("latency.p99_ms", "p99 ms", "{:.3f}"),
+]
+
+
+def summarise_repeats(runs: list[dict]) -> dict:
+    """The most typical run (closest to the medians of the repeated measures), carrying every
+    run's figures under ``repeats``."""
+    import statistics
+
+    summary = {}
+    for key, _name, _f in REPEAT_MEASURES:
+        values = [v for v in (get(r, key) for r in runs) if v is not None]
+        if not values:
+            continue
+        median = statistics.median(values)
+        summary[key] = {
+            "values": values,
+            "median": median,
+            "min": min(values),
+            "max": max(values),
+            "spread_pct": round(100.0 * (max(values) - min(values)) / median, 1) if median else 0,
+        }
+
+    def distance(r: dict) -> float:
+        """How far a run is from the medians, as the sum of log ratios (rates and latencies
+        weigh alike whatever their units)."""
+        total = 0.0
+        for key, s in summary.items():
+            value = get(r, key)
+            if value and s["median"]:
+                total += abs(math.log(value / s["median"]))
+            else:
+                total += 10.0  # a run without the figure is the least typical
+        return total
+
+    chosen = dict(min(runs, key=distance))
+    failures = [f"run {i + 1}: {text}" for i, r in enumerate(runs) for text in r["failures"]]
+    chosen.update(
+        ok=all(r["ok"] for r in runs),
+        failures=failures,
+        warnings=[f"run {i + 1}: {t}" for i, r in enumerate(runs) for t in r["warnings"]],
+        tracebacks=[t for r in runs for t in r.get("tracebacks", [])],
+        repeats={"n": len(runs), "run_ids": [r["run_id"] for r in runs], "summary": summary},
+    )
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,8 +327,8 @@ def latency_svg(results: list[dict]) -> str:
         out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">'
                    f'{decade:g} ms</text>')
         decade *= 10
-    for p, label in ((0, "p0"), (90, "p90"), (99, "p99"), (99.9, "p99.9"), (99.99, "p99.99"),
-                     (100, "max")):
+    for p, label in ((0, "p0"), (50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p99.9"),
+                     (99.99, "p99.99"), (100, "max")):
         x = sx(p)
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + height}" '
                    'class="grid"/>')
@@ -198,19 +338,47 @@ def latency_svg(results: list[dict]) -> str:
                'class="axis">percentile (end-to-end latency, log scale)</text>')
     for n, (i, curve) in enumerate(curves):
         color = COLORS[i % len(COLORS)]
+        dash = DASHES[i % len(DASHES)]
+        marker = MARKERS[i % len(MARKERS)]
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         pts = " ".join(f"{sx(p):.1f},{sy(v):.1f}" for p, v in curve)
-        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2" '
-                   f'data-run="{i}"/>')
+        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"'
+                   f'{dash_attr} data-run="{i}"/>')
         for p, v in curve:
-            out.append(f'<circle cx="{sx(p):.1f}" cy="{sy(v):.1f}" r="2.5" fill="{color}" '
-                       f'data-run="{i}" data-percentile="{p}" data-ms="{v}"><title>'
-                       f'{_e(_name(results[i]))} p{p:g}: {v} ms</title></circle>')
+            x, y = sx(p), sy(v)
+            out.append(_marker(marker, x, y, color))
+            # the data point itself, transparent: it carries the value and the tooltip
+            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color}" '
+                       f'fill-opacity="0" data-run="{i}" data-percentile="{p}" data-ms="{v}">'
+                       f'<title>{_e(_name(results[i]))} p{p:g}: {v} ms</title></circle>')
         ly = top + 10 + n * 18
-        out.append(f'<rect x="{left + width + 14}" y="{ly - 9}" width="12" height="12" '
-                   f'fill="{color}"/><text x="{left + width + 32}" y="{ly + 1}">'
-                   f'{_e(_name(results[i]))}</text>')
+        lx = left + width + 14
+        out.append(f'<line x1="{lx}" y1="{ly - 3}" x2="{lx + 28}" y2="{ly - 3}" '
+                   f'stroke="{color}" stroke-width="2"{dash_attr}/>')
+        out.append(_marker(marker, lx + 14, ly - 3, color))
+        out.append(f'<text x="{lx + 36}" y="{ly + 1}">{_e(_name(results[i]))}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+def _marker(shape: str, x: float, y: float, color: str) -> str:
+    """A marker of ``shape`` centred on (x, y)."""
+    s = 3.5
+    if shape == "circle":
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{s}" fill="{color}" class="marker"/>'
+    if shape == "square":
+        return (f'<rect x="{x - s:.1f}" y="{y - s:.1f}" width="{2 * s}" height="{2 * s}" '
+                f'fill="{color}" class="marker"/>')
+    points = {
+        "triangle": [(0, -1.2), (1.1, 0.9), (-1.1, 0.9)],
+        "triangle-down": [(0, 1.2), (1.1, -0.9), (-1.1, -0.9)],
+        "diamond": [(0, -1.3), (1.3, 0), (0, 1.3), (-1.3, 0)],
+    }.get(shape)
+    if points is not None:
+        pts = " ".join(f"{x + dx * s:.1f},{y + dy * s:.1f}" for dx, dy in points)
+        return f'<polygon points="{pts}" fill="{color}" class="marker"/>'
+    return (f'<path d="M{x - s:.1f},{y - s:.1f}L{x + s:.1f},{y + s:.1f}M{x - s:.1f},{y + s:.1f}'
+            f'L{x + s:.1f},{y - s:.1f}" stroke="{color}" stroke-width="2" class="marker"/>')
 
 
 CSS = """
@@ -246,6 +414,9 @@ def render_html(doc: dict) -> str:
     for r in results:
         for text in r["failures"]:
             problems.append(f'<li class="fail">{_e(_name(r))}: {_e(text)}</li>')
+        for tb in r.get("tracebacks", []):
+            problems.append(f"<li><details><summary>{_e(_name(r))}: traceback</summary>"
+                            f"<pre>{_e(tb)}</pre></details></li>")
         for text in r["warnings"]:
             problems.append(f"<li>{_e(_name(r))}: {_e(text)}</li>")
     detail = []
@@ -268,7 +439,10 @@ def render_html(doc: dict) -> str:
             f"{fmt(get(r, 'client_cpu_s.consumers'), '{:.2f}')}</td>"
             f"<td>{fmt(get(r, 'throughput.seconds'), '{:.2f}')}</td></tr>"
         )
-    wl_text = ", ".join(f"{k}={v}" for k, v in wl.items())
+    from .workload import describe_workload
+
+    wl_text = describe_workload(wl) + (
+        f"; window {wl['window']}, drain timeout {wl['drain_timeout']:g} s")
     data = json.dumps(doc).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>polymq compare - {_e(wl['name'])}</title>
@@ -283,6 +457,7 @@ def render_html(doc: dict) -> str:
 <th>delivered/expected</th><th>dups</th><th>out of order</th><th>check</th></tr>
 {''.join(rows)}</table>
 {'<ul>' + ''.join(problems) + '</ul>' if problems else ''}
+{repeat_html(results)}
 <h2>Throughput</h2>
 {throughput_svg(results)}
 <h2>Latency percentiles</h2>
@@ -302,6 +477,28 @@ sent (deliveries to every consumer + confirms). Broker CPU: utime+stime of the b
 <script type="application/json" id="polymq-compare-data">{data}</script>
 </body></html>
 """
+
+
+def repeat_html(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        if not r.get("repeats"):
+            continue
+        cells = []
+        for key, _title_text, pattern in REPEAT_MEASURES:
+            s = r["repeats"]["summary"].get(key)
+            cells.append("<td>-</td>" if not s else (
+                f"<td>{pattern.format(s['median'])} [{pattern.format(s['min'])} &ndash; "
+                f"{pattern.format(s['max'])}], spread {s['spread_pct']:.0f}%</td>"))
+        rows.append(f"<tr><td class='l'>{_e(_name(r))}</td>{''.join(cells)}</tr>")
+    if not rows:
+        return ""
+    n = results[0]["repeats"]["n"] if results[0].get("repeats") else ""
+    head = "".join(f"<th>{_e(name)}</th>" for _k, name, _f in REPEAT_MEASURES)
+    return (f"<h2>Repeated runs</h2><p>{n} runs per target: median [lowest &ndash; highest] and "
+            "spread ((highest - lowest) / median). The summary above shows the run closest to "
+            f"these medians.</p><table id='repeats'><tr><th>run</th>{head}</tr>"
+            f"{''.join(rows)}</table>")
 
 
 def write_html(doc: dict, path: str) -> None:

@@ -26,6 +26,7 @@ def run_target(target: Target, wl: Workload, broker_pid: int | None = None,
     cpu = BrokerCpu.find(target, broker_pid)
     procs = {}
     got: dict[str, tuple[str, object]] = {}
+    tracebacks: list[str] = []
     started = time.time()
 
     def start(side: str) -> None:
@@ -37,6 +38,9 @@ def run_target(target: Target, wl: Workload, broker_pid: int | None = None,
     def collect(timeout: float) -> None:
         try:
             side, status, value = results.get(timeout=timeout)
+            if status == "traceback":
+                tracebacks.append(f"{side}:\n{value}")
+                return
             got[side] = (status, value)
         except queue_mod.Empty:
             pass
@@ -62,7 +66,7 @@ def run_target(target: Target, wl: Workload, broker_pid: int | None = None,
             if p.is_alive():
                 p.kill()
                 p.join(5)
-    return build_result(target, wl, run, got, cpu, time.time() - started)
+    return build_result(target, wl, run, got, cpu, time.time() - started, tracebacks)
 
 
 def _drive(target, wl, shared, procs, got, start, collect, first_error, cpu, total_hint,
@@ -118,7 +122,7 @@ def _time_limit(wl: Workload) -> float:
 
 
 def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerCpu,
-                 wall: float) -> dict:
+                 wall: float, tracebacks: list[str] | None = None) -> dict:
     from hdrh.histogram import HdrHistogram
 
     from .common import LATENCY_MAX_US
@@ -182,8 +186,11 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
             "max_ms": ms(hist.get_max_value()),
             **{f"p{_pct_name(p)}_ms": ms(hist.get_value_at_percentile(p)) for p in percentiles},
             "histogram": hist.encode().decode("ascii"),
+            # a percentile above 100 * (1 - 1/count) has no sample of its own (it would repeat
+            # the maximum as a flat line): the curve goes from the last measured one to the max
             "curve": [[p, ms(hist.get_value_at_percentile(p) if p < 100
-                             else hist.get_max_value())] for p in curve_pcts],
+                             else hist.get_max_value())]
+                      for p in curve_pcts if p == 100 or p <= 100.0 * (1 - 1 / count)],
         }
     first = prod.get("first_ns") or 0
     last = cons.get("last_ns") or 0
@@ -236,6 +243,7 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
         "broker_cpu_s_per_10k": per10k,
         "client_cpu_s": {"producers": _r(prod.get("cpu_s")), "consumers": _r(cons.get("cpu_s"))},
         "wall_s": round(wall, 2),
+        "tracebacks": list(tracebacks or ()),
     }
 
 

@@ -199,5 +199,6 @@ def side_main(side: str, target: Target, wl: Workload, run: str, shared: Shared,
         results.put((side, "error", f"{target.protocol} {side}: {e.strerror or e}"))
     except BaseException as e:  # noqa: BLE001 - reported to the coordinator, not lost
         shared.abort.set()
-        tb = traceback.format_exc(limit=4)
-        results.put((side, "error", f"{target.protocol} {side}: {type(e).__name__}: {e}\n{tb}"))
+        # the failure is one line; the traceback goes to the JSON (and the HTML's details)
+        results.put((side, "traceback", traceback.format_exc(limit=4)))
+        results.put((side, "error", f"{target.protocol} {side}: {type(e).__name__}: {e}"))

@@ -100,6 +100,28 @@ PRESET_HELP = {
 }
 
 
+DEFAULT_PRESET = "smoke"
+
+
+def describe_workload(wl: dict) -> str:
+    """``smoke: 1 producer -> 1 consumer, fanout, 500 messages of 128 B each, at-least-once``."""
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'' if count == 1 else 's'}"
+
+    amount = (f"{n(wl['count'], 'message')} of {wl['size']} B per producer" if wl.get("count")
+              else f"{wl['size']} B messages for {wl['duration']:g} s")
+    parts = [
+        f"{n(wl['producers'], 'producer')} -> {n(wl['consumers'], 'consumer')}",
+        wl["pattern"],
+        amount,
+        wl["guarantee"],
+        f"{wl['rate']:g} msg/s per producer" if wl.get("rate") else "unlimited rate",
+    ]
+    if wl.get("mqtt_version") == 5:
+        parts.append("MQTT 5")
+    return f"{wl['name']}: " + ", ".join(parts)
+
+
 def make_workload(preset: str | None, **overrides) -> Workload:
     values: dict = {}
     if preset is not None:

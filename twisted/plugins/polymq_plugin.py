@@ -31,8 +31,9 @@ class Options(usage.Options):
 
         try:
             self["plugin_manager"] = pm = get_plugin_manager()
+            self["sources"] = sources = {}
             self["effective_config"] = load_config(
-                pm, path=self["config"], overrides=self["overrides"]
+                pm, path=self["config"], overrides=self["overrides"], sources=sources
             )
         except (ConfigError, PluginError) as exc:
             raise usage.UsageError(str(exc)) from None
@@ -45,12 +46,14 @@ class PolymqServiceMaker:
     options = Options
 
     def makeService(self, options):
+        from polymq.core.cli import describe_sources
         from polymq.core.service import BrokerService
 
         return BrokerService(
             options["effective_config"],
             plugins=options["plugin_manager"],
             port_file=options["port-file"],
+            config_source=describe_sources(options["config"], options["sources"]),
         )
 
 
