@@ -362,14 +362,19 @@ def registry_of(broker: Any) -> ConnectionRegistry:
     return reg
 
 
-_DURABLE = object()  # marks a reply batch that waits for the store
+_DURABLE = object()  # marks a reply batch that waits for the store (or for reply_later)
+
+
+def _ignore(*data: bytes) -> None:
+    pass
 
 
 @implementer(IPushProducer)
 class ProtocolConnection(Protocol):
     """One client connection of any protocol: the thin transport every adapter shares.
 
-    Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable`,
+    Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable` /
+    :meth:`reply_later`,
     :meth:`handshake_done`, :meth:`authenticate`, :meth:`authorize`, :meth:`set_liveness`,
     :meth:`pause_reading` / :meth:`resume_reading`, and :attr:`info` (the registry entry).
     """
@@ -512,9 +517,33 @@ class ProtocolConnection(Protocol):
         answers still waiting for durability, so the client sees answers in request order."""
         if self._replies:
             if not self.closing:
+                if self._durable_open is not None:
+                    # later durable replies of this read must not join the batch before it
+                    self._register_durable()
                 self._replies.append([data])
             return
         self.write(data)
+
+    def reply_later(self) -> Callable[..., None]:
+        """Reserve the place of an answer that waits for something other than the store (a
+        long poll, a group join): answers given after this call wait behind it. Call the
+        returned function once with the answer's bytes (one or more chunks), whenever it is
+        ready; later calls, and calls after the connection closed, are ignored."""
+        if self.closing:
+            return _ignore
+        if self._durable_open is not None:
+            self._register_durable()
+        entry: list = [_DURABLE]
+        self._replies.append(entry)
+
+        def ready(*data: bytes) -> None:
+            if entry[0] is not _DURABLE or self.closing:
+                return
+            entry.extend(data)
+            entry[0] = None
+            self._release_replies()
+
+        return ready
 
     def reply_after_durable(self, data: bytes) -> None:
         """A reply that may leave only once everything written to the store so far is durable
