@@ -232,3 +232,52 @@ def test_long_poll_woken_by_produce(kbroker):
     c.close()
     p.close()
 
+
+
+def test_answers_in_request_order_when_some_wait_for_the_disk(kbroker):
+    """Produce (answered once fsynced), Metadata (answered at once), Produce, Fetch and
+    ApiVersions in one write: the answers leave in request order."""
+    t = topic()
+    c = Client(kbroker)
+    c.call(C.METADATA, 4, {"topics": [{"name": t}], "allow_auto_topic_creation": True})
+    fetch_body = {"replica_id": -1, "max_wait_ms": 300, "min_bytes": 10**6, "max_bytes": 10**6,
+                  "isolation_level": 0, "session_id": 0, "session_epoch": -1,
+                  "topics": [{"topic": t, "partitions": [
+                      {"partition": 0, "current_leader_epoch": -1, "fetch_offset": 0,
+                       "log_start_offset": -1, "partition_max_bytes": 10**6}]}],
+                  "forgotten_topics_data": [], "rack_id": ""}
+    for _ in range(5):
+        sent = []
+        data = b""
+        for api, ver, body in (
+            (C.PRODUCE, 7, produce_body(t, encode_batch([(None, b"a", [], 1)]))),
+            (C.METADATA, 1, {"topics": [{"name": t}]}),
+            (C.PRODUCE, 7, produce_body(t, encode_batch([(None, b"b", [], 2)]))),
+            (C.FETCH, 11, fetch_body),
+            (C.API_VERSIONS, 0, {}),
+        ):
+            c.corr += 1
+            sent.append((api, ver, c.corr))
+            data += C.encode_request(api, ver, c.corr, "raw", body)
+        c.sock.sendall(data)
+        for api, ver, corr in sent:
+            got, _ = C.decode_response(api, ver, c.recv_frame())
+            assert got == corr
+    c.close()
+
+
+def test_idle_connections_are_closed(broker_factory):
+    """idle_timeout (Kafka's connections.max.idle.ms) closes a connection that sends nothing;
+    one that keeps sending stays."""
+    b = broker_factory(adapters=["kafka"], store="memory",
+                       settings={"adapters.kafka.idle_timeout": 1.0})
+    idle, busy = Client(b), Client(b)
+    assert idle.call(C.API_VERSIONS, 0, {}).error_code == 0
+    start = time.time()
+    while time.time() - start < 2.5:
+        assert busy.call(C.API_VERSIONS, 0, {}).error_code == 0
+        time.sleep(0.3)
+    assert idle.closed(timeout=1.0)
+    assert busy.call(C.METADATA, 1, {"topics": []}).brokers
+    busy.close()
+    assert "nothing received for" in b.log_text()
