@@ -397,6 +397,7 @@ class ProtocolConnection(Protocol):
         self._last_read = 0.0
         self._last_write = 0.0
         self._reading_paused = 0
+        self._socket_paused = False
         # replies waiting behind a durable one: lists of frames, or _DURABLE-headed batches
         self._replies: list[list] = []
         self._durable_open: list | None = None
@@ -707,10 +708,18 @@ class ProtocolConnection(Protocol):
     # -- IPushProducer: the socket's buffer -------------------------------------------------
 
     def pauseProducing(self) -> None:
+        # Twisted calls this on every write while its buffer is over its size, and
+        # resumeProducing once when it drained: the session hears each change once
+        if self._socket_paused:
+            return
+        self._socket_paused = True
         if self.session is not None and not self.closing:
             self.call_session(self.session.pause)
 
     def resumeProducing(self) -> None:
+        if not self._socket_paused:
+            return
+        self._socket_paused = False
         if self.session is not None and not self.closing:
             self.call_session(self.session.resume)
 
