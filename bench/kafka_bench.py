@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/kafka_bench.py [--records 200000] [--size 1024] [--store sqlite]
     .venv/bin/python bench/kafka_bench.py --bootstrap 127.0.0.1:9092   # an already running broker
+    .venv/bin/python bench/kafka_bench.py --baseline /tmp/old   # the broker of another tree
+
+``--baseline DIR`` starts the broker with ``PYTHONPATH=DIR``, where DIR holds a ``polymq``
+directory (``core``, ``adapters``, ``plugins`` of an older commit), to measure before/after.
 
 Starts a broker subprocess (Kafka adapter only) unless --bootstrap is given, measures the
 loopback bandwidth (iperf3 if installed, else a Python socket blast) in the same run, then
@@ -147,6 +151,7 @@ def main() -> None:
     ap.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--baseline", default=None, help="PYTHONPATH of the polymq to measure")
     args = ap.parse_args()
 
     broker = None
@@ -155,7 +160,9 @@ def main() -> None:
         from brokerproc import BrokerProcess
 
         tmp = tempfile.mkdtemp(prefix="kafka-bench-")
-        broker = BrokerProcess(tmp, adapters=["kafka"], store=args.store, log_level="warn")
+        env = {"PYTHONPATH": args.baseline} if args.baseline else None
+        broker = BrokerProcess(tmp, adapters=["kafka"], store=args.store, log_level="warn",
+                               env=env)
         broker.start()
         bootstrap = f"{broker.host}:{broker.port('kafka')}"
     else:

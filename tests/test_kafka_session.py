@@ -289,3 +289,16 @@ def test_authorization_check_points_and_counters():
     assert r.error_code == C.GROUP_AUTHORIZATION_FAILED
     assert ("read", "group", "secret-group") in asked
     assert conn.info.client_id == "c" and conn.info.protocol == "kafka"
+
+
+def test_socket_back_pressure_pauses_reading_once():
+    """Twisted pauses its producer on every write while the buffer is full and resumes it
+    once: reading must resume after that one resume (a big Fetch answer must not hang)."""
+    clock, conn, tr = make_session()
+    for _ in range(3):
+        conn.pauseProducing()
+    assert tr.producerState == "paused"
+    conn.resumeProducing()
+    assert tr.producerState == "producing"
+    conn.dataReceived(C.encode_request(C.API_VERSIONS, 0, 7, "c", {}))
+    assert corrs_out(tr) == [7]

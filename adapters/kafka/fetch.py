@@ -142,9 +142,15 @@ class FetchWait:
         out = []
         for t in req.topics:
             if denied and t.topic in denied:
-                out.append((t.topic, [
-                    C.FetchPartition(rp.partition, C.TOPIC_AUTHORIZATION_FAILED, -1, -1, [])
-                    for rp in t.partitions]))
+                out.append(
+                    (
+                        t.topic,
+                        [
+                            C.FetchPartition(rp.partition, C.TOPIC_AUTHORIZATION_FAILED, -1, -1, [])
+                            for rp in t.partitions
+                        ],
+                    )
+                )
                 errors = True
                 continue
             s = srv.topic(t.topic)
@@ -159,8 +165,11 @@ class FetchWait:
                 p = s.partitions[rp.partition]
                 off = rp.fetch_offset
                 if off < p.start_offset or off > p.next_offset:
-                    parts.append(C.FetchPartition(rp.partition, C.OFFSET_OUT_OF_RANGE,
-                                                  p.next_offset, p.start_offset, []))
+                    parts.append(
+                        C.FetchPartition(
+                            rp.partition, C.OFFSET_OUT_OF_RANGE, p.next_offset, p.start_offset, []
+                        )
+                    )
                     errors = True
                     continue
                 batches: list[bytes] = []
@@ -175,8 +184,9 @@ class FetchWait:
                         size += len(b)
                         records += e.count
                     total += size
-                parts.append(C.FetchPartition(rp.partition, 0, p.next_offset, p.start_offset,
-                                              batches))
+                parts.append(
+                    C.FetchPartition(rp.partition, 0, p.next_offset, p.start_offset, batches)
+                )
             out.append((t.topic, parts))
         self.records = records
         return out, total, errors

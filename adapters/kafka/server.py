@@ -63,14 +63,14 @@ class KafkaServer:
         self.max_request_size: int = int(
             section.get("max_request_size", 0) or (broker.max_message_size + 1024 * 1024)
         )
-        self.coordinator = Coordinator(broker, int(section.get("group_initial_rebalance_delay_ms",
-                                                                0)))
+        self.coordinator = Coordinator(
+            broker, int(section.get("group_initial_rebalance_delay_ms", 0))
+        )
         self.producers: dict[tuple[int, str, int], ProducerState] = {}
         self.producer_epochs: dict[int, int] = {}
         self.transactional: dict[str, tuple[int, int]] = {}
         if FORMAT not in broker.stream_formats:
-            broker.stream_formats[FORMAT] = StreamFormat(FORMAT, decode_messages,
-                                                         encode_messages)
+            broker.stream_formats[FORMAT] = StreamFormat(FORMAT, decode_messages, encode_messages)
 
     # -- topics --------------------------------------------------------------------------------
 
@@ -106,5 +106,3 @@ class KafkaServer:
         cur = self.broker.kv_get_obj("kafka.meta", "next_producer_id") or 1000
         self.broker.kv_put_obj("kafka.meta", "next_producer_id", cur + 1)
         return cur
-
-

@@ -61,6 +61,7 @@ class KafkaSession(SessionBase):
         self.blocked = False
         self.held: list[tuple[Callable[..., None], int, int, dict, float]] = []
         self._held_paused = False
+        self._socket_paused = False
         # topics this connection was allowed to write / read (asked once each)
         self._writable: set[str] = set()
         self._readable: set[str] = set()
@@ -149,10 +150,14 @@ class KafkaSession(SessionBase):
 
     def pause(self) -> None:
         # the client does not take our answers: read no more requests until it does
-        self.conn.pause_reading()
+        if not self._socket_paused:
+            self._socket_paused = True
+            self.conn.pause_reading()
 
     def resume(self) -> None:
-        self.conn.resume_reading()
+        if self._socket_paused:
+            self._socket_paused = False
+            self.conn.resume_reading()
 
     def publishing_blocked(self, blocked: bool, reason: str) -> None:
         """The resource alarm: Produce answers are held (and reading stops once one is) until
@@ -183,9 +188,11 @@ class KafkaSession(SessionBase):
 
     def _api_versions(self, hdr: C.RequestHeader, frame: memoryview, pos: int) -> None:
         ver = hdr.api_version
-        keys = [{"api_key": k, "min_version": lo, "max_version": hi}
-                for k, (lo, hi) in sorted(C.API_RANGES.items())
-                if self.server.sasl or k not in (C.SASL_HANDSHAKE, C.SASL_AUTHENTICATE)]
+        keys = [
+            {"api_key": k, "min_version": lo, "max_version": hi}
+            for k, (lo, hi) in sorted(C.API_RANGES.items())
+            if self.server.sasl or k not in (C.SASL_HANDSHAKE, C.SASL_AUTHENTICATE)
+        ]
         if ver > 3 or ver < 0:
             body = {"error_code": C.UNSUPPORTED_VERSION, "api_keys": keys}
             out = C.encode_response(C.API_VERSIONS, 0, hdr.correlation_id, body)
@@ -216,23 +223,35 @@ class KafkaSession(SessionBase):
             self.identity = result
             self.authenticated = True
             self.started = True
-            self.conn.handshake_done(user=result.user, client_id=self.client_id,
-                                     vhost=self.vhost.name)
+            self.conn.handshake_done(
+                user=result.user, client_id=self.client_id, vhost=self.vhost.name
+            )
             return None
         return getattr(result, "reason", "authentication failed")
 
     def _sasl_authenticate(self, ver: int, req: Any, reply: Callable) -> None:
         if self.sasl_mechanism != "PLAIN" or self.authenticated:
-            return reply({"error_code": C.ILLEGAL_SASL_STATE, "error_message": "no handshake",
-                          "auth_bytes": b"", "session_lifetime_ms": 0})
+            return reply(
+                {
+                    "error_code": C.ILLEGAL_SASL_STATE,
+                    "error_message": "no handshake",
+                    "auth_bytes": b"",
+                    "session_lifetime_ms": 0,
+                }
+            )
         err = self._plain(req.auth_bytes)
         if err is not None:
-            reply({"error_code": C.SASL_AUTHENTICATION_FAILED, "error_message": err,
-                   "auth_bytes": b"", "session_lifetime_ms": 0})
+            reply(
+                {
+                    "error_code": C.SASL_AUTHENTICATION_FAILED,
+                    "error_message": err,
+                    "auth_bytes": b"",
+                    "session_lifetime_ms": 0,
+                }
+            )
             log.info("kafka client {peer}: SASL refused: {e}", peer=self.peer, e=err)
             return
-        reply({"error_code": 0, "error_message": None, "auth_bytes": b"",
-               "session_lifetime_ms": 0})
+        reply({"error_code": 0, "error_message": None, "auth_bytes": b"", "session_lifetime_ms": 0})
 
     def _sasl_raw_token(self, token: bytes) -> None:
         self.sasl_raw = False
@@ -247,16 +266,20 @@ class KafkaSession(SessionBase):
         """Topic ``name``; created when asked, allowed by the config and by the authorizer."""
         srv = self.server
         s = srv.topic(name)
-        if (s is None and create and srv.auto_create and TOPIC_RE.match(name)
-                and name not in self.vhost.queues
-                and self.conn.authorize("configure", "topic", name)):
+        if (
+            s is None
+            and create
+            and srv.auto_create
+            and TOPIC_RE.match(name)
+            and name not in self.vhost.queues
+            and self.conn.authorize("configure", "topic", name)
+        ):
             s = srv.topic(name, create=True)
         return s
 
     def _broker_entry(self) -> dict:
         port = self.server.advertised_port or self.local_port
-        return {"node_id": NODE_ID, "host": self.server.advertised_host, "port": port,
-                "rack": None}
+        return {"node_id": NODE_ID, "host": self.server.advertised_host, "port": port, "rack": None}
 
     def _metadata(self, ver: int, req: Any, reply: Callable) -> None:
         srv = self.server
@@ -270,22 +293,53 @@ class KafkaSession(SessionBase):
         for name in names:
             s = self._topic(name, allow)
             if s is None:
-                code = C.INVALID_TOPIC_EXCEPTION if not TOPIC_RE.match(name) else \
-                    C.UNKNOWN_TOPIC_OR_PARTITION
-                topics.append({"error_code": code, "name": name, "is_internal": False,
-                               "partitions": [], "topic_authorized_operations": -2147483648})
+                code = (
+                    C.INVALID_TOPIC_EXCEPTION
+                    if not TOPIC_RE.match(name)
+                    else C.UNKNOWN_TOPIC_OR_PARTITION
+                )
+                topics.append(
+                    {
+                        "error_code": code,
+                        "name": name,
+                        "is_internal": False,
+                        "partitions": [],
+                        "topic_authorized_operations": -2147483648,
+                    }
+                )
                 continue
-            parts = [{"error_code": 0, "partition_index": i, "leader_id": NODE_ID,
-                      "leader_epoch": -1, "replica_nodes": [NODE_ID], "isr_nodes": [NODE_ID],
-                      "offline_replicas": []} for i in range(len(s.partitions))]
-            topics.append({"error_code": 0, "name": name, "is_internal": False,
-                           "partitions": parts, "topic_authorized_operations": -2147483648})
-        reply({"brokers": [self._broker_entry()], "cluster_id": CLUSTER_ID,
-               "controller_id": NODE_ID, "topics": topics,
-               "cluster_authorized_operations": -2147483648})
+            parts = [
+                {
+                    "error_code": 0,
+                    "partition_index": i,
+                    "leader_id": NODE_ID,
+                    "leader_epoch": -1,
+                    "replica_nodes": [NODE_ID],
+                    "isr_nodes": [NODE_ID],
+                    "offline_replicas": [],
+                }
+                for i in range(len(s.partitions))
+            ]
+            topics.append(
+                {
+                    "error_code": 0,
+                    "name": name,
+                    "is_internal": False,
+                    "partitions": parts,
+                    "topic_authorized_operations": -2147483648,
+                }
+            )
+        reply(
+            {
+                "brokers": [self._broker_entry()],
+                "cluster_id": CLUSTER_ID,
+                "controller_id": NODE_ID,
+                "topics": topics,
+                "cluster_authorized_operations": -2147483648,
+            }
+        )
 
     # -- Produce -------------------------------------------------------------------------------
-
 
     # -- Produce -------------------------------------------------------------------------------
 
@@ -310,8 +364,11 @@ class KafkaSession(SessionBase):
                 elif denied:
                     presults.append((index, C.TOPIC_AUTHORIZATION_FAILED, -1))
                 elif s is None:
-                    code = C.INVALID_TOPIC_EXCEPTION if not TOPIC_RE.match(name) else \
-                        C.UNKNOWN_TOPIC_OR_PARTITION
+                    code = (
+                        C.INVALID_TOPIC_EXCEPTION
+                        if not TOPIC_RE.match(name)
+                        else C.UNKNOWN_TOPIC_OR_PARTITION
+                    )
                     presults.append((index, code, -1))
                 elif not 0 <= index < len(s.partitions):
                     presults.append((index, C.UNKNOWN_TOPIC_OR_PARTITION, -1))
@@ -324,11 +381,25 @@ class KafkaSession(SessionBase):
             results.append((name, presults))
         if acks == 0:
             return
-        body = {"responses": [
-            {"name": n, "partition_responses": [
-                {"index": i, "error_code": e, "base_offset": o, "log_append_time_ms": -1,
-                 "log_start_offset": self._log_start(n, i)} for i, e, o in ps]}
-            for n, ps in results], "throttle_time_ms": 0}
+        body = {
+            "responses": [
+                {
+                    "name": n,
+                    "partition_responses": [
+                        {
+                            "index": i,
+                            "error_code": e,
+                            "base_offset": o,
+                            "log_append_time_ms": -1,
+                            "log_start_offset": self._log_start(n, i),
+                        }
+                        for i, e, o in ps
+                    ],
+                }
+                for n, ps in results
+            ],
+            "throttle_time_ms": 0,
+        }
         ver, corr = hdr.api_version, hdr.correlation_id
         if self.blocked:
             self._hold(ver, corr, body)
@@ -337,8 +408,7 @@ class KafkaSession(SessionBase):
 
     def _hold(self, ver: int, corr: int, body: dict) -> None:
         """Keep a Produce answer until the resource alarm clears (see publishing_blocked)."""
-        self.held.append((self.conn.reply_later(), ver, corr, body,
-                          self.broker.clock.seconds()))
+        self.held.append((self.conn.reply_later(), ver, corr, body, self.broker.clock.seconds()))
         if not self._held_paused:
             self._held_paused = True
             self.conn.pause_reading()
@@ -437,9 +507,14 @@ class KafkaSession(SessionBase):
             s = self.server.topic(t.name)
             parts = []
             for rp in t.partitions:
-                out = {"partition_index": rp.partition_index, "error_code": 0,
-                       "timestamp": -1, "offset": -1, "leader_epoch": -1,
-                       "old_style_offsets": []}
+                out = {
+                    "partition_index": rp.partition_index,
+                    "error_code": 0,
+                    "timestamp": -1,
+                    "offset": -1,
+                    "leader_epoch": -1,
+                    "old_style_offsets": [],
+                }
                 if s is None or not 0 <= rp.partition_index < len(s.partitions):
                     out["error_code"] = C.UNKNOWN_TOPIC_OR_PARTITION
                 else:
@@ -469,13 +544,17 @@ class KafkaSession(SessionBase):
             if not TOPIC_RE.match(t.name) or t.name in (".", ".."):
                 r.update(error_code=C.INVALID_TOPIC_EXCEPTION, error_message="invalid name")
             elif t.name in self.vhost.queues:
-                r.update(error_code=C.TOPIC_ALREADY_EXISTS,
-                         error_message=f"Topic '{t.name}' already exists.")
+                r.update(
+                    error_code=C.TOPIC_ALREADY_EXISTS,
+                    error_message=f"Topic '{t.name}' already exists.",
+                )
             elif n <= 0 or n > 10000:
                 r.update(error_code=C.INVALID_PARTITIONS, error_message="invalid partitions")
             elif t.replication_factor not in (-1, 1):
-                r.update(error_code=C.INVALID_REPLICATION_FACTOR,
-                         error_message="replication factor must be 1 (one broker)")
+                r.update(
+                    error_code=C.INVALID_REPLICATION_FACTOR,
+                    error_message="replication factor must be 1 (one broker)",
+                )
             elif not self.conn.authorize("configure", "topic", t.name):
                 r.update(error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized")
             elif not (ver >= 1 and req.validate_only):
@@ -510,22 +589,29 @@ class KafkaSession(SessionBase):
     def _describe_configs(self, ver: int, req: Any, reply: Callable) -> None:
         results = []
         for r in req.resources:
-            res = {"error_code": 0, "error_message": None, "resource_type": r.resource_type,
-                   "resource_name": r.resource_name, "configs": []}
+            res = {
+                "error_code": 0,
+                "error_message": None,
+                "resource_type": r.resource_type,
+                "resource_name": r.resource_name,
+                "configs": [],
+            }
             if r.resource_type == 2:  # topic
                 s = self.server.topic(r.resource_name)
                 if s is None:
-                    res.update(error_code=C.UNKNOWN_TOPIC_OR_PARTITION,
-                               error_message="unknown topic")
+                    res.update(
+                        error_code=C.UNKNOWN_TOPIC_OR_PARTITION, error_message="unknown topic"
+                    )
                     results.append(res)
                     continue
                 values = self._topic_configs(s)
             elif r.resource_type == 4:  # broker
-                values = {"message.max.bytes": (str(self.broker.max_message_size), True),
-                          "num.partitions": (str(self.server.num_partitions), True),
-                          "auto.create.topics.enable": (
-                              str(self.server.auto_create).lower(), True),
-                          "broker.id": (str(NODE_ID), True)}
+                values = {
+                    "message.max.bytes": (str(self.broker.max_message_size), True),
+                    "num.partitions": (str(self.server.num_partitions), True),
+                    "auto.create.topics.enable": (str(self.server.auto_create).lower(), True),
+                    "broker.id": (str(NODE_ID), True),
+                }
             else:
                 res.update(error_code=C.INVALID_REQUEST, error_message="unsupported resource")
                 results.append(res)
@@ -534,20 +620,31 @@ class KafkaSession(SessionBase):
             for name, (value, default) in values.items():
                 if keys is not None and name not in keys:
                     continue
-                res["configs"].append({"name": name, "value": value, "read_only": True,
-                                       "is_default": default,
-                                       "config_source": 5 if default else 1,
-                                       "is_sensitive": False, "synonyms": []})
+                res["configs"].append(
+                    {
+                        "name": name,
+                        "value": value,
+                        "read_only": True,
+                        "is_default": default,
+                        "config_source": 5 if default else 1,
+                        "is_sensitive": False,
+                        "synonyms": [],
+                    }
+                )
             results.append(res)
         reply({"results": results})
 
     def _topic_configs(self, s: Stream) -> dict[str, tuple[str, bool]]:
         values = {
             "cleanup.policy": ("delete", True),
-            "retention.ms": (str(s.max_age_ms if s.max_age_ms is not None else -1),
-                             s.max_age_ms is None),
-            "retention.bytes": (str(s.max_bytes if s.max_bytes is not None else -1),
-                                s.max_bytes is None),
+            "retention.ms": (
+                str(s.max_age_ms if s.max_age_ms is not None else -1),
+                s.max_age_ms is None,
+            ),
+            "retention.bytes": (
+                str(s.max_bytes if s.max_bytes is not None else -1),
+                s.max_bytes is None,
+            ),
             "max.message.bytes": (str(self.broker.max_message_size), True),
             "message.timestamp.type": ("CreateTime", True),
             "compression.type": ("producer", True),
@@ -573,31 +670,67 @@ class KafkaSession(SessionBase):
     def _find_coordinator(self, ver: int, req: Any, reply: Callable) -> None:
         b = self._broker_entry()
         if ver >= 1 and req.key_type not in (0,):
-            return reply({"error_code": C.COORDINATOR_NOT_AVAILABLE,
-                          "error_message": "transactions are not supported",
-                          "node_id": -1, "host": "", "port": -1})
-        reply({"error_code": 0, "error_message": None, "node_id": NODE_ID, "host": b["host"],
-               "port": b["port"]})
+            return reply(
+                {
+                    "error_code": C.COORDINATOR_NOT_AVAILABLE,
+                    "error_message": "transactions are not supported",
+                    "node_id": -1,
+                    "host": "",
+                    "port": -1,
+                }
+            )
+        reply(
+            {
+                "error_code": 0,
+                "error_message": None,
+                "node_id": NODE_ID,
+                "host": b["host"],
+                "port": b["port"],
+            }
+        )
 
     def _join_group(self, ver: int, req: Any, reply: Callable) -> None:
         if not self.conn.authorize("read", "group", req.group_id):
-            return reply({"error_code": C.GROUP_AUTHORIZATION_FAILED, "generation_id": -1,
-                          "protocol_name": "", "leader": "", "member_id": req.member_id,
-                          "members": []})
+            return reply(
+                {
+                    "error_code": C.GROUP_AUTHORIZATION_FAILED,
+                    "generation_id": -1,
+                    "protocol_name": "",
+                    "leader": "",
+                    "member_id": req.member_id,
+                    "members": [],
+                }
+            )
         rebalance = req.rebalance_timeout_ms if ver >= 1 else req.session_timeout_ms
         self.server.coordinator.join(
-            req.group_id, req.member_id, self.client_id, "/" + (self.conn.info.peer_host or "?"),
+            req.group_id,
+            req.member_id,
+            self.client_id,
+            "/" + (self.conn.info.peer_host or "?"),
             req.session_timeout_ms,
-            rebalance, req.protocol_type, [(p.name, p.metadata) for p in req.protocols], reply)
+            rebalance,
+            req.protocol_type,
+            [(p.name, p.metadata) for p in req.protocols],
+            reply,
+        )
 
     def _sync_group(self, ver: int, req: Any, reply: Callable) -> None:
-        self.server.coordinator.sync(req.group_id, req.generation_id, req.member_id,
-                                     [(a.member_id, a.assignment) for a in req.assignments],
-                                     reply)
+        self.server.coordinator.sync(
+            req.group_id,
+            req.generation_id,
+            req.member_id,
+            [(a.member_id, a.assignment) for a in req.assignments],
+            reply,
+        )
 
     def _heartbeat(self, ver: int, req: Any, reply: Callable) -> None:
-        reply({"error_code": self.server.coordinator.heartbeat(
-            req.group_id, req.generation_id, req.member_id)})
+        reply(
+            {
+                "error_code": self.server.coordinator.heartbeat(
+                    req.group_id, req.generation_id, req.member_id
+                )
+            }
+        )
 
     def _leave_group(self, ver: int, req: Any, reply: Callable) -> None:
         reply({"error_code": self.server.coordinator.leave(req.group_id, req.member_id)})
@@ -611,8 +744,13 @@ class KafkaSession(SessionBase):
             for p in t.partitions:
                 c = code
                 if not c:
-                    co.commit(req.group_id, t.name, p.partition_index, p.committed_offset,
-                              p.committed_metadata)
+                    co.commit(
+                        req.group_id,
+                        t.name,
+                        p.partition_index,
+                        p.committed_offset,
+                        p.committed_metadata,
+                    )
                 parts.append({"partition_index": p.partition_index, "error_code": c})
             topics.append({"name": t.name, "partitions": parts})
         reply({"topics": topics}, durable=True)
@@ -625,18 +763,38 @@ class KafkaSession(SessionBase):
             for (t, p), (off, md) in sorted(co.committed_all(req.group_id).items()):
                 by_topic.setdefault(t, []).append((p, off, md))
         else:
-            by_topic = {t.name: [(p, *co.committed(req.group_id, t.name, p))
-                                 for p in t.partition_indexes] for t in req.topics}
+            by_topic = {
+                t.name: [(p, *co.committed(req.group_id, t.name, p)) for p in t.partition_indexes]
+                for t in req.topics
+            }
         for name, parts in by_topic.items():
-            topics.append({"name": name, "partitions": [
-                {"partition_index": p, "committed_offset": off, "committed_leader_epoch": -1,
-                 "metadata": md if md is not None else "", "error_code": 0}
-                for p, off, md in parts]})
+            topics.append(
+                {
+                    "name": name,
+                    "partitions": [
+                        {
+                            "partition_index": p,
+                            "committed_offset": off,
+                            "committed_leader_epoch": -1,
+                            "metadata": md if md is not None else "",
+                            "error_code": 0,
+                        }
+                        for p, off, md in parts
+                    ],
+                }
+            )
         reply({"topics": topics, "error_code": 0})
 
     def _list_groups(self, ver: int, req: Any, reply: Callable) -> None:
-        reply({"error_code": 0, "groups": [{"group_id": g, "protocol_type": t}
-                                           for g, t in self.server.coordinator.list_groups()]})
+        reply(
+            {
+                "error_code": 0,
+                "groups": [
+                    {"group_id": g, "protocol_type": t}
+                    for g, t in self.server.coordinator.list_groups()
+                ],
+            }
+        )
 
     def _describe_groups(self, ver: int, req: Any, reply: Callable) -> None:
         reply({"groups": [self.server.coordinator.describe(g) for g in req.groups]})
