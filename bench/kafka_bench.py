@@ -10,7 +10,8 @@ directory (``core``, ``adapters``, ``plugins`` of an older commit), to measure b
 Starts a broker subprocess (Kafka adapter only) unless --bootstrap is given, measures the
 loopback bandwidth (iperf3 if installed, else a Python socket blast) in the same run, then
 produces 1 KB records with batching (acks=1 and acks=all) and consumes them back, and prints
-MB/s and records/s for each phase. A benchmark, not a test.
+MB/s and records/s for each phase, and the broker's CPU time per record (user + system, from
+/proc; steadier than rates on a shared machine). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -81,6 +82,15 @@ def loopback_iperf3(seconds: int = 3) -> float | None:
     finally:
         server.kill()
         server.wait()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` so far (0 when unknown: --bootstrap)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -174,18 +184,25 @@ def main() -> None:
         for acks in ("1", "all"):
             topic = f"bench-{acks}-{uuid.uuid4().hex[:6]}"
             create_topic(bootstrap, topic, args.partitions)
+            pid = broker.pid if broker is not None else None
+            cpu0 = cpu_seconds(pid)
             pmb, prs = bench_produce(bootstrap, topic, args.records, args.size, acks)
+            cpu1 = cpu_seconds(pid)
             cmb, crs = bench_consume(bootstrap, topic, args.records, args.size, args.partitions)
-            rows.append((acks, pmb, prs, cmb, crs))
+            cpu2 = cpu_seconds(pid)
+            us = 1e6 / args.records
+            rows.append((acks, pmb, prs, cmb, crs, (cpu1 - cpu0) * us, (cpu2 - cpu1) * us))
         print(f"records={args.records} size={args.size}B store={args.store} "
               f"partitions={args.partitions}")
         if ipf is not None:
             print(f"loopback (iperf3, 1 stream): {ipf:8.0f} MB/s")
         print(f"loopback (Python socket blast, 1 stream): {py:8.0f} MB/s")
-        print("| acks | produce MB/s | produce rec/s | consume MB/s | consume rec/s |")
-        print("|---|---:|---:|---:|---:|")
-        for acks, pmb, prs, cmb, crs in rows:
-            print(f"| {acks} | {pmb:.0f} | {prs:.0f} | {cmb:.0f} | {crs:.0f} |")
+        print("| acks | produce MB/s | produce rec/s | consume MB/s | consume rec/s "
+              "| broker CPU µs/record produce | consume |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for acks, pmb, prs, cmb, crs, pcpu, ccpu in rows:
+            print(f"| {acks} | {pmb:.0f} | {prs:.0f} | {cmb:.0f} | {crs:.0f} "
+                  f"| {pcpu:.2f} | {ccpu:.2f} |")
     finally:
         if broker is not None:
             broker.stop()
