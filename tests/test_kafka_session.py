@@ -302,3 +302,24 @@ def test_socket_back_pressure_pauses_reading_once():
     assert tr.producerState == "producing"
     conn.dataReceived(C.encode_request(C.API_VERSIONS, 0, 7, "c", {}))
     assert corrs_out(tr) == [7]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    bodies=st.lists(st.binary(max_size=300), min_size=1, max_size=8),
+    cuts=st.lists(st.integers(0, 3000), max_size=12),
+)
+def test_length_prefixed_framer_views_survive_later_reads(bodies, cuts):
+    """The Kafka listener's framer (views of the reads): every frame comes out whole however
+    the stream is cut, and a frame handed out stays intact while later reads arrive."""
+    from polymq.core.framing import LengthPrefixedFramer
+
+    stream = b"".join(struct.pack(">i", len(b)) + b for b in bodies)
+    framer = LengthPrefixedFramer(1000, views=True)
+    got = []
+    pos = 0
+    for cut in sorted(set(c for c in cuts if c < len(stream))) + [len(stream)]:
+        got.extend(framer.feed(stream[pos:cut]))
+        pos = cut
+    assert [bytes(f) for f in got] == bodies
+    assert framer.buffered == 0
