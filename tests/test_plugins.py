@@ -12,6 +12,7 @@ from twisted.internet import protocol
 from polymq.core import plugins as plugins_mod
 from polymq.core.auth import Identity, Refusal
 from polymq.core.config import load_config
+from polymq.core.connection import CONNECTION_DEFAULTS
 from polymq.core.hookspecs import hookimpl
 from polymq.core.plugins import (
     AdapterSpec,
@@ -103,6 +104,7 @@ def test_runtime_plugin_shows_up_with_origin():
         "enabled": True,
         "host": "0.0.0.0",
         "port": 7007,
+        **CONNECTION_DEFAULTS,  # a plugin's listener has the contract's keys too
         "banner": "hi",
     }
 
