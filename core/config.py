@@ -60,6 +60,9 @@ def default_config(plugins) -> dict:
     cfg = copy.deepcopy(BASE_DEFAULTS)
     specs = adapter_specs(plugins)
     cfg["adapters"] = {name: _adapter_defaults(specs[name]) for name in sorted(specs)}
+    for sections in plugins.hook.polymq_config_sections():
+        for name, defaults in (sections or {}).items():
+            cfg.setdefault(name, copy.deepcopy(dict(defaults)))
     return cfg
 
 
@@ -217,6 +220,8 @@ def validate(user: Mapping, plugins, raws: Mapping | None = None, check_paths: b
             raise ConfigError(section, f"must be a table, got {value!r}")
 
     for section in ("broker", "limits", "log"):
+        _check_section(section, cfg[section], user.get(section, {}), raws)
+    for section in sorted(set(cfg) - set(BASE_DEFAULTS) - {"adapters"}):  # plugins' sections
         _check_section(section, cfg[section], user.get(section, {}), raws)
 
     # Store: common keys plus the chosen backend's own keys.
