@@ -618,6 +618,4 @@ class Root(resource.Resource):
             b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
         )
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if path == b"":
-            return self.files
-        return self.files.getChild(path, request)
+        return self.files.getChild(path or b"index.html", request)
