@@ -177,6 +177,10 @@ class ManagementApi(resource.Resource):
             raise ApiError(400, "body must be a JSON object")
         return body
 
+    @staticmethod
+    def _exchange_name(name: str) -> str:
+        return "" if name == "amq.default" else name  # the nameless exchange in URLs
+
     def _vhost(self, name: str):
         vh = self.broker.vhosts.get(name)
         if vh is None:
@@ -279,6 +283,7 @@ class ManagementApi(resource.Resource):
         return None
 
     def _get_exchange(self, request: Request, vhost: str, name: str):
+        name = self._exchange_name(name)
         ex = self._vhost(vhost).exchanges.get(name)
         if ex is None:
             raise ApiError(404, f"no exchange '{name}' in vhost '{vhost}'")
@@ -306,6 +311,7 @@ class ManagementApi(resource.Resource):
         return None
 
     def _publish(self, request: Request, vhost: str, name: str):
+        name = self._exchange_name(name)
         body = self._body(request)
         vh = self._vhost(vhost)
         if name not in vh.exchanges:
@@ -399,7 +405,7 @@ class ManagementApi(resource.Resource):
                 break
             taken.append(d)
         out = []
-        remaining = q.message_count + (len(taken) if ackmode.endswith("requeue_true") else 0)
+        before = q.message_count + len(taken)  # ready messages before this get
         for d in taken:
             m = d.message
             data = m.body if truncate is None else m.body[: int(truncate)]
@@ -418,7 +424,7 @@ class ManagementApi(resource.Resource):
                     "redelivered": d.redelivered,
                     "exchange": m.exchange or "",
                     "routing_key": m.routing_key or "",
-                    "message_count": remaining - 1 - len(out),
+                    "message_count": before - 1 - len(out),  # left after this one, as basic.get
                     "properties": jsonable(
                         {
                             k: v
