@@ -181,8 +181,8 @@ def run(client: Client, args: argparse.Namespace) -> int:
     if args.verb == "list":
         endpoint, columns = LISTS[args.what]
         rows = client.call("GET", endpoint)
-        if args.what == "groups":
-            rows = _group_rows(rows)
+        if args.what == "groups" and not args.json:
+            rows = _group_rows(rows)  # a table row per partition, as kafka-consumer-groups
         _print(rows, columns, args.json, args.what)
         return EXIT_OK
     if args.verb == "overview":
