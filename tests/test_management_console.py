@@ -166,3 +166,90 @@ def test_live_chart_moves_while_a_client_publishes(page, mbroker):
         stop.set()
         t.join(10)
     assert sent
+
+
+def take_screenshots(out_dir: str) -> None:
+    """The PNGs of docs/management.md: a broker fed by pika, paho and kafka-python, and the
+    console's pages in headless Chromium (``python tests/test_management_console.py docs``)."""
+    from pathlib import Path
+
+    import paho.mqtt.client as mqtt
+    from kafka import KafkaConsumer, KafkaProducer
+
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        broker, url = start_broker(Path(tmp), adapters=["amqp", "mqtt", "kafka"])
+        driver = browser()
+        try:
+            boot = f"{broker.host}:{broker.port('kafka')}"
+            p = KafkaProducer(bootstrap_servers=boot)
+            for i in range(300):
+                p.send("sensors.temp", b"%d" % i, partition=None)
+            p.flush(15)
+            c = KafkaConsumer(
+                "sensors.temp",
+                bootstrap_servers=boot,
+                group_id="dashboards",
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                consumer_timeout_ms=15000,
+            )
+            for n, _ in enumerate(c, 1):
+                if n == 220:
+                    break
+            c.commit()
+            c.close()
+            m = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id="thermostat-7", clean_session=False
+            )
+            m.connect(broker.host, broker.port("mqtt"))
+            m.loop_start()
+            m.subscribe("sensors/#", 1)
+            m.publish("sensors/temp/config", b'{"unit": "C"}', qos=1, retain=True)
+            conn = pika.BlockingConnection(
+                pika.ConnectionParameters(broker.host, broker.port("amqp"))
+            )
+            ch = conn.channel()
+            for q, n in (("orders", 120), ("invoices", 35), ("audit", 0)):
+                ch.queue_declare(q, durable=True)
+                for i in range(n):
+                    ch.basic_publish("", q, b"order %d" % i)
+            ch.queue_bind("audit", "amq.topic", "sensors.#")
+            driver.get(url + "/")
+            wait = WebDriverWait(driver, 15)
+            form = wait.until(ec.visibility_of_element_located((By.ID, "login")))
+            form.find_element(By.NAME, "password").send_keys("guest")
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+            Select(driver.find_element(By.ID, "interval")).select_by_value("1000")
+            deadline = time.monotonic() + 25
+            i = 0
+            while time.monotonic() < deadline:  # a varying load for the chart
+                for _ in range(50 + 40 * (i % 5)):
+                    ch.basic_publish("", "orders", b"x")
+                p.send("sensors.temp", b"t")
+                conn.process_data_events(0.1)
+                i += 1
+            ch.queue_purge("orders")
+            for k in range(120):
+                ch.basic_publish("", "orders", b"order %d" % k)
+            conn.process_data_events(1.5)
+            driver.save_screenshot(str(out / "management-overview.png"))
+            for view in ("queues", "topics", "groups", "mqtt"):
+                driver.find_element(By.CSS_SELECTOR, f"nav button[data-view={view}]").click()
+                time.sleep(1.5)
+                driver.save_screenshot(str(out / f"management-{view}.png"))
+            m.disconnect()
+            m.loop_stop()
+            conn.close()
+            p.close()
+        finally:
+            driver.quit()
+            shutil.rmtree(driver.polymq_profile, ignore_errors=True)
+            broker.stop()
+            broker.kill9()
+
+
+if __name__ == "__main__":
+    import sys
+
+    take_screenshots(sys.argv[1] if len(sys.argv) > 1 else "docs")

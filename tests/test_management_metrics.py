@@ -26,8 +26,8 @@ def mbroker(tmp_path_factory):
         broker.kill9()
 
 
-def scrape(api: Api) -> dict[str, dict[tuple, float]]:
-    with urllib.request.urlopen(api.base + "/metrics", timeout=10) as res:
+def scrape(api: Api, path: str = "/metrics") -> dict[str, dict[tuple, float]]:
+    with urllib.request.urlopen(api.base + path, timeout=10) as res:
         assert res.headers["Content-Type"].startswith("text/plain")
         text = res.read().decode()
     out: dict[str, dict[tuple, float]] = {}
@@ -48,11 +48,22 @@ def test_metrics_parse_and_follow_real_clients(mbroker):
     conn.process_data_events(0.2)
     labels = (("queue", q), ("vhost", "/"))
     m = wait_for(
-        lambda: (x := scrape(api)).get("polymq_queue_messages_ready", {}).get(labels) == 7 and x,
+        lambda: (
+            (x := scrape(api, "/metrics/per-object"))
+            .get("polymq_queue_messages_ready", {})
+            .get(labels)
+            == 7
+            and x
+        ),
         what="queue depth metric",
     )
     assert m["polymq_queue_messages_bytes"][labels] == 70
     assert m["polymq_queue_consumers"][labels] == 0
+    # the default endpoint sums over queues: no per-queue series
+    m = scrape(api)
+    assert list(m["polymq_queue_messages_ready"]) == [()]
+    assert m["polymq_queue_messages_ready"][()] >= 7
+    assert m["polymq_queue_messages_bytes"][()] >= 70
     assert m["polymq_queue_messages_published_total"][()] >= 7
     assert m["polymq_build_info"][(("version", api.get("/api/overview")["polymq_version"]),)] == 1
     for proto in ("amqp", "mqtt", "kafka", "openwire"):
@@ -66,8 +77,14 @@ def test_metrics_parse_and_follow_real_clients(mbroker):
     ch.basic_consume(q, lambda c, mth, p, b: got.append(mth.delivery_tag), auto_ack=True)
     while len(got) < 7:
         conn.process_data_events(0.1)
-    m = wait_for(lambda: (x := scrape(api))["polymq_queue_messages_ready"][labels] == 0 and x)
+    m = wait_for(
+        lambda: (
+            (x := scrape(api, "/metrics/per-object"))["polymq_queue_messages_ready"][labels] == 0
+            and x
+        )
+    )
     assert m["polymq_queue_consumers"][labels] == 1
+    assert scrape(api)["polymq_queue_consumers"][()] >= 1
     conn.close()
 
 

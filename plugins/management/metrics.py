@@ -20,8 +20,13 @@ from .state import State, memory_bytes
 
 
 class BrokerCollector:
-    def __init__(self, state: State) -> None:
+    """``per_object``: one series per queue (``/metrics/per-object``); otherwise queue figures
+    are summed, so a scrape stays cheap and small however many queues exist (as RabbitMQ's
+    ``/metrics``): rendering costs some microseconds per series."""
+
+    def __init__(self, state: State, per_object: bool = False) -> None:
         self.state = state
+        self.per_object = per_object
 
     def collect(self):
         st = self.state
@@ -73,20 +78,20 @@ class BrokerCollector:
             value=sampler.totals.appended,
         )
 
+        qlabels = ["vhost", "queue"] if self.per_object else []
         ready = GaugeMetricFamily(
-            "polymq_queue_messages_ready", "Messages ready for delivery", labels=["vhost", "queue"]
+            "polymq_queue_messages_ready", "Messages ready for delivery", labels=qlabels
         )
         unacked = GaugeMetricFamily(
             "polymq_queue_messages_unacked",
             "Messages delivered, not yet acknowledged",
-            labels=["vhost", "queue"],
+            labels=qlabels,
         )
         qbytes = GaugeMetricFamily(
-            "polymq_queue_messages_bytes", "Bytes of ready messages", labels=["vhost", "queue"]
+            "polymq_queue_messages_bytes", "Bytes of ready messages", labels=qlabels
         )
-        consumers = GaugeMetricFamily(
-            "polymq_queue_consumers", "Consumers", labels=["vhost", "queue"]
-        )
+        consumers = GaugeMetricFamily("polymq_queue_consumers", "Consumers", labels=qlabels)
+        sums = [0, 0, 0, 0]
         nqueues = 0
         nconsumers = 0
         part_end = GaugeMetricFamily(
@@ -109,16 +114,24 @@ class BrokerCollector:
                     if q.exclusive_owner is not None:
                         continue  # per-connection queues: unbounded label values
                     nqueues += 1
-                    labels = [vh.name, q.name]
-                    ready.add_metric(labels, q.message_count)
-                    unacked.add_metric(labels, len(q.unacked))
-                    qbytes.add_metric(labels, q.byte_count)
-                    consumers.add_metric(labels, q.consumer_count)
+                    figures = (q.message_count, len(q.unacked), q.byte_count, q.consumer_count)
+                    if self.per_object:
+                        labels = [vh.name, q.name]
+                        ready.add_metric(labels, figures[0])
+                        unacked.add_metric(labels, figures[1])
+                        qbytes.add_metric(labels, figures[2])
+                        consumers.add_metric(labels, figures[3])
+                    else:
+                        for i in range(4):
+                            sums[i] += figures[i]
                 elif isinstance(q, Stream):
                     partitions.add_metric([q.name], len(q.partitions))
                     for p in q.partitions:
                         part_end.add_metric([q.name, str(p.index)], p.next_offset)
                         part_start.add_metric([q.name, str(p.index)], p.start_offset)
+        if not self.per_object:
+            for family, total in zip((ready, unacked, qbytes, consumers), sums, strict=True):
+                family.add_metric([], total)
         yield ready
         yield unacked
         yield qbytes
@@ -180,14 +193,22 @@ class BrokerCollector:
 
 
 class MetricsRenderer:
+    """``/metrics`` (aggregated) and ``/metrics/per-object`` (a series per queue)."""
+
     def __init__(self, state: State) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BrokerCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        self.per_object = CollectorRegistry(auto_describe=False)
+        self.per_object.register(BrokerCollector(state, per_object=True))
 
     def __call__(self, request: Request) -> bytes:
+        path = [p for p in request.postpath if p]
+        if path not in ([], [b"per-object"]):
+            request.setResponseCode(404)
+            return b"not found: /metrics or /metrics/per-object\n"
         accept = (request.getHeader(b"accept") or b"").decode("latin-1")
         encoder, content_type = choose_encoder(accept)
         request.setHeader(b"content-type", content_type.encode())
-        return encoder(self.registry)
+        return encoder(self.per_object if path else self.registry)

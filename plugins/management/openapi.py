@@ -169,19 +169,23 @@ def openapi_document() -> dict[str, Any]:
                 "content": {"application/json": {"schema": {"type": "object"}}},
             }
         paths.setdefault(path, {})[method] = op
-    paths["/metrics"] = {
-        "get": {
-            "summary": "Prometheus metrics (text format)",
-            "operationId": "get_metrics",
-            "security": [],
-            "responses": {
-                "200": {
-                    "description": "metrics",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
+    for path, summary in (
+        ("/metrics", "Prometheus metrics, queue figures summed (text format)"),
+        ("/metrics/per-object", "Prometheus metrics with one series per queue"),
+    ):
+        paths[path] = {
+            "get": {
+                "summary": summary,
+                "operationId": "get" + path.replace("/", "_").replace("-", "_"),
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
         }
-    }
     return {
         "openapi": "3.1.0",
         "info": {
