@@ -121,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.queues:
                 for i in range(args.queues):
                     http(f"{base}/api/queues/%2F/idle-{i}", "PUT", b'{"durable": false}')
+            idle = []
+            for _ in range(20):  # the scrape's own cost, with no load queued before it
+                t0 = time.perf_counter()
+                http(base + "/metrics")
+                http(base + "/api/overview")
+                idle.append(time.perf_counter() - t0)
             results: dict[str, list[tuple[float, float]]] = {"closed": [], "open": []}
             scrape_times: list[float] = []
             for _ in range(args.rounds):
@@ -158,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"| {label} | {statistics.median(rates):,.0f} | {statistics.median(cpus):.1f} |"
                 )
+            print(
+                f"\none scrape (/metrics + /api/overview) of the idle broker: median "
+                f"{statistics.median(idle) * 1000:.1f} ms over {len(idle)} scrapes"
+            )
             if scrape_times:
                 print(
-                    f"\none scrape (/metrics + /api/overview): median "
+                    f"the same during the load (queued behind message work): median "
                     f"{statistics.median(scrape_times) * 1000:.1f} ms, max "
                     f"{max(scrape_times) * 1000:.1f} ms over {len(scrape_times)} scrapes"
                 )
