@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -469,3 +472,72 @@ def test_connections_of_every_protocol_listed_and_closed(mbroker, protocol, tmp_
                 close()
             except Exception:
                 pass
+
+
+def test_bad_input_is_a_400_and_the_broker_keeps_serving(mbroker):
+    broker, api = mbroker
+    q = name("bad")
+    api.ok("PUT", f"/api/queues/%2F/{q}", {})
+    cases = [
+        ("PUT", f"/api/queues/%2F/{name('b')}", b"{not json"),
+        ("PUT", f"/api/queues/%2F/{name('b')}", b"[1, 2]"),
+        ("PUT", f"/api/queues/%2F/{name('b')}", {"arguments": [1]}),
+        ("PUT", f"/api/queues/%2F/{name('b')}", {"arguments": {"x-queue-type": "nope"}}),
+        (
+            "PUT",
+            f"/api/queues/%2F/{name('b')}",
+            {"arguments": {"x-queue-type": "stream", "x-partitions": "3"}},
+        ),
+        ("PUT", f"/api/exchanges/%2F/{name('b')}", {"type": "no-such-type"}),
+        ("POST", "/api/exchanges/%2F/amq.direct/publish", {"payload": 5}),
+        ("POST", "/api/exchanges/%2F/amq.direct/publish", {"payload": "x", "routing_key": 1}),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.direct/publish",
+            {"payload": "x", "properties": {"priority": "high"}},
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.direct/publish",
+            {"payload": "%%", "payload_encoding": "base64"},
+        ),
+        ("POST", f"/api/queues/%2F/{q}/get", {"count": 0}),
+        ("POST", f"/api/queues/%2F/{q}/get", {"ackmode": "later"}),
+        ("POST", f"/api/queues/%2F/{q}/get", {"truncate": "x"}),
+        ("POST", "/api/definitions", {"queues": [{"name": "x", "arguments": "y"}]}),
+        ("POST", "/api/definitions", {"exchanges": [{"vhost": "/"}]}),
+    ]
+    for method, path, body in cases:
+        if isinstance(body, bytes):
+            req = urllib.request.Request(
+                api.base + path,
+                data=body,
+                method=method,
+                headers={"Authorization": f"Basic {api.auth}", "Content-Type": "application/json"},
+            )
+            try:
+                urllib.request.urlopen(req, timeout=10)
+                status = 200
+            except urllib.error.HTTPError as e:
+                status, reply = e.code, json.loads(e.read())
+        else:
+            status, reply, _ = api.call(method, path, body)
+        assert status == 400, (method, path, body, status, reply)
+        assert reply["reason"]
+    # a body over 20 MiB is refused without being kept
+    big = b'{"payload": "' + b"x" * (21 * 1024 * 1024) + b'"}'
+    req = urllib.request.Request(
+        api.base + "/api/exchanges/%2F/amq.direct/publish",
+        data=big,
+        method="POST",
+        headers={"Authorization": f"Basic {api.auth}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 400
+    # still serving: the API and an AMQP client
+    assert api.get("/api/overview")["product_name"] == "polymq"
+    conn = amqp(broker)
+    conn.channel().queue_declare(q, passive=True)
+    conn.close()
+    assert "Traceback" not in broker.log_text()

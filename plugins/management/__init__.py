@@ -80,13 +80,13 @@ class Management:
         from twisted.internet.task import LoopingCall
         from twisted.web.server import Site
 
-        from .api import ManagementApi, Metrics, Root
+        from .api import LimitedRequest, ManagementApi, Metrics, Root
         from .metrics import MetricsRenderer
         from .sys_topics import SysPublisher, publish_safely
 
         api = ManagementApi(self.broker, self.state, self.section)
         root = Root(api, Metrics(self.broker, MetricsRenderer(self.state)))
-        site = Site(root)
+        site = Site(root, requestFactory=LimitedRequest)
         site.noisy = False
         site.displayTracebacks = False
         host, port = self.section["host"], self.section["port"]

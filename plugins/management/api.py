@@ -9,6 +9,7 @@ or changes broker state in memory; nothing here is on a message's path.
 from __future__ import annotations
 
 import base64
+import io
 import ipaddress
 import json
 import re
@@ -164,9 +165,9 @@ class ManagementApi(resource.Resource):
         return self._json(request, {"error": "not_authorized", "reason": "Login failed"}, 401)
 
     def _body(self, request: Request) -> dict:
-        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if len(raw) > MAX_BODY:
+        if getattr(request, "too_large", False):
             raise ApiError(400, f"request body larger than {MAX_BODY} bytes")
+        raw = request.content.read() if request.content is not None else b""
         if not raw.strip():
             return {}
         try:
@@ -299,7 +300,7 @@ class ManagementApi(resource.Resource):
             durable=bool(body.get("durable", True)),
             auto_delete=bool(body.get("auto_delete", False)),
             internal=bool(body.get("internal", False)),
-            arguments=body.get("arguments") or {},
+            arguments=_object(body, "arguments"),
         )
         return None if existed else ({}, 201)
 
@@ -329,20 +330,25 @@ class ManagementApi(resource.Resource):
             data = payload.encode()
         else:
             raise ApiError(400, "payload_encoding must be string or base64")
-        props = body.get("properties") or {}
-        headers = props.get("headers") or {}
-        msg = Message(
-            data,
-            headers=dict(headers),
-            content_type=props.get("content_type"),
-            message_id=props.get("message_id"),
-            correlation_id=props.get("correlation_id"),
-            reply_to=props.get("reply_to"),
-            type=props.get("type"),
-            priority=props.get("priority"),
-            durable=props.get("delivery_mode", 1) == 2,
-        )
-        routed, _refused = vh.publish(name, str(body.get("routing_key", "")), msg)
+        props = _object(body, "properties")
+        headers = _object(props, "headers")
+        strings = {}
+        for key in ("content_type", "message_id", "correlation_id", "reply_to", "type"):
+            value = props.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ApiError(400, f"properties.{key} must be a string")
+            strings[key] = value
+        priority = props.get("priority")
+        if priority is not None and (type(priority) is not int or not 0 <= priority <= 255):
+            raise ApiError(400, "properties.priority must be an integer 0-255")
+        mode = props.get("delivery_mode", 1)
+        if mode not in (1, 2):
+            raise ApiError(400, "properties.delivery_mode must be 1 or 2")
+        routing_key = body.get("routing_key", "")
+        if not isinstance(routing_key, str):
+            raise ApiError(400, "routing_key must be a string")
+        msg = Message(data, headers=headers, priority=priority, durable=mode == 2, **strings)
+        routed, _refused = vh.publish(name, routing_key, msg)
         return {"routed": routed > 0}
 
     def _queue_obj(self, vhost: str, name: str):
@@ -356,13 +362,14 @@ class ManagementApi(resource.Resource):
 
     def _put_queue(self, request: Request, vhost: str, name: str):
         body = self._body(request)
+        definitions.check_partitions(_object(body, "arguments"))
         vh = self._vhost(vhost)
         existed = name in vh.queues
         vh.declare_queue(
             name,
             durable=bool(body.get("durable", True)),
             auto_delete=bool(body.get("auto_delete", False)),
-            arguments=body.get("arguments") or {},
+            arguments=_object(body, "arguments"),
         )
         return None if existed else ({}, 201)
 
@@ -398,6 +405,8 @@ class ManagementApi(resource.Resource):
             raise ApiError(400, f"unknown ackmode {ackmode!r}")
         encoding = body.get("encoding", "auto")
         truncate = body.get("truncate")
+        if truncate is not None and (type(truncate) is not int or truncate < 0):
+            raise ApiError(400, "truncate must be a non-negative integer")
         taken = []
         for _ in range(count):
             d = q.get(no_ack=False)
@@ -408,7 +417,7 @@ class ManagementApi(resource.Resource):
         before = q.message_count + len(taken)  # ready messages before this get
         for d in taken:
             m = d.message
-            data = m.body if truncate is None else m.body[: int(truncate)]
+            data = m.body if truncate is None else m.body[:truncate]
             if encoding == "base64":
                 payload, enc = base64.b64encode(data).decode(), "base64"
             else:
@@ -478,8 +487,10 @@ class ManagementApi(resource.Resource):
                 return found
             if action == "create":
                 body = self._body(request)
-                key = str(body.get("routing_key", ""))
-                args = body.get("arguments") or {}
+                key = body.get("routing_key", "")
+                if not isinstance(key, str):
+                    raise ApiError(400, "routing_key must be a string")
+                args = _object(body, "arguments")
                 if dest_type == "queue":
                     vh.bind_queue(dest, source, key, args)
                 else:
@@ -535,6 +546,15 @@ class ManagementApi(resource.Resource):
             counts=counts,
         )
         return counts, 201
+
+
+def _object(body: dict, key: str) -> dict:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{key} must be a JSON object")
+    return value
 
 
 def _binding_args(vh, source: str, dest: str, dest_type: str, key: str, props: str) -> dict:
@@ -593,6 +613,27 @@ def check_csrf(request: Request) -> None:
     host = _header(request, b"host") or ""
     if re.sub(r"^https?://", "", origin) != host:
         raise ApiError(403, "cross-origin request refused")
+
+
+class LimitedRequest(Request):
+    """Keeps a request body in memory up to :data:`MAX_BODY` and drops the rest: no temporary
+    file on the reactor thread, no unbounded buffering; the handler answers 400."""
+
+    too_large = False
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = io.BytesIO()
+        if length is not None and length > MAX_BODY:
+            self.too_large = True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        if self.content.tell() + len(data) > MAX_BODY:
+            self.too_large = True
+            self.content = io.BytesIO()
+            return
+        self.content.write(data)
 
 
 class Metrics(resource.Resource):

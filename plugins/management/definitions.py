@@ -109,7 +109,7 @@ def import_(broker: Any, data: dict[str, Any]) -> dict[str, int]:
             durable=bool(e.get("durable", True)),
             auto_delete=bool(e.get("auto_delete", False)),
             internal=bool(e.get("internal", False)),
-            arguments=e.get("arguments") or {},
+            arguments=_args(e),
         )
         counts["exchanges"] += 1
     for q in data.get("queues", []):
@@ -117,11 +117,11 @@ def import_(broker: Any, data: dict[str, Any]) -> dict[str, int]:
         name = _str(q, "name")
         if name in vh.queues:
             continue
-        args = dict(q.get("arguments") or {})
+        args = _args(q)
         if args.get("x-queue-type") == "stream":
             vh.declare_stream(
                 name,
-                partitions=int(args.get("x-partitions", 1)),
+                partitions=args.get("x-partitions", 1),
                 durable=bool(q.get("durable", True)),
                 arguments=args,
             )
@@ -136,7 +136,7 @@ def import_(broker: Any, data: dict[str, Any]) -> dict[str, int]:
     for b in data.get("bindings", []):
         vh = broker.add_vhost(_str(b, "vhost", default))
         source, dest = _str(b, "source"), _str(b, "destination")
-        key, args = _str(b, "routing_key", ""), b.get("arguments") or {}
+        key, args = _str(b, "routing_key", ""), _args(b)
         if source == "":
             continue  # the default exchange's bindings are implicit
         if b.get("destination_type", "queue") == "exchange":
@@ -149,6 +149,21 @@ def import_(broker: Any, data: dict[str, Any]) -> dict[str, int]:
                 raise BrokerError(f"definitions: binding to missing queue '{dest}'")
         counts["bindings"] += 1
     return counts
+
+
+def _args(entry: dict) -> dict:
+    value = entry.get("arguments") or {}
+    if not isinstance(value, dict):
+        raise BrokerError(f"definitions: 'arguments' must be an object in {entry!r}")
+    check_partitions(value)
+    return dict(value)
+
+
+def check_partitions(arguments: dict) -> None:
+    """x-partitions reaches the core as is: it must be a positive integer."""
+    n = arguments.get("x-partitions")
+    if n is not None and (type(n) is not int or n < 1):
+        raise BrokerError("'x-partitions' must be a positive integer")
 
 
 def _str(entry: Any, key: str, default: str | None = None) -> str:
