@@ -88,3 +88,29 @@ def test_busy_port_is_logged_and_clients_still_served(tmp_path):
         finally:
             b.stop()
             b.kill9()
+
+
+def test_guest_only_from_loopback():
+    import base64
+
+    from twisted.internet.address import IPv4Address
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from polymq.core.broker import Broker
+    from polymq.plugins.management.api import authenticate, is_loopback
+
+    broker = Broker(plugins=get_plugin_manager(load_entry_points=False))
+
+    def request(host: str, user: str, password: str) -> DummyRequest:
+        r = DummyRequest([b"api", b"overview"])
+        r.client = IPv4Address("TCP", host, 40000)
+        token = base64.b64encode(f"{user}:{password}".encode())
+        r.requestHeaders.setRawHeaders(b"authorization", [b"Basic " + token])
+        return r
+
+    assert authenticate(broker, request("127.0.0.1", "guest", "guest")).user == "guest"
+    assert authenticate(broker, request("127.8.0.3", "guest", "guest")).user == "guest"
+    assert authenticate(broker, request("10.1.2.3", "guest", "guest")) is None
+    assert authenticate(broker, request("127.0.0.1", "guest", "nope")) is None
+    assert authenticate(broker, request("127.0.0.1", "", "")) is None  # no anonymous
+    assert is_loopback("::1") and not is_loopback("192.0.2.1") and not is_loopback(None)
