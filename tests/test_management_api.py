@@ -76,6 +76,8 @@ def test_basic_auth_is_required_and_checked(mbroker):
     assert status == 401 and "WWW-Authenticate" not in headers
     assert Api(api.base, "guest", "wrong").call("GET", "/api/overview")[0] == 401
     assert Api(api.base, "nobody", "x").call("GET", "/api/overview")[0] == 401
+    broker = mbroker[0]
+    wait_for(lambda: "management: login refused for 127.0.0.1" in broker.log_text())
     assert api.get("/api/whoami")["name"] == "guest"
 
 

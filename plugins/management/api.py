@@ -111,6 +111,7 @@ class ManagementApi(resource.Resource):
         self.state = state
         self.section = section
         self.router = Router()
+        self._refusal_logged = 0.0
         self._routes()
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -123,6 +124,7 @@ class ManagementApi(resource.Resource):
         try:
             identity = authenticate(self.broker, request)
             if identity is None:
+                self._log_refusal(request)
                 return self._unauthorized(request)
             check_csrf(request)
             handler, captures, known = self.router.match(method, segments)
@@ -151,6 +153,16 @@ class ManagementApi(resource.Resource):
             body, status = result
             return self._json(request, body, status)
         return self._json(request, result, 200)
+
+    def _log_refusal(self, request: Request) -> None:
+        # one line a second at most: a client retrying in a loop must not flood the log
+        if request.getHeader(b"authorization") is None:
+            return  # the console's first request, curl without -u: not worth a line
+        now = self.broker.clock.seconds()
+        if now - self._refusal_logged >= 1.0:
+            self._refusal_logged = now
+            peer = request.getClientAddress()
+            log.warn("management: login refused for {peer}", peer=getattr(peer, "host", peer))
 
     def _json(self, request: Request, body: Any, status: int) -> bytes:
         request.setResponseCode(status)
