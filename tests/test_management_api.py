@@ -321,6 +321,7 @@ def test_mqtt_sessions_and_retained(mbroker):
         return None
 
     s = wait_for(session, what="session listed")
+    assert s["connected"] is True and s["persistent"] is True
     assert s["subscriptions"] == [{"filter": "mgmt/+/x", "qos": 1}]
     assert s["protocol_version"] == "3.1.1"
     retained = {r["topic"]: r for r in api.get("/api/mqtt/retained")}

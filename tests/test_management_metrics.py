@@ -183,6 +183,28 @@ def test_sys_topics_with_paho(mbroker):
         conn.close()
         wait_for(lambda: "$SYS/broker/store/messages/count" in got, timeout=10, what="store count")
         assert int(got["$SYS/broker/store/messages/count"]) >= 1
+        # a persistent session going offline is counted as a disconnected client
+        before = int(got.get("$SYS/broker/clients/disconnected", "0"))
+        p = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id="sys-persistent", clean_session=False
+        )
+        p.connect(broker.host, broker.port("mqtt"))
+        p.loop_start()
+        p.subscribe("sys/persistent", 1)
+        wait_for(
+            lambda: any(
+                s["client_id"] == "sys-persistent" and s["subscriptions"]
+                for s in api.get("/api/mqtt/sessions")
+            )
+        )
+        p.disconnect()
+        p.loop_stop()
+        wait_for(
+            lambda: int(got.get("$SYS/broker/clients/disconnected", "0")) == before + 1,
+            timeout=10,
+            what="$SYS clients/disconnected",
+        )
+        assert int(got["$SYS/broker/subscriptions/count"]) >= 1
         # '#' never matches $SYS topics (MQTT 4.7.2)
         assert not [t for t in plain if t.startswith("$")]
     finally:

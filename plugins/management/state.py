@@ -22,6 +22,7 @@ from polymq.core.stream import Stream
 
 MQTT_SESSIONS_NS = "mqtt.sessions"
 MQTT_RETAINED_NS = "mqtt.retained"
+MQTT_SESSION_QUEUE = "mqtt-session."
 KAFKA_OFFSETS_NS = "kafka.offsets"
 
 # samples kept for the console's chart and the rates (at the default 5 s: ten minutes)
@@ -546,26 +547,39 @@ class State:
     # -- MQTT --------------------------------------------------------------------------------
 
     def mqtt_sessions(self) -> list[dict[str, Any]]:
+        """Persistent sessions (the MQTT adapter's records) and live ones: a session's queue
+        (``mqtt-session.<client id>``) has a consumer exactly while its client is connected."""
         connected = {
             info.client_id: info
             for info in self.registry
             if info.protocol == "mqtt" and info.client_id
         }
+        section = self.config.get("adapters", {}).get("mqtt", {})
+        vh = self.broker.vhosts.get(section.get("vhost") or self.broker.default_vhost)
+        queues = {}
+        if vh is not None:
+            for qname, q in vh.queues.items():
+                if qname.startswith(MQTT_SESSION_QUEUE):
+                    queues[qname[len(MQTT_SESSION_QUEUE) :]] = q
+        stored = self.broker.kv(MQTT_SESSIONS_NS)
         out = []
-        for cid in sorted(self.broker.kv(MQTT_SESSIONS_NS)):
+        for cid in sorted(set(stored) | set(connected) | set(queues)):
             try:
                 rec = self.broker.kv_get_obj(MQTT_SESSIONS_NS, cid) or {}
             except Exception:
                 rec = {}
             info = connected.get(cid)
+            q = queues.get(cid)
             expiry = rec.get("expiry")
             out.append(
                 {
                     "client_id": cid,
-                    "connected": info is not None,
+                    "connected": info is not None or (q is not None and q.consumer_count > 0),
+                    "persistent": cid in stored,
                     "connection": info.name if info is not None else None,
                     "protocol_version": _MQTT_VERSIONS.get(rec.get("v"), rec.get("v")),
                     "expiry_interval": None if expiry is None or expiry >= 2**32 - 1 else expiry,
+                    "queued": q.message_count if q is not None else 0,
                     "subscriptions": [
                         {"filter": s[0], "qos": s[1]} for s in rec.get("subs", ()) if s
                     ],

@@ -14,7 +14,7 @@ from typing import Any
 from polymq.core.cli import version
 from polymq.core.message import Message
 
-from .state import MQTT_RETAINED_NS, MQTT_SESSIONS_NS, State, memory_bytes
+from .state import MQTT_RETAINED_NS, State, memory_bytes
 
 EXCHANGE = "amq.topic"
 # not retained (the retained store is the MQTT adapter's): a new subscriber learns these
@@ -38,15 +38,10 @@ class SysPublisher:
         totals = st.sampler.totals
         reg = st.registry
         broker = st.broker
-        sessions = broker.kv(MQTT_SESSIONS_NS)
+        sessions = st.mqtt_sessions()
         connected = reg.count()
-        mqtt_connected = {i.client_id for i in reg if i.protocol == "mqtt"}
-        subs = 0
-        for cid in list(sessions):
-            try:
-                subs += len((broker.kv_get_obj(MQTT_SESSIONS_NS, cid) or {}).get("subs", ()))
-            except Exception:
-                continue
+        offline = sum(1 for s in sessions if s["persistent"] and not s["connected"])
+        subs = sum(len(s["subscriptions"]) for s in sessions)
         stored = sum(
             q.message_count
             for vh in broker.vhosts.values()
@@ -66,8 +61,8 @@ class SysPublisher:
             "$SYS/broker/version": f"polymq version {version()}",
             "$SYS/broker/uptime": f"{uptime} seconds",
             "$SYS/broker/clients/connected": str(connected),
-            "$SYS/broker/clients/total": str(connected + len(set(sessions) - mqtt_connected)),
-            "$SYS/broker/clients/disconnected": str(len(set(sessions) - mqtt_connected)),
+            "$SYS/broker/clients/total": str(connected + offline),
+            "$SYS/broker/clients/disconnected": str(offline),
             "$SYS/broker/clients/maximum": str(
                 max(connected, int(self.last.get("$SYS/broker/clients/maximum", "0")))
             ),

@@ -212,7 +212,8 @@ async function loadMqtt() {
     api("GET", "mqtt/retained")]);
   fillRows($("#mqtt table[aria-label='mqtt sessions'] tbody"), sessions.map((s) => {
     const tr = document.createElement("tr");
-    tr.append(cell(s.client_id), cell(s.connected), cell(s.protocol_version),
+    tr.append(cell(s.client_id), cell(s.connected), cell(s.persistent), cell(s.protocol_version),
+      cell(s.queued),
       cell(s.subscriptions.map((x) => `${x.filter} (QoS ${x.qos})`).join(", ")));
     return tr;
   }));
