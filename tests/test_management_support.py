@@ -41,7 +41,11 @@ def registers_connections(protocol: str) -> bool:
 
 
 def start_broker(
-    workdir: Path, adapters=ALL_ADAPTERS, store: str = "memory", **management: Any
+    workdir: Path,
+    adapters=ALL_ADAPTERS,
+    store: str = "memory",
+    env: dict | None = None,
+    **management: Any,
 ) -> tuple[BrokerProcess, str]:
     """A broker subprocess with management on a free port; returns (broker, base URL)."""
     port_file = Path(workdir) / "mgmt-port.json"
@@ -53,7 +57,7 @@ def start_broker(
     }
     settings.update({f"management.{k}": v for k, v in management.items()})
     broker = BrokerProcess(
-        workdir, adapters=adapters, store=store, settings=settings, log_level="info"
+        workdir, adapters=adapters, store=store, settings=settings, log_level="info", env=env
     )
     broker.start()
     deadline = time.monotonic() + 15
