@@ -210,3 +210,25 @@ def test_sys_topics_with_paho(mbroker):
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def test_store_counters_with_sqlite(tmp_path):
+    broker, url = start_broker(tmp_path, adapters=["amqp"], store="sqlite")
+    api = Api(url)
+    try:
+        before = scrape(api)["polymq_store_commits_total"][(("backend", "sqlite"),)]
+        conn = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port("amqp")))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("durable-q", durable=True)
+        for _ in range(20):
+            ch.basic_publish("", "durable-q", b"p", pika.BasicProperties(delivery_mode=2))
+        conn.close()
+        m = scrape(api)
+        key = (("backend", "sqlite"),)
+        assert m["polymq_store_commits_total"][key] > before
+        assert m["polymq_store_operations_total"][key] >= 21  # the queue and its 20 messages
+        assert m["polymq_store_flushes_total"][key] >= 1
+    finally:
+        broker.stop()
+        broker.kill9()

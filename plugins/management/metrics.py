@@ -184,12 +184,31 @@ class BrokerCollector:
             "1 while the resource alarm holds publishers",
             value=1 if reg.blocked else 0,
         )
-        store_stats = getattr(broker.store, "stats", None)
-        if callable(store_stats):
-            stats = store_stats()
-            for key, value in sorted((stats or {}).items()):
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    yield GaugeMetricFamily(f"polymq_store_{key}", f"store: {key}", value=value)
+        # the store's own counters, where its backend keeps them (sqlite does); the average
+        # group-commit size is rate(operations) / rate(commits)
+        backend = getattr(broker.store, "name", type(broker.store).__name__)
+        for attr, metric, doc in STORE_COUNTERS:
+            value = getattr(broker.store, attr, None)
+            if type(value) is int:
+                fam = CounterMetricFamily(metric, doc, labels=["backend"])
+                fam.add_metric([backend], value)
+                yield fam
+
+
+# store attribute -> counter (without _total), help
+STORE_COUNTERS = (
+    ("commits", "polymq_store_commits", "Transactions committed (one fsync each)"),
+    ("flushes", "polymq_store_flushes", "Batches handed to the store's writer"),
+    ("ops_written", "polymq_store_operations", "Operations written"),
+    (
+        "cancelled",
+        "polymq_store_cancelled_writes",
+        "Message writes dropped because the message was gone before they reached the disk",
+    ),
+    ("checkpoints", "polymq_store_checkpoints", "WAL checkpoints"),
+    ("segment_fsyncs", "polymq_store_segment_fsyncs", "fsyncs of stream segment files"),
+    ("segment_writes", "polymq_store_segment_writes", "writes to stream segment files"),
+)
 
 
 class MetricsRenderer:
