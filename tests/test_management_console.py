@@ -16,7 +16,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from test_management_support import Api, start_broker
+from test_management_support import Api, echo_client, install_echo_plugin, start_broker
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -48,7 +48,11 @@ def browser() -> webdriver.Chrome:
 
 @pytest.fixture(scope="module")
 def mbroker(tmp_path_factory):
-    broker, url = start_broker(tmp_path_factory.mktemp("mgmt-ui"), adapters=["amqp", "mqtt"])
+    # echo: a test adapter on the connection contract (tests/test_management_support.py)
+    env = install_echo_plugin(tmp_path_factory.mktemp("echo-plugin"))
+    broker, url = start_broker(
+        tmp_path_factory.mktemp("mgmt-ui"), adapters=["amqp", "mqtt", "echo"], env=env
+    )
     yield broker, url
     try:
         broker.stop()
@@ -99,7 +103,7 @@ def test_overview_loads_with_protocols_side_by_side(page):
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=total-version]").text)
     assert driver.find_element(By.CSS_SELECTOR, "[data-testid=total-alarm]").text == "off"
     headers = [th.text for th in driver.find_elements(By.CSS_SELECTOR, "#protocols thead th")]
-    assert headers[1:] == ["amqp", "mqtt"]
+    assert headers[1:] == ["amqp", "echo", "mqtt"]
     assert driver.find_element(
         By.CSS_SELECTOR, "[data-testid=proto-amqp-connections]"
     ).text.isdigit()
@@ -126,6 +130,54 @@ def test_purge_a_queue_from_the_ui(page, mbroker):
     assert Api(url).get(f"/api/queues/%2F/{q}")["messages_ready"] == 0
     assert ch.basic_get(q) == (None, None, None)
     conn.close()
+
+
+def test_delete_a_queue_from_the_ui(page, mbroker):
+    broker, url = mbroker
+    driver, wait = page
+    q = "del-" + uuid.uuid4().hex[:6]
+    Api(url).ok("PUT", f"/api/queues/%2F/{q}", {"durable": False})
+    driver.find_element(By.CSS_SELECTOR, "nav button[data-view=queues]").click()
+    row = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, f"[data-testid='queue-row-/-{q}']"))
+    )
+    row.find_element(By.XPATH, ".//button[text()='Delete']").click()
+    wait.until(ec.alert_is_present()).accept()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), f"delete {q}: done"))
+    assert Api(url).call("GET", f"/api/queues/%2F/{q}")[0] == 404
+    conn = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port("amqp")))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        conn.channel().queue_declare(q, passive=True)
+    conn.close()
+
+
+def test_close_a_connection_from_the_ui(page, mbroker):
+    broker, url = mbroker
+    driver, wait = page
+    sock = echo_client(broker, "ui-client", 2)
+    try:
+        conn_id = next(
+            c["id"] for c in Api(url).get("/api/connections") if c["client_id"] == "ui-client"
+        )
+        driver.find_element(By.CSS_SELECTOR, "nav button[data-view=connections]").click()
+        row = wait.until(
+            ec.presence_of_element_located(
+                (By.CSS_SELECTOR, f"[data-testid='connection-row-{conn_id}']")
+            )
+        )
+        assert "ui-client" in row.text and "echo" in row.text
+        row.find_element(By.XPATH, ".//button[text()='Close']").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), ": done"))
+        sock.settimeout(5)
+        while sock.recv(4096):  # the broker closed it
+            pass
+        wait.until(
+            ec.invisibility_of_element_located(
+                (By.CSS_SELECTOR, f"[data-testid='connection-row-{conn_id}']")
+            )
+        )
+    finally:
+        sock.close()
 
 
 def test_live_chart_moves_while_a_client_publishes(page, mbroker):

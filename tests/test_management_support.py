@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -119,3 +121,83 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.1, what: str 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+# A minimal third-party adapter on the connection contract: length-prefixed frames, each
+# answered with itself; "HELLO <id>" finishes the handshake. Management tests install it as a
+# real plugin (a distribution with a ``polymq`` entry point on PYTHONPATH).
+ECHO_PLUGIN = '''
+"""echo: length-prefixed frames, each answered with itself (a test adapter)."""
+from polymq.core.connection import ConnectionFactory, SessionBase
+from polymq.core.framing import LengthPrefixedFramer
+from polymq.core.hookspecs import hookimpl
+from polymq.core.plugins import AdapterSpec
+
+
+class EchoSession(SessionBase):
+    def frames_received(self, frames):
+        conn = self.conn
+        for frame in frames:
+            frame = bytes(frame)
+            if frame.startswith(b"HELLO "):
+                conn.handshake_done(user="echo-user", client_id=frame[6:].decode())
+                continue
+            conn.info.messages_in += 1
+            conn.write(len(frame).to_bytes(4, "big") + frame)
+            conn.info.messages_out += 1
+
+    def protocol_error(self, error):
+        msg = str(error).encode()
+        self.conn.write(len(msg).to_bytes(4, "big") + msg)
+
+
+class EchoFactory(ConnectionFactory):
+    protocol_name = "echo"
+
+    def build_framer(self, conn):
+        return LengthPrefixedFramer(1 << 20)
+
+    def build_session(self, conn):
+        return EchoSession(conn)
+
+
+@hookimpl
+def polymq_adapters():
+    return [AdapterSpec(name="echo", default_port=7009,
+                        build_factory=lambda broker, section: EchoFactory(broker, section),
+                        default_config={"enabled": False})]
+'''
+
+
+def install_echo_plugin(root: Path) -> dict[str, str]:
+    """Write the echo plugin and its dist-info under ``root``; returns the broker's env."""
+    (root / "polymq_echo_test.py").write_text(ECHO_PLUGIN)
+    dist = root / "polymq_echo_test-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: polymq-echo-test\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[polymq]\necho = polymq_echo_test\n")
+    return {"PYTHONPATH": str(root)}
+
+
+def frame(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def read_frame(sock: socket.socket) -> bytes:
+    head = b""
+    while len(head) < 4:
+        head += sock.recv(4 - len(head))
+    n = struct.unpack(">I", head)[0]
+    body = b""
+    while len(body) < n:
+        body += sock.recv(n - len(body))
+    return body
+
+
+def echo_client(broker, client_id: str, messages: int) -> socket.socket:
+    s = socket.create_connection((broker.host, broker.port("echo")), timeout=10)
+    s.sendall(frame(b"HELLO " + client_id.encode()))
+    for i in range(messages):
+        s.sendall(frame(b"m%d" % i))
+        assert read_frame(s) == b"m%d" % i
+    return s

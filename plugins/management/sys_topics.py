@@ -3,8 +3,8 @@ counted across every protocol and published through the core every ``sys_interva
 
 They go to ``amq.topic`` with the MQTT mapping's key (``/`` becomes ``.``), so MQTT clients
 subscribed to ``$SYS/#`` receive them, and so does any AMQP or OpenWire consumer bound to
-``$SYS.#``. Values are sent when they changed since the last interval (``version`` and the
-counters' first values once at start); ``uptime`` and ``version`` every interval.
+``$SYS.#``. Every value is sent every interval: they are not retained (the retained store is
+the MQTT adapter's), so a new subscriber has all of them within one interval.
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ from polymq.core.message import Message
 from .state import MQTT_RETAINED_NS, State, memory_bytes
 
 EXCHANGE = "amq.topic"
-# not retained (the retained store is the MQTT adapter's): a new subscriber learns these
-# within one interval
-ALWAYS = ("$SYS/broker/uptime", "$SYS/broker/version")
 
 
 def mqtt_key(topic: str) -> str:
@@ -83,14 +80,12 @@ class SysPublisher:
         }
 
     def publish(self) -> int:
-        """Publish the values that changed (uptime always); returns how many went out."""
+        """Publish every value; returns how many went out."""
         vh = self.state.broker.vhost()
         if EXCHANGE not in vh.exchanges:
             return 0
         sent = 0
         for topic, value in self.values().items():
-            if self.last.get(topic) == value and topic not in ALWAYS:
-                continue
             self.last[topic] = value
             msg = Message(value.encode(), content_type="text/plain")
             vh.publish(EXCHANGE, mqtt_key(topic), msg)
