@@ -152,6 +152,13 @@ class ManagementApi(resource.Resource):
         if isinstance(result, tuple):
             body, status = result
             return self._json(request, body, status)
+        if isinstance(result, list) and request.args:
+            try:
+                result = shape_list(request, result)
+            except ApiError as e:
+                return self._json(
+                    request, {"error": _error_name(e.status), "reason": e.reason}, e.status
+                )
         return self._json(request, result, 200)
 
     def _log_refusal(self, request: Request) -> None:
@@ -558,6 +565,80 @@ class ManagementApi(resource.Resource):
             counts=counts,
         )
         return counts, 201
+
+
+MAX_PAGE_SIZE = 500
+
+
+def _dotted(item: Any, path: str) -> Any:
+    for part in path.split("."):
+        item = item.get(part) if isinstance(item, dict) else None
+    return item
+
+
+def shape_list(request: Request, items: list) -> Any:
+    """RabbitMQ's list options: ``name`` (substring, or a regex with ``use_regex=true``),
+    ``sort`` / ``sort_reverse`` (a dotted field), ``columns=a,b.c``, and ``page`` /
+    ``page_size`` (at most 500), which wrap the answer in a page object."""
+    total = len(items)
+    name = _arg(request, "name")
+    if name:
+        if _bool(request, "use_regex"):
+            try:
+                pattern = re.compile(name)
+            except re.error as e:
+                raise ApiError(400, f"name is not a regular expression: {e}") from None
+            items = [i for i in items if pattern.search(str(_dotted(i, "name") or ""))]
+        else:
+            items = [i for i in items if name in str(_dotted(i, "name") or "")]
+    sort = _arg(request, "sort")
+    if sort:
+        items = sorted(
+            items, key=lambda i: _sort_key(_dotted(i, sort)), reverse=_bool(request, "sort_reverse")
+        )
+    columns = _arg(request, "columns")
+    if columns:
+        wanted = [c for c in columns.split(",") if c]
+        shaped = []
+        for i in items:
+            out: dict = {}
+            for c in wanted:
+                value = _dotted(i, c)
+                node = out
+                parts = c.split(".")
+                for part in parts[:-1]:
+                    node = node.setdefault(part, {})
+                node[parts[-1]] = value
+            shaped.append(out)
+        items = shaped
+    if _arg(request, "page") is None:
+        return items
+    try:
+        page = int(_arg(request, "page") or "1")
+        size = int(_arg(request, "page_size") or "100")
+    except ValueError:
+        raise ApiError(400, "page and page_size must be integers") from None
+    if page < 1 or not 1 <= size <= MAX_PAGE_SIZE:
+        raise ApiError(400, f"page must be >= 1 and page_size 1-{MAX_PAGE_SIZE}")
+    page_items = items[(page - 1) * size : page * size]
+    return {
+        "items": page_items,
+        "page": page,
+        "page_size": size,
+        "page_count": max(1, -(-len(items) // size)),
+        "total_count": total,
+        "filtered_count": len(items),
+        "item_count": len(page_items),
+    }
+
+
+def _sort_key(value: Any) -> tuple:
+    """Numbers before strings before missing values, each in their own order."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value, "")
+    if value is None:
+        return (2, 0, "")
+    return (1, 0, str(value))
 
 
 def _object(body: dict, key: str) -> dict:
