@@ -120,6 +120,19 @@ ENDPOINTS: list[tuple[str, str, str, dict | None, bool]] = [
     ("/api/openapi.json", "get", "This document", _OBJ, False),
 ]
 
+_LIST_OPTIONS = [
+    {"name": name, "in": "query", "required": False, "schema": {"type": kind}, "description": text}
+    for name, kind, text in (
+        ("name", "string", "keep items whose name contains this (a regex with use_regex)"),
+        ("use_regex", "boolean", "name is a regular expression"),
+        ("sort", "string", "sort by this field (dotted for nested fields)"),
+        ("sort_reverse", "boolean", "sort descending"),
+        ("columns", "string", "comma-separated fields to keep"),
+        ("page", "integer", "answer one page: {items, page, page_count, ...}"),
+        ("page_size", "integer", "items per page, at most 500 (default 100)"),
+    )
+]
+
 _ERROR = {
     "description": "error",
     "content": {
@@ -151,6 +164,8 @@ def openapi_document() -> dict[str, Any]:
             "operationId": f"{method}_{re.sub(r'[^a-z0-9]+', '_', path.lower()).strip('_')}",
             "responses": {"401": _ERROR, "404": _ERROR},
         }
+        if method == "get" and schema is _LIST:
+            params = params + _LIST_OPTIONS
         if params:
             op["parameters"] = params
         if schema is None:
