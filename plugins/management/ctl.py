@@ -246,7 +246,10 @@ def run(client: Client, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(counts))
         else:
+            ignored = counts.pop("ignored", [])
             print("imported " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+            if ignored:
+                print("not imported (not supported): " + ", ".join(ignored))
         return EXIT_OK
     raise CtlError(f"unknown verb {args.verb}", EXIT_USAGE)
 

@@ -84,8 +84,9 @@ def export(broker: Any) -> dict[str, Any]:
     }
 
 
-def import_(broker: Any, data: dict[str, Any]) -> dict[str, int]:
-    """Declare what ``data`` lists; returns how many of each kind were created."""
+def import_(broker: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Declare what ``data`` lists; returns how many of each kind were created, and under
+    ``ignored`` the sections present in ``data`` that polymq does not import."""
     counts = {"vhosts": 0, "exchanges": 0, "queues": 0, "bindings": 0}
     for key in ("vhosts", "exchanges", "queues", "bindings"):
         if not isinstance(data.get(key, []), list):
@@ -148,7 +149,21 @@ def import_(broker: Any, data: dict[str, Any]) -> dict[str, int]:
             else:
                 raise BrokerError(f"definitions: binding to missing queue '{dest}'")
         counts["bindings"] += 1
+    # users, permissions, policies ... have no home in polymq yet: say so rather than pretend
+    ignored = sorted(k for k in _NOT_IMPORTED if data.get(k))
+    if ignored:
+        counts["ignored"] = ignored
     return counts
+
+
+_NOT_IMPORTED = (
+    "users",
+    "permissions",
+    "topic_permissions",
+    "parameters",
+    "policies",
+    "global_parameters",
+)
 
 
 def _args(entry: dict) -> dict:
