@@ -88,6 +88,7 @@ class Management:
         root = Root(api, Metrics(self.broker, MetricsRenderer(self.state)))
         site = Site(root, requestFactory=LimitedRequest)
         site.noisy = False
+        site.log = _no_access_log  # the console polls every few seconds: no line per request
         site.displayTracebacks = False
         host, port = self.section["host"], self.section["port"]
         try:
@@ -132,6 +133,10 @@ class Management:
                 os.unlink(self.section["port_file"])
             except OSError:
                 pass
+
+
+def _no_access_log(request: Any) -> None:
+    pass
 
 
 def _write_json(path: str, data: dict) -> None:
