@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import paho.mqtt.client as mqtt
 import pika
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
-from test_management_support import NOT_ON_CONTRACT, Api, registers_connections, start_broker
+from test_management_support import (
+    NOT_ON_CONTRACT,
+    Api,
+    registers_connections,
+    start_broker,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +183,6 @@ def test_export_import(mbroker, tmp_path):
 
 
 def _wait_ready(url: str, q: str) -> bool:
-    import time
-
     api = Api(url)
     for _ in range(100):
         if api.get(f"/api/queues/%2F/{q}")["messages_ready"] == 1:
@@ -206,12 +211,6 @@ def test_close_connection(mbroker):
         assert conns, "the MQTT connection is not listed"
         r = ctl(url, "close", str(conns[0]["id"]), "--reason", "maintenance")
         assert r.returncode == 0
-        for _ in range(100):
-            if gone:
-                break
-            import time
-
-            time.sleep(0.05)
-        assert gone
+        wait_for(lambda: gone, what="the client saw the close")
     finally:
         m.loop_stop()
