@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="compare the protocols on one workload (polymq compare -h)", add_help=False
     )
 
+    sub.add_parser("ctl", help="operate a running broker (polymq ctl -h)", add_help=False)
+
     plugins = sub.add_parser("plugins", help="list adapters and store backends found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from polymq.plugins.compare.cli import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["ctl"]:
+        from polymq.plugins.management.ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
