@@ -756,6 +756,9 @@ class ProtocolConnection(Protocol):
         if self.closing:
             return
         now = self.clock.seconds()
+        if self._reading_paused:
+            # not read on purpose (flow control): the silence is ours, not the client's
+            self._last_read = now
         if self._read_timeout > 0 and now - self._last_read >= self._read_timeout:
             silent = now - self._last_read
             self.call_session(self._raise, IdleTimeout(f"nothing received for {silent:.1f} s"))
