@@ -764,8 +764,10 @@ class ProtocolConnection(Protocol):
             self.call_session(self._raise, IdleTimeout(f"nothing received for {silent:.1f} s"))
             return
         if self._keepalive_interval > 0 and now - self._last_write >= self._keepalive_interval:
-            self._last_write = now
             self.call_session(self.session.keepalive)
+            # after the call: write() sets the cheap "recently" (the last read), which for a
+            # silent client is long ago and would bring the next keep-alive due at once
+            self._last_write = now
         self._arm_liveness()
 
     def _cancel_timers(self) -> None:
