@@ -10,11 +10,13 @@ import construct as c
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from polymq.adapters.amqp import codec as C
 from polymq.adapters.amqp.mapping import message_from_properties, properties_for
-from polymq.adapters.amqp.session import Connection
+from polymq.adapters.amqp.transport import AMQPFactory
 from polymq.core.broker import Broker
 
 shortstr = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
@@ -250,24 +252,21 @@ def test_method_decoder_only_raises_frame_errors(data):
         pass
 
 
-class FakeTransport:
-    def __init__(self):
-        self.out = []
-        self.closed = False
-
-    def write(self, data):
-        assert not self.closed or True
-        self.out.append(data)
-
-    def close(self, abort):
-        self.closed = True
-
-
 def _session():
-    broker = Broker(clock=Clock())
-    t = FakeTransport()
-    conn = Connection(broker, t.write, t.close, peer=("127.0.0.1", 1))
-    return conn, t
+    """A connection through the AMQP listener, on a string transport."""
+    factory = AMQPFactory(Broker(clock=Clock()), {})
+    t = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+    p = factory.buildProtocol(t.getPeer())
+    p.makeConnection(t)
+    crashes = []
+    crash = p._crash
+
+    def record(e):  # a bug reaching the contract's boundary
+        crashes.append(e)
+        crash(e)
+
+    p._crash = record
+    return p, t, crashes
 
 
 HANDSHAKE = (
@@ -303,19 +302,22 @@ def frames(draw):
 @settings(max_examples=400, deadline=None)
 @given(frames(), st.integers(1, 50))
 def test_session_survives_fuzzed_frames(data, chunk):
-    conn, t = _session()
-    conn.data_received(HANDSHAKE)
+    p, t, crashes = _session()
+    p.dataReceived(HANDSHAKE)
+    conn = p.session
     assert conn.state == "opened"
     for i in range(0, len(data), chunk):
-        if conn.state == "closed":
+        if conn.state == "closed" or p.closing:
             break
-        conn.data_received(data[i : i + chunk])  # must never raise
+        p.dataReceived(data[i : i + chunk])
+    assert not crashes  # bad input is a protocol error, never an internal one
     if conn.state == "closing":
         # a connection error was sent as connection.close, the last frame written
-        frames_out = c.GreedyRange(C.FRAME).parse(b"".join(t.out))
+        frames_out = c.GreedyRange(C.FRAME).parse(t.value())
         last = frames_out[-1]
         assert last.type == 1 and last.payload[:4] == b"\x00\x0a\x00\x32"
-    conn.connection_lost()
+        assert C.decode_method(last.payload)[1]["reply_code"] != C.INTERNAL_ERROR
+    p.connectionLost(None)
 
 
 def test_kafka_key_mapping_both_ways():

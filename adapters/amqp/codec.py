@@ -19,6 +19,8 @@ from typing import Any
 
 import construct as c
 
+from polymq.core.errors import ProtocolError
+
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
 FRAME_METHOD = 1
@@ -67,13 +69,12 @@ class Timestamp(int):
     __slots__ = ()
 
 
-class FrameError(Exception):
-    """A malformed frame or method: ``code`` is the AMQP reply code to close with."""
+class FrameError(ProtocolError):
+    """A malformed frame or method: ``code`` is the AMQP reply code to close with, ``class_id``
+    and ``method_id`` the method that caused it (0 when none)."""
 
     def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
+        super().__init__(text, code)
         self.class_id = class_id
         self.method_id = method_id
 
