@@ -371,7 +371,8 @@ class ProtocolConnection(Protocol):
 
     Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable`,
     :meth:`handshake_done`, :meth:`authenticate`, :meth:`authorize`, :meth:`set_liveness`,
-    :meth:`pause_reading` / :meth:`resume_reading`, and :attr:`info` (the registry entry).
+    :meth:`pause_reading` / :meth:`resume_reading`, :meth:`linger`, and :attr:`info` (the
+    registry entry).
     """
 
     framer: Any = None
@@ -386,6 +387,7 @@ class ProtocolConnection(Protocol):
         self.identity: Identity | None = None
         self.out: Any = None
         self._handshake_timer: Any = None
+        self._linger_timer: Any = None
         self._liveness_timer: Any = None
         self._read_timeout = 0.0
         self._keepalive_interval = 0.0
@@ -641,6 +643,16 @@ class ProtocolConnection(Protocol):
             self.identity, vhost if vhost is not None else self.info.vhost, action, kind, name
         )
 
+    def linger(self, timeout: float) -> None:
+        """Called from ``protocol_error`` / ``internal_error``: keep the connection open after
+        the answer, until the session calls :meth:`close` or ``timeout`` seconds pass (a
+        protocol whose close is a handshake, such as AMQP's connection.close / close-ok).
+        Reads still reach the session meanwhile, so the client's last frames are read rather
+        than reset; a second error while lingering closes at once."""
+        if self.closing or self._linger_timer is not None:
+            return
+        self._linger_timer = self.clock.callLater(timeout, self.close, True)
+
     def set_liveness(self, read_timeout: float, keepalive: float = 0.0) -> None:
         """Close the connection after ``read_timeout`` seconds without a byte from the client
         (0: never), and call ``session.keepalive()`` when nothing was written for
@@ -693,6 +705,9 @@ class ProtocolConnection(Protocol):
     def _fail(self, error: Exception) -> None:
         if self.closing:
             return
+        if self._linger_timer is not None:  # already answered, waiting for the client
+            self.close()
+            return
         log.info(
             "{protocol}: closing {peer}: {error}",
             protocol=self.factory.protocol_name,
@@ -705,7 +720,8 @@ class ProtocolConnection(Protocol):
             log.failure(
                 "{protocol}: answering a protocol error failed", protocol=self.factory.protocol_name
             )
-        self.close()
+        if self._linger_timer is None:
+            self.close()
 
     def _crash(self, error: BaseException) -> None:
         log.failure(
@@ -715,6 +731,9 @@ class ProtocolConnection(Protocol):
         )
         if self.closing:
             return
+        if self._linger_timer is not None:
+            self.close()
+            return
         try:
             self.session.internal_error(error)
         except Exception:
@@ -722,7 +741,8 @@ class ProtocolConnection(Protocol):
                 "{protocol}: answering an internal error failed",
                 protocol=self.factory.protocol_name,
             )
-        self.close()
+        if self._linger_timer is None:
+            self.close()
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -771,7 +791,7 @@ class ProtocolConnection(Protocol):
         self._arm_liveness()
 
     def _cancel_timers(self) -> None:
-        for name in ("_handshake_timer", "_liveness_timer"):
+        for name in ("_handshake_timer", "_liveness_timer", "_linger_timer"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, None)
