@@ -11,6 +11,13 @@ Scenarios (each: P publisher connections, C consumer connections, one queue):
   persistent     persistent on a durable queue, confirms, manual acks with prefetch
 Reports published msgs/s, confirmed msgs/s and consumed msgs/s per target (the run with the
 median consumed rate when --repeat > 1). Body 100 bytes, prefetch 200 by default.
+
+``--spawn`` starts this checkout's polymq (AMQP only, sqlite store in a temporary directory) as
+the target ``polymq``; ``--baseline DIR`` also starts a second one whose ``PYTHONPATH`` is DIR
+(a ``polymq`` package tree of an older commit) as the target ``before``, so that a before/after
+comparison comes from the same run, each round alternating between them:
+
+    python bench/amqp_bench.py --spawn --baseline /tmp/base/pkg --seconds 5 --repeat 3
 """
 
 from __future__ import annotations
@@ -295,8 +302,11 @@ SCENARIOS = ("transient", "manual-ack", "confirms", "persistent")
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", action="append", required=True,
+    ap.add_argument("--target", action="append", default=[],
                     help="name=host:port (repeatable)")
+    ap.add_argument("--spawn", action="store_true",
+                    help="start this checkout's polymq as the target 'polymq'")
+    ap.add_argument("--baseline", help="PYTHONPATH of a second polymq, started as 'before'")
     ap.add_argument("--scenario", default="all", choices=("all",) + SCENARIOS)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--publishers", type=int, default=1)
@@ -309,12 +319,42 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per scenario and broker (interleaved); the median is reported")
     args = ap.parse_args(argv)
-    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     targets = []
     for t in args.target:
         name, _, addr = t.partition("=")
         host, _, port = addr.rpartition(":")
         targets.append((name, host, int(port)))
+    brokers = []
+    try:
+        if args.baseline:
+            brokers.append(spawn("before", {"PYTHONPATH": args.baseline}))
+        if args.spawn:
+            brokers.append(spawn("polymq", {}))
+        targets = [(name, b.host, b.port("amqp")) for name, b in brokers] + targets
+        if not targets:
+            ap.error("no target: give --target, --spawn or --baseline")
+        compare(args, targets)
+    finally:
+        for _, b in brokers:
+            b.stop()
+
+
+def spawn(name: str, env: dict) -> tuple[str, object]:
+    """A polymq broker subprocess (tests/brokerproc.py) listening for AMQP only."""
+    import pathlib
+    import tempfile
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+    from brokerproc import BrokerProcess
+
+    b = BrokerProcess(tempfile.mkdtemp(prefix=f"amqp-bench-{name}-"), adapters=["amqp"],
+                      store="sqlite", log_level="warn", env=env)
+    b.start()
+    return name, b
+
+
+def compare(args, targets) -> None:
+    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     rows = []
     for sc in scenarios:
         runs: dict[str, list] = {name: [] for name, _, _ in targets}

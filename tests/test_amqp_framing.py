@@ -80,4 +80,4 @@ def test_frame_max_lowered_by_tune_ok_applies_to_the_rest_of_the_same_read():
     out = methods(t.value())
     assert [m[1] for m in out][-1] == "connection.close"
     assert out[-1][2]["reply_code"] == C.FRAME_ERROR
-    assert t.disconnecting
+    assert p.session.state == "closing"

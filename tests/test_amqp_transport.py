@@ -253,4 +253,24 @@ def test_a_bug_is_closed_with_541(monkeypatch):
     p.dataReceived(C.method_frame(1, "queue.declare", queue="q"))
     out = methods(t.value())
     assert [(m[1], m[2]["reply_code"]) for m in out] == [("connection.close", 541)]
-    assert t.disconnecting
+    assert not t.disconnecting  # waiting for the client's close-ok
+    p.dataReceived(C.method_frame(0, "connection.close-ok"))
+    assert t.disconnecting and not t.disconnected  # closed in order, not aborted
+
+
+def test_a_connection_error_waits_for_close_ok_reading_what_arrives_meanwhile():
+    clock, factory, p, t = connect_with(HANDSHAKE)
+    t.clear()
+    p.dataReceived(C.method_frame(5, "queue.declare", queue="q"))  # channel 5 is not open
+    out = methods(t.value())
+    assert [(m[1], m[2]["reply_code"]) for m in out] == [("connection.close", 504)]
+    t.clear()
+    # what the client sent before it saw the close is read and discarded
+    publish = C.method_frame(1, "basic.publish", exchange="", routing_key="q")
+    publish += C.content_frames(1, C.encode_properties({}), b"m", 131072)
+    p.dataReceived(publish + C.method_frame(1, "queue.declare", queue="r"))
+    assert t.value() == b"" and not t.disconnecting
+    clock.advance(1.9)
+    assert not t.disconnecting
+    clock.advance(0.2)  # no close-ok within 2 s: dropped
+    assert t.disconnecting and t.disconnected

@@ -43,6 +43,8 @@ DEFAULTS = {
     "publish_burst": 256,
 }
 
+CLOSE_OK_TIMEOUT = 2.0  # seconds the client has to answer our connection.close
+
 _PUBLISH_ID = (60, 40)
 _ACK_ID = (60, 80)
 
@@ -266,6 +268,8 @@ class AMQPSession(SessionBase):
     def _on_header(self, ch: int, payload: bytes) -> None:
         channel = self.channels.get(ch)
         if channel is None:
+            if self.state == "closing":  # after our connection.close: discarded
+                return
             raise C.FrameError(C.CHANNEL_ERROR, f"content header on channel {ch}, not open")
         if channel.closing:
             return
@@ -296,6 +300,8 @@ class AMQPSession(SessionBase):
     def _on_body(self, ch: int, payload: bytes) -> None:
         channel = self.channels.get(ch)
         if channel is None:
+            if self.state == "closing":
+                return
             raise C.FrameError(C.CHANNEL_ERROR, f"body frame on channel {ch}, not open")
         if channel.closing:
             return
@@ -581,6 +587,8 @@ class AMQPSession(SessionBase):
             class_id=class_id,
             method_id=method_id,
         )
+        # the socket closes on the client's close-ok (connection.py) or after this long
+        self.conn.linger(CLOSE_OK_TIMEOUT)
 
     def drop_channel(self, channel: Channel) -> None:
         channel.teardown()
