@@ -43,13 +43,7 @@ def methods(data: bytes) -> list[tuple[int, str, dict]]:
 
 
 def connect(section=None):
-    clock = Clock()
-    factory = AMQPFactory(Broker(clock=clock), section or {})
-    t = CountingTransport()
-    p = factory.buildProtocol(t.getPeer())
-    p.makeConnection(t)
-    p.dataReceived(HANDSHAKE)
-    return clock, factory, p, t
+    return connect_with(HANDSHAKE, section)
 
 
 def consume(p, t, queue: str) -> None:
@@ -133,6 +127,7 @@ def handshake(heartbeat=0, frame_max=131072, capabilities=None):
 
 
 def connect_with(data, section=None):
+    """A connection through the listener, fed ``data`` (a client's first bytes)."""
     clock = Clock()
     factory = AMQPFactory(Broker(clock=clock), section or {})
     t = CountingTransport()
