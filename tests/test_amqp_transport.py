@@ -269,3 +269,19 @@ def test_a_connection_error_waits_for_close_ok_reading_what_arrives_meanwhile():
     assert not t.disconnecting
     clock.advance(0.2)  # no close-ok within 2 s: dropped
     assert t.disconnecting and t.disconnected
+
+
+def test_a_blocked_publisher_is_read_again_to_take_its_close_ok():
+    clock, factory, p, t = connect_with(handshake(capabilities={"connection.blocked": True}))
+    factory.registry.set_publishing_blocked(True, "memory high watermark")
+    p.dataReceived(
+        C.method_frame(1, "basic.publish", exchange="amq.direct", routing_key="k")
+        + C.content_frames(1, C.encode_properties({}), b"m", 131072)
+    )
+    assert t.producerState == "paused"
+    t.clear()
+    factory.shutting_down()
+    assert [m[1] for m in methods(t.value())] == ["connection.close"]
+    assert t.producerState == "producing"
+    p.dataReceived(C.method_frame(0, "connection.close-ok"))
+    assert t.disconnecting and not t.disconnected

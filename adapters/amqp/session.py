@@ -605,9 +605,15 @@ class AMQPSession(SessionBase):
         self.channels.clear()
         if self.vhost is not None:
             self.vhost.connection_closed(self)
+        # nothing is held back any more: read again (a close-ok may be on its way)
         t, self._yield_call = self._yield_call, None
-        if t is not None and t.active():
-            t.cancel()
+        if t is not None:
+            if t.active():
+                t.cancel()
+            self.conn.resume_reading()
+        if self.reading_paused:
+            self.reading_paused = False
+            self.conn.resume_reading()
         self._held = None
 
     def connection_lost(self) -> None:
