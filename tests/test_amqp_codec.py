@@ -62,7 +62,7 @@ field_values = st.recursive(scalar_values, _extend, max_leaves=12)
 typed_tables = st.dictionaries(names, field_values, max_size=6)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(typed_tables)
 def test_fast_table_decoder_agrees_with_declaration(table):
     built = C.FieldTablePure.build(
@@ -86,7 +86,7 @@ python_values = st.recursive(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.dictionaries(names, python_values, max_size=6))
 def test_fast_table_encoder_agrees_with_declaration(table):
     data = C.encode_table(table)
@@ -134,7 +134,7 @@ def test_table_length_beyond_frame_is_refused():
 
 # -- methods -----------------------------------------------------------------------------------
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(shortstr, shortstr, st.booleans(), st.booleans())
 def test_publish_fast_path_matches_declaration(exchange, rk, mandatory, immediate):
     payload = C.PUBLISH.build(
@@ -144,14 +144,14 @@ def test_publish_fast_path_matches_declaration(exchange, rk, mandatory, immediat
     assert fast == C.PUBLISH.parse(payload[4:])
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(0, 2**64 - 1), st.booleans())
 def test_ack_fast_path_matches_declaration(tag, multiple):
     payload = C.ACK.build({"delivery_tag": tag, "multiple": multiple})
     assert C.decode_ack(payload) == C.ACK.parse(payload[4:])
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(
     shortstr, st.integers(0, 2**64 - 1), st.booleans(), shortstr, shortstr, st.integers(0, 65535)
 )
@@ -189,7 +189,7 @@ properties = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(properties, st.integers(0, 2**63))
 def test_content_header_fast_paths_match_declaration(props, size):
     raw = C.encode_properties(props)
@@ -208,7 +208,7 @@ def test_content_header_fast_paths_match_declaration(props, size):
     assert built == payload
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=3000), st.integers(4096, 9000), st.integers(1, 65535))
 def test_body_split_over_frames(body, frame_max, channel):
     out = C.content_frames(channel, b"\x00\x00", body, frame_max)
@@ -239,7 +239,7 @@ def test_property_mapping_round_trip():
 
 # -- fuzzing -----------------------------------------------------------------------------------
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_method_decoder_only_raises_frame_errors(data):
     try:
