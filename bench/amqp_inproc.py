@@ -5,11 +5,12 @@ them. CPU time (``time.process_time``) is less disturbed by other load on the ma
 the throughput of bench/amqp_bench.py.
 
     .venv/bin/python bench/amqp_inproc.py [--count 20000] [--size 100] [--runs 5]
-        [--scenario transient,manual-ack,confirms,large] [--baseline DIR]
+        [--batch 50] [--scenario transient,manual-ack,confirms,large] [--baseline DIR]
 
 Scenarios: ``transient`` (auto-ack consumer), ``manual-ack`` (prefetch 200, a multiple ack per
 batch), ``confirms`` (publisher confirms, auto-ack consumer), ``large`` (1 MiB bodies arriving
-in 64 KiB reads: the cost of frames spread over many reads). Prints µs of CPU per message, the
+in 64 KiB reads: the cost of frames spread over many reads); ``--batch`` publishes arrive per
+read (fewer show the cost per read). Prints µs of CPU per message, the
 median of ``--runs``. ``--baseline DIR`` runs the same scenarios, alternating run by run, in a
 subprocess whose ``PYTHONPATH`` is DIR (a ``polymq`` package tree of an older commit) and prints
 both columns.
@@ -29,7 +30,7 @@ import time
 SCENARIOS = ("transient", "manual-ack", "confirms", "large")
 
 
-def measure(scenario: str, count: int, size: int) -> float:
+def measure(scenario: str, count: int, size: int, batch: int = 50) -> float:
     """µs of CPU per message for one run of ``scenario``."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.task import Clock
@@ -75,9 +76,9 @@ def measure(scenario: str, count: int, size: int) -> float:
         count = max(1, count // 200)
         reads = [one[i : i + 65536] for i in range(0, len(one), 65536)]
     else:
-        reads = [one * 50]
-        count -= count % 50
-    per_read = 1 if scenario == "large" else 50
+        reads = [one * batch]
+        count -= count % batch
+    per_read = 1 if scenario == "large" else batch
     ack_head = struct.pack(">BHI", 1, 1, 13) + b"\x00\x3c\x00\x50"
     output.flush_pending()
     pt.clear()
@@ -101,7 +102,7 @@ def measure(scenario: str, count: int, size: int) -> float:
 
 def child(args) -> None:
     """Run each scenario once and print {scenario: µs} (the subprocess of --baseline)."""
-    out = {sc: measure(sc, args.count, args.size) for sc in args.scenario.split(",")}
+    out = {sc: measure(sc, args.count, args.size, args.batch) for sc in args.scenario.split(",")}
     print(json.dumps(out))
 
 
@@ -110,6 +111,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=50, help="publishes per read")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--scenario", default=",".join(SCENARIOS))
     ap.add_argument("--baseline", help="PYTHONPATH of an older polymq: a 'before' column")
@@ -123,7 +125,7 @@ def main() -> None:
         targets.insert(0, ("before", args.baseline))
     results: dict[str, dict[str, list[float]]] = {name: {} for name, _ in targets}
     argv = [sys.executable, __file__, "--child", "--count", str(args.count), "--size",
-            str(args.size), "--scenario", args.scenario]
+            str(args.size), "--batch", str(args.batch), "--scenario", args.scenario]
     for i in range(args.runs):
         order = targets if i % 2 == 0 else targets[::-1]
         for name, path in order:

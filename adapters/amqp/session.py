@@ -118,11 +118,9 @@ class AMQPSession(SessionBase):
             return
         if self._yield_call is None:
             self._burst = 0
-        self._handle(frames, 0)
-
-    def _handle(self, frames: list, i: int) -> None:
         on_body, on_method, on_header = self._on_body, self._on_method, self._on_header
         self._stop = False
+        i = 0
         n = len(frames)
         try:
             while i < n:
@@ -655,7 +653,7 @@ class AMQPSession(SessionBase):
     def _handle_held(self) -> None:
         held, self._held = self._held, None
         if held:
-            self.conn.call_session(self._handle, held, 0)
+            self.conn.call_session(self.frames_received, held)
 
     def publishing_blocked(self, blocked: bool, reason: str) -> None:
         """The broker-wide resource alarm on/off: tell the client (connection.blocked /
