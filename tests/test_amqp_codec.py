@@ -152,6 +152,13 @@ def test_ack_fast_path_matches_declaration(tag, multiple):
 
 
 @settings(max_examples=200, deadline=None)
+@given(st.integers(0, 65535), st.integers(0, 2**64 - 1), st.booleans())
+def test_ack_frame_fast_path_matches_declaration(channel, tag, multiple):
+    slow = C.method_frame(channel, "basic.ack", delivery_tag=tag, multiple=multiple)
+    assert C.ack_frame(channel, tag, multiple) == slow
+
+
+@settings(max_examples=200, deadline=None)
 @given(
     shortstr, st.integers(0, 2**64 - 1), st.booleans(), shortstr, shortstr, st.integers(0, 65535)
 )

@@ -49,10 +49,6 @@ _PUBLISH_ID = (60, 40)
 _ACK_ID = (60, 80)
 
 
-def _ack_frame(channel: int, tag: int, multiple: bool) -> bytes:
-    return C.method_frame(channel, "basic.ack", delivery_tag=tag, multiple=multiple)
-
-
 class AMQPSession(SessionBase):
     """The state machine of one client connection."""
 
@@ -447,14 +443,14 @@ class AMQPSession(SessionBase):
                 run_len += 1
                 continue
             if run_len:
-                frames.append(_ack_frame(n, run_end, run_len > 1))
+                frames.append(C.ack_frame(n, run_end, run_len > 1))
                 run_len = 0
             frames.append(
                 C.method_frame(n, "basic.nack", delivery_tag=seq, multiple=False, requeue=False)
             )
             channel.confirmed_seq = seq
         if run_len:
-            frames.append(_ack_frame(n, run_end, run_len > 1))
+            frames.append(C.ack_frame(n, run_end, run_len > 1))
             channel.confirmed_seq = run_end
         self.write(b"".join(frames))
 
