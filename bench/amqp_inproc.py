@@ -45,8 +45,14 @@ def measure(scenario: str, count: int, size: int, batch: int = 50) -> float:
     factory = AMQPFactory(Broker(clock=clock), {"memory_high_watermark": 0})
     handshake = (
         C.PROTOCOL_HEADER
-        + C.method_frame(0, "connection.start-ok", client_properties={}, mechanism="PLAIN",
-                         response=b"\x00guest\x00guest", locale="en_US")
+        + C.method_frame(
+            0,
+            "connection.start-ok",
+            client_properties={},
+            mechanism="PLAIN",
+            response=b"\x00guest\x00guest",
+            locale="en_US",
+        )
         + C.method_frame(0, "connection.tune-ok", channel_max=0, frame_max=131072, heartbeat=0)
         + C.method_frame(0, "connection.open", virtual_host="/")
         + C.method_frame(1, "channel.open")
@@ -107,8 +113,9 @@ def child(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--size", type=int, default=100)
     ap.add_argument("--batch", type=int, default=50, help="publishes per read")
@@ -124,8 +131,19 @@ def main() -> None:
     if args.baseline:
         targets.insert(0, ("before", args.baseline))
     results: dict[str, dict[str, list[float]]] = {name: {} for name, _ in targets}
-    argv = [sys.executable, __file__, "--child", "--count", str(args.count), "--size",
-            str(args.size), "--batch", str(args.batch), "--scenario", args.scenario]
+    argv = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--count",
+        str(args.count),
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--scenario",
+        args.scenario,
+    ]
     for i in range(args.runs):
         order = targets if i % 2 == 0 else targets[::-1]
         for name, path in order:
@@ -135,8 +153,10 @@ def main() -> None:
             run = json.loads(subprocess.check_output(argv, env=env))
             for sc, us in run.items():
                 results[name].setdefault(sc, []).append(us)
-            print(f"run {i + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in run.items()),
-                  file=sys.stderr)
+            print(
+                f"run {i + 1} {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in run.items()),
+                file=sys.stderr,
+            )
     names = [name for name, _ in targets]
     print("| scenario | " + " | ".join(f"{n} µs/msg" for n in names) + " |")
     print("|---|" + "---:|" * len(names))
