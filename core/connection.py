@@ -39,7 +39,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from . import output
 from .auth import Identity, Refusal
-from .errors import BrokerError, IdleTimeout, ProtocolError
+from .errors import BrokerError, ConnectionForced, IdleTimeout, ProtocolError
 
 __all__ = [
     "CONNECTION_DEFAULTS",
@@ -732,7 +732,7 @@ class ProtocolConnection(Protocol):
             peer=self.peer,
             reason=reason,
         )
-        self.call_session(self.session.protocol_error, BrokerError(reason))
+        self.call_session(self.session.protocol_error, ConnectionForced(reason))
         self.close()
 
     # -- what sessions ask of the contract ---------------------------------------------------

@@ -420,7 +420,15 @@ def test_connections_of_every_protocol_listed_and_closed(mbroker, protocol, tmp_
     if protocol == "amqp":
         conn = amqp(broker)
         closers.append(lambda: conn.is_open and conn.close())
-        alive = lambda: conn.is_open and (conn.process_data_events(0.05) or True)  # noqa: E731
+
+        def alive():
+            try:
+                conn.process_data_events(0.05)
+            except pika.exceptions.ConnectionClosedByBroker as e:
+                assert e.reply_code == 320 and "test" in e.reply_text  # CONNECTION_FORCED
+                return False
+            return conn.is_open
+
     elif protocol == "mqtt":
         c = paho_client(broker, cid)
         closers.append(lambda: (c.disconnect(), c.loop_stop()))
