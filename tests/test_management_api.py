@@ -691,3 +691,24 @@ def test_a_rabbitmq_definitions_file_imports(tmp_path):
     finally:
         broker.stop()
         broker.kill9()
+
+
+def test_an_mqtt5_client_closed_by_the_operator_hears_administrative_action(mbroker):
+    broker, api = mbroker
+    cid = name("mqtt5")
+    reasons = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+    c.on_disconnect = lambda client, userdata, flags, rc, props: reasons.append(rc)
+    c.connect(broker.host, broker.port("mqtt"))
+    c.loop_start()
+    try:
+        wait_for(c.is_connected, what="MQTT connect")
+        entry = wait_for(
+            lambda: [x for x in api.get("/api/connections") if x["client_id"] == cid],
+            what="listed",
+        )[0]
+        api.ok("DELETE", f"/api/connections/{entry['id']}", headers={"X-Reason": "maintenance"})
+        wait_for(lambda: reasons, timeout=10, what="DISCONNECT seen")
+        assert reasons[0].value == 0x98  # Administrative action, as Mosquitto's admin kick
+    finally:
+        c.loop_stop()
