@@ -9,10 +9,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from polymq.core import output
 from polymq.adapters.openwire import codec as c
 from polymq.adapters.openwire.codec import Obj
 from polymq.adapters.openwire.transport import OpenWireFactory
+from polymq.core import output
 from polymq.core.broker import Broker
 from polymq.core.message import Message
 
@@ -176,7 +176,7 @@ def test_session_survives_nonsense_commands(cmds):
     broker, proto, tr = setup()
     connect(proto, tr)
     for cmd in cmds:
-        if proto._closing:
+        if proto.closing:
             break
         proto.dataReceived(c.encode_frame(cmd))
     proto.connectionLost(None)
@@ -226,25 +226,25 @@ def test_cache_negotiation():
         hello = c.encode_wireformat(12, {"MaxInactivityDuration": 0, "CacheEnabled": offer,
                                          "CacheSize": size}, {"MaxInactivityDuration": "long"})
         proto.dataReceived(hello)
-        assert proto.conn.cached is (expected is not None)
+        assert proto.session.cached is (expected is not None)
         if expected:
-            assert len(proto.conn.ucache) == expected
+            assert len(proto.session.ucache) == expected
     broker = Broker(clock=Clock())
     proto = OpenWireFactory(broker, {"cache_size": 0}).buildProtocol(None)
     tr = TurnTransport()
     proto.makeConnection(tr)
     proto.dataReceived(c.encode_wireformat(12, {"CacheEnabled": True, "CacheSize": 8}, {}))
-    assert not proto.conn.cached
+    assert not proto.session.cached
 
 
 def test_cached_form_end_to_end():
     """A client with a marshalling cache: its references are resolved, and what the broker
     sends decodes through the client's unmarshalling cache (the dispatch head stores the
     consumer id and destination once, then refers to them)."""
-    from test_openwire_codec import _ClientWriter
+    from openwire_oracle import ClientWriter
 
     broker, proto, tr = setup()
-    w = _ClientWriter(8)
+    w = ClientWriter(8)
     mine: list = [None] * 8
     conn_id = Obj(c.CONNECTION_ID, value="ID:cc")
     cid = Obj(c.CONSUMER_ID, connection_id="ID:cc", session_id=1, value=1)
@@ -293,11 +293,11 @@ def test_session_survives_nonsense_commands_cached_form(cmds, junk):
                                           connection_id=Obj(c.CONNECTION_ID, value="ID:f")),
                                       cached=True))
     for cmd in cmds:
-        if proto._closing:
+        if proto.closing:
             break
         proto.dataReceived(c.encode_frame(cmd, cached=True))
     # a reference to a slot that may be out of range or empty: an error or a null, never a crash
-    if not proto._closing:
+    if not proto.closing:
         ref = b"\x00" + junk[:2].ljust(2, b"\x00")
         body = bytes((c.REMOVE_INFO,)) + b"\x00\x00\x00\x05\x00" + ref + b"\x00" * 8
         proto.dataReceived(struct.pack(">i", len(body)) + body)
@@ -308,7 +308,7 @@ def test_session_survives_nonsense_commands_cached_form(cmds, junk):
 def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
     """A topic message from a producer of either form reaches a plain-form consumer and a
     cached-form consumer, each in its own form (the hub keeps one encoding per form)."""
-    from test_openwire_codec import _ClientWriter
+    from openwire_oracle import ClientWriter
 
     broker = Broker(clock=Clock())
     factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
@@ -321,7 +321,7 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
         proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
                                                     "CacheEnabled": cached, "CacheSize": 16},
                                                {"MaxInactivityDuration": "long"}))
-        w = _ClientWriter(16) if cached else None
+        w = ClientWriter(16) if cached else None
 
         def send(o, proto=proto, w=w):
             body = w.frame(o) if w is not None else c.encode_frame(o)[4:]
