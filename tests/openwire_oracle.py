@@ -3,8 +3,8 @@
 - a table interpreter (:func:`encode_frame_generic`, :func:`decode_command_generic`): one
   generic marshaller that reads ``SCHEMA`` field by field through the codec's bounds-checked
   :class:`Reader` / :class:`Writer`;
-- ``construct`` declarations of every type (:func:`construct_for`), built from the same table,
-  so that a third implementation parses and builds the bytes;
+- the ``construct`` declarations themselves (:func:`construct_for`): construct's own parser
+  and builder, a third implementation of the same bytes;
 - :class:`ClientWriter`, which writes commands the way the Java client's marshallers do, with
   a marshalling cache (cached fields as references after their first use).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import construct as cs
 
 from polymq.adapters.openwire.codec import (
+    DECLARATIONS,
     MAX_NESTING,
     SCHEMA,
     WIREFORMAT_INFO,
@@ -25,13 +26,22 @@ from polymq.adapters.openwire.codec import (
     Writer,
 )
 from polymq.adapters.openwire.primitives import _B, _H, _I, _Q
+from polymq.adapters.openwire.schema import fields_of
+
+# the type ids each nested field may hold (None: any), as the declarations say
+_NESTED_TYPES = {
+    (t, name): f.types for t, (_, decl) in DECLARATIONS.items() for name, f in fields_of(decl)
+}
 
 
-def decode_object(r: Reader, depth: int = 0) -> Obj | None:
+def decode_object(r: Reader, depth: int = 0, types: frozenset | None = None) -> Obj | None:
     """A nullable nested object: bool present, type byte, body."""
     if not r.bool():
         return None
-    return decode_body(r, r.u8(), depth)
+    t = r.u8()
+    if types is not None and t in SCHEMA and t not in types:
+        raise DecodeError(f"unexpected type {t}")
+    return decode_body(r, t, depth)
 
 
 def decode_body(r: Reader, type_id: int, depth: int = 0) -> Obj:
@@ -52,7 +62,7 @@ def decode_body(r: Reader, type_id: int, depth: int = 0) -> Obj:
     d = obj.__dict__
     for name, kind in fields:
         if kind == "o" or kind == "c":
-            d[name] = decode_object(r, depth + 1)
+            d[name] = decode_object(r, depth + 1, _NESTED_TYPES[type_id, name])
         elif kind == "s":
             d[name] = r.string()
         elif kind == "z":
@@ -70,7 +80,8 @@ def decode_body(r: Reader, type_id: int, depth: int = 0) -> Obj:
                 n = r.short()
                 if n < 0 or n > r.remaining():
                     raise DecodeError(f"array count {n} exceeds the frame")
-                d[name] = [decode_object(r, depth + 1) for _ in range(n)]
+                types = _NESTED_TYPES[type_id, name]
+                d[name] = [decode_object(r, depth + 1, types) for _ in range(n)]
             else:
                 d[name] = None
         elif kind == "t":
@@ -161,76 +172,10 @@ def decode_command_generic(frame: bytes) -> Obj:
 # The same SCHEMA, turned once at import into one straight-line decoder and encoder per type
 
 
-def construct_for(type_id: int, depth: int = 3) -> cs.Construct:
-    """A ``construct`` declaration of one type, built from ``SCHEMA`` (strings as raw bytes).
-
-    ``depth`` bounds nested objects (they are declared through ``cs.Switch`` on the type byte).
-    """
-    _, prefix, fields = SCHEMA[type_id]
-    members: list[cs.Construct] = []
-    if prefix:
-        members += ["command_id" / cs.Int32sb, "response_required" / cs.Flag]
-    for name, kind in fields:
-        members.append(name / _construct_kind(kind, depth))
-    return cs.Struct(*members)
-
-
-_STRING = cs.Struct(
-    "present" / cs.Flag, "value" / cs.If(cs.this.present, cs.PascalString(cs.Int16ub, "utf8"))
-)
-_BYTESEQ = cs.Struct(
-    "present" / cs.Flag, "value" / cs.If(cs.this.present, cs.Prefixed(cs.Int32sb, cs.GreedyBytes))
-)
-
-
-def _nested(depth: int) -> cs.Construct:
-    if depth <= 0:
-        return cs.Struct("present" / cs.Const(False, cs.Flag))
-    cases = {t: construct_for(t, depth - 1) for t in SCHEMA}
-    return cs.Struct(
-        "present" / cs.Flag,
-        "value"
-        / cs.If(
-            cs.this.present,
-            cs.Struct("type" / cs.Int8ub, "body" / cs.Switch(cs.this.type, cases)),
-        ),
-    )
-
-
-def _construct_kind(kind: str, depth: int) -> cs.Construct:
-    if kind == "z":
-        return cs.Flag
-    if kind == "b":
-        return cs.Int8sb
-    if kind == "h":
-        return cs.Int16sb
-    if kind == "i":
-        return cs.Int32sb
-    if kind == "l":
-        return cs.Int64sb
-    if kind == "s":
-        return _STRING
-    if kind == "y":
-        return _BYTESEQ
-    if kind == "o" or kind == "c":
-        return cs.LazyBound(lambda: _nested(depth))
-    if kind == "O":
-        return cs.Struct(
-            "present" / cs.Flag,
-            "items"
-            / cs.If(
-                cs.this.present, cs.PrefixedArray(cs.Int16sb, cs.LazyBound(lambda: _nested(depth)))
-            ),
-        )
-    if kind == "t":
-        return cs.Struct(
-            "present" / cs.Flag,
-            "value" / cs.If(cs.this.present, cs.Struct("cls" / _STRING, "message" / _STRING)),
-        )
-    raise AssertionError(kind)
-
-
-# -- WireFormatInfo -------------------------------------------------------------------------------
+def construct_for(type_id: int) -> cs.Construct:
+    """The ``construct`` declaration of one type (the codec's source of truth): construct
+    itself parses and builds the plain form."""
+    return DECLARATIONS[type_id][1]
 
 
 # -- construct results and objects as comparable values -----------------------------------------

@@ -327,10 +327,10 @@ def _agree(frame: bytes, cache: list, generic_cache: list) -> bool:
     decoder give the same object, the same end and the same marks; returns whether the
     speculative decoder took the frame."""
     t = frame[0]
-    spec = c._SPECULATIVE.get(t)
+    spec = c.SPECULATIVE.get(t)
     took = spec(frame, 1, len(frame), list(cache)) if spec is not None else None
     got = c.decode_command(frame, cache)
-    expected, pos = c._CDECODERS[t](frame, 1, len(frame), 0, generic_cache)
+    expected, pos = c.CDECODERS[t](frame, 1, len(frame), 0, generic_cache)
     assert pos == len(frame)
     assert got == expected
     if t in c.MESSAGE_TYPES:
@@ -387,12 +387,12 @@ def test_speculative_decoder_leaves_malformed_frames_to_the_generated_one():
               content=b"abc")
     c.decode_command(writer.frame(msg), cache)
     frame = writer.frame(msg)  # references only: the speculative shape
-    assert c._SPECULATIVE[frame[0]](frame, 1, len(frame), cache) is not None
+    assert c.SPECULATIVE[frame[0]](frame, 1, len(frame), cache) is not None
     for bad in (frame[:-3], frame[:40], frame + b"\x00"):
         with pytest.raises(c.DecodeError):
             c.decode_command(bad, cache)
     small = [None] * 2  # a reference beyond the negotiated cache
-    assert c._SPECULATIVE[frame[0]](frame, 1, len(frame), small) is None
+    assert c.SPECULATIVE[frame[0]](frame, 1, len(frame), small) is None
     with pytest.raises(c.DecodeError):
         c.decode_command(frame, small)
 

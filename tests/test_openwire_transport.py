@@ -130,6 +130,7 @@ def test_same_message_twice_on_one_consumer_gets_distinct_ids():
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from twisted.logger import globalLogPublisher  # noqa: E402
 
 _SMALL_TYPES = [t for t, spec in c.SCHEMA.items() if not spec[1]]
 
@@ -170,16 +171,35 @@ def _obj(depth: int, types=None):
     return st.sampled_from(types).flatmap(build)
 
 
+class NoCrash:
+    """Collects the tracebacks the connection's error boundary logs: nonsense from a client
+    must be a protocol error (a ConnectionError and a closed connection), never a bug."""
+
+    def __enter__(self):
+        self.failures = []
+        globalLogPublisher.addObserver(self._observe)
+        return self
+
+    def _observe(self, event):
+        if event.get("log_failure") is not None:
+            self.failures.append(event["log_failure"].getTraceback())
+
+    def __exit__(self, *exc):
+        globalLogPublisher.removeObserver(self._observe)
+        assert not self.failures, self.failures[0]
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(_obj(0), min_size=1, max_size=6))
 def test_session_survives_nonsense_commands(cmds):
     broker, proto, tr = setup()
     connect(proto, tr)
-    for cmd in cmds:
-        if proto.closing:
-            break
-        proto.dataReceived(c.encode_frame(cmd))
-    proto.connectionLost(None)
+    with NoCrash():
+        for cmd in cmds:
+            if proto.closing:
+                break
+            proto.dataReceived(c.encode_frame(cmd))
+        proto.connectionLost(None)
 
 
 def _tx_ack_then_close_consumer(commit: bool):
@@ -292,16 +312,18 @@ def test_session_survives_nonsense_commands_cached_form(cmds, junk):
     proto.dataReceived(c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1,
                                           connection_id=Obj(c.CONNECTION_ID, value="ID:f")),
                                       cached=True))
-    for cmd in cmds:
-        if proto.closing:
-            break
-        proto.dataReceived(c.encode_frame(cmd, cached=True))
-    # a reference to a slot that may be out of range or empty: an error or a null, never a crash
-    if not proto.closing:
-        ref = b"\x00" + junk[:2].ljust(2, b"\x00")
-        body = bytes((c.REMOVE_INFO,)) + b"\x00\x00\x00\x05\x00" + ref + b"\x00" * 8
-        proto.dataReceived(struct.pack(">i", len(body)) + body)
-    proto.connectionLost(None)
+    with NoCrash():
+        for cmd in cmds:
+            if proto.closing:
+                break
+            proto.dataReceived(c.encode_frame(cmd, cached=True))
+        # a reference to a slot that may be out of range, empty or of another type: an error
+        # or a null, never a crash
+        if not proto.closing:
+            ref = b"\x00" + junk[:2].ljust(2, b"\x00")
+            body = bytes((c.REMOVE_INFO,)) + b"\x00\x00\x00\x05\x00" + ref + b"\x00" * 8
+            proto.dataReceived(struct.pack(">i", len(body)) + body)
+        proto.connectionLost(None)
 
 
 @pytest.mark.parametrize("producer_cached", [True, False])

@@ -1,17 +1,27 @@
-"""OpenWire type ids, the table of every command and data structure in wire order, and the
-decoded object (:class:`Obj`).
+"""OpenWire type ids, the ``construct`` declarations of every command and data structure the
+broker reads or writes (the single source of truth for the wire format), and the decoded
+object (:class:`Obj`).
 
-``SCHEMA`` maps a type id to its class name, whether it carries the command prefix
-(commandId, responseRequired) and its fields in wire order with their field kinds:
-``z`` boolean, ``b`` byte, ``h`` short, ``i`` int, ``l`` long, ``s`` nullable string (Java
-modified UTF-8), ``y`` nullable byte sequence (int32 length), ``o`` nullable nested object,
-``c`` "cached" nullable nested object, ``O`` nullable object array (int16 count), ``t``
-nullable throwable (class name and message only: stack traces are never negotiated).
+Each declaration is a ``cs.Struct`` of named fields in wire order; a command starts with
+``command_id`` and ``response_required``. Every field is one of the field constructs below,
+which say what the compiler of the fast paths (marshallers.py) needs besides the layout: the
+field kind, and for a nested object the type ids it may hold (any other is a protocol error).
+Kinds: ``z`` boolean, ``b`` byte, ``h`` short, ``i`` int, ``l`` long, ``s`` nullable string
+(Java modified UTF-8), ``y`` nullable byte sequence (int32 length), ``o`` nullable nested
+object, ``c`` "cached" nullable nested object, ``O`` nullable object array (int16 count),
+``t`` nullable throwable (class name and message only: stack traces are never negotiated).
+
+``construct`` parses and builds the plain form of every declaration (the tests check the
+fast paths against it; strings are declared as UTF-8, which is modified UTF-8 for text
+without NUL and supplementary characters). ``SCHEMA`` is the same information as a table:
+type id -> (class name, has the command prefix, ((field, kind), ...)).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import construct as cs
 
 from polymq.core.errors import ProtocolError
 
@@ -71,327 +81,384 @@ BROKER_ID = 124
 MESSAGE_TYPES = frozenset(range(MESSAGE, BLOB_MESSAGE + 1))
 DESTINATION_TYPES = frozenset((QUEUE, TOPIC, TEMP_QUEUE, TEMP_TOPIC))
 
-# -- the declarative table ------------------------------------------------------------------
+
+# -- field constructs -------------------------------------------------------------------------
+
+
+class Field(cs.Subconstruct):
+    """A field of an OpenWire declaration: its construct, its kind and, for nested objects,
+    the type ids it may hold (None: any declared type)."""
+
+    def __init__(self, subcon: cs.Construct, kind: str, types: frozenset | None = None) -> None:
+        super().__init__(subcon)
+        self.kind = kind
+        self.types = types
+
+
+def _optional(value: cs.Construct) -> cs.Construct:
+    return cs.Struct("present" / cs.Flag, "value" / cs.If(cs.this.present, value))
+
+
+_UTF = cs.PascalString(cs.Int16ub, "utf8")
+_CASES: dict[int, cs.Construct] = {}  # every declaration by type id (filled below)
+_NESTED = cs.Struct("type" / cs.Int8ub, "body" / cs.Switch(cs.this.type, _CASES, cs.Error))
+
+Bool = Field(cs.Flag, "z")
+Byte = Field(cs.Int8sb, "b")
+Short = Field(cs.Int16sb, "h")
+Int = Field(cs.Int32sb, "i")
+Long = Field(cs.Int64sb, "l")
+String = Field(_optional(_UTF), "s")
+Bytes = Field(_optional(cs.Prefixed(cs.Int32sb, cs.GreedyBytes)), "y")
+Throwable = Field(_optional(cs.Struct("cls" / _optional(_UTF), "message" / _optional(_UTF))), "t")
+
+
+def Nested(*types: int) -> Field:
+    """A nullable nested object of one of ``types`` (none given: any)."""
+    return Field(_optional(cs.LazyBound(lambda: _NESTED)), "o", frozenset(types) or None)
+
+
+def Cached(*types: int) -> Field:
+    """A nested object that goes through the marshalling cache when it is negotiated; without
+    it, exactly a :func:`Nested` field."""
+    return Field(_optional(cs.LazyBound(lambda: _NESTED)), "c", frozenset(types) or None)
+
+
+def Array(*types: int) -> Field:
+    """A nullable array (int16 count) of nullable nested objects of one of ``types``."""
+    items = cs.PrefixedArray(cs.Int16sb, _optional(cs.LazyBound(lambda: _NESTED)))
+    return Field(
+        cs.Struct("present" / cs.Flag, "items" / cs.If(cs.this.present, items)),
+        "O",
+        frozenset(types) or None,
+    )
+
+
+def command(*fields: cs.Construct) -> cs.Struct:
+    """A command: commandId and responseRequired, then its fields."""
+    return cs.Struct("command_id" / Field(cs.Int32sb, "i"), "response_required" / Bool, *fields)
+
+
+DEST = (QUEUE, TOPIC, TEMP_QUEUE, TEMP_TOPIC)
+TX_ID = (LOCAL_TRANSACTION_ID, XA_TRANSACTION_ID)
+
+# -- the declarations -------------------------------------------------------------------------
 
 _MESSAGE_FIELDS = (
-    ("producer_id", "c"),
-    ("destination", "c"),
-    ("transaction_id", "c"),
-    ("original_destination", "c"),
-    ("message_id", "o"),
-    ("original_transaction_id", "c"),
-    ("group_id", "s"),
-    ("group_sequence", "i"),
-    ("correlation_id", "s"),
-    ("persistent", "z"),
-    ("expiration", "l"),
-    ("priority", "b"),
-    ("reply_to", "o"),
-    ("timestamp", "l"),
-    ("jms_type", "s"),
-    ("content", "y"),
-    ("marshalled_properties", "y"),
-    ("data_structure", "o"),
-    ("target_consumer_id", "c"),
-    ("compressed", "z"),
-    ("redelivery_counter", "i"),
-    ("broker_path", "O"),
-    ("arrival", "l"),
-    ("user_id", "s"),
-    ("received_by_dfbridge", "z"),
-    ("droppable", "z"),
-    ("cluster", "O"),
-    ("broker_in_time", "l"),
-    ("broker_out_time", "l"),
-    ("jmsx_group_first_for_consumer", "z"),
+    "producer_id" / Cached(PRODUCER_ID),
+    "destination" / Cached(*DEST),
+    "transaction_id" / Cached(*TX_ID),
+    "original_destination" / Cached(*DEST),
+    "message_id" / Nested(MESSAGE_ID),
+    "original_transaction_id" / Cached(*TX_ID),
+    "group_id" / String,
+    "group_sequence" / Int,
+    "correlation_id" / String,
+    "persistent" / Bool,
+    "expiration" / Long,
+    "priority" / Byte,
+    "reply_to" / Nested(*DEST),
+    "timestamp" / Long,
+    "jms_type" / String,
+    "content" / Bytes,
+    "marshalled_properties" / Bytes,
+    "data_structure" / Nested(),
+    "target_consumer_id" / Cached(CONSUMER_ID),
+    "compressed" / Bool,
+    "redelivery_counter" / Int,
+    "broker_path" / Array(BROKER_ID),
+    "arrival" / Long,
+    "user_id" / String,
+    "received_by_dfbridge" / Bool,
+    "droppable" / Bool,
+    "cluster" / Array(BROKER_ID),
+    "broker_in_time" / Long,
+    "broker_out_time" / Long,
+    "jmsx_group_first_for_consumer" / Bool,
 )
+_DESTINATION = cs.Struct("physical_name" / String)
 
-_DEST = (("physical_name", "s"),)
-
-# type id: (class name, has command prefix, fields)
-SCHEMA: dict[int, tuple[str, bool, tuple[tuple[str, str], ...]]] = {
+# type id: (class name, declaration)
+DECLARATIONS: dict[int, tuple[str, cs.Struct]] = {
     BROKER_INFO: (
         "BrokerInfo",
-        True,
-        (
-            ("broker_id", "c"),
-            ("broker_url", "s"),
-            ("peer_broker_infos", "O"),
-            ("broker_name", "s"),
-            ("slave_broker", "z"),
-            ("master_broker", "z"),
-            ("fault_tolerant_configuration", "z"),
-            ("duplex_connection", "z"),
-            ("network_connection", "z"),
-            ("connection_id", "l"),
-            ("broker_upload_url", "s"),
-            ("network_properties", "s"),
+        command(
+            "broker_id" / Cached(BROKER_ID),
+            "broker_url" / String,
+            "peer_broker_infos" / Array(BROKER_INFO),
+            "broker_name" / String,
+            "slave_broker" / Bool,
+            "master_broker" / Bool,
+            "fault_tolerant_configuration" / Bool,
+            "duplex_connection" / Bool,
+            "network_connection" / Bool,
+            "connection_id" / Long,
+            "broker_upload_url" / String,
+            "network_properties" / String,
         ),
     ),
     CONNECTION_INFO: (
         "ConnectionInfo",
-        True,
-        (
-            ("connection_id", "c"),
-            ("client_id", "s"),
-            ("password", "s"),
-            ("user_name", "s"),
-            ("broker_path", "O"),
-            ("broker_master_connector", "z"),
-            ("manageable", "z"),
-            ("client_master", "z"),
-            ("fault_tolerant", "z"),
-            ("failover_reconnect", "z"),
-            ("client_ip", "s"),
+        command(
+            "connection_id" / Cached(CONNECTION_ID),
+            "client_id" / String,
+            "password" / String,
+            "user_name" / String,
+            "broker_path" / Array(BROKER_ID),
+            "broker_master_connector" / Bool,
+            "manageable" / Bool,
+            "client_master" / Bool,
+            "fault_tolerant" / Bool,
+            "failover_reconnect" / Bool,
+            "client_ip" / String,
         ),
     ),
-    SESSION_INFO: ("SessionInfo", True, (("session_id", "c"),)),
+    SESSION_INFO: ("SessionInfo", command("session_id" / Cached(SESSION_ID))),
     CONSUMER_INFO: (
         "ConsumerInfo",
-        True,
-        (
-            ("consumer_id", "c"),
-            ("browser", "z"),
-            ("destination", "c"),
-            ("prefetch_size", "i"),
-            ("maximum_pending_message_limit", "i"),
-            ("dispatch_async", "z"),
-            ("selector", "s"),
-            ("client_id", "s"),
-            ("subscription_name", "s"),
-            ("no_local", "z"),
-            ("exclusive", "z"),
-            ("retroactive", "z"),
-            ("priority", "b"),
-            ("broker_path", "O"),
-            ("additional_predicate", "o"),
-            ("network_subscription", "z"),
-            ("optimized_acknowledge", "z"),
-            ("no_range_acks", "z"),
-            ("network_consumer_path", "O"),
+        command(
+            "consumer_id" / Cached(CONSUMER_ID),
+            "browser" / Bool,
+            "destination" / Cached(*DEST),
+            "prefetch_size" / Int,
+            "maximum_pending_message_limit" / Int,
+            "dispatch_async" / Bool,
+            "selector" / String,
+            "client_id" / String,
+            "subscription_name" / String,
+            "no_local" / Bool,
+            "exclusive" / Bool,
+            "retroactive" / Bool,
+            "priority" / Byte,
+            "broker_path" / Array(BROKER_ID),
+            "additional_predicate" / Nested(),  # a BooleanExpression: never sent by a client
+            "network_subscription" / Bool,
+            "optimized_acknowledge" / Bool,
+            "no_range_acks" / Bool,
+            "network_consumer_path" / Array(CONSUMER_ID),
         ),
     ),
     PRODUCER_INFO: (
         "ProducerInfo",
-        True,
-        (
-            ("producer_id", "c"),
-            ("destination", "c"),
-            ("broker_path", "O"),
-            ("dispatch_async", "z"),
-            ("window_size", "i"),
+        command(
+            "producer_id" / Cached(PRODUCER_ID),
+            "destination" / Cached(*DEST),
+            "broker_path" / Array(BROKER_ID),
+            "dispatch_async" / Bool,
+            "window_size" / Int,
         ),
     ),
     TRANSACTION_INFO: (
         "TransactionInfo",
-        True,
-        (
-            ("connection_id", "c"),
-            ("transaction_id", "c"),
-            ("tx_type", "b"),
+        command(
+            "connection_id" / Cached(CONNECTION_ID),
+            "transaction_id" / Cached(*TX_ID),
+            "tx_type" / Byte,
         ),
     ),
     DESTINATION_INFO: (
         "DestinationInfo",
-        True,
-        (
-            ("connection_id", "c"),
-            ("destination", "c"),
-            ("operation_type", "b"),
-            ("timeout", "l"),
-            ("broker_path", "O"),
+        command(
+            "connection_id" / Cached(CONNECTION_ID),
+            "destination" / Cached(*DEST),
+            "operation_type" / Byte,
+            "timeout" / Long,
+            "broker_path" / Array(BROKER_ID),
         ),
     ),
     REMOVE_SUBSCRIPTION_INFO: (
         "RemoveSubscriptionInfo",
-        True,
-        (
-            ("connection_id", "c"),
-            ("subscription_name", "s"),
-            ("client_id", "s"),
+        command(
+            "connection_id" / Cached(CONNECTION_ID),
+            "subscription_name" / String,
+            "client_id" / String,
         ),
     ),
-    KEEP_ALIVE_INFO: ("KeepAliveInfo", True, ()),
-    SHUTDOWN_INFO: ("ShutdownInfo", True, ()),
+    KEEP_ALIVE_INFO: ("KeepAliveInfo", command()),
+    SHUTDOWN_INFO: ("ShutdownInfo", command()),
     REMOVE_INFO: (
         "RemoveInfo",
-        True,
-        (
-            ("object_id", "c"),
-            ("last_delivered_sequence_id", "l"),
+        command(
+            "object_id" / Cached(CONNECTION_ID, SESSION_ID, CONSUMER_ID, PRODUCER_ID, *DEST),
+            "last_delivered_sequence_id" / Long,
         ),
     ),
-    CONTROL_COMMAND: ("ControlCommand", True, (("command", "s"),)),
-    FLUSH_COMMAND: ("FlushCommand", True, ()),
+    CONTROL_COMMAND: ("ControlCommand", command("command" / String)),
+    FLUSH_COMMAND: ("FlushCommand", command()),
     CONNECTION_ERROR: (
         "ConnectionError",
-        True,
-        (
-            ("exception", "t"),
-            ("connection_id", "o"),
+        command(
+            "exception" / Throwable,
+            "connection_id" / Nested(CONNECTION_ID),
         ),
     ),
     CONSUMER_CONTROL: (
         "ConsumerControl",
-        True,
-        (
-            ("destination", "o"),
-            ("close", "z"),
-            ("consumer_id", "o"),
-            ("prefetch", "i"),
-            ("flush", "z"),
-            ("start", "z"),
-            ("stop", "z"),
+        command(
+            "destination" / Nested(*DEST),
+            "close" / Bool,
+            "consumer_id" / Nested(CONSUMER_ID),
+            "prefetch" / Int,
+            "flush" / Bool,
+            "start" / Bool,
+            "stop" / Bool,
         ),
     ),
     CONNECTION_CONTROL: (
         "ConnectionControl",
-        True,
-        (
-            ("close", "z"),
-            ("exit", "z"),
-            ("fault_tolerant", "z"),
-            ("resume", "z"),
-            ("suspend", "z"),
-            ("connected_brokers", "s"),
-            ("reconnect_to", "s"),
-            ("rebalance_connection", "z"),
-            ("token", "y"),
+        command(
+            "close" / Bool,
+            "exit" / Bool,
+            "fault_tolerant" / Bool,
+            "resume" / Bool,
+            "suspend" / Bool,
+            "connected_brokers" / String,
+            "reconnect_to" / String,
+            "rebalance_connection" / Bool,
+            "token" / Bytes,
         ),
     ),
-    PRODUCER_ACK: ("ProducerAck", True, (("producer_id", "o"), ("size", "i"))),
+    PRODUCER_ACK: ("ProducerAck", command("producer_id" / Nested(PRODUCER_ID), "size" / Int)),
     MESSAGE_PULL: (
         "MessagePull",
-        True,
-        (
-            ("consumer_id", "c"),
-            ("destination", "c"),
-            ("timeout", "l"),
-            ("correlation_id", "s"),
-            ("message_id", "o"),
+        command(
+            "consumer_id" / Cached(CONSUMER_ID),
+            "destination" / Cached(*DEST),
+            "timeout" / Long,
+            "correlation_id" / String,
+            "message_id" / Nested(MESSAGE_ID),
         ),
     ),
     MESSAGE_DISPATCH: (
         "MessageDispatch",
-        True,
-        (
-            ("consumer_id", "c"),
-            ("destination", "c"),
-            ("message", "o"),
-            ("redelivery_counter", "i"),
+        command(
+            "consumer_id" / Cached(CONSUMER_ID),
+            "destination" / Cached(*DEST),
+            "message" / Nested(*range(MESSAGE, BLOB_MESSAGE + 1)),
+            "redelivery_counter" / Int,
         ),
     ),
     MESSAGE_ACK: (
         "MessageAck",
-        True,
-        (
-            ("destination", "c"),
-            ("transaction_id", "c"),
-            ("consumer_id", "c"),
-            ("ack_type", "b"),
-            ("first_message_id", "o"),
-            ("last_message_id", "o"),
-            ("message_count", "i"),
-            ("poison_cause", "t"),
+        command(
+            "destination" / Cached(*DEST),
+            "transaction_id" / Cached(*TX_ID),
+            "consumer_id" / Cached(CONSUMER_ID),
+            "ack_type" / Byte,
+            "first_message_id" / Nested(MESSAGE_ID),
+            "last_message_id" / Nested(MESSAGE_ID),
+            "message_count" / Int,
+            "poison_cause" / Throwable,
         ),
     ),
-    MESSAGE: ("ActiveMQMessage", True, _MESSAGE_FIELDS),
-    BYTES_MESSAGE: ("ActiveMQBytesMessage", True, _MESSAGE_FIELDS),
-    MAP_MESSAGE: ("ActiveMQMapMessage", True, _MESSAGE_FIELDS),
-    OBJECT_MESSAGE: ("ActiveMQObjectMessage", True, _MESSAGE_FIELDS),
-    STREAM_MESSAGE: ("ActiveMQStreamMessage", True, _MESSAGE_FIELDS),
-    TEXT_MESSAGE: ("ActiveMQTextMessage", True, _MESSAGE_FIELDS),
+    MESSAGE: ("ActiveMQMessage", command(*_MESSAGE_FIELDS)),
+    BYTES_MESSAGE: ("ActiveMQBytesMessage", command(*_MESSAGE_FIELDS)),
+    MAP_MESSAGE: ("ActiveMQMapMessage", command(*_MESSAGE_FIELDS)),
+    OBJECT_MESSAGE: ("ActiveMQObjectMessage", command(*_MESSAGE_FIELDS)),
+    STREAM_MESSAGE: ("ActiveMQStreamMessage", command(*_MESSAGE_FIELDS)),
+    TEXT_MESSAGE: ("ActiveMQTextMessage", command(*_MESSAGE_FIELDS)),
     BLOB_MESSAGE: (
         "ActiveMQBlobMessage",
-        True,
-        _MESSAGE_FIELDS
-        + (
-            ("remote_blob_url", "s"),
-            ("mime_type", "s"),
-            ("deleted_by_broker", "z"),
+        command(
+            *_MESSAGE_FIELDS,
+            "remote_blob_url" / String,
+            "mime_type" / String,
+            "deleted_by_broker" / Bool,
         ),
     ),
-    RESPONSE: ("Response", True, (("correlation_id", "i"),)),
+    RESPONSE: ("Response", command("correlation_id" / Int)),
     EXCEPTION_RESPONSE: (
         "ExceptionResponse",
-        True,
-        (
-            ("correlation_id", "i"),
-            ("exception", "t"),
+        command(
+            "correlation_id" / Int,
+            "exception" / Throwable,
         ),
     ),
-    DATA_RESPONSE: ("DataResponse", True, (("correlation_id", "i"), ("data", "o"))),
+    DATA_RESPONSE: ("DataResponse", command("correlation_id" / Int, "data" / Nested())),
     DATA_ARRAY_RESPONSE: (
         "DataArrayResponse",
-        True,
-        (
-            ("correlation_id", "i"),
-            ("data", "O"),
+        command(
+            "correlation_id" / Int,
+            "data" / Array(),
         ),
     ),
-    INTEGER_RESPONSE: ("IntegerResponse", True, (("correlation_id", "i"), ("result", "i"))),
+    INTEGER_RESPONSE: ("IntegerResponse", command("correlation_id" / Int, "result" / Int)),
     MESSAGE_DISPATCH_NOTIFICATION: (
         "MessageDispatchNotification",
-        True,
-        (
-            ("consumer_id", "c"),
-            ("destination", "c"),
-            ("delivery_sequence_id", "l"),
-            ("message_id", "o"),
+        command(
+            "consumer_id" / Cached(CONSUMER_ID),
+            "destination" / Cached(*DEST),
+            "delivery_sequence_id" / Long,
+            "message_id" / Nested(MESSAGE_ID),
         ),
     ),
-    QUEUE: ("ActiveMQQueue", False, _DEST),
-    TOPIC: ("ActiveMQTopic", False, _DEST),
-    TEMP_QUEUE: ("ActiveMQTempQueue", False, _DEST),
-    TEMP_TOPIC: ("ActiveMQTempTopic", False, _DEST),
+    QUEUE: ("ActiveMQQueue", _DESTINATION),
+    TOPIC: ("ActiveMQTopic", _DESTINATION),
+    TEMP_QUEUE: ("ActiveMQTempQueue", _DESTINATION),
+    TEMP_TOPIC: ("ActiveMQTempTopic", _DESTINATION),
     MESSAGE_ID: (
         "MessageId",
-        False,
-        (
-            ("text_view", "s"),
-            ("producer_id", "c"),
-            ("producer_sequence_id", "l"),
-            ("broker_sequence_id", "l"),
+        cs.Struct(
+            "text_view" / String,
+            "producer_id" / Cached(PRODUCER_ID),
+            "producer_sequence_id" / Long,
+            "broker_sequence_id" / Long,
         ),
     ),
     LOCAL_TRANSACTION_ID: (
         "LocalTransactionId",
-        False,
-        (
-            ("value", "l"),
-            ("connection_id", "c"),
+        cs.Struct(
+            "value" / Long,
+            "connection_id" / Cached(CONNECTION_ID),
         ),
     ),
     XA_TRANSACTION_ID: (
         "XATransactionId",
-        False,
-        (
-            ("format_id", "i"),
-            ("global_transaction_id", "y"),
-            ("branch_qualifier", "y"),
+        cs.Struct(
+            "format_id" / Int,
+            "global_transaction_id" / Bytes,
+            "branch_qualifier" / Bytes,
         ),
     ),
-    CONNECTION_ID: ("ConnectionId", False, (("value", "s"),)),
-    SESSION_ID: ("SessionId", False, (("connection_id", "s"), ("value", "l"))),
+    CONNECTION_ID: ("ConnectionId", cs.Struct("value" / String)),
+    SESSION_ID: ("SessionId", cs.Struct("connection_id" / String, "value" / Long)),
     CONSUMER_ID: (
         "ConsumerId",
-        False,
-        (
-            ("connection_id", "s"),
-            ("session_id", "l"),
-            ("value", "l"),
+        cs.Struct(
+            "connection_id" / String,
+            "session_id" / Long,
+            "value" / Long,
         ),
     ),
     PRODUCER_ID: (
         "ProducerId",
-        False,
-        (
-            ("connection_id", "s"),
-            ("value", "l"),
-            ("session_id", "l"),
+        cs.Struct(
+            "connection_id" / String,
+            "value" / Long,
+            "session_id" / Long,
         ),
     ),
-    BROKER_ID: ("BrokerId", False, (("value", "s"),)),
+    BROKER_ID: ("BrokerId", cs.Struct("value" / String)),
+}
+_CASES.update((t, decl) for t, (_, decl) in DECLARATIONS.items())
+
+
+def fields_of(decl: cs.Struct) -> list[tuple[str, Field]]:
+    """The (name, field construct) pairs of a declaration, in wire order."""
+    return [(sc.name, sc.subcon) for sc in decl.subcons]
+
+
+def _table_entry(name: str, decl: cs.Struct) -> tuple[str, bool, tuple[tuple[str, str], ...]]:
+    fields = fields_of(decl)
+    prefix = [n for n, _ in fields[:2]] == ["command_id", "response_required"]
+    if prefix:
+        fields = fields[2:]
+    return name, prefix, tuple((n, f.kind) for n, f in fields)
+
+
+# the declarations as a table: type id -> (class name, command prefix, ((field, kind), ...))
+SCHEMA: dict[int, tuple[str, bool, tuple[tuple[str, str], ...]]] = {
+    t: _table_entry(name, decl) for t, (name, decl) in DECLARATIONS.items()
 }
 
 _DEFAULTS = {"z": False, "b": 0, "h": 0, "i": 0, "l": 0}
