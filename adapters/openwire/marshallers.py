@@ -554,20 +554,19 @@ def _speculative(t: int) -> Callable:
         st = struct.Struct(">" + "".join(seg.codes))
         # (the first index twice: an itemgetter of one index gives no tuple)
         flag_idx = [i for i, _ in seg.flags]
-        flag_get = itemgetter(*flag_idx, *flag_idx[:1]) if flag_idx else lambda _: ()
+        flag_get = itemgetter(*flag_idx, *flag_idx[:1])
         expected = tuple(v for _, v in seg.flags)
         expected += expected[:1]
         idx_get = itemgetter(*seg.idxs, *seg.idxs[:1]) if seg.idxs else None
         plan.append((st.size, st.unpack_from, flag_get, expected, idx_get))
-    plan_t = tuple(plan)
     nvalues = base
-    ref_indexes = itemgetter(*[p for p, _ in refs], *[p for p, _ in refs][:1])
     nrefs = len(refs)
+    assert nrefs >= 2, "the shape refers to the cache"
+    ref_indexes = itemgetter(*[p for p, _ in refs])
     ref_types = tuple(ty for _, ty in refs)
-    # after the values of the segments come the resolved references and the MessageIds
+    # the values: those of the segments, then the resolved references, then the MessageIds
     present_names = []
     getters = []
-    absent = []
     for name, _ in fields:
         how = where[name]
         if how[0] == "value":
@@ -575,9 +574,8 @@ def _speculative(t: int) -> Callable:
         elif how[0] == "ref":
             getters.append(nvalues + how[1])
         elif how[0] == "mid":
-            getters.append(nvalues + nrefs + 1 + how[1])
+            getters.append(nvalues + nrefs + how[1])
         else:
-            absent.append(name)
             continue
         present_names.append(name)
     names_t = tuple(present_names)
@@ -586,46 +584,15 @@ def _speculative(t: int) -> Callable:
     mid_plan = tuple((nvalues + r, seq, bseq) for r, seq, bseq in mids)
     (s1, o1), (s2, o2), (s3, o3) = marks if message else ((0, 0),) * 3
     checked: list = [None]  # the references last checked for their types
+    unpack_i = _I.unpack_from
 
-    def decode(data: bytes, pos: int, end: int, uc: list) -> tuple | None:
-        nuc = len(uc)
-        vals: list = []
-        starts: list = []
-        for seg in plan_t:
-            if seg is None:
-                if pos >= end:
-                    return None
-                if data[pos]:
-                    if pos + 5 > end:
-                        return None
-                    n = _I.unpack_from(data, pos + 1)[0]
-                    pos += 5
-                    if n < 0 or pos + n > end:
-                        return None
-                    vals.append(data[pos : pos + n])
-                    pos += n
-                else:
-                    vals.append(None)
-                    pos += 1
-                starts.append(pos)
-                continue
-            size, unpack, flag_get, expected, idx_get = seg
-            if pos + size > end:
-                return None
-            got = unpack(data, pos)
-            if flag_get(got) != expected:
-                return None
-            if idx_get is not None and max(idx_get(got)) >= nuc:
-                return None
-            starts.append(pos)
-            vals += got
-            pos += size
-        # the referenced objects (the first twice, see flag_get); checked for their types
-        # only when they differ from the last frame's (a producer's frames refer to the
-        # same slots, which hold the same objects)
+    def finish(vals: tuple, uc: list, starts: tuple) -> Obj | None:
+        """The object of the values of every segment, or None."""
         resolved = tuple(map(uc.__getitem__, ref_indexes(vals)))
         if resolved != checked[0]:
-            for v, types in zip(resolved, ref_types, strict=False):
+            # checked only when they differ from the last frame's: a producer's frames refer
+            # to the same slots, which hold the same objects
+            for v, types in zip(resolved, ref_types, strict=True):
                 if v is not None and types is not None and v.type not in types:
                     return None
             checked[0] = resolved
@@ -641,20 +608,124 @@ def _speculative(t: int) -> Callable:
                 "producer_sequence_id": vals[seq],
                 "broker_sequence_id": vals[bseq],
             }
-            vals.append(mid)
+            vals += (mid,)
         o = _new(Obj)
         o.type = t
         o.command_id = vals[0]
         o.response_required = vals[1]
         d = template.copy()
-        d.update(zip(names_t, field_values(vals)))  # noqa: B905 (lengths fixed above)
+        d.update(zip(names_t, field_values(vals)))  # noqa: B905 (one value per name)
         o.__dict__ = d
         if message:
             o.mark = None
             o.cmark = (starts[s1] + o1, starts[s2] + o2, starts[s3] + o3)
-        return o, pos
+        return o
 
-    return decode
+    shape = tuple(seg is not None for seg in plan)
+    if shape == (True,):
+        ((size0, unpack0, flags0, expected0, idx0),) = plan
+
+        def decode_one(data: bytes, pos: int, end: int, uc: list) -> tuple | None:
+            if pos + size0 > end:
+                return None
+            v0 = unpack0(data, pos)
+            if flags0(v0) != expected0 or max(idx0(v0)) >= len(uc):
+                return None
+            o = finish(v0, uc, (pos,))
+            return None if o is None else (o, pos + size0)
+
+        return decode_one
+
+    if shape == (True, False, False, True) and len(mid_plan) == 1:
+        # a message: one layout up to the body, the body, the properties, one layout after
+        (size0, unpack0, flags0, expected0, idx0), _, _, layout3 = plan
+        size3, unpack3, flags3, expected3, idx3 = layout3
+        ((mid_r, mid_seq, mid_bseq),) = mid_plan
+        i_cid, i_rr = 0, 1
+
+        def decode_message(data: bytes, pos: int, end: int, uc: list) -> tuple | None:
+            if pos + size0 > end:
+                return None
+            v0 = unpack0(data, pos)
+            if flags0(v0) != expected0 or max(idx0(v0)) >= len(uc):
+                return None
+            # the body and the properties (each: bool present, int32 length, bytes)
+            p = pos + size0
+            if p + 5 > end:
+                return None
+            if data[p]:
+                n = unpack_i(data, p + 1)[0]
+                p2 = p + 5 + n
+                if n < 0 or p2 > end:
+                    return None
+                y1 = data[p + 5 : p2]
+            else:
+                y1, p2 = None, p + 1
+            if p2 + 5 > end:
+                return None
+            if data[p2]:
+                n = unpack_i(data, p2 + 1)[0]
+                p3 = p2 + 5 + n
+                if n < 0 or p3 > end:
+                    return None
+                y2 = data[p2 + 5 : p3]
+            else:
+                y2, p3 = None, p2 + 1
+            if p3 + size3 > end:
+                return None
+            v3 = unpack3(data, p3)
+            if flags3(v3) != expected3 or (idx3 is not None and max(idx3(v3)) >= len(uc)):
+                return None
+            vals = v0 + (y1, y2) + v3
+            resolved = tuple(map(uc.__getitem__, ref_indexes(vals)))
+            if resolved != checked[0]:
+                for v, types in zip(resolved, ref_types, strict=True):
+                    if v is not None and types is not None and v.type not in types:
+                        return None
+                checked[0] = resolved
+            vals += resolved
+            mid = _new(Obj)
+            mid.type = MESSAGE_ID
+            mid.command_id = 0
+            mid.response_required = False
+            mid.__dict__ = {
+                "text_view": None,
+                "producer_id": vals[mid_r],
+                "producer_sequence_id": vals[mid_seq],
+                "broker_sequence_id": vals[mid_bseq],
+            }
+            vals += (mid,)
+            o = _new(Obj)
+            o.type = t
+            o.command_id = vals[i_cid]
+            o.response_required = vals[i_rr]
+            d = template.copy()
+            d.update(zip(names_t, field_values(vals)))  # noqa: B905 (one value per name)
+            o.__dict__ = d
+            o.mark = None
+            starts = (pos, p, p2, p3)
+            o.cmark = (starts[s1] + o1, starts[s2] + o2, starts[s3] + o3)
+            return o, p3 + size3
+
+        return decode_message
+
+    raise AssertionError(f"no speculative decoder for the shape of {_name(t)}")
+
+
+def _spec_bytes(data: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
+    """A byte sequence of a speculative decoder: (value, position after), position -1 when
+    the frame does not hold one."""
+    if pos >= end:
+        return None, -1
+    if not data[pos]:
+        return None, pos + 1
+    if pos + 5 > end:
+        return None, -1
+    n = _I.unpack_from(data, pos + 1)[0]
+    pos += 5
+    if n < 0 or pos + n > end:
+        return None, -1
+    return data[pos : pos + n], pos + n
 
 
 def _build() -> None:
