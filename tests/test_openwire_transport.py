@@ -374,3 +374,38 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
             assert m.type == c.TEXT_MESSAGE and c.decode_text_body(m.content) == f"hello {k}"
             assert m.producer_id == pid and m.destination == topic
             assert m.message_id.producer_sequence_id == k and m.correlation_id == "corr"
+
+
+def test_resource_alarm_holds_back_publishers_only():
+    """The broker-wide resource alarm: a connection that publishes is no longer read from and
+    its ProducerAcks wait; a consuming connection keeps being read (its acks free memory).
+    Clearing the alarm resumes reading and sends the held ProducerAcks."""
+    broker = Broker(clock=Clock())
+    factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
+    consumer, ctr = factory.buildProtocol(None), TurnTransport()
+    consumer.makeConnection(ctr)
+    connect(consumer, ctr)
+    producer, ptr = factory.buildProtocol(None), TurnTransport()
+    producer.makeConnection(ptr)
+    conn_id = Obj(c.CONNECTION_ID, value="ID:p")
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
+    dest = Obj(c.QUEUE, physical_name="bp.q")
+    producer.dataReceived(
+        c.encode_wireformat(12, {"MaxInactivityDuration": 0}, {})
+        + c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1, connection_id=conn_id))
+        + c.encode_frame(Obj(c.PRODUCER_INFO, command_id=2, producer_id=pid, destination=dest,
+                             window_size=65536))
+    )
+    ptr.clear()
+    ctr.clear()
+    factory.registry.set_publishing_blocked(True, "memory alarm")
+    assert ptr.producerState == "paused" and ctr.producerState == "producing"
+    msg = Obj(c.BYTES_MESSAGE, command_id=3, producer_id=pid, destination=dest, content=b"x",
+              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1))
+    producer.dataReceived(c.encode_frame(msg))  # already in flight when reading stopped
+    assert ptr.value() == b""  # its ProducerAck is held
+    (disp,) = frames(ctr.value())
+    factory.registry.set_publishing_blocked(False)
+    assert ptr.producerState == "producing"
+    (ack,) = frames(ptr.value())
+    assert ack.type == c.PRODUCER_ACK and ack.producer_id == pid and ack.size == 1024 + 1

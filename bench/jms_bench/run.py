@@ -5,8 +5,8 @@
         [--store sqlite|memory] [--warmup-factor 1.0]
 
 Starts polymq as a subprocess (sqlite store, OpenWire only), compiles JmsBench.java against
-the Debian ActiveMQ 5.17 jars, runs each scenario against both brokers (ActiveMQ must already
-listen: ``/work/shared/peers/peers start activemq``; ``ss -ltnp`` shows its pid) and prints
+the Debian ActiveMQ 5.17 jars, runs each scenario against both brokers (ActiveMQ 5.17 must
+already listen on ``--activemq-port``; ``ss -ltnp`` shows its pid) and prints
 two Markdown tables: send / receive rates, and CPU per message of broker and client.
 
 Each run is a fresh client JVM with the JVM's default compilers: it first moves
