@@ -441,3 +441,31 @@ def test_ack_fields_read_the_java_clients_standard_ack():
     assert read == [False, True]  # the first carries its cached fields as new entries
     assert c.ack_fields(writer.frame(ack)[:-1], cache) is None  # truncated: decode it
     assert c.ack_fields(writer.frame(ack), [None] * 2) is None  # index beyond the cache
+
+
+def test_nested_objects_of_the_wrong_type_are_decode_errors():
+    """A field holds only the types its declaration allows: in the frame, and through the
+    marshalling cache (a slot stored by one field and referred to by another), whichever
+    decoder (speculative or not) reads the frame."""
+    dest = Obj(c.QUEUE, physical_name="q")
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
+    wrong = Obj(c.BYTES_MESSAGE, producer_id=dest, destination=dest)  # a queue as producer id
+    with pytest.raises(c.DecodeError):
+        c.decode_command(c.encode_frame(wrong)[4:])
+    with pytest.raises(c.DecodeError):
+        decode_command_generic(c.encode_frame(wrong)[4:])
+    writer = ClientWriter(8)
+    cache = [None] * 8
+    msg = Obj(c.BYTES_MESSAGE, producer_id=pid, destination=dest,
+              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1))
+    c.decode_command(writer.frame(msg), cache)  # stores pid, dest, null ... in the cache
+    frame = writer.frame(msg)  # the speculative shape: references only
+    assert c.decode_command(frame, cache).producer_id == pid
+    slot_pid, slot_dest = cache.index(pid), cache.index(dest)
+    swapped = bytearray(frame)
+    # the first two cached fields refer to each other's slots: producer id -> the queue
+    assert swapped[6:12] == bytes((0, 0, slot_pid, 0, 0, slot_dest))
+    swapped[6:12] = bytes((0, 0, slot_dest, 0, 0, slot_pid))
+    assert c.SPECULATIVE[frame[0]](bytes(swapped), 1, len(swapped), cache) is None
+    with pytest.raises(c.DecodeError):
+        c.decode_command(bytes(swapped), cache)
