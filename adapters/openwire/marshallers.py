@@ -14,7 +14,7 @@ Three families, each a dict by type id:
   hottest commands (messages and their acks): cached fields as references, optional strings,
   objects and arrays absent, only the MessageIds present. For that shape everything but the
   byte arrays is a few fixed layouts: one ``struct`` call each, one comparison of all their
-  flags with what the shape holds, one of their cache indexes with the cache size. Anything
+  flags with what the shape holds; a cache index out of range ends the look-up. Anything
   else, malformed frames included, is left to the cached-form decoder (the speculative one
   returns None); the tests check both give the same object.
 
@@ -476,7 +476,6 @@ class _Layout:
     def __init__(self) -> None:
         self.codes: list[str] = []
         self.flags: list[tuple[int, Any]] = []  # (index in the layout, value the shape holds)
-        self.idxs: list[int] = []  # indexes in the layout of cache indexes
 
     def add(self, code: str) -> int:
         self.codes.append(code)
@@ -509,7 +508,6 @@ def _speculative(t: int) -> Callable:
     def ref(types: Any) -> int:
         layout.flags.append((layout.add("?"), False))
         i = layout.add("H")
-        layout.idxs.append(i)
         refs.append((base + i, types))
         return len(refs) - 1
 
@@ -559,8 +557,7 @@ def _speculative(t: int) -> Callable:
         flag_get = itemgetter(*flag_idx, *flag_idx[:1])
         expected = tuple(v for _, v in seg.flags)
         expected += expected[:1]
-        idx_get = itemgetter(*seg.idxs, *seg.idxs[:1]) if seg.idxs else None
-        plan.append((st.size, st.unpack_from, flag_get, expected, idx_get))
+        plan.append((st.size, st.unpack_from, flag_get, expected))
     nvalues = base
     nrefs = len(refs)
     assert nrefs >= 2, "the shape refers to the cache"
@@ -622,7 +619,10 @@ def _speculative(t: int) -> Callable:
 
     def finish(vals: tuple, uc: list, starts: tuple) -> Obj | None:
         """The object of the values of every segment, or None."""
-        vals += tuple(map(uc.__getitem__, ref_indexes(vals)))
+        try:
+            vals += tuple(map(uc.__getitem__, ref_indexes(vals)))
+        except IndexError:  # a reference beyond the cache
+            return None
         for r, seq, bseq in mid_plan:
             mid = _new(Obj)
             mid.type = MESSAGE_ID
@@ -651,13 +651,13 @@ def _speculative(t: int) -> Callable:
 
     shape = tuple(seg is not None for seg in plan)
     if shape == (True,):
-        ((size0, unpack0, flags0, expected0, idx0),) = plan
+        ((size0, unpack0, flags0, expected0),) = plan
 
         def decode_one(data: bytes, pos: int, end: int, uc: list) -> tuple | None:
             if pos + size0 > end:
                 return None
             v0 = unpack0(data, pos)
-            if flags0(v0) != expected0 or max(idx0(v0)) >= len(uc):
+            if flags0(v0) != expected0:
                 return None
             o = finish(v0, uc, (pos,))
             return None if o is None else (o, pos + size0)
@@ -666,8 +666,8 @@ def _speculative(t: int) -> Callable:
 
     if shape == (True, False, False, True) and len(mid_plan) == 1:
         # a message: one layout up to the body, the body, the properties, one layout after
-        (size0, unpack0, flags0, expected0, idx0), _, _, layout3 = plan
-        size3, unpack3, flags3, expected3, idx3 = layout3
+        (size0, unpack0, flags0, expected0), _, _, layout3 = plan
+        size3, unpack3, flags3, expected3 = layout3
         ((mid_r, mid_seq, mid_bseq),) = mid_plan
         i_cid, i_rr = 0, 1
         # the offsets of the marks: one in the first layout, two in the last
@@ -678,7 +678,7 @@ def _speculative(t: int) -> Callable:
             if pos + size0 > end:
                 return None
             v0 = unpack0(data, pos)
-            if flags0(v0) != expected0 or max(idx0(v0)) >= len(uc):
+            if flags0(v0) != expected0:
                 return None
             # the body and the properties (each: bool present, int32 length, bytes)
             p = pos + size0
@@ -705,10 +705,13 @@ def _speculative(t: int) -> Callable:
             if p3 + size3 > end:
                 return None
             v3 = unpack3(data, p3)
-            if flags3(v3) != expected3 or (idx3 is not None and max(idx3(v3)) >= len(uc)):
+            if flags3(v3) != expected3:
                 return None
             vals = v0 + (y1, y2) + v3
-            vals += tuple(map(uc.__getitem__, ref_indexes(vals)))
+            try:
+                vals += tuple(map(uc.__getitem__, ref_indexes(vals)))
+            except IndexError:  # a reference beyond the cache
+                return None
             mid = _new(Obj)
             mid.type = MESSAGE_ID
             mid.command_id = 0
