@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import queue
 import shutil
@@ -47,20 +46,52 @@ import sqlite3
 import struct
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
-import msgpack
-from crc32c import crc32c
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .interfaces import IStore, StoreSnapshot
+from .segments import (  # noqa: F401 (re-exported: tests and tools name them from here)
+    SEGMENT_SUFFIX,
+    STREAMS_DIR,
+    SegmentWriteError,
+    StreamLog,
+    encode_record,
+    escape_name,
+)
+from .sqlite_sql import (
+    _APPEND_STREAM,
+    _CALLBACKS,
+    _DATA_INDEX,
+    _DEL_BINDING,
+    _DEL_EXCHANGE,
+    _DEL_KV,
+    _DEL_MESSAGE,
+    _DEL_QUEUE,
+    _KIND,
+    _MIGRATIONS,
+    _OPS,
+    _PARAMS,
+    _PUT_BINDING,
+    _PUT_EXCHANGE,
+    _PUT_KV,
+    _PUT_MESSAGE,
+    _PUT_QUEUE,
+    _SCHEMA_V1,
+    _SQL,
+    _SYNCHRONOUS,
+    _TRIM_STREAM,
+    _delete_many,
+    _pack,
+    _pack_args,
+    _put_many,
+    _unpack,
+)
 
 __all__ = ["SqliteStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSION", "FILENAME"]
 
@@ -79,586 +110,11 @@ class StoreFailedError(Exception):
     """The store hit an unrecoverable write error; nothing after it was made durable."""
 
 
-class SegmentWriteError(OSError):
-    """Writing or syncing a stream segment failed (not retried: appends are not idempotent)."""
-
-
-_SCHEMA_V1 = """
-CREATE TABLE exchanges (
-    vhost TEXT NOT NULL, name TEXT NOT NULL, record BLOB NOT NULL,
-    PRIMARY KEY (vhost, name));
-CREATE TABLE queues (
-    vhost TEXT NOT NULL, name TEXT NOT NULL, record BLOB NOT NULL,
-    PRIMARY KEY (vhost, name));
-CREATE TABLE bindings (
-    vhost TEXT NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL, destination TEXT NOT NULL,
-    "key" TEXT NOT NULL, args BLOB NOT NULL,
-    PRIMARY KEY (vhost, source, kind, destination, "key", args));
-CREATE INDEX bindings_by_destination ON bindings (vhost, kind, destination);
-CREATE TABLE messages (
-    vhost TEXT NOT NULL, queue TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (vhost, queue, seq));
-CREATE TABLE stream_entries (
-    vhost TEXT NOT NULL, stream TEXT NOT NULL, "partition" INTEGER NOT NULL,
-    "offset" INTEGER NOT NULL, "count" INTEGER NOT NULL, "timestamp" INTEGER NOT NULL,
-    "format" TEXT NOT NULL, data BLOB NOT NULL,
-    PRIMARY KEY (vhost, stream, "partition", "offset"));
-CREATE TABLE kv (
-    namespace TEXT NOT NULL, "key" TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY (namespace, "key"));
-"""
-
-# Version 2: stream entries live in segment files (StreamLog); the database keeps each
-# partition's log start (entries below it, in a segment that is still kept, are skipped).
-_STREAM_STARTS = """
-CREATE TABLE stream_starts (
-    vhost TEXT NOT NULL, stream TEXT NOT NULL, "partition" INTEGER NOT NULL,
-    start INTEGER NOT NULL,
-    PRIMARY KEY (vhost, stream, "partition"));
-"""
-
-# ---------------------------------------------------------------------------------- stream log
-
-STREAMS_DIR = "streams"
-_TRASH = ".trash"
-_NAME_FILE = ".name"
-SEGMENT_SUFFIX = ".seg"
-_OFFSET_DIGITS = 20
-# A directory name longer than this (after escaping) is replaced by a hash of the name.
-_MAX_DIR_NAME = 120
-
-# Record header, little endian: crc32c (of the rest of the header, the format name and the
-# payload), payload length, offset, count, timestamp, format name length; then the format name
-# (utf-8) and the payload.
-_REC = struct.Struct("<IIqIqH")
-_REC_CRC = struct.Struct("<I")
-_MAX_PAYLOAD = 0xFFFFFFFF
-
-
-def escape_name(name: str) -> str:
-    """A safe, bounded directory name for a vhost or stream name (never ``.``/``..``, no ``/``).
-
-    ``=`` followed by the percent-encoded UTF-8 name (every byte but letters, digits and
-    ``-_.~`` encoded, so ``/`` and NUL cannot occur), or, when that is longer than
-    ``_MAX_DIR_NAME``, ``#`` followed by the SHA-256 of the name (the name is then kept in a
-    ``.name`` file in the directory).
-    """
-    esc = "=" + urllib.parse.quote(name, safe="", encoding="utf-8", errors="surrogatepass")
-    if len(esc) <= _MAX_DIR_NAME:
-        return esc
-    return "#" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _unescape_dir(parent: str, entry: str) -> str | None:
-    """The name a directory entry stands for, or None for anything else."""
-    if entry.startswith("="):
-        return urllib.parse.unquote(entry[1:], encoding="utf-8", errors="surrogatepass")
-    if entry.startswith("#"):
-        try:
-            with open(os.path.join(parent, entry, _NAME_FILE), "rb") as f:
-                return f.read().decode("utf-8", "surrogatepass")
-        except OSError:
-            return None
-    return None
-
-
-def encode_record(offset: int, count: int, timestamp: int, fmt: str, data: bytes) -> bytes:
-    """The framed header (with its crc32c) of one stream entry; the payload follows it."""
-    f = fmt.encode("utf-8", "surrogatepass")
-    rest = _REC.pack(0, len(data), offset, count, timestamp, len(f))[4:] + f
-    return _REC_CRC.pack(crc32c(rest, crc32c(data))) + rest
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Partition:
-    __slots__ = ("dir", "segments", "fd", "size", "next", "start")
-
-    def __init__(self, path: str) -> None:
-        self.dir = path
-        self.segments: list[int] = []  # base offsets, ascending
-        self.fd: int | None = None  # the last segment, open for appending
-        self.size = 0  # bytes in the last segment
-        self.next = 0  # offset after the last entry written
-        self.start = 0  # log start: entries below it are skipped at load
-
-
-class StreamLog:
-    """Stream entries in append-only per-partition segment files (writer thread only).
-
-    ``<root>/<vhost>/<stream>/<partition>/<base offset>.seg``; see docs/storage.md.
-    """
-
-    def __init__(self, root: str, segment_bytes: int, sync: bool) -> None:
-        self.root = root
-        self.segment_bytes = max(1, segment_bytes)
-        self.sync_enabled = sync
-        self.parts: dict[tuple[str, str, int], _Partition] = {}
-        self.fsyncs = 0  # fdatasync of segment files and fsync of directories
-        self.writes = 0  # os.writev calls
-        self.truncated = 0  # torn tails cut at open
-        self._touched: dict[int, None] = {}  # fds written since the last sync (ordered)
-        self._dirs: dict[str, None] = {}  # directories whose entries changed since the last sync
-        self._pending: dict[tuple[str, str, int], list] = {}
-        self.parallel_sync = True
-        self._pool: ThreadPoolExecutor | None = None
-        try:
-            self._iov_max = max(16, os.sysconf("SC_IOV_MAX"))
-        except (ValueError, OSError):
-            self._iov_max = 1024
-
-    # -- paths
-
-    def _stream_dir(self, vhost: str, stream: str) -> str:
-        return os.path.join(self.root, escape_name(vhost), escape_name(stream))
-
-    def _mkdirs(self, vhost: str, stream: str, partition: int) -> str:
-        """Create the partition directory (and named parents); schedule the directory fsyncs."""
-        path = self.root
-        for name in (vhost, stream):
-            esc = escape_name(name)
-            child = os.path.join(path, esc)
-            if not os.path.isdir(child):
-                os.makedirs(child, exist_ok=True)
-                if esc.startswith("#"):
-                    tmp = os.path.join(child, _NAME_FILE + ".tmp")
-                    with open(tmp, "wb") as f:
-                        f.write(name.encode("utf-8", "surrogatepass"))
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, os.path.join(child, _NAME_FILE))
-                    self._dirs[child] = None
-                self._dirs[path] = None
-            path = child
-        child = os.path.join(path, str(partition))
-        if not os.path.isdir(child):
-            os.makedirs(child, exist_ok=True)
-            self._dirs[path] = None
-        return child
-
-    # -- open
-
-    def load(self, starts: dict[tuple[str, str, int], int]) -> dict:
-        """Read every segment; cut torn tails; return ``StoreSnapshot.stream_entries``."""
-        os.makedirs(self.root, exist_ok=True)
-        trash = os.path.join(self.root, _TRASH)
-        if os.path.isdir(trash):
-            shutil.rmtree(trash, ignore_errors=True)
-        out: dict[tuple[str, str, int], list[tuple[int, int, int, str, bytes]]] = {}
-        for ve in sorted(os.listdir(self.root)):
-            vhost = _unescape_dir(self.root, ve)
-            vdir = os.path.join(self.root, ve)
-            if vhost is None or not os.path.isdir(vdir):
-                continue
-            for se in sorted(os.listdir(vdir)):
-                stream = _unescape_dir(vdir, se)
-                sdir = os.path.join(vdir, se)
-                if stream is None or not os.path.isdir(sdir):
-                    continue
-                for pe in os.listdir(sdir):
-                    if not pe.isdigit():
-                        continue
-                    key = (vhost, stream, int(pe))
-                    part = _Partition(os.path.join(sdir, pe))
-                    part.start = starts.get(key, 0)
-                    entries = self._load_partition(part)
-                    self.parts[key] = part
-                    if entries:
-                        out[key] = entries
-        return out
-
-    def _load_partition(self, part: _Partition) -> list:
-        bases = sorted(
-            int(n[: -len(SEGMENT_SUFFIX)])
-            for n in os.listdir(part.dir)
-            if n.endswith(SEGMENT_SUFFIX) and n[: -len(SEGMENT_SUFFIX)].isdigit()
-        )
-        entries: list[tuple[int, int, int, str, bytes]] = []
-        start = part.start
-        for i, base in enumerate(bases):
-            path = self._segment_path(part.dir, base)
-            with open(path, "rb") as f:
-                buf = f.read()
-            good = self._parse(buf, entries, start)
-            if good < len(buf):
-                # A torn or corrupt tail: nothing from here on was ever reported durable (a
-                # callback runs only after every segment written in its commit is synced).
-                log.warn(
-                    "stream segment {path}: torn tail at byte {at} of {size}, truncated",
-                    path=path,
-                    at=good,
-                    size=len(buf),
-                )
-                self.truncated += 1
-                with open(path, "r+b") as f:
-                    f.truncate(good)
-                    f.flush()
-                    os.fsync(f.fileno())
-                for later in bases[i + 1 :]:
-                    os.unlink(self._segment_path(part.dir, later))
-                _fsync_path(part.dir)
-                bases = bases[: i + 1]
-                break
-        if (
-            bases
-            and os.path.getsize(self._segment_path(part.dir, bases[-1])) == 0
-            and len(bases) > 1
-        ):
-            os.unlink(self._segment_path(part.dir, bases.pop()))
-        part.segments = bases
-        if bases:
-            path = self._segment_path(part.dir, bases[-1])
-            part.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            part.size = os.fstat(part.fd).st_size
-        part.next = max(part.start, entries[-1][0] + entries[-1][1] if entries else 0)
-        if entries and entries[0][0] < start:
-            entries = [e for e in entries if e[0] >= start]
-        return entries
-
-    @staticmethod
-    def _parse(buf: bytes, entries: list, start: int) -> int:
-        """Append the intact records of ``buf`` to ``entries``; return the end of the last one."""
-        pos, n = 0, len(buf)
-        hsize = _REC.size
-        mv = memoryview(buf)
-        unpack = _REC.unpack_from
-        while pos + hsize <= n:
-            crc, length, offset, count, ts, flen = unpack(buf, pos)
-            end = pos + hsize + flen + length
-            if end > n:
-                break
-            body = pos + hsize + flen
-            if crc32c(mv[pos + 4 : body], crc32c(mv[body:end])) != crc:
-                break
-            fmt = bytes(mv[pos + hsize : pos + hsize + flen]).decode("utf-8", "surrogatepass")
-            entries.append((offset, count, ts, fmt, bytes(mv[pos + hsize + flen : end])))
-            pos = end
-        return pos
-
-    @staticmethod
-    def _segment_path(pdir: str, base: int) -> str:
-        return os.path.join(pdir, f"{base:0{_OFFSET_DIGITS}d}{SEGMENT_SUFFIX}")
-
-    # -- writes (one group commit: append/trim/delete in order, then sync)
-
-    def append(self, params: tuple) -> None:
-        vhost, stream, partition = params[0], params[1], params[2]
-        key = (vhost, stream, partition)
-        lst = self._pending.get(key)
-        if lst is None:
-            self._pending[key] = [params]
-        else:
-            lst.append(params)
-
-    def trim(self, vhost: str, stream: str, partition: int, before: int) -> None:
-        key = (vhost, stream, partition)
-        if key in self._pending:
-            self._write_partition(key, self._pending.pop(key))
-        part = self.parts.get(key)
-        if part is None:
-            return
-        part.start = max(part.start, before)
-        segs = part.segments
-        drop = 0
-        while drop < len(segs):
-            later = segs[drop + 1] if drop + 1 < len(segs) else None
-            if later is not None and later <= before:
-                drop += 1
-            elif later is None and part.next <= before and part.size > 0:
-                drop += 1  # the last one, every entry below the log start
-            else:
-                break
-        if not drop:
-            return
-        for base in segs[:drop]:
-            if base == segs[-1] and part.fd is not None:
-                self._touched.pop(part.fd, None)
-                os.close(part.fd)
-                part.fd = None
-                part.size = 0
-            os.unlink(self._segment_path(part.dir, base))
-        del segs[:drop]
-        self._dirs[part.dir] = None
-
-    def delete(self, vhost: str, stream: str) -> None:
-        for key in [k for k in self._pending if k[0] == vhost and k[1] == stream]:
-            del self._pending[key]
-        for key in [k for k in self.parts if k[0] == vhost and k[1] == stream]:
-            part = self.parts.pop(key)
-            if part.fd is not None:
-                self._touched.pop(part.fd, None)
-                os.close(part.fd)
-        sdir = self._stream_dir(vhost, stream)
-        if not os.path.isdir(sdir):
-            return
-        trash = os.path.join(self.root, _TRASH)
-        os.makedirs(trash, exist_ok=True)
-        dest = os.path.join(trash, f"{time.monotonic_ns()}-{os.getpid()}")
-        os.rename(sdir, dest)  # atomic: the stream is gone as a whole or not at all
-        self._dirs[os.path.dirname(sdir)] = None
-        shutil.rmtree(dest, ignore_errors=True)
-
-    def write_pending(self) -> None:
-        pending, self._pending = self._pending, {}
-        for key, items in pending.items():
-            self._write_partition(key, items)
-
-    def _write_partition(self, key: tuple[str, str, int], items: list) -> None:
-        part = self.parts.get(key)
-        if part is None:
-            part = _Partition(self._mkdirs(*key))
-            self.parts[key] = part
-        bufs: list[bytes] = []
-        limit = self.segment_bytes
-        size = part.size
-        fd = part.fd
-        for _v, _s, _p, offset, count, ts, fmt, data in items:
-            if len(data) > _MAX_PAYLOAD:
-                raise ValueError(f"stream entry of {len(data)} bytes is too large")
-            hdr = encode_record(offset, count, ts, fmt, data)
-            rec = len(hdr) + len(data)
-            if fd is None or (size and size + rec > limit):
-                if bufs:
-                    self._writev(fd, bufs)
-                    bufs = []
-                part.size = size
-                fd = self._roll(part, offset)
-                size = part.size
-            bufs.append(hdr)
-            bufs.append(data)
-            size += rec
-            part.next = offset + count
-        if bufs:
-            self._writev(fd, bufs)
-        part.size = size
-
-    def _roll(self, part: _Partition, base: int) -> int:
-        """Start a new segment at ``base`` (the old one is synced and closed)."""
-        if part.fd is not None:
-            if self.sync_enabled:
-                os.fdatasync(part.fd)
-                self.fsyncs += 1
-            self._touched.pop(part.fd, None)
-            os.close(part.fd)
-            part.fd = None
-        if part.segments and part.segments[-1] >= base:
-            # offsets did not grow (the core never does this): go on appending to the last
-            # segment rather than create one whose name does not sort after it
-            base = part.segments[-1]
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT
-        else:
-            part.segments.append(base)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL
-        part.fd = os.open(self._segment_path(part.dir, base), flags, 0o644)
-        part.size = os.fstat(part.fd).st_size
-        self._dirs[part.dir] = None
-        return part.fd
-
-    def _writev(self, fd: int, bufs: list[bytes]) -> None:
-        self._touched[fd] = None
-        step = self._iov_max
-        for i in range(0, len(bufs), step):
-            chunk = bufs[i : i + step]
-            total = sum(map(len, chunk))
-            done = os.writev(fd, chunk)
-            self.writes += 1
-            if done < total:  # short write (rare: signals, nearly full disk): write the rest
-                rest = b"".join(chunk)[done:]
-                while rest:
-                    n = os.write(fd, rest)
-                    if n <= 0:
-                        raise OSError(errno.EIO, "short write to a stream segment")
-                    rest = rest[n:]
-
-    def sync(self) -> None:
-        """fdatasync every segment written and fsync every changed directory."""
-        touched, self._touched = self._touched, {}
-        dirs, self._dirs = self._dirs, {}
-        if not self.sync_enabled:
-            return
-        if len(touched) > 1 and self.parallel_sync:
-            # Several files: sync them at once, so the filesystem can fold their journal
-            # commits (and device cache flushes) into one instead of one after the other.
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(4, thread_name_prefix="polymq-segment-sync")
-            list(self._pool.map(os.fdatasync, touched))
-            self.fsyncs += len(touched)
-        else:
-            for fd in touched:
-                os.fdatasync(fd)
-                self.fsyncs += 1
-        for d in dirs:
-            try:
-                _fsync_path(d)
-                self.fsyncs += 1
-            except FileNotFoundError:
-                pass
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        for part in self.parts.values():
-            if part.fd is not None:
-                try:
-                    os.close(part.fd)
-                except OSError:
-                    pass
-                part.fd = None
-
-
-# from-version -> script bringing the schema to from-version + 1. 1 -> 2 also moves the rows of
-# stream_entries into segment files first (SqliteStore._migrate_streams).
-_MIGRATIONS: dict[int, str] = {1: _STREAM_STARTS + "DROP TABLE stream_entries;"}
-
-# Operation kinds. Every statement of a kind takes the same parameter tuple (numbered params).
-_PUT_EXCHANGE = 0
-_DEL_EXCHANGE = 1
-_PUT_QUEUE = 2
-_DEL_QUEUE = 3
-_PUT_BINDING = 4
-_DEL_BINDING = 5
-_PUT_MESSAGE = 6
-_DEL_MESSAGE = 7
-_APPEND_STREAM = 8
-_TRIM_STREAM = 9
-_PUT_KV = 10
-_DEL_KV = 11
-
-_SQL: dict[int, tuple[str, ...]] = {
-    _PUT_EXCHANGE: ("INSERT OR REPLACE INTO exchanges (vhost, name, record) VALUES (?1, ?2, ?3)",),
-    _DEL_EXCHANGE: (
-        "DELETE FROM exchanges WHERE vhost = ?1 AND name = ?2",
-        "DELETE FROM bindings WHERE vhost = ?1 AND (source = ?2 OR"
-        " (kind = 'exchange' AND destination = ?2))",
-    ),
-    _PUT_QUEUE: ("INSERT OR REPLACE INTO queues (vhost, name, record) VALUES (?1, ?2, ?3)",),
-    _DEL_QUEUE: (
-        "DELETE FROM queues WHERE vhost = ?1 AND name = ?2",
-        "DELETE FROM messages WHERE vhost = ?1 AND queue = ?2",
-        "DELETE FROM stream_starts WHERE vhost = ?1 AND stream = ?2",
-        "DELETE FROM bindings WHERE vhost = ?1 AND kind = 'queue' AND destination = ?2",
-    ),
-    _PUT_BINDING: (
-        'INSERT OR IGNORE INTO bindings (vhost, source, kind, destination, "key", args)'
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    ),
-    _DEL_BINDING: (
-        "DELETE FROM bindings WHERE vhost = ?1 AND source = ?2 AND kind = ?3"
-        ' AND destination = ?4 AND "key" = ?5 AND args = ?6',
-    ),
-    _PUT_MESSAGE: (
-        "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count)"
-        " VALUES (?1, ?2, ?3, ?4, ?5)",
-    ),
-    _DEL_MESSAGE: ("DELETE FROM messages WHERE vhost = ?1 AND queue = ?2 AND seq = ?3",),
-    _APPEND_STREAM: (),  # segment files (StreamLog), not the database
-    _TRIM_STREAM: (
-        'INSERT INTO stream_starts (vhost, stream, "partition", start) VALUES (?1, ?2, ?3, ?4)'
-        ' ON CONFLICT (vhost, stream, "partition") DO UPDATE SET start ='
-        " max(start, excluded.start)",
-    ),
-    _PUT_KV: ('INSERT OR REPLACE INTO kv (namespace, "key", value) VALUES (?1, ?2, ?3)',),
-    _DEL_KV: ('DELETE FROM kv WHERE namespace = ?1 AND "key" = ?2',),
-}
-
-_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-
-# kind -> index of the payload (bytes) in its parameters, for the WAL size estimate
-_DATA_INDEX = {_PUT_MESSAGE: 3, _PUT_KV: 2}
-_KIND = itemgetter(0)
-_PARAMS = itemgetter(1)
-_OPS = itemgetter(0)
-_CALLBACKS = itemgetter(1)
-_QUEUE_KEY = itemgetter(0, 1)
-_SEQ = itemgetter(2)
-
-# Runs of message puts and deletes go in multi-row statements: sqlite releases the GIL around
-# every statement step (executemany: every row), and each time the writer thread wants it back
-# while the reactor thread is busy it may wait a whole switch interval (5 ms by default). Rows
-# per statement are powers of two up to _MANY (640 or 130 bound variables, below the 999 that
-# sqlite before 3.32 allows), so few distinct statements stay in the statement cache.
-_MANY = 128
-_PUT_MANY = {
-    k: "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count) VALUES "
-    + ",".join(["(?,?,?,?,?)"] * k)
-    for k in (1 << i for i in range(8))
-}
-_DEL_MANY = {
-    k: "DELETE FROM messages WHERE vhost = ? AND queue = ? AND seq IN (" + ",".join("?" * k) + ")"
-    for k in (1 << i for i in range(8))
-}
-
-
-def _chunks(n: int) -> list[int]:
-    """``n`` as a sum of powers of two, at most _MANY each, largest first."""
-    out = [_MANY] * (n // _MANY)
-    n %= _MANY
-    k = _MANY
-    while n:
-        k >>= 1
-        if n >= k:
-            out.append(k)
-            n -= k
-    return out
-
-
-def _put_many(execute: Callable, params: list[tuple]) -> None:
-    i = 0
-    for k in _chunks(len(params)):
-        execute(_PUT_MANY[k], list(chain.from_iterable(params[i : i + k])))
-        i += k
-
-
-def _delete_many(execute: Callable, params: list[tuple]) -> None:
-    # Deletes of different messages commute, so they are grouped by queue (usually one).
-    queues = set(map(_QUEUE_KEY, params))
-    if len(queues) == 1:
-        by_queue = {queues.pop(): list(map(_SEQ, params))}
-    else:
-        by_queue = {}
-        for vhost, queue, seq in params:
-            by_queue.setdefault((vhost, queue), []).append(seq)
-    for (vhost, queue), seqs in by_queue.items():
-        i = 0
-        for k in _chunks(len(seqs)):
-            execute(_DEL_MANY[k], [vhost, queue, *seqs[i : i + k]])
-            i += k
-
-
 # Writer-queue items other than batches.
 _CLOSE = object()
 
 # Store states (reactor side).
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
-
-
-def _pack(record: Any) -> bytes:
-    return msgpack.packb(record, use_bin_type=True)
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def _canonical(value: Any) -> Any:
-    """Binding arguments with dict keys sorted, so equal dicts encode to equal bytes."""
-    if isinstance(value, dict):
-        return {k: _canonical(value[k]) for k in sorted(value, key=lambda k: (type(k).__name__, k))}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def _pack_args(arguments: dict | None) -> bytes:
-    return _pack(_canonical(arguments or {}))
 
 
 def _default_on_fatal(exc: BaseException) -> None:
@@ -1025,10 +481,15 @@ class SqliteStore:
                 d.errback(StoreFailedError(str(self._failure)))
             return
         self._state = _CLOSED
-        log.info("sqlite store {path} closed ({commits} commits, {flushes} flushes, {ops} "
-                 "operations written, {cancelled} puts cancelled by a delete)", path=self.path,
-                 commits=self.commits, flushes=self.flushes, ops=self.ops_written,
-                 cancelled=self.cancelled)
+        log.info(
+            "sqlite store {path} closed ({commits} commits, {flushes} flushes, {ops} "
+            "operations written, {cancelled} puts cancelled by a delete)",
+            path=self.path,
+            commits=self.commits,
+            flushes=self.flushes,
+            ops=self.ops_written,
+            cancelled=self.cancelled,
+        )
         for d in waiters:
             d.callback(None)
 

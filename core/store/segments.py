@@ -1,0 +1,420 @@
+"""Stream segment files: the append-only log behind every durable stream of the file stores.
+
+``<root>/<vhost>/<stream>/<partition>/<base offset>.seg`` holds framed records (see
+``encode_record``); only the writer thread of the store appends, trims and deletes. See
+docs/storage.md for the layout and the recovery rules.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import struct
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+from crc32c import crc32c
+from twisted.logger import Logger
+
+log = Logger(namespace="polymq.store.segments")
+
+
+class SegmentWriteError(OSError):
+    """Writing or syncing a stream segment failed (not retried: appends are not idempotent)."""
+
+
+STREAMS_DIR = "streams"
+_TRASH = ".trash"
+_NAME_FILE = ".name"
+SEGMENT_SUFFIX = ".seg"
+_OFFSET_DIGITS = 20
+# A directory name longer than this (after escaping) is replaced by a hash of the name.
+_MAX_DIR_NAME = 120
+
+# Record header, little endian: crc32c (of the rest of the header, the format name and the
+# payload), payload length, offset, count, timestamp, format name length; then the format name
+# (utf-8) and the payload.
+_REC = struct.Struct("<IIqIqH")
+_REC_CRC = struct.Struct("<I")
+_MAX_PAYLOAD = 0xFFFFFFFF
+
+
+def escape_name(name: str) -> str:
+    """A safe, bounded directory name for a vhost or stream name (never ``.``/``..``, no ``/``).
+
+    ``=`` followed by the percent-encoded UTF-8 name (every byte but letters, digits and
+    ``-_.~`` encoded, so ``/`` and NUL cannot occur), or, when that is longer than
+    ``_MAX_DIR_NAME``, ``#`` followed by the SHA-256 of the name (the name is then kept in a
+    ``.name`` file in the directory).
+    """
+    esc = "=" + urllib.parse.quote(name, safe="", encoding="utf-8", errors="surrogatepass")
+    if len(esc) <= _MAX_DIR_NAME:
+        return esc
+    return "#" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _unescape_dir(parent: str, entry: str) -> str | None:
+    """The name a directory entry stands for, or None for anything else."""
+    if entry.startswith("="):
+        return urllib.parse.unquote(entry[1:], encoding="utf-8", errors="surrogatepass")
+    if entry.startswith("#"):
+        try:
+            with open(os.path.join(parent, entry, _NAME_FILE), "rb") as f:
+                return f.read().decode("utf-8", "surrogatepass")
+        except OSError:
+            return None
+    return None
+
+
+def encode_record(offset: int, count: int, timestamp: int, fmt: str, data: bytes) -> bytes:
+    """The framed header (with its crc32c) of one stream entry; the payload follows it."""
+    f = fmt.encode("utf-8", "surrogatepass")
+    rest = _REC.pack(0, len(data), offset, count, timestamp, len(f))[4:] + f
+    return _REC_CRC.pack(crc32c(rest, crc32c(data))) + rest
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Partition:
+    __slots__ = ("dir", "segments", "fd", "size", "next", "start")
+
+    def __init__(self, path: str) -> None:
+        self.dir = path
+        self.segments: list[int] = []  # base offsets, ascending
+        self.fd: int | None = None  # the last segment, open for appending
+        self.size = 0  # bytes in the last segment
+        self.next = 0  # offset after the last entry written
+        self.start = 0  # log start: entries below it are skipped at load
+
+
+class StreamLog:
+    """Stream entries in append-only per-partition segment files (writer thread only).
+
+    ``<root>/<vhost>/<stream>/<partition>/<base offset>.seg``; see docs/storage.md.
+    """
+
+    def __init__(self, root: str, segment_bytes: int, sync: bool) -> None:
+        self.root = root
+        self.segment_bytes = max(1, segment_bytes)
+        self.sync_enabled = sync
+        self.parts: dict[tuple[str, str, int], _Partition] = {}
+        self.fsyncs = 0  # fdatasync of segment files and fsync of directories
+        self.writes = 0  # os.writev calls
+        self.truncated = 0  # torn tails cut at open
+        self._touched: dict[int, None] = {}  # fds written since the last sync (ordered)
+        self._dirs: dict[str, None] = {}  # directories whose entries changed since the last sync
+        self._pending: dict[tuple[str, str, int], list] = {}
+        self.parallel_sync = True
+        self._pool: ThreadPoolExecutor | None = None
+        try:
+            self._iov_max = max(16, os.sysconf("SC_IOV_MAX"))
+        except (ValueError, OSError):
+            self._iov_max = 1024
+
+    # -- paths
+
+    def _stream_dir(self, vhost: str, stream: str) -> str:
+        return os.path.join(self.root, escape_name(vhost), escape_name(stream))
+
+    def _mkdirs(self, vhost: str, stream: str, partition: int) -> str:
+        """Create the partition directory (and named parents); schedule the directory fsyncs."""
+        path = self.root
+        for name in (vhost, stream):
+            esc = escape_name(name)
+            child = os.path.join(path, esc)
+            if not os.path.isdir(child):
+                os.makedirs(child, exist_ok=True)
+                if esc.startswith("#"):
+                    tmp = os.path.join(child, _NAME_FILE + ".tmp")
+                    with open(tmp, "wb") as f:
+                        f.write(name.encode("utf-8", "surrogatepass"))
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, os.path.join(child, _NAME_FILE))
+                    self._dirs[child] = None
+                self._dirs[path] = None
+            path = child
+        child = os.path.join(path, str(partition))
+        if not os.path.isdir(child):
+            os.makedirs(child, exist_ok=True)
+            self._dirs[path] = None
+        return child
+
+    # -- open
+
+    def load(self, starts: dict[tuple[str, str, int], int]) -> dict:
+        """Read every segment; cut torn tails; return ``StoreSnapshot.stream_entries``."""
+        os.makedirs(self.root, exist_ok=True)
+        trash = os.path.join(self.root, _TRASH)
+        if os.path.isdir(trash):
+            shutil.rmtree(trash, ignore_errors=True)
+        out: dict[tuple[str, str, int], list[tuple[int, int, int, str, bytes]]] = {}
+        for ve in sorted(os.listdir(self.root)):
+            vhost = _unescape_dir(self.root, ve)
+            vdir = os.path.join(self.root, ve)
+            if vhost is None or not os.path.isdir(vdir):
+                continue
+            for se in sorted(os.listdir(vdir)):
+                stream = _unescape_dir(vdir, se)
+                sdir = os.path.join(vdir, se)
+                if stream is None or not os.path.isdir(sdir):
+                    continue
+                for pe in os.listdir(sdir):
+                    if not pe.isdigit():
+                        continue
+                    key = (vhost, stream, int(pe))
+                    part = _Partition(os.path.join(sdir, pe))
+                    part.start = starts.get(key, 0)
+                    entries = self._load_partition(part)
+                    self.parts[key] = part
+                    if entries:
+                        out[key] = entries
+        return out
+
+    def _load_partition(self, part: _Partition) -> list:
+        bases = sorted(
+            int(n[: -len(SEGMENT_SUFFIX)])
+            for n in os.listdir(part.dir)
+            if n.endswith(SEGMENT_SUFFIX) and n[: -len(SEGMENT_SUFFIX)].isdigit()
+        )
+        entries: list[tuple[int, int, int, str, bytes]] = []
+        start = part.start
+        for i, base in enumerate(bases):
+            path = self._segment_path(part.dir, base)
+            with open(path, "rb") as f:
+                buf = f.read()
+            good = self._parse(buf, entries, start)
+            if good < len(buf):
+                # A torn or corrupt tail: nothing from here on was ever reported durable (a
+                # callback runs only after every segment written in its commit is synced).
+                log.warn(
+                    "stream segment {path}: torn tail at byte {at} of {size}, truncated",
+                    path=path,
+                    at=good,
+                    size=len(buf),
+                )
+                self.truncated += 1
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+                    f.flush()
+                    os.fsync(f.fileno())
+                for later in bases[i + 1 :]:
+                    os.unlink(self._segment_path(part.dir, later))
+                _fsync_path(part.dir)
+                bases = bases[: i + 1]
+                break
+        if (
+            bases
+            and os.path.getsize(self._segment_path(part.dir, bases[-1])) == 0
+            and len(bases) > 1
+        ):
+            os.unlink(self._segment_path(part.dir, bases.pop()))
+        part.segments = bases
+        if bases:
+            path = self._segment_path(part.dir, bases[-1])
+            part.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            part.size = os.fstat(part.fd).st_size
+        part.next = max(part.start, entries[-1][0] + entries[-1][1] if entries else 0)
+        if entries and entries[0][0] < start:
+            entries = [e for e in entries if e[0] >= start]
+        return entries
+
+    @staticmethod
+    def _parse(buf: bytes, entries: list, start: int) -> int:
+        """Append the intact records of ``buf`` to ``entries``; return the end of the last one."""
+        pos, n = 0, len(buf)
+        hsize = _REC.size
+        mv = memoryview(buf)
+        unpack = _REC.unpack_from
+        while pos + hsize <= n:
+            crc, length, offset, count, ts, flen = unpack(buf, pos)
+            end = pos + hsize + flen + length
+            if end > n:
+                break
+            body = pos + hsize + flen
+            if crc32c(mv[pos + 4 : body], crc32c(mv[body:end])) != crc:
+                break
+            fmt = bytes(mv[pos + hsize : pos + hsize + flen]).decode("utf-8", "surrogatepass")
+            entries.append((offset, count, ts, fmt, bytes(mv[pos + hsize + flen : end])))
+            pos = end
+        return pos
+
+    @staticmethod
+    def _segment_path(pdir: str, base: int) -> str:
+        return os.path.join(pdir, f"{base:0{_OFFSET_DIGITS}d}{SEGMENT_SUFFIX}")
+
+    # -- writes (one group commit: append/trim/delete in order, then sync)
+
+    def append(self, params: tuple) -> None:
+        vhost, stream, partition = params[0], params[1], params[2]
+        key = (vhost, stream, partition)
+        lst = self._pending.get(key)
+        if lst is None:
+            self._pending[key] = [params]
+        else:
+            lst.append(params)
+
+    def trim(self, vhost: str, stream: str, partition: int, before: int) -> None:
+        key = (vhost, stream, partition)
+        if key in self._pending:
+            self._write_partition(key, self._pending.pop(key))
+        part = self.parts.get(key)
+        if part is None:
+            return
+        part.start = max(part.start, before)
+        segs = part.segments
+        drop = 0
+        while drop < len(segs):
+            later = segs[drop + 1] if drop + 1 < len(segs) else None
+            if later is not None and later <= before:
+                drop += 1
+            elif later is None and part.next <= before and part.size > 0:
+                drop += 1  # the last one, every entry below the log start
+            else:
+                break
+        if not drop:
+            return
+        for base in segs[:drop]:
+            if base == segs[-1] and part.fd is not None:
+                self._touched.pop(part.fd, None)
+                os.close(part.fd)
+                part.fd = None
+                part.size = 0
+            os.unlink(self._segment_path(part.dir, base))
+        del segs[:drop]
+        self._dirs[part.dir] = None
+
+    def delete(self, vhost: str, stream: str) -> None:
+        for key in [k for k in self._pending if k[0] == vhost and k[1] == stream]:
+            del self._pending[key]
+        for key in [k for k in self.parts if k[0] == vhost and k[1] == stream]:
+            part = self.parts.pop(key)
+            if part.fd is not None:
+                self._touched.pop(part.fd, None)
+                os.close(part.fd)
+        sdir = self._stream_dir(vhost, stream)
+        if not os.path.isdir(sdir):
+            return
+        trash = os.path.join(self.root, _TRASH)
+        os.makedirs(trash, exist_ok=True)
+        dest = os.path.join(trash, f"{time.monotonic_ns()}-{os.getpid()}")
+        os.rename(sdir, dest)  # atomic: the stream is gone as a whole or not at all
+        self._dirs[os.path.dirname(sdir)] = None
+        shutil.rmtree(dest, ignore_errors=True)
+
+    def write_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for key, items in pending.items():
+            self._write_partition(key, items)
+
+    def _write_partition(self, key: tuple[str, str, int], items: list) -> None:
+        part = self.parts.get(key)
+        if part is None:
+            part = _Partition(self._mkdirs(*key))
+            self.parts[key] = part
+        bufs: list[bytes] = []
+        limit = self.segment_bytes
+        size = part.size
+        fd = part.fd
+        for _v, _s, _p, offset, count, ts, fmt, data in items:
+            if len(data) > _MAX_PAYLOAD:
+                raise ValueError(f"stream entry of {len(data)} bytes is too large")
+            hdr = encode_record(offset, count, ts, fmt, data)
+            rec = len(hdr) + len(data)
+            if fd is None or (size and size + rec > limit):
+                if bufs:
+                    self._writev(fd, bufs)
+                    bufs = []
+                part.size = size
+                fd = self._roll(part, offset)
+                size = part.size
+            bufs.append(hdr)
+            bufs.append(data)
+            size += rec
+            part.next = offset + count
+        if bufs:
+            self._writev(fd, bufs)
+        part.size = size
+
+    def _roll(self, part: _Partition, base: int) -> int:
+        """Start a new segment at ``base`` (the old one is synced and closed)."""
+        if part.fd is not None:
+            if self.sync_enabled:
+                os.fdatasync(part.fd)
+                self.fsyncs += 1
+            self._touched.pop(part.fd, None)
+            os.close(part.fd)
+            part.fd = None
+        if part.segments and part.segments[-1] >= base:
+            # offsets did not grow (the core never does this): go on appending to the last
+            # segment rather than create one whose name does not sort after it
+            base = part.segments[-1]
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT
+        else:
+            part.segments.append(base)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL
+        part.fd = os.open(self._segment_path(part.dir, base), flags, 0o644)
+        part.size = os.fstat(part.fd).st_size
+        self._dirs[part.dir] = None
+        return part.fd
+
+    def _writev(self, fd: int, bufs: list[bytes]) -> None:
+        self._touched[fd] = None
+        step = self._iov_max
+        for i in range(0, len(bufs), step):
+            chunk = bufs[i : i + step]
+            total = sum(map(len, chunk))
+            done = os.writev(fd, chunk)
+            self.writes += 1
+            if done < total:  # short write (rare: signals, nearly full disk): write the rest
+                rest = b"".join(chunk)[done:]
+                while rest:
+                    n = os.write(fd, rest)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "short write to a stream segment")
+                    rest = rest[n:]
+
+    def sync(self) -> None:
+        """fdatasync every segment written and fsync every changed directory."""
+        touched, self._touched = self._touched, {}
+        dirs, self._dirs = self._dirs, {}
+        if not self.sync_enabled:
+            return
+        if len(touched) > 1 and self.parallel_sync:
+            # Several files: sync them at once, so the filesystem can fold their journal
+            # commits (and device cache flushes) into one instead of one after the other.
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(4, thread_name_prefix="polymq-segment-sync")
+            list(self._pool.map(os.fdatasync, touched))
+            self.fsyncs += len(touched)
+        else:
+            for fd in touched:
+                os.fdatasync(fd)
+                self.fsyncs += 1
+        for d in dirs:
+            try:
+                _fsync_path(d)
+                self.fsyncs += 1
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for part in self.parts.values():
+            if part.fd is not None:
+                try:
+                    os.close(part.fd)
+                except OSError:
+                    pass
+                part.fd = None
