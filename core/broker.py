@@ -10,7 +10,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .errors import NotFound
-from .queue import Queue
+from .queue import DEFAULT_IN_MEMORY_BYTES, DEFAULT_IN_MEMORY_LENGTH, Queue
 from .store.interfaces import IStore, StoreSnapshot
 from .store.memory import MemoryStore
 from .stream import Stream, StreamFormat
@@ -46,6 +46,13 @@ class Broker:
         self.max_message_size: int = limits.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
         self.default_delivery_limit: int | None = broker_cfg.get("max_deliveries") or None
         self.default_vhost: str = broker_cfg.get("default_vhost", "/")
+        store_cfg = self.config.get("store", {})
+        self.queue_max_in_memory_length: int = int(
+            store_cfg.get("queue_max_in_memory_length") or DEFAULT_IN_MEMORY_LENGTH
+        )
+        self.queue_max_in_memory_bytes: int = int(
+            store_cfg.get("queue_max_in_memory_bytes") or DEFAULT_IN_MEMORY_BYTES
+        )
         self.stream_formats: dict[str, StreamFormat] = {}
         self.vhosts: dict[str, VirtualHost] = {}
         self._kv: dict[str, dict[str, bytes]] = {}
@@ -62,7 +69,11 @@ class Broker:
     def start(self):
         """Open the store and rebuild every durable entity from it."""
         snapshot = yield self.store.open()
-        self._restore(snapshot)
+        preloading = self._restore(snapshot)
+        if preloading:
+            # the head of every paged backlog is in memory before the listeners open (a
+            # basic.get right after start finds it); bounded per queue, whatever the backlog
+            yield defer.DeferredList(preloading)
         self.started = True
 
     @defer.inlineCallbacks
@@ -71,7 +82,7 @@ class Broker:
         self.started = False
         yield self.store.close()
 
-    def _restore(self, snap: StoreSnapshot) -> None:
+    def _restore(self, snap: StoreSnapshot) -> list[defer.Deferred]:
         kv_vhosts = snap.kv.get("vhosts", {})
         for name in kv_vhosts:
             self.add_vhost(name)
@@ -110,6 +121,17 @@ class Broker:
             if isinstance(q, Queue):
                 for seq, data, count in rows:
                     q.restore(seq, data, count)
+        paged = 0
+        preloading: list[defer.Deferred] = []
+        for (vhost, queue), levels in snap.queue_levels.items():
+            q = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(queue)
+            if isinstance(q, Queue):
+                for level, count, size, top in levels:
+                    q.restore_level(level, count, size, top)
+                    paged += count
+                d: defer.Deferred = defer.Deferred()
+                q.preload(lambda d=d: d.callback(None))
+                preloading.append(d)
         for (vhost, stream, part), rows in snap.stream_entries.items():
             s = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(stream)
             if isinstance(s, Stream):
@@ -120,10 +142,12 @@ class Broker:
                     p.restore(offset, count, ts, fmt, data)
         self._kv = {ns: dict(v) for ns, v in snap.kv.items()}
         log.info(
-            "restored {queues} queues/streams, {messages} messages",
+            "restored {queues} queues/streams, {messages} messages ({paged} left in the store)",
             queues=len(snap.queues),
-            messages=sum(len(r) for r in snap.messages.values()),
+            messages=sum(len(r) for r in snap.messages.values()) + paged,
+            paged=paged,
         )
+        return preloading
 
     # -- virtual hosts ----------------------------------------------------------------------
 

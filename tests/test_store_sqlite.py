@@ -50,7 +50,7 @@ def test_provides_interface(tmp_path):
     assert os.path.exists(tmp_path / "data" / FILENAME)
     con = sqlite3.connect(tmp_path / "data" / FILENAME)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3  # 3: message levels (paging)
     con.close()
     yield store.close()
 
@@ -969,7 +969,7 @@ def test_migration_from_schema_1_moves_stream_rows_to_segments(tmp_path):
     yield durable(store)
     yield store.close()
     con = sqlite3.connect(tmp_path / FILENAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "stream_entries" not in tables and "stream_starts" in tables
     con.close()

@@ -7,6 +7,7 @@ docs/storage.md for the layout and the recovery rules.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
 import os
@@ -40,6 +41,9 @@ _MAX_DIR_NAME = 120
 _REC = struct.Struct("<IIqIqH")
 _REC_CRC = struct.Struct("<I")
 _MAX_PAYLOAD = 0xFFFFFFFF
+# one sparse index entry per this many bytes of log (Kafka's index.interval.bytes)
+INDEX_INTERVAL = 4096
+_SCAN_CHUNK = 1 << 20
 
 
 def escape_name(name: str) -> str:
@@ -84,8 +88,28 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+class _SegmentIndex:
+    """The sparse index of one segment: an entry every ``INDEX_INTERVAL`` bytes of log.
+
+    Built the first time the segment is read (a walk over the record headers, no payload
+    checksums), then extended when the segment grew.
+    """
+
+    __slots__ = ("offsets", "positions", "end", "max_ts")
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []  # base offset of an indexed entry
+        self.positions: list[int] = []  # its byte position in the segment
+        self.end = 0  # bytes of the segment walked so far
+        self.max_ts = -1  # newest entry timestamp seen (time retention)
+
+    def position_for(self, offset: int) -> int:
+        i = bisect.bisect_right(self.offsets, offset) - 1
+        return self.positions[i] if i >= 0 else 0
+
+
 class _Partition:
-    __slots__ = ("dir", "segments", "fd", "size", "next", "start")
+    __slots__ = ("dir", "segments", "fd", "size", "next", "start", "index")
 
     def __init__(self, path: str) -> None:
         self.dir = path
@@ -94,6 +118,7 @@ class _Partition:
         self.size = 0  # bytes in the last segment
         self.next = 0  # offset after the last entry written
         self.start = 0  # log start: entries below it are skipped at load
+        self.index: dict[int, _SegmentIndex] = {}  # base offset -> sparse index (paging)
 
 
 class StreamLog:
@@ -228,6 +253,199 @@ class StreamLog:
             entries = [e for e in entries if e[0] >= start]
         return entries
 
+    # -- paging: extents at open, positional reads, retention by whole segments
+
+    def open_extents(self, starts: dict[tuple[str, str, int], int]) -> dict:
+        """Open every partition reading only its last segment (to cut a torn tail).
+
+        Returns ``StoreSnapshot.stream_partitions``: (log start, next offset, bytes on disk).
+        """
+        os.makedirs(self.root, exist_ok=True)
+        trash = os.path.join(self.root, _TRASH)
+        if os.path.isdir(trash):
+            shutil.rmtree(trash, ignore_errors=True)
+        out: dict[tuple[str, str, int], tuple[int, int, int]] = {}
+        for ve in sorted(os.listdir(self.root)):
+            vhost = _unescape_dir(self.root, ve)
+            vdir = os.path.join(self.root, ve)
+            if vhost is None or not os.path.isdir(vdir):
+                continue
+            for se in sorted(os.listdir(vdir)):
+                stream = _unescape_dir(vdir, se)
+                sdir = os.path.join(vdir, se)
+                if stream is None or not os.path.isdir(sdir):
+                    continue
+                for pe in os.listdir(sdir):
+                    if not pe.isdigit():
+                        continue
+                    key = (vhost, stream, int(pe))
+                    part = _Partition(os.path.join(sdir, pe))
+                    part.start = starts.get(key, 0)
+                    self.parts[key] = part
+                    out[key] = self._open_partition(part)
+        return out
+
+    def _open_partition(self, part: _Partition) -> tuple[int, int, int]:
+        bases = sorted(
+            int(n[: -len(SEGMENT_SUFFIX)])
+            for n in os.listdir(part.dir)
+            if n.endswith(SEGMENT_SUFFIX) and n[: -len(SEGMENT_SUFFIX)].isdigit()
+        )
+        while len(bases) > 1 and os.path.getsize(self._segment_path(part.dir, bases[-1])) == 0:
+            os.unlink(self._segment_path(part.dir, bases.pop()))
+        part.segments = bases
+        if not bases:
+            part.next = part.start
+            return (part.start, part.start, 0)
+        last = self._segment_path(part.dir, bases[-1])
+        entries: list = []
+        with open(last, "rb") as f:
+            buf = f.read()
+        good = self._parse(buf, entries, 0)
+        if good < len(buf):
+            log.warn(
+                "stream segment {path}: torn tail at byte {at} of {size}, truncated",
+                path=last,
+                at=good,
+                size=len(buf),
+            )
+            self.truncated += 1
+            with open(last, "r+b") as f:
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+        del buf
+        part.fd = os.open(last, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        part.size = good
+        nxt = entries[-1][0] + entries[-1][1] if entries else bases[-1]
+        part.next = max(part.start, nxt)
+        total = sum(os.path.getsize(self._segment_path(part.dir, b)) for b in bases[:-1]) + good
+        start = max(part.start, bases[0])
+        return (min(start, part.next), part.next, total)
+
+    def _index(self, part: _Partition, base: int, fd: int, size: int) -> _SegmentIndex:
+        """The sparse index of a segment, walked up to ``size`` (record headers only)."""
+        idx = part.index.get(base)
+        if idx is None:
+            idx = part.index[base] = _SegmentIndex()
+        pos = idx.end
+        last = idx.positions[-1] if idx.positions else -INDEX_INTERVAL
+        hsize = _REC.size
+        unpack = _REC.unpack_from
+        while pos + hsize <= size:
+            buf = os.pread(fd, min(_SCAN_CHUNK, size - pos), pos)
+            at, n = 0, len(buf)
+            while at + hsize <= n:
+                _crc, length, offset, _count, ts, flen = unpack(buf, at)
+                rec = hsize + flen + length
+                if pos + at + rec > size:
+                    n = at  # the segment ends inside this record (being written): stop
+                    break
+                if pos + at - last >= INDEX_INTERVAL:
+                    last = pos + at
+                    idx.offsets.append(offset)
+                    idx.positions.append(last)
+                if ts > idx.max_ts:
+                    idx.max_ts = ts
+                at += rec
+            if at == 0:
+                break
+            pos += at
+        idx.end = pos
+        return idx
+
+    def read(
+        self, vhost: str, stream: str, partition: int, offset: int, max_bytes: int
+    ) -> list[tuple[int, int, int, str, bytes]]:
+        """Entries from the one containing ``offset``: at least one, then up to ``max_bytes``."""
+        part = self.parts.get((vhost, stream, partition))
+        if part is None or not part.segments:
+            return []
+        segs = list(part.segments)
+        i = max(0, bisect.bisect_right(segs, offset) - 1)
+        out: list[tuple[int, int, int, str, bytes]] = []
+        total = 0
+        while i < len(segs) and (not out or total < max_bytes):
+            try:
+                fd = os.open(self._segment_path(part.dir, segs[i]), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # removed by retention meanwhile
+                i += 1
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                pos = 0 if out else self._index(part, segs[i], fd, size).position_for(offset)
+                while pos < size and (not out or total < max_bytes):
+                    want = min(size - pos, max(max_bytes - total, 0) + 65536)
+                    buf = os.pread(fd, want, pos)
+                    got: list = []
+                    end = self._parse(buf, got, 0)
+                    if not got and len(buf) >= _REC.size:
+                        # one record larger than what was read: read exactly that record
+                        _c, length, _o, _n, _t, flen = _REC.unpack_from(buf, 0)
+                        need = _REC.size + flen + length
+                        if need > len(buf) and pos + need <= size:
+                            buf = os.pread(fd, need, pos)
+                            end = self._parse(buf, got, 0)
+                    if not got:
+                        break  # the end of what is written
+                    pos += end
+                    for e in got:
+                        if e[0] + e[1] <= offset:
+                            continue
+                        if out and total + len(e[4]) > max_bytes:
+                            return out
+                        out.append(e)
+                        total += len(e[4])
+            finally:
+                os.close(fd)
+            i += 1
+        return out
+
+    def retain(
+        self,
+        vhost: str,
+        stream: str,
+        partition: int,
+        max_bytes: int | None,
+        min_timestamp: int | None,
+    ) -> tuple[int, int, int]:
+        """Delete whole old segments (never the last); return (log start, bytes, segments gone).
+
+        By size as Kafka does: a segment goes while the partition would still hold at least
+        ``max_bytes`` without it; by time when its newest entry is older than ``min_timestamp``.
+        """
+        key = (vhost, stream, partition)
+        part = self.parts.get(key)
+        if part is None or not part.segments:
+            return (part.start if part else 0, 0, 0)
+        if key in self._pending:
+            self._write_partition(key, self._pending.pop(key))
+        segs = part.segments
+        sizes = [os.path.getsize(self._segment_path(part.dir, b)) for b in segs]
+        total = sum(sizes)
+        drop = 0
+        while drop < len(segs) - 1:
+            if max_bytes is not None and total - sizes[drop] >= max_bytes:
+                pass
+            elif min_timestamp is not None:
+                path = self._segment_path(part.dir, segs[drop])
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    idx = self._index(part, segs[drop], fd, sizes[drop])
+                finally:
+                    os.close(fd)
+                if idx.max_ts >= min_timestamp:
+                    break
+            else:
+                break
+            total -= sizes[drop]
+            drop += 1
+        if not drop:
+            return (max(part.start, segs[0]), total, 0)
+        start = segs[drop]
+        self.trim(vhost, stream, partition, start)
+        return (part.start, total, drop)
+
     @staticmethod
     def _parse(buf: bytes, entries: list, start: int) -> int:
         """Append the intact records of ``buf`` to ``entries``; return the end of the last one."""
@@ -290,6 +508,7 @@ class StreamLog:
                 part.fd = None
                 part.size = 0
             os.unlink(self._segment_path(part.dir, base))
+            part.index.pop(base, None)
         del segs[:drop]
         self._dirs[part.dir] = None
 

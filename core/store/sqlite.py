@@ -73,15 +73,20 @@ from .sqlite_sql import (
     _DEL_KV,
     _DEL_MESSAGE,
     _DEL_QUEUE,
+    _DROP_QUEUE_MESSAGES_SQL,
+    _DROP_TRANSIENT_SQL,
     _KIND,
+    _LEVELS_SQL,
     _MIGRATIONS,
     _OPS,
     _PARAMS,
+    _PURGE_MESSAGES,
     _PUT_BINDING,
     _PUT_EXCHANGE,
     _PUT_KV,
     _PUT_MESSAGE,
     _PUT_QUEUE,
+    _READ_LEVEL_SQL,
     _SCHEMA_V1,
     _SQL,
     _SYNCHRONOUS,
@@ -99,7 +104,7 @@ log = Logger(namespace="polymq.store.sqlite")
 
 FILENAME = "polymq.sqlite3"
 LOCKNAME = "polymq.lock"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class StoreOpenError(Exception):
@@ -113,8 +118,50 @@ class StoreFailedError(Exception):
 # Writer-queue items other than batches.
 _CLOSE = object()
 
+
+class _Read:
+    """A read for the writer thread: ``fn(conn, args)``, its result to ``callback``."""
+
+    __slots__ = ("fn", "args", "callback")
+
+    def __init__(self, fn: Callable, args: tuple, callback: Callable) -> None:
+        self.fn = fn
+        self.args = args
+        self.callback = callback
+
+
 # Store states (reactor side).
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
+
+
+def _migrate_message_meta(conn: sqlite3.Connection) -> None:
+    """Schema 2 -> 3: priority level and expiration of the messages already stored.
+
+    The new columns default to level 0 and no expiry; only messages that say otherwise (a
+    priority on a priority queue, an expiration) are decoded and updated.
+    """
+    from ..message import Message
+
+    levels: dict[tuple[str, str], int] = {}
+    for vhost, name, record in conn.execute("SELECT vhost, name, record FROM queues"):
+        top = (_unpack(record).get("arguments") or {}).get("x-max-priority")
+        if isinstance(top, int) and not isinstance(top, bool) and top > 0:
+            levels[(vhost, name)] = top
+    updates = []
+    for vhost, qname, seq, data in conn.execute("SELECT vhost, queue, seq, data FROM messages"):
+        try:
+            m = Message.from_bytes(bytes(data))
+        except Exception:
+            continue  # left at level 0; the queue reports it when it reads it back
+        top = levels.get((vhost, qname), 0)
+        level = min(m.priority or 0, top)
+        if level or m.expiration is not None:
+            updates.append((level, m.expiration, vhost, qname, seq))
+    conn.executemany(
+        "UPDATE messages SET priority = ?, expires_at = ?"
+        " WHERE vhost = ? AND queue = ? AND seq = ?",
+        updates,
+    )
 
 
 def _default_on_fatal(exc: BaseException) -> None:
@@ -149,6 +196,7 @@ class SqliteStore:
         lazy_flush_ops: int = 10000,
         checkpoint_mb: float = 0.0,
         segment_mb: float = 64.0,
+        paging: bool = False,
         **ignored: Any,
     ) -> None:
         synchronous = str(synchronous).upper()
@@ -172,6 +220,10 @@ class SqliteStore:
         self.checkpoint_bytes = int(max(0.0, float(checkpoint_mb)) * (1 << 20))
         # stream segments roll at this size
         self.segment_bytes = max(1, int(float(segment_mb) * (1 << 20)))
+        # paging: open() reports queue levels and stream extents instead of every message and
+        # entry, and the core reads bodies back with read_messages / read_stream
+        self.pages = bool(paging)
+        self.reads = 0  # read_messages / read_stream / retain_stream calls served
         self.streams_dir = os.path.join(self.data_dir, STREAMS_DIR)
         self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
         self._clock = clock
@@ -313,6 +365,20 @@ class SqliteStore:
     def put_message(
         self, vhost: str, queue: str, seq: int, data: bytes, delivery_count: int
     ) -> None:
+        self.put_queued(vhost, queue, seq, data, delivery_count, 0, None, len(data), False)
+
+    def put_queued(
+        self,
+        vhost: str,
+        queue: str,
+        seq: int,
+        data: bytes,
+        delivery_count: int,
+        priority: int,
+        expires_at: int | None,
+        size: int,
+        transient: bool,
+    ) -> None:
         if self._state >= _CLOSING:
             self._dropped(_PUT_MESSAGE)
             return
@@ -322,7 +388,12 @@ class SqliteStore:
         if old is not None:  # an older version of the same message in this batch: superseded
             ops[old] = None
         self._puts[k] = len(ops)
-        ops.append((_PUT_MESSAGE, (vhost, queue, seq, data, delivery_count)))
+        ops.append(
+            (
+                _PUT_MESSAGE,
+                (vhost, queue, seq, data, delivery_count, priority, expires_at, size, transient),
+            )
+        )
         if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
             self._schedule_lazy()
 
@@ -363,6 +434,78 @@ class SqliteStore:
 
     def delete_kv(self, namespace: str, key: str) -> None:
         self._write(_DEL_KV, (namespace, key))
+
+    def purge_messages(self, vhost: str, queue: str, priority: int, after_seq: int) -> None:
+        self._write(_PURGE_MESSAGES, (vhost, queue, priority, after_seq))
+
+    # ------------------------------------------------------------------ reads (paging)
+
+    def read_messages(
+        self,
+        vhost: str,
+        queue: str,
+        priority: int,
+        after_seq: int,
+        limit: int,
+        callback: Callable[[list], None],
+    ) -> None:
+        self._read(self._read_messages, (vhost, queue, priority, after_seq, limit), callback)
+
+    def read_stream(
+        self,
+        vhost: str,
+        stream: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        callback: Callable[[list], None],
+    ) -> None:
+        self._read(self._read_stream, (vhost, stream, partition, offset, max_bytes), callback)
+
+    def retain_stream(
+        self,
+        vhost: str,
+        stream: str,
+        partition: int,
+        max_bytes: int | None,
+        min_timestamp: int | None,
+        callback: Callable[[int, int], None],
+    ) -> None:
+        self._read(
+            self._retain_stream, (vhost, stream, partition, max_bytes, min_timestamp), callback
+        )
+
+    def _read(self, fn: Callable, args: tuple, callback: Callable) -> None:
+        """Queue a read for the writer thread behind every write issued so far.
+
+        Reads run in the writer thread, after the batches queued before them are committed,
+        so they see those writes; the callback goes back to the reactor thread.
+        """
+        if self._state not in (_OPEN, _OPENING):
+            return  # closing or failed: nobody is served any more
+        self._flush()
+        self._q.put(_Read(fn, args, callback))
+
+    def _read_messages(self, conn: sqlite3.Connection, args: tuple) -> list:  # writer thread
+        rows = conn.execute(_READ_LEVEL_SQL, args).fetchall()
+        return [(seq, bytes(data), dc, exp) for seq, data, dc, exp in rows]
+
+    def _read_stream(self, conn: sqlite3.Connection, args: tuple) -> list:  # writer thread
+        if self._log is None:
+            return []
+        return self._log.read(*args)
+
+    def _retain_stream(self, conn: sqlite3.Connection, args: tuple) -> tuple:  # writer thread
+        vhost, stream, partition = args[:3]
+        if self._log is None:
+            return (0, 0)
+        start, size, dropped = self._log.retain(*args)
+        if dropped:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_SQL[_TRIM_STREAM][0], (vhost, stream, partition, start))
+            conn.execute("COMMIT")
+            self._log.sync()
+        return (start, size)
 
     def after_durable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (reactor thread) once every write issued before it is committed."""
@@ -558,9 +701,12 @@ class SqliteStore:
                     break
             closing = False
             batches = []
+            reads = []
             for item in items:
                 if item is _CLOSE:
                     closing = True  # nothing is queued after the sentinel
+                elif type(item) is _Read:
+                    reads.append(item)
                 else:
                     batches.append(item)
             if batches and not failed:
@@ -578,8 +724,29 @@ class SqliteStore:
                     self._call_from_thread(self._committed, len(batches), callbacks)
                     if self._ckpt_catchup:
                         self._catch_up(conn)
+            for r in reads:  # after the writes queued before them (and maybe a few more)
+                self._serve(conn, r, failed)
             if closing:
                 return
+
+    def _serve(self, conn: sqlite3.Connection, r: _Read, failed: bool) -> None:
+        if failed:
+            return
+        try:
+            result = r.fn(conn, r.args)
+        except Exception as e:  # a read that fails is logged; the reader waits for its next try
+            try:
+                if conn.in_transaction:
+                    conn.rollback()
+            except sqlite3.Error:
+                pass
+            log.error("sqlite store {path}: read failed: {e!r}", path=self.path, e=e)
+            return
+        self.reads += 1
+        if isinstance(result, tuple):
+            self._call_from_thread(r.callback, *result)
+        else:
+            self._call_from_thread(r.callback, result)
 
     def _commit_batches(self, conn: sqlite3.Connection, batches: list) -> BaseException | None:
         """Run all batches in one transaction; retry on error. Return the final error or None."""
@@ -843,6 +1010,8 @@ class SqliteStore:
                 for stmt in _MIGRATIONS[version].split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
+                if version == 2:
+                    _migrate_message_meta(conn)
                 version += 1
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
@@ -881,6 +1050,49 @@ class SqliteStore:
                 n=n,
             )
 
+    def _load_levels(self, conn: sqlite3.Connection, durable: set) -> dict:
+        """Each queue's priority levels from the index alone; drops what must not survive.
+
+        Rows of queues that are not durable (any more) and transient rows (non-persistent
+        messages written out to bound memory) are deleted here, before anyone reads them.
+        """
+        levels: dict[tuple[str, str], list[tuple[int, int, int, int]]] = {}
+        drop_queues: set[tuple[str, str]] = set()
+        transient = []
+        for v, q, prio, count, size, top, trans in conn.execute(_LEVELS_SQL).fetchall():
+            if (v, q) not in durable:
+                drop_queues.add((v, q))
+                continue
+            if trans:
+                transient.append((v, q, prio))
+                count -= trans
+                if not count:
+                    continue
+                size = None  # recounted below
+            levels.setdefault((v, q), []).append((prio, count, size, top))
+        if drop_queues or transient:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_DROP_QUEUE_MESSAGES_SQL, sorted(drop_queues))
+            conn.executemany(_DROP_TRANSIENT_SQL, transient)
+            conn.execute("COMMIT")
+            for key, rows in levels.items():
+                for i, (prio, _count, size, _top) in enumerate(rows):
+                    if size is None:
+                        c, b, t = conn.execute(
+                            "SELECT count(*), sum(size), max(seq) FROM messages INDEXED BY"
+                            " messages_levels WHERE vhost = ? AND queue = ? AND priority = ?",
+                            (*key, prio),
+                        ).fetchone()
+                        rows[i] = (prio, c, b or 0, t or 0)
+            log.info(
+                "sqlite store {path}: dropped the messages of {q} non-durable queues and the"
+                " transient messages of {t} queue levels",
+                path=self.path,
+                q=len(drop_queues),
+                t=len(transient),
+            )
+        return levels
+
     def _load(self, conn: sqlite3.Connection) -> StoreSnapshot:
         snap = StoreSnapshot()
         snap.exchanges = [
@@ -902,13 +1114,16 @@ class SqliteStore:
                 ' ORDER BY vhost, source, kind, destination, "key"'
             )
         ]
-        messages: dict[tuple[str, str], list[tuple[int, bytes, int]]] = {}
-        for v, q, seq, data, dc in conn.execute(
-            "SELECT vhost, queue, seq, data, delivery_count FROM messages"
-            " ORDER BY vhost, queue, seq"
-        ):
-            messages.setdefault((v, q), []).append((seq, bytes(data), dc))
-        snap.messages = messages
+        if self.pages:
+            snap.queue_levels = self._load_levels(conn, {(v, n) for v, n, _ in snap.queues})
+        else:
+            messages: dict[tuple[str, str], list[tuple[int, bytes, int]]] = {}
+            for v, q, seq, data, dc in conn.execute(
+                "SELECT vhost, queue, seq, data, delivery_count FROM messages"
+                " WHERE transient = 0 ORDER BY vhost, queue, seq"
+            ):
+                messages.setdefault((v, q), []).append((seq, bytes(data), dc))
+            snap.messages = messages
         starts = {
             (v, s, p): start
             for v, s, p, start in conn.execute(
@@ -918,7 +1133,10 @@ class SqliteStore:
         self._log = StreamLog(
             self.streams_dir, self.segment_bytes, self.synchronous.upper() in ("FULL", "EXTRA")
         )
-        snap.stream_entries = self._log.load(starts)
+        if self.pages:
+            snap.stream_partitions = self._log.open_extents(starts)
+        else:
+            snap.stream_entries = self._log.load(starts)
         self.segments_truncated = self._log.truncated
         kv: dict[str, dict[str, bytes]] = {}
         for ns, k, value in conn.execute('SELECT namespace, "key", value FROM kv'):

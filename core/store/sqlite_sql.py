@@ -45,9 +45,40 @@ CREATE TABLE stream_starts (
 """
 
 
+# Version 3: what a paging queue needs without reading bodies (priority level, absolute expiry,
+# body size), transient rows (non-persistent messages written out only to bound memory;
+# deleted at open), and an index that gives each level's count, bytes and order from the index
+# alone (restart reads it, never the bodies).
+_MESSAGE_META = """
+ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN expires_at INTEGER;
+ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN transient INTEGER NOT NULL DEFAULT 0;
+UPDATE messages SET size = length(data);
+CREATE INDEX messages_levels ON messages (vhost, queue, priority, seq, size, transient);
+"""
+
 # from-version -> script bringing the schema to from-version + 1. 1 -> 2 also moves the rows of
-# stream_entries into segment files first (SqliteStore._migrate_streams).
-_MIGRATIONS: dict[int, str] = {1: _STREAM_STARTS + "DROP TABLE stream_entries;"}
+# stream_entries into segment files first (SqliteStore._migrate_streams); 2 -> 3 then fills in
+# the priority of messages on priority queues (SqliteStore._migrate_priorities).
+_MIGRATIONS: dict[int, str] = {
+    1: _STREAM_STARTS + "DROP TABLE stream_entries;",
+    2: _MESSAGE_META,
+}
+
+# Paging reads and the restart summary (never a body).
+_LEVELS_SQL = (
+    "SELECT vhost, queue, priority, count(*), sum(size), max(seq), sum(transient)"
+    " FROM messages INDEXED BY messages_levels GROUP BY vhost, queue, priority"
+)
+_READ_LEVEL_SQL = (
+    "SELECT seq, data, delivery_count, expires_at FROM messages"
+    " WHERE vhost = ? AND queue = ? AND priority = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+_DROP_TRANSIENT_SQL = (
+    "DELETE FROM messages WHERE vhost = ? AND queue = ? AND priority = ? AND transient = 1"
+)
+_DROP_QUEUE_MESSAGES_SQL = "DELETE FROM messages WHERE vhost = ? AND queue = ?"
 
 # Operation kinds. Every statement of a kind takes the same parameter tuple (numbered params).
 _PUT_EXCHANGE = 0
@@ -62,6 +93,7 @@ _APPEND_STREAM = 8
 _TRIM_STREAM = 9
 _PUT_KV = 10
 _DEL_KV = 11
+_PURGE_MESSAGES = 12
 
 _SQL: dict[int, tuple[str, ...]] = {
     _PUT_EXCHANGE: ("INSERT OR REPLACE INTO exchanges (vhost, name, record) VALUES (?1, ?2, ?3)",),
@@ -86,8 +118,8 @@ _SQL: dict[int, tuple[str, ...]] = {
         ' AND destination = ?4 AND "key" = ?5 AND args = ?6',
     ),
     _PUT_MESSAGE: (
-        "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count)"
-        " VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count, priority,"
+        " expires_at, size, transient) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     ),
     _DEL_MESSAGE: ("DELETE FROM messages WHERE vhost = ?1 AND queue = ?2 AND seq = ?3",),
     _APPEND_STREAM: (),  # segment files (StreamLog), not the database
@@ -98,6 +130,9 @@ _SQL: dict[int, tuple[str, ...]] = {
     ),
     _PUT_KV: ('INSERT OR REPLACE INTO kv (namespace, "key", value) VALUES (?1, ?2, ?3)',),
     _DEL_KV: ('DELETE FROM kv WHERE namespace = ?1 AND "key" = ?2',),
+    _PURGE_MESSAGES: (
+        "DELETE FROM messages WHERE vhost = ?1 AND queue = ?2 AND priority = ?3 AND seq > ?4",
+    ),
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -114,13 +149,14 @@ _SEQ = itemgetter(2)
 # Runs of message puts and deletes go in multi-row statements: sqlite releases the GIL around
 # every statement step (executemany: every row), and each time the writer thread wants it back
 # while the reactor thread is busy it may wait a whole switch interval (5 ms by default). Rows
-# per statement are powers of two up to _MANY (640 or 130 bound variables, below the 999 that
+# per statement are powers of two up to _MANY (576 or 130 bound variables, below the 999 that
 # sqlite before 3.32 allows), so few distinct statements stay in the statement cache.
 _MANY = 128
+_PUT_ROWS = 64  # message puts bind 9 values a row: 576 at most
 _PUT_MANY = {
-    k: "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count) VALUES "
-    + ",".join(["(?,?,?,?,?)"] * k)
-    for k in (1 << i for i in range(8))
+    k: "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count, priority,"
+    " expires_at, size, transient) VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * k)
+    for k in (1 << i for i in range(7))
 }
 _DEL_MANY = {
     k: "DELETE FROM messages WHERE vhost = ? AND queue = ? AND seq IN (" + ",".join("?" * k) + ")"
@@ -128,11 +164,11 @@ _DEL_MANY = {
 }
 
 
-def _chunks(n: int) -> list[int]:
-    """``n`` as a sum of powers of two, at most _MANY each, largest first."""
-    out = [_MANY] * (n // _MANY)
-    n %= _MANY
-    k = _MANY
+def _chunks(n: int, many: int = _MANY) -> list[int]:
+    """``n`` as a sum of powers of two, at most ``many`` each, largest first."""
+    out = [many] * (n // many)
+    n %= many
+    k = many
     while n:
         k >>= 1
         if n >= k:
@@ -143,7 +179,7 @@ def _chunks(n: int) -> list[int]:
 
 def _put_many(execute: Callable, params: list[tuple]) -> None:
     i = 0
-    for k in _chunks(len(params)):
+    for k in _chunks(len(params), _PUT_ROWS):
         execute(_PUT_MANY[k], list(chain.from_iterable(params[i : i + k])))
         i += k
 
