@@ -17,6 +17,7 @@ from .stream import Stream, StreamFormat
 from .vhost import VirtualHost
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+DEFAULT_STREAM_MEMORY_BYTES = 4 * 1024 * 1024
 
 log = Logger()
 
@@ -53,6 +54,16 @@ class Broker:
         self.queue_max_in_memory_bytes: int = int(
             store_cfg.get("queue_max_in_memory_bytes") or DEFAULT_IN_MEMORY_BYTES
         )
+        self.stream_max_in_memory_bytes: int = int(
+            store_cfg.get("stream_max_in_memory_bytes") or DEFAULT_STREAM_MEMORY_BYTES
+        )
+        rb, rms = store_cfg.get("retention_bytes", -1), store_cfg.get("retention_ms", -1)
+        self.stream_retention_bytes: int | None = rb if rb is not None and rb >= 0 else None
+        self.stream_retention_ms: int | None = rms if rms is not None and rms >= 0 else None
+        self.retention_check_s: float = max(
+            0.05, float(store_cfg.get("retention_check_ms", 10000)) / 1000.0
+        )
+        self._retention_loop: Any = None
         self.stream_formats: dict[str, StreamFormat] = {}
         self.vhosts: dict[str, VirtualHost] = {}
         self._kv: dict[str, dict[str, bytes]] = {}
@@ -75,11 +86,20 @@ class Broker:
             # basic.get right after start finds it); bounded per queue, whatever the backlog
             yield defer.DeferredList(preloading)
         self.started = True
+        if getattr(self.store, "pages", False):
+            from twisted.internet.task import LoopingCall
+
+            self._retention_loop = LoopingCall(self.apply_retention)
+            self._retention_loop.clock = self.clock
+            self._retention_loop.start(self.retention_check_s, now=False)
 
     @defer.inlineCallbacks
     def stop(self):
         """Close the store once every queued write is durable."""
         self.started = False
+        if self._retention_loop is not None and self._retention_loop.running:
+            self._retention_loop.stop()
+        self._retention_loop = None
         yield self.store.close()
 
     def _restore(self, snap: StoreSnapshot) -> list[defer.Deferred]:
@@ -132,6 +152,12 @@ class Broker:
                 d: defer.Deferred = defer.Deferred()
                 q.preload(lambda d=d: d.callback(None))
                 preloading.append(d)
+        for (vhost, stream, part), (start, end, size) in snap.stream_partitions.items():
+            s = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(stream)
+            if isinstance(s, Stream):
+                if part >= len(s.partitions):
+                    s.add_partitions(part + 1)
+                s.partitions[part].restore_extent(start, end, size)
         for (vhost, stream, part), rows in snap.stream_entries.items():
             s = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(stream)
             if isinstance(s, Stream):
@@ -148,6 +174,13 @@ class Broker:
             paged=paged,
         )
         return preloading
+
+    def apply_retention(self) -> None:
+        """Stream retention by whole segments (a store that pages), on a timer."""
+        for vh in self.vhosts.values():
+            for q in list(vh.queues.values()):
+                if isinstance(q, Stream) and q.durable:
+                    q.apply_retention()
 
     # -- virtual hosts ----------------------------------------------------------------------
 

@@ -475,6 +475,10 @@ class KafkaSession:
             elif t.replication_factor not in (-1, 1):
                 r.update(error_code=C.INVALID_REPLICATION_FACTOR,
                          error_message="replication factor must be 1 (one broker)")
+            elif any(c.name == "cleanup.policy" and "compact" in (c.value or "")
+                     for c in t.configs):
+                r.update(error_code=40,  # INVALID_CONFIG: compaction is not implemented
+                         error_message="cleanup.policy=compact is not supported (delete only)")
             elif not (ver >= 1 and req.validate_only):
                 try:
                     srv.create_topic(t.name, n, {c.name: c.value for c in t.configs})
