@@ -9,6 +9,12 @@ import msgpack
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .alarms import (
+    DEFAULT_CHECK_MS,
+    DEFAULT_DISK_FREE_LIMIT,
+    DEFAULT_MEMORY_HIGH_WATERMARK,
+    ResourceAlarm,
+)
 from .errors import NotFound
 from .queue import DEFAULT_IN_MEMORY_BYTES, DEFAULT_IN_MEMORY_LENGTH, Queue
 from .store.interfaces import IStore, StoreSnapshot
@@ -64,6 +70,16 @@ class Broker:
             0.05, float(store_cfg.get("retention_check_ms", 10000)) / 1000.0
         )
         self._retention_loop: Any = None
+        # one memory and disk alarm for every protocol; adapters observe it
+        self.alarm = ResourceAlarm(
+            clock,
+            memory_high_watermark=float(
+                limits.get("memory_high_watermark", DEFAULT_MEMORY_HIGH_WATERMARK)
+            ),
+            disk_free_limit=int(limits.get("disk_free_limit", DEFAULT_DISK_FREE_LIMIT)),
+            data_dir=getattr(self.store, "data_dir", None),
+            check_ms=float(limits.get("alarm_check_ms", DEFAULT_CHECK_MS)),
+        )
         self.stream_formats: dict[str, StreamFormat] = {}
         self.vhosts: dict[str, VirtualHost] = {}
         self._kv: dict[str, dict[str, bytes]] = {}
@@ -86,6 +102,7 @@ class Broker:
             # basic.get right after start finds it); bounded per queue, whatever the backlog
             yield defer.DeferredList(preloading)
         self.started = True
+        self.alarm.start()
         if getattr(self.store, "pages", False):
             from twisted.internet.task import LoopingCall
 
@@ -97,6 +114,7 @@ class Broker:
     def stop(self):
         """Close the store once every queued write is durable."""
         self.started = False
+        self.alarm.stop()
         if self._retention_loop is not None and self._retention_loop.running:
             self._retention_loop.stop()
         self._retention_loop = None
