@@ -79,8 +79,9 @@ def beam_pid() -> int | None:
 async def amqp_fill(host: str, port: int, queue: str, n: int, size: int, window: int) -> float:
     c = Client(host, port)
     await c.connect()
-    c.writer.write(method(1, 50, 10, b"\x00\x00" + shortstr(queue) + bytes((0x02,))
-                          + struct.pack(">I", 0)))
+    c.writer.write(
+        method(1, 50, 10, b"\x00\x00" + shortstr(queue) + bytes((0x02,)) + struct.pack(">I", 0))
+    )
     await c.expect(50, 11)
     c.writer.write(method(1, 85, 10, b"\x00"))
     await c.expect(85, 11)
@@ -142,8 +143,11 @@ async def amqp_drain(host: str, port: int, queue: str, n: int, prefetch: int) ->
     await c.connect()
     c.writer.write(method(1, 60, 10, struct.pack(">IHB", 0, prefetch, 0)))
     await c.expect(60, 11)
-    c.writer.write(method(1, 60, 20, b"\x00\x00" + shortstr(queue) + shortstr("")
-                          + b"\x00" + struct.pack(">I", 0)))
+    c.writer.write(
+        method(
+            1, 60, 20, b"\x00\x00" + shortstr(queue) + shortstr("") + b"\x00" + struct.pack(">I", 0)
+        )
+    )
     await c.expect(60, 21)
     got = pending = last_tag = 0
     buf = c.buf  # deliveries that came with consume-ok
@@ -202,15 +206,19 @@ def run_amqp(args) -> None:
         ports_s = time.perf_counter() - t0
         asyncio.run(amqp_first_get(broker.host, broker.port("amqp"), "backlog"))
         get_s = time.perf_counter() - t0
-        drain = asyncio.run(amqp_drain(broker.host, broker.port("amqp"), "backlog", n,
-                                       args.prefetch))
+        drain = asyncio.run(
+            amqp_drain(broker.host, broker.port("amqp"), "backlog", n, args.prefetch)
+        )
         hwm = max(hwm_fill, status_kb(broker.pid, "VmHWM"))
         disk = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
         rows.append(("polymq", n / fill, n / drain, hwm, f"{ports_s:.2f} / {get_s:.2f}"))
-        print(f"polymq: fill {fill:.1f} s, stop {stop_s:.1f} s, restart {ports_s:.2f} s to "
-              f"ports, {get_s:.2f} s to the first get, drain {drain:.1f} s, peak RSS "
-              f"{hwm // 1024} MB (after fill {hwm_fill // 1024} MB), data dir after drain "
-              f"{disk / 1e6:.0f} MB", file=sys.stderr)
+        print(
+            f"polymq: fill {fill:.1f} s, stop {stop_s:.1f} s, restart {ports_s:.2f} s to "
+            f"ports, {get_s:.2f} s to the first get, drain {drain:.1f} s, peak RSS "
+            f"{hwm // 1024} MB (after fill {hwm_fill // 1024} MB), data dir after drain "
+            f"{disk / 1e6:.0f} MB",
+            file=sys.stderr,
+        )
     finally:
         broker.stop()
         broker.kill9()
@@ -223,8 +231,10 @@ def run_amqp(args) -> None:
         drain = asyncio.run(amqp_drain(host, int(port_s), "backlog-bench", n, args.prefetch))
         peak = sampler.stop() if sampler else 0
         rows.append(("rabbitmq", n / fill, n / drain, peak, "-"))
-    print(f"\n{n} persistent messages of {size} B, one durable queue, confirms (window "
-          f"{args.window}), prefetch {args.prefetch}")
+    print(
+        f"\n{n} persistent messages of {size} B, one durable queue, confirms (window "
+        f"{args.window}), prefetch {args.prefetch}"
+    )
     print("| broker | fill msg/s | drain msg/s | peak RSS MB | restart s (ports / first get) |")
     print("|---|---:|---:|---:|---|")
     for name, f, d, rss, rs in rows:
@@ -245,9 +255,17 @@ def run_kafka(args) -> None:
     try:
         broker.start()
         bootstrap = f"{broker.host}:{broker.port('kafka')}"
-        p = Producer({"bootstrap.servers": bootstrap, "acks": "1", "linger.ms": 5,
-                      "batch.size": 1000000, "batch.num.messages": 100000,
-                      "queue.buffering.max.kbytes": 1048576, "compression.type": "none"})
+        p = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "1",
+                "linger.ms": 5,
+                "batch.size": 1000000,
+                "batch.num.messages": 100000,
+                "queue.buffering.max.kbytes": 1048576,
+                "compression.type": "none",
+            }
+        )
         value = os.urandom(size)
         failures = [0]
 
@@ -265,16 +283,24 @@ def run_kafka(args) -> None:
                     p.poll(0.001)
         p.flush(600)
         produce_s = time.perf_counter() - start
+        del p  # (or it keeps reconnecting while the broker restarts)
         hwm_fill = status_kb(broker.pid, "VmHWM")
         broker.stop()
         t0 = time.perf_counter()
         broker.start()
         ports_s = time.perf_counter() - t0
         bootstrap = f"{broker.host}:{broker.port('kafka')}"
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": "backlog-bench",
-                      "enable.auto.commit": False, "fetch.max.bytes": 52428800,
-                      "max.partition.fetch.bytes": 10485760, "fetch.wait.max.ms": 100,
-                      "queued.max.messages.kbytes": 262144})
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "backlog-bench",
+                "enable.auto.commit": False,
+                "fetch.max.bytes": 52428800,
+                "max.partition.fetch.bytes": 10485760,
+                "fetch.wait.max.ms": 100,
+                "queued.max.messages.kbytes": 262144,
+            }
+        )
         c.assign([TopicPartition("backlog", 0, 0)])
         got = 0
         start = time.perf_counter()
@@ -286,13 +312,20 @@ def run_kafka(args) -> None:
         consume_s = time.perf_counter() - start
         c.close()
         hwm = max(hwm_fill, status_kb(broker.pid, "VmHWM"))
-        print(f"polymq kafka: {n} records of {size} B ({n * size / 1e9:.2f} GB), "
-              f"{failures[0]} delivery failures, consumed {got}", file=sys.stderr)
-        print("| produce MB/s | consume MB/s (offset 0) | peak RSS MB (fill / overall) |"
-              " restart s to ports |")
+        print(
+            f"polymq kafka: {n} records of {size} B ({n * size / 1e9:.2f} GB), "
+            f"{failures[0]} delivery failures, consumed {got}",
+            file=sys.stderr,
+        )
+        print(
+            "| produce MB/s | consume MB/s (offset 0) | peak RSS MB (fill / overall) |"
+            " restart s to ports |"
+        )
         print("|---:|---:|---:|---:|")
-        print(f"| {n * size / produce_s / 1e6:.0f} | {got * size / consume_s / 1e6:.0f} | "
-              f"{hwm_fill // 1024} / {hwm // 1024} | {ports_s:.2f} |")
+        print(
+            f"| {n * size / produce_s / 1e6:.0f} | {got * size / consume_s / 1e6:.0f} | "
+            f"{hwm_fill // 1024} / {hwm // 1024} | {ports_s:.2f} |"
+        )
     finally:
         broker.stop()
         broker.kill9()

@@ -76,7 +76,7 @@ class StreamEntry:
 # results kept per partition for the readers that asked (and the next one read ahead).
 MIN_DISK_READ = 1 << 20
 MAX_DISK_READ = 16 << 20
-READ_CACHE_CHUNKS = 8
+READ_CACHE_CHUNKS = 4
 
 
 class _Chunk:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import errno
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -29,6 +30,7 @@ class SegmentWriteError(OSError):
 
 STREAMS_DIR = "streams"
 _TRASH = ".trash"
+_CLEAN = ".clean"  # partition ends at the last clean close (see StreamLog.close)
 _NAME_FILE = ".name"
 SEGMENT_SUFFIX = ".seg"
 _OFFSET_DIGITS = 20
@@ -139,6 +141,7 @@ class StreamLog:
         self._dirs: dict[str, None] = {}  # directories whose entries changed since the last sync
         self._pending: dict[tuple[str, str, int], list] = {}
         self.parallel_sync = True
+        self.clean = False  # set by the store once every write is done: close() records ends
         self._pool: ThreadPoolExecutor | None = None
         try:
             self._iov_max = max(16, os.sysconf("SC_IOV_MAX"))
@@ -265,6 +268,14 @@ class StreamLog:
         if os.path.isdir(trash):
             shutil.rmtree(trash, ignore_errors=True)
         out: dict[tuple[str, str, int], tuple[int, int, int]] = {}
+        ends: dict = {}
+        marker = os.path.join(self.root, _CLEAN)
+        try:
+            with open(marker) as f:
+                ends = json.load(f)
+            os.unlink(marker)
+        except (OSError, ValueError):
+            ends = {}
         for ve in sorted(os.listdir(self.root)):
             vhost = _unescape_dir(self.root, ve)
             vdir = os.path.join(self.root, ve)
@@ -282,10 +293,11 @@ class StreamLog:
                     part = _Partition(os.path.join(sdir, pe))
                     part.start = starts.get(key, 0)
                     self.parts[key] = part
-                    out[key] = self._open_partition(part)
+                    end = ends.get(os.path.relpath(part.dir, self.root))
+                    out[key] = self._open_partition(part, end)
         return out
 
-    def _open_partition(self, part: _Partition) -> tuple[int, int, int]:
+    def _open_partition(self, part: _Partition, end: list | None) -> tuple[int, int, int]:
         bases = sorted(
             int(n[: -len(SEGMENT_SUFFIX)])
             for n in os.listdir(part.dir)
@@ -299,10 +311,16 @@ class StreamLog:
             return (part.start, part.start, 0)
         last = self._segment_path(part.dir, bases[-1])
         entries: list = []
-        with open(last, "rb") as f:
-            buf = f.read()
-        good = self._parse(buf, entries, 0)
-        if good < len(buf):
+        if end is not None and end[0] == bases[-1] and end[1] == os.path.getsize(last):
+            # closed cleanly and untouched since: its end is known without reading it
+            buf = b""
+            good = end[1]
+            entries = [(end[2] - 1, 1)] if end[2] > bases[-1] else []
+        else:
+            with open(last, "rb") as f:
+                buf = f.read()
+            good = self._parse(buf, entries, 0)
+        if buf and good < len(buf):
             log.warn(
                 "stream segment {path}: torn tail at byte {at} of {size}, truncated",
                 path=last,
@@ -637,3 +655,27 @@ class StreamLog:
                 except OSError:
                     pass
                 part.fd = None
+        if self.clean:
+            self._write_clean_marker()
+
+    def _write_clean_marker(self) -> None:
+        """Record where every partition ends, so the next open need not read last segments.
+
+        Trusted at open only for a last segment whose size is still the recorded one (a later
+        append, torn or not, changes it), so a marker that outlived a crash is harmless.
+        """
+        ends = {
+            os.path.relpath(part.dir, self.root): [part.segments[-1], part.size, part.next]
+            for part in self.parts.values()
+            if part.segments
+        }
+        path = os.path.join(self.root, _CLEAN)
+        try:
+            with open(path + ".tmp", "w") as f:
+                json.dump(ends, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+            _fsync_path(self.root)
+        except OSError as e:
+            log.warn("stream log: cannot write {path}: {e}", path=path, e=e)

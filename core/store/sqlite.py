@@ -727,6 +727,8 @@ class SqliteStore:
             for r in reads:  # after the writes queued before them (and maybe a few more)
                 self._serve(conn, r, failed)
             if closing:
+                if self._log is not None and not failed:
+                    self._log.clean = True
                 return
 
     def _serve(self, conn: sqlite3.Connection, r: _Read, failed: bool) -> None:
