@@ -4,6 +4,10 @@ A queue pushes to its consumers while they have room (prefetch window and/or lin
 round-robin across the ones that do, so prefetch=1 gives fair dispatch. Everything an adapter
 needs for delivery semantics lives here: ack, nack/reject with or without requeue, redelivery
 with a delivery count, TTL, priorities, max-length, dead-letter exchange, delivery limit.
+
+On a store that pages (``store.pages``), a queue holds a bounded window of ready messages in
+memory; the rest wait in the store and are read back, per priority level and in order, on the
+store's thread as consumers get near them (see docs/storage.md, *Backlogs larger than memory*).
 """
 
 from __future__ import annotations
@@ -324,6 +328,21 @@ class Queue:
                 return
         done()
 
+    def when_head_ready(self, callback: Callable[[], None]) -> bool:
+        """For a pull (basic.get, an OpenWire pull) that got None from :meth:`get`.
+
+        False: the queue really has nothing ready, answer "empty" now. True: its head is being
+        read back from the store; ``callback()`` runs once it is in memory (then ``get`` again).
+        """
+        if not self._count or self._peek_head() is not None:
+            return False
+        self._preloads.append(callback)
+        for i in range(len(self._levels) - 1, -1, -1):
+            if self._paged[i]:
+                self._load(i)
+                break
+        return True
+
     # -- stats ------------------------------------------------------------------------------
 
     @property
@@ -478,6 +497,10 @@ class Queue:
                 room = self.max_in_memory_length
                 break
             room += max(c.limit.prefetch - c.limit.in_flight, 0)
+        if not self.consumers:
+            # read by basic.get / pulls, one round trip each: read far ahead, so that the next
+            # read is back long before the head runs out
+            room = self.max_in_memory_length
         n = min(max(room * 2, MIN_READ_AHEAD), self.max_in_memory_length)
         avg = self._paged_bytes[level] // max(self._paged[level], 1) + 1
         n = min(n, max(1, (self.max_in_memory_bytes - self._mem_bytes) // avg))
@@ -864,7 +887,8 @@ class Queue:
     ) -> list[Delivery]:
         """Up to ``limit`` ready messages in delivery order, taking nothing (queue browsers).
 
-        The deliveries returned are the queue's own: read them, never settle them.
+        The deliveries returned are the queue's own: read them, never settle them. Only the
+        messages in memory are browsed (not those paged out to the store).
         """
         now = self.vhost.now()
         out: list[Delivery] = []
