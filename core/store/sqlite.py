@@ -135,11 +135,8 @@ _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
 
 
 def _migrate_message_meta(conn: sqlite3.Connection) -> None:
-    """Schema 2 -> 3: priority level and expiration of the messages already stored.
-
-    The new columns default to level 0 and no expiry; only messages that say otherwise (a
-    priority on a priority queue, an expiration) are decoded and updated.
-    """
+    """Schema 2 -> 3: priority level, expiration and body size of the messages already stored
+    (each one decoded once; one that cannot be decoded keeps level 0 and its data length)."""
     from ..message import Message
 
     levels: dict[tuple[str, str], int] = {}
@@ -155,10 +152,9 @@ def _migrate_message_meta(conn: sqlite3.Connection) -> None:
             continue  # left at level 0; the queue reports it when it reads it back
         top = levels.get((vhost, qname), 0)
         level = min(m.priority or 0, top)
-        if level or m.expiration is not None:
-            updates.append((level, m.expiration, vhost, qname, seq))
+        updates.append((level, m.expiration, len(m.body), vhost, qname, seq))
     conn.executemany(
-        "UPDATE messages SET priority = ?, expires_at = ?"
+        "UPDATE messages SET priority = ?, expires_at = ?, size = ?"
         " WHERE vhost = ? AND queue = ? AND seq = ?",
         updates,
     )

@@ -54,7 +54,7 @@ ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN expires_at INTEGER;
 ALTER TABLE messages ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE messages ADD COLUMN transient INTEGER NOT NULL DEFAULT 0;
-UPDATE messages SET size = length(data);
+UPDATE messages SET size = length(data);  -- then the body size (_migrate_message_meta)
 CREATE INDEX messages_levels ON messages (vhost, queue, priority, seq, size, transient);
 """
 
