@@ -236,3 +236,22 @@ def test_transient_messages_of_a_non_durable_queue_are_paged_and_cleaned_up(tmp_
     yield broker.stop()
     con = sqlite3.connect(tmp_path / FILENAME)
     assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_store_opened_without_paging_drops_transient_rows_and_loads_the_rest(tmp_path):
+    broker = yield start_broker(tmp_path)
+    vh = broker.vhost()
+    vh.declare_queue("q", durable=True)
+    publish(vh, "q", 40, durable=True)
+    publish(vh, "q", 30, start=40)  # transient, over the budget: written out
+    yield broker.stop()
+    store = SqliteStore(str(tmp_path), paging=False)
+    broker = Broker(store=store, config={"store": {"queue_max_in_memory_length": BUDGET}})
+    yield broker.start()
+    q = broker.vhost().queues["q"]
+    assert q.message_count == 40 and q.paged_count == 0
+    assert [q.get(no_ack=True).message.body for _ in range(40)] == [b"m%d" % i for i in range(40)]
+    yield broker.stop()
+    con = sqlite3.connect(tmp_path / FILENAME)
+    assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 0

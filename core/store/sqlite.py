@@ -1115,6 +1115,11 @@ class SqliteStore:
         if self.pages:
             snap.queue_levels = self._load_levels(conn, {(v, n) for v, n, _ in snap.queues})
         else:
+            # (rows a paging run wrote only to bound memory: never restored)
+            if conn.execute("SELECT 1 FROM messages WHERE transient = 1 LIMIT 1").fetchone():
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("DELETE FROM messages WHERE transient = 1")
+                conn.execute("COMMIT")
             messages: dict[tuple[str, str], list[tuple[int, bytes, int]]] = {}
             for v, q, seq, data, dc in conn.execute(
                 "SELECT vhost, queue, seq, data, delivery_count FROM messages"
