@@ -250,14 +250,12 @@ class Partition:
         if self.stream.deleted:
             return
         entries = [_entry(*row) for row in rows]
-        # keep only what memory does not hold; nothing when retention removed it meanwhile
+        # Kept unless memory holds it by now. Nothing came back when retention removed the
+        # offsets meanwhile: the waiters and readers then find them below the log start.
         if entries and entries[0].offset < self._mem_start:
             self._chunks.append(_Chunk(entries))
             if len(self._chunks) > READ_CACHE_CHUNKS:
                 del self._chunks[0]
-        elif offset < self.start_offset or not entries:
-            # gone (retention) or never there: readers move to the log start
-            pass
         self._wake()
 
     def _wake(self) -> None:
