@@ -324,7 +324,9 @@ class Queue:
                 break
             if self._paged[i]:
                 self._preloads.append(done)
-                self._load(i)
+                # a small first read: start-up cost stays bounded however many queues have
+                # backlogs; the first consumer or get reads further
+                self._load(i, MIN_READ_AHEAD)
                 return
         done()
 
@@ -506,12 +508,14 @@ class Queue:
         n = min(n, max(1, (self.max_in_memory_bytes - self._mem_bytes) // avg))
         return max(1, min(n, self._paged[level]))
 
-    def _load(self, level: int) -> None:
+    def _load(self, level: int, limit: int | None = None) -> None:
         """Read the next paged-out messages of ``level`` back (on the store's thread)."""
         if self._loading[level] or self.deleted or not self._paged[level]:
             return
         self._loading[level] = True
         n = self._read_ahead(level)
+        if limit is not None:
+            n = min(n, limit)
         self._low_water = max(MIN_READ_AHEAD // 2, n // 2)
         epoch, outs = self._purges, self._page_outs[level]
         self.vhost.store.read_messages(
