@@ -251,6 +251,14 @@ class Queue:
         # Paging: each level is its in-memory deque followed by _paged[level] messages kept
         # only in the store, every one with a seq above _cursor[level], read back in seq order.
         self._pages = bool(getattr(vhost.store, "pages", False))
+        put_queued = getattr(vhost.store, "put_queued", None)
+        if put_queued is None:  # a backend written before paging: put_message is all it has
+            put_message = vhost.store.put_message
+
+            def put_queued(v, q, seq, data, count, *_meta):
+                put_message(v, q, seq, data, count)
+
+        self._put_queued: Callable[..., None] = put_queued
         in_mem_len = _opt_int(arguments, "x-max-in-memory-length", 1)
         in_mem_bytes = _opt_int(arguments, "x-max-in-memory-bytes", 1)
         self.max_in_memory_length: int = in_mem_len or vhost.queue_max_in_memory_length
@@ -400,7 +408,7 @@ class Queue:
             if data is None:
                 data = message.to_bytes()
             d.data = data
-            self.vhost.store.put_queued(
+            self._put_queued(
                 self.vhost.name, self.name, seq, data, 0, self._level_of(message),
                 d.expires_at, size, False,
             )
@@ -478,7 +486,7 @@ class Queue:
             # gone: the store is read back from here on
             self._cursor[level] = d.seq - 1
         if d.data is None:
-            self.vhost.store.put_queued(
+            self._put_queued(
                 self.vhost.name, self.name, d.seq, d.message.to_bytes(), 0, level,
                 d.expires_at, size, True,
             )
@@ -869,7 +877,7 @@ class Queue:
                 level = self._level_of(d.message)
                 size = len(d.message.body)
                 if d.data is not None:
-                    self.vhost.store.put_queued(
+                    self._put_queued(
                         self.vhost.name, self.name, d.seq, d.data, d.delivery_count, level,
                         d.expires_at, size, not (self.durable and d.message.durable),
                     )

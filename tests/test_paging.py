@@ -255,3 +255,27 @@ def test_store_opened_without_paging_drops_transient_rows_and_loads_the_rest(tmp
     yield broker.stop()
     con = sqlite3.connect(tmp_path / FILENAME)
     assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+def test_a_store_without_put_queued_still_gets_put_message():
+    class OlderStore:
+        """A backend written before paging: no ``pages``, no ``put_queued``."""
+
+        def __init__(self):
+            self.puts = []
+
+        def put_message(self, vhost, queue, seq, data, delivery_count):
+            self.puts.append((vhost, queue, seq, delivery_count))
+
+        def __getattr__(self, name):
+            if name in ("put_queued", "pages"):
+                raise AttributeError(name)
+            return lambda *a, **kw: None
+
+    store = OlderStore()
+    vh = Broker(store=store).vhost()
+    vh.declare_queue("q", durable=True)
+    vh.publish("", "q", Message(b"x", durable=True))
+    vh.publish("", "q", Message(b"y", durable=False))
+    assert store.puts == [("/", "q", 1, 0)]
+    assert vh.queues["q"].paged_count == 0
