@@ -9,11 +9,15 @@ draining, so the alarm clears again. Setting and clearing are logged.
 
 The memory alarm clears only once usage is back under ``CLEAR_RATIO`` of the watermark: RSS
 lags behind frees (the allocator keeps freed arenas for a while), and an alarm flapping at the
-threshold would block and unblock publishers on every check.
+threshold would block and unblock publishers on every check. Near the watermark, glibc's
+``malloc_trim`` first hands freed memory back to the system (at most every 10 s), so the alarm
+judges what the broker holds, not what the allocator kept.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +33,19 @@ DEFAULT_DISK_FREE_LIMIT = 50 * 1000 * 1000
 DEFAULT_CHECK_MS = 1000
 CLEAR_RATIO = 0.9
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+TRIM_EVERY_S = 10.0
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``: gives the free pages of every malloc arena back to the
+    system (freed message bodies stay resident otherwise); None elsewhere (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
 
 
 def process_memory() -> int:
@@ -102,6 +119,8 @@ class ResourceAlarm:
         self._observers: list[Callable[[bool, str], None]] = []
         self._loop: LoopingCall | None = None
         self._disk_pending = False
+        self._trim = _malloc_trim()
+        self._trimmed_at = -TRIM_EVERY_S
 
     @property
     def blocked(self) -> bool:
@@ -148,6 +167,17 @@ class ResourceAlarm:
         except OSError as e:  # no /proc: the memory alarm cannot work here
             log.warn("memory alarm: cannot read process memory: {e}", e=e)
             return
+        if used > self.memory_limit * CLEAR_RATIO and self._trim is not None:
+            # near or over the watermark: first give freed memory back, then judge (at most
+            # every TRIM_EVERY_S: a trim walks every arena)
+            now = self.clock.seconds()
+            if now - self._trimmed_at >= TRIM_EVERY_S:
+                self._trimmed_at = now
+                self._trim()
+                try:
+                    used = self._probe()
+                except OSError:
+                    pass
         self.memory_used = used
         if self.memory_alarm:
             if used < self.memory_limit * CLEAR_RATIO:

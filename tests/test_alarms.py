@@ -123,3 +123,26 @@ def test_broker_process_logs_the_memory_alarm(broker_factory):
             break
         time.sleep(0.05)
     assert "memory alarm set" in b.log_text()
+
+
+def test_near_the_watermark_freed_memory_is_trimmed_before_judging():
+    clock = Clock()
+    held = [950]  # above 90 % of the watermark, and all of it "freed but kept"
+    trims = []
+
+    def trim():
+        trims.append(clock.seconds())
+        held[0] = 100
+
+    alarm = ResourceAlarm(clock, memory_high_watermark=1000, memory_probe=lambda: held[0])
+    alarm._trim = trim
+    held[0] = 1200
+    alarm.check_memory()
+    assert trims == [0] and not alarm.blocked and alarm.memory_used == 100
+    held[0] = 1200  # again within 10 s: no second trim, the alarm sets
+    clock.advance(5)
+    alarm.check_memory()
+    assert trims == [0] and alarm.blocked
+    clock.advance(6)
+    alarm.check_memory()  # trims again, usage drops under the clear ratio
+    assert trims == [0, 11] and not alarm.blocked
