@@ -9,14 +9,21 @@ import msgpack
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .alarms import (
+    DEFAULT_CHECK_MS,
+    DEFAULT_DISK_FREE_LIMIT,
+    DEFAULT_MEMORY_HIGH_WATERMARK,
+    ResourceAlarm,
+)
 from .errors import NotFound
-from .queue import Queue
+from .queue import DEFAULT_IN_MEMORY_BYTES, DEFAULT_IN_MEMORY_LENGTH, Queue
 from .store.interfaces import IStore, StoreSnapshot
 from .store.memory import MemoryStore
 from .stream import Stream, StreamFormat
 from .vhost import VirtualHost
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+DEFAULT_STREAM_MEMORY_BYTES = 4 * 1024 * 1024
 
 log = Logger()
 
@@ -46,6 +53,33 @@ class Broker:
         self.max_message_size: int = limits.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
         self.default_delivery_limit: int | None = broker_cfg.get("max_deliveries") or None
         self.default_vhost: str = broker_cfg.get("default_vhost", "/")
+        store_cfg = self.config.get("store", {})
+        self.queue_max_in_memory_length: int = int(
+            store_cfg.get("queue_max_in_memory_length") or DEFAULT_IN_MEMORY_LENGTH
+        )
+        self.queue_max_in_memory_bytes: int = int(
+            store_cfg.get("queue_max_in_memory_bytes") or DEFAULT_IN_MEMORY_BYTES
+        )
+        self.stream_max_in_memory_bytes: int = int(
+            store_cfg.get("stream_max_in_memory_bytes") or DEFAULT_STREAM_MEMORY_BYTES
+        )
+        rb, rms = store_cfg.get("retention_bytes", -1), store_cfg.get("retention_ms", -1)
+        self.stream_retention_bytes: int | None = rb if rb is not None and rb >= 0 else None
+        self.stream_retention_ms: int | None = rms if rms is not None and rms >= 0 else None
+        self.retention_check_s: float = max(
+            0.05, float(store_cfg.get("retention_check_ms", 10000)) / 1000.0
+        )
+        self._retention_loop: Any = None
+        # one memory and disk alarm for every protocol; adapters observe it
+        self.alarm = ResourceAlarm(
+            clock,
+            memory_high_watermark=float(
+                limits.get("memory_high_watermark", DEFAULT_MEMORY_HIGH_WATERMARK)
+            ),
+            disk_free_limit=int(limits.get("disk_free_limit", DEFAULT_DISK_FREE_LIMIT)),
+            data_dir=getattr(self.store, "data_dir", None),
+            check_ms=float(limits.get("alarm_check_ms", DEFAULT_CHECK_MS)),
+        )
         self.stream_formats: dict[str, StreamFormat] = {}
         self.vhosts: dict[str, VirtualHost] = {}
         self._kv: dict[str, dict[str, bytes]] = {}
@@ -62,16 +96,31 @@ class Broker:
     def start(self):
         """Open the store and rebuild every durable entity from it."""
         snapshot = yield self.store.open()
-        self._restore(snapshot)
+        preloading = self._restore(snapshot)
+        if preloading:
+            # the head of every paged backlog is in memory before the listeners open (a
+            # basic.get right after start finds it); bounded per queue, whatever the backlog
+            yield defer.DeferredList(preloading)
         self.started = True
+        self.alarm.start()
+        if getattr(self.store, "pages", False):
+            from twisted.internet.task import LoopingCall
+
+            self._retention_loop = LoopingCall(self.apply_retention)
+            self._retention_loop.clock = self.clock
+            self._retention_loop.start(self.retention_check_s, now=False)
 
     @defer.inlineCallbacks
     def stop(self):
         """Close the store once every queued write is durable."""
         self.started = False
+        self.alarm.stop()
+        if self._retention_loop is not None and self._retention_loop.running:
+            self._retention_loop.stop()
+        self._retention_loop = None
         yield self.store.close()
 
-    def _restore(self, snap: StoreSnapshot) -> None:
+    def _restore(self, snap: StoreSnapshot) -> list[defer.Deferred]:
         kv_vhosts = snap.kv.get("vhosts", {})
         for name in kv_vhosts:
             self.add_vhost(name)
@@ -110,6 +159,23 @@ class Broker:
             if isinstance(q, Queue):
                 for seq, data, count in rows:
                     q.restore(seq, data, count)
+        paged = 0
+        preloading: list[defer.Deferred] = []
+        for (vhost, queue), levels in snap.queue_levels.items():
+            q = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(queue)
+            if isinstance(q, Queue):
+                for level, count, size, top in levels:
+                    q.restore_level(level, count, size, top)
+                    paged += count
+                d: defer.Deferred = defer.Deferred()
+                q.preload(lambda d=d: d.callback(None))
+                preloading.append(d)
+        for (vhost, stream, part), (start, end, size) in snap.stream_partitions.items():
+            s = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(stream)
+            if isinstance(s, Stream):
+                if part >= len(s.partitions):
+                    s.add_partitions(part + 1)
+                s.partitions[part].restore_extent(start, end, size)
         for (vhost, stream, part), rows in snap.stream_entries.items():
             s = self.vhosts.get(vhost, None) and self.vhosts[vhost].queues.get(stream)
             if isinstance(s, Stream):
@@ -120,10 +186,19 @@ class Broker:
                     p.restore(offset, count, ts, fmt, data)
         self._kv = {ns: dict(v) for ns, v in snap.kv.items()}
         log.info(
-            "restored {queues} queues/streams, {messages} messages",
+            "restored {queues} queues/streams, {messages} messages ({paged} left in the store)",
             queues=len(snap.queues),
-            messages=sum(len(r) for r in snap.messages.values()),
+            messages=sum(len(r) for r in snap.messages.values()) + paged,
+            paged=paged,
         )
+        return preloading
+
+    def apply_retention(self) -> None:
+        """Stream retention by whole segments (a store that pages), on a timer."""
+        for vh in self.vhosts.values():
+            for q in list(vh.queues.values()):
+                if isinstance(q, Stream) and q.durable:
+                    q.apply_retention()
 
     # -- virtual hosts ----------------------------------------------------------------------
 

@@ -34,6 +34,14 @@ BASE_DEFAULTS: dict[str, dict] = {
     "store": {
         "backend": "sqlite",
         "data_dir": "./polymq-data",
+        # paging and stream retention (docs/storage.md)
+        "paging": True,
+        "queue_max_in_memory_length": 4096,
+        "queue_max_in_memory_bytes": 8 * 1024 * 1024,
+        "stream_max_in_memory_bytes": 4 * 1024 * 1024,
+        "retention_bytes": -1,
+        "retention_ms": -1,
+        "retention_check_ms": 10000,
     },
     "limits": {
         "max_message_size": 16 * 1024 * 1024,
@@ -42,6 +50,10 @@ BASE_DEFAULTS: dict[str, dict] = {
         # bytes all connections together may hold in frames they have not finished sending;
         # the connection that asks for more is closed (0: no bound)
         "max_partial_frame_bytes": 256 * 1024 * 1024,
+        # the resource alarm (docs/storage.md): a fraction of the machine's memory, or bytes
+        "memory_high_watermark": 0.4,
+        "disk_free_limit": 50 * 1000 * 1000,
+        "alarm_check_ms": 1000,
     },
     "log": {
         "level": "info",

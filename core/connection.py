@@ -290,6 +290,7 @@ class ConnectionRegistry:
         self.opened = 0  # connections accepted, since start
         self.blocked = False
         self.blocked_reason = ""
+        self._block_sources: dict[str, str] = {}
         # bytes held in partial frames by every connection together, and the bound past which
         # the connection that asks for more is closed (0: no bound)
         self.partial_bytes = 0
@@ -392,15 +393,28 @@ class ConnectionRegistry:
             if getattr(port, "connected", True):
                 port.startReading()
 
-    def set_publishing_blocked(self, blocked: bool, reason: str = "") -> None:
-        """The broker-wide resource alarm: every connection's session holds its publishers
-        back (or lets them go) in its protocol's way; new connections learn it on arrival."""
-        self.blocked = blocked
-        self.blocked_reason = reason
+    def set_publishing_blocked(
+        self, blocked: bool, reason: str = "", source: str = "alarm"
+    ) -> None:
+        """The broker-wide publishing alarm: every connection's session holds its publishers
+        back (or lets them go) in its protocol's way; new connections learn it on arrival.
+        Several sources (the resource alarm, a listener's own watermark) may raise it; it
+        clears when none holds it any more."""
+        sources = self._block_sources
+        if blocked:
+            sources[source] = reason
+        else:
+            sources.pop(source, None)
+        now = bool(sources)
+        now_reason = ", ".join(r for r in sources.values() if r)
+        if now == self.blocked and now_reason == self.blocked_reason:
+            return
+        self.blocked = now
+        self.blocked_reason = now_reason
         for info in list(self._by_id.values()):
             conn = info.conn
             if conn is not None and conn.session is not None:
-                conn.call_session(conn.session.publishing_blocked, blocked, reason)
+                conn.call_session(conn.session.publishing_blocked, now, now_reason)
 
 
 def _set_keepalive(transport: Any, idle: int) -> None:

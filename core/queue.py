@@ -4,6 +4,10 @@ A queue pushes to its consumers while they have room (prefetch window and/or lin
 round-robin across the ones that do, so prefetch=1 gives fair dispatch. Everything an adapter
 needs for delivery semantics lives here: ack, nack/reject with or without requeue, redelivery
 with a delivery count, TTL, priorities, max-length, dead-letter exchange, delivery limit.
+
+On a store that pages (``store.pages``), a queue holds a bounded window of ready messages in
+memory; the rest wait in the store and are read back, per priority level and in order, on the
+store's thread as consumers get near them (see docs/storage.md, *Backlogs larger than memory*).
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ if TYPE_CHECKING:
 log = Logger(namespace="polymq.queue")
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+# Paging (stores that keep bodies on disk): a queue holds at most this many ready messages /
+# body bytes in memory unless x-max-in-memory-length / x-max-in-memory-bytes or the broker's
+# store.queue_max_in_memory_length / _bytes say otherwise; the rest waits in the store.
+DEFAULT_IN_MEMORY_LENGTH = 4096
+DEFAULT_IN_MEMORY_BYTES = 8 * 1024 * 1024
+MIN_READ_AHEAD = 128
+
+log = Logger()
 
 
 class Delivery:
@@ -238,8 +251,34 @@ class Queue:
         self.dead_letter_routing_key = _opt_str(arguments, "x-dead-letter-routing-key")
         levels = (self.max_priority or 0) + 1
         self._levels: list[deque[Delivery]] = [deque() for _ in range(levels)]
-        self._count = 0
+        self._count = 0  # ready messages, in memory and paged out
         self._bytes = 0
+        # Paging: each level is its in-memory deque followed by _paged[level] messages kept
+        # only in the store, every one with a seq above _cursor[level], read back in seq order.
+        self._pages = bool(getattr(vhost.store, "pages", False))
+        put_queued = getattr(vhost.store, "put_queued", None)
+        if put_queued is None:  # a backend written before paging: put_message is all it has
+            put_message = vhost.store.put_message
+
+            def put_queued(v, q, seq, data, count, *_meta):
+                put_message(v, q, seq, data, count)
+
+        self._put_queued: Callable[..., None] = put_queued
+        in_mem_len = _opt_int(arguments, "x-max-in-memory-length", 1)
+        in_mem_bytes = _opt_int(arguments, "x-max-in-memory-bytes", 1)
+        self.max_in_memory_length: int = in_mem_len or vhost.queue_max_in_memory_length
+        self.max_in_memory_bytes: int = in_mem_bytes or vhost.queue_max_in_memory_bytes
+        self._paged = [0] * levels
+        self._paged_bytes = [0] * levels
+        self._paged_total = 0
+        self._cursor = [0] * levels
+        self._loading = [False] * levels
+        self._page_outs = [0] * levels  # messages paged out so far (tells a short read apart)
+        self._mem_bytes = 0  # bodies of ready messages held in memory
+        self._low_water = MIN_READ_AHEAD // 2
+        self._purges = 0  # a read issued before a purge is discarded
+        self._spilled = False  # wrote transient messages (a non-durable queue cleans up)
+        self._preloads: list[Callable[[], None]] = []
         self._next_seq = 1
         self.consumers: list[Consumer] = []
         self._rr = 0
@@ -278,6 +317,47 @@ class Queue:
         self._next_seq = max(self._next_seq, seq + 1)
         self._append(d)
 
+    def restore_level(self, level: int, count: int, size: int, top_seq: int) -> None:
+        """Account for ``count`` messages of a priority level left in the store at start-up
+        (a store that pages): they are read back when consumers get near them."""
+        level = min(max(level, 0), len(self._levels) - 1)
+        self._paged[level] += count
+        self._paged_bytes[level] += size
+        self._paged_total += count
+        self._count += count
+        self._bytes += size
+        self._cursor[level] = 0
+        self._next_seq = max(self._next_seq, top_seq + 1)
+
+    def preload(self, done: Callable[[], None]) -> None:
+        """Read the head of a backlog left in the store back before anyone asks (start-up);
+        ``done()`` runs once it is in memory (at once when there is nothing to read)."""
+        for i in range(len(self._levels) - 1, -1, -1):
+            if self._levels[i]:
+                break
+            if self._paged[i]:
+                self._preloads.append(done)
+                # a small first read: start-up cost stays bounded however many queues have
+                # backlogs; the first consumer or get reads further
+                self._load(i, MIN_READ_AHEAD)
+                return
+        done()
+
+    def when_head_ready(self, callback: Callable[[], None]) -> bool:
+        """For a pull (basic.get, an OpenWire pull) that got None from :meth:`get`.
+
+        False: the queue really has nothing ready, answer "empty" now. True: its head is being
+        read back from the store; ``callback()`` runs once it is in memory (then ``get`` again).
+        """
+        if not self._count or self._peek_head() is not None:
+            return False
+        self._preloads.append(callback)
+        for i in range(len(self._levels) - 1, -1, -1):
+            if self._paged[i]:
+                self._load(i)
+                break
+        return True
+
     # -- stats ------------------------------------------------------------------------------
 
     @property
@@ -292,6 +372,16 @@ class Queue:
     @property
     def consumer_count(self) -> int:
         return len(self.consumers)
+
+    @property
+    def paged_count(self) -> int:
+        """Ready messages kept only in the store (not in memory)."""
+        return self._paged_total
+
+    @property
+    def memory_bytes(self) -> int:
+        """Body bytes of the ready messages held in memory."""
+        return self._mem_bytes
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -323,7 +413,10 @@ class Queue:
             if data is None:
                 data = message.to_bytes()
             d.data = data
-            self.vhost.store.put_message(self.vhost.name, self.name, seq, data, 0)
+            self._put_queued(
+                self.vhost.name, self.name, seq, data, 0, self._level_of(message),
+                d.expires_at, size, False,
+            )
         if self.consumers and not self._count and not self._selective:
             # fast path: straight to a consumer, never touching the ready list
             c = self._next_ready_consumer()
@@ -332,6 +425,17 @@ class Queue:
                     self._dead_letter(d, "expired")
                     return True
                 self._hand_to(c, d)
+                return True
+        if self._pages and (
+            self._paged_total
+            or self._mem_bytes + size > self.max_in_memory_bytes
+            or self._count >= self.max_in_memory_length
+        ):
+            level = self._level_of(message)
+            if self._paged[level] or self._mem_full(size):
+                self._page_out(d, level, size)
+                if self.consumers and self._count == 1:
+                    self.dispatch()
                 return True
         self._append(d)
         # With a backlog already waiting, no consumer was ready at the last dispatch and
@@ -358,16 +462,136 @@ class Queue:
     def _drop_head_for(self, size: int) -> None:
         while self._count and self._over_limit(1, size):
             d = self._pop_head()
+            if d is None:  # the head is still in the store: dropped once it is read back
+                return
             self.dropped += 1
             self._dead_letter(d, "maxlen")
 
     def _append(self, d: Delivery) -> None:
         level = self._level_of(d.message)
         self._levels[level].append(d)
+        size = len(d.message.body)
         self._count += 1
-        self._bytes += len(d.message.body)
+        self._bytes += size
+        self._mem_bytes += size
         if d.expires_at is not None and self._count == 1:
             self._schedule_expiry()
+
+    # -- paging -----------------------------------------------------------------------------
+
+    def _mem_full(self, size: int) -> bool:
+        return (
+            self._mem_bytes + size > self.max_in_memory_bytes
+            or self._count - self._paged_total >= self.max_in_memory_length
+        )
+
+    def _page_out(self, d: Delivery, level: int, size: int) -> None:
+        """Leave a new message in the store only (written now if it was not persistent)."""
+        if not self._paged[level]:
+            # every message of this level with a lower seq is in memory, with a consumer or
+            # gone: the store is read back from here on
+            self._cursor[level] = d.seq - 1
+        if d.data is None:
+            self._put_queued(
+                self.vhost.name, self.name, d.seq, d.message.to_bytes(), 0, level,
+                d.expires_at, size, True,
+            )
+            self._spilled = True
+        self._paged[level] += 1
+        self._paged_bytes[level] += size
+        self._paged_total += 1
+        self._page_outs[level] += 1
+        self._count += 1
+        self._bytes += size
+
+    def _read_ahead(self, level: int) -> int:
+        """How many messages to read back: what the consumers have room for, twice, within
+        the memory budget."""
+        room = 0
+        for c in self.consumers:
+            if c.no_ack or c.limit.prefetch == 0:
+                room = self.max_in_memory_length
+                break
+            room += max(c.limit.prefetch - c.limit.in_flight, 0)
+        if not self.consumers:
+            # read by basic.get / pulls, one round trip each: read far ahead, so that the next
+            # read is back long before the head runs out
+            room = self.max_in_memory_length
+        n = min(max(room * 2, MIN_READ_AHEAD), self.max_in_memory_length)
+        avg = self._paged_bytes[level] // max(self._paged[level], 1) + 1
+        n = min(n, max(1, (self.max_in_memory_bytes - self._mem_bytes) // avg))
+        return max(1, min(n, self._paged[level]))
+
+    def _load(self, level: int, limit: int | None = None) -> None:
+        """Read the next paged-out messages of ``level`` back (on the store's thread)."""
+        if self._loading[level] or self.deleted or not self._paged[level]:
+            return
+        self._loading[level] = True
+        n = self._read_ahead(level)
+        if limit is not None:
+            n = min(n, limit)
+        self._low_water = max(MIN_READ_AHEAD // 2, n // 2)
+        epoch, outs = self._purges, self._page_outs[level]
+        self.vhost.store.read_messages(
+            self.vhost.name, self.name, level, self._cursor[level], n,
+            lambda rows: self._loaded(level, epoch, outs, rows),
+        )
+
+    def _loaded(self, level: int, epoch: int, outs: int, rows: list) -> None:
+        self._loading[level] = False
+        if self.deleted or epoch != self._purges:
+            if not self.deleted:
+                self._load(level)
+            return
+        lv = self._levels[level]
+        cursor = self._cursor[level]
+        taken = 0
+        for seq, data, delivery_count, expires_at in rows:
+            if seq <= cursor or not self._paged[level]:
+                continue
+            message = Message.from_bytes(data)
+            d = Delivery(self, seq, message, delivery_count, expires_at)
+            if expires_at is None and self.message_ttl is not None:
+                d.expires_at = self._expiry_for(message, self.vhost.now())
+            d.data = data
+            size = len(message.body)
+            self._paged[level] -= 1
+            self._paged_bytes[level] -= size
+            self._paged_total -= 1
+            self._mem_bytes += size
+            cursor = seq
+            lv.append(d)
+            taken += 1
+        self._cursor[level] = cursor
+        if not taken and self._paged[level]:
+            if self._page_outs[level] == outs:
+                # nothing more in the store although the books say so (rows lost outside the
+                # broker): believe the store
+                log.warn(
+                    "queue {q}: {n} paged messages of priority level {lvl} were not in the"
+                    " store",
+                    q=self.name,
+                    n=self._paged[level],
+                    lvl=level,
+                )
+                self._count -= self._paged[level]
+                self._bytes -= self._paged_bytes[level]
+                self._paged_total -= self._paged[level]
+                self._paged[level] = 0
+                self._paged_bytes[level] = 0
+            else:
+                self._load(level)  # written after the read was queued: read again
+                return
+        elif self._paged[level] and not lv:
+            self._load(level)  # every row read had expired or was skipped: go on
+        if taken:
+            self._schedule_expiry()
+        if self._preloads:
+            waiting, self._preloads = self._preloads, []
+            for done in waiting:
+                done()
+        if self.consumers:
+            self.dispatch()
 
     def _level_of(self, message: Message) -> int:
         if self.max_priority is None:
@@ -375,19 +599,33 @@ class Queue:
         p = message.priority or 0
         return p if p <= self.max_priority else self.max_priority
 
-    def _pop_head(self) -> Delivery:
-        for level in reversed(self._levels):
+    def _pop_head(self) -> Delivery | None:
+        """The next ready message, or None while the head of the queue is still in the store
+        (its read is then under way)."""
+        levels = self._levels
+        for i in range(len(levels) - 1, -1, -1):
+            level = levels[i]
             if level:
                 d = level.popleft()
+                size = len(d.message.body)
                 self._count -= 1
-                self._bytes -= len(d.message.body)
+                self._bytes -= size
+                self._mem_bytes -= size
+                if self._paged_total and self._paged[i] and len(level) <= self._low_water:
+                    self._load(i)
                 return d
+            if self._paged_total and self._paged[i]:
+                self._load(i)
+                return None
         raise IndexError("empty queue")
 
     def _peek_head(self) -> Delivery | None:
-        for level in reversed(self._levels):
-            if level:
-                return level[0]
+        levels = self._levels
+        for i in range(len(levels) - 1, -1, -1):
+            if levels[i]:
+                return levels[i][0]
+            if self._paged_total and self._paged[i]:
+                return None
         return None
 
     # -- delivery ---------------------------------------------------------------------------
@@ -497,6 +735,8 @@ class Queue:
             if c is None:
                 return
             d = self._pop_head()
+            if d is None:
+                return  # reading the head back; _loaded dispatches again
             if d.expires_at is not None:
                 if now is None:
                     now = self.vhost.now()
@@ -517,6 +757,7 @@ class Queue:
                     del level[i]
                     self._count -= 1
                     self._bytes -= len(d.message.body)
+                    self._mem_bytes -= len(d.message.body)
                     self._dead_letter(d, "expired")
                     continue
                 target = None
@@ -536,7 +777,17 @@ class Queue:
                 del level[i]
                 self._count -= 1
                 self._bytes -= len(d.message.body)
+                self._mem_bytes -= len(d.message.body)
                 self._hand_to(target, d)
+        if self._paged_total and any(c.ready() for c in self.consumers):
+            # No message in memory suits the ready consumers: read further, up to twice the
+            # memory budget (beyond it a selector waits, as Artemis' paging cursor does).
+            for i in range(len(self._levels) - 1, -1, -1):
+                if self._paged[i] and (
+                    self._mem_bytes < 2 * self.max_in_memory_bytes
+                    and self._count - self._paged_total < 2 * self.max_in_memory_length
+                ):
+                    self._load(i)
 
     def get(self, no_ack: bool = False, owner: Consumer | None = None) -> Delivery | None:
         """Pull one message (AMQP basic.get, OpenWire pull, MQTT-less polling).
@@ -548,6 +799,8 @@ class Queue:
         now = self.vhost.now()
         while self._count:
             d = self._pop_head()
+            if d is None:
+                return None  # the head is being read back from the store
             if d.expires_at is not None and d.expires_at <= now:
                 self._dead_letter(d, "expired")
                 continue
@@ -627,13 +880,17 @@ class Queue:
                 if self.delivery_limit is not None and d.delivery_count >= self.delivery_limit:
                     self._dead_letter(d, "delivery_limit")
                     continue
+                level = self._level_of(d.message)
+                size = len(d.message.body)
                 if d.data is not None:
-                    self.vhost.store.put_message(
-                        self.vhost.name, self.name, d.seq, d.data, d.delivery_count
+                    self._put_queued(
+                        self.vhost.name, self.name, d.seq, d.data, d.delivery_count, level,
+                        d.expires_at, size, not (self.durable and d.message.durable),
                     )
-                self._levels[self._level_of(d.message)].appendleft(d)
+                self._levels[level].appendleft(d)
                 self._count += 1
-                self._bytes += len(d.message.body)
+                self._bytes += size
+                self._mem_bytes += size
         finally:
             self._dispatching = nested
         if self._count:
@@ -648,7 +905,8 @@ class Queue:
     ) -> list[Delivery]:
         """Up to ``limit`` ready messages in delivery order, taking nothing (queue browsers).
 
-        The deliveries returned are the queue's own: read them, never settle them.
+        The deliveries returned are the queue's own: read them, never settle them. Only the
+        messages in memory are browsed (not those paged out to the store).
         """
         now = self.vhost.now()
         out: list[Delivery] = []
@@ -669,8 +927,17 @@ class Queue:
             for d in level:
                 self._settle(d)
             level.clear()
+        for i, paged in enumerate(self._paged):
+            if paged:
+                self.vhost.store.purge_messages(
+                    self.vhost.name, self.name, i, self._cursor[i]
+                )
+                self._paged[i] = self._paged_bytes[i] = 0
+        self._purges += 1
+        self._paged_total = 0
         self._count = 0
         self._bytes = 0
+        self._mem_bytes = 0
         return n
 
     # -- dead-lettering, TTL ----------------------------------------------------------------
@@ -782,6 +1049,10 @@ class Queue:
             self._expiry_timer.cancel()
         for d in list(self.unacked.values()):
             self._detach(d)
+        if self._spilled and not self.durable:
+            # transient messages written out to bound memory (a durable queue's are removed
+            # with it by the virtual host)
+            self.vhost.store.delete_queue(self.vhost.name, self.name)
 
 
 def _opt_int(arguments: dict, name: str, minimum: int) -> int | None:

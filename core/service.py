@@ -226,13 +226,25 @@ class BrokerService(MultiService):
     def _limit_descriptors(self) -> None:
         from .connection import descriptor_limits, registry_of
 
+        registry = registry_of(self.broker)
+        alarm = getattr(self.broker, "alarm", None)
+        if alarm is not None:
+            # the memory and disk alarm holds publishers of every protocol back
+            alarm.add_observer(
+                lambda blocked, reason: registry.set_publishing_blocked(
+                    blocked, reason, source="resource alarm"
+                )
+            )
         before, now, budget = descriptor_limits()
-        registry_of(self.broker).descriptor_budget = budget
+        registry.descriptor_budget = budget
         self.log.info(
             "file descriptors: soft limit {before} raised to {now} (hard limit); up to {budget} "
             "connections, the rest kept for the store",
-            before=before, now=now, budget=budget,
+            before=before,
+            now=now,
+            budget=budget,
         )
+
     def _address(self, name: str) -> str:
         host = self.config["adapters"][name]["host"]
         host = f"[{host}]" if ":" in host else host

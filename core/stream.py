@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .vhost import VirtualHost
 
 MESSAGE_FORMAT = "message"
+READ_BATCH_BYTES = 256 * 1024  # what a stream reader takes from its partition at a time
 
 
 class StreamFormat:
@@ -71,8 +72,34 @@ class StreamEntry:
         return self.offset + self.count
 
 
+# Disk reads of a paged partition: at least this much per read, and at most this many read
+# results kept per partition for the readers that asked (and the next one read ahead).
+MIN_DISK_READ = 1 << 20
+MAX_DISK_READ = 16 << 20
+READ_CACHE_CHUNKS = 4
+
+
+class _Chunk:
+    """Entries read back from disk: [first, end) of the log."""
+
+    __slots__ = ("first", "end", "entries", "offsets", "size")
+
+    def __init__(self, entries: list[StreamEntry]) -> None:
+        self.entries = entries
+        self.offsets = [e.offset for e in entries]
+        self.first = entries[0].offset
+        self.end = entries[-1].next_offset
+        self.size = sum(e.size for e in entries)
+
+
 class Partition:
-    """One ordered log."""
+    """One ordered log.
+
+    With a store that pages, ``entries`` is only the recent tail kept in memory (at most about
+    ``store.stream_max_in_memory_bytes`` once it is durable); older entries are read back from
+    the segment files on the store's thread: ``read`` then answers with nothing, and calls the
+    ``waiters`` (and pumps the readers) once the read is back.
+    """
 
     def __init__(self, stream: Stream, index: int) -> None:
         self.stream = stream
@@ -84,12 +111,55 @@ class Partition:
         self.bytes = 0
         self.waiters: list[Callable[[], None]] = []
         self.readers: list[StreamReader] = []
+        vhost = stream.vhost
+        self._pages = stream.durable and bool(getattr(vhost.store, "pages", False))
+        self._mem_limit: int = vhost.stream_max_in_memory_bytes
+        self.mem_bytes = 0  # bytes of ``entries``
+        self._mem_start = 0  # the first offset ``entries`` holds (next_offset when empty)
+        self._evicting = False
+        self._chunks: list[_Chunk] = []  # disk reads, oldest first
+        self._reading: set[int] = set()  # offsets with a disk read under way
 
     def _add(self, entry: StreamEntry) -> None:
+        if not self.entries:
+            self._mem_start = entry.offset
         self.entries.append(entry)
         self._offsets.append(entry.offset)
         self.next_offset = entry.next_offset
         self.bytes += entry.size
+        self.mem_bytes += entry.size
+        if self._pages and self.mem_bytes > self._mem_limit and not self._evicting:
+            # drop the oldest entries from memory once what is written so far is on disk
+            self._evicting = True
+            upto = self.next_offset
+            self.stream.vhost.store.after_durable(lambda: self._evict(upto))
+
+    def _evict(self, upto: int) -> None:
+        self._evicting = False
+        entries = self.entries
+        keep = self._mem_limit // 2
+        i = 0
+        mem = self.mem_bytes
+        while i < len(entries) - 1 and mem > keep and entries[i].next_offset <= upto:
+            mem -= entries[i].size
+            i += 1
+        if i:
+            del entries[:i]
+            del self._offsets[:i]
+            self.mem_bytes = mem
+            self._mem_start = entries[0].offset
+        if self.mem_bytes > self._mem_limit and not self.stream.deleted:
+            # appended meanwhile: again, once those are on disk too
+            self._evicting = True
+            upto = self.next_offset
+            self.stream.vhost.store.after_durable(lambda: self._evict(upto))
+
+    def restore_extent(self, start: int, end: int, size: int) -> None:
+        """A partition of a store that pages, as opened: nothing of it in memory."""
+        self.start_offset = start
+        self.next_offset = end
+        self._mem_start = end
+        self.bytes = size
 
     def append_message(self, message: Message) -> int:
         """Append one core message; returns its offset."""
@@ -120,13 +190,9 @@ class Partition:
         return offset
 
     def restore(self, offset: int, count: int, timestamp: int, fmt: str, data: bytes) -> None:
-        if fmt == MESSAGE_FORMAT:
-            entry = StreamEntry(offset, count, timestamp, fmt, None, Message.from_bytes(data))
-        else:
-            entry = StreamEntry(offset, count, timestamp, fmt, data, None)
         if not self.entries:
             self.start_offset = offset
-        self._add(entry)
+        self._add(_entry(offset, count, timestamp, fmt, data))
 
     def _appended(self) -> None:
         self.stream._retain(self)
@@ -147,22 +213,65 @@ class Partition:
         return i
 
     def read(self, offset: int, max_bytes: int) -> list[StreamEntry]:
-        """Entries from the one containing ``offset``, at least one, up to ``max_bytes``."""
-        out: list[StreamEntry] = []
-        total = 0
-        entries = self.entries
-        i = self.find(offset)
-        while i < len(entries):
-            e = entries[i]
-            if out and total + e.size > max_bytes:
-                break
-            out.append(e)
-            total += e.size
-            i += 1
-        return out
+        """Entries from the one containing ``offset``, at least one, up to ``max_bytes``.
+
+        Nothing when ``offset`` is only on disk and not read back yet: the read is then
+        started, and the waiters are called when it is back.
+        """
+        if self._pages and offset < self._mem_start:
+            return self._read_disk(offset, max_bytes)
+        return _take(self.entries, self.find(offset), max_bytes)
+
+    def _read_disk(self, offset: int, max_bytes: int) -> list[StreamEntry]:
+        for chunk in self._chunks:
+            if chunk.first <= offset < chunk.end:
+                i = bisect.bisect_right(chunk.offsets, offset) - 1
+                out = _take(chunk.entries, max(i, 0), max_bytes)
+                nxt = chunk.end
+                if out and out[-1].next_offset == nxt and nxt < self._mem_start:
+                    self._fetch(nxt, max_bytes)  # the reader is at the chunk's end: read ahead
+                return out
+        self._fetch(offset, max_bytes)
+        return []
+
+    def _fetch(self, offset: int, max_bytes: int) -> None:
+        if offset in self._reading or any(c.first <= offset < c.end for c in self._chunks):
+            return
+        self._reading.add(offset)
+        size = min(max(max_bytes, MIN_DISK_READ), MAX_DISK_READ)
+        s = self.stream
+        s.vhost.store.read_stream(
+            s.vhost.name, s.name, self.index, offset, size,
+            lambda rows: self._fetched(offset, rows),
+        )
+
+    def _fetched(self, offset: int, rows: list) -> None:
+        self._reading.discard(offset)
+        if self.stream.deleted:
+            return
+        entries = [_entry(*row) for row in rows]
+        # Kept unless memory holds it by now. Nothing came back when retention removed the
+        # offsets meanwhile: the waiters and readers then find them below the log start.
+        if entries and entries[0].offset < self._mem_start:
+            self._chunks.append(_Chunk(entries))
+            if len(self._chunks) > READ_CACHE_CHUNKS:
+                del self._chunks[0]
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for w in waiters:
+                w()
+        for r in list(self.readers):
+            r.pump()
 
     def offset_for_timestamp(self, timestamp: int) -> int:
-        """The earliest offset whose entry timestamp is >= ``timestamp`` (or the end)."""
+        """The earliest offset whose entry timestamp is >= ``timestamp`` (or the end).
+
+        For a paged partition only the entries in memory are searched: an older timestamp
+        gives the first offset in memory.
+        """
         for e in self.entries:
             if e.timestamp >= timestamp:
                 return e.offset
@@ -174,29 +283,69 @@ class Partition:
             return [entry.message]
         if entry.cache is not None and MESSAGE_FORMAT in entry.cache:
             return entry.cache[MESSAGE_FORMAT]
-        fmt = self.stream.vhost.broker.stream_formats.get(entry.fmt)
-        if fmt is None:
-            raise PreconditionFailed(f"no decoder for stream format {entry.fmt!r}")
-        msgs = fmt.decode(entry.data)
+        if entry.fmt == MESSAGE_FORMAT:  # read back from disk
+            msgs = [Message.from_bytes(entry.data)]
+        else:
+            fmt = self.stream.vhost.broker.stream_formats.get(entry.fmt)
+            if fmt is None:
+                raise PreconditionFailed(f"no decoder for stream format {entry.fmt!r}")
+            msgs = fmt.decode(entry.data)
         if entry.cache is None:
             entry.cache = {}
         entry.cache[MESSAGE_FORMAT] = msgs
         return msgs
 
+    def retained(self, start: int, size: int) -> None:
+        """The store applied retention: the log now starts at ``start`` and holds ``size``."""
+        if start <= self.start_offset:
+            return
+        self.start_offset = min(start, self.next_offset)
+        self.bytes = size
+        self._chunks = [c for c in self._chunks if c.end > start]
+        i = 0
+        while i < len(self.entries) and self.entries[i].next_offset <= start:
+            self.mem_bytes -= self.entries[i].size
+            i += 1
+        if i:
+            del self.entries[:i]
+            del self._offsets[:i]
+            self._mem_start = self.entries[0].offset if self.entries else self.next_offset
+
     def trim_before(self, offset: int) -> None:
         i = 0
         while i < len(self.entries) and self.entries[i].next_offset <= offset:
             self.bytes -= self.entries[i].size
+            self.mem_bytes -= self.entries[i].size
             i += 1
         if i:
             del self.entries[:i]
             del self._offsets[:i]
             self.start_offset = self.entries[0].offset if self.entries else self.next_offset
+            self._mem_start = self.start_offset
             stream = self.stream
             if stream.durable:
                 stream.vhost.store.trim_stream(
                     stream.vhost.name, stream.name, self.index, self.start_offset
                 )
+
+
+def _entry(offset: int, count: int, timestamp: int, fmt: str, data: bytes) -> StreamEntry:
+    if fmt == MESSAGE_FORMAT:
+        return StreamEntry(offset, count, timestamp, fmt, None, Message.from_bytes(data))
+    return StreamEntry(offset, count, timestamp, fmt, data, None)
+
+
+def _take(entries: list[StreamEntry], i: int, max_bytes: int) -> list[StreamEntry]:
+    out: list[StreamEntry] = []
+    total = 0
+    while i < len(entries):
+        e = entries[i]
+        if out and total + e.size > max_bytes:
+            break
+        out.append(e)
+        total += e.size
+        i += 1
+    return out
 
 
 class StreamReader:
@@ -219,27 +368,33 @@ class StreamReader:
             while self.offset < p.next_offset and c.ready():
                 if self.offset < p.start_offset:
                     self.offset = p.start_offset
-                i = p.find(self.offset)
-                if i >= len(p.entries):
+                # (a read from disk, when it is needed, pumps again once it is back)
+                entries = p.read(self.offset, READ_BATCH_BYTES)
+                if not entries:
                     break
-                entry = p.entries[i]
-                msgs = p.messages(entry)
-                k = self.offset - entry.offset
-                if k < 0:
-                    k = 0
-                    self.offset = entry.offset
-                msg = msgs[k]
-                self.stream._seq += 1
-                d = Delivery(self.stream, self.stream._seq, msg, 0, None)
-                d.offset = self.offset
-                self.offset += 1
-                if c.credit is not None:
-                    c.credit -= 1
-                if not c.no_ack:
-                    d.consumer = c
-                    c.limit.in_flight += 1
-                    c.unacked[d.seq] = d
-                c.deliver(d)
+                for entry in entries:
+                    if not c.ready():
+                        break
+                    msgs = p.messages(entry)
+                    k = self.offset - entry.offset
+                    if k < 0:
+                        k = 0
+                        self.offset = entry.offset
+                    while k < len(msgs) and c.ready():
+                        self.stream._seq += 1
+                        d = Delivery(self.stream, self.stream._seq, msgs[k], 0, None)
+                        d.offset = self.offset
+                        self.offset += 1
+                        k += 1
+                        if c.credit is not None:
+                            c.credit -= 1
+                        if not c.no_ack:
+                            d.consumer = c
+                            c.limit.in_flight += 1
+                            c.unacked[d.seq] = d
+                        c.deliver(d)
+                    if k < len(msgs):
+                        break
         finally:
             self._pumping = False
 
@@ -297,8 +452,11 @@ class Stream:
         mlb = self.arguments.get("x-max-length-bytes")
         if mlb is not None and (isinstance(mlb, bool) or not isinstance(mlb, int) or mlb < 0):
             raise PreconditionFailed("invalid arg 'x-max-length-bytes'")
-        self.max_bytes: int | None = mlb
+        # broker-wide defaults (store.retention_bytes / _ms) for streams that set none
+        self.max_bytes: int | None = mlb if mlb is not None else vhost.stream_retention_bytes
         self.max_age_ms = parse_max_age(self.arguments.get("x-max-age"))
+        if self.max_age_ms is None:
+            self.max_age_ms = vhost.stream_retention_ms
         self.partitions = [Partition(self, i) for i in range(partitions)]
         self.consumers: list[Consumer] = []
         self._rr = 0
@@ -350,6 +508,8 @@ class Stream:
         return True
 
     def _retain(self, p: Partition) -> None:
+        if p._pages:
+            return  # whole segments, on the broker's retention timer (apply_retention)
         if self.max_bytes is not None and p.bytes > self.max_bytes and len(p.entries) > 1:
             total = p.bytes
             cut = p.start_offset
@@ -369,6 +529,18 @@ class Stream:
             if cut is not None:
                 p.trim_before(cut)
 
+    def apply_retention(self) -> None:
+        """Ask the store to drop whole old segments past the limits (a store that pages)."""
+        if self.deleted or (self.max_bytes is None and self.max_age_ms is None):
+            return
+        horizon = None if self.max_age_ms is None else self.vhost.now() - self.max_age_ms
+        store = self.vhost.store
+        for p in self.partitions:
+            if p._pages:
+                store.retain_stream(
+                    self.vhost.name, self.name, p.index, self.max_bytes, horizon, p.retained
+                )
+
     # -- consumers (AMQP x-stream-offset style push) ------------------------------------------
 
     def resolve_offset(self, partition: Partition, spec: Any) -> int:
@@ -381,7 +553,8 @@ class Stream:
             return partition.start_offset
         if spec == "last":
             if not partition.entries:
-                return partition.next_offset
+                # (paged out: the last offset, inside the last entry if it is a batch)
+                return max(partition.start_offset, partition.next_offset - 1)
             return partition.entries[-1].offset
         if isinstance(spec, tuple) and spec[0] == "timestamp":
             return partition.offset_for_timestamp(int(spec[1]))

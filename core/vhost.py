@@ -56,6 +56,11 @@ class VirtualHost:
         self.store = broker.store
         self.clock = broker.clock
         self.default_delivery_limit: int | None = broker.default_delivery_limit
+        self.queue_max_in_memory_length: int = broker.queue_max_in_memory_length
+        self.queue_max_in_memory_bytes: int = broker.queue_max_in_memory_bytes
+        self.stream_max_in_memory_bytes: int = broker.stream_max_in_memory_bytes
+        self.stream_retention_bytes: int | None = broker.stream_retention_bytes
+        self.stream_retention_ms: int | None = broker.stream_retention_ms
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue | Stream] = {}
         self._e2e = 0  # exchange-to-exchange bindings; zero keeps publish on the fast path

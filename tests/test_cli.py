@@ -70,7 +70,18 @@ def test_config_show_reads_file(tmp_path):
     conf.write_text('[store]\nbackend = "memory"\ndata_dir = "/srv/q"\n')
     out = polymq("config", "show", "--config", str(conf))
     assert out.returncode == 0, out.stderr
-    assert tomllib.loads(out.stdout)["store"] == {"backend": "memory", "data_dir": "/srv/q"}
+    assert tomllib.loads(out.stdout)["store"] == {
+        "backend": "memory",
+        "data_dir": "/srv/q",
+        # the broker's own [store] keys (paging and retention), with their defaults
+        "paging": True,
+        "queue_max_in_memory_length": 4096,
+        "queue_max_in_memory_bytes": 8 * 1024 * 1024,
+        "stream_max_in_memory_bytes": 4 * 1024 * 1024,
+        "retention_bytes": -1,
+        "retention_ms": -1,
+        "retention_check_ms": 10000,
+    }
 
 
 def test_plugins_lists_adapters_and_backends():

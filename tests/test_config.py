@@ -58,6 +58,13 @@ def test_defaults(pm, tmp_path):
         "lazy_flush_ops": 10000,
         "checkpoint_mb": 0,
         "segment_mb": 64,
+        "paging": True,
+        "queue_max_in_memory_length": 4096,
+        "queue_max_in_memory_bytes": 8 * 1024 * 1024,
+        "stream_max_in_memory_bytes": 4 * 1024 * 1024,
+        "retention_bytes": -1,
+        "retention_ms": -1,
+        "retention_check_ms": 10000,
     }
     # every listener has the connection contract's keys besides its own
     assert cfg["adapters"]["mqtt"] == {

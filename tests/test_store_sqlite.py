@@ -50,7 +50,7 @@ def test_provides_interface(tmp_path):
     assert os.path.exists(tmp_path / "data" / FILENAME)
     con = sqlite3.connect(tmp_path / "data" / FILENAME)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3  # 3: message levels (paging)
     con.close()
     yield store.close()
 
@@ -969,7 +969,7 @@ def test_migration_from_schema_1_moves_stream_rows_to_segments(tmp_path):
     yield durable(store)
     yield store.close()
     con = sqlite3.connect(tmp_path / FILENAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "stream_entries" not in tables and "stream_starts" in tables
     con.close()
@@ -979,3 +979,47 @@ def test_migration_from_schema_1_moves_stream_rows_to_segments(tmp_path):
     yield store.close()
     expect[("/", "s", 0)].append((20, 1, 5, "f", b"after"))
     assert snap.stream_entries == expect
+
+
+@pytest_twisted.inlineCallbacks
+def test_migration_from_schema_2_fills_message_levels_for_paging(tmp_path):
+    from polymq.core.message import Message
+    from polymq.core.store.sqlite_sql import _MIGRATIONS, _SCHEMA_V1
+
+    con = sqlite3.connect(tmp_path / FILENAME)
+    for script in (_SCHEMA_V1, _MIGRATIONS[1]):
+        for stmt in script.split(";"):
+            if stmt.strip():
+                con.execute(stmt)
+    pack = __import__("msgpack").packb
+    con.execute(
+        "INSERT INTO queues VALUES ('/', 'pq', ?)",
+        (pack({"type": "classic", "arguments": {"x-max-priority": 5}}),),
+    )
+    con.execute("INSERT INTO queues VALUES ('/', 'q', ?)", (pack({"type": "classic"}),))
+    rows = [
+        ("/", "pq", 1, Message(b"low", priority=1).to_bytes(), 0),
+        ("/", "pq", 2, Message(b"top", priority=9).to_bytes(), 2),
+        ("/", "q", 7, Message(b"exp", expiration=1234, priority=4).to_bytes(), 0),
+    ]
+    con.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?)", rows)
+    con.execute("PRAGMA user_version = 2")
+    con.commit()
+    con.close()
+    store, d = open_store(tmp_path, paging=True)
+    snap = yield d
+    assert snap.messages == {}
+    assert snap.queue_levels == {
+        ("/", "pq"): [(1, 1, 3, 1), (5, 1, 3, 2)],  # priority 9 counts as the top level, 5
+        ("/", "q"): [(0, 1, 3, 7)],  # no x-max-priority: one level
+    }
+    got = defer.Deferred()
+    store.read_messages("/", "pq", 5, 0, 10, got.callback)
+    rows = yield got
+    assert [(seq, Message.from_bytes(data).body, dc) for seq, data, dc, _ in rows] == [
+        (2, b"top", 2)
+    ]
+    got = defer.Deferred()
+    store.read_messages("/", "q", 0, 0, 10, got.callback)
+    assert [(seq, exp) for seq, _, _, exp in (yield got)] == [(7, 1234)]
+    yield store.close()

@@ -67,12 +67,11 @@ class MemoryWatermark:
                 held=held,
                 hw=self.high_watermark,
             )
-            registry.set_publishing_blocked(True, REASON)
+            registry.set_publishing_blocked(True, REASON, source=REASON)
         elif self.blocked and held <= self.high_watermark:
             self.blocked = False
             log.info("amqp: {held} bytes held in queues: unblocking publishers", held=held)
-            # another alarm raised since keeps the publishers blocked
-            if registry.blocked_reason == REASON:
-                registry.set_publishing_blocked(False)
+            # another source of the alarm (the broker's resource alarm) may keep it on
+            registry.set_publishing_blocked(False, source=REASON)
         if len(registry) or self.blocked:
             self.watch()

@@ -32,12 +32,30 @@ class StoreSnapshot:
     )
     # namespace -> {key: value}
     kv: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    # Stores that page (``pages`` true) leave ``messages`` and ``stream_entries`` empty and
+    # describe what they hold instead, without reading any body:
+    # (vhost, queue) -> [(priority level, message count, body bytes, highest seq)], one tuple per
+    # priority level that holds messages (level 0 only for queues without x-max-priority).
+    queue_levels: dict[tuple[str, str], list[tuple[int, int, int, int]]] = field(
+        default_factory=dict
+    )
+    # (vhost, stream, partition) -> (log start offset, next offset, bytes on disk)
+    stream_partitions: dict[tuple[str, str, int], tuple[int, int, int]] = field(
+        default_factory=dict
+    )
 
 
 class IStore(Interface):
     """A place where durable broker state lives."""
 
     name = Attribute("The backend name used in config (``store.backend``).")
+
+    pages = Attribute(
+        """True when the backend keeps message bodies and stream entries on disk and reads them
+        back on demand (``read_messages``, ``read_stream``, ``retain_stream``): queues then keep
+        only a bounded window of bodies in memory and streams only a recent tail. False (the
+        ``memory`` store) keeps everything in memory as the core holds it."""
+    )
 
     def open():
         """Open or create the store; return a Deferred firing with a :class:`StoreSnapshot`."""
@@ -87,6 +105,82 @@ class IStore(Interface):
 
     def trim_stream(vhost: str, stream: str, partition: int, before_offset: int) -> None:
         """Drop entries whose offset is below ``before_offset`` (retention)."""
+
+    def put_queued(
+        vhost: str,
+        queue: str,
+        seq: int,
+        data: bytes,
+        delivery_count: int,
+        priority: int,
+        expires_at: int | None,
+        size: int,
+        transient: bool,
+    ) -> None:
+        """``put_message`` with what a paging queue needs to know without reading the body.
+
+        ``priority`` is the queue's priority level of the message (0 without x-max-priority),
+        ``expires_at`` its absolute expiry in ms (message expiration and queue TTL applied at
+        enqueue) or None, ``size`` the length of its body. ``transient`` rows hold a message
+        that is not persistent (or is on a queue that is not durable), written only to bound
+        memory: ``open`` deletes them and never reports them. A later put of the same
+        (vhost, queue, seq) replaces the row; ``put_message(v, q, seq, data, n)`` is
+        ``put_queued(v, q, seq, data, n, 0, None, len(data), False)``.
+        """
+
+    def read_messages(
+        vhost: str,
+        queue: str,
+        priority: int,
+        after_seq: int,
+        limit: int,
+        callback: Callable[[list[tuple[int, bytes, int, int | None]]], None],
+    ) -> None:
+        """Read back up to ``limit`` messages of one priority level with seq > ``after_seq``.
+
+        ``callback(rows)`` runs on the reactor thread with ``[(seq, data, delivery_count,
+        expires_at)]`` in seq order; the read runs off the reactor thread and sees every write
+        issued before the call (fewer than ``limit`` rows: nothing more at that moment).
+        Only for stores that page.
+        """
+
+    def purge_messages(vhost: str, queue: str, priority: int, after_seq: int) -> None:
+        """Delete a queue's messages of one priority level whose seq is above ``after_seq``
+        (the paged-out part of a purged queue)."""
+
+    def read_stream(
+        vhost: str,
+        stream: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        callback: Callable[[list[tuple[int, int, int, str, bytes]]], None],
+    ) -> None:
+        """Read stream entries from the one containing ``offset`` (or the first after it).
+
+        ``callback(entries)`` runs on the reactor thread with ``[(offset, count, timestamp,
+        format, data)]`` in offset order: at least one entry when there is one at or after
+        ``offset``, then more while their total size stays within ``max_bytes``. Reads run off
+        the reactor thread and see every append issued before the call. An empty list means
+        nothing at or after ``offset`` (e.g. it was removed by retention). Only for stores
+        that page.
+        """
+
+    def retain_stream(
+        vhost: str,
+        stream: str,
+        partition: int,
+        max_bytes: int | None,
+        min_timestamp: int | None,
+        callback: Callable[[int, int], None],
+    ) -> None:
+        """Apply retention to one partition by deleting whole segments, oldest first.
+
+        A segment goes while the partition holds more than ``max_bytes`` without it, or when
+        its newest entry's timestamp is below ``min_timestamp``; the segment being written is
+        never deleted. ``callback(start_offset, bytes)`` runs on the reactor thread with the
+        new log start and the bytes left. Only for stores that page.
+        """
 
     def put_kv(namespace: str, key: str, value: bytes) -> None:
         """Store a small adapter-owned record (MQTT session, retained message, group offset)."""

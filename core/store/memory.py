@@ -13,6 +13,7 @@ from .interfaces import IStore, StoreSnapshot
 @implementer(IStore)
 class MemoryStore:
     name = "memory"
+    pages = False  # nothing on disk: queues and streams keep every body in memory
 
     def __init__(self, config: dict | None = None) -> None:
         self.config = config or {}
@@ -46,6 +47,25 @@ class MemoryStore:
 
     def delete_message(self, vhost, queue, seq) -> None:
         pass
+
+    def put_queued(
+        self, vhost, queue, seq, data, delivery_count, priority, expires_at, size, transient
+    ) -> None:
+        pass
+
+    def purge_messages(self, vhost, queue, priority, after_seq) -> None:
+        pass
+
+    # The reads below are only for stores that page; this one never asks the core to page.
+
+    def read_messages(self, vhost, queue, priority, after_seq, limit, callback) -> None:
+        callback([])
+
+    def read_stream(self, vhost, stream, partition, offset, max_bytes, callback) -> None:
+        callback([])
+
+    def retain_stream(self, vhost, stream, partition, max_bytes, min_timestamp, callback) -> None:
+        callback(0, 0)
 
     def append_stream(self, vhost, stream, partition, offset, count, timestamp, fmt, data) -> None:
         pass

@@ -38,627 +38,86 @@ Failure model
 from __future__ import annotations
 
 import errno
-import fcntl
-import hashlib
 import os
 import queue
-import shutil
 import sqlite3
 import struct
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
-import msgpack
-from crc32c import crc32c
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .interfaces import IStore, StoreSnapshot
+from .segments import (  # noqa: F401 (re-exported: tests and tools name them from here)
+    SEGMENT_SUFFIX,
+    STREAMS_DIR,
+    SegmentWriteError,
+    StreamLog,
+    encode_record,
+    escape_name,
+)
+from .sqlite_open import FILENAME, SCHEMA_VERSION, StoreOpenError, _OpenMixin
+from .sqlite_sql import (
+    _APPEND_STREAM,
+    _CALLBACKS,
+    _DATA_INDEX,
+    _DEL_BINDING,
+    _DEL_EXCHANGE,
+    _DEL_KV,
+    _DEL_MESSAGE,
+    _DEL_QUEUE,
+    _KIND,
+    _OPS,
+    _PARAMS,
+    _PURGE_MESSAGES,
+    _PUT_BINDING,
+    _PUT_EXCHANGE,
+    _PUT_KV,
+    _PUT_MESSAGE,
+    _PUT_QUEUE,
+    _READ_LEVEL_SQL,
+    _SCHEMA_V1,  # noqa: F401 (re-exported: tests build old schemas)
+    _SQL,
+    _SYNCHRONOUS,
+    _TRIM_STREAM,
+    _delete_many,
+    _pack,
+    _pack_args,
+    _put_many,
+)
 
 __all__ = ["SqliteStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSION", "FILENAME"]
 
 log = Logger(namespace="polymq.store.sqlite")
-
-FILENAME = "polymq.sqlite3"
-LOCKNAME = "polymq.lock"
-SCHEMA_VERSION = 2
-
-
-class StoreOpenError(Exception):
-    """The store could not be opened (unwritable directory, corrupt file, newer schema, in use)."""
 
 
 class StoreFailedError(Exception):
     """The store hit an unrecoverable write error; nothing after it was made durable."""
 
 
-class SegmentWriteError(OSError):
-    """Writing or syncing a stream segment failed (not retried: appends are not idempotent)."""
-
-
-_SCHEMA_V1 = """
-CREATE TABLE exchanges (
-    vhost TEXT NOT NULL, name TEXT NOT NULL, record BLOB NOT NULL,
-    PRIMARY KEY (vhost, name));
-CREATE TABLE queues (
-    vhost TEXT NOT NULL, name TEXT NOT NULL, record BLOB NOT NULL,
-    PRIMARY KEY (vhost, name));
-CREATE TABLE bindings (
-    vhost TEXT NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL, destination TEXT NOT NULL,
-    "key" TEXT NOT NULL, args BLOB NOT NULL,
-    PRIMARY KEY (vhost, source, kind, destination, "key", args));
-CREATE INDEX bindings_by_destination ON bindings (vhost, kind, destination);
-CREATE TABLE messages (
-    vhost TEXT NOT NULL, queue TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (vhost, queue, seq));
-CREATE TABLE stream_entries (
-    vhost TEXT NOT NULL, stream TEXT NOT NULL, "partition" INTEGER NOT NULL,
-    "offset" INTEGER NOT NULL, "count" INTEGER NOT NULL, "timestamp" INTEGER NOT NULL,
-    "format" TEXT NOT NULL, data BLOB NOT NULL,
-    PRIMARY KEY (vhost, stream, "partition", "offset"));
-CREATE TABLE kv (
-    namespace TEXT NOT NULL, "key" TEXT NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY (namespace, "key"));
-"""
-
-# Version 2: stream entries live in segment files (StreamLog); the database keeps each
-# partition's log start (entries below it, in a segment that is still kept, are skipped).
-_STREAM_STARTS = """
-CREATE TABLE stream_starts (
-    vhost TEXT NOT NULL, stream TEXT NOT NULL, "partition" INTEGER NOT NULL,
-    start INTEGER NOT NULL,
-    PRIMARY KEY (vhost, stream, "partition"));
-"""
-
-# ---------------------------------------------------------------------------------- stream log
-
-STREAMS_DIR = "streams"
-_TRASH = ".trash"
-_NAME_FILE = ".name"
-SEGMENT_SUFFIX = ".seg"
-_OFFSET_DIGITS = 20
-# A directory name longer than this (after escaping) is replaced by a hash of the name.
-_MAX_DIR_NAME = 120
-
-# Record header, little endian: crc32c (of the rest of the header, the format name and the
-# payload), payload length, offset, count, timestamp, format name length; then the format name
-# (utf-8) and the payload.
-_REC = struct.Struct("<IIqIqH")
-_REC_CRC = struct.Struct("<I")
-_MAX_PAYLOAD = 0xFFFFFFFF
-
-
-def escape_name(name: str) -> str:
-    """A safe, bounded directory name for a vhost or stream name (never ``.``/``..``, no ``/``).
-
-    ``=`` followed by the percent-encoded UTF-8 name (every byte but letters, digits and
-    ``-_.~`` encoded, so ``/`` and NUL cannot occur), or, when that is longer than
-    ``_MAX_DIR_NAME``, ``#`` followed by the SHA-256 of the name (the name is then kept in a
-    ``.name`` file in the directory).
-    """
-    esc = "=" + urllib.parse.quote(name, safe="", encoding="utf-8", errors="surrogatepass")
-    if len(esc) <= _MAX_DIR_NAME:
-        return esc
-    return "#" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _unescape_dir(parent: str, entry: str) -> str | None:
-    """The name a directory entry stands for, or None for anything else."""
-    if entry.startswith("="):
-        return urllib.parse.unquote(entry[1:], encoding="utf-8", errors="surrogatepass")
-    if entry.startswith("#"):
-        try:
-            with open(os.path.join(parent, entry, _NAME_FILE), "rb") as f:
-                return f.read().decode("utf-8", "surrogatepass")
-        except OSError:
-            return None
-    return None
-
-
-def encode_record(offset: int, count: int, timestamp: int, fmt: str, data: bytes) -> bytes:
-    """The framed header (with its crc32c) of one stream entry; the payload follows it."""
-    f = fmt.encode("utf-8", "surrogatepass")
-    rest = _REC.pack(0, len(data), offset, count, timestamp, len(f))[4:] + f
-    return _REC_CRC.pack(crc32c(rest, crc32c(data))) + rest
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _Partition:
-    __slots__ = ("dir", "segments", "fd", "size", "next", "start")
-
-    def __init__(self, path: str) -> None:
-        self.dir = path
-        self.segments: list[int] = []  # base offsets, ascending
-        self.fd: int | None = None  # the last segment, open for appending
-        self.size = 0  # bytes in the last segment
-        self.next = 0  # offset after the last entry written
-        self.start = 0  # log start: entries below it are skipped at load
-
-
-class StreamLog:
-    """Stream entries in append-only per-partition segment files (writer thread only).
-
-    ``<root>/<vhost>/<stream>/<partition>/<base offset>.seg``; see docs/storage.md.
-    """
-
-    def __init__(self, root: str, segment_bytes: int, sync: bool) -> None:
-        self.root = root
-        self.segment_bytes = max(1, segment_bytes)
-        self.sync_enabled = sync
-        self.parts: dict[tuple[str, str, int], _Partition] = {}
-        self.fsyncs = 0  # fdatasync of segment files and fsync of directories
-        self.writes = 0  # os.writev calls
-        self.truncated = 0  # torn tails cut at open
-        self._touched: dict[int, None] = {}  # fds written since the last sync (ordered)
-        self._dirs: dict[str, None] = {}  # directories whose entries changed since the last sync
-        self._pending: dict[tuple[str, str, int], list] = {}
-        self.parallel_sync = True
-        self._pool: ThreadPoolExecutor | None = None
-        try:
-            self._iov_max = max(16, os.sysconf("SC_IOV_MAX"))
-        except (ValueError, OSError):
-            self._iov_max = 1024
-
-    # -- paths
-
-    def _stream_dir(self, vhost: str, stream: str) -> str:
-        return os.path.join(self.root, escape_name(vhost), escape_name(stream))
-
-    def _mkdirs(self, vhost: str, stream: str, partition: int) -> str:
-        """Create the partition directory (and named parents); schedule the directory fsyncs."""
-        path = self.root
-        for name in (vhost, stream):
-            esc = escape_name(name)
-            child = os.path.join(path, esc)
-            if not os.path.isdir(child):
-                os.makedirs(child, exist_ok=True)
-                if esc.startswith("#"):
-                    tmp = os.path.join(child, _NAME_FILE + ".tmp")
-                    with open(tmp, "wb") as f:
-                        f.write(name.encode("utf-8", "surrogatepass"))
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, os.path.join(child, _NAME_FILE))
-                    self._dirs[child] = None
-                self._dirs[path] = None
-            path = child
-        child = os.path.join(path, str(partition))
-        if not os.path.isdir(child):
-            os.makedirs(child, exist_ok=True)
-            self._dirs[path] = None
-        return child
-
-    # -- open
-
-    def load(self, starts: dict[tuple[str, str, int], int]) -> dict:
-        """Read every segment; cut torn tails; return ``StoreSnapshot.stream_entries``."""
-        os.makedirs(self.root, exist_ok=True)
-        trash = os.path.join(self.root, _TRASH)
-        if os.path.isdir(trash):
-            shutil.rmtree(trash, ignore_errors=True)
-        out: dict[tuple[str, str, int], list[tuple[int, int, int, str, bytes]]] = {}
-        for ve in sorted(os.listdir(self.root)):
-            vhost = _unescape_dir(self.root, ve)
-            vdir = os.path.join(self.root, ve)
-            if vhost is None or not os.path.isdir(vdir):
-                continue
-            for se in sorted(os.listdir(vdir)):
-                stream = _unescape_dir(vdir, se)
-                sdir = os.path.join(vdir, se)
-                if stream is None or not os.path.isdir(sdir):
-                    continue
-                for pe in os.listdir(sdir):
-                    if not pe.isdigit():
-                        continue
-                    key = (vhost, stream, int(pe))
-                    part = _Partition(os.path.join(sdir, pe))
-                    part.start = starts.get(key, 0)
-                    entries = self._load_partition(part)
-                    self.parts[key] = part
-                    if entries:
-                        out[key] = entries
-        return out
-
-    def _load_partition(self, part: _Partition) -> list:
-        bases = sorted(
-            int(n[: -len(SEGMENT_SUFFIX)])
-            for n in os.listdir(part.dir)
-            if n.endswith(SEGMENT_SUFFIX) and n[: -len(SEGMENT_SUFFIX)].isdigit()
-        )
-        entries: list[tuple[int, int, int, str, bytes]] = []
-        start = part.start
-        for i, base in enumerate(bases):
-            path = self._segment_path(part.dir, base)
-            with open(path, "rb") as f:
-                buf = f.read()
-            good = self._parse(buf, entries, start)
-            if good < len(buf):
-                # A torn or corrupt tail: nothing from here on was ever reported durable (a
-                # callback runs only after every segment written in its commit is synced).
-                log.warn(
-                    "stream segment {path}: torn tail at byte {at} of {size}, truncated",
-                    path=path,
-                    at=good,
-                    size=len(buf),
-                )
-                self.truncated += 1
-                with open(path, "r+b") as f:
-                    f.truncate(good)
-                    f.flush()
-                    os.fsync(f.fileno())
-                for later in bases[i + 1 :]:
-                    os.unlink(self._segment_path(part.dir, later))
-                _fsync_path(part.dir)
-                bases = bases[: i + 1]
-                break
-        if (
-            bases
-            and os.path.getsize(self._segment_path(part.dir, bases[-1])) == 0
-            and len(bases) > 1
-        ):
-            os.unlink(self._segment_path(part.dir, bases.pop()))
-        part.segments = bases
-        if bases:
-            path = self._segment_path(part.dir, bases[-1])
-            part.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            part.size = os.fstat(part.fd).st_size
-        part.next = max(part.start, entries[-1][0] + entries[-1][1] if entries else 0)
-        if entries and entries[0][0] < start:
-            entries = [e for e in entries if e[0] >= start]
-        return entries
-
-    @staticmethod
-    def _parse(buf: bytes, entries: list, start: int) -> int:
-        """Append the intact records of ``buf`` to ``entries``; return the end of the last one."""
-        pos, n = 0, len(buf)
-        hsize = _REC.size
-        mv = memoryview(buf)
-        unpack = _REC.unpack_from
-        while pos + hsize <= n:
-            crc, length, offset, count, ts, flen = unpack(buf, pos)
-            end = pos + hsize + flen + length
-            if end > n:
-                break
-            body = pos + hsize + flen
-            if crc32c(mv[pos + 4 : body], crc32c(mv[body:end])) != crc:
-                break
-            fmt = bytes(mv[pos + hsize : pos + hsize + flen]).decode("utf-8", "surrogatepass")
-            entries.append((offset, count, ts, fmt, bytes(mv[pos + hsize + flen : end])))
-            pos = end
-        return pos
-
-    @staticmethod
-    def _segment_path(pdir: str, base: int) -> str:
-        return os.path.join(pdir, f"{base:0{_OFFSET_DIGITS}d}{SEGMENT_SUFFIX}")
-
-    # -- writes (one group commit: append/trim/delete in order, then sync)
-
-    def append(self, params: tuple) -> None:
-        vhost, stream, partition = params[0], params[1], params[2]
-        key = (vhost, stream, partition)
-        lst = self._pending.get(key)
-        if lst is None:
-            self._pending[key] = [params]
-        else:
-            lst.append(params)
-
-    def trim(self, vhost: str, stream: str, partition: int, before: int) -> None:
-        key = (vhost, stream, partition)
-        if key in self._pending:
-            self._write_partition(key, self._pending.pop(key))
-        part = self.parts.get(key)
-        if part is None:
-            return
-        part.start = max(part.start, before)
-        segs = part.segments
-        drop = 0
-        while drop < len(segs):
-            later = segs[drop + 1] if drop + 1 < len(segs) else None
-            if later is not None and later <= before:
-                drop += 1
-            elif later is None and part.next <= before and part.size > 0:
-                drop += 1  # the last one, every entry below the log start
-            else:
-                break
-        if not drop:
-            return
-        for base in segs[:drop]:
-            if base == segs[-1] and part.fd is not None:
-                self._touched.pop(part.fd, None)
-                os.close(part.fd)
-                part.fd = None
-                part.size = 0
-            os.unlink(self._segment_path(part.dir, base))
-        del segs[:drop]
-        self._dirs[part.dir] = None
-
-    def delete(self, vhost: str, stream: str) -> None:
-        for key in [k for k in self._pending if k[0] == vhost and k[1] == stream]:
-            del self._pending[key]
-        for key in [k for k in self.parts if k[0] == vhost and k[1] == stream]:
-            part = self.parts.pop(key)
-            if part.fd is not None:
-                self._touched.pop(part.fd, None)
-                os.close(part.fd)
-        sdir = self._stream_dir(vhost, stream)
-        if not os.path.isdir(sdir):
-            return
-        trash = os.path.join(self.root, _TRASH)
-        os.makedirs(trash, exist_ok=True)
-        dest = os.path.join(trash, f"{time.monotonic_ns()}-{os.getpid()}")
-        os.rename(sdir, dest)  # atomic: the stream is gone as a whole or not at all
-        self._dirs[os.path.dirname(sdir)] = None
-        shutil.rmtree(dest, ignore_errors=True)
-
-    def write_pending(self) -> None:
-        pending, self._pending = self._pending, {}
-        for key, items in pending.items():
-            self._write_partition(key, items)
-
-    def _write_partition(self, key: tuple[str, str, int], items: list) -> None:
-        part = self.parts.get(key)
-        if part is None:
-            part = _Partition(self._mkdirs(*key))
-            self.parts[key] = part
-        bufs: list[bytes] = []
-        limit = self.segment_bytes
-        size = part.size
-        fd = part.fd
-        for _v, _s, _p, offset, count, ts, fmt, data in items:
-            if len(data) > _MAX_PAYLOAD:
-                raise ValueError(f"stream entry of {len(data)} bytes is too large")
-            hdr = encode_record(offset, count, ts, fmt, data)
-            rec = len(hdr) + len(data)
-            if fd is None or (size and size + rec > limit):
-                if bufs:
-                    self._writev(fd, bufs)
-                    bufs = []
-                part.size = size
-                fd = self._roll(part, offset)
-                size = part.size
-            bufs.append(hdr)
-            bufs.append(data)
-            size += rec
-            part.next = offset + count
-        if bufs:
-            self._writev(fd, bufs)
-        part.size = size
-
-    def _roll(self, part: _Partition, base: int) -> int:
-        """Start a new segment at ``base`` (the old one is synced and closed)."""
-        if part.fd is not None:
-            if self.sync_enabled:
-                os.fdatasync(part.fd)
-                self.fsyncs += 1
-            self._touched.pop(part.fd, None)
-            os.close(part.fd)
-            part.fd = None
-        if part.segments and part.segments[-1] >= base:
-            # offsets did not grow (the core never does this): go on appending to the last
-            # segment rather than create one whose name does not sort after it
-            base = part.segments[-1]
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT
-        else:
-            part.segments.append(base)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL
-        part.fd = os.open(self._segment_path(part.dir, base), flags, 0o644)
-        part.size = os.fstat(part.fd).st_size
-        self._dirs[part.dir] = None
-        return part.fd
-
-    def _writev(self, fd: int, bufs: list[bytes]) -> None:
-        self._touched[fd] = None
-        step = self._iov_max
-        for i in range(0, len(bufs), step):
-            chunk = bufs[i : i + step]
-            total = sum(map(len, chunk))
-            done = os.writev(fd, chunk)
-            self.writes += 1
-            if done < total:  # short write (rare: signals, nearly full disk): write the rest
-                rest = b"".join(chunk)[done:]
-                while rest:
-                    n = os.write(fd, rest)
-                    if n <= 0:
-                        raise OSError(errno.EIO, "short write to a stream segment")
-                    rest = rest[n:]
-
-    def sync(self) -> None:
-        """fdatasync every segment written and fsync every changed directory."""
-        touched, self._touched = self._touched, {}
-        dirs, self._dirs = self._dirs, {}
-        if not self.sync_enabled:
-            return
-        if len(touched) > 1 and self.parallel_sync:
-            # Several files: sync them at once, so the filesystem can fold their journal
-            # commits (and device cache flushes) into one instead of one after the other.
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(4, thread_name_prefix="polymq-segment-sync")
-            list(self._pool.map(os.fdatasync, touched))
-            self.fsyncs += len(touched)
-        else:
-            for fd in touched:
-                os.fdatasync(fd)
-                self.fsyncs += 1
-        for d in dirs:
-            try:
-                _fsync_path(d)
-                self.fsyncs += 1
-            except FileNotFoundError:
-                pass
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        for part in self.parts.values():
-            if part.fd is not None:
-                try:
-                    os.close(part.fd)
-                except OSError:
-                    pass
-                part.fd = None
-
-
-# from-version -> script bringing the schema to from-version + 1. 1 -> 2 also moves the rows of
-# stream_entries into segment files first (SqliteStore._migrate_streams).
-_MIGRATIONS: dict[int, str] = {1: _STREAM_STARTS + "DROP TABLE stream_entries;"}
-
-# Operation kinds. Every statement of a kind takes the same parameter tuple (numbered params).
-_PUT_EXCHANGE = 0
-_DEL_EXCHANGE = 1
-_PUT_QUEUE = 2
-_DEL_QUEUE = 3
-_PUT_BINDING = 4
-_DEL_BINDING = 5
-_PUT_MESSAGE = 6
-_DEL_MESSAGE = 7
-_APPEND_STREAM = 8
-_TRIM_STREAM = 9
-_PUT_KV = 10
-_DEL_KV = 11
-
-_SQL: dict[int, tuple[str, ...]] = {
-    _PUT_EXCHANGE: ("INSERT OR REPLACE INTO exchanges (vhost, name, record) VALUES (?1, ?2, ?3)",),
-    _DEL_EXCHANGE: (
-        "DELETE FROM exchanges WHERE vhost = ?1 AND name = ?2",
-        "DELETE FROM bindings WHERE vhost = ?1 AND (source = ?2 OR"
-        " (kind = 'exchange' AND destination = ?2))",
-    ),
-    _PUT_QUEUE: ("INSERT OR REPLACE INTO queues (vhost, name, record) VALUES (?1, ?2, ?3)",),
-    _DEL_QUEUE: (
-        "DELETE FROM queues WHERE vhost = ?1 AND name = ?2",
-        "DELETE FROM messages WHERE vhost = ?1 AND queue = ?2",
-        "DELETE FROM stream_starts WHERE vhost = ?1 AND stream = ?2",
-        "DELETE FROM bindings WHERE vhost = ?1 AND kind = 'queue' AND destination = ?2",
-    ),
-    _PUT_BINDING: (
-        'INSERT OR IGNORE INTO bindings (vhost, source, kind, destination, "key", args)'
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    ),
-    _DEL_BINDING: (
-        "DELETE FROM bindings WHERE vhost = ?1 AND source = ?2 AND kind = ?3"
-        ' AND destination = ?4 AND "key" = ?5 AND args = ?6',
-    ),
-    _PUT_MESSAGE: (
-        "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count)"
-        " VALUES (?1, ?2, ?3, ?4, ?5)",
-    ),
-    _DEL_MESSAGE: ("DELETE FROM messages WHERE vhost = ?1 AND queue = ?2 AND seq = ?3",),
-    _APPEND_STREAM: (),  # segment files (StreamLog), not the database
-    _TRIM_STREAM: (
-        'INSERT INTO stream_starts (vhost, stream, "partition", start) VALUES (?1, ?2, ?3, ?4)'
-        ' ON CONFLICT (vhost, stream, "partition") DO UPDATE SET start ='
-        " max(start, excluded.start)",
-    ),
-    _PUT_KV: ('INSERT OR REPLACE INTO kv (namespace, "key", value) VALUES (?1, ?2, ?3)',),
-    _DEL_KV: ('DELETE FROM kv WHERE namespace = ?1 AND "key" = ?2',),
-}
-
-_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-
-# kind -> index of the payload (bytes) in its parameters, for the WAL size estimate
-_DATA_INDEX = {_PUT_MESSAGE: 3, _PUT_KV: 2}
-_KIND = itemgetter(0)
-_PARAMS = itemgetter(1)
-_OPS = itemgetter(0)
-_CALLBACKS = itemgetter(1)
-_QUEUE_KEY = itemgetter(0, 1)
-_SEQ = itemgetter(2)
-
-# Runs of message puts and deletes go in multi-row statements: sqlite releases the GIL around
-# every statement step (executemany: every row), and each time the writer thread wants it back
-# while the reactor thread is busy it may wait a whole switch interval (5 ms by default). Rows
-# per statement are powers of two up to _MANY (640 or 130 bound variables, below the 999 that
-# sqlite before 3.32 allows), so few distinct statements stay in the statement cache.
-_MANY = 128
-_PUT_MANY = {
-    k: "INSERT OR REPLACE INTO messages (vhost, queue, seq, data, delivery_count) VALUES "
-    + ",".join(["(?,?,?,?,?)"] * k)
-    for k in (1 << i for i in range(8))
-}
-_DEL_MANY = {
-    k: "DELETE FROM messages WHERE vhost = ? AND queue = ? AND seq IN (" + ",".join("?" * k) + ")"
-    for k in (1 << i for i in range(8))
-}
-
-
-def _chunks(n: int) -> list[int]:
-    """``n`` as a sum of powers of two, at most _MANY each, largest first."""
-    out = [_MANY] * (n // _MANY)
-    n %= _MANY
-    k = _MANY
-    while n:
-        k >>= 1
-        if n >= k:
-            out.append(k)
-            n -= k
-    return out
-
-
-def _put_many(execute: Callable, params: list[tuple]) -> None:
-    i = 0
-    for k in _chunks(len(params)):
-        execute(_PUT_MANY[k], list(chain.from_iterable(params[i : i + k])))
-        i += k
-
-
-def _delete_many(execute: Callable, params: list[tuple]) -> None:
-    # Deletes of different messages commute, so they are grouped by queue (usually one).
-    queues = set(map(_QUEUE_KEY, params))
-    if len(queues) == 1:
-        by_queue = {queues.pop(): list(map(_SEQ, params))}
-    else:
-        by_queue = {}
-        for vhost, queue, seq in params:
-            by_queue.setdefault((vhost, queue), []).append(seq)
-    for (vhost, queue), seqs in by_queue.items():
-        i = 0
-        for k in _chunks(len(seqs)):
-            execute(_DEL_MANY[k], [vhost, queue, *seqs[i : i + k]])
-            i += k
-
-
 # Writer-queue items other than batches.
 _CLOSE = object()
 
+
+class _Read:
+    """A read for the writer thread: ``fn(conn, args)``, its result to ``callback``."""
+
+    __slots__ = ("fn", "args", "callback")
+
+    def __init__(self, fn: Callable, args: tuple, callback: Callable) -> None:
+        self.fn = fn
+        self.args = args
+        self.callback = callback
+
+
 # Store states (reactor side).
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
-
-
-def _pack(record: Any) -> bytes:
-    return msgpack.packb(record, use_bin_type=True)
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def _canonical(value: Any) -> Any:
-    """Binding arguments with dict keys sorted, so equal dicts encode to equal bytes."""
-    if isinstance(value, dict):
-        return {k: _canonical(value[k]) for k in sorted(value, key=lambda k: (type(k).__name__, k))}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    return value
-
-
-def _pack_args(arguments: dict | None) -> bytes:
-    return _pack(_canonical(arguments or {}))
 
 
 def _default_on_fatal(exc: BaseException) -> None:
@@ -669,7 +128,7 @@ def _default_on_fatal(exc: BaseException) -> None:
 
 
 @implementer(IStore)
-class SqliteStore:
+class SqliteStore(_OpenMixin):
     """Embedded durable store; see the module docstring for the threading and failure model.
 
     Counters (read them from the reactor thread; they are for tests and metrics):
@@ -693,6 +152,7 @@ class SqliteStore:
         lazy_flush_ops: int = 10000,
         checkpoint_mb: float = 0.0,
         segment_mb: float = 64.0,
+        paging: bool = False,
         **ignored: Any,
     ) -> None:
         synchronous = str(synchronous).upper()
@@ -716,6 +176,10 @@ class SqliteStore:
         self.checkpoint_bytes = int(max(0.0, float(checkpoint_mb)) * (1 << 20))
         # stream segments roll at this size
         self.segment_bytes = max(1, int(float(segment_mb) * (1 << 20)))
+        # paging: open() reports queue levels and stream extents instead of every message and
+        # entry, and the core reads bodies back with read_messages / read_stream
+        self.pages = bool(paging)
+        self.reads = 0  # read_messages / read_stream / retain_stream calls served
         self.streams_dir = os.path.join(self.data_dir, STREAMS_DIR)
         self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
         self._clock = clock
@@ -857,6 +321,20 @@ class SqliteStore:
     def put_message(
         self, vhost: str, queue: str, seq: int, data: bytes, delivery_count: int
     ) -> None:
+        self.put_queued(vhost, queue, seq, data, delivery_count, 0, None, len(data), False)
+
+    def put_queued(
+        self,
+        vhost: str,
+        queue: str,
+        seq: int,
+        data: bytes,
+        delivery_count: int,
+        priority: int,
+        expires_at: int | None,
+        size: int,
+        transient: bool,
+    ) -> None:
         if self._state >= _CLOSING:
             self._dropped(_PUT_MESSAGE)
             return
@@ -866,7 +344,12 @@ class SqliteStore:
         if old is not None:  # an older version of the same message in this batch: superseded
             ops[old] = None
         self._puts[k] = len(ops)
-        ops.append((_PUT_MESSAGE, (vhost, queue, seq, data, delivery_count)))
+        ops.append(
+            (
+                _PUT_MESSAGE,
+                (vhost, queue, seq, data, delivery_count, priority, expires_at, size, transient),
+            )
+        )
         if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
             self._schedule_lazy()
 
@@ -907,6 +390,78 @@ class SqliteStore:
 
     def delete_kv(self, namespace: str, key: str) -> None:
         self._write(_DEL_KV, (namespace, key))
+
+    def purge_messages(self, vhost: str, queue: str, priority: int, after_seq: int) -> None:
+        self._write(_PURGE_MESSAGES, (vhost, queue, priority, after_seq))
+
+    # ------------------------------------------------------------------ reads (paging)
+
+    def read_messages(
+        self,
+        vhost: str,
+        queue: str,
+        priority: int,
+        after_seq: int,
+        limit: int,
+        callback: Callable[[list], None],
+    ) -> None:
+        self._read(self._read_messages, (vhost, queue, priority, after_seq, limit), callback)
+
+    def read_stream(
+        self,
+        vhost: str,
+        stream: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        callback: Callable[[list], None],
+    ) -> None:
+        self._read(self._read_stream, (vhost, stream, partition, offset, max_bytes), callback)
+
+    def retain_stream(
+        self,
+        vhost: str,
+        stream: str,
+        partition: int,
+        max_bytes: int | None,
+        min_timestamp: int | None,
+        callback: Callable[[int, int], None],
+    ) -> None:
+        self._read(
+            self._retain_stream, (vhost, stream, partition, max_bytes, min_timestamp), callback
+        )
+
+    def _read(self, fn: Callable, args: tuple, callback: Callable) -> None:
+        """Queue a read for the writer thread behind every write issued so far.
+
+        Reads run in the writer thread, after the batches queued before them are committed,
+        so they see those writes; the callback goes back to the reactor thread.
+        """
+        if self._state not in (_OPEN, _OPENING):
+            return  # closing or failed: nobody is served any more
+        self._flush()
+        self._q.put(_Read(fn, args, callback))
+
+    def _read_messages(self, conn: sqlite3.Connection, args: tuple) -> list:  # writer thread
+        rows = conn.execute(_READ_LEVEL_SQL, args).fetchall()
+        return [(seq, bytes(data), dc, exp) for seq, data, dc, exp in rows]
+
+    def _read_stream(self, conn: sqlite3.Connection, args: tuple) -> list:  # writer thread
+        if self._log is None:
+            return []
+        return self._log.read(*args)
+
+    def _retain_stream(self, conn: sqlite3.Connection, args: tuple) -> tuple:  # writer thread
+        vhost, stream, partition = args[:3]
+        if self._log is None:
+            return (0, 0)
+        start, size, dropped = self._log.retain(*args)
+        if dropped:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_SQL[_TRIM_STREAM][0], (vhost, stream, partition, start))
+            conn.execute("COMMIT")
+            self._log.sync()
+        return (start, size)
 
     def after_durable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (reactor thread) once every write issued before it is committed."""
@@ -1025,10 +580,15 @@ class SqliteStore:
                 d.errback(StoreFailedError(str(self._failure)))
             return
         self._state = _CLOSED
-        log.info("sqlite store {path} closed ({commits} commits, {flushes} flushes, {ops} "
-                 "operations written, {cancelled} puts cancelled by a delete)", path=self.path,
-                 commits=self.commits, flushes=self.flushes, ops=self.ops_written,
-                 cancelled=self.cancelled)
+        log.info(
+            "sqlite store {path} closed ({commits} commits, {flushes} flushes, {ops} "
+            "operations written, {cancelled} puts cancelled by a delete)",
+            path=self.path,
+            commits=self.commits,
+            flushes=self.flushes,
+            ops=self.ops_written,
+            cancelled=self.cancelled,
+        )
         for d in waiters:
             d.callback(None)
 
@@ -1097,9 +657,12 @@ class SqliteStore:
                     break
             closing = False
             batches = []
+            reads = []
             for item in items:
                 if item is _CLOSE:
                     closing = True  # nothing is queued after the sentinel
+                elif type(item) is _Read:
+                    reads.append(item)
                 else:
                     batches.append(item)
             if batches and not failed:
@@ -1117,8 +680,31 @@ class SqliteStore:
                     self._call_from_thread(self._committed, len(batches), callbacks)
                     if self._ckpt_catchup:
                         self._catch_up(conn)
+            for r in reads:  # after the writes queued before them (and maybe a few more)
+                self._serve(conn, r, failed)
             if closing:
+                if self._log is not None and not failed:
+                    self._log.clean = True
                 return
+
+    def _serve(self, conn: sqlite3.Connection, r: _Read, failed: bool) -> None:
+        if failed:
+            return
+        try:
+            result = r.fn(conn, r.args)
+        except Exception as e:  # a read that fails is logged; the reader waits for its next try
+            try:
+                if conn.in_transaction:
+                    conn.rollback()
+            except sqlite3.Error:
+                pass
+            log.error("sqlite store {path}: read failed: {e!r}", path=self.path, e=e)
+            return
+        self.reads += 1
+        if isinstance(result, tuple):
+            self._call_from_thread(r.callback, *result)
+        else:
+            self._call_from_thread(r.callback, result)
 
     def _commit_batches(self, conn: sqlite3.Connection, batches: list) -> BaseException | None:
         """Run all batches in one transaction; retry on error. Return the final error or None."""
@@ -1281,186 +867,3 @@ class SqliteStore:
                         )
         finally:
             conn.close()
-
-    def _fsync_dir(self) -> None:
-        try:
-            fd = os.open(self.data_dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as e:  # some filesystems refuse fsync on directories
-            log.debug("fsync of {dir} failed: {e}", dir=self.data_dir, e=e)
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            os.makedirs(self.data_dir, exist_ok=True)
-        except OSError as e:
-            raise StoreOpenError(f"cannot create data directory {self.data_dir}: {e}") from e
-        if not os.access(self.data_dir, os.W_OK | os.X_OK):
-            raise StoreOpenError(f"data directory {self.data_dir} is not writable")
-        self._take_lock()
-        existed = os.path.exists(self.path)
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-        except sqlite3.Error as e:
-            raise StoreOpenError(f"cannot open {self.path}: {e}") from e
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreOpenError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            if self.checkpoint_bytes:  # the checkpointer thread does it; this is a bound only
-                pages = max(1000, 8 * self.checkpoint_bytes // 4096)
-                conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
-            conn.execute("PRAGMA foreign_keys = OFF")
-            self._migrate(conn)
-        except StoreOpenError:
-            conn.close()
-            raise
-        except sqlite3.Error as e:
-            conn.close()
-            raise StoreOpenError(
-                f"cannot open {self.path} (corrupt or not a database?): {e}"
-            ) from e
-        if not existed:
-            self._fsync_dir()
-        return conn
-
-    def _take_lock(self) -> None:
-        path = os.path.join(self.data_dir, LOCKNAME)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise StoreOpenError(f"cannot create lock file {path}: {e}") from e
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreOpenError(
-                    f"data directory {self.data_dir} is in use by another store or process"
-                ) from e
-            raise StoreOpenError(f"cannot lock {path}: {e}") from e
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreOpenError(
-                f"{self.path} has schema version {version}; this polymq understands up to"
-                f" {SCHEMA_VERSION}"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        if version == 1:
-            self._migrate_streams(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if version == 0:
-                tables = conn.execute(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'table'"
-                ).fetchone()[0]
-                if tables:
-                    raise StoreOpenError(f"{self.path} holds tables but no polymq schema version")
-                for stmt in _SCHEMA_V1.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                version = 1
-                # a fresh database: whatever a segment directory holds belongs to nothing
-                shutil.rmtree(self.streams_dir, ignore_errors=True)
-            while version < SCHEMA_VERSION:
-                for stmt in _MIGRATIONS[version].split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                version += 1
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.rollback()
-            raise
-
-    def _migrate_streams(self, conn: sqlite3.Connection) -> None:
-        """Schema 1 -> 2: write the rows of ``stream_entries`` into segment files (synced).
-
-        Runs before the transaction that drops the table; if the process dies in between, the
-        next open finds version 1 again and starts over from an empty segment directory.
-        """
-        shutil.rmtree(self.streams_dir, ignore_errors=True)
-        slog = StreamLog(self.streams_dir, self.segment_bytes, True)
-        os.makedirs(self.streams_dir, exist_ok=True)
-        n = 0
-        try:
-            for row in conn.execute(
-                'SELECT vhost, stream, "partition", "offset", "count", "timestamp", "format", data'
-                ' FROM stream_entries ORDER BY vhost, stream, "partition", "offset"'
-            ):
-                slog.append(row[:7] + (bytes(row[7]),))
-                n += 1
-                if n % 10000 == 0:
-                    slog.write_pending()
-            slog.write_pending()
-            slog.sync()
-        finally:
-            slog.close()
-        self._fsync_dir()
-        if n:
-            log.info(
-                "sqlite store {path}: moved {n} stream entries into segment files",
-                path=self.path,
-                n=n,
-            )
-
-    def _load(self, conn: sqlite3.Connection) -> StoreSnapshot:
-        snap = StoreSnapshot()
-        snap.exchanges = [
-            (v, n, _unpack(r))
-            for v, n, r in conn.execute(
-                "SELECT vhost, name, record FROM exchanges ORDER BY vhost, name"
-            )
-        ]
-        snap.queues = [
-            (v, n, _unpack(r))
-            for v, n, r in conn.execute(
-                "SELECT vhost, name, record FROM queues ORDER BY vhost, name"
-            )
-        ]
-        snap.bindings = [
-            (v, s, k, d, key, _unpack(a))
-            for v, s, k, d, key, a in conn.execute(
-                'SELECT vhost, source, kind, destination, "key", args FROM bindings'
-                ' ORDER BY vhost, source, kind, destination, "key"'
-            )
-        ]
-        messages: dict[tuple[str, str], list[tuple[int, bytes, int]]] = {}
-        for v, q, seq, data, dc in conn.execute(
-            "SELECT vhost, queue, seq, data, delivery_count FROM messages"
-            " ORDER BY vhost, queue, seq"
-        ):
-            messages.setdefault((v, q), []).append((seq, bytes(data), dc))
-        snap.messages = messages
-        starts = {
-            (v, s, p): start
-            for v, s, p, start in conn.execute(
-                'SELECT vhost, stream, "partition", start FROM stream_starts'
-            )
-        }
-        self._log = StreamLog(
-            self.streams_dir, self.segment_bytes, self.synchronous.upper() in ("FULL", "EXTRA")
-        )
-        snap.stream_entries = self._log.load(starts)
-        self.segments_truncated = self._log.truncated
-        kv: dict[str, dict[str, bytes]] = {}
-        for ns, k, value in conn.execute('SELECT namespace, "key", value FROM kv'):
-            kv.setdefault(ns, {})[k] = bytes(value)
-        snap.kv = kv
-        return snap
