@@ -1,4 +1,4 @@
-"""Built-in store backends: ``memory`` and ``sqlite``, registered through the store hook."""
+"""Built-in store backends (memory, sqlite, postgres), registered through the store hook."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ def _sqlite(section: dict):
     return SqliteStore(section["data_dir"], **_options(section))
 
 
+def _postgres(section: dict):
+    from polymq.core.store.postgres import PostgresStore
+
+    return PostgresStore(**_options(section))
+
+
 @hookimpl
 def polymq_store_backends():
     return [
@@ -44,5 +50,18 @@ def polymq_store_backends():
                 "segment_mb": 64,
             },
             description="one SQLite file in data_dir, WAL, group commit on a writer thread",
+        ),
+        StoreBackendSpec(
+            name="postgres",
+            factory=_postgres,
+            default_config={
+                "dsn": "",
+                "schema": "polymq",
+                "connect_timeout_s": 5,
+                "reconnect_timeout_s": 30.0,
+                "lazy_flush_ms": 20.0,
+                "lazy_flush_ops": 10000,
+            },
+            description="PostgreSQL (store.dsn, psycopg 3), group commit on a writer thread",
         ),
     ]
