@@ -142,9 +142,11 @@ class BrokerService(MultiService):
         cfg = self.config
         store_cfg = cfg["store"]
         backend = store_backends(self.plugins)[store_cfg["backend"]]
-        where = "" if store_cfg["backend"] == "memory" else f" in {store_cfg['data_dir']}"
+        # backends that keep nothing in data_dir (the postgres store names its database itself)
+        uses_dir = store_cfg["backend"] not in ("memory", "postgres")
+        where = f" in {store_cfg['data_dir']}" if uses_dir else ""
         try:
-            if store_cfg["backend"] != "memory":
+            if uses_dir:
                 os.makedirs(store_cfg["data_dir"], exist_ok=True)
             self.store = backend.factory(dict(store_cfg))
             self.broker = Broker(self.store, plugins=self.plugins, config=cfg, clock=self.reactor)

@@ -1,0 +1,328 @@
+"""The postgres store on a real PostgreSQL: schema and migrations, open errors (also through
+the real ``polymq serve``), the one-writer lock, multi-host DSNs, and connection loss
+(``pg_terminate_backend``) between and during commits.
+
+The IStore contract itself (round trips, ordering, group commit, model) is in
+test_store_contract.py, on both backends.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import psycopg
+import pytest
+import pytest_twisted
+from pgserver import free_port
+from test_store_sqlite import durable, turn
+from twisted.internet import defer, reactor, task
+
+from polymq.core.store.postgres import SCHEMA_VERSION, PostgresStore, StoreOpenError
+
+
+def dbname(dsn: str) -> str:
+    return psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+
+
+@defer.inlineCallbacks
+def wait_for(predicate, timeout: float = 20.0):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("condition not met in time")
+
+
+@pytest_twisted.inlineCallbacks
+def test_schema_created_on_first_open(pg_dsn):
+    store = PostgresStore(pg_dsn)
+    yield store.open()
+    with psycopg.connect(pg_dsn) as con:
+        tables = {
+            r[0]
+            for r in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'polymq'")
+        }
+        version = con.execute("SELECT version FROM polymq.schema_version").fetchone()[0]
+        app = con.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'polymq'"
+        ).fetchone()[0]
+    assert tables == {
+        "schema_version", "exchanges", "queues", "bindings", "messages", "stream_entries", "kv"
+    }  # fmt: skip
+    assert version == SCHEMA_VERSION == 1
+    assert app == 1  # the writer connection
+    yield store.close()
+    # a second open finds the schema and leaves it as it is
+    store = PostgresStore(pg_dsn)
+    snap = yield store.open()
+    assert snap.queues == []
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_schemas_are_independent(pg_dsn):
+    a, b = PostgresStore(pg_dsn, schema="node a"), PostgresStore(pg_dsn, schema="node b")
+    yield a.open()
+    yield b.open()  # another schema: not locked by a
+    a.put_queue("/", "qa", {})
+    b.put_queue("/", "qb", {})
+    yield durable(a)
+    yield durable(b)
+    yield a.close()
+    yield b.close()
+    a = PostgresStore(pg_dsn, schema="node a")
+    snap = yield a.open()
+    yield a.close()
+    assert snap.queues == [("/", "qa", {})]
+
+
+@pytest_twisted.inlineCallbacks
+def test_unreachable_server(pg_server):
+    store = PostgresStore(
+        f"postgresql://polymq@127.0.0.1:{free_port()}/postgres", connect_timeout_s=2
+    )
+    with pytest.raises(StoreOpenError) as info:
+        yield store.open()
+    msg = str(info.value)
+    assert "cannot connect to PostgreSQL" in msg and "\n" not in msg
+    assert "port=" in msg
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_wrong_password_is_one_line_without_the_password(pg_server):
+    store = PostgresStore(pg_server.dsn(password="not-the-password"))
+    with pytest.raises(StoreOpenError) as info:
+        yield store.open()
+    msg = str(info.value)
+    assert "password authentication failed" in msg and "\n" not in msg
+    assert "not-the-password" not in msg
+
+
+@pytest_twisted.inlineCallbacks
+def test_missing_dsn():
+    with pytest.raises(StoreOpenError, match="store.dsn is not set"):
+        yield PostgresStore("").open()
+
+
+@pytest_twisted.inlineCallbacks
+def test_newer_schema_refused(pg_dsn):
+    store = PostgresStore(pg_dsn)
+    yield store.open()
+    yield store.close()
+    with psycopg.connect(pg_dsn) as con:
+        con.execute("UPDATE polymq.schema_version SET version = 99")
+    with pytest.raises(StoreOpenError, match="has version 99; this polymq understands up to 1"):
+        yield PostgresStore(pg_dsn).open()
+
+
+@pytest_twisted.inlineCallbacks
+def test_foreign_tables_without_version_refused(pg_dsn):
+    with psycopg.connect(pg_dsn) as con:
+        con.execute("CREATE SCHEMA polymq")
+        con.execute("CREATE TABLE polymq.messages (x int)")
+    with pytest.raises(StoreOpenError, match="holds polymq tables but no schema version"):
+        yield PostgresStore(pg_dsn).open()
+
+
+@pytest_twisted.inlineCallbacks
+def test_read_only_server_refused(pg_server, pg_dsn):
+    pg_server.sql(f'ALTER DATABASE "{dbname(pg_dsn)}" SET default_transaction_read_only = on')
+    with pytest.raises(StoreOpenError, match="read-only"):
+        yield PostgresStore(pg_dsn).open()
+
+
+@pytest_twisted.inlineCallbacks
+def test_schema_in_use_by_another_store(pg_dsn):
+    store = PostgresStore(pg_dsn)
+    yield store.open()
+    with pytest.raises(StoreOpenError, match="in use by another polymq store"):
+        yield PostgresStore(pg_dsn).open()
+    yield store.close()
+    again = PostgresStore(pg_dsn)  # the lock went with the connection
+    yield again.open()
+    yield again.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_multi_host_dsn_finds_the_server(pg_server, pg_dsn):
+    """libpq multi-host syntax: a dead host first, then the real one, read-write wanted."""
+    db = dbname(pg_dsn)
+    dsn = (
+        f"postgresql://polymq:polymq-test@127.0.0.1:{free_port()},127.0.0.1:{pg_server.port}"
+        f"/{db}?target_session_attrs=read-write&connect_timeout=2"
+    )
+    store = PostgresStore(dsn)
+    yield store.open()
+    store.put_kv("ns", "k", b"v")
+    yield durable(store)
+    yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reconnects_after_terminate_between_commits(pg_server, pg_dsn):
+    store = PostgresStore(pg_dsn)
+    yield store.open()
+    store.put_message("/", "q", 1, b"before", 0)
+    yield durable(store)
+    assert pg_server.terminate_backends(dbname(pg_dsn), "polymq") == 1
+    acked = []
+    for seq in range(2, 102):
+        store.put_message("/", "q", seq, b"after", 0)
+        store.after_durable(lambda seq=seq: acked.append(seq))
+    yield durable(store)
+    assert acked == list(range(2, 102))
+    assert store.reconnects == 1
+    yield store.close()
+    store = PostgresStore(pg_dsn)
+    snap = yield store.open()
+    yield store.close()
+    assert [s for s, _, _ in snap.messages[("/", "q")]] == list(range(1, 102))
+
+
+@pytest_twisted.inlineCallbacks
+def test_batch_in_flight_is_retried_after_terminate(pg_server, pg_dsn):
+    """The connection dies while a batch is being written: it is written again on a new
+    connection, its callbacks run once, and nothing is doubled or lost."""
+    kills = []
+
+    class Cut(PostgresStore):
+        def _begin_write(self, cur):
+            if not kills:  # the first write transaction loses its connection half-way
+                kills.append(pg_server.terminate_backends(dbname(pg_dsn), "polymq"))
+
+    store = Cut(pg_dsn, lazy_flush_ms=0)
+    yield store.open()
+    calls = []
+    store.put_queue("/", "s", {"type": "stream"})
+    for seq in range(50):
+        store.put_message("/", "q", seq, b"m%d" % seq, 0)
+    store.append_stream("/", "s", 0, 0, 2, 7, "kafka.v2", b"batch")
+    store.put_kv("ns", "k", b"v")
+    store.delete_message("/", "q", 3)
+    store.after_durable(lambda: calls.append("durable"))
+    yield durable(store)
+    assert kills == [1]
+    assert calls == ["durable"]
+    assert store.reconnects == 1 and store.retried == 1
+    yield store.close()
+    store = PostgresStore(pg_dsn)
+    snap = yield store.open()
+    yield store.close()
+    assert [s for s, _, _ in snap.messages[("/", "q")]] == [s for s in range(50) if s != 3]
+    assert snap.stream_entries == {("/", "s", 0): [(0, 2, 7, "kafka.v2", b"batch")]}
+    assert snap.kv == {"ns": {"k": b"v"}}
+
+
+@pytest_twisted.inlineCallbacks
+def test_outage_longer_than_reconnect_timeout_is_fatal(pg_server, pg_dsn):
+    """The database stays unreachable: nothing is reported durable, on_fatal is called, later
+    writes are dropped; what was committed before is still there."""
+    fatal = []
+    store = PostgresStore(pg_dsn, reconnect_timeout_s=1.0, on_fatal=fatal.append)
+    yield store.open()
+    store.put_message("/", "q", 1, b"ok", 0)
+    yield durable(store)
+    db = dbname(pg_dsn)
+    pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+    try:
+        pg_server.terminate_backends(db)
+        calls = []
+        store.put_message("/", "q", 2, b"never confirmed", 0)
+        store.after_durable(lambda: calls.append("bad"))
+        yield wait_for(lambda: fatal)
+        assert calls == []
+        assert isinstance(fatal[0], psycopg.OperationalError | StoreOpenError)
+        store.put_message("/", "q", 3, b"dropped", 0)
+        store.after_durable(lambda: calls.append("bad2"))
+        yield turn()
+        assert calls == [] and store.dropped_after_close == 1
+        with pytest.raises(Exception):  # noqa: B017 (the store's own failure, any type)
+            yield store.close()
+    finally:
+        pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+    store = PostgresStore(pg_dsn)
+    snap = yield store.open()
+    yield store.close()
+    assert [s for s, _, _ in snap.messages[("/", "q")]][0] == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_terminate_under_load_loses_no_acknowledged_write(pg_server, pg_dsn):
+    """Store level: writes stream in while a thread keeps killing the writer's connection;
+    every write reported durable is in the database afterwards."""
+    store = PostgresStore(pg_dsn, reconnect_timeout_s=20)
+    yield store.open()
+    acked: set[int] = set()
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        while not stop.wait(0.05):
+            kills.append(pg_server.terminate_backends(dbname(pg_dsn), "polymq"))
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        seq = 0
+        for _ in range(150):
+            lo = seq
+            for _ in range(20):
+                store.put_message("/", "q", seq, b"x" * 200, 0)
+                seq += 1
+            store.after_durable(lambda lo=lo, hi=seq: acked.update(range(lo, hi)))
+            yield task.deferLater(reactor, 0.002, lambda: None)
+        yield durable(store)
+    finally:
+        stop.set()
+        t.join()
+    assert sum(kills) >= 3 and store.reconnects >= 3
+    assert acked == set(range(seq))
+    yield store.close()
+    store = PostgresStore(pg_dsn)
+    snap = yield store.open()
+    yield store.close()
+    assert {s for s, _, _ in snap.messages[("/", "q")]} == acked
+
+
+# ------------------------------------------------------------------ the real command line
+
+
+def serve(*sets: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "polymq.core", "serve", "--set", "store.backend=postgres"]
+    for s in sets:
+        cmd += ["--set", s]
+    for name in ("mqtt", "amqp", "kafka", "openwire"):
+        cmd += ["--set", f"adapters.{name}.port=0", "--set", f"adapters.{name}.host=127.0.0.1"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in out.stderr, out.stderr
+    errors = [ln for ln in lines if "cannot open store" in ln]
+    assert len(errors) == 1, out.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("case", ["unreachable", "credentials", "newer-schema"])
+def test_cli_exits_1_with_one_line(pg_server, pg_dsn, case, tmp_path):
+    if case == "unreachable":
+        dsn = f"postgresql://polymq@127.0.0.1:{free_port()}/postgres?connect_timeout=2"
+        expect = "cannot connect to PostgreSQL"
+    elif case == "credentials":
+        dsn = pg_server.dsn(dbname(pg_dsn), password="wrong")
+        expect = "password authentication failed"
+    else:
+        dsn = pg_dsn
+        with psycopg.connect(pg_dsn) as con:
+            con.execute("CREATE SCHEMA polymq")
+            con.execute("CREATE TABLE polymq.schema_version (version integer NOT NULL)")
+            con.execute("INSERT INTO polymq.schema_version VALUES (7)")
+        expect = "has version 7; this polymq understands up to 1"
+    out = serve(f"store.dsn={dsn}", f"store.data_dir={tmp_path}")
+    assert out.returncode == 1, out.stderr
+    line = one_error_line(out)
+    assert expect in line and "wrong" not in line
