@@ -41,8 +41,7 @@ def test_schema_created_on_first_open(pg_dsn):
     yield store.open()
     with psycopg.connect(pg_dsn) as con:
         tables = {
-            r[0]
-            for r in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'polymq'")
+            r[0] for r in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'polymq'")
         }
         version = con.execute("SELECT version FROM polymq.schema_version").fetchone()[0]
         app = con.execute(
@@ -139,7 +138,7 @@ def test_schema_in_use_by_another_store(pg_dsn):
     store = PostgresStore(pg_dsn)
     yield store.open()
     with pytest.raises(StoreOpenError, match="in use by another polymq store"):
-        yield PostgresStore(pg_dsn).open()
+        yield PostgresStore(pg_dsn, connect_timeout_s=1).open()
     yield store.close()
     again = PostgresStore(pg_dsn)  # the lock went with the connection
     yield again.open()

@@ -719,11 +719,21 @@ class PostgresStore:
             self._sync_rep_cancelled = True
 
     def _lock(self, conn: Any) -> None:
-        """Hold a session advisory lock on the schema: one store writes it at a time."""
-        got = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [f"polymq.store:{self.schema}"]
-        ).fetchone()[0]
-        conn.commit()
+        """Hold a session advisory lock on the schema: one store writes it at a time.
+
+        Tried for up to ``connect_timeout_s``: the session of a broker killed a moment ago
+        (and its lock) goes away only when its backend notices the closed socket.
+        """
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            got = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                [f"polymq.store:{self.schema}"],
+            ).fetchone()[0]
+            conn.commit()
+            if got or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         if not got:
             raise StoreOpenError(
                 f"schema {self.schema} ({self.where}) is in use by another polymq store"
