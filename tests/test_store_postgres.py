@@ -181,16 +181,25 @@ def test_reconnects_after_terminate_between_commits(pg_server, pg_dsn):
     assert [s for s, _, _ in snap.messages[("/", "q")]] == list(range(1, 102))
 
 
+@pytest.mark.parametrize("where", ["before the statement", "inside the transaction"])
 @pytest_twisted.inlineCallbacks
-def test_batch_in_flight_is_retried_after_terminate(pg_server, pg_dsn):
-    """The connection dies while a batch is being written: it is written again on a new
-    connection, its callbacks run once, and nothing is doubled or lost."""
+def test_batch_in_flight_is_retried_after_terminate(pg_server, pg_dsn, where):
+    """The connection dies while a batch is being written (before its one statement is sent,
+    or half-way through a transaction of several, after the write guard): it is written again
+    on a new connection, its callbacks run once, and nothing is doubled or lost."""
     kills = []
 
     class Cut(PostgresStore):
-        def _begin_write(self, cur):
-            if not kills:  # the first write transaction loses its connection half-way
+        def _execute(self, conn, runs):
+            if where == "before the statement" and not kills:
                 kills.append(pg_server.terminate_backends(dbname(pg_dsn), "polymq"))
+            return super()._execute(conn, runs)
+
+        def _write_guard(self):
+            if where == "inside the transaction" and not kills:
+                kills.append(1)  # the session ends itself: pg_terminate_backend(own pid)
+                return [("SELECT pg_terminate_backend(pg_backend_pid())", [])]
+            return []
 
     store = Cut(pg_dsn, lazy_flush_ms=0)
     yield store.open()

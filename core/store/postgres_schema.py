@@ -77,8 +77,8 @@ NAME_FIELDS: dict[int, tuple[int, ...]] = {
     DEL_KV: (0, 1),
 }
 
-# kind -> [(statement, positions of the op's parameters it takes)]; run with executemany.
-# Message puts/deletes and stream appends have set-based statements below instead.
+# kind -> [(statement, positions of the op's parameters it takes)], one execution per op.
+# Message and kv puts/deletes and stream appends have set-based statements below instead.
 STATEMENTS: dict[int, list[tuple[str, tuple[int, ...]]]] = {
     PUT_EXCHANGE: [
         (
@@ -132,32 +132,40 @@ STATEMENTS: dict[int, list[tuple[str, tuple[int, ...]]]] = {
             (0, 1, 2, 3),
         )
     ],
-    PUT_KV: [
-        (
-            "INSERT INTO {s}.kv (namespace, key, value) VALUES (%s, %s, %s)"
-            " ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value",
-            (0, 1, 2),
-        )
-    ],
-    DEL_KV: [("DELETE FROM {s}.kv WHERE namespace = %s AND key = %s", (0, 1))],
 }
 
 # Set-based statements: one statement per group of rows (arrays, one per column).
 PUT_MESSAGES = (
     "INSERT INTO {s}.messages (vhost, queue, seq, data, delivery_count)"
-    " SELECT * FROM unnest(%s::bytea[], %s::bytea[], %s::int8[], %s::bytea[], %s::int4[])"
+    " SELECT * FROM unnest(%b::bytea[], %b::bytea[], %b::int8[], %b::bytea[], %b::int4[])"
     " ON CONFLICT (vhost, queue, seq) DO UPDATE"
     " SET data = EXCLUDED.data, delivery_count = EXCLUDED.delivery_count"
 )
+# the same, for a run of puts into one queue (the usual case): fewer values to send
+PUT_QUEUE_MESSAGES = (
+    "INSERT INTO {s}.messages (vhost, queue, seq, data, delivery_count)"
+    " SELECT %b::bytea, %b::bytea, s, d, c FROM unnest(%b::int8[], %b::bytea[], %b::int4[])"
+    " AS u(s, d, c) ON CONFLICT (vhost, queue, seq) DO UPDATE"
+    " SET data = EXCLUDED.data, delivery_count = EXCLUDED.delivery_count"
+)
 DELETE_MESSAGES = (
-    "DELETE FROM {s}.messages WHERE vhost = %s AND queue = %s AND seq = ANY(%s::int8[])"
+    "DELETE FROM {s}.messages WHERE vhost = %s AND queue = %s AND seq = ANY(%b::int8[])"
 )
 # A retried batch (after a lost connection, when its commit may have happened) finds its
 # entries there already: they are left as they are.
 APPEND_ENTRIES = (
     'INSERT INTO {s}.stream_entries (vhost, stream, partition, "offset", count, "timestamp",'
-    " format, data) SELECT * FROM unnest(%s::bytea[], %s::bytea[], %s::int4[], %s::int8[],"
-    " %s::int4[], %s::int8[], %s::text[], %s::bytea[]) ON CONFLICT DO NOTHING"
+    " format, data) SELECT * FROM unnest(%b::bytea[], %b::bytea[], %b::int4[], %b::int8[],"
+    " %b::int4[], %b::int8[], %b::text[], %b::bytea[]) ON CONFLICT DO NOTHING"
+)
+
+PUT_KVS = (
+    "INSERT INTO {s}.kv (namespace, key, value)"
+    " SELECT * FROM unnest(%b::bytea[], %b::bytea[], %b::bytea[])"
+    " ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value"
+)
+DELETE_KVS = (
+    "DELETE FROM {s}.kv WHERE (namespace, key) IN (SELECT * FROM unnest(%b::bytea[], %b::bytea[]))"
 )
 
 LOAD_EXCHANGES = "SELECT vhost, name, record FROM {s}.exchanges ORDER BY vhost, name"
