@@ -160,7 +160,7 @@ class ActiveMQJdbc:
 
     def __init__(self, tmp: Path, pg: Postgres) -> None:
         self.pg = pg
-        self.base = tmp / "activemq"
+        self.base = tmp / f"activemq-{uuid.uuid4().hex[:6]}"
         self.dbname, dsn = pg.new_database("activemq")
         self.port = free_port()
         for d in ("conf", "data", "lib"):
@@ -225,11 +225,41 @@ class ActiveMQJdbc:
 # ------------------------------------------------------------------ main
 
 
-def row(target: str, workload: str, rate: float, n: int, secs: float, commits: int) -> list:
+def row(workload: str, target: str, rate: float, n: int, secs: float, commits: int) -> list:
     return [
         workload, target, f"{rate:,.0f}", f"{n:,}", f"{commits:,}",
         f"{commits / secs:,.0f}" if secs > 0 else "-", f"{n / commits:,.1f}" if commits else "-",
     ]  # fmt: skip
+
+
+def polymq_case(tmp: Path, pg: Postgres, backend: str, adapter: str, work):
+    """A run on a fresh polymq broker: (rate, messages, seconds, commits)."""
+
+    def run() -> tuple:
+        b = start_polymq(tmp, backend, [adapter], pg)
+        try:
+            rate, n, secs = work(b)
+        except BaseException:
+            b.stop()
+            raise
+        return rate, n, secs, stop_polymq(b)
+
+    return run
+
+
+def activemq_case(tmp: Path, pg: Postgres, classes: Path, jms_run: tuple, args):
+    """A run on a fresh ActiveMQ with a fresh JDBC database: (rate, messages, seconds, commits)."""
+
+    def run() -> tuple:
+        amq = ActiveMQJdbc(tmp, pg)
+        try:
+            before = pg.commits(amq.dbname)
+            rate, n, secs = jms_workload(amq.url, classes, jms_run, args, amq.proc.pid)
+            return rate, n, secs, pg.commits(amq.dbname) - before
+        finally:
+            amq.stop()
+
+    return run
 
 
 def main() -> None:
@@ -239,55 +269,71 @@ def main() -> None:
     ap.add_argument("--jms-scale", type=float, default=1.0, help="multiply the JMS message counts")
     ap.add_argument("--only", default="amqp,kafka,openwire")
     ap.add_argument("--no-activemq", action="store_true")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per workload and broker, interleaved; the median is reported",
+    )
     ap.add_argument("--pg-dsn", help="a superuser DSN of the PostgreSQL to use (default: private)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="pg-bench-"))
     pg = Postgres(args.pg_dsn)
-    rows: list[list] = []
     print(f"PostgreSQL {pg.version()}; {os.cpu_count()} CPUs", flush=True)
+    rows: list[list] = []
     try:
         classes = compile_bench(tmp) if "openwire" in only else None
+        # workload -> [(target, run)]
+        cases: dict[str, list] = {}
         for backend in ("sqlite", "postgres"):
             target = f"polymq {backend}"
             if "amqp" in only:
-                b = start_polymq(tmp, backend, ["amqp"], pg)
-                rate, n, secs = amqp_workload(b.host, b.port("amqp"), args)
-                rows.append(row(target, "AMQP persistent, confirms + manual acks", rate, n, secs,
-                                stop_polymq(b)))  # fmt: skip
-                print(" | ".join(rows[-1]), flush=True)
+                cases.setdefault("AMQP persistent, confirms + manual acks", []).append(
+                    (target, polymq_case(tmp, pg, backend, "amqp",
+                                         lambda b: amqp_workload(b.host, b.port("amqp"), args)))
+                )  # fmt: skip
             if "kafka" in only:
-                b = start_polymq(tmp, backend, ["kafka"], pg)
-                rate, n, secs = kafka_workload(b.host, b.port("kafka"), args)
-                rows.append(row(target, "Kafka produce acks=all, 1 KB", rate, n, secs,
-                                stop_polymq(b)))  # fmt: skip
-                print(" | ".join(rows[-1]), flush=True)
+                cases.setdefault("Kafka produce acks=all, 1 KB", []).append(
+                    (target, polymq_case(tmp, pg, backend, "kafka",
+                                         lambda b: kafka_workload(b.host, b.port("kafka"), args)))
+                )  # fmt: skip
             if "openwire" in only:
-                for run in JMS_RUNS:
-                    b = start_polymq(tmp, backend, ["openwire"], pg)
-                    url = f"tcp://{b.host}:{b.port('openwire')}"
-                    rate, n, secs = jms_workload(url, classes, run, args, b.pid)
-                    rows.append(row(target, f"OpenWire {run[0]}", rate, n, secs, stop_polymq(b)))
-                    print(" | ".join(rows[-1]), flush=True)
+                for jr in JMS_RUNS:
+
+                    def work(b, jr=jr):
+                        url = f"tcp://{b.host}:{b.port('openwire')}"
+                        return jms_workload(url, classes, jr, args, b.pid)
+
+                    cases.setdefault(f"OpenWire {jr[0]}", []).append(
+                        (target, polymq_case(tmp, pg, backend, "openwire", work))
+                    )
         if "openwire" in only and not args.no_activemq:
-            for run in JMS_RUNS:
-                try:
-                    amq = ActiveMQJdbc(tmp, pg)
-                except RuntimeError as e:
-                    print(f"ActiveMQ JDBC: {e}", file=sys.stderr)
-                    break
-                try:
-                    before = pg.commits(amq.dbname)
-                    rate, n, secs = jms_workload(amq.url, classes, run, args, amq.proc.pid)
-                    commits = pg.commits(amq.dbname) - before
-                finally:
-                    amq.stop()
-                rows.append(row("ActiveMQ 5.17 JDBC", f"OpenWire {run[0]}", rate, n, secs, commits))
-                print(" | ".join(rows[-1]), flush=True)
+            for jr in JMS_RUNS:
+                cases[f"OpenWire {jr[0]}"].append(
+                    ("ActiveMQ 5.17 JDBC", activemq_case(tmp, pg, classes, jr, args))
+                )
+        for workload, targets in cases.items():
+            results: dict[str, list] = {t: [] for t, _ in targets}
+            for rep in range(args.repeat):
+                k = rep % len(targets)
+                for target, run in targets[k:] + targets[:k]:
+                    try:
+                        r = run()
+                    except RuntimeError as e:
+                        print(f"{workload} | {target} | error: {str(e)[-500:]}", file=sys.stderr)
+                        continue
+                    results[target].append(r)
+                    print(" | ".join(row(workload, target, *r)), flush=True)
+            for target, _ in targets:
+                rs = sorted(results[target], key=lambda r: r[0])
+                if rs:
+                    rows.append(row(workload, target, *rs[(len(rs) - 1) // 2]))
     finally:
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print("\n| workload | broker | msg/s | messages | commits | commits/s | msg/commit |")
+    print(f"\nmedian of {args.repeat} run(s) by rate")
+    print("| workload | broker | msg/s | messages | commits | commits/s | msg/commit |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
