@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEB_PACKAGES := default-jdk-headless libactivemq-java kcat
+DEB_PACKAGES := default-jdk-headless libactivemq-java kcat postgresql
 PYTEST_ARGS ?= -q
 SERVE_ARGS ?=
 
