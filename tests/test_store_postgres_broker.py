@@ -194,6 +194,7 @@ def test_broker_stops_when_the_database_stays_away(pg_server, pg_dsn, pg_broker_
                 break
             time.sleep(0.05)
         assert not broker.running
+        assert broker.returncode == 1
         assert "giving up" in broker.log_text()
     finally:
         pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')

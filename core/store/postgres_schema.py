@@ -32,7 +32,7 @@ CREATE TABLE {s}.messages (
     vhost bytea NOT NULL, queue bytea NOT NULL, seq bigint NOT NULL,
     delivery_count integer NOT NULL, data bytea NOT NULL,
     PRIMARY KEY (vhost, queue, seq))
-    WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = 0.05);
+    WITH (autovacuum_vacuum_scale_factor = 0.02);
 CREATE TABLE {s}.stream_entries (
     vhost bytea NOT NULL, stream bytea NOT NULL, partition integer NOT NULL,
     "offset" bigint NOT NULL, count integer NOT NULL, "timestamp" bigint NOT NULL,
