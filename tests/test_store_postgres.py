@@ -334,3 +334,29 @@ def test_cli_exits_1_with_one_line(pg_server, pg_dsn, case, tmp_path):
     assert out.returncode == 1, out.stderr
     line = one_error_line(out)
     assert expect in line and "wrong" not in line
+
+
+@pytest_twisted.inlineCallbacks
+def test_server_turning_read_only_is_survived(pg_server, pg_dsn):
+    """A server that becomes read-only under the store (as a demoted primary does) fails the
+    write; the store reconnects and writes the batch once the server takes writes again."""
+    store = PostgresStore(pg_dsn)
+    yield store.open()
+    db = dbname(pg_dsn)
+    pg_server.sql(f'ALTER DATABASE "{db}" SET default_transaction_read_only = on')
+    pg_server.terminate_backends(db, "polymq")  # new sessions are read-only now
+    acked = []
+    store.put_message("/", "q", 1, b"m", 0)
+    store.after_durable(lambda: acked.append(1))
+
+    def writable():
+        pg_server.sql(f'ALTER DATABASE "{db}" RESET default_transaction_read_only')
+
+    reactor.callLater(1.0, writable)
+    yield wait_for(lambda: acked)
+    assert store.reconnects >= 1
+    yield store.close()
+    store = PostgresStore(pg_dsn)
+    snap = yield store.open()
+    yield store.close()
+    assert snap.messages == {("/", "q"): [(1, b"m", 0)]}

@@ -97,7 +97,9 @@ def describe_dsn(dsn: str) -> str:
     """The DSN's host, port, database and user (never the password), for messages."""
     try:
         from psycopg.conninfo import conninfo_to_dict
-
+    except ImportError:
+        return "(psycopg missing)"
+    try:
         params = conninfo_to_dict(dsn)
     except Exception:
         return "(unparsable dsn)"
@@ -531,9 +533,17 @@ class PostgresStore:
                 if deadline is not None or errors:
                     self._w_retried += 1
                 return None
-            except (psycopg.OperationalError, _Retry, StoreOpenError) as e:
-                # connection lost, server shutting down or read-only, disk full, lock busy ...
+            except (
+                psycopg.OperationalError,
+                psycopg.errors.ReadOnlySqlTransaction,
+                _Retry,
+                StoreOpenError,
+            ) as e:
+                # connection lost, server shutting down, disk full, lock busy ...; a server
+                # that turned read-only (demoted after a failover): find the primary again
                 broken = self._conn is None or self._conn.broken or self._conn.closed
+                if isinstance(e, psycopg.errors.ReadOnlySqlTransaction):
+                    broken = True
                 if broken:
                     self._close_conn()
                 else:
@@ -756,9 +766,13 @@ class PostgresStore:
 
         Raises StoreOpenError with a one-line reason.
         """
-        import psycopg
-        from psycopg.conninfo import conninfo_to_dict
-
+        try:
+            import psycopg
+            from psycopg.conninfo import conninfo_to_dict
+        except ImportError as e:
+            raise StoreOpenError(
+                f"the postgres store needs psycopg 3: pip install 'polymq[postgres]' ({e})"
+            ) from e
         if not self.dsn:
             raise StoreOpenError("store.dsn is not set (e.g. postgresql://user@host/dbname)")
         try:
