@@ -11,13 +11,14 @@ the next reactor turn (``callLater(0)``); writes nobody waits for yet (consumer 
 without confirms) wait up to ``lazy_flush_ms`` so that a callback arriving meanwhile takes them
 along. A message put and its delete in the same batch cancel each other (nothing is written).
 A flush hands (operations, callbacks) to the writer thread through a queue. The writer thread
-owns one connection: it takes every batch waiting, runs them in one transaction (pipeline mode:
-the statements, and the commit, go out without waiting for each other; message puts, message
-deletes and stream appends as one set-based statement per run), commits (one WAL flush), then
-hands the callbacks of all those batches to the reactor with one ``callFromThread``.
+owns one connection: it takes every batch waiting and writes them in one transaction, usually
+a single statement (see ``postgres_sql.py``) run in autocommit mode, otherwise statements
+between BEGIN and COMMIT; then it hands the callbacks of all those batches to the reactor with
+one ``callFromThread``.
 
-Each write transaction starts with :meth:`PostgresStore._begin_write` (nothing yet: the place
-where a shared-store failover adds its lease/epoch check, so that a deposed node's commit fails).
+Every write transaction starts with the statements of :meth:`PostgresStore._write_guard` (none
+yet: where a shared-store failover adds its lease/epoch check, so that a deposed node's commit
+fails; a guard makes every commit a BEGIN ... COMMIT transaction).
 
 Failure model
 -------------
@@ -54,6 +55,7 @@ from zope.interface import implementer
 
 from . import postgres_schema as S
 from .interfaces import IStore, StoreSnapshot
+from .postgres_sql import Statements
 from .sqlite import StoreFailedError, StoreOpenError, _default_on_fatal, _pack, _pack_args, _unpack
 
 __all__ = ["PostgresStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSION"]
@@ -61,13 +63,6 @@ __all__ = ["PostgresStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSIO
 log = Logger(namespace="polymq.store.postgres")
 
 SCHEMA_VERSION = S.SCHEMA_VERSION
-
-# rows per set-based statement, and payload bytes per statement (bounds both sides' memory)
-_ROWS_PER_STATEMENT = 5000
-_BYTES_PER_STATEMENT = 16 << 20
-
-# operation kinds that _statements folds into one statement
-_FOLDABLE = frozenset({S.PUT_MESSAGE, S.DEL_MESSAGE, S.APPEND_STREAM, S.PUT_KV, S.DEL_KV})
 
 _CLOSE = object()
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
@@ -149,16 +144,7 @@ class PostgresStore:
         self._clock = clock
         self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
         self._s = S.quote_ident(schema)
-        self._sql = {
-            kind: [(sql.format(s=self._s), idx) for sql, idx in stmts]
-            for kind, stmts in S.STATEMENTS.items()
-        }
-        self._put_messages = S.PUT_MESSAGES.format(s=self._s)
-        self._put_queue_messages = S.PUT_QUEUE_MESSAGES.format(s=self._s)
-        self._put_kvs = S.PUT_KVS.format(s=self._s)
-        self._delete_kvs = S.DELETE_KVS.format(s=self._s)
-        self._delete_messages = S.DELETE_MESSAGES.format(s=self._s)
-        self._append_entries = S.APPEND_ENTRIES.format(s=self._s)
+        self._statements = Statements(self._s).statements
 
         # counters
         self.commits = 0
@@ -657,108 +643,6 @@ class PostgresStore:
         self._w_commits += 1
         self._w_ops += self._prepared_count
 
-    def _statements(self, runs: list[tuple[int, list[tuple]]]) -> list[tuple[str, list]]:
-        """(sql, params) to run in order in one transaction; one statement when possible."""
-        if all(kind in _FOLDABLE for kind, _ in runs):
-            parts = self._folded_parts(runs)
-            if len(parts) == 1:
-                return [parts[0][:2]]
-            if sum(size for _, _, size in parts) <= _BYTES_PER_STATEMENT * 4:
-                # data-modifying CTEs: one statement; they touch disjoint rows, so the order
-                # in which PostgreSQL applies them does not matter
-                sql = "WITH " + ", ".join(
-                    f"w{i} AS ({part})" for i, (part, _, _) in enumerate(parts[:-1])
-                )
-                params = [p for _, ps, _ in parts for p in ps]
-                return [(f"{sql} {parts[-1][0]}", params)]
-            return [(sql, params) for sql, params, _ in parts]
-        out: list[tuple[str, list]] = []
-        for kind, rows in runs:
-            if kind == S.PUT_MESSAGE:
-                out += [(sql, ps) for sql, ps, _ in self._put_message_parts(_last_wins(rows, 3))]
-            elif kind == S.DEL_MESSAGE:
-                out += [(sql, ps) for sql, ps, _ in self._delete_message_parts(rows)]
-            elif kind == S.APPEND_STREAM:
-                out += [(sql, ps) for sql, ps, _ in self._append_parts(rows)]
-            elif kind == S.PUT_KV:
-                out += [(sql, ps) for sql, ps, _ in self._put_kv_parts(_last_wins(rows, 2))]
-            elif kind == S.DEL_KV:
-                out += [(sql, ps) for sql, ps, _ in self._delete_kv_parts(rows)]
-            else:
-                for sql, idx in self._sql[kind]:
-                    out += [(sql, [r[i] for i in idx]) for r in rows]
-        return out
-
-    def _folded_parts(self, runs: list[tuple[int, list[tuple]]]) -> list[tuple[str, list, int]]:
-        """Message and kv operations reduced to the last one per key (a put then a delete of a
-        key is a delete; a delete then a put is the put, an upsert), plus stream appends."""
-        messages: dict[tuple, tuple | None] = {}
-        kv: dict[tuple, tuple | None] = {}
-        appends: list[tuple] = []
-        for kind, rows in runs:
-            if kind == S.PUT_MESSAGE:
-                for r in rows:
-                    messages[r[:3]] = r
-            elif kind == S.DEL_MESSAGE:
-                messages.update(dict.fromkeys(rows))
-            elif kind == S.APPEND_STREAM:
-                appends += rows
-            elif kind == S.PUT_KV:
-                for r in rows:
-                    kv[r[:2]] = r
-            else:  # DEL_KV
-                kv.update(dict.fromkeys(rows))
-        parts = []
-        if messages:
-            puts = [r for r in messages.values() if r is not None]
-            deletes = [k for k, r in messages.items() if r is None]
-            parts += self._delete_message_parts(deletes) + self._put_message_parts(puts)
-        if appends:
-            parts += self._append_parts(appends)
-        if kv:
-            puts = [r for r in kv.values() if r is not None]
-            deletes = [k for k, r in kv.items() if r is None]
-            parts += self._delete_kv_parts(deletes) + self._put_kv_parts(puts)
-        return parts
-
-    def _put_message_parts(self, rows: list[tuple]) -> list[tuple[str, list, int]]:
-        if not rows:
-            return []
-        queues = {r[:2] for r in rows}
-        out = []
-        for chunk in _chunks(rows, 3):
-            cols = [list(c) for c in zip(*chunk, strict=True)]
-            size = sum(map(len, cols[3]))
-            if len(queues) == 1:  # the usual case: vhost and queue sent once
-                vhost, queue = next(iter(queues))
-                out.append((self._put_queue_messages, [vhost, queue, *cols[2:]], size))
-            else:
-                out.append((self._put_messages, cols, size))
-        return out
-
-    def _delete_message_parts(self, keys: list[tuple]) -> list[tuple[str, list, int]]:
-        by_queue: dict[tuple[bytes, bytes], list[int]] = {}
-        for v, q, seq in keys:
-            by_queue.setdefault((v, q), []).append(seq)
-        return [(self._delete_messages, [v, q, seqs], 0) for (v, q), seqs in by_queue.items()]
-
-    def _append_parts(self, rows: list[tuple]) -> list[tuple[str, list, int]]:
-        return [
-            (self._append_entries, cols, sum(map(len, cols[7])))
-            for cols in ([list(c) for c in zip(*chunk, strict=True)] for chunk in _chunks(rows, 7))
-        ]
-
-    def _put_kv_parts(self, rows: list[tuple]) -> list[tuple[str, list, int]]:
-        return [
-            (self._put_kvs, cols, sum(map(len, cols[2])))
-            for cols in ([list(c) for c in zip(*chunk, strict=True)] for chunk in _chunks(rows, 2))
-        ]
-
-    def _delete_kv_parts(self, keys: list[tuple]) -> list[tuple[str, list, int]]:
-        if not keys:
-            return []
-        return [(self._delete_kvs, [list(c) for c in zip(*keys, strict=True)], 0)]
-
     # ------------------------------------------------------------------ connect / migrate / load
 
     def _connect(self, first: bool) -> Any:
@@ -962,28 +846,3 @@ class PostgresStore:
         snap.kv = kv
         conn.commit()
         return snap
-
-
-def _last_wins(rows: list[tuple], key_len: int) -> list[tuple]:
-    """``rows`` with one row per key (the last): an upsert may not touch a row twice."""
-    if len(rows) < 2:
-        return rows
-    last = {r[:key_len]: r for r in rows}
-    return rows if len(last) == len(rows) else list(last.values())
-
-
-def _chunks(rows: list[tuple], data_index: int) -> list[list[tuple]]:
-    """``rows`` cut into statements of at most _ROWS_PER_STATEMENT rows / _BYTES_PER_STATEMENT."""
-    if len(rows) <= 64:
-        return [rows] if rows else []
-    out, cur, size = [], [], 0
-    for r in rows:
-        n = len(r[data_index])
-        if cur and (len(cur) >= _ROWS_PER_STATEMENT or size + n > _BYTES_PER_STATEMENT):
-            out.append(cur)
-            cur, size = [], 0
-        cur.append(r)
-        size += n
-    if cur:
-        out.append(cur)
-    return out
