@@ -360,3 +360,27 @@ def test_server_turning_read_only_is_survived(pg_server, pg_dsn):
     snap = yield store.open()
     yield store.close()
     assert snap.messages == {("/", "q"): [(1, b"m", 0)]}
+
+
+@pytest_twisted.inlineCallbacks
+def test_statement_error_is_retried_then_fatal(pg_dsn):
+    """An error that is not about the connection (here: an SQL error in every write
+    transaction) is retried a few times, then the store fails without confirming anything."""
+    attempts = []
+
+    class Bad(PostgresStore):
+        def _write_guard(self):
+            attempts.append(1)
+            return [("SELECT * FROM no_such_table", [])]
+
+    fatal = []
+    store = Bad(pg_dsn, retries=2, on_fatal=fatal.append)
+    yield store.open()
+    calls = []
+    store.put_message("/", "q", 1, b"m", 0)
+    store.after_durable(lambda: calls.append("bad"))
+    yield wait_for(lambda: fatal)
+    assert isinstance(fatal[0], psycopg.errors.UndefinedTable)
+    assert len(attempts) == 3 and calls == []
+    with pytest.raises(Exception, match="no_such_table"):
+        yield store.close()

@@ -503,9 +503,22 @@ class PostgresStore:
         """
         import psycopg
 
-        ops = self._prepare(batches)
+        try:
+            ops = self._prepare(batches)
+        except Exception as e:  # nothing can be written (a bug): never report it durable
+            log.error("postgres store {where}: bad batch: {e!r}", where=self.where, e=e)
+            return e
         if not ops:
             return None  # only callbacks: everything before them is committed already
+        # connection lost, server shutting down, disk full, lock busy ...; a server that
+        # turned read-only (demoted after a failover): find the primary again
+        connection_errors = (
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            psycopg.errors.ReadOnlySqlTransaction,
+            _Retry,
+            StoreOpenError,
+        )
         deadline: float | None = None
         errors = 0
         delay = 0.02
@@ -519,51 +532,44 @@ class PostgresStore:
                 if deadline is not None or errors:
                     self._w_retried += 1
                 return None
-            except (
-                psycopg.OperationalError,
-                psycopg.errors.ReadOnlySqlTransaction,
-                _Retry,
-                StoreOpenError,
-            ) as e:
-                # connection lost, server shutting down, disk full, lock busy ...; a server
-                # that turned read-only (demoted after a failover): find the primary again
-                broken = self._conn is None or self._conn.broken or self._conn.closed
-                if isinstance(e, psycopg.errors.ReadOnlySqlTransaction):
-                    broken = True
-                if broken:
+            except Exception as e:
+                conn = self._conn
+                broken = conn is None or conn.broken or conn.closed
+                if broken or isinstance(e, psycopg.errors.ReadOnlySqlTransaction):
                     self._close_conn()
                 else:
                     self._rollback()
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + self.reconnect_timeout
-                    log.warn(
-                        "postgres store {where}: {what}, retrying for up to {t}s: {e}",
-                        where=self.where,
-                        what="connection lost" if broken else "transaction failed",
-                        t=self.reconnect_timeout,
-                        e=_one_line(e),
-                    )
-                if now >= deadline:
+                if not broken and not isinstance(e, connection_errors):
+                    # bad data, constraint or programming errors: a few more tries only
+                    errors += 1
                     log.error(
-                        "postgres store {where}: giving up after {t}s: {e}",
+                        "postgres store {where}: transaction failed (attempt {n} of {total}): {e}",
                         where=self.where,
-                        t=self.reconnect_timeout,
+                        n=errors,
+                        total=self.retries + 1,
                         e=_one_line(e),
                     )
-                    return e
-            except Exception as e:  # bad data, constraint or programming errors
-                self._rollback()
-                errors += 1
-                log.error(
-                    "postgres store {where}: transaction failed (attempt {n} of {total}): {e}",
-                    where=self.where,
-                    n=errors,
-                    total=self.retries + 1,
-                    e=_one_line(e),
-                )
-                if errors > self.retries:
-                    return e
+                    if errors > self.retries:
+                        return e
+                else:
+                    now = time.monotonic()
+                    if deadline is None:
+                        deadline = now + self.reconnect_timeout
+                        log.warn(
+                            "postgres store {where}: {what}, retrying for up to {t}s: {e}",
+                            where=self.where,
+                            what="connection lost" if broken else "transaction failed",
+                            t=self.reconnect_timeout,
+                            e=_one_line(e),
+                        )
+                    if now >= deadline:
+                        log.error(
+                            "postgres store {where}: giving up after {t}s: {e}",
+                            where=self.where,
+                            t=self.reconnect_timeout,
+                            e=_one_line(e),
+                        )
+                        return e
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
