@@ -15,8 +15,10 @@ PostgreSQL (bench/pg/activemq-jdbc.xml). Workloads:
   openwire  bench/jms_bench JmsBench: persistent queue, synchronous sends, 1p/1c and 16p/2c
 
 For every run it prints the message rate, the commits the store made (polymq: the count its
-store logs at close; ActiveMQ: ``xact_commit`` of its database in pg_stat_database), commits
-per second and messages per commit. A benchmark, not a test.
+store logs at close; ActiveMQ: ``xact_commit`` of its database in pg_stat_database, which counts
+read-only transactions too), commits per second, messages per commit and, on PostgreSQL, the
+server's WAL syncs (``pg_stat_wal.wal_sync``: the durable flushes, PostgreSQL 14+) and messages
+per WAL sync. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -84,12 +86,12 @@ class Postgres:
         self.sql(f'CREATE DATABASE "{name}"')
         return name, make_conninfo(self.base_dsn, dbname=name)
 
-    def commits(self, dbname: str) -> int:
+    def counters(self, dbname: str) -> tuple[int, int]:
+        """(transactions committed in ``dbname``, WAL syncs of the whole server)."""
         time.sleep(1.2)  # backends report their statistics at most once a second
         self.sql("SELECT pg_stat_clear_snapshot()")
-        return self.sql("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", [dbname])[0][
-            0
-        ]
+        xacts = self.sql("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", [dbname])
+        return xacts[0][0], self.sql("SELECT wal_sync FROM pg_stat_wal")[0][0]
 
     def version(self) -> str:
         return self.sql("SHOW server_version")[0][0]
@@ -98,6 +100,12 @@ class Postgres:
         if self.server is not None:
             self.server.stop()
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def dbname_of(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    return conninfo_to_dict(dsn)["dbname"]
 
 
 def start_polymq(tmp: Path, backend: str, adapters: list[str], pg: Postgres) -> BrokerProcess:
@@ -225,10 +233,14 @@ class ActiveMQJdbc:
 # ------------------------------------------------------------------ main
 
 
-def row(workload: str, target: str, rate: float, n: int, secs: float, commits: int) -> list:
+def row(
+    workload: str, target: str, rate: float, n: int, secs: float, commits: int, syncs: int | None
+) -> list:
+    """A result row; ``syncs``: WAL syncs of the PostgreSQL server (None: not on PostgreSQL)."""
     return [
         workload, target, f"{rate:,.0f}", f"{n:,}", f"{commits:,}",
         f"{commits / secs:,.0f}" if secs > 0 else "-", f"{n / commits:,.1f}" if commits else "-",
+        "-" if syncs is None else f"{syncs:,}", "-" if not syncs else f"{n / syncs:,.1f}",
     ]  # fmt: skip
 
 
@@ -237,12 +249,16 @@ def polymq_case(tmp: Path, pg: Postgres, backend: str, adapter: str, work):
 
     def run() -> tuple:
         b = start_polymq(tmp, backend, [adapter], pg)
+        dbname = dbname_of(b.settings["store.dsn"]) if backend == "postgres" else None
+        before = pg.counters(dbname)[1] if dbname else None
         try:
             rate, n, secs = work(b)
         except BaseException:
             b.stop()
             raise
-        return rate, n, secs, stop_polymq(b)
+        commits = stop_polymq(b)
+        syncs = pg.counters(dbname)[1] - before if dbname else None
+        return rate, n, secs, commits, syncs
 
     return run
 
@@ -253,9 +269,10 @@ def activemq_case(tmp: Path, pg: Postgres, classes: Path, jms_run: tuple, args):
     def run() -> tuple:
         amq = ActiveMQJdbc(tmp, pg)
         try:
-            before = pg.commits(amq.dbname)
+            xacts, syncs = pg.counters(amq.dbname)
             rate, n, secs = jms_workload(amq.url, classes, jms_run, args, amq.proc.pid)
-            return rate, n, secs, pg.commits(amq.dbname) - before
+            xacts2, syncs2 = pg.counters(amq.dbname)
+            return rate, n, secs, xacts2 - xacts, syncs2 - syncs
         finally:
             amq.stop()
 
@@ -333,8 +350,11 @@ def main() -> None:
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nmedian of {args.repeat} run(s) by rate")
-    print("| workload | broker | msg/s | messages | commits | commits/s | msg/commit |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print(
+        "| workload | broker | msg/s | messages | commits | commits/s | msg/commit"
+        " | WAL syncs | msg/WAL sync |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print("| " + " | ".join(r) + " |")
 
