@@ -139,7 +139,7 @@ class PgServer:
         """A libpq URI for ``dbname`` over TCP."""
         from urllib.parse import quote, urlencode
 
-        query = f"?{urlencode(extra)}" if extra else ""
+        query = f"?{urlencode(extra, quote_via=quote)}" if extra else ""
         return (
             f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{HOST}:{self.port}"
             f"/{quote(dbname, safe='')}{query}"

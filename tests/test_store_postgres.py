@@ -8,6 +8,7 @@ test_store_contract.py, on both backends.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ import threading
 import psycopg
 import pytest
 import pytest_twisted
-from pgserver import free_port
+from pgserver import PgServer, free_port, pg_bindir
 from test_store_sqlite import durable, turn
 from twisted.internet import defer, reactor, task
 
@@ -384,3 +385,48 @@ def test_statement_error_is_retried_then_fatal(pg_dsn):
     assert len(attempts) == 3 and calls == []
     with pytest.raises(Exception, match="no_such_table"):
         yield store.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_commit_not_confirmed_by_the_sync_standby_is_never_reported():
+    """With synchronous replication, a commit whose wait for the standby is cancelled
+    (pg_cancel_backend; no standby ever answers here) returns success with a WARNING: committed
+    locally, maybe lost in a failover. The store treats it as failed: no callback, then fatal.
+    A server of its own: synchronous_standby_names is server-wide."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="polymq-pg-")
+    server = PgServer(pg_bindir(), root)
+    stop = threading.Event()
+    try:
+        server.start()
+        fatal = []
+        store = PostgresStore(server.dsn(), reconnect_timeout_s=1.0, on_fatal=fatal.append)
+        yield store.open()
+        server.sql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+        server.sql("SELECT pg_reload_conf()")
+        cancels = []
+
+        def canceller():  # cancels every wait of the store's session for the standby
+            while not stop.wait(0.1):
+                cancels.append(
+                    server.sql(
+                        "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity"
+                        " WHERE application_name = 'polymq' AND wait_event = 'SyncRep'"
+                    )[0][0]
+                )
+
+        t = threading.Thread(target=canceller, daemon=True)
+        t.start()
+        calls = []
+        store.put_message("/", "q", 1, b"m", 0)
+        store.after_durable(lambda: calls.append("bad"))
+        yield wait_for(lambda: fatal)
+        assert sum(cancels) >= 2  # cancelled, written again, cancelled again ...
+        assert calls == [] and "synchronous standby" in str(fatal[0])
+        with pytest.raises(Exception):  # noqa: B017 (the store's own failure)
+            yield store.close()
+    finally:
+        stop.set()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
