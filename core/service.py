@@ -178,10 +178,12 @@ class BrokerService(MultiService):
         )
         self._check_ports()
         backend = store_backends(self.plugins)[store_cfg["backend"]]
+        # backends that keep nothing in data_dir (the postgres store names its database itself)
+        uses_dir = store_cfg["backend"] not in ("memory", "postgres")
         data_dir = os.path.abspath(store_cfg["data_dir"])
-        where = "" if store_cfg["backend"] == "memory" else f" in {data_dir}"
+        where = f" in {data_dir}" if uses_dir else ""
         try:
-            if store_cfg["backend"] != "memory":
+            if uses_dir:
                 os.makedirs(data_dir, exist_ok=True)
             self.store = backend.factory(dict(store_cfg))
             self.broker = Broker(self.store, plugins=self.plugins, config=cfg, clock=self.reactor)
@@ -203,6 +205,8 @@ class BrokerService(MultiService):
         self._limit_descriptors()
         if store_cfg["backend"] == "memory":
             self.log.info("store: memory (nothing is kept across restarts)")
+        elif not uses_dir:
+            self.log.info("store: {backend}", backend=store_cfg["backend"])
         else:
             self.log.info(
                 "store: {backend}, data in {data_dir}",

@@ -1,4 +1,4 @@
-"""Built-in store backends: ``memory`` and ``sqlite``, registered through the store hook."""
+"""Built-in store backends (memory, sqlite, postgres), registered through the store hook."""
 
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ def _check_sqlite(section: dict) -> list[tuple[str, str]]:
     return []
 
 
+def _postgres(section: dict):
+    from polymq.core.store.postgres import PostgresStore
+
+    return PostgresStore(**_options(section))
+
+
 @hookimpl
 def polymq_store_backends():
     return [
@@ -55,5 +61,18 @@ def polymq_store_backends():
             },
             description="one SQLite file in data_dir, WAL, group commit on a writer thread",
             check=_check_sqlite,
+        ),
+        StoreBackendSpec(
+            name="postgres",
+            factory=_postgres,
+            default_config={
+                "dsn": "",
+                "schema": "polymq",
+                "connect_timeout_s": 5,
+                "reconnect_timeout_s": 30.0,
+                "lazy_flush_ms": 20.0,
+                "lazy_flush_ops": 10000,
+            },
+            description="PostgreSQL (store.dsn, psycopg 3), group commit on a writer thread",
         ),
     ]

@@ -75,7 +75,7 @@ def test_default_plugins_list_names_every_builtin():
 def test_builtin_store_backends_register_through_the_hook():
     pm = bare_pm()
     backends = store_backends_with_origin(pm)
-    assert set(backends) == {"memory", "sqlite"}
+    assert set(backends) == {"memory", "sqlite", "postgres"}
     assert backends["memory"][1] == "polymq (built-in)"
     store = backends["memory"][0].factory({"backend": "memory", "data_dir": "x"})
     assert store.name == "memory"
