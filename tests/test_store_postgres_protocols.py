@@ -33,7 +33,7 @@ def started(pg_server):
     yield brokers
     assert brokers
     for b in brokers:
-        assert "store postgres opened" in b.log_text(), b.log_tail()
+        assert "store: postgres" in b.log_text(), b.log_tail()
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ from twisted.python import failure
 from zope.interface.verify import verifyObject
 
 try:
-    from polymq.core.store.interfaces import IStore
+    from polymq.core.store.interfaces import IPagingStore, IStore
     from polymq.core.store.sqlite import FILENAME, SqliteStore, StoreOpenError
 except ImportError:  # running from the source tree without an install
-    from core.store.interfaces import IStore
+    from core.store.interfaces import IPagingStore, IStore
     from core.store.sqlite import FILENAME, SqliteStore, StoreOpenError
 
 
@@ -45,6 +45,7 @@ def test_provides_interface(tmp_path):
     store, d = open_store(tmp_path / "data")
     snap = yield d
     assert verifyObject(IStore, store)
+    assert verifyObject(IPagingStore, store)  # sqlite pages bodies and stream entries
     assert store.name == "sqlite"
     assert snap.queues == [] and snap.messages == {} and snap.kv == {}
     assert os.path.exists(tmp_path / "data" / FILENAME)

@@ -1,6 +1,6 @@
 """Storage backends behind one zope.interface API."""
 
-from .interfaces import IStore, StoreSnapshot
+from .interfaces import IPagingStore, IStore, StoreSnapshot
 from .memory import MemoryStore
 
-__all__ = ["IStore", "StoreSnapshot", "MemoryStore"]
+__all__ = ["IPagingStore", "IStore", "StoreSnapshot", "MemoryStore"]

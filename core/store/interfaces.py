@@ -50,13 +50,6 @@ class IStore(Interface):
 
     name = Attribute("The backend name used in config (``store.backend``).")
 
-    pages = Attribute(
-        """True when the backend keeps message bodies and stream entries on disk and reads them
-        back on demand (``read_messages``, ``read_stream``, ``retain_stream``): queues then keep
-        only a bounded window of bodies in memory and streams only a recent tail. False (the
-        ``memory`` store) keeps everything in memory as the core holds it."""
-    )
-
     def open():
         """Open or create the store; return a Deferred firing with a :class:`StoreSnapshot`."""
 
@@ -105,6 +98,33 @@ class IStore(Interface):
 
     def trim_stream(vhost: str, stream: str, partition: int, before_offset: int) -> None:
         """Drop entries whose offset is below ``before_offset`` (retention)."""
+
+    def put_kv(namespace: str, key: str, value: bytes) -> None:
+        """Store a small adapter-owned record (MQTT session, retained message, group offset)."""
+
+    def delete_kv(namespace: str, key: str) -> None:
+        """Remove an adapter-owned record."""
+
+    def after_durable(callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the reactor thread once every write issued before it is durable.
+
+        Callbacks run in the order they were registered.
+        """
+
+
+class IPagingStore(IStore):
+    """A store that keeps message bodies and stream entries on disk and reads them back on
+    demand (the sqlite store): queues then keep only a bounded window of bodies in memory and
+    streams only a recent tail. A store providing only :class:`IStore` (memory, postgres) is
+    given every write and reports everything at ``open``; the core keeps it all in memory.
+    """
+
+    pages = Attribute(
+        """True when the backend keeps message bodies and stream entries on disk and reads them
+        back on demand (``read_messages``, ``read_stream``, ``retain_stream``): queues then keep
+        only a bounded window of bodies in memory and streams only a recent tail. False (the
+        ``memory`` store) keeps everything in memory as the core holds it."""
+    )
 
     def put_queued(
         vhost: str,
@@ -180,16 +200,4 @@ class IStore(Interface):
         its newest entry's timestamp is below ``min_timestamp``; the segment being written is
         never deleted. ``callback(start_offset, bytes)`` runs on the reactor thread with the
         new log start and the bytes left. Only for stores that page.
-        """
-
-    def put_kv(namespace: str, key: str, value: bytes) -> None:
-        """Store a small adapter-owned record (MQTT session, retained message, group offset)."""
-
-    def delete_kv(namespace: str, key: str) -> None:
-        """Remove an adapter-owned record."""
-
-    def after_durable(callback: Callable[[], None]) -> None:
-        """Call ``callback`` on the reactor thread once every write issued before it is durable.
-
-        Callbacks run in the order they were registered.
         """

@@ -56,7 +56,9 @@ from zope.interface import implementer
 from . import postgres_schema as S
 from .interfaces import IStore, StoreSnapshot
 from .postgres_sql import Statements
-from .sqlite import StoreFailedError, StoreOpenError, _default_on_fatal, _pack, _pack_args, _unpack
+from .sqlite import StoreFailedError, _default_on_fatal
+from .sqlite_open import StoreOpenError
+from .sqlite_sql import _pack, _pack_args, _unpack
 
 __all__ = ["PostgresStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSION"]
 

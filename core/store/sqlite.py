@@ -53,7 +53,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .interfaces import IStore, StoreSnapshot
+from .interfaces import IPagingStore, StoreSnapshot
 from .segments import (  # noqa: F401 (re-exported: tests and tools name them from here)
     SEGMENT_SUFFIX,
     STREAMS_DIR,
@@ -127,7 +127,7 @@ def _default_on_fatal(exc: BaseException) -> None:
         reactor.stop()  # type: ignore[attr-defined]
 
 
-@implementer(IStore)
+@implementer(IPagingStore)
 class SqliteStore(_OpenMixin):
     """Embedded durable store; see the module docstring for the threading and failure model.
 
