@@ -882,9 +882,10 @@ class ProtocolConnection(Protocol):
             self.close()
             return
         log.info(
-            "{protocol}: closing {peer}: {error}",
+            "{protocol}: closing {peer}{client}: {error}",
             protocol=self.factory.protocol_name,
             peer=self.peer,
+            client=self._client_text(),
             error=error,
         )
         try:
@@ -895,6 +896,10 @@ class ProtocolConnection(Protocol):
             )
         if self._linger_timer is None:
             self.close()
+
+    def _client_text(self) -> str:
+        info = self.info
+        return f" ({info.client_id})" if info is not None and info.client_id else ""
 
     def _crash(self, error: BaseException) -> None:
         log.failure(

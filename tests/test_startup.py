@@ -105,8 +105,9 @@ def test_log_lines_name_kafka_apis_and_peers_as_host_port(tmp_path):
     finally:
         broker.stop()
     log = broker.log_text()
-    assert f"kafka client {kafka_peer} (log-test): Metadata version 99 is not supported" in log
-    assert f"amqp: unsupported protocol header b'AMQP\\x01\\x01\\x00\\t' from {amqp_peer}" in log
+    # every adapter's refusals go through the connection contract's one log line
+    assert f"kafka: closing {kafka_peer} (log-test): Metadata version 99 is not supported" in log
+    assert f"amqp: closing {amqp_peer}: unsupported protocol header b'AMQP\\x01\\x01\\x00\\t'" in log
     assert "IPv4Address" not in log
     assert "api 3" not in log
 
