@@ -728,7 +728,19 @@ class ProtocolConnection(Protocol):
                 info.vhost = vhost
 
     def authenticate(self, username: str | None, password: Any) -> Identity | Refusal:
-        """Ask the broker's auth plugins; the result's user is recorded on success."""
+        """Ask the broker's auth plugins; the result's user is recorded on success.
+
+        On a TLS listener with ``[tls] cert_login`` set, a verified client certificate names the
+        user (whatever user name the client sent) and the password is a
+        :class:`~polymq.core.security.CertificateCredential`."""
+        cert_login = getattr(self.factory, "cert_login", "")
+        if cert_login:
+            from .security.manager import CertificateCredential
+            from .security.tls import certificate_user
+
+            found = certificate_user(self.transport, cert_login)
+            if found is not None:
+                username, password = found[0], CertificateCredential(found[1])
         result = self.broker.authenticate(
             self.factory.protocol_name, username, password, self.transport.getPeer()
         )
@@ -745,12 +757,20 @@ class ProtocolConnection(Protocol):
         (``configure``, ``write``, ``read``) on the resource ``kind`` (``exchange``,
         ``queue``, ``topic``, ``group`` ...) called ``name``? Every adapter asks here before
         it declares, publishes or consumes; the answer comes from the broker's authorizer
-        (everything is allowed while none is configured)."""
+        (everything is allowed while none is configured). The authorizer is called as
+        ``authorizer(identity, vhost, action, kind, name, client_id)``; decisions are cached
+        there, so this is a dict look-up after the first time."""
         authorizer = getattr(self.broker, "authorizer", None)
         if authorizer is None:
             return True
+        info = self.info
         return authorizer(
-            self.identity, vhost if vhost is not None else self.info.vhost, action, kind, name
+            self.identity,
+            vhost if vhost is not None else info.vhost,
+            action,
+            kind,
+            name,
+            info.client_id,
         )
 
     def set_liveness(self, read_timeout: float, keepalive: float = 0.0) -> None:
@@ -909,6 +929,8 @@ class ConnectionFactory(ServerFactory):
         self.registry = registry_of(broker)
         self.listener_name = section.get("listener_name") or self.protocol_name
         self.tls = bool(section.get("tls", False))
+        # [tls] cert_login on a TLS listener: the client certificate names the user
+        self.cert_login = str(section.get("cert_login") or "") if self.tls else ""
         self.max_connections = int(section.get("max_connections") or 0)
         self.max_connections_per_host = int(section.get("max_connections_per_host") or 0)
         self.handshake_timeout = float(section.get("handshake_timeout") or 0)

@@ -36,7 +36,7 @@ def test_banner_and_shutdown_without_twisted_noise(tmp_path):
     log = broker.log_text()
     assert f"polymq {__version__} starting; config: built-in defaults, " in log
     assert f"store: sqlite, data in {broker.data_dir}" in log
-    assert "auth: guest/guest and anonymous clients are let in" in log
+    assert "auth: users of " in log and "loopback only: guest" in log
     for name in ADAPTERS:
         assert f"{name} listening on 127.0.0.1:{broker.port(name)}: plain TCP (TLS off)" in log
     assert "kafka listening" in log and "adapters.kafka.sasl = false" in log
