@@ -125,8 +125,8 @@ def _adapter_defaults(spec: AdapterSpec) -> dict:
 
     section = {"enabled": True, "host": "0.0.0.0", "port": spec.default_port}
     section.update(CONNECTION_DEFAULTS)
-    # the TLS listener's port (0: none); it listens only when [tls] certfile is set
-    section["tls_port"] = DEFAULT_TLS_PORTS.get(spec.name, 0)
+    # the TLS listener's port (-1: none); it listens only when [tls] certfile is set
+    section["tls_port"] = DEFAULT_TLS_PORTS.get(spec.name, -1)
     section.update(copy.deepcopy(spec.default_config))
     return section
 
@@ -408,6 +408,9 @@ def _check_values(cfg: dict, problems: _Problems) -> None:
         port = section["port"]
         if not 0 <= port <= 65535:
             problems.add(f"adapters.{name}.port", f"must be 0-65535, got {port}")
+        tls_port = section.get("tls_port", -1)
+        if not -1 <= tls_port <= 65535:
+            problems.add(f"adapters.{name}.tls_port", f"must be 0-65535 (-1: none), got {tls_port}")
         if not section["host"]:
             problems.add(f"adapters.{name}.host", "must not be empty")
         if section["enabled"] and port:

@@ -23,7 +23,7 @@ USUAL_OCCUPANTS = {5672: "RabbitMQ", 1883: "Mosquitto", 9092: "Kafka", 61616: "A
 
 # Twisted's own lines for every listening port ("MqttFactory starting on 1883",
 # "(TCP Port 1883 Closed)"); the banner and the shutdown line say the same once.
-_PORT_NOISE = re.compile(r"^(\S+ starting on \d+|\((TCP|UDP|UNIX) Port \S+ Closed\))$")
+_PORT_NOISE = re.compile(r"^(\S+( \(TLS\))? starting on \d+|\((TCP|UDP|UNIX) Port \S+ Closed\))$")
 
 
 def is_port_noise(event: dict) -> bool:
@@ -259,8 +259,7 @@ class BrokerService(MultiService):
             self.tls_creator.start(self.reactor)
 
     def _address(self, name: str) -> str:
-        name = name.removesuffix(TLS_SUFFIX)
-        host = self.config["adapters"][name]["host"]
+        host = self.config["adapters"][name.removesuffix(TLS_SUFFIX)]["host"]
         host = f"[{host}]" if ":" in host else host
         return f"{host}:{self.ports[name]}"
 
@@ -332,7 +331,7 @@ class BrokerService(MultiService):
         for name in enabled_adapters(self.config):
             section = self.config["adapters"][name]
             out.append((name, section["host"], section["port"]))
-            if tls_on and section.get("tls_port"):
+            if tls_on and section.get("tls_port", -1) >= 0:
                 out.append((name + TLS_SUFFIX, section["host"], section["tls_port"]))
         return out
 
@@ -369,8 +368,9 @@ class BrokerService(MultiService):
             self._trackers[name] = tracker
             self.ports[name] = listening.getHost().port
             tls_note = "TLS off" if self.tls_creator is None else "TLS on its own port"
-            if self.tls_creator is not None and not section.get("tls_port"):
-                tls_note = f"TLS off (adapters.{name}.tls_port = 0)"
+            has_tls = self.tls_creator is not None and section.get("tls_port", -1) >= 0
+            if self.tls_creator is not None and not has_tls:
+                tls_note = f"TLS off (adapters.{name}.tls_port = -1)"
             self.log.info(
                 "{adapter} listening on {address}: plain TCP ({tls}), {login}",
                 adapter=name,
@@ -378,7 +378,7 @@ class BrokerService(MultiService):
                 tls=tls_note,
                 login=self._login(name, section),
             )
-            if self.tls_creator is not None and section.get("tls_port"):
+            if has_tls:
                 failure = await self._listen_tls(name, section, specs[name])
                 if failure:
                     failures.append(failure)

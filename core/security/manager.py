@@ -195,6 +195,18 @@ class SecurityManager:
             return Refusal(BAD_CREDENTIALS)
         return self._admit(record, protocol, host)
 
+    def scram_secret(self, user: str, mechanism: str) -> Any:
+        """The stored SCRAM verifier of ``user`` for ``mechanism``, or None."""
+        record = self.users.get(user)
+        return None if record is None else record.scram.get(mechanism)
+
+    def proven(self, protocol: str, user: str, peer: Any) -> Identity | Refusal:
+        """The login of a user whose credentials a SASL exchange (SCRAM) already proved."""
+        record = self.users.get(user)
+        if record is None:
+            return Refusal(BAD_CREDENTIALS)
+        return self._admit(record, protocol, peer_host(peer))
+
     def _admit(self, record: User, protocol: str, host: str | None) -> Identity | Refusal:
         if record.name in self.loopback_users and not is_loopback(host):
             return Refusal(f"user '{record.name}' can only connect via localhost")
