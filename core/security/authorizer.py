@@ -28,8 +28,11 @@ class Authorizer:
     allowed it without giving the anonymous user permissions of its own).
     """
 
-    def __init__(self, users: Any, unrestricted: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, users: Any, unrestricted: frozenset[str] = frozenset(), default_vhost: str = "/"
+    ) -> None:
         self._users = users
+        self.default_vhost = default_vhost
         self.unrestricted = unrestricted
         self._cache: dict[tuple, bool] = {}
         self._compiled: dict[str, re.Pattern] = {}
@@ -54,7 +57,7 @@ class Authorizer:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        allowed = self._decide(user, vhost or "/", action, kind, name, client_id)
+        allowed = self._decide(user, vhost or self.default_vhost, action, kind, name, client_id)
         if not allowed:
             self.refused += 1
         if len(self._cache) >= _CACHE_LIMIT:

@@ -108,7 +108,9 @@ class SecurityManager:
         self.users: dict[str, User] = read_users(self.path, default_vhost)
         self._stamp = self._file_stamp()
         self.authorizer = Authorizer(
-            lambda: self.users, frozenset({ANONYMOUS}) if self.allow_anonymous else frozenset()
+            lambda: self.users,
+            frozenset({ANONYMOUS}) if self.allow_anonymous else frozenset(),
+            default_vhost,
         )
         # verified (user, keyed digest of the password) -> the hash it was checked against
         self._verified: dict[tuple[str, bytes], str] = {}

@@ -1,0 +1,128 @@
+"""Permissions refused and allowed, as each protocol's real client sees them.
+
+MQTT (paho 5 and 3.1.1): PUBLISH needs ``write`` and SUBSCRIBE ``read`` on the topic (kind
+``topic``, the MQTT name); ``%c``/``%u`` in a pattern are the client id and user name.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from polymq.core.cli import main
+
+
+def wait(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    from brokerproc import BrokerProcess
+
+    d = tmp_path_factory.mktemp("perm-broker")
+    users = d / "users.toml"
+    where = f"security.users_file={json.dumps(str(users))}"
+    assert main(["users", "add", "dev", "--password", "pw", "--set", where,
+                 "--configure", "", "--write", "^devices/%c/", "--read", "^(devices/%u/|public/)"]
+                ) == 0  # fmt: skip
+    b = BrokerProcess(d, adapters=["mqtt"], store="memory", log_level="info",
+                      settings={"security.users_file": str(users)})  # fmt: skip
+    b.start()
+    yield b
+    b.stop()
+    b.kill9()
+
+
+class Client:
+    def __init__(self, broker, user, password, client_id, protocol=mqtt.MQTTv5):
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=protocol)  # fmt: skip
+        if user:
+            self.c.username_pw_set(user, password)
+        self.connected: list = []
+        self.acks: dict[int, int] = {}
+        self.granted: dict[int, list[int]] = {}
+        self.got: list[tuple[str, bytes]] = []
+        self.c.on_connect = lambda cl, ud, fl, rc, pr=None: self.connected.append(rc.value)
+        self.c.on_publish = lambda cl, ud, mid, rc, pr: self.acks.__setitem__(mid, rc.value)
+        self.c.on_subscribe = lambda cl, ud, mid, rcs, pr: self.granted.__setitem__(
+            mid, [r.value for r in rcs]
+        )
+        self.c.on_message = lambda cl, ud, m: self.got.append((m.topic, m.payload))
+        self.c.connect(broker.host, broker.port("mqtt"))
+        self.c.loop_start()
+        assert wait(lambda: self.connected) and self.connected[0] == 0
+
+    def subscribe(self, flt: str) -> list[int]:
+        _, mid = self.c.subscribe(flt, qos=1)
+        assert wait(lambda: mid in self.granted)
+        return self.granted[mid]
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> int:
+        info = self.c.publish(topic, payload, qos=qos)
+        assert wait(lambda: info.mid in self.acks)
+        return self.acks[info.mid]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def test_mqtt5_publish_and_subscribe_refused_with_0x87(broker):
+    watcher = Client(broker, None, None, f"w-{uuid.uuid4().hex[:6]}")  # guest: everything
+    assert watcher.subscribe("devices/#") == [1]
+    dev = Client(broker, "dev", "pw", "sensor-1")
+    # write: only devices/<own client id>/...
+    assert dev.publish("devices/sensor-1/temp", b"ok") in (0x00, 0x10)
+    assert dev.publish("devices/sensor-2/temp", b"forged") == 0x87
+    assert dev.publish("elsewhere", b"forged") == 0x87
+    # read: devices/<own user name>/... and public/...
+    assert dev.subscribe("devices/dev/#") == [1]
+    assert dev.subscribe("public/news") == [1]
+    assert dev.subscribe("devices/#") == [0x87]
+    assert dev.subscribe("#") == [0x87]
+    assert wait(lambda: len(watcher.got) >= 1)
+    time.sleep(0.3)
+    assert watcher.got == [("devices/sensor-1/temp", b"ok")]  # the refused ones went nowhere
+    # the connection lives on after refusals
+    watcher.c.publish("devices/dev/cmd", b"to dev", qos=1)
+    assert wait(lambda: dev.got) and dev.got == [("devices/dev/cmd", b"to dev")]
+    dev.close()
+    watcher.close()
+
+
+def test_mqtt311_suback_0x80_and_refused_publish_dropped(broker):
+    watcher = Client(broker, None, None, f"w-{uuid.uuid4().hex[:6]}", mqtt.MQTTv311)
+    assert watcher.subscribe("devices/#") == [1]
+    dev = Client(broker, "dev", "pw", "sensor-9", mqtt.MQTTv311)
+    assert dev.subscribe("devices/#") == [0x80]
+    assert dev.subscribe("public/#") == [1]
+    # 3.1.1 has no refusal in PUBACK: the client is acknowledged, the message is dropped
+    assert dev.publish("devices/sensor-1/temp", b"forged") == 0
+    assert dev.publish("devices/sensor-9/temp", b"ok") == 0
+    info = dev.c.publish("devices/other/q2", b"forged", qos=2)
+    assert wait(lambda: info.mid in dev.acks)  # the QoS 2 flow completes
+    assert wait(lambda: watcher.got)
+    time.sleep(0.3)
+    assert watcher.got == [("devices/sensor-9/temp", b"ok")]
+    dev.close()
+    watcher.close()
+
+
+def test_mqtt_client_id_in_a_pattern_is_taken_literally(broker):
+    dev = Client(broker, "dev", "pw", "x")
+    # a client id containing regex characters does not widen ^devices/%c/
+    assert dev.publish("devices/x/t", b"1") in (0x00, 0x10)
+    dev.close()
+    dot = Client(broker, "dev", "pw", "a.b")
+    assert dot.publish("devices/aXb/t", b"1") == 0x87
+    assert dot.publish("devices/a.b/t", b"1") in (0x00, 0x10)
+    dot.close()
