@@ -99,10 +99,14 @@ def test_runtime_plugin_shows_up_with_origin():
     assert spec.default_port == 7007
     assert "registered at runtime" in origin and "test_plugins" in origin
     cfg = load_config(pm, environ={}, check_paths=False)
+    from polymq.core.connection import CONNECTION_DEFAULTS
+
     assert cfg["adapters"]["echo"] == {
         "enabled": True,
         "host": "0.0.0.0",
         "port": 7007,
+        **CONNECTION_DEFAULTS,
+        "tls_port": -1,  # a third-party adapter has no TLS port unless it names one
         "banner": "hi",
     }
 
