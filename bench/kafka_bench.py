@@ -2,11 +2,16 @@
 
     .venv/bin/python bench/kafka_bench.py [--records 200000] [--size 1024] [--store sqlite]
     .venv/bin/python bench/kafka_bench.py --bootstrap 127.0.0.1:9092   # an already running broker
+    .venv/bin/python bench/kafka_bench.py --baseline /tmp/old   # the broker of another tree
+
+``--baseline DIR`` starts the broker with ``PYTHONPATH=DIR``, where DIR holds a ``polymq``
+directory (``core``, ``adapters``, ``plugins`` of an older commit), to measure before/after.
 
 Starts a broker subprocess (Kafka adapter only) unless --bootstrap is given, measures the
 loopback bandwidth (iperf3 if installed, else a Python socket blast) in the same run, then
 produces 1 KB records with batching (acks=1 and acks=all) and consumes them back, and prints
-MB/s and records/s for each phase. A benchmark, not a test.
+MB/s and records/s for each phase, and the broker's CPU time per record (user + system, from
+/proc; steadier than rates on a shared machine). A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -79,6 +84,15 @@ def loopback_iperf3(seconds: int = 3) -> float | None:
         server.wait()
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` so far (0 when unknown: --bootstrap)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -147,6 +161,7 @@ def main() -> None:
     ap.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--baseline", default=None, help="PYTHONPATH of the polymq to measure")
     args = ap.parse_args()
 
     broker = None
@@ -155,7 +170,9 @@ def main() -> None:
         from brokerproc import BrokerProcess
 
         tmp = tempfile.mkdtemp(prefix="kafka-bench-")
-        broker = BrokerProcess(tmp, adapters=["kafka"], store=args.store, log_level="warn")
+        env = {"PYTHONPATH": args.baseline} if args.baseline else None
+        broker = BrokerProcess(tmp, adapters=["kafka"], store=args.store, log_level="warn",
+                               env=env)
         broker.start()
         bootstrap = f"{broker.host}:{broker.port('kafka')}"
     else:
@@ -167,18 +184,25 @@ def main() -> None:
         for acks in ("1", "all"):
             topic = f"bench-{acks}-{uuid.uuid4().hex[:6]}"
             create_topic(bootstrap, topic, args.partitions)
+            pid = broker.pid if broker is not None else None
+            cpu0 = cpu_seconds(pid)
             pmb, prs = bench_produce(bootstrap, topic, args.records, args.size, acks)
+            cpu1 = cpu_seconds(pid)
             cmb, crs = bench_consume(bootstrap, topic, args.records, args.size, args.partitions)
-            rows.append((acks, pmb, prs, cmb, crs))
+            cpu2 = cpu_seconds(pid)
+            us = 1e6 / args.records
+            rows.append((acks, pmb, prs, cmb, crs, (cpu1 - cpu0) * us, (cpu2 - cpu1) * us))
         print(f"records={args.records} size={args.size}B store={args.store} "
               f"partitions={args.partitions}")
         if ipf is not None:
             print(f"loopback (iperf3, 1 stream): {ipf:8.0f} MB/s")
         print(f"loopback (Python socket blast, 1 stream): {py:8.0f} MB/s")
-        print("| acks | produce MB/s | produce rec/s | consume MB/s | consume rec/s |")
-        print("|---|---:|---:|---:|---:|")
-        for acks, pmb, prs, cmb, crs in rows:
-            print(f"| {acks} | {pmb:.0f} | {prs:.0f} | {cmb:.0f} | {crs:.0f} |")
+        print("| acks | produce MB/s | produce rec/s | consume MB/s | consume rec/s "
+              "| broker CPU µs/record produce | consume |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for acks, pmb, prs, cmb, crs, pcpu, ccpu in rows:
+            print(f"| {acks} | {pmb:.0f} | {prs:.0f} | {cmb:.0f} | {crs:.0f} "
+                  f"| {pcpu:.2f} | {ccpu:.2f} |")
     finally:
         if broker is not None:
             broker.stop()

@@ -451,14 +451,19 @@ def registry_of(broker: Any) -> ConnectionRegistry:
     return reg
 
 
-_DURABLE = object()  # marks a reply batch that waits for the store
+_DURABLE = object()  # marks a reply batch that waits for the store (or for reply_later)
+
+
+def _ignore(*data: bytes) -> None:
+    pass
 
 
 @implementer(IPushProducer)
 class ProtocolConnection(Protocol):
     """One client connection of any protocol: the thin transport every adapter shares.
 
-    Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable`,
+    Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable` /
+    :meth:`reply_later`,
     :meth:`handshake_done`, :meth:`authenticate`, :meth:`authorize`, :meth:`set_liveness`,
     :meth:`pause_reading` / :meth:`resume_reading`, and :attr:`info` (the registry entry).
     """
@@ -482,6 +487,7 @@ class ProtocolConnection(Protocol):
         self._last_write = 0.0
         self._reading_paused = 0
         self._partial = 0  # bytes this connection's framer holds, as counted in the registry
+        self._socket_paused = False
         # replies waiting behind a durable one: lists of frames, or _DURABLE-headed batches
         self._replies: list[list] = []
         self._durable_open: list | None = None
@@ -624,9 +630,33 @@ class ProtocolConnection(Protocol):
         answers still waiting for durability, so the client sees answers in request order."""
         if self._replies:
             if not self.closing:
+                if self._durable_open is not None:
+                    # later durable replies of this read must not join the batch before it
+                    self._register_durable()
                 self._replies.append([data])
             return
         self.write(data)
+
+    def reply_later(self) -> Callable[..., None]:
+        """Reserve the place of an answer that waits for something other than the store (a
+        long poll, a group join): answers given after this call wait behind it. Call the
+        returned function once with the answer's bytes (one or more chunks), whenever it is
+        ready; later calls, and calls after the connection closed, are ignored."""
+        if self.closing:
+            return _ignore
+        if self._durable_open is not None:
+            self._register_durable()
+        entry: list = [_DURABLE]
+        self._replies.append(entry)
+
+        def ready(*data: bytes) -> None:
+            if entry[0] is not _DURABLE or self.closing:
+                return
+            entry.extend(data)
+            entry[0] = None
+            self._release_replies()
+
+        return ready
 
     def reply_after_durable(self, data: bytes) -> None:
         """A reply that may leave only once everything written to the store so far is durable
@@ -810,10 +840,18 @@ class ProtocolConnection(Protocol):
     # -- IPushProducer: the socket's buffer -------------------------------------------------
 
     def pauseProducing(self) -> None:
+        # Twisted calls this on every write while its buffer is over its size, and
+        # resumeProducing once when it drained: the session hears each change once
+        if self._socket_paused:
+            return
+        self._socket_paused = True
         if self.session is not None and not self.closing:
             self.call_session(self.session.pause)
 
     def resumeProducing(self) -> None:
+        if not self._socket_paused:
+            return
+        self._socket_paused = False
         if self.session is not None and not self.closing:
             self.call_session(self.session.resume)
 

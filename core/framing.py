@@ -51,8 +51,13 @@ class LengthPrefixedFramer:
             buf += data
             if len(buf) < self._need:
                 return []  # the rest of a frame still to come: no copy of what is there
-            data = bytes(buf)
-            buf.clear()
+            if self._views:
+                # the frames are views of the buffer: hand it over rather than copy it
+                data = buf
+                self._buf = buf = bytearray()
+            else:
+                data = bytes(buf)
+                buf.clear()
             self._need = 0
         hsize = self._prefix.size
         unpack = self._prefix.unpack_from

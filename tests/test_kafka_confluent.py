@@ -211,3 +211,21 @@ def test_list_offsets_and_admin(kbroker):
     admin.delete_topics([t])[t].result(10)
     md = admin.list_topics(timeout=10)
     assert t not in md.topics
+
+
+def test_fetch_answers_larger_than_the_socket_buffer(kbroker):
+    """Fetch answers of several MB fill the socket: the broker stops reading that connection
+    until they drain, then goes on (every record arrives, in order)."""
+    t = topic_name()
+    n = 30000
+    values = [b"%08d" % i + b"x" * 1016 for i in range(n)]
+    p = Producer({"bootstrap.servers": bootstrap(kbroker), "linger.ms": 20,
+                  "batch.size": 1000000, "queue.buffering.max.messages": 100000})
+    for v in values:
+        p.produce(t, v)
+    assert p.flush(60) == 0
+    got = consume(kbroker, t, n, timeout=60.0, **{"max.partition.fetch.bytes": 10485760,
+                                                  "fetch.max.bytes": 52428800,
+                                                  "fetch.wait.max.ms": 100})
+    assert len(got) == n
+    assert [m.value()[:8] for m in got] == [v[:8] for v in values]

@@ -19,6 +19,8 @@ from typing import Any
 
 import construct as cs
 
+from polymq.core.errors import ProtocolError
+
 from ..varint import encode_uvarint
 
 # --------------------------------------------------------------------------------------------
@@ -45,6 +47,7 @@ UNKNOWN_MEMBER_ID = 25
 INVALID_SESSION_TIMEOUT = 26
 REBALANCE_IN_PROGRESS = 27
 TOPIC_AUTHORIZATION_FAILED = 29
+GROUP_AUTHORIZATION_FAILED = 30
 UNSUPPORTED_SASL_MECHANISM = 33
 ILLEGAL_SASL_STATE = 34
 UNSUPPORTED_VERSION = 35
@@ -144,7 +147,7 @@ FLEXIBLE_SINCE: dict[int, int] = {
 }
 
 
-class KafkaDecodeError(Exception):
+class KafkaDecodeError(ProtocolError):
     """A frame that cannot be decoded (truncated, inflated length, bad varint ...)."""
 
 

@@ -16,6 +16,8 @@ DEFAULT_CONFIG = {
     "max_request_size": 100 * 1024 * 1024,
     "group_initial_rebalance_delay_ms": 0,
     "vhost": "",
+    # Kafka's connections.max.idle.ms: a connection that sends nothing for this long is closed
+    "idle_timeout": 600.0,
 }
 
 

@@ -155,6 +155,16 @@ def _snappy_raw(data: bytes, limit: int) -> bytes:
     return snappy.uncompress(data)
 
 
+def _decompress_errors() -> tuple[type[Exception], ...]:
+    import snappy
+    import zstandard
+
+    # zlib.error (gzip), RuntimeError (lz4), UncompressError (snappy), ZstdError, and the
+    # ValueError / EOFError some of them raise for truncated input
+    return (zlib.error, RuntimeError, ValueError, EOFError, snappy.UncompressError,
+            zstandard.ZstdError)
+
+
 def decompress(codec: int, data: bytes, limit: int) -> bytes:
     """Decompress a batch's records; never produces (much) more than ``limit`` bytes."""
     if codec == CODEC_NONE:
@@ -190,9 +200,7 @@ def decompress(codec: int, data: bytes, limit: int) -> bytes:
                 out = r.read(limit + 1)
         else:
             raise BatchError(2, f"unknown compression codec {codec}")
-    except BatchError:
-        raise
-    except Exception as e:
+    except _decompress_errors() as e:  # what the libraries raise for data they cannot read
         raise BatchError(2, f"cannot decompress batch: {e}") from e
     if len(out) > limit:
         raise BatchError(10, "decompressed batch too large")

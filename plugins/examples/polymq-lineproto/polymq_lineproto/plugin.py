@@ -3,7 +3,7 @@
 from polymq.core.hookspecs import hookimpl
 from polymq.core.plugins import AdapterSpec
 
-from .protocol import LineFactory
+from .transport import LineFactory
 
 
 def build_factory(broker, section):
@@ -22,6 +22,6 @@ def polymq_adapters():
                 "greeting": "polymq lineproto ready",
                 "durable": False,
             },
-            description="example line protocol: PUB <queue> <text> / GET <queue>",
+            description="example line protocol: PUB / GET / SUB / ACK on queues",
         )
     ]

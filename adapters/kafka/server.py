@@ -1,0 +1,108 @@
+"""What every connection of one Kafka listener shares: topics (the core's streams), producer-id
+and idempotence state, the group coordinator."""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any
+
+from twisted.logger import Logger
+
+from polymq.core.stream import Partition, Stream, StreamEntry, StreamFormat
+
+from .groups import Coordinator
+from .records import decode_messages, encode_messages
+
+log = Logger(namespace="polymq.kafka")
+
+FORMAT = "kafka"
+TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+NODE_ID = 1
+CLUSTER_ID = "polymq"
+RECENT_BATCHES = 5
+
+
+class ProducerState:
+    __slots__ = ("epoch", "next_seq", "recent")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.next_seq: int | None = None
+        self.recent: deque[tuple[int, int, int]] = deque(maxlen=RECENT_BATCHES)
+
+
+def kafka_bytes(p: Partition, e: StreamEntry) -> bytes:
+    """An entry as a v2 record batch: stored Kafka batches verbatim, others encoded once."""
+    if e.fmt == FORMAT:
+        return e.data
+    cache = e.cache
+    if cache is not None:
+        b = cache.get(FORMAT)
+        if b is not None:
+            return b
+    else:
+        cache = e.cache = {}
+    b = encode_messages(p.messages(e), e.offset)
+    cache[FORMAT] = b
+    return b
+
+
+class KafkaServer:
+    """State shared by every connection of one Kafka listener."""
+
+    def __init__(self, broker: Any, section: dict) -> None:
+        self.broker = broker
+        self.section = section
+        self.vhost = broker.vhost(section.get("vhost") or None)
+        self.advertised_host: str = section.get("advertised_host", "127.0.0.1")
+        self.advertised_port: int = int(section.get("advertised_port", 0) or 0)
+        self.auto_create: bool = bool(section.get("auto_create_topics", True))
+        self.num_partitions: int = int(section.get("num_partitions", 1))
+        self.sasl: bool = bool(section.get("sasl", False))
+        self.max_request_size: int = int(
+            section.get("max_request_size", 0) or (broker.max_message_size + 1024 * 1024)
+        )
+        self.coordinator = Coordinator(
+            broker, int(section.get("group_initial_rebalance_delay_ms", 0))
+        )
+        self.producers: dict[tuple[int, str, int], ProducerState] = {}
+        self.producer_epochs: dict[int, int] = {}
+        self.transactional: dict[str, tuple[int, int]] = {}
+        if FORMAT not in broker.stream_formats:
+            broker.stream_formats[FORMAT] = StreamFormat(FORMAT, decode_messages, encode_messages)
+
+    # -- topics --------------------------------------------------------------------------------
+
+    def topic(self, name: str, create: bool = False) -> Stream | None:
+        q = self.vhost.queues.get(name)
+        if q is not None:
+            return q if q.kind == "stream" else None
+        if not create or not self.auto_create or not TOPIC_RE.match(name):
+            return None
+        return self.create_topic(name, self.num_partitions)
+
+    def create_topic(self, name: str, partitions: int, configs: dict | None = None) -> Stream:
+        args: dict[str, Any] = {}
+        configs = configs or {}
+        try:
+            if configs.get("retention.bytes") not in (None, "-1"):
+                args["x-max-length-bytes"] = int(configs["retention.bytes"])
+            if configs.get("retention.ms") not in (None, "-1"):
+                args["x-max-age"] = int(configs["retention.ms"])
+        except ValueError:
+            pass
+        s = self.vhost.declare_stream(name, partitions=partitions, arguments=args)
+        if configs:
+            s.set_config({k: v for k, v in configs.items() if v is not None})
+        self.vhost.bind_queue(name, "amq.topic", name)
+        log.info("kafka topic {t} created with {n} partitions", t=name, n=partitions)
+        return s
+
+    def topics(self) -> list[Stream]:
+        return [q for q in self.vhost.queues.values() if q.kind == "stream"]
+
+    def next_producer_id(self) -> int:
+        cur = self.broker.kv_get_obj("kafka.meta", "next_producer_id") or 1000
+        self.broker.kv_put_obj("kafka.meta", "next_producer_id", cur + 1)
+        return cur
