@@ -18,7 +18,8 @@ from polymq.adapters.kafka import codec as C
 @pytest.fixture(scope="module")
 def sbroker(tmp_path_factory):
     b = BrokerProcess(tmp_path_factory.mktemp("sasl"), adapters=["kafka"], log_level="info",
-                      settings={"adapters.kafka.sasl": True})
+                      settings={"adapters.kafka.sasl": True,
+                                "security.sasl_plain_without_tls": True})
     b.start()
     yield b
     try:

@@ -43,6 +43,8 @@ SECURITY_DEFAULTS: dict[str, Any] = {
     "allow_anonymous": False,
     # seconds between checks of the users file's modification time (0: never reload)
     "reload_interval": 2.0,
+    # offer Kafka SASL/PLAIN (a clear password) on listeners without TLS; SCRAM is always offered
+    "sasl_plain_without_tls": False,
 }
 
 
@@ -104,6 +106,7 @@ class SecurityManager:
         self.anonymous_user = cfg["anonymous_user"]
         self.allow_anonymous = bool(cfg["allow_anonymous"])
         self.reload_interval = float(cfg["reload_interval"])
+        self.sasl_plain_without_tls = bool(cfg["sasl_plain_without_tls"])
         self.default_vhost = default_vhost
         self.users: dict[str, User] = read_users(self.path, default_vhost)
         self._stamp = self._file_stamp()
