@@ -787,21 +787,17 @@ class ProtocolConnection(Protocol):
         (``configure``, ``write``, ``read``) on the resource ``kind`` (``exchange``,
         ``queue``, ``topic``, ``group`` ...) called ``name``? Every adapter asks here before
         it declares, publishes or consumes; the answer comes from the broker's authorizer
-        (everything is allowed while none is configured). The authorizer is called as
-        ``authorizer(identity, vhost, action, kind, name, client_id)``; decisions are cached
-        there, so this is a dict look-up after the first time."""
+        (everything is allowed while none is configured): ``authorizer(identity, vhost,
+        action, kind, name)``, plus the connection's client id as a sixth argument when the
+        authorizer has ``wants_client_id = True`` (the built-in one, for ``%c`` patterns)."""
         authorizer = getattr(self.broker, "authorizer", None)
         if authorizer is None:
             return True
         info = self.info
-        return authorizer(
-            self.identity,
-            vhost if vhost is not None else info.vhost,
-            action,
-            kind,
-            name,
-            info.client_id,
-        )
+        vhost = vhost if vhost is not None else info.vhost
+        if getattr(authorizer, "wants_client_id", False):
+            return authorizer(self.identity, vhost, action, kind, name, info.client_id)
+        return authorizer(self.identity, vhost, action, kind, name)
 
     def set_liveness(self, read_timeout: float, keepalive: float = 0.0) -> None:
         """Close the connection after ``read_timeout`` seconds without a byte from the client

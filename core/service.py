@@ -293,9 +293,16 @@ class BrokerService(MultiService):
 
     def _login(self, name: str, section: dict) -> str:
         if name == "kafka" and not section.get("sasl", True):
-            return "no login (adapters.kafka.sasl = false: every client is anonymous)"
+            return (
+                "no SASL (adapters.kafka.sasl = false: every client is one without a user name)"
+            )
         if name == "kafka":
-            return "SASL/PLAIN login checked by the auth policy"
+            plain = (
+                "PLAIN"
+                if self.config["security"]["sasl_plain_without_tls"]
+                else "PLAIN over TLS only"
+            )
+            return f"SASL SCRAM-SHA-256/512, {plain}, checked by the auth policy"
         return "login checked by the auth policy"
 
     def _check_ports(self) -> None:

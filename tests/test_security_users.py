@@ -269,8 +269,11 @@ def test_users_from_the_file_and_one_refusal_text(tmp_path):
 
 
 def test_repeated_failures_from_one_address_are_refused_without_hashing(tmp_path):
+    assert users_cmd(tmp_path / "users.toml", "add", "alice", "--password", "pw") == 0
     m = manager(tmp_path)
     other = ("192.0.2.99", 1)
+    # alice logged in once before the flood: her verified password needs no hashing
+    assert m.authenticate("mqtt", "alice", "pw", REMOTE).user == "alice"
     for _ in range(10):
         assert m.authenticate("mqtt", "guest", "bad", REMOTE) == Refusal(
             "bad user name or password"
@@ -278,6 +281,10 @@ def test_repeated_failures_from_one_address_are_refused_without_hashing(tmp_path
     started = time.perf_counter()
     throttled = m.authenticate("mqtt", "guest", "guest", REMOTE)
     assert throttled.reason.startswith("too many failed logins")
+    assert m.authenticate("mqtt", "bob", "guess", REMOTE).reason.startswith("too many")
+    assert m.authenticate("mqtt", "alice", "pw", REMOTE).user == "alice"
+    for _ in range(11):  # loopback is never throttled
+        assert m.authenticate("mqtt", "bob", "bad", LOCAL) == Refusal("bad user name or password")
     # another address is not affected (guest is refused there for being remote, not throttled)
     assert "localhost" in m.authenticate("mqtt", "guest", "guest", other).reason
     assert time.perf_counter() - started < 5  # bounds a hang only

@@ -28,6 +28,9 @@ class Authorizer:
     allowed it without giving the anonymous user permissions of its own).
     """
 
+    # conn.authorize passes the connection's client id too (for %c patterns)
+    wants_client_id = True
+
     def __init__(
         self, users: Any, unrestricted: frozenset[str] = frozenset(), default_vhost: str = "/"
     ) -> None:
