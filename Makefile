@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEB_PACKAGES := default-jdk-headless libactivemq-java kcat
+DEB_PACKAGES := default-jdk-headless libactivemq-java kcat chromium chromium-driver
 PYTEST_ARGS ?= -q
 SERVE_ARGS ?=
 BIN_DIR ?= $(HOME)/.local/bin

@@ -10,7 +10,15 @@ Scenarios (each: P publisher connections, C consumer connections, one queue):
   confirms       non-persistent, publisher confirms (window W)
   persistent     persistent on a durable queue, confirms, manual acks with prefetch
 Reports published msgs/s, confirmed msgs/s and consumed msgs/s per target (the run with the
-median consumed rate when --repeat > 1). Body 100 bytes, prefetch 200 by default.
+median consumed rate when --repeat > 1) and, for brokers this script started, the median of the
+broker's CPU time per published message. Body 100 bytes, prefetch 200 by default.
+
+``--spawn`` starts this checkout's polymq (AMQP only, sqlite store in a temporary directory) as
+the target ``polymq``; ``--baseline DIR`` also starts a second one whose ``PYTHONPATH`` is DIR
+(a ``polymq`` package tree of an older commit) as the target ``before``, so that a before/after
+comparison comes from the same run, each round alternating between them:
+
+    python bench/amqp_bench.py --spawn --baseline /tmp/base/pkg --seconds 5 --repeat 3
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
+import statistics
 import struct
 import sys
 import time
@@ -255,7 +264,18 @@ async def setup(host, port, queue, durable, delete=False):
     await c.close()
 
 
-def run_scenario(name, host, port, args):
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of process ``pid`` so far (Linux /proc), 0 without a pid."""
+    if not pid:
+        return 0.0
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_scenario(name, host, port, args, pid=None):
     persistent = name == "persistent"
     confirms = name in ("confirms", "persistent")
     no_ack = name == "transient"
@@ -272,9 +292,11 @@ def run_scenario(name, host, port, args):
         kw = dict(host=host, port=port, queue=queue, body=body, persistent=persistent,
                   confirms=confirms, window=args.window, seconds=args.seconds)
         procs.append(mp.Process(target=_run, args=(publisher, kw, q)))
+    cpu0 = cpu_seconds(pid)
     for p in procs:
         p.start()
     results = [q.get(timeout=args.seconds + 60) for _ in procs]
+    cpu = cpu_seconds(pid) - cpu0
     for p in procs:
         p.join(10)
     asyncio.run(setup(host, port, queue, durable=persistent, delete=True))
@@ -286,6 +308,9 @@ def run_scenario(name, host, port, args):
     return {
         "published/s": pub / s, "confirmed/s": conf / s if confirms else None,
         "consumed/s": cons / s, "errors": errors,
+        # the broker's CPU per published message (each is consumed once): steadier than a
+        # rate on a loaded machine
+        "cpu_us": cpu / max(pub, 1) * 1e6 if pid else None,
     }
 
 
@@ -295,8 +320,11 @@ SCENARIOS = ("transient", "manual-ack", "confirms", "persistent")
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", action="append", required=True,
+    ap.add_argument("--target", action="append", default=[],
                     help="name=host:port (repeatable)")
+    ap.add_argument("--spawn", action="store_true",
+                    help="start this checkout's polymq as the target 'polymq'")
+    ap.add_argument("--baseline", help="PYTHONPATH of a second polymq, started as 'before'")
     ap.add_argument("--scenario", default="all", choices=("all",) + SCENARIOS)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--publishers", type=int, default=1)
@@ -309,31 +337,68 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per scenario and broker (interleaved); the median is reported")
     args = ap.parse_args(argv)
-    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     targets = []
     for t in args.target:
         name, _, addr = t.partition("=")
         host, _, port = addr.rpartition(":")
         targets.append((name, host, int(port)))
+    brokers = []
+    try:
+        if args.baseline:
+            brokers.append(spawn("before", {"PYTHONPATH": args.baseline}))
+        if args.spawn:
+            brokers.append(spawn("polymq", {}))
+        targets = [(name, b.host, b.port("amqp"), b.pid) for name, b in brokers] + [
+            (name, host, port, None) for name, host, port in targets
+        ]
+        if not targets:
+            ap.error("no target: give --target, --spawn or --baseline")
+        compare(args, targets)
+    finally:
+        for _, b in brokers:
+            b.stop()
+
+
+def spawn(name: str, env: dict) -> tuple[str, object]:
+    """A polymq broker subprocess (tests/brokerproc.py) listening for AMQP only."""
+    import pathlib
+    import tempfile
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
+    from brokerproc import BrokerProcess
+
+    b = BrokerProcess(tempfile.mkdtemp(prefix=f"amqp-bench-{name}-"), adapters=["amqp"],
+                      store="sqlite", log_level="warn", env=env)
+    b.start()
+    return name, b
+
+
+def compare(args, targets) -> None:
+    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     rows = []
     for sc in scenarios:
-        runs: dict[str, list] = {name: [] for name, _, _ in targets}
+        runs: dict[str, list] = {name: [] for name, _, _, _ in targets}
         for _ in range(args.repeat):
-            for name, host, port in targets:
-                r = run_scenario(sc, host, port, args)
+            for name, host, port, pid in targets:
+                r = run_scenario(sc, host, port, args, pid)
                 runs[name].append(r)
                 print(f"{sc:11s} {name:10s} pub {r['published/s']:9.0f}/s  "
                       f"conf {r['confirmed/s'] or 0:9.0f}/s  cons {r['consumed/s']:9.0f}/s"
+                      f"  cpu {r['cpu_us'] or 0:5.1f} µs/msg"
                       + (f"  errors {r['errors']}" if r["errors"] else ""), file=sys.stderr)
-        for name, _, _ in targets:
+        for name, _, _, _ in targets:
+            cpus = [r["cpu_us"] for r in runs[name] if r["cpu_us"] is not None]
             rs = sorted(runs[name], key=lambda r: r["consumed/s"])
-            rows.append((sc, name, rs[len(rs) // 2]))
+            rows.append((sc, name, rs[len(rs) // 2], statistics.median(cpus) if cpus else None))
     print()
-    print("| scenario | broker | published msg/s | confirmed msg/s | consumed msg/s |")
-    print("|---|---|---:|---:|---:|")
-    for sc, name, r in rows:
+    print("| scenario | broker | published msg/s | confirmed msg/s | consumed msg/s "
+          "| broker CPU µs/msg |")
+    print("|---|---|---:|---:|---:|---:|")
+    for sc, name, r, cpu_us in rows:
         conf = f"{r['confirmed/s']:.0f}" if r["confirmed/s"] is not None else "-"
-        print(f"| {sc} | {name} | {r['published/s']:.0f} | {conf} | {r['consumed/s']:.0f} |")
+        cpu = f"{cpu_us:.1f}" if cpu_us is not None else "-"
+        print(f"| {sc} | {name} | {r['published/s']:.0f} | {conf} | {r['consumed/s']:.0f} "
+              f"| {cpu} |")
 
 
 if __name__ == "__main__":

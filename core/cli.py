@@ -73,9 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="compare the protocols on one workload (polymq compare -h)", add_help=False
     )
 
+<<<<<<< HEAD
     from .security.cli import add_parser as add_users_parser
 
     add_users_parser(sub, _add_config_options)
+=======
+    sub.add_parser("ctl", help="operate a running broker (polymq ctl -h)", add_help=False)
+>>>>>>> main
 
     plugins = sub.add_parser("plugins", help="list adapters and store backends found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -105,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         from polymq.plugins.compare.cli import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["ctl"]:
+        from polymq.plugins.management.ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

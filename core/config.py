@@ -114,6 +114,9 @@ def default_config(plugins) -> dict:
     cfg.update(_security_defaults())
     specs = adapter_specs(plugins)
     cfg["adapters"] = {name: _adapter_defaults(specs[name]) for name in sorted(specs)}
+    for sections in plugins.hook.polymq_config_sections():
+        for name, defaults in (sections or {}).items():
+            cfg.setdefault(name, copy.deepcopy(dict(defaults)))
     return cfg
 
 
@@ -327,6 +330,8 @@ def validate(
         return value if isinstance(value, Mapping) else {}
 
     for section in ("broker", "limits", "log", "security", "tls"):
+        _check_section(section, cfg[section], user_table(section), raws, problems)
+    for section in sorted(set(cfg) - set(BASE_DEFAULTS) - {"adapters"}):  # plugins' sections
         _check_section(section, cfg[section], user_table(section), raws, problems)
 
     # Store: common keys plus the chosen backend's own keys.

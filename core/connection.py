@@ -39,7 +39,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from . import output
 from .auth import Identity, Refusal
-from .errors import BrokerError, IdleTimeout, ProtocolError
+from .errors import BrokerError, ConnectionForced, IdleTimeout, ProtocolError
 
 __all__ = [
     "CONNECTION_DEFAULTS",
@@ -465,7 +465,8 @@ class ProtocolConnection(Protocol):
     Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable` /
     :meth:`reply_later`,
     :meth:`handshake_done`, :meth:`authenticate`, :meth:`authorize`, :meth:`set_liveness`,
-    :meth:`pause_reading` / :meth:`resume_reading`, and :attr:`info` (the registry entry).
+    :meth:`pause_reading` / :meth:`resume_reading`, :meth:`linger`, and :attr:`info` (the
+    registry entry).
     """
 
     framer: Any = None
@@ -480,6 +481,7 @@ class ProtocolConnection(Protocol):
         self.identity: Identity | None = None
         self.out: Any = None
         self._handshake_timer: Any = None
+        self._linger_timer: Any = None
         self._liveness_timer: Any = None
         self._read_timeout = 0.0
         self._keepalive_interval = 0.0
@@ -730,7 +732,7 @@ class ProtocolConnection(Protocol):
             peer=self.peer,
             reason=reason,
         )
-        self.call_session(self.session.protocol_error, BrokerError(reason))
+        self.call_session(self.session.protocol_error, ConnectionForced(reason))
         self.close()
 
     # -- what sessions ask of the contract ---------------------------------------------------
@@ -799,6 +801,16 @@ class ProtocolConnection(Protocol):
             return authorizer(self.identity, vhost, action, kind, name, info.client_id)
         return authorizer(self.identity, vhost, action, kind, name)
 
+    def linger(self, timeout: float) -> None:
+        """Called from ``protocol_error`` / ``internal_error``: keep the connection open after
+        the answer, until the session calls :meth:`close` or ``timeout`` seconds pass (a
+        protocol whose close is a handshake, such as AMQP's connection.close / close-ok).
+        Reads still reach the session meanwhile, so the client's last frames are read rather
+        than reset; a second error while lingering closes at once."""
+        if self.closing or self._linger_timer is not None:
+            return
+        self._linger_timer = self.clock.callLater(timeout, self.close, True)
+
     def set_liveness(self, read_timeout: float, keepalive: float = 0.0) -> None:
         """Close the connection after ``read_timeout`` seconds without a byte from the client
         (0: never), and call ``session.keepalive()`` when nothing was written for
@@ -859,6 +871,9 @@ class ProtocolConnection(Protocol):
     def _fail(self, error: Exception) -> None:
         if self.closing:
             return
+        if self._linger_timer is not None:  # already answered, waiting for the client
+            self.close()
+            return
         log.info(
             "{protocol}: closing {peer}: {error}",
             protocol=self.factory.protocol_name,
@@ -871,7 +886,8 @@ class ProtocolConnection(Protocol):
             log.failure(
                 "{protocol}: answering a protocol error failed", protocol=self.factory.protocol_name
             )
-        self.close()
+        if self._linger_timer is None:
+            self.close()
 
     def _crash(self, error: BaseException) -> None:
         log.failure(
@@ -881,6 +897,9 @@ class ProtocolConnection(Protocol):
         )
         if self.closing:
             return
+        if self._linger_timer is not None:
+            self.close()
+            return
         try:
             self.session.internal_error(error)
         except Exception:
@@ -888,7 +907,8 @@ class ProtocolConnection(Protocol):
                 "{protocol}: answering an internal error failed",
                 protocol=self.factory.protocol_name,
             )
-        self.close()
+        if self._linger_timer is None:
+            self.close()
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -922,17 +942,22 @@ class ProtocolConnection(Protocol):
         if self.closing:
             return
         now = self.clock.seconds()
+        if self._reading_paused:
+            # not read on purpose (flow control): the silence is ours, not the client's
+            self._last_read = now
         if self._read_timeout > 0 and now - self._last_read >= self._read_timeout:
             silent = now - self._last_read
             self.call_session(self._raise, IdleTimeout(f"nothing received for {silent:.1f} s"))
             return
         if self._keepalive_interval > 0 and now - self._last_write >= self._keepalive_interval:
-            self._last_write = now
             self.call_session(self.session.keepalive)
+            # after the call: write() sets the cheap "recently" (the last read), which for a
+            # silent client is long ago and would bring the next keep-alive due at once
+            self._last_write = now
         self._arm_liveness()
 
     def _cancel_timers(self) -> None:
-        for name in ("_handshake_timer", "_liveness_timer"):
+        for name in ("_handshake_timer", "_liveness_timer", "_linger_timer"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, None)

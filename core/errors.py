@@ -43,6 +43,12 @@ class NotAllowed(BrokerError):
     code = 530
 
 
+class ConnectionForced(BrokerError):
+    """An operator (management, shutdown) closed the connection."""
+
+    code = 320
+
+
 class ProtocolError(Exception):
     """The client broke its protocol (bad framing, wrong order, an unknown version ...).
 

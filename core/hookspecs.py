@@ -63,6 +63,15 @@ def polymq_authenticate(protocol, username, password, peer, broker):
 
 
 @hookspec
+def polymq_config_sections():
+    """Return ``{section: {key: default, ...}}``: top-level config tables this plugin owns.
+
+    Each key's type is enforced like the built-in sections' (``[management]`` comes from here);
+    a section name that polymq already uses is ignored.
+    """
+
+
+@hookspec
 def polymq_broker_started(broker):
     """Called once the broker has loaded its durable state and every listener is up.
 

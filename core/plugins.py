@@ -45,6 +45,7 @@ DEFAULT_PLUGINS = (
     "polymq.adapters.openwire.plugin",
     "polymq.plugins.auth",
     "polymq.plugins.stores",
+    "polymq.plugins.management",
 )
 
 

@@ -19,13 +19,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from polymq.core.broker import Broker
+from polymq.core.message import Message
 from polymq.core.store.sqlite import SqliteStore
-
-try:
-    from polymq.core.broker import Broker
-    from polymq.core.message import Message
-except ImportError:  # the core broker has not landed
-    Broker = None  # type: ignore[assignment,misc]
 
 REPO = str(Path(__file__).resolve().parent.parent)
 
@@ -293,10 +289,6 @@ def test_store_kill9_stream_appends(tmp_path, attempt):
         assert snap.stream_entries[("/", s, p)][-1] == (last + 1, 1, last + 1, "kafka.v2", b"x")
 
 
-needs_broker = pytest.mark.skipif(Broker is None, reason="core broker not available")
-
-
-@needs_broker
 @pytest.mark.parametrize("attempt", range(3))
 @pytest_twisted.inlineCallbacks
 def test_broker_kill9_loses_no_confirmed_message(tmp_path, attempt):
@@ -320,7 +312,6 @@ def test_broker_kill9_loses_no_confirmed_message(tmp_path, attempt):
     assert missing == set(), f"{len(missing)} confirmed messages lost, e.g. {sorted(missing)[:10]}"
 
 
-@needs_broker
 @pytest_twisted.inlineCallbacks
 def test_clean_restart_keeps_durable_state_only(tmp_path):
     data_dir = str(tmp_path / "data")

@@ -130,7 +130,7 @@ def test_kafka_python_group_of_two(kbroker):
 
 
 def test_aiokafka_produce_consume_group(kbroker):
-    aiokafka = pytest.importorskip("aiokafka")
+    import aiokafka
     t = name()
 
     async def run():

@@ -12,6 +12,7 @@ from twisted.internet import protocol
 from polymq.core import plugins as plugins_mod
 from polymq.core.auth import Identity, Refusal
 from polymq.core.config import load_config
+from polymq.core.connection import CONNECTION_DEFAULTS
 from polymq.core.hookspecs import hookimpl
 from polymq.core.plugins import (
     AdapterSpec,
@@ -99,13 +100,11 @@ def test_runtime_plugin_shows_up_with_origin():
     assert spec.default_port == 7007
     assert "registered at runtime" in origin and "test_plugins" in origin
     cfg = load_config(pm, environ={}, check_paths=False)
-    from polymq.core.connection import CONNECTION_DEFAULTS
-
     assert cfg["adapters"]["echo"] == {
         "enabled": True,
         "host": "0.0.0.0",
         "port": 7007,
-        **CONNECTION_DEFAULTS,
+        **CONNECTION_DEFAULTS,  # a plugin's listener has the contract's keys too
         "tls_port": -1,  # a third-party adapter has no TLS port unless it names one
         "banner": "hi",
     }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,13 +98,11 @@ def run_shell(code: str, ports: dict[str, int], cwd: Path) -> list[str]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat missing (make deb-deps)")
 def test_kcat_example(broker, tmp_path):
     (code,) = [code for lang, code in connect_blocks() if lang == "sh" and "kcat" in code]
     assert run_shell(code, broker.ports, tmp_path) == expected_output("sh", code)
 
 
-@pytest.mark.skipif(jmsrun.missing() is not None, reason=str(jmsrun.missing()))
 def test_jms_example(broker, tmp_path):
     blocks = connect_blocks()
     (java,) = [code for lang, code in blocks if lang == "java"]

@@ -1,10 +1,12 @@
 """AMQP 0-9-1 wire format, sans I/O.
 
-The ``construct`` declarations below (:data:`METHODS`, :data:`FieldTablePure`, :data:`FRAME`,
-:data:`CONTENT_HEADER`) are the single source of truth for the wire format. The broker parses
-the rare methods with them; the hot frames (basic.publish, basic.deliver, basic.ack, content
-header, body) and field tables have hand-written fast paths below, which the hypothesis tests in
-tests/test_amqp_codec.py check against the declarations.
+The ``construct`` declarations below (:data:`METHODS`, :data:`FRAME`, :data:`CONTENT_HEADER`)
+and in :mod:`~polymq.adapters.amqp.fieldtable` (:data:`FieldTablePure`) are the single source of
+truth for the wire format. The broker parses the rare methods with them; the hot frames
+(basic.publish, basic.deliver, basic.ack, content header, body) have hand-written fast paths
+below and field tables theirs in ``fieldtable``, which the hypothesis tests in
+tests/test_amqp_codec.py check against the declarations. Reply codes and :class:`FrameError`
+are in :mod:`~polymq.adapters.amqp.errors`; all of these are reached as ``codec.<name>``.
 
 Every length read from the wire is bounded by what remains of the frame before anything is
 allocated; field tables nest at most :data:`MAX_TABLE_DEPTH` levels.
@@ -12,12 +14,17 @@ allocated; field tables nest at most :data:`MAX_TABLE_DEPTH` levels.
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import struct
 from typing import Any
 
 import construct as c
+
+# the reply codes, FrameError and the field-table codec belong to the wire vocabulary that the
+# rest of the adapter (and its tests) reach as codec.<name>
+from .errors import *  # noqa: F403
+from .errors import FRAME_ERROR, NOT_IMPLEMENTED, SYNTAX_ERROR, FrameError
+from .fieldtable import *  # noqa: F403
+from .fieldtable import FieldTable, LongStrBytes, ShortStr, decode_table, encode_table, need
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 
@@ -28,319 +35,6 @@ FRAME_HEARTBEAT = 8
 FRAME_END = 0xCE
 FRAME_END_BYTE = b"\xce"
 FRAME_MIN_SIZE = 4096
-MAX_TABLE_DEPTH = 32
-
-# reply codes
-REPLY_SUCCESS = 200
-CONTENT_TOO_LARGE = 311
-NO_ROUTE = 312
-NO_CONSUMERS = 313
-CONNECTION_FORCED = 320
-INVALID_PATH = 402
-ACCESS_REFUSED = 403
-NOT_FOUND = 404
-RESOURCE_LOCKED = 405
-PRECONDITION_FAILED = 406
-FRAME_ERROR = 501
-SYNTAX_ERROR = 502
-COMMAND_INVALID = 503
-CHANNEL_ERROR = 504
-UNEXPECTED_FRAME = 505
-RESOURCE_ERROR = 506
-NOT_ALLOWED = 530
-NOT_IMPLEMENTED = 540
-INTERNAL_ERROR = 541
-
-REPLY_NAMES = {
-    200: "REPLY_SUCCESS", 311: "CONTENT_TOO_LARGE", 312: "NO_ROUTE", 313: "NO_CONSUMERS",
-    320: "CONNECTION_FORCED", 402: "INVALID_PATH", 403: "ACCESS_REFUSED", 404: "NOT_FOUND",
-    405: "RESOURCE_LOCKED", 406: "PRECONDITION_FAILED", 501: "FRAME_ERROR",
-    502: "SYNTAX_ERROR", 503: "COMMAND_INVALID", 504: "CHANNEL_ERROR", 505: "UNEXPECTED_FRAME",
-    506: "RESOURCE_ERROR", 530: "NOT_ALLOWED", 540: "NOT_IMPLEMENTED", 541: "INTERNAL_ERROR",
-}
-CHANNEL_ERRORS = frozenset((311, 312, 313, 403, 404, 405, 406))
-
-
-class Timestamp(int):
-    """A field-table value of type ``T`` (seconds since the epoch); a plain int elsewhere."""
-
-    __slots__ = ()
-
-
-class FrameError(Exception):
-    """A malformed frame or method: ``code`` is the AMQP reply code to close with."""
-
-    def __init__(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
-        self.class_id = class_id
-        self.method_id = method_id
-
-
-# ---------------------------------------------------------------------------------------------
-# construct declarations: field values and tables (pure, recursive through LazyBound)
-# ---------------------------------------------------------------------------------------------
-
-ShortStr = c.PascalString(c.Int8ub, "utf8")
-LongStrBytes = c.Prefixed(c.Int32ub, c.GreedyBytes)
-LongStr = c.PascalString(c.Int32ub, "utf8")
-
-Decimal = c.Struct("scale" / c.Int8ub, "value" / c.Int32sb)
-
-FieldValuePure = c.Struct(
-    "type" / c.PaddedString(1, "ascii"),
-    "value" / c.Switch(
-        c.this.type,
-        {
-            "t": c.Flag,
-            "b": c.Int8sb,
-            "B": c.Int8ub,
-            "s": c.Int16sb,
-            "u": c.Int16ub,
-            "I": c.Int32sb,
-            "i": c.Int32ub,
-            "l": c.Int64sb,
-            "f": c.Float32b,
-            "d": c.Float64b,
-            "D": Decimal,
-            "S": LongStrBytes,
-            "x": LongStrBytes,
-            "A": c.Prefixed(c.Int32ub, c.GreedyRange(c.LazyBound(lambda: FieldValuePure))),
-            "T": c.Int64ub,
-            "F": c.LazyBound(lambda: FieldTablePure),
-            "V": c.Pass,
-        },
-        default=c.StopFieldError,
-    ),
-)
-FieldTablePure = c.Prefixed(
-    c.Int32ub,
-    c.GreedyRange(c.Struct("name" / ShortStr, "value" / FieldValuePure)),
-)
-
-
-def pure_to_python(fv: Any) -> Any:
-    """A value parsed by :data:`FieldValuePure` as the Python value the fast decoder gives."""
-    t, v = fv.type, fv.value
-    if t == "D":
-        return decimal.Decimal(v.value).scaleb(-v.scale)
-    if t == "S":
-        try:
-            return bytes(v).decode("utf-8")
-        except UnicodeDecodeError:
-            return bytes(v)
-    if t == "x":
-        return bytes(v)
-    if t == "A":
-        return [pure_to_python(x) for x in v]
-    if t == "F":
-        return {e.name: pure_to_python(e.value) for e in v}
-    if t == "V":
-        return None
-    return v
-
-
-# ---------------------------------------------------------------------------------------------
-# field tables: fast paths
-# ---------------------------------------------------------------------------------------------
-
-_unpack_B = struct.Struct(">B").unpack_from
-_unpack_b = struct.Struct(">b").unpack_from
-_unpack_H = struct.Struct(">H").unpack_from
-_unpack_h = struct.Struct(">h").unpack_from
-_unpack_I = struct.Struct(">I").unpack_from
-_unpack_i = struct.Struct(">i").unpack_from
-_unpack_Q = struct.Struct(">Q").unpack_from
-_unpack_q = struct.Struct(">q").unpack_from
-_unpack_f = struct.Struct(">f").unpack_from
-_unpack_d = struct.Struct(">d").unpack_from
-_unpack_Bi = struct.Struct(">Bi").unpack_from
-_pack_I = struct.Struct(">I").pack
-_pack_H = struct.Struct(">H").pack
-_pack_Q = struct.Struct(">Q").pack
-
-_FIXED = {
-    116: (1, None),  # t
-    98: (1, _unpack_b),
-    66: (1, _unpack_B),
-    115: (2, _unpack_h),
-    117: (2, _unpack_H),
-    73: (4, _unpack_i),
-    105: (4, _unpack_I),
-    108: (8, _unpack_q),
-    102: (4, _unpack_f),
-    100: (8, _unpack_d),
-}
-
-
-def _need(buf: bytes, pos: int, n: int, end: int) -> None:
-    if pos + n > end:
-        raise FrameError(SYNTAX_ERROR, "field runs past the end of its frame")
-
-
-def decode_value(buf: bytes, pos: int, end: int, depth: int) -> tuple[Any, int]:
-    """Decode one typed field value at ``pos``; returns (value, new position)."""
-    _need(buf, pos, 1, end)
-    t = buf[pos]
-    pos += 1
-    fixed = _FIXED.get(t)
-    if fixed is not None:
-        n, fn = fixed
-        _need(buf, pos, n, end)
-        if fn is None:
-            return buf[pos] != 0, pos + 1
-        return fn(buf, pos)[0], pos + n
-    if t == 84:  # T
-        _need(buf, pos, 8, end)
-        return Timestamp(_unpack_Q(buf, pos)[0]), pos + 8
-    if t == 83 or t == 120:  # S x
-        _need(buf, pos, 4, end)
-        n = _unpack_I(buf, pos)[0]
-        pos += 4
-        _need(buf, pos, n, end)
-        raw = bytes(buf[pos : pos + n])
-        if t == 83:
-            try:
-                return raw.decode("utf-8"), pos + n
-            except UnicodeDecodeError:
-                return raw, pos + n
-        return raw, pos + n
-    if t == 70:  # F
-        return decode_table(buf, pos, end, depth + 1)
-    if t == 65:  # A
-        if depth >= MAX_TABLE_DEPTH:
-            raise FrameError(SYNTAX_ERROR, "field tables nested too deep")
-        _need(buf, pos, 4, end)
-        n = _unpack_I(buf, pos)[0]
-        pos += 4
-        _need(buf, pos, n, end)
-        stop = pos + n
-        out = []
-        while pos < stop:
-            v, pos = decode_value(buf, pos, stop, depth + 1)
-            out.append(v)
-        return out, pos
-    if t == 68:  # D
-        _need(buf, pos, 5, end)
-        scale, value = _unpack_Bi(buf, pos)
-        return decimal.Decimal(value).scaleb(-scale), pos + 5
-    if t == 86:  # V
-        return None, pos
-    raise FrameError(SYNTAX_ERROR, f"unknown field type {chr(t)!r}")
-
-
-def decode_table(buf: bytes, pos: int, end: int, depth: int = 0) -> tuple[dict, int]:
-    """Decode a length-prefixed field table at ``pos``; returns (dict, new position)."""
-    if depth > MAX_TABLE_DEPTH:
-        raise FrameError(SYNTAX_ERROR, "field tables nested too deep")
-    _need(buf, pos, 4, end)
-    n = _unpack_I(buf, pos)[0]
-    pos += 4
-    _need(buf, pos, n, end)
-    stop = pos + n
-    out: dict[str, Any] = {}
-    while pos < stop:
-        klen = buf[pos]
-        pos += 1
-        _need(buf, pos, klen, stop)
-        try:
-            key = bytes(buf[pos : pos + klen]).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise FrameError(SYNTAX_ERROR, "field name is not UTF-8") from e
-        pos += klen
-        out[key], pos = decode_value(buf, pos, stop, depth)
-    return out, pos
-
-
-def decode_table_body(data: bytes) -> dict:
-    """A table without its length prefix (the AMQPLAIN response)."""
-    return decode_table(_pack_I(len(data)) + data, 0, len(data) + 4)[0]
-
-
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-
-
-def encode_value(v: Any, out: list[bytes], depth: int = 0) -> None:
-    if depth > MAX_TABLE_DEPTH:
-        raise ValueError("field tables nested too deep")
-    if v is None:
-        out.append(b"V")
-    elif v is True or v is False:
-        out.append(b"t\x01" if v else b"t\x00")
-    elif isinstance(v, Timestamp):
-        out.append(b"T" + _pack_Q(v))
-    elif isinstance(v, int):
-        if -0x80000000 <= v <= 0x7FFFFFFF:
-            out.append(b"I" + struct.pack(">i", v))
-        elif -0x8000000000000000 <= v <= 0x7FFFFFFFFFFFFFFF:
-            out.append(b"l" + struct.pack(">q", v))
-        else:
-            raise ValueError(f"integer {v} does not fit in 64 bits")
-    elif isinstance(v, str):
-        b = v.encode("utf-8")
-        out.append(b"S" + _pack_I(len(b)) + b)
-    elif isinstance(v, bytes | bytearray | memoryview):
-        b = bytes(v)
-        out.append(b"x" + _pack_I(len(b)) + b)
-    elif isinstance(v, float):
-        out.append(b"d" + struct.pack(">d", v))
-    elif isinstance(v, dict):
-        out.append(b"F")
-        out.append(encode_table(v, depth + 1))
-    elif isinstance(v, list | tuple):
-        parts: list[bytes] = []
-        for x in v:
-            encode_value(x, parts, depth + 1)
-        body = b"".join(parts)
-        out.append(b"A" + _pack_I(len(body)) + body)
-    elif isinstance(v, decimal.Decimal):
-        sign, digits, exp = v.as_tuple()
-        scale = -exp if isinstance(exp, int) and exp < 0 else 0
-        value = int(v.scaleb(scale))
-        if not (0 <= scale <= 255 and -0x80000000 <= value <= 0x7FFFFFFF):
-            raise ValueError(f"decimal {v} does not fit an AMQP decimal")
-        out.append(b"D" + struct.pack(">Bi", scale, value))
-    elif isinstance(v, datetime.datetime):
-        if v.tzinfo is None:
-            v = v.replace(tzinfo=datetime.UTC)
-        out.append(b"T" + _pack_Q(int((v - _EPOCH).total_seconds())))
-    else:
-        raise ValueError(f"cannot encode {type(v).__name__} in a field table")
-
-
-def encode_table(table: dict | None, depth: int = 0) -> bytes:
-    """A length-prefixed field table."""
-    if not table:
-        return b"\x00\x00\x00\x00"
-    parts: list[bytes] = []
-    for k, v in table.items():
-        kb = str(k).encode("utf-8")
-        if len(kb) > 255:
-            raise ValueError("field name longer than 255 bytes")
-        parts.append(bytes((len(kb),)) + kb)
-        encode_value(v, parts, depth)
-    body = b"".join(parts)
-    return _pack_I(len(body)) + body
-
-
-class _FastTable(c.Construct):
-    """A field table inside a method declaration: parsed by the fast path (which the tests
-    check against :data:`FieldTablePure`)."""
-
-    def _parse(self, stream, context, path):
-        head = c.stream_read(stream, 4, path)
-        n = _unpack_I(head, 0)[0]
-        data = c.stream_read(stream, n, path)
-        return decode_table(head + data, 0, 4 + n)[0]
-
-    def _build(self, obj, stream, context, path):
-        data = encode_table(obj)
-        c.stream_write(stream, data, len(data), path)
-        return obj
-
-
-FieldTable = _FastTable()
 
 
 class _Bits(c.Adapter):
@@ -595,6 +289,9 @@ CONTENT_HEADER = c.Struct(
 # ---------------------------------------------------------------------------------------------
 
 _pack_frame_head = struct.Struct(">BHI").pack
+_pack_H = struct.Struct(">H").pack
+_pack_Q = struct.Struct(">Q").pack
+_unpack_Q = struct.Struct(">Q").unpack_from
 _unpack_frame_head = struct.Struct(">BHI").unpack_from
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
@@ -633,16 +330,16 @@ def decode_publish(payload: bytes) -> dict:
     """Fast path for basic.publish (payload includes class/method ids)."""
     end = len(payload)
     pos = 6  # ids + ticket
-    _need(payload, pos, 1, end)
+    need(payload, pos, 1, end)
     n = payload[pos]
     pos += 1
-    _need(payload, pos, n + 1, end)
+    need(payload, pos, n + 1, end)
     try:
         exchange = payload[pos : pos + n].decode("utf-8")
         pos += n
         n = payload[pos]
         pos += 1
-        _need(payload, pos, n + 1, end)
+        need(payload, pos, n + 1, end)
         routing_key = payload[pos : pos + n].decode("utf-8")
     except UnicodeDecodeError as e:
         raise FrameError(SYNTAX_ERROR, "malformed basic.publish", 60, 40) from e
@@ -670,6 +367,19 @@ def decode_ack(payload: bytes) -> dict:
 
 _DELIVER_IDS = b"\x00\x3c\x00\x3c"
 _pack_QB = struct.Struct(">QB").pack
+_ACK_IDS = b"\x00\x3c\x00\x50"
+
+
+def ack_frame(channel: int, delivery_tag: int, multiple: bool) -> bytes:
+    """A whole basic.ack frame (publisher confirms): the fast path of its declaration."""
+    return b"".join(
+        (
+            _pack_frame_head(1, channel, 13),
+            _ACK_IDS,
+            _pack_QB(delivery_tag, 1 if multiple else 0),
+            FRAME_END_BYTE,
+        )
+    )
 
 
 def deliver_prefix(consumer_tag: str) -> bytes:
@@ -715,10 +425,10 @@ _pack_header = struct.Struct(">HHQ").pack
 
 
 def _shortstr(buf: bytes, pos: int, end: int) -> tuple[str, int]:
-    _need(buf, pos, 1, end)
+    need(buf, pos, 1, end)
     n = buf[pos]
     pos += 1
-    _need(buf, pos, n, end)
+    need(buf, pos, n, end)
     try:
         return buf[pos : pos + n].decode("utf-8"), pos + n
     except UnicodeDecodeError as e:
@@ -743,11 +453,11 @@ def decode_content_header(payload: bytes) -> tuple[int, int, dict, bytes]:
         if flags & 0x2000:
             props["headers"], pos = decode_table(payload, pos, end)
         if flags & 0x1000:
-            _need(payload, pos, 1, end)
+            need(payload, pos, 1, end)
             props["delivery_mode"] = payload[pos]
             pos += 1
         if flags & 0x0800:
-            _need(payload, pos, 1, end)
+            need(payload, pos, 1, end)
             props["priority"] = payload[pos]
             pos += 1
         if flags & 0x0400:
@@ -759,7 +469,7 @@ def decode_content_header(payload: bytes) -> tuple[int, int, dict, bytes]:
         if flags & 0x0080:
             props["message_id"], pos = _shortstr(payload, pos, end)
         if flags & 0x0040:
-            _need(payload, pos, 8, end)
+            need(payload, pos, 8, end)
             props["timestamp"] = _unpack_Q(payload, pos)[0]
             pos += 8
         if flags & 0x0020:

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from polymq.core.address import headers_with_key, key_from_headers, parse_address, topic_address
 from polymq.core.auth import Refusal
 from polymq.core.connection import ProtocolConnection, SessionBase
-from polymq.core.errors import BrokerError, IdleTimeout
+from polymq.core.errors import BrokerError, ConnectionForced, IdleTimeout
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Limit
 
@@ -647,6 +647,8 @@ class Connection(SessionBase):
         """Bad input or a refusal: 5.0 clients get DISCONNECT with the reason code."""
         if isinstance(error, IdleTimeout):
             reason, text = c.KEEP_ALIVE_TIMEOUT, f"{error} (keep-alive timeout)"
+        elif isinstance(error, ConnectionForced):
+            reason, text = c.ADMINISTRATIVE_ACTION, error.text
         elif isinstance(error, BrokerError):
             reason, text = c.IMPLEMENTATION_SPECIFIC, f"broker refused: {error.text}"
         else:
