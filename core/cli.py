@@ -73,13 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="compare the protocols on one workload (polymq compare -h)", add_help=False
     )
 
-<<<<<<< HEAD
     from .security.cli import add_parser as add_users_parser
 
     add_users_parser(sub, _add_config_options)
-=======
     sub.add_parser("ctl", help="operate a running broker (polymq ctl -h)", add_help=False)
->>>>>>> main
 
     plugins = sub.add_parser("plugins", help="list adapters and store backends found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")

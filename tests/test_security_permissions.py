@@ -2,6 +2,8 @@
 
 MQTT (paho 5 and 3.1.1): PUBLISH needs ``write`` and SUBSCRIBE ``read`` on the topic (kind
 ``topic``, the MQTT name); ``%c``/``%u`` in a pattern are the client id and user name.
+AMQP (pika): RabbitMQ's table (configure to declare, write on the exchange to publish, read on the
+queue to consume), refused with channel.close 403 ACCESS_REFUSED.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def broker(tmp_path_factory):
     assert main(["users", "add", "dev", "--password", "pw", "--set", where,
                  "--configure", "", "--write", "^devices/%c/", "--read", "^(devices/%u/|public/)"]
                 ) == 0  # fmt: skip
-    b = BrokerProcess(d, adapters=["mqtt"], store="memory", log_level="info",
+    assert main(["users", "add", "app", "--password", "pw", "--set", where,
+                 "--configure", "^app\\.", "--write", "^(app\\.|amq\\.default$)",
+                 "--read", "^app\\."]) == 0  # fmt: skip
+    b = BrokerProcess(d, adapters=["mqtt", "amqp"], store="memory", log_level="info",
                       settings={"security.users_file": str(users)})  # fmt: skip
     b.start()
     yield b
@@ -126,3 +131,47 @@ def test_mqtt_client_id_in_a_pattern_is_taken_literally(broker):
     assert dot.publish("devices/aXb/t", b"1") == 0x87
     assert dot.publish("devices/a.b/t", b"1") in (0x00, 0x10)
     dot.close()
+
+
+def amqp(broker, user: str, password: str):
+    import pika
+
+    creds = pika.PlainCredentials(user, password)
+    params = pika.ConnectionParameters(broker.host, broker.port("amqp"), credentials=creds)
+    return pika.BlockingConnection(params)
+
+
+def test_amqp_refusals_are_403_channel_errors(broker):
+    import pika
+
+    guest = amqp(broker, "guest", "guest")
+    guest.channel().queue_declare("guests.q")
+    conn = amqp(broker, "app", "pw")
+    ch = conn.channel()
+    ch.queue_declare("app.q")
+    ch.basic_publish("", "app.q", b"mine")  # the default exchange is checked as amq.default
+    assert wait(lambda: ch.basic_get("app.q", auto_ack=True)[2] == b"mine")
+    refusals = [
+        lambda c: c.queue_declare("other.q"),  # configure
+        lambda c: c.basic_consume("guests.q", lambda *a: None),  # read
+        lambda c: c.basic_get("guests.q"),  # read
+        lambda c: c.queue_bind("app.q", "amq.fanout"),  # read on the exchange
+        lambda c: c.queue_delete("guests.q"),  # configure
+    ]
+    for attempt in refusals:
+        c = conn.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+            attempt(c)
+        assert refused.value.reply_code == 403
+        assert "refused for user 'app'" in refused.value.reply_text
+    # publishing to an exchange without write permission closes the channel asynchronously
+    c = conn.channel()
+    c.basic_publish("amq.fanout", "", b"forged")
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        c.queue_declare("app.q", passive=True)
+    assert refused.value.reply_code == 403
+    # the connection survives every refusal
+    assert conn.is_open
+    assert conn.channel().queue_declare("app.q", passive=True).method.queue == "app.q"
+    conn.close()
+    guest.close()
