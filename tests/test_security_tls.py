@@ -17,6 +17,8 @@ import trustme
 from brokerproc import BrokerProcess
 from java import jmsrun
 
+from polymq.core.cli import main as main_cli
+
 ADAPTERS = ["mqtt", "amqp", "kafka", "openwire"]
 
 
@@ -345,3 +347,59 @@ def test_certificate_replaced_while_running(broker_factory, pki, tmp_path):
     for c in (before, after):
         c.disconnect()
         c.loop_stop()
+
+
+def test_amqp_external_login_with_a_client_certificate(broker_factory, pki, tmp_path):
+    import pika
+
+    users = tmp_path / "users.toml"
+    where = f"security.users_file={json.dumps(str(users))}"
+    assert main_cli(["users", "add", "alice", "--password", "unused", "--set", where,
+                     "--configure", ".*", "--write", ".*", "--read", ".*"]) == 0  # fmt: skip
+    b = broker_factory(
+        adapters=["amqp"],
+        store="memory",
+        log_level="info",
+        settings=tls_settings(
+            pki,
+            **{
+                "tls.cafile": str(pki / "ca.pem"),
+                "tls.verify_client": "optional",
+                "tls.cert_login": "common_name",
+                "security.users_file": str(users),
+            },
+        ),
+    )
+
+    def params(cert: str | None, credentials) -> pika.ConnectionParameters:
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+        if cert is not None:
+            ctx.load_cert_chain(str(pki / f"{cert}.pem"), str(pki / f"{cert}.key"))
+        return pika.ConnectionParameters(
+            "localhost",
+            b.port("amqp+tls"),
+            credentials=credentials,
+            ssl_options=pika.SSLOptions(ctx, "localhost"),
+            connection_attempts=1,
+        )
+
+    external = pika.credentials.ExternalCredentials()
+    conn = pika.BlockingConnection(params("alice", external))
+    ch = conn.channel()
+    ch.queue_declare("alice.q")
+    ch.basic_publish("", "alice.q", b"via EXTERNAL")
+    got: list = []
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        body = ch.basic_get("alice.q", auto_ack=True)[2]
+        if body is not None:
+            got.append(body)
+    assert got == [b"via EXTERNAL"]
+    conn.close()
+    # EXTERNAL without a certificate is refused; a password login still works without one
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(params(None, external))
+    pika.BlockingConnection(params(None, pika.PlainCredentials("guest", "guest"))).close()
+    # a certificate of someone who is not a user: refused
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(params("mallory", external))
