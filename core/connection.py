@@ -479,6 +479,7 @@ class ProtocolConnection(Protocol):
         self.broker = factory.broker
         self.clock = factory.clock
         self.identity: Identity | None = None
+        self._counted_user: str | None = None  # counted against the per-user limit
         self.out: Any = None
         self._handshake_timer: Any = None
         self._linger_timer: Any = None
@@ -596,6 +597,9 @@ class ProtocolConnection(Protocol):
         f.registry.remove(info)
         f.connections.discard(self)
         info.conn = None
+        if self._counted_user is not None:
+            self.broker.security.release_connection(self._counted_user)
+            self._counted_user = None
         self._replies = []
         self._durable_open = None
         try:
@@ -779,10 +783,28 @@ class ProtocolConnection(Protocol):
         if result is None:
             result = Refusal("not authorized")
         if isinstance(result, Identity):
-            self.identity = result
-            if self.info is not None:
-                self.info.user = result.user
+            refusal = self.accept_identity(result)
+            if refusal is not None:
+                return refusal
         return result
+
+    def accept_identity(self, identity: Identity) -> Refusal | None:
+        """Make ``identity`` this connection's user, within the per-user connection limit
+        (``security.max_connections_per_user``, or the user's own ``max_connections``).
+        :meth:`authenticate` calls it; an adapter that proved a login itself (a SASL
+        exchange) calls it directly. A Refusal says the user holds enough connections."""
+        security = getattr(self.broker, "security", None)
+        if security is not None and self._counted_user != identity.user:
+            reason = security.hold_connection(identity.user)
+            if reason is not None:
+                return Refusal(reason)
+            if self._counted_user is not None:
+                security.release_connection(self._counted_user)
+            self._counted_user = identity.user
+        self.identity = identity
+        if self.info is not None:
+            self.info.user = identity.user
+        return None
 
     def authorize(self, action: str, kind: str, name: str, vhost: str | None = None) -> bool:
         """The authorization check point: may this connection's user do ``action``

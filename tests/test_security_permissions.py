@@ -179,3 +179,46 @@ def test_amqp_refusals_are_403_channel_errors(broker):
     assert conn.channel().queue_declare("app.q", passive=True).method.queue == "app.q"
     conn.close()
     guest.close()
+
+
+def test_connections_per_user_are_limited_across_protocols(broker_factory, tmp_path):
+    import pika
+
+    users = tmp_path / "users.toml"
+    where = ["--set", f"security.users_file={json.dumps(str(users))}"]
+    assert main(["users", "add", "ann", "--password", "pw", *where, "--read", ".*"]) == 0
+    assert main(["users", "add", "solo", "--password", "pw", *where]) == 0
+    assert main(["users", "set-max-connections", "solo", "1", *where]) == 0
+    b = broker_factory(
+        adapters=["mqtt", "amqp"],
+        store="memory",
+        log_level="info",
+        settings={"security.users_file": str(users), "security.max_connections_per_user": 2},
+    )
+
+    def refused(user: str, password: str = "pw") -> bool:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uuid.uuid4().hex[:8])
+        c.username_pw_set(user, password)
+        codes: list = []
+        c.on_connect = lambda cl, ud, fl, rc, pr=None: codes.append(rc.value)
+        c.connect(b.host, b.port("mqtt"))
+        c.loop_start()
+        assert wait(lambda: codes)
+        c.disconnect()
+        c.loop_stop()
+        return codes[0] != 0
+
+    creds = pika.PlainCredentials("ann", "pw")
+    first = pika.BlockingConnection(
+        pika.ConnectionParameters(b.host, b.port("amqp"), credentials=creds)
+    )
+    second = Client(b, "ann", "pw", "ann-2", mqtt.MQTTv311)
+    assert refused("ann")  # the third, whatever the protocol
+    assert not refused("guest", "guest")  # other users are not affected
+    second.close()
+    assert wait(lambda: not refused("ann"))  # a closed connection frees its place
+    first.close()
+    solo = Client(b, "solo", "pw", "solo-1", mqtt.MQTTv311)
+    assert refused("solo")  # its own limit, 1, over the default 2
+    solo.close()
+    assert "already holds" in b.log_text()

@@ -252,13 +252,15 @@ class KafkaSession(SessionBase):
         except (ScramError, UnicodeDecodeError) as e:
             return None, str(e) if isinstance(e, ScramError) else "malformed SCRAM message"
         result = security_of(self.broker).proven("kafka", scram.user, self.conn.transport.getPeer())
+        if isinstance(result, Identity):
+            result = self.conn.accept_identity(result) or result
         if not isinstance(result, Identity):
             return None, result.reason
         self._logged_in(result)
         return final, None
 
     def _logged_in(self, result: Identity) -> None:
-        self.conn.identity = self.identity = result
+        self.identity = result
         self.authenticated = True
         self.started = True
         self.conn.handshake_done(user=result.user, client_id=self.client_id, vhost=self.vhost.name)

@@ -1,4 +1,4 @@
-"""``polymq users add|delete|passwd|list|set-permissions|clear-permissions|set-tags``.
+"""``polymq users add|delete|passwd|list|set-permissions|clear-permissions|set-tags|...``.
 
 The commands edit the users file named by the config (``security.users_file``, by default
 ``users.toml`` in the store's data directory); a running broker picks the change up within
@@ -78,6 +78,12 @@ def add_parser(sub: Any, add_config_options: Any) -> None:
     p.add_argument("name")
     p.add_argument("--vhost", default=None)
 
+    p = command(
+        "set-max-connections", help_text="connections the user may hold at once (-1: default)"
+    )
+    p.add_argument("name")
+    p.add_argument("limit", type=int)
+
     p = command("set-tags", help_text="replace a user's tags")
     p.add_argument("name")
     p.add_argument("tags", nargs="*")
@@ -156,6 +162,9 @@ def run(args: Any, cfg: dict) -> int:
         vhost = args.vhost or vhost_default
         users[name].permissions.pop(vhost, None)
         message = f"permissions of {name!r} on vhost {vhost!r} cleared"
+    elif action == "set-max-connections":
+        users[name].max_connections = None if args.limit < 0 else args.limit
+        message = f"connection limit of {name!r} set"
     elif action == "set-tags":
         users[name].tags = _tags(args.tags)
         message = f"tags of {name!r} set"

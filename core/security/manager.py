@@ -45,6 +45,9 @@ SECURITY_DEFAULTS: dict[str, Any] = {
     "reload_interval": 2.0,
     # offer Kafka SASL/PLAIN (a clear password) on listeners without TLS; SCRAM is always offered
     "sasl_plain_without_tls": False,
+    # connections one user may hold at once, every protocol together (0: no limit); a user's
+    # own max_connections in the users file takes precedence
+    "max_connections_per_user": 0,
 }
 
 
@@ -107,6 +110,8 @@ class SecurityManager:
         self.allow_anonymous = bool(cfg["allow_anonymous"])
         self.reload_interval = float(cfg["reload_interval"])
         self.sasl_plain_without_tls = bool(cfg["sasl_plain_without_tls"])
+        self.max_connections_per_user = int(cfg["max_connections_per_user"])
+        self.user_connections: dict[str, int] = {}
         self.default_vhost = default_vhost
         self.users: dict[str, User] = read_users(self.path, default_vhost)
         self._stamp = self._file_stamp()
@@ -173,6 +178,26 @@ class SecurityManager:
             except Exception:
                 log.failure("a users-reload callback failed")
         return True
+
+    # -- per-user connection limits --------------------------------------------------------
+
+    def hold_connection(self, user: str) -> str | None:
+        """Count one more connection of ``user``; the refusal text when over its limit."""
+        record = self.users.get(user)
+        own = record.max_connections if record is not None else None
+        limit = own if own is not None else self.max_connections_per_user
+        held = self.user_connections.get(user, 0)
+        if limit and held >= limit:
+            return f"user '{user}' already holds {held} connections (its limit)"
+        self.user_connections[user] = held + 1
+        return None
+
+    def release_connection(self, user: str) -> None:
+        n = self.user_connections.get(user, 0) - 1
+        if n > 0:
+            self.user_connections[user] = n
+        else:
+            self.user_connections.pop(user, None)
 
     # -- logins -----------------------------------------------------------------------------
 

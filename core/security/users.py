@@ -68,12 +68,16 @@ class User:
     tags: list[str] = field(default_factory=list)
     scram: dict[str, ScramSecret] = field(default_factory=dict)
     permissions: dict[str, Permission] = field(default_factory=dict)
+    # connections this user may hold at once (None: security.max_connections_per_user)
+    max_connections: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         if self.password_hash:
             data["password"] = self.password_hash
         data["tags"] = list(self.tags)
+        if self.max_connections is not None:
+            data["max_connections"] = self.max_connections
         for mech, secret in sorted(self.scram.items()):
             data[_SCRAM_KEYS[mech]] = secret.as_dict()
         data["permissions"] = {v: p.as_dict() for v, p in sorted(self.permissions.items())}
@@ -153,6 +157,11 @@ def parse_users(data: dict, where: str) -> dict[str, User]:
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise UsersFileError(f"{at}.tags: must be a list of strings")
         user.tags = list(tags)
+        limit = entry.get("max_connections")
+        if limit is not None:
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+                raise UsersFileError(f"{at}.max_connections: must be an integer >= 0")
+            user.max_connections = limit
         for mech, key in _SCRAM_KEYS.items():
             if key in entry:
                 try:
