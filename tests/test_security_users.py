@@ -87,7 +87,10 @@ def test_missing_file_means_guest_only(tmp_path):
     assert list(users) == ["guest"]
     guest = users["guest"]
     assert guest.tags == ["administrator"]
-    assert guest.permissions["/"] == Permission(".*", ".*", ".*")
+    assert guest.permissions["*"] == Permission(".*", ".*", ".*")
+    auth = Authorizer(lambda: {"guest": guest})
+    for vhost in ("/", "shop", None):
+        assert auth(Identity("guest", "amqp"), vhost, "configure", "queue", "q")
     assert verify_password("guest", guest.password_hash)
 
 

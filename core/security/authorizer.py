@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .users import Permission, User, substitute
+from .users import ANY_VHOST, Permission, User, substitute
 
 # Names checked in place of others, as RabbitMQ does: the default exchange is "amq.default".
 _ALIASES = {("exchange", ""): "amq.default"}
@@ -76,7 +76,8 @@ class Authorizer:
         record: User | None = self._users().get(user)
         if record is None:
             return user in self.unrestricted
-        perm: Permission | None = record.permissions.get(vhost)
+        perms = record.permissions
+        perm: Permission | None = perms.get(vhost) or perms.get(ANY_VHOST)
         if perm is None:
             return False
         pattern = perm.pattern(action) if action in ("configure", "write", "read") else ""

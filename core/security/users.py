@@ -12,7 +12,8 @@ Layout (``polymq users ...`` writes it; hand edits are fine and picked up while 
     read = ".*"
 
 A broker whose users file does not exist has one user, ``guest`` (password ``guest``, tag
-``administrator``, every permission on the default vhost), as a fresh RabbitMQ node has; the
+``administrator``, every permission on every vhost: ``permissions."*"``), much as a fresh
+RabbitMQ node has; the
 first ``polymq users`` change writes the file with that guest in it, so deleting guest sticks.
 """
 
@@ -37,6 +38,8 @@ from .passwords import (
 KNOWN_TAGS = ("administrator", "monitoring", "management", "policymaker")
 ACTIONS = ("configure", "write", "read")
 GUEST = "guest"
+# a permissions key that stands for every vhost the user has no entry of its own for
+ANY_VHOST = "*"
 _SCRAM_KEYS = {m: m.lower().replace("-", "_") for m in SCRAM_MECHANISMS}  # scram_sha_256 ...
 
 
@@ -85,8 +88,11 @@ class User:
 
 
 def default_guest(vhost: str = "/") -> User:
-    """The user a broker without a users file has."""
-    user = User(GUEST, tags=["administrator"], permissions={vhost: Permission(".*", ".*", ".*")})
+    """The user a broker without a users file has: everything on every vhost (it may log in
+    from loopback only)."""
+    user = User(
+        GUEST, tags=["administrator"], permissions={ANY_VHOST: Permission(".*", ".*", ".*")}
+    )
     # guest's password is public: a slow hash of it would protect nothing and cost every
     # broker start a fraction of a second
     set_password(user, "guest", scram_iterations=SCRAM_ITERATIONS, iterations=1000)
