@@ -480,6 +480,9 @@ class ProtocolConnection(Protocol):
         self.clock = factory.clock
         self.identity: Identity | None = None
         self._counted_user: str | None = None  # counted against the per-user limit
+        self._seconds = factory.clock.seconds
+        # the output turn a read is part of (None: output waits for the reactor turn)
+        self._turn = output.current_turn() if factory.reading is not None else None
         self.out: Any = None
         self._handshake_timer: Any = None
         self._linger_timer: Any = None
@@ -543,25 +546,24 @@ class ProtocolConnection(Protocol):
             self.call_session(started)
 
     def dataReceived(self, data: bytes) -> None:
+        # runs for every read: a few attribute operations beyond the framer and the session
         if self.closing:
             return
-        self._last_read = self.clock.seconds()
+        self._last_read = self._seconds()
         self.info.bytes_in += len(data)
         self._in_read = True
-        reading = self.factory.reading
-        if reading is not None:
-            reading.__enter__()
+        turn = self._turn
+        if turn is not None:
+            turn.reading += 1
+        framer = self.framer
         try:
-            framer = self.framer
             frames = framer.feed(data)
-            held = framer.buffered
-            if held != self._partial:
-                self._hold_partial(held)
+            if framer.buffered != self._partial:
+                self._hold_partial(framer.buffered)
             if frames:
                 self.session.frames_received(frames)
-            error = framer.error
-            if error is not None and not self.closing:
-                raise error
+            if framer.error is not None and not self.closing:
+                raise framer.error
         except (ProtocolError, BrokerError) as e:
             self._fail(e)
         except Exception as e:
@@ -570,8 +572,15 @@ class ProtocolConnection(Protocol):
             self._in_read = False
             if self._durable_open is not None:
                 self._register_durable()
-            if reading is not None:
-                reading.__exit__(None, None, None)
+            if turn is not None:
+                turn.reading -= 1
+                # flushed now unless the reactor's turn-end hook will (see core/output.py)
+                if (
+                    not turn.reading
+                    and turn.dirty
+                    and (not turn.scheduled or turn.call is not None)
+                ):
+                    turn.flush_all()
 
     def _hold_partial(self, held: int) -> None:
         registry = self.factory.registry

@@ -28,7 +28,16 @@ class LengthPrefixedFramer:
     :class:`ProtocolError`.
     """
 
-    __slots__ = ("max_length", "min_length", "error", "_buf", "_need", "_prefix", "_views")
+    __slots__ = (
+        "max_length",
+        "min_length",
+        "error",
+        "buffered",
+        "_buf",
+        "_need",
+        "_prefix",
+        "_views",
+    )
 
     def __init__(
         self, max_length: int, prefix: str = ">i", min_length: int = 0, views: bool = False
@@ -40,16 +49,14 @@ class LengthPrefixedFramer:
         self._need = 0  # bytes the buffered frame needs in all (0: its header is incomplete)
         self._prefix = struct.Struct(prefix)
         self._views = views
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
+        self.buffered = 0  # bytes held for the frame in progress
 
     def feed(self, data: bytes) -> list:
         buf = self._buf
         if buf:
             buf += data
             if len(buf) < self._need:
+                self.buffered = len(buf)
                 return []  # the rest of a frame still to come: no copy of what is there
             if self._views:
                 # the frames are views of the buffer: hand it over rather than copy it
@@ -80,4 +87,5 @@ class LengthPrefixedFramer:
             pos = end
         if pos < n:
             buf += src[pos:] if self._views else data[pos:]
+        self.buffered = len(buf)
         return frames

@@ -63,6 +63,11 @@ class _Turn:
 _turn = _Turn()
 
 
+def current_turn() -> _Turn:
+    """The writers of this reactor turn (a read marks itself in ``reading`` while it runs)."""
+    return _turn
+
+
 class reading:
     """Context of one ``dataReceived`` (see :class:`_Turn`)."""
 
@@ -112,8 +117,13 @@ class SocketWriter:
         self._out_len = 0
         t = self.transport
         sock = self._sock
-        if (sock is not None and t.connected and not t.disconnecting and not t._tempDataBuffer
-                and len(t.dataBuffer) == t.offset):
+        if (
+            sock is not None
+            and t.connected
+            and not t.disconnecting
+            and not t._tempDataBuffer
+            and len(t.dataBuffer) == t.offset
+        ):
             try:
                 sent = sock.send(data)
             except OSError:  # EAGAIN, or an error Twisted reports on its own write

@@ -13,9 +13,7 @@ import pika
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from test_management_support import (
-    NOT_ON_CONTRACT,
     Api,
-    registers_connections,
     start_broker,
     wait_for,
 )
@@ -191,9 +189,6 @@ def _wait_ready(url: str, q: str) -> bool:
     return False
 
 
-@pytest.mark.xfail(
-    not registers_connections("mqtt"), reason=NOT_ON_CONTRACT, strict=True, raises=AssertionError
-)
 def test_close_connection(mbroker):
     broker, url = mbroker
     cid = f"close-{uuid.uuid4().hex[:6]}"

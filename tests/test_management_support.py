@@ -17,31 +17,6 @@ from brokerproc import BrokerProcess
 
 ALL_ADAPTERS = ["amqp", "mqtt", "kafka", "openwire"]
 
-# What an adapter must do for its connections to appear in the registry, and so in
-# management; until the adapters are ported onto the adapter contract, those assertions are
-# expected to fail (strict xfail: the mark must go when the adapter registers).
-NOT_ON_CONTRACT = "adapter not yet on the connection contract"
-
-
-def registers_connections(protocol: str) -> bool:
-    """True when this tree's adapter for ``protocol`` uses the connection contract."""
-    from polymq.core.plugins import adapter_specs, get_plugin_manager
-
-    spec = adapter_specs(get_plugin_manager())[protocol]
-    factory_module = spec.build_factory.__module__.rsplit(".", 1)[0] + ".transport"
-    import importlib
-
-    from polymq.core.connection import ConnectionFactory
-
-    mod = importlib.import_module(factory_module)
-    return any(
-        isinstance(obj, type)
-        and issubclass(obj, ConnectionFactory)
-        and obj is not ConnectionFactory
-        for obj in vars(mod).values()
-    )
-
-
 def start_broker(
     workdir: Path,
     adapters=ALL_ADAPTERS,

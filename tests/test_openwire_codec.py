@@ -1,5 +1,6 @@
-"""OpenWire codec: the table-driven marshaller checked against the construct declarations
-derived from the same table, round trips, primitive maps, modified UTF-8, and a decoder fuzz."""
+"""OpenWire codec: the compiled marshaller checked against the oracles of
+tests/openwire_oracle.py (a table interpreter, construct declarations), round trips,
+primitive maps, modified UTF-8, and a decoder fuzz."""
 
 from __future__ import annotations
 
@@ -8,6 +9,14 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openwire_oracle import (
+    ClientWriter,
+    as_plain,
+    construct_for,
+    decode_command_generic,
+    encode_frame_generic,
+    plain,
+)
 
 from polymq.adapters.openwire import codec as c
 from polymq.adapters.openwire.codec import Obj
@@ -61,48 +70,14 @@ def acks():
         st.none() | st.tuples(opt_text, opt_text))
 
 
-def _plain(v):
-    """construct's parse result, reduced to comparable values."""
-    if hasattr(v, "items"):
-        d = {k: _plain(x) for k, x in v.items() if not k.startswith("_")}
-        if set(d) == {"present", "value"}:
-            return d["value"] if d["present"] else None
-        if set(d) == {"present", "items"}:
-            return d["items"] if d["present"] else None
-        if set(d) == {"type", "body"}:
-            return ("obj", d["type"], d["body"])
-        return d
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v
-
-
-def _as_plain(obj):
-    if isinstance(obj, Obj):
-        _, prefix, fields = c.SCHEMA[obj.type]
-        body = {}
-        if prefix:
-            body["command_id"] = obj.command_id
-            body["response_required"] = obj.response_required
-        for name, kind in fields:
-            v = obj.__dict__[name]
-            if kind == "t" and v is not None:
-                v = {"cls": v[0], "message": v[1]}
-            body[name] = _as_plain(v)
-        return ("obj", obj.type, body)
-    if isinstance(obj, list):
-        return [_as_plain(x) for x in obj]
-    return obj
-
-
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(messages(), acks()))
 def test_marshaller_matches_construct_declaration(obj):
     frame = c.encode_frame(obj)
     size, type_id = struct.unpack(">iB", frame[:5])
     assert size == len(frame) - 4 and type_id == obj.type
-    parsed = c.construct_for(obj.type).parse(frame[5:])
-    assert ("obj", obj.type, _plain(parsed)) == _as_plain(obj)
+    parsed = construct_for(obj.type).parse(frame[5:])
+    assert ("obj", obj.type, plain(parsed)) == as_plain(obj)
     # and the construct declaration builds the very same bytes
     assert c.decode_command(frame[4:]) == obj
 
@@ -216,8 +191,8 @@ def test_decoder_fuzz_mutations(obj, data):
 @given(st.one_of(messages(), acks()))
 def test_compiled_fast_paths_match_the_table_interpreter(obj):
     frame = c.encode_frame(obj)
-    assert frame == c.encode_frame_generic(obj)
-    assert c.decode_command(frame[4:]) == c.decode_command_generic(frame[4:]) == obj
+    assert frame == encode_frame_generic(obj)
+    assert c.decode_command(frame[4:]) == decode_command_generic(frame[4:]) == obj
 
 
 @settings(max_examples=500, deadline=None)
@@ -228,7 +203,7 @@ def test_compiled_and_interpreted_decoders_agree_on_garbage(obj, data):
     frame[i] = data.draw(st.integers(0, 255))
     cut = bytes(frame[: data.draw(st.integers(1, len(frame)))])
     results = []
-    for dec in (c.decode_command, c.decode_command_generic):
+    for dec in (c.decode_command, decode_command_generic):
         try:
             results.append(dec(cut))
         except c.DecodeError:
@@ -245,11 +220,11 @@ def test_dispatch_fast_path(message, dest, redelivery, consumer_id):
     fast = c.encode_dispatch(head, message, redelivery)
     ref = Obj(c.MESSAGE_DISPATCH, consumer_id=consumer_id, destination=dest, message=message,
               redelivery_counter=redelivery)
-    assert fast == c.encode_frame_generic(ref)
+    assert fast == encode_frame_generic(ref)
     if message is not None:
         assert c.encode_dispatch_raw(head, c.encode_message(message), redelivery) == fast
-    parsed = c.construct_for(c.MESSAGE_DISPATCH).parse(fast[5:])
-    assert ("obj", c.MESSAGE_DISPATCH, _plain(parsed)) == _as_plain(ref)
+    parsed = construct_for(c.MESSAGE_DISPATCH).parse(fast[5:])
+    assert ("obj", c.MESSAGE_DISPATCH, plain(parsed)) == as_plain(ref)
 
 
 @settings(max_examples=200, deadline=None)
@@ -271,65 +246,6 @@ def test_reencode_message_from_its_frame(m, seq):
 # -- the marshalling cache (CacheEnabled) ----------------------------------------------------
 
 
-class _ClientWriter:
-    """A reference writer of the cached form, written from the table the way the Java client
-    marshals: every ``c`` field is looked up in a marshalling cache (equal objects share a
-    slot, null takes one too), written as a reference when found, else stored at the next
-    slot (index -1 once the cache is full)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.index: dict = {}
-
-    def frame(self, obj: Obj) -> bytes:
-        w = c.Writer()
-        w.raw(bytes((obj.type,)))
-        self._body(w, obj)
-        return w.getvalue()
-
-    def _body(self, w: c.Writer, obj: Obj) -> None:
-        _, prefix, fields = c.SCHEMA[obj.type]
-        if prefix:
-            w.int(obj.command_id)
-            w.bool(obj.response_required)
-        for name, kind in fields:
-            v = obj.__dict__[name]
-            if kind == "c":
-                key = repr(_as_plain(v))
-                if key in self.index:
-                    w.bool(False)
-                    w.short(self.index[key])
-                    continue
-                idx = len(self.index) if len(self.index) < self.size else -1
-                if idx >= 0:
-                    self.index[key] = idx
-                w.bool(True)
-                w.short(idx)
-                self._nested(w, v)
-            elif kind == "o":
-                self._nested(w, v)
-            elif kind == "O":
-                w.bool(v is not None)
-                if v is not None:
-                    w.short(len(v))
-                    for x in v:
-                        self._nested(w, x)
-            elif kind == "t":
-                w.bool(v is not None)
-                if v is not None:
-                    w.string(v[0])
-                    w.string(v[1])
-            else:
-                {"z": w.bool, "b": w.byte, "h": w.short, "i": w.int, "l": w.long,
-                 "s": w.string, "y": w.byteseq}[kind](v)
-
-    def _nested(self, w: c.Writer, v: Obj | None) -> None:
-        w.bool(v is not None)
-        if v is not None:
-            w.raw(bytes((v.type,)))
-            self._body(w, v)
-
-
 @settings(max_examples=150, deadline=None)
 @given(st.one_of(messages(), acks()))
 def test_cached_form_all_new_round_trip(obj):
@@ -340,7 +256,7 @@ def test_cached_form_all_new_round_trip(obj):
     cache = [None] * 16
     assert c.decode_command(frame[4:], cache) == obj
     assert cache == [None] * 16
-    assert _ClientWriter(0).frame(obj) == frame[4:]
+    assert ClientWriter(0).frame(obj) == frame[4:]
 
 
 
@@ -351,7 +267,7 @@ def test_cached_form_with_references(objs, size):
     including null, and overflow at index -1) decode, through one unmarshalling cache, to
     the objects that were written; and our reencoding of such a message is right in both
     forms."""
-    writer = _ClientWriter(size)
+    writer = ClientWriter(size)
     cache = [None] * size
     for obj in objs + objs:  # the second time round, cached fields are references
         frame = writer.frame(obj)
@@ -370,7 +286,7 @@ def test_cached_form_with_references(objs, size):
 def test_cached_form_bad_index_is_a_decode_error():
     dest = Obj(c.QUEUE, physical_name="q")
     ack = Obj(c.MESSAGE_ACK, destination=dest)
-    frame = _ClientWriter(4).frame(ack)
+    frame = ClientWriter(4).frame(ack)
     with pytest.raises(c.DecodeError):
         c.decode_command(frame, [None] * 0)  # index 0 of an empty cache
     ref = bytearray(frame)
@@ -411,10 +327,10 @@ def _agree(frame: bytes, cache: list, generic_cache: list) -> bool:
     decoder give the same object, the same end and the same marks; returns whether the
     speculative decoder took the frame."""
     t = frame[0]
-    spec = c._SPECULATIVE.get(t)
+    spec = c.SPECULATIVE.get(t)
     took = spec(frame, 1, len(frame), list(cache)) if spec is not None else None
     got = c.decode_command(frame, cache)
-    expected, pos = c._CDECODERS[t](frame, 1, len(frame), 0, generic_cache)
+    expected, pos = c.CDECODERS[t](frame, 1, len(frame), 0, generic_cache)
     assert pos == len(frame)
     assert got == expected
     if t in c.MESSAGE_TYPES:
@@ -429,7 +345,7 @@ def _agree(frame: bytes, cache: list, generic_cache: list) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(messages(), acks()), min_size=1, max_size=6))
 def test_speculative_decoders_agree_with_the_generated_ones(objs):
-    writer = _ClientWriter(64)
+    writer = ClientWriter(64)
     cache, generic_cache = [None] * 64, [None] * 64
     for obj in objs + objs:
         _agree(writer.frame(obj), cache, generic_cache)
@@ -438,7 +354,7 @@ def test_speculative_decoders_agree_with_the_generated_ones(objs):
 def test_speculative_decoders_take_the_java_clients_shape():
     """A BytesMessage and its standard ack as the 5.17 client writes them: the second time
     round every cached field is a reference, and the speculative decoders take both."""
-    writer = _ClientWriter(64)
+    writer = ClientWriter(64)
     cache, generic_cache = [None] * 64, [None] * 64
     pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
     dest = Obj(c.QUEUE, physical_name="q")
@@ -462,7 +378,7 @@ def test_speculative_decoders_take_the_java_clients_shape():
 
 
 def test_speculative_decoder_leaves_malformed_frames_to_the_generated_one():
-    writer = _ClientWriter(64)
+    writer = ClientWriter(64)
     cache = [None] * 64
     pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
     dest = Obj(c.QUEUE, physical_name="q")
@@ -471,12 +387,12 @@ def test_speculative_decoder_leaves_malformed_frames_to_the_generated_one():
               content=b"abc")
     c.decode_command(writer.frame(msg), cache)
     frame = writer.frame(msg)  # references only: the speculative shape
-    assert c._SPECULATIVE[frame[0]](frame, 1, len(frame), cache) is not None
+    assert c.SPECULATIVE[frame[0]](frame, 1, len(frame), cache) is not None
     for bad in (frame[:-3], frame[:40], frame + b"\x00"):
         with pytest.raises(c.DecodeError):
             c.decode_command(bad, cache)
     small = [None] * 2  # a reference beyond the negotiated cache
-    assert c._SPECULATIVE[frame[0]](frame, 1, len(frame), small) is None
+    assert c.SPECULATIVE[frame[0]](frame, 1, len(frame), small) is None
     with pytest.raises(c.DecodeError):
         c.decode_command(frame, small)
 
@@ -504,14 +420,14 @@ def _check_ack_fields(frame: bytes, cache: list) -> bool:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(messages(), acks()), min_size=1, max_size=6))
 def test_ack_fields_agree_with_the_decoder(objs):
-    writer = _ClientWriter(64)
+    writer = ClientWriter(64)
     cache = [None] * 64
     for obj in objs + objs:
         _check_ack_fields(writer.frame(obj), cache)
 
 
 def test_ack_fields_read_the_java_clients_standard_ack():
-    writer = _ClientWriter(64)
+    writer = ClientWriter(64)
     cache = [None] * 64
     pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
     cid = Obj(c.CONSUMER_ID, connection_id="ID:c", session_id=1, value=1)
@@ -525,3 +441,31 @@ def test_ack_fields_read_the_java_clients_standard_ack():
     assert read == [False, True]  # the first carries its cached fields as new entries
     assert c.ack_fields(writer.frame(ack)[:-1], cache) is None  # truncated: decode it
     assert c.ack_fields(writer.frame(ack), [None] * 2) is None  # index beyond the cache
+
+
+def test_nested_objects_of_the_wrong_type_are_decode_errors():
+    """A field holds only the types its declaration allows: in the frame, and through the
+    marshalling cache (a slot stored by one field and referred to by another), whichever
+    decoder (speculative or not) reads the frame."""
+    dest = Obj(c.QUEUE, physical_name="q")
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
+    wrong = Obj(c.BYTES_MESSAGE, producer_id=dest, destination=dest)  # a queue as producer id
+    with pytest.raises(c.DecodeError):
+        c.decode_command(c.encode_frame(wrong)[4:])
+    with pytest.raises(c.DecodeError):
+        decode_command_generic(c.encode_frame(wrong)[4:])
+    writer = ClientWriter(8)
+    cache = [None] * 8
+    msg = Obj(c.BYTES_MESSAGE, producer_id=pid, destination=dest,
+              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1))
+    c.decode_command(writer.frame(msg), cache)  # stores pid, dest, null ... in the cache
+    frame = writer.frame(msg)  # the speculative shape: references only
+    assert c.decode_command(frame, cache).producer_id == pid
+    slot_pid, slot_dest = cache.index(pid), cache.index(dest)
+    swapped = bytearray(frame)
+    # the first two cached fields refer to each other's slots: producer id -> the queue
+    assert swapped[6:12] == bytes((0, 0, slot_pid, 0, 0, slot_dest))
+    swapped[6:12] = bytes((0, 0, slot_dest, 0, 0, slot_pid))
+    assert c.SPECULATIVE[frame[0]](bytes(swapped), 1, len(swapped), cache) is None
+    with pytest.raises(c.DecodeError):
+        c.decode_command(bytes(swapped), cache)

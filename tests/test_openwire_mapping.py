@@ -7,7 +7,7 @@ import json
 import pytest
 
 from polymq.adapters.openwire import codec as c
-from polymq.adapters.openwire import session as s
+from polymq.adapters.openwire import mapping as s
 from polymq.adapters.openwire.codec import Obj
 from polymq.core.message import Message
 

@@ -130,6 +130,7 @@ def test_same_message_twice_on_one_consumer_gets_distinct_ids():
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from twisted.logger import globalLogPublisher  # noqa: E402
 
 _SMALL_TYPES = [t for t, spec in c.SCHEMA.items() if not spec[1]]
 
@@ -170,16 +171,35 @@ def _obj(depth: int, types=None):
     return st.sampled_from(types).flatmap(build)
 
 
+class NoCrash:
+    """Collects the tracebacks the connection's error boundary logs: nonsense from a client
+    must be a protocol error (a ConnectionError and a closed connection), never a bug."""
+
+    def __enter__(self):
+        self.failures = []
+        globalLogPublisher.addObserver(self._observe)
+        return self
+
+    def _observe(self, event):
+        if event.get("log_failure") is not None:
+            self.failures.append(event["log_failure"].getTraceback())
+
+    def __exit__(self, *exc):
+        globalLogPublisher.removeObserver(self._observe)
+        assert not self.failures, self.failures[0]
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(_obj(0), min_size=1, max_size=6))
 def test_session_survives_nonsense_commands(cmds):
     broker, proto, tr = setup()
     connect(proto, tr)
-    for cmd in cmds:
-        if proto._closing:
-            break
-        proto.dataReceived(c.encode_frame(cmd))
-    proto.connectionLost(None)
+    with NoCrash():
+        for cmd in cmds:
+            if proto.closing:
+                break
+            proto.dataReceived(c.encode_frame(cmd))
+        proto.connectionLost(None)
 
 
 def _tx_ack_then_close_consumer(commit: bool):
@@ -226,25 +246,25 @@ def test_cache_negotiation():
         hello = c.encode_wireformat(12, {"MaxInactivityDuration": 0, "CacheEnabled": offer,
                                          "CacheSize": size}, {"MaxInactivityDuration": "long"})
         proto.dataReceived(hello)
-        assert proto.conn.cached is (expected is not None)
+        assert proto.session.cached is (expected is not None)
         if expected:
-            assert len(proto.conn.ucache) == expected
+            assert len(proto.session.ucache) == expected
     broker = Broker(clock=Clock())
     proto = OpenWireFactory(broker, {"cache_size": 0}).buildProtocol(None)
     tr = TurnTransport()
     proto.makeConnection(tr)
     proto.dataReceived(c.encode_wireformat(12, {"CacheEnabled": True, "CacheSize": 8}, {}))
-    assert not proto.conn.cached
+    assert not proto.session.cached
 
 
 def test_cached_form_end_to_end():
     """A client with a marshalling cache: its references are resolved, and what the broker
     sends decodes through the client's unmarshalling cache (the dispatch head stores the
     consumer id and destination once, then refers to them)."""
-    from test_openwire_codec import _ClientWriter
+    from openwire_oracle import ClientWriter
 
     broker, proto, tr = setup()
-    w = _ClientWriter(8)
+    w = ClientWriter(8)
     mine: list = [None] * 8
     conn_id = Obj(c.CONNECTION_ID, value="ID:cc")
     cid = Obj(c.CONSUMER_ID, connection_id="ID:cc", session_id=1, value=1)
@@ -292,23 +312,25 @@ def test_session_survives_nonsense_commands_cached_form(cmds, junk):
     proto.dataReceived(c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1,
                                           connection_id=Obj(c.CONNECTION_ID, value="ID:f")),
                                       cached=True))
-    for cmd in cmds:
-        if proto._closing:
-            break
-        proto.dataReceived(c.encode_frame(cmd, cached=True))
-    # a reference to a slot that may be out of range or empty: an error or a null, never a crash
-    if not proto._closing:
-        ref = b"\x00" + junk[:2].ljust(2, b"\x00")
-        body = bytes((c.REMOVE_INFO,)) + b"\x00\x00\x00\x05\x00" + ref + b"\x00" * 8
-        proto.dataReceived(struct.pack(">i", len(body)) + body)
-    proto.connectionLost(None)
+    with NoCrash():
+        for cmd in cmds:
+            if proto.closing:
+                break
+            proto.dataReceived(c.encode_frame(cmd, cached=True))
+        # a reference to a slot that may be out of range, empty or of another type: an error
+        # or a null, never a crash
+        if not proto.closing:
+            ref = b"\x00" + junk[:2].ljust(2, b"\x00")
+            body = bytes((c.REMOVE_INFO,)) + b"\x00\x00\x00\x05\x00" + ref + b"\x00" * 8
+            proto.dataReceived(struct.pack(">i", len(body)) + body)
+        proto.connectionLost(None)
 
 
 @pytest.mark.parametrize("producer_cached", [True, False])
 def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
     """A topic message from a producer of either form reaches a plain-form consumer and a
     cached-form consumer, each in its own form (the hub keeps one encoding per form)."""
-    from test_openwire_codec import _ClientWriter
+    from openwire_oracle import ClientWriter
 
     broker = Broker(clock=Clock())
     factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
@@ -321,7 +343,7 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
         proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
                                                     "CacheEnabled": cached, "CacheSize": 16},
                                                {"MaxInactivityDuration": "long"}))
-        w = _ClientWriter(16) if cached else None
+        w = ClientWriter(16) if cached else None
 
         def send(o, proto=proto, w=w):
             body = w.frame(o) if w is not None else c.encode_frame(o)[4:]
@@ -352,3 +374,38 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
             assert m.type == c.TEXT_MESSAGE and c.decode_text_body(m.content) == f"hello {k}"
             assert m.producer_id == pid and m.destination == topic
             assert m.message_id.producer_sequence_id == k and m.correlation_id == "corr"
+
+
+def test_resource_alarm_holds_back_publishers_only():
+    """The broker-wide resource alarm: a connection that publishes is no longer read from and
+    its ProducerAcks wait; a consuming connection keeps being read (its acks free memory).
+    Clearing the alarm resumes reading and sends the held ProducerAcks."""
+    broker = Broker(clock=Clock())
+    factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
+    consumer, ctr = factory.buildProtocol(None), TurnTransport()
+    consumer.makeConnection(ctr)
+    connect(consumer, ctr)
+    producer, ptr = factory.buildProtocol(None), TurnTransport()
+    producer.makeConnection(ptr)
+    conn_id = Obj(c.CONNECTION_ID, value="ID:p")
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
+    dest = Obj(c.QUEUE, physical_name="bp.q")
+    producer.dataReceived(
+        c.encode_wireformat(12, {"MaxInactivityDuration": 0}, {})
+        + c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1, connection_id=conn_id))
+        + c.encode_frame(Obj(c.PRODUCER_INFO, command_id=2, producer_id=pid, destination=dest,
+                             window_size=65536))
+    )
+    ptr.clear()
+    ctr.clear()
+    factory.registry.set_publishing_blocked(True, "memory alarm")
+    assert ptr.producerState == "paused" and ctr.producerState == "producing"
+    msg = Obj(c.BYTES_MESSAGE, command_id=3, producer_id=pid, destination=dest, content=b"x",
+              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1))
+    producer.dataReceived(c.encode_frame(msg))  # already in flight when reading stopped
+    assert ptr.value() == b""  # its ProducerAck is held
+    (disp,) = frames(ctr.value())
+    factory.registry.set_publishing_blocked(False)
+    assert ptr.producerState == "producing"
+    (ack,) = frames(ptr.value())
+    assert ack.type == c.PRODUCER_ACK and ack.producer_id == pid and ack.size == 1024 + 1

@@ -11,7 +11,6 @@ DEFAULT_CONFIG = {
     "max_frame_size": 0,  # 0: the broker's max_message_size plus 1 MiB
     "max_inactivity_ms": 30000,
     "inactivity_initial_delay_ms": 10000,
-    "handshake_timeout": 10.0,
     "cache_size": 1024,  # marshalling cache entries offered to clients; 0: no cache
 }
 

@@ -23,7 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from openwire_oracle import ClientWriter  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
@@ -33,63 +35,6 @@ from polymq.adapters.openwire.transport import OpenWireFactory  # noqa: E402
 from polymq.core.broker import Broker  # noqa: E402
 
 
-class ClientWriter:
-    """Writes commands as the Java client does: cached fields through a marshalling cache."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.index: dict = {}
-
-    def frame(self, obj: Obj) -> bytes:
-        w = c.Writer()
-        w.raw(bytes((obj.type,)))
-        self._body(w, obj)
-        body = w.getvalue()
-        return len(body).to_bytes(4, "big") + body
-
-    def _body(self, w: c.Writer, obj: Obj) -> None:
-        _, prefix, fields = c.SCHEMA[obj.type]
-        if prefix:
-            w.int(obj.command_id)
-            w.bool(obj.response_required)
-        for name, kind in fields:
-            v = obj.__dict__[name]
-            if kind == "c" and self.size:
-                key = None if v is None else (v.type, tuple(v.__dict__.values()))
-                if key in self.index:
-                    w.bool(False)
-                    w.short(self.index[key])
-                    continue
-                idx = len(self.index) if len(self.index) < self.size else -1
-                if idx >= 0:
-                    self.index[key] = idx
-                w.bool(True)
-                w.short(idx)
-                self._nested(w, v)
-            elif kind in ("o", "c"):
-                self._nested(w, v)
-            elif kind == "O":
-                w.bool(v is not None)
-                if v is not None:
-                    w.short(len(v))
-                    for x in v:
-                        self._nested(w, x)
-            elif kind == "t":
-                w.bool(v is not None)
-                if v is not None:
-                    w.string(v[0])
-                    w.string(v[1])
-            else:
-                {"z": w.bool, "b": w.byte, "h": w.short, "i": w.int, "l": w.long,
-                 "s": w.string, "y": w.byteseq}[kind](v)
-
-    def _nested(self, w: c.Writer, v: Obj | None) -> None:
-        w.bool(v is not None)
-        if v is not None:
-            w.raw(bytes((v.type,)))
-            self._body(w, v)
-
-
 def connect(factory: OpenWireFactory, cache: bool, name: str):
     p = factory.buildProtocol(None)
     t = StringTransport()
@@ -97,12 +42,12 @@ def connect(factory: OpenWireFactory, cache: bool, name: str):
     props = {"CacheEnabled": cache, "CacheSize": 1024, "TightEncodingEnabled": False,
              "MaxInactivityDuration": 0}
     p.dataReceived(c.encode_wireformat(12, props, {}))
-    w = ClientWriter(1024 if cache else 0)
+    w = ClientWriter(1024, cached=cache)
     conn_id = Obj(c.CONNECTION_ID, value=f"ID:bench-{name}-1")
-    p.dataReceived(w.frame(Obj(c.CONNECTION_INFO, command_id=1, response_required=True,
+    p.dataReceived(w.sized(Obj(c.CONNECTION_INFO, command_id=1, response_required=True,
                                 connection_id=conn_id, client_id=f"ID:bench-{name}")))
     sid = Obj(c.SESSION_ID, connection_id=conn_id.value, value=1)
-    p.dataReceived(w.frame(Obj(c.SESSION_INFO, command_id=2, session_id=sid)))
+    p.dataReceived(w.sized(Obj(c.SESSION_INFO, command_id=2, session_id=sid)))
     return p, t, w, conn_id
 
 
@@ -133,14 +78,14 @@ def main() -> None:
     dest = Obj(c.QUEUE, physical_name="bench.queue")
     cp, ct, cw, cconn = connect(factory, cache, "c")
     cid = Obj(c.CONSUMER_ID, connection_id=cconn.value, session_id=1, value=1)
-    cp.dataReceived(cw.frame(Obj(c.CONSUMER_INFO, command_id=3, response_required=True,
+    cp.dataReceived(cw.sized(Obj(c.CONSUMER_INFO, command_id=3, response_required=True,
                                  consumer_id=cid, destination=dest, prefetch_size=1000,
                                  priority=0, dispatch_async=True)))
     pp, pt, pw, pconn = connect(factory, cache, "p")
     pid = Obj(c.PRODUCER_ID, connection_id=pconn.value, value=1, session_id=1)
-    pp.dataReceived(pw.frame(Obj(c.PRODUCER_INFO, command_id=3, response_required=True,
+    pp.dataReceived(pw.sized(Obj(c.PRODUCER_INFO, command_id=3, response_required=True,
                                  producer_id=pid, destination=dest)))
-    cs = next(iter(cp.conn.consumers.values()))
+    cs = next(iter(cp.session.consumers.values()))
     body = b"\x00" * 256
 
     def frames(n: int, first: int, seq0: int) -> list[tuple[bytes, bytes]]:
@@ -156,7 +101,7 @@ def main() -> None:
             ack = Obj(c.MESSAGE_ACK, command_id=k + 10, destination=dest, consumer_id=cid,
                       ack_type=2, first_message_id=ack_mid, last_message_id=ack_mid,
                       message_count=1)
-            out.append((pw.frame(m), cw.frame(ack)))
+            out.append((pw.sized(m), cw.sized(ack)))
         return out
 
     def run(batch: list[tuple[bytes, bytes]]) -> None:

@@ -1,0 +1,469 @@
+"""The consuming side of an OpenWire session: JMS MessageConsumers on core queues, dispatch,
+browsing, pull, and acknowledgements (a mixin of :class:`.session.OpenWireSession`)."""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from polymq.core.errors import AccessRefused
+from polymq.core.message import Message, now_ms
+from polymq.core.queue import Consumer, Delivery, Queue
+
+from . import codec as c
+from .codec import Obj
+from .mapping import ADVISORY_PREFIX, core_to_jms, is_topic, key_of, split_dest, topic_pattern
+
+if TYPE_CHECKING:
+    from .hub import OpenWireHub
+
+log = Logger(namespace="polymq.openwire")
+
+DLQ = "ActiveMQ.DLQ"
+BROWSE_MAX = 400  # messages one queue browser sees (ActiveMQ's maxBrowsePageSize)
+
+ACK_DELIVERED, ACK_POISON, ACK_STANDARD, ACK_REDELIVERED = 0, 1, 2, 3
+ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED = 4, 5, 6
+
+# -- consumers ---------------------------------------------------------------------------------
+
+
+class ConsumerState:
+    """One JMS MessageConsumer: its core consumer (or advisory/browse role) and what it has
+    been sent but not yet settled."""
+
+    def __init__(self, info: Obj) -> None:
+        self.info = info
+        self.id = info.consumer_id
+        self.key = key_of(info.consumer_id)
+        self.session_key = (info.consumer_id.connection_id, info.consumer_id.session_id)
+        self.destination = info.destination
+        self.prefetch = info.prefetch_size
+        self.core: Consumer | None = None
+        self.queue: Queue | None = None
+        self.temp_queue: str | None = None  # per-consumer subscription queue (topics)
+        # dispatch seq -> delivery, in order; an OrderedDict because acks remove from the front,
+        # and a plain dict would then scan the holes left there to find the oldest
+        self.dispatched: OrderedDict[int, Delivery] = OrderedDict()
+        self.delivered: set[int] = set()  # DELIVERED-acked, still unsettled
+        self.in_tx: set[int] = set()
+        self.advisory: set[str] | None = None
+        self.pull_timer: Any = None
+        self.pull_pending = False
+        self.removed = False
+        self.no_local = False
+        self.head = c.dispatch_head(self.id, self.destination)
+        self.head_later: bytes | None = None  # cached form: the head after the first dispatch
+
+    def wants_advisory(self, dest_type: int) -> bool:
+        if self.advisory is None:
+            return False
+        if dest_type == c.TEMP_QUEUE:
+            return "TempQueue" in self.advisory
+        return "TempTopic" in self.advisory
+
+    def credit_back(self) -> None:
+        """The window is prefetch + DELIVERED-acked messages still unsettled."""
+        if self.core is not None and self.prefetch > 0:
+            self.core.set_prefetch(self.prefetch + len(self.delivered))
+
+
+class ConsumerHandling:
+    """Consumers, dispatch and acknowledgements of one session (state in :class:`ConsumerState`;
+    the session provides ``hub``, ``vhost``, ``conn``, ``consumers``, ``transactions`` and the
+    reply helpers)."""
+
+    hub: OpenWireHub
+
+    # -- consumers ---------------------------------------------------------------------------
+
+    def on_consumer_info(self, cmd: Obj) -> None:
+        dest = cmd.destination
+        if dest is None or cmd.consumer_id is None:
+            self.respond_error(cmd, "javax.jms.InvalidDestinationException", "no destination")
+            return
+        cs = ConsumerState(cmd)
+        parts = split_dest(dest)
+        if not parts or not all(name for _, name in parts):
+            self.respond_error(
+                cmd, "javax.jms.InvalidDestinationException", "empty destination name"
+            )
+            return
+        if all(is_topic(t) and n.startswith(ADVISORY_PREFIX) for t, n in parts):
+            cs.advisory = {n[len(ADVISORY_PREFIX) :] for _, n in parts}
+            self.consumers[cs.key] = cs
+            self.respond(cmd)
+            self.hub.add_advisory_consumer(self, cs)
+            return
+        if len(parts) != 1:
+            self.respond_error(
+                cmd,
+                "javax.jms.InvalidDestinationException",
+                "composite destinations are not supported for consumers",
+            )
+            return
+        selector = None
+        if cmd.selector:
+            try:
+                from polymq.core.selector import InvalidSelector, compile_selector
+            except ImportError:  # pragma: no cover
+                compile_selector = None
+            if compile_selector is not None:
+                try:
+                    selector = compile_selector(cmd.selector)
+                except InvalidSelector as e:
+                    self.respond_error(cmd, "javax.jms.InvalidSelectorException", str(e))
+                    return
+        if cmd.no_local:
+            self.hub.no_local_consumers += 1
+            cs.no_local = True
+            mine = self.conn_key
+            base = selector
+
+            def selector(msg: Message, base=base, mine=mine) -> bool:
+                if msg.annotations.get("openwire.conn") == mine:
+                    return False
+                return base is None or base(msg)
+
+        t, name = parts[0]
+        kind = "topic" if is_topic(t) else "queue"
+        if not self.conn.authorize("read", kind, name):
+            raise AccessRefused(f"not allowed to read from {kind} {name}")
+        if cmd.browser:
+            self.consumers[cs.key] = cs
+            self.respond(cmd)
+            self._browse(cs, name, selector)
+            return
+        if is_topic(t):
+            pattern = topic_pattern(name)
+            if cmd.subscription_name:
+                qname = f"{self.client_id or cmd.client_id}.{cmd.subscription_name}"
+                q = self.vhost.queues.get(qname)
+                if q is None:
+                    q = self.vhost.declare_queue(qname, durable=True)
+                ex = self.vhost.get_exchange("amq.topic")
+                stale = [b for b in ex.bindings_to(q) if b.key != pattern]
+                for b in stale:
+                    self.vhost.unbind_queue(qname, "amq.topic", b.key)
+                    q.purge()
+                self.vhost.bind_queue(qname, "amq.topic", pattern)
+            else:
+                q = self.vhost.declare_queue("", exclusive_owner=self, auto_delete=True)
+                self.vhost.bind_queue(q.name, "amq.topic", pattern, owner=self)
+                cs.temp_queue = q.name
+        else:
+            if t == c.TEMP_QUEUE:
+                q = self.vhost.queues.get(name)
+                if q is None:
+                    self.respond_error(
+                        cmd,
+                        "javax.jms.InvalidDestinationException",
+                        f"temporary queue {name} does not exist",
+                    )
+                    return
+            else:
+                q = self._ensure_queue(name)
+        if not isinstance(q, Queue):
+            self.respond_error(cmd, "javax.jms.InvalidDestinationException", f"{name} is a stream")
+            return
+        prefetch = cmd.prefetch_size
+        core = Consumer(
+            f"ow-{cs.key}",
+            lambda d, cs=cs: self._deliver(cs, d),
+            prefetch=max(prefetch, 0),
+            selector=selector,
+            owner=self,
+            credit=0 if prefetch <= 0 else None,
+            exclusive=bool(cmd.exclusive),
+        )
+        cs.core = core
+        cs.queue = q
+        if self.paused:
+            core.paused = True
+        self.consumers[cs.key] = cs
+        if self.cached:
+            cs.head, cs.head_later = c.dispatch_heads_cached(
+                cs.id, cs.destination, self._cache_slots()
+            )
+        self.respond(cmd)
+        q.add_consumer(core)
+
+    def remove_consumer(self, cs: ConsumerState, last_delivered: int = -1) -> None:
+        """Detach a consumer; what it was sent and did not settle goes back to its queue.
+
+        ``last_delivered`` (RemoveInfo.lastDeliveredSequenceId) is the dispatch sequence of the
+        last message the application saw: the ones after it were only prefetched, so going back
+        does not count as a delivery (the core's requeue adds one; take it off first).
+        """
+        if cs.advisory is not None:
+            cs.removed = True
+            self.hub.remove_advisory_consumer(cs)
+            return
+        if cs.pull_timer is not None and cs.pull_timer.active():
+            cs.pull_timer.cancel()
+        cs.removed = True
+        if cs.no_local:
+            cs.no_local = False
+            self.hub.no_local_consumers -= 1
+        if cs.core is not None:
+            # deliveries acknowledged inside an open transaction stay with the transaction:
+            # settled by its commit, requeued by its rollback (see _rollback)
+            for seq in cs.in_tx:
+                d = cs.dispatched.get(seq)
+                if d is not None:
+                    cs.core.detach(d)
+        if last_delivered >= 0 and cs.core is not None and cs.queue is not None:
+            # dispatch order: what follows the last delivered message was only prefetched,
+            # so it goes back without counting as a delivery
+            cs.core.pause()
+            undelivered = last_delivered not in cs.dispatched
+            prefetched = []
+            for seq, d in cs.dispatched.items():
+                if undelivered and seq not in cs.in_tx:
+                    prefetched.append(d)
+                elif seq == last_delivered:
+                    undelivered = True
+            cs.queue.requeue(prefetched, count=False)
+        if cs.core is not None and cs.queue is not None:
+            cs.queue.remove_consumer(cs.core, requeue=True)
+        cs.dispatched.clear()
+        if cs.temp_queue is not None:
+            q = self.vhost.queues.get(cs.temp_queue)
+            if q is not None and not q.consumers:
+                self.vhost.delete_queue(cs.temp_queue)
+
+    def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
+        try:
+            seq, data = self.hub.encoded(d.message, self.cached)
+        except (ValueError, TypeError, OverflowError, struct.error) as e:
+            # never let one odd message from another protocol break the queue's dispatch
+            log.info(
+                "openwire: delivering the body only of a message that does not convert: {err}",
+                err=e,
+            )
+            seq = self.hub.next_id()
+            data = c.encode_message(
+                core_to_jms(Message(d.message.body), self.hub.synthetic_pid, seq), self.cached
+            )
+        if seq in cs.dispatched:  # the same message twice on one consumer: a fresh id
+            seq = self.hub.next_id()
+            data = c.encode_message(
+                core_to_jms(d.message, self.hub.synthetic_pid, seq), self.cached
+            )
+        cs.dispatched[seq] = d
+        cs.pull_pending = False
+        self.conn.info.messages_out += 1
+        if not self.closed:
+            self.write(c.encode_dispatch_raw(cs.head, data, d.delivery_count))
+            if cs.head_later is not None:
+                cs.head = cs.head_later
+                cs.head_later = None
+
+    def dispatch_advisory(self, cs: ConsumerState, info: Obj) -> None:
+        seq = self.hub.next_id()
+        topic = ADVISORY_PREFIX + (
+            "TempQueue" if info.destination.type == c.TEMP_QUEUE else "TempTopic"
+        )
+        dest = Obj(c.TOPIC, physical_name=topic)
+        mid = Obj(
+            c.MESSAGE_ID,
+            producer_id=self.hub.synthetic_pid,
+            producer_sequence_id=seq,
+            broker_sequence_id=seq,
+        )
+        m = Obj(
+            c.MESSAGE,
+            producer_id=self.hub.synthetic_pid,
+            destination=dest,
+            message_id=mid,
+            priority=4,
+            timestamp=now_ms(),
+            data_structure=info,
+        )
+        self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination, message=m))
+
+    def _browse(self, cs: ConsumerState, name: str, selector: Any) -> None:
+        q = self.vhost.queues.get(name)
+        if isinstance(q, Queue):
+            # like ActiveMQ (maxBrowsePageSize) a browser sees at most BROWSE_MAX messages
+            for d in q.browse(BROWSE_MAX, selector):
+                seq = self.hub.next_id()
+                m = core_to_jms(d.message, self.hub.synthetic_pid, seq)
+                self.send(
+                    Obj(
+                        c.MESSAGE_DISPATCH,
+                        consumer_id=cs.id,
+                        destination=cs.destination,
+                        message=m,
+                        redelivery_counter=d.delivery_count,
+                    )
+                )
+        self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination))
+
+    def pause(self) -> None:
+        self.paused = True
+        for cs in self.consumers.values():
+            if cs.core is not None:
+                cs.core.pause()
+
+    def resume(self) -> None:
+        self.paused = False
+        for cs in list(self.consumers.values()):
+            if cs.core is not None:
+                cs.core.resume()
+
+    # -- pull ------------------------------------------------------------------------------
+
+    def on_pull(self, cmd: Obj) -> None:
+        cs = self.consumers.get(key_of(cmd.consumer_id))
+        if cs is None or cs.core is None:
+            return
+        if cs.prefetch > 0:
+            return
+        if cs.pull_timer is not None and cs.pull_timer.active():
+            cs.pull_timer.cancel()
+            cs.pull_timer = None
+        if not cs.pull_pending:
+            cs.pull_pending = True
+            cs.core.add_credit(1)
+        if not cs.pull_pending:
+            return  # answered synchronously
+        if cmd.timeout == -1 or cmd.timeout < 0:
+            self._pull_expired(cs)
+        elif cmd.timeout > 0:
+            cs.pull_timer = self.broker.clock.callLater(
+                cmd.timeout / 1000.0, self._pull_expired, cs
+            )
+
+    def _pull_expired(self, cs: ConsumerState) -> None:
+        cs.pull_timer = None
+        if not cs.pull_pending or cs.core is None:
+            return
+        cs.pull_pending = False
+        cs.core.set_credit(0)
+        self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination))
+
+    # -- acknowledgements ---------------------------------------------------------------------
+
+    def standard_ack(self, fields: tuple) -> bool:
+        """The common ack (:func:`c.ack_fields`): a standard ack, outside a transaction, of
+        the oldest message in flight. Settled here without decoding the frame; False (nothing
+        done) for anything else, which then goes through :meth:`on_ack`."""
+        command_id, response_required, cid, tid, kind, last = fields
+        if kind != ACK_STANDARD or tid is not None or self.connection_id is None:
+            return False
+        cs = self._ack_cs
+        if cid is not self._ack_cid or cs is None or cs.removed:
+            return False
+        if not self._settle_if_oldest(cs, last):
+            return False
+        if response_required:
+            self._respond_id(command_id)
+        return True
+
+    def _settle_if_oldest(self, cs: ConsumerState, last: int) -> bool:
+        """A standard ack outside a transaction: when ``last`` is the oldest message in
+        flight (AUTO_ACKNOWLEDGE acks each on its own, oldest first), settle it, forget its
+        encoding, recompute the window only while DELIVERED acks are outstanding, and say so."""
+        dispatched = cs.dispatched
+        if cs.in_tx or not dispatched or next(iter(dispatched)) != last:
+            return False
+        d = dispatched.pop(last)
+        d.queue.ack(d)
+        self.hub.forget(d.message)
+        if cs.delivered:
+            cs.delivered.discard(last)
+            cs.credit_back()
+        return True
+
+    def on_ack(self, ack: Obj) -> None:
+        cid = ack.consumer_id
+        cs = self._ack_cs
+        if cid is not self._ack_cid or cs is None or cs.removed:
+            # (with the marshalling cache every ack carries the very same consumer id object)
+            cs = self.consumers.get(key_of(cid))
+            self._ack_cid, self._ack_cs = cid, cs
+        if cs is None or cs.advisory is not None or cs.core is None:
+            self.respond(ack)
+            return
+        last = ack.last_message_id.broker_sequence_id if ack.last_message_id else None
+        if last is None:
+            self.respond(ack)
+            return
+        kind = ack.ack_type
+        if kind == ACK_STANDARD and ack.transaction_id is None and self._settle_if_oldest(cs, last):
+            self.respond(ack)
+            return
+        if last not in cs.dispatched:
+            seqs = []
+        elif kind in (ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED):
+            seqs = [last]
+        else:
+            # everything dispatched up to ``last``, in dispatch order (for POISON from ``first``)
+            first = None
+            if kind == ACK_POISON and ack.first_message_id is not None:
+                first = ack.first_message_id.broker_sequence_id
+                if first not in cs.dispatched:
+                    first = None
+            seqs = []
+            collecting = first is None
+            for s in cs.dispatched:
+                if not collecting and s == first:
+                    collecting = True
+                if collecting:
+                    seqs.append(s)
+                if s == last:
+                    break
+        if kind in (ACK_DELIVERED, ACK_REDELIVERED):
+            before = len(cs.delivered)
+            cs.delivered.update(seqs)
+            if len(cs.delivered) != before:
+                cs.credit_back()
+            self.respond(ack)
+            return
+        if kind == ACK_POISON:
+            cause = ack.poison_cause[1] if ack.poison_cause else None
+            for s in seqs:
+                d = cs.dispatched.pop(s)
+                cs.delivered.discard(s)
+                self._dead_letter(d, cause)
+            cs.credit_back()
+            self.respond(ack)
+            return
+        if ack.transaction_id is not None:
+            entry = self.transactions.get(key_of(ack.transaction_id))
+            if entry is None:
+                entry = self._begin(ack.transaction_id)
+            tx, settled = entry
+            for s in seqs:
+                if s in cs.in_tx:
+                    continue
+                cs.in_tx.add(s)
+                d = cs.dispatched[s]
+                tx.ack(d)
+                settled.append((cs, s, d))
+            self.respond(ack)
+            return
+        forget = self.hub.forget
+        for s in seqs:
+            if s in cs.in_tx:
+                continue
+            d = cs.dispatched.pop(s)
+            cs.delivered.discard(s)
+            d.queue.ack(d)
+            forget(d.message)
+        cs.credit_back()
+        self.respond(ack)
+
+    def _dead_letter(self, d: Delivery, cause: str | None) -> None:
+        msg = d.message
+        headers = dict(msg.headers)
+        if cause:
+            headers["dlqDeliveryFailureCause"] = cause
+        dead = msg.copy(headers=headers, expiration=None)
+        self._ensure_queue(DLQ)
+        self.vhost.publish("", DLQ, dead)
+        d.queue.ack(d)

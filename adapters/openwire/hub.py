@@ -1,0 +1,180 @@
+"""State shared by every OpenWire connection of one broker: temp destinations and their
+advisories, client ids, and the encodings of messages kept for dispatch."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from polymq.core.message import Message
+
+from . import codec as c
+from .codec import Obj
+from .mapping import core_to_jms
+
+if TYPE_CHECKING:
+    from .consumers import ConsumerState
+    from .session import OpenWireSession
+
+# encoded messages kept (oldest out first) for dispatch: bounded in bytes, and per message
+CACHE_BYTES = 16 * 1024 * 1024
+CACHE_MAX_BODY = 64 * 1024
+
+# -- the per-broker shared state ---------------------------------------------------------------
+
+
+class _Mid:
+    """The MessageId fields :func:`c.reencode_message` reads (smaller than a decoded one)."""
+
+    __slots__ = ("text_view", "producer_id", "producer_sequence_id")
+
+    def __init__(self, text_view: str | None, producer_id: Obj | None, seq: int) -> None:
+        self.text_view = text_view
+        self.producer_id = producer_id
+        self.producer_sequence_id = seq
+
+
+class _Frame:
+    """What :func:`c.reencode_message` reads of a decoded message, kept for its dispatch
+    instead of the decoded message itself (whose thirty fields a backlog would hold for every
+    message: held bytes show in the time per message)."""
+
+    __slots__ = (
+        "type",
+        "raw",
+        "mark",
+        "cmark",
+        "producer_id",
+        "destination",
+        "transaction_id",
+        "original_destination",
+        "message_id",
+        "original_transaction_id",
+        "target_consumer_id",
+        "data_structure",
+    )
+
+    def __init__(self, m: Obj) -> None:
+        self.type = m.type
+        self.raw = m.raw
+        self.mark = m.mark
+        self.cmark = getattr(m, "cmark", None)
+        self.producer_id = m.producer_id
+        self.destination = m.destination
+        self.transaction_id = m.transaction_id
+        self.original_destination = m.original_destination
+        mid = m.message_id
+        self.message_id = _Mid(mid.text_view, mid.producer_id, mid.producer_sequence_id)
+        self.original_transaction_id = m.original_transaction_id
+        self.target_consumer_id = m.target_consumer_id
+        self.data_structure = m.data_structure
+
+
+class OpenWireHub:
+    """State shared by every OpenWire connection of one broker: temp destinations and the
+    consumers of their advisory topics (advisories are never stored)."""
+
+    def __init__(self, broker: Any, config: dict) -> None:
+        self.broker = broker
+        self.config = config
+        self.broker_id = "ID:polymq-" + uuid.uuid4().hex[:12]
+        self.temp_dests: dict[tuple[int, str], Obj] = {}  # -> DestinationInfo
+        self.advisory_consumers: list[tuple[OpenWireSession, ConsumerState]] = []
+        self.sessions: set[OpenWireSession] = set()
+        self.client_ids: dict[str, OpenWireSession] = {}
+        self._ids = itertools.count(1)
+
+        # the producer id of messages that did not come from a JMS producer
+        self.synthetic_pid = Obj(c.PRODUCER_ID, connection_id=self.broker_id, value=0, session_id=0)
+        # oldest first; an OrderedDict because evicting from the front of a plain dict
+        # leaves holes that make next(iter(d)) linear in what was evicted before
+        self._cache: OrderedDict[int, list] = OrderedDict()
+        self._cache_bytes = 0
+        self.no_local_consumers = 0
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def prime(self, msg: Message, m: Obj) -> None:
+        """Remember the frame of a message that came from a JMS producer: JMS -> JMS dispatch
+        then takes its encoding from that frame (ids patched, in the form each consumer's
+        connection negotiated) instead of converting and encoding it again."""
+        if len(msg.body) > CACHE_MAX_BODY or m.message_id is None:
+            return
+        # only what reencode_message reads is kept (not the decoded frame's thirty fields):
+        # a backlog holds one of these per message, and its size shows in the time per message
+        self._remember([msg, next(self._ids), _Frame(m), None, None, 0], len(m.raw))
+
+    def _remember(self, entry: list, size: int) -> None:
+        """entry: [message, broker sequence id, decoded frame | None, plain encoding | None,
+        cached encoding | None, bytes accounted]."""
+        cache = self._cache
+        msg = entry[0]
+        # (never there already: an entry keeps its message alive, so no other has its id)
+        entry[5] = size + len(msg.body)
+        self._cache_bytes += entry[5]
+        cache[id(msg)] = entry
+        while self._cache_bytes > CACHE_BYTES:
+            self._cache_bytes -= cache.popitem(last=False)[1][5]
+
+    def encoded(self, msg: Message, cached: bool = False) -> tuple[int, bytes]:
+        """The OpenWire encoding of a core message (plain or cached form) and its broker
+        sequence id, shared by every consumer it is dispatched to (topic fan-out encodes
+        once). The sequence id identifies the message in acknowledgements; the redelivery
+        counter travels in MessageDispatch."""
+        i = 4 if cached else 3
+        e = self._cache.get(id(msg))
+        if e is not None and e[0] is msg:
+            data = e[i]
+            if data is None:
+                if e[2] is not None:
+                    data = c.reencode_message(e[2], e[1], cached)
+                if data is None:
+                    data = c.encode_message(core_to_jms(msg, self.synthetic_pid, e[1]), cached)
+                e[i] = data
+                e[5] += len(data)
+                self._cache_bytes += len(data)
+            return e[1], data
+        seq = next(self._ids)
+        data = c.encode_message(core_to_jms(msg, self.synthetic_pid, seq), cached)
+        if len(msg.body) <= CACHE_MAX_BODY:
+            entry = [msg, seq, None, None, None, 0]
+            entry[i] = data
+            self._remember(entry, len(data))
+        return seq, data
+
+    def forget(self, msg: Message) -> None:
+        """Drop the encodings of a message once a consumer settled it: most messages reach
+        one consumer, and a cache of only live messages keeps few objects for the garbage
+        collector to scan (a message still to be dispatched elsewhere is encoded again)."""
+        e = self._cache.pop(id(msg), None)
+        if e is not None:
+            self._cache_bytes -= e[5]
+
+    def add_temp(self, info: Obj) -> None:
+        k = (info.destination.type, info.destination.physical_name)
+        self.temp_dests[k] = info
+        self._advise(info)
+
+    def remove_temp(self, dest: Obj, conn_id: Obj | None) -> None:
+        k = (dest.type, dest.physical_name)
+        if self.temp_dests.pop(k, None) is None:
+            return
+        info = Obj(c.DESTINATION_INFO, connection_id=conn_id, destination=dest, operation_type=1)
+        self._advise(info)
+
+    def _advise(self, info: Obj) -> None:
+        for conn, cs in list(self.advisory_consumers):
+            if cs.wants_advisory(info.destination.type):
+                conn.dispatch_advisory(cs, info)
+
+    def add_advisory_consumer(self, conn: OpenWireSession, cs: ConsumerState) -> None:
+        self.advisory_consumers.append((conn, cs))
+        for info in list(self.temp_dests.values()):
+            if cs.wants_advisory(info.destination.type):
+                conn.dispatch_advisory(cs, info)
+
+    def remove_advisory_consumer(self, cs: ConsumerState) -> None:
+        self.advisory_consumers = [x for x in self.advisory_consumers if x[1] is not cs]
