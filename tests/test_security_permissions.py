@@ -222,3 +222,21 @@ def test_connections_per_user_are_limited_across_protocols(broker_factory, tmp_p
     assert refused("solo")  # its own limit, 1, over the default 2
     solo.close()
     assert "already holds" in b.log_text()
+
+
+def test_openwire_refusals_are_jms_security_exceptions(broker_factory, tmp_path):
+    from java import jmsrun
+
+    users = tmp_path / "users.toml"
+    where = ["--set", f"security.users_file={json.dumps(str(users))}"]
+    # the JMS client also reads advisory topics, and sends persistent messages synchronously
+    read = "^(jms\\.|ActiveMQ\\.Advisory\\.)"
+    assert main(["users", "add", "jms", "--password", "pw", *where, "--configure", "^jms\\.",
+                 "--write", "^jms\\.", "--read", read]) == 0  # fmt: skip
+    b = broker_factory(adapters=["openwire"], store="memory", log_level="info",
+                       settings={"security.users_file": str(users)})  # fmt: skip
+    classes = jmsrun.classes_once(["JmsSecurity.java"])
+    url = f"tcp://{b.host}:{b.port('openwire')}"
+    r = jmsrun.run_java(classes, "JmsSecurity", url, "jms", "pw")
+    r.check("send.allowed", "send.refused", "consume.refused", "topic.send.refused",
+            "consume.allowed", "close")  # fmt: skip
