@@ -240,3 +240,24 @@ def test_openwire_refusals_are_jms_security_exceptions(broker_factory, tmp_path)
     r = jmsrun.run_java(classes, "JmsSecurity", url, "jms", "pw")
     r.check("send.allowed", "send.refused", "consume.refused", "topic.send.refused",
             "consume.allowed", "close")  # fmt: skip
+
+
+def test_deleting_a_user_closes_its_connections(broker_factory, tmp_path):
+    users = tmp_path / "users.toml"
+    where = ["--set", f"security.users_file={json.dumps(str(users))}"]
+    assert main(["users", "add", "gone", "--password", "pw", *where, "--read", ".*"]) == 0
+    assert main(["users", "add", "stays", "--password", "pw", *where, "--read", ".*"]) == 0
+    b = broker_factory(adapters=["mqtt"], store="memory", log_level="info",
+                       settings={"security.users_file": str(users),
+                                 "security.reload_interval": 0.2})  # fmt: skip
+    gone = Client(b, "gone", "pw", "gone-1")
+    stays = Client(b, "stays", "pw", "stays-1")
+    lost: list = []
+    gone.c.reconnect_delay_set(60, 60)
+    gone.c.on_disconnect = lambda *a: lost.append(1)
+    assert main(["users", "delete", "gone", *where]) == 0
+    assert wait(lambda: lost)
+    assert stays.c.is_connected() and stays.subscribe("x/y") == [1]
+    assert "user 'gone' was deleted or its password changed" in b.log_text()
+    gone.c.loop_stop()
+    stays.close()

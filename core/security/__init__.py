@@ -32,4 +32,25 @@ def security_of(broker: Any) -> SecurityManager:
         )
         broker.security = manager
         broker.authorizer = manager.authorizer
+        manager.on_reload.append(lambda old, new: close_revoked(broker, old, new))
     return manager
+
+
+def close_revoked(broker: Any, old: dict, new: dict) -> int:
+    """Close the live connections, of every protocol, of users that were deleted or whose
+    password changed in a reload (as RabbitMQ closes a deleted user's connections). Returns how
+    many were closed."""
+    revoked = {
+        name
+        for name, user in old.items()
+        if name not in new or new[name].password_hash != user.password_hash
+    }
+    registry = getattr(broker, "connections", None)
+    if not revoked or registry is None:
+        return 0
+    closed = 0
+    for info in registry:
+        if info.user in revoked:
+            info.close(f"user '{info.user}' was deleted or its password changed")
+            closed += 1
+    return closed
