@@ -28,11 +28,11 @@ class Refusal:
 
 
 def authenticate(
-    plugins, protocol: str, username: str | None, password, peer
+    plugins, protocol: str, username: str | None, password, peer, broker=None
 ) -> Identity | Refusal:
     """Ask every ``polymq_authenticate`` hook in turn; no answer at all means refusal."""
     result = plugins.hook.polymq_authenticate(
-        protocol=protocol, username=username, password=password, peer=peer
+        protocol=protocol, username=username, password=password, peer=peer, broker=broker
     )
     if result is None:
         return Refusal("no authentication plugin accepted the credentials")

@@ -260,7 +260,7 @@ class Broker:
         if self.plugins is None:
             return Identity(user=username or "anonymous", protocol=protocol)
         try:
-            return authenticate(self.plugins, protocol, username, password, peer)
+            return authenticate(self.plugins, protocol, username, password, peer, self)
         except Exception as e:  # a broken auth plugin refuses, it does not crash a connection
             log.failure("auth plugin failed")
             return Refusal(reason=f"authentication error: {e}")

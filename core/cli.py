@@ -1,4 +1,4 @@
-"""The ``polymq`` command: ``serve``, ``config show``, ``config check``, ``plugins``."""
+"""The ``polymq`` command: ``serve``, ``config show``, ``config check``, ``plugins``, ``users``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .plugins import (
     get_plugin_manager,
     store_backends_with_origin,
 )
+from .security.users import UsersFileError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="compare the protocols on one workload (polymq compare -h)", add_help=False
     )
 
+    from .security.cli import add_parser as add_users_parser
+
+    add_users_parser(sub, _add_config_options)
     sub.add_parser("ctl", help="operate a running broker (polymq ctl -h)", add_help=False)
 
     plugins = sub.add_parser("plugins", help="list adapters and store backends found")
@@ -125,12 +129,22 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(["config", "--help"])
         if args.command == "plugins":
             return list_plugins(args)
+        if args.command == "users":
+            from .security.cli import run as users_run
+
+            if args.users_command is None:
+                parser.parse_args(["users", "--help"])
+            _, cfg = _load(args, check_paths=False)
+            return users_run(args, cfg)
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
     except ConfigError as exc:
         _error(str(exc))
         return EXIT_CONFIG
     except PluginError as exc:
+        _error(str(exc))
+        return EXIT_FAILURE
+    except UsersFileError as exc:
         _error(str(exc))
         return EXIT_FAILURE
 

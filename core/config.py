@@ -63,6 +63,13 @@ BASE_DEFAULTS: dict[str, dict] = {
 }
 
 
+def _security_defaults() -> dict[str, dict]:
+    from .security.manager import SECURITY_DEFAULTS
+    from .security.tls import TLS_DEFAULTS
+
+    return {"security": copy.deepcopy(SECURITY_DEFAULTS), "tls": copy.deepcopy(TLS_DEFAULTS)}
+
+
 class ConfigError(Exception):
     """A bad configuration; ``str()`` is one line per problem, each naming its key.
 
@@ -116,6 +123,7 @@ def did_you_mean(word: str, known: Iterable[str]) -> str:
 def default_config(plugins) -> dict:
     """The full default configuration for the adapters and backends the plugins provide."""
     cfg = copy.deepcopy(BASE_DEFAULTS)
+    cfg.update(_security_defaults())
     specs = adapter_specs(plugins)
     cfg["adapters"] = {name: _adapter_defaults(specs[name]) for name in sorted(specs)}
     for sections in plugins.hook.polymq_config_sections():
@@ -128,8 +136,12 @@ def _adapter_defaults(spec: AdapterSpec) -> dict:
     from .connection import CONNECTION_DEFAULTS
 
     # every listener has the connection contract's keys; an adapter may override any default
+    from .security.tls import DEFAULT_TLS_PORTS
+
     section = {"enabled": True, "host": "0.0.0.0", "port": spec.default_port}
     section.update(CONNECTION_DEFAULTS)
+    # the TLS listener's port (-1: none); it listens only when [tls] certfile is set
+    section["tls_port"] = DEFAULT_TLS_PORTS.get(spec.name, -1)
     section.update(copy.deepcopy(spec.default_config))
     return section
 
@@ -329,7 +341,7 @@ def validate(
         value = user.get(section, {})
         return value if isinstance(value, Mapping) else {}
 
-    for section in ("broker", "limits", "log"):
+    for section in ("broker", "limits", "log", "security", "tls"):
         _check_section(section, cfg[section], user_table(section), raws, problems)
     for section in sorted(set(cfg) - set(BASE_DEFAULTS) - {"adapters"}):  # plugins' sections
         _check_section(section, cfg[section], user_table(section), raws, problems)
@@ -413,6 +425,9 @@ def _check_values(cfg: dict, problems: _Problems) -> None:
         port = section["port"]
         if not 0 <= port <= 65535:
             problems.add(f"adapters.{name}.port", f"must be 0-65535, got {port}")
+        tls_port = section.get("tls_port", -1)
+        if not -1 <= tls_port <= 65535:
+            problems.add(f"adapters.{name}.tls_port", f"must be 0-65535 (-1: none), got {tls_port}")
         if not section["host"]:
             problems.add(f"adapters.{name}.host", "must not be empty")
         if section["enabled"] and port:
@@ -422,6 +437,10 @@ def _check_values(cfg: dict, problems: _Problems) -> None:
                     f"adapters.{name}.port", f"port {port} is already used by adapters.{other}"
                 )
             used[(section["host"], port)] = name
+    from .security.tls import check_tls_section
+
+    for key, message in check_tls_section(cfg["tls"]):
+        problems.add(f"tls.{key}", message)
     size = cfg["limits"]["max_message_size"]
     if size <= 0:
         problems.add("limits.max_message_size", f"must be a positive integer, got {size}")

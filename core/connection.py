@@ -493,6 +493,7 @@ class ProtocolConnection(Protocol):
         self.broker = factory.broker
         self.clock = factory.clock
         self.identity: Identity | None = None
+        self._counted_user: str | None = None  # counted against the per-user limit
         self._seconds = factory.clock.seconds
         # the output turn a read is part of (None: output waits for the reactor turn)
         self._turn = output.current_turn() if factory.reading is not None else None
@@ -619,6 +620,9 @@ class ProtocolConnection(Protocol):
         f.registry.remove(info)
         f.connections.discard(self)
         info.conn = None
+        if self._counted_user is not None:
+            self.broker.security.release_connection(self._counted_user)
+            self._counted_user = None
         self._replies = []
         self._durable_open = None
         try:
@@ -783,30 +787,64 @@ class ProtocolConnection(Protocol):
                 info.vhost = vhost
 
     def authenticate(self, username: str | None, password: Any) -> Identity | Refusal:
-        """Ask the broker's auth plugins; the result's user is recorded on success."""
+        """Ask the broker's auth plugins; the result's user is recorded on success.
+
+        On a TLS listener with ``[tls] cert_login`` set, a verified client certificate names the
+        user (whatever user name the client sent) and the password is a
+        :class:`~polymq.core.security.CertificateCredential`."""
+        cert_login = getattr(self.factory, "cert_login", "")
+        if cert_login:
+            from .security.manager import CertificateCredential
+            from .security.tls import certificate_user
+
+            found = certificate_user(self.transport, cert_login)
+            if found is not None:
+                username, password = found[0], CertificateCredential(found[1])
         result = self.broker.authenticate(
             self.factory.protocol_name, username, password, self.transport.getPeer()
         )
         if result is None:
             result = Refusal("not authorized")
         if isinstance(result, Identity):
-            self.identity = result
-            if self.info is not None:
-                self.info.user = result.user
+            refusal = self.accept_identity(result)
+            if refusal is not None:
+                return refusal
         return result
+
+    def accept_identity(self, identity: Identity) -> Refusal | None:
+        """Make ``identity`` this connection's user, within the per-user connection limit
+        (``security.max_connections_per_user``, or the user's own ``max_connections``).
+        :meth:`authenticate` calls it; an adapter that proved a login itself (a SASL
+        exchange) calls it directly. A Refusal says the user holds enough connections."""
+        security = getattr(self.broker, "security", None)
+        if security is not None and self._counted_user != identity.user:
+            reason = security.hold_connection(identity.user)
+            if reason is not None:
+                return Refusal(reason)
+            if self._counted_user is not None:
+                security.release_connection(self._counted_user)
+            self._counted_user = identity.user
+        self.identity = identity
+        if self.info is not None:
+            self.info.user = identity.user
+        return None
 
     def authorize(self, action: str, kind: str, name: str, vhost: str | None = None) -> bool:
         """The authorization check point: may this connection's user do ``action``
         (``configure``, ``write``, ``read``) on the resource ``kind`` (``exchange``,
         ``queue``, ``topic``, ``group`` ...) called ``name``? Every adapter asks here before
         it declares, publishes or consumes; the answer comes from the broker's authorizer
-        (everything is allowed while none is configured)."""
+        (everything is allowed while none is configured): ``authorizer(identity, vhost,
+        action, kind, name)``, plus the connection's client id as a sixth argument when the
+        authorizer has ``wants_client_id = True`` (the built-in one, for ``%c`` patterns)."""
         authorizer = getattr(self.broker, "authorizer", None)
         if authorizer is None:
             return True
-        return authorizer(
-            self.identity, vhost if vhost is not None else self.info.vhost, action, kind, name
-        )
+        info = self.info
+        vhost = vhost if vhost is not None else info.vhost
+        if getattr(authorizer, "wants_client_id", False):
+            return authorizer(self.identity, vhost, action, kind, name, info.client_id)
+        return authorizer(self.identity, vhost, action, kind, name)
 
     def linger(self, timeout: float) -> None:
         """Called from ``protocol_error`` / ``internal_error``: keep the connection open after
@@ -1000,6 +1038,8 @@ class ConnectionFactory(ServerFactory):
         self.registry = registry_of(broker)
         self.listener_name = section.get("listener_name") or self.protocol_name
         self.tls = bool(section.get("tls", False))
+        # [tls] cert_login on a TLS listener: the client certificate names the user
+        self.cert_login = str(section.get("cert_login") or "") if self.tls else ""
         self.max_connections = int(section.get("max_connections") or 0)
         self.max_connections_per_host = int(section.get("max_connections_per_host") or 0)
         self.handshake_timeout = float(section.get("handshake_timeout") or 0)

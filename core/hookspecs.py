@@ -42,13 +42,17 @@ def polymq_store_backends():
 
 
 @hookspec(firstresult=True)
-def polymq_authenticate(protocol, username, password, peer):
+def polymq_authenticate(protocol, username, password, peer, broker):
     """Decide whether a client may log in.
 
     ``protocol`` is the adapter name (``"amqp"``, ``"mqtt"`` ...), ``username`` is the user name or
     ``None`` for an anonymous client, ``password`` is the password or SASL response (``str``,
     ``bytes`` or ``None``) and ``peer`` is the client address (a Twisted ``IAddress`` or a
-    ``(host, port)`` tuple).
+    ``(host, port)`` tuple, or a ``host:port`` string). ``broker`` is the
+    :class:`polymq.core.broker.Broker` (a plugin that needs none of it leaves the argument out of
+    its signature). A client proven by a verified TLS client certificate arrives with the user
+    name taken from the certificate and a
+    :class:`polymq.core.security.CertificateCredential` as ``password``.
 
     Return a :class:`polymq.core.auth.Identity` to let the client in, a
     :class:`polymq.core.auth.Refusal` to keep it out, or ``None`` to leave the decision to the

@@ -23,7 +23,7 @@ USUAL_OCCUPANTS = {5672: "RabbitMQ", 1883: "Mosquitto", 9092: "Kafka", 61616: "A
 
 # Twisted's own lines for every listening port ("MqttFactory starting on 1883",
 # "(TCP Port 1883 Closed)"); the banner and the shutdown line say the same once.
-_PORT_NOISE = re.compile(r"^(\S+ starting on \d+|\((TCP|UDP|UNIX) Port \S+ Closed\))$")
+_PORT_NOISE = re.compile(r"^(\S+( \(TLS\))? starting on \d+|\((TCP|UDP|UNIX) Port \S+ Closed\))$")
 
 
 def is_port_noise(event: dict) -> bool:
@@ -35,6 +35,10 @@ def is_port_noise(event: dict) -> bool:
         message = event.get("message") or ()
         text = " ".join(str(part) for part in message)
     return bool(_PORT_NOISE.match(text))
+
+
+# A TLS listener's name: the adapter's name with this suffix ("mqtt+tls"), in the port file too.
+TLS_SUFFIX = "+tls"
 
 
 class StartupError(Exception):
@@ -141,6 +145,8 @@ class BrokerService(MultiService):
         self._starting: defer.Deferred | None = None
         self._stopping: defer.Deferred | None = None
         self._broker_started = False
+        self.security = None
+        self.tls_creator = None
 
     # -- start ----------------------------------------------------------------------------
 
@@ -202,6 +208,11 @@ class BrokerService(MultiService):
                 f"cannot open store {store_cfg['backend']!r}{where}: {_describe(exc)}"
             ) from exc
         self._broker_started = True
+        try:
+            self._install_security()
+        except Exception as exc:
+            await self._shutdown()
+            raise StartupError(_describe(exc)) from exc
         self._limit_descriptors()
         if store_cfg["backend"] == "memory":
             self.log.info("store: memory (nothing is kept across restarts)")
@@ -248,9 +259,22 @@ class BrokerService(MultiService):
             now=now,
             budget=budget,
         )
+    def _install_security(self) -> None:
+        """Users, permissions and TLS certificates, loaded before any listener opens (a bad
+        users file or certificate stops the start with the reason)."""
+        from .security import security_of
+        from .security.tls import ReloadingServerCreator
+
+        manager = security_of(self.broker)
+        manager.start(self.reactor)
+        self.security = manager
+        self.tls_creator = None
+        if self.config["tls"]["certfile"]:
+            self.tls_creator = ReloadingServerCreator(self.config["tls"])
+            self.tls_creator.start(self.reactor)
 
     def _address(self, name: str) -> str:
-        host = self.config["adapters"][name]["host"]
+        host = self.config["adapters"][name.removesuffix(TLS_SUFFIX)]["host"]
         host = f"[{host}]" if ":" in host else host
         return f"{host}:{self.ports[name]}"
 
@@ -262,9 +286,21 @@ class BrokerService(MultiService):
             for impl in self.plugins.hook.polymq_authenticate.get_hookimpls()
             if origins.get(impl.plugin) != BUILTIN_ORIGIN
         ]
+        sec = self.config["security"]
+        manager = getattr(self, "security", None)
+        where = manager.path if manager is not None else "the users file"
+        exists = manager is not None and os.path.exists(manager.path)
+        anonymous = (
+            "clients without a user name are let in from every address"
+            if sec["allow_anonymous"]
+            else f"clients without a user name log in as {sec['anonymous_user']!r} (loopback only)"
+            if sec["anonymous_user"]
+            else "a user name is required"
+        )
+        loopback = ", ".join(sec["loopback_users"]) or "nobody"
         builtin = (
-            "guest/guest and anonymous clients are let in from any address, "
-            "other users are refused (built-in development policy)"
+            f"users of {where}{'' if exists else ' (not created yet: guest/guest only)'}; "
+            f"loopback only: {loopback}; {anonymous}"
         )
         if not others:
             return builtin
@@ -272,18 +308,24 @@ class BrokerService(MultiService):
 
     def _login(self, name: str, section: dict) -> str:
         if name == "kafka" and not section.get("sasl", True):
-            return "no login (adapters.kafka.sasl = false: every client is anonymous)"
+            return (
+                "no SASL (adapters.kafka.sasl = false: every client is one without a user name)"
+            )
         if name == "kafka":
-            return "SASL/PLAIN login checked by the auth policy"
+            plain = (
+                "PLAIN"
+                if self.config["security"]["sasl_plain_without_tls"]
+                else "PLAIN over TLS only"
+            )
+            return f"SASL SCRAM-SHA-256/512, {plain}, checked by the auth policy"
         return "login checked by the auth policy"
 
     def _check_ports(self) -> None:
         """Bind each listener's address briefly before anything opens, so that every clash is
         reported at once, with the setting that moves it, instead of the first one only."""
         clashes = []
-        for name in enabled_adapters(self.config):
-            section = self.config["adapters"][name]
-            host, port = section["host"], section["port"]
+        tls_on = bool(self.config["tls"]["certfile"])
+        for name, host, port in self._listen_addresses(tls_on):
             if not port:
                 continue
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -293,11 +335,27 @@ class BrokerService(MultiService):
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
             except OSError as exc:
-                clashes.append(_clash(name, host, port, exc))
+                base = name.removesuffix(TLS_SUFFIX)
+                text = _clash(base, host, port, exc)
+                if base != name:
+                    text = text.replace(f"{base}.port=", f"{base}.tls_port=").replace(
+                        f"__{base.upper()}__PORT", f"__{base.upper()}__TLS_PORT"
+                    )
+                clashes.append(text)
             finally:
                 probe.close()
         if clashes:
             raise StartupError("\n".join(clashes))
+
+    def _listen_addresses(self, tls_on: bool) -> list[tuple[str, str, int]]:
+        """(listener name, host, port) of every plain and TLS listener that will open."""
+        out = []
+        for name in enabled_adapters(self.config):
+            section = self.config["adapters"][name]
+            out.append((name, section["host"], section["port"]))
+            if tls_on and section.get("tls_port", -1) >= 0:
+                out.append((name + TLS_SUFFIX, section["host"], section["tls_port"]))
+        return out
 
     async def _listen(self) -> None:
         from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
@@ -331,14 +389,64 @@ class BrokerService(MultiService):
             registry_of(self.broker).watch_listener(listening)
             self._trackers[name] = tracker
             self.ports[name] = listening.getHost().port
+            tls_note = "TLS off" if self.tls_creator is None else "TLS on its own port"
+            has_tls = self.tls_creator is not None and section.get("tls_port", -1) >= 0
+            if self.tls_creator is not None and not has_tls:
+                tls_note = f"TLS off (adapters.{name}.tls_port = -1)"
             self.log.info(
-                "{adapter} listening on {address}: plain TCP (TLS off), {login}",
+                "{adapter} listening on {address}: plain TCP ({tls}), {login}",
                 adapter=name,
                 address=self._address(name),
+                tls=tls_note,
                 login=self._login(name, section),
             )
+            if has_tls:
+                failure = await self._listen_tls(name, section, specs[name])
+                if failure:
+                    failures.append(failure)
         if failures:
             raise StartupError("\n".join(failures))
+
+    async def _listen_tls(self, name: str, section: dict, spec) -> str | None:
+        """The TLS listener of adapter ``name``; an error text when it cannot open."""
+        from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+        from .connection import registry_of
+        from .security.tls import TLSListenerFactory
+
+        tls_cfg = self.config["tls"]
+        inner_section = dict(section, tls=True, cert_login=tls_cfg["cert_login"])
+        inner_section["listener_name"] = name + TLS_SUFFIX
+        host, port = section["host"], section["tls_port"]
+        try:
+            inner = spec.build_factory(self.broker, inner_section)
+        except Exception as exc:
+            return f"adapter {name}: cannot build its TLS listener: {_describe(exc)}"
+        inner.noisy = False
+        factory = TLSListenerFactory(self.tls_creator, inner, self.reactor)
+        tracker = _ConnectionTracker(factory)
+        endpoint_class = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        backlog = int(section.get("listen_backlog") or 128)
+        endpoint = endpoint_class(self.reactor, port, backlog=backlog, interface=host)
+        try:
+            listening = await endpoint.listen(factory)
+        except error.CannotListenError as exc:
+            return _clash(name, host, port, exc.socketError).replace(".port=", ".tls_port=")
+        listener = name + TLS_SUFFIX
+        self._listeners[listener] = listening
+        registry_of(self.broker).watch_listener(listening)
+        self._trackers[listener] = tracker
+        self.ports[listener] = listening.getHost().port
+        verify = tls_cfg["verify_client"]
+        self.log.info(
+            "{adapter} listening on {address}: TLS (client certificates: {verify}{login}), {auth}",
+            adapter=name,
+            address=self._address(listener),
+            verify=verify,
+            login=f", user from {tls_cfg['cert_login']}" if tls_cfg["cert_login"] else "",
+            auth=self._login(name, section),
+        )
+        return None
 
     def _write_port_file(self) -> None:
         if not self.port_file:
@@ -397,6 +505,9 @@ class BrokerService(MultiService):
         await defer.gatherResults(
             [t.close_all(self.reactor, timeout) for t in trackers.values()], consumeErrors=True
         )
+        for part in (getattr(self, "security", None), getattr(self, "tls_creator", None)):
+            if part is not None:
+                part.stop()
         if self._broker_started:
             self._broker_started = False
             await broker.stop()

@@ -1,35 +1,22 @@
-"""The default authentication plugin: a development broker's policy.
+"""The built-in authentication plugin: users from the users file, guest only from loopback.
 
-``guest``/``guest`` and anonymous clients (no user name, or an empty one) are let in; every other
-user name is refused, with the same text whether the user exists or not. A real deployment
-replaces this with a plugin that knows its users (a third-party ``polymq_authenticate`` is asked
-before this one, and the first answer wins).
+The decisions are the broker's :class:`~polymq.core.security.SecurityManager`'s (see
+docs/security.md): a user of the users file logs in with its password (or, on a TLS listener that
+verifies client certificates, with its certificate); ``guest`` only from a loopback address; a
+client without a user name is logged in as ``security.anonymous_user`` (guest) from loopback, and
+from elsewhere only when ``security.allow_anonymous`` is true. Third-party ``polymq_authenticate``
+plugins are asked before this one; the first answer wins.
 """
 
 from __future__ import annotations
 
-from polymq.core.auth import ANONYMOUS, Identity, Refusal
 from polymq.core.hookspecs import hookimpl
+from polymq.core.security import security_of
+from polymq.core.security.manager import BAD_CREDENTIALS
 
-GUEST_USER = "guest"
-GUEST_PASSWORD = "guest"
-# One text for an unknown user and a wrong password, so a client cannot probe for user names.
-BAD_CREDENTIALS = "bad user name or password"
-
-
-def _text(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
+__all__ = ["BAD_CREDENTIALS", "polymq_authenticate"]
 
 
 @hookimpl(trylast=True)
-def polymq_authenticate(protocol, username, password, peer):
-    user = _text(username)
-    if not user:
-        return Identity(user=ANONYMOUS, protocol=protocol)
-    if user == GUEST_USER and _text(password) == GUEST_PASSWORD:
-        return Identity(user=GUEST_USER, protocol=protocol)
-    return Refusal(BAD_CREDENTIALS)
+def polymq_authenticate(protocol, username, password, peer, broker):
+    return security_of(broker).authenticate(protocol, username, password, peer)

@@ -72,6 +72,7 @@ def test_defaults(pm, tmp_path):
         "host": "0.0.0.0",
         "port": 1883,
         **CONNECTION_DEFAULTS,
+        "tls_port": 8883,
         "max_inflight": 20,
     }
     assert cfg["adapters"]["amqp"]["port"] == 5672

@@ -105,6 +105,7 @@ def test_runtime_plugin_shows_up_with_origin():
         "host": "0.0.0.0",
         "port": 7007,
         **CONNECTION_DEFAULTS,  # a plugin's listener has the contract's keys too
+        "tls_port": -1,  # a third-party adapter has no TLS port unless it names one
         "banner": "hi",
     }
 
@@ -148,23 +149,33 @@ def test_missing_builtin_is_skipped_but_broken_one_is_an_error(tmp_path, monkeyp
     [
         ("guest", "guest", Identity("guest", "amqp")),
         (b"guest", b"guest", Identity("guest", "amqp")),
-        (None, None, Identity("anonymous", "amqp")),
-        ("", None, Identity("anonymous", "amqp")),
+        # a client without a user name is guest, from loopback only (as RabbitMQ's ANONYMOUS)
+        (None, None, Identity("guest", "amqp")),
+        ("", None, Identity("guest", "amqp")),
     ],
 )
-def test_default_auth_lets_guest_and_anonymous_in(user, password, expected):
+def test_default_auth_lets_guest_and_anonymous_in_from_loopback(user, password, expected):
     pm = bare_pm()
     result = pm.hook.polymq_authenticate(
-        protocol="amqp", username=user, password=password, peer=("127.0.0.1", 1)
+        protocol="amqp", username=user, password=password, peer=("127.0.0.1", 1), broker=_broker()
     )
     assert result == expected
+
+
+def _broker():
+    """A broker object as the auth hook sees it, without a users file (guest only)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(config={"store": {"data_dir": "/nonexistent"}}, default_vhost="/")
 
 
 @pytest.mark.parametrize("user, password", [("guest", "wrong"), ("guest", None), ("bob", "x")])
 def test_default_auth_refuses_others(user, password):
     pm = bare_pm()
     hook = pm.hook.polymq_authenticate
-    result = hook(protocol="mqtt", username=user, password=password, peer=None)
+    result = hook(
+        protocol="mqtt", username=user, password=password, peer=("127.0.0.1", 1), broker=_broker()
+    )
     assert isinstance(result, Refusal)
     assert result.reason
 
@@ -181,24 +192,29 @@ def test_third_party_auth_plugin_overrides_default():
 
     pm = bare_pm()
     pm.register(OnlyAlice())
-    hook = pm.hook.polymq_authenticate
-    assert hook(protocol="kafka", username="alice", password="s3cret", peer=None) == Identity(
+
+    def hook(**kw):
+        return pm.hook.polymq_authenticate(peer=("127.0.0.1", 1), broker=_broker(), **kw)
+
+    assert hook(protocol="kafka", username="alice", password="s3cret") == Identity(
         "alice", "kafka"
     )
-    assert hook(protocol="kafka", username="guest", password="guest", peer=None) == Refusal(
+    assert hook(protocol="kafka", username="guest", password="guest") == Refusal(
         "guest is disabled"
     )
     # No opinion from the third party: the default plugin still decides.
-    assert hook(protocol="kafka", username=None, password=None, peer=None).user == "anonymous"
+    assert hook(protocol="kafka", username=None, password=None).user == "guest"
 
 
 def test_broker_authenticate_goes_through_the_hook():
     from polymq.core.broker import Broker
     from polymq.core.store.memory import MemoryStore
 
-    broker = Broker(MemoryStore(), plugins=bare_pm(), config={})
-    assert broker.authenticate("mqtt", "guest", "guest", None) == Identity("guest", "mqtt")
-    assert isinstance(broker.authenticate("mqtt", "mallory", "x", None), Refusal)
+    config = {"store": {"data_dir": "/nonexistent"}}
+    broker = Broker(MemoryStore(), plugins=bare_pm(), config=config)
+    local = ("127.0.0.1", 5)
+    assert broker.authenticate("mqtt", "guest", "guest", local) == Identity("guest", "mqtt")
+    assert isinstance(broker.authenticate("mqtt", "mallory", "x", local), Refusal)
 
 
 @pytest_twisted.ensureDeferred

@@ -242,12 +242,15 @@ def _exchange_declare(session: AMQPSession, ch: Channel, args: dict) -> None:
 
 
 def _exchange_delete(session: AMQPSession, ch: Channel, args: dict) -> None:
+    session.require("configure", "exchange", args["exchange"])
     session.vhost.delete_exchange(args["exchange"], if_unused=args["if_unused"])
     if not args["nowait"]:
         session.send_method(ch.number, "exchange.delete-ok")
 
 
 def _exchange_bind(session: AMQPSession, ch: Channel, args: dict) -> None:
+    session.require("write", "exchange", args["destination"])
+    session.require("read", "exchange", args["source"])
     session.vhost.bind_exchange(
         args["destination"], args["source"], args["routing_key"], args["arguments"]
     )
@@ -256,6 +259,8 @@ def _exchange_bind(session: AMQPSession, ch: Channel, args: dict) -> None:
 
 
 def _exchange_unbind(session: AMQPSession, ch: Channel, args: dict) -> None:
+    session.require("write", "exchange", args["destination"])
+    session.require("read", "exchange", args["source"])
     session.vhost.unbind_exchange(
         args["destination"], args["source"], args["routing_key"], args["arguments"]
     )
@@ -286,6 +291,9 @@ def _queue_declare(session: AMQPSession, ch: Channel, args: dict) -> None:
 
 
 def _queue_bind(session: AMQPSession, ch: Channel, args: dict) -> None:
+    # RabbitMQ's rule: write on the queue (it receives), read on the exchange (it is read from)
+    session.require("write", "queue", args["queue"])
+    session.require("read", "exchange", args["exchange"])
     session.vhost.bind_queue(
         args["queue"], args["exchange"], args["routing_key"], args["arguments"], owner=session
     )
@@ -294,6 +302,8 @@ def _queue_bind(session: AMQPSession, ch: Channel, args: dict) -> None:
 
 
 def _queue_unbind(session: AMQPSession, ch: Channel, args: dict) -> None:
+    session.require("write", "queue", args["queue"])
+    session.require("read", "exchange", args["exchange"])
     session.vhost.unbind_queue(
         args["queue"], args["exchange"], args["routing_key"], args["arguments"], owner=session
     )
@@ -301,12 +311,14 @@ def _queue_unbind(session: AMQPSession, ch: Channel, args: dict) -> None:
 
 
 def _queue_purge(session: AMQPSession, ch: Channel, args: dict) -> None:
+    session.require("read", "queue", args["queue"])
     n = session.vhost.purge_queue(args["queue"], owner=session)
     if not args["nowait"]:
         session.send_method(ch.number, "queue.purge-ok", message_count=n)
 
 
 def _queue_delete(session: AMQPSession, ch: Channel, args: dict) -> None:
+    session.require("configure", "queue", args["queue"])
     n = session.vhost.delete_queue(
         args["queue"], if_unused=args["if_unused"], if_empty=args["if_empty"], owner=session
     )

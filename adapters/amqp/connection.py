@@ -51,7 +51,10 @@ def send_start(session: AMQPSession) -> None:
         version_major=0,
         version_minor=9,
         server_properties=props,
-        mechanisms=b"PLAIN AMQPLAIN",
+        # EXTERNAL: the verified TLS client certificate names the user ([tls] cert_login)
+        mechanisms=b"PLAIN AMQPLAIN EXTERNAL"
+        if session.conn.factory.cert_login
+        else b"PLAIN AMQPLAIN",
         locales=b"en_US",
     )
 
@@ -115,6 +118,18 @@ def _start_ok(session: AMQPSession, args: dict) -> None:
     elif mechanism == "AMQPLAIN":
         table = C.decode_table_body(response)
         user, password = table.get("LOGIN"), table.get("PASSWORD")
+    elif mechanism == "EXTERNAL" and session.conn.factory.cert_login:
+        from polymq.core.security.tls import certificate_user
+
+        if certificate_user(session.conn.transport, session.conn.factory.cert_login) is None:
+            raise C.FrameError(
+                C.ACCESS_REFUSED,
+                "Login was refused using authentication mechanism EXTERNAL: "
+                "no verified client certificate naming a user",
+                10,
+                11,
+            )
+        user = password = None  # conn.authenticate takes the user from the certificate
     else:
         raise C.FrameError(
             C.ACCESS_REFUSED, f"unsupported authentication mechanism {mechanism!r}", 10, 11

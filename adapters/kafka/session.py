@@ -54,6 +54,7 @@ class KafkaSession(SessionBase):
         self.authenticated = not server.sasl
         self.sasl_raw = False  # SaslHandshake v0: the next frame is a raw token
         self.sasl_mechanism: str | None = None
+        self.scram: Any = None  # the ScramServer of a SCRAM login in progress
         self.fetches: list[FetchWait] = []
         self.client_id = ""
         self.identity: Identity | None = None
@@ -106,7 +107,15 @@ class KafkaSession(SessionBase):
             self.client_id = hdr.client_id or ""
             if not self.started and self.authenticated:
                 self.started = True
-                conn.handshake_done(client_id=self.client_id, vhost=self.vhost.name)
+                user = None
+                if not self.server.sasl:
+                    # no SASL: a client without a user name, as the login policy treats it
+                    # (guest from loopback; elsewhere only with security.allow_anonymous)
+                    result = conn.authenticate(None, None)
+                    if not isinstance(result, Identity):
+                        raise ProtocolViolation(f"login refused: {result.reason}")
+                    self.identity, user = result, result.user
+                conn.handshake_done(user=user, client_id=self.client_id, vhost=self.vhost.name)
             self._dispatch(hdr, frame, pos)
             if conn.closing:
                 return
@@ -204,15 +213,57 @@ class KafkaSession(SessionBase):
             out = C.encode_response(C.API_VERSIONS, ver, hdr.correlation_id, body)
         self.conn.reply(out)
 
+    def _mechanisms(self) -> list[str]:
+        """SCRAM always; PLAIN (a clear password) over TLS, or where the config allows it."""
+        from polymq.core.security import security_of
+
+        if self.conn.factory.tls or security_of(self.broker).sasl_plain_without_tls:
+            return ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
+        return ["SCRAM-SHA-256", "SCRAM-SHA-512"]
+
     def _sasl_handshake(self, ver: int, req: Any, reply: Callable) -> None:
-        if not self.server.sasl or self.authenticated:
-            return reply({"error_code": C.ILLEGAL_SASL_STATE, "mechanisms": ["PLAIN"]})
+        mechanisms = self._mechanisms()
+        if not self.server.sasl or self.authenticated or self.sasl_mechanism is not None:
+            return reply({"error_code": C.ILLEGAL_SASL_STATE, "mechanisms": mechanisms})
+        if req.mechanism not in mechanisms:
+            return reply({"error_code": C.UNSUPPORTED_SASL_MECHANISM, "mechanisms": mechanisms})
+        self.sasl_mechanism = req.mechanism
         if req.mechanism != "PLAIN":
-            return reply({"error_code": C.UNSUPPORTED_SASL_MECHANISM, "mechanisms": ["PLAIN"]})
-        self.sasl_mechanism = "PLAIN"
+            from polymq.core.security import security_of
+            from polymq.core.security.scram import ScramServer
+
+            self.scram = ScramServer(req.mechanism, security_of(self.broker).scram_secret)
         if ver == 0:
             self.sasl_raw = True
-        reply({"error_code": 0, "mechanisms": ["PLAIN"]})
+        reply({"error_code": 0, "mechanisms": mechanisms})
+
+    def _sasl_token(self, token: bytes) -> tuple[bytes | None, str | None]:
+        """One SASL token in: (token out or None when authenticated, error text or None)."""
+        if self.sasl_mechanism == "PLAIN":
+            return None, self._plain(token)
+        from polymq.core.security import security_of
+        from polymq.core.security.scram import ScramError
+
+        scram = self.scram
+        try:
+            if scram._secret is None:
+                return scram.first(token), None
+            final = scram.final(token)
+        except (ScramError, UnicodeDecodeError) as e:
+            return None, str(e) if isinstance(e, ScramError) else "malformed SCRAM message"
+        result = security_of(self.broker).proven("kafka", scram.user, self.conn.transport.getPeer())
+        if isinstance(result, Identity):
+            result = self.conn.accept_identity(result) or result
+        if not isinstance(result, Identity):
+            return None, result.reason
+        self._logged_in(result)
+        return final, None
+
+    def _logged_in(self, result: Identity) -> None:
+        self.identity = result
+        self.authenticated = True
+        self.started = True
+        self.conn.handshake_done(user=result.user, client_id=self.client_id, vhost=self.vhost.name)
 
     def _plain(self, token: bytes) -> str | None:
         """Check a PLAIN token; returns an error text or None when authenticated."""
@@ -222,17 +273,12 @@ class KafkaSession(SessionBase):
         user = parts[1].decode("utf-8", "replace")
         result = self.conn.authenticate(user, parts[2])
         if isinstance(result, Identity):
-            self.identity = result
-            self.authenticated = True
-            self.started = True
-            self.conn.handshake_done(
-                user=result.user, client_id=self.client_id, vhost=self.vhost.name
-            )
+            self._logged_in(result)
             return None
         return getattr(result, "reason", "authentication failed")
 
     def _sasl_authenticate(self, ver: int, req: Any, reply: Callable) -> None:
-        if self.sasl_mechanism != "PLAIN" or self.authenticated:
+        if self.sasl_mechanism is None or self.authenticated or self.sasl_raw:
             return reply(
                 {
                     "error_code": C.ILLEGAL_SASL_STATE,
@@ -241,7 +287,7 @@ class KafkaSession(SessionBase):
                     "session_lifetime_ms": 0,
                 }
             )
-        err = self._plain(req.auth_bytes)
+        out, err = self._sasl_token(bytes(req.auth_bytes))
         if err is not None:
             reply(
                 {
@@ -253,14 +299,23 @@ class KafkaSession(SessionBase):
             )
             log.info("kafka client {peer}: SASL refused: {e}", peer=self.peer, e=err)
             return
-        reply({"error_code": 0, "error_message": None, "auth_bytes": b"", "session_lifetime_ms": 0})
+        reply(
+            {
+                "error_code": 0,
+                "error_message": None,
+                "auth_bytes": out or b"",
+                "session_lifetime_ms": 0,
+            }
+        )
 
     def _sasl_raw_token(self, token: bytes) -> None:
-        self.sasl_raw = False
-        err = self._plain(token)
+        # SaslHandshake v0: tokens travel length-prefixed without Kafka headers until done
+        out, err = self._sasl_token(token)
         if err is not None:
             raise ProtocolViolation(f"SASL refused: {err}")
-        self.conn.reply(b"\x00\x00\x00\x00")
+        self.sasl_raw = not self.authenticated
+        out = out or b""
+        self.conn.reply(len(out).to_bytes(4, "big") + out)
 
     # -- Metadata ------------------------------------------------------------------------------
 
@@ -298,6 +353,12 @@ class KafkaSession(SessionBase):
                 code = (
                     C.INVALID_TOPIC_EXCEPTION
                     if not TOPIC_RE.match(name)
+                    # an unknown topic the client may not create is not "unknown" but refused,
+                    # as Kafka answers (a client would wait for it to appear otherwise)
+                    else C.TOPIC_AUTHORIZATION_FAILED
+                    if allow
+                    and srv.auto_create
+                    and not self.conn.authorize("configure", "topic", name)
                     else C.UNKNOWN_TOPIC_OR_PARTITION
                 )
                 topics.append(
