@@ -28,6 +28,7 @@ Nothing here runs per message except :meth:`ProtocolConnection.write` and the re
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -291,6 +292,11 @@ class ConnectionRegistry:
         self.blocked = False
         self.blocked_reason = ""
         self._block_sources: dict[str, str] = {}
+        # what the service knows of every adapter: its ``looks_like`` (AdapterSpec), the port it
+        # listens on, and its listener's factory (the any-protocol listener hands over to it)
+        self.looks_like: dict[str, Callable[[bytes], bool | None]] = {}
+        self.ports: dict[str, int] = {}
+        self.factories: dict[str, Any] = {}
         # bytes held in partial frames by every connection together, and the bound past which
         # the connection that asks for more is closed (0: no bound)
         self.partial_bytes = 0
@@ -392,6 +398,14 @@ class ConnectionRegistry:
         for port in self._listeners:
             if getattr(port, "connected", True):
                 port.startReading()
+
+    def identify(self, head: bytes) -> str | None:
+        """The adapter whose ``looks_like`` recognises these first bytes; None when none does
+        (yet). Adapters are asked in name order; the first that says yes wins."""
+        for name in sorted(self.looks_like):
+            if self.looks_like[name](head):
+                return name
+        return None
 
     def set_publishing_blocked(
         self, blocked: bool, reason: str = "", source: str = "alarm"
@@ -507,6 +521,8 @@ class ProtocolConnection(Protocol):
         self._last_write = 0.0
         self._reading_paused = 0
         self._partial = 0  # bytes this connection's framer holds, as counted in the registry
+        self._head: bytes | None = None  # the first bytes received (to name a wrong protocol)
+        self._handshaken = False
         self._socket_paused = False
         # replies waiting behind a durable one: lists of frames, or _DURABLE-headed batches
         self._replies: list[list] = []
@@ -569,9 +585,11 @@ class ProtocolConnection(Protocol):
         turn = self._turn
         if turn is not None:
             turn.reading += 1
-        framer = self.framer
+        if self._head is None:
+            self._head = bytes(data[:16])
         try:
-            frames = framer.feed(data)
+            frames = self.framer.feed(data)
+            framer = self.framer  # the any-protocol listener's framer may have handed over
             if framer.buffered != self._partial:
                 self._hold_partial(framer.buffered)
             if frames:
@@ -614,6 +632,14 @@ class ProtocolConnection(Protocol):
         self.closing = True
         self._cancel_timers()
         f = self.factory
+        if self._handshaken:
+            log.info(
+                "{protocol}: {peer}{client} disconnected after {secs:.1f} s",
+                protocol=info.protocol,
+                peer=info.peer,
+                client=self._client_text(),
+                secs=self._seconds() - info.connected_at,
+            )
         if self._partial:
             f.registry.partial_bytes -= self._partial
             self._partial = 0
@@ -730,6 +756,29 @@ class ProtocolConnection(Protocol):
             if not self.closing and self.info is not None:
                 self.info.bytes_out += sent
 
+    def switch_protocol(self, factory: ConnectionFactory) -> None:
+        """Hand this connection to another adapter's listener (the any-protocol listener does,
+        once the first bytes told it which protocol the client speaks): that adapter's framer
+        and session take over; the limits counted are those of the listener it came in by."""
+        old = self.factory
+        old.connections.discard(self)
+        self.factory = factory
+        factory.connections.add(self)
+        info = self.info
+        info.protocol = factory.protocol_name
+        self.out.flush_bytes = factory.flush_bytes
+        self.framer = factory.build_framer(self)
+        self.session = factory.build_session(self)
+        if factory.idle_timeout > 0:
+            self.set_liveness(factory.idle_timeout)
+        if factory.registry.blocked:
+            self.call_session(
+                self.session.publishing_blocked, True, factory.registry.blocked_reason
+            )
+        started = getattr(self.session, "connection_made", None)
+        if started is not None:
+            self.call_session(started)
+
     def flush(self) -> None:
         """Send what this connection has gathered now."""
         if self.out is not None:
@@ -771,7 +820,8 @@ class ProtocolConnection(Protocol):
     def handshake_done(
         self, user: str | None = None, client_id: str | None = None, vhost: str | None = None
     ) -> None:
-        """The protocol's handshake finished: stop its timer, record who this is."""
+        """The protocol's handshake finished: stop its timer, record who this is, and say so in
+        the log (one line per connection, as brokers do)."""
         t = self._handshake_timer
         if t is not None:
             self._handshake_timer = None
@@ -785,6 +835,15 @@ class ProtocolConnection(Protocol):
                 info.client_id = client_id
             if vhost is not None:
                 info.vhost = vhost
+            if not self._handshaken:
+                self._handshaken = True
+                log.info(
+                    "{protocol}: {peer} connected{user}{client}",
+                    protocol=info.protocol,
+                    peer=info.peer,
+                    user=f" as {info.user}" if info.user else "",
+                    client=self._client_text(),
+                )
 
     def authenticate(self, username: str | None, password: Any) -> Identity | Refusal:
         """Ask the broker's auth plugins; the result's user is recorded on success.
@@ -920,11 +979,12 @@ class ProtocolConnection(Protocol):
             self.close()
             return
         log.info(
-            "{protocol}: closing {peer}{client}: {error}",
+            "{protocol}: closing {peer}{client}: {error}{hint}",
             protocol=self.factory.protocol_name,
             peer=self.peer,
             client=self._client_text(),
             error=error,
+            hint=self._wrong_protocol_hint(),
         )
         try:
             self.session.protocol_error(error)
@@ -934,6 +994,19 @@ class ProtocolConnection(Protocol):
             )
         if self._linger_timer is None:
             self.close()
+
+    def _wrong_protocol_hint(self) -> str:
+        """'; it looks like AMQP, which listens on 5672' for a client that speaks another
+        adapter's protocol on this port (before its handshake finished)."""
+        if self._handshaken or not self._head:
+            return ""
+        registry = self.factory.registry
+        name = registry.identify(self._head)
+        if name is None or name == self.factory.protocol_name:
+            return ""
+        port = registry.ports.get(name)
+        where = f", which listens on {port}" if port else " (not enabled here)"
+        return f"; it looks like {name}{where}"
 
     def _client_text(self) -> str:
         info = self.info
@@ -1031,11 +1104,21 @@ class ConnectionFactory(ServerFactory):
     reading: Any = output.reading()
 
     def __init__(self, broker: Any, section: dict | None = None) -> None:
-        section = dict(CONNECTION_DEFAULTS, **(section or {}))
         self.broker = broker
-        self.section = section
         self.clock = broker.clock
         self.registry = registry_of(broker)
+        self._configure(dict(CONNECTION_DEFAULTS, **(section or {})))
+
+    def sibling(self, section: dict) -> ConnectionFactory:
+        """Another listener of the same adapter (its TLS port, the any-protocol port) that
+        shares this one's state — MQTT sessions and retained messages, Kafka groups — with
+        the listener settings of ``section`` laid over this one's."""
+        twin = copy.copy(self)
+        twin._configure(dict(self.section, **section))
+        return twin
+
+    def _configure(self, section: dict) -> None:
+        self.section = section
         self.listener_name = section.get("listener_name") or self.protocol_name
         self.tls = bool(section.get("tls", False))
         # [tls] cert_login on a TLS listener: the client certificate names the user

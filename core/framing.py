@@ -89,3 +89,12 @@ class LengthPrefixedFramer:
             buf += src[pos:] if self._views else data[pos:]
         self.buffered = len(buf)
         return frames
+
+
+def starts_as(head: bytes, prefix: bytes) -> bool | None:
+    """Whether ``head`` (the first bytes of a connection) starts with ``prefix``: None while
+    too few bytes have arrived to tell (the shape of an adapter's ``looks_like``)."""
+    n = min(len(head), len(prefix))
+    if head[:n] != prefix[:n]:
+        return False
+    return True if n == len(prefix) else None

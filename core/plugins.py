@@ -43,6 +43,7 @@ DEFAULT_PLUGINS = (
     "polymq.adapters.amqp.plugin",
     "polymq.adapters.kafka.plugin",
     "polymq.adapters.openwire.plugin",
+    "polymq.adapters.any.plugin",
     "polymq.plugins.auth",
     "polymq.plugins.stores",
     "polymq.plugins.management",
@@ -69,6 +70,10 @@ class AdapterSpec:
     build_factory: Callable[[Any, dict], Any]
     default_config: dict = field(default_factory=dict)
     description: str = ""
+    # looks_like(first_bytes) -> True (this protocol), False (not it) or None (more bytes
+    # needed): lets the any-protocol listener hand a connection to this adapter, and a
+    # listener tell a client that it speaks another protocol on the wrong port
+    looks_like: Callable[[bytes], bool | None] | None = None
 
 
 @dataclass

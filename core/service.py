@@ -365,6 +365,12 @@ class BrokerService(MultiService):
         if not names:
             self.log.warn("no adapter is enabled; the broker accepts no connections")
         failures = []
+        from .connection import registry_of
+
+        registry = registry_of(self.broker)
+        for spec_name, spec in specs.items():
+            if spec.looks_like is not None:
+                registry.looks_like[spec_name] = spec.looks_like
         for name in names:
             section = dict(self.config["adapters"][name])
             host, port = section["host"], section["port"]
@@ -373,6 +379,7 @@ class BrokerService(MultiService):
             except Exception as exc:
                 failures.append(f"adapter {name}: cannot build: {_describe(exc)}")
                 continue
+            registry.factories[name] = factory
             factory.noisy = False  # no "Starting factory <... object at 0x...>" lines
             tracker = _ConnectionTracker(factory)
             endpoint_class = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
@@ -384,11 +391,10 @@ class BrokerService(MultiService):
                 failures.append(_clash(name, host, port, exc.socketError))
                 continue
             self._listeners[name] = listening
-            from .connection import registry_of
-
-            registry_of(self.broker).watch_listener(listening)
+            registry.watch_listener(listening)
             self._trackers[name] = tracker
             self.ports[name] = listening.getHost().port
+            registry.ports[name] = self.ports[name]
             tls_note = "TLS off" if self.tls_creator is None else "TLS on its own port"
             has_tls = self.tls_creator is not None and section.get("tls_port", -1) >= 0
             if self.tls_creator is not None and not has_tls:
@@ -419,7 +425,12 @@ class BrokerService(MultiService):
         inner_section["listener_name"] = name + TLS_SUFFIX
         host, port = section["host"], section["tls_port"]
         try:
-            inner = spec.build_factory(self.broker, inner_section)
+            plain = registry_of(self.broker).factories.get(name)
+            if plain is not None and hasattr(plain, "sibling"):
+                # the same adapter state (MQTT sessions, Kafka groups) as the plain listener
+                inner = plain.sibling(inner_section)
+            else:
+                inner = spec.build_factory(self.broker, inner_section)
         except Exception as exc:
             return f"adapter {name}: cannot build its TLS listener: {_describe(exc)}"
         inner.noisy = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from polymq.core.framing import starts_as
 from polymq.core.hookspecs import hookimpl
 from polymq.core.plugins import AdapterSpec
 
@@ -21,6 +22,11 @@ def build_factory(broker: Any, section: dict) -> Any:
     return OpenWireFactory(broker, section)
 
 
+def looks_like(head: bytes) -> bool | None:
+    """An OpenWire client starts with WireFormatInfo: a 4-byte size, type 1, ``ActiveMQ``."""
+    return starts_as(head[4:], b"\x01ActiveMQ") if len(head) > 4 else None
+
+
 @hookimpl
 def polymq_adapters() -> list[AdapterSpec]:
     return [
@@ -30,5 +36,6 @@ def polymq_adapters() -> list[AdapterSpec]:
             build_factory=build_factory,
             default_config=dict(DEFAULT_CONFIG),
             description="OpenWire (ActiveMQ 5.x JMS clients)",
+            looks_like=looks_like,
         )
     ]

@@ -1,0 +1,1 @@
+"""One port for every protocol: the listener that tells the protocol from the first bytes."""
