@@ -34,6 +34,7 @@ DEFAULT_CHECK_MS = 1000
 CLEAR_RATIO = 0.9
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 TRIM_EVERY_S = 10.0
+TRIM_ABOVE = 128 * 1024 * 1024  # a process this large is trimmed every TRIM_EVERY_S
 
 
 def _malloc_trim() -> Callable[[], object] | None:
@@ -167,9 +168,12 @@ class ResourceAlarm:
         except OSError as e:  # no /proc: the memory alarm cannot work here
             log.warn("memory alarm: cannot read process memory: {e}", e=e)
             return
-        if used > self.memory_limit * CLEAR_RATIO and self._trim is not None:
-            # near or over the watermark: first give freed memory back, then judge (at most
-            # every TRIM_EVERY_S: a trim walks every arena)
+        if self._trim is not None and (
+            used > self.memory_limit * CLEAR_RATIO or used > TRIM_ABOVE
+        ):
+            # near or over the watermark, or simply large (a backlog that drained leaves its
+            # pages with the allocator): give freed memory back, then judge (at most every
+            # TRIM_EVERY_S: a trim walks every arena)
             now = self.clock.seconds()
             if now - self._trimmed_at >= TRIM_EVERY_S:
                 self._trimmed_at = now

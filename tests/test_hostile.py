@@ -207,3 +207,31 @@ def test_partial_frames_are_bounded_across_connections(broker_factory):
         s.close()
     for c in (pub, sub):
         c.disconnect()
+
+
+def test_memory_taken_by_a_backlog_is_given_back_after_it_drains(broker_factory):
+    import pika
+
+    broker = broker_factory(adapters=["amqp"], store="memory")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(broker.host, broker.port("amqp")))
+    ch = conn.channel()
+    ch.queue_declare("backlog")
+    base = _rss_mb(broker.pid)
+    body = b"b" * 4096
+    for _ in range(50_000):  # about 200 MB held by the queue
+        ch.basic_publish("", "backlog", body)
+    assert ch.queue_declare("backlog", passive=True).method.message_count == 50_000
+    peak = _rss_mb(broker.pid)
+    assert peak - base > 150, (base, peak)
+    got = 0
+    for method, _props, _body in ch.consume("backlog", auto_ack=True, inactivity_timeout=2):
+        if method is None:
+            break
+        got += 1
+    assert got == 50_000
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _rss_mb(broker.pid) - base > 60:
+        time.sleep(1)
+    after = _rss_mb(broker.pid)
+    assert after - base < 60, (base, peak, after)  # the allocator gave the pages back
+    conn.close()
