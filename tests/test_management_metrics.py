@@ -232,6 +232,14 @@ def test_store_counters_with_sqlite(tmp_path):
         assert m["polymq_store_commits_total"][key] > before
         assert m["polymq_store_operations_total"][key] >= 21  # the queue and its 20 messages
         assert m["polymq_store_flushes_total"][key] >= 1
+        # the commit latency and group-commit size histograms count the same commits
+        commits = m["polymq_store_commits_total"][key]
+        lat = m["polymq_store_commit_duration_seconds_count"][key]
+        assert lat == m["polymq_store_group_commit_operations_count"][key] >= commits - 1
+        inf = m["polymq_store_commit_duration_seconds_bucket"][key + (("le", "+Inf"),)]
+        assert inf == lat and m["polymq_store_commit_duration_seconds_sum"][key] > 0
+        ops = m["polymq_store_group_commit_operations_sum"][key]
+        assert ops >= 21  # every operation written went through a counted commit
     finally:
         broker.stop()
         broker.kill9()

@@ -53,6 +53,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
 from .interfaces import IPagingStore, StoreSnapshot
 from .segments import (  # noqa: F401 (re-exported: tests and tools name them from here)
     SEGMENT_SUFFIX,
@@ -188,6 +189,10 @@ class SqliteStore(_OpenMixin):
         # counters
         self.commits = 0
         self.flushes = 0
+        # writer thread: seconds per commit (fsyncs included) and operations per commit
+        self.commit_seconds = Histogram(SECONDS_BUCKETS)
+        self.commit_sizes = Histogram(SIZE_BUCKETS)
+        self.segment_sync_seconds = Histogram(SECONDS_BUCKETS)
         self.ops_written = 0
         self.cancelled = 0
         self.dropped_after_close = 0
@@ -711,7 +716,10 @@ class SqliteStore(_OpenMixin):
         delay = 0.05
         for attempt in range(self.retries + 1):
             try:
-                self._execute(conn, batches)
+                started = time.monotonic()
+                n = self._execute(conn, batches)
+                self.commit_seconds.observe(time.monotonic() - started)
+                self.commit_sizes.observe(n)
                 return None
             except SegmentWriteError as e:  # nothing of the database part ran: not retried
                 log.error(
@@ -773,7 +781,9 @@ class SqliteStore(_OpenMixin):
             if slog is not None:
                 # one writev per partition, then one fdatasync per segment file written
                 slog.write_pending()
+                synced = time.monotonic()
                 slog.sync()
+                self.segment_sync_seconds.observe(time.monotonic() - synced)
         except (OSError, ValueError, OverflowError, struct.error) as e:
             raise SegmentWriteError(errno.EIO, f"stream segments: {e!r}") from e
         finally:

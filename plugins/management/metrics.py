@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from twisted.web.server import Request
 
 from polymq.core.queue import Queue
+from polymq.core.stats import Histogram
 from polymq.core.stream import Stream
 
 from .state import State, memory_bytes
@@ -193,6 +198,12 @@ class BrokerCollector:
                 fam = CounterMetricFamily(metric, doc, labels=["backend"])
                 fam.add_metric([backend], value)
                 yield fam
+        for attr, metric, doc in STORE_HISTOGRAMS:
+            hist = getattr(broker.store, attr, None)
+            if isinstance(hist, Histogram):
+                fam = HistogramMetricFamily(metric, doc, labels=["backend"])
+                fam.add_metric([backend], hist.cumulative(), sum_value=hist.sum)
+                yield fam
 
 
 # store attribute -> counter (without _total), help
@@ -208,6 +219,22 @@ STORE_COUNTERS = (
     ("checkpoints", "polymq_store_checkpoints", "WAL checkpoints"),
     ("segment_fsyncs", "polymq_store_segment_fsyncs", "fsyncs of stream segment files"),
     ("segment_writes", "polymq_store_segment_writes", "writes to stream segment files"),
+)
+
+
+# store attribute (a polymq.core.stats.Histogram) -> histogram, help
+STORE_HISTOGRAMS = (
+    (
+        "commit_seconds",
+        "polymq_store_commit_duration_seconds",
+        "Duration of one group commit, its fsyncs included",
+    ),
+    ("commit_sizes", "polymq_store_group_commit_operations", "Operations in one group commit"),
+    (
+        "segment_sync_seconds",
+        "polymq_store_segment_fsync_duration_seconds",
+        "Duration of the fsyncs of the stream segment files written by one commit",
+    ),
 )
 
 
