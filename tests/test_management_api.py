@@ -277,6 +277,9 @@ def test_kafka_topics_partitions_groups_and_lag(mbroker):
         if n == 10:
             break
     c.commit()
+    live = api.get(f"/api/groups/{group}")  # the consumer is still a member
+    assert live["state"] == "Stable" and len(live["members"]) == 1, live
+    assert live["members"][0]["client_id"] == c.config["client_id"]
     c.close()
     for i in range(4):
         p.send(topic, value=b"w%d" % i)
@@ -705,3 +708,27 @@ def test_an_mqtt5_client_closed_by_the_operator_hears_administrative_action(mbro
         assert reasons[0].value == 0x98  # Administrative action, as Mosquitto's admin kick
     finally:
         c.loop_stop()
+
+
+def test_amqp_channels_with_their_consumers_and_prefetch(mbroker):
+    broker, api = mbroker
+    conn = amqp(broker)
+    try:
+        one, two = conn.channel(), conn.channel()
+        q = name("chq")
+        one.queue_declare(q)
+        two.basic_qos(prefetch_count=7)
+        two.basic_consume(q, lambda *a: None)
+        conn.process_data_events(0.2)
+        port = conn._impl._transport._sock.getsockname()[1]  # this connection's entry
+        mine = [
+            c for c in api.get("/api/channels")
+            if c["protocol"] == "amqp" and f"127.0.0.1:{port} " in c["connection"]
+        ]  # fmt: skip
+        assert len(mine) == 2, mine
+        by_number = {c["number"]: c for c in mine}
+        assert by_number[two.channel_number]["consumer_count"] == 1
+        assert by_number[two.channel_number]["prefetch_count"] == 7
+        assert by_number[one.channel_number]["consumer_count"] == 0
+    finally:
+        conn.close()
