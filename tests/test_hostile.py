@@ -190,15 +190,17 @@ def test_partial_frames_are_bounded_across_connections(broker_factory):
         s.sendall(b"y" * (8 * 1024 * 1024))  # more than half of the frame, never the rest
         held.append(s)
         time.sleep(0.3)
-    # the third connection took the total over 20 MiB: it is closed, the first two are not
-    assert _closed_by_peer(held[2], 10)
-    held[0].settimeout(0.5)
-    try:
-        assert held[0].recv(1) == b""
-        first_open = False
-    except TimeoutError:
-        first_open = True
-    assert first_open
+    # 24 MiB held in all: the connection whose bytes took the total over 20 MiB is closed
+    # (the third, unless a loaded machine read them in another order), the other two are not
+    deadline = time.monotonic() + 15
+    closed: set[int] = set()
+    while time.monotonic() < deadline and not closed:
+        for i, s in enumerate(held):
+            if _closed_by_peer(s, 0.2):
+                closed.add(i)
+    time.sleep(1)
+    closed |= {i for i, s in enumerate(held) if _closed_by_peer(s, 0.2)}
+    assert len(closed) == 1, closed
     pub = Client(broker, version=V3)
     pub.publish(topic, b"still served", qos=1)
     assert sub.get(timeout=10).payload == b"still served"

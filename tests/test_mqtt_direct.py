@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from polymq.adapters.mqtt import codec as c
+from polymq.adapters.mqtt import server as server_mod
 from polymq.adapters.mqtt import session as session_mod
 from polymq.adapters.mqtt.transport import MqttFactory
 from polymq.core import output
@@ -86,6 +87,7 @@ def no_messages(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(session_mod, "Message", counting)
+    monkeypatch.setattr(server_mod, "Message", counting)  # publish_plain lives in server.py
     return made
 
 

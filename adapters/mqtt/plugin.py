@@ -8,7 +8,7 @@ from polymq.core.framing import starts_as
 from polymq.core.hookspecs import hookimpl
 from polymq.core.plugins import AdapterSpec
 
-from .session import DEFAULT_CONFIG
+from .server import DEFAULT_CONFIG
 
 
 def build_factory(broker: Any, section: dict) -> Any:

@@ -30,6 +30,7 @@ class MqttFactory(ConnectionFactory):
     def __init__(self, broker: Any, section: dict | None = None) -> None:
         super().__init__(broker, section)
         self.server = MqttServer(broker, section)
+        self.server.connection_class = Connection
 
     def build_framer(self, conn: ProtocolConnection) -> c.FrameReader:
         # the first packet (CONNECT) is capped lower until it is accepted
