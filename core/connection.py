@@ -1131,7 +1131,11 @@ class ConnectionFactory(ServerFactory):
         self.connections: set[ProtocolConnection] = set()
         self._refusals_logged = 0.0
 
-    def buildProtocol(self, addr: Any) -> ProtocolConnection:
+    def buildProtocol(self, addr: Any) -> ProtocolConnection | None:
+        if self.registry.accept_paused:
+            # Twisted accepts a batch of connections per poll: the rest of a batch that crossed
+            # the descriptor budget is closed at once, not held (None closes the socket)
+            return None
         return self.protocol(self)
 
     def build_framer(self, conn: ProtocolConnection) -> Any:

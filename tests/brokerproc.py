@@ -139,6 +139,8 @@ class BrokerProcess:
             sets[f"adapters.{name}.enabled"] = True
             sets[f"adapters.{name}.host"] = HOST
             sets[f"adapters.{name}.port"] = 0
+        # the management HTTP port on a free port too, unless a test chose one
+        sets["management.port"] = 0
         sets.update(self.settings)
         cmd = [sys.executable, "-m", "polymq.core", "serve"]
         if self.config_file is not None:

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import psycopg
 import pytest
@@ -276,7 +277,12 @@ def test_terminate_under_load_loses_no_acknowledged_write(pg_server, pg_dsn):
     t.start()
     try:
         seq = 0
-        for _ in range(150):
+        rounds = 0
+        deadline = time.monotonic() + 60
+        # at least 150 rounds, and on until the writer has reconnected three times (a kill
+        # that lands while the writer is idle is only noticed at its next write)
+        while rounds < 150 or (store.reconnects < 3 and time.monotonic() < deadline):
+            rounds += 1
             lo = seq
             for _ in range(20):
                 store.put_message("/", "q", seq, b"x" * 200, 0)
@@ -405,6 +411,8 @@ def test_commit_not_confirmed_by_the_sync_standby_is_never_reported():
         yield store.open()
         server.sql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
         server.sql("SELECT pg_reload_conf()")
+        # every backend, the store's idle writer included, applies the reload on its own time
+        yield task.deferLater(reactor, 1.0, lambda: None)
         cancels = []
 
         def canceller():  # cancels every wait of the store's session for the standby
