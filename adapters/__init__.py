@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from polymq.core.connection import format_peer, peer_of
+from polymq.core.registry import format_peer, peer_of
 
 
 def peer_text(peer: Any) -> str:

@@ -239,7 +239,7 @@ class BrokerService(MultiService):
         )
 
     def _limit_descriptors(self) -> None:
-        from .connection import descriptor_limits, registry_of
+        from .registry import descriptor_limits, registry_of
 
         registry = registry_of(self.broker)
         alarm = getattr(self.broker, "alarm", None)
