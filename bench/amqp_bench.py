@@ -64,8 +64,14 @@ class Client:
         self.writer.write(b"AMQP\x00\x00\x09\x01")
         await self.expect(10, 10)
         props = struct.pack(">I", 0)
-        self.writer.write(method(0, 10, 11, props + shortstr("PLAIN")
-                                 + longstr(b"\x00guest\x00guest") + shortstr("en_US")))
+        self.writer.write(
+            method(
+                0,
+                10,
+                11,
+                props + shortstr("PLAIN") + longstr(b"\x00guest\x00guest") + shortstr("en_US"),
+            )
+        )
         args = await self.expect(10, 30)
         channel_max, frame_max, _hb = struct.unpack(">HIH", args[:8])
         self.frame_max = frame_max
@@ -98,12 +104,13 @@ class Client:
                 return payload[4:]
             if (c, m) in ((10, 50), (20, 40)):
                 code = struct.unpack_from(">H", payload, 4)[0]
-                raise RuntimeError(f"closed by broker: {code} {payload[7:7 + payload[6]]!r}")
+                raise RuntimeError(f"closed by broker: {code} {payload[7 : 7 + payload[6]]!r}")
 
     async def declare(self, queue: str, durable: bool) -> None:
         bits = 0x02 if durable else 0
-        self.writer.write(method(1, 50, 10, b"\x00\x00" + shortstr(queue) + bytes((bits,))
-                                 + struct.pack(">I", 0)))
+        self.writer.write(
+            method(1, 50, 10, b"\x00\x00" + shortstr(queue) + bytes((bits,)) + struct.pack(">I", 0))
+        )
         await self.expect(50, 11)
 
     async def delete(self, queue: str) -> None:
@@ -111,8 +118,9 @@ class Client:
         await self.expect(50, 41)
 
     async def close(self) -> None:
-        self.writer.write(method(0, 10, 50, struct.pack(">H", 200) + shortstr("bye")
-                                 + struct.pack(">HH", 0, 0)))
+        self.writer.write(
+            method(0, 10, 50, struct.pack(">H", 200) + shortstr("bye") + struct.pack(">HH", 0, 0))
+        )
         try:
             await asyncio.wait_for(self.expect(10, 51), 2)
         except Exception:
@@ -200,8 +208,18 @@ async def consumer(host, port, queue, no_ack, prefetch, seconds, out, ack_every)
     if prefetch:
         c.writer.write(method(1, 60, 10, struct.pack(">IHB", 0, prefetch, 0)))
         await c.expect(60, 11)
-    c.writer.write(method(1, 60, 20, b"\x00\x00" + shortstr(queue) + shortstr("")
-                          + bytes((0x02 if no_ack else 0,)) + struct.pack(">I", 0)))
+    c.writer.write(
+        method(
+            1,
+            60,
+            20,
+            b"\x00\x00"
+            + shortstr(queue)
+            + shortstr("")
+            + bytes((0x02 if no_ack else 0,))
+            + struct.pack(">I", 0),
+        )
+    )
     await c.expect(60, 21)
     got = 0
     last_tag = 0
@@ -285,12 +303,27 @@ def run_scenario(name, host, port, args, pid=None):
     q = mp.Queue()
     procs = []
     for _ in range(args.consumers):
-        kw = dict(host=host, port=port, queue=queue, no_ack=no_ack, prefetch=args.prefetch,
-                  seconds=args.seconds + 1.0, ack_every=args.ack_every)
+        kw = dict(
+            host=host,
+            port=port,
+            queue=queue,
+            no_ack=no_ack,
+            prefetch=args.prefetch,
+            seconds=args.seconds + 1.0,
+            ack_every=args.ack_every,
+        )
         procs.append(mp.Process(target=_run, args=(consumer, kw, q)))
     for _ in range(args.publishers):
-        kw = dict(host=host, port=port, queue=queue, body=body, persistent=persistent,
-                  confirms=confirms, window=args.window, seconds=args.seconds)
+        kw = dict(
+            host=host,
+            port=port,
+            queue=queue,
+            body=body,
+            persistent=persistent,
+            confirms=confirms,
+            window=args.window,
+            seconds=args.seconds,
+        )
         procs.append(mp.Process(target=_run, args=(publisher, kw, q)))
     cpu0 = cpu_seconds(pid)
     for p in procs:
@@ -306,8 +339,10 @@ def run_scenario(name, host, port, args, pid=None):
     cons = sum(r.get("consumed", 0) for r in results)
     s = args.seconds
     return {
-        "published/s": pub / s, "confirmed/s": conf / s if confirms else None,
-        "consumed/s": cons / s, "errors": errors,
+        "published/s": pub / s,
+        "confirmed/s": conf / s if confirms else None,
+        "consumed/s": cons / s,
+        "errors": errors,
         # the broker's CPU per published message (each is consumed once): steadier than a
         # rate on a loaded machine
         "cpu_us": cpu / max(pub, 1) * 1e6 if pid else None,
@@ -318,12 +353,13 @@ SCENARIOS = ("transient", "manual-ack", "confirms", "persistent")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", action="append", default=[],
-                    help="name=host:port (repeatable)")
-    ap.add_argument("--spawn", action="store_true",
-                    help="start this checkout's polymq as the target 'polymq'")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--target", action="append", default=[], help="name=host:port (repeatable)")
+    ap.add_argument(
+        "--spawn", action="store_true", help="start this checkout's polymq as the target 'polymq'"
+    )
     ap.add_argument("--baseline", help="PYTHONPATH of a second polymq, started as 'before'")
     ap.add_argument("--scenario", default="all", choices=("all",) + SCENARIOS)
     ap.add_argument("--seconds", type=float, default=8.0)
@@ -331,11 +367,19 @@ def main(argv=None):
     ap.add_argument("--consumers", type=int, default=1)
     ap.add_argument("--size", type=int, default=100, help="body bytes")
     ap.add_argument("--prefetch", type=int, default=200)
-    ap.add_argument("--ack-every", type=int, default=1,
-                    help="consumer acks (multiple) after this many deliveries (1: each)")
+    ap.add_argument(
+        "--ack-every",
+        type=int,
+        default=1,
+        help="consumer acks (multiple) after this many deliveries (1: each)",
+    )
     ap.add_argument("--window", type=int, default=1000, help="unconfirmed publishes allowed")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per scenario and broker (interleaved); the median is reported")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per scenario and broker (interleaved); the median is reported",
+    )
     args = ap.parse_args(argv)
     targets = []
     for t in args.target:
@@ -367,8 +411,13 @@ def spawn(name: str, env: dict) -> tuple[str, object]:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
     from brokerproc import BrokerProcess
 
-    b = BrokerProcess(tempfile.mkdtemp(prefix=f"amqp-bench-{name}-"), adapters=["amqp"],
-                      store="sqlite", log_level="warn", env=env)
+    b = BrokerProcess(
+        tempfile.mkdtemp(prefix=f"amqp-bench-{name}-"),
+        adapters=["amqp"],
+        store="sqlite",
+        log_level="warn",
+        env=env,
+    )
     b.start()
     return name, b
 
@@ -382,23 +431,29 @@ def compare(args, targets) -> None:
             for name, host, port, pid in targets:
                 r = run_scenario(sc, host, port, args, pid)
                 runs[name].append(r)
-                print(f"{sc:11s} {name:10s} pub {r['published/s']:9.0f}/s  "
-                      f"conf {r['confirmed/s'] or 0:9.0f}/s  cons {r['consumed/s']:9.0f}/s"
-                      f"  cpu {r['cpu_us'] or 0:5.1f} µs/msg"
-                      + (f"  errors {r['errors']}" if r["errors"] else ""), file=sys.stderr)
+                print(
+                    f"{sc:11s} {name:10s} pub {r['published/s']:9.0f}/s  "
+                    f"conf {r['confirmed/s'] or 0:9.0f}/s  cons {r['consumed/s']:9.0f}/s"
+                    f"  cpu {r['cpu_us'] or 0:5.1f} µs/msg"
+                    + (f"  errors {r['errors']}" if r["errors"] else ""),
+                    file=sys.stderr,
+                )
         for name, _, _, _ in targets:
             cpus = [r["cpu_us"] for r in runs[name] if r["cpu_us"] is not None]
             rs = sorted(runs[name], key=lambda r: r["consumed/s"])
             rows.append((sc, name, rs[len(rs) // 2], statistics.median(cpus) if cpus else None))
     print()
-    print("| scenario | broker | published msg/s | confirmed msg/s | consumed msg/s "
-          "| broker CPU µs/msg |")
+    print(
+        "| scenario | broker | published msg/s | confirmed msg/s | consumed msg/s "
+        "| broker CPU µs/msg |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     for sc, name, r, cpu_us in rows:
         conf = f"{r['confirmed/s']:.0f}" if r["confirmed/s"] is not None else "-"
         cpu = f"{cpu_us:.1f}" if cpu_us is not None else "-"
-        print(f"| {sc} | {name} | {r['published/s']:.0f} | {conf} | {r['consumed/s']:.0f} "
-              f"| {cpu} |")
+        print(
+            f"| {sc} | {name} | {r['published/s']:.0f} | {conf} | {r['consumed/s']:.0f} | {cpu} |"
+        )
 
 
 if __name__ == "__main__":

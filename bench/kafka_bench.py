@@ -69,12 +69,17 @@ def loopback_python(seconds: float = 2.0) -> float:
 def loopback_iperf3(seconds: int = 3) -> float | None:
     if not shutil.which("iperf3"):
         return None
-    server = subprocess.Popen(["iperf3", "-s", "-1", "-p", "5299"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["iperf3", "-s", "-1", "-p", "5299"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         time.sleep(0.5)
-        out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", str(seconds),
-                              "-J"], capture_output=True, text=True, timeout=seconds + 10)
+        out = subprocess.run(
+            ["iperf3", "-c", "127.0.0.1", "-p", "5299", "-t", str(seconds), "-J"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 10,
+        )
         data = json.loads(out.stdout)
         return data["end"]["sum_received"]["bits_per_second"] / 8 / 1e6
     except Exception:
@@ -97,17 +102,26 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=partitions,
-                                  replication_factor=1)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])[
+        topic
+    ].result(30)
 
 
 def bench_produce(bootstrap: str, topic: str, n: int, size: int, acks: str) -> tuple[float, float]:
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "acks": acks, "linger.ms": 5,
-                  "batch.size": 1000000, "batch.num.messages": 100000,
-                  "queue.buffering.max.kbytes": 1048576, "queue.buffering.max.messages": 1000000,
-                  "compression.type": "none"})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": acks,
+            "linger.ms": 5,
+            "batch.size": 1000000,
+            "batch.num.messages": 100000,
+            "queue.buffering.max.kbytes": 1048576,
+            "queue.buffering.max.messages": 1000000,
+            "compression.type": "none",
+        }
+    )
     value = os.urandom(size)
     failures = [0]
 
@@ -130,14 +144,22 @@ def bench_produce(bootstrap: str, topic: str, n: int, size: int, acks: str) -> t
     return n * size / elapsed / 1e6, n / elapsed
 
 
-def bench_consume(bootstrap: str, topic: str, n: int, size: int,
-                  partitions: int) -> tuple[float, float]:
+def bench_consume(
+    bootstrap: str, topic: str, n: int, size: int, partitions: int
+) -> tuple[float, float]:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-" + topic,
-                  "enable.auto.commit": False, "fetch.max.bytes": 52428800,
-                  "max.partition.fetch.bytes": 10485760, "fetch.wait.max.ms": 100,
-                  "queued.max.messages.kbytes": 1048576})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-" + topic,
+            "enable.auto.commit": False,
+            "fetch.max.bytes": 52428800,
+            "max.partition.fetch.bytes": 10485760,
+            "fetch.wait.max.ms": 100,
+            "queued.max.messages.kbytes": 1048576,
+        }
+    )
     c.assign([TopicPartition(topic, i, 0) for i in range(partitions)])
     got = 0
     start = None
@@ -171,8 +193,7 @@ def main() -> None:
 
         tmp = tempfile.mkdtemp(prefix="kafka-bench-")
         env = {"PYTHONPATH": args.baseline} if args.baseline else None
-        broker = BrokerProcess(tmp, adapters=["kafka"], store=args.store, log_level="warn",
-                               env=env)
+        broker = BrokerProcess(tmp, adapters=["kafka"], store=args.store, log_level="warn", env=env)
         broker.start()
         bootstrap = f"{broker.host}:{broker.port('kafka')}"
     else:
@@ -192,17 +213,23 @@ def main() -> None:
             cpu2 = cpu_seconds(pid)
             us = 1e6 / args.records
             rows.append((acks, pmb, prs, cmb, crs, (cpu1 - cpu0) * us, (cpu2 - cpu1) * us))
-        print(f"records={args.records} size={args.size}B store={args.store} "
-              f"partitions={args.partitions}")
+        print(
+            f"records={args.records} size={args.size}B store={args.store} "
+            f"partitions={args.partitions}"
+        )
         if ipf is not None:
             print(f"loopback (iperf3, 1 stream): {ipf:8.0f} MB/s")
         print(f"loopback (Python socket blast, 1 stream): {py:8.0f} MB/s")
-        print("| acks | produce MB/s | produce rec/s | consume MB/s | consume rec/s "
-              "| broker CPU µs/record produce | consume |")
+        print(
+            "| acks | produce MB/s | produce rec/s | consume MB/s | consume rec/s "
+            "| broker CPU µs/record produce | consume |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|")
         for acks, pmb, prs, cmb, crs, pcpu, ccpu in rows:
-            print(f"| {acks} | {pmb:.0f} | {prs:.0f} | {cmb:.0f} | {crs:.0f} "
-                  f"| {pcpu:.2f} | {ccpu:.2f} |")
+            print(
+                f"| {acks} | {pmb:.0f} | {prs:.0f} | {cmb:.0f} | {crs:.0f} "
+                f"| {pcpu:.2f} | {ccpu:.2f} |"
+            )
     finally:
         if broker is not None:
             broker.stop()

@@ -106,7 +106,7 @@ async def handshake(reader, writer, frames: Frames, first: bytes, expect: int) -
         got = frames.feed(data)
         for i, (f, _) in enumerate(got):
             if f >> 4 == expect:
-                return got[i + 1:]
+                return got[i + 1 :]
 
 
 class Run:
@@ -131,10 +131,16 @@ class Run:
         a = self.args
         reader, writer = await asyncio.open_connection(self.host, self.port)
         frames = Frames()
-        await handshake(reader, writer, frames, connect_frame(f"bs{idx}-{self.run_id}",
-                                                               a.version), 2)
-        rest = await handshake(reader, writer, frames,
-                               subscribe_frame(f"bench/{self.run_id}/#", self.qos, a.version), 9)
+        await handshake(
+            reader, writer, frames, connect_frame(f"bs{idx}-{self.run_id}", a.version), 2
+        )
+        rest = await handshake(
+            reader,
+            writer,
+            frames,
+            subscribe_frame(f"bench/{self.run_id}/#", self.qos, a.version),
+            9,
+        )
         ready.set()
         v5 = a.version == 5
         lat = self.latencies
@@ -151,7 +157,7 @@ class Run:
                 tl = (body[0] << 8) | body[1]
                 pos = 2 + tl
                 if first & 6:
-                    acks.append(b"\x40\x02" + body[pos:pos + 2])
+                    acks.append(b"\x40\x02" + body[pos : pos + 2])
                     pos += 2
                 if v5:
                     pl = body[pos]
@@ -182,8 +188,9 @@ class Run:
         a = self.args
         reader, writer = await asyncio.open_connection(self.host, self.port)
         frames = Frames()
-        await handshake(reader, writer, frames, connect_frame(f"bp{idx}-{self.run_id}",
-                                                               a.version), 2)
+        await handshake(
+            reader, writer, frames, connect_frame(f"bp{idx}-{self.run_id}", a.version), 2
+        )
         await start.wait()
         topic = f"bench/{self.run_id}/p{idx}".encode()
         head_t = struct.pack(">H", len(topic)) + topic
@@ -279,32 +286,49 @@ class Run:
             return lat[min(len(lat) - 1, int(p / 100.0 * len(lat)))] / 1e6
 
         return {
-            "sent": self.sent, "received": self.received, "expected": self.expected,
-            "seconds": dur, "rate": self.received / dur, "p50": pct(50), "p90": pct(90),
-            "p99": pct(99), "max": pct(100),
+            "sent": self.sent,
+            "received": self.received,
+            "expected": self.expected,
+            "seconds": dur,
+            "rate": self.received / dur,
+            "p50": pct(50),
+            "p90": pct(90),
+            "p99": pct(99),
+            "max": pct(100),
         }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", action="append", default=[],
-                   help="name=host:port (repeatable); default polymq=127.0.0.1:1883")
-    p.add_argument("--shape", default="1x1",
-                   help="comma list of PUBSxSUBS, e.g. 1x1,4x1,1x4 (default 1x1)")
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="name=host:port (repeatable); default polymq=127.0.0.1:1883",
+    )
+    p.add_argument(
+        "--shape", default="1x1", help="comma list of PUBSxSUBS, e.g. 1x1,4x1,1x4 (default 1x1)"
+    )
     p.add_argument("--qos", default="0", help="comma list of QoS levels (0,1)")
     p.add_argument("--size", type=int, default=64, help="payload bytes (>= 8)")
     p.add_argument("--count", type=int, default=20000, help="messages per publisher")
     p.add_argument("--version", type=int, default=4, choices=(4, 5), help="MQTT level")
     p.add_argument("--window", type=int, default=100, help="QoS 1 in-flight per publisher")
     p.add_argument("--batch", type=int, default=50, help="frames per publisher write")
-    p.add_argument("--rate", type=float, default=0.0,
-                   help="messages/s per publisher (0 = as fast as possible)")
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="messages/s per publisher (0 = as fast as possible)"
+    )
     p.add_argument("--sample", type=int, default=1, help="keep every Nth latency")
-    p.add_argument("--idle-timeout", type=float, default=5.0,
-                   help="stop when nothing arrives for this long")
-    p.add_argument("--pid", action="append", default=[],
-                   help="name=PID of a local broker process: adds its CPU time per delivered "
-                        "message (a figure that machine load does not distort much)")
+    p.add_argument(
+        "--idle-timeout", type=float, default=5.0, help="stop when nothing arrives for this long"
+    )
+    p.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        help="name=PID of a local broker process: adds its CPU time per delivered "
+        "message (a figure that machine load does not distort much)",
+    )
     args = p.parse_args(argv)
     targets = []
     for t in args.target or ["polymq=127.0.0.1:1883"]:
@@ -317,10 +341,14 @@ def main(argv: list[str] | None = None) -> int:
         pids[name] = int(pid)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shape.split(",")]
     qoss = [int(q) for q in args.qos.split(",")]
-    print(f"# mqtt_bench: size={args.size} B, count={args.count}/publisher, "
-          f"MQTT level {args.version}, window={args.window}, rate={args.rate or 'max'}")
-    print("| broker | pubs x subs | QoS | delivered/expected | msgs/s | p50 ms | p90 ms "
-          "| p99 ms | max ms | broker CPU µs/msg |")
+    print(
+        f"# mqtt_bench: size={args.size} B, count={args.count}/publisher, "
+        f"MQTT level {args.version}, window={args.window}, rate={args.rate or 'max'}"
+    )
+    print(
+        "| broker | pubs x subs | QoS | delivered/expected | msgs/s | p50 ms | p90 ms "
+        "| p99 ms | max ms | broker CPU µs/msg |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for pubs, subs in shapes:
         for qos in qoss:
@@ -336,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = ""
                 if cpu0 is not None and cpu1 is not None and r["received"]:
                     cpu = f"{(cpu1 - cpu0) / r['received'] * 1e6:.1f}"
-                print(f"| {name} | {pubs}x{subs} | {qos} | {r['received']}/{r['expected']} | "
-                      f"{r['rate']:,.0f} | {r['p50']:.1f} | {r['p90']:.1f} | {r['p99']:.1f} | "
-                      f"{r['max']:.1f} | {cpu} |")
+                print(
+                    f"| {name} | {pubs}x{subs} | {qos} | {r['received']}/{r['expected']} | "
+                    f"{r['rate']:,.0f} | {r['p50']:.1f} | {r['p90']:.1f} | {r['p99']:.1f} | "
+                    f"{r['max']:.1f} | {cpu} |"
+                )
                 sys.stdout.flush()
     return 0
 

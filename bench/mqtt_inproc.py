@@ -47,8 +47,9 @@ def subscribe_frame(flt: str, qos: int, version: int) -> bytes:
 
 
 def publish_frame(topic: str, payload: bytes, qos: int, pid: int, version: int) -> bytes:
-    return c.encode_publish(topic.encode(), payload, qos, pid, False, False,
-                            b"\x00" if version == 5 else None)
+    return c.encode_publish(
+        topic.encode(), payload, qos, pid, False, False, b"\x00" if version == 5 else None
+    )
 
 
 class SlowTransport(StringTransport):
@@ -96,14 +97,22 @@ class Client:
                 self.received += 1
                 if (first >> 1) & 3:
                     tl = (body[0] << 8) | body[1]
-                    acks.append(b"\x40\x02" + body[2 + tl:4 + tl])
+                    acks.append(b"\x40\x02" + body[2 + tl : 4 + tl])
         if acks:
             self.p.dataReceived(b"".join(acks))
 
 
-def run_once(shape: str, qos: int, size: int, count: int, version: int, batch: int,
-             profile: bool, sub_buffer: int = 0,
-             sub_read: int = 0) -> tuple[float, float, pstats.Stats | None]:
+def run_once(
+    shape: str,
+    qos: int,
+    size: int,
+    count: int,
+    version: int,
+    batch: int,
+    profile: bool,
+    sub_buffer: int = 0,
+    sub_read: int = 0,
+) -> tuple[float, float, pstats.Stats | None]:
     npub, nsub = (int(x) for x in shape.split("x"))
     clock = Clock()
     broker = Broker(clock=clock)
@@ -119,9 +128,11 @@ def run_once(shape: str, qos: int, size: int, count: int, version: int, batch: i
     # pre-encoded batches per publisher (packet ids wrap within 1..65535)
     chunks: list[list[bytes]] = []
     for i in range(npub):
-        frames = [publish_frame(f"bench/p{i}", payload, qos, (k % 65535) + 1, version)
-                  for k in range(count)]
-        chunks.append([b"".join(frames[k:k + batch]) for k in range(0, count, batch)])
+        frames = [
+            publish_frame(f"bench/p{i}", payload, qos, (k % 65535) + 1, version)
+            for k in range(count)
+        ]
+        chunks.append([b"".join(frames[k : k + batch]) for k in range(0, count, batch)])
     prof = cProfile.Profile() if profile else None
     t0 = time.process_time()
     if prof:
@@ -149,8 +160,7 @@ def run_once(shape: str, qos: int, size: int, count: int, version: int, batch: i
     want = npub * count * nsub
     assert got == want, f"delivered {got}, expected {want}"
     published = npub * count
-    return (cpu / published * 1e6, cpu / got * 1e6,
-            pstats.Stats(prof) if prof else None)
+    return (cpu / published * 1e6, cpu / got * 1e6, pstats.Stats(prof) if prof else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,12 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--version", type=int, default=4, choices=(4, 5))
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--sub-buffer", type=int, default=0,
-                    help="bytes a subscriber's transport holds before it pauses its producer "
-                         "(0: never; Twisted's is 65536)")
-    ap.add_argument("--sub-read", type=int, default=0,
-                    help="bytes a subscriber reads per round (0: all); below what the "
-                         "publishers send per round, the subscriber is the bottleneck")
+    ap.add_argument(
+        "--sub-buffer",
+        type=int,
+        default=0,
+        help="bytes a subscriber's transport holds before it pauses its producer "
+        "(0: never; Twisted's is 65536)",
+    )
+    ap.add_argument(
+        "--sub-read",
+        type=int,
+        default=0,
+        help="bytes a subscriber reads per round (0: all); below what the "
+        "publishers send per round, the subscriber is the bottleneck",
+    )
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
     for shape in args.shape.split(","):
@@ -175,17 +193,28 @@ def main(argv: list[str] | None = None) -> int:
             per_pub, per_del = [], []
             stats = None
             for r in range(args.runs):
-                a, b, st = run_once(shape, qos, args.size, args.count, args.version,
-                                    args.batch, args.profile and r == args.runs - 1,
-                                    args.sub_buffer, args.sub_read)
+                a, b, st = run_once(
+                    shape,
+                    qos,
+                    args.size,
+                    args.count,
+                    args.version,
+                    args.batch,
+                    args.profile and r == args.runs - 1,
+                    args.sub_buffer,
+                    args.sub_read,
+                )
                 per_pub.append(a)
                 per_del.append(b)
                 stats = st or stats
-            print(f"shape {shape} qos {qos} v{args.version} size {args.size}: "
-                  f"{statistics.median(per_pub):.2f} µs CPU per published message, "
-                  f"{statistics.median(per_del):.2f} µs per delivery, min "
-                  f"{min(per_pub):.2f} "
-                  f"(runs: {', '.join(f'{x:.2f}' for x in per_pub)})", flush=True)
+            print(
+                f"shape {shape} qos {qos} v{args.version} size {args.size}: "
+                f"{statistics.median(per_pub):.2f} µs CPU per published message, "
+                f"{statistics.median(per_del):.2f} µs per delivery, min "
+                f"{min(per_pub):.2f} "
+                f"(runs: {', '.join(f'{x:.2f}' for x in per_pub)})",
+                flush=True,
+            )
             if stats is not None:
                 stats.sort_stats("tottime").print_stats(22)
     return 0

@@ -123,8 +123,11 @@ def mqtt_load(host, port, rate, stop, tally: Tally) -> list:
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    return [t, lambda: (pub.loop_stop(), pub.disconnect()), lambda: (sub.loop_stop(),
-                                                                       sub.disconnect())]
+    return [
+        t,
+        lambda: (pub.loop_stop(), pub.disconnect()),
+        lambda: (sub.loop_stop(), sub.disconnect()),
+    ]
 
 
 def amqp_load(host, port, rate, stop, tally: Tally) -> list:
@@ -175,17 +178,29 @@ def kafka_load(host, port, rate, stop, tally: Tally) -> list:
     from confluent_kafka import Consumer, Producer
 
     boot = f"{host}:{port}"
-    prod = Producer({"bootstrap.servers": boot, "acks": "all", "enable.idempotence": True,
-                     "linger.ms": 5})
-    cons = Consumer({"bootstrap.servers": boot, "group.id": "soak", "auto.offset.reset":
-                     "earliest", "enable.auto.commit": True})
+    prod = Producer(
+        {"bootstrap.servers": boot, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
+    cons = Consumer(
+        {
+            "bootstrap.servers": boot,
+            "group.id": "soak",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+        }
+    )
     cons.subscribe(["soak-kafka"])
     consumer_stop = threading.Event()
 
     def produce():
         for seq in paced(stop, rate):
-            prod.produce("soak-kafka", body(seq), on_delivery=lambda err, msg, s=seq: (
-                tally.ack(s) if err is None else tally.errors.append(str(err))))
+            prod.produce(
+                "soak-kafka",
+                body(seq),
+                on_delivery=lambda err, msg, s=seq: (
+                    tally.ack(s) if err is None else tally.errors.append(str(err))
+                ),
+            )
             prod.poll(0)
         prod.flush(30)
 
@@ -216,10 +231,29 @@ def openwire_load(host, port, rate, duration, tally: Tally, workdir: Path) -> li
 
     def jvm(role):
         return subprocess.Popen(
-            ["java", "-Xmx256m", "-cp", cp, "OpenWireLoad", role, url, "queue://soak.openwire",
-             "1", "0", str(duration), str(rate), "512", "persistent", str(lat)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            bufsize=1)
+            [
+                "java",
+                "-Xmx256m",
+                "-cp",
+                cp,
+                "OpenWireLoad",
+                role,
+                url,
+                "queue://soak.openwire",
+                "1",
+                "0",
+                str(duration),
+                str(rate),
+                "512",
+                "persistent",
+                str(lat),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        )
 
     consumer = jvm("consumer")
     producer = jvm("producer")
@@ -231,13 +265,16 @@ def openwire_load(host, port, rate, duration, tally: Tally, workdir: Path) -> li
                 proc.stdin.write("CLOSE\n")
                 proc.stdin.flush()
             elif line.startswith("RESULT "):
-                results[role] = {k: int(v) for k, v in
-                                 (kv.split("=", 1) for kv in line[7:].split())}
+                results[role] = {
+                    k: int(v) for k, v in (kv.split("=", 1) for kv in line[7:].split())
+                }
             elif line.startswith("ERROR "):
                 tally.errors.append(line.strip())
 
-    threads = [threading.Thread(target=read, args=(p, r), daemon=True)
-               for p, r in ((producer, "producer"), (consumer, "consumer"))]
+    threads = [
+        threading.Thread(target=read, args=(p, r), daemon=True)
+        for p, r in ((producer, "producer"), (consumer, "consumer"))
+    ]
     for t in threads:
         t.start()
 
@@ -255,8 +292,10 @@ def openwire_load(host, port, rate, duration, tally: Tally, workdir: Path) -> li
         tally.duplicates = got.get("duplicates", 0)
         if lat.exists():
             data = lat.read_bytes()
-            tally.all_latencies += [x / 1e6 for x in  # microseconds
-                                    struct.unpack(f">{len(data) // 8}q", data)]
+            tally.all_latencies += [
+                x / 1e6
+                for x in struct.unpack(f">{len(data) // 8}q", data)  # microseconds
+            ]
 
     return [finish]
 
@@ -334,39 +373,56 @@ def pct(values: list[float], p: float) -> float | None:
 def svg(rows: list[dict], path: Path) -> None:
     """Three stacked panels over time: RSS (MB), descriptors, p99 latency (ms) per protocol."""
     width, height, left, gap = 760, 150, 60, 40
-    panels = [("RSS (MB)", ["rss_mb"]), ("open descriptors", ["fds"]),
-              ("p99 latency (ms)", [f"{p}_p99_ms" for p in PROTOCOLS])]
+    panels = [
+        ("RSS (MB)", ["rss_mb"]),
+        ("open descriptors", ["fds"]),
+        ("p99 latency (ms)", [f"{p}_p99_ms" for p in PROTOCOLS]),
+    ]
     styles = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     dashes = ["", "6,3", "2,2", "8,3,2,3"]
     total_h = len(panels) * (height + gap) + 20
     t_max = max((r["t"] for r in rows), default=1) or 1
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 120}" '
-           f'height="{total_h}" font-family="sans-serif" font-size="11">',
-           '<rect width="100%" height="100%" fill="white"/>']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 120}" '
+        f'height="{total_h}" font-family="sans-serif" font-size="11">',
+        '<rect width="100%" height="100%" fill="white"/>',
+    ]
     for i, (title, keys) in enumerate(panels):
         top = 10 + i * (height + gap)
         vals = [r[k] for r in rows for k in keys if r.get(k) is not None]
         vmax = max(vals, default=1) * 1.1 or 1
         out.append(f'<text x="{left}" y="{top - 2}" font-weight="bold">{title}</text>')
-        out.append(f'<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="none" '
-                   f'stroke="#999"/>')
+        out.append(
+            f'<rect x="{left}" y="{top}" width="{width}" height="{height}" fill="none" '
+            f'stroke="#999"/>'
+        )
         for frac in (0, 0.5, 1):
             y = top + height - frac * height
-            out.append(f'<text x="{left - 4}" y="{y + 4}" text-anchor="end">'
-                       f'{vmax * frac:.0f}</text>')
+            out.append(
+                f'<text x="{left - 4}" y="{y + 4}" text-anchor="end">{vmax * frac:.0f}</text>'
+            )
         for j, key in enumerate(keys):
-            pts = [(left + r["t"] / t_max * width, top + height - r[key] / vmax * height)
-                   for r in rows if r.get(key) is not None]
+            pts = [
+                (left + r["t"] / t_max * width, top + height - r[key] / vmax * height)
+                for r in rows
+                if r.get(key) is not None
+            ]
             if pts:
                 d = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-                out.append(f'<polyline points="{d}" fill="none" stroke="{styles[j]}" '
-                           f'stroke-width="1.5" stroke-dasharray="{dashes[j]}"/>')
+                out.append(
+                    f'<polyline points="{d}" fill="none" stroke="{styles[j]}" '
+                    f'stroke-width="1.5" stroke-dasharray="{dashes[j]}"/>'
+                )
                 label = key.split("_")[0] if len(keys) > 1 else ""
                 if label:
-                    out.append(f'<text x="{left + width + 8}" y="{top + 14 + 14 * j}" '
-                               f'fill="{styles[j]}">{label}</text>')
-        out.append(f'<text x="{left + width}" y="{top + height + 14}" text-anchor="end">'
-                   f'{t_max / 60:.0f} min</text>')
+                    out.append(
+                        f'<text x="{left + width + 8}" y="{top + 14 + 14 * j}" '
+                        f'fill="{styles[j]}">{label}</text>'
+                    )
+        out.append(
+            f'<text x="{left + width}" y="{top + height + 14}" text-anchor="end">'
+            f"{t_max / 60:.0f} min</text>"
+        )
     out.append("</svg>")
     path.write_text("\n".join(out))
 
@@ -395,16 +451,18 @@ def main() -> int:
     notes = []
     if not args.no_openwire:
         try:
-            finishers["openwire"] = openwire_load(host, ports["openwire"], args.rate,
-                                                  args.duration, tallies["openwire"], work)
+            finishers["openwire"] = openwire_load(
+                host, ports["openwire"], args.rate, args.duration, tallies["openwire"], work
+            )
         except Exception as e:
             notes.append(f"openwire left out: {e}")
     hostile(host, ports, stop, counts)
     rows = []
     start = time.monotonic()
     with open(out / "soak.csv", "w") as csv:
-        cols = ["t", "rss_mb", "fds"] + [f"{p}_{k}" for p in PROTOCOLS
-                                         for k in ("received", "p50_ms", "p99_ms")]
+        cols = ["t", "rss_mb", "fds"] + [
+            f"{p}_{k}" for p in PROTOCOLS for k in ("received", "p50_ms", "p99_ms")
+        ]
         csv.write(",".join(cols) + "\n")
         while time.monotonic() - start < args.duration and broker.running:
             time.sleep(args.sample)
@@ -417,8 +475,7 @@ def main() -> int:
                 row[f"{p}_p50_ms"] = None if p50 is None else p50 * 1000
                 row[f"{p}_p99_ms"] = None if p99 is None else p99 * 1000
             rows.append(row)
-            csv.write(",".join("" if row.get(c) is None else f"{row[c]:.2f}" for c in cols)
-                      + "\n")
+            csv.write(",".join("" if row.get(c) is None else f"{row[c]:.2f}" for c in cols) + "\n")
             csv.flush()
     stop.set()
     for fs in finishers.values():
@@ -428,17 +485,22 @@ def main() -> int:
     for tally in tallies.values():
         tally.take_latencies()
     alive = broker.running
-    lines = [f"soak: {args.duration:.0f} s at {args.rate:.0f} msg/s per protocol; broker "
-             f"{'running' if alive else 'DIED'} at the end",
-             f"churn connections {counts['churn']} (failed {counts['churn_failed']}), garbage "
-             f"clients {counts['garbage']}"]
+    lines = [
+        f"soak: {args.duration:.0f} s at {args.rate:.0f} msg/s per protocol; broker "
+        f"{'running' if alive else 'DIED'} at the end",
+        f"churn connections {counts['churn']} (failed {counts['churn_failed']}), garbage "
+        f"clients {counts['garbage']}",
+    ]
     if rows:
         rss = [r["rss_mb"] for r in rows]
         fds = [r["fds"] for r in rows]
         tenth = max(1, len(rows) // 10)
-        lines.append(f"RSS MB: first tenth median {statistics.median(rss[:tenth]):.0f}, last "
-                     f"tenth median {statistics.median(rss[-tenth:]):.0f}, max {max(rss):.0f}")
+        lines.append(
+            f"RSS MB: first tenth median {statistics.median(rss[:tenth]):.0f}, last "
+            f"tenth median {statistics.median(rss[-tenth:]):.0f}, max {max(rss):.0f}"
+        )
         lines.append(f"descriptors: min {min(fds)}, max {max(fds)}, last {fds[-1]}")
+
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v * 1000:.1f}"
 
@@ -446,9 +508,11 @@ def main() -> int:
         lost = len(t.acked - t.received)
         lat = t.all_latencies
         p50, p99, p999 = (pct(lat, q) for q in (50, 99, 99.9))
-        lines.append(f"{p}: acknowledged {len(t.acked)}, received {len(t.received)}, lost "
-                     f"{lost}, duplicates {t.duplicates}, latency ms p50 {ms(p50)} p99 "
-                     f"{ms(p99)} p99.9 {ms(p999)}, errors {len(t.errors)}")
+        lines.append(
+            f"{p}: acknowledged {len(t.acked)}, received {len(t.received)}, lost "
+            f"{lost}, duplicates {t.duplicates}, latency ms p50 {ms(p50)} p99 "
+            f"{ms(p99)} p99.9 {ms(p999)}, errors {len(t.errors)}"
+        )
     lines += notes
     summary = "\n".join(lines)
     (out / "summary.txt").write_text(summary + "\n")

@@ -168,9 +168,7 @@ class ResourceAlarm:
         except OSError as e:  # no /proc: the memory alarm cannot work here
             log.warn("memory alarm: cannot read process memory: {e}", e=e)
             return
-        if self._trim is not None and (
-            used > self.memory_limit * CLEAR_RATIO or used > TRIM_ABOVE
-        ):
+        if self._trim is not None and (used > self.memory_limit * CLEAR_RATIO or used > TRIM_ABOVE):
             # near or over the watermark, or simply large (a backlog that drained leaves its
             # pages with the allocator): give freed memory back, then judge (at most every
             # TRIM_EVERY_S: a trim walks every arena)

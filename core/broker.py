@@ -128,20 +128,28 @@ class Broker:
             vh = self.add_vhost(vhost)
             if name not in vh.exchanges:
                 vh.declare_exchange(
-                    name, rec["type"], durable=True, auto_delete=rec.get("auto_delete", False),
-                    internal=rec.get("internal", False), arguments=rec.get("arguments") or {},
+                    name,
+                    rec["type"],
+                    durable=True,
+                    auto_delete=rec.get("auto_delete", False),
+                    internal=rec.get("internal", False),
+                    arguments=rec.get("arguments") or {},
                 )
         for vhost, name, rec in snap.queues:
             vh = self.add_vhost(vhost)
             args = rec.get("arguments") or {}
             if rec.get("type") == "stream":
-                s = Stream(vh, name, durable=True, partitions=rec.get("partitions", 1),
-                           arguments=args)
+                s = Stream(
+                    vh, name, durable=True, partitions=rec.get("partitions", 1), arguments=args
+                )
                 s.config = rec.get("config") or {}
                 vh.queues[name] = s
             else:
                 vh.queues[name] = Queue(
-                    vh, name, durable=True, auto_delete=rec.get("auto_delete", False),
+                    vh,
+                    name,
+                    durable=True,
+                    auto_delete=rec.get("auto_delete", False),
                     arguments=args,
                 )
         for vhost, source, kind, dest, key, args in snap.bindings:

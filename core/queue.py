@@ -414,8 +414,15 @@ class Queue:
                 data = message.to_bytes()
             d.data = data
             self._put_queued(
-                self.vhost.name, self.name, seq, data, 0, self._level_of(message),
-                d.expires_at, size, False,
+                self.vhost.name,
+                self.name,
+                seq,
+                data,
+                0,
+                self._level_of(message),
+                d.expires_at,
+                size,
+                False,
             )
         if self.consumers and not self._count and not self._selective:
             # fast path: straight to a consumer, never touching the ready list
@@ -493,8 +500,15 @@ class Queue:
             self._cursor[level] = d.seq - 1
         if d.data is None:
             self._put_queued(
-                self.vhost.name, self.name, d.seq, d.message.to_bytes(), 0, level,
-                d.expires_at, size, True,
+                self.vhost.name,
+                self.name,
+                d.seq,
+                d.message.to_bytes(),
+                0,
+                level,
+                d.expires_at,
+                size,
+                True,
             )
             self._spilled = True
         self._paged[level] += 1
@@ -533,7 +547,11 @@ class Queue:
         self._low_water = max(MIN_READ_AHEAD // 2, n // 2)
         epoch, outs = self._purges, self._page_outs[level]
         self.vhost.store.read_messages(
-            self.vhost.name, self.name, level, self._cursor[level], n,
+            self.vhost.name,
+            self.name,
+            level,
+            self._cursor[level],
+            n,
             lambda rows: self._loaded(level, epoch, outs, rows),
         )
 
@@ -568,8 +586,7 @@ class Queue:
                 # nothing more in the store although the books say so (rows lost outside the
                 # broker): believe the store
                 log.warn(
-                    "queue {q}: {n} paged messages of priority level {lvl} were not in the"
-                    " store",
+                    "queue {q}: {n} paged messages of priority level {lvl} were not in the store",
                     q=self.name,
                     n=self._paged[level],
                     lvl=level,
@@ -884,8 +901,15 @@ class Queue:
                 size = len(d.message.body)
                 if d.data is not None:
                     self._put_queued(
-                        self.vhost.name, self.name, d.seq, d.data, d.delivery_count, level,
-                        d.expires_at, size, not (self.durable and d.message.durable),
+                        self.vhost.name,
+                        self.name,
+                        d.seq,
+                        d.data,
+                        d.delivery_count,
+                        level,
+                        d.expires_at,
+                        size,
+                        not (self.durable and d.message.durable),
                     )
                 self._levels[level].appendleft(d)
                 self._count += 1
@@ -929,9 +953,7 @@ class Queue:
             level.clear()
         for i, paged in enumerate(self._paged):
             if paged:
-                self.vhost.store.purge_messages(
-                    self.vhost.name, self.name, i, self._cursor[i]
-                )
+                self.vhost.store.purge_messages(self.vhost.name, self.name, i, self._cursor[i])
                 self._paged[i] = self._paged_bytes[i] = 0
         self._purges += 1
         self._paged_total = 0
@@ -991,9 +1013,13 @@ class Queue:
             self.dead_letters_dropped += 1
             if not self._dlx_missing_logged:
                 self._dlx_missing_logged = True
-                log.warn("queue {queue} in vhost {vhost}: dead-letter exchange {dlx!r} does not "
-                         "exist; dead letters are dropped", queue=self.name,
-                         vhost=self.vhost.name, dlx=dlx)
+                log.warn(
+                    "queue {queue} in vhost {vhost}: dead-letter exchange {dlx!r} does not "
+                    "exist; dead letters are dropped",
+                    queue=self.name,
+                    vhost=self.vhost.name,
+                    dlx=dlx,
+                )
             return
         self._dlx_missing_logged = False
         self.vhost.publish(dlx, key, dead)

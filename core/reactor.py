@@ -64,8 +64,9 @@ class EPollReactor(epollreactor.EPollReactor):
             try:
                 handle(selectable, fd, event)
             except Exception:  # _doReadOrWrite already reports a handler's own errors
-                log.failure("reactor: event {event} on {selectable!r}", event=event,
-                            selectable=selectable)
+                log.failure(
+                    "reactor: event {event} on {selectable!r}", event=event, selectable=selectable
+                )
         if self._turn_end:
             self._run_turn_end()
 

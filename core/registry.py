@@ -322,5 +322,3 @@ def registry_of(broker: Any) -> ConnectionRegistry:
         )
         broker.connections = reg
     return reg
-
-

@@ -42,7 +42,17 @@ class InvalidSelector(ValueError):
 Eval = Callable[[Any], Any]
 
 _KEYWORDS = {
-    "AND", "OR", "NOT", "BETWEEN", "LIKE", "IN", "IS", "NULL", "ESCAPE", "TRUE", "FALSE",
+    "AND",
+    "OR",
+    "NOT",
+    "BETWEEN",
+    "LIKE",
+    "IN",
+    "IS",
+    "NULL",
+    "ESCAPE",
+    "TRUE",
+    "FALSE",
 }
 
 _TOKEN = re.compile(
@@ -325,8 +335,9 @@ class _Parser:
 
             def between(m: Any) -> bool | None:
                 v = left(m)
-                r = _and([lambda _m: _compare(">=", v, low(m)),
-                          lambda _m: _compare("<=", v, high(m))], m)
+                r = _and(
+                    [lambda _m: _compare(">=", v, low(m)), lambda _m: _compare("<=", v, high(m))], m
+                )
                 return None if r is None else (r != negate)
 
             return "bool", between

@@ -259,6 +259,7 @@ class BrokerService(MultiService):
             now=now,
             budget=budget,
         )
+
     def _install_security(self) -> None:
         """Users, permissions and TLS certificates, loaded before any listener opens (a bad
         users file or certificate stops the start with the reason)."""
@@ -308,9 +309,7 @@ class BrokerService(MultiService):
 
     def _login(self, name: str, section: dict) -> str:
         if name == "kafka" and not section.get("sasl", True):
-            return (
-                "no SASL (adapters.kafka.sasl = false: every client is one without a user name)"
-            )
+            return "no SASL (adapters.kafka.sasl = false: every client is one without a user name)"
         if name == "kafka":
             plain = (
                 "PLAIN"

@@ -170,7 +170,13 @@ class Partition:
         self._add(entry)
         if stream.durable:
             stream.vhost.store.append_stream(
-                stream.vhost.name, stream.name, self.index, offset, 1, ts, MESSAGE_FORMAT,
+                stream.vhost.name,
+                stream.name,
+                self.index,
+                offset,
+                1,
+                ts,
+                MESSAGE_FORMAT,
                 message.to_bytes(),
             )
         self._appended()
@@ -241,7 +247,11 @@ class Partition:
         size = min(max(max_bytes, MIN_DISK_READ), MAX_DISK_READ)
         s = self.stream
         s.vhost.store.read_stream(
-            s.vhost.name, s.name, self.index, offset, size,
+            s.vhost.name,
+            s.name,
+            self.index,
+            offset,
+            size,
             lambda rows: self._fetched(offset, rows),
         )
 

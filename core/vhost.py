@@ -104,7 +104,11 @@ class VirtualHost:
         if cls is None:
             raise CommandInvalid(f"unknown exchange type '{type}'")
         ex = cls(
-            self, name, durable=durable, auto_delete=auto_delete, internal=internal,
+            self,
+            name,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
             arguments=arguments,
         )
         self.exchanges[name] = ex
@@ -191,8 +195,12 @@ class VirtualHost:
             q = Stream(self, name, durable=durable, partitions=partitions, arguments=arguments)
         elif qtype in ("classic", "quorum"):
             q = Queue(
-                self, name, durable=durable, exclusive_owner=exclusive_owner,
-                auto_delete=auto_delete, arguments=arguments,
+                self,
+                name,
+                durable=durable,
+                exclusive_owner=exclusive_owner,
+                auto_delete=auto_delete,
+                arguments=arguments,
             )
         else:
             raise PreconditionFailed(f"invalid arg 'x-queue-type': {qtype!r}")
@@ -272,7 +280,11 @@ class VirtualHost:
     # -- bindings ---------------------------------------------------------------------------
 
     def bind_queue(
-        self, queue: str, exchange: str, key: str = "", arguments: dict | None = None,
+        self,
+        queue: str,
+        exchange: str,
+        key: str = "",
+        arguments: dict | None = None,
         owner: Any = None,
     ) -> None:
         q = self.get_queue(queue, owner)
@@ -280,7 +292,11 @@ class VirtualHost:
         self._bind(ex, q, key, arguments or {})
 
     def unbind_queue(
-        self, queue: str, exchange: str, key: str = "", arguments: dict | None = None,
+        self,
+        queue: str,
+        exchange: str,
+        key: str = "",
+        arguments: dict | None = None,
         owner: Any = None,
     ) -> None:
         q = self.get_queue(queue, owner)

@@ -45,4 +45,5 @@ def broker_factory(tmp_path):
         finally:
             broker.kill9()
 
+
 from pgserver import pg_dsn, pg_server  # noqa: E402,F401  (a private PostgreSQL; see pgserver.py)

@@ -78,8 +78,12 @@ def test_fast_table_decoder_agrees_with_declaration(table):
 
 python_values = st.recursive(
     st.one_of(
-        st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
-        st.text(max_size=20), st.binary(max_size=20),
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False),
+        st.text(max_size=20),
+        st.binary(max_size=20),
     ),
     lambda ch: st.one_of(st.lists(ch, max_size=4), st.dictionaries(names, ch, max_size=4)),
     max_leaves=12,
@@ -97,11 +101,23 @@ def test_fast_table_encoder_agrees_with_declaration(table):
 
 def test_every_field_type_decodes():
     table = {
-        "t": ("t", True), "b": ("b", -5), "B": ("B", 200), "s": ("s", -300), "u": ("u", 60000),
-        "I": ("I", -70000), "i": ("i", 4000000000), "l": ("l", -(2**40)), "f": ("f", 1.5),
-        "d": ("d", 2.25), "D": ("D", {"scale": 2, "value": 150}), "S": ("S", b"text"),
-        "x": ("x", b"\x00\xff"), "A": ("A", [{"type": "I", "value": 1}]), "T": ("T", 1700000000),
-        "F": ("F", [{"name": "k", "value": {"type": "V", "value": None}}]), "V": ("V", None),
+        "t": ("t", True),
+        "b": ("b", -5),
+        "B": ("B", 200),
+        "s": ("s", -300),
+        "u": ("u", 60000),
+        "I": ("I", -70000),
+        "i": ("i", 4000000000),
+        "l": ("l", -(2**40)),
+        "f": ("f", 1.5),
+        "d": ("d", 2.25),
+        "D": ("D", {"scale": 2, "value": 150}),
+        "S": ("S", b"text"),
+        "x": ("x", b"\x00\xff"),
+        "A": ("A", [{"type": "I", "value": 1}]),
+        "T": ("T", 1700000000),
+        "F": ("F", [{"name": "k", "value": {"type": "V", "value": None}}]),
+        "V": ("V", None),
     }
     data = C.FieldTablePure.build(
         [{"name": k, "value": {"type": t, "value": v}} for k, (t, v) in table.items()]
@@ -134,6 +150,7 @@ def test_table_length_beyond_frame_is_refused():
 
 # -- methods -----------------------------------------------------------------------------------
 
+
 @settings(max_examples=200, deadline=None)
 @given(shortstr, shortstr, st.booleans(), st.booleans())
 def test_publish_fast_path_matches_declaration(exchange, rk, mandatory, immediate):
@@ -165,8 +182,13 @@ def test_ack_frame_fast_path_matches_declaration(channel, tag, multiple):
 def test_deliver_fast_path_matches_declaration(tag, dtag, redelivered, exchange, rk, channel):
     fast = C.encode_deliver(channel, C.deliver_prefix(tag), dtag, redelivered, exchange, rk)
     slow = C.method_frame(
-        channel, "basic.deliver", consumer_tag=tag, delivery_tag=dtag, redelivered=redelivered,
-        exchange=exchange, routing_key=rk,
+        channel,
+        "basic.deliver",
+        consumer_tag=tag,
+        delivery_tag=dtag,
+        redelivered=redelivered,
+        exchange=exchange,
+        routing_key=rk,
     )
     assert fast == slow
     tail = C.deliver_tail(exchange, rk)
@@ -186,12 +208,20 @@ def test_every_method_round_trips_through_its_declaration():
 properties = st.fixed_dictionaries(
     {},
     optional={
-        "content_type": shortstr, "content_encoding": shortstr,
+        "content_type": shortstr,
+        "content_encoding": shortstr,
         "headers": st.dictionaries(names, python_values, max_size=4),
-        "delivery_mode": st.integers(0, 255), "priority": st.integers(0, 255),
-        "correlation_id": shortstr, "reply_to": shortstr, "expiration": shortstr,
-        "message_id": shortstr, "timestamp": st.integers(0, 2**64 - 1), "type": shortstr,
-        "user_id": shortstr, "app_id": shortstr, "cluster_id": shortstr,
+        "delivery_mode": st.integers(0, 255),
+        "priority": st.integers(0, 255),
+        "correlation_id": shortstr,
+        "reply_to": shortstr,
+        "expiration": shortstr,
+        "message_id": shortstr,
+        "timestamp": st.integers(0, 2**64 - 1),
+        "type": shortstr,
+        "user_id": shortstr,
+        "app_id": shortstr,
+        "cluster_id": shortstr,
     },
 )
 
@@ -209,8 +239,13 @@ def test_content_header_fast_paths_match_declaration(props, size):
         assert parsed[name] == props.get(name)
     # the declaration builds the same bytes as the fast encoder
     built = C.CONTENT_HEADER.build(
-        dict({n: props.get(n) for n in C.PROPERTY_NAMES}, class_id=60, weight=0, body_size=size,
-             flags=struct.unpack(">H", raw[:2])[0])
+        dict(
+            {n: props.get(n) for n in C.PROPERTY_NAMES},
+            class_id=60,
+            weight=0,
+            body_size=size,
+            flags=struct.unpack(">H", raw[:2])[0],
+        )
     )
     assert built == payload
 
@@ -232,10 +267,20 @@ def test_property_mapping_round_trip():
             return 1_000_000
 
     props = {
-        "content_type": "text/plain", "content_encoding": "gzip", "headers": {"h": 1},
-        "delivery_mode": 2, "priority": 5, "correlation_id": "c", "reply_to": "r",
-        "expiration": "5000", "message_id": "m", "timestamp": 1700000000, "type": "t",
-        "user_id": "guest", "app_id": "a", "cluster_id": "cl",
+        "content_type": "text/plain",
+        "content_encoding": "gzip",
+        "headers": {"h": 1},
+        "delivery_mode": 2,
+        "priority": 5,
+        "correlation_id": "c",
+        "reply_to": "r",
+        "expiration": "5000",
+        "message_id": "m",
+        "timestamp": 1700000000,
+        "type": "t",
+        "user_id": "guest",
+        "app_id": "a",
+        "cluster_id": "cl",
     }
     m = message_from_properties(b"x", props, C.encode_properties(props), B())
     assert m.durable and m.expiration == 1_005_000 and m.timestamp == 1700000000 * 1000
@@ -245,6 +290,7 @@ def test_property_mapping_round_trip():
 
 
 # -- fuzzing -----------------------------------------------------------------------------------
+
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
@@ -278,8 +324,14 @@ def _session():
 
 HANDSHAKE = (
     C.PROTOCOL_HEADER
-    + C.method_frame(0, "connection.start-ok", client_properties={}, mechanism="PLAIN",
-                     response=b"\x00guest\x00guest", locale="en_US")
+    + C.method_frame(
+        0,
+        "connection.start-ok",
+        client_properties={},
+        mechanism="PLAIN",
+        response=b"\x00guest\x00guest",
+        locale="en_US",
+    )
     + C.method_frame(0, "connection.tune-ok", channel_max=0, frame_max=131072, heartbeat=0)
     + C.method_frame(0, "connection.open", virtual_host="/")
     + C.method_frame(1, "channel.open")
@@ -340,8 +392,9 @@ def test_kafka_key_mapping_both_ways():
 
     out = C.decode_properties(properties_for(Message(b"v", key=b"\xff\x00"), None, B()))
     assert out["headers"] == {"x-kafka-key": b"\xff\x00"}
-    out = C.decode_properties(properties_for(Message(b"v", key=b"k1", durable=True,
-                                                     timestamp=5000), None, B()))
+    out = C.decode_properties(
+        properties_for(Message(b"v", key=b"k1", durable=True, timestamp=5000), None, B())
+    )
     assert out == {"headers": {"x-kafka-key": "k1"}, "delivery_mode": 2, "timestamp": 5}
 
 

@@ -24,8 +24,12 @@ def test_confirmed_persistent_message_survives_kill9(broker_factory):
     ch.queue_declare("dur-q", durable=True)
     ch.queue_bind("dur-q", "dur-x", "k")
     ch.confirm_delivery()
-    ch.basic_publish("dur-x", "k", b"keep-me", pika.BasicProperties(
-        delivery_mode=2, message_id="m1", headers={"h": 1}))
+    ch.basic_publish(
+        "dur-x",
+        "k",
+        b"keep-me",
+        pika.BasicProperties(delivery_mode=2, message_id="m1", headers={"h": 1}),
+    )
     # the confirm has arrived (basic_publish returned): crash at once
     broker.kill9()
     broker.start()

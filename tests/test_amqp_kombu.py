@@ -27,8 +27,9 @@ def url(broker):
 
 
 def py_amqp(broker, **kw):
-    c = amqp.Connection(f"{broker.host}:{broker.port('amqp')}", userid="guest",
-                        password="guest", **kw)
+    c = amqp.Connection(
+        f"{broker.host}:{broker.port('amqp')}", userid="guest", password="guest", **kw
+    )
     c.connect()
     return c
 
@@ -62,18 +63,31 @@ def test_py_amqp_properties_and_float_headers(broker):
         ch = c.channel()
         q, _, _ = ch.queue_declare(exclusive=True)
         msg = amqp.Message(
-            b"body", content_type="text/plain", content_encoding="utf-8",
+            b"body",
+            content_type="text/plain",
+            content_encoding="utf-8",
             application_headers={"f": 1.5, "i": -7, "s": "x", "l": [1, 2], "t": {"a": True}},
-            delivery_mode=2, priority=3, correlation_id="c", reply_to="r", message_id="m",
-            timestamp=1700000000, type="ty", app_id="ap",
+            delivery_mode=2,
+            priority=3,
+            correlation_id="c",
+            reply_to="r",
+            message_id="m",
+            timestamp=1700000000,
+            type="ty",
+            app_id="ap",
         )
         ch.basic_publish(msg, routing_key=q)
         got = ch.basic_get(q, no_ack=True)
         assert got.body == "body"  # py-amqp decodes a utf-8 content-encoding
         p = got.properties
         assert p["content_type"] == "text/plain" and p["priority"] == 3
-        assert p["application_headers"] == {"f": 1.5, "i": -7, "s": "x", "l": [1, 2],
-                                            "t": {"a": True}}
+        assert p["application_headers"] == {
+            "f": 1.5,
+            "i": -7,
+            "s": "x",
+            "l": [1, 2],
+            "t": {"a": True},
+        }
         assert p["message_id"] == "m" and p["app_id"] == "ap" and p["delivery_mode"] == 2
     finally:
         c.close()
@@ -175,8 +189,7 @@ def test_py_amqp_heartbeat(broker):
 
 
 def test_kombu_producer_consumer_topic(broker):
-    ex = kombu.Exchange("kx-" + uuid.uuid4().hex[:6], type="topic", durable=False,
-                        auto_delete=True)
+    ex = kombu.Exchange("kx-" + uuid.uuid4().hex[:6], type="topic", durable=False, auto_delete=True)
     queue = kombu.Queue(qname(), ex, routing_key="orders.#", auto_delete=True)
     with kombu.Connection(url(broker)) as conn:
         producer = conn.Producer(serializer="json")
@@ -188,8 +201,14 @@ def test_kombu_producer_consumer_topic(broker):
 
         with conn.Consumer(queue, callbacks=[handle], prefetch_count=10):
             for i in range(5):
-                producer.publish({"n": i}, exchange=ex, routing_key=f"orders.eu.{i}",
-                                 headers={"h": i}, priority=1, declare=[queue])
+                producer.publish(
+                    {"n": i},
+                    exchange=ex,
+                    routing_key=f"orders.eu.{i}",
+                    headers={"h": i},
+                    priority=1,
+                    declare=[queue],
+                )
             producer.publish({"n": 99}, exchange=ex, routing_key="other.x")
             deadline = time.time() + 5
             while len(received) < 5 and time.time() < deadline:

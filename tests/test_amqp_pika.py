@@ -17,7 +17,9 @@ from brokerproc import BrokerProcess
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     b = BrokerProcess(
-        tmp_path_factory.mktemp("amqp_pika"), adapters=["amqp"], log_level="info",
+        tmp_path_factory.mktemp("amqp_pika"),
+        adapters=["amqp"],
+        log_level="info",
         settings={"adapters.amqp.frame_max": 16384, "limits.max_message_size": 2 * 1024 * 1024},
     )
     b.start()
@@ -79,8 +81,13 @@ def test_server_properties_and_capabilities(conn):
     assert props["product"] == "polymq"
     caps = props["capabilities"]
     for cap in (
-        "publisher_confirms", "consumer_cancel_notify", "basic.nack", "exchange_exchange_bindings",
-        "per_consumer_qos", "authentication_failure_close", "connection.blocked",
+        "publisher_confirms",
+        "consumer_cancel_notify",
+        "basic.nack",
+        "exchange_exchange_bindings",
+        "per_consumer_qos",
+        "authentication_failure_close",
+        "connection.blocked",
     ):
         assert caps[cap] is True, cap
 
@@ -102,8 +109,9 @@ def test_tune_negotiates_frame_max_and_heartbeat(broker):
 def test_wrong_password_is_refused(broker):
     with pytest.raises(pe.ProbableAuthenticationError):
         pika.BlockingConnection(
-            params(broker, credentials=pika.PlainCredentials("guest", "wrong"),
-                   connection_attempts=1)
+            params(
+                broker, credentials=pika.PlainCredentials("guest", "wrong"), connection_attempts=1
+            )
         )
 
 
@@ -177,14 +185,18 @@ def test_reused_consumer_tag_is_a_connection_error_530(broker):
     ch = c.channel()
     q = ch.queue_declare("", exclusive=True).method.queue
     ch.basic_consume(q, lambda *a: None, consumer_tag="dup")
-    with pytest.raises((pe.ConnectionClosedByBroker, pe.ChannelClosedByBroker,
-                        pe.DuplicateConsumerTag)):
+    with pytest.raises(
+        (pe.ConnectionClosedByBroker, pe.ChannelClosedByBroker, pe.DuplicateConsumerTag)
+    ):
         ch.basic_consume(q, lambda *a: None, consumer_tag="dup")
     # pika refuses the duplicate tag itself; send it through the raw impl to reach the broker
     if c.is_open:
         done = []
-        ch._impl._rpc(pika.spec.Basic.Consume(queue=q, consumer_tag="dup"),
-                      lambda *a: done.append(a), [pika.spec.Basic.ConsumeOk])
+        ch._impl._rpc(
+            pika.spec.Basic.Consume(queue=q, consumer_tag="dup"),
+            lambda *a: done.append(a),
+            [pika.spec.Basic.ConsumeOk],
+        )
         with pytest.raises(pe.ConnectionClosedByBroker) as e:
             pump(c, 2)
             pump(c, 2)
@@ -355,8 +367,9 @@ def test_headers_exchange_binding_arguments(conn):
 def test_queue_arguments_reach_the_core(conn):
     ch = conn.channel()
     q = ch.queue_declare(qname(), arguments={"x-expires": 300}).method.queue
-    ok = ch.queue_declare("", exclusive=True, arguments={
-        "x-max-length-bytes": 10, "x-overflow": "reject-publish"})
+    ok = ch.queue_declare(
+        "", exclusive=True, arguments={"x-max-length-bytes": 10, "x-overflow": "reject-publish"}
+    )
     small = ok.method.queue
     ch.basic_publish("", small, b"12345678")
     ch.basic_publish("", small, b"too much")  # refused: 16 bytes > 10
@@ -389,21 +402,51 @@ def test_all_properties_and_header_types_round_trip(conn):
     q = ch.queue_declare("", exclusive=True).method.queue
     ts = datetime.datetime(2024, 1, 2, 3, 4, 5)
     headers = {
-        "str": "s", "int": 7, "big": 2**40, "neg": -3, "bool": True,
-        "none": None, "list": [1, "two", [3]], "table": {"a": {"b": "c"}}, "bytes": b"\x00\x01",
-        "decimal": decimal.Decimal("3.14"), "time": ts,
+        "str": "s",
+        "int": 7,
+        "big": 2**40,
+        "neg": -3,
+        "bool": True,
+        "none": None,
+        "list": [1, "two", [3]],
+        "table": {"a": {"b": "c"}},
+        "bytes": b"\x00\x01",
+        "decimal": decimal.Decimal("3.14"),
+        "time": ts,
     }
     props = pika.BasicProperties(
-        content_type="application/json", content_encoding="utf-8", headers=headers,
-        delivery_mode=2, priority=4, correlation_id="corr", reply_to="reply",
-        expiration="60000", message_id="mid", timestamp=1700000000, type="kind",
-        user_id="guest", app_id="app", cluster_id="cluster",
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers=headers,
+        delivery_mode=2,
+        priority=4,
+        correlation_id="corr",
+        reply_to="reply",
+        expiration="60000",
+        message_id="mid",
+        timestamp=1700000000,
+        type="kind",
+        user_id="guest",
+        app_id="app",
+        cluster_id="cluster",
     )
     ch.basic_publish("", q, b'{"x": 1}', props)
     method, got, body = ch.basic_get(q, auto_ack=True)
     assert body == b'{"x": 1}'
-    for f in ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id",
-              "reply_to", "message_id", "timestamp", "type", "user_id", "app_id", "cluster_id"):
+    for f in (
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "message_id",
+        "timestamp",
+        "type",
+        "user_id",
+        "app_id",
+        "cluster_id",
+    ):
         assert getattr(got, f) == getattr(props, f), f
     assert 55000 < int(got.expiration) <= 60000
     h = got.headers
@@ -463,8 +506,13 @@ def test_mandatory_unroutable_is_returned_with_312(conn):
     ch = conn.channel()
     returned = []
     ch.add_on_return_callback(lambda c, m, p, b: returned.append((m, p, b)))
-    ch.basic_publish("amq.direct", "nobody-" + qname(), b"lost", mandatory=True,
-                     properties=pika.BasicProperties(message_id="r1"))
+    ch.basic_publish(
+        "amq.direct",
+        "nobody-" + qname(),
+        b"lost",
+        mandatory=True,
+        properties=pika.BasicProperties(message_id="r1"),
+    )
     pump(conn, 0.5)
     assert len(returned) == 1
     m, p, b = returned[0]
@@ -579,9 +627,7 @@ def test_fair_dispatch_slow_and_fast_consumer(broker):
         slow_got, fast_got = [], []
         sch.basic_consume(q, lambda c, m, p, b: slow_got.append(b))  # never acks
         pump(slow, 0.1)
-        fch.basic_consume(
-            q, lambda c, m, p, b: (fast_got.append(b), c.basic_ack(m.delivery_tag))
-        )
+        fch.basic_consume(q, lambda c, m, p, b: (fast_got.append(b), c.basic_ack(m.delivery_tag)))
         pump(fast, 0.1)
         for i in range(20):
             pch.basic_publish("", q, b"%d" % i)
@@ -601,8 +647,9 @@ def test_round_robin_across_consumers(conn):
     q = ch.queue_declare("", exclusive=True).method.queue
     got = {"a": [], "b": [], "c": []}
     for tag in got:
-        ch.basic_consume(q, lambda c, m, p, b, t=tag: got[t].append(b), auto_ack=True,
-                         consumer_tag=tag)
+        ch.basic_consume(
+            q, lambda c, m, p, b, t=tag: got[t].append(b), auto_ack=True, consumer_tag=tag
+        )
     for i in range(9):
         ch.basic_publish("", q, b"%d" % i)
     pump(conn, 0.5)
@@ -632,9 +679,14 @@ def test_dead_letter_after_reject_and_after_ttl(conn):
     ch.exchange_declare(dlx, "fanout")
     dead = ch.queue_declare("", exclusive=True).method.queue
     ch.queue_bind(dead, dlx)
-    q = ch.queue_declare("", exclusive=True, arguments={
-        "x-dead-letter-exchange": dlx, "x-message-ttl": 200,
-    }).method.queue
+    q = ch.queue_declare(
+        "",
+        exclusive=True,
+        arguments={
+            "x-dead-letter-exchange": dlx,
+            "x-message-ttl": 200,
+        },
+    ).method.queue
     ch.basic_publish("", q, b"rejected")
     method, _, _ = ch.basic_get(q)
     ch.basic_reject(method.delivery_tag, requeue=False)
@@ -669,8 +721,11 @@ def test_stream_offsets(conn):
         c = conn.channel()
         c.basic_qos(prefetch_count=100)
         got = []
-        c.basic_consume(s, lambda ch_, m, p, b: got.append((b, p.headers["x-stream-offset"])),
-                        arguments={"x-stream-offset": offset})
+        c.basic_consume(
+            s,
+            lambda ch_, m, p, b: got.append((b, p.headers["x-stream-offset"])),
+            arguments={"x-stream-offset": offset},
+        )
         deadline = time.time() + 3
         while len(got) < n and time.time() < deadline:
             pump(conn, 0.05)
@@ -702,8 +757,9 @@ def test_confirms_for_transient_and_persistent(conn):
 def test_confirm_nack_when_queue_refuses(conn):
     ch = conn.channel()
     ch.confirm_delivery()
-    q = ch.queue_declare("", exclusive=True, arguments={
-        "x-max-length": 1, "x-overflow": "reject-publish"}).method.queue
+    q = ch.queue_declare(
+        "", exclusive=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    ).method.queue
     ch.basic_publish("", q, b"1")
     with pytest.raises(pe.NackError):
         ch.basic_publish("", q, b"2")
@@ -738,11 +794,13 @@ def test_confirms_multiple_with_select_connection(broker):
 
         def on_select(_):
             for i in range(200):
-                ch.basic_publish("", q, b"%d" % i,
-                                 pika.BasicProperties(delivery_mode=2 if i % 2 else 1))
+                ch.basic_publish(
+                    "", q, b"%d" % i, pika.BasicProperties(delivery_mode=2 if i % 2 else 1)
+                )
 
-        ch.queue_declare(q, durable=True, callback=lambda _: ch.confirm_delivery(
-            on_confirm, callback=on_select))
+        ch.queue_declare(
+            q, durable=True, callback=lambda _: ch.confirm_delivery(on_confirm, callback=on_select)
+        )
 
     c = pika.SelectConnection(params(broker), on_open_callback=on_open)
     timer = threading.Timer(15, lambda: c.ioloop.add_callback_threadsafe(c.ioloop.stop))
@@ -820,8 +878,7 @@ def test_select_connection_consume(broker):
         def declared(_):
             for i in range(50):
                 ch.basic_publish("", q, b"%d" % i)
-            ch.basic_qos(prefetch_count=5,
-                         callback=lambda _: ch.basic_consume(q, on_msg))
+            ch.basic_qos(prefetch_count=5, callback=lambda _: ch.basic_consume(q, on_msg))
 
         ch.queue_declare(q, callback=declared)
 
@@ -838,8 +895,9 @@ def test_select_connection_consume(broker):
 def test_connection_blocked_above_memory_high_watermark(broker_factory):
     """Above the watermark publishers get connection.blocked and are no longer read; once a
     consumer drains the queue they get connection.unblocked and their publishes go through."""
-    b = broker_factory(adapters=["amqp"], log_level="info",
-                       settings={"adapters.amqp.memory_high_watermark": 4000})
+    b = broker_factory(
+        adapters=["amqp"], log_level="info", settings={"adapters.amqp.memory_high_watermark": 4000}
+    )
     pub = pika.BlockingConnection(params(b))
     events = []
     pub.add_on_connection_blocked_callback(lambda c, f: events.append("blocked"))

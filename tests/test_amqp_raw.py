@@ -21,7 +21,9 @@ from polymq.adapters.amqp import codec as C
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     b = BrokerProcess(
-        tmp_path_factory.mktemp("amqp_raw"), adapters=["amqp"], log_level="info",
+        tmp_path_factory.mktemp("amqp_raw"),
+        adapters=["amqp"],
+        log_level="info",
         settings={"adapters.amqp.frame_max": 8192, "adapters.amqp.handshake_timeout": 3},
     )
     b.start()
@@ -65,12 +67,26 @@ class Raw:
     def handshake(self):
         self.send(C.PROTOCOL_HEADER)
         assert self.read_method()[1] == "connection.start"
-        self.send(C.method_frame(0, "connection.start-ok", client_properties={},
-                                 mechanism="PLAIN", response=b"\x00guest\x00guest"))
+        self.send(
+            C.method_frame(
+                0,
+                "connection.start-ok",
+                client_properties={},
+                mechanism="PLAIN",
+                response=b"\x00guest\x00guest",
+            )
+        )
         _, name, tune = self.read_method()
         assert name == "connection.tune"
-        self.send(C.method_frame(0, "connection.tune-ok", channel_max=tune["channel_max"],
-                                 frame_max=tune["frame_max"], heartbeat=self.heartbeat))
+        self.send(
+            C.method_frame(
+                0,
+                "connection.tune-ok",
+                channel_max=tune["channel_max"],
+                frame_max=tune["frame_max"],
+                heartbeat=self.heartbeat,
+            )
+        )
         self.send(C.method_frame(0, "connection.open", virtual_host="/"))
         assert self.read_method()[1] == "connection.open-ok"
         self.send(C.method_frame(1, "channel.open"))
@@ -82,7 +98,9 @@ class Raw:
             ch, name, args = self.read_method()
             if name in ("connection.close", "channel.close"):
                 assert (name, ch, args["reply_code"]) == (
-                    "connection.close" if channel == 0 else "channel.close", channel, code
+                    "connection.close" if channel == 0 else "channel.close",
+                    channel,
+                    code,
                 ), args
                 return args
 
@@ -106,14 +124,14 @@ def still_serving(broker):
 
 
 def publish_frames(channel, exchange, key, body, props=None):
-    return (
-        C.method_frame(channel, "basic.publish", exchange=exchange, routing_key=key)
-        + C.content_frames(channel, C.encode_properties(props or {}), body, 8192)
-    )
+    return C.method_frame(
+        channel, "basic.publish", exchange=exchange, routing_key=key
+    ) + C.content_frames(channel, C.encode_properties(props or {}), body, 8192)
 
 
-@pytest.mark.parametrize("header", [b"AMQP\x00\x01\x00\x00", b"AMQP\x01\x01\x00\x0a",
-                                    b"GET / HTTP/1.1\r\n\r\n"])
+@pytest.mark.parametrize(
+    "header", [b"AMQP\x00\x01\x00\x00", b"AMQP\x01\x01\x00\x0a", b"GET / HTTP/1.1\r\n\r\n"]
+)
 def test_unsupported_protocol_header_gets_ours_back(broker, header):
     r = Raw(broker)
     r.send(header)
@@ -283,8 +301,15 @@ def test_bad_credentials_close_with_403(broker):
     r = Raw(broker)
     r.send(C.PROTOCOL_HEADER)
     r.read_method()
-    r.send(C.method_frame(0, "connection.start-ok", client_properties={}, mechanism="PLAIN",
-                          response=b"\x00guest\x00nope"))
+    r.send(
+        C.method_frame(
+            0,
+            "connection.start-ok",
+            client_properties={},
+            mechanism="PLAIN",
+            response=b"\x00guest\x00nope",
+        )
+    )
     r.expect_close(403)
     still_serving(broker)
 
@@ -295,8 +320,11 @@ def test_amqplain_login(broker):
     start = r.read_method()[2]
     assert b"AMQPLAIN" in start["mechanisms"].split() and b"PLAIN" in start["mechanisms"].split()
     response = C.encode_table({"LOGIN": "guest", "PASSWORD": "guest"})[4:]
-    r.send(C.method_frame(0, "connection.start-ok", client_properties={}, mechanism="AMQPLAIN",
-                          response=response))
+    r.send(
+        C.method_frame(
+            0, "connection.start-ok", client_properties={}, mechanism="AMQPLAIN", response=response
+        )
+    )
     assert r.read_method()[1] == "connection.tune"
     r.close()
 
@@ -308,8 +336,10 @@ def test_pipelined_publishes_beyond_one_burst(broker):
     r.handshake()
     r.send(C.method_frame(1, "queue.declare", queue="", exclusive=True))
     q = r.read_method()[2]["queue"]
-    r.send(b"".join(publish_frames(1, "", q, b"%d" % i) for i in range(2000))
-           + C.method_frame(1, "queue.declare", queue=q, passive=True))
+    r.send(
+        b"".join(publish_frames(1, "", q, b"%d" % i) for i in range(2000))
+        + C.method_frame(1, "queue.declare", queue=q, passive=True)
+    )
     _, name, ok = r.read_method()
     assert name == "queue.declare-ok" and ok["message_count"] == 2000
     r.send(C.method_frame(1, "basic.get", queue=q, no_ack=True))

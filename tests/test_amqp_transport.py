@@ -47,8 +47,10 @@ def connect(section=None):
 
 
 def consume(p, t, queue: str) -> None:
-    p.dataReceived(C.method_frame(1, "queue.declare", queue=queue)
-                   + C.method_frame(1, "basic.consume", queue=queue, no_ack=True))
+    p.dataReceived(
+        C.method_frame(1, "queue.declare", queue=queue)
+        + C.method_frame(1, "basic.consume", queue=queue, no_ack=True)
+    )
     t.clear()
     t.writes = 0
 
@@ -58,8 +60,7 @@ def test_output_of_a_read_leaves_when_the_read_ends():
     # the whole handshake's answers were written by the end of the read, with one write
     assert t.writes == 1
     names = [m[1] for m in methods(t.value())]
-    assert names == ["connection.start", "connection.tune", "connection.open-ok",
-                     "channel.open-ok"]
+    assert names == ["connection.start", "connection.tune", "connection.open-ok", "channel.open-ok"]
 
 
 def test_output_made_outside_a_read_waits_for_the_turn():
@@ -90,8 +91,11 @@ def test_what_is_gathered_is_sent_before_the_connection_closes():
     clock, factory, p, t = connect()
     t.clear()
     # connection.close from the client: close-ok is written, then the transport closed
-    p.dataReceived(C.method_frame(0, "connection.close", reply_code=200, reply_text="bye",
-                                  class_id=0, method_id=0))
+    p.dataReceived(
+        C.method_frame(
+            0, "connection.close", reply_code=200, reply_text="bye", class_id=0, method_id=0
+        )
+    )
     assert t.disconnecting
     assert [m[1] for m in methods(t.value())] == ["connection.close-ok"]
 
@@ -100,8 +104,9 @@ def test_output_of_a_read_resumed_after_yielding_leaves_with_it():
     clock, factory, p, t = connect({"publish_burst": 2})
     p.dataReceived(C.method_frame(1, "confirm.select"))
     t.clear()
-    publish = (C.method_frame(1, "basic.publish", exchange="amq.direct", routing_key="none")
-               + C.content_frames(1, C.encode_properties({}), b"m", 131072))
+    publish = C.method_frame(
+        1, "basic.publish", exchange="amq.direct", routing_key="none"
+    ) + C.content_frames(1, C.encode_properties({}), b"m", 131072)
     p.dataReceived(publish * 5)
     assert t.producerState == "paused"  # yielded after a burst of two
     acks = [a for _, name, a in methods(t.value()) if name == "basic.ack"]
@@ -117,10 +122,17 @@ def handshake(heartbeat=0, frame_max=131072, capabilities=None):
     props = {"capabilities": capabilities} if capabilities else {}
     return (
         C.PROTOCOL_HEADER
-        + C.method_frame(0, "connection.start-ok", client_properties=props, mechanism="PLAIN",
-                         response=b"\x00guest\x00guest", locale="en_US")
-        + C.method_frame(0, "connection.tune-ok", channel_max=0, frame_max=frame_max,
-                         heartbeat=heartbeat)
+        + C.method_frame(
+            0,
+            "connection.start-ok",
+            client_properties=props,
+            mechanism="PLAIN",
+            response=b"\x00guest\x00guest",
+            locale="en_US",
+        )
+        + C.method_frame(
+            0, "connection.tune-ok", channel_max=0, frame_max=frame_max, heartbeat=heartbeat
+        )
         + C.method_frame(0, "connection.open", virtual_host="/")
         + C.method_frame(1, "channel.open")
     )
@@ -176,36 +188,44 @@ def test_authorization_refusal_is_a_403_channel_error():
     out = methods(t.value())
     assert [m[1] for m in out] == ["queue.declare-ok", "channel.close"]
     assert out[1][2]["reply_code"] == 403 and "secret" in out[1][2]["reply_text"]
-    assert asked == [("guest", "/", "configure", "queue", "open"),
-                     ("guest", "/", "configure", "queue", "secret")]
+    assert asked == [
+        ("guest", "/", "configure", "queue", "open"),
+        ("guest", "/", "configure", "queue", "secret"),
+    ]
     # a publish is authorized once per destination, and refused with 403 too
     p.dataReceived(C.method_frame(1, "channel.close-ok") + C.method_frame(2, "channel.open"))
     t.clear()
-    publish = (C.method_frame(2, "basic.publish", exchange="amq.direct", routing_key="k")
-               + C.content_frames(2, C.encode_properties({}), b"m", 131072))
+    publish = C.method_frame(
+        2, "basic.publish", exchange="amq.direct", routing_key="k"
+    ) + C.content_frames(2, C.encode_properties({}), b"m", 131072)
     p.dataReceived(publish * 3)
     assert asked[2:] == [("guest", "/", "write", "exchange", "amq.direct")]
     assert methods(t.value()) == []
     t.clear()
-    p.dataReceived(C.method_frame(2, "basic.publish", exchange="amq.topic", routing_key="k")
-                   + C.content_frames(2, C.encode_properties({}), b"m", 131072))
+    p.dataReceived(
+        C.method_frame(2, "basic.publish", exchange="amq.topic", routing_key="k")
+        + C.content_frames(2, C.encode_properties({}), b"m", 131072)
+    )
     out = methods(t.value())
     assert [(m[1], m[2]["reply_code"], m[2]["class_id"]) for m in out] == [
-        ("channel.close", 403, 60)]
+        ("channel.close", 403, 60)
+    ]
     assert not t.disconnecting  # the connection stays up
 
 
 def test_publishing_blocked_holds_the_publisher_until_cleared():
     clock, factory, p, t = connect_with(
-        handshake(heartbeat=2, capabilities={"connection.blocked": True}))
+        handshake(heartbeat=2, capabilities={"connection.blocked": True})
+    )
     p.dataReceived(C.method_frame(1, "queue.declare", queue="held"))
     t.clear()
     factory.registry.set_publishing_blocked(True, "disk alarm")
     clock.advance(0)  # written outside a read: at the end of the turn
     out = methods(t.value())
     assert [(m[1], m[2].get("reason")) for m in out] == [("connection.blocked", "disk alarm")]
-    publish = (C.method_frame(1, "basic.publish", exchange="", routing_key="held")
-               + C.content_frames(1, C.encode_properties({}), b"m", 131072))
+    publish = C.method_frame(
+        1, "basic.publish", exchange="", routing_key="held"
+    ) + C.content_frames(1, C.encode_properties({}), b"m", 131072)
     declare = C.method_frame(1, "queue.declare", queue="held", passive=True)
     t.clear()
     p.dataReceived(publish * 3 + declare)

@@ -72,11 +72,17 @@ def test_a_client_on_the_wrong_port_is_told_which_protocol_it_speaks(tmp_path):
         mqtt_port = broker.port("mqtt")
         with pytest.raises(pika.exceptions.AMQPConnectionError):
             pika.BlockingConnection(
-                pika.ConnectionParameters(broker.host, mqtt_port, connection_attempts=1,
-                                          socket_timeout=3, blocked_connection_timeout=3)
+                pika.ConnectionParameters(
+                    broker.host,
+                    mqtt_port,
+                    connection_attempts=1,
+                    socket_timeout=3,
+                    blocked_connection_timeout=3,
+                )
             )
-        admin = AdminClient({"bootstrap.servers": f"{broker.host}:{mqtt_port}",
-                             "socket.timeout.ms": 2000})
+        admin = AdminClient(
+            {"bootstrap.servers": f"{broker.host}:{mqtt_port}", "socket.timeout.ms": 2000}
+        )
         try:
             admin.list_topics(timeout=3)
         except Exception:

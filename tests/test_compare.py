@@ -20,16 +20,26 @@ PROTOS = ["mqtt", "amqp", "kafka", "openwire"]
 
 
 def compare(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "polymq.core", "compare", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "polymq.core", "compare", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def urls(broker) -> list[str]:
     p = broker.port
-    return ["--url", f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
-            "--url", f"amqp=amqp://guest:guest@127.0.0.1:{p('amqp')}/",
-            "--url", f"kafka=127.0.0.1:{p('kafka')}",
-            "--url", f"openwire=tcp://127.0.0.1:{p('openwire')}"]
+    return [
+        "--url",
+        f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+        "--url",
+        f"amqp=amqp://guest:guest@127.0.0.1:{p('amqp')}/",
+        "--url",
+        f"kafka=127.0.0.1:{p('kafka')}",
+        "--url",
+        f"openwire=tcp://127.0.0.1:{p('openwire')}",
+    ]
 
 
 @pytest.fixture
@@ -39,8 +49,10 @@ def broker(broker_factory):
 
 
 def html_cells(html: str) -> dict[tuple[int, str], str]:
-    return {(int(r), k): v for r, k, v in
-            re.findall(r'<td data-run="(\d+)" data-key="([\w.]+)">([^<]*)</td>', html)}
+    return {
+        (int(r), k): v
+        for r, k, v in re.findall(r'<td data-run="(\d+)" data-key="([\w.]+)">([^<]*)</td>', html)
+    }
 
 
 def check_report(doc: dict, html: str) -> None:
@@ -55,15 +67,24 @@ def check_report(doc: dict, html: str) -> None:
                 assert shown == "-", (path, shown)
             else:
                 assert float(shown.replace(",", "")) == pytest.approx(
-                    value, abs=10 ** -_decimals(pattern) / 2 + 1e-9), (r["protocol"], path)
+                    value, abs=10 ** -_decimals(pattern) / 2 + 1e-9
+                ), (r["protocol"], path)
         bar = re.search(rf'<rect [^>]*data-run="{i}" data-msgs-per-s="([\d.e+-]+)"', html)
         assert float(bar.group(1)) == (r["throughput"]["msgs_per_s"] or 0)
-        points = re.findall(rf'<circle [^>]*data-run="{i}" data-percentile="([\d.]+)" '
-                            r'data-ms="([\d.e+-]+)"', html)
+        points = re.findall(
+            rf'<circle [^>]*data-run="{i}" data-percentile="([\d.]+)" '
+            r'data-ms="([\d.e+-]+)"',
+            html,
+        )
         assert [[float(p), float(v)] for p, v in points] == (
-            r["latency"]["curve"] if r["latency"] else [])
-    embedded = re.search(r'<script type="application/json" id="polymq-compare-data">(.*?)'
-                         r"</script>", html, re.S).group(1)
+            r["latency"]["curve"] if r["latency"] else []
+        )
+    embedded = re.search(
+        r'<script type="application/json" id="polymq-compare-data">(.*?)'
+        r"</script>",
+        html,
+        re.S,
+    ).group(1)
     assert json.loads(embedded.replace("<\\/", "</")) == doc
     # self-contained: no external scripts, styles, images or fonts
     assert not re.search(r"\b(src|href)\s*=", html)
@@ -110,9 +131,26 @@ def test_queue_pattern_persistent(broker, tmp_path):
     """Competing consumers, two producers, persistent with confirms (MQTT 5 shared
     subscription, AMQP durable queue, Kafka partitions, OpenWire queue)."""
     out = tmp_path / "q.json"
-    res = compare("--preset", "queue", "--count", "300", "--size", "200", "--producers", "2",
-                  "--consumers", "2", "--guarantee", "persistent", *urls(broker), "--json",
-                  str(out), "--html", str(tmp_path / "q.html"), "--no-progress")
+    res = compare(
+        "--preset",
+        "queue",
+        "--count",
+        "300",
+        "--size",
+        "200",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--guarantee",
+        "persistent",
+        *urls(broker),
+        "--json",
+        str(out),
+        "--html",
+        str(tmp_path / "q.html"),
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out.read_text())
     assert doc["workload"]["pattern"] == "queue" and doc["workload"]["mqtt_version"] == 5
@@ -126,10 +164,25 @@ def test_fanout_at_most_once_rate(broker, tmp_path):
     """Fan-out to 3 subscribers at a fixed rate, at-most-once, MQTT and AMQP only."""
     p = broker.port
     out = tmp_path / "f.json"
-    res = compare("--preset", "fanout", "--consumers", "3", "--count", "200", "--rate", "400",
-                  "--guarantee", "at-most-once", "--url", f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
-                  "--url", f"amqp@polymq-amqp=amqp://127.0.0.1:{p('amqp')}", "--json",
-                  str(out), "--no-progress")
+    res = compare(
+        "--preset",
+        "fanout",
+        "--consumers",
+        "3",
+        "--count",
+        "200",
+        "--rate",
+        "400",
+        "--guarantee",
+        "at-most-once",
+        "--url",
+        f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+        "--url",
+        f"amqp@polymq-amqp=amqp://127.0.0.1:{p('amqp')}",
+        "--json",
+        str(out),
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out.read_text())
     assert [r["label"] for r in doc["results"]] == [f"127.0.0.1:{p('mqtt')}", "polymq-amqp"]
@@ -146,10 +199,22 @@ def test_wrong_broker_is_a_failed_run(broker, tmp_path):
     p = broker.port
     out = tmp_path / "w.json"
     md = tmp_path / "w.md"
-    res = compare("--preset", "smoke", "--count", "50",
-                  "--url", f"amqp@not-amqp=amqp://127.0.0.1:{p('mqtt')}/",
-                  "--url", f"mqtt=mqtt://127.0.0.1:{p('mqtt')}", "--json", str(out),
-                  "--markdown", str(md), "--no-progress", timeout=120)
+    res = compare(
+        "--preset",
+        "smoke",
+        "--count",
+        "50",
+        "--url",
+        f"amqp@not-amqp=amqp://127.0.0.1:{p('mqtt')}/",
+        "--url",
+        f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+        "--json",
+        str(out),
+        "--markdown",
+        str(md),
+        "--no-progress",
+        timeout=120,
+    )
     assert res.returncode == 1, res.stdout + res.stderr
     assert "Traceback" not in res.stdout + res.stderr
     doc = json.loads(out.read_text())
@@ -165,9 +230,20 @@ def test_wrong_broker_is_a_failed_run(broker, tmp_path):
 
 
 def test_progress_bar(broker, tmp_path):
-    res = compare("--preset", "smoke", "--count", "100", "--protocols", "mqtt",
-                  "--url", f"mqtt=mqtt://127.0.0.1:{broker.port('mqtt')}", "--json",
-                  str(tmp_path / "p.json"), "--progress", timeout=120)
+    res = compare(
+        "--preset",
+        "smoke",
+        "--count",
+        "100",
+        "--protocols",
+        "mqtt",
+        "--url",
+        f"mqtt=mqtt://127.0.0.1:{broker.port('mqtt')}",
+        "--json",
+        str(tmp_path / "p.json"),
+        "--progress",
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "mqtt @ 127.0.0.1" in res.stdout and "delivered" in res.stdout  # the bar's lines
     assert json.loads((tmp_path / "p.json").read_text())["results"][0]["counts"]["unique"] == 100
@@ -192,8 +268,9 @@ def _closed_port() -> int:
     ],
 )
 def test_bad_url(spec, message, tmp_path):
-    res = compare("--url", spec.format(port=_closed_port()), "--json", str(tmp_path / "x.json"),
-                  timeout=60)
+    res = compare(
+        "--url", spec.format(port=_closed_port()), "--json", str(tmp_path / "x.json"), timeout=60
+    )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
@@ -211,7 +288,12 @@ def test_tally_counts_duplicates_and_order():
     t.add(b"short", now_ns())
     r = t.result()
     assert (r["total"], r["unique"], r["duplicates"], r["out_of_order"], r["malformed"]) == (
-        7, 5, 1, 1, 1)
+        7,
+        5,
+        1,
+        1,
+        1,
+    )
 
 
 def test_result_reports_loss_and_disorder():
@@ -226,11 +308,25 @@ def test_result_reports_loss_and_disorder():
         HEADER.pack_into(body, 0, 0, seq, now_ns() - 1000)
         t.add(bytes(body), now_ns())
     cons = merge_tallies([t]) | {"bytes_up": 10, "bytes_down": 300, "cpu_s": 0.0, "errors": []}
-    prod = {"sent": 3, "confirmed": 3, "first_ns": now_ns() - 10**6, "last_ns": now_ns(),
-            "bytes_up": 400, "bytes_down": 20, "cpu_s": 0.0, "errors": []}
+    prod = {
+        "sent": 3,
+        "confirmed": 3,
+        "first_ns": now_ns() - 10**6,
+        "last_ns": now_ns(),
+        "bytes_up": 400,
+        "bytes_down": 20,
+        "cpu_s": 0.0,
+        "errors": [],
+    }
     target = parse_target("mqtt=mqtt://127.0.0.1:1883")
-    r = build_result(target, wl, "x", {"producers": ("ok", prod), "consumers": ("ok", cons)},
-                     BrokerCpu(None, "none"), 1.0)
+    r = build_result(
+        target,
+        wl,
+        "x",
+        {"producers": ("ok", prod), "consumers": ("ok", cons)},
+        BrokerCpu(None, "none"),
+        1.0,
+    )
     assert not r["ok"]
     assert "4 of 6 deliveries missing" in r["failures"]
     assert "1 deliveries out of order" in r["failures"]
@@ -251,8 +347,16 @@ def test_workload_presets_and_flags():
 
 def test_default_preset_is_smoke_and_repeat_shows_the_spread(broker, tmp_path):
     out = tmp_path / "rep.json"
-    res = compare("--repeat", "3", "--url", f"mqtt=mqtt://127.0.0.1:{broker.port('mqtt')}",
-                  "--json", str(out), "--no-progress", timeout=180)
+    res = compare(
+        "--repeat",
+        "3",
+        "--url",
+        f"mqtt=mqtt://127.0.0.1:{broker.port('mqtt')}",
+        "--json",
+        str(out),
+        "--no-progress",
+        timeout=180,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out.read_text())
     assert doc["workload"]["name"] == "smoke" and doc["workload"]["count"] == 500
@@ -283,8 +387,13 @@ def run_on_terminal(args: list[str], columns: int, timeout: float = 180) -> tupl
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen([sys.executable, "-m", "polymq.core", "compare", *args],
-                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polymq.core", "compare", *args],
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -305,13 +414,22 @@ def test_narrow_terminal_keeps_numbers_whole(broker, tmp_path):
     out = tmp_path / "n.json"
     p = broker.port
     code, text = run_on_terminal(
-        ["--url", f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
-         "--url", f"amqp@a-long-label-for-amqp=amqp://127.0.0.1:{p('amqp')}/",
-         "--url", f"mqtt@second-mqtt=mqtt://127.0.0.1:{p('mqtt')}",
-         "--json", str(out), "--no-progress"], columns=60)
+        [
+            "--url",
+            f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+            "--url",
+            f"amqp@a-long-label-for-amqp=amqp://127.0.0.1:{p('amqp')}/",
+            "--url",
+            f"mqtt@second-mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+            "--json",
+            str(out),
+            "--no-progress",
+        ],
+        columns=60,
+    )
     assert code == 0, text
     doc = json.loads(out.read_text())
-    table = text[text.index("polymq compare - "):text.index("JSON: ")]
+    table = text[text.index("polymq compare - ") : text.index("JSON: ")]
     assert max(len(line) for line in table.splitlines()) <= 60, table
     for r in doc["results"]:
         for path, _name, pattern in report.COLUMNS:
@@ -324,9 +442,18 @@ def test_narrow_terminal_keeps_numbers_whole(broker, tmp_path):
 def test_report_chart_and_workload_line(broker, tmp_path):
     out = tmp_path / "c.json"
     p = broker.port
-    res = compare("--count", "50", "--url", f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
-                  "--url", f"amqp=amqp://127.0.0.1:{p('amqp')}/", "--json", str(out),
-                  "--no-progress", timeout=180)
+    res = compare(
+        "--count",
+        "50",
+        "--url",
+        f"mqtt=mqtt://127.0.0.1:{p('mqtt')}",
+        "--url",
+        f"amqp=amqp://127.0.0.1:{p('amqp')}/",
+        "--json",
+        str(out),
+        "--no-progress",
+        timeout=180,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out.read_text())
     html = (tmp_path / "c.html").read_text()
@@ -337,10 +464,12 @@ def test_report_chart_and_workload_line(broker, tmp_path):
     assert re.search(r'class="axis">p50</text>', html)
     # the two runs differ by line style and marker shape, not only by colour
     lines = re.findall(r"<polyline [^>]*>", html)
-    dashes = {(re.search(r'stroke-dasharray="([^"]*)"', line) or re.match("", "")).group(0)
-              for line in lines}
+    dashes = {
+        (re.search(r'stroke-dasharray="([^"]*)"', line) or re.match("", "")).group(0)
+        for line in lines
+    }
     assert len(lines) == 2 and len(dashes) == 2, lines
-    assert '<circle cx=' in html and '<rect x=' in html and 'class="marker"' in html
+    assert "<circle cx=" in html and "<rect x=" in html and 'class="marker"' in html
     assert "=None" not in html and "duration=" not in html
     assert "smoke: 1 producer -&gt; 1 consumer, fanout, 50 messages of 128 B per producer" in html
 
@@ -356,16 +485,28 @@ def test_unexpected_driver_error_is_one_line_with_the_traceback_apart(tmp_path):
     target = parse_target("mqtt=mqtt://127.0.0.1:1883")
     target.protocol = "nosuchdriver"  # its driver module does not exist: an unexpected error
     results: queue.Queue = queue.Queue()
-    side_main("consumers", target, make_workload("smoke"), "x",
-              Shared(multiprocessing.get_context("fork")), results)
+    side_main(
+        "consumers",
+        target,
+        make_workload("smoke"),
+        "x",
+        Shared(multiprocessing.get_context("fork")),
+        results,
+    )
     items = [results.get_nowait() for _ in range(results.qsize())]
     (tb,) = [value for _side, status, value in items if status == "traceback"]
     (error,) = [value for _side, status, value in items if status == "error"]
     assert "\n" not in error and "ModuleNotFoundError" in error
     assert tb.startswith("Traceback")
-    r = build_result(target, make_workload("smoke"), "x",
-                     {"consumers": ("error", error), "producers": ("skipped", None)},
-                     BrokerCpu(None, "none"), 1.0, [f"consumers:\n{tb}"])
+    r = build_result(
+        target,
+        make_workload("smoke"),
+        "x",
+        {"consumers": ("error", error), "producers": ("skipped", None)},
+        BrokerCpu(None, "none"),
+        1.0,
+        [f"consumers:\n{tb}"],
+    )
     assert r["failures"] == [error] and r["tracebacks"]
     html = report.render_html(report.document(make_workload("smoke").as_dict(), [r], ["x"]))
     assert re.search(r'<li class="fail">[^<\n]*ModuleNotFoundError[^<\n]*</li>', html)
@@ -378,8 +519,11 @@ def test_kafka_without_its_client_is_one_line(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('librdkafka missing')\n")
     res = subprocess.run(
         [sys.executable, "-m", "polymq.core", "compare", "--url", "kafka=127.0.0.1:9"],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "kafka runs need confluent-kafka" in lines[0], res.stderr

@@ -13,8 +13,16 @@ def test_round_trip_every_field():
     m = Message(
         bytes(range(256)),
         key=b"k",
-        headers={"s": "é", "b": b"\x00", "i": -5, "f": 0.5, "t": True, "n": None,
-                 "l": [1, "x"], "d": {"a": 1}},
+        headers={
+            "s": "é",
+            "b": b"\x00",
+            "i": -5,
+            "f": 0.5,
+            "t": True,
+            "n": None,
+            "l": [1, "x"],
+            "d": {"a": 1},
+        },
         content_type="text/plain",
         content_encoding="gzip",
         message_id="m1",
@@ -79,9 +87,16 @@ def test_persisted_form_is_a_msgpack_array_of_the_fields_in_order():
     """Stores hold messages in this form and decode it by position: it must not change."""
     import msgpack
 
-    m = Message(b"\x00\xff", key=b"k", headers={"a": 1, "b": [1.5, "x"]}, message_id="ID:1",
-                priority=4, durable=True, annotations={"jms.type": "Bytes"},
-                routing_key="q")
+    m = Message(
+        b"\x00\xff",
+        key=b"k",
+        headers={"a": 1, "b": [1.5, "x"]},
+        message_id="ID:1",
+        priority=4,
+        durable=True,
+        annotations={"jms.type": "Bytes"},
+        routing_key="q",
+    )
     fields = [getattr(m, f) for f in message_module._FIELDS]
     assert m.to_bytes() == msgpack.packb(fields, use_bin_type=True)
     with pytest.raises(TypeError):

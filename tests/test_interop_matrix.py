@@ -38,24 +38,36 @@ SURVIVES: dict[str, tuple[frozenset, frozenset]] = {
     "content_type": (frozenset({"amqp", "mqtt5", "openwire"}), frozenset({"amqp", "mqtt5"})),
     "content_encoding": (frozenset({"amqp"}), frozenset({"amqp"})),
     "message_id": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
-    "correlation_id": (frozenset({"amqp", "mqtt5", "openwire"}),
-                       frozenset({"amqp", "mqtt5", "openwire"})),
-    "reply_to": (frozenset({"amqp", "mqtt5", "openwire"}),
-                 frozenset({"amqp", "mqtt5", "openwire"})),
+    "correlation_id": (
+        frozenset({"amqp", "mqtt5", "openwire"}),
+        frozenset({"amqp", "mqtt5", "openwire"}),
+    ),
+    "reply_to": (
+        frozenset({"amqp", "mqtt5", "openwire"}),
+        frozenset({"amqp", "mqtt5", "openwire"}),
+    ),
     "user_id": (frozenset({"amqp"}), frozenset({"amqp", "openwire"})),
     "type": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
-    "timestamp": (frozenset({"amqp", "kafka", "openwire"}),
-                  frozenset({"amqp", "kafka", "openwire"})),
-    "expiration": (frozenset({"amqp", "mqtt5", "openwire"}),
-                   frozenset({"amqp", "mqtt5", "openwire"})),
+    "timestamp": (
+        frozenset({"amqp", "kafka", "openwire"}),
+        frozenset({"amqp", "kafka", "openwire"}),
+    ),
+    "expiration": (
+        frozenset({"amqp", "mqtt5", "openwire"}),
+        frozenset({"amqp", "mqtt5", "openwire"}),
+    ),
     "priority": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
     # MQTT producers: QoS 1 = durable; Kafka records are always durable; MQTT consumers: QoS 1
     "durable": (ALL, frozenset({"amqp", "openwire", "mqtt311", "mqtt5"})),
-    "headers": (frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
-                frozenset({"amqp", "mqtt5", "kafka", "openwire"})),
+    "headers": (
+        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
+    ),
     # AMQP, MQTT 5 and JMS carry the Kafka key as the header / property x-kafka-key
-    "key": (frozenset({"amqp", "kafka", "mqtt5", "openwire"}),
-            frozenset({"amqp", "kafka", "mqtt5", "openwire"})),
+    "key": (
+        frozenset({"amqp", "kafka", "mqtt5", "openwire"}),
+        frozenset({"amqp", "kafka", "mqtt5", "openwire"}),
+    ),
     "jms_class": (ALL, frozenset({"openwire"})),
 }
 
@@ -69,8 +81,11 @@ REPLY = {"amqp": "reply.amqp", "mqtt5": "reply/mqtt", "openwire": "reply.jms"}
 # reply-to as each consumer sees it (docs/mapping.md, "Reply-to addresses")
 REPLY_SEEN = {
     "amqp": {"amqp": "reply.amqp", "mqtt5": "reply/amqp", "openwire": "queue://reply.amqp"},
-    "mqtt5": {"amqp": "topic://reply.mqtt", "mqtt5": "reply/mqtt",
-              "openwire": "topic://reply.mqtt"},
+    "mqtt5": {
+        "amqp": "topic://reply.mqtt",
+        "mqtt5": "reply/mqtt",
+        "openwire": "topic://reply.mqtt",
+    },
     "openwire": {"amqp": "reply.jms", "mqtt5": "reply/jms", "openwire": "queue://reply.jms"},
 }
 TYPED_HEADERS = {"h-str": "välue ✓", "h-int": 42, "h-long": 2**40, "h-bool": True}
@@ -206,8 +221,9 @@ def check(p: str, c: str, out: Out, got, sent_at: float, jms_id: str | None) -> 
             have = got.headers[k]
             eq(f"header {k}", want, have)
             if p in TYPED and c in TYPED and kind(want) != kind(have):
-                bad.append(f"header {k}: type {type(have).__name__}, "
-                           f"expected {type(want).__name__}")
+                bad.append(
+                    f"header {k}: type {type(have).__name__}, expected {type(want).__name__}"
+                )
     if survives("key"):
         eq("key", out.key, got.key)
     if survives("jms_class"):
@@ -220,11 +236,21 @@ def check(p: str, c: str, out: Out, got, sent_at: float, jms_id: str | None) -> 
 
 
 DOC_ROWS = {  # first words of the rows of docs/mapping.md's "What survives" table
-    "body": "body", "content type": "content_type", "content encoding": "content_encoding",
-    "message id": "message_id", "correlation id": "correlation_id", "reply-to": "reply_to",
-    "user id": "user_id", "type": "type", "timestamp": "timestamp",
-    "expiration / TTL": "expiration", "priority": "priority", "durability": "durable",
-    "headers / properties": "headers", "Kafka key": "key", "JMS message class": "jms_class",
+    "body": "body",
+    "content type": "content_type",
+    "content encoding": "content_encoding",
+    "message id": "message_id",
+    "correlation id": "correlation_id",
+    "reply-to": "reply_to",
+    "user id": "user_id",
+    "type": "type",
+    "timestamp": "timestamp",
+    "expiration / TTL": "expiration",
+    "priority": "priority",
+    "durability": "durable",
+    "headers / properties": "headers",
+    "Kafka key": "key",
+    "JMS message class": "jms_class",
 }
 
 
@@ -236,8 +262,13 @@ def _doc_protocols(cell: str) -> frozenset:
     cell = re.sub(r"\([^)]*\)", "", cell)  # remarks in parentheses
     found = set()
     for word in (w.strip() for w in cell.split(",")):
-        found |= {"AMQP": {"amqp"}, "MQTT 5": {"mqtt5"}, "MQTT": set(MQTT), "Kafka": {"kafka"},
-                  "JMS": {"openwire"}}[word]
+        found |= {
+            "AMQP": {"amqp"},
+            "MQTT 5": {"mqtt5"},
+            "MQTT": set(MQTT),
+            "Kafka": {"kafka"},
+            "JMS": {"openwire"},
+        }[word]
     return frozenset(found)
 
 
@@ -298,8 +329,7 @@ class _MatrixReport:
         tr.write_sep("=", "interoperability matrix (rows: producer, columns: consumer)")
         tr.write_line("".ljust(w) + "".join(c.ljust(w) for c in PROTOS))
         for p in PROTOS:
-            tr.write_line(p.ljust(w) + "".join(RESULTS.get((p, c), "-").ljust(w)
-                                               for c in PROTOS))
+            tr.write_line(p.ljust(w) + "".join(RESULTS.get((p, c), "-").ljust(w) for c in PROTOS))
 
 
 @pytest.fixture(scope="module")
@@ -393,22 +423,30 @@ def test_amqp_request_answered_by_jms_and_mqtt5(clients):
     assert reply_q == f"rpc.reply.{rid}"
     # JMS responder on queue rpc.jms.<rid>
     hj = jms.subscribe(f"rpc.jms.{rid}", kind="queue")
-    amqp.publish(f"rpc.jms.{rid}", Out(b"ask jms", correlation_id="c-jms",
-                                       reply_to=reply_q), exchange="")
+    amqp.publish(
+        f"rpc.jms.{rid}", Out(b"ask jms", correlation_id="c-jms", reply_to=reply_q), exchange=""
+    )
     (req,) = jms.receive(hj, 1, 5)
     assert req.reply_to == f"queue://{reply_q}" and req.correlation_id == "c-jms"
-    jms.publish(req.reply_to.removeprefix("queue://"),
-                Out(b"jms says hi", text=True, correlation_id=req.correlation_id), kind="queue")
+    jms.publish(
+        req.reply_to.removeprefix("queue://"),
+        Out(b"jms says hi", text=True, correlation_id=req.correlation_id),
+        kind="queue",
+    )
     # MQTT 5 responder on topic rpc/mqtt/<rid>
     hm = m5.subscribe(f"rpc.mqtt.{rid}")
     amqp.publish(f"rpc.mqtt.{rid}", Out(b"ask mqtt", correlation_id="c-mqtt", reply_to=reply_q))
     (req,) = m5.receive(hm, 1, 5)
     assert req.reply_to == f"rpc/reply/{rid}" and req.correlation_id == "c-mqtt"
-    m5.publish(req.reply_to.replace("/", "."),  # the wrapper addresses by routing key
-               Out(b"mqtt says hi", correlation_id=req.correlation_id))
+    m5.publish(
+        req.reply_to.replace("/", "."),  # the wrapper addresses by routing key
+        Out(b"mqtt says hi", correlation_id=req.correlation_id),
+    )
     answers = amqp.receive(reply_q, 2, 5)
     assert sorted((g.correlation_id, g.body) for g in answers) == [
-        ("c-jms", b"jms says hi"), ("c-mqtt", b"mqtt says hi")]
+        ("c-jms", b"jms says hi"),
+        ("c-mqtt", b"mqtt says hi"),
+    ]
     jms.done(hj)
     m5.done(hm)
     amqp.done(reply_q)
@@ -425,8 +463,7 @@ def test_mqtt5_and_jms_requests_answered_across(clients):
     m5.publish(f"svc.{rid}", Out(b"q", correlation_id="c1", reply_to=f"mr/{rid}"))
     (req,) = jms.receive(hj, 1, 5)
     assert req.reply_to == f"topic://mr.{rid}"
-    jms.publish(req.reply_to.removeprefix("topic://"), Out(b"a", text=True,
-                                                             correlation_id="c1"))
+    jms.publish(req.reply_to.removeprefix("topic://"), Out(b"a", text=True, correlation_id="c1"))
     (ans,) = m5.receive(hr, 1, 5)
     assert (ans.body, ans.correlation_id, ans.topic) == (b"a", "c1", f"mr/{rid}")
     # JMS -> AMQP -> JMS
@@ -462,8 +499,9 @@ def test_persistent_messages_survive_restart_across_protocols(tmp_path):
             amqp.ch.queue_declare("p.q1", durable=True)
             amqp.publish("p.q1", Out(BINARY, headers={"n": 1}), exchange="")
             # JMS -> queue://p.q2 (consumed by AMQP)
-            cl["openwire"].publish("p.q2", Out(TEXT.encode(), text=True, correlation_id="j"),
-                                   kind="queue")
+            cl["openwire"].publish(
+                "p.q2", Out(TEXT.encode(), text=True, correlation_id="j"), kind="queue"
+            )
             # MQTT QoS 1 -> p/mqtt (queue, consumed by JMS) and p/stream (consumed by Kafka)
             cl["mqtt5"].publish("p.mqtt", Out(b"mqtt persistent", content_type="text/plain"))
             cl["mqtt311"].publish("p.stream", Out(b"mqtt into a stream"))
@@ -482,10 +520,18 @@ def test_persistent_messages_survive_restart_across_protocols(tmp_path):
             h1 = jms.subscribe("p.q1", kind="queue")
             (g,) = jms.receive(h1, 1, 5)
             assert (g.body, g.jms_class, g.durable, g.headers.get("n")) == (
-                BINARY, "Bytes", True, 1)
+                BINARY,
+                "Bytes",
+                True,
+                1,
+            )
             (g,) = amqp.receive("p.q2", 1, 5)
             assert (g.body, g.content_type, g.correlation_id, g.durable) == (
-                TEXT.encode(), TEXT_CT, "j", True)
+                TEXT.encode(),
+                TEXT_CT,
+                "j",
+                True,
+            )
             h3 = jms.subscribe("p.from-mqtt", kind="queue")
             (g,) = jms.receive(h3, 1, 5)
             assert (g.body, g.jms_class) == (b"mqtt persistent", "Text")
@@ -595,11 +641,16 @@ def test_header_value_types_across_protocols(clients):
     hs = {c: clients[c].subscribe(key) for c in ("amqp", "mqtt5", "kafka", "openwire")}
     ts = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     secs = int(ts.timestamp())
-    amqp_headers = {"dec": decimal.Decimal("3.14"), "ts": ts, "nul": None,
-                    "lst": [1, "a"], "tbl": {"x": 1}, "neg": -7}
+    amqp_headers = {
+        "dec": decimal.Decimal("3.14"),
+        "ts": ts,
+        "nul": None,
+        "lst": [1, "a"],
+        "tbl": {"x": 1},
+        "neg": -7,
+    }
     clients["amqp"].publish(key, Out(b"a", headers=amqp_headers))
-    clients["openwire"].publish(key, Out(b"j", headers={"by": ("byte", 7),
-                                                         "sh": ("short", -300)}))
+    clients["openwire"].publish(key, Out(b"j", headers={"by": ("byte", 7), "sh": ("short", -300)}))
     got = {c: clients[c].receive(h, 2, 10) for c, h in hs.items()}
     for c, h in hs.items():
         clients[c].done(h)
@@ -613,12 +664,20 @@ def test_header_value_types_across_protocols(clients):
     assert (j_jms.jms_types["by"], j_jms.jms_types["sh"]) == ("byte", "short")  # JMS -> JMS
     a_m5, j_m5 = got["mqtt5"]
     assert {k: a_m5.headers[k] for k in ("dec", "ts", "nul", "neg")} == {
-        "dec": "3.14", "ts": str(secs), "nul": "", "neg": "-7"}
+        "dec": "3.14",
+        "ts": str(secs),
+        "nul": "",
+        "neg": "-7",
+    }
     assert (j_m5.headers["by"], j_m5.headers["sh"]) == ("7", "-300")
     assert (a_m5.headers["lst"], a_m5.headers["tbl"]) == ("[1, 'a']", "{'x': 1}")
     a_k, j_k = got["kafka"]
     assert {k: a_k.headers[k] for k in ("dec", "ts", "nul", "neg")} == {
-        "dec": b"3.14", "ts": str(secs).encode(), "nul": None, "neg": b"-7"}
+        "dec": b"3.14",
+        "ts": str(secs).encode(),
+        "nul": None,
+        "neg": b"-7",
+    }
     assert (j_k.headers["by"], j_k.headers["sh"]) == (b"7", b"-300")
 
 
@@ -637,15 +696,18 @@ def test_kafka_topic_is_a_stream_for_amqp(clients):
     ch = amqp.conn.channel()
     ch.basic_qos(prefetch_count=10)
     got = []
-    tag = ch.basic_consume(t, lambda c, m, p, b: got.append((b, p.headers)),
-                           arguments={"x-stream-offset": "first"})
+    tag = ch.basic_consume(
+        t, lambda c, m, p, b: got.append((b, p.headers)), arguments={"x-stream-offset": "first"}
+    )
     deadline = time.monotonic() + 5
     while len(got) < 2 and time.monotonic() < deadline:
         amqp.conn.process_data_events(0.05)
     ch.basic_cancel(tag)
     ch.close()
     assert [(b, h["x-kafka-key"], h["x-stream-offset"]) for b, h in got] == [
-        (b"rec-0", "k0", 0), (b"rec-1", "k1", 1)]
+        (b"rec-0", "k0", 0),
+        (b"rec-1", "k1", 1),
+    ]
     assert got[0][1]["h"] == "v"
     h = kafka.subscribe(t)
     recs = kafka.receive(h, 2, 10)

@@ -54,9 +54,16 @@ def produce(b, topic, values, partition=None, **conf) -> list:
 
 
 def consume(b, topic, n, group=None, timeout=20.0, **conf) -> list:
-    c = Consumer({"bootstrap.servers": bootstrap(b), "group.id": group or topic_name(),
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  **GROUP_SETTINGS, **conf})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap(b),
+            "group.id": group or topic_name(),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **GROUP_SETTINGS,
+            **conf,
+        }
+    )
     c.subscribe([topic])
     out = []
     deadline = time.time() + timeout
@@ -72,7 +79,8 @@ def consume(b, topic, n, group=None, timeout=20.0, **conf) -> list:
 
 
 @pytest.mark.parametrize(
-    "acks,idempotent", [("0", False), ("1", False), ("all", False), ("all", True)])
+    "acks,idempotent", [("0", False), ("1", False), ("all", False), ("all", True)]
+)
 def test_produce_consume_acks(kbroker, acks, idempotent):
     t = topic_name()
     values = [b"value-%d" % i for i in range(50)]
@@ -116,8 +124,14 @@ def test_group_of_two_and_leave(kbroker):
     assigned: dict[int, set] = {0: set(), 1: set()}
 
     def make(i):
-        c = Consumer({"bootstrap.servers": bootstrap(kbroker), "group.id": group,
-                      "auto.offset.reset": "earliest", **GROUP_SETTINGS})
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap(kbroker),
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                **GROUP_SETTINGS,
+            }
+        )
 
         def on_assign(consumer, parts):
             assigned[i] = {p.partition for p in parts}
@@ -132,8 +146,13 @@ def test_group_of_two_and_leave(kbroker):
     try:
         ok = _wait_assignment(
             [c0, c1],
-            lambda: assigned[0] and assigned[1] and assigned[0] | assigned[1] == {0, 1, 2, 3}
-            and not assigned[0] & assigned[1])
+            lambda: (
+                assigned[0]
+                and assigned[1]
+                and assigned[0] | assigned[1] == {0, 1, 2, 3}
+                and not assigned[0] & assigned[1]
+            ),
+        )
         assert ok, assigned
         c1.close()
         ok = _wait_assignment([c0], lambda: assigned[0] == {0, 1, 2, 3})
@@ -149,8 +168,13 @@ def test_commit_and_resume_after_consumer_and_broker_restart(tmp_path):
         t = topic_name()
         group = "g-" + t
         produce(b, t, [b"m%d" % i for i in range(30)], acks="all")
-        conf = {"bootstrap.servers": bootstrap(b), "group.id": group,
-                "auto.offset.reset": "earliest", "enable.auto.commit": False, **GROUP_SETTINGS}
+        conf = {
+            "bootstrap.servers": bootstrap(b),
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **GROUP_SETTINGS,
+        }
         c = Consumer(conf)
         c.subscribe([t])
         got = []
@@ -180,15 +204,22 @@ def test_commit_and_resume_after_consumer_and_broker_restart(tmp_path):
 def test_kcat_metadata_produce_consume(kbroker):
     t = topic_name()
     bs = bootstrap(kbroker)
-    r = subprocess.run(["kcat", "-b", bs, "-P", "-t", t, "-K:"], input=b"a:1\nb:2\nc:3\n",
-                       capture_output=True, timeout=30)
+    r = subprocess.run(
+        ["kcat", "-b", bs, "-P", "-t", t, "-K:"],
+        input=b"a:1\nb:2\nc:3\n",
+        capture_output=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     r = subprocess.run(["kcat", "-b", bs, "-L", "-t", t], capture_output=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert f'topic "{t}" with 1 partitions'.encode() in r.stdout
     assert b"leader 1" in r.stdout
-    r = subprocess.run(["kcat", "-b", bs, "-C", "-t", t, "-e", "-f", "%o %k %s\\n"],
-                       capture_output=True, timeout=30)
+    r = subprocess.run(
+        ["kcat", "-b", bs, "-C", "-t", t, "-e", "-f", "%o %k %s\\n"],
+        capture_output=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().splitlines() == ["0 a 1", "1 b 2", "2 c 3"]
 
@@ -219,13 +250,27 @@ def test_fetch_answers_larger_than_the_socket_buffer(kbroker):
     t = topic_name()
     n = 30000
     values = [b"%08d" % i + b"x" * 1016 for i in range(n)]
-    p = Producer({"bootstrap.servers": bootstrap(kbroker), "linger.ms": 20,
-                  "batch.size": 1000000, "queue.buffering.max.messages": 100000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap(kbroker),
+            "linger.ms": 20,
+            "batch.size": 1000000,
+            "queue.buffering.max.messages": 100000,
+        }
+    )
     for v in values:
         p.produce(t, v)
     assert p.flush(60) == 0
-    got = consume(kbroker, t, n, timeout=60.0, **{"max.partition.fetch.bytes": 10485760,
-                                                  "fetch.max.bytes": 52428800,
-                                                  "fetch.wait.max.ms": 100})
+    got = consume(
+        kbroker,
+        t,
+        n,
+        timeout=60.0,
+        **{
+            "max.partition.fetch.bytes": 10485760,
+            "fetch.max.bytes": 52428800,
+            "fetch.wait.max.ms": 100,
+        },
+    )
     assert len(got) == n
     assert [m.value()[:8] for m in got] == [v[:8] for v in values]

@@ -14,8 +14,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("cross"), adapters=["kafka", "amqp"],
-                      log_level="info")
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("cross"), adapters=["kafka", "amqp"], log_level="info"
+    )
     b.start()
     yield b
     try:
@@ -36,12 +37,14 @@ def test_amqp_publish_reaches_kafka_consumer(broker):
     p.produce(t, b"from-kafka", key=b"k1", headers=[("h", b"1")])  # creates the topic
     assert p.flush(10) == 0
     conn, ch = amqp_channel(broker)
-    ch.basic_publish("amq.topic", t, b"from-amqp",
-                     pika.BasicProperties(headers={"color": "red", "n": 7},
-                                          timestamp=int(time.time())))
+    ch.basic_publish(
+        "amq.topic",
+        t,
+        b"from-amqp",
+        pika.BasicProperties(headers={"color": "red", "n": 7}, timestamp=int(time.time())),
+    )
     conn.close()
-    c = Consumer({"bootstrap.servers": bs, "group.id": "x-" + t,
-                  "auto.offset.reset": "earliest"})
+    c = Consumer({"bootstrap.servers": bs, "group.id": "x-" + t, "auto.offset.reset": "earliest"})
     c.subscribe([t])
     got = []
     deadline = time.time() + 20
@@ -78,8 +81,7 @@ def test_kafka_produce_reaches_amqp_queue(broker):
     conn.close()
     assert bodies == [b"v%d" % i for i in range(5)]
     # the stream itself holds each record once (no loop back through amq.topic)
-    c = Consumer({"bootstrap.servers": bs, "group.id": "y-" + t,
-                  "auto.offset.reset": "earliest"})
+    c = Consumer({"bootstrap.servers": bs, "group.id": "y-" + t, "auto.offset.reset": "earliest"})
     lo, hi = c.get_watermark_offsets(TopicPartition(t, 0), timeout=10)
     c.close()
     assert (lo, hi) == (0, 5)
@@ -117,8 +119,11 @@ def test_kafka_python_compressed_batches_decoded_for_amqp(broker, codec):
     conn, ch = amqp_channel(broker)
     q = ch.queue_declare("", exclusive=True).method.queue
     ch.queue_bind(q, "amq.topic", t)
-    p = KafkaProducer(bootstrap_servers=f"{broker.host}:{broker.port('kafka')}",
-                      compression_type=codec, linger_ms=50)
+    p = KafkaProducer(
+        bootstrap_servers=f"{broker.host}:{broker.port('kafka')}",
+        compression_type=codec,
+        linger_ms=50,
+    )
     values = [(b"kp-%d " % i) * 30 for i in range(20)]
     for v in values:
         p.send(t, v)
@@ -163,8 +168,9 @@ def test_mqtt_and_kafka_both_ways(tmp_path):
             c.loop_stop()
             c.disconnect()
         assert got == [(t.replace(".", "/"), b"from-mqtt"), (t.replace(".", "/"), b"from-kafka")]
-        k = Consumer({"bootstrap.servers": bs, "group.id": "g" + t,
-                      "auto.offset.reset": "earliest"})
+        k = Consumer(
+            {"bootstrap.servers": bs, "group.id": "g" + t, "auto.offset.reset": "earliest"}
+        )
         k.subscribe([t])
         out = []
         deadline = time.time() + 10

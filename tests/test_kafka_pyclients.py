@@ -38,17 +38,30 @@ def test_kafka_python_defaults_group_seek_times(kbroker):
     t0 = int(time.time() * 1000)
     futures = []
     for i in range(20):
-        futures.append(p.send(t, value=b"v%d" % i, key=b"k", timestamp_ms=t0 + i * 1000,
-                              headers=[("n", str(i).encode())]))
+        futures.append(
+            p.send(
+                t,
+                value=b"v%d" % i,
+                key=b"k",
+                timestamp_ms=t0 + i * 1000,
+                headers=[("n", str(i).encode())],
+            )
+        )
     p.flush(15)
     offsets = [f.get(timeout=10).offset for f in futures]
     assert offsets == list(range(20))
     p.close()
 
-    c = KafkaConsumer(t, bootstrap_servers=bootstrap(kbroker), group_id="g-" + t,
-                      auto_offset_reset="earliest", enable_auto_commit=False,
-                      session_timeout_ms=6000, heartbeat_interval_ms=500,
-                      consumer_timeout_ms=15000)
+    c = KafkaConsumer(
+        t,
+        bootstrap_servers=bootstrap(kbroker),
+        group_id="g-" + t,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+        consumer_timeout_ms=15000,
+    )
     got = []
     for m in c:
         got.append(m)
@@ -77,13 +90,17 @@ def test_kafka_python_defaults_group_seek_times(kbroker):
 def test_kafka_python_admin_create_delete(kbroker):
     a = KafkaAdminClient(bootstrap_servers=bootstrap(kbroker))
     t = name()
-    a.create_topics([NewTopic(t, num_partitions=3, replication_factor=1,
-                              topic_configs={"retention.ms": "3600000"})])
+    a.create_topics(
+        [
+            NewTopic(
+                t, num_partitions=3, replication_factor=1, topic_configs={"retention.ms": "3600000"}
+            )
+        ]
+    )
     assert t in a.list_topics()
     desc = a.describe_topics([t])
     assert len(desc[0]["partitions"]) == 3
-    configs = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t)],
-                                 config_filter="all")
+    configs = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t)], config_filter="all")
     topic_configs = configs["topic"][t]
     assert topic_configs["retention.ms"]["value"] == "3600000"
     assert topic_configs["cleanup.policy"]["value"] == "delete"
@@ -97,9 +114,13 @@ def test_kafka_python_group_of_two(kbroker):
     a = KafkaAdminClient(bootstrap_servers=bootstrap(kbroker))
     a.create_topics([NewTopic(t, num_partitions=2, replication_factor=1)])
     a.close()
-    conf = dict(bootstrap_servers=bootstrap(kbroker), group_id="g-" + t,
-                auto_offset_reset="earliest", session_timeout_ms=6000,
-                heartbeat_interval_ms=300)
+    conf = dict(
+        bootstrap_servers=bootstrap(kbroker),
+        group_id="g-" + t,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=300,
+    )
     stop = threading.Event()
     assignments: dict[int, set] = {0: set(), 1: set()}
 
@@ -131,6 +152,7 @@ def test_kafka_python_group_of_two(kbroker):
 
 def test_aiokafka_produce_consume_group(kbroker):
     import aiokafka
+
     t = name()
 
     async def run():
@@ -142,16 +164,23 @@ def test_aiokafka_produce_consume_group(kbroker):
         finally:
             await prod.stop()
         cons = aiokafka.AIOKafkaConsumer(
-            t, bootstrap_servers=bootstrap(kbroker), group_id="g-" + t,
-            auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=300)
+            t,
+            bootstrap_servers=bootstrap(kbroker),
+            group_id="g-" + t,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=300,
+        )
         await cons.start()
         got = []
         try:
+
             async def take():
                 async for m in cons:
                     got.append(m.value)
                     if len(got) == 10:
                         return
+
             await asyncio.wait_for(take(), 30)
             await cons.commit()
             committed = await cons.committed(aiokafka.TopicPartition(t, 0))
@@ -172,10 +201,16 @@ def test_kafka_python_admin_groups(kbroker):
         p.send(t, b"x%d" % i)
     p.flush(15)
     p.close()
-    c = KafkaConsumer(t, bootstrap_servers=bootstrap(kbroker), group_id=group,
-                      auto_offset_reset="earliest", enable_auto_commit=False,
-                      session_timeout_ms=6000, heartbeat_interval_ms=300,
-                      consumer_timeout_ms=15000)
+    c = KafkaConsumer(
+        t,
+        bootstrap_servers=bootstrap(kbroker),
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=300,
+        consumer_timeout_ms=15000,
+    )
     n = 0
     for _ in c:
         n += 1
@@ -190,7 +225,8 @@ def test_kafka_python_admin_groups(kbroker):
         (member,) = desc["members"]
         assert member["client_host"] == "/127.0.0.1"
         assert member["member_assignment"]["assigned_partitions"] == [
-            {"topic": t, "partitions": [0]}]
+            {"topic": t, "partitions": [0]}
+        ]
         offsets = a.list_group_offsets({group: None})[group]
         assert offsets[TopicPartition(t, 0)].offset == 3
     finally:

@@ -17,8 +17,12 @@ from polymq.adapters.kafka.records import encode_batch
 
 @pytest.fixture(scope="module")
 def kbroker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("kafka"), adapters=["kafka"], log_level="info",
-                      settings={"adapters.kafka.max_request_size": 1024 * 1024})
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("kafka"),
+        adapters=["kafka"],
+        log_level="info",
+        settings={"adapters.kafka.max_request_size": 1024 * 1024},
+    )
     b.start()
     yield b
     try:
@@ -71,14 +75,25 @@ def still_served(b: BrokerProcess) -> None:
 
 
 def produce_body(topic: str, batch: bytes, acks: int = 1, partition: int = 0) -> dict:
-    return {"transactional_id": None, "acks": acks, "timeout_ms": 5000,
-            "topic_data": [{"name": topic, "partition_data": [
-                {"index": partition, "records": batch}]}]}
+    return {
+        "transactional_id": None,
+        "acks": acks,
+        "timeout_ms": 5000,
+        "topic_data": [{"name": topic, "partition_data": [{"index": partition, "records": batch}]}],
+    }
 
 
 def latest(c: Client, topic: str, partition: int = 0) -> int:
-    r = c.call(C.LIST_OFFSETS, 1, {"replica_id": -1, "topics": [
-        {"name": topic, "partitions": [{"partition_index": partition, "timestamp": -1}]}]})
+    r = c.call(
+        C.LIST_OFFSETS,
+        1,
+        {
+            "replica_id": -1,
+            "topics": [
+                {"name": topic, "partitions": [{"partition_index": partition, "timestamp": -1}]}
+            ],
+        },
+    )
     return r.topics[0].partitions[0].offset
 
 
@@ -89,15 +104,16 @@ def topic() -> str:
 def test_api_versions_v0_fallback_and_v3(kbroker):
     c = Client(kbroker)
     c.corr += 1
-    c.sock.sendall(C.encode_request(C.API_VERSIONS, 0, c.corr, "x", {})[:6]
-                   + struct.pack(">h", 77) + C.encode_request(C.API_VERSIONS, 0, c.corr, "x",
-                                                              {})[8:])
+    c.sock.sendall(
+        C.encode_request(C.API_VERSIONS, 0, c.corr, "x", {})[:6]
+        + struct.pack(">h", 77)
+        + C.encode_request(C.API_VERSIONS, 0, c.corr, "x", {})[8:]
+    )
     corr, r = C.decode_response(C.API_VERSIONS, 0, c.recv_frame())
     assert corr == c.corr and r.error_code == C.UNSUPPORTED_VERSION
     keys = {k.api_key: (k.min_version, k.max_version) for k in r.api_keys}
     assert keys[C.PRODUCE] == (0, 7) and keys[C.FETCH] == (4, 11)
-    r = c.call(C.API_VERSIONS, 3, {"client_software_name": "raw",
-                                   "client_software_version": "1"})
+    r = c.call(C.API_VERSIONS, 3, {"client_software_name": "raw", "client_software_version": "1"})
     assert r.error_code == 0 and len(r.api_keys) == len(keys)
     c.close()
 
@@ -117,8 +133,9 @@ def test_unsupported_version_closes_connection(kbroker):
     assert c.closed()
     # Produce v0-2 are advertised for old librdkafka but refused when used
     c = Client(kbroker)
-    c.sock.sendall(C.encode_request(C.PRODUCE, 2, 1, "x", {"acks": 1, "timeout_ms": 1,
-                                                            "topic_data": []}))
+    c.sock.sendall(
+        C.encode_request(C.PRODUCE, 2, 1, "x", {"acks": 1, "timeout_ms": 1, "topic_data": []})
+    )
     assert c.closed()
     still_served(kbroker)
 
@@ -165,8 +182,7 @@ def test_bad_crc_is_corrupt_message_and_nothing_appended(kbroker):
 def test_idempotent_retry_not_appended_twice(kbroker):
     t = topic()
     c = Client(kbroker)
-    r = c.call(C.INIT_PRODUCER_ID, 0, {"transactional_id": None,
-                                       "transaction_timeout_ms": 60000})
+    r = c.call(C.INIT_PRODUCER_ID, 0, {"transactional_id": None, "transaction_timeout_ms": 60000})
     pid, epoch = r.producer_id, r.producer_epoch
     assert pid >= 0
     recs = [(None, b"a", [], 1), (None, b"b", [], 2)]
@@ -193,12 +209,31 @@ def test_acks0_no_response_and_fetch_order(kbroker):
     c.call(C.METADATA, 4, {"topics": [{"name": t}], "allow_auto_topic_creation": True})
     c.send(C.PRODUCE, 7, produce_body(t, encode_batch([(None, b"x", [], 1)]), acks=0))
     # a long-polling fetch at the end of the log, then a metadata request: responses in order
-    fetch_body = {"replica_id": -1, "max_wait_ms": 800, "min_bytes": 10**6,
-                  "max_bytes": 10**6, "isolation_level": 0, "session_id": 0,
-                  "session_epoch": -1, "topics": [{"topic": t, "partitions": [
-                      {"partition": 0, "current_leader_epoch": -1, "fetch_offset": 0,
-                       "log_start_offset": -1, "partition_max_bytes": 10**6}]}],
-                  "forgotten_topics_data": [], "rack_id": ""}
+    fetch_body = {
+        "replica_id": -1,
+        "max_wait_ms": 800,
+        "min_bytes": 10**6,
+        "max_bytes": 10**6,
+        "isolation_level": 0,
+        "session_id": 0,
+        "session_epoch": -1,
+        "topics": [
+            {
+                "topic": t,
+                "partitions": [
+                    {
+                        "partition": 0,
+                        "current_leader_epoch": -1,
+                        "fetch_offset": 0,
+                        "log_start_offset": -1,
+                        "partition_max_bytes": 10**6,
+                    }
+                ],
+            }
+        ],
+        "forgotten_topics_data": [],
+        "rack_id": "",
+    }
     start = time.time()
     fc = c.send(C.FETCH, 11, fetch_body)
     mc = c.send(C.METADATA, 1, {"topics": [{"name": t}]})
@@ -216,10 +251,26 @@ def test_long_poll_woken_by_produce(kbroker):
     t = topic()
     c = Client(kbroker)
     c.call(C.METADATA, 4, {"topics": [{"name": t}], "allow_auto_topic_creation": True})
-    fetch_body = {"replica_id": -1, "max_wait_ms": 5000, "min_bytes": 1, "max_bytes": 10**6,
-                  "isolation_level": 0, "topics": [{"topic": t, "partitions": [
-                      {"partition": 0, "fetch_offset": 0, "log_start_offset": -1,
-                       "partition_max_bytes": 10**6}]}]}
+    fetch_body = {
+        "replica_id": -1,
+        "max_wait_ms": 5000,
+        "min_bytes": 1,
+        "max_bytes": 10**6,
+        "isolation_level": 0,
+        "topics": [
+            {
+                "topic": t,
+                "partitions": [
+                    {
+                        "partition": 0,
+                        "fetch_offset": 0,
+                        "log_start_offset": -1,
+                        "partition_max_bytes": 10**6,
+                    }
+                ],
+            }
+        ],
+    }
     start = time.time()
     fc = c.send(C.FETCH, 5, fetch_body)
     time.sleep(0.3)
@@ -233,19 +284,37 @@ def test_long_poll_woken_by_produce(kbroker):
     p.close()
 
 
-
 def test_answers_in_request_order_when_some_wait_for_the_disk(kbroker):
     """Produce (answered once fsynced), Metadata (answered at once), Produce, Fetch and
     ApiVersions in one write: the answers leave in request order."""
     t = topic()
     c = Client(kbroker)
     c.call(C.METADATA, 4, {"topics": [{"name": t}], "allow_auto_topic_creation": True})
-    fetch_body = {"replica_id": -1, "max_wait_ms": 300, "min_bytes": 10**6, "max_bytes": 10**6,
-                  "isolation_level": 0, "session_id": 0, "session_epoch": -1,
-                  "topics": [{"topic": t, "partitions": [
-                      {"partition": 0, "current_leader_epoch": -1, "fetch_offset": 0,
-                       "log_start_offset": -1, "partition_max_bytes": 10**6}]}],
-                  "forgotten_topics_data": [], "rack_id": ""}
+    fetch_body = {
+        "replica_id": -1,
+        "max_wait_ms": 300,
+        "min_bytes": 10**6,
+        "max_bytes": 10**6,
+        "isolation_level": 0,
+        "session_id": 0,
+        "session_epoch": -1,
+        "topics": [
+            {
+                "topic": t,
+                "partitions": [
+                    {
+                        "partition": 0,
+                        "current_leader_epoch": -1,
+                        "fetch_offset": 0,
+                        "log_start_offset": -1,
+                        "partition_max_bytes": 10**6,
+                    }
+                ],
+            }
+        ],
+        "forgotten_topics_data": [],
+        "rack_id": "",
+    }
     for _ in range(5):
         sent = []
         data = b""
@@ -269,8 +338,9 @@ def test_answers_in_request_order_when_some_wait_for_the_disk(kbroker):
 def test_idle_connections_are_closed(broker_factory):
     """idle_timeout (Kafka's connections.max.idle.ms) closes a connection that sends nothing;
     one that keeps sending stays."""
-    b = broker_factory(adapters=["kafka"], store="memory",
-                       settings={"adapters.kafka.idle_timeout": 1.0})
+    b = broker_factory(
+        adapters=["kafka"], store="memory", settings={"adapters.kafka.idle_timeout": 1.0}
+    )
     idle, busy = Client(b), Client(b)
     assert idle.call(C.API_VERSIONS, 0, {}).error_code == 0
     start = time.time()

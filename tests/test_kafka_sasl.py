@@ -17,9 +17,12 @@ from polymq.adapters.kafka import codec as C
 
 @pytest.fixture(scope="module")
 def sbroker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("sasl"), adapters=["kafka"], log_level="info",
-                      settings={"adapters.kafka.sasl": True,
-                                "security.sasl_plain_without_tls": True})
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("sasl"),
+        adapters=["kafka"],
+        log_level="info",
+        settings={"adapters.kafka.sasl": True, "security.sasl_plain_without_tls": True},
+    )
     b.start()
     yield b
     try:
@@ -29,9 +32,13 @@ def sbroker(tmp_path_factory):
 
 
 def conf(b, user, password):
-    return {"bootstrap.servers": f"{b.host}:{b.port('kafka')}",
-            "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
-            "sasl.username": user, "sasl.password": password}
+    return {
+        "bootstrap.servers": f"{b.host}:{b.port('kafka')}",
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": user,
+        "sasl.password": password,
+    }
 
 
 def test_confluent_plain_accepted(sbroker):
@@ -39,8 +46,9 @@ def test_confluent_plain_accepted(sbroker):
     p = Producer(conf(sbroker, "guest", "guest"))
     p.produce(t, b"secret")
     assert p.flush(15) == 0
-    c = Consumer({**conf(sbroker, "guest", "guest"), "group.id": t,
-                  "auto.offset.reset": "earliest"})
+    c = Consumer(
+        {**conf(sbroker, "guest", "guest"), "group.id": t, "auto.offset.reset": "earliest"}
+    )
     c.subscribe([t])
     got = None
     deadline = time.time() + 15
@@ -54,17 +62,22 @@ def test_confluent_plain_accepted(sbroker):
 
 def test_confluent_wrong_password_refused(sbroker):
     errors = []
-    p = Producer({**conf(sbroker, "guest", "nope"), "error_cb": errors.append,
-                  "message.timeout.ms": 2000})
+    p = Producer(
+        {**conf(sbroker, "guest", "nope"), "error_cb": errors.append, "message.timeout.ms": 2000}
+    )
     p.produce("s-refused", b"x")
     p.flush(5)
     assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
 
 
 def test_kafka_python_plain(sbroker):
-    p = KafkaProducer(bootstrap_servers=f"{sbroker.host}:{sbroker.port('kafka')}",
-                      security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN",
-                      sasl_plain_username="guest", sasl_plain_password="guest")
+    p = KafkaProducer(
+        bootstrap_servers=f"{sbroker.host}:{sbroker.port('kafka')}",
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_plain_username="guest",
+        sasl_plain_password="guest",
+    )
     md = p.send("s-" + uuid.uuid4().hex[:8], b"v").get(timeout=15)
     assert md.offset == 0
     p.close()
@@ -113,8 +126,7 @@ def test_authenticate_v1_wrong_password(sbroker):
     s.sendall(C.encode_request(C.SASL_HANDSHAKE, 1, 2, "x", {"mechanism": "PLAIN"}))
     _, r = C.decode_response(C.SASL_HANDSHAKE, 1, _recv_frame(s))
     assert r.error_code == 0
-    s.sendall(C.encode_request(C.SASL_AUTHENTICATE, 1, 3, "x",
-                               {"auth_bytes": b"\x00guest\x00bad"}))
+    s.sendall(C.encode_request(C.SASL_AUTHENTICATE, 1, 3, "x", {"auth_bytes": b"\x00guest\x00bad"}))
     _, r = C.decode_response(C.SASL_AUTHENTICATE, 1, _recv_frame(s))
     assert r.error_code == C.SASL_AUTHENTICATION_FAILED and "password" in r.error_message
     s.close()

@@ -31,8 +31,7 @@ PRIMS = {
     C.STR: small_names,
     C.NSTR: st.none() | small_names,
     C.BYTES: st.binary(max_size=20),
-    C.NBYTES: st.none() | st.binary(max_size=20) | st.just(
-        encode_batch([(b"k", b"v", [], 1)])),
+    C.NBYTES: st.none() | st.binary(max_size=20) | st.just(encode_batch([(b"k", b"v", [], 1)])),
 }
 
 
@@ -46,8 +45,7 @@ def strategy(fields, version):
 
 def type_strategy(typ, version):
     if isinstance(typ, C.Arr):
-        inner = (PRIMS[typ.fields] if isinstance(typ.fields, str)
-                 else strategy(typ.fields, version))
+        inner = PRIMS[typ.fields] if isinstance(typ.fields, str) else strategy(typ.fields, version)
         s = st.lists(inner, max_size=3)
         return st.none() | s if typ.nullable else s
     return PRIMS[typ]
@@ -59,8 +57,7 @@ def requests():
         for ver in range(lo, hi + 1):
             if ver in C.REFUSED_VERSIONS.get(api, ()):
                 continue
-            cases.append(st.tuples(st.just(api), st.just(ver),
-                                   strategy(C.SCHEMAS[api][0], ver)))
+            cases.append(st.tuples(st.just(api), st.just(ver), strategy(C.SCHEMAS[api][0], ver)))
     return st.one_of(cases)
 
 
@@ -85,8 +82,8 @@ def frames_out(tr) -> list[bytes]:
     while out:
         (n,) = struct.unpack(">i", out[:4])
         assert len(out) >= 4 + n
-        frames.append(out[4:4 + n])
-        out = out[4 + n:]
+        frames.append(out[4 : 4 + n])
+        out = out[4 + n :]
     return frames
 
 
@@ -116,9 +113,15 @@ def test_session_never_fails_internally(reqs, sasl):
 def test_responses_in_request_order_while_join_waits():
     clock, conn, tr = make_session()
     conn.factory.server.coordinator.initial_delay = 0.5
-    join = {"group_id": "g", "session_timeout_ms": 1000, "rebalance_timeout_ms": 1000,
-            "member_id": "", "group_instance_id": None, "protocol_type": "consumer",
-            "protocols": [{"name": "range", "metadata": b""}]}
+    join = {
+        "group_id": "g",
+        "session_timeout_ms": 1000,
+        "rebalance_timeout_ms": 1000,
+        "member_id": "",
+        "group_instance_id": None,
+        "protocol_type": "consumer",
+        "protocols": [{"name": "range", "metadata": b""}],
+    }
     conn.dataReceived(C.encode_request(C.JOIN_GROUP, 5, 1, "c", join))
     conn.dataReceived(C.encode_request(C.API_VERSIONS, 0, 2, "c", {}))
     assert frames_out(tr) == []  # the ApiVersions answer waits behind the JoinGroup
@@ -135,8 +138,7 @@ def test_coordinator_rebalance_and_session_timeout():
     def rec(key):
         return lambda body: got.__setitem__(key, body)
 
-    co.join("g", "", "a", "h", 1000, 1000, "consumer", [("range", b"A"), ("rr", b"a")],
-            rec("a1"))
+    co.join("g", "", "a", "h", 1000, 1000, "consumer", [("range", b"A"), ("rr", b"a")], rec("a1"))
     a = got["a1"]["member_id"]
     assert got["a1"]["generation_id"] == 1 and got["a1"]["leader"] == a
     co.sync("g", 1, a, [(a, b"all")], rec("sa"))
@@ -145,8 +147,7 @@ def test_coordinator_rebalance_and_session_timeout():
     co.join("g", "", "b", "h", 1000, 1000, "consumer", [("rr", b"B")], rec("b1"))
     assert "b1" not in got
     assert co.heartbeat("g", 1, a) == C.REBALANCE_IN_PROGRESS
-    co.join("g", a, "a", "h", 1000, 1000, "consumer", [("range", b"A"), ("rr", b"a")],
-            rec("a2"))
+    co.join("g", a, "a", "h", 1000, 1000, "consumer", [("range", b"A"), ("rr", b"a")], rec("a2"))
     assert got["a2"]["generation_id"] == 2 and got["a2"]["protocol_name"] == "rr"
     assert len(got["a2"]["members"]) == 2 and got["b1"]["members"] == []
     b = got["b1"]["member_id"]
@@ -186,13 +187,13 @@ def test_transport_back_pressure_and_frame_split():
     # frames split at every byte boundary still come out whole and in order
     data = b"".join(C.encode_request(C.API_VERSIONS, 0, i, "c", {}) for i in range(3))
     for i in range(len(data)):
-        proto.dataReceived(data[i:i + 1])
+        proto.dataReceived(data[i : i + 1])
     out = tr.value()
     corrs = []
     while out:
         (n,) = struct.unpack(">i", out[:4])
         corrs.append(struct.unpack(">i", out[4:8])[0])
-        out = out[4 + n:]
+        out = out[4 + n :]
     assert corrs == [0, 1, 2]
     # a negative length closes the connection
     proto.dataReceived(struct.pack(">i", -1))
@@ -200,18 +201,45 @@ def test_transport_back_pressure_and_frame_split():
 
 
 def produce_req(topic: str, value: bytes, acks: int = 1) -> dict:
-    return {"transactional_id": None, "acks": acks, "timeout_ms": 5000,
-            "topic_data": [{"name": topic, "partition_data": [
-                {"index": 0, "records": encode_batch([(None, value, [], 1)])}]}]}
+    return {
+        "transactional_id": None,
+        "acks": acks,
+        "timeout_ms": 5000,
+        "topic_data": [
+            {
+                "name": topic,
+                "partition_data": [{"index": 0, "records": encode_batch([(None, value, [], 1)])}],
+            }
+        ],
+    }
 
 
 def fetch_req(topic: str, offset: int = 0, max_wait_ms: int = 0) -> dict:
-    return {"replica_id": -1, "max_wait_ms": max_wait_ms, "min_bytes": 1, "max_bytes": 10**6,
-            "isolation_level": 0, "session_id": 0, "session_epoch": -1,
-            "topics": [{"topic": topic, "partitions": [
-                {"partition": 0, "current_leader_epoch": -1, "fetch_offset": offset,
-                 "log_start_offset": -1, "partition_max_bytes": 10**6}]}],
-            "forgotten_topics_data": [], "rack_id": ""}
+    return {
+        "replica_id": -1,
+        "max_wait_ms": max_wait_ms,
+        "min_bytes": 1,
+        "max_bytes": 10**6,
+        "isolation_level": 0,
+        "session_id": 0,
+        "session_epoch": -1,
+        "topics": [
+            {
+                "topic": topic,
+                "partitions": [
+                    {
+                        "partition": 0,
+                        "current_leader_epoch": -1,
+                        "fetch_offset": offset,
+                        "log_start_offset": -1,
+                        "partition_max_bytes": 10**6,
+                    }
+                ],
+            }
+        ],
+        "forgotten_topics_data": [],
+        "rack_id": "",
+    }
 
 
 def test_publishing_blocked_holds_produce_answers_and_reading():
@@ -219,9 +247,11 @@ def test_publishing_blocked_holds_produce_answers_and_reading():
     conn.dataReceived(C.encode_request(C.PRODUCE, 7, 1, "c", produce_req("t", b"before")))
     assert corrs_out(tr) == [1]
     conn.factory.registry.set_publishing_blocked(True, "memory")
-    conn.dataReceived(C.encode_request(C.PRODUCE, 3, 2, "c", produce_req("t", b"v3"))
-                      + C.encode_request(C.PRODUCE, 7, 3, "c", produce_req("t", b"v7"))
-                      + C.encode_request(C.API_VERSIONS, 0, 4, "c", {}))
+    conn.dataReceived(
+        C.encode_request(C.PRODUCE, 3, 2, "c", produce_req("t", b"v3"))
+        + C.encode_request(C.PRODUCE, 7, 3, "c", produce_req("t", b"v7"))
+        + C.encode_request(C.API_VERSIONS, 0, 4, "c", {})
+    )
     assert frames_out(tr) == []  # held, and the ApiVersions answer stays behind them
     assert tr.producerState == "paused"  # no more requests are read meanwhile
     clock.advance(2.5)
@@ -261,16 +291,23 @@ def test_authorization_check_points_and_counters():
         return not name.startswith("secret")
 
     conn.broker.authorizer = authorizer
-    conn.dataReceived(C.encode_request(C.PRODUCE, 7, 1, "c", produce_req("open", b"a"))
-                      + C.encode_request(C.PRODUCE, 7, 2, "c", produce_req("open", b"b"))
-                      + C.encode_request(C.PRODUCE, 7, 3, "c", produce_req("secret", b"x")))
+    conn.dataReceived(
+        C.encode_request(C.PRODUCE, 7, 1, "c", produce_req("open", b"a"))
+        + C.encode_request(C.PRODUCE, 7, 2, "c", produce_req("open", b"b"))
+        + C.encode_request(C.PRODUCE, 7, 3, "c", produce_req("secret", b"x"))
+    )
     frames = frames_out(tr)
-    codes = [C.decode_response(C.PRODUCE, 7, f)[1]
-             .responses[0].partition_responses[0].error_code for f in frames]
+    codes = [
+        C.decode_response(C.PRODUCE, 7, f)[1].responses[0].partition_responses[0].error_code
+        for f in frames
+    ]
     assert codes == [0, 0, C.TOPIC_AUTHORIZATION_FAILED]
     # write asked once per topic and connection; the auto-creation asked for configure
-    assert asked == [("write", "topic", "open"), ("configure", "topic", "open"),
-                     ("write", "topic", "secret")]
+    assert asked == [
+        ("write", "topic", "open"),
+        ("configure", "topic", "open"),
+        ("write", "topic", "secret"),
+    ]
     assert conn.info.messages_in == 2
     conn.dataReceived(C.encode_request(C.FETCH, 11, 4, "c", fetch_req("open")))
     conn.dataReceived(C.encode_request(C.FETCH, 11, 5, "c", fetch_req("secret")))
@@ -280,9 +317,15 @@ def test_authorization_check_points_and_counters():
     _, r = C.decode_response(C.FETCH, 11, f_secret)
     assert r.responses[0].partitions[0].error_code == C.TOPIC_AUTHORIZATION_FAILED
     assert conn.info.messages_out == 2
-    join = {"group_id": "secret-group", "session_timeout_ms": 1000,
-            "rebalance_timeout_ms": 1000, "member_id": "", "group_instance_id": None,
-            "protocol_type": "consumer", "protocols": [{"name": "range", "metadata": b""}]}
+    join = {
+        "group_id": "secret-group",
+        "session_timeout_ms": 1000,
+        "rebalance_timeout_ms": 1000,
+        "member_id": "",
+        "group_instance_id": None,
+        "protocol_type": "consumer",
+        "protocols": [{"name": "range", "metadata": b""}],
+    }
     conn.dataReceived(C.encode_request(C.JOIN_GROUP, 5, 6, "c", join))
     (f,) = frames_out(tr)
     _, r = C.decode_response(C.JOIN_GROUP, 5, f)

@@ -17,6 +17,7 @@ from brokerproc import BrokerProcess
 
 ALL_ADAPTERS = ["amqp", "mqtt", "kafka", "openwire"]
 
+
 def start_broker(
     workdir: Path,
     adapters=ALL_ADAPTERS,

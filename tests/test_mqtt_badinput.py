@@ -25,9 +25,11 @@ BOTH = pytest.mark.parametrize("level", [4, 5], ids=["v311", "v5"])
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = start_broker(tmp_path_factory, store="memory",
-                     settings={"adapters.mqtt.max_packet_size": 65536,
-                               "adapters.mqtt.handshake_timeout": 1.0})
+    b = start_broker(
+        tmp_path_factory,
+        store="memory",
+        settings={"adapters.mqtt.max_packet_size": 65536, "adapters.mqtt.handshake_timeout": 1.0},
+    )
     yield b
     b.stop()
 
@@ -91,9 +93,11 @@ def test_huge_connect_is_refused_before_it_is_buffered(broker, bystander):
     assert closed(s, timeout=3)
 
 
-@pytest.mark.parametrize("first", [b"\x30\x02\x00\x00", b"\x82\x06\x00\x01\x00\x01a\x00",
-                                   b"\xc0\x00", b"\x20\x02\x00\x00"],
-                         ids=["publish", "subscribe", "pingreq", "connack"])
+@pytest.mark.parametrize(
+    "first",
+    [b"\x30\x02\x00\x00", b"\x82\x06\x00\x01\x00\x01a\x00", b"\xc0\x00", b"\x20\x02\x00\x00"],
+    ids=["publish", "subscribe", "pingreq", "connack"],
+)
 def test_packet_before_connect(broker, bystander, first):
     s = raw(broker)
     s.sendall(first)
@@ -216,8 +220,9 @@ def test_unsupported_protocol_level(broker, bystander):
 
 
 def test_connection_caps(broker_factory):
-    b = broker_factory(adapters=["mqtt"], store="memory",
-                       settings={"adapters.mqtt.max_connections_per_host": 2})
+    b = broker_factory(
+        adapters=["mqtt"], store="memory", settings={"adapters.mqtt.max_connections_per_host": 2}
+    )
     a1, a2 = raw(b), raw(b)
     for s in (a1, a2):
         s.sendall(connect_packet(uid("cap")))

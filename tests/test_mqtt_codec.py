@@ -31,8 +31,7 @@ prop_dicts = st.fixed_dictionaries(
         "correlation_data": st.binary(max_size=20),
         "topic_alias": st.integers(1, 65535),
         "user_property": user_props.filter(bool),
-        "subscription_identifier": st.lists(st.integers(1, 268_435_455), min_size=1,
-                                            max_size=2),
+        "subscription_identifier": st.lists(st.integers(1, 268_435_455), min_size=1, max_size=2),
     },
 )
 
@@ -41,10 +40,17 @@ def as_dict(items):
     return c.props_to_dict(items)
 
 
-@given(topics, pids, payloads, st.integers(0, 2), st.booleans(), st.booleans(),
-       st.sampled_from([c.V311, c.V5]), prop_dicts)
-def test_encode_publish_matches_declaration(topic, pid, payload, qos, retain, dup, version,
-                                            props):
+@given(
+    topics,
+    pids,
+    payloads,
+    st.integers(0, 2),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([c.V311, c.V5]),
+    prop_dicts,
+)
+def test_encode_publish_matches_declaration(topic, pid, payload, qos, retain, dup, version, props):
     block = c.encode_props(props) if version == c.V5 else None
     data = c.encode_publish(topic.encode(), payload, qos, pid, retain, dup, block)
     first = data[0]
@@ -59,19 +65,25 @@ def test_encode_publish_matches_declaration(topic, pid, payload, qos, retain, du
     assert parsed.packet_id == (pid if qos else None)
     if version == c.V5:
         assert as_dict(parsed.properties["items"]) == {
-            k: (list(v) if isinstance(v, list) else v) for k, v in props.items()}
+            k: (list(v) if isinstance(v, list) else v) for k, v in props.items()
+        }
     # and the fast decoder agrees with the declaration
     t, p, blk, pl, tb = c.decode_publish(first & 0x0F, body, version)
     assert (t, p, pl, tb) == (topic, parsed.packet_id, payload, topic.encode())
     if version == c.V5:
         assert (c.props_from_block(blk) if blk is not None else {}) == as_dict(
-            parsed.properties["items"])
+            parsed.properties["items"]
+        )
 
 
 @given(topics, pids, payloads, st.integers(0, 2), st.sampled_from([c.V311, c.V5]), prop_dicts)
 def test_decode_publish_of_declared_frames(topic, pid, payload, qos, version, props):
-    fields = {"topic": topic, "packet_id": pid if qos else None, "payload": payload,
-              "properties": None}
+    fields = {
+        "topic": topic,
+        "packet_id": pid if qos else None,
+        "payload": payload,
+        "properties": None,
+    }
     if version == c.V5:
         items = c.Properties.parse(c.encode_props(props))["items"]
         fields["properties"] = {"items": items}
@@ -80,8 +92,12 @@ def test_decode_publish_of_declared_frames(topic, pid, payload, qos, version, pr
     assert (t, p, pl) == (topic, pid if qos else None, payload)
 
 
-@given(st.sampled_from([c.PUBACK, c.PUBREC, c.PUBREL, c.PUBCOMP]), pids,
-       st.sampled_from([0, 0x10, 0x80, 0x92]), st.sampled_from([c.V311, c.V5]))
+@given(
+    st.sampled_from([c.PUBACK, c.PUBREC, c.PUBREL, c.PUBCOMP]),
+    pids,
+    st.sampled_from([0, 0x10, 0x80, 0x92]),
+    st.sampled_from([c.V311, c.V5]),
+)
 def test_encode_ack_matches_declaration(ptype, pid, reason, version):
     if version == c.V311:
         reason = 0
@@ -101,16 +117,19 @@ def test_varint_matches_declaration(n):
     assert len(enc) <= 4
 
 
-@given(st.lists(st.tuples(st.sampled_from([0x30, 0x40, 0xC0, 0x82]), st.binary(max_size=400)),
-                max_size=8),
-       st.lists(st.integers(1, 50), max_size=30))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0x30, 0x40, 0xC0, 0x82]), st.binary(max_size=400)), max_size=8
+    ),
+    st.lists(st.integers(1, 50), max_size=30),
+)
 def test_frame_reader_splits_any_chunking(frames, cuts):
     stream = b"".join(c.frame(f, b) for f, b in frames)
     reader = c.FrameReader(1 << 20)
     got = []
     pos = 0
     for n in cuts:
-        got += reader.feed(stream[pos:pos + n])
+        got += reader.feed(stream[pos : pos + n])
         pos += n
     got += reader.feed(stream[pos:])
     assert reader.error is None
@@ -189,8 +208,12 @@ frames_st = st.lists(
     st.one_of(
         st.binary(max_size=64),
         st.builds(lambda t, b: c.frame(t, b), st.integers(0, 255), st.binary(max_size=64)),
-        st.builds(lambda t, qos, body: c.frame(0x30 | (qos << 1), c._utf8(t) + body),
-                  st.text(max_size=10), st.integers(0, 3), st.binary(max_size=20)),
+        st.builds(
+            lambda t, qos, body: c.frame(0x30 | (qos << 1), c._utf8(t) + body),
+            st.text(max_size=10),
+            st.integers(0, 3),
+            st.binary(max_size=20),
+        ),
     ),
     max_size=10,
 )
@@ -226,9 +249,11 @@ def broker(tmp_path_factory):
     b.stop()
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow,
-                                                  HealthCheck.function_scoped_fixture],
-          deadline=None)
+@settings(
+    max_examples=40,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    deadline=None,
+)
 @given(st.sampled_from([b"", CONNECT_V3, CONNECT_V5]), frames_st)
 def test_fuzz_real_socket(broker, prefix, frames):
     s = socket.create_connection((broker.host, broker.port("mqtt")), timeout=2)
@@ -250,14 +275,21 @@ def _sub_frame(pid, flt, opts, v5):
 
 ops_st = st.lists(
     st.one_of(
-        st.builds(lambda pid, f, o: ("sub", pid, f, o), pids,
-                  st.sampled_from(["a/#", "+/b", "#", "$share/g/a/+", "a/b", "$SYS/#"]),
-                  st.integers(0, 0x2F)),
-        st.builds(lambda t, q, r, pid, body: ("pub", t, q, r, pid, body),
-                  st.sampled_from(["a/b", "a", "x/b", "$SYS/x", "a/b/c"]), st.integers(0, 2),
-                  st.booleans(), pids, st.binary(max_size=10)),
-        st.builds(lambda t, pid: ("ack", t, pid), st.sampled_from([4, 5, 6, 7]),
-                  st.integers(1, 5)),
+        st.builds(
+            lambda pid, f, o: ("sub", pid, f, o),
+            pids,
+            st.sampled_from(["a/#", "+/b", "#", "$share/g/a/+", "a/b", "$SYS/#"]),
+            st.integers(0, 0x2F),
+        ),
+        st.builds(
+            lambda t, q, r, pid, body: ("pub", t, q, r, pid, body),
+            st.sampled_from(["a/b", "a", "x/b", "$SYS/x", "a/b/c"]),
+            st.integers(0, 2),
+            st.booleans(),
+            pids,
+            st.binary(max_size=10),
+        ),
+        st.builds(lambda t, pid: ("ack", t, pid), st.sampled_from([4, 5, 6, 7]), st.integers(1, 5)),
         st.builds(lambda f: ("unsub", f), st.sampled_from(["a/#", "+/b", "$share/g/a/+"])),
         st.just(("ping",)),
     ),
@@ -273,8 +305,11 @@ def test_fuzz_valid_sequences_keep_invariants(v5, ops):
     conns = []
     for cid in ("p", "q"):
         sink = conn = Sink(server)
-        conn.data_received(CONNECT_V5.replace(b"\x02ab", b"\x02" + cid.encode() * 2)
-                           if v5 else CONNECT_V3.replace(b"ab", cid.encode() * 2))
+        conn.data_received(
+            CONNECT_V5.replace(b"\x02ab", b"\x02" + cid.encode() * 2)
+            if v5
+            else CONNECT_V3.replace(b"ab", cid.encode() * 2)
+        )
         assert sink.out[0].startswith(b"\x20")  # CONNACK
         sinks.append(sink)
         conns.append(conn)
@@ -304,8 +339,7 @@ def test_fuzz_valid_sequences_keep_invariants(v5, ops):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 300_000), min_size=1, max_size=4),
-       st.integers(1, 70_000), st.data())
+@given(st.lists(st.integers(0, 300_000), min_size=1, max_size=4), st.integers(1, 70_000), st.data())
 def test_frame_reader_large_packets_any_chunking(sizes, chunk, data):
     frames = [(0x30, bytes([i % 251]) * n) for i, n in enumerate(sizes)]
     stream = b"".join(c.frame(f, b) for f, b in frames)
@@ -314,7 +348,7 @@ def test_frame_reader_large_packets_any_chunking(sizes, chunk, data):
     pos = 0
     while pos < len(stream):
         step = data.draw(st.integers(1, chunk))
-        got += reader.feed(stream[pos:pos + step])
+        got += reader.feed(stream[pos : pos + step])
         pos += step
     assert reader.error is None
     assert got == frames
@@ -329,6 +363,6 @@ def test_frame_reader_big_packet_in_small_reads_is_linear():
     start = time.process_time()
     got = []
     for i in range(0, len(stream), 65536):
-        got += reader.feed(stream[i:i + 65536])
+        got += reader.feed(stream[i : i + 65536])
     assert got == [(0x30, body)]
     assert time.process_time() - start < 1.0  # quadratic concatenation took many seconds

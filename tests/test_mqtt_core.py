@@ -41,7 +41,10 @@ def test_publish_qos_0_1_2_both_directions(broker, version):
         pub.publish(f"{t}/{qos}", f"m{qos}".encode(), qos=qos)
     got = sorted(sub.get_n(3), key=lambda m: m.topic)
     assert [(m.topic, m.payload, m.qos) for m in got] == [
-        (f"{t}/0", b"m0", 0), (f"{t}/1", b"m1", 1), (f"{t}/2", b"m2", 2)]
+        (f"{t}/0", b"m0", 0),
+        (f"{t}/1", b"m1", 1),
+        (f"{t}/2", b"m2", 2),
+    ]
     # the subscription QoS caps the delivery QoS
     sub1 = Client(broker, version=version)
     sub1.subscribe(t + "/#", qos=1)
@@ -66,7 +69,10 @@ def test_wildcards_and_overlapping_subscriptions(broker, version):
     got = sub.get_n(3)
     # overlapping subscriptions: one copy, the highest granted QoS
     assert sorted((m.topic, m.payload, m.qos) for m in got) == [
-        (t, b"3", 1), (f"{t}/b/c", b"1", 1), (f"{t}/b/d", b"2", 1)]
+        (t, b"3", 1),
+        (f"{t}/b/c", b"1", 1),
+        (f"{t}/b/d", b"2", 1),
+    ]
     assert sub.none()
     sub.unsubscribe(f"{t}/#")
     pub.publish(f"{t}/b/d", b"5", qos=1)
@@ -107,7 +113,9 @@ def test_retained_store_deliver_clear(broker, version):
     sub.subscribe(f"{t}/+", qos=1)
     got = sorted(sub.get_n(2), key=lambda m: m.topic)
     assert [(m.topic, m.payload, m.retain) for m in got] == [
-        (f"{t}/a", b"keep", True), (f"{t}/b", b"keep-b", True)]
+        (f"{t}/a", b"keep", True),
+        (f"{t}/b", b"keep-b", True),
+    ]
     # live messages are not flagged retained
     pub.publish(f"{t}/a", b"live", qos=1, retain=True)
     m = sub.get()
@@ -237,11 +245,11 @@ def test_inflight_resent_with_dup_on_reconnect(broker):
     for _ in range(2):  # acknowledged ones first, so the packet ids have moved on
         pub.publish(t, b"acked", qos=1)
         first, body = recv_packet(s)
-        s.sendall(b"\x40\x02" + body[2 + len(t): 4 + len(t)])
+        s.sendall(b"\x40\x02" + body[2 + len(t) : 4 + len(t)])
     pub.publish(t, b"unacked", qos=1)
     first, body = recv_packet(s)
     assert first == 0x32 and body.endswith(b"unacked")
-    first_pid = body[2 + len(t): 4 + len(t)]
+    first_pid = body[2 + len(t) : 4 + len(t)]
     assert first_pid == b"\x00\x03"
     s.close()  # never acknowledged
     time.sleep(0.3)
@@ -250,7 +258,7 @@ def test_inflight_resent_with_dup_on_reconnect(broker):
     assert recv_packet(s) == (0x20, b"\x01\x00")
     first, body = recv_packet(s)
     assert first == 0x3A and body.endswith(b"unacked")  # DUP set on the resend
-    pid = body[2 + len(t): 4 + len(t)]
+    pid = body[2 + len(t) : 4 + len(t)]
     assert pid == first_pid  # resent with its original packet identifier
     s.sendall(b"\x40\x02" + pid)
     s.sendall(b"\xe0\x00")
@@ -304,16 +312,18 @@ def test_will_delay_v5(broker):
     wp.WillDelayInterval = 1
     cid = uid("wdc")
     # reconnecting within the delay cancels the will
-    a = Client(broker, client_id=cid, version=V5, clean=False, expiry=60,
-               will=(t, b"late", 1, False, wp))
+    a = Client(
+        broker, client_id=cid, version=V5, clean=False, expiry=60, will=(t, b"late", 1, False, wp)
+    )
     a.drop()
     time.sleep(0.3)
     a2 = Client(broker, client_id=cid, version=V5, clean=False, expiry=60)
     assert watcher.none(1.3)
     # not reconnecting: the will comes after the delay
     a2.disconnect()
-    b = Client(broker, client_id=uid("wdb"), version=V5, expiry=60,
-               will=(t, b"delayed", 1, False, wp))
+    b = Client(
+        broker, client_id=uid("wdb"), version=V5, expiry=60, will=(t, b"delayed", 1, False, wp)
+    )
     b.drop()
     start = time.monotonic()
     assert watcher.get(timeout=4).payload == b"delayed"

@@ -15,8 +15,9 @@ from test_mqtt_helpers import V3, V5, Client, uid
 def broker(tmp_path_factory):
     from brokerproc import BrokerProcess
 
-    b = BrokerProcess(tmp_path_factory.mktemp("xproto"), adapters=["mqtt", "amqp"],
-                      store="memory").start()
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("xproto"), adapters=["mqtt", "amqp"], store="memory"
+    ).start()
     yield b
     b.stop()
 
@@ -35,9 +36,16 @@ def test_amqp_to_mqtt5(broker, channel):
     s3 = Client(broker, version=V3)
     s3.subscribe(f"{t}/#", qos=1)
     channel.basic_publish(
-        "amq.topic", f"{t}.dev/1.x", b"from amqp",
-        pika.BasicProperties(content_type="text/plain", correlation_id="c-1", reply_to="replies",
-                             headers={"n": 5, "ok": True, "s": "str"}, delivery_mode=2),
+        "amq.topic",
+        f"{t}.dev/1.x",
+        b"from amqp",
+        pika.BasicProperties(
+            content_type="text/plain",
+            correlation_id="c-1",
+            reply_to="replies",
+            headers={"n": 5, "ok": True, "s": "str"},
+            delivery_mode=2,
+        ),
     )
     m = sub.get()
     assert m.topic == f"{t}/dev.1/x"  # '.' and '/' swapped back
@@ -84,8 +92,9 @@ def test_mqtt5_to_amqp(broker, channel):
 def kbroker(tmp_path_factory):
     from brokerproc import BrokerProcess
 
-    b = BrokerProcess(tmp_path_factory.mktemp("xkafka"), adapters=["mqtt", "kafka"],
-                      store="memory").start()
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("xkafka"), adapters=["mqtt", "kafka"], store="memory"
+    ).start()
     yield b
     b.stop()
 
@@ -105,8 +114,9 @@ def test_kafka_and_mqtt_share_topics(kbroker):
     # and back: an MQTT publish lands in the Kafka topic (a stream bound to amq.topic)
     producer.send(f"{t}.hum", b"first").get(10)
     sub.publish(f"{t}/hum", b"55", qos=1)
-    consumer = KafkaConsumer(f"{t}.hum", bootstrap_servers=boot, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000)
+    consumer = KafkaConsumer(
+        f"{t}.hum", bootstrap_servers=boot, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
     assert [r.value for r in consumer][:2] == [b"first", b"55"]
     consumer.close()
     producer.close()

@@ -27,15 +27,19 @@ def _fresh_turn():
 
 
 class Peer:
-    def __init__(self, factory: MqttFactory, cid: str, level: int = 4,
-                 connect_props: bytes = b"\x00") -> None:
+    def __init__(
+        self, factory: MqttFactory, cid: str, level: int = 4, connect_props: bytes = b"\x00"
+    ) -> None:
         self.t = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.1", next(_port)))
         self.p = factory.buildProtocol(self.t.getPeer())
         self.p.makeConnection(self.t)
         self.level = level
         props = connect_props if level == 5 else b""
-        self.p.dataReceived(c.frame(0x10, b"\x00\x04MQTT" + bytes((level,)) + b"\x02\x00\x3c"
-                                    + props + c._utf8(cid)))
+        self.p.dataReceived(
+            c.frame(
+                0x10, b"\x00\x04MQTT" + bytes((level,)) + b"\x02\x00\x3c" + props + c._utf8(cid)
+            )
+        )
         self.factory = factory
         self.reader = c.FrameReader(1 << 24)
 
@@ -43,14 +47,15 @@ class Peer:
         props = b""
         if self.level == 5:
             props = c.encode_props({"subscription_identifier": [sid]} if sid else None)
-        self.p.dataReceived(c.frame(0x82, b"\x00\x01" + props + c._utf8(flt)
-                                    + bytes((qos | options,))))
+        self.p.dataReceived(
+            c.frame(0x82, b"\x00\x01" + props + c._utf8(flt) + bytes((qos | options,)))
+        )
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, pid: int = 0,
-                retain: bool = False):
+    def publish(self, topic: str, payload: bytes, qos: int = 0, pid: int = 0, retain: bool = False):
         props = b"\x00" if self.level == 5 else None
-        self.p.dataReceived(c.encode_publish(topic.encode(), payload, qos, pid, retain,
-                                             False, props))
+        self.p.dataReceived(
+            c.encode_publish(topic.encode(), payload, qos, pid, retain, False, props)
+        )
 
     def packets(self) -> list[tuple[int, bytes]]:
         self.factory.clock.advance(0)
@@ -91,8 +96,7 @@ def no_messages(monkeypatch):
     return made
 
 
-def test_qos0_to_ready_subscribers_of_both_families_builds_no_core_message(factory,
-                                                                            no_messages):
+def test_qos0_to_ready_subscribers_of_both_families_builds_no_core_message(factory, no_messages):
     subs = [Peer(factory, f"s{i}", level) for i, level in enumerate((4, 5, 4, 5))]
     for s in subs:
         s.subscribe("d/#")
@@ -105,12 +109,10 @@ def test_qos0_to_ready_subscribers_of_both_families_builds_no_core_message(facto
         assert no_messages == []  # straight to the connections
         for s in subs:
             [(first, topic, pid, props, payload)] = s.publishes()
-            assert (first, topic, pid, props, payload) == (0x30, "d/x.y", None, {},
-                                                           b"m%d" % level)
+            assert (first, topic, pid, props, payload) == (0x30, "d/x.y", None, {}, b"m%d" % level)
 
 
-def test_qos1_publish_to_qos0_subscription_goes_direct_and_is_acknowledged(factory,
-                                                                           no_messages):
+def test_qos1_publish_to_qos0_subscription_goes_direct_and_is_acknowledged(factory, no_messages):
     sub = Peer(factory, "s")
     sub.subscribe("a/#", qos=0)
     pub = Peer(factory, "p")
@@ -154,15 +156,18 @@ def test_subscription_identifier_and_topic_alias_subscribers_get_their_propertie
     assert [(props, pl) for _, _, _, props, pl in plain.publishes()] == [({}, b"1"), ({}, b"2")]
     got = with_id.publishes()
     assert [(props, pl) for _, _, _, props, pl in got] == [
-        ({"subscription_identifier": [42]}, b"1"), ({"subscription_identifier": [42]}, b"2")]
+        ({"subscription_identifier": [42]}, b"1"),
+        ({"subscription_identifier": [42]}, b"2"),
+    ]
     got = alias.publishes()
     assert [(t, props.get("topic_alias"), pl) for _, t, _, props, pl in got] == [
-        ("i/x", 1, b"1"), ("", 1, b"2")]
+        ("i/x", 1, b"1"),
+        ("", 1, b"2"),
+    ]
 
 
 def test_maximum_packet_size_of_one_subscriber_does_not_affect_others(factory):
-    small = Peer(factory, "small", 5,
-                 connect_props=c.encode_props({"maximum_packet_size": 40}))
+    small = Peer(factory, "small", 5, connect_props=c.encode_props({"maximum_packet_size": 40}))
     small.subscribe("m/#")
     big = Peer(factory, "big", 4)
     big.subscribe("m/#")
@@ -218,7 +223,10 @@ def test_other_destinations_get_a_core_message(factory):
     assert [pl for *_, pl in sub.publishes()] == [b"both"]
     d = vh.get_queue("amqp-side").get(no_ack=True)
     assert (d.message.body, d.message.exchange, d.message.routing_key) == (
-        b"both", "amq.topic", "x.y/z")
+        b"both",
+        "amq.topic",
+        "x.y/z",
+    )
     assert not d.message.durable
 
 

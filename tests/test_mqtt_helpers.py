@@ -35,17 +35,28 @@ def start_broker(tmp_path_factory, **kw) -> BrokerProcess:
 class Client:
     """A paho client run in its own network thread, with blocking helpers for tests."""
 
-    def __init__(self, broker, client_id: str | None = None, version=V5, clean: bool = True,
-                 keepalive: int = 60, username=None, password=None, will=None,
-                 properties: Properties | None = None, connect: bool = True,
-                 expiry: int | None = None) -> None:
+    def __init__(
+        self,
+        broker,
+        client_id: str | None = None,
+        version=V5,
+        clean: bool = True,
+        keepalive: int = 60,
+        username=None,
+        password=None,
+        will=None,
+        properties: Properties | None = None,
+        connect: bool = True,
+        expiry: int | None = None,
+    ) -> None:
         self.version = version
         self.client_id = client_id if client_id is not None else uid("c")
         kw = {}
         if version == V3:
             kw["clean_session"] = clean
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=version, **kw)
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=version, **kw
+        )
         self.messages: queue.Queue = queue.Queue()
         self.connacks: queue.Queue = queue.Queue()
         self.disconnects: queue.Queue = queue.Queue()
@@ -160,8 +171,13 @@ def s16(s: str | bytes) -> bytes:
     return struct.pack(">H", len(b)) + b
 
 
-def connect_packet(client_id: str, version: int = 4, clean: bool = True, keepalive: int = 60,
-                   props: bytes = b"\x00") -> bytes:
+def connect_packet(
+    client_id: str,
+    version: int = 4,
+    clean: bool = True,
+    keepalive: int = 60,
+    props: bytes = b"\x00",
+) -> bytes:
     body = s16("MQTT") + bytes((version, 2 if clean else 0)) + struct.pack(">H", keepalive)
     if version == 5:
         body += props

@@ -135,7 +135,7 @@ def test_qos2_exactly_once_across_restart(broker_factory):
     assert recv_packet(pub) == (0x50, b"\x00\x05")
     first, body = recv_packet(sub)
     assert first & 0xF6 == 0x34 and body.endswith(b"exactly")
-    pid = body[2 + len(t): 4 + len(t)]
+    pid = body[2 + len(t) : 4 + len(t)]
     sub.sendall(b"\x50\x02" + pid)  # PUBREC
     assert recv_packet(sub) == (0x62, pid)  # PUBREL; no PUBCOMP from us
     time.sleep(0.3)  # let the session records reach the disk
@@ -177,8 +177,9 @@ def test_subscription_acknowledged_is_kept_after_kill9(broker_factory, version):
 
 
 def test_max_queued_messages_drops_the_oldest(broker_factory):
-    broker = broker_factory(adapters=["mqtt"], store="memory",
-                            settings={"adapters.mqtt.max_queued_messages": 5})
+    broker = broker_factory(
+        adapters=["mqtt"], store="memory", settings={"adapters.mqtt.max_queued_messages": 5}
+    )
     cid, t = uid("mq"), uid("mqt")
     a = _session(broker, cid, V3)
     a.subscribe(t, qos=1)

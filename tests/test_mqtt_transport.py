@@ -104,8 +104,11 @@ def test_qos0_fan_out_is_not_re_encoded(monkeypatch):
         p = factory.buildProtocol(t.getPeer())
         p.makeConnection(t)
         props = b"\x00" if level == 5 else b""
-        p.dataReceived(c.frame(0x10, b"\x00\x04MQTT" + bytes((level,)) + b"\x02\x00\x3c"
-                               + props + c._utf8(f"s{i}")))
+        p.dataReceived(
+            c.frame(
+                0x10, b"\x00\x04MQTT" + bytes((level,)) + b"\x02\x00\x3c" + props + c._utf8(f"s{i}")
+            )
+        )
         p.dataReceived(c.frame(0x82, b"\x00\x01" + props + c._utf8("f/#") + b"\x00"))
         transports.append(t)
     pub, _ = connect(factory, "pub", 99)
@@ -115,8 +118,9 @@ def test_qos0_fan_out_is_not_re_encoded(monkeypatch):
     frame = c.encode_publish(b"f/x", b"payload")
     calls = []
     real = c.encode_publish
-    monkeypatch.setattr(session_mod.c, "encode_publish",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        session_mod.c, "encode_publish", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     pub.dataReceived(frame)
     clock.advance(0)
     # 3.1.1 subscribers get the publisher's own frame; 5.0 ones share one encoding
@@ -165,8 +169,9 @@ def test_headers_with_no_utf8_form_are_sent_replaced():
     p.dataReceived(c.frame(0x82, b"\x00\x01\x00" + c._utf8("h/#") + b"\x01"))
     clock.advance(0)
     t.clear()
-    factory.server.vhost.publish("amq.topic", "h.x",
-                                 Message(b"b", headers={"k": "bad\udcff"}, durable=True))
+    factory.server.vhost.publish(
+        "amq.topic", "h.x", Message(b"b", headers={"k": "bad\udcff"}, durable=True)
+    )
     clock.advance(0)
     assert not t.disconnecting
     [(first, body)] = c.FrameReader(1000).feed(t.value())
@@ -186,9 +191,14 @@ def test_odd_fields_from_other_protocols_do_not_break_delivery():
     p.dataReceived(c.frame(0x82, b"\x00\x01\x00" + c._utf8("o/#") + b"\x01"))
     clock.advance(0)
     t.clear()
-    m = Message(b"b", durable=True, headers={"long": "x" * 70000, "n": None, "l": [1, 2]},
-                reply_to=b"bytes-reply", correlation_id=12,  # type: ignore[arg-type]
-                expiration=now_ms() + 10**13)
+    m = Message(
+        b"b",
+        durable=True,
+        headers={"long": "x" * 70000, "n": None, "l": [1, 2]},
+        reply_to=b"bytes-reply",
+        correlation_id=12,  # type: ignore[arg-type]
+        expiration=now_ms() + 10**13,
+    )
     factory.server.vhost.publish("amq.topic", "o.x", m)
     clock.advance(0)
     assert not t.disconnecting

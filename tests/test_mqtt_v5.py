@@ -28,9 +28,14 @@ from test_mqtt_helpers import (
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     b = start_broker(
-        tmp_path_factory, store="sqlite",
-        settings={"adapters.mqtt.max_keep_alive": 30, "adapters.mqtt.max_packet_size": 8192,
-                  "adapters.mqtt.topic_alias_maximum": 5, "adapters.mqtt.receive_maximum": 50},
+        tmp_path_factory,
+        store="sqlite",
+        settings={
+            "adapters.mqtt.max_keep_alive": 30,
+            "adapters.mqtt.max_packet_size": 8192,
+            "adapters.mqtt.topic_alias_maximum": 5,
+            "adapters.mqtt.receive_maximum": 50,
+        },
     )
     yield b
     b.stop()
@@ -63,10 +68,14 @@ def test_publish_properties_round_trip(broker):
     sub = Client(broker, version=V5)
     sub.subscribe(t, qos=1)
     pub = Client(broker, version=V5)
-    p = props(ContentType="application/json", ResponseTopic="reply/here",
-              CorrelationData=b"\x00\xffbin", PayloadFormatIndicator=1,
-              MessageExpiryInterval=3600,
-              UserProperty=[("a", "1"), ("b", "2"), ("a", "3")])
+    p = props(
+        ContentType="application/json",
+        ResponseTopic="reply/here",
+        CorrelationData=b"\x00\xffbin",
+        PayloadFormatIndicator=1,
+        MessageExpiryInterval=3600,
+        UserProperty=[("a", "1"), ("b", "2"), ("a", "3")],
+    )
     pub.publish(t, b'{"x": 1}', qos=1, properties=p)
     m = sub.get()
     mp = m.properties
@@ -158,7 +167,7 @@ def test_receive_maximum_is_consumer_credit(broker):
     for _ in range(2):
         first, body = recv_packet(s)
         assert first & 0xF0 == 0x30
-        pids.append(body[2 + len(t): 4 + len(t)])
+        pids.append(body[2 + len(t) : 4 + len(t)])
     with pytest.raises(TimeoutError):  # nothing more until an acknowledgement
         recv_packet(s, timeout=0.5)
     s.sendall(b"\x40\x02" + pids[0])
@@ -305,8 +314,12 @@ def test_disconnect_with_will_and_session_expiry_update(broker):
 
 
 def test_enhanced_auth_is_refused_with_bad_auth_method(broker):
-    c = Client(broker, version=V5, connect=False,
-               properties=props(PacketTypes.CONNECT, AuthenticationMethod="SCRAM-SHA-1"))
+    c = Client(
+        broker,
+        version=V5,
+        connect=False,
+        properties=props(PacketTypes.CONNECT, AuthenticationMethod="SCRAM-SHA-1"),
+    )
     c.connect(expect_ok=False)
     assert c.connack[1].value == 0x8C
     c.c.loop_stop()

@@ -196,9 +196,7 @@ def test_third_party_auth_plugin_overrides_default():
     def hook(**kw):
         return pm.hook.polymq_authenticate(peer=("127.0.0.1", 1), broker=_broker(), **kw)
 
-    assert hook(protocol="kafka", username="alice", password="s3cret") == Identity(
-        "alice", "kafka"
-    )
+    assert hook(protocol="kafka", username="alice", password="s3cret") == Identity("alice", "kafka")
     assert hook(protocol="kafka", username="guest", password="guest") == Refusal(
         "guest is disabled"
     )

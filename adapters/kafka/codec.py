@@ -140,10 +140,26 @@ def api_name(api_key: int) -> str:
 REFUSED_VERSIONS = {PRODUCE: (0, 1, 2)}
 # first flexible version per API (only ApiVersions reaches it within the advertised ranges)
 FLEXIBLE_SINCE: dict[int, int] = {
-    PRODUCE: 9, FETCH: 12, LIST_OFFSETS: 6, METADATA: 9, OFFSET_COMMIT: 8, OFFSET_FETCH: 6,
-    FIND_COORDINATOR: 3, JOIN_GROUP: 6, HEARTBEAT: 4, LEAVE_GROUP: 4, SYNC_GROUP: 4,
-    DESCRIBE_GROUPS: 5, LIST_GROUPS: 3, SASL_HANDSHAKE: 99, API_VERSIONS: 3, CREATE_TOPICS: 5,
-    DELETE_TOPICS: 4, INIT_PRODUCER_ID: 2, DESCRIBE_CONFIGS: 4, SASL_AUTHENTICATE: 2,
+    PRODUCE: 9,
+    FETCH: 12,
+    LIST_OFFSETS: 6,
+    METADATA: 9,
+    OFFSET_COMMIT: 8,
+    OFFSET_FETCH: 6,
+    FIND_COORDINATOR: 3,
+    JOIN_GROUP: 6,
+    HEARTBEAT: 4,
+    LEAVE_GROUP: 4,
+    SYNC_GROUP: 4,
+    DESCRIBE_GROUPS: 5,
+    LIST_GROUPS: 3,
+    SASL_HANDSHAKE: 99,
+    API_VERSIONS: 3,
+    CREATE_TOPICS: 5,
+    DELETE_TOPICS: 4,
+    INIT_PRODUCER_ID: 2,
+    DESCRIBE_CONFIGS: 4,
+    SASL_AUTHENTICATE: 2,
 }
 
 
@@ -256,8 +272,9 @@ class KArray(cs.Construct):
     ``min_size`` bytes) before any element is parsed.
     """
 
-    def __init__(self, subcon: cs.Construct, min_size: int, nullable: bool = False,
-                 compact: bool = False):
+    def __init__(
+        self, subcon: cs.Construct, min_size: int, nullable: bool = False, compact: bool = False
+    ):
         super().__init__()
         self.subcon = subcon
         self.min_size = max(1, min_size)
@@ -343,8 +360,13 @@ def F(name: str, typ: Any, since: int = 0, until: int = 99) -> tuple:
     return (name, typ, since, until)
 
 
-_PRIM = {I8: (cs.Int8sb, 1), I16: (cs.Int16sb, 2), I32: (cs.Int32sb, 4), I64: (cs.Int64sb, 8),
-         BOOL: (cs.Flag, 1)}
+_PRIM = {
+    I8: (cs.Int8sb, 1),
+    I16: (cs.Int16sb, 2),
+    I32: (cs.Int32sb, 4),
+    I64: (cs.Int64sb, 8),
+    BOOL: (cs.Flag, 1),
+}
 
 
 def _type_construct(typ: Any, version: int, flexible: bool) -> tuple[cs.Construct, int]:
@@ -404,110 +426,324 @@ RESPONSE_HEADER_V1 = cs.Struct(
 # ---- bodies: (request fields, response fields) per API
 
 _PARTITION_FIELDS_META = [
-    F("error_code", I16), F("partition_index", I32), F("leader_id", I32),
-    F("leader_epoch", I32, 7), F("replica_nodes", Arr(I32)), F("isr_nodes", Arr(I32)),
+    F("error_code", I16),
+    F("partition_index", I32),
+    F("leader_id", I32),
+    F("leader_epoch", I32, 7),
+    F("replica_nodes", Arr(I32)),
+    F("isr_nodes", Arr(I32)),
     F("offline_replicas", Arr(I32), 5),
 ]
 
 SCHEMAS: dict[int, tuple[list, list]] = {
     API_VERSIONS: (
         [F("client_software_name", STR, 3), F("client_software_version", STR, 3)],
-        [F("error_code", I16),
-         F("api_keys", Arr([F("api_key", I16), F("min_version", I16), F("max_version", I16)])),
-         F("throttle_time_ms", I32, 1)],
+        [
+            F("error_code", I16),
+            F("api_keys", Arr([F("api_key", I16), F("min_version", I16), F("max_version", I16)])),
+            F("throttle_time_ms", I32, 1),
+        ],
     ),
     METADATA: (
-        [F("topics", Arr([F("name", STR)]), 0, 0),
-         F("topics", Arr([F("name", STR)], nullable=True), 1),
-         F("allow_auto_topic_creation", BOOL, 4),
-         F("include_cluster_authorized_operations", BOOL, 8),
-         F("include_topic_authorized_operations", BOOL, 8)],
-        [F("throttle_time_ms", I32, 3),
-         F("brokers", Arr([F("node_id", I32), F("host", STR), F("port", I32),
-                           F("rack", NSTR, 1)])),
-         F("cluster_id", NSTR, 2), F("controller_id", I32, 1),
-         F("topics", Arr([F("error_code", I16), F("name", STR), F("is_internal", BOOL, 1),
-                          F("partitions", Arr(_PARTITION_FIELDS_META)),
-                          F("topic_authorized_operations", I32, 8)])),
-         F("cluster_authorized_operations", I32, 8)],
+        [
+            F("topics", Arr([F("name", STR)]), 0, 0),
+            F("topics", Arr([F("name", STR)], nullable=True), 1),
+            F("allow_auto_topic_creation", BOOL, 4),
+            F("include_cluster_authorized_operations", BOOL, 8),
+            F("include_topic_authorized_operations", BOOL, 8),
+        ],
+        [
+            F("throttle_time_ms", I32, 3),
+            F(
+                "brokers",
+                Arr([F("node_id", I32), F("host", STR), F("port", I32), F("rack", NSTR, 1)]),
+            ),
+            F("cluster_id", NSTR, 2),
+            F("controller_id", I32, 1),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("error_code", I16),
+                        F("name", STR),
+                        F("is_internal", BOOL, 1),
+                        F("partitions", Arr(_PARTITION_FIELDS_META)),
+                        F("topic_authorized_operations", I32, 8),
+                    ]
+                ),
+            ),
+            F("cluster_authorized_operations", I32, 8),
+        ],
     ),
     PRODUCE: (
-        [F("transactional_id", NSTR, 3), F("acks", I16), F("timeout_ms", I32),
-         F("topic_data", Arr([F("name", STR), F("partition_data", Arr([
-             F("index", I32), F("records", NBYTES)]))]))],
-        [F("responses", Arr([F("name", STR), F("partition_responses", Arr([
-            F("index", I32), F("error_code", I16), F("base_offset", I64),
-            F("log_append_time_ms", I64, 2), F("log_start_offset", I64, 5)]))])),
-         F("throttle_time_ms", I32, 1)],
+        [
+            F("transactional_id", NSTR, 3),
+            F("acks", I16),
+            F("timeout_ms", I32),
+            F(
+                "topic_data",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("partition_data", Arr([F("index", I32), F("records", NBYTES)])),
+                    ]
+                ),
+            ),
+        ],
+        [
+            F(
+                "responses",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partition_responses",
+                            Arr(
+                                [
+                                    F("index", I32),
+                                    F("error_code", I16),
+                                    F("base_offset", I64),
+                                    F("log_append_time_ms", I64, 2),
+                                    F("log_start_offset", I64, 5),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+            F("throttle_time_ms", I32, 1),
+        ],
     ),
     FETCH: (
-        [F("replica_id", I32), F("max_wait_ms", I32), F("min_bytes", I32),
-         F("max_bytes", I32, 3), F("isolation_level", I8, 4), F("session_id", I32, 7),
-         F("session_epoch", I32, 7),
-         F("topics", Arr([F("topic", STR), F("partitions", Arr([
-             F("partition", I32), F("current_leader_epoch", I32, 9), F("fetch_offset", I64),
-             F("log_start_offset", I64, 5), F("partition_max_bytes", I32)]))])),
-         F("forgotten_topics_data", Arr([F("topic", STR), F("partitions", Arr(I32))]), 7),
-         F("rack_id", STR, 11)],
-        [F("throttle_time_ms", I32, 1), F("error_code", I16, 7), F("session_id", I32, 7),
-         F("responses", Arr([F("topic", STR), F("partitions", Arr([
-             F("partition_index", I32), F("error_code", I16), F("high_watermark", I64),
-             F("last_stable_offset", I64, 4), F("log_start_offset", I64, 5),
-             F("aborted_transactions", Arr([F("producer_id", I64), F("first_offset", I64)],
-                                           nullable=True), 4),
-             F("preferred_read_replica", I32, 11), F("records", NBYTES)]))]))],
+        [
+            F("replica_id", I32),
+            F("max_wait_ms", I32),
+            F("min_bytes", I32),
+            F("max_bytes", I32, 3),
+            F("isolation_level", I8, 4),
+            F("session_id", I32, 7),
+            F("session_epoch", I32, 7),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("topic", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition", I32),
+                                    F("current_leader_epoch", I32, 9),
+                                    F("fetch_offset", I64),
+                                    F("log_start_offset", I64, 5),
+                                    F("partition_max_bytes", I32),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+            F("forgotten_topics_data", Arr([F("topic", STR), F("partitions", Arr(I32))]), 7),
+            F("rack_id", STR, 11),
+        ],
+        [
+            F("throttle_time_ms", I32, 1),
+            F("error_code", I16, 7),
+            F("session_id", I32, 7),
+            F(
+                "responses",
+                Arr(
+                    [
+                        F("topic", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("error_code", I16),
+                                    F("high_watermark", I64),
+                                    F("last_stable_offset", I64, 4),
+                                    F("log_start_offset", I64, 5),
+                                    F(
+                                        "aborted_transactions",
+                                        Arr(
+                                            [F("producer_id", I64), F("first_offset", I64)],
+                                            nullable=True,
+                                        ),
+                                        4,
+                                    ),
+                                    F("preferred_read_replica", I32, 11),
+                                    F("records", NBYTES),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
     ),
     LIST_OFFSETS: (
-        [F("replica_id", I32), F("isolation_level", I8, 2),
-         F("topics", Arr([F("name", STR), F("partitions", Arr([
-             F("partition_index", I32), F("current_leader_epoch", I32, 4),
-             F("timestamp", I64), F("max_num_offsets", I32, 0, 0)]))]))],
-        [F("throttle_time_ms", I32, 2),
-         F("topics", Arr([F("name", STR), F("partitions", Arr([
-             F("partition_index", I32), F("error_code", I16),
-             F("old_style_offsets", Arr(I64), 0, 0), F("timestamp", I64, 1),
-             F("offset", I64, 1), F("leader_epoch", I32, 4)]))]))],
+        [
+            F("replica_id", I32),
+            F("isolation_level", I8, 2),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("current_leader_epoch", I32, 4),
+                                    F("timestamp", I64),
+                                    F("max_num_offsets", I32, 0, 0),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
+        [
+            F("throttle_time_ms", I32, 2),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("error_code", I16),
+                                    F("old_style_offsets", Arr(I64), 0, 0),
+                                    F("timestamp", I64, 1),
+                                    F("offset", I64, 1),
+                                    F("leader_epoch", I32, 4),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
     ),
     OFFSET_COMMIT: (
-        [F("group_id", STR), F("generation_id", I32, 1), F("member_id", STR, 1),
-         F("group_instance_id", NSTR, 7), F("retention_time_ms", I64, 2, 4),
-         F("topics", Arr([F("name", STR), F("partitions", Arr([
-             F("partition_index", I32), F("committed_offset", I64),
-             F("committed_leader_epoch", I32, 6), F("commit_timestamp", I64, 1, 1),
-             F("committed_metadata", NSTR)]))]))],
-        [F("throttle_time_ms", I32, 3),
-         F("topics", Arr([F("name", STR), F("partitions", Arr([
-             F("partition_index", I32), F("error_code", I16)]))]))],
+        [
+            F("group_id", STR),
+            F("generation_id", I32, 1),
+            F("member_id", STR, 1),
+            F("group_instance_id", NSTR, 7),
+            F("retention_time_ms", I64, 2, 4),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("committed_offset", I64),
+                                    F("committed_leader_epoch", I32, 6),
+                                    F("commit_timestamp", I64, 1, 1),
+                                    F("committed_metadata", NSTR),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
+        [
+            F("throttle_time_ms", I32, 3),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("partitions", Arr([F("partition_index", I32), F("error_code", I16)])),
+                    ]
+                ),
+            ),
+        ],
     ),
     OFFSET_FETCH: (
-        [F("group_id", STR),
-         F("topics", Arr([F("name", STR), F("partition_indexes", Arr(I32))]), 0, 1),
-         F("topics", Arr([F("name", STR), F("partition_indexes", Arr(I32))], nullable=True),
-           2)],
-        [F("throttle_time_ms", I32, 3),
-         F("topics", Arr([F("name", STR), F("partitions", Arr([
-             F("partition_index", I32), F("committed_offset", I64),
-             F("committed_leader_epoch", I32, 5), F("metadata", NSTR),
-             F("error_code", I16)]))])),
-         F("error_code", I16, 2)],
+        [
+            F("group_id", STR),
+            F("topics", Arr([F("name", STR), F("partition_indexes", Arr(I32))]), 0, 1),
+            F("topics", Arr([F("name", STR), F("partition_indexes", Arr(I32))], nullable=True), 2),
+        ],
+        [
+            F("throttle_time_ms", I32, 3),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("committed_offset", I64),
+                                    F("committed_leader_epoch", I32, 5),
+                                    F("metadata", NSTR),
+                                    F("error_code", I16),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+            F("error_code", I16, 2),
+        ],
     ),
     FIND_COORDINATOR: (
         [F("key", STR), F("key_type", I8, 1)],
-        [F("throttle_time_ms", I32, 1), F("error_code", I16), F("error_message", NSTR, 1),
-         F("node_id", I32), F("host", STR), F("port", I32)],
+        [
+            F("throttle_time_ms", I32, 1),
+            F("error_code", I16),
+            F("error_message", NSTR, 1),
+            F("node_id", I32),
+            F("host", STR),
+            F("port", I32),
+        ],
     ),
     JOIN_GROUP: (
-        [F("group_id", STR), F("session_timeout_ms", I32), F("rebalance_timeout_ms", I32, 1),
-         F("member_id", STR), F("group_instance_id", NSTR, 5), F("protocol_type", STR),
-         F("protocols", Arr([F("name", STR), F("metadata", BYTES)]))],
-        [F("throttle_time_ms", I32, 2), F("error_code", I16), F("generation_id", I32),
-         F("protocol_name", STR), F("leader", STR), F("member_id", STR),
-         F("members", Arr([F("member_id", STR), F("group_instance_id", NSTR, 5),
-                           F("metadata", BYTES)]))],
+        [
+            F("group_id", STR),
+            F("session_timeout_ms", I32),
+            F("rebalance_timeout_ms", I32, 1),
+            F("member_id", STR),
+            F("group_instance_id", NSTR, 5),
+            F("protocol_type", STR),
+            F("protocols", Arr([F("name", STR), F("metadata", BYTES)])),
+        ],
+        [
+            F("throttle_time_ms", I32, 2),
+            F("error_code", I16),
+            F("generation_id", I32),
+            F("protocol_name", STR),
+            F("leader", STR),
+            F("member_id", STR),
+            F(
+                "members",
+                Arr([F("member_id", STR), F("group_instance_id", NSTR, 5), F("metadata", BYTES)]),
+            ),
+        ],
     ),
     HEARTBEAT: (
-        [F("group_id", STR), F("generation_id", I32), F("member_id", STR),
-         F("group_instance_id", NSTR, 3)],
+        [
+            F("group_id", STR),
+            F("generation_id", I32),
+            F("member_id", STR),
+            F("group_instance_id", NSTR, 3),
+        ],
         [F("throttle_time_ms", I32, 1), F("error_code", I16)],
     ),
     LEAVE_GROUP: (
@@ -515,26 +751,53 @@ SCHEMAS: dict[int, tuple[list, list]] = {
         [F("throttle_time_ms", I32, 1), F("error_code", I16)],
     ),
     SYNC_GROUP: (
-        [F("group_id", STR), F("generation_id", I32), F("member_id", STR),
-         F("group_instance_id", NSTR, 3),
-         F("assignments", Arr([F("member_id", STR), F("assignment", BYTES)]))],
+        [
+            F("group_id", STR),
+            F("generation_id", I32),
+            F("member_id", STR),
+            F("group_instance_id", NSTR, 3),
+            F("assignments", Arr([F("member_id", STR), F("assignment", BYTES)])),
+        ],
         [F("throttle_time_ms", I32, 1), F("error_code", I16), F("assignment", BYTES)],
     ),
     DESCRIBE_GROUPS: (
         [F("groups", Arr(STR)), F("include_authorized_operations", BOOL, 3)],
-        [F("throttle_time_ms", I32, 1),
-         F("groups", Arr([F("error_code", I16), F("group_id", STR), F("group_state", STR),
-                          F("protocol_type", STR), F("protocol_data", STR),
-                          F("members", Arr([F("member_id", STR), F("client_id", STR),
-                                            F("client_host", STR),
-                                            F("member_metadata", BYTES),
-                                            F("member_assignment", BYTES)])),
-                          F("authorized_operations", I32, 3)]))],
+        [
+            F("throttle_time_ms", I32, 1),
+            F(
+                "groups",
+                Arr(
+                    [
+                        F("error_code", I16),
+                        F("group_id", STR),
+                        F("group_state", STR),
+                        F("protocol_type", STR),
+                        F("protocol_data", STR),
+                        F(
+                            "members",
+                            Arr(
+                                [
+                                    F("member_id", STR),
+                                    F("client_id", STR),
+                                    F("client_host", STR),
+                                    F("member_metadata", BYTES),
+                                    F("member_assignment", BYTES),
+                                ]
+                            ),
+                        ),
+                        F("authorized_operations", I32, 3),
+                    ]
+                ),
+            ),
+        ],
     ),
     LIST_GROUPS: (
         [],
-        [F("throttle_time_ms", I32, 1), F("error_code", I16),
-         F("groups", Arr([F("group_id", STR), F("protocol_type", STR)]))],
+        [
+            F("throttle_time_ms", I32, 1),
+            F("error_code", I16),
+            F("groups", Arr([F("group_id", STR), F("protocol_type", STR)])),
+        ],
     ),
     SASL_HANDSHAKE: (
         [F("mechanism", STR)],
@@ -542,44 +805,100 @@ SCHEMAS: dict[int, tuple[list, list]] = {
     ),
     SASL_AUTHENTICATE: (
         [F("auth_bytes", BYTES)],
-        [F("error_code", I16), F("error_message", NSTR), F("auth_bytes", BYTES),
-         F("session_lifetime_ms", I64, 1)],
+        [
+            F("error_code", I16),
+            F("error_message", NSTR),
+            F("auth_bytes", BYTES),
+            F("session_lifetime_ms", I64, 1),
+        ],
     ),
     CREATE_TOPICS: (
-        [F("topics", Arr([F("name", STR), F("num_partitions", I32),
-                          F("replication_factor", I16),
-                          F("assignments", Arr([F("partition_index", I32),
-                                                F("broker_ids", Arr(I32))])),
-                          F("configs", Arr([F("name", STR), F("value", NSTR)]))])),
-         F("timeout_ms", I32), F("validate_only", BOOL, 1)],
-        [F("throttle_time_ms", I32, 2),
-         F("topics", Arr([F("name", STR), F("error_code", I16), F("error_message", NSTR, 1)]))],
+        [
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("num_partitions", I32),
+                        F("replication_factor", I16),
+                        F(
+                            "assignments",
+                            Arr([F("partition_index", I32), F("broker_ids", Arr(I32))]),
+                        ),
+                        F("configs", Arr([F("name", STR), F("value", NSTR)])),
+                    ]
+                ),
+            ),
+            F("timeout_ms", I32),
+            F("validate_only", BOOL, 1),
+        ],
+        [
+            F("throttle_time_ms", I32, 2),
+            F("topics", Arr([F("name", STR), F("error_code", I16), F("error_message", NSTR, 1)])),
+        ],
     ),
     DELETE_TOPICS: (
         [F("topic_names", Arr(STR)), F("timeout_ms", I32)],
-        [F("throttle_time_ms", I32, 1),
-         F("responses", Arr([F("name", STR), F("error_code", I16)]))],
+        [
+            F("throttle_time_ms", I32, 1),
+            F("responses", Arr([F("name", STR), F("error_code", I16)])),
+        ],
     ),
     INIT_PRODUCER_ID: (
         [F("transactional_id", NSTR), F("transaction_timeout_ms", I32)],
-        [F("throttle_time_ms", I32), F("error_code", I16), F("producer_id", I64),
-         F("producer_epoch", I16)],
+        [
+            F("throttle_time_ms", I32),
+            F("error_code", I16),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+        ],
     ),
     DESCRIBE_CONFIGS: (
-        [F("resources", Arr([F("resource_type", I8), F("resource_name", STR),
-                             F("configuration_keys", Arr(STR, nullable=True))])),
-         F("include_synonyms", BOOL, 1)],
-        [F("throttle_time_ms", I32),
-         F("results", Arr([F("error_code", I16), F("error_message", NSTR),
-                           F("resource_type", I8), F("resource_name", STR),
-                           F("configs", Arr([F("name", STR), F("value", NSTR),
-                                             F("read_only", BOOL),
-                                             F("is_default", BOOL, 0, 0),
-                                             F("config_source", I8, 1),
-                                             F("is_sensitive", BOOL),
-                                             F("synonyms", Arr([F("name", STR),
-                                                                F("value", NSTR),
-                                                                F("source", I8)]), 1)]))]))],
+        [
+            F(
+                "resources",
+                Arr(
+                    [
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                        F("configuration_keys", Arr(STR, nullable=True)),
+                    ]
+                ),
+            ),
+            F("include_synonyms", BOOL, 1),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "results",
+                Arr(
+                    [
+                        F("error_code", I16),
+                        F("error_message", NSTR),
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                        F(
+                            "configs",
+                            Arr(
+                                [
+                                    F("name", STR),
+                                    F("value", NSTR),
+                                    F("read_only", BOOL),
+                                    F("is_default", BOOL, 0, 0),
+                                    F("config_source", I8, 1),
+                                    F("is_sensitive", BOOL),
+                                    F(
+                                        "synonyms",
+                                        Arr([F("name", STR), F("value", NSTR), F("source", I8)]),
+                                        1,
+                                    ),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
     ),
 }
 
@@ -607,8 +926,9 @@ def response_header_version(api_key: int, version: int) -> int:
 class RequestHeader:
     __slots__ = ("api_key", "api_version", "correlation_id", "client_id")
 
-    def __init__(self, api_key: int, api_version: int, correlation_id: int,
-                 client_id: str | None) -> None:
+    def __init__(
+        self, api_key: int, api_version: int, correlation_id: int, client_id: str | None
+    ) -> None:
         self.api_key = api_key
         self.api_version = api_version
         self.correlation_id = correlation_id
@@ -632,12 +952,11 @@ def decode_request_header(frame: bytes | memoryview) -> tuple[RequestHeader, int
     if n >= 0:
         if pos + n > len(frame):
             raise KafkaDecodeError("client_id beyond frame")
-        client_id = bytes(frame[pos:pos + n]).decode("utf-8", "replace")
+        client_id = bytes(frame[pos : pos + n]).decode("utf-8", "replace")
         pos += n
     elif n != -1:
         raise KafkaDecodeError("negative client_id length")
-    if api_key in SCHEMAS and is_flexible(api_key, version) and \
-            version <= API_RANGES[api_key][1]:
+    if api_key in SCHEMAS and is_flexible(api_key, version) and version <= API_RANGES[api_key][1]:
         try:
             st = io.BytesIO(bytes(frame[pos:]))
             TaggedFields().parse_stream(st)
@@ -672,11 +991,16 @@ def decode_request(frame: bytes | memoryview) -> tuple[RequestHeader, Any]:
     return header, decode_body(header.api_key, header.api_version, memoryview(frame)[pos:])
 
 
-def encode_request(api_key: int, version: int, correlation_id: int, client_id: str | None,
-                   body: dict) -> bytes:
+def encode_request(
+    api_key: int, version: int, correlation_id: int, client_id: str | None, body: dict
+) -> bytes:
     """A whole request frame (length prefix included); used by tests and tools."""
-    hdr = {"api_key": api_key, "api_version": version, "correlation_id": correlation_id,
-           "client_id": client_id}
+    hdr = {
+        "api_key": api_key,
+        "api_version": version,
+        "correlation_id": correlation_id,
+        "client_id": client_id,
+    }
     hs = REQUEST_HEADER_V2 if is_flexible(api_key, version) else REQUEST_HEADER_V1
     payload = hs.build(hdr) + request_struct(api_key, version).build(body)
     return struct.pack(">i", len(payload)) + payload
@@ -716,8 +1040,13 @@ _I64 = struct.Struct(">q")
 class ProduceRequest:
     __slots__ = ("transactional_id", "acks", "timeout_ms", "topics")
 
-    def __init__(self, transactional_id: str | None, acks: int, timeout_ms: int,
-                 topics: list[tuple[str, list[tuple[int, memoryview | None]]]]) -> None:
+    def __init__(
+        self,
+        transactional_id: str | None,
+        acks: int,
+        timeout_ms: int,
+        topics: list[tuple[str, list[tuple[int, memoryview | None]]]],
+    ) -> None:
         self.transactional_id = transactional_id
         self.acks = acks
         self.timeout_ms = timeout_ms
@@ -743,7 +1072,7 @@ def decode_produce(version: int, body: memoryview) -> ProduceRequest:
         if n < 0:
             raise KafkaDecodeError("negative string length")
         need(n)
-        s = bytes(body[pos:pos + n]).decode("utf-8")
+        s = bytes(body[pos : pos + n]).decode("utf-8")
         pos += n
         return s
 
@@ -773,7 +1102,7 @@ def decode_produce(version: int, body: memoryview) -> ProduceRequest:
                     parts.append((index, None))
                     continue
                 need(n)
-                parts.append((index, body[pos:pos + n]))
+                parts.append((index, body[pos : pos + n]))
                 pos += n
             topics.append((name, parts))
     except UnicodeDecodeError as e:
@@ -786,11 +1115,13 @@ def decode_produce(version: int, body: memoryview) -> ProduceRequest:
 # --------------------------------------------------------------------------------------------
 # fast path: Fetch response
 
+
 class FetchPartition:
     __slots__ = ("index", "error", "hw", "log_start", "batches", "size")
 
-    def __init__(self, index: int, error: int, hw: int, log_start: int,
-                 batches: list[bytes]) -> None:
+    def __init__(
+        self, index: int, error: int, hw: int, log_start: int, batches: list[bytes]
+    ) -> None:
         self.index = index
         self.error = error
         self.hw = hw
@@ -799,8 +1130,9 @@ class FetchPartition:
         self.size = sum(len(b) for b in batches)
 
 
-def encode_fetch_response(version: int, correlation_id: int,
-                          topics: list[tuple[str, list[FetchPartition]]]) -> list[bytes]:
+def encode_fetch_response(
+    version: int, correlation_id: int, topics: list[tuple[str, list[FetchPartition]]]
+) -> list[bytes]:
     """The Fetch response (v4-11) as a list of chunks for ``writeSequence``.
 
     Stored batches are passed through as they are (no copy, no per-record work).

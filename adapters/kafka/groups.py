@@ -29,8 +29,18 @@ OFFSETS_NS = "kafka.offsets"
 
 
 class Member:
-    __slots__ = ("id", "client_id", "client_host", "session_timeout", "rebalance_timeout",
-                 "protocols", "assignment", "join_reply", "sync_reply", "timer")
+    __slots__ = (
+        "id",
+        "client_id",
+        "client_host",
+        "session_timeout",
+        "rebalance_timeout",
+        "protocols",
+        "assignment",
+        "join_reply",
+        "sync_reply",
+        "timer",
+    )
 
     def __init__(self, member_id: str, client_id: str, client_host: str) -> None:
         self.id = member_id
@@ -82,18 +92,36 @@ class Coordinator:
 
     # -- membership ---------------------------------------------------------------------------
 
-    def join(self, group_id: str, member_id: str, client_id: str, client_host: str,
-             session_timeout: int, rebalance_timeout: int, protocol_type: str,
-             protocols: list[tuple[str, bytes]], reply: Callable[[dict], None]) -> None:
+    def join(
+        self,
+        group_id: str,
+        member_id: str,
+        client_id: str,
+        client_host: str,
+        session_timeout: int,
+        rebalance_timeout: int,
+        protocol_type: str,
+        protocols: list[tuple[str, bytes]],
+        reply: Callable[[dict], None],
+    ) -> None:
         def fail(code: int) -> None:
-            reply({"error_code": code, "generation_id": -1, "protocol_name": "", "leader": "",
-                   "member_id": member_id, "members": []})
+            reply(
+                {
+                    "error_code": code,
+                    "generation_id": -1,
+                    "protocol_name": "",
+                    "leader": "",
+                    "member_id": member_id,
+                    "members": [],
+                }
+            )
 
         if not group_id:
             return fail(E.INVALID_GROUP_ID)
         if session_timeout <= 0 or not protocols:
-            return fail(E.INVALID_SESSION_TIMEOUT if session_timeout <= 0
-                        else E.INCONSISTENT_GROUP_PROTOCOL)
+            return fail(
+                E.INVALID_SESSION_TIMEOUT if session_timeout <= 0 else E.INCONSISTENT_GROUP_PROTOCOL
+            )
         g = self.groups.get(group_id)
         if g is None:
             g = self.groups[group_id] = Group(group_id)
@@ -119,8 +147,16 @@ class Coordinator:
         m.protocols = list(protocols)
         if m.join_reply is not None:  # a second join while the first waits: answer the first
             old, m.join_reply = m.join_reply, None
-            old({"error_code": E.REBALANCE_IN_PROGRESS, "generation_id": -1,
-                 "protocol_name": "", "leader": "", "member_id": m.id, "members": []})
+            old(
+                {
+                    "error_code": E.REBALANCE_IN_PROGRESS,
+                    "generation_id": -1,
+                    "protocol_name": "",
+                    "leader": "",
+                    "member_id": m.id,
+                    "members": [],
+                }
+            )
         m.join_reply = reply
         self._stop_timer(m)
         if g.state == PREPARING:
@@ -180,15 +216,24 @@ class Coordinator:
         if g.leader not in g.members:
             g.leader = next(iter(g.members))
         g.state = COMPLETING
-        members = [{"member_id": m.id, "group_instance_id": None,
-                    "metadata": m.metadata_for(g.protocol)} for m in g.members.values()]
+        members = [
+            {"member_id": m.id, "group_instance_id": None, "metadata": m.metadata_for(g.protocol)}
+            for m in g.members.values()
+        ]
         for m in list(g.members.values()):
             reply, m.join_reply = m.join_reply, None
             m.assignment = b""
             self._touch(g, m)
-            reply({"error_code": 0, "generation_id": g.generation, "protocol_name": g.protocol,
-                   "leader": g.leader, "member_id": m.id,
-                   "members": members if m.id == g.leader else []})
+            reply(
+                {
+                    "error_code": 0,
+                    "generation_id": g.generation,
+                    "protocol_name": g.protocol,
+                    "leader": g.leader,
+                    "member_id": m.id,
+                    "members": members if m.id == g.leader else [],
+                }
+            )
 
     @staticmethod
     def _select_protocol(g: Group) -> str:
@@ -212,8 +257,14 @@ class Coordinator:
                 return n
         return max(votes, key=votes.__getitem__)
 
-    def sync(self, group_id: str, generation: int, member_id: str,
-             assignments: list[tuple[str, bytes]], reply: Callable[[dict], None]) -> None:
+    def sync(
+        self,
+        group_id: str,
+        generation: int,
+        member_id: str,
+        assignments: list[tuple[str, bytes]],
+        reply: Callable[[dict], None],
+    ) -> None:
         g = self.groups.get(group_id)
         m = g.members.get(member_id) if g else None
         if m is None:
@@ -278,8 +329,16 @@ class Coordinator:
         g.members.pop(m.id, None)
         if m.join_reply is not None:
             r, m.join_reply = m.join_reply, None
-            r({"error_code": E.UNKNOWN_MEMBER_ID, "generation_id": -1, "protocol_name": "",
-               "leader": "", "member_id": m.id, "members": []})
+            r(
+                {
+                    "error_code": E.UNKNOWN_MEMBER_ID,
+                    "generation_id": -1,
+                    "protocol_name": "",
+                    "leader": "",
+                    "member_id": m.id,
+                    "members": [],
+                }
+            )
         if m.sync_reply is not None:
             r, m.sync_reply = m.sync_reply, None
             r({"error_code": E.UNKNOWN_MEMBER_ID, "assignment": b""})
@@ -328,11 +387,13 @@ class Coordinator:
             return E.REBALANCE_IN_PROGRESS
         return 0
 
-    def commit(self, group_id: str, topic: str, partition: int, offset: int,
-               metadata: str | None) -> None:
+    def commit(
+        self, group_id: str, topic: str, partition: int, offset: int, metadata: str | None
+    ) -> None:
         self.offsets.setdefault(group_id, {})[(topic, partition)] = (offset, metadata)
-        self.broker.kv_put_obj(OFFSETS_NS, json.dumps([group_id, topic, partition]),
-                               [offset, metadata])
+        self.broker.kv_put_obj(
+            OFFSETS_NS, json.dumps([group_id, topic, partition]), [offset, metadata]
+        )
 
     def committed(self, group_id: str, topic: str, partition: int) -> tuple[int, str | None]:
         return self.offsets.get(group_id, {}).get((topic, partition), (-1, ""))
@@ -360,19 +421,35 @@ class Coordinator:
         g = self.groups.get(group_id)
         if g is None:
             state = EMPTY if group_id in self.offsets else DEAD
-            return {"error_code": 0, "group_id": group_id, "group_state": state,
-                    "protocol_type": "", "protocol_data": "", "members": [],
-                    "authorized_operations": -2147483648}
+            return {
+                "error_code": 0,
+                "group_id": group_id,
+                "group_state": state,
+                "protocol_type": "",
+                "protocol_data": "",
+                "members": [],
+                "authorized_operations": -2147483648,
+            }
         members = []
         for m in g.members.values():
-            members.append({"member_id": m.id, "client_id": m.client_id,
-                            "client_host": m.client_host,
-                            "member_metadata": m.metadata_for(g.protocol or ""),
-                            "member_assignment": m.assignment})
-        return {"error_code": 0, "group_id": g.id, "group_state": g.state,
-                "protocol_type": g.protocol_type,
-                "protocol_data": g.protocol if g.state == STABLE and g.protocol else "",
-                "members": members, "authorized_operations": -2147483648}
+            members.append(
+                {
+                    "member_id": m.id,
+                    "client_id": m.client_id,
+                    "client_host": m.client_host,
+                    "member_metadata": m.metadata_for(g.protocol or ""),
+                    "member_assignment": m.assignment,
+                }
+            )
+        return {
+            "error_code": 0,
+            "group_id": g.id,
+            "group_state": g.state,
+            "protocol_type": g.protocol_type,
+            "protocol_data": g.protocol if g.state == STABLE and g.protocol else "",
+            "members": members,
+            "authorized_operations": -2147483648,
+        }
 
     def close(self) -> None:
         for g in self.groups.values():

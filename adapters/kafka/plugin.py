@@ -41,9 +41,13 @@ def looks_like(head: bytes) -> bool | None:
 
 @hookimpl
 def polymq_adapters() -> list[AdapterSpec]:
-    return [AdapterSpec(
-        name="kafka", default_port=9092, build_factory=build_factory,
-        default_config=dict(DEFAULT_CONFIG),
-        description="Kafka wire protocol (produce, fetch, consumer groups, idempotence)",
-        looks_like=looks_like,
-    )]
+    return [
+        AdapterSpec(
+            name="kafka",
+            default_port=9092,
+            build_factory=build_factory,
+            default_config=dict(DEFAULT_CONFIG),
+            description="Kafka wire protocol (produce, fetch, consumer groups, idempotence)",
+            looks_like=looks_like,
+        )
+    ]

@@ -19,19 +19,19 @@ from polymq.core.message import Message
 
 # the declaration of the batch header (offsets as in the Kafka docs)
 RECORD_BATCH_HEADER = cs.Struct(
-    "base_offset" / cs.Int64sb,            # 0
-    "batch_length" / cs.Int32sb,           # 8
+    "base_offset" / cs.Int64sb,  # 0
+    "batch_length" / cs.Int32sb,  # 8
     "partition_leader_epoch" / cs.Int32sb,  # 12
-    "magic" / cs.Int8sb,                   # 16
-    "crc" / cs.Int32ub,                    # 17
-    "attributes" / cs.Int16sb,             # 21
-    "last_offset_delta" / cs.Int32sb,      # 23
-    "base_timestamp" / cs.Int64sb,         # 27
-    "max_timestamp" / cs.Int64sb,          # 35
-    "producer_id" / cs.Int64sb,            # 43
-    "producer_epoch" / cs.Int16sb,         # 51
-    "base_sequence" / cs.Int32sb,          # 53
-    "records_count" / cs.Int32sb,          # 57
+    "magic" / cs.Int8sb,  # 16
+    "crc" / cs.Int32ub,  # 17
+    "attributes" / cs.Int16sb,  # 21
+    "last_offset_delta" / cs.Int32sb,  # 23
+    "base_timestamp" / cs.Int64sb,  # 27
+    "max_timestamp" / cs.Int64sb,  # 35
+    "producer_id" / cs.Int64sb,  # 43
+    "producer_epoch" / cs.Int16sb,  # 51
+    "base_sequence" / cs.Int32sb,  # 53
+    "records_count" / cs.Int32sb,  # 57
 )
 HEADER_SIZE = 61
 _HDR = struct.Struct(">qiibIhiqqqhii")
@@ -51,11 +51,26 @@ class BatchError(Exception):
 class BatchInfo:
     """What the broker needs from a batch header (no record is looked at)."""
 
-    __slots__ = ("data", "count", "max_timestamp", "producer_id", "producer_epoch",
-                 "base_sequence", "attributes")
+    __slots__ = (
+        "data",
+        "count",
+        "max_timestamp",
+        "producer_id",
+        "producer_epoch",
+        "base_sequence",
+        "attributes",
+    )
 
-    def __init__(self, data: memoryview, count: int, max_timestamp: int, producer_id: int,
-                 producer_epoch: int, base_sequence: int, attributes: int) -> None:
+    def __init__(
+        self,
+        data: memoryview,
+        count: int,
+        max_timestamp: int,
+        producer_id: int,
+        producer_epoch: int,
+        base_sequence: int,
+        attributes: int,
+    ) -> None:
         self.data = data
         self.count = count
         self.max_timestamp = max_timestamp
@@ -76,14 +91,15 @@ def check_batches(records: memoryview) -> list[BatchInfo]:
     while pos < end:
         if end - pos < HEADER_SIZE:
             raise BatchError(2, "truncated record batch")
-        (_, length, _, magic, crc, attrs, last_delta, _, max_ts, pid, epoch, seq,
-         count) = _HDR.unpack_from(records, pos)
+        (_, length, _, magic, crc, attrs, last_delta, _, max_ts, pid, epoch, seq, count) = (
+            _HDR.unpack_from(records, pos)
+        )
         if magic != 2:
             raise BatchError(2, f"unsupported record batch magic {magic}")
         size = length + 12
         if length < HEADER_SIZE - 12 or pos + size > end:
             raise BatchError(2, "bad record batch length")
-        data = records[pos:pos + size]
+        data = records[pos : pos + size]
         if crc32c.crc32c(data[21:]) != crc:
             raise BatchError(2, "record batch CRC mismatch")
         if count <= 0 or last_delta + 1 != count:
@@ -161,8 +177,14 @@ def _decompress_errors() -> tuple[type[Exception], ...]:
 
     # zlib.error (gzip), RuntimeError (lz4), UncompressError (snappy), ZstdError, and the
     # ValueError / EOFError some of them raise for truncated input
-    return (zlib.error, RuntimeError, ValueError, EOFError, snappy.UncompressError,
-            zstandard.ZstdError)
+    return (
+        zlib.error,
+        RuntimeError,
+        ValueError,
+        EOFError,
+        snappy.UncompressError,
+        zstandard.ZstdError,
+    )
 
 
 def decompress(codec: int, data: bytes, limit: int) -> bytes:
@@ -182,7 +204,7 @@ def decompress(codec: int, data: bytes, limit: int) -> bytes:
                     pos += 4
                     if n < 0 or pos + n > len(data):
                         raise BatchError(2, "bad xerial snappy chunk")
-                    chunk = _snappy_raw(data[pos:pos + n], limit - total)
+                    chunk = _snappy_raw(data[pos : pos + n], limit - total)
                     total += len(chunk)
                     parts.append(chunk)
                     pos += n
@@ -234,8 +256,14 @@ def compress(codec: int, data: bytes) -> bytes:
 class Record:
     __slots__ = ("offset", "timestamp", "key", "value", "headers")
 
-    def __init__(self, offset: int, timestamp: int, key: bytes | None, value: bytes | None,
-                 headers: list[tuple[str, bytes | None]]) -> None:
+    def __init__(
+        self,
+        offset: int,
+        timestamp: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes | None]],
+    ) -> None:
         self.offset = offset
         self.timestamp = timestamp
         self.key = key
@@ -251,8 +279,7 @@ def decode_batch(data: bytes, limit: int = DECODE_LIMIT) -> list[Record]:
     data = bytes(data)
     if len(data) < HEADER_SIZE:
         raise BatchError(2, "truncated record batch")
-    (base, _, _, magic, _, attrs, _, base_ts, max_ts, _, _, _,
-     count) = _HDR.unpack_from(data, 0)
+    (base, _, _, magic, _, attrs, _, base_ts, max_ts, _, _, _, count) = _HDR.unpack_from(data, 0)
     if magic != 2:
         raise BatchError(2, "unsupported magic")
     body = decompress(attrs & 7, data[HEADER_SIZE:], limit)
@@ -274,7 +301,7 @@ def decode_batch(data: bytes, limit: int = DECODE_LIMIT) -> list[Record]:
         if klen >= 0:
             if pos + klen > end:
                 raise BatchError(2, "bad key length")
-            key = body[pos:pos + klen]
+            key = body[pos : pos + klen]
             pos += klen
         else:
             key = None
@@ -282,7 +309,7 @@ def decode_batch(data: bytes, limit: int = DECODE_LIMIT) -> list[Record]:
         if vlen >= 0:
             if pos + vlen > end:
                 raise BatchError(2, "bad value length")
-            value = body[pos:pos + vlen]
+            value = body[pos : pos + vlen]
             pos += vlen
         else:
             value = None
@@ -294,13 +321,13 @@ def decode_batch(data: bytes, limit: int = DECODE_LIMIT) -> list[Record]:
             hk, pos = read_varint(body, pos)
             if hk < 0 or pos + hk > end:
                 raise BatchError(2, "bad header key")
-            hkey = body[pos:pos + hk].decode("utf-8", "replace")
+            hkey = body[pos : pos + hk].decode("utf-8", "replace")
             pos += hk
             hv, pos = read_varint(body, pos)
             if hv >= 0:
                 if pos + hv > end:
                     raise BatchError(2, "bad header value")
-                hval = body[pos:pos + hv]
+                hval = body[pos : pos + hv]
                 pos += hv
             else:
                 hval = None
@@ -328,13 +355,15 @@ def decode_messages(data: bytes) -> list[Message]:
                 except UnicodeDecodeError:
                     pass
             headers[k] = v
-        out.append(Message(
-            r.value if r.value is not None else b"",
-            key=r.key,
-            headers=headers,
-            timestamp=r.timestamp,
-            durable=True,
-        ))
+        out.append(
+            Message(
+                r.value if r.value is not None else b"",
+                key=r.key,
+                headers=headers,
+                timestamp=r.timestamp,
+                durable=True,
+            )
+        )
     return out
 
 
@@ -355,9 +384,14 @@ def header_bytes(value: Any) -> bytes | None:
     return str(value).encode("utf-8")
 
 
-def encode_batch(records: list[tuple[bytes | None, bytes | None, list, int]],
-                 base_offset: int = 0, codec: int = CODEC_NONE, producer_id: int = -1,
-                 producer_epoch: int = -1, base_sequence: int = -1) -> bytes:
+def encode_batch(
+    records: list[tuple[bytes | None, bytes | None, list, int]],
+    base_offset: int = 0,
+    codec: int = CODEC_NONE,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+) -> bytes:
     """Build a v2 batch from (key, value, [(header key, header value)], timestamp) tuples."""
     if not records:
         raise ValueError("empty batch")
@@ -391,8 +425,20 @@ def encode_batch(records: list[tuple[bytes | None, bytes | None, list, int]],
         write_varint(body, len(rec))
         body += rec
     payload = compress(codec, bytes(body))
-    after_crc = struct.pack(">hiqqqhii", codec, len(records) - 1, base_ts, max_ts, producer_id,
-                            producer_epoch, base_sequence, len(records)) + payload
+    after_crc = (
+        struct.pack(
+            ">hiqqqhii",
+            codec,
+            len(records) - 1,
+            base_ts,
+            max_ts,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            len(records),
+        )
+        + payload
+    )
     crc = crc32c.crc32c(after_crc)
     length = 4 + 1 + 4 + len(after_crc)  # leader epoch, magic, crc, rest
     return struct.pack(">qiibI", base_offset, length, -1, 2, crc) + after_crc

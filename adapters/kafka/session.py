@@ -618,10 +618,13 @@ class KafkaSession(SessionBase):
                     error_code=C.INVALID_REPLICATION_FACTOR,
                     error_message="replication factor must be 1 (one broker)",
                 )
-            elif any(c.name == "cleanup.policy" and "compact" in (c.value or "")
-                     for c in t.configs):
-                r.update(error_code=40,  # INVALID_CONFIG: compaction is not implemented
-                         error_message="cleanup.policy=compact is not supported (delete only)")
+            elif any(
+                c.name == "cleanup.policy" and "compact" in (c.value or "") for c in t.configs
+            ):
+                r.update(
+                    error_code=40,  # INVALID_CONFIG: compaction is not implemented
+                    error_message="cleanup.policy=compact is not supported (delete only)",
+                )
             elif not self.conn.authorize("configure", "topic", t.name):
                 r.update(error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized")
             elif not (ver >= 1 and req.validate_only):

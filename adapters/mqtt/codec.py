@@ -58,15 +58,39 @@ DISCONNECT = 14
 AUTH = 15
 
 PACKET_NAMES = {
-    1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC", 6: "PUBREL",
-    7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK", 10: "UNSUBSCRIBE", 11: "UNSUBACK",
-    12: "PINGREQ", 13: "PINGRESP", 14: "DISCONNECT", 15: "AUTH",
+    1: "CONNECT",
+    2: "CONNACK",
+    3: "PUBLISH",
+    4: "PUBACK",
+    5: "PUBREC",
+    6: "PUBREL",
+    7: "PUBCOMP",
+    8: "SUBSCRIBE",
+    9: "SUBACK",
+    10: "UNSUBSCRIBE",
+    11: "UNSUBACK",
+    12: "PINGREQ",
+    13: "PINGRESP",
+    14: "DISCONNECT",
+    15: "AUTH",
 }
 
 # fixed-header flags every packet but PUBLISH must carry ([MQTT-2.2.2-1])
 REQUIRED_FLAGS = {
-    CONNECT: 0, CONNACK: 0, PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2,
-    SUBACK: 0, UNSUBSCRIBE: 2, UNSUBACK: 0, PINGREQ: 0, PINGRESP: 0, DISCONNECT: 0, AUTH: 0,
+    CONNECT: 0,
+    CONNACK: 0,
+    PUBACK: 0,
+    PUBREC: 0,
+    PUBREL: 2,
+    PUBCOMP: 0,
+    SUBSCRIBE: 2,
+    SUBACK: 0,
+    UNSUBSCRIBE: 2,
+    UNSUBACK: 0,
+    PINGREQ: 0,
+    PINGRESP: 0,
+    DISCONNECT: 0,
+    AUTH: 0,
 }
 
 V31 = 3
@@ -226,11 +250,10 @@ Publish = Struct(
 # PUBACK, PUBREC, PUBREL, PUBCOMP: 5.0 may omit the reason (success) and the properties
 Ack = Struct(
     "packet_id" / Int16ub,
-    "reason" / If(lambda ctx: _v5(ctx) and ctx._io.tell() < ctx._root._params.get("size", 2),
-                  Int8ub),
-    "properties" / If(
-        lambda ctx: _v5(ctx) and ctx._io.tell() < ctx._root._params.get("size", 2), Properties
-    ),
+    "reason"
+    / If(lambda ctx: _v5(ctx) and ctx._io.tell() < ctx._root._params.get("size", 2), Int8ub),
+    "properties"
+    / If(lambda ctx: _v5(ctx) and ctx._io.tell() < ctx._root._params.get("size", 2), Properties),
     Terminated,
 )
 
@@ -279,10 +302,21 @@ Auth = Disconnect
 Empty = Struct(Terminated)
 
 BODIES = {
-    CONNECT: Connect, CONNACK: Connack, PUBLISH: Publish, PUBACK: Ack, PUBREC: Ack,
-    PUBREL: Ack, PUBCOMP: Ack, SUBSCRIBE: Subscribe, SUBACK: Suback,
-    UNSUBSCRIBE: Unsubscribe, UNSUBACK: Unsuback, PINGREQ: Empty, PINGRESP: Empty,
-    DISCONNECT: Disconnect, AUTH: Auth,
+    CONNECT: Connect,
+    CONNACK: Connack,
+    PUBLISH: Publish,
+    PUBACK: Ack,
+    PUBREC: Ack,
+    PUBREL: Ack,
+    PUBCOMP: Ack,
+    SUBSCRIBE: Subscribe,
+    SUBACK: Suback,
+    UNSUBSCRIBE: Unsubscribe,
+    UNSUBACK: Unsuback,
+    PINGREQ: Empty,
+    PINGRESP: Empty,
+    DISCONNECT: Disconnect,
+    AUTH: Auth,
 }
 
 # the variable byte integer of the fixed header, declared for the property tests
@@ -380,21 +414,36 @@ def props_container(props: dict[str, Any] | None) -> dict:
     return {"items": items}
 
 
-def build_connack(version: int, session_present: bool, reason: int,
-                  props: dict[str, Any] | None = None) -> bytes:
-    return build(CONNACK, version, session_present=int(session_present), reason=reason,
-                 properties=props_container(props) if version == V5 else None)
+def build_connack(
+    version: int, session_present: bool, reason: int, props: dict[str, Any] | None = None
+) -> bytes:
+    return build(
+        CONNACK,
+        version,
+        session_present=int(session_present),
+        reason=reason,
+        properties=props_container(props) if version == V5 else None,
+    )
 
 
 def build_suback(version: int, packet_id: int, reasons: list[int]) -> bytes:
-    return build(SUBACK, version, packet_id=packet_id, reasons=bytes(reasons),
-                 properties=props_container(None) if version == V5 else None)
+    return build(
+        SUBACK,
+        version,
+        packet_id=packet_id,
+        reasons=bytes(reasons),
+        properties=props_container(None) if version == V5 else None,
+    )
 
 
 def build_unsuback(version: int, packet_id: int, reasons: list[int]) -> bytes:
-    return build(UNSUBACK, version, packet_id=packet_id,
-                 reasons=bytes(reasons) if version == V5 else b"",
-                 properties=props_container(None) if version == V5 else None)
+    return build(
+        UNSUBACK,
+        version,
+        packet_id=packet_id,
+        reasons=bytes(reasons) if version == V5 else b"",
+        properties=props_container(None) if version == V5 else None,
+    )
 
 
 def build_disconnect(reason: int, props: dict[str, Any] | None = None) -> bytes:
@@ -413,8 +462,17 @@ class FrameReader:
     kept.
     """
 
-    __slots__ = ("buf", "max_size", "first_type_check", "one_at_a_time", "error", "_out",
-                 "_chunks", "_have", "_need")
+    __slots__ = (
+        "buf",
+        "max_size",
+        "first_type_check",
+        "one_at_a_time",
+        "error",
+        "_out",
+        "_chunks",
+        "_have",
+        "_need",
+    )
 
     def __init__(self, max_size: int) -> None:
         self.buf = b""

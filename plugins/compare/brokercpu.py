@@ -93,5 +93,9 @@ class BrokerCpu:
     def result(self) -> dict | None:
         if self.pid is None or self.start is None or self.stop is None:
             return None
-        return {"pid": self.pid, "process": process_name(self.pid), "found_by": self.how,
-                "cpu_s": round(self.stop - self.start, 3)}
+        return {
+            "pid": self.pid,
+            "process": process_name(self.pid),
+            "found_by": self.how,
+            "cpu_s": round(self.stop - self.start, 3),
+        }

@@ -38,46 +38,91 @@ def build_parser(prog: str = "polymq compare") -> argparse.ArgumentParser:
         "percentiles, bytes on the wire and broker CPU per protocol.",
         epilog="presets: " + "; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()),
     )
-    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                   help=f"named workload; the flags below override its values ({DEFAULT_PRESET})")
-    p.add_argument("--repeat", type=int, default=1, metavar="N",
-                   help="run each target N times; report the median, range and spread of "
-                   "throughput and latency and the run closest to the medians (1)")
-    p.add_argument("--protocols", default=",".join(PROTOCOLS), metavar="LIST",
-                   help="comma-separated protocols run against polymq's default URLs when no "
-                   "--url is given (default: all four)")
-    p.add_argument("--url", action="append", default=[], metavar="PROTO[@LABEL]=URL",
-                   help="a target, repeatable: mqtt=mqtt://H:P, amqp=amqp://user:pw@H:P/vhost, "
-                   "kafka=H:P, openwire=tcp://H:P; LABEL names it in the report")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=DEFAULT_PRESET,
+        help=f"named workload; the flags below override its values ({DEFAULT_PRESET})",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each target N times; report the median, range and spread of "
+        "throughput and latency and the run closest to the medians (1)",
+    )
+    p.add_argument(
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        metavar="LIST",
+        help="comma-separated protocols run against polymq's default URLs when no "
+        "--url is given (default: all four)",
+    )
+    p.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="PROTO[@LABEL]=URL",
+        help="a target, repeatable: mqtt=mqtt://H:P, amqp=amqp://user:pw@H:P/vhost, "
+        "kafka=H:P, openwire=tcp://H:P; LABEL names it in the report",
+    )
     w = p.add_argument_group("workload (override the preset)")
     w.add_argument("--producers", type=int, metavar="N")
     w.add_argument("--consumers", type=int, metavar="N")
     w.add_argument("--size", type=int, metavar="BYTES", help="message body size (>= 16)")
     w.add_argument("--count", type=int, metavar="N", help="messages per producer")
-    w.add_argument("--duration", type=float, metavar="SECONDS",
-                   help="produce for this long instead of --count")
-    w.add_argument("--rate", type=float, metavar="MSGS_PER_S",
-                   help="fixed publish rate per producer (for latency at a given load)")
+    w.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="produce for this long instead of --count"
+    )
+    w.add_argument(
+        "--rate",
+        type=float,
+        metavar="MSGS_PER_S",
+        help="fixed publish rate per producer (for latency at a given load)",
+    )
     w.add_argument("--guarantee", choices=GUARANTEES)
-    w.add_argument("--pattern", choices=PATTERNS,
-                   help="fanout: every consumer gets every message; queue: competing consumers")
-    w.add_argument("--mqtt-version", type=int, choices=(4, 5),
-                   help="4 = MQTT 3.1.1 (default), 5 = MQTT 5.0 (forced by --pattern queue)")
-    w.add_argument("--window", type=int, metavar="N",
-                   help="unconfirmed publishes in flight per producer (1000)")
-    w.add_argument("--drain-timeout", type=float, metavar="SECONDS",
-                   help="give up this long after the last delivery once producers are done (10)")
+    w.add_argument(
+        "--pattern",
+        choices=PATTERNS,
+        help="fanout: every consumer gets every message; queue: competing consumers",
+    )
+    w.add_argument(
+        "--mqtt-version",
+        type=int,
+        choices=(4, 5),
+        help="4 = MQTT 3.1.1 (default), 5 = MQTT 5.0 (forced by --pattern queue)",
+    )
+    w.add_argument(
+        "--window",
+        type=int,
+        metavar="N",
+        help="unconfirmed publishes in flight per producer (1000)",
+    )
+    w.add_argument(
+        "--drain-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up this long after the last delivery once producers are done (10)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="result file (default compare-<time>.json)")
     o.add_argument("--html", metavar="FILE", help="HTML report (default: the JSON name, .html)")
     o.add_argument("--markdown", metavar="FILE", help="also write the summary as a Markdown table")
-    o.add_argument("--broker-pid", type=int, metavar="PID",
-                   help="broker process for CPU accounting (default: the local process "
-                   "listening on each target's port)")
+    o.add_argument(
+        "--broker-pid",
+        type=int,
+        metavar="PID",
+        help="broker process for CPU accounting (default: the local process "
+        "listening on each target's port)",
+    )
     bar = o.add_mutually_exclusive_group()
     bar.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bar.add_argument("--progress", action="store_true",
-                     help="show the progress bar even when stdout is not a terminal")
+    bar.add_argument(
+        "--progress",
+        action="store_true",
+        help="show the progress bar even when stdout is not a terminal",
+    )
     return p
 
 
@@ -87,8 +132,9 @@ def resolve_targets(args) -> list:
     protos = [x.strip().lower() for x in args.protocols.split(",") if x.strip()]
     bad = [x for x in protos if x not in PROTOCOLS]
     if bad or not protos:
-        raise CompareError(f"--protocols: unknown {', '.join(bad) or '(empty)'} "
-                           f"(known: {', '.join(PROTOCOLS)})")
+        raise CompareError(
+            f"--protocols: unknown {', '.join(bad) or '(empty)'} (known: {', '.join(PROTOCOLS)})"
+        )
     return [target_from_url(x, DEFAULT_URLS[x], "polymq") for x in protos]
 
 
@@ -109,9 +155,17 @@ def main(argv: list[str] | None = None, prog: str = "polymq compare") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         wl = make_workload(
-            args.preset, producers=args.producers, consumers=args.consumers, size=args.size,
-            count=args.count, duration=args.duration, rate=args.rate, guarantee=args.guarantee,
-            pattern=args.pattern, mqtt_version=args.mqtt_version, window=args.window,
+            args.preset,
+            producers=args.producers,
+            consumers=args.consumers,
+            size=args.size,
+            count=args.count,
+            duration=args.duration,
+            rate=args.rate,
+            guarantee=args.guarantee,
+            pattern=args.pattern,
+            mqtt_version=args.mqtt_version,
+            window=args.window,
             drain_timeout=args.drain_timeout,
         )
         if args.repeat < 1:
@@ -151,21 +205,29 @@ def run(args, argv: list[str], wl, targets: list) -> int:
         console = Console(width=max(console.width, 170), force_terminal=args.progress or None)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     json_path = args.json or f"compare-{stamp}.json"
-    html_path = args.html or (json_path[:-5] if json_path.endswith(".json") else json_path) \
-        + ".html"
+    html_path = (
+        args.html or (json_path[:-5] if json_path.endswith(".json") else json_path) + ".html"
+    )
     results = []
     show = not args.no_progress and console.is_terminal
     for target in targets:
         desc = f"{target.protocol} @ {target.label}"
         if show:
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console, transient=True) as prog:
+            with Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            ) as prog:
                 sent_task = prog.add_task(f"{desc} sent", total=None)
                 recv_task = prog.add_task(f"{desc} delivered", total=None)
                 sent_total = wl.count * wl.producers if wl.count else None
 
-                def update(sent, received, expected, prog=prog, s=sent_task, r=recv_task,
-                           st=sent_total):
+                def update(
+                    sent, received, expected, prog=prog, s=sent_task, r=recv_task, st=sent_total
+                ):
                     prog.update(s, completed=sent, total=st)
                     prog.update(r, completed=received, total=expected or None)
 

@@ -21,8 +21,18 @@ LATENCY_MAX_US = 3_600_000_000  # 1 h
 class Tally:
     """What one consumer received: counts, duplicates, order violations, latencies (µs)."""
 
-    __slots__ = ("seen", "last", "unique", "total", "dups", "disorder", "lat", "first", "final",
-                 "bad")
+    __slots__ = (
+        "seen",
+        "last",
+        "unique",
+        "total",
+        "dups",
+        "disorder",
+        "lat",
+        "first",
+        "final",
+        "bad",
+    )
 
     def __init__(self) -> None:
         self.seen: dict[int, bytearray] = {}
@@ -63,9 +73,15 @@ class Tally:
         self.final = now
 
     def result(self) -> dict:
-        return {"total": self.total, "unique": self.unique, "duplicates": self.dups,
-                "out_of_order": self.disorder, "malformed": self.bad,
-                "first_ns": self.first, "last_ns": self.final}
+        return {
+            "total": self.total,
+            "unique": self.unique,
+            "duplicates": self.dups,
+            "out_of_order": self.disorder,
+            "malformed": self.bad,
+            "first_ns": self.first,
+            "last_ns": self.final,
+        }
 
 
 def merge_tallies(tallies: list[Tally]) -> dict:
@@ -73,8 +89,15 @@ def merge_tallies(tallies: list[Tally]) -> dict:
     from hdrh.histogram import HdrHistogram
 
     hist = HdrHistogram(1, LATENCY_MAX_US, 3)
-    out = {"total": 0, "unique": 0, "duplicates": 0, "out_of_order": 0, "malformed": 0,
-           "first_ns": 0, "last_ns": 0}
+    out = {
+        "total": 0,
+        "unique": 0,
+        "duplicates": 0,
+        "out_of_order": 0,
+        "malformed": 0,
+        "first_ns": 0,
+        "last_ns": 0,
+    }
     for t in tallies:
         r = t.result()
         for k in ("total", "unique", "duplicates", "out_of_order", "malformed"):
@@ -109,8 +132,7 @@ class Pacer:
             n = int((time.monotonic() - self.start) * self.rate) + 1 - sent
             if n > 0:
                 return min(n, self.batch)
-            time.sleep(max(0.0, (sent - (time.monotonic() - self.start) * self.rate)
-                           / self.rate))
+            time.sleep(max(0.0, (sent - (time.monotonic() - self.start) * self.rate) / self.rate))
 
 
 class Budget:
@@ -141,7 +163,9 @@ def socket_bytes(pid: int, port: int) -> tuple[int, int] | None:
     try:
         out = subprocess.run(
             ["ss", "-tinpH", "state", "established", f"( dport = :{port} )"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None

@@ -10,8 +10,18 @@ import os
 import platform
 import time
 
-COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-          "#7f7f7f", "#bcbd22", "#17becf"]
+COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 # runs are told apart by line style and marker shape too, not by colour alone
 DASHES = ["", "6 3", "2 3", "8 3 2 3", "12 4", "4 2 4 6"]
 MARKERS = ["circle", "square", "triangle", "diamond", "cross", "triangle-down"]
@@ -57,8 +67,11 @@ def document(workload: dict, results: list[dict], argv: list[str]) -> dict:
         "polymq_version": ver,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": argv,
-        "host": {"platform": platform.platform(), "python": platform.python_version(),
-                 "cpus": os.cpu_count()},
+        "host": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
         "workload": workload,
         "results": results,
     }
@@ -104,18 +117,21 @@ def rich_table(doc: dict):
         table.add_column(name, justify="right", no_wrap=True)
     table.add_column("check", no_wrap=True)
     for r in doc["results"]:
-        table.add_row(r["label"], r["protocol"],
-                      *[fmt(get(r, p), f) for p, _n, f in COLUMNS], _check(r))
+        table.add_row(
+            r["label"], r["protocol"], *[fmt(get(r, p), f) for p, _n, f in COLUMNS], _check(r)
+        )
     return table
 
 
 def _wide_width(doc: dict) -> int:
     """Columns the one-row-per-run table needs with every cell whole."""
     results = doc["results"]
-    columns = [["target", *[r["label"] for r in results]],
-               ["protocol", *[r["protocol"] for r in results]],
-               *[[name, *[fmt(get(r, p), f) for r in results]] for p, name, f in COLUMNS],
-               ["check", *[_check(r) for r in results]]]
+    columns = [
+        ["target", *[r["label"] for r in results]],
+        ["protocol", *[r["protocol"] for r in results]],
+        *[[name, *[fmt(get(r, p), f) for r in results]] for p, name, f in COLUMNS],
+        ["check", *[_check(r) for r in results]],
+    ]
     return sum(_width(c) + 3 for c in columns) + 1
 
 
@@ -126,10 +142,13 @@ def narrow_tables(doc: dict, width: int) -> list:
     results = doc["results"]
     names = ["protocol", *[n for _p, n, _f in COLUMNS], "check"]
     label_width = _width(names) + 3
-    run_cells = [[r["protocol"], *[fmt(get(r, p), f) for p, _n, f in COLUMNS], _check(r)]
-                 for r in results]
-    run_widths = [max(_width(cells), _width([r["label"]])) + 3 for cells, r in
-                  zip(run_cells, results, strict=True)]
+    run_cells = [
+        [r["protocol"], *[fmt(get(r, p), f) for p, _n, f in COLUMNS], _check(r)] for r in results
+    ]
+    run_widths = [
+        max(_width(cells), _width([r["label"]])) + 3
+        for cells, r in zip(run_cells, results, strict=True)
+    ]
     tables, start = [], 0
     while start < len(results):
         end, used = start + 1, label_width + run_widths[start] + 1
@@ -178,9 +197,16 @@ def repeat_table(doc: dict):
     for r in results:
         for number, (key, name, pattern) in enumerate(REPEAT_MEASURES):
             s = r["repeats"]["summary"].get(key)
-            figures = (["-"] * 4 if not s else [
-                pattern.format(s["median"]), pattern.format(s["min"]), pattern.format(s["max"]),
-                f"{s['spread_pct']:.0f}%"])
+            figures = (
+                ["-"] * 4
+                if not s
+                else [
+                    pattern.format(s["median"]),
+                    pattern.format(s["min"]),
+                    pattern.format(s["max"]),
+                    f"{s['spread_pct']:.0f}%",
+                ]
+            )
             table.add_row(_name(r) if number == 0 else "", name, *figures)
     return table
 
@@ -198,8 +224,11 @@ def print_summary(console, doc: dict) -> None:
         for text in r["failures"]:
             console.print(f"[red]{r['label']} {r['protocol']}: {text}[/]", highlight=False)
         if r.get("tracebacks"):
-            console.print(f"[red]{r['label']} {r['protocol']}: the traceback is in the JSON "
-                          "and HTML reports[/]", highlight=False)
+            console.print(
+                f"[red]{r['label']} {r['protocol']}: the traceback is in the JSON "
+                "and HTML reports[/]",
+                highlight=False,
+            )
         for text in r["warnings"]:
             console.print(f"[yellow]{r['label']} {r['protocol']}: {text}[/]", highlight=False)
 
@@ -273,8 +302,10 @@ def throughput_svg(results: list[dict]) -> str:
     values = [get(r, "throughput.msgs_per_s") or 0 for r in results]
     top = max(values + [1])
     h = len(results) * (bar_h + gap) + 40
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{left + width + 140}"'
-           f' height="{h}" role="img" aria-label="throughput">']
+    out = [
+        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{left + width + 140}"'
+        f' height="{h}" role="img" aria-label="throughput">'
+    ]
     out.append(f'<text x="{left}" y="14" class="axis">delivered msgs/s (MB/s)</text>')
     for i, (r, v) in enumerate(zip(results, values, strict=True)):
         y = 24 + i * (bar_h + gap)
@@ -282,12 +313,16 @@ def throughput_svg(results: list[dict]) -> str:
         color = COLORS[i % len(COLORS)]
         mb = get(r, "throughput.mb_per_s")
         out.append(f'<text x="{left - 8}" y="{y + 16}" text-anchor="end">{_e(_name(r))}</text>')
-        out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" '
-                   f'fill="{color}" data-run="{i}" data-msgs-per-s="{v}"><title>'
-                   f'{_e(_name(r))}: {v} msgs/s</title></rect>')
-        out.append(f'<text x="{left + w + 6:.1f}" y="{y + 16}" class="val" data-run="{i}" '
-                   f'data-key="throughput.msgs_per_s">{fmt(v, "{:,.0f}")} '
-                   f'({fmt(mb, "{:.2f}")})</text>')
+        out.append(
+            f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" '
+            f'fill="{color}" data-run="{i}" data-msgs-per-s="{v}"><title>'
+            f"{_e(_name(r))}: {v} msgs/s</title></rect>"
+        )
+        out.append(
+            f'<text x="{left + w + 6:.1f}" y="{y + 16}" class="val" data-run="{i}" '
+            f'data-key="throughput.msgs_per_s">{fmt(v, "{:,.0f}")} '
+            f"({fmt(mb, '{:.2f}')})</text>"
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -314,47 +349,69 @@ def latency_svg(results: list[dict]) -> str:
 
     def sy(v: float) -> float:
         v = max(v, lo)
-        return top + height * (1 - (math.log10(v) - math.log10(lo)) /
-                               (math.log10(hi) - math.log10(lo)))
+        return top + height * (
+            1 - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+        )
 
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{left + width + 200}"'
-           f' height="{top + height + 50}" role="img" aria-label="latency percentiles">']
+    out = [
+        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{left + width + 200}"'
+        f' height="{top + height + 50}" role="img" aria-label="latency percentiles">'
+    ]
     decade = lo
     while decade <= hi * 1.0001:
         y = sy(decade)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" '
-                   'class="grid"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">'
-                   f'{decade:g} ms</text>')
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" class="grid"/>'
+        )
+        out.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">'
+            f"{decade:g} ms</text>"
+        )
         decade *= 10
-    for p, label in ((0, "p0"), (50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p99.9"),
-                     (99.99, "p99.99"), (100, "max")):
+    for p, label in (
+        (0, "p0"),
+        (50, "p50"),
+        (90, "p90"),
+        (99, "p99"),
+        (99.9, "p99.9"),
+        (99.99, "p99.99"),
+        (100, "max"),
+    ):
         x = sx(p)
-        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + height}" '
-                   'class="grid"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + height + 16}" text-anchor="middle" '
-                   f'class="axis">{label}</text>')
-    out.append(f'<text x="{left + width / 2}" y="{top + height + 38}" text-anchor="middle" '
-               'class="axis">percentile (end-to-end latency, log scale)</text>')
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + height}" class="grid"/>')
+        out.append(
+            f'<text x="{x:.1f}" y="{top + height + 16}" text-anchor="middle" '
+            f'class="axis">{label}</text>'
+        )
+    out.append(
+        f'<text x="{left + width / 2}" y="{top + height + 38}" text-anchor="middle" '
+        'class="axis">percentile (end-to-end latency, log scale)</text>'
+    )
     for n, (i, curve) in enumerate(curves):
         color = COLORS[i % len(COLORS)]
         dash = DASHES[i % len(DASHES)]
         marker = MARKERS[i % len(MARKERS)]
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         pts = " ".join(f"{sx(p):.1f},{sy(v):.1f}" for p, v in curve)
-        out.append(f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"'
-                   f'{dash_attr} data-run="{i}"/>')
+        out.append(
+            f'<polyline points="{pts}" fill="none" stroke="{color}" stroke-width="2"'
+            f'{dash_attr} data-run="{i}"/>'
+        )
         for p, v in curve:
             x, y = sx(p), sy(v)
             out.append(_marker(marker, x, y, color))
             # the data point itself, transparent: it carries the value and the tooltip
-            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color}" '
-                       f'fill-opacity="0" data-run="{i}" data-percentile="{p}" data-ms="{v}">'
-                       f'<title>{_e(_name(results[i]))} p{p:g}: {v} ms</title></circle>')
+            out.append(
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{color}" '
+                f'fill-opacity="0" data-run="{i}" data-percentile="{p}" data-ms="{v}">'
+                f"<title>{_e(_name(results[i]))} p{p:g}: {v} ms</title></circle>"
+            )
         ly = top + 10 + n * 18
         lx = left + width + 14
-        out.append(f'<line x1="{lx}" y1="{ly - 3}" x2="{lx + 28}" y2="{ly - 3}" '
-                   f'stroke="{color}" stroke-width="2"{dash_attr}/>')
+        out.append(
+            f'<line x1="{lx}" y1="{ly - 3}" x2="{lx + 28}" y2="{ly - 3}" '
+            f'stroke="{color}" stroke-width="2"{dash_attr}/>'
+        )
         out.append(_marker(marker, lx + 14, ly - 3, color))
         out.append(f'<text x="{lx + 36}" y="{ly + 1}">{_e(_name(results[i]))}</text>')
     out.append("</svg>")
@@ -367,8 +424,10 @@ def _marker(shape: str, x: float, y: float, color: str) -> str:
     if shape == "circle":
         return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{s}" fill="{color}" class="marker"/>'
     if shape == "square":
-        return (f'<rect x="{x - s:.1f}" y="{y - s:.1f}" width="{2 * s}" height="{2 * s}" '
-                f'fill="{color}" class="marker"/>')
+        return (
+            f'<rect x="{x - s:.1f}" y="{y - s:.1f}" width="{2 * s}" height="{2 * s}" '
+            f'fill="{color}" class="marker"/>'
+        )
     points = {
         "triangle": [(0, -1.2), (1.1, 0.9), (-1.1, 0.9)],
         "triangle-down": [(0, 1.2), (1.1, -0.9), (-1.1, -0.9)],
@@ -377,8 +436,10 @@ def _marker(shape: str, x: float, y: float, color: str) -> str:
     if points is not None:
         pts = " ".join(f"{x + dx * s:.1f},{y + dy * s:.1f}" for dx, dy in points)
         return f'<polygon points="{pts}" fill="{color}" class="marker"/>'
-    return (f'<path d="M{x - s:.1f},{y - s:.1f}L{x + s:.1f},{y + s:.1f}M{x - s:.1f},{y + s:.1f}'
-            f'L{x + s:.1f},{y - s:.1f}" stroke="{color}" stroke-width="2" class="marker"/>')
+    return (
+        f'<path d="M{x - s:.1f},{y - s:.1f}L{x + s:.1f},{y + s:.1f}M{x - s:.1f},{y + s:.1f}'
+        f'L{x + s:.1f},{y - s:.1f}" stroke="{color}" stroke-width="2" class="marker"/>'
+    )
 
 
 CSS = """
@@ -400,10 +461,9 @@ def render_html(doc: dict) -> str:
     for i, r in enumerate(results):
         c = r["counts"]
         cells = "".join(
-            f'<td data-run="{i}" data-key="{p}">{fmt(get(r, p), f)}</td>'
-            for p, _n, f in COLUMNS
+            f'<td data-run="{i}" data-key="{p}">{fmt(get(r, p), f)}</td>' for p, _n, f in COLUMNS
         )
-        status = ('<span class="ok">ok</span>' if r["ok"] else '<span class="fail">FAIL</span>')
+        status = '<span class="ok">ok</span>' if r["ok"] else '<span class="fail">FAIL</span>'
         rows.append(
             f'<tr><td class="l">{_e(r["label"])}</td><td class="l">{_e(r["protocol"])}</td>'
             f"{cells}<td>{c['sent']}</td><td>{c['unique']}/{c['expected']}</td>"
@@ -415,8 +475,10 @@ def render_html(doc: dict) -> str:
         for text in r["failures"]:
             problems.append(f'<li class="fail">{_e(_name(r))}: {_e(text)}</li>')
         for tb in r.get("tracebacks", []):
-            problems.append(f"<li><details><summary>{_e(_name(r))}: traceback</summary>"
-                            f"<pre>{_e(tb)}</pre></details></li>")
+            problems.append(
+                f"<li><details><summary>{_e(_name(r))}: traceback</summary>"
+                f"<pre>{_e(tb)}</pre></details></li>"
+            )
         for text in r["warnings"]:
             problems.append(f"<li>{_e(_name(r))}: {_e(text)}</li>")
     detail = []
@@ -442,21 +504,22 @@ def render_html(doc: dict) -> str:
     from .workload import describe_workload
 
     wl_text = describe_workload(wl) + (
-        f"; window {wl['window']}, drain timeout {wl['drain_timeout']:g} s")
+        f"; window {wl['window']}, drain timeout {wl['drain_timeout']:g} s"
+    )
     data = json.dumps(doc).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>polymq compare - {_e(wl['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>polymq compare - {_e(wl["name"])}</title>
 <style>{CSS}</style></head><body>
 <h1>polymq compare</h1>
-<p>{_e(doc['created'])} &middot; polymq {_e(doc['polymq_version'])} &middot;
-{_e(doc['host']['platform'])}, {_e(doc['host']['cpus'])} CPUs</p>
+<p>{_e(doc["created"])} &middot; polymq {_e(doc["polymq_version"])} &middot;
+{_e(doc["host"]["platform"])}, {_e(doc["host"]["cpus"])} CPUs</p>
 <p><b>workload</b>: {_e(wl_text)}</p>
-<p><b>command</b>: <code>{_e(' '.join(doc['command']))}</code></p>
+<p><b>command</b>: <code>{_e(" ".join(doc["command"]))}</code></p>
 <h2>Summary</h2>
 <table id="summary"><tr><th>target</th><th>protocol</th>{head}<th>sent</th>
 <th>delivered/expected</th><th>dups</th><th>out of order</th><th>check</th></tr>
-{''.join(rows)}</table>
-{'<ul>' + ''.join(problems) + '</ul>' if problems else ''}
+{"".join(rows)}</table>
+{"<ul>" + "".join(problems) + "</ul>" if problems else ""}
 {repeat_html(results)}
 <h2>Throughput</h2>
 {throughput_svg(results)}
@@ -467,7 +530,7 @@ def render_html(doc: dict) -> str:
 <th>producer B/msg out</th><th>producer B/msg in</th><th>consumer B/msg in</th>
 <th>consumer B/msg out</th><th>broker process</th><th>broker CPU s</th>
 <th>client CPU s (producers / consumers)</th><th>measured s</th></tr>
-{''.join(detail)}</table>
+{"".join(detail)}</table>
 <p>Throughput: unique deliveries / (last delivery - first send). Latency: consumer receive time
 - send time carried in the body (CLOCK_MONOTONIC, same machine), HDR histogram. Bytes: kernel TCP
 counters of the load clients' sockets (<code>ss -ti</code>), handshakes included; "up" is client
@@ -487,18 +550,25 @@ def repeat_html(results: list[dict]) -> str:
         cells = []
         for key, _title_text, pattern in REPEAT_MEASURES:
             s = r["repeats"]["summary"].get(key)
-            cells.append("<td>-</td>" if not s else (
-                f"<td>{pattern.format(s['median'])} [{pattern.format(s['min'])} &ndash; "
-                f"{pattern.format(s['max'])}], spread {s['spread_pct']:.0f}%</td>"))
+            cells.append(
+                "<td>-</td>"
+                if not s
+                else (
+                    f"<td>{pattern.format(s['median'])} [{pattern.format(s['min'])} &ndash; "
+                    f"{pattern.format(s['max'])}], spread {s['spread_pct']:.0f}%</td>"
+                )
+            )
         rows.append(f"<tr><td class='l'>{_e(_name(r))}</td>{''.join(cells)}</tr>")
     if not rows:
         return ""
     n = results[0]["repeats"]["n"] if results[0].get("repeats") else ""
     head = "".join(f"<th>{_e(name)}</th>" for _k, name, _f in REPEAT_MEASURES)
-    return (f"<h2>Repeated runs</h2><p>{n} runs per target: median [lowest &ndash; highest] and "
-            "spread ((highest - lowest) / median). The summary above shows the run closest to "
-            f"these medians.</p><table id='repeats'><tr><th>run</th>{head}</tr>"
-            f"{''.join(rows)}</table>")
+    return (
+        f"<h2>Repeated runs</h2><p>{n} runs per target: median [lowest &ndash; highest] and "
+        "spread ((highest - lowest) / median). The summary above shows the run closest to "
+        f"these medians.</p><table id='repeats'><tr><th>run</th>{head}</tr>"
+        f"{''.join(rows)}</table>"
+    )
 
 
 def write_html(doc: dict, path: str) -> None:

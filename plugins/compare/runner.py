@@ -16,8 +16,12 @@ from .workload import CompareError, Target, Workload, run_id
 READY_TIMEOUT = 60.0
 
 
-def run_target(target: Target, wl: Workload, broker_pid: int | None = None,
-               on_progress: Callable[[int, int, int], None] | None = None) -> dict:
+def run_target(
+    target: Target,
+    wl: Workload,
+    broker_pid: int | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> dict:
     """Run the workload once against ``target``; return its result record."""
     mp = multiprocessing.get_context("fork")
     shared = Shared(mp)
@@ -30,8 +34,12 @@ def run_target(target: Target, wl: Workload, broker_pid: int | None = None,
     started = time.time()
 
     def start(side: str) -> None:
-        p = mp.Process(target=side_main, args=(side, target, wl, run, shared, results),
-                       name=f"compare-{target.protocol}-{side}", daemon=True)
+        p = mp.Process(
+            target=side_main,
+            args=(side, target, wl, run, shared, results),
+            name=f"compare-{target.protocol}-{side}",
+            daemon=True,
+        )
         p.start()
         procs[side] = p
 
@@ -53,8 +61,19 @@ def run_target(target: Target, wl: Workload, broker_pid: int | None = None,
 
     total_hint = wl.expected(wl.count * wl.producers) if wl.count else 0
     try:
-        _drive(target, wl, shared, procs, got, start, collect, first_error, cpu, total_hint,
-               on_progress)
+        _drive(
+            target,
+            wl,
+            shared,
+            procs,
+            got,
+            start,
+            collect,
+            first_error,
+            cpu,
+            total_hint,
+            on_progress,
+        )
     except CompareError as e:  # the run could not start: a failed result, not a crash
         got.setdefault("consumers", ("error", str(e)))
         got.setdefault("producers", ("skipped", None))
@@ -69,8 +88,9 @@ def run_target(target: Target, wl: Workload, broker_pid: int | None = None,
     return build_result(target, wl, run, got, cpu, time.time() - started, tracebacks)
 
 
-def _drive(target, wl, shared, procs, got, start, collect, first_error, cpu, total_hint,
-           on_progress) -> None:
+def _drive(
+    target, wl, shared, procs, got, start, collect, first_error, cpu, total_hint, on_progress
+) -> None:
     """Consumers first (until every one is subscribed), then producers; wait for both."""
     start("consumers")
     deadline = time.monotonic() + READY_TIMEOUT
@@ -82,8 +102,9 @@ def _drive(target, wl, shared, procs, got, start, collect, first_error, cpu, tot
             collect(1.0)
             raise CompareError(first_error() or f"{target.protocol}: consumer side died")
         if time.monotonic() > deadline:
-            raise CompareError(f"{target.protocol}: consumers not subscribed after "
-                               f"{READY_TIMEOUT:.0f} s")
+            raise CompareError(
+                f"{target.protocol}: consumers not subscribed after {READY_TIMEOUT:.0f} s"
+            )
     cpu.begin()
     start("producers")
     limit = _time_limit(wl)
@@ -93,8 +114,11 @@ def _drive(target, wl, shared, procs, got, start, collect, first_error, cpu, tot
         if "consumers" in got:
             shared.consumers_done.set()
         if on_progress:
-            expected = (wl.expected(shared.sent.value) if shared.producers_done.is_set()
-                        or not total_hint else total_hint)
+            expected = (
+                wl.expected(shared.sent.value)
+                if shared.producers_done.is_set() or not total_hint
+                else total_hint
+            )
             on_progress(shared.sent.value, shared.received.value, expected)
         if first_error():
             shared.abort.set()
@@ -102,8 +126,10 @@ def _drive(target, wl, shared, procs, got, start, collect, first_error, cpu, tot
             if side not in got and not p.is_alive():
                 collect(1.0)
                 if side not in got:
-                    got[side] = ("error", f"{target.protocol} {side} process exited "
-                                          f"with code {p.exitcode}")
+                    got[side] = (
+                        "error",
+                        f"{target.protocol} {side} process exited with code {p.exitcode}",
+                    )
         if time.monotonic() - t0 > limit:
             shared.abort.set()
             if time.monotonic() - t0 > limit + 30:
@@ -121,8 +147,15 @@ def _time_limit(wl: Workload) -> float:
     return max(120.0, base * 2 + 60)
 
 
-def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerCpu,
-                 wall: float, tracebacks: list[str] | None = None) -> dict:
+def build_result(
+    target: Target,
+    wl: Workload,
+    run: str,
+    got: dict,
+    cpu: BrokerCpu,
+    wall: float,
+    tracebacks: list[str] | None = None,
+) -> dict:
     from hdrh.histogram import HdrHistogram
 
     from .common import LATENCY_MAX_US
@@ -158,7 +191,8 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
         failures.append(f"{unique - expected} deliveries of messages never counted as sent")
     if dups:
         (failures if wl.guarantee == "at-most-once" else warnings).append(
-            f"{dups} duplicate deliveries")
+            f"{dups} duplicate deliveries"
+        )
     if disorder:
         failures.append(f"{disorder} deliveries out of order")
     if cons.get("malformed"):
@@ -170,8 +204,28 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
     if cons.get("histogram"):
         hist.decode_and_add(cons["histogram"])
     percentiles = [50.0, 90.0, 99.0, 99.9]
-    curve_pcts = [0, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 97.5, 99, 99.5, 99.9,
-                  99.95, 99.99, 100]
+    curve_pcts = [
+        0,
+        10,
+        20,
+        30,
+        40,
+        50,
+        60,
+        70,
+        75,
+        80,
+        85,
+        90,
+        95,
+        97.5,
+        99,
+        99.5,
+        99.9,
+        99.95,
+        99.99,
+        100,
+    ]
     count = hist.get_total_count()
 
     def ms(us: float) -> float:
@@ -188,9 +242,11 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
             "histogram": hist.encode().decode("ascii"),
             # a percentile above 100 * (1 - 1/count) has no sample of its own (it would repeat
             # the maximum as a flat line): the curve goes from the last measured one to the max
-            "curve": [[p, ms(hist.get_value_at_percentile(p) if p < 100
-                             else hist.get_max_value())]
-                      for p in curve_pcts if p == 100 or p <= 100.0 * (1 - 1 / count)],
+            "curve": [
+                [p, ms(hist.get_value_at_percentile(p) if p < 100 else hist.get_max_value())]
+                for p in curve_pcts
+                if p == 100 or p <= 100.0 * (1 - 1 / count)
+            ],
         }
     first = prod.get("first_ns") or 0
     last = cons.get("last_ns") or 0
@@ -212,8 +268,10 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
     for side_name, side in (("producer", prod), ("consumer", cons)):
         busy = side.get("cpu_s")
         if busy is not None and window > 0.5 and busy > 0.8 * window:
-            warnings.append(f"{side_name} side used {busy:.2f} CPU s in {window:.2f} s: the load "
-                            "client may be the bottleneck")
+            warnings.append(
+                f"{side_name} side used {busy:.2f} CPU s in {window:.2f} s: the load "
+                "client may be the bottleneck"
+            )
     broker_cpu = cpu.result()
     per10k = None
     if broker_cpu is not None and unique:
@@ -227,9 +285,14 @@ def build_result(target: Target, wl: Workload, run: str, got: dict, cpu: BrokerC
         "failures": failures,
         "warnings": warnings,
         "counts": {
-            "sent": sent, "confirmed": prod.get("confirmed", 0), "expected": expected,
-            "delivered": cons.get("total", 0), "unique": unique, "lost": lost,
-            "duplicates": dups, "out_of_order": disorder,
+            "sent": sent,
+            "confirmed": prod.get("confirmed", 0),
+            "expected": expected,
+            "delivered": cons.get("total", 0),
+            "unique": unique,
+            "lost": lost,
+            "duplicates": dups,
+            "out_of_order": disorder,
         },
         "throughput": {
             "msgs_per_s": round(mps, 1) if window else None,

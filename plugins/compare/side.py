@@ -135,8 +135,10 @@ def run_producer_threads(
     conns = [connect(i) for i in range(ctx.wl.producers)]
     cpu0 = cpu_seconds()
     outs = [{} for _ in conns]
-    threads = [threading.Thread(target=produce, args=(ctx, i, c, outs[i]), daemon=True)
-               for i, c in enumerate(conns)]
+    threads = [
+        threading.Thread(target=produce, args=(ctx, i, c, outs[i]), daemon=True)
+        for i, c in enumerate(conns)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -79,16 +79,23 @@ class Workload:
 
 PRESETS: dict[str, dict] = {
     "smoke": dict(producers=1, consumers=1, size=128, count=500, guarantee="at-least-once"),
-    "throughput": dict(producers=1, consumers=1, size=1024, count=100000,
-                       guarantee="at-most-once"),
-    "latency": dict(producers=1, consumers=1, size=256, count=None, duration=5.0, rate=1000.0,
-                    guarantee="at-least-once"),
-    "fanout": dict(producers=1, consumers=4, size=512, count=20000, guarantee="at-least-once",
-                   pattern="fanout"),
-    "queue": dict(producers=2, consumers=4, size=1024, count=20000, guarantee="at-least-once",
-                  pattern="queue"),
-    "persistent": dict(producers=1, consumers=1, size=1024, count=10000,
-                       guarantee="persistent"),
+    "throughput": dict(producers=1, consumers=1, size=1024, count=100000, guarantee="at-most-once"),
+    "latency": dict(
+        producers=1,
+        consumers=1,
+        size=256,
+        count=None,
+        duration=5.0,
+        rate=1000.0,
+        guarantee="at-least-once",
+    ),
+    "fanout": dict(
+        producers=1, consumers=4, size=512, count=20000, guarantee="at-least-once", pattern="fanout"
+    ),
+    "queue": dict(
+        producers=2, consumers=4, size=1024, count=20000, guarantee="at-least-once", pattern="queue"
+    ),
+    "persistent": dict(producers=1, consumers=1, size=1024, count=10000, guarantee="persistent"),
 }
 PRESET_HELP = {
     "smoke": "1 producer, 1 consumer, 500 x 128 B, at-least-once (quick check)",
@@ -105,11 +112,15 @@ DEFAULT_PRESET = "smoke"
 
 def describe_workload(wl: dict) -> str:
     """``smoke: 1 producer -> 1 consumer, fanout, 500 messages of 128 B each, at-least-once``."""
+
     def n(count: int, word: str) -> str:
         return f"{count} {word}{'' if count == 1 else 's'}"
 
-    amount = (f"{n(wl['count'], 'message')} of {wl['size']} B per producer" if wl.get("count")
-              else f"{wl['size']} B messages for {wl['duration']:g} s")
+    amount = (
+        f"{n(wl['count'], 'message')} of {wl['size']} B per producer"
+        if wl.get("count")
+        else f"{wl['size']} B messages for {wl['duration']:g} s"
+    )
     parts = [
         f"{n(wl['producers'], 'producer')} -> {n(wl['consumers'], 'consumer')}",
         wl["pattern"],
@@ -160,20 +171,28 @@ class Target:
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
 
     def as_dict(self) -> dict:
-        return {"protocol": self.protocol, "url": self.url, "label": self.label,
-                "host": self.host, "port": self.port}
+        return {
+            "protocol": self.protocol,
+            "url": self.url,
+            "label": self.label,
+            "host": self.host,
+            "port": self.port,
+        }
 
 
 def parse_target(spec: str) -> Target:
     """``proto=URL`` or ``proto@label=URL`` (label defaults to host:port)."""
     if "=" not in spec:
-        raise CompareError(f"--url {spec!r}: expected PROTOCOL=URL, e.g. mqtt=mqtt://127.0.0.1:1883")
+        raise CompareError(
+            f"--url {spec!r}: expected PROTOCOL=URL, e.g. mqtt=mqtt://127.0.0.1:1883"
+        )
     left, url = spec.split("=", 1)
     proto, _, label = left.partition("@")
     proto = proto.strip().lower()
     if proto not in PROTOCOLS:
-        raise CompareError(f"--url {spec!r}: unknown protocol {proto!r} "
-                           f"(known: {', '.join(PROTOCOLS)})")
+        raise CompareError(
+            f"--url {spec!r}: unknown protocol {proto!r} (known: {', '.join(PROTOCOLS)})"
+        )
     return target_from_url(proto, url.strip(), label.strip() or None)
 
 
@@ -182,8 +201,10 @@ def target_from_url(proto: str, url: str, label: str | None = None) -> Target:
     parts = urlsplit(raw)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES[proto]:
-        raise CompareError(f"{proto} URL {url!r}: bad scheme {parts.scheme!r} "
-                           f"(expected {' or '.join(s + '://' for s in SCHEMES[proto] if s)})")
+        raise CompareError(
+            f"{proto} URL {url!r}: bad scheme {parts.scheme!r} "
+            f"(expected {' or '.join(s + '://' for s in SCHEMES[proto] if s)})"
+        )
     try:
         host = parts.hostname
         port = parts.port or DEFAULT_PORTS[proto]
@@ -195,9 +216,14 @@ def target_from_url(proto: str, url: str, label: str | None = None) -> Target:
     if proto == "amqp" and parts.path not in ("", "/"):
         vhost = unquote(parts.path[1:])
     return Target(
-        protocol=proto, url=url, label=label or f"{host}:{port}", host=host, port=port,
+        protocol=proto,
+        url=url,
+        label=label or f"{host}:{port}",
+        host=host,
+        port=port,
         username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None, vhost=vhost,
+        password=unquote(parts.password) if parts.password else None,
+        vhost=vhost,
     )
 
 

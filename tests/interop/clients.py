@@ -95,9 +95,11 @@ class MqttClient:
         self.mqtt = mqtt
         self.v5 = v5
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"interop-{'v5' if v5 else 'v311'}-{next(_ids)}",
-                             protocol=proto)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"interop-{'v5' if v5 else 'v311'}-{next(_ids)}",
+            protocol=proto,
+        )
         self.lock = threading.Lock()
         self.inbox: dict[str, list] = {}
         self.subs: list[tuple[str, str]] = []
@@ -173,8 +175,9 @@ class MqttClient:
                 ups.append(("x-kafka-key", out.key.decode("utf-8")))
             if ups:
                 props.UserProperty = ups
-        info = self.c.publish(mqtt_topic(key), out.body, qos=1 if out.durable else 0,
-                              retain=retain, properties=props)
+        info = self.c.publish(
+            mqtt_topic(key), out.body, qos=1 if out.durable else 0, retain=retain, properties=props
+        )
         info.wait_for_publish(10)
 
     def receive(self, handle: str, n: int, timeout: float = 10.0) -> list[Got]:
@@ -210,12 +213,12 @@ class AmqpClient:
 
         self.pika = pika
         self.conn = pika.BlockingConnection(
-            pika.ConnectionParameters(host, port, heartbeat=0, blocked_connection_timeout=30))
+            pika.ConnectionParameters(host, port, heartbeat=0, blocked_connection_timeout=30)
+        )
         self.ch = self.conn.channel()
 
     def subscribe(self, key: str, queue: str = "", durable: bool = False) -> str:
-        r = self.ch.queue_declare(queue, exclusive=not durable, durable=durable,
-                                  auto_delete=False)
+        r = self.ch.queue_declare(queue, exclusive=not durable, durable=durable, auto_delete=False)
         q = r.method.queue
         self.ch.queue_bind(q, "amq.topic", key)
         return q
@@ -250,23 +253,25 @@ class AmqpClient:
                 continue
             headers = dict(p.headers or {})
             k = headers.get("x-kafka-key")
-            got.append(Got(
-                bytes(body),
-                content_type=p.content_type,
-                content_encoding=p.content_encoding,
-                message_id=p.message_id,
-                correlation_id=p.correlation_id,
-                reply_to=p.reply_to,
-                user_id=p.user_id,
-                type=p.type,
-                timestamp_ms=None if p.timestamp is None else p.timestamp * 1000,
-                ttl_left_ms=None if p.expiration is None else int(p.expiration),
-                priority=p.priority,
-                durable=p.delivery_mode == 2,
-                headers=headers,
-                key=k.encode("utf-8") if isinstance(k, str) else k,
-                topic=method.routing_key,
-            ))
+            got.append(
+                Got(
+                    bytes(body),
+                    content_type=p.content_type,
+                    content_encoding=p.content_encoding,
+                    message_id=p.message_id,
+                    correlation_id=p.correlation_id,
+                    reply_to=p.reply_to,
+                    user_id=p.user_id,
+                    type=p.type,
+                    timestamp_ms=None if p.timestamp is None else p.timestamp * 1000,
+                    ttl_left_ms=None if p.expiration is None else int(p.expiration),
+                    priority=p.priority,
+                    durable=p.delivery_mode == 2,
+                    headers=headers,
+                    key=k.encode("utf-8") if isinstance(k, str) else k,
+                    topic=method.routing_key,
+                )
+            )
         return got
 
     def done(self, handle: str) -> None:
@@ -287,8 +292,9 @@ class KafkaClient:
         from confluent_kafka import Producer
 
         self.bootstrap = f"{host}:{port}"
-        self.producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 0,
-                                  "acks": "all"})
+        self.producer = Producer(
+            {"bootstrap.servers": self.bootstrap, "linger.ms": 0, "acks": "all"}
+        )
         self.consumers: dict[str, Any] = {}
 
     def create(self, topic: str) -> None:
@@ -306,16 +312,24 @@ class KafkaClient:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         self.create(key)
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"interop-{next(_ids)}",
-                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"interop-{next(_ids)}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
         c.assign([TopicPartition(key, 0, OFFSET_BEGINNING if offset is None else offset)])
         handle = f"k{next(_ids)}"
         self.consumers[handle] = c
         return handle
 
     def publish(self, key: str, out: Out) -> None:
-        headers = [(k, v if isinstance(v, bytes) else str(v).encode("utf-8"))
-                   for k, v in out.headers.items()]
+        headers = [
+            (k, v if isinstance(v, bytes) else str(v).encode("utf-8"))
+            for k, v in out.headers.items()
+        ]
         kwargs: dict[str, Any] = {"headers": headers}
         if out.timestamp_ms is not None:
             kwargs["timestamp"] = out.timestamp_ms
@@ -333,8 +347,15 @@ class KafkaClient:
             headers: dict[str, Any] = {}
             for k, v in m.headers() or []:
                 headers[k] = v
-            got.append(Got(m.value() or b"", key=m.key(), headers=headers,
-                           timestamp_ms=m.timestamp()[1], topic=m.topic()))
+            got.append(
+                Got(
+                    m.value() or b"",
+                    key=m.key(),
+                    headers=headers,
+                    timestamp_ms=m.timestamp()[1],
+                    topic=m.topic(),
+                )
+            )
         return got
 
     def done(self, handle: str) -> None:
@@ -390,9 +411,14 @@ class JmsClient:
     def __init__(self, url: str) -> None:
         classes = jmsrun.classes_once([str(HERE / "JmsInterop.java")])
         self.proc = subprocess.Popen(
-            jmsrun.java_cmd(classes, "JmsInterop", url), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-            bufsize=1)
+            jmsrun.java_cmd(classes, "JmsInterop", url),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            bufsize=1,
+        )
         line = self.proc.stdout.readline().strip()
         if line != "READY":
             raise RuntimeError(f"JmsInterop did not start: {line!r} {self.proc.stderr.read()}")
@@ -416,8 +442,7 @@ class JmsClient:
             body = ",".join(f"{k}={_b64(v)}" for k, v in out.jms_map.items())
             words = ["SEND", kind, _b64(key), "map", _b64(body)]
         else:
-            words = ["SEND", kind, _b64(key), "text" if out.text else "bytes",
-                     _b64(out.body)]
+            words = ["SEND", kind, _b64(key), "text" if out.text else "bytes", _b64(out.body)]
         if out.correlation_id is not None:
             words.append("corr=" + _b64(out.correlation_id))
         if out.type is not None:

@@ -39,12 +39,23 @@ class Conn:
         self.sock.sendall(b"AMQP\x00\x00\x09\x01")
         name, _ = self.expect("connection.start")
         user, password = t.username or "guest", t.password or "guest"
-        self.send(0, "connection.start-ok", client_properties={"product": "polymq-compare"},
-                  mechanism="PLAIN", response=f"\0{user}\0{password}".encode(), locale="en_US")
+        self.send(
+            0,
+            "connection.start-ok",
+            client_properties={"product": "polymq-compare"},
+            mechanism="PLAIN",
+            response=f"\0{user}\0{password}".encode(),
+            locale="en_US",
+        )
         _, tune = self.expect("connection.tune")
         self.frame_max = tune.get("frame_max") or 131072
-        self.send(0, "connection.tune-ok", channel_max=tune.get("channel_max") or 1,
-                  frame_max=self.frame_max, heartbeat=0)
+        self.send(
+            0,
+            "connection.tune-ok",
+            channel_max=tune.get("channel_max") or 1,
+            frame_max=self.frame_max,
+            heartbeat=0,
+        )
         self.send(0, "connection.open", virtual_host=t.vhost)
         self.expect("connection.open-ok")
         self.send(1, "channel.open")
@@ -62,12 +73,15 @@ class Conn:
                     del self.buf[: size + 8]
                     return ftype, ch, payload
             if self.buf[:4] == b"AMQP":
-                raise DriverError("amqp: the broker does not speak AMQP 0-9-1 (protocol header "
-                                  "returned)")
+                raise DriverError(
+                    "amqp: the broker does not speak AMQP 0-9-1 (protocol header returned)"
+                )
             data = self.sock.recv(65536)
             if not data:
-                raise DriverError(f"amqp: {self.ctx.target.url} closed the connection (login "
-                                  "refused or protocol error)")
+                raise DriverError(
+                    f"amqp: {self.ctx.target.url} closed the connection (login "
+                    "refused or protocol error)"
+                )
             self.buf += data
 
     def expect(self, name: str) -> tuple[str, dict]:
@@ -77,16 +91,18 @@ class Conn:
                 continue
             spec, args = amqp.decode_method(payload)
             if spec.name in ("connection.close", "channel.close"):
-                raise DriverError(f"amqp: {spec.name} {args.get('reply_code')} "
-                                  f"{args.get('reply_text')}")
+                raise DriverError(
+                    f"amqp: {spec.name} {args.get('reply_code')} {args.get('reply_text')}"
+                )
             if spec.name == name:
                 return spec.name, args
 
     def close(self) -> None:
         try:
             self.sock.settimeout(2)
-            self.send(0, "connection.close", reply_code=200, reply_text="bye", class_id=0,
-                      method_id=0)
+            self.send(
+                0, "connection.close", reply_code=200, reply_text="bye", class_id=0, method_id=0
+            )
             self.expect("connection.close-ok")
         except (OSError, DriverError):
             pass
@@ -108,8 +124,9 @@ def _names(ctx: SideContext) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _consume(ctx: SideContext, conn: Conn, tally: Tally, stop: threading.Event,
-             no_ack: bool) -> None:
+def _consume(
+    ctx: SideContext, conn: Conn, tally: Tally, stop: threading.Event, no_ack: bool
+) -> None:
     sock = conn.sock
     buf = conn.buf
     add = tally.add
@@ -155,8 +172,10 @@ def _consume(ctx: SideContext, conn: Conn, tally: Tally, stop: threading.Event,
                         last_tag = _Q.unpack_from(buf, pos + 12 + n)[0]
                     elif (cid, mid) in ((20, 40), (10, 50)):
                         _, args = amqp.decode_method(bytes(buf[pos + 7 : end]))
-                        ctx.error(f"amqp consumer: broker closed: {args.get('reply_code')} "
-                                  f"{args.get('reply_text')}")
+                        ctx.error(
+                            f"amqp consumer: broker closed: {args.get('reply_code')} "
+                            f"{args.get('reply_text')}"
+                        )
                         return
                 pos = end + 1
             del buf[:pos]
@@ -181,8 +200,14 @@ def run_consumers(ctx: SideContext) -> dict:
             c.expect("basic.qos-ok")
         if wl.pattern == "fanout":
             q = f"polymq-compare-{ctx.run}-{i}"
-            c.send(1, "queue.declare", queue=q, durable=durable, exclusive=not durable,
-                   auto_delete=True)
+            c.send(
+                1,
+                "queue.declare",
+                queue=q,
+                durable=durable,
+                exclusive=not durable,
+                auto_delete=True,
+            )
             c.expect("queue.declare-ok")
             c.send(1, "queue.bind", queue=q, exchange=exchange, routing_key=key)
             c.expect("queue.bind-ok")
@@ -303,8 +328,10 @@ def _read_confirms(ctx: SideContext, conn: Conn, state: dict, block: bool) -> No
                     done += n
             elif (cid, mid) in ((20, 40), (10, 50)):
                 _, args = amqp.decode_method(bytes(buf[pos + 7 : end]))
-                raise DriverError(f"amqp producer: broker closed: {args.get('reply_code')} "
-                                  f"{args.get('reply_text')}")
+                raise DriverError(
+                    f"amqp producer: broker closed: {args.get('reply_code')} "
+                    f"{args.get('reply_text')}"
+                )
         pos = end + 1
     del buf[:pos]
 

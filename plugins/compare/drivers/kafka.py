@@ -30,12 +30,22 @@ def _partitions(ctx: SideContext) -> int:
 
 
 def _common(ctx: SideContext) -> dict:
-    conf = {"bootstrap.servers": _bootstrap(ctx), "client.id": f"polymq-compare-{ctx.run}",
-            "socket.nagle.disable": True, "broker.address.family": "v4"}
+    conf = {
+        "bootstrap.servers": _bootstrap(ctx),
+        "client.id": f"polymq-compare-{ctx.run}",
+        "socket.nagle.disable": True,
+        "broker.address.family": "v4",
+    }
     t = ctx.target
     if t.username:
-        conf.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
-                     "sasl.username": t.username, "sasl.password": t.password or ""})
+        conf.update(
+            {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "PLAIN",
+                "sasl.username": t.username,
+                "sasl.password": t.password or "",
+            }
+        )
     return conf
 
 
@@ -44,8 +54,9 @@ def _create_topic(ctx: SideContext) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient(_common(ctx))
-    futures = admin.create_topics([NewTopic(ctx.topic, _partitions(ctx), 1)],
-                                  operation_timeout=10, request_timeout=15)
+    futures = admin.create_topics(
+        [NewTopic(ctx.topic, _partitions(ctx), 1)], operation_timeout=10, request_timeout=15
+    )
     try:
         futures[ctx.topic].result(timeout=20)
     except KafkaException as e:
@@ -53,8 +64,9 @@ def _create_topic(ctx: SideContext) -> None:
         if getattr(err, "code", lambda: None)() not in (36,):  # TOPIC_ALREADY_EXISTS
             raise DriverError(f"kafka: cannot create topic {ctx.topic}: {e}") from None
     except Exception as e:
-        raise DriverError(f"kafka: cannot create topic {ctx.topic} at {_bootstrap(ctx)}: "
-                          f"{e}") from None
+        raise DriverError(
+            f"kafka: cannot create topic {ctx.topic} at {_bootstrap(ctx)}: {e}"
+        ) from None
 
 
 def _delete_topic(ctx: SideContext) -> None:
@@ -75,8 +87,9 @@ def _check_metadata(ctx: SideContext, client) -> None:
         raise DriverError(f"kafka: no metadata from {_bootstrap(ctx)}: {e}") from None
     tmd = md.topics.get(ctx.topic)
     if tmd is None or tmd.error is not None or len(tmd.partitions) < _partitions(ctx):
-        raise DriverError(f"kafka: topic {ctx.topic} not usable: "
-                          f"{getattr(tmd, 'error', 'missing')}")
+        raise DriverError(
+            f"kafka: topic {ctx.topic} not usable: {getattr(tmd, 'error', 'missing')}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,9 +126,16 @@ def run_consumers(ctx: SideContext) -> dict:
     consumers = []
     for i in range(wl.consumers):
         conf = _common(ctx)
-        conf.update({"group.id": f"polymq-compare-{ctx.run}-{i}", "enable.auto.commit": False,
-                     "fetch.wait.max.ms": 100, "fetch.max.bytes": 52428800,
-                     "queued.max.messages.kbytes": 262144, "enable.partition.eof": False})
+        conf.update(
+            {
+                "group.id": f"polymq-compare-{ctx.run}-{i}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 100,
+                "fetch.max.bytes": 52428800,
+                "queued.max.messages.kbytes": 262144,
+                "enable.partition.eof": False,
+            }
+        )
         c = Consumer(conf)
         _check_metadata(ctx, c)
         parts = [i] if wl.pattern == "queue" else [0]
@@ -171,8 +191,9 @@ def _produce(ctx: SideContext, index: int, producer, out: dict) -> None:
                 value = pack(index, seq, now_ns()) + pad
                 while True:
                     try:
-                        produce(topic, value, partition=(index + seq) % nparts,
-                                on_delivery=delivered)
+                        produce(
+                            topic, value, partition=(index + seq) % nparts, on_delivery=delivered
+                        )
                         break
                     except BufferError:
                         producer.poll(0.001)
@@ -193,10 +214,18 @@ def run_producers(ctx: SideContext) -> dict:
 
     def connect(_index: int):
         conf = _common(ctx)
-        conf.update({"acks": ACKS[wl.guarantee], "linger.ms": 0 if wl.rate else 5,
-                     "batch.num.messages": 10000, "queue.buffering.max.messages": 1000000,
-                     "queue.buffering.max.kbytes": 1048576, "compression.type": "none",
-                     "enable.idempotence": False, "max.in.flight": 5})
+        conf.update(
+            {
+                "acks": ACKS[wl.guarantee],
+                "linger.ms": 0 if wl.rate else 5,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 1000000,
+                "queue.buffering.max.kbytes": 1048576,
+                "compression.type": "none",
+                "enable.idempotence": False,
+                "max.in.flight": 5,
+            }
+        )
         p = Producer(conf)
         _check_metadata(ctx, p)
         return p

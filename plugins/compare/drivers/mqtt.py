@@ -19,10 +19,17 @@ from ..side import (
 )
 
 _H = struct.Struct(">H")
-CONNACK_CODES = {1: "unacceptable protocol version", 2: "client id rejected",
-                 3: "server unavailable", 4: "bad user name or password", 5: "not authorized",
-                 0x84: "unsupported protocol version", 0x86: "bad user name or password",
-                 0x87: "not authorized", 0x85: "client id rejected"}
+CONNACK_CODES = {
+    1: "unacceptable protocol version",
+    2: "client id rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorized",
+    0x84: "unsupported protocol version",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x85: "client id rejected",
+}
 
 
 def varint(n: int) -> bytes:
@@ -219,7 +226,7 @@ def run_consumers(ctx: SideContext) -> dict:
         codes = body[2:]
         if c.v5:
             n, p = _varint_at(body, 2)
-            codes = body[p + n:]
+            codes = body[p + n :]
         if first >> 4 != 9 or not codes or codes[0] >= 0x80:
             raise DriverError(f"mqtt: subscription to {flt!r} refused")
         c.sock.settimeout(0.2)
@@ -321,7 +328,6 @@ def _read_acks(sock: socket.socket, buf: bytearray, block: bool) -> int:
 
 
 def run_producers(ctx: SideContext) -> dict:
-    return run_producer_threads(ctx, lambda i: Conn(ctx, f"cmp-{ctx.run}-p{i}", clean=True),
-                                _produce)
-
-
+    return run_producer_threads(
+        ctx, lambda i: Conn(ctx, f"cmp-{ctx.run}-p{i}", clean=True), _produce
+    )

@@ -22,8 +22,14 @@ from ..side import DriverError, SideContext, producers_finished, wire_result
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "OpenWireLoad.java"
 JAR_DIR = Path(os.environ.get("POLYMQ_COMPARE_JARS", "/usr/share/java"))
-JARS = ["activemq-client.jar", "geronimo-jms_1.1_spec.jar", "hawtbuf.jar", "slf4j-api.jar",
-        "slf4j-nop.jar", "geronimo-j2ee-management-1.1-spec.jar"]
+JARS = [
+    "activemq-client.jar",
+    "geronimo-jms_1.1_spec.jar",
+    "hawtbuf.jar",
+    "slf4j-api.jar",
+    "slf4j-nop.jar",
+    "geronimo-j2ee-management-1.1-spec.jar",
+]
 _compile_lock = threading.Lock()
 
 
@@ -35,12 +41,13 @@ def compiled() -> Path:
     """Directory holding OpenWireLoad.class (compiled once per source version)."""
     for tool in ("javac", "java"):
         if shutil.which(tool) is None:
-            raise DriverError(f"openwire: {tool} not found (the OpenWire driver runs the ActiveMQ "
-                              "JMS client; install a JDK)")
+            raise DriverError(
+                f"openwire: {tool} not found (the OpenWire driver runs the ActiveMQ "
+                "JMS client; install a JDK)"
+            )
     for j in JARS:
         if not (JAR_DIR / j).exists():
-            raise DriverError(f"openwire: {JAR_DIR / j} missing (Debian package "
-                              "libactivemq-java)")
+            raise DriverError(f"openwire: {JAR_DIR / j} missing (Debian package libactivemq-java)")
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     out = base / "polymq" / "compare" / digest
@@ -48,8 +55,12 @@ def compiled() -> Path:
         if not (out / "OpenWireLoad.class").exists():
             tmp = out.with_name(out.name + f".tmp{os.getpid()}")
             tmp.mkdir(parents=True, exist_ok=True)
-            res = subprocess.run(["javac", "-nowarn", "-cp", classpath(), "-d", str(tmp),
-                                  str(SOURCE)], capture_output=True, text=True, timeout=300)
+            res = subprocess.run(
+                ["javac", "-nowarn", "-cp", classpath(), "-d", str(tmp), str(SOURCE)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if res.returncode != 0:
                 raise DriverError(f"openwire: javac failed: {res.stderr.strip()[-500:]}")
             try:
@@ -68,13 +79,34 @@ class Jvm:
         wl = ctx.wl
         t = ctx.target
         url = f"tcp://{t.host}:{t.port}"
-        cmd = ["java", "-Xms256m", "-Xmx512m", "-XX:+UseParallelGC", "-cp",
-               str(compiled()) + os.pathsep + classpath(), "OpenWireLoad", role, url, _dest(ctx),
-               str(n), str(wl.count or 0), str(wl.duration or 0), str(wl.rate or 0),
-               str(wl.size), wl.guarantee, latfile]
+        cmd = [
+            "java",
+            "-Xms256m",
+            "-Xmx512m",
+            "-XX:+UseParallelGC",
+            "-cp",
+            str(compiled()) + os.pathsep + classpath(),
+            "OpenWireLoad",
+            role,
+            url,
+            _dest(ctx),
+            str(n),
+            str(wl.count or 0),
+            str(wl.duration or 0),
+            str(wl.rate or 0),
+            str(wl.size),
+            wl.guarantee,
+            latfile,
+        ]
         self.ctx = ctx
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.io = threading.Event()
@@ -99,8 +131,7 @@ class Jvm:
             elif line.startswith("ERROR "):
                 self.ctx.error(f"openwire {line[6:]}")
             elif line.startswith("RESULT "):
-                self.result = {k: int(v) for k, v in
-                               (kv.split("=", 1) for kv in line[7:].split())}
+                self.result = {k: int(v) for k, v in (kv.split("=", 1) for kv in line[7:].split())}
         self.ready.set()
         self.io.set()
 
