@@ -59,7 +59,8 @@ test: $(VENV)/.installed-test deb-deps
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check core adapters plugins tests
+	$(VENV)/bin/ruff check core adapters plugins tests bench
+	$(VENV)/bin/ruff format --check core adapters plugins tests bench
 
 clean:
 	rm -rf build *.egg-info .pytest_cache .ruff_cache
