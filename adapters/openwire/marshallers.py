@@ -26,11 +26,12 @@ allocated, and nesting is capped at :data:`MAX_NESTING`.
 
 from __future__ import annotations
 
+import ast
 import struct
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Any
 
+from . import astgen as A
 from .primitives import _H, _I, _UH, decode_mutf8, encode_mutf8
 from .schema import (
     DECLARATIONS,
@@ -165,111 +166,68 @@ def write_object(v: Obj | None, parts: list, family: dict) -> None:
         family[v.type](v, parts)
 
 
-# -- decoder steps: step(data, pos, end, depth, uc, out) -> pos, values appended to out --------
+# -- readers and writers of the composite kinds (called from the generated functions) ----------
 
 
-def _fixed_step(st: struct.Struct) -> Callable:
-    size, unpack = st.size, st.unpack_from
-
-    def step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-        if pos + size > end:
-            raise DecodeError(_TRUNC)
-        out += unpack(data, pos)
-        return pos + size
-
-    return step
-
-
-def _reader_step(read: Callable) -> Callable:
-    def step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-        v, pos = read(data, pos, end)
-        out.append(v)
-        return pos
-
-    return step
-
-
-def _string_step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-    # read_string, inlined: strings are the commonest variable field
+def read_array(
+    data: bytes, pos: int, end: int, depth: int, uc: list | None, types: Any, family: dict
+) -> tuple[list | None, int]:
+    """A nullable array of nested objects (int16 count), each at nesting ``depth``."""
     if pos >= end:
         raise DecodeError(_TRUNC)
     if not data[pos]:
-        out.append(None)
-        return pos + 1
+        return None, pos + 1
     if pos + 3 > end:
         raise DecodeError(_TRUNC)
-    n = (data[pos + 1] << 8) | data[pos + 2]
+    n = _H.unpack_from(data, pos + 1)[0]
     pos += 3
-    if pos + n > end:
-        raise DecodeError(f"string length {n} exceeds the frame")
-    raw = data[pos : pos + n]
-    out.append(raw.decode("ascii") if raw.isascii() else decode_mutf8(raw))
-    return pos + n
+    if n < 0 or n > end - pos:
+        raise DecodeError(f"array count {n} exceeds the frame")
+    items = []
+    for _ in range(n):
+        v, pos = read_object(data, pos, end, depth, uc, types, family)
+        items.append(v)
+    return items, pos
 
 
-def _object_step(types: Any, family: dict) -> Callable:
-    def step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-        v, pos = read_object(data, pos, end, depth + 1, uc, types, family)
-        out.append(v)
-        return pos
-
-    return step
-
-
-def _array_step(types: Any, family: dict) -> Callable:
-    def step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-        if pos >= end:
-            raise DecodeError(_TRUNC)
-        if not data[pos]:
-            out.append(None)
-            return pos + 1
-        if pos + 3 > end:
-            raise DecodeError(_TRUNC)
-        n = _H.unpack_from(data, pos + 1)[0]
-        pos += 3
-        if n < 0 or n > end - pos:
-            raise DecodeError(f"array count {n} exceeds the frame")
-        items = []
-        for _ in range(n):
-            v, pos = read_object(data, pos, end, depth + 1, uc, types, family)
-            items.append(v)
-        out.append(items)
-        return pos
-
-    return step
-
-
-def _cached_step(types: Any, family: dict) -> Callable:
+def read_cached(
+    data: bytes, pos: int, end: int, depth: int, uc: list, types: Any, family: dict
+) -> tuple[Obj | None, int]:
     """A ``c`` field of the cached form: new (stored at its index unless -1) or a reference."""
-
-    def step(data: bytes, pos: int, end: int, depth: int, uc: list, out: list) -> int:
-        if pos + 3 > end:
-            raise DecodeError(_TRUNC)
-        # the index as unsigned: 0xFFFF is -1 (not stored); any other index of 0x8000 and up
-        # is negative, beyond every cache (at most 32767)
-        idx = (data[pos + 1] << 8) | data[pos + 2]
-        if data[pos]:
-            v, pos = read_object(data, pos + 3, end, depth + 1, uc, types, family)
-            if idx != 0xFFFF:
-                if idx >= len(uc):
-                    raise DecodeError(f"cache index {idx} out of range")
-                uc[idx] = v
-        else:
+    if pos + 3 > end:
+        raise DecodeError(_TRUNC)
+    # the index as unsigned: 0xFFFF is -1 (not stored); any other index of 0x8000 and up
+    # is negative, beyond every cache (at most 32767)
+    idx = (data[pos + 1] << 8) | data[pos + 2]
+    if data[pos]:
+        v, pos = read_object(data, pos + 3, end, depth, uc, types, family)
+        if idx != 0xFFFF:
             if idx >= len(uc):
                 raise DecodeError(f"cache index {idx} out of range")
-            v = uc[idx]
-            if v is not None and types is not None and v.type not in types:
-                raise DecodeError(f"cache entry {idx} is an unexpected {_name(v.type)}")
-            pos += 3
-        out.append(v)
-        return pos
+            uc[idx] = v
+        return v, pos
+    if idx >= len(uc):
+        raise DecodeError(f"cache index {idx} out of range")
+    v = uc[idx]
+    if v is not None and types is not None and v.type not in types:
+        raise DecodeError(f"cache entry {idx} is an unexpected {_name(v.type)}")
+    return v, pos + 3
 
-    return step
+
+def write_array(v: list | None, parts: list, family: dict) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(b"\x01" + _H.pack(len(v)))
+        for x in v:
+            write_object(x, parts, family)
 
 
-def _mark_step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-    out.append(pos)
-    return pos
+# -- the generated decoders and encoders ---------------------------------------------------------
+# One flat function per type and family, built from the declaration as a syntax tree (see
+# astgen): consecutive fixed-width fields one struct call, every other field one call of a
+# reader or writer above (an absent nested object not even that), the fields' dict built at
+# once.
 
 
 def _runs(fields: list[tuple[str, Field]]) -> list[tuple[str, list[tuple[str, Field]]]]:
@@ -292,182 +250,155 @@ def _split_prefix(t: int) -> tuple[bool, list[tuple[str, Field]]]:
     return prefix, fields[2:] if prefix else fields
 
 
-# in a message, where the encoding of the fields differs between the forms (reencode_message):
-# offsets after the MessageId (plain form), after the original transaction id, and before and
-# after the target consumer id
-_MARKS = {
-    "message_id": ("after",),
-    "original_transaction_id": ("after",),
-    "target_consumer_id": ("before", "after"),
-}
+def _raise_truncated(g: A.Globals) -> ast.Raise:
+    return ast.Raise(A.call(g.ref(DecodeError, "DecodeError"), A.const(_TRUNC)), None)
 
 
-def _decoder(t: int, cached: bool) -> Callable:
+def _fields_dict(g: A.Globals, names: list[str], values: list[ast.expr]) -> list[ast.stmt]:
+    """``d = {...}``: a dict display, or past 16 keys a copy of a presized template and the
+    values (a display of thirty keys costs about twice that)."""
+    if len(names) <= 16:
+        return [A.assign("d", ast.Dict([A.const(n) for n in names], values))]
+    tmpl = g.ref(dict.fromkeys(names), "TMPL")
+    out: list[ast.stmt] = [A.assign("d", A.call(A.attr(tmpl, "copy")))]
+    out += [A.set_item("d", A.const(n), v) for n, v in zip(names, values)]  # noqa: B905
+    return out
+
+
+def _decoder(t: int, cached: bool, g: A.Globals) -> Callable:
     family = CDECODERS if cached else DECODERS
+    fam = g.ref(family, "FAMILY")
     prefix, fields = _split_prefix(t)
     message = t in MESSAGE_TYPES
-    steps: list[Callable] = []
-    slots: list[str | None] = []  # what each value of ``out`` is: a field name, or a mark
+    n = A.name
+    body: list[ast.stmt] = [
+        A.assign("o", A.call(g.ref(_new, "new"), g.ref(Obj, "Obj"))),
+        A.set_attr("o", "type", A.const(t)),
+    ]
+    if prefix:
+        body += [
+            A.if_(A.beyond(n("pos"), 5), [_raise_truncated(g)]),
+            A.assign(
+                ast.Tuple(
+                    [
+                        ast.Attribute(n("o"), "command_id", ast.Store()),
+                        ast.Attribute(n("o"), "response_required", ast.Store()),
+                    ],
+                    ast.Store(),
+                ),
+                A.call(A.attr(g.ref(_PREFIX, "PREFIX"), "unpack_from"), n("data"), n("pos")),
+            ),
+            A.increment("pos", 5),
+        ]
+    else:
+        body += [
+            A.set_attr("o", "command_id", A.const(0)),
+            A.set_attr("o", "response_required", A.const(False)),
+        ]
+    names: list[str] = []
+    depth1 = A.add(n("depth"), 1)
     for kind, group in _runs(fields):
         if kind == "fixed":
-            fmt = ">" + "".join(_FIXED[f.kind] for _, f in group)
-            steps.append(_fixed_step(struct.Struct(fmt)))
-            slots += [n for n, _ in group]
+            st = struct.Struct(">" + "".join(_FIXED[f.kind] for _, f in group))
+            vs = [f"v_{name}" for name, _ in group]
+            unpack = A.attr(g.ref(st, "S"), "unpack_from")
+            body += [
+                A.if_(A.beyond(n("pos"), st.size), [_raise_truncated(g)]),
+                A.assign_tuple(vs, A.call(unpack, n("data"), n("pos"))),
+                A.increment("pos", st.size),
+            ]
+            names += [name for name, _ in group]
             continue
         name, f = group[0]
-        marks = _MARKS.get(name, ()) if message else ()
-        if "before" in marks:
-            steps.append(_mark_step)
-            slots.append(None)
-        if kind == "s":
-            steps.append(_string_step)
-        elif kind == "y":
-            steps.append(_reader_step(read_bytes))
-        elif kind == "t":
-            steps.append(_reader_step(read_throwable))
+        v = f"v_{name}"
+        if message and name == "target_consumer_id":
+            body.append(A.assign("m2", n("pos")))
+        args3 = (n("data"), n("pos"), n("end"))
+        types_ = A.const(None) if f.types is None else g.ref(f.types, "T")
+        if kind in ("s", "y", "t"):
+            reader = {"s": read_string, "y": read_bytes, "t": read_throwable}[kind]
+            body.append(A.assign_tuple([v, "pos"], A.call(g.ref(reader, "read"), *args3)))
         elif kind == "O":
-            steps.append(_array_step(f.types, family))
+            call = A.call(g.ref(read_array, "read"), *args3, depth1, n("uc"), types_, fam)
+            body.append(A.assign_tuple([v, "pos"], call))
         elif kind == "c" and cached:
-            steps.append(_cached_step(f.types, family))
-        else:  # "o", or "c" of the plain form
-            steps.append(_object_step(f.types, family))
-        slots.append(name)
-        if "after" in marks:
-            steps.append(_mark_step)
-            slots.append(None)
-    names = tuple(n for n in slots if n is not None)
-    steps_t = tuple(steps)
-    prefix_unpack = _PREFIX.unpack_from
-
-    if not message:
-
-        def decode(data: bytes, pos: int, end: int, depth: int, uc: Any = None) -> tuple:
-            o = _new(Obj)
-            o.type = t
-            if prefix:
-                if pos + 5 > end:
-                    raise DecodeError(_TRUNC)
-                o.command_id, o.response_required = prefix_unpack(data, pos)
-                pos += 5
-            else:
-                o.command_id = 0
-                o.response_required = False
-            out: list = []
-            for step in steps_t:
-                pos = step(data, pos, end, depth, uc, out)
-            o.__dict__ = dict(zip(names, out))  # noqa: B905 (one value per name)
-            return o, pos
-
-        return decode
-
-    values = itemgetter(*[i for i, n in enumerate(slots) if n is not None])
-    mark_positions = itemgetter(*[i for i, n in enumerate(slots) if n is None])
-
-    def decode_message(data: bytes, pos: int, end: int, depth: int, uc: Any = None) -> tuple:
-        o = _new(Obj)
-        o.type = t
-        if pos + 5 > end:
-            raise DecodeError(_TRUNC)
-        o.command_id, o.response_required = prefix_unpack(data, pos)
-        pos += 5
-        out: list = []
-        for step in steps_t:
-            pos = step(data, pos, end, depth, uc, out)
-        o.__dict__ = dict(zip(names, values(out)))  # noqa: B905
-        mark, m1, m2, m3 = mark_positions(out)
-        o.mark = mark
-        o.cmark = (m1, m2, m3)
-        return o, pos
-
-    return decode_message
+            call = A.call(g.ref(read_cached, "read"), *args3, depth1, n("uc"), types_, fam)
+            body.append(A.assign_tuple([v, "pos"], call))
+        else:  # "o", or "c" of the plain form: absent inline, present read_object
+            call = A.call(g.ref(read_object, "read"), *args3, depth1, n("uc"), types_, fam)
+            body += [
+                A.if_(A.compare(n("pos"), ast.GtE(), n("end")), [_raise_truncated(g)]),
+                A.if_(
+                    A.item(n("data"), n("pos")),
+                    [A.assign_tuple([v, "pos"], call)],
+                    [A.assign(v, A.const(None)), A.increment("pos", 1)],
+                ),
+            ]
+        names.append(name)
+        if message and name == "message_id":
+            body.append(A.set_attr("o", "mark", n("pos")))
+        if message and name == "original_transaction_id":
+            body.append(A.assign("m1", n("pos")))
+        if message and name == "target_consumer_id":
+            body.append(A.set_attr("o", "cmark", A.tuple_(n("m1"), n("m2"), n("pos"))))
+    body += _fields_dict(g, names, [n(f"v_{name}") for name in names])
+    body += [A.set_attr("o", "__dict__", n("d")), ast.Return(A.tuple_(n("o"), n("pos")))]
+    fname = f"decode_{'cached_' if cached else ''}{_name(t)}"
+    return A.function(fname, ["data", "pos", "end", "depth", "uc"], body, g.env, (None,))
 
 
-# -- encoder steps: step(d, parts), d the object's __dict__ ------------------------------------
-
-
-def _encoder(t: int, cached: bool) -> Callable:
+def _encoder(t: int, cached: bool, g: A.Globals) -> Callable:
     family = CENCODERS if cached else ENCODERS
+    fam = g.ref(family, "FAMILY")
     prefix, fields = _split_prefix(t)
-    steps: list[Callable] = []
+    n = A.name
+    append = A.attr(n("parts"), "append")
+    body: list[ast.stmt] = []
+    if prefix:
+        pack = A.attr(g.ref(_PREFIX, "PREFIX"), "pack")
+        value = A.call(pack, A.attr(n("o"), "command_id"), A.attr(n("o"), "response_required"))
+        body.append(ast.Expr(A.call(append, value)))
+    body.append(A.assign("d", A.attr(n("o"), "__dict__")))
     for kind, group in _runs(fields):
         if kind == "fixed":
-            pack = struct.Struct(">" + "".join(_FIXED[f.kind] for _, f in group)).pack
-            if len(group) == 1:
-                only = group[0][0]
-
-                def step(d: dict, parts: list, pack: Any = pack, only: str = only) -> None:
-                    parts.append(pack(d[only]))
-
-            else:
-                get = itemgetter(*[n for n, _ in group])
-
-                def step(d: dict, parts: list, pack: Any = pack, get: Any = get) -> None:
-                    parts.append(pack(*get(d)))
-
-            steps.append(step)
+            st = struct.Struct(">" + "".join(_FIXED[f.kind] for _, f in group))
+            vals = [A.item(n("d"), A.const(name)) for name, _ in group]
+            body.append(ast.Expr(A.call(append, A.call(A.attr(g.ref(st, "S"), "pack"), *vals))))
             continue
         name = group[0][0]
-        if kind == "s":
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                write_string(d[name], parts)
-
-        elif kind == "y":
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                write_bytes(d[name], parts)
-
-        elif kind == "t":
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                write_throwable(d[name], parts)
-
-        elif kind == "O":
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                v = d[name]
-                if v is None:
-                    parts.append(b"\x00")
-                else:
-                    parts.append(b"\x01" + _H.pack(len(v)))
-                    for x in v:
-                        write_object(x, parts, family)
-
-        elif kind == "c" and cached:
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                v = d[name]
-                if v is None:
-                    parts.append(b"\x01\xff\xff\x00")
-                else:
-                    parts.append(UNCACHED + OBJ_HEADER[v.type])
-                    family[v.type](v, parts)
-
-        else:
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                write_object(d[name], parts, family)
-
-        steps.append(step)
-    steps_t = tuple(steps)
-    prefix_pack = _PREFIX.pack
-
-    def encode(o: Obj, parts: list) -> None:
-        if prefix:
-            parts.append(prefix_pack(o.command_id, o.response_required))
-        d = o.__dict__
-        for step in steps_t:
-            step(d, parts)
-
-    return encode
+        value = A.item(n("d"), A.const(name))
+        if kind in ("s", "y", "t"):
+            writer = {"s": write_string, "y": write_bytes, "t": write_throwable}[kind]
+            body.append(ast.Expr(A.call(g.ref(writer, "write"), value, n("parts"))))
+            continue
+        if kind == "O":
+            body.append(ast.Expr(A.call(g.ref(write_array, "write"), value, n("parts"), fam)))
+            continue
+        # a nested object: flag (and for a cached field the index -1), type, fields
+        null, head = (b"\x01\xff\xff\x00", UNCACHED) if kind == "c" and cached else (b"\x00", b"")
+        header = A.item(g.ref(OBJ_HEADER, "OBJ_HEADER"), A.attr(n("v"), "type"))
+        if head:
+            header = ast.BinOp(A.const(head), ast.Add(), header)
+        nested = A.call(A.item(fam, A.attr(n("v"), "type")), n("v"), n("parts"))
+        body += [
+            A.assign("v", value),
+            A.if_(
+                A.compare(n("v"), ast.Is(), A.const(None)),
+                [ast.Expr(A.call(append, A.const(null)))],
+                [ast.Expr(A.call(append, header)), ast.Expr(nested)],
+            ),
+        ]
+    fname = f"encode_{'cached_' if cached else ''}{_name(t)}"
+    return A.function(fname, ["o", "parts"], body, g.env)
 
 
 def _build() -> None:
+    g = A.Globals({})
     for t in DECLARATIONS:
-        DECODERS[t] = _decoder(t, False)
-        CDECODERS[t] = _decoder(t, True)
-        ENCODERS[t] = _encoder(t, False)
-        CENCODERS[t] = _encoder(t, True)
+        DECODERS[t] = _decoder(t, False, g)
+        CDECODERS[t] = _decoder(t, True, g)
+        ENCODERS[t] = _encoder(t, False, g)
+        CENCODERS[t] = _encoder(t, True, g)
     for t in SPEC_PRESENT:
         SPECULATIVE[t] = build_speculative(t)
 

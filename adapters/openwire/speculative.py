@@ -19,10 +19,19 @@ from __future__ import annotations
 
 import ast
 import struct
-import types
 from collections.abc import Callable
 from typing import Any
 
+from . import astgen as A
+from .astgen import add as _add
+from .astgen import assign as _assign
+from .astgen import beyond as _beyond
+from .astgen import call as _call
+from .astgen import compare as _cmp
+from .astgen import const as _k
+from .astgen import name as _n
+from .astgen import set_attr as _attr_set
+from .astgen import store as _st
 from .primitives import _I
 from .schema import (
     BLOB_MESSAGE,
@@ -42,49 +51,8 @@ SPEC_PRESENT = {MESSAGE_ACK: ("first_message_id", "last_message_id")}
 SPEC_PRESENT.update({t: ("message_id",) for t in MESSAGE_TYPES if t != BLOB_MESSAGE})
 
 
-# -- syntax tree helpers -------------------------------------------------------------------------
-
-
-def _n(name: str) -> ast.Name:
-    return ast.Name(name, ast.Load())
-
-
-def _st(name: str) -> ast.Name:
-    return ast.Name(name, ast.Store())
-
-
-def _k(value: Any) -> ast.Constant:
-    return ast.Constant(value)
-
-
-def _add(a: ast.expr, b: int) -> ast.expr:
-    return ast.BinOp(a, ast.Add(), _k(b)) if b else a
-
-
-def _assign(target: str | ast.expr, value: ast.expr) -> ast.Assign:
-    t = _st(target) if isinstance(target, str) else target
-    return ast.Assign([t], value)
-
-
-def _attr_set(obj: str, attr: str, value: ast.expr) -> ast.Assign:
-    return ast.Assign([ast.Attribute(_n(obj), attr, ast.Store())], value)
-
-
-def _call(fn: ast.expr, *args: ast.expr) -> ast.Call:
-    return ast.Call(fn, list(args), [])
-
-
-def _cmp(a: ast.expr, op: ast.cmpop, b: ast.expr) -> ast.Compare:
-    return ast.Compare(a, [op], [b])
-
-
 def _return_none_if(test: ast.expr) -> ast.If:
     return ast.If(test, [ast.Return(_k(None))], [])
-
-
-def _beyond(pos: ast.expr, size: int) -> ast.expr:
-    """``pos + size > end``"""
-    return _cmp(_add(pos, size), ast.Gt(), _n("end"))
 
 
 # -- the builder -----------------------------------------------------------------------------
@@ -307,12 +275,4 @@ def build(t: int) -> Callable:
     guarded = ast.Try(
         body, [ast.ExceptHandler(_n("IndexError"), None, [ast.Return(_k(None))])], [], []
     )
-    name = f"speculative_{SCHEMA[t][0]}"
-    args = ast.arguments(
-        [], [ast.arg(a) for a in ("data", "pos", "end", "uc")], None, [], [], None, []
-    )
-    fn = ast.FunctionDef(name, args, [guarded], [], None)
-    module = ast.fix_missing_locations(ast.Module([fn], []))
-    code = compile(module, f"<openwire speculative {SCHEMA[t][0]}>", "exec")
-    (fn_code,) = (k for k in code.co_consts if isinstance(k, types.CodeType))
-    return types.FunctionType(fn_code, env, name)
+    return A.function(f"speculative_{SCHEMA[t][0]}", ["data", "pos", "end", "uc"], [guarded], env)
