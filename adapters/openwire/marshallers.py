@@ -1,6 +1,7 @@
 """The fast decoders and encoders of every OpenWire type, built at import from the
-``construct`` declarations of schema.py, without generated source: each type becomes a list
-of steps (closures), consecutive fixed-width fields one ``struct.Struct`` call each.
+``construct`` declarations of schema.py: each type becomes one flat function per family,
+built as a syntax tree (astgen.py) and compiled, no source text involved; consecutive
+fixed-width fields are one ``struct.Struct`` call each.
 
 Three families, each a dict by type id:
 
@@ -10,13 +11,10 @@ Three families, each a dict by type id:
   ``bool new, int16 index`` and, when new, the object, which the decoder stores at ``index``
   of the connection's unmarshalling cache ``uc``; a reference resolves an earlier one. Our
   encoders write every cached field as new with index -1 (the receiver keeps nothing);
-- speculative decoders of the cached form for the shape in which the JMS client writes its
-  hottest commands (messages and their acks): cached fields as references, optional strings,
-  objects and arrays absent, only the MessageIds present. For that shape everything but the
-  byte arrays is a few fixed layouts: one ``struct`` call each, one comparison of all their
-  flags with what the shape holds; a cache index out of range ends the look-up. Anything
-  else, malformed frames included, is left to the cached-form decoder (the speculative one
-  returns None); the tests check both give the same object.
+- speculative decoders of the cached form (speculative.py) for the shape in which the JMS
+  client writes its hottest commands (messages and their acks). Anything else, malformed
+  frames included, is left to the cached-form decoder (the speculative one returns None);
+  the tests check both give the same object.
 
 Every nested object is checked against the type ids its declaration allows, whether it
 arrives in the frame or as a cache reference, so a session never sees an object of the wrong
