@@ -1,6 +1,7 @@
 """The fast decoders and encoders of every OpenWire type, built at import from the
-``construct`` declarations of schema.py, without generated source: each type becomes a list
-of steps (closures), consecutive fixed-width fields one ``struct.Struct`` call each.
+``construct`` declarations of schema.py: each type becomes one flat function per family,
+built as a syntax tree (astgen.py) and compiled, no source text involved; consecutive
+fixed-width fields are one ``struct.Struct`` call each.
 
 Three families, each a dict by type id:
 
@@ -10,13 +11,10 @@ Three families, each a dict by type id:
   ``bool new, int16 index`` and, when new, the object, which the decoder stores at ``index``
   of the connection's unmarshalling cache ``uc``; a reference resolves an earlier one. Our
   encoders write every cached field as new with index -1 (the receiver keeps nothing);
-- speculative decoders of the cached form for the shape in which the JMS client writes its
-  hottest commands (messages and their acks): cached fields as references, optional strings,
-  objects and arrays absent, only the MessageIds present. For that shape everything but the
-  byte arrays is a few fixed layouts: one ``struct`` call each, one comparison of all their
-  flags with what the shape holds; a cache index out of range ends the look-up. Anything
-  else, malformed frames included, is left to the cached-form decoder (the speculative one
-  returns None); the tests check both give the same object.
+- speculative decoders of the cached form (speculative.py) for the shape in which the JMS
+  client writes its hottest commands (messages and their acks). Anything else, malformed
+  frames included, is left to the cached-form decoder (the speculative one returns None);
+  the tests check both give the same object.
 
 Every nested object is checked against the type ids its declaration allows, whether it
 arrives in the frame or as a cache reference, so a session never sees an object of the wrong
@@ -26,18 +24,16 @@ allocated, and nesting is capped at :data:`MAX_NESTING`.
 
 from __future__ import annotations
 
+import ast
 import struct
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Any
 
+from . import astgen as A
 from .primitives import _H, _I, _UH, decode_mutf8, encode_mutf8
 from .schema import (
-    BLOB_MESSAGE,
     DECLARATIONS,
     MAX_NESTING,
-    MESSAGE_ACK,
-    MESSAGE_ID,
     MESSAGE_TYPES,
     SCHEMA,
     DecodeError,
@@ -45,6 +41,8 @@ from .schema import (
     Obj,
     fields_of,
 )
+from .speculative import SPEC_PRESENT
+from .speculative import build as build_speculative
 
 _FIXED = {"z": "?", "b": "b", "h": "h", "i": "i", "l": "q"}
 _PREFIX = struct.Struct(">i?")
@@ -166,111 +164,68 @@ def write_object(v: Obj | None, parts: list, family: dict) -> None:
         family[v.type](v, parts)
 
 
-# -- decoder steps: step(data, pos, end, depth, uc, out) -> pos, values appended to out --------
+# -- readers and writers of the composite kinds (called from the generated functions) ----------
 
 
-def _fixed_step(st: struct.Struct) -> Callable:
-    size, unpack = st.size, st.unpack_from
-
-    def step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-        if pos + size > end:
-            raise DecodeError(_TRUNC)
-        out += unpack(data, pos)
-        return pos + size
-
-    return step
-
-
-def _reader_step(read: Callable) -> Callable:
-    def step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-        v, pos = read(data, pos, end)
-        out.append(v)
-        return pos
-
-    return step
-
-
-def _string_step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-    # read_string, inlined: strings are the commonest variable field
+def read_array(
+    data: bytes, pos: int, end: int, depth: int, uc: list | None, types: Any, family: dict
+) -> tuple[list | None, int]:
+    """A nullable array of nested objects (int16 count), each at nesting ``depth``."""
     if pos >= end:
         raise DecodeError(_TRUNC)
     if not data[pos]:
-        out.append(None)
-        return pos + 1
+        return None, pos + 1
     if pos + 3 > end:
         raise DecodeError(_TRUNC)
-    n = (data[pos + 1] << 8) | data[pos + 2]
+    n = _H.unpack_from(data, pos + 1)[0]
     pos += 3
-    if pos + n > end:
-        raise DecodeError(f"string length {n} exceeds the frame")
-    raw = data[pos : pos + n]
-    out.append(raw.decode("ascii") if raw.isascii() else decode_mutf8(raw))
-    return pos + n
+    if n < 0 or n > end - pos:
+        raise DecodeError(f"array count {n} exceeds the frame")
+    items = []
+    for _ in range(n):
+        v, pos = read_object(data, pos, end, depth, uc, types, family)
+        items.append(v)
+    return items, pos
 
 
-def _object_step(types: Any, family: dict) -> Callable:
-    def step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-        v, pos = read_object(data, pos, end, depth + 1, uc, types, family)
-        out.append(v)
-        return pos
-
-    return step
-
-
-def _array_step(types: Any, family: dict) -> Callable:
-    def step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-        if pos >= end:
-            raise DecodeError(_TRUNC)
-        if not data[pos]:
-            out.append(None)
-            return pos + 1
-        if pos + 3 > end:
-            raise DecodeError(_TRUNC)
-        n = _H.unpack_from(data, pos + 1)[0]
-        pos += 3
-        if n < 0 or n > end - pos:
-            raise DecodeError(f"array count {n} exceeds the frame")
-        items = []
-        for _ in range(n):
-            v, pos = read_object(data, pos, end, depth + 1, uc, types, family)
-            items.append(v)
-        out.append(items)
-        return pos
-
-    return step
-
-
-def _cached_step(types: Any, family: dict) -> Callable:
+def read_cached(
+    data: bytes, pos: int, end: int, depth: int, uc: list, types: Any, family: dict
+) -> tuple[Obj | None, int]:
     """A ``c`` field of the cached form: new (stored at its index unless -1) or a reference."""
-
-    def step(data: bytes, pos: int, end: int, depth: int, uc: list, out: list) -> int:
-        if pos + 3 > end:
-            raise DecodeError(_TRUNC)
-        # the index as unsigned: 0xFFFF is -1 (not stored); any other index of 0x8000 and up
-        # is negative, beyond every cache (at most 32767)
-        idx = (data[pos + 1] << 8) | data[pos + 2]
-        if data[pos]:
-            v, pos = read_object(data, pos + 3, end, depth + 1, uc, types, family)
-            if idx != 0xFFFF:
-                if idx >= len(uc):
-                    raise DecodeError(f"cache index {idx} out of range")
-                uc[idx] = v
-        else:
+    if pos + 3 > end:
+        raise DecodeError(_TRUNC)
+    # the index as unsigned: 0xFFFF is -1 (not stored); any other index of 0x8000 and up
+    # is negative, beyond every cache (at most 32767)
+    idx = (data[pos + 1] << 8) | data[pos + 2]
+    if data[pos]:
+        v, pos = read_object(data, pos + 3, end, depth, uc, types, family)
+        if idx != 0xFFFF:
             if idx >= len(uc):
                 raise DecodeError(f"cache index {idx} out of range")
-            v = uc[idx]
-            if v is not None and types is not None and v.type not in types:
-                raise DecodeError(f"cache entry {idx} is an unexpected {_name(v.type)}")
-            pos += 3
-        out.append(v)
-        return pos
+            uc[idx] = v
+        return v, pos
+    if idx >= len(uc):
+        raise DecodeError(f"cache index {idx} out of range")
+    v = uc[idx]
+    if v is not None and types is not None and v.type not in types:
+        raise DecodeError(f"cache entry {idx} is an unexpected {_name(v.type)}")
+    return v, pos + 3
 
-    return step
+
+def write_array(v: list | None, parts: list, family: dict) -> None:
+    if v is None:
+        parts.append(b"\x00")
+    else:
+        parts.append(b"\x01" + _H.pack(len(v)))
+        for x in v:
+            write_object(x, parts, family)
 
 
-def _mark_step(data: bytes, pos: int, end: int, depth: int, uc: Any, out: list) -> int:
-    out.append(pos)
-    return pos
+# -- the generated decoders and encoders ---------------------------------------------------------
+# One flat function per type and family, built from the declaration as a syntax tree (see
+# astgen): consecutive fixed-width fields one struct call, every other field one call of a
+# reader or writer above (an absent nested object not even that), the fields' dict built at
+# once.
 
 
 def _runs(fields: list[tuple[str, Field]]) -> list[tuple[str, list[tuple[str, Field]]]]:
@@ -293,478 +248,157 @@ def _split_prefix(t: int) -> tuple[bool, list[tuple[str, Field]]]:
     return prefix, fields[2:] if prefix else fields
 
 
-# in a message, where the encoding of the fields differs between the forms (reencode_message):
-# offsets after the MessageId (plain form), after the original transaction id, and before and
-# after the target consumer id
-_MARKS = {
-    "message_id": ("after",),
-    "original_transaction_id": ("after",),
-    "target_consumer_id": ("before", "after"),
-}
+def _raise_truncated(g: A.Globals) -> ast.Raise:
+    return ast.Raise(A.call(g.ref(DecodeError, "DecodeError"), A.const(_TRUNC)), None)
 
 
-def _decoder(t: int, cached: bool) -> Callable:
+def _fields_dict(g: A.Globals, names: list[str], values: list[ast.expr]) -> list[ast.stmt]:
+    """``d = {...}``: a dict display, or past 16 keys a copy of a presized template and the
+    values (a display of thirty keys costs about twice that)."""
+    if len(names) <= 16:
+        return [A.assign("d", ast.Dict([A.const(n) for n in names], values))]
+    tmpl = g.ref(dict.fromkeys(names), "TMPL")
+    out: list[ast.stmt] = [A.assign("d", A.call(A.attr(tmpl, "copy")))]
+    out += [A.set_item("d", A.const(n), v) for n, v in zip(names, values)]  # noqa: B905
+    return out
+
+
+def _decoder(t: int, cached: bool, g: A.Globals) -> Callable:
     family = CDECODERS if cached else DECODERS
+    fam = g.ref(family, "FAMILY")
     prefix, fields = _split_prefix(t)
     message = t in MESSAGE_TYPES
-    steps: list[Callable] = []
-    slots: list[str | None] = []  # what each value of ``out`` is: a field name, or a mark
+    n = A.name
+    body: list[ast.stmt] = [
+        A.assign("o", A.call(g.ref(_new, "new"), g.ref(Obj, "Obj"))),
+        A.set_attr("o", "type", A.const(t)),
+    ]
+    if prefix:
+        body += [
+            A.if_(A.beyond(n("pos"), 5), [_raise_truncated(g)]),
+            A.assign(
+                ast.Tuple(
+                    [
+                        ast.Attribute(n("o"), "command_id", ast.Store()),
+                        ast.Attribute(n("o"), "response_required", ast.Store()),
+                    ],
+                    ast.Store(),
+                ),
+                A.call(A.attr(g.ref(_PREFIX, "PREFIX"), "unpack_from"), n("data"), n("pos")),
+            ),
+            A.increment("pos", 5),
+        ]
+    else:
+        body += [
+            A.set_attr("o", "command_id", A.const(0)),
+            A.set_attr("o", "response_required", A.const(False)),
+        ]
+    names: list[str] = []
+    depth1 = A.add(n("depth"), 1)
     for kind, group in _runs(fields):
         if kind == "fixed":
-            fmt = ">" + "".join(_FIXED[f.kind] for _, f in group)
-            steps.append(_fixed_step(struct.Struct(fmt)))
-            slots += [n for n, _ in group]
+            st = struct.Struct(">" + "".join(_FIXED[f.kind] for _, f in group))
+            vs = [f"v_{name}" for name, _ in group]
+            unpack = A.attr(g.ref(st, "S"), "unpack_from")
+            body += [
+                A.if_(A.beyond(n("pos"), st.size), [_raise_truncated(g)]),
+                A.assign_tuple(vs, A.call(unpack, n("data"), n("pos"))),
+                A.increment("pos", st.size),
+            ]
+            names += [name for name, _ in group]
             continue
         name, f = group[0]
-        marks = _MARKS.get(name, ()) if message else ()
-        if "before" in marks:
-            steps.append(_mark_step)
-            slots.append(None)
-        if kind == "s":
-            steps.append(_string_step)
-        elif kind == "y":
-            steps.append(_reader_step(read_bytes))
-        elif kind == "t":
-            steps.append(_reader_step(read_throwable))
+        v = f"v_{name}"
+        if message and name == "target_consumer_id":
+            body.append(A.assign("m2", n("pos")))
+        args3 = (n("data"), n("pos"), n("end"))
+        types_ = A.const(None) if f.types is None else g.ref(f.types, "T")
+        if kind in ("s", "y", "t"):
+            reader = {"s": read_string, "y": read_bytes, "t": read_throwable}[kind]
+            body.append(A.assign_tuple([v, "pos"], A.call(g.ref(reader, "read"), *args3)))
         elif kind == "O":
-            steps.append(_array_step(f.types, family))
+            call = A.call(g.ref(read_array, "read"), *args3, depth1, n("uc"), types_, fam)
+            body.append(A.assign_tuple([v, "pos"], call))
         elif kind == "c" and cached:
-            steps.append(_cached_step(f.types, family))
-        else:  # "o", or "c" of the plain form
-            steps.append(_object_step(f.types, family))
-        slots.append(name)
-        if "after" in marks:
-            steps.append(_mark_step)
-            slots.append(None)
-    names = tuple(n for n in slots if n is not None)
-    steps_t = tuple(steps)
-    prefix_unpack = _PREFIX.unpack_from
-
-    if not message:
-
-        def decode(data: bytes, pos: int, end: int, depth: int, uc: Any = None) -> tuple:
-            o = _new(Obj)
-            o.type = t
-            if prefix:
-                if pos + 5 > end:
-                    raise DecodeError(_TRUNC)
-                o.command_id, o.response_required = prefix_unpack(data, pos)
-                pos += 5
-            else:
-                o.command_id = 0
-                o.response_required = False
-            out: list = []
-            for step in steps_t:
-                pos = step(data, pos, end, depth, uc, out)
-            o.__dict__ = dict(zip(names, out))  # noqa: B905 (one value per name)
-            return o, pos
-
-        return decode
-
-    values = itemgetter(*[i for i, n in enumerate(slots) if n is not None])
-    mark_positions = itemgetter(*[i for i, n in enumerate(slots) if n is None])
-
-    def decode_message(data: bytes, pos: int, end: int, depth: int, uc: Any = None) -> tuple:
-        o = _new(Obj)
-        o.type = t
-        if pos + 5 > end:
-            raise DecodeError(_TRUNC)
-        o.command_id, o.response_required = prefix_unpack(data, pos)
-        pos += 5
-        out: list = []
-        for step in steps_t:
-            pos = step(data, pos, end, depth, uc, out)
-        o.__dict__ = dict(zip(names, values(out)))  # noqa: B905
-        mark, m1, m2, m3 = mark_positions(out)
-        o.mark = mark
-        o.cmark = (m1, m2, m3)
-        return o, pos
-
-    return decode_message
+            call = A.call(g.ref(read_cached, "read"), *args3, depth1, n("uc"), types_, fam)
+            body.append(A.assign_tuple([v, "pos"], call))
+        else:  # "o", or "c" of the plain form: absent inline, present read_object
+            call = A.call(g.ref(read_object, "read"), *args3, depth1, n("uc"), types_, fam)
+            body += [
+                A.if_(A.compare(n("pos"), ast.GtE(), n("end")), [_raise_truncated(g)]),
+                A.if_(
+                    A.item(n("data"), n("pos")),
+                    [A.assign_tuple([v, "pos"], call)],
+                    [A.assign(v, A.const(None)), A.increment("pos", 1)],
+                ),
+            ]
+        names.append(name)
+        if message and name == "message_id":
+            body.append(A.set_attr("o", "mark", n("pos")))
+        if message and name == "original_transaction_id":
+            body.append(A.assign("m1", n("pos")))
+        if message and name == "target_consumer_id":
+            body.append(A.set_attr("o", "cmark", A.tuple_(n("m1"), n("m2"), n("pos"))))
+    body += _fields_dict(g, names, [n(f"v_{name}") for name in names])
+    body += [A.set_attr("o", "__dict__", n("d")), ast.Return(A.tuple_(n("o"), n("pos")))]
+    fname = f"decode_{'cached_' if cached else ''}{_name(t)}"
+    return A.function(fname, ["data", "pos", "end", "depth", "uc"], body, g.env, (None,))
 
 
-# -- encoder steps: step(d, parts), d the object's __dict__ ------------------------------------
-
-
-def _encoder(t: int, cached: bool) -> Callable:
+def _encoder(t: int, cached: bool, g: A.Globals) -> Callable:
     family = CENCODERS if cached else ENCODERS
+    fam = g.ref(family, "FAMILY")
     prefix, fields = _split_prefix(t)
-    steps: list[Callable] = []
+    n = A.name
+    append = A.attr(n("parts"), "append")
+    body: list[ast.stmt] = []
+    if prefix:
+        pack = A.attr(g.ref(_PREFIX, "PREFIX"), "pack")
+        value = A.call(pack, A.attr(n("o"), "command_id"), A.attr(n("o"), "response_required"))
+        body.append(ast.Expr(A.call(append, value)))
+    body.append(A.assign("d", A.attr(n("o"), "__dict__")))
     for kind, group in _runs(fields):
         if kind == "fixed":
-            pack = struct.Struct(">" + "".join(_FIXED[f.kind] for _, f in group)).pack
-            if len(group) == 1:
-                only = group[0][0]
-
-                def step(d: dict, parts: list, pack: Any = pack, only: str = only) -> None:
-                    parts.append(pack(d[only]))
-
-            else:
-                get = itemgetter(*[n for n, _ in group])
-
-                def step(d: dict, parts: list, pack: Any = pack, get: Any = get) -> None:
-                    parts.append(pack(*get(d)))
-
-            steps.append(step)
+            st = struct.Struct(">" + "".join(_FIXED[f.kind] for _, f in group))
+            vals = [A.item(n("d"), A.const(name)) for name, _ in group]
+            body.append(ast.Expr(A.call(append, A.call(A.attr(g.ref(st, "S"), "pack"), *vals))))
             continue
         name = group[0][0]
-        if kind == "s":
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                write_string(d[name], parts)
-
-        elif kind == "y":
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                write_bytes(d[name], parts)
-
-        elif kind == "t":
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                write_throwable(d[name], parts)
-
-        elif kind == "O":
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                v = d[name]
-                if v is None:
-                    parts.append(b"\x00")
-                else:
-                    parts.append(b"\x01" + _H.pack(len(v)))
-                    for x in v:
-                        write_object(x, parts, family)
-
-        elif kind == "c" and cached:
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                v = d[name]
-                if v is None:
-                    parts.append(b"\x01\xff\xff\x00")
-                else:
-                    parts.append(UNCACHED + OBJ_HEADER[v.type])
-                    family[v.type](v, parts)
-
-        else:
-
-            def step(d: dict, parts: list, name: str = name) -> None:
-                write_object(d[name], parts, family)
-
-        steps.append(step)
-    steps_t = tuple(steps)
-    prefix_pack = _PREFIX.pack
-
-    def encode(o: Obj, parts: list) -> None:
-        if prefix:
-            parts.append(prefix_pack(o.command_id, o.response_required))
-        d = o.__dict__
-        for step in steps_t:
-            step(d, parts)
-
-    return encode
-
-
-# -- speculative decoders ------------------------------------------------------------------------
-
-# the nested objects present in the shape (everything else nested is absent)
-SPEC_PRESENT = {MESSAGE_ACK: ("first_message_id", "last_message_id")}
-SPEC_PRESENT.update({t: ("message_id",) for t in MESSAGE_TYPES if t != BLOB_MESSAGE})
-
-
-class _Layout:
-    """One fixed layout of a speculative decoder, gathered field by field."""
-
-    def __init__(self) -> None:
-        self.codes: list[str] = []
-        self.flags: list[tuple[int, Any]] = []  # (index in the layout, value the shape holds)
-
-    def add(self, code: str) -> int:
-        self.codes.append(code)
-        return len(self.codes) - 1
-
-    def offset(self) -> int:
-        return struct.calcsize(">" + "".join(self.codes))
-
-
-def _speculative(t: int) -> Callable:
-    _, fields = _split_prefix(t)
-    present = SPEC_PRESENT[t]
-    message = t in MESSAGE_TYPES
-    segments: list[_Layout | None] = []  # a layout, or None for a byte sequence
-    layout = _Layout()
-    base = 0  # position in the values of every segment where ``layout`` starts
-    where: dict[str, Any] = {}  # field -> how its value is found (see below)
-    refs: list[tuple[int, Any]] = []  # (position of the cache index, allowed types)
-    mids: list[tuple[int, int, int]] = []  # MessageIds: positions of (ref number, seq, bseq)
-    marks: list[tuple[int, int]] = []  # (segment number, offset in it)
-    bytes_positions: set[int] = set()  # values that are byte sequences
-
-    def close() -> None:
-        nonlocal layout, base
-        if layout.codes:
-            segments.append(layout)
-            base += len(layout.codes)
-        layout = _Layout()
-
-    def ref(types: Any) -> int:
-        layout.flags.append((layout.add("?"), False))
-        i = layout.add("H")
-        refs.append((base + i, types))
-        return len(refs) - 1
-
-    layout.add("i")  # command id
-    layout.add("?")  # response required
-    for name, f in fields:
-        kind = f.kind
-        if message and name == "target_consumer_id":
-            marks.append((len(segments), layout.offset()))
-        if kind in _FIXED:
-            where[name] = ("value", base + layout.add(_FIXED[kind]))
-        elif kind == "c":
-            where[name] = ("ref", ref(f.types))
-        elif kind == "o" and name in present:  # a MessageId without text view
-            layout.flags.append((layout.add("?"), True))
-            layout.flags.append((layout.add("B"), MESSAGE_ID))
-            layout.flags.append((layout.add("?"), False))  # no text view
-            pid_types = dict(fields_of(DECLARATIONS[MESSAGE_ID][1]))["producer_id"].types
-            r = ref(pid_types)
-            seq = base + layout.add("q")
-            bseq = base + layout.add("q")
-            where[name] = ("mid", len(mids))
-            mids.append((r, seq, bseq))
-        elif kind == "y":
-            close()
-            segments.append(None)
-            where[name] = ("value", base)
-            bytes_positions.add(base)
-            base += 1
-        else:  # s, o, O, t: absent
-            layout.flags.append((layout.add("?"), False))
-            where[name] = ("none",)
-        if message and name == "original_transaction_id":
-            marks.append((len(segments), layout.offset()))
-        if message and name == "target_consumer_id":
-            marks.append((len(segments), layout.offset()))
-    close()
-
-    plan = []
-    for seg in segments:
-        if seg is None:
-            plan.append(None)
+        value = A.item(n("d"), A.const(name))
+        if kind in ("s", "y", "t"):
+            writer = {"s": write_string, "y": write_bytes, "t": write_throwable}[kind]
+            body.append(ast.Expr(A.call(g.ref(writer, "write"), value, n("parts"))))
             continue
-        st = struct.Struct(">" + "".join(seg.codes))
-        # (the first index twice: an itemgetter of one index gives no tuple)
-        flag_idx = [i for i, _ in seg.flags]
-        flag_get = itemgetter(*flag_idx, *flag_idx[:1])
-        expected = tuple(v for _, v in seg.flags)
-        expected += expected[:1]
-        plan.append((st.size, st.unpack_from, flag_get, expected))
-    nvalues = base
-    nrefs = len(refs)
-    assert nrefs >= 2, "the shape refers to the cache"
-    ref_indexes = itemgetter(*[p for p, _ in refs])
-    ref_types = tuple(ty for _, ty in refs)
-    # The values: those of the segments, then the resolved references, then the MessageIds.
-    # Fields whose values a client repeats frame after frame (the references, and the fixed
-    # fields after the first layout: flags and zeros of the message tail) are "stable": per
-    # connection a template dict holds them, remade when they change; the others are set on
-    # a copy of it (a dict is built at about 50 ns a key from sequences: fewer keys, less time).
-    first_layout = len(segments[0].codes) if segments and segments[0] is not None else 0
-    stable_names, stable_pos, varying_names, varying_pos = [], [], [], []
-    for name, _ in fields:
-        how = where[name]
-        if how[0] == "value":
-            stable = how[1] >= first_layout and how[1] not in bytes_positions
-            pos_ = how[1]
-        elif how[0] == "ref":
-            stable, pos_ = True, nvalues + how[1]
-        elif how[0] == "mid":
-            stable, pos_ = False, nvalues + nrefs + how[1]
-        else:
+        if kind == "O":
+            body.append(ast.Expr(A.call(g.ref(write_array, "write"), value, n("parts"), fam)))
             continue
-        (stable_names if stable else varying_names).append(name)
-        (stable_pos if stable else varying_pos).append(pos_)
-    # the MessageIds' producer ids close the stable values (no field of their own: the
-    # names end before them)
-    stable_pos += [nvalues + r for r, _, _ in mids]
-    assert len(stable_pos) >= 2 and len(varying_pos) >= 2  # (an itemgetter gives tuples)
-    stable_values = itemgetter(*stable_pos)
-    stable_names_t = tuple(stable_names)
-    varying_values = itemgetter(*varying_pos)
-    varying_names_t = tuple(varying_names)
-    # where each reference is among the stable values (the MessageIds' producer ids too)
-    ref_index_in_key = [stable_pos.index(nvalues + k) for k in range(nrefs)]
-    template = dict.fromkeys(n for n, _ in fields)  # in wire order, the absent ones None
-    mid_plan = tuple((nvalues + r, seq, bseq) for r, seq, bseq in mids)
-    (s1, o1), (s2, o2), (s3, o3) = marks if message else ((0, 0),) * 3
-    memos: dict[int, tuple] = {}  # id of a connection's cache -> (stable values, template)
-    unpack_i = _I.unpack_from
-
-    def stable_dict(vals: tuple, uc: list) -> dict | None:
-        """A copy of this connection's template of the stable fields, or None when a
-        reference is of a type its field does not allow."""
-        key = stable_values(vals)
-        memo = memos.get(id(uc))
-        if memo is not None and memo[0] == key:
-            return memo[1].copy()
-        for i, types in enumerate(ref_types):
-            v = key[ref_index_in_key[i]]
-            if v is not None and types is not None and v.type not in types:
-                return None
-        tmpl = template.copy()
-        tmpl.update(zip(stable_names_t, key))  # noqa: B905 (one value per name)
-        if len(memos) >= 4096:
-            memos.clear()
-        memos[id(uc)] = (key, tmpl)
-        return tmpl.copy()
-
-    def finish(vals: tuple, uc: list, starts: tuple) -> Obj | None:
-        """The object of the values of every segment, or None."""
-        try:
-            vals += tuple(map(uc.__getitem__, ref_indexes(vals)))
-        except IndexError:  # a reference beyond the cache
-            return None
-        for r, seq, bseq in mid_plan:
-            mid = _new(Obj)
-            mid.type = MESSAGE_ID
-            mid.command_id = 0
-            mid.response_required = False
-            mid.__dict__ = {
-                "text_view": None,
-                "producer_id": vals[r],
-                "producer_sequence_id": vals[seq],
-                "broker_sequence_id": vals[bseq],
-            }
-            vals += (mid,)
-        d = stable_dict(vals, uc)
-        if d is None:
-            return None
-        d.update(zip(varying_names_t, varying_values(vals)))  # noqa: B905 (one per name)
-        o = _new(Obj)
-        o.type = t
-        o.command_id = vals[0]
-        o.response_required = vals[1]
-        o.__dict__ = d
-        if message:
-            o.mark = None
-            o.cmark = (starts[s1] + o1, starts[s2] + o2, starts[s3] + o3)
-        return o
-
-    shape = tuple(seg is not None for seg in plan)
-    if shape == (True,):
-        ((size0, unpack0, flags0, expected0),) = plan
-
-        def decode_one(data: bytes, pos: int, end: int, uc: list) -> tuple | None:
-            if pos + size0 > end:
-                return None
-            v0 = unpack0(data, pos)
-            if flags0(v0) != expected0:
-                return None
-            o = finish(v0, uc, (pos,))
-            return None if o is None else (o, pos + size0)
-
-        return decode_one
-
-    if shape == (True, False, False, True) and len(mid_plan) == 1:
-        # a message: one layout up to the body, the body, the properties, one layout after
-        (size0, unpack0, flags0, expected0), _, _, layout3 = plan
-        size3, unpack3, flags3, expected3 = layout3
-        ((mid_r, mid_seq, mid_bseq),) = mid_plan
-        i_cid, i_rr = 0, 1
-        # the offsets of the marks: one in the first layout, two in the last
-        assert s1 == 0 and s2 == s3 == 3
-        c1, c2, c3 = o1, o2, o3
-
-        def decode_message(data: bytes, pos: int, end: int, uc: list) -> tuple | None:
-            if pos + size0 > end:
-                return None
-            v0 = unpack0(data, pos)
-            if flags0(v0) != expected0:
-                return None
-            # the body and the properties (each: bool present, int32 length, bytes)
-            p = pos + size0
-            if p + 5 > end:
-                return None
-            if data[p]:
-                n = unpack_i(data, p + 1)[0]
-                p2 = p + 5 + n
-                if n < 0 or p2 > end:
-                    return None
-                y1 = data[p + 5 : p2]
-            else:
-                y1, p2 = None, p + 1
-            if p2 + 5 > end:
-                return None
-            if data[p2]:
-                n = unpack_i(data, p2 + 1)[0]
-                p3 = p2 + 5 + n
-                if n < 0 or p3 > end:
-                    return None
-                y2 = data[p2 + 5 : p3]
-            else:
-                y2, p3 = None, p2 + 1
-            if p3 + size3 > end:
-                return None
-            v3 = unpack3(data, p3)
-            if flags3(v3) != expected3:
-                return None
-            vals = v0 + (y1, y2) + v3
-            try:
-                vals += tuple(map(uc.__getitem__, ref_indexes(vals)))
-            except IndexError:  # a reference beyond the cache
-                return None
-            mid = _new(Obj)
-            mid.type = MESSAGE_ID
-            mid.command_id = 0
-            mid.response_required = False
-            mid.__dict__ = {
-                "text_view": None,
-                "producer_id": vals[mid_r],
-                "producer_sequence_id": vals[mid_seq],
-                "broker_sequence_id": vals[mid_bseq],
-            }
-            vals += (mid,)
-            d = stable_dict(vals, uc)
-            if d is None:
-                return None
-            d.update(zip(varying_names_t, varying_values(vals)))  # noqa: B905 (one per name)
-            o = _new(Obj)
-            o.type = t
-            o.command_id = vals[i_cid]
-            o.response_required = vals[i_rr]
-            o.__dict__ = d
-            o.mark = None
-            o.cmark = (pos + c1, p3 + c2, p3 + c3)
-            return o, p3 + size3
-
-        return decode_message
-
-    raise AssertionError(f"no speculative decoder for the shape of {_name(t)}")
-
-
-def _spec_bytes(data: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
-    """A byte sequence of a speculative decoder: (value, position after), position -1 when
-    the frame does not hold one."""
-    if pos >= end:
-        return None, -1
-    if not data[pos]:
-        return None, pos + 1
-    if pos + 5 > end:
-        return None, -1
-    n = _I.unpack_from(data, pos + 1)[0]
-    pos += 5
-    if n < 0 or pos + n > end:
-        return None, -1
-    return data[pos : pos + n], pos + n
+        # a nested object: flag (and for a cached field the index -1), type, fields
+        null, head = (b"\x01\xff\xff\x00", UNCACHED) if kind == "c" and cached else (b"\x00", b"")
+        header = A.item(g.ref(OBJ_HEADER, "OBJ_HEADER"), A.attr(n("v"), "type"))
+        if head:
+            header = ast.BinOp(A.const(head), ast.Add(), header)
+        nested = A.call(A.item(fam, A.attr(n("v"), "type")), n("v"), n("parts"))
+        body += [
+            A.assign("v", value),
+            A.if_(
+                A.compare(n("v"), ast.Is(), A.const(None)),
+                [ast.Expr(A.call(append, A.const(null)))],
+                [ast.Expr(A.call(append, header)), ast.Expr(nested)],
+            ),
+        ]
+    fname = f"encode_{'cached_' if cached else ''}{_name(t)}"
+    return A.function(fname, ["o", "parts"], body, g.env)
 
 
 def _build() -> None:
+    g = A.Globals({})
     for t in DECLARATIONS:
-        DECODERS[t] = _decoder(t, False)
-        CDECODERS[t] = _decoder(t, True)
-        ENCODERS[t] = _encoder(t, False)
-        CENCODERS[t] = _encoder(t, True)
+        DECODERS[t] = _decoder(t, False, g)
+        CDECODERS[t] = _decoder(t, True, g)
+        ENCODERS[t] = _encoder(t, False, g)
+        CENCODERS[t] = _encoder(t, True, g)
     for t in SPEC_PRESENT:
-        SPECULATIVE[t] = _speculative(t)
+        SPECULATIVE[t] = build_speculative(t)
 
 
 _build()
