@@ -27,12 +27,16 @@ MAX_MESSAGE = 4096
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     b = BrokerProcess(
-        tmp_path_factory.mktemp("ow-bad"), adapters=["openwire"], store="memory",
+        tmp_path_factory.mktemp("ow-bad"),
+        adapters=["openwire"],
+        store="memory",
         log_level="info",
-        settings={"adapters.openwire.max_frame_size": MAX_FRAME,
-                  "limits.max_message_size": MAX_MESSAGE,
-                  "adapters.openwire.max_inactivity_ms": 1500,
-                  "adapters.openwire.inactivity_initial_delay_ms": 500},
+        settings={
+            "adapters.openwire.max_frame_size": MAX_FRAME,
+            "limits.max_message_size": MAX_MESSAGE,
+            "adapters.openwire.max_inactivity_ms": 1500,
+            "adapters.openwire.inactivity_initial_delay_ms": 500,
+        },
     )
     b.start()
     yield b
@@ -51,9 +55,17 @@ class Raw:
         self.sock.sendall(data)
 
     def hello(self, inactivity: int = 30000) -> None:
-        self.send(c.encode_wireformat(
-            12, {"TightEncodingEnabled": True, "CacheEnabled": False,  # writes the plain form
-                 "MaxInactivityDuration": inactivity}, {"MaxInactivityDuration": "long"}))
+        self.send(
+            c.encode_wireformat(
+                12,
+                {
+                    "TightEncodingEnabled": True,
+                    "CacheEnabled": False,  # writes the plain form
+                    "MaxInactivityDuration": inactivity,
+                },
+                {"MaxInactivityDuration": "long"},
+            )
+        )
 
     def read_frame(self) -> bytes | None:
         while True:
@@ -88,8 +100,13 @@ class Raw:
 
 
 def connection_info(cid: int = 1, client_id: str = "raw") -> Obj:
-    return Obj(c.CONNECTION_INFO, command_id=cid, response_required=True,
-               connection_id=Obj(c.CONNECTION_ID, value="ID:raw-1"), client_id=client_id)
+    return Obj(
+        c.CONNECTION_INFO,
+        command_id=cid,
+        response_required=True,
+        connection_id=Obj(c.CONNECTION_ID, value="ID:raw-1"),
+        client_id=client_id,
+    )
 
 
 def handshake(broker) -> Raw:
@@ -179,8 +196,16 @@ def test_command_before_wireformat_info(broker):
 
 def test_command_before_connection_info(broker):
     r = handshake(broker)
-    r.send(c.encode_frame(Obj(c.SESSION_INFO, command_id=1, response_required=True,
-                              session_id=Obj(c.SESSION_ID, connection_id="x", value=1))))
+    r.send(
+        c.encode_frame(
+            Obj(
+                c.SESSION_INFO,
+                command_id=1,
+                response_required=True,
+                session_id=Obj(c.SESSION_ID, connection_id="x", value=1),
+            )
+        )
+    )
     cmds = closed_with_error(r)
     assert [x.type for x in cmds] == [c.CONNECTION_ERROR]
     assert_served(broker)
@@ -227,8 +252,9 @@ def test_jms_client_still_served_after_garbage(broker, tmp_path):
     if jmsrun.missing():
         pytest.skip(jmsrun.missing())
     classes = jmsrun.classes_once()
-    r = jmsrun.run_java(classes, "JmsTest", f"tcp://{broker.host}:{broker.port('openwire')}",
-                        "basic", "idle")
+    r = jmsrun.run_java(
+        classes, "JmsTest", f"tcp://{broker.host}:{broker.port('openwire')}", "basic", "idle"
+    )
     # idle for several 1.5 s inactivity periods: the keep-alives of both sides keep it open
     r.check("connect", "basic.receive", "close", "idle.alive")
 
@@ -239,8 +265,18 @@ def test_message_over_the_broker_limit_is_refused(broker):
     assert r.command().type == c.RESPONSE
     dest = Obj(c.QUEUE, physical_name="big.q")
     for cid, size in ((2, MAX_MESSAGE + 1), (3, 10)):
-        r.send(c.encode_frame(Obj(c.BYTES_MESSAGE, command_id=cid, response_required=True,
-                                  destination=dest, content=b"x" * size, persistent=True)))
+        r.send(
+            c.encode_frame(
+                Obj(
+                    c.BYTES_MESSAGE,
+                    command_id=cid,
+                    response_required=True,
+                    destination=dest,
+                    content=b"x" * size,
+                    persistent=True,
+                )
+            )
+        )
     refused = r.command()
     assert refused.type == c.EXCEPTION_RESPONSE and refused.correlation_id == 2
     assert refused.exception[0] == "javax.jms.JMSException"
@@ -273,14 +309,30 @@ def test_empty_destination_names_are_refused(broker):
     r.send(c.encode_frame(connection_info(1, client_id="empty-dest")))
     assert r.command().type == c.RESPONSE
     for cid, name in ((2, ""), (3, ",")):
-        r.send(c.encode_frame(Obj(c.TEXT_MESSAGE, command_id=cid, response_required=True,
-                                  destination=Obj(c.QUEUE, physical_name=name))))
+        r.send(
+            c.encode_frame(
+                Obj(
+                    c.TEXT_MESSAGE,
+                    command_id=cid,
+                    response_required=True,
+                    destination=Obj(c.QUEUE, physical_name=name),
+                )
+            )
+        )
         resp = r.command()
         assert resp.type == c.EXCEPTION_RESPONSE
         assert resp.exception[0] == "javax.jms.InvalidDestinationException"
-    r.send(c.encode_frame(Obj(
-        c.CONSUMER_INFO, command_id=4, response_required=True,
-        consumer_id=Obj(c.CONSUMER_ID, connection_id="ID:raw-1", session_id=1, value=1),
-        destination=Obj(c.QUEUE, physical_name=""), prefetch_size=10)))
+    r.send(
+        c.encode_frame(
+            Obj(
+                c.CONSUMER_INFO,
+                command_id=4,
+                response_required=True,
+                consumer_id=Obj(c.CONSUMER_ID, connection_id="ID:raw-1", session_id=1, value=1),
+                destination=Obj(c.QUEUE, physical_name=""),
+                prefetch_size=10,
+            )
+        )
+    )
     assert r.command().type == c.EXCEPTION_RESPONSE
     r.close()

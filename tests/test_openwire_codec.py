@@ -29,46 +29,105 @@ i64 = st.integers(-(2**63), 2**63 - 1)
 
 
 def producer_ids():
-    return st.builds(lambda cn, v, s: Obj(c.PRODUCER_ID, connection_id=cn, value=v, session_id=s),
-                     opt_text, i64, i64)
+    return st.builds(
+        lambda cn, v, s: Obj(c.PRODUCER_ID, connection_id=cn, value=v, session_id=s),
+        opt_text,
+        i64,
+        i64,
+    )
 
 
 def dests():
-    return st.builds(lambda t, n: Obj(t, physical_name=n),
-                     st.sampled_from(sorted(c.DESTINATION_TYPES)), opt_text)
+    return st.builds(
+        lambda t, n: Obj(t, physical_name=n), st.sampled_from(sorted(c.DESTINATION_TYPES)), opt_text
+    )
 
 
 def message_ids():
     return st.builds(
-        lambda tv, p, ps, bs: Obj(c.MESSAGE_ID, text_view=tv, producer_id=p,
-                                  producer_sequence_id=ps, broker_sequence_id=bs),
-        opt_text, st.none() | producer_ids(), i64, i64)
+        lambda tv, p, ps, bs: Obj(
+            c.MESSAGE_ID,
+            text_view=tv,
+            producer_id=p,
+            producer_sequence_id=ps,
+            broker_sequence_id=bs,
+        ),
+        opt_text,
+        st.none() | producer_ids(),
+        i64,
+        i64,
+    )
 
 
 def messages():
     return st.builds(
-        lambda t, cid, rr, p, d, mid, corr, pers, exp, pri, rt, ts, jt, content, props, comp,
-        red: Obj(t, command_id=cid, response_required=rr, producer_id=p, destination=d,
-                 message_id=mid, correlation_id=corr, persistent=pers, expiration=exp,
-                 priority=pri, reply_to=rt, timestamp=ts, jms_type=jt, content=content,
-                 marshalled_properties=props, compressed=comp, redelivery_counter=red),
+        lambda t, cid, rr, p, d, mid, corr, pers, exp, pri, rt, ts, jt, content, props, comp, red: (
+            Obj(
+                t,
+                command_id=cid,
+                response_required=rr,
+                producer_id=p,
+                destination=d,
+                message_id=mid,
+                correlation_id=corr,
+                persistent=pers,
+                expiration=exp,
+                priority=pri,
+                reply_to=rt,
+                timestamp=ts,
+                jms_type=jt,
+                content=content,
+                marshalled_properties=props,
+                compressed=comp,
+                redelivery_counter=red,
+            )
+        ),
         st.sampled_from([c.MESSAGE, c.BYTES_MESSAGE, c.TEXT_MESSAGE, c.MAP_MESSAGE]),
-        i32, st.booleans(), st.none() | producer_ids(), st.none() | dests(),
-        st.none() | message_ids(), opt_text, st.booleans(), i64, st.integers(-128, 127),
-        st.none() | dests(), i64, opt_text, st.none() | st.binary(max_size=64),
-        st.none() | st.binary(max_size=16), st.booleans(), i32)
+        i32,
+        st.booleans(),
+        st.none() | producer_ids(),
+        st.none() | dests(),
+        st.none() | message_ids(),
+        opt_text,
+        st.booleans(),
+        i64,
+        st.integers(-128, 127),
+        st.none() | dests(),
+        i64,
+        opt_text,
+        st.none() | st.binary(max_size=64),
+        st.none() | st.binary(max_size=16),
+        st.booleans(),
+        i32,
+    )
 
 
 def acks():
     return st.builds(
         lambda d, cid, t, f, last, n, cause: Obj(
-            c.MESSAGE_ACK, destination=d, consumer_id=cid, ack_type=t, first_message_id=f,
-            last_message_id=last, message_count=n, poison_cause=cause),
+            c.MESSAGE_ACK,
+            destination=d,
+            consumer_id=cid,
+            ack_type=t,
+            first_message_id=f,
+            last_message_id=last,
+            message_count=n,
+            poison_cause=cause,
+        ),
         st.none() | dests(),
-        st.none() | st.builds(lambda cn, s, v: Obj(c.CONSUMER_ID, connection_id=cn,
-                                                   session_id=s, value=v), opt_text, i64, i64),
-        st.integers(0, 6), st.none() | message_ids(), st.none() | message_ids(), i32,
-        st.none() | st.tuples(opt_text, opt_text))
+        st.none()
+        | st.builds(
+            lambda cn, s, v: Obj(c.CONSUMER_ID, connection_id=cn, session_id=s, value=v),
+            opt_text,
+            i64,
+            i64,
+        ),
+        st.integers(0, 6),
+        st.none() | message_ids(),
+        st.none() | message_ids(),
+        i32,
+        st.none() | st.tuples(opt_text, opt_text),
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -90,8 +149,11 @@ def test_round_trip(obj):
 
 
 def test_wireformat_info_declaration():
-    data = c.encode_wireformat(12, {"CacheEnabled": False, "MaxInactivityDuration": 30000},
-                               {"MaxInactivityDuration": "long"})
+    data = c.encode_wireformat(
+        12,
+        {"CacheEnabled": False, "MaxInactivityDuration": 30000},
+        {"MaxInactivityDuration": "long"},
+    )
     parsed = c.WIRE_FORMAT_INFO.parse(data[5:])
     assert parsed.version == 12
     version, props = c.decode_wireformat(data[4:], 64)
@@ -103,10 +165,15 @@ def test_wireformat_info_declaration():
 
 
 primitive = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False) | st.text(max_size=30) | st.binary(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.binary(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -148,8 +215,14 @@ def test_lengths_are_checked_against_the_frame():
     w.bool(False)
     frame = bytes([c.PRODUCER_ACK]) + w.getvalue() + b"\x00" + b"\x00\x00\x00\x05"
     assert c.decode_command(frame).size == 5
-    bad = bytes([c.CONNECTION_CONTROL]) + b"\x00\x00\x00\x01\x00" + b"\x00" * 5 + b"\x00\x00" \
-        + b"\x00" + b"\x01\x7f\xff\xff\xff"
+    bad = (
+        bytes([c.CONNECTION_CONTROL])
+        + b"\x00\x00\x00\x01\x00"
+        + b"\x00" * 5
+        + b"\x00\x00"
+        + b"\x00"
+        + b"\x01\x7f\xff\xff\xff"
+    )
     with pytest.raises(c.DecodeError):
         c.decode_command(bad)
     with pytest.raises(c.DecodeError):
@@ -213,14 +286,27 @@ def test_compiled_and_interpreted_decoders_agree_on_garbage(obj, data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.none() | messages(), st.none() | dests(), i32,
-       st.builds(lambda cn, s, v: Obj(c.CONSUMER_ID, connection_id=cn, session_id=s, value=v),
-                 opt_text, i64, i64))
+@given(
+    st.none() | messages(),
+    st.none() | dests(),
+    i32,
+    st.builds(
+        lambda cn, s, v: Obj(c.CONSUMER_ID, connection_id=cn, session_id=s, value=v),
+        opt_text,
+        i64,
+        i64,
+    ),
+)
 def test_dispatch_fast_path(message, dest, redelivery, consumer_id):
     head = c.dispatch_head(consumer_id, dest)
     fast = c.encode_dispatch(head, message, redelivery)
-    ref = Obj(c.MESSAGE_DISPATCH, consumer_id=consumer_id, destination=dest, message=message,
-              redelivery_counter=redelivery)
+    ref = Obj(
+        c.MESSAGE_DISPATCH,
+        consumer_id=consumer_id,
+        destination=dest,
+        message=message,
+        redelivery_counter=redelivery,
+    )
     assert fast == encode_frame_generic(ref)
     if message is not None:
         assert c.encode_dispatch_raw(head, c.encode_message(message), redelivery) == fast
@@ -258,7 +344,6 @@ def test_cached_form_all_new_round_trip(obj):
     assert c.decode_command(frame[4:], cache) == obj
     assert cache == [None] * 16
     assert ClientWriter(0).frame(obj) == frame[4:]
-
 
 
 @settings(max_examples=100, deadline=None)
@@ -300,22 +385,35 @@ def test_cached_form_bad_index_is_a_decode_error():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.none() | messages(), st.none() | dests(), i32,
-       st.builds(lambda cn, s, v: Obj(c.CONSUMER_ID, connection_id=cn, session_id=s, value=v),
-                 opt_text, i64, i64), st.none() | st.tuples(st.integers(0, 5), st.integers(6, 9)))
+@given(
+    st.none() | messages(),
+    st.none() | dests(),
+    i32,
+    st.builds(
+        lambda cn, s, v: Obj(c.CONSUMER_ID, connection_id=cn, session_id=s, value=v),
+        opt_text,
+        i64,
+        i64,
+    ),
+    st.none() | st.tuples(st.integers(0, 5), st.integers(6, 9)),
+)
 def test_dispatch_fast_path_cached(message, dest, redelivery, consumer_id, slots):
     """The per-consumer heads of the cached form: the first stores consumer id and
     destination in the client's cache, the later ones refer to them."""
     first, later = c.dispatch_heads_cached(consumer_id, dest, slots)
-    ref = Obj(c.MESSAGE_DISPATCH, consumer_id=consumer_id, destination=dest, message=message,
-              redelivery_counter=redelivery)
+    ref = Obj(
+        c.MESSAGE_DISPATCH,
+        consumer_id=consumer_id,
+        destination=dest,
+        message=message,
+        redelivery_counter=redelivery,
+    )
     cache = [None] * 10
     for head in (first, later, later):
         frame = c.encode_dispatch(head, message, redelivery, cached=True)
         assert c.decode_command(frame[4:], cache) == ref
         if message is not None:
-            raw = c.encode_dispatch_raw(head, c.encode_message(message, cached=True),
-                                        redelivery)
+            raw = c.encode_dispatch_raw(head, c.encode_message(message, cached=True), redelivery)
             assert raw == frame
     if slots is None:
         assert first == later and cache == [None] * 10
@@ -363,18 +461,43 @@ def test_speculative_decoders_take_the_java_clients_shape():
     took = []
     for k in (1, 2):
         mid = Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k)
-        msg = Obj(c.BYTES_MESSAGE, command_id=k, producer_id=pid, destination=dest,
-                  message_id=mid, persistent=True, priority=4, timestamp=1_700_000_000_000,
-                  content=b"\x00" * 256, marshalled_properties=b"\x00\x00\x00\x00")
-        ack = Obj(c.MESSAGE_ACK, command_id=k, destination=dest, consumer_id=cid, ack_type=2,
-                  first_message_id=mid, last_message_id=mid, message_count=1)
-        took += [_agree(writer.frame(msg), cache, generic_cache),
-                 _agree(writer.frame(ack), cache, generic_cache)]
+        msg = Obj(
+            c.BYTES_MESSAGE,
+            command_id=k,
+            producer_id=pid,
+            destination=dest,
+            message_id=mid,
+            persistent=True,
+            priority=4,
+            timestamp=1_700_000_000_000,
+            content=b"\x00" * 256,
+            marshalled_properties=b"\x00\x00\x00\x00",
+        )
+        ack = Obj(
+            c.MESSAGE_ACK,
+            command_id=k,
+            destination=dest,
+            consumer_id=cid,
+            ack_type=2,
+            first_message_id=mid,
+            last_message_id=mid,
+            message_count=1,
+        )
+        took += [
+            _agree(writer.frame(msg), cache, generic_cache),
+            _agree(writer.frame(ack), cache, generic_cache),
+        ]
     assert took == [False, False, True, True]
     # one flag off the shape (a correlation id) and the generated decoder takes over
-    msg = Obj(c.BYTES_MESSAGE, command_id=3, producer_id=pid, destination=dest,
-              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=3),
-              correlation_id="corr", content=b"x")
+    msg = Obj(
+        c.BYTES_MESSAGE,
+        command_id=3,
+        producer_id=pid,
+        destination=dest,
+        message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=3),
+        correlation_id="corr",
+        content=b"x",
+    )
     assert not _agree(writer.frame(msg), cache, generic_cache)
 
 
@@ -383,9 +506,13 @@ def test_speculative_decoder_leaves_malformed_frames_to_the_generated_one():
     cache = [None] * 64
     pid = Obj(c.PRODUCER_ID, connection_id="ID:p", value=1, session_id=1)
     dest = Obj(c.QUEUE, physical_name="q")
-    msg = Obj(c.BYTES_MESSAGE, producer_id=pid, destination=dest,
-              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1),
-              content=b"abc")
+    msg = Obj(
+        c.BYTES_MESSAGE,
+        producer_id=pid,
+        destination=dest,
+        message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1),
+        content=b"abc",
+    )
     c.decode_command(writer.frame(msg), cache)
     frame = writer.frame(msg)  # references only: the speculative shape
     assert c.SPECULATIVE[frame[0]](frame, 1, len(frame), cache) is not None
@@ -413,8 +540,14 @@ def _check_ack_fields(frame: bytes, cache: list) -> bool:
     if fields is None:
         return False
     assert obj.type == c.MESSAGE_ACK
-    assert fields == (obj.command_id, obj.response_required, obj.consumer_id,
-                      obj.transaction_id, obj.ack_type, obj.last_message_id.broker_sequence_id)
+    assert fields == (
+        obj.command_id,
+        obj.response_required,
+        obj.consumer_id,
+        obj.transaction_id,
+        obj.ack_type,
+        obj.last_message_id.broker_sequence_id,
+    )
     return True
 
 
@@ -435,9 +568,16 @@ def test_ack_fields_read_the_java_clients_standard_ack():
     read = []
     for k in (1, 2):
         mid = Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k, broker_sequence_id=k)
-        ack = Obj(c.MESSAGE_ACK, command_id=k, destination=Obj(c.QUEUE, physical_name="q"),
-                  consumer_id=cid, ack_type=2, first_message_id=mid, last_message_id=mid,
-                  message_count=1)
+        ack = Obj(
+            c.MESSAGE_ACK,
+            command_id=k,
+            destination=Obj(c.QUEUE, physical_name="q"),
+            consumer_id=cid,
+            ack_type=2,
+            first_message_id=mid,
+            last_message_id=mid,
+            message_count=1,
+        )
         read.append(_check_ack_fields(writer.frame(ack), cache))
     assert read == [False, True]  # the first carries its cached fields as new entries
     assert c.ack_fields(writer.frame(ack)[:-1], cache) is None  # truncated: decode it
@@ -457,8 +597,12 @@ def test_nested_objects_of_the_wrong_type_are_decode_errors():
         decode_command_generic(c.encode_frame(wrong)[4:])
     writer = ClientWriter(8)
     cache = [None] * 8
-    msg = Obj(c.BYTES_MESSAGE, producer_id=pid, destination=dest,
-              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1))
+    msg = Obj(
+        c.BYTES_MESSAGE,
+        producer_id=pid,
+        destination=dest,
+        message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1),
+    )
     c.decode_command(writer.frame(msg), cache)  # stores pid, dest, null ... in the cache
     frame = writer.frame(msg)  # the speculative shape: references only
     assert c.decode_command(frame, cache).producer_id == pid

@@ -29,8 +29,12 @@ def classes():
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("ow-interop"),
-                      adapters=["openwire", "amqp", "mqtt"], store="sqlite", log_level="info")
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("ow-interop"),
+        adapters=["openwire", "amqp", "mqtt"],
+        store="sqlite",
+        log_level="info",
+    )
     b.start()
     yield b
     b.stop()
@@ -73,20 +77,34 @@ def test_jms_to_amqp(classes, broker):
 
 def test_amqp_and_mqtt_to_jms(classes, broker):
     url = f"tcp://{broker.host}:{broker.port('openwire')}"
-    p = subprocess.Popen(jmsrun.java_cmd(classes, "JmsTest", url, "interop_recv"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        jmsrun.java_cmd(classes, "JmsTest", url, "interop_recv"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = p.stdout.readline()
         assert first.strip() == "READY", first + p.stderr.read()
         time.sleep(0.3)
         conn, ch = amqp_channel(broker)
         ch.basic_publish(
-            "amq.topic", "interop.a", "hello \u00e9".encode(),
-            pika.BasicProperties(content_type="text/plain", correlation_id="c-1",
-                                 headers={"k": "v", "n": 7}, priority=5),
+            "amq.topic",
+            "interop.a",
+            "hello \u00e9".encode(),
+            pika.BasicProperties(
+                content_type="text/plain",
+                correlation_id="c-1",
+                headers={"k": "v", "n": 7},
+                priority=5,
+            ),
         )
-        ch.basic_publish("amq.topic", "interop.b", b"\x00\xff\n",
-                         pika.BasicProperties(content_type="application/octet-stream"))
+        ch.basic_publish(
+            "amq.topic",
+            "interop.b",
+            b"\x00\xff\n",
+            pika.BasicProperties(content_type="application/octet-stream"),
+        )
         conn.close()
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ow-interop")
         client.connect(broker.host, broker.port("mqtt"))
@@ -96,10 +114,19 @@ def test_amqp_and_mqtt_to_jms(classes, broker):
         client.disconnect()
         out, err = p.communicate(timeout=60)
         r = jmsrun.JavaResult(first + out, err, p.returncode)
-        r.check("interop.text.type", "interop.text.body", "interop.text.corr", "interop.text.prop",
-                "interop.text.intprop", "interop.text.priority", "interop.text.destination",
-                "interop.bytes.type", "interop.bytes.body", "interop.mqtt.type",
-                "interop.mqtt.destination")
+        r.check(
+            "interop.text.type",
+            "interop.text.body",
+            "interop.text.corr",
+            "interop.text.prop",
+            "interop.text.intprop",
+            "interop.text.priority",
+            "interop.text.destination",
+            "interop.bytes.type",
+            "interop.bytes.body",
+            "interop.mqtt.type",
+            "interop.mqtt.destination",
+        )
     finally:
         if p.poll() is None:
             p.kill()

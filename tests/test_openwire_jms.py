@@ -28,8 +28,12 @@ def classes():
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("ow-broker"), adapters=["openwire"],
-                      store="sqlite", log_level="info")
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("ow-broker"),
+        adapters=["openwire"],
+        store="sqlite",
+        log_level="info",
+    )
     b.start()
     yield b
     b.stop()
@@ -54,44 +58,102 @@ def test_every_message_type_property_type_and_header(classes, broker):
     expected = []
     for prefix in ("queue", "topic", "compressed", "compressed.plain"):
         for kind in ("text", "bytes", "map", "stream", "object", "plain"):
-            expected += [f"{prefix}.{kind}.type", f"{prefix}.{kind}.int", f"{prefix}.{kind}.byte",
-                         f"{prefix}.{kind}.float", f"{prefix}.{kind}.string"]
-        expected += [f"{prefix}.text.body", f"{prefix}.bytes.body", f"{prefix}.map.c",
-                     f"{prefix}.stream.1", f"{prefix}.object.body", f"{prefix}.big"]
-    expected += ["headers.id", "headers.corr", "headers.type", "headers.replyto",
-                 "headers.priority", "headers.mode", "headers.expiration",
-                 "headers.deliverycount", "headers.persistent"]
+            expected += [
+                f"{prefix}.{kind}.type",
+                f"{prefix}.{kind}.int",
+                f"{prefix}.{kind}.byte",
+                f"{prefix}.{kind}.float",
+                f"{prefix}.{kind}.string",
+            ]
+        expected += [
+            f"{prefix}.text.body",
+            f"{prefix}.bytes.body",
+            f"{prefix}.map.c",
+            f"{prefix}.stream.1",
+            f"{prefix}.object.body",
+            f"{prefix}.big",
+        ]
+    expected += [
+        "headers.id",
+        "headers.corr",
+        "headers.type",
+        "headers.replyto",
+        "headers.priority",
+        "headers.mode",
+        "headers.expiration",
+        "headers.deliverycount",
+        "headers.persistent",
+    ]
     r.check(*expected)
 
 
 def test_client_ack_individual_ack_and_dead_letter_queue(classes, broker):
     r = run(classes, broker, "clientack", "individual", "dlq")
-    r.check("clientack.redelivered.body", "clientack.redelivered.flag",
-            "clientack.deliverycount", "clientack.m4.fresh", "clientack.empty",
-            "clientack.conn.again",
-            "individual.rest", "dlq.deliveries", "dlq.dead", "dlq.source.empty")
+    r.check(
+        "clientack.redelivered.body",
+        "clientack.redelivered.flag",
+        "clientack.deliverycount",
+        "clientack.m4.fresh",
+        "clientack.empty",
+        "clientack.conn.again",
+        "individual.rest",
+        "dlq.deliveries",
+        "dlq.dead",
+        "dlq.source.empty",
+    )
 
 
 def test_local_transactions(classes, broker):
     r = run(classes, broker, "tx")
-    r.check("tx.invisible.before.commit", "tx.only.committed", "tx.no.more",
-            "tx.rollback.redelivers", "tx.rollback.flag", "tx.consumed.after.commit")
+    r.check(
+        "tx.invisible.before.commit",
+        "tx.only.committed",
+        "tx.no.more",
+        "tx.rollback.redelivers",
+        "tx.rollback.flag",
+        "tx.consumed.after.commit",
+    )
 
 
 def test_wildcards_composites_temp_destinations_browsers(classes, broker):
     r = run(classes, broker, "wildcard", "composite", "tempreply", "browser", "nolocal")
-    r.check("wildcard.star", "wildcard.star.only", "wildcard.gt", "composite.comp.a",
-            "composite.comp.b", "composite.topic", "tempreply.reply0", "tempreply.reply2",
-            "tempreply.corr1", "tempreply.temptopic", "tempreply.delete", "browser.all",
-            "browser.selector", "browser.not.consumed", "nolocal.others", "nolocal.all")
+    r.check(
+        "wildcard.star",
+        "wildcard.star.only",
+        "wildcard.gt",
+        "composite.comp.a",
+        "composite.comp.b",
+        "composite.topic",
+        "tempreply.reply0",
+        "tempreply.reply2",
+        "tempreply.corr1",
+        "tempreply.temptopic",
+        "tempreply.delete",
+        "browser.all",
+        "browser.selector",
+        "browser.not.consumed",
+        "nolocal.others",
+        "nolocal.all",
+    )
 
 
 def test_prefetch_zero_selectors_and_producer_window(classes, broker):
     r = run(classes, broker, "prefetch0", "selector", "producer_window")
-    r.check("prefetch0.nowait.empty", "prefetch0.timeout.empty", "prefetch0.timeout.waited",
-            "prefetch0.first", "prefetch0.other", "prefetch0.third", "selector.queue",
-            "selector.rest", "selector.topic", "selector.topic.only", "selector.invalid",
-            "window.sent", "window.received")
+    r.check(
+        "prefetch0.nowait.empty",
+        "prefetch0.timeout.empty",
+        "prefetch0.timeout.waited",
+        "prefetch0.first",
+        "prefetch0.other",
+        "prefetch0.third",
+        "selector.queue",
+        "selector.rest",
+        "selector.topic",
+        "selector.topic.only",
+        "selector.invalid",
+        "window.sent",
+        "window.received",
+    )
 
 
 def test_durable_subscriber_and_persistent_messages_survive_kill9(classes, tmp_path):
@@ -119,12 +181,20 @@ def _free_port() -> int:
 
 def test_failover_transport_reconnects_after_kill9(classes, tmp_path):
     port = _free_port()
-    b = BrokerProcess(tmp_path / "b", adapters=["openwire"], store="sqlite", log_level="info",
-                      settings={"adapters.openwire.port": port})
+    b = BrokerProcess(
+        tmp_path / "b",
+        adapters=["openwire"],
+        store="sqlite",
+        log_level="info",
+        settings={"adapters.openwire.port": port},
+    )
     b.start()
     p = subprocess.Popen(
         jmsrun.java_cmd(classes, "JmsTest", f"tcp://127.0.0.1:{port}", "failover"),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         lines = []

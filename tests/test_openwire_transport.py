@@ -53,14 +53,25 @@ def feed(proto, data: bytes, chunk: int) -> None:
 
 
 def connect(proto, tr, chunk=1):
-    hello = c.encode_wireformat(12, {"MaxInactivityDuration": 0}, {"MaxInactivityDuration":
-                                                                     "long"})
-    ci = c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1, response_required=True,
-                            connection_id=Obj(c.CONNECTION_ID, value="ID:t")))
-    cons = c.encode_frame(Obj(
-        c.CONSUMER_INFO, command_id=2, response_required=True,
-        consumer_id=Obj(c.CONSUMER_ID, connection_id="ID:t", session_id=1, value=1),
-        destination=Obj(c.QUEUE, physical_name="bp.q"), prefetch_size=1000))
+    hello = c.encode_wireformat(12, {"MaxInactivityDuration": 0}, {"MaxInactivityDuration": "long"})
+    ci = c.encode_frame(
+        Obj(
+            c.CONNECTION_INFO,
+            command_id=1,
+            response_required=True,
+            connection_id=Obj(c.CONNECTION_ID, value="ID:t"),
+        )
+    )
+    cons = c.encode_frame(
+        Obj(
+            c.CONSUMER_INFO,
+            command_id=2,
+            response_required=True,
+            consumer_id=Obj(c.CONSUMER_ID, connection_id="ID:t", session_id=1, value=1),
+            destination=Obj(c.QUEUE, physical_name="bp.q"),
+            prefetch_size=1000,
+        )
+    )
     feed(proto, hello + ci + cons, chunk)
     got = frames(tr.value())
     tr.clear()
@@ -120,9 +131,18 @@ def test_same_message_twice_on_one_consumer_gets_distinct_ids():
     assert all(x.message.type == c.TEXT_MESSAGE for x in got)
     # a standard ack of the second settles both (dispatch order)
     last = got[1].message.message_id
-    proto.dataReceived(c.encode_frame(Obj(
-        c.MESSAGE_ACK, command_id=5, consumer_id=got[1].consumer_id, ack_type=2,
-        last_message_id=last, message_count=2)))
+    proto.dataReceived(
+        c.encode_frame(
+            Obj(
+                c.MESSAGE_ACK,
+                command_id=5,
+                consumer_id=got[1].consumer_id,
+                ack_type=2,
+                last_message_id=last,
+                message_count=2,
+            )
+        )
+    )
     assert not q.unacked
 
 
@@ -166,7 +186,8 @@ def _obj(depth: int, types=None):
     def build(t):
         fields = {name: _value(kind, depth) for name, kind in c.SCHEMA[t][2]}
         return st.fixed_dictionaries(fields).map(
-            lambda d, t=t: Obj(t, command_id=1, response_required=True, **d))
+            lambda d, t=t: Obj(t, command_id=1, response_required=True, **d)
+        )
 
     return st.sampled_from(types).flatmap(build)
 
@@ -216,13 +237,36 @@ def _tx_ack_then_close_consumer(commit: bool):
         proto.dataReceived(c.encode_frame(o))
 
     send(Obj(c.TRANSACTION_INFO, command_id=10, transaction_id=tid, tx_type=0))
-    send(Obj(c.MESSAGE_ACK, command_id=11, consumer_id=cid, transaction_id=tid, ack_type=2,
-             last_message_id=disp.message.message_id, message_count=1))
-    send(Obj(c.REMOVE_INFO, command_id=12, response_required=True, object_id=cid,
-             last_delivered_sequence_id=disp.message.message_id.broker_sequence_id))
+    send(
+        Obj(
+            c.MESSAGE_ACK,
+            command_id=11,
+            consumer_id=cid,
+            transaction_id=tid,
+            ack_type=2,
+            last_message_id=disp.message.message_id,
+            message_count=1,
+        )
+    )
+    send(
+        Obj(
+            c.REMOVE_INFO,
+            command_id=12,
+            response_required=True,
+            object_id=cid,
+            last_delivered_sequence_id=disp.message.message_id.broker_sequence_id,
+        )
+    )
     assert q.message_count == 0  # still held by the transaction
-    send(Obj(c.TRANSACTION_INFO, command_id=13, response_required=True, transaction_id=tid,
-             tx_type=2 if commit else 4))
+    send(
+        Obj(
+            c.TRANSACTION_INFO,
+            command_id=13,
+            response_required=True,
+            transaction_id=tid,
+            tx_type=2 if commit else 4,
+        )
+    )
     return q
 
 
@@ -240,11 +284,18 @@ def test_transaction_rollback_after_consumer_closed_requeues():
 
 
 def test_cache_negotiation():
-    for offer, size, expected in ((True, 8, 8), (True, 5000, 1024), (False, 8, None),
-                                  (True, 0, None)):
+    for offer, size, expected in (
+        (True, 8, 8),
+        (True, 5000, 1024),
+        (False, 8, None),
+        (True, 0, None),
+    ):
         broker, proto, tr = setup()
-        hello = c.encode_wireformat(12, {"MaxInactivityDuration": 0, "CacheEnabled": offer,
-                                         "CacheSize": size}, {"MaxInactivityDuration": "long"})
+        hello = c.encode_wireformat(
+            12,
+            {"MaxInactivityDuration": 0, "CacheEnabled": offer, "CacheSize": size},
+            {"MaxInactivityDuration": "long"},
+        )
         proto.dataReceived(hello)
         assert proto.session.cached is (expected is not None)
         if expected:
@@ -270,24 +321,44 @@ def test_cached_form_end_to_end():
     cid = Obj(c.CONSUMER_ID, connection_id="ID:cc", session_id=1, value=1)
     dest = Obj(c.QUEUE, physical_name="cc.q")
     pid = Obj(c.PRODUCER_ID, connection_id="ID:cc", value=1, session_id=1)
-    proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
-                                                "CacheEnabled": True, "CacheSize": 8},
-                                           {"MaxInactivityDuration": "long"}))
+    proto.dataReceived(
+        c.encode_wireformat(
+            12,
+            {"MaxInactivityDuration": 0, "CacheEnabled": True, "CacheSize": 8},
+            {"MaxInactivityDuration": "long"},
+        )
+    )
 
     def send(o):
         body = w.frame(o)
         proto.dataReceived(struct.pack(">i", len(body)) + body)
 
     send(Obj(c.CONNECTION_INFO, command_id=1, response_required=True, connection_id=conn_id))
-    send(Obj(c.CONSUMER_INFO, command_id=2, response_required=True, consumer_id=cid,
-             destination=dest, prefetch_size=1000))
+    send(
+        Obj(
+            c.CONSUMER_INFO,
+            command_id=2,
+            response_required=True,
+            consumer_id=cid,
+            destination=dest,
+            prefetch_size=1000,
+        )
+    )
     got = frames(tr.value(), mine)
     tr.clear()
     assert [x.type for x in got[1:]] == [c.BROKER_INFO, c.RESPONSE, c.RESPONSE]
     for k in range(3):  # the client's references: producer id, destination, null tx ...
-        send(Obj(c.BYTES_MESSAGE, command_id=10 + k, producer_id=pid, destination=dest,
-                 message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k),
-                 priority=4, content=b"m%d" % k))
+        send(
+            Obj(
+                c.BYTES_MESSAGE,
+                command_id=10 + k,
+                producer_id=pid,
+                destination=dest,
+                message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k),
+                priority=4,
+                content=b"m%d" % k,
+            )
+        )
     broker.vhost().publish("", "cc.q", Message(b"from the core"))
     got = frames(tr.value(), mine)
     tr.clear()
@@ -297,9 +368,18 @@ def test_cached_form_end_to_end():
     assert all(x.message.producer_id == pid for x in got[:3])
     assert len(tr.value()) == 0 and mine[:2] == [cid, dest]
     last = got[-1].message.message_id
-    send(Obj(c.MESSAGE_ACK, command_id=20, destination=dest, consumer_id=cid, ack_type=2,
-             first_message_id=got[0].message.message_id, last_message_id=last,
-             message_count=4))
+    send(
+        Obj(
+            c.MESSAGE_ACK,
+            command_id=20,
+            destination=dest,
+            consumer_id=cid,
+            ack_type=2,
+            first_message_id=got[0].message.message_id,
+            last_message_id=last,
+            message_count=4,
+        )
+    )
     assert not broker.vhost().queues["cc.q"].unacked
 
 
@@ -307,11 +387,17 @@ def test_cached_form_end_to_end():
 @given(st.lists(_obj(0), min_size=1, max_size=6), st.binary(max_size=3))
 def test_session_survives_nonsense_commands_cached_form(cmds, junk):
     broker, proto, tr = setup()
-    proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
-                                                "CacheEnabled": True, "CacheSize": 4}, {}))
-    proto.dataReceived(c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1,
-                                          connection_id=Obj(c.CONNECTION_ID, value="ID:f")),
-                                      cached=True))
+    proto.dataReceived(
+        c.encode_wireformat(
+            12, {"MaxInactivityDuration": 0, "CacheEnabled": True, "CacheSize": 4}, {}
+        )
+    )
+    proto.dataReceived(
+        c.encode_frame(
+            Obj(c.CONNECTION_INFO, command_id=1, connection_id=Obj(c.CONNECTION_ID, value="ID:f")),
+            cached=True,
+        )
+    )
     with NoCrash():
         for cmd in cmds:
             if proto.closing:
@@ -340,9 +426,13 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
         proto = factory.buildProtocol(None)
         tr = TurnTransport()
         proto.makeConnection(tr)
-        proto.dataReceived(c.encode_wireformat(12, {"MaxInactivityDuration": 0,
-                                                    "CacheEnabled": cached, "CacheSize": 16},
-                                               {"MaxInactivityDuration": "long"}))
+        proto.dataReceived(
+            c.encode_wireformat(
+                12,
+                {"MaxInactivityDuration": 0, "CacheEnabled": cached, "CacheSize": 16},
+                {"MaxInactivityDuration": "long"},
+            )
+        )
         w = ClientWriter(16) if cached else None
 
         def send(o, proto=proto, w=w):
@@ -352,9 +442,17 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
         conn_id = Obj(c.CONNECTION_ID, value=f"ID:{name}")
         send(Obj(c.CONNECTION_INFO, command_id=1, connection_id=conn_id))
         if name != "producer":
-            send(Obj(c.CONSUMER_INFO, command_id=2, prefetch_size=100, destination=topic,
-                     consumer_id=Obj(c.CONSUMER_ID, connection_id=f"ID:{name}", session_id=1,
-                                     value=1)))
+            send(
+                Obj(
+                    c.CONSUMER_INFO,
+                    command_id=2,
+                    prefetch_size=100,
+                    destination=topic,
+                    consumer_id=Obj(
+                        c.CONSUMER_ID, connection_id=f"ID:{name}", session_id=1, value=1
+                    ),
+                )
+            )
         cache = [None] * 16 if cached else None
         got = frames(tr.value(), cache)
         assert not [x for x in got if getattr(x, "type", None) == c.EXCEPTION_RESPONSE], got
@@ -363,9 +461,18 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
     pid = Obj(c.PRODUCER_ID, connection_id="ID:producer", value=1, session_id=1)
     send = conns[2][2]
     for k in range(3):
-        send(Obj(c.TEXT_MESSAGE, command_id=5 + k, producer_id=pid, destination=topic,
-                 message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k),
-                 priority=4, content=c.encode_text_body(f"hello {k}"), correlation_id="corr"))
+        send(
+            Obj(
+                c.TEXT_MESSAGE,
+                command_id=5 + k,
+                producer_id=pid,
+                destination=topic,
+                message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k),
+                priority=4,
+                content=c.encode_text_body(f"hello {k}"),
+                correlation_id="corr",
+            )
+        )
     for _proto, tr, _, cache in conns[:2]:
         got = frames(tr.value(), cache)
         assert [x.type for x in got] == [c.MESSAGE_DISPATCH] * 3
@@ -393,15 +500,22 @@ def test_resource_alarm_holds_back_publishers_only():
     producer.dataReceived(
         c.encode_wireformat(12, {"MaxInactivityDuration": 0}, {})
         + c.encode_frame(Obj(c.CONNECTION_INFO, command_id=1, connection_id=conn_id))
-        + c.encode_frame(Obj(c.PRODUCER_INFO, command_id=2, producer_id=pid, destination=dest,
-                             window_size=65536))
+        + c.encode_frame(
+            Obj(c.PRODUCER_INFO, command_id=2, producer_id=pid, destination=dest, window_size=65536)
+        )
     )
     ptr.clear()
     ctr.clear()
     factory.registry.set_publishing_blocked(True, "memory alarm")
     assert ptr.producerState == "paused" and ctr.producerState == "producing"
-    msg = Obj(c.BYTES_MESSAGE, command_id=3, producer_id=pid, destination=dest, content=b"x",
-              message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1))
+    msg = Obj(
+        c.BYTES_MESSAGE,
+        command_id=3,
+        producer_id=pid,
+        destination=dest,
+        content=b"x",
+        message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=1),
+    )
     producer.dataReceived(c.encode_frame(msg))  # already in flight when reading stopped
     assert ptr.value() == b""  # its ProducerAck is held
     (disp,) = frames(ctr.value())

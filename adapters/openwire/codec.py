@@ -73,10 +73,47 @@ def ack_fields(frame: bytes, uc: list) -> tuple | None:
     when the frame is not a MessageAck of that shape (then decode it)."""
     if len(frame) != _ACK_FRAME_SIZE or frame[0] != MESSAGE_ACK:
         return None
-    (cid, rr, dn, di, tn, ti, cn, ci, kind, fp, ft, ftv, fpn, fpi, _, _, lp, lt, ltv, lpn, lpi,
-     _, last, _, poison) = _ACK_SHAPE.unpack_from(frame, 1)
-    if (dn or tn or cn or not fp or ft != MESSAGE_ID or ftv or fpn or not lp
-            or lt != MESSAGE_ID or ltv or lpn or poison):
+    (
+        cid,
+        rr,
+        dn,
+        di,
+        tn,
+        ti,
+        cn,
+        ci,
+        kind,
+        fp,
+        ft,
+        ftv,
+        fpn,
+        fpi,
+        _,
+        _,
+        lp,
+        lt,
+        ltv,
+        lpn,
+        lpi,
+        _,
+        last,
+        _,
+        poison,
+    ) = _ACK_SHAPE.unpack_from(frame, 1)
+    if (
+        dn
+        or tn
+        or cn
+        or not fp
+        or ft != MESSAGE_ID
+        or ftv
+        or fpn
+        or not lp
+        or lt != MESSAGE_ID
+        or ltv
+        or lpn
+        or poison
+    ):
         return None
     if max(di, ti, ci, fpi, lpi) >= len(uc):
         return None
@@ -104,8 +141,9 @@ def dispatch_head(consumer_id: Obj | None, destination: Obj | None) -> bytes:
     return b"".join(parts)
 
 
-def dispatch_heads_cached(consumer_id: Obj | None, destination: Obj | None,
-                          slots: tuple[int, int] | None) -> tuple[bytes, bytes]:
+def dispatch_heads_cached(
+    consumer_id: Obj | None, destination: Obj | None, slots: tuple[int, int] | None
+) -> tuple[bytes, bytes]:
     """The MessageDispatch head of one consumer in the cached form: (first, later). ``first``
     stores the consumer id and destination in the receiver's cache ``slots``; ``later``
     refers to them. Without slots both write the fields as new with index -1."""
@@ -125,8 +163,9 @@ def dispatch_heads_cached(consumer_id: Obj | None, destination: Obj | None,
     return b"".join(parts), b"".join((pre, b"\x00", ci, b"\x00", di))
 
 
-def encode_dispatch(head: bytes, message: Obj | None, redelivery_counter: int,
-                    cached: bool = False) -> bytes:
+def encode_dispatch(
+    head: bytes, message: Obj | None, redelivery_counter: int, cached: bool = False
+) -> bytes:
     """Hand-written fast path for the hottest frame, MessageDispatch; equal to
     ``encode_frame(Obj(MESSAGE_DISPATCH, consumer_id=.., destination=.., message=..,
     redelivery_counter=..))`` (checked by the tests)."""
@@ -215,8 +254,7 @@ def _cenc(v: Obj | None) -> bytes:
     return b
 
 
-_VALUE_TYPES = DESTINATION_TYPES | {CONNECTION_ID, SESSION_ID, CONSUMER_ID, PRODUCER_ID,
-                                    BROKER_ID}
+_VALUE_TYPES = DESTINATION_TYPES | {CONNECTION_ID, SESSION_ID, CONSUMER_ID, PRODUCER_ID, BROKER_ID}
 _MID_HEAD = _OBJ_HEADER[MESSAGE_ID]
 _QQ = struct.Struct(">qq")
 _REENCODE_HEADS: dict[tuple, tuple] = {}
@@ -235,8 +273,16 @@ def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> b
     mark = getattr(m, "mark", None)
     if not cached and mark is not None:
         # a plain frame into the plain form: one slice around the broker sequence id
-        return b"".join((b"\x01", frame[:1], b"\x00\x00\x00\x00\x00", frame[6 : mark - 8],
-                         _Q.pack(broker_sequence_id), frame[mark:]))
+        return b"".join(
+            (
+                b"\x01",
+                frame[:1],
+                b"\x00\x00\x00\x00\x00",
+                frame[6 : mark - 8],
+                _Q.pack(broker_sequence_id),
+                frame[mark:],
+            )
+        )
     if m.data_structure is not None:  # may hold cached fields: not the same in both forms
         return None
     m1, m2, m3 = m.cmark
@@ -245,29 +291,56 @@ def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> b
         # of the connection's unmarshalling cache, the same for every message of a producer
         # to a destination, and so is everything up to the MessageId's sequence ids: built
         # once (the entry holds the objects themselves, so their ids stay theirs).
-        key = (frame[0], id(m.producer_id), id(m.destination), id(m.transaction_id),
-               id(m.original_destination), id(mid.producer_id), mid.text_view)
+        key = (
+            frame[0],
+            id(m.producer_id),
+            id(m.destination),
+            id(m.transaction_id),
+            id(m.original_destination),
+            id(mid.producer_id),
+            mid.text_view,
+        )
         entry = _REENCODE_HEADS.get(key)
         if entry is None:
-            parts = [b"\x01", frame[:1], b"\x00\x00\x00\x00\x00", _cenc(m.producer_id),
-                     _cenc(m.destination), _cenc(m.transaction_id),
-                     _cenc(m.original_destination), _MID_HEAD]
+            parts = [
+                b"\x01",
+                frame[:1],
+                b"\x00\x00\x00\x00\x00",
+                _cenc(m.producer_id),
+                _cenc(m.destination),
+                _cenc(m.transaction_id),
+                _cenc(m.original_destination),
+                _MID_HEAD,
+            ]
             write_string(mid.text_view, parts)
             parts.append(_cenc(mid.producer_id))
             if len(_REENCODE_HEADS) >= 4096:
                 _REENCODE_HEADS.clear()
-            entry = _REENCODE_HEADS[key] = (b"".join(parts), m.producer_id, m.destination,
-                                            m.transaction_id, m.original_destination,
-                                            mid.producer_id)
-        return b"".join((entry[0], _QQ.pack(mid.producer_sequence_id, broker_sequence_id),
-                         _cenc(m.original_transaction_id), frame[m1:m2],
-                         _cenc(m.target_consumer_id), frame[m3:]))
+            entry = _REENCODE_HEADS[key] = (
+                b"".join(parts),
+                m.producer_id,
+                m.destination,
+                m.transaction_id,
+                m.original_destination,
+                mid.producer_id,
+            )
+        return b"".join(
+            (
+                entry[0],
+                _QQ.pack(mid.producer_sequence_id, broker_sequence_id),
+                _cenc(m.original_transaction_id),
+                frame[m1:m2],
+                _cenc(m.target_consumer_id),
+                frame[m3:],
+            )
+        )
     if cached:
         enc = _cenc
         mparts = [_MID_HEAD]
         write_string(mid.text_view, mparts)
         mparts.append(enc(mid.producer_id))
     else:
+
         def enc(v: Obj | None) -> bytes:
             if v is None:
                 return b"\x00"
@@ -279,8 +352,19 @@ def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> b
         write_string(mid.text_view, mparts)
         mparts.append(enc(mid.producer_id))
     mparts.append(_QQ.pack(mid.producer_sequence_id, broker_sequence_id))
-    return b"".join((b"\x01", frame[:1], b"\x00\x00\x00\x00\x00", enc(m.producer_id),
-                     enc(m.destination), enc(m.transaction_id), enc(m.original_destination),
-                     *mparts, enc(m.original_transaction_id), frame[m1:m2],
-                     enc(m.target_consumer_id), frame[m3:]))
-
+    return b"".join(
+        (
+            b"\x01",
+            frame[:1],
+            b"\x00\x00\x00\x00\x00",
+            enc(m.producer_id),
+            enc(m.destination),
+            enc(m.transaction_id),
+            enc(m.original_destination),
+            *mparts,
+            enc(m.original_transaction_id),
+            frame[m1:m2],
+            enc(m.target_consumer_id),
+            frame[m3:],
+        )
+    )

@@ -32,15 +32,44 @@ sys.path.insert(0, str(Path(__file__).parent))
 from brokerproc import BrokerProcess  # noqa: E402
 from common import compile_bench, run_bench  # noqa: E402
 
-PERF_CALLS = ("sendto", "recvfrom", "epoll_wait", "epoll_ctl", "write", "pwrite64", "fdatasync",
-              "fsync", "futex", "read")
+PERF_CALLS = (
+    "sendto",
+    "recvfrom",
+    "epoll_wait",
+    "epoll_ctl",
+    "write",
+    "pwrite64",
+    "fdatasync",
+    "fsync",
+    "futex",
+    "read",
+)
 
 
-def run(classes: Path, url: str, kind: str, consumers: int, n: int, size: int,
-        broker_pid: int | None, persistent: bool = False, producers: int = 1,
-        warmup: int = 0) -> dict:
-    return run_bench(classes, url, kind, persistent, producers, consumers, n // producers, size,
-                     warmup // producers, broker_pid)
+def run(
+    classes: Path,
+    url: str,
+    kind: str,
+    consumers: int,
+    n: int,
+    size: int,
+    broker_pid: int | None,
+    persistent: bool = False,
+    producers: int = 1,
+    warmup: int = 0,
+) -> dict:
+    return run_bench(
+        classes,
+        url,
+        kind,
+        persistent,
+        producers,
+        consumers,
+        n // producers,
+        size,
+        warmup // producers,
+        broker_pid,
+    )
 
 
 def summarize(collapsed: Path, out: Path) -> None:
@@ -71,44 +100,76 @@ def main() -> None:
     ap.add_argument("--producers", type=int, default=1)
     ap.add_argument("--consumers", type=int, help="default: 1 for a queue, 2 for a topic")
     ap.add_argument("--py-spy", type=Path)
-    ap.add_argument("--gil", action="store_true",
-                    help="with --py-spy: sample only the thread holding the GIL (where the "
-                         "Python CPU goes, not where threads wait)")
+    ap.add_argument(
+        "--gil",
+        action="store_true",
+        help="with --py-spy: sample only the thread holding the GIL (where the "
+        "Python CPU goes, not where threads wait)",
+    )
     ap.add_argument("--activemq-port", type=int)
-    ap.add_argument("--activemq-pid", type=int,
-                    help="the ActiveMQ JVM, to measure its CPU too (ss -ltnp shows it)")
-    ap.add_argument("--warmup", type=int, default=20000,
-                    help="untimed messages before each timed run (same client JVM)")
+    ap.add_argument(
+        "--activemq-pid",
+        type=int,
+        help="the ActiveMQ JVM, to measure its CPU too (ss -ltnp shows it)",
+    )
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=20000,
+        help="untimed messages before each timed run (same client JVM)",
+    )
     ap.add_argument("--store", default="sqlite", help="store of the broker (sqlite, memory)")
-    ap.add_argument("--strace", action="store_true",
-                    help="count the broker's system calls during the run (strace -c)")
-    ap.add_argument("--perf", action="store_true",
-                    help="count the broker's socket system calls per message with perf stat "
-                         "(kernel counters: no slow-down, unlike strace)")
-    ap.add_argument("--baseline", help="PYTHONPATH of a second polymq ('polymq before'; "
-                    "see run.py)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per target, interleaved; the table shows medians")
+    ap.add_argument(
+        "--strace",
+        action="store_true",
+        help="count the broker's system calls during the run (strace -c)",
+    )
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="count the broker's socket system calls per message with perf stat "
+        "(kernel counters: no slow-down, unlike strace)",
+    )
+    ap.add_argument(
+        "--baseline", help="PYTHONPATH of a second polymq ('polymq before'; see run.py)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per target, interleaved; the table shows medians",
+    )
     args = ap.parse_args()
     consumers = args.consumers or (1 if args.scenario == "queue" else 2)
     shape = {"persistent": args.persistent, "producers": args.producers, "warmup": args.warmup}
     tmp = Path(tempfile.mkdtemp(prefix="jms-prof-"))
     classes = compile_bench(tmp)
-    brokers = [BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
-                             log_level="warn")]
+    brokers = [
+        BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store, log_level="warn")
+    ]
     if args.baseline:
-        brokers.append(BrokerProcess(tmp / "polymq-before", adapters=["openwire"],
-                                     store=args.store, log_level="warn",
-                                     env={"PYTHONPATH": args.baseline}))
+        brokers.append(
+            BrokerProcess(
+                tmp / "polymq-before",
+                adapters=["openwire"],
+                store=args.store,
+                log_level="warn",
+                env={"PYTHONPATH": args.baseline},
+            )
+        )
     try:
         targets = []  # (name, url, pid)
         for b in brokers:
             b.start()
-            targets.append(("polymq" if b is brokers[0] else "polymq before",
-                            f"tcp://127.0.0.1:{b.port('openwire')}", b.pid))
+            targets.append(
+                (
+                    "polymq" if b is brokers[0] else "polymq before",
+                    f"tcp://127.0.0.1:{b.port('openwire')}",
+                    b.pid,
+                )
+            )
         if args.activemq_port:
-            targets.append(("ActiveMQ", f"tcp://127.0.0.1:{args.activemq_port}",
-                            args.activemq_pid))
+            targets.append(("ActiveMQ", f"tcp://127.0.0.1:{args.activemq_port}", args.activemq_pid))
         for _, url, pid in targets:
             run(classes, url, args.scenario, consumers, args.warmup, args.size, pid, **shape)
         broker = brokers[0]
@@ -116,22 +177,49 @@ def main() -> None:
         spy = None
         if args.py_spy:
             collapsed = args.py_spy.with_suffix(".collapsed")
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
-                                    "-p", str(broker.pid), "-f", "raw", "-o", str(collapsed),
-                                    "-r", "500"] + (["--gil"] if args.gil else []),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "-p",
+                    str(broker.pid),
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(collapsed),
+                    "-r",
+                    "500",
+                ]
+                + (["--gil"] if args.gil else []),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1.0)
         st = None
         if args.strace:
-            st = subprocess.Popen(["strace", "-c", "-f", "-p", str(broker.pid), "-o",
-                                   str(tmp / "strace.txt")], stderr=subprocess.DEVNULL)
+            st = subprocess.Popen(
+                ["strace", "-c", "-f", "-p", str(broker.pid), "-o", str(tmp / "strace.txt")],
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(1.0)
         pf = None
         if args.perf:
             events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{n}" for n in PERF_CALLS]
-            pf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(events), "-p",
-                                   str(broker.pid), "-o", str(tmp / "perf.txt")],
-                                  stderr=subprocess.DEVNULL)
+            pf = subprocess.Popen(
+                [
+                    "perf",
+                    "stat",
+                    "-x",
+                    ",",
+                    "-e",
+                    ",".join(events),
+                    "-p",
+                    str(broker.pid),
+                    "-o",
+                    str(tmp / "perf.txt"),
+                ],
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(0.5)
         results: dict[str, list[dict]] = {name: [] for name, _, _ in targets}
         profiled = pf or st or spy
@@ -142,8 +230,18 @@ def main() -> None:
             for name, turl, pid in targets[k:] + targets[:k]:
                 if profiled and name != "polymq":
                     continue
-                results[name].append(run(classes, turl, args.scenario, consumers,
-                                         args.messages, args.size, pid, **shape))
+                results[name].append(
+                    run(
+                        classes,
+                        turl,
+                        args.scenario,
+                        consumers,
+                        args.messages,
+                        args.size,
+                        pid,
+                        **shape,
+                    )
+                )
         if pf is not None:
             pf.send_signal(2)
             pf.wait(30)
@@ -167,8 +265,10 @@ def main() -> None:
             b.stop()
     n = max(len(rs) for rs in results.values())
     print(f"medians of {n} interleaved run(s), each column on its own")
-    print("| broker | send msg/s | recv msg/s | broker CPU µs/msg (of which system) "
-          "| client CPU µs/msg |")
+    print(
+        "| broker | send msg/s | recv msg/s | broker CPU µs/msg (of which system) "
+        "| client CPU µs/msg |"
+    )
     print("|---|---|---|---|---|")
     for name, _, pid in targets:
         rs = results[name]
@@ -179,8 +279,10 @@ def main() -> None:
             return statistics.median(float(r[key]) for r in rs)
 
         bus = f"{med('broker_us'):.1f} ({med('broker_sys_us'):.1f})" if pid else "-"
-        print(f"| {name} | {med('send_rate'):,.0f} | {med('recv_rate'):,.0f} | {bus} "
-              f"| {med('client_us'):.1f} |")
+        print(
+            f"| {name} | {med('send_rate'):,.0f} | {med('recv_rate'):,.0f} | {bus} "
+            f"| {med('client_us'):.1f} |"
+        )
 
 
 if __name__ == "__main__":

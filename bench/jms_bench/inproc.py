@@ -39,13 +39,26 @@ def connect(factory: OpenWireFactory, cache: bool, name: str):
     p = factory.buildProtocol(None)
     t = StringTransport()
     p.makeConnection(t)
-    props = {"CacheEnabled": cache, "CacheSize": 1024, "TightEncodingEnabled": False,
-             "MaxInactivityDuration": 0}
+    props = {
+        "CacheEnabled": cache,
+        "CacheSize": 1024,
+        "TightEncodingEnabled": False,
+        "MaxInactivityDuration": 0,
+    }
     p.dataReceived(c.encode_wireformat(12, props, {}))
     w = ClientWriter(1024, cached=cache)
     conn_id = Obj(c.CONNECTION_ID, value=f"ID:bench-{name}-1")
-    p.dataReceived(w.sized(Obj(c.CONNECTION_INFO, command_id=1, response_required=True,
-                                connection_id=conn_id, client_id=f"ID:bench-{name}")))
+    p.dataReceived(
+        w.sized(
+            Obj(
+                c.CONNECTION_INFO,
+                command_id=1,
+                response_required=True,
+                connection_id=conn_id,
+                client_id=f"ID:bench-{name}",
+            )
+        )
+    )
     sid = Obj(c.SESSION_ID, connection_id=conn_id.value, value=1)
     p.dataReceived(w.sized(Obj(c.SESSION_INFO, command_id=2, session_id=sid)))
     return p, t, w, conn_id
@@ -56,21 +69,34 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--plain", action="store_true")
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--default-gc", action="store_true",
-                    help="keep Python's default collector thresholds (the service, and so "
-                         "every other figure, freezes start-up objects and raises them)")
-    ap.add_argument("--backlog", type=int, default=0,
-                    help="acks trail the sends by this many messages (the socket bench's "
-                         "consumer runs behind; past the prefetch of 1000 messages wait in the "
-                         "queue)")
-    ap.add_argument("--memory", action="store_true",
-                    help="bytes held per message waiting for its ack (tracemalloc)")
+    ap.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep Python's default collector thresholds (the service, and so "
+        "every other figure, freezes start-up objects and raises them)",
+    )
+    ap.add_argument(
+        "--backlog",
+        type=int,
+        default=0,
+        help="acks trail the sends by this many messages (the socket bench's "
+        "consumer runs behind; past the prefetch of 1000 messages wait in the "
+        "queue)",
+    )
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="bytes held per message waiting for its ack (tracemalloc)",
+    )
     ap.add_argument("--gc-off", action="store_true", help="no cyclic collector (diagnostic)")
     ap.add_argument("--repeat", type=int, default=1, help="runs; prints each and the median")
-    ap.add_argument("--floor", action="store_true",
-                    help="time only the codec work any OpenWire broker does per message "
-                         "(split the frames, decode the message and its ack, encode the "
-                         "dispatch): no session, no core")
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="time only the codec work any OpenWire broker does per message "
+        "(split the frames, decode the message and its ack, encode the "
+        "dispatch): no session, no core",
+    )
     args = ap.parse_args()
     cache = not args.plain
     broker = Broker(clock=Clock())
@@ -78,13 +104,33 @@ def main() -> None:
     dest = Obj(c.QUEUE, physical_name="bench.queue")
     cp, ct, cw, cconn = connect(factory, cache, "c")
     cid = Obj(c.CONSUMER_ID, connection_id=cconn.value, session_id=1, value=1)
-    cp.dataReceived(cw.sized(Obj(c.CONSUMER_INFO, command_id=3, response_required=True,
-                                 consumer_id=cid, destination=dest, prefetch_size=1000,
-                                 priority=0, dispatch_async=True)))
+    cp.dataReceived(
+        cw.sized(
+            Obj(
+                c.CONSUMER_INFO,
+                command_id=3,
+                response_required=True,
+                consumer_id=cid,
+                destination=dest,
+                prefetch_size=1000,
+                priority=0,
+                dispatch_async=True,
+            )
+        )
+    )
     pp, pt, pw, pconn = connect(factory, cache, "p")
     pid = Obj(c.PRODUCER_ID, connection_id=pconn.value, value=1, session_id=1)
-    pp.dataReceived(pw.sized(Obj(c.PRODUCER_INFO, command_id=3, response_required=True,
-                                 producer_id=pid, destination=dest)))
+    pp.dataReceived(
+        pw.sized(
+            Obj(
+                c.PRODUCER_INFO,
+                command_id=3,
+                response_required=True,
+                producer_id=pid,
+                destination=dest,
+            )
+        )
+    )
     cs = next(iter(cp.session.consumers.values()))
     body = b"\x00" * 256
 
@@ -93,14 +139,29 @@ def main() -> None:
         out = []
         for i, k in enumerate(range(first, first + n)):
             mid = Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k)
-            m = Obj(c.BYTES_MESSAGE, command_id=k + 10, producer_id=pid, destination=dest,
-                    message_id=mid, priority=4, timestamp=1_700_000_000_000 + k,
-                    content=body)
-            ack_mid = Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k,
-                          broker_sequence_id=seq0 + i)
-            ack = Obj(c.MESSAGE_ACK, command_id=k + 10, destination=dest, consumer_id=cid,
-                      ack_type=2, first_message_id=ack_mid, last_message_id=ack_mid,
-                      message_count=1)
+            m = Obj(
+                c.BYTES_MESSAGE,
+                command_id=k + 10,
+                producer_id=pid,
+                destination=dest,
+                message_id=mid,
+                priority=4,
+                timestamp=1_700_000_000_000 + k,
+                content=body,
+            )
+            ack_mid = Obj(
+                c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k, broker_sequence_id=seq0 + i
+            )
+            ack = Obj(
+                c.MESSAGE_ACK,
+                command_id=k + 10,
+                destination=dest,
+                consumer_id=cid,
+                ack_type=2,
+                first_message_id=ack_mid,
+                last_message_id=ack_mid,
+                message_count=1,
+            )
             out.append((pw.sized(m), cw.sized(ack)))
         return out
 
@@ -113,7 +174,7 @@ def main() -> None:
             if k % 256 == 0:
                 ct.clear()
                 pt.clear()
-        for _, af in batch[max(0, len(batch) - lag):]:
+        for _, af in batch[max(0, len(batch) - lag) :]:
             cp.dataReceived(af)
 
     warm = frames(1, 1, 0)
@@ -144,12 +205,20 @@ def main() -> None:
             for st in tracemalloc.take_snapshot().statistics("lineno")[:12]:
                 print(f"{st.size / n:7.0f} B/msg  {st.traceback}")
         tracemalloc.stop()
-        print(f"{(m1 - m0) / n:.0f} bytes held per unacknowledged message ({n} sent, "
-              f"{len(cs.dispatched)} dispatched)")
+        print(
+            f"{(m1 - m0) / n:.0f} bytes held per unacknowledged message ({n} sent, "
+            f"{len(cs.dispatched)} dispatched)"
+        )
         return
     if args.floor:
-        floor(frames(args.messages, 10_000, seq), cs.head, cache, args.repeat,
-              pp.session.ucache, cp.session.ucache)
+        floor(
+            frames(args.messages, 10_000, seq),
+            cs.head,
+            cache,
+            args.repeat,
+            pp.session.ucache,
+            cp.session.ucache,
+        )
         return
     results = []
     first = 10_000
@@ -167,16 +236,27 @@ def main() -> None:
         cpu = time.process_time() - t0
         assert not cs.dispatched, "acks did not settle"
         results.append(cpu / args.messages * 1e6)
-        print(f"{'plain' if args.plain else 'cached'} form: {results[-1]:.1f} µs CPU "
-              f"per message (publish + dispatch + ack), pid {os.getpid()}")
+        print(
+            f"{'plain' if args.plain else 'cached'} form: {results[-1]:.1f} µs CPU "
+            f"per message (publish + dispatch + ack), pid {os.getpid()}"
+        )
     if args.repeat > 1:
-        print(f"median of {args.repeat}: {statistics.median(results):.1f} µs, "
-              f"min {min(results):.1f} µs")
+        print(
+            f"median of {args.repeat}: {statistics.median(results):.1f} µs, "
+            f"min {min(results):.1f} µs"
+        )
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 
-def floor(batch: list[tuple[bytes, bytes]], head: bytes, cache: bool, repeat: int,
-          producer_cache: list | None, consumer_cache: list | None) -> None:
+
+def floor(
+    batch: list[tuple[bytes, bytes]],
+    head: bytes,
+    cache: bool,
+    repeat: int,
+    producer_cache: list | None,
+    consumer_cache: list | None,
+) -> None:
     """µs per message of the codec steps alone, each timed on its own (median of ``repeat``).
     The frames are decoded with (copies of) the caches of the connections that sent them, so
     their references resolve to the objects the client stored, as in a real run."""
@@ -208,8 +288,12 @@ def floor(batch: list[tuple[bytes, bytes]], head: bytes, cache: bool, repeat: in
         for i, m in enumerate(decoded):
             c.encode_dispatch_raw(head, c.reencode_message(m, i, cache), 0)
 
-    steps = [("split frames", split), ("decode message", decode_messages),
-             ("decode ack", decode_acks), ("encode dispatch", encode_dispatches)]
+    steps = [
+        ("split frames", split),
+        ("decode message", decode_messages),
+        ("decode ack", decode_acks),
+        ("encode dispatch", encode_dispatches),
+    ]
     total = 0.0
     for name, fn in steps:
         times = []

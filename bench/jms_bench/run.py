@@ -62,15 +62,26 @@ def main() -> None:
     ap.add_argument("--activemq-port", type=int, default=26616)
     ap.add_argument("--activemq-pid", type=int, help="the ActiveMQ JVM, for its CPU per message")
     ap.add_argument("--quick", action="store_true", help="a tenth of the messages")
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="multiply every scenario's message count (longer, steadier runs)")
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every scenario's message count (longer, steadier runs)",
+    )
     ap.add_argument("--baseline", help="PYTHONPATH of a second polymq (a 'before' column)")
     ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--best", action="store_true",
-                    help="report each target's best run (default: the median run)")
+    ap.add_argument(
+        "--best",
+        action="store_true",
+        help="report each target's best run (default: the median run)",
+    )
     ap.add_argument("--only", help="run only the scenarios whose label contains this")
-    ap.add_argument("--warmup-factor", type=float, default=1.0,
-                    help="untimed warm-up messages, as a multiple of the timed ones")
+    ap.add_argument(
+        "--warmup-factor",
+        type=float,
+        default=1.0,
+        help="untimed warm-up messages, as a multiple of the timed ones",
+    )
     args = ap.parse_args()
     scenarios = SCENARIOS
     if args.only:
@@ -78,25 +89,34 @@ def main() -> None:
     if args.quick:
         args.scale /= 10
     if args.scale != 1.0:
-        scenarios = [(a, b, c, d, e, max(50, int(f * args.scale)), g)
-                     for a, b, c, d, e, f, g in scenarios]
+        scenarios = [
+            (a, b, c, d, e, max(50, int(f * args.scale)), g) for a, b, c, d, e, f, g in scenarios
+        ]
     tmp = Path(tempfile.mkdtemp(prefix="jms-bench-"))
     classes = compile_bench(tmp)
-    broker = BrokerProcess(tmp / "polymq", adapters=["openwire"], store=args.store,
-                           log_level="warn")
+    broker = BrokerProcess(
+        tmp / "polymq", adapters=["openwire"], store=args.store, log_level="warn"
+    )
     broker.start()
     brokers = [broker]
     targets = [("polymq", f"tcp://127.0.0.1:{broker.port('openwire')}", broker.pid)]
     if args.baseline:
-        before = BrokerProcess(tmp / "polymq-before", adapters=["openwire"], store=args.store,
-                               log_level="warn", env={"PYTHONPATH": args.baseline})
+        before = BrokerProcess(
+            tmp / "polymq-before",
+            adapters=["openwire"],
+            store=args.store,
+            log_level="warn",
+            env={"PYTHONPATH": args.baseline},
+        )
         before.start()
         brokers.append(before)
-        targets.insert(0, ("polymq before", f"tcp://127.0.0.1:{before.port('openwire')}",
-                           before.pid))
+        targets.insert(
+            0, ("polymq before", f"tcp://127.0.0.1:{before.port('openwire')}", before.pid)
+        )
     if reachable(args.activemq_port):
-        targets.append(("ActiveMQ 5.17", f"tcp://127.0.0.1:{args.activemq_port}",
-                        args.activemq_pid))
+        targets.append(
+            ("ActiveMQ 5.17", f"tcp://127.0.0.1:{args.activemq_port}", args.activemq_pid)
+        )
     else:
         print(f"(ActiveMQ not listening on {args.activemq_port}: polymq only)")
     rates, cpus = [], []
@@ -112,8 +132,9 @@ def main() -> None:
                 for i in order[k:] + order[:k]:
                     _, url, pid = targets[i]
                     try:
-                        runs[i].append(run_bench(classes, url, kind, persistent, p, c, n, size,
-                                                 warm, pid))
+                        runs[i].append(
+                            run_bench(classes, url, kind, persistent, p, c, n, size, warm, pid)
+                        )
                     except RuntimeError as e:
                         errors[i] = errors[i] or f"error: {str(e)[-300:]}"
             rate_row = [sc[0], str(p * n)]
@@ -125,11 +146,12 @@ def main() -> None:
                     continue
                 rs.sort(key=lambda r: r["recv_rate"])
                 b = rs[-1] if args.best else rs[(len(rs) - 1) // 2]
-                rate_row.append(f"{b['send_rate']:,.0f} / {b['recv_rate']:,.0f}"
-                                + ("" if all(r["complete"] for r in rs) else " (incomplete)"))
+                rate_row.append(
+                    f"{b['send_rate']:,.0f} / {b['recv_rate']:,.0f}"
+                    + ("" if all(r["complete"] for r in rs) else " (incomplete)")
+                )
                 client = statistics.median(r["client_us"] for r in rs)
-                broker_us = (f"{statistics.median(r['broker_us'] for r in rs):.1f}" if pid
-                             else "-")
+                broker_us = f"{statistics.median(r['broker_us'] for r in rs):.1f}" if pid else "-"
                 cpu_row.append(f"{broker_us} / {client:.1f}")
             rates.append(rate_row)
             cpus.append(cpu_row)
@@ -139,8 +161,10 @@ def main() -> None:
             b.stop()
     names = [n for n, _, _ in targets]
     how = "best" if args.best else "median"
-    print(f"\nsend / receive msg/s ({how} of {args.repeat} run(s) by receive rate; "
-          f"warm-up {args.warmup_factor:g}x untimed)")
+    print(
+        f"\nsend / receive msg/s ({how} of {args.repeat} run(s) by receive rate; "
+        f"warm-up {args.warmup_factor:g}x untimed)"
+    )
     header = ["scenario", "messages"] + names
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
