@@ -825,6 +825,9 @@ class ConnectionFactory(ServerFactory):
         shares this one's state — MQTT sessions and retained messages, Kafka groups — with
         the listener settings of ``section`` laid over this one's."""
         twin = copy.copy(self)
+        # what was set on this instance from outside (the service's connection tracker wraps
+        # buildProtocol) belongs to this listener, not to the twin
+        twin.__dict__.pop("buildProtocol", None)
         twin._configure(dict(self.section, **section))
         return twin
 

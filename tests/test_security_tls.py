@@ -403,3 +403,39 @@ def test_amqp_external_login_with_a_client_certificate(broker_factory, pki, tmp_
     # a certificate of someone who is not a user: refused
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         pika.BlockingConnection(params("mallory", external))
+
+
+def test_tls_and_plain_listeners_share_mqtt_sessions(broker, pki):
+    """A persistent session started on the plain port is resumed over TLS, with what was
+    queued for it meanwhile: both listeners serve the same MQTT sessions."""
+    cid = f"shared-{uuid.uuid4().hex[:8]}"
+    plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+    done: list = []
+    plain.on_subscribe = lambda *a: done.append(1)
+    plain.connect(broker.host, broker.port("mqtt"))
+    plain.loop_start()
+    plain.subscribe("shared/s", qos=1)
+    deadline = time.monotonic() + 10
+    while not done and time.monotonic() < deadline:
+        time.sleep(0.02)
+    plain.disconnect()
+    plain.loop_stop()
+    pub = mqtt_client(pki)
+    assert mqtt_connect(pub, broker.port("mqtt+tls")) == 0
+    pub.publish("shared/s", b"kept for you", qos=1).wait_for_publish(10)
+    got: list = []
+    flags: list = []
+    resumed = mqtt_client(pki, clean_session=False)
+    resumed._client_id = cid.encode()
+    resumed.on_message = lambda client, userdata, msg: got.append(msg.payload)
+    resumed.on_connect = lambda client, userdata, f, rc, props=None: flags.append(f)
+    resumed.connect("localhost", broker.port("mqtt+tls"), keepalive=30)
+    resumed.loop_start()
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert flags and flags[0].session_present
+    assert got == [b"kept for you"]
+    for c in (pub, resumed):
+        c.disconnect()
+        c.loop_stop()
