@@ -145,7 +145,7 @@ class ConnectionRegistry:
     def __init__(self, max_connections: int = 0, max_partial_bytes: int = 0) -> None:
         self.max_connections = max_connections
         self._by_id: dict[int, ConnectionInfo] = {}
-        self._per_protocol: dict[str, int] = {}
+        self._per_listener: dict[str, int] = {}
         self._per_host: dict[tuple[str, str | None], int] = {}
         self._ids = itertools.count(1)
         self.refused = 0  # connections refused by a limit, since start
@@ -178,9 +178,12 @@ class ConnectionRegistry:
         return self._by_id.get(conn_id)
 
     def count(self, protocol: str | None = None) -> int:
+        """Connections of ``protocol`` on whichever listener they came in by (its own port,
+        its TLS port, the any-protocol port), or of every protocol. Not on a hot path: the
+        limits are checked per listener, from counts kept as connections come and go."""
         if protocol is None:
             return len(self._by_id)
-        return self._per_protocol.get(protocol, 0)
+        return sum(1 for info in self._by_id.values() if info.protocol == protocol)
 
     def admit(self, listener: str, host: str | None, limit: int, per_host: int) -> str | None:
         """None when one more connection from ``host`` on ``listener`` is within the limits,
@@ -193,7 +196,7 @@ class ConnectionRegistry:
             self._pause_accepting()
         elif self.max_connections and len(self._by_id) >= self.max_connections:
             reason = f"the broker's connection limit ({self.max_connections}) is reached"
-        elif limit and self._per_protocol.get(listener, 0) >= limit:
+        elif limit and self._per_listener.get(listener, 0) >= limit:
             reason = f"the {listener} listener's connection limit ({limit}) is reached"
         elif per_host and self._per_host.get((listener, host), 0) >= per_host:
             reason = f"{host} already holds {per_host} {listener} connections (the limit)"
@@ -206,7 +209,7 @@ class ConnectionRegistry:
         info.id = next(self._ids)
         self._by_id[info.id] = info
         key = info.listener
-        self._per_protocol[key] = self._per_protocol.get(key, 0) + 1
+        self._per_listener[key] = self._per_listener.get(key, 0) + 1
         hkey = (key, info.peer_host)
         self._per_host[hkey] = self._per_host.get(hkey, 0) + 1
         self.opened += 1
@@ -215,11 +218,11 @@ class ConnectionRegistry:
         if self._by_id.pop(info.id, None) is None:
             return
         key = info.listener
-        n = self._per_protocol.get(key, 1) - 1
+        n = self._per_listener.get(key, 1) - 1
         if n > 0:
-            self._per_protocol[key] = n
+            self._per_listener[key] = n
         else:
-            self._per_protocol.pop(key, None)
+            self._per_listener.pop(key, None)
         hkey = (key, info.peer_host)
         n = self._per_host.get(hkey, 1) - 1
         if n > 0:
@@ -236,10 +239,6 @@ class ConnectionRegistry:
         self._listeners.append(port)
         if self.accept_paused:
             port.stopReading()
-
-    def unwatch_listener(self, port: Any) -> None:
-        if port in self._listeners:
-            self._listeners.remove(port)
 
     def _pause_accepting(self) -> None:
         if self.accept_paused:

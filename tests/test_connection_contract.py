@@ -303,3 +303,15 @@ def test_framer_waits_for_a_large_frame_without_rejoining_it_each_read():
         out += framer.feed(data[i : i + 4096])
         assert framer.buffered <= len(data)
     assert out == [body]
+
+
+def test_protocol_counts_span_listeners_while_limits_stay_per_listener():
+    clock, broker, plain = make({"max_connections": 1})
+    tls = plain.sibling({"listener_name": "line+tls", "tls": True})
+    connect(plain)
+    p, t = connect(plain)
+    assert p.session is None and t.disconnecting  # the plain listener's own limit
+    q, _ = connect(tls)
+    assert q.session is not None and q.info.tls  # another listener, its own count
+    reg = registry_of(broker)
+    assert reg.count("line") == 2 and reg.count() == 2
