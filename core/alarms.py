@@ -153,6 +153,22 @@ class ResourceAlarm:
             self._loop.stop()
         self._loop = None
 
+    def set_limits(
+        self, *, memory_high_watermark: float | None = None, disk_free_limit: int | None = None
+    ) -> None:
+        """Change the thresholds while running (an operator through the management API, as
+        ``rabbitmqctl set_vm_memory_high_watermark`` / ``set_disk_free_limit``) and judge them
+        at once rather than at the next tick."""
+        if memory_high_watermark is not None:
+            self.memory_limit = memory_limit(memory_high_watermark)
+            log.info("memory high watermark set to {limit} bytes", limit=self.memory_limit)
+        if disk_free_limit is not None:
+            self.disk_free_limit = int(disk_free_limit)
+            log.info("disk free limit set to {limit} bytes", limit=self.disk_free_limit)
+            if self.disk_free_limit <= 0 and self.disk_alarm:
+                self._set("disk", False)
+        self.check()
+
     # -- checks -------------------------------------------------------------------------------
 
     def check(self) -> None:

@@ -402,11 +402,21 @@ def validate(
     return cfg
 
 
+# keys that moved: the old spelling is refused with the new one named
+MOVED_KEYS = {
+    "adapters.amqp.memory_high_watermark": "limits.memory_high_watermark (a fraction of "
+    "memory, or bytes of the broker's resident memory; one alarm for every protocol)",
+}
+
+
 def _check_section(
     name: str, defaults: dict, user: Mapping, raws: Mapping, problems: _Problems
 ) -> None:
     for key, value in user.items():
         full = f"{name}.{key}"
+        if full in MOVED_KEYS:
+            problems.add(full, f"this setting moved to {MOVED_KEYS[full]}")
+            continue
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
             problems.add(

@@ -892,39 +892,49 @@ def test_select_connection_consume(broker):
     assert got == [b"%d" % i for i in range(50)]
 
 
-def test_connection_blocked_above_memory_high_watermark(broker_factory):
-    """Above the watermark publishers get connection.blocked and are no longer read; once a
-    consumer drains the queue they get connection.unblocked and their publishes go through."""
-    b = broker_factory(
-        adapters=["amqp"], log_level="info", settings={"adapters.amqp.memory_high_watermark": 4000}
-    )
-    pub = pika.BlockingConnection(params(b))
-    events = []
-    pub.add_on_connection_blocked_callback(lambda c, f: events.append("blocked"))
-    pub.add_on_connection_unblocked_callback(lambda c, f: events.append("unblocked"))
-    ch = pub.channel()
-    q = ch.queue_declare("held").method.queue
-    for _ in range(5):
-        ch.basic_publish("", q, b"x" * 1000)
-    pump(pub, 0.8)
-    assert events == ["blocked"]
-    # the first publish while blocked is taken, then the connection is no longer read
-    ch.basic_publish("", q, b"first")
-    ch.basic_publish("", q, b"late")
-    pump(pub, 0.5)
-    other = pika.BlockingConnection(params(b))
-    och = other.channel()
-    assert och.queue_declare(q, passive=True).method.message_count == 6
-    for _ in range(5):
-        assert och.basic_get(q, auto_ack=True)[2] == b"x" * 1000
-    assert och.basic_get(q, auto_ack=True)[2] == b"first"
-    pump(pub, 0.8)
-    assert events == ["blocked", "unblocked"]
-    deadline = time.time() + 3
-    body = None
-    while body is None and time.time() < deadline:
-        pump(pub, 0.1)
-        body = och.basic_get(q, auto_ack=True)[2]
-    assert body == b"late"
-    other.close()
-    pub.close()
+def test_connection_blocked_by_the_resource_alarm(tmp_path):
+    """Under the broker's memory alarm publishers get connection.blocked and are no longer read,
+    while a consumer-only connection keeps being served; once the alarm clears they get
+    connection.unblocked and their held publishes go through."""
+    from test_management_support import Api, start_broker, wait_for
+
+    b, url = start_broker(tmp_path, adapters=["amqp"])
+    api = Api(url)
+    try:
+        pub = pika.BlockingConnection(params(b))
+        events = []
+        pub.add_on_connection_blocked_callback(lambda c, f: events.append("blocked"))
+        pub.add_on_connection_unblocked_callback(lambda c, f: events.append("unblocked"))
+        ch = pub.channel()
+        q = ch.queue_declare("held").method.queue
+        for _ in range(5):
+            ch.basic_publish("", q, b"x" * 1000)
+        pump(pub, 0.3)
+        # the watermark below the broker's own memory: the alarm sets at once
+        assert api.call("PUT", "/api/limits", {"memory_high_watermark": 1e6})[0] == 200
+        pump(pub, 0.8)
+        assert events == ["blocked"]
+        # the first publish while blocked is taken, then the connection is no longer read
+        ch.basic_publish("", q, b"first")
+        ch.basic_publish("", q, b"late")
+        pump(pub, 0.5)
+        other = pika.BlockingConnection(params(b))
+        och = other.channel()
+        assert och.queue_declare(q, passive=True).method.message_count == 6
+        for _ in range(5):
+            assert och.basic_get(q, auto_ack=True)[2] == b"x" * 1000
+        assert och.basic_get(q, auto_ack=True)[2] == b"first"
+        assert och.basic_get(q, auto_ack=True)[2] is None
+        assert api.call("PUT", "/api/limits", {"memory_high_watermark": 0.95})[0] == 200
+        wait_for(lambda: (pump(pub, 0.1), "unblocked" in events)[1], what="unblocked")
+        assert events == ["blocked", "unblocked"]
+        deadline = time.time() + 3
+        body = None
+        while body is None and time.time() < deadline:
+            pump(pub, 0.1)
+            body = och.basic_get(q, auto_ack=True)[2]
+        assert body == b"late"
+        other.close()
+        pub.close()
+    finally:
+        b.stop()

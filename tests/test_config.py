@@ -238,6 +238,11 @@ def test_every_problem_in_one_error_with_its_source(pm, tmp_path):
         (["adapters.mqt.port=1"], "adapters.mqt: unknown adapter 'mqt'; did you mean 'mqtt'?"),
         (["store.backend=sqlit"], "store.backend: unknown store backend 'sqlit'; did you mean"),
         (["broker.max_delivery=1"], "did you mean 'max_deliveries'?"),
+        (
+            ["adapters.amqp.memory_high_watermark=1000"],
+            "adapters.amqp.memory_high_watermark: this setting moved to "
+            "limits.memory_high_watermark",
+        ),
     ],
 )
 def test_did_you_mean(pm, tmp_path, sets, expected):

@@ -39,7 +39,6 @@ DEFAULTS = {
     "frame_max": 131072,
     "channel_max": 2047,
     "heartbeat": 60,
-    "memory_high_watermark": 1 << 30,
     "publish_burst": 256,
 }
 

@@ -14,16 +14,14 @@ from polymq.core.output import FLUSH_BYTES
 from .codec import FRAME_MIN_SIZE
 from .framing import AMQPFramer
 from .session import DEFAULTS, AMQPSession
-from .watermark import MemoryWatermark
 
 __all__ = ["FLUSH_BYTES", "AMQPFactory"]
 
 
 class AMQPFactory(ConnectionFactory):
-    """The AMQP listener. With ``memory_high_watermark`` set it also runs the
-    :class:`~polymq.adapters.amqp.watermark.MemoryWatermark` watcher, which raises the
-    broker-wide publishing alarm (every protocol's publishers are held back, AMQP's with
-    ``connection.blocked``)."""
+    """The AMQP listener. Publishers are held back (``connection.blocked``) by the
+    broker-wide resource alarm (``limits.memory_high_watermark``, ``limits.disk_free_limit``),
+    which the session observes through the contract."""
 
     protocol_name = "amqp"
     flush_bytes = FLUSH_BYTES
@@ -33,17 +31,9 @@ class AMQPFactory(ConnectionFactory):
         self.frame_max = max(
             FRAME_MIN_SIZE, int(self.section.get("frame_max", DEFAULTS["frame_max"]))
         )
-        high = int(self.section.get("memory_high_watermark", 0) or 0)
-        self.watermark = MemoryWatermark(broker, high) if high else None
 
     def build_framer(self, conn: ProtocolConnection) -> AMQPFramer:
         return AMQPFramer(self.frame_max)
 
     def build_session(self, conn: ProtocolConnection) -> AMQPSession:
-        if self.watermark is not None:
-            self.watermark.watch()
         return AMQPSession(conn, self.section)
-
-    def stopFactory(self) -> None:
-        if self.watermark is not None:
-            self.watermark.stop()

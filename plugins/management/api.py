@@ -223,6 +223,8 @@ class ManagementApi(resource.Resource):
         r("GET", "nodes", lambda req: [self._node()])
         r("GET", "vhosts", lambda req: [{"name": n} for n in sorted(self.broker.vhosts)])
         r("GET", "health/checks/alarms", self._alarms)
+        r("GET", "limits", self._get_limits)
+        r("PUT", "limits", self._put_limits)
         r("GET", "connections", lambda req: s.connections())
         r("GET", "connections/{name}", self._get_connection)
         r("DELETE", "connections/{name}", self._close_connection)
@@ -281,6 +283,41 @@ class ManagementApi(resource.Resource):
         if reg.blocked:
             return {"status": "failed", "reason": reg.blocked_reason or "resource alarm"}, 503
         return {"status": "ok"}
+
+    def _get_limits(self, request: Request) -> dict:
+        alarm = self.broker.alarm
+        return {
+            "memory_high_watermark": alarm.memory_limit,
+            "mem_used": alarm.memory_used,
+            "mem_alarm": alarm.memory_alarm,
+            "disk_free_limit": alarm.disk_free_limit,
+            "disk_free": alarm.disk_free,
+            "disk_free_alarm": alarm.disk_alarm,
+        }
+
+    def _put_limits(self, request: Request):
+        body = self._body(request)
+        unknown = sorted(set(body) - {"memory_high_watermark", "disk_free_limit"})
+        if unknown or not body:
+            raise ApiError(
+                400,
+                "give memory_high_watermark and/or disk_free_limit"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else ""),
+            )
+        values = {}
+        for key, value in body.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ApiError(400, f"{key} must be a non-negative number")
+            values[key] = value
+        if values.get("memory_high_watermark") == 0:
+            raise ApiError(400, "memory_high_watermark must be above 0")
+        log.info(
+            "management: {user} sets limits {values}",
+            user=request.polymq_identity.user,
+            values=values,
+        )
+        self.broker.alarm.set_limits(**values)
+        return self._get_limits(request)
 
     def _connection(self, name: str):
         info = self.state.find_connection(name)

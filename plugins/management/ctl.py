@@ -160,6 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("file", nargs="?", help="write here instead of stdout")
     imp = sub.add_parser("import", help="import definitions from a JSON file ('-': stdin)")
     imp.add_argument("file")
+    mem = sub.add_parser(
+        "set-memory-high-watermark",
+        help="memory alarm threshold: a fraction of memory (<= 1.0) or bytes",
+    )
+    mem.add_argument("value", type=float)
+    disk = sub.add_parser("set-disk-free-limit", help="disk alarm threshold in bytes (0: off)")
+    disk.add_argument("value", type=int)
+    sub.add_parser("limits", help="alarm thresholds and current usage")
     return p
 
 
@@ -250,6 +258,18 @@ def run(client: Client, args: argparse.Namespace) -> int:
             print("imported " + ", ".join(f"{n} {k}" for k, n in counts.items()))
             if ignored:
                 print("not imported (not supported): " + ", ".join(ignored))
+        return EXIT_OK
+    if args.verb in ("set-memory-high-watermark", "set-disk-free-limit", "limits"):
+        if args.verb == "limits":
+            limits = client.call("GET", "limits")
+        else:
+            key = args.verb.removeprefix("set-").replace("-", "_")
+            limits = client.call("PUT", "limits", {key: args.value})
+        if args.json:
+            print(json.dumps(limits))
+        else:
+            rows = [{"key": k, "value": val} for k, val in limits.items()]
+            _print(rows, ["key", "value"], False, "limits")
         return EXIT_OK
     raise CtlError(f"unknown verb {args.verb}", EXIT_USAGE)
 

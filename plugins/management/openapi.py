@@ -23,6 +23,14 @@ ENDPOINTS: list[tuple[str, str, str, dict | None, bool]] = [
     ("/api/nodes", "get", "This node", _LIST, False),
     ("/api/vhosts", "get", "Virtual hosts", _LIST, False),
     ("/api/health/checks/alarms", "get", "200 without a resource alarm, 503 with one", _OBJ, False),
+    ("/api/limits", "get", "Thresholds of the resource alarm, and usage", _OBJ, False),
+    (
+        "/api/limits",
+        "put",
+        "Change memory_high_watermark (fraction or bytes) and/or disk_free_limit (bytes)",
+        _OBJ,
+        True,
+    ),
     ("/api/connections", "get", "Connections of every protocol", _LIST, False),
     ("/api/connections/{name}", "get", "One connection (by name or id)", _OBJ, False),
     ("/api/connections/{name}", "delete", "Close a connection (header X-Reason)", None, False),
@@ -171,12 +179,14 @@ def openapi_document() -> dict[str, Any]:
         if schema is None:
             op["responses"]["204"] = {"description": "done"}
         else:
-            code = "201" if method in ("post", "put") and schema is _OBJ and has_body else "200"
+            # a PUT to a named resource creates it; a PUT to a singleton (no name) replaces it
+            creates = method == "post" or (method == "put" and "{" in path)
+            code = "201" if creates and schema is _OBJ and has_body else "200"
             op["responses"][code] = {
                 "description": "ok",
                 "content": {"application/json": {"schema": schema}},
             }
-            if method == "put":
+            if method == "put" and creates:
                 op["responses"]["204"] = {"description": "existed already"}
         if has_body:
             op["requestBody"] = {

@@ -233,6 +233,7 @@ class State:
             entry = per_proto.setdefault(name, {"connections": self.registry.count(name)})
             entry.update(messages_in=acc[0], messages_out=acc[1], bytes_in=acc[2], bytes_out=acc[3])
         reg = self.registry
+        alarm = getattr(self.broker, "alarm", None)
         return {
             "product_name": "polymq",
             "polymq_version": version(),
@@ -271,8 +272,8 @@ class State:
             "connections_opened": reg.opened,
             "connections_refused": reg.refused,
             "mem_used": memory_bytes(),
-            "mem_alarm": bool(reg.blocked),
-            "disk_free_alarm": False,
+            "mem_alarm": bool(alarm.memory_alarm) if alarm is not None else bool(reg.blocked),
+            "disk_free_alarm": bool(alarm.disk_alarm) if alarm is not None else False,
             "alarm_reason": reg.blocked_reason or None,
             "stats_interval": self.config.get("management", {}).get("stats_interval"),
             "samples": [
