@@ -117,6 +117,16 @@ class _Read:
         self.callback = callback
 
 
+# Giving free pages back to the filesystem (incremental vacuum): the writer looks every
+# RECLAIM_CHECK_S between transactions; when at least RECLAIM_MIN_PAGES and a quarter of the
+# file are free (a drained backlog, not the churn of a steady flow, whose free pages are reused
+# at once) it frees RECLAIM_STEP_PAGES, and again at the next look.
+RECLAIM_CHECK_S = 2.0
+RECLAIM_MIN_PAGES = 1024
+RECLAIM_STEP_PAGES = 4096
+IDLE_WAL_TRUNCATE_BYTES = 4 << 20
+
+
 # Store states (reactor side).
 _NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
 
@@ -223,6 +233,8 @@ class SqliteStore(_OpenMixin):
         self._ckpt_event = threading.Event()
         self._ckpt_stop = False
         self._ckpt_catchup = False  # set by the checkpointer, cleared by the writer
+        self.reclaim_steps = 0  # incremental vacuum steps done
+        self._wal_path = self.path + "-wal"
         self._ckpt_thread: threading.Thread | None = None
         self._log: StreamLog | None = None
         self._seg_applied: list | None = None  # batches whose stream part is on disk (retries)
@@ -653,8 +665,19 @@ class SqliteStore(_OpenMixin):
         get, get_nowait = self._q.get, self._q.get_nowait
         failed = False
         synced_dir = False
+        looked = time.monotonic()
         while True:
-            items = [get()]
+            try:
+                first = get(timeout=RECLAIM_CHECK_S)
+            except queue.Empty:
+                first = None
+            if time.monotonic() - looked >= RECLAIM_CHECK_S:
+                looked = time.monotonic()
+                if not failed:
+                    self._maybe_reclaim(conn, idle=first is None and self._q.empty())
+            if first is None:
+                continue
+            items = [first]
             while True:
                 try:
                     items.append(get_nowait())
@@ -840,6 +863,23 @@ class SqliteStore(_OpenMixin):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as e:
             log.warn("sqlite store {path}: checkpoint failed: {e}", path=self.path, e=e)
+
+    def _maybe_reclaim(self, conn: sqlite3.Connection, idle: bool) -> None:  # writer thread
+        """Give free pages back to the filesystem in one bounded step when many are free, and
+        when idle cut a large WAL back to nothing."""
+        try:
+            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            if free >= RECLAIM_MIN_PAGES and free * 4 >= pages:
+                # executescript steps the pragma to the end; execute() frees one page only
+                conn.executescript(f"PRAGMA incremental_vacuum({RECLAIM_STEP_PAGES})")
+                self.reclaim_steps += 1
+            if idle and os.path.getsize(self._wal_path) > IDLE_WAL_TRUNCATE_BYTES:
+                # nothing waits for the writer: fold the WAL in and truncate it (the shorter
+                # database file becomes real at this checkpoint too)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except (sqlite3.Error, OSError) as e:  # the next look retries
+            log.warn("sqlite store {path}: reclaiming free pages failed: {e}", path=self.path, e=e)
 
     def _checkpoint_loop(self) -> None:  # checkpointer thread
         """Fold the WAL back into the database off the commit path (PASSIVE checkpoints).

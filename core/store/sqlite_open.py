@@ -12,6 +12,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import time
 
 from twisted.logger import Logger
 
@@ -31,6 +32,10 @@ log = Logger(namespace="polymq.store.sqlite")
 FILENAME = "polymq.sqlite3"
 LOCKNAME = "polymq.lock"
 SCHEMA_VERSION = 3
+# WAL file size kept after a checkpoint lets it start over (bytes)
+JOURNAL_SIZE_LIMIT = 64 << 20
+# an old store is converted to incremental vacuum at open only up to this much live data
+CONVERT_MAX_LIVE_BYTES = 256 << 20
 
 
 class StoreOpenError(Exception):
@@ -91,6 +96,10 @@ class _OpenMixin:
             raise StoreOpenError(f"cannot open {self.path}: {e}") from e
         try:
             conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            if not existed:
+                # free pages can then be given back to the filesystem after a backlog drains
+                # (the writer reclaims them in steps); only settable before the first table
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise StoreOpenError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
@@ -98,8 +107,12 @@ class _OpenMixin:
             if self.checkpoint_bytes:  # the checkpointer thread does it; this is a bound only
                 pages = max(1000, 8 * self.checkpoint_bytes // 4096)
                 conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
+            # a WAL that grew under a burst is cut back to this size when it starts over
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             conn.execute("PRAGMA foreign_keys = OFF")
             self._migrate(conn)
+            if existed:
+                self._convert_to_incremental_vacuum(conn)
         except StoreOpenError:
             conn.close()
             raise
@@ -111,6 +124,38 @@ class _OpenMixin:
         if not existed:
             self._fsync_dir()
         return conn
+
+    def _convert_to_incremental_vacuum(self, conn: sqlite3.Connection) -> None:
+        """A database created before incremental vacuum keeps every page it ever had. Switching
+        needs one full VACUUM, which rewrites the live data: done at open when that is small
+        (a quick restart matters more than the file size), otherwise logged."""
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        live = (pages - free) * page_size
+        if live > CONVERT_MAX_LIVE_BYTES:
+            log.info(
+                "sqlite store {path}: {live} MB of live data; free pages ({free} MB) are given "
+                "back only after the store is converted at a restart with under {limit} MB live",
+                path=self.path,
+                live=live >> 20,
+                free=(free * page_size) >> 20,
+                limit=CONVERT_MAX_LIVE_BYTES >> 20,
+            )
+            return
+        started = time.monotonic()
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("VACUUM")
+        log.info(
+            "sqlite store {path}: converted to incremental vacuum in {s:.2f} s ({before} -> "
+            "{after} MB)",
+            path=self.path,
+            s=time.monotonic() - started,
+            before=(pages * page_size) >> 20,
+            after=(conn.execute("PRAGMA page_count").fetchone()[0] * page_size) >> 20,
+        )
 
     def _take_lock(self) -> None:
         path = os.path.join(self.data_dir, LOCKNAME)
