@@ -277,15 +277,30 @@ class Partition:
             r.pump()
 
     def offset_for_timestamp(self, timestamp: int) -> int:
-        """The earliest offset whose entry timestamp is >= ``timestamp`` (or the end).
+        """The earliest offset in memory whose entry timestamp is >= ``timestamp`` (or the end).
 
         For a paged partition only the entries in memory are searched: an older timestamp
-        gives the first offset in memory.
+        gives the first offset in memory (``find_timestamp`` searches the disk too).
         """
         for e in self.entries:
             if e.timestamp >= timestamp:
                 return e.offset
         return self.next_offset
+
+    def find_timestamp(self, timestamp: int, callback: Callable[[list[StreamEntry]], None]) -> None:
+        """``callback(entries)`` with the entries, in offset order, that hold the earliest
+        record whose timestamp is >= ``timestamp`` (an entry's timestamp is that of its newest
+        record): the entries in memory when they are the whole partition, else the first such
+        entry found on disk (or none). Called at once when the disk is not needed."""
+        if not self._pages or self._mem_start <= self.start_offset:
+            callback(self.entries)
+            return
+        s = self.stream
+
+        def found(row: tuple | None) -> None:
+            callback([_entry(*row)] if row is not None and not s.deleted else [])
+
+        s.vhost.store.find_stream_timestamp(s.vhost.name, s.name, self.index, timestamp, found)
 
     def messages(self, entry: StreamEntry) -> list[Message]:
         """The core messages of an entry, decoding a batch through its registered format."""

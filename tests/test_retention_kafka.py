@@ -124,3 +124,34 @@ def test_compacted_topic_is_refused(broker_factory):
     except Exception as e:
         assert "compact" in str(e)
     assert "compacted" not in admin.list_topics(timeout=10).topics
+
+
+def test_offsets_for_times_finds_records_only_on_disk(broker_factory):
+    """ListOffsets by timestamp searches the segment files, not just the in-memory tail: the
+    exact offset of an old timestamp, before and after a restart (nothing in memory then)."""
+    b = broker_factory(adapters=["kafka"], settings={"store.stream_max_in_memory_bytes": TAIL})
+    t0 = 1_700_000_000_000
+    n = 3000
+    p = Producer({"bootstrap.servers": bootstrap(b), "linger.ms": 5, "batch.size": 65536})
+    for i in range(n):
+        p.produce("times", VALUE, partition=0, timestamp=t0 + 10 * i)
+        p.poll(0)
+    assert p.flush(30) == 0
+    # a record's time, one between two records, the first, and past the last
+    cases = {t0 + 10 * 7: 7, t0 + 10 * 1500 - 3: 1500, t0 - 1: 0, t0 + 10 * n: -1}
+
+    def lookup() -> dict:
+        c = Consumer({"bootstrap.servers": bootstrap(b), "group.id": "times"})
+        try:
+            got = {}
+            for ts in cases:
+                (tp,) = c.offsets_for_times([TopicPartition("times", 0, ts)], timeout=15)
+                assert tp.error is None
+                got[ts] = tp.offset
+            return got
+        finally:
+            c.close()
+
+    assert lookup() == cases
+    b.restart()
+    assert lookup() == cases

@@ -14,9 +14,10 @@ if TYPE_CHECKING:
     from .session import KafkaSession
 
 
-def offset_for_time(p: Partition, ts: int) -> tuple[int, int]:
-    """The first offset whose record timestamp is >= ts, and that timestamp (or -1, -1)."""
-    for e in p.entries:
+def offset_for_time(p: Partition, entries: list, ts: int) -> tuple[int, int]:
+    """The first offset in ``entries`` whose record timestamp is >= ts, and that timestamp
+    (or -1, -1); ``entries`` come from ``Partition.find_timestamp``."""
+    for e in entries:
         if e.timestamp < ts:
             continue
         try:

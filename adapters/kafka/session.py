@@ -138,7 +138,7 @@ class KafkaSession(SessionBase):
         body = C.decode_body(api, ver, frame[pos:])
         if api == C.FETCH:
             return self._fetch(hdr, body)
-        if api == C.JOIN_GROUP or api == C.SYNC_GROUP:
+        if api == C.JOIN_GROUP or api == C.SYNC_GROUP or api == C.LIST_OFFSETS:
             reply = self._waiting_replier(hdr)
         else:
             reply = self._replier(hdr)
@@ -566,6 +566,22 @@ class KafkaSession(SessionBase):
 
     def _list_offsets(self, ver: int, req: Any, reply: Callable) -> None:
         topics = []
+        # lookups by time may read the disk (a paged partition): the answer waits for them
+        waiting = [1]
+
+        def one_done() -> None:
+            waiting[0] -= 1
+            if not waiting[0]:
+                reply({"topics": topics})
+
+        def by_time(p: Any, out: dict, ts: int) -> None:
+            def found(entries: list) -> None:
+                out["offset"], out["timestamp"] = offset_for_time(p, entries, ts)
+                one_done()
+
+            waiting[0] += 1
+            p.find_timestamp(ts, found)
+
         for t in req.topics:
             s = self.server.topic(t.name)
             parts = []
@@ -587,10 +603,10 @@ class KafkaSession(SessionBase):
                     elif rp.timestamp == -2:
                         out["offset"] = p.start_offset
                     else:
-                        out["offset"], out["timestamp"] = offset_for_time(p, rp.timestamp)
+                        by_time(p, out, rp.timestamp)
                 parts.append(out)
             topics.append({"name": t.name, "partitions": parts})
-        reply({"topics": topics})
+        one_done()
 
     # -- admin -----------------------------------------------------------------------------
 

@@ -186,6 +186,20 @@ class IPagingStore(IStore):
         that page.
         """
 
+    def find_stream_timestamp(
+        vhost: str,
+        stream: str,
+        partition: int,
+        timestamp: int,
+        callback: Callable[[tuple[int, int, int, str, bytes] | None], None],
+    ) -> None:
+        """Find the first stream entry, in offset order, whose timestamp is >= ``timestamp``.
+
+        ``callback(entry)`` runs on the reactor thread with ``(offset, count, timestamp,
+        format, data)``, or None when no entry is that new. The search runs off the reactor
+        thread and sees every append issued before the call. Only for stores that page.
+        """
+
     def retain_stream(
         vhost: str,
         stream: str,

@@ -419,6 +419,48 @@ class StreamLog:
             i += 1
         return out
 
+    def find_timestamp(
+        self, vhost: str, stream: str, partition: int, timestamp: int
+    ) -> tuple[int, int, int, str, bytes] | None:
+        """The first entry (in offset order) whose timestamp is >= ``timestamp``, or None.
+
+        Segments whose newest entry is older are skipped by their sparse index (walked once,
+        then kept); the one segment that holds the answer is read from its start.
+        """
+        key = (vhost, stream, partition)
+        part = self.parts.get(key)
+        if part is None or not part.segments:
+            return None
+        if key in self._pending:
+            self._write_partition(key, self._pending.pop(key))
+        for base in list(part.segments):
+            try:
+                fd = os.open(self._segment_path(part.dir, base), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # removed by retention meanwhile
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                if self._index(part, base, fd, size).max_ts < timestamp:
+                    continue
+                pos = 0
+                while pos < size:
+                    buf = os.pread(fd, min(_SCAN_CHUNK, size - pos), pos)
+                    got: list = []
+                    end = self._parse(buf, got, 0)
+                    if not got and len(buf) >= _REC.size:  # one record larger than the chunk
+                        _c, length, _o, _n, _t, flen = _REC.unpack_from(buf, 0)
+                        buf = os.pread(fd, _REC.size + flen + length, pos)
+                        end = self._parse(buf, got, 0)
+                    if not got:
+                        break
+                    for e in got:
+                        if e[0] + e[1] > part.start and e[2] >= timestamp:
+                            return e
+                    pos += end
+            finally:
+                os.close(fd)
+        return None
+
     def retain(
         self,
         vhost: str,

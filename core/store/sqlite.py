@@ -435,6 +435,16 @@ class SqliteStore(_OpenMixin):
     ) -> None:
         self._read(self._read_stream, (vhost, stream, partition, offset, max_bytes), callback)
 
+    def find_stream_timestamp(
+        self,
+        vhost: str,
+        stream: str,
+        partition: int,
+        timestamp: int,
+        callback: Callable[[tuple | None], None],
+    ) -> None:
+        self._read(self._find_stream_timestamp, (vhost, stream, partition, timestamp), callback)
+
     def retain_stream(
         self,
         vhost: str,
@@ -467,6 +477,10 @@ class SqliteStore(_OpenMixin):
         if self._log is None:
             return []
         return self._log.read(*args)
+
+    def _find_stream_timestamp(self, conn: sqlite3.Connection, args: tuple) -> tuple:
+        # writer thread; a 1-tuple, as the reactor side calls callback(*result) for tuples
+        return (self._log.find_timestamp(*args) if self._log is not None else None,)
 
     def _retain_stream(self, conn: sqlite3.Connection, args: tuple) -> tuple:  # writer thread
         vhost, stream, partition = args[:3]
