@@ -466,10 +466,10 @@ class Queue:
             return True
         return False
 
-    def _drop_head_for(self, size: int) -> None:
-        while self._count and self._over_limit(1, size):
+    def _drop_head_for(self, size: int, extra: int = 1) -> None:
+        while self._count and self._over_limit(extra, size):
             d = self._pop_head()
-            if d is None:  # the head is still in the store: dropped once it is read back
+            if d is None:  # the head is still in the store: dropped when it is read back
                 return
             self.dropped += 1
             self._dead_letter(d, "maxlen")
@@ -602,6 +602,9 @@ class Queue:
         elif self._paged[level] and not lv:
             self._load(level)  # every row read had expired or was skipped: go on
         if taken:
+            if self.overflow == "drop-head" and self._over_limit(0, 0):
+                # over x-max-length while the head was in the store: drop it now it is here
+                self._drop_head_for(0, extra=0)
             self._schedule_expiry()
         if self._preloads:
             waiting, self._preloads = self._preloads, []
@@ -930,7 +933,7 @@ class Queue:
         """Up to ``limit`` ready messages in delivery order, taking nothing (queue browsers).
 
         The deliveries returned are the queue's own: read them, never settle them. Only the
-        messages in memory are browsed (not those paged out to the store).
+        messages in memory are browsed (:meth:`browse_all` reads paged-out ones too).
         """
         now = self.vhost.now()
         out: list[Delivery] = []
@@ -943,6 +946,56 @@ class Queue:
                 if selector is None or selector(d.message):
                     out.append(d)
         return out
+
+    def browse_all(
+        self,
+        limit: int,
+        selector: Callable[[Message], bool] | None,
+        callback: Callable[[list[Delivery]], None],
+    ) -> None:
+        """As :meth:`browse`, then on to the messages paged out to the store, read back for the
+        browser only (the queue's memory is left as it is): ``callback(deliveries)`` on the
+        reactor thread, at once when nothing is paged out."""
+        now = self.vhost.now()
+        out: list[Delivery] = []
+        levels = list(range(len(self._levels) - 1, -1, -1))
+        store = self.vhost.store
+
+        def keep(d: Delivery) -> None:
+            if d.expires_at is not None and d.expires_at <= now:
+                return
+            if selector is None or selector(d.message):
+                out.append(d)
+
+        def from_level(i: int) -> None:
+            while i < len(levels) and len(out) < limit:
+                level = levels[i]
+                for d in self._levels[level]:
+                    if len(out) >= limit:
+                        break
+                    keep(d)
+                if self._paged[level] and len(out) < limit and not self.deleted:
+                    read_paged(i, self._cursor[level])
+                    return
+                i += 1
+            callback(out)
+
+        def read_paged(i: int, after: int) -> None:
+            want = max(limit - len(out), MIN_READ_AHEAD)
+
+            def rows_read(rows: list) -> None:
+                for seq, data, delivery_count, expires_at in rows:
+                    if len(out) >= limit:
+                        break
+                    keep(Delivery(self, seq, Message.from_bytes(data), delivery_count, expires_at))
+                if len(out) < limit and len(rows) == want and not self.deleted:
+                    read_paged(i, rows[-1][0])  # a selector skipped some: read on
+                else:
+                    from_level(i + 1)
+
+            store.read_messages(self.vhost.name, self.name, levels[i], after, want, rows_read)
+
+        from_level(0)
 
     def purge(self) -> int:
         """Drop every ready message; returns how many."""

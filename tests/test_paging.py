@@ -279,3 +279,22 @@ def test_a_store_without_put_queued_still_gets_put_message():
     vh.publish("", "q", Message(b"y", durable=False))
     assert store.puts == [("/", "q", 1, 0)]
     assert vh.queues["q"].paged_count == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_drop_head_reaches_into_the_store(tmp_path):
+    """x-max-length with drop-head on a queue whose head is paged out: the queue comes back to
+    its limit by itself (the head is read back and dropped), keeping the newest messages."""
+    broker = yield start_broker(tmp_path)
+    vh = broker.vhost()
+    q = vh.declare_queue("capped", durable=True, arguments={"x-max-length": 100})
+    publish(vh, "capped", 1000, durable=True)
+    yield until(lambda: q.message_count == 100)
+    yield settle(0.2)
+    assert q.message_count == 100 and q.dropped == 900
+    got = []
+    c = Consumer("c", got.append, prefetch=0)
+    q.add_consumer(c)
+    yield until(lambda: len(got) == 100)
+    assert [d.message.body for d in got] == [b"m%d" % i for i in range(900, 1000)]
+    yield broker.stop()

@@ -288,19 +288,27 @@ class ConsumerHandling:
     def _browse(self, cs: ConsumerState, name: str, selector: Any) -> None:
         q = self.vhost.queues.get(name)
         if isinstance(q, Queue):
-            # like ActiveMQ (maxBrowsePageSize) a browser sees at most BROWSE_MAX messages
-            for d in q.browse(BROWSE_MAX, selector):
-                seq = self.hub.next_id()
-                m = core_to_jms(d.message, self.hub.synthetic_pid, seq)
-                self.send(
-                    Obj(
-                        c.MESSAGE_DISPATCH,
-                        consumer_id=cs.id,
-                        destination=cs.destination,
-                        message=m,
-                        redelivery_counter=d.delivery_count,
-                    )
+            # like ActiveMQ (maxBrowsePageSize) a browser sees at most BROWSE_MAX messages;
+            # messages paged out to the store are read back for it
+            q.browse_all(BROWSE_MAX, selector, lambda found: self._browsed(cs, found))
+        else:
+            self._browsed(cs, [])
+
+    def _browsed(self, cs: ConsumerState, found: list) -> None:
+        if self.consumers.get(cs.key) is not cs:
+            return  # the browser closed while paged messages were read
+        for d in found:
+            seq = self.hub.next_id()
+            m = core_to_jms(d.message, self.hub.synthetic_pid, seq)
+            self.send(
+                Obj(
+                    c.MESSAGE_DISPATCH,
+                    consumer_id=cs.id,
+                    destination=cs.destination,
+                    message=m,
+                    redelivery_counter=d.delivery_count,
                 )
+            )
         self.send(Obj(c.MESSAGE_DISPATCH, consumer_id=cs.id, destination=cs.destination))
 
     def pause(self) -> None:
