@@ -32,7 +32,12 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.build-deps
 	$(VPY) -m pip install --quiet --no-build-isolation -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-serve: $(VENV)/.installed
+# the RocketMQ adapter: its own distribution, installed like a third-party plugin
+$(VENV)/.installed-rocketmq: plugins/rocketmq/setup.cfg $(VENV)/.build-deps | $(VENV)/.installed
+	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e plugins/rocketmq
+	touch $@
+
+serve: $(VENV)/.installed $(VENV)/.installed-rocketmq
 	@echo "polymq command: $(VENV)/bin/polymq (or 'make install' to put it on your PATH); Ctrl-C stops the broker"
 	$(VENV)/bin/polymq serve $(SERVE_ARGS)
 
@@ -55,7 +60,7 @@ deb-deps:
 		     DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; }; \
 	fi
 
-test: $(VENV)/.installed-test deb-deps
+test: $(VENV)/.installed-test $(VENV)/.installed-rocketmq deb-deps
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed-test
