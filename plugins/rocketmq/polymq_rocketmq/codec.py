@@ -327,9 +327,7 @@ def parse_properties(text: str) -> dict[str, str]:
 
 
 def format_properties(props: dict[str, str]) -> str:
-    return "".join(
-        f"{k}{NAME_VALUE_SEPARATOR}{v}{PROPERTY_SEPARATOR}" for k, v in props.items()
-    )
+    return "".join(f"{k}{NAME_VALUE_SEPARATOR}{v}{PROPERTY_SEPARATOR}" for k, v in props.items())
 
 
 def inflate(body: bytes, limit: int) -> bytes:

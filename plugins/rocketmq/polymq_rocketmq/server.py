@@ -238,8 +238,10 @@ class RocketServer:
 
     def msg_id(self, port: int, commit_log_offset: int) -> str:
         return (
-            self.store_host + port.to_bytes(4, "big") + commit_log_offset.to_bytes(8, "big")
-        ).hex().upper()
+            (self.store_host + port.to_bytes(4, "big") + commit_log_offset.to_bytes(8, "big"))
+            .hex()
+            .upper()
+        )
 
     # -- reading ---------------------------------------------------------------------------
 

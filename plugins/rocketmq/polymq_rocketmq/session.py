@@ -198,9 +198,7 @@ class RocketSession(SessionBase):
                 continue
             s.conn.write(
                 C.encode_command(
-                    C.Command(
-                        40, 0, C.FLAG_ONEWAY, None, {"consumerGroup": group}, b""
-                    )
+                    C.Command(40, 0, C.FLAG_ONEWAY, None, {"consumerGroup": group}, b"")
                 )
             )
 
