@@ -8,6 +8,7 @@ The plugin is its own distribution (plugins/rocketmq), installed into the test e
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -233,16 +234,17 @@ def test_offset_requests(rmq):
 
 
 @pytest.mark.parametrize(
-    "frame",
+    "frame, reason",
     [
-        b"\x00\x00\x00\x08\x00\x00\x00\x10abcd",  # header longer than the frame
-        b"\x00\x00\x00\x08\x00\x00\x00\x04{no}",  # header not JSON
-        b"\x00\x00\x00\x08\x07\x00\x00\x04abcd",  # unknown serialize type
-        b"\x00\x00\x00\x02\x00\x00",  # frame shorter than its header length
-        b"\x7f\xff\xff\xff\x00\x00\x00\x02{}",  # length over the maximum
+        (b"\x00\x00\x00\x08\x00\x00\x00\x10abcd", "header length 16 over"),
+        (b"\x00\x00\x00\x08\x00\x00\x00\x04{no}", "header is not JSON"),
+        (b"\x00\x00\x00\x08\x07\x00\x00\x04abcd", "unknown serialize type 7"),
+        (b"\x00\x00\x00\x02\x00\x00", "under the minimum"),
+        (b"\x7f\xff\xff\xff\x00\x00\x00\x02{}", "over the maximum"),
+        (b"\x00\x00\x00\x06\x00\x00\x00\x02[]", "not a JSON object"),
     ],
 )
-def test_bad_frames_close_only_that_connection(rmq, frame):
+def test_bad_frames_close_only_that_connection(rmq, frame, reason):
     bad = socket.create_connection((rmq.host, rmq.port(ADAPTER)), timeout=10)
     bad.sendall(frame)
     assert bad.recv(100) == b""  # closed
@@ -251,4 +253,4 @@ def test_bad_frames_close_only_that_connection(rmq, frame):
     assert ok.call(C.GET_ROUTEINFO_BY_TOPIC, {"topic": "stillthere"}).code == C.SUCCESS
     ok.close()
     time.sleep(0.2)
-    assert "rocketmq" in rmq.log_text() and "closing" in rmq.log_text().lower()
+    assert re.search(r"rocketmq: closing 127\.0\.0\.1:\d+: .*" + re.escape(reason), rmq.log_text())
