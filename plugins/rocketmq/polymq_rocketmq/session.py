@@ -298,8 +298,6 @@ class RocketSession(SessionBase):
             if len(body) > limit:
                 self.answer(cmd, C.MESSAGE_ILLEGAL, f"message body over {limit} bytes")
                 return
-            if "MAX_RECONSUME_TIMES" in ext and name.startswith(RETRY_PREFIX):
-                props.setdefault("MAX_RECONSUME_TIMES", ext["MAX_RECONSUME_TIMES"])
             messages.append(to_core(body, props, born, reconsume, flag))
         n = len(s.partitions)
         qid = _int(ext, "queueId", 0) % n
