@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import pytest
 from polymq_rocketmq import codec as C
@@ -265,4 +266,43 @@ def test_any_protocol_port_recognises_rocketmq(broker_factory, ali_ons):
     # the route names the port the client came in by, so it stays on it
     addr = json.loads(r.body)["brokerDatas"][0]["brokerAddrs"]["0"]
     assert addr == f"{broker.host}:{broker.port('any')}"
+    raw.close()
+
+
+def test_acknowledged_sends_survive_a_crash(rmq):
+    ns = name_srv(rmq)
+    sent = produce(ns, "Crash", 10, prefix="acked")  # each answered after the store's fsync
+    rmq.kill9()
+    rmq.start()
+    got = consumer(name_srv(rmq), "g-after-crash", "Crash", "*", count=10).finish(30)
+    assert sorted(m["body"] for m in got) == sorted(s["sent"] for s in sent)
+
+
+def test_bad_requests_get_an_error_answer_and_the_connection_stays(broker_factory):
+    broker = broker_factory(
+        adapters=[ADAPTER], store="memory", settings={"limits.max_message_size": 4096}
+    )
+    raw = Raw(broker.host, broker.port(ADAPTER))
+    send = {"producerGroup": "p", "topic": "Bad", "queueId": 0, "sysFlag": 0}
+    r = raw.call(C.PULL_MESSAGE, {"topic": "Bad", "queueOffset": 0})
+    assert r.code == C.SYSTEM_ERROR and "queueId missing" in r.remark
+    r = raw.call(C.PULL_MESSAGE, {"topic": "Bad", "queueId": "x", "queueOffset": 0})
+    assert r.code == C.SYSTEM_ERROR and "not an integer" in r.remark
+    r = raw.call(C.SEND_BATCH_MESSAGE, send, b"\x00\x00\x00\x20garbage")
+    assert r.code == C.MESSAGE_ILLEGAL and "batch" in r.remark
+    bomb = zlib.compress(b"\0" * 100_000)
+    r = raw.call(C.SEND_MESSAGE, dict(send, sysFlag=1), bomb)
+    assert r.code == C.MESSAGE_ILLEGAL and "inflates past 4096" in r.remark
+    r = raw.call(C.SEND_MESSAGE, send, b"x" * 5000)
+    assert r.code == C.MESSAGE_ILLEGAL and "over 4096" in r.remark
+    r = raw.call(C.HEART_BEAT, {}, b"[1, 2]")
+    assert r.code == C.SYSTEM_ERROR
+    r = raw.call(C.GET_CONSUMER_LIST_BY_GROUP, {"consumerGroup": "nobody"})
+    assert r.code == C.SYSTEM_ERROR and "no consumer" in r.remark
+    # and the same connection still sends and reads
+    r = raw.call(C.SEND_MESSAGE, dict(send, properties="KEYS\x01k\x02"), b"fine")
+    assert r.code == C.SUCCESS
+    q = {"consumerGroup": "g", "topic": "Bad", "queueId": 0, "queueOffset": 0, "maxMsgNums": 4}
+    r = raw.call(C.PULL_MESSAGE, dict(q, sysFlag=0))
+    assert [x.body for x in decode_pulled(r.body)] == [b"fine"]
     raw.close()
