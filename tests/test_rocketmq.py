@@ -244,6 +244,7 @@ def test_offset_requests(rmq):
         (b"\x00\x00\x00\x02\x00\x00", "under the minimum"),
         (b"\x7f\xff\xff\xff\x00\x00\x00\x02{}", "over the maximum"),
         (b"\x00\x00\x00\x06\x00\x00\x00\x02[]", "not a JSON object"),
+        (b"\x00\x03\x0d\x44\x00\x03\x0d\x40" + b"[" * 200_000, "header is not JSON"),
     ],
 )
 def test_bad_frames_close_only_that_connection(rmq, frame, reason):
@@ -296,6 +297,8 @@ def test_bad_requests_get_an_error_answer_and_the_connection_stays(broker_factor
     r = raw.call(C.SEND_MESSAGE, send, b"x" * 5000)
     assert r.code == C.MESSAGE_ILLEGAL and "over 4096" in r.remark
     r = raw.call(C.HEART_BEAT, {}, b"[1, 2]")
+    assert r.code == C.SYSTEM_ERROR
+    r = raw.call(C.HEART_BEAT, {}, b"[" * 200_000)  # deeper than the JSON parser goes
     assert r.code == C.SYSTEM_ERROR
     r = raw.call(C.GET_CONSUMER_LIST_BY_GROUP, {"consumerGroup": "nobody"})
     assert r.code == C.SYSTEM_ERROR and "no consumer" in r.remark

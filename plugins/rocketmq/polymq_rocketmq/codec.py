@@ -227,7 +227,8 @@ def decode_command(frame: bytes | memoryview) -> Command:
     if stype == SERIALIZE_JSON:
         try:
             h = json.loads(header)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            # (RecursionError: nesting deeper than the parser's limit, which the client chose)
             raise ProtocolError(f"header is not JSON: {e}") from None
         if not isinstance(h, dict):
             raise ProtocolError("header is not a JSON object")

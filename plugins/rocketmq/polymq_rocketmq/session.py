@@ -501,7 +501,7 @@ class RocketSession(SessionBase):
     def do_heartbeat(self, cmd: C.Command) -> None:
         try:
             data = json.loads(cmd.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if not isinstance(data, dict):
             self.answer(cmd, C.SYSTEM_ERROR, "heartbeat body is not a JSON object")
