@@ -309,3 +309,49 @@ def test_bad_requests_get_an_error_answer_and_the_connection_stays(broker_factor
     r = raw.call(C.PULL_MESSAGE, dict(q, sysFlag=0))
     assert [x.body for x in decode_pulled(r.body)] == [b"fine"]
     raw.close()
+
+
+def _heartbeat(client_id: str, group: str) -> bytes:
+    return json.dumps(
+        {
+            "clientID": client_id,
+            "consumerDataSet": [
+                {
+                    "groupName": group,
+                    "messageModel": "CLUSTERING",
+                    "subscriptionDataSet": [{"topic": "Members", "subString": "a || b"}],
+                }
+            ],
+            "producerDataSet": [],
+        }
+    ).encode()
+
+
+def test_group_membership_follows_heartbeats_and_connections(rmq):
+    first, second = Raw(rmq.host, rmq.port(ADAPTER)), Raw(rmq.host, rmq.port(ADAPTER))
+    assert first.call(C.HEART_BEAT, {}, _heartbeat("10.0.0.1@1", "g-members")).code == 0
+    assert second.call(C.HEART_BEAT, {}, _heartbeat("10.0.0.2@2", "g-members")).code == 0
+    # the first member is told to rebalance
+    note = first.recv(5)
+    assert note.code == 40 and note.ext == {"consumerGroup": "g-members"}
+    r = first.call(C.GET_CONSUMER_LIST_BY_GROUP, {"consumerGroup": "g-members"})
+    assert json.loads(r.body) == {"consumerIdList": ["10.0.0.1@1", "10.0.0.2@2"]}
+    second.close()  # leaving by closing the connection
+    note = first.recv(5)
+    assert note.code == 40
+    r = first.call(C.GET_CONSUMER_LIST_BY_GROUP, {"consumerGroup": "g-members"})
+    assert json.loads(r.body) == {"consumerIdList": ["10.0.0.1@1"]}
+    # a pull without a subscription of its own filters by the tags of the group's heartbeat
+    for tag in ("a", "c", "b"):
+        props = f"TAGS\x01{tag}\x02"
+        send = {"producerGroup": "p", "topic": "Members", "queueId": 0, "properties": props}
+        assert first.call(C.SEND_MESSAGE, send, tag.encode()).code == C.SUCCESS
+    pull = {"consumerGroup": "g-members", "topic": "Members", "queueId": 0, "queueOffset": 0,
+            "maxMsgNums": 8, "sysFlag": 0}  # fmt: skip
+    r = first.call(C.PULL_MESSAGE, pull)
+    assert [x.body for x in decode_pulled(r.body)] == [b"a", b"b"]
+    r = first.call(C.UNREGISTER_CLIENT, {"clientID": "10.0.0.1@1", "consumerGroup": "g-members"})
+    assert r.code == C.SUCCESS
+    r = first.call(C.GET_CONSUMER_LIST_BY_GROUP, {"consumerGroup": "g-members"})
+    assert r.code == C.SYSTEM_ERROR
+    first.close()
