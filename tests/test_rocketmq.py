@@ -355,3 +355,23 @@ def test_group_membership_follows_heartbeats_and_connections(rmq):
     r = first.call(C.GET_CONSUMER_LIST_BY_GROUP, {"consumerGroup": "g-members"})
     assert r.code == C.SYSTEM_ERROR
     first.close()
+
+
+def test_binary_serialized_headers_are_answered_in_kind(rmq):
+    """Java clients may use RocketMQ's binary header (serialize type 1) instead of JSON."""
+    sock = socket.create_connection((rmq.host, rmq.port(ADAPTER)), timeout=10)
+    req = C.Command(
+        C.GET_ROUTEINFO_BY_TOPIC, 77, 0, None, {"topic": "Binary"}, b"", C.SERIALIZE_ROCKETMQ
+    )
+    sock.sendall(C.encode_command(req))
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = sock.recv(65536)
+        assert chunk
+        data += chunk
+    frame = C.Frame.parse(data[4:])
+    assert frame.serialize_type == C.SERIALIZE_ROCKETMQ
+    r = C.decode_command(data[4:])
+    assert (r.opaque, r.code, r.is_response) == (77, C.SUCCESS, True)
+    assert json.loads(r.body)["queueDatas"][0]["writeQueueNums"] == 4
+    sock.close()
