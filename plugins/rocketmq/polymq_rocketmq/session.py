@@ -79,12 +79,13 @@ class PendingPull:
     def wake(self) -> None:
         if self.timer is None:
             return  # answered already
-        self.session.retry_pull(self, final=False)
+        # called from whichever connection appended: a failure here is this session's
+        self.session.conn.call_session(self.session.retry_pull, self, False)
 
     def expire(self) -> None:
         self.timer = None
         self.disarm()
-        self.session.retry_pull(self, final=True)
+        self.session.conn.call_session(self.session.retry_pull, self, True)
 
     def disarm(self) -> None:
         try:
