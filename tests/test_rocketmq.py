@@ -375,3 +375,36 @@ def test_binary_serialized_headers_are_answered_in_kind(rmq):
     assert (r.opaque, r.code, r.is_response) == (77, C.SUCCESS, True)
     assert json.loads(r.body)["queueDatas"][0]["writeQueueNums"] == 4
     sock.close()
+
+
+def test_queue_larger_than_memory_is_pulled_from_disk(broker_factory):
+    """A queue whose head is only on disk: a new group is told to start where the client
+    chooses (QUERY_NOT_FOUND), and a pull from offset 0 is answered from the segment files."""
+    broker = broker_factory(
+        adapters=[ADAPTER],
+        store="sqlite",
+        settings={"store.stream_max_in_memory_bytes": 256 * 1024, "store.segment_mb": 1},
+    )
+    raw = Raw(broker.host, broker.port(ADAPTER))
+    raw.call(C.UPDATE_AND_CREATE_TOPIC, {"topic": "Paged", "readQueueNums": 1})
+    body = b"y" * 8000
+    send = {"producerGroup": "p", "topic": "Paged", "queueId": 0}
+    for i in range(300):  # 2.4 MB, acknowledged once on disk
+        raw.send(C.SEND_MESSAGE, dict(send, properties=f"KEYS\x01k{i}\x02"), body)
+    for _ in range(300):
+        assert raw.recv().code == C.SUCCESS
+    q = {"consumerGroup": "g-new", "topic": "Paged", "queueId": 0}
+    assert raw.call(C.QUERY_CONSUMER_OFFSET, q).code == C.QUERY_NOT_FOUND
+    offset, keys = 0, []
+    while offset < 300:
+        r = raw.call(
+            C.PULL_MESSAGE,
+            dict(q, queueOffset=offset, maxMsgNums=32, sysFlag=2, suspendTimeoutMillis=5000),
+        )
+        assert r.code == C.SUCCESS, (offset, r.code, r.remark)
+        recs = decode_pulled(r.body)
+        assert [x.queue_offset for x in recs] == list(range(offset, offset + len(recs)))
+        keys += [C.parse_properties(x.properties)["KEYS"] for x in recs]
+        offset = int(r.ext["nextBeginOffset"])
+    assert keys == [f"k{i}" for i in range(300)]
+    raw.close()

@@ -451,9 +451,9 @@ class RocketSession(SessionBase):
             s = self.server.topic(name)
             if s is not None and 0 <= qid < len(s.partitions):
                 p = s.partitions[qid]
-                if p.start_offset == 0:
+                if p.start_offset == 0 and (not p.entries or p.entries[0].offset == 0):
                     # as RocketMQ's broker: a new group reads a queue from its start while
-                    # nothing of it was deleted yet
+                    # nothing of it was deleted and all of it is still in memory
                     got = 0
         if got is None:
             self.answer(cmd, C.QUERY_NOT_FOUND, "Not found, maybe this group consumer boot first")
