@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -q
 SERVE_ARGS ?=
 BIN_DIR ?= $(HOME)/.local/bin
 
-.PHONY: serve test install deb-deps lint clean
+.PHONY: serve test install deb-deps node-deps lint clean
 
 $(VPY):
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "polymq needs Python >= 3.11" or 0)'
@@ -32,7 +32,21 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.build-deps
 	$(VPY) -m pip install --quiet --no-build-isolation -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-serve: $(VENV)/.installed
+# the RocketMQ adapter: its own distribution, installed like a third-party plugin
+$(VENV)/.installed-rocketmq: plugins/rocketmq/setup.cfg $(VENV)/.build-deps | $(VENV)/.installed
+	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e plugins/rocketmq
+	touch $@
+
+# Node.js clients of the RocketMQ tests (ali-ons), from tests/rocketmq/package-lock.json
+node-deps:
+	@command -v npm >/dev/null 2>&1 || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends nodejs npm \
+		|| { $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive \
+		     $$sudo apt-get install -y --no-install-recommends nodejs npm; }; }
+	@[ -f tests/rocketmq/node_modules/ali-ons/package.json ] || \
+		(cd tests/rocketmq && npm ci --no-audit --no-fund)
+
+serve: $(VENV)/.installed $(VENV)/.installed-rocketmq
 	@echo "polymq command: $(VENV)/bin/polymq (or 'make install' to put it on your PATH); Ctrl-C stops the broker"
 	$(VENV)/bin/polymq serve $(SERVE_ARGS)
 
@@ -55,7 +69,7 @@ deb-deps:
 		     DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; }; \
 	fi
 
-test: $(VENV)/.installed-test deb-deps
+test: $(VENV)/.installed-test $(VENV)/.installed-rocketmq deb-deps node-deps
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed-test

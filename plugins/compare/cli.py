@@ -17,6 +17,7 @@ from .workload import (
     DEFAULT_URLS,
     GUARANTEES,
     PATTERNS,
+    PLUGIN_PROTOCOLS,
     PRESET_HELP,
     PRESETS,
     PROTOCOLS,
@@ -130,10 +131,11 @@ def resolve_targets(args) -> list:
     if args.url:
         return [parse_target(spec) for spec in args.url]
     protos = [x.strip().lower() for x in args.protocols.split(",") if x.strip()]
-    bad = [x for x in protos if x not in PROTOCOLS]
+    known = PROTOCOLS + PLUGIN_PROTOCOLS
+    bad = [x for x in protos if x not in known]
     if bad or not protos:
         raise CompareError(
-            f"--protocols: unknown {', '.join(bad) or '(empty)'} (known: {', '.join(PROTOCOLS)})"
+            f"--protocols: unknown {', '.join(bad) or '(empty)'} (known: {', '.join(known)})"
         )
     return [target_from_url(x, DEFAULT_URLS[x], "polymq") for x in protos]
 

@@ -9,6 +9,8 @@ import uuid
 from urllib.parse import unquote, urlsplit
 
 PROTOCOLS = ("mqtt", "amqp", "kafka", "openwire")
+# protocols of adapter plugins (not enabled by default): run only when named
+PLUGIN_PROTOCOLS = ("rocketmq",)
 GUARANTEES = ("at-most-once", "at-least-once", "persistent")
 PATTERNS = ("fanout", "queue")
 
@@ -18,14 +20,16 @@ DEFAULT_URLS = {
     "amqp": "amqp://guest:guest@127.0.0.1:5672/",
     "kafka": "kafka://127.0.0.1:9092",
     "openwire": "tcp://127.0.0.1:61616",
+    "rocketmq": "rocketmq://127.0.0.1:9876",
 }
 SCHEMES = {
     "mqtt": ("mqtt", "tcp"),
     "amqp": ("amqp",),
     "kafka": ("kafka", "tcp", ""),
     "openwire": ("tcp", "openwire"),
+    "rocketmq": ("rocketmq", "tcp", ""),
 }
-DEFAULT_PORTS = {"mqtt": 1883, "amqp": 5672, "kafka": 9092, "openwire": 61616}
+DEFAULT_PORTS = {"mqtt": 1883, "amqp": 5672, "kafka": 9092, "openwire": 61616, "rocketmq": 9876}
 
 # body: producer id (u32), sequence (u32), send time (u64, CLOCK_MONOTONIC ns), then padding
 HEADER = struct.Struct(">IIQ")
@@ -189,15 +193,15 @@ def parse_target(spec: str) -> Target:
     left, url = spec.split("=", 1)
     proto, _, label = left.partition("@")
     proto = proto.strip().lower()
-    if proto not in PROTOCOLS:
-        raise CompareError(
-            f"--url {spec!r}: unknown protocol {proto!r} (known: {', '.join(PROTOCOLS)})"
-        )
+    if proto not in PROTOCOLS + PLUGIN_PROTOCOLS:
+        known = ", ".join(PROTOCOLS + PLUGIN_PROTOCOLS)
+        raise CompareError(f"--url {spec!r}: unknown protocol {proto!r} (known: {known})")
     return target_from_url(proto, url.strip(), label.strip() or None)
 
 
 def target_from_url(proto: str, url: str, label: str | None = None) -> Target:
-    raw = url if "://" in url else f"{'kafka' if proto == 'kafka' else '?'}://{url}"
+    bare = proto if proto in ("kafka", "rocketmq") else "?"  # host:port alone is enough
+    raw = url if "://" in url else f"{bare}://{url}"
     parts = urlsplit(raw)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES[proto]:
