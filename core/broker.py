@@ -259,7 +259,8 @@ class Broker:
     def authenticate(
         self, protocol: str, username: str | None, password: str | bytes | None, peer: Any
     ) -> Any:
-        """Ask the auth plugins; returns an Identity, or a Refusal (or None if nobody answered).
+        """Ask the auth plugins; returns an Identity, or a Refusal (or None if nobody answered),
+        or a Deferred of one of those when a plugin answers later (a password hash in a thread).
 
         Called once per connection, never per message.
         """

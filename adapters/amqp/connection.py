@@ -134,7 +134,16 @@ def _start_ok(session: AMQPSession, args: dict) -> None:
         raise C.FrameError(
             C.ACCESS_REFUSED, f"unsupported authentication mechanism {mechanism!r}", 10, 11
         )
-    result = session.conn.authenticate(_text(user), _text(password))
+    # a password hash may be verified in a thread: the frames after start-ok wait for it
+    if not session.conn.login(
+        _text(user), _text(password), lambda result: _authenticated(session, mechanism, result)
+    ):
+        session._stop = True
+
+
+def _authenticated(session: AMQPSession, mechanism: str, result: Any) -> None:
+    if session.state != "start-ok":
+        return
     if not isinstance(result, Identity):
         raise C.FrameError(
             C.ACCESS_REFUSED,

@@ -99,26 +99,37 @@ class KafkaSession(SessionBase):
 
     def frames_received(self, frames: list) -> None:
         conn = self.conn
-        for frame in frames:
+        for i, frame in enumerate(frames):
             if self.sasl_raw:
                 self._sasl_raw_token(bytes(frame))
+                if conn.logging_in:  # a PLAIN password is being checked: the rest waits
+                    conn.hold_frames(frames[i + 1 :])
+                    return
                 continue
             hdr, pos = C.decode_request_header(frame)
             self.client_id = hdr.client_id or ""
             if not self.started and self.authenticated:
                 self.started = True
-                user = None
-                if not self.server.sasl:
+                if self.server.sasl:
+                    conn.handshake_done(client_id=self.client_id, vhost=self.vhost.name)
+                elif not conn.login(None, None, self._anonymous_login):
                     # no SASL: a client without a user name, as the login policy treats it
-                    # (guest from loopback; elsewhere only with security.allow_anonymous)
-                    result = conn.authenticate(None, None)
-                    if not isinstance(result, Identity):
-                        raise ProtocolViolation(f"login refused: {result.reason}")
-                    self.identity, user = result, result.user
-                conn.handshake_done(user=user, client_id=self.client_id, vhost=self.vhost.name)
+                    # (guest from loopback; elsewhere only with security.allow_anonymous);
+                    # this request and the rest wait for the answer
+                    conn.hold_frames(frames[i:])
+                    return
             self._dispatch(hdr, frame, pos)
             if conn.closing:
                 return
+            if conn.logging_in:  # SaslAuthenticate with PLAIN: the rest waits for its answer
+                conn.hold_frames(frames[i + 1 :])
+                return
+
+    def _anonymous_login(self, result: Any) -> None:
+        if not isinstance(result, Identity):
+            raise ProtocolViolation(f"login refused: {result.reason}")
+        self.identity = result
+        self.conn.handshake_done(user=result.user, client_id=self.client_id, vhost=self.vhost.name)
 
     def _dispatch(self, hdr: C.RequestHeader, frame: memoryview, pos: int) -> None:
         api, ver = hdr.api_key, hdr.api_version
@@ -237,27 +248,28 @@ class KafkaSession(SessionBase):
             self.sasl_raw = True
         reply({"error_code": 0, "mechanisms": mechanisms})
 
-    def _sasl_token(self, token: bytes) -> tuple[bytes | None, str | None]:
-        """One SASL token in: (token out or None when authenticated, error text or None)."""
+    def _sasl_token(self, token: bytes, done: Callable[[bytes | None, str | None], None]) -> None:
+        """One SASL token in; ``done(token out or None when authenticated, error text or
+        None)`` is called now, or later when a PLAIN password is verified in a thread."""
         if self.sasl_mechanism == "PLAIN":
-            return None, self._plain(token)
+            return self._plain(token, done)
         from polymq.core.security import security_of
         from polymq.core.security.scram import ScramError
 
         scram = self.scram
         try:
             if scram._secret is None:
-                return scram.first(token), None
+                return done(scram.first(token), None)
             final = scram.final(token)
         except (ScramError, UnicodeDecodeError) as e:
-            return None, str(e) if isinstance(e, ScramError) else "malformed SCRAM message"
+            return done(None, str(e) if isinstance(e, ScramError) else "malformed SCRAM message")
         result = security_of(self.broker).proven("kafka", scram.user, self.conn.transport.getPeer())
         if isinstance(result, Identity):
             result = self.conn.accept_identity(result) or result
         if not isinstance(result, Identity):
-            return None, result.reason
+            return done(None, result.reason)
         self._logged_in(result)
-        return final, None
+        done(final, None)
 
     def _logged_in(self, result: Identity) -> None:
         self.identity = result
@@ -265,17 +277,20 @@ class KafkaSession(SessionBase):
         self.started = True
         self.conn.handshake_done(user=result.user, client_id=self.client_id, vhost=self.vhost.name)
 
-    def _plain(self, token: bytes) -> str | None:
-        """Check a PLAIN token; returns an error text or None when authenticated."""
+    def _plain(self, token: bytes, done: Callable[[bytes | None, str | None], None]) -> None:
+        """Check a PLAIN token (RFC 4616: authzid NUL authcid NUL password)."""
         parts = token.split(b"\x00")
         if len(parts) != 3:
-            return "malformed PLAIN token"
+            return done(None, "malformed PLAIN token")
         user = parts[1].decode("utf-8", "replace")
-        result = self.conn.authenticate(user, parts[2])
-        if isinstance(result, Identity):
-            self._logged_in(result)
-            return None
-        return getattr(result, "reason", "authentication failed")
+
+        def answered(result: Any) -> None:
+            if isinstance(result, Identity):
+                self._logged_in(result)
+                return done(None, None)
+            done(None, getattr(result, "reason", "authentication failed"))
+
+        self.conn.login(user, parts[2], answered)
 
     def _sasl_authenticate(self, ver: int, req: Any, reply: Callable) -> None:
         if self.sasl_mechanism is None or self.authenticated or self.sasl_raw:
@@ -287,35 +302,40 @@ class KafkaSession(SessionBase):
                     "session_lifetime_ms": 0,
                 }
             )
-        out, err = self._sasl_token(bytes(req.auth_bytes))
-        if err is not None:
+
+        def done(out: bytes | None, err: str | None) -> None:
+            if err is not None:
+                reply(
+                    {
+                        "error_code": C.SASL_AUTHENTICATION_FAILED,
+                        "error_message": err,
+                        "auth_bytes": b"",
+                        "session_lifetime_ms": 0,
+                    }
+                )
+                log.info("kafka client {peer}: SASL refused: {e}", peer=self.peer, e=err)
+                return
             reply(
                 {
-                    "error_code": C.SASL_AUTHENTICATION_FAILED,
-                    "error_message": err,
-                    "auth_bytes": b"",
+                    "error_code": 0,
+                    "error_message": None,
+                    "auth_bytes": out or b"",
                     "session_lifetime_ms": 0,
                 }
             )
-            log.info("kafka client {peer}: SASL refused: {e}", peer=self.peer, e=err)
-            return
-        reply(
-            {
-                "error_code": 0,
-                "error_message": None,
-                "auth_bytes": out or b"",
-                "session_lifetime_ms": 0,
-            }
-        )
+
+        self._sasl_token(bytes(req.auth_bytes), done)
 
     def _sasl_raw_token(self, token: bytes) -> None:
         # SaslHandshake v0: tokens travel length-prefixed without Kafka headers until done
-        out, err = self._sasl_token(token)
-        if err is not None:
-            raise ProtocolViolation(f"SASL refused: {err}")
-        self.sasl_raw = not self.authenticated
-        out = out or b""
-        self.conn.reply(len(out).to_bytes(4, "big") + out)
+        def done(out: bytes | None, err: str | None) -> None:
+            if err is not None:
+                raise ProtocolViolation(f"SASL refused: {err}")
+            self.sasl_raw = not self.authenticated
+            out = out or b""
+            self.conn.reply(len(out).to_bytes(4, "big") + out)
+
+        self._sasl_token(token, done)
 
     # -- Metadata ------------------------------------------------------------------------------
 

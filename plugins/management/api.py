@@ -18,9 +18,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import resource, static
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from polymq.core.auth import ANONYMOUS, Identity
 from polymq.core.errors import BrokerError
@@ -121,8 +122,24 @@ class ManagementApi(resource.Resource):
         segments = [s.decode("utf-8", "replace") for s in request.postpath]
         if segments and segments[-1] == "":
             segments = segments[:-1]
+        identity = authenticate(self.broker, request)
+        if isinstance(identity, Deferred):
+            # a password hash is being verified in a thread: answer when it is done
+            def answer(found: Identity | None) -> None:
+                if not request.finished and not getattr(request, "_disconnected", False):
+                    request.write(self._render_as(request, found, method, segments))
+                    request.finish()
+
+            identity.addCallback(answer).addErrback(
+                lambda f: log.failure("management: answering a request failed", f)
+            )
+            return NOT_DONE_YET
+        return self._render_as(request, identity, method, segments)
+
+    def _render_as(
+        self, request: Request, identity: Identity | None, method: str, segments: list[str]
+    ) -> bytes:
         try:
-            identity = authenticate(self.broker, request)
             if identity is None:
                 self._log_refusal(request)
                 return self._unauthorized(request)
@@ -675,8 +692,9 @@ def _error_name(status: int) -> str:
     }.get(status, "error")
 
 
-def authenticate(broker: Any, request: Request) -> Identity | None:
-    """HTTP Basic against the broker's users; guest only from loopback (like RabbitMQ)."""
+def authenticate(broker: Any, request: Request) -> Identity | None | Deferred:
+    """HTTP Basic against the broker's users; guest only from loopback (like RabbitMQ). A
+    Deferred of the answer when a password hash has to be verified (in a thread)."""
     header = _header(request, b"authorization")
     if not header or not header.lower().startswith("basic "):
         return None
@@ -690,6 +708,12 @@ def authenticate(broker: Any, request: Request) -> Identity | None:
     if user == "guest" and not is_loopback(getattr(peer, "host", None)):
         return None
     result = broker.authenticate("management", user, password, peer)
+    if isinstance(result, Deferred):
+        return result.addCallback(_management_identity)
+    return _management_identity(result)
+
+
+def _management_identity(result: Any) -> Identity | None:
     if isinstance(result, Identity) and result.user != ANONYMOUS:
         return result
     return None
