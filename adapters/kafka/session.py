@@ -29,6 +29,9 @@ from .records import BatchError, check_batches, decode_messages
 from .records import with_base_offset as _with_base_offset
 from .server import CLUSTER_ID, FORMAT, NODE_ID, TOPIC_RE, KafkaServer, ProducerState
 
+# the name of the cluster resource in permissions (Kafka's name for it)
+CLUSTER_RESOURCE = "kafka-cluster"
+
 log = Logger(namespace="polymq.kafka")
 
 # throttle_time_ms is a number of milliseconds in an int32
@@ -337,6 +340,23 @@ class KafkaSession(SessionBase):
 
         self._sasl_token(token, done)
 
+    # -- permissions ---------------------------------------------------------------------------
+
+    def _may_describe(self, kind: str, name: str) -> bool:
+        """Kafka's Describe: implied by any of read, write, configure on the resource (as an
+        Allow of Read/Write/Alter implies Describe in Kafka)."""
+        authorize = self.conn.authorize
+        return (
+            authorize("read", kind, name)
+            or authorize("write", kind, name)
+            or authorize("configure", kind, name)
+        )
+
+    def _may_configure_cluster(self) -> bool:
+        """Cluster-level operations (broker configs, creating any topic): configure on the
+        resource ``cluster`` named ``kafka-cluster``, Kafka's name for it."""
+        return self.conn.authorize("configure", "cluster", CLUSTER_RESOURCE)
+
     # -- Metadata ------------------------------------------------------------------------------
 
     def _topic(self, name: str, create: bool) -> Stream | None:
@@ -361,14 +381,17 @@ class KafkaSession(SessionBase):
     def _metadata(self, ver: int, req: Any, reply: Callable) -> None:
         srv = self.server
         if req.topics is None or (ver == 0 and not req.topics):
+            # all topics: those the client may not describe are left out, silently
             streams = srv.topics()
-            names = [s.name for s in streams]
+            names = [s.name for s in streams if self._may_describe("topic", s.name)]
         else:
             names = [t.name for t in req.topics]
         allow = req.allow_auto_topic_creation if ver >= 4 else True
         topics = []
         for name in names:
             s = self._topic(name, allow)
+            if s is not None and not self._may_describe("topic", name):
+                s = None  # refused below, the same whether it exists or not
             if s is None:
                 code = (
                     C.INVALID_TOPIC_EXCEPTION
@@ -376,9 +399,12 @@ class KafkaSession(SessionBase):
                     # an unknown topic the client may not create is not "unknown" but refused,
                     # as Kafka answers (a client would wait for it to appear otherwise)
                     else C.TOPIC_AUTHORIZATION_FAILED
-                    if allow
-                    and srv.auto_create
-                    and not self.conn.authorize("configure", "topic", name)
+                    if not self._may_describe("topic", name)
+                    or (
+                        allow
+                        and srv.auto_create
+                        and not self.conn.authorize("configure", "topic", name)
+                    )
                     else C.UNKNOWN_TOPIC_OR_PARTITION
                 )
                 topics.append(
@@ -588,6 +614,7 @@ class KafkaSession(SessionBase):
         topics = []
         for t in req.topics:
             s = self.server.topic(t.name)
+            described = self._may_describe("topic", t.name)
             parts = []
             for rp in t.partitions:
                 out = {
@@ -598,7 +625,9 @@ class KafkaSession(SessionBase):
                     "leader_epoch": -1,
                     "old_style_offsets": [],
                 }
-                if s is None or not 0 <= rp.partition_index < len(s.partitions):
+                if not described:
+                    out["error_code"] = C.TOPIC_AUTHORIZATION_FAILED
+                elif s is None or not 0 <= rp.partition_index < len(s.partitions):
                     out["error_code"] = C.UNKNOWN_TOPIC_OR_PARTITION
                 else:
                     p = s.partitions[rp.partition_index]
@@ -645,7 +674,10 @@ class KafkaSession(SessionBase):
                     error_code=40,  # INVALID_CONFIG: compaction is not implemented
                     error_message="cleanup.policy=compact is not supported (delete only)",
                 )
-            elif not self.conn.authorize("configure", "topic", t.name):
+            elif not (
+                self._may_configure_cluster() or self.conn.authorize("configure", "topic", t.name)
+            ):
+                # Kafka: Create on the cluster, else Create on the topic
                 r.update(error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized")
             elif not (ver >= 1 and req.validate_only):
                 try:
@@ -688,6 +720,12 @@ class KafkaSession(SessionBase):
             }
             if r.resource_type == 2:  # topic
                 s = self.server.topic(r.resource_name)
+                if not self.conn.authorize("configure", "topic", r.resource_name):
+                    res.update(
+                        error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized"
+                    )
+                    results.append(res)
+                    continue
                 if s is None:
                     res.update(
                         error_code=C.UNKNOWN_TOPIC_OR_PARTITION, error_message="unknown topic"
@@ -696,6 +734,13 @@ class KafkaSession(SessionBase):
                     continue
                 values = self._topic_configs(s)
             elif r.resource_type == 4:  # broker
+                if not self._may_configure_cluster():
+                    res.update(
+                        error_code=C.CLUSTER_AUTHORIZATION_FAILED,
+                        error_message="not authorized to describe the cluster's configuration",
+                    )
+                    results.append(res)
+                    continue
                 values = {
                     "message.max.bytes": (str(self.broker.max_message_size), True),
                     "num.partitions": (str(self.server.num_partitions), True),
@@ -759,6 +804,16 @@ class KafkaSession(SessionBase):
 
     def _find_coordinator(self, ver: int, req: Any, reply: Callable) -> None:
         b = self._broker_entry()
+        if not self._may_describe("group", req.key):
+            return reply(
+                {
+                    "error_code": C.GROUP_AUTHORIZATION_FAILED,
+                    "error_message": "not authorized",
+                    "node_id": -1,
+                    "host": "",
+                    "port": -1,
+                }
+            )
         if ver >= 1 and req.key_type not in (0,):
             return reply(
                 {
@@ -805,6 +860,8 @@ class KafkaSession(SessionBase):
         )
 
     def _sync_group(self, ver: int, req: Any, reply: Callable) -> None:
+        if not self.conn.authorize("read", "group", req.group_id):
+            return reply({"error_code": C.GROUP_AUTHORIZATION_FAILED, "assignment": b""})
         self.server.coordinator.sync(
             req.group_id,
             req.generation_id,
@@ -814,6 +871,8 @@ class KafkaSession(SessionBase):
         )
 
     def _heartbeat(self, ver: int, req: Any, reply: Callable) -> None:
+        if not self.conn.authorize("read", "group", req.group_id):
+            return reply({"error_code": C.GROUP_AUTHORIZATION_FAILED})
         reply(
             {
                 "error_code": self.server.coordinator.heartbeat(
@@ -823,16 +882,26 @@ class KafkaSession(SessionBase):
         )
 
     def _leave_group(self, ver: int, req: Any, reply: Callable) -> None:
+        if not self.conn.authorize("read", "group", req.group_id):
+            return reply({"error_code": C.GROUP_AUTHORIZATION_FAILED})
         reply({"error_code": self.server.coordinator.leave(req.group_id, req.member_id)})
 
     def _offset_commit(self, ver: int, req: Any, reply: Callable) -> None:
         co = self.server.coordinator
-        code = co.check_commit(req.group_id, req.generation_id, req.member_id)
+        if not self.conn.authorize("read", "group", req.group_id):
+            code = C.GROUP_AUTHORIZATION_FAILED
+        else:
+            code = co.check_commit(req.group_id, req.generation_id, req.member_id)
         topics = []
         for t in req.topics:
             parts = []
+            topic_code = (
+                code
+                if code or self.conn.authorize("read", "topic", t.name)
+                else C.TOPIC_AUTHORIZATION_FAILED
+            )
             for p in t.partitions:
-                c = code
+                c = topic_code
                 if not c:
                     co.commit(
                         req.group_id,
@@ -848,6 +917,8 @@ class KafkaSession(SessionBase):
     def _offset_fetch(self, ver: int, req: Any, reply: Callable) -> None:
         co = self.server.coordinator
         topics = []
+        if not self._may_describe("group", req.group_id):
+            return reply({"topics": [], "error_code": C.GROUP_AUTHORIZATION_FAILED})
         if req.topics is None:
             by_topic: dict[str, list] = {}
             for (t, p), (off, md) in sorted(co.committed_all(req.group_id).items()):
@@ -858,6 +929,9 @@ class KafkaSession(SessionBase):
                 for t in req.topics
             }
         for name, parts in by_topic.items():
+            code = 0 if self._may_describe("topic", name) else C.TOPIC_AUTHORIZATION_FAILED
+            if code and req.topics is None:
+                continue  # all of the group's offsets: topics it may not describe left out
             topics.append(
                 {
                     "name": name,
@@ -867,7 +941,7 @@ class KafkaSession(SessionBase):
                             "committed_offset": off,
                             "committed_leader_epoch": -1,
                             "metadata": md if md is not None else "",
-                            "error_code": 0,
+                            "error_code": code,
                         }
                         for p, off, md in parts
                     ],
@@ -880,14 +954,32 @@ class KafkaSession(SessionBase):
             {
                 "error_code": 0,
                 "groups": [
+                    # Kafka: Describe on the cluster lists all; otherwise per group, silently
                     {"group_id": g, "protocol_type": t}
                     for g, t in self.server.coordinator.list_groups()
+                    if self._may_configure_cluster() or self._may_describe("group", g)
                 ],
             }
         )
 
     def _describe_groups(self, ver: int, req: Any, reply: Callable) -> None:
-        reply({"groups": [self.server.coordinator.describe(g) for g in req.groups]})
+        groups = []
+        for g in req.groups:
+            if self._may_describe("group", g):
+                groups.append(self.server.coordinator.describe(g))
+                continue
+            groups.append(
+                {
+                    "error_code": C.GROUP_AUTHORIZATION_FAILED,
+                    "group_id": g,
+                    "group_state": "",
+                    "protocol_type": "",
+                    "protocol_data": "",
+                    "members": [],
+                    "authorized_operations": -2147483648,
+                }
+            )
+        reply({"groups": groups})
 
     HANDLERS: dict[int, Callable] = {
         C.METADATA: _metadata,
