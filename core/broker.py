@@ -15,7 +15,7 @@ from .alarms import (
     DEFAULT_MEMORY_HIGH_WATERMARK,
     ResourceAlarm,
 )
-from .errors import NotFound
+from .errors import AccessRefused, NotFound
 from .queue import DEFAULT_IN_MEMORY_BYTES, DEFAULT_IN_MEMORY_LENGTH, Queue
 from .store.interfaces import IStore, StoreSnapshot
 from .store.memory import MemoryStore
@@ -85,6 +85,8 @@ class Broker:
         self._kv: dict[str, dict[str, bytes]] = {}
         self.started = False
         self.add_vhost(self.default_vhost)
+        for name in broker_cfg.get("vhosts") or ():
+            self.add_vhost(str(name))
 
     def now(self) -> int:
         """Milliseconds since the epoch by the broker's clock (TTLs, expiry, retention)."""
@@ -217,6 +219,27 @@ class Broker:
             if name != self.default_vhost:
                 self.kv_put("vhosts", name, b"")
         return vh
+
+    def delete_vhost(self, name: str) -> None:
+        """Delete vhost ``name`` as RabbitMQ does: its connections are closed, its queues,
+        streams and exchanges go (durable ones from the store too). The default vhost stays."""
+        if name == self.default_vhost:
+            raise AccessRefused(f"the default vhost '{name}' cannot be deleted")
+        vh = self.vhosts.get(name)
+        if vh is None:
+            raise NotFound(f"no vhost '{name}'")
+        registry = getattr(self, "connections", None)
+        for info in list(registry or ()):
+            if info.vhost == name:
+                info.close(f"vhost '{name}' was deleted")
+        for queue in list(vh.queues):
+            vh.delete_queue(queue)
+        for exchange in list(vh.exchanges):
+            if exchange and not exchange.startswith("amq."):
+                vh.delete_exchange(exchange)
+        del self.vhosts[name]
+        self.kv_delete("vhosts", name)
+        log.info("vhost {name} deleted", name=name)
 
     def vhost(self, name: str | None = None) -> VirtualHost:
         vh = self.vhosts.get(self.default_vhost if name is None else name)

@@ -689,6 +689,12 @@ class ProtocolConnection(Protocol):
             return authorizer(self.identity, vhost, action, kind, name, info.client_id)
         return authorizer(self.identity, vhost, action, kind, name)
 
+    def may_enter(self, vhost: str) -> bool:
+        """May this connection's user use ``vhost`` at all (a permission entry for it)? True
+        when no authorizer is configured, or one that does not say (no ``may_enter``)."""
+        check = getattr(getattr(self.broker, "authorizer", None), "may_enter", None)
+        return True if check is None else bool(check(self.identity, vhost))
+
     def linger(self, timeout: float) -> None:
         """Called from ``protocol_error`` / ``internal_error``: keep the connection open after
         the answer, until the session calls :meth:`close` or ``timeout`` seconds pass (a

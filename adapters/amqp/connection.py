@@ -189,11 +189,19 @@ def _tune_ok(session: AMQPSession, args: dict) -> None:
 
 
 def _open(session: AMQPSession, args: dict) -> None:
-    name = args["virtual_host"] or "/"
+    # an empty vhost means the broker's default one (broker.default_vhost)
+    name = _text(args["virtual_host"]) or session.broker.default_vhost
     try:
-        session.vhost = session.broker.vhost(name)
+        vhost = session.broker.vhost(name)
     except NotFound:
         raise C.FrameError(C.NOT_ALLOWED, f"vhost '{name}' not found", 10, 40) from None
+    if not session.conn.may_enter(name):
+        # RabbitMQ's words: a user needs some permission entry for the vhost to open it
+        user = session.identity.user if session.identity is not None else ""
+        raise C.FrameError(
+            C.NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}'", 10, 40
+        )
+    session.vhost = vhost
     session.state = "opened"
     identity = session.identity
     session.conn.handshake_done(

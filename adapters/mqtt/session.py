@@ -341,6 +341,8 @@ class Connection(SessionBase):
             self.fail(c.NOT_AUTHORIZED, f"authentication refused: {reason}")
             return
         self.user = ident
+        info = self.conn.info
+        info.client_id, info.vhost = self.client_id, self.server.vhost.name  # for %c, vhost
         if will is not None and not self.conn.authorize("write", "topic", will[0]):
             # a will the user may not publish: refused at CONNECT, as Mosquitto and RabbitMQ do
             # (3.1.1 return code 5, 5.0 reason 0x87), rather than dropped when it fires

@@ -239,6 +239,9 @@ class ManagementApi(resource.Resource):
         )
         r("GET", "nodes", lambda req: [self._node()])
         r("GET", "vhosts", lambda req: [{"name": n} for n in sorted(self.broker.vhosts)])
+        r("GET", "vhosts/{name}", lambda req, name: {"name": self._vhost(name).name})
+        r("PUT", "vhosts/{name}", self._put_vhost)
+        r("DELETE", "vhosts/{name}", self._delete_vhost)
         r("GET", "health/checks/alarms", self._alarms)
         r("GET", "connections", lambda req: s.connections())
         r("GET", "connections/{name}", self._get_connection)
@@ -339,6 +342,18 @@ class ManagementApi(resource.Resource):
             arguments=_object(body, "arguments"),
         )
         return None if existed else ({}, 201)
+
+    def _put_vhost(self, request: Request, name: str):
+        if not name or len(name) > 255:
+            raise ApiError(400, "a vhost name is 1 to 255 characters")
+        existed = name in self.broker.vhosts
+        self.broker.add_vhost(name)
+        return None if existed else ({}, 201)
+
+    def _delete_vhost(self, request: Request, name: str):
+        self._vhost(name)
+        self.broker.delete_vhost(name)  # AccessRefused for the default vhost: 403
+        return None
 
     def _delete_exchange(self, request: Request, vhost: str, name: str):
         vh = self._vhost(vhost)
