@@ -817,6 +817,15 @@ class Connection(SessionBase):
             if not self.conn.authorize("read", "topic", flt):
                 codes.append(c.NOT_AUTHORIZED if v5 else 0x80)
                 continue
+            limit = self.server.max_subscriptions
+            if (
+                limit
+                and len(s.subs) + len(s.shared) >= limit
+                and (flt not in s.subs if group is None else (group, flt) not in s.shared)
+            ):
+                # a new subscription beyond the limit (replacing one is fine)
+                codes.append(c.QUOTA_EXCEEDED if v5 else 0x80)
+                continue
             sub = Sub(
                 flt,
                 o.qos,
