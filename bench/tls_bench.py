@@ -345,7 +345,9 @@ def start_rabbitmq(tmp: Path) -> Target:
     proc = _popen(["/usr/lib/rabbitmq/bin/rabbitmq-server"], d / "out.log", env=env, cwd=d)
     for key in ("amqp", "amqp+tls", "mqtt", "mqtt+tls"):
         wait_port(ports[key], "rabbitmq", proc, d / "out.log", 120)
-    pid = _beam_pid(node) or proc.pid
+    pid = _beam_pid(node.split("@")[0])
+    if pid is None:
+        raise RuntimeError(f"no beam process of node {node} found")
 
     def stop() -> None:
         subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", node, "stop"], env=env,
