@@ -299,7 +299,19 @@ def start_mosquitto(tmp: Path) -> Target:
                   lambda: _terminate(proc))  # fmt: skip
 
 
-def _beam_pid(node: str) -> int | None:
+def _stop_beam(pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, 15)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+    except ProcessLookupError:
+        pass
+
+
+def _beam_pid(marker: str) -> int | None:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -307,7 +319,7 @@ def _beam_pid(node: str) -> int | None:
             cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
         except OSError:
             continue
-        if b"beam" in cmdline.split(b"\0")[0] and node.encode() in cmdline:
+        if b"beam" in cmdline.split(b"\0")[0] and marker.encode() in cmdline:
             return int(entry)
     return None
 
@@ -343,15 +355,23 @@ def start_rabbitmq(tmp: Path) -> Target:
         RABBITMQ_DIST_PORT=str(ports.pop("dist")),
     )
     proc = _popen(["/usr/lib/rabbitmq/bin/rabbitmq-server"], d / "out.log", env=env, cwd=d)
-    for key in ("amqp", "amqp+tls", "mqtt", "mqtt+tls"):
-        wait_port(ports[key], "rabbitmq", proc, d / "out.log", 120)
-    pid = _beam_pid(node.split("@")[0])
-    if pid is None:
-        raise RuntimeError(f"no beam process of node {node} found")
+    # the Erlang VM runs beside the start script; its command line names our HOME
+    pid = None
+    try:
+        for key in ("amqp", "amqp+tls", "mqtt", "mqtt+tls"):
+            wait_port(ports[key], "rabbitmq", proc, d / "out.log", 120)
+        pid = _beam_pid(str(d))
+        if pid is None:
+            raise RuntimeError(f"no beam process of node {node} found")
+    except BaseException:
+        _stop_beam(_beam_pid(str(d)))
+        _terminate(proc)
+        raise
 
     def stop() -> None:
         subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", node, "stop"], env=env,
                        capture_output=True, timeout=60)  # fmt: skip
+        _stop_beam(pid)
         _terminate(proc)
 
     return Target("rabbitmq", pid, ports, stop)
