@@ -5,7 +5,7 @@ has no permissions on, or that does not exist, is refused with 530 NOT_ALLOWED; 
 created and deleted through the management API and ``polymq ctl`` (deleting one closes its
 connections with 320 CONNECTION_FORCED and removes its queues and exchanges).
 paho: a will to a topic the user may not publish to is refused at CONNECT (5.0 reason 0x87,
-3.1.1 return code 5), as Mosquitto and RabbitMQ do.
+3.1.1 return code 5), as RabbitMQ does.
 """
 
 from __future__ import annotations

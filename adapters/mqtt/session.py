@@ -344,8 +344,8 @@ class Connection(SessionBase):
         info = self.conn.info
         info.client_id, info.vhost = self.client_id, self.server.vhost.name  # for %c, vhost
         if will is not None and not self.conn.authorize("write", "topic", will[0]):
-            # a will the user may not publish: refused at CONNECT, as Mosquitto and RabbitMQ do
-            # (3.1.1 return code 5, 5.0 reason 0x87), rather than dropped when it fires
+            # a will the user may not publish: refused at CONNECT (3.1.1 return code 5, 5.0
+            # reason 0x87), as RabbitMQ does, rather than dropped unseen when it fires
             reason = f"not authorized to publish the will to '{will[0]}'"
             self._connack(0, c.V3_NOT_AUTHORIZED, {"reason_string": reason}, c.NOT_AUTHORIZED)
             self.fail(c.NOT_AUTHORIZED, reason)
