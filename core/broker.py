@@ -15,7 +15,7 @@ from .alarms import (
     DEFAULT_MEMORY_HIGH_WATERMARK,
     ResourceAlarm,
 )
-from .errors import NotFound
+from .errors import AccessRefused, NotFound
 from .queue import DEFAULT_IN_MEMORY_BYTES, DEFAULT_IN_MEMORY_LENGTH, Queue
 from .store.interfaces import IStore, StoreSnapshot
 from .store.memory import MemoryStore
@@ -85,6 +85,8 @@ class Broker:
         self._kv: dict[str, dict[str, bytes]] = {}
         self.started = False
         self.add_vhost(self.default_vhost)
+        for name in broker_cfg.get("vhosts") or ():
+            self.add_vhost(str(name))
 
     def now(self) -> int:
         """Milliseconds since the epoch by the broker's clock (TTLs, expiry, retention)."""
@@ -218,6 +220,27 @@ class Broker:
                 self.kv_put("vhosts", name, b"")
         return vh
 
+    def delete_vhost(self, name: str) -> None:
+        """Delete vhost ``name`` as RabbitMQ does: its connections are closed, its queues,
+        streams and exchanges go (durable ones from the store too). The default vhost stays."""
+        if name == self.default_vhost:
+            raise AccessRefused(f"the default vhost '{name}' cannot be deleted")
+        vh = self.vhosts.get(name)
+        if vh is None:
+            raise NotFound(f"no vhost '{name}'")
+        registry = getattr(self, "connections", None)
+        for info in list(registry or ()):
+            if info.vhost == name:
+                info.close(f"vhost '{name}' was deleted")
+        for queue in list(vh.queues):
+            vh.delete_queue(queue)
+        for exchange in list(vh.exchanges):
+            if exchange and not exchange.startswith("amq."):
+                vh.delete_exchange(exchange)
+        del self.vhosts[name]
+        self.kv_delete("vhosts", name)
+        log.info("vhost {name} deleted", name=name)
+
     def vhost(self, name: str | None = None) -> VirtualHost:
         vh = self.vhosts.get(self.default_vhost if name is None else name)
         if vh is None:
@@ -259,7 +282,8 @@ class Broker:
     def authenticate(
         self, protocol: str, username: str | None, password: str | bytes | None, peer: Any
     ) -> Any:
-        """Ask the auth plugins; returns an Identity, or a Refusal (or None if nobody answered).
+        """Ask the auth plugins; returns an Identity, or a Refusal (or None if nobody answered),
+        or a Deferred of one of those when a plugin answers later (a password hash in a thread).
 
         Called once per connection, never per message.
         """

@@ -28,6 +28,8 @@ LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 BASE_DEFAULTS: dict[str, dict] = {
     "broker": {
         "default_vhost": "/",
+        # vhosts created at start besides default_vhost (more through the management API)
+        "vhosts": [],
         "max_deliveries": 0,
         "shutdown_timeout": 10.0,
     },

@@ -33,6 +33,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -212,6 +213,8 @@ class ProtocolConnection(Protocol):
     session: Any = None
     info: ConnectionInfo | None = None
     closing = False
+    # a login is being checked (a password hash in a thread): frames wait in _login_held
+    logging_in = False
 
     def __init__(self, factory: ConnectionFactory) -> None:
         self.factory = factory
@@ -304,7 +307,10 @@ class ProtocolConnection(Protocol):
             if framer.buffered != self._partial:
                 self._hold_partial(framer.buffered)
             if frames:
-                self.session.frames_received(frames)
+                if self.logging_in:
+                    self._login_held.extend(frames)
+                else:
+                    self.session.frames_received(frames)
             if framer.error is not None and not self.closing:
                 raise framer.error
         except (ProtocolError, BrokerError) as e:
@@ -556,8 +562,10 @@ class ProtocolConnection(Protocol):
                     client=self._client_text(),
                 )
 
-    def authenticate(self, username: str | None, password: Any) -> Identity | Refusal:
-        """Ask the broker's auth plugins; the result's user is recorded on success.
+    def authenticate(self, username: str | None, password: Any) -> Identity | Refusal | Deferred:
+        """Ask the broker's auth plugins; the result's user is recorded on success. The answer
+        may be a Deferred (a password hash is verified in a thread): sessions use :meth:`login`,
+        which handles both.
 
         On a TLS listener with ``[tls] cert_login`` set, a verified client certificate names the
         user (whatever user name the client sent) and the password is a
@@ -573,13 +581,78 @@ class ProtocolConnection(Protocol):
         result = self.broker.authenticate(
             self.factory.protocol_name, username, password, self.transport.getPeer()
         )
+        if isinstance(result, Deferred):
+            return result.addErrback(self._auth_failed).addCallback(self._identified)
+        return self._identified(result)
+
+    def _identified(self, result: Any) -> Identity | Refusal:
         if result is None:
-            result = Refusal("not authorized")
+            return Refusal("not authorized")
         if isinstance(result, Identity):
+            if self.closing:
+                return Refusal("connection closed")
             refusal = self.accept_identity(result)
             if refusal is not None:
                 return refusal
         return result
+
+    def _auth_failed(self, failure: Any) -> Refusal:
+        log.failure("auth plugin failed", failure)
+        return Refusal(f"authentication error: {failure.getErrorMessage()}")
+
+    def login(
+        self, username: str | None, password: Any, then: Callable[[Identity | Refusal], None]
+    ) -> bool:
+        """Authenticate and call ``then(Identity or Refusal)``: at once (returns True) or, when
+        the answer needs a password hash verified in a thread, later (returns False).
+
+        While the answer is pending the connection stops reading, and frames already received
+        wait: the session hands the frames of the current read that follow the login frame to
+        :meth:`hold_frames` and returns. Once ``then`` has run, the waiting frames (possibly
+        none) go to ``session.frames_received`` as one read, and reading resumes."""
+        result = self.authenticate(username, password)
+        if not isinstance(result, Deferred):
+            then(result)
+            return True
+        self.logging_in = True
+        self._login_held: list = []
+        self.pause_reading()
+        result.addCallback(self._login_answered, then)
+        result.addErrback(lambda f: log.failure("login completion failed", f))
+        return False
+
+    def hold_frames(self, frames: list, after: Any = None) -> None:
+        """Keep the frames of the current read that follow the frame ``after`` (all of
+        ``frames`` when None) until the pending login is answered (see :meth:`login`)."""
+        if after is not None:
+            for i, frame in enumerate(frames):
+                if frame is after:
+                    frames = frames[i + 1 :]
+                    break
+        self._login_held.extend(frames)
+
+    def _login_answered(self, result: Identity | Refusal, then: Callable) -> None:
+        self.logging_in = False
+        held, self._login_held = self._login_held, []
+        if self.closing:
+            return
+        self._in_read = True
+        try:
+            then(result)
+            if not self.closing and not self.logging_in:
+                self.session.frames_received(held)
+            elif self.logging_in:
+                self._login_held[:0] = held
+        except (ProtocolError, BrokerError) as e:
+            self._fail(e)
+        except Exception as e:
+            self._crash(e)
+        finally:
+            self._in_read = False
+            if self._durable_open is not None:
+                self._register_durable()
+        if not self.closing:
+            self.resume_reading()
 
     def accept_identity(self, identity: Identity) -> Refusal | None:
         """Make ``identity`` this connection's user, within the per-user connection limit
@@ -615,6 +688,12 @@ class ProtocolConnection(Protocol):
         if getattr(authorizer, "wants_client_id", False):
             return authorizer(self.identity, vhost, action, kind, name, info.client_id)
         return authorizer(self.identity, vhost, action, kind, name)
+
+    def may_enter(self, vhost: str) -> bool:
+        """May this connection's user use ``vhost`` at all (a permission entry for it)? True
+        when no authorizer is configured, or one that does not say (no ``may_enter``)."""
+        check = getattr(getattr(self.broker, "authorizer", None), "may_enter", None)
+        return True if check is None else bool(check(self.identity, vhost))
 
     def linger(self, timeout: float) -> None:
         """Called from ``protocol_error`` / ``internal_error``: keep the connection open after

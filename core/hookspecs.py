@@ -58,7 +58,9 @@ def polymq_authenticate(protocol, username, password, peer, broker):
     :class:`polymq.core.auth.Refusal` to keep it out, or ``None`` to leave the decision to the
     next plugin. The first non-``None`` answer wins; plugins registered later are asked first,
     so a third-party auth plugin overrides the built-in default one. Must not block: answer from
-    memory (a plugin that needs I/O should keep a cache).
+    memory, or return a ``Deferred`` firing with one of those answers (work that takes time,
+    such as a password hash or a directory look-up, runs elsewhere and the client's session
+    waits for it).
     """
 
 

@@ -122,3 +122,32 @@ def test_ttl_and_dead_lettering_of_a_paged_backlog(broker_factory):
     assert expired == [b"t%d" % i for i in range(500)]
     assert [b for b, r in got if r == "rejected"] == [b"r%d" % i for i in range(200)]
     c.close()
+
+
+def test_basic_get_drains_a_paged_backlog_without_a_false_empty(broker_factory):
+    """basic.get never answers get-empty while messages wait in the store: a get that finds the
+    head still being read back is answered once it is in (RabbitMQ's get-empty means empty)."""
+    broker = broker_factory(
+        adapters=["amqp"],
+        log_level="info",
+        settings={"store.queue_max_in_memory_length": BUDGET},
+    )
+    c = connect(broker)
+    ch = c.channel()
+    ch.queue_declare("gets", durable=True)
+    ch.confirm_delivery()
+    props = pika.BasicProperties(delivery_mode=2)
+    for i in range(1000):
+        ch.basic_publish("", "gets", b"%06d" % i, props)
+    c.close()
+    broker.restart()
+    c = connect(broker)
+    ch = c.channel()
+    got = []
+    while True:
+        method, _props, body = ch.basic_get("gets", auto_ack=True)
+        if method is None:
+            break
+        got.append(body)
+    assert got == [b"%06d" % i for i in range(1000)]
+    c.close()

@@ -139,3 +139,49 @@ def test_topic_permissions(broker, pki):
     assert out[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, out
     # bob reads his topic (the group is checked too: "^bob\\." grants no group "g-x")
     assert consume_one(c, "bob.mine", "bob.group") == b"ok"
+
+
+def test_cluster_and_describe_permissions(broker, pki):
+    """Describe is implied by read, write or configure; cluster-level operations need configure
+    on the resource ``cluster`` named ``kafka-cluster`` (alice's ``.*`` has it, bob's not)."""
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+    alice = conf(broker, pki, "SCRAM-SHA-256", "alice", "alice-pw")
+    bob = conf(broker, pki, "SCRAM-SHA-256", "bob", "bob-pw")
+    hidden = "hidden-" + uuid.uuid4().hex[:6]
+    assert produce(alice, hidden, b"x") == [None]
+    assert produce(bob, "bob.seen", b"x") == [None]
+    a, b = AdminClient(alice), AdminClient(bob)
+    # Metadata for all topics leaves out what bob may not describe
+    assert hidden in a.list_topics(timeout=15).topics
+    bob_topics = b.list_topics(timeout=15).topics
+    assert "bob.seen" in bob_topics and hidden not in bob_topics
+    # broker configs: CLUSTER_AUTHORIZATION_FAILED for bob, an answer for alice
+    broker_res = ConfigResource(ConfigResource.Type.BROKER, "1")
+    assert a.describe_configs([broker_res])[broker_res].result(15)
+    with pytest.raises(Exception) as refused:
+        b.describe_configs([broker_res])[broker_res].result(15)
+    assert refused.value.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    # a topic's configs need configure on the topic
+    topic_res = ConfigResource(ConfigResource.Type.TOPIC, hidden)
+    with pytest.raises(Exception) as refused:
+        b.describe_configs([topic_res])[topic_res].result(15)
+    assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    mine = ConfigResource(ConfigResource.Type.TOPIC, "bob.seen")
+    assert b.describe_configs([mine])[mine].result(15)
+    # CreateTopics: configure on the cluster (alice) or on the topic (bob.*), else refused
+    made = "made-" + uuid.uuid4().hex[:6]
+    assert a.create_topics([NewTopic(made, 1)])[made].result(15) is None
+    with pytest.raises(Exception) as refused:
+        b.create_topics([NewTopic("nope-" + made, 1)])["nope-" + made].result(15)
+    assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert b.create_topics([NewTopic("bob." + made, 1)])["bob." + made].result(15) is None
+    # groups: bob lists and describes only the groups he may read
+    assert consume_one(alice, hidden, "alice-group") == b"x"
+    assert consume_one(bob, "bob.seen", "bob.g1") == b"x"
+    listed = {g.group_id for g in b.list_consumer_groups().result(15).valid}
+    assert "bob.g1" in listed and "alice-group" not in listed
+    described = b.describe_consumer_groups(["alice-group"])["alice-group"]
+    with pytest.raises(Exception) as refused:
+        described.result(15)
+    assert refused.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED

@@ -411,8 +411,28 @@ def _basic_get(session: AMQPSession, ch: Channel, args: dict) -> None:
     no_ack = args["no_ack"]
     d = q.get(no_ack=no_ack)
     if d is None:
-        session.send_method(ch.number, "basic.get-empty")
-        return
+        # the queue's head may still be in the store (a paged backlog being read back): answer
+        # once it is in, in this reply's place, rather than get-empty while messages exist
+        answer: list = []
+
+        def retry() -> None:
+            if session.state != "opened" or session.channels.get(ch.number) is not ch:
+                answer[0]()  # the channel went away: take nothing, answer nothing
+                return
+            again = q.get(no_ack=no_ack)
+            if again is None and q.when_head_ready(retry):
+                return
+            answer[0](_get_answer(session, ch, q, again, no_ack))
+
+        if q.when_head_ready(retry):
+            answer.append(session.conn.reply_later())
+            return
+    session.write(_get_answer(session, ch, q, d, no_ack))
+
+
+def _get_answer(session: AMQPSession, ch: Channel, q: Any, d: Any, no_ack: bool) -> bytes:
+    if d is None:
+        return C.method_frame(ch.number, "basic.get-empty")
     ch.next_tag = tag = ch.next_tag + 1
     if not no_ack:
         ch.unacked[tag] = d
@@ -420,18 +440,15 @@ def _basic_get(session: AMQPSession, ch: Channel, args: dict) -> None:
     raw = m.annotations.get(PROPS_KEY)
     if raw is None or m.expiration is not None:
         raw = properties_for(m, d.offset, session.broker)
-    session.write(
-        C.method_frame(
-            ch.number,
-            "basic.get-ok",
-            delivery_tag=tag,
-            redelivered=d.delivery_count > 0,
-            exchange=m.exchange,
-            routing_key=m.routing_key,
-            message_count=q.message_count,
-        )
-        + C.content_frames(ch.number, raw, m.body, session.frame_max)
-    )
+    return C.method_frame(
+        ch.number,
+        "basic.get-ok",
+        delivery_tag=tag,
+        redelivered=d.delivery_count > 0,
+        exchange=m.exchange,
+        routing_key=m.routing_key,
+        message_count=q.message_count,
+    ) + C.content_frames(ch.number, raw, m.body, session.frame_max)
 
 
 def _basic_reject(session: AMQPSession, ch: Channel, args: dict) -> None:

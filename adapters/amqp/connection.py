@@ -134,7 +134,16 @@ def _start_ok(session: AMQPSession, args: dict) -> None:
         raise C.FrameError(
             C.ACCESS_REFUSED, f"unsupported authentication mechanism {mechanism!r}", 10, 11
         )
-    result = session.conn.authenticate(_text(user), _text(password))
+    # a password hash may be verified in a thread: the frames after start-ok wait for it
+    if not session.conn.login(
+        _text(user), _text(password), lambda result: _authenticated(session, mechanism, result)
+    ):
+        session._stop = True
+
+
+def _authenticated(session: AMQPSession, mechanism: str, result: Any) -> None:
+    if session.state != "start-ok":
+        return
     if not isinstance(result, Identity):
         raise C.FrameError(
             C.ACCESS_REFUSED,
@@ -180,11 +189,19 @@ def _tune_ok(session: AMQPSession, args: dict) -> None:
 
 
 def _open(session: AMQPSession, args: dict) -> None:
-    name = args["virtual_host"] or "/"
+    # an empty vhost means the broker's default one (broker.default_vhost)
+    name = _text(args["virtual_host"]) or session.broker.default_vhost
     try:
-        session.vhost = session.broker.vhost(name)
+        vhost = session.broker.vhost(name)
     except NotFound:
         raise C.FrameError(C.NOT_ALLOWED, f"vhost '{name}' not found", 10, 40) from None
+    if not session.conn.may_enter(name):
+        # RabbitMQ's words: a user needs some permission entry for the vhost to open it
+        user = session.identity.user if session.identity is not None else ""
+        raise C.FrameError(
+            C.NOT_ALLOWED, f"access to vhost '{name}' refused for user '{user}'", 10, 40
+        )
+    session.vhost = vhost
     session.state = "opened"
     identity = session.identity
     session.conn.handshake_done(

@@ -146,6 +146,9 @@ class AMQPSession(SessionBase):
         dropped, or held for later), False to go on."""
         if self.state == "closed":
             return True
+        if self.conn.logging_in:  # start-ok's login is being checked: the rest waits for it
+            self.conn.hold_frames(frames[i:])
+            return True
         if self._recheck_frame_max:
             # tune-ok lowered frame_max: the frames after it in this read were split under the
             # server's maximum; the first one over the new limit ends the connection

@@ -29,6 +29,9 @@ from .records import BatchError, check_batches, decode_messages
 from .records import with_base_offset as _with_base_offset
 from .server import CLUSTER_ID, FORMAT, NODE_ID, TOPIC_RE, KafkaServer, ProducerState
 
+# the name of the cluster resource in permissions (Kafka's name for it)
+CLUSTER_RESOURCE = "kafka-cluster"
+
 log = Logger(namespace="polymq.kafka")
 
 # throttle_time_ms is a number of milliseconds in an int32
@@ -99,26 +102,37 @@ class KafkaSession(SessionBase):
 
     def frames_received(self, frames: list) -> None:
         conn = self.conn
-        for frame in frames:
+        for i, frame in enumerate(frames):
             if self.sasl_raw:
                 self._sasl_raw_token(bytes(frame))
+                if conn.logging_in:  # a PLAIN password is being checked: the rest waits
+                    conn.hold_frames(frames[i + 1 :])
+                    return
                 continue
             hdr, pos = C.decode_request_header(frame)
             self.client_id = hdr.client_id or ""
             if not self.started and self.authenticated:
                 self.started = True
-                user = None
-                if not self.server.sasl:
+                if self.server.sasl:
+                    conn.handshake_done(client_id=self.client_id, vhost=self.vhost.name)
+                elif not conn.login(None, None, self._anonymous_login):
                     # no SASL: a client without a user name, as the login policy treats it
-                    # (guest from loopback; elsewhere only with security.allow_anonymous)
-                    result = conn.authenticate(None, None)
-                    if not isinstance(result, Identity):
-                        raise ProtocolViolation(f"login refused: {result.reason}")
-                    self.identity, user = result, result.user
-                conn.handshake_done(user=user, client_id=self.client_id, vhost=self.vhost.name)
+                    # (guest from loopback; elsewhere only with security.allow_anonymous);
+                    # this request and the rest wait for the answer
+                    conn.hold_frames(frames[i:])
+                    return
             self._dispatch(hdr, frame, pos)
             if conn.closing:
                 return
+            if conn.logging_in:  # SaslAuthenticate with PLAIN: the rest waits for its answer
+                conn.hold_frames(frames[i + 1 :])
+                return
+
+    def _anonymous_login(self, result: Any) -> None:
+        if not isinstance(result, Identity):
+            raise ProtocolViolation(f"login refused: {result.reason}")
+        self.identity = result
+        self.conn.handshake_done(user=result.user, client_id=self.client_id, vhost=self.vhost.name)
 
     def _dispatch(self, hdr: C.RequestHeader, frame: memoryview, pos: int) -> None:
         api, ver = hdr.api_key, hdr.api_version
@@ -237,27 +251,28 @@ class KafkaSession(SessionBase):
             self.sasl_raw = True
         reply({"error_code": 0, "mechanisms": mechanisms})
 
-    def _sasl_token(self, token: bytes) -> tuple[bytes | None, str | None]:
-        """One SASL token in: (token out or None when authenticated, error text or None)."""
+    def _sasl_token(self, token: bytes, done: Callable[[bytes | None, str | None], None]) -> None:
+        """One SASL token in; ``done(token out or None when authenticated, error text or
+        None)`` is called now, or later when a PLAIN password is verified in a thread."""
         if self.sasl_mechanism == "PLAIN":
-            return None, self._plain(token)
+            return self._plain(token, done)
         from polymq.core.security import security_of
         from polymq.core.security.scram import ScramError
 
         scram = self.scram
         try:
             if scram._secret is None:
-                return scram.first(token), None
+                return done(scram.first(token), None)
             final = scram.final(token)
         except (ScramError, UnicodeDecodeError) as e:
-            return None, str(e) if isinstance(e, ScramError) else "malformed SCRAM message"
+            return done(None, str(e) if isinstance(e, ScramError) else "malformed SCRAM message")
         result = security_of(self.broker).proven("kafka", scram.user, self.conn.transport.getPeer())
         if isinstance(result, Identity):
             result = self.conn.accept_identity(result) or result
         if not isinstance(result, Identity):
-            return None, result.reason
+            return done(None, result.reason)
         self._logged_in(result)
-        return final, None
+        done(final, None)
 
     def _logged_in(self, result: Identity) -> None:
         self.identity = result
@@ -265,17 +280,20 @@ class KafkaSession(SessionBase):
         self.started = True
         self.conn.handshake_done(user=result.user, client_id=self.client_id, vhost=self.vhost.name)
 
-    def _plain(self, token: bytes) -> str | None:
-        """Check a PLAIN token; returns an error text or None when authenticated."""
+    def _plain(self, token: bytes, done: Callable[[bytes | None, str | None], None]) -> None:
+        """Check a PLAIN token (RFC 4616: authzid NUL authcid NUL password)."""
         parts = token.split(b"\x00")
         if len(parts) != 3:
-            return "malformed PLAIN token"
+            return done(None, "malformed PLAIN token")
         user = parts[1].decode("utf-8", "replace")
-        result = self.conn.authenticate(user, parts[2])
-        if isinstance(result, Identity):
-            self._logged_in(result)
-            return None
-        return getattr(result, "reason", "authentication failed")
+
+        def answered(result: Any) -> None:
+            if isinstance(result, Identity):
+                self._logged_in(result)
+                return done(None, None)
+            done(None, getattr(result, "reason", "authentication failed"))
+
+        self.conn.login(user, parts[2], answered)
 
     def _sasl_authenticate(self, ver: int, req: Any, reply: Callable) -> None:
         if self.sasl_mechanism is None or self.authenticated or self.sasl_raw:
@@ -287,35 +305,57 @@ class KafkaSession(SessionBase):
                     "session_lifetime_ms": 0,
                 }
             )
-        out, err = self._sasl_token(bytes(req.auth_bytes))
-        if err is not None:
+
+        def done(out: bytes | None, err: str | None) -> None:
+            if err is not None:
+                reply(
+                    {
+                        "error_code": C.SASL_AUTHENTICATION_FAILED,
+                        "error_message": err,
+                        "auth_bytes": b"",
+                        "session_lifetime_ms": 0,
+                    }
+                )
+                log.info("kafka client {peer}: SASL refused: {e}", peer=self.peer, e=err)
+                return
             reply(
                 {
-                    "error_code": C.SASL_AUTHENTICATION_FAILED,
-                    "error_message": err,
-                    "auth_bytes": b"",
+                    "error_code": 0,
+                    "error_message": None,
+                    "auth_bytes": out or b"",
                     "session_lifetime_ms": 0,
                 }
             )
-            log.info("kafka client {peer}: SASL refused: {e}", peer=self.peer, e=err)
-            return
-        reply(
-            {
-                "error_code": 0,
-                "error_message": None,
-                "auth_bytes": out or b"",
-                "session_lifetime_ms": 0,
-            }
-        )
+
+        self._sasl_token(bytes(req.auth_bytes), done)
 
     def _sasl_raw_token(self, token: bytes) -> None:
         # SaslHandshake v0: tokens travel length-prefixed without Kafka headers until done
-        out, err = self._sasl_token(token)
-        if err is not None:
-            raise ProtocolViolation(f"SASL refused: {err}")
-        self.sasl_raw = not self.authenticated
-        out = out or b""
-        self.conn.reply(len(out).to_bytes(4, "big") + out)
+        def done(out: bytes | None, err: str | None) -> None:
+            if err is not None:
+                raise ProtocolViolation(f"SASL refused: {err}")
+            self.sasl_raw = not self.authenticated
+            out = out or b""
+            self.conn.reply(len(out).to_bytes(4, "big") + out)
+
+        self._sasl_token(token, done)
+
+    # -- permissions ---------------------------------------------------------------------------
+
+    def _may_describe(self, kind: str, name: str) -> bool:
+        """Kafka's Describe: implied by any of read, write, configure on the resource (as an
+        Allow of Read/Write/Alter implies Describe in Kafka)."""
+        authorize = self.conn.authorize
+        return (
+            authorize("read", kind, name)
+            or authorize("write", kind, name)
+            or authorize("configure", kind, name)
+        )
+
+    def _may_configure_cluster(self) -> bool:
+        """Cluster-level operations (broker configs, creating any topic): configure on the
+        resource ``cluster`` named ``kafka-cluster``, Kafka's name for it."""
+        return self.conn.authorize("configure", "cluster", CLUSTER_RESOURCE)
 
     # -- Metadata ------------------------------------------------------------------------------
 
@@ -341,14 +381,17 @@ class KafkaSession(SessionBase):
     def _metadata(self, ver: int, req: Any, reply: Callable) -> None:
         srv = self.server
         if req.topics is None or (ver == 0 and not req.topics):
+            # all topics: those the client may not describe are left out, silently
             streams = srv.topics()
-            names = [s.name for s in streams]
+            names = [s.name for s in streams if self._may_describe("topic", s.name)]
         else:
             names = [t.name for t in req.topics]
         allow = req.allow_auto_topic_creation if ver >= 4 else True
         topics = []
         for name in names:
             s = self._topic(name, allow)
+            if s is not None and not self._may_describe("topic", name):
+                s = None  # refused below, the same whether it exists or not
             if s is None:
                 code = (
                     C.INVALID_TOPIC_EXCEPTION
@@ -356,9 +399,12 @@ class KafkaSession(SessionBase):
                     # an unknown topic the client may not create is not "unknown" but refused,
                     # as Kafka answers (a client would wait for it to appear otherwise)
                     else C.TOPIC_AUTHORIZATION_FAILED
-                    if allow
-                    and srv.auto_create
-                    and not self.conn.authorize("configure", "topic", name)
+                    if not self._may_describe("topic", name)
+                    or (
+                        allow
+                        and srv.auto_create
+                        and not self.conn.authorize("configure", "topic", name)
+                    )
                     else C.UNKNOWN_TOPIC_OR_PARTITION
                 )
                 topics.append(
@@ -584,6 +630,7 @@ class KafkaSession(SessionBase):
 
         for t in req.topics:
             s = self.server.topic(t.name)
+            described = self._may_describe("topic", t.name)
             parts = []
             for rp in t.partitions:
                 out = {
@@ -594,7 +641,9 @@ class KafkaSession(SessionBase):
                     "leader_epoch": -1,
                     "old_style_offsets": [],
                 }
-                if s is None or not 0 <= rp.partition_index < len(s.partitions):
+                if not described:
+                    out["error_code"] = C.TOPIC_AUTHORIZATION_FAILED
+                elif s is None or not 0 <= rp.partition_index < len(s.partitions):
                     out["error_code"] = C.UNKNOWN_TOPIC_OR_PARTITION
                 else:
                     p = s.partitions[rp.partition_index]
@@ -641,7 +690,10 @@ class KafkaSession(SessionBase):
                     error_code=40,  # INVALID_CONFIG: compaction is not implemented
                     error_message="cleanup.policy=compact is not supported (delete only)",
                 )
-            elif not self.conn.authorize("configure", "topic", t.name):
+            elif not (
+                self._may_configure_cluster() or self.conn.authorize("configure", "topic", t.name)
+            ):
+                # Kafka: Create on the cluster, else Create on the topic
                 r.update(error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized")
             elif not (ver >= 1 and req.validate_only):
                 try:
@@ -684,6 +736,12 @@ class KafkaSession(SessionBase):
             }
             if r.resource_type == 2:  # topic
                 s = self.server.topic(r.resource_name)
+                if not self.conn.authorize("configure", "topic", r.resource_name):
+                    res.update(
+                        error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized"
+                    )
+                    results.append(res)
+                    continue
                 if s is None:
                     res.update(
                         error_code=C.UNKNOWN_TOPIC_OR_PARTITION, error_message="unknown topic"
@@ -692,6 +750,13 @@ class KafkaSession(SessionBase):
                     continue
                 values = self._topic_configs(s)
             elif r.resource_type == 4:  # broker
+                if not self._may_configure_cluster():
+                    res.update(
+                        error_code=C.CLUSTER_AUTHORIZATION_FAILED,
+                        error_message="not authorized to describe the cluster's configuration",
+                    )
+                    results.append(res)
+                    continue
                 values = {
                     "message.max.bytes": (str(self.broker.max_message_size), True),
                     "num.partitions": (str(self.server.num_partitions), True),
@@ -755,6 +820,16 @@ class KafkaSession(SessionBase):
 
     def _find_coordinator(self, ver: int, req: Any, reply: Callable) -> None:
         b = self._broker_entry()
+        if not self._may_describe("group", req.key):
+            return reply(
+                {
+                    "error_code": C.GROUP_AUTHORIZATION_FAILED,
+                    "error_message": "not authorized",
+                    "node_id": -1,
+                    "host": "",
+                    "port": -1,
+                }
+            )
         if ver >= 1 and req.key_type not in (0,):
             return reply(
                 {
@@ -801,6 +876,8 @@ class KafkaSession(SessionBase):
         )
 
     def _sync_group(self, ver: int, req: Any, reply: Callable) -> None:
+        if not self.conn.authorize("read", "group", req.group_id):
+            return reply({"error_code": C.GROUP_AUTHORIZATION_FAILED, "assignment": b""})
         self.server.coordinator.sync(
             req.group_id,
             req.generation_id,
@@ -810,6 +887,8 @@ class KafkaSession(SessionBase):
         )
 
     def _heartbeat(self, ver: int, req: Any, reply: Callable) -> None:
+        if not self.conn.authorize("read", "group", req.group_id):
+            return reply({"error_code": C.GROUP_AUTHORIZATION_FAILED})
         reply(
             {
                 "error_code": self.server.coordinator.heartbeat(
@@ -819,16 +898,26 @@ class KafkaSession(SessionBase):
         )
 
     def _leave_group(self, ver: int, req: Any, reply: Callable) -> None:
+        if not self.conn.authorize("read", "group", req.group_id):
+            return reply({"error_code": C.GROUP_AUTHORIZATION_FAILED})
         reply({"error_code": self.server.coordinator.leave(req.group_id, req.member_id)})
 
     def _offset_commit(self, ver: int, req: Any, reply: Callable) -> None:
         co = self.server.coordinator
-        code = co.check_commit(req.group_id, req.generation_id, req.member_id)
+        if not self.conn.authorize("read", "group", req.group_id):
+            code = C.GROUP_AUTHORIZATION_FAILED
+        else:
+            code = co.check_commit(req.group_id, req.generation_id, req.member_id)
         topics = []
         for t in req.topics:
             parts = []
+            topic_code = (
+                code
+                if code or self.conn.authorize("read", "topic", t.name)
+                else C.TOPIC_AUTHORIZATION_FAILED
+            )
             for p in t.partitions:
-                c = code
+                c = topic_code
                 if not c:
                     co.commit(
                         req.group_id,
@@ -844,6 +933,8 @@ class KafkaSession(SessionBase):
     def _offset_fetch(self, ver: int, req: Any, reply: Callable) -> None:
         co = self.server.coordinator
         topics = []
+        if not self._may_describe("group", req.group_id):
+            return reply({"topics": [], "error_code": C.GROUP_AUTHORIZATION_FAILED})
         if req.topics is None:
             by_topic: dict[str, list] = {}
             for (t, p), (off, md) in sorted(co.committed_all(req.group_id).items()):
@@ -854,6 +945,9 @@ class KafkaSession(SessionBase):
                 for t in req.topics
             }
         for name, parts in by_topic.items():
+            code = 0 if self._may_describe("topic", name) else C.TOPIC_AUTHORIZATION_FAILED
+            if code and req.topics is None:
+                continue  # all of the group's offsets: topics it may not describe left out
             topics.append(
                 {
                     "name": name,
@@ -863,7 +957,7 @@ class KafkaSession(SessionBase):
                             "committed_offset": off,
                             "committed_leader_epoch": -1,
                             "metadata": md if md is not None else "",
-                            "error_code": 0,
+                            "error_code": code,
                         }
                         for p, off, md in parts
                     ],
@@ -876,14 +970,32 @@ class KafkaSession(SessionBase):
             {
                 "error_code": 0,
                 "groups": [
+                    # Kafka: Describe on the cluster lists all; otherwise per group, silently
                     {"group_id": g, "protocol_type": t}
                     for g, t in self.server.coordinator.list_groups()
+                    if self._may_configure_cluster() or self._may_describe("group", g)
                 ],
             }
         )
 
     def _describe_groups(self, ver: int, req: Any, reply: Callable) -> None:
-        reply({"groups": [self.server.coordinator.describe(g) for g in req.groups]})
+        groups = []
+        for g in req.groups:
+            if self._may_describe("group", g):
+                groups.append(self.server.coordinator.describe(g))
+                continue
+            groups.append(
+                {
+                    "error_code": C.GROUP_AUTHORIZATION_FAILED,
+                    "group_id": g,
+                    "group_state": "",
+                    "protocol_type": "",
+                    "protocol_data": "",
+                    "members": [],
+                    "authorized_operations": -2147483648,
+                }
+            )
+        reply({"groups": groups})
 
     HANDLERS: dict[int, Callable] = {
         C.METADATA: _metadata,

@@ -38,6 +38,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # a session whose subscriptions are all QoS 0 holds at most this many messages for a
     # client that does not read them (the oldest are dropped and counted, as Mosquitto does)
     "max_queued_qos0": 1000,
+    # subscriptions one client (session) may hold, shared ones included; a SUBSCRIBE beyond
+    # gets 0x97 Quota exceeded (5.0) / 0x80 (3.1.1) for that filter; 0: no limit
+    "max_subscriptions": 0,
     "vhost": "",
 }
 
@@ -280,6 +283,7 @@ class MqttServer:
         self.retain_available = cfg["retain_available"]
         self.max_queued_messages = cfg["max_queued_messages"]
         self.max_queued_qos0 = cfg["max_queued_qos0"]
+        self.max_subscriptions = int(cfg["max_subscriptions"] or 0)
         self.sessions: dict[str, SessionState] = {}
         self.retained: dict[str, Message] = {}
         self.will_timers: dict[str, tuple[Any, Callable[[], None]]] = {}

@@ -97,6 +97,9 @@ class Connection(SessionBase):
                 if self.state == 2:
                     break
                 self.handle(first, body)
+                if self.conn.logging_in:  # CONNECT waits for its login: the rest waits too
+                    self.conn.hold_frames(packets[packets.index((first, body)) + 1 :])
+                    return
             elif first & 0xF0 == 0x30:  # PUBLISH (hot path)
                 self.on_publish(first & 0x0F, body)
             elif first == 0x40 and len(body) == 2:  # PUBACK without reason (hot path)
@@ -312,10 +315,21 @@ class Connection(SessionBase):
             wprops = c.props_to_dict(pkt.will_properties["items"]) if v5 else {}
             wmsg = self._message(pkt.will_payload, f.will_qos, bool(f.will_retain), wprops)
             will = (wtopic, wmsg, bool(f.will_retain), wprops.get("will_delay_interval", 0))
-        # authentication, once per connection
+        # authentication, once per connection; the rest of CONNECT runs once it is answered
+        # (a password hash may be verified in a thread meanwhile; later packets wait)
         username = pkt.username
-        password = pkt.password
-        ident = self.conn.authenticate(username, password)
+        self.conn.login(
+            username,
+            pkt.password,
+            lambda ident: self._connect_authenticated(ident, pkt, props, will, assigned),
+        )
+
+    def _connect_authenticated(
+        self, ident: Any, pkt: Any, props: dict, will: Any, assigned: str | None
+    ) -> None:
+        if self.state == 2:
+            return
+        username = pkt.username
         if ident is None or isinstance(ident, Refusal):
             reason = getattr(ident, "reason", "refused")
             self._connack(
@@ -327,6 +341,19 @@ class Connection(SessionBase):
             self.fail(c.NOT_AUTHORIZED, f"authentication refused: {reason}")
             return
         self.user = ident
+        info = self.conn.info
+        info.client_id, info.vhost = self.client_id, self.server.vhost.name  # for %c, vhost
+        if will is not None and not self.conn.authorize("write", "topic", will[0]):
+            # a will the user may not publish: refused at CONNECT (3.1.1 return code 5, 5.0
+            # reason 0x87), as RabbitMQ does, rather than dropped unseen when it fires
+            reason = f"not authorized to publish the will to '{will[0]}'"
+            self._connack(0, c.V3_NOT_AUTHORIZED, {"reason_string": reason}, c.NOT_AUTHORIZED)
+            self.fail(c.NOT_AUTHORIZED, reason)
+            return
+        v5 = self.version == c.V5
+        f = pkt.flags
+        clean = bool(f.clean_start)
+        cid = self.client_id
         server = self.server
         # keep-alive
         ka = pkt.keep_alive
@@ -789,6 +816,15 @@ class Connection(SessionBase):
                 continue
             if not self.conn.authorize("read", "topic", flt):
                 codes.append(c.NOT_AUTHORIZED if v5 else 0x80)
+                continue
+            limit = self.server.max_subscriptions
+            if (
+                limit
+                and len(s.subs) + len(s.shared) >= limit
+                and (flt not in s.subs if group is None else (group, flt) not in s.shared)
+            ):
+                # a new subscription beyond the limit (replacing one is fine)
+                codes.append(c.QUOTA_EXCEEDED if v5 else 0x80)
                 continue
             sub = Sub(
                 flt,

@@ -105,6 +105,18 @@ class ConsumerHandling:
                 "composite destinations are not supported for consumers",
             )
             return
+        limit = self.settings["max_consumers"]
+        if limit and cs.key not in self.consumers:
+            held = sum(1 for other in self.consumers.values() if other.advisory is None)
+            if held >= limit:
+                # ActiveMQ's words for maximumConsumersAllowedPerConnection
+                where = getattr(self.connection_id, "value", "?")
+                self.respond_error(
+                    cmd,
+                    "java.lang.IllegalStateException",
+                    f"Can't add consumer on connection {where}: at maximum limit: {limit}",
+                )
+                return
         selector = None
         if cmd.selector:
             try:

@@ -13,6 +13,9 @@ DEFAULT_CONFIG = {
     "max_inactivity_ms": 30000,
     "inactivity_initial_delay_ms": 10000,
     "cache_size": 1024,  # marshalling cache entries offered to clients; 0: no cache
+    # consumers one connection may hold, advisory consumers aside (ActiveMQ's
+    # maximumConsumersAllowedPerConnection); 0: no limit
+    "max_consumers_per_connection": 0,
 }
 
 

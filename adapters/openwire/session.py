@@ -165,6 +165,9 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                     handle(decode(frame, uc))
             elif t != _WIREFORMAT:  # a repeated WireFormatInfo changes nothing
                 handle(decode(frame, uc))
+                if conn.logging_in:  # ConnectionInfo waits for its login: the rest waits too
+                    conn.hold_frames(frames, after=frame)
+                    return
             if conn.closing:
                 return
 
@@ -340,7 +343,14 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             return
         if cmd.connection_id is None:
             raise ProtocolError("ConnectionInfo without a connection id")
-        result = self.conn.authenticate(cmd.user_name, cmd.password)
+        # a password hash may be verified in a thread: the commands after this one wait
+        self.conn.login(
+            cmd.user_name, cmd.password, lambda result: self._connection_info_answered(cmd, result)
+        )
+
+    def _connection_info_answered(self, cmd: Obj, result: Any) -> None:
+        if self.closed:
+            return
         if isinstance(result, Refusal):
             self.respond_error(cmd, "java.lang.SecurityException", result.reason)
             log.info(

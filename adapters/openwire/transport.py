@@ -30,6 +30,7 @@ class OpenWireFactory(ConnectionFactory):
             "initial_delay_ms": int(section.get("inactivity_initial_delay_ms", 10000)),
             # entries of the marshalling cache offered to clients (0: no cache)
             "cache_size": max(0, min(int(section.get("cache_size", 1024)), 32767)),
+            "max_consumers": int(section.get("max_consumers_per_connection", 0) or 0),
         }
 
     def build_framer(self, conn: ProtocolConnection) -> LengthPrefixedFramer:

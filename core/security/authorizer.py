@@ -46,6 +46,17 @@ class Authorizer:
         self._cache.clear()
         self._compiled.clear()
 
+    def may_enter(self, identity: Any, vhost: str) -> bool:
+        """May this identity use ``vhost`` at all? Only with a permission entry for it (or for
+        every vhost), as RabbitMQ requires at connection.open."""
+        user = getattr(identity, "user", None)
+        if user is None:
+            return False
+        record: User | None = self._users().get(user)
+        if record is None:
+            return user in self.unrestricted
+        return vhost in record.permissions or ANY_VHOST in record.permissions
+
     def __call__(
         self,
         identity: Any,

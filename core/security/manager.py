@@ -18,13 +18,15 @@ from twisted.logger import Logger
 
 from ..auth import ANONYMOUS, Identity, Refusal
 from .authorizer import Authorizer
-from .passwords import spend_like_verify, verify_password
+from .hashing import HashPool
+from .passwords import DUMMY_HASH, verify_password
 from .users import User, UsersFileError, read_users
 
 log = Logger(namespace="polymq.security")
 
 # One text for an unknown user and a wrong password, so a client cannot probe for user names.
 BAD_CREDENTIALS = "bad user name or password"
+LOGIN_FLOOD = "too many logins in progress; try again later"
 # Failed logins one source address may have in FAILURE_WINDOW seconds before further attempts
 # are refused without spending a password hash on them (a login flood must not stall the reactor).
 MAX_FAILURES = 10
@@ -48,6 +50,10 @@ SECURITY_DEFAULTS: dict[str, Any] = {
     # connections one user may hold at once, every protocol together (0: no limit); a user's
     # own max_connections in the users file takes precedence
     "max_connections_per_user": 0,
+    # threads that verify password hashes (off the reactor thread), and logins that may wait
+    # for one of them; a login beyond both is refused ("too many logins in progress")
+    "hash_threads": 2,
+    "max_waiting_logins": 64,
 }
 
 
@@ -111,6 +117,10 @@ class SecurityManager:
         self.reload_interval = float(cfg["reload_interval"])
         self.sasl_plain_without_tls = bool(cfg["sasl_plain_without_tls"])
         self.max_connections_per_user = int(cfg["max_connections_per_user"])
+        self.hash_threads = int(cfg["hash_threads"])
+        self.max_waiting_logins = int(cfg["max_waiting_logins"])
+        # None until start(): without a reactor (tools, unit tests) hashes run inline
+        self.hasher: HashPool | None = None
         self.user_connections: dict[str, int] = {}
         self.default_vhost = default_vhost
         self.users: dict[str, User] = read_users(self.path, default_vhost)
@@ -124,6 +134,7 @@ class SecurityManager:
         self._verified: dict[tuple[str, bytes], str] = {}
         self._cache_key = os.urandom(32)
         self._failures: dict[str, list[float]] = {}
+        self.hashes_started = 0  # password verifications begun (inline or in the hash pool)
         self._timer: Any = None
         self._clock: Any = None
         self.on_reload: list[Any] = []  # callables(old_users, new_users) after a reload
@@ -140,6 +151,8 @@ class SecurityManager:
     def start(self, clock: Any) -> None:
         """Check the users file for changes every ``reload_interval`` seconds."""
         self._clock = clock
+        if self.hasher is None and hasattr(clock, "callFromThread"):
+            self.hasher = HashPool(clock, self.hash_threads, self.max_waiting_logins)
         if self.reload_interval > 0:
             self._timer = clock.callLater(self.reload_interval, self._tick)
 
@@ -147,6 +160,9 @@ class SecurityManager:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self.hasher is not None:
+            self.hasher.stop()
+            self.hasher = None
 
     def _tick(self) -> None:
         self._timer = None
@@ -202,7 +218,8 @@ class SecurityManager:
     # -- logins -----------------------------------------------------------------------------
 
     def authenticate(self, protocol: str, username: Any, password: Any, peer: Any) -> Any:
-        """Identity or Refusal for one login (the built-in policy)."""
+        """Identity or Refusal for one login (the built-in policy), or a Deferred of one when
+        a password hash has to be verified (that runs in :attr:`hasher`'s threads)."""
         user = _text(username)
         host = peer_host(peer)
         if not user:
@@ -214,20 +231,39 @@ class SecurityManager:
                 return Refusal(f"certificate identity {user!r} is not a known user")
             return self._admit(record, protocol, host)
         secret = password if isinstance(password, bytes) else (_text(password) or "")
-        if record is not None and self._known_good(record, secret):
+        raw, key = self._cache_entry(user, secret)
+        if record is not None and self._known_good(record, key):
             # a password verified before costs no hashing: no throttling needed either, so a
             # misbehaving client cannot lock out others on its host that log in correctly
             return self._admit(record, protocol, host)
         if self._throttled(host):
             return Refusal("too many failed logins from this address; try again later")
-        if record is None or not record.password_hash:
-            spend_like_verify(secret)
-            self._failed(host)
-            return Refusal(BAD_CREDENTIALS)
-        if not self._check_password(record, secret):
-            self._failed(host)
-            return Refusal(BAD_CREDENTIALS)
-        return self._admit(record, protocol, host)
+        # an unknown user costs the same work as a known one (no timing probe for names)
+        encoded = record.password_hash if record is not None else None
+        checked = encoded or DUMMY_HASH
+
+        def verified(ok: bool) -> Identity | Refusal:
+            if not ok or record is None or not encoded:
+                self._failed(host)
+                return Refusal(BAD_CREDENTIALS)
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[key] = encoded
+            return self._admit(record, protocol, host)
+
+        self.hashes_started += 1
+        if self.hasher is None:
+            return verified(verify_password(raw, checked))
+        pending = self.hasher.run(verify_password, raw, checked)
+        if pending is None:
+            log.warn(
+                "login refused: {n} password checks already under way ({protocol}, {host})",
+                n=self.hasher.busy + self.hasher.waiting,
+                protocol=protocol,
+                host=host,
+            )
+            return Refusal(LOGIN_FLOOD)
+        return pending.addCallback(verified)
 
     def scram_secret(self, user: str, mechanism: str) -> Any:
         """The stored SCRAM verifier of ``user`` for ``mechanism``, or None."""
@@ -255,23 +291,13 @@ class SecurityManager:
             return Refusal("a user name and password are required")
         return Identity(user=record.name, protocol=protocol)
 
-    def _cache_entry(self, record: User, secret: str | bytes) -> tuple[bytes, tuple[str, bytes]]:
+    def _cache_entry(self, user: str, secret: str | bytes) -> tuple[bytes, tuple[str, bytes]]:
         raw = secret if isinstance(secret, bytes) else secret.encode("utf-8")
-        return raw, (record.name, hmac.new(self._cache_key, raw, hashlib.sha256).digest())
+        return raw, (user, hmac.new(self._cache_key, raw, hashlib.sha256).digest())
 
-    def _known_good(self, record: User, secret: str | bytes) -> bool:
+    def _known_good(self, record: User, key: tuple[str, bytes]) -> bool:
         """True when this password was verified for this user's current hash already."""
-        _, key = self._cache_entry(record, secret)
         return record.password_hash is not None and self._verified.get(key) == record.password_hash
-
-    def _check_password(self, record: User, secret: str | bytes) -> bool:
-        raw, key = self._cache_entry(record, secret)
-        if not verify_password(raw, record.password_hash or ""):
-            return False
-        if len(self._verified) > 10_000:
-            self._verified.clear()
-        self._verified[key] = record.password_hash or ""
-        return True
 
     def _now(self) -> float:
         if self._clock is not None:

@@ -63,12 +63,7 @@ def verify_password(password: str | bytes, encoded: str) -> bool:
 
 
 # A hash of nothing anyone knows: an unknown user costs the same work as a known one.
-_DUMMY_HASH = f"{_SCHEME}${PBKDF2_ITERATIONS}${_b64(b'polymq-dummy-salt')}${_b64(bytes(32))}"
-
-
-def spend_like_verify(password: str | bytes) -> None:
-    """Do the work of one verification and throw it away (unknown users)."""
-    verify_password(password, _DUMMY_HASH)
+DUMMY_HASH = f"{_SCHEME}${PBKDF2_ITERATIONS}${_b64(b'polymq-dummy-salt')}${_b64(bytes(32))}"
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web import resource, static
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from polymq.core.auth import ANONYMOUS, Identity
 from polymq.core.errors import BrokerError
@@ -121,8 +122,24 @@ class ManagementApi(resource.Resource):
         segments = [s.decode("utf-8", "replace") for s in request.postpath]
         if segments and segments[-1] == "":
             segments = segments[:-1]
+        identity = authenticate(self.broker, request)
+        if isinstance(identity, Deferred):
+            # a password hash is being verified in a thread: answer when it is done
+            def answer(found: Identity | None) -> None:
+                if not request.finished and not getattr(request, "_disconnected", False):
+                    request.write(self._render_as(request, found, method, segments))
+                    request.finish()
+
+            identity.addCallback(answer).addErrback(
+                lambda f: log.failure("management: answering a request failed", f)
+            )
+            return NOT_DONE_YET
+        return self._render_as(request, identity, method, segments)
+
+    def _render_as(
+        self, request: Request, identity: Identity | None, method: str, segments: list[str]
+    ) -> bytes:
         try:
-            identity = authenticate(self.broker, request)
             if identity is None:
                 self._log_refusal(request)
                 return self._unauthorized(request)
@@ -222,6 +239,9 @@ class ManagementApi(resource.Resource):
         )
         r("GET", "nodes", lambda req: [self._node()])
         r("GET", "vhosts", lambda req: [{"name": n} for n in sorted(self.broker.vhosts)])
+        r("GET", "vhosts/{name}", lambda req, name: {"name": self._vhost(name).name})
+        r("PUT", "vhosts/{name}", self._put_vhost)
+        r("DELETE", "vhosts/{name}", self._delete_vhost)
         r("GET", "health/checks/alarms", self._alarms)
         r("GET", "limits", self._get_limits)
         r("PUT", "limits", self._put_limits)
@@ -359,6 +379,18 @@ class ManagementApi(resource.Resource):
             arguments=_object(body, "arguments"),
         )
         return None if existed else ({}, 201)
+
+    def _put_vhost(self, request: Request, name: str):
+        if not name or len(name) > 255:
+            raise ApiError(400, "a vhost name is 1 to 255 characters")
+        existed = name in self.broker.vhosts
+        self.broker.add_vhost(name)
+        return None if existed else ({}, 201)
+
+    def _delete_vhost(self, request: Request, name: str):
+        self._vhost(name)
+        self.broker.delete_vhost(name)  # AccessRefused for the default vhost: 403
+        return None
 
     def _delete_exchange(self, request: Request, vhost: str, name: str):
         vh = self._vhost(vhost)
@@ -712,8 +744,9 @@ def _error_name(status: int) -> str:
     }.get(status, "error")
 
 
-def authenticate(broker: Any, request: Request) -> Identity | None:
-    """HTTP Basic against the broker's users; guest only from loopback (like RabbitMQ)."""
+def authenticate(broker: Any, request: Request) -> Identity | None | Deferred:
+    """HTTP Basic against the broker's users; guest only from loopback (like RabbitMQ). A
+    Deferred of the answer when a password hash has to be verified (in a thread)."""
     header = _header(request, b"authorization")
     if not header or not header.lower().startswith("basic "):
         return None
@@ -727,6 +760,12 @@ def authenticate(broker: Any, request: Request) -> Identity | None:
     if user == "guest" and not is_loopback(getattr(peer, "host", None)):
         return None
     result = broker.authenticate("management", user, password, peer)
+    if isinstance(result, Deferred):
+        return result.addCallback(_management_identity)
+    return _management_identity(result)
+
+
+def _management_identity(result: Any) -> Identity | None:
     if isinstance(result, Identity) and result.user != ANONYMOUS:
         return result
     return None

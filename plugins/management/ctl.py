@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--vhost", default="/")
     delete.add_argument("--if-empty", action="store_true")
     delete.add_argument("--if-unused", action="store_true")
+    add_vhost = sub.add_parser("add_vhost", help="create a vhost")
+    add_vhost.add_argument("vhost")
+    delete_vhost = sub.add_parser(
+        "delete_vhost", help="delete a vhost: its connections are closed, its queues deleted"
+    )
+    delete_vhost.add_argument("vhost")
     close = sub.add_parser("close", help="close a connection (name or id from list)")
     close.add_argument("connection")
     close.add_argument("--reason", default="closed by polymq ctl")
@@ -222,6 +228,11 @@ def run(client: Client, args: argparse.Namespace) -> int:
         query = "?" + "&".join(flags) if flags else ""
         client.call("DELETE", f"{base}/{v(args.vhost)}/{v(args.name)}{query}")
         _done(args, f"deleted {args.kind} {args.name}")
+        return EXIT_OK
+    if args.verb in ("add_vhost", "delete_vhost"):
+        adding = args.verb == "add_vhost"
+        client.call("PUT" if adding else "DELETE", f"vhosts/{v(args.vhost)}")
+        _done(args, f"{'created' if adding else 'deleted'} vhost {args.vhost}")
         return EXIT_OK
     if args.verb == "close":
         client.call(

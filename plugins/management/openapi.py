@@ -22,6 +22,15 @@ ENDPOINTS: list[tuple[str, str, str, dict | None, bool]] = [
     ("/api/whoami", "get", "The authenticated user", _OBJ, False),
     ("/api/nodes", "get", "This node", _LIST, False),
     ("/api/vhosts", "get", "Virtual hosts", _LIST, False),
+    ("/api/vhosts/{name}", "get", "One virtual host", _OBJ, False),
+    ("/api/vhosts/{name}", "put", "Create a virtual host", None, False),
+    (
+        "/api/vhosts/{name}",
+        "delete",
+        "Delete a virtual host: its connections are closed, its queues and exchanges deleted",
+        None,
+        False,
+    ),
     ("/api/health/checks/alarms", "get", "200 without a resource alarm, 503 with one", _OBJ, False),
     ("/api/limits", "get", "Thresholds of the resource alarm, and usage", _OBJ, False),
     (

@@ -37,7 +37,11 @@ class LineSession(SessionBase):
     # -- the contract's callbacks -----------------------------------------------------------
 
     def connection_made(self) -> None:
-        result = self.conn.authenticate(None, None)
+        # the answer may come later (an auth plugin working in a thread); lines sent meanwhile
+        # wait in the contract and reach frames_received once it is in
+        self.conn.login(None, None, self._logged_in)
+
+    def _logged_in(self, result: Identity | Refusal) -> None:
         if isinstance(result, Refusal):
             raise AccessRefused(f"access refused: {result.reason}")
         self.identity = result
