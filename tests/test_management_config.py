@@ -46,22 +46,27 @@ def test_section_is_checked(pm):
 
 
 def test_disabled_management_opens_no_port(tmp_path):
+    # the port stays reserved (bound, not listening) so no other listener of the broker can
+    # land on it; a disabled management must not even try it
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    b = BrokerProcess(
-        tmp_path,
-        adapters=["amqp"],
-        store="memory",
-        settings={"management.enabled": False, "management.port": port},
-    )
-    b.start()
-    try:
-        with pytest.raises(urllib.error.URLError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=2)
-    finally:
-        b.stop()
-        b.kill9()
+        b = BrokerProcess(
+            tmp_path,
+            adapters=["amqp"],
+            store="memory",
+            log_level="info",
+            settings={"management.enabled": False, "management.port": port},
+        )
+        b.start()
+        try:
+            log = b.log_text()
+            assert "management listening" not in log and str(port) not in log
+            with pytest.raises(urllib.error.URLError):
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=2)
+        finally:
+            b.stop()
+            b.kill9()
 
 
 def test_busy_port_is_logged_and_clients_still_served(tmp_path):
