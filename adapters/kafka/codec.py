@@ -58,6 +58,10 @@ INVALID_REQUEST = 42
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
 INVALID_PRODUCER_EPOCH = 47
+INVALID_TXN_STATE = 48
+INVALID_PRODUCER_ID_MAPPING = 49
+CONCURRENT_TRANSACTIONS = 51
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 SASL_AUTHENTICATION_FAILED = 58
 UNKNOWN_SERVER_ERROR = -1
 GROUP_ID_NOT_FOUND = 69
@@ -80,6 +84,10 @@ API_VERSIONS = 18
 CREATE_TOPICS = 19
 DELETE_TOPICS = 20
 INIT_PRODUCER_ID = 22
+ADD_PARTITIONS_TO_TXN = 24
+ADD_OFFSETS_TO_TXN = 25
+END_TXN = 26
+TXN_OFFSET_COMMIT = 28
 DESCRIBE_CONFIGS = 32
 SASL_AUTHENTICATE = 36
 
@@ -103,6 +111,10 @@ API_RANGES: dict[int, tuple[int, int]] = {
     CREATE_TOPICS: (0, 4),
     DELETE_TOPICS: (0, 3),
     INIT_PRODUCER_ID: (0, 1),
+    ADD_PARTITIONS_TO_TXN: (0, 1),
+    ADD_OFFSETS_TO_TXN: (0, 1),
+    END_TXN: (0, 1),
+    TXN_OFFSET_COMMIT: (0, 2),
     DESCRIBE_CONFIGS: (0, 2),
     SASL_AUTHENTICATE: (0, 1),
 }
@@ -126,6 +138,10 @@ API_NAMES: dict[int, str] = {
     CREATE_TOPICS: "CreateTopics",
     DELETE_TOPICS: "DeleteTopics",
     INIT_PRODUCER_ID: "InitProducerId",
+    ADD_PARTITIONS_TO_TXN: "AddPartitionsToTxn",
+    ADD_OFFSETS_TO_TXN: "AddOffsetsToTxn",
+    END_TXN: "EndTxn",
+    TXN_OFFSET_COMMIT: "TxnOffsetCommit",
     DESCRIBE_CONFIGS: "DescribeConfigs",
     SASL_AUTHENTICATE: "SaslAuthenticate",
 }
@@ -158,6 +174,10 @@ FLEXIBLE_SINCE: dict[int, int] = {
     CREATE_TOPICS: 5,
     DELETE_TOPICS: 4,
     INIT_PRODUCER_ID: 2,
+    ADD_PARTITIONS_TO_TXN: 3,
+    ADD_OFFSETS_TO_TXN: 3,
+    END_TXN: 3,
+    TXN_OFFSET_COMMIT: 3,
     DESCRIBE_CONFIGS: 4,
     SASL_AUTHENTICATE: 2,
 }
@@ -853,6 +873,83 @@ SCHEMAS: dict[int, tuple[list, list]] = {
             F("producer_epoch", I16),
         ],
     ),
+    ADD_PARTITIONS_TO_TXN: (
+        [
+            F("transactional_id", STR),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+            F("topics", Arr([F("name", STR), F("partitions", Arr(I32))])),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "results",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("results", Arr([F("partition_index", I32), F("error_code", I16)])),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    ADD_OFFSETS_TO_TXN: (
+        [
+            F("transactional_id", STR),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+            F("group_id", STR),
+        ],
+        [F("throttle_time_ms", I32), F("error_code", I16)],
+    ),
+    END_TXN: (
+        [
+            F("transactional_id", STR),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+            F("committed", BOOL),
+        ],
+        [F("throttle_time_ms", I32), F("error_code", I16)],
+    ),
+    TXN_OFFSET_COMMIT: (
+        [
+            F("transactional_id", STR),
+            F("group_id", STR),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("committed_offset", I64),
+                                    F("committed_leader_epoch", I32, 2),
+                                    F("committed_metadata", NSTR),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("partitions", Arr([F("partition_index", I32), F("error_code", I16)])),
+                    ]
+                ),
+            ),
+        ],
+    ),
     DESCRIBE_CONFIGS: (
         [
             F(
@@ -1117,10 +1214,17 @@ def decode_produce(version: int, body: memoryview) -> ProduceRequest:
 
 
 class FetchPartition:
-    __slots__ = ("index", "error", "hw", "log_start", "batches", "size")
+    __slots__ = ("index", "error", "hw", "log_start", "batches", "size", "lso", "aborted")
 
     def __init__(
-        self, index: int, error: int, hw: int, log_start: int, batches: list[bytes]
+        self,
+        index: int,
+        error: int,
+        hw: int,
+        log_start: int,
+        batches: list[bytes],
+        lso: int | None = None,
+        aborted: list[tuple[int, int]] | None = None,
     ) -> None:
         self.index = index
         self.error = error
@@ -1128,6 +1232,8 @@ class FetchPartition:
         self.log_start = log_start
         self.batches = batches
         self.size = sum(len(b) for b in batches)
+        self.lso = hw if lso is None else lso  # last stable offset (read_committed)
+        self.aborted = aborted  # (producer id, first offset) of aborted transactions
 
 
 def encode_fetch_response(
@@ -1149,10 +1255,15 @@ def encode_fetch_response(
         head += _I16.pack(len(nb)) + nb + _I32.pack(len(parts))
         for p in parts:
             head += struct.pack(">ihq", p.index, p.error, p.hw)
-            head += _I64.pack(p.hw)  # last_stable_offset (v4+)
+            head += _I64.pack(p.lso)  # last_stable_offset (v4+)
             if version >= 5:
                 head += _I64.pack(p.log_start)
-            head += _I32.pack(-1) if version >= 4 else b""  # aborted_transactions: null
+            if p.aborted is None:
+                head += _I32.pack(-1)  # aborted_transactions: null
+            else:
+                head += _I32.pack(len(p.aborted))
+                for pid, first in p.aborted:
+                    head += struct.pack(">qq", pid, first)
             if version >= 11:
                 head += _I32.pack(-1)  # preferred_read_replica
             head += _I32.pack(p.size)

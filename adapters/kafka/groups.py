@@ -276,6 +276,10 @@ class Coordinator:
             return reply({"error_code": E.REBALANCE_IN_PROGRESS, "assignment": b""})
         if g.state == STABLE:
             return reply({"error_code": 0, "assignment": m.assignment})
+        if m.sync_reply is not None:
+            # a repeated SyncGroup: the earlier one must still be answered, or every later
+            # answer on its connection would wait behind it forever
+            m.sync_reply({"error_code": E.REBALANCE_IN_PROGRESS, "assignment": b""})
         m.sync_reply = reply
         if member_id == g.leader:
             given = dict(assignments)

@@ -352,6 +352,8 @@ def decode_messages(data: bytes) -> list[Message]:
     message's ``content_type`` and ``correlation_id`` instead of application headers.
     """
     out = []
+    if len(data) > 22 and data[22] & 0x20:
+        return out  # a control batch (transaction marker) holds no messages
     for r in decode_batch(data):
         headers: dict[str, Any] = {}
         for k, v in r.headers:
@@ -406,8 +408,10 @@ def encode_batch(
     producer_id: int = -1,
     producer_epoch: int = -1,
     base_sequence: int = -1,
+    attributes: int = 0,
 ) -> bytes:
-    """Build a v2 batch from (key, value, [(header key, header value)], timestamp) tuples."""
+    """Build a v2 batch from (key, value, [(header key, header value)], timestamp) tuples;
+    ``attributes`` adds flags (transactional, control) to the codec bits."""
     if not records:
         raise ValueError("empty batch")
     base_ts = records[0][3]
@@ -443,7 +447,7 @@ def encode_batch(
     after_crc = (
         struct.pack(
             ">hiqqqhii",
-            codec,
+            codec | attributes,
             len(records) - 1,
             base_ts,
             max_ts,
