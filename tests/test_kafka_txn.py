@@ -157,8 +157,13 @@ def test_consume_transform_produce(kbroker):
     assert tp.offset == 10
 
 
-def test_broker_killed_in_open_transaction(tmp_path):
-    with BrokerProcess(tmp_path / "b", adapters=["kafka"], store="sqlite") as b:
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_broker_killed_in_open_transaction(tmp_path, request, store):
+    settings = None
+    if store == "postgres":
+        settings = {"store.dsn": request.getfixturevalue("pg_server").create_database()}
+    with BrokerProcess(tmp_path / "b", adapters=["kafka"], store=store, settings=settings) as b:
+        assert f"store: {store}" in b.log_text()
         t = name()
         create(b, t)
         txn_id = "txid-" + t
