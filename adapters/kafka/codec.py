@@ -65,6 +65,10 @@ TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 SASL_AUTHENTICATION_FAILED = 58
 UNKNOWN_SERVER_ERROR = -1
 GROUP_ID_NOT_FOUND = 69
+INVALID_CONFIG = 40
+NON_EMPTY_GROUP = 68
+FENCED_INSTANCE_ID = 82
+GROUP_SUBSCRIBED_TO_TOPIC = 86
 
 PRODUCE = 0
 FETCH = 1
@@ -88,6 +92,13 @@ ADD_PARTITIONS_TO_TXN = 24
 ADD_OFFSETS_TO_TXN = 25
 END_TXN = 26
 TXN_OFFSET_COMMIT = 28
+DELETE_RECORDS = 21
+ALTER_CONFIGS = 33
+CREATE_PARTITIONS = 37
+DELETE_GROUPS = 42
+INCREMENTAL_ALTER_CONFIGS = 44
+OFFSET_DELETE = 47
+DESCRIBE_CLUSTER = 60
 DESCRIBE_CONFIGS = 32
 SASL_AUTHENTICATE = 36
 
@@ -117,6 +128,13 @@ API_RANGES: dict[int, tuple[int, int]] = {
     TXN_OFFSET_COMMIT: (0, 2),
     DESCRIBE_CONFIGS: (0, 2),
     SASL_AUTHENTICATE: (0, 1),
+    DELETE_RECORDS: (0, 1),
+    ALTER_CONFIGS: (0, 1),
+    CREATE_PARTITIONS: (0, 1),
+    DELETE_GROUPS: (0, 1),
+    INCREMENTAL_ALTER_CONFIGS: (0, 0),
+    OFFSET_DELETE: (0, 0),
+    DESCRIBE_CLUSTER: (0, 1),
 }
 # the names Kafka's own protocol guide gives the API keys, for log lines and errors
 API_NAMES: dict[int, str] = {
@@ -142,6 +160,13 @@ API_NAMES: dict[int, str] = {
     ADD_OFFSETS_TO_TXN: "AddOffsetsToTxn",
     END_TXN: "EndTxn",
     TXN_OFFSET_COMMIT: "TxnOffsetCommit",
+    DELETE_RECORDS: "DeleteRecords",
+    ALTER_CONFIGS: "AlterConfigs",
+    CREATE_PARTITIONS: "CreatePartitions",
+    DELETE_GROUPS: "DeleteGroups",
+    INCREMENTAL_ALTER_CONFIGS: "IncrementalAlterConfigs",
+    OFFSET_DELETE: "OffsetDelete",
+    DESCRIBE_CLUSTER: "DescribeCluster",
     DESCRIBE_CONFIGS: "DescribeConfigs",
     SASL_AUTHENTICATE: "SaslAuthenticate",
 }
@@ -178,6 +203,13 @@ FLEXIBLE_SINCE: dict[int, int] = {
     ADD_OFFSETS_TO_TXN: 3,
     END_TXN: 3,
     TXN_OFFSET_COMMIT: 3,
+    DELETE_RECORDS: 2,
+    ALTER_CONFIGS: 2,
+    CREATE_PARTITIONS: 2,
+    DELETE_GROUPS: 2,
+    INCREMENTAL_ALTER_CONFIGS: 1,
+    OFFSET_DELETE: 99,
+    DESCRIBE_CLUSTER: 0,
     DESCRIBE_CONFIGS: 4,
     SASL_AUTHENTICATE: 2,
 }
@@ -948,6 +980,176 @@ SCHEMAS: dict[int, tuple[list, list]] = {
                     ]
                 ),
             ),
+        ],
+    ),
+    DELETE_RECORDS: (
+        [
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("partitions", Arr([F("partition_index", I32), F("offset", I64)])),
+                    ]
+                ),
+            ),
+            F("timeout_ms", I32),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("low_watermark", I64),
+                                    F("error_code", I16),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    ALTER_CONFIGS: (
+        [
+            F(
+                "resources",
+                Arr(
+                    [
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                        F("configs", Arr([F("name", STR), F("value", NSTR)])),
+                    ]
+                ),
+            ),
+            F("validate_only", BOOL),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "responses",
+                Arr(
+                    [
+                        F("error_code", I16),
+                        F("error_message", NSTR),
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    INCREMENTAL_ALTER_CONFIGS: (
+        [
+            F(
+                "resources",
+                Arr(
+                    [
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                        F(
+                            "configs",
+                            Arr(
+                                [
+                                    F("name", STR),
+                                    F("config_operation", I8),
+                                    F("value", NSTR),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+            F("validate_only", BOOL),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "responses",
+                Arr(
+                    [
+                        F("error_code", I16),
+                        F("error_message", NSTR),
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    CREATE_PARTITIONS: (
+        [
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("count", I32),
+                        F("assignments", Arr([F("broker_ids", Arr(I32))], nullable=True)),
+                    ]
+                ),
+            ),
+            F("timeout_ms", I32),
+            F("validate_only", BOOL),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "results",
+                Arr([F("name", STR), F("error_code", I16), F("error_message", NSTR)]),
+            ),
+        ],
+    ),
+    DELETE_GROUPS: (
+        [F("groups_names", Arr(STR))],
+        [
+            F("throttle_time_ms", I32),
+            F("results", Arr([F("group_id", STR), F("error_code", I16)])),
+        ],
+    ),
+    OFFSET_DELETE: (
+        [
+            F("group_id", STR),
+            F("topics", Arr([F("name", STR), F("partitions", Arr([F("partition_index", I32)]))])),
+        ],
+        [
+            F("error_code", I16),
+            F("throttle_time_ms", I32),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr([F("partition_index", I32), F("error_code", I16)]),
+                        ),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    DESCRIBE_CLUSTER: (
+        [F("include_cluster_authorized_operations", BOOL), F("endpoint_type", I8, 1)],
+        [
+            F("throttle_time_ms", I32),
+            F("error_code", I16),
+            F("error_message", NSTR),
+            F("endpoint_type", I8, 1),
+            F("cluster_id", STR),
+            F("controller_id", I32),
+            F(
+                "brokers",
+                Arr([F("broker_id", I32), F("host", STR), F("port", I32), F("rack", NSTR)]),
+            ),
+            F("cluster_authorized_operations", I32),
         ],
     ),
     DESCRIBE_CONFIGS: (

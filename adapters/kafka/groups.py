@@ -9,6 +9,7 @@ by one per completed join phase. Committed offsets are kept in ``broker.kv("kafk
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -411,7 +412,51 @@ class Coordinator:
                 del offs[(t, p)]
                 self.broker.kv_delete(OFFSETS_NS, json.dumps([g, t, p]))
 
+    def delete_offset(self, group_id: str, topic: str, partition: int) -> None:
+        offs = self.offsets.get(group_id)
+        if offs is not None and offs.pop((topic, partition), None) is not None:
+            self.broker.kv_delete(OFFSETS_NS, json.dumps([group_id, topic, partition]))
+
     # -- admin --------------------------------------------------------------------------------
+
+    def known(self, group_id: str) -> bool:
+        return group_id in self.groups or group_id in self.offsets
+
+    def delete_group(self, group_id: str) -> int:
+        """DeleteGroups: only a group without members; its committed offsets go with it."""
+        g = self.groups.get(group_id)
+        if g is not None and g.members:
+            return E.NON_EMPTY_GROUP
+        if not self.known(group_id):
+            return E.GROUP_ID_NOT_FOUND
+        if g is not None:
+            self._cancel(g)
+            del self.groups[group_id]
+        for t, p in list(self.offsets.get(group_id, {})):
+            self.delete_offset(group_id, t, p)
+        self.offsets.pop(group_id, None)
+        log.info("group {g} deleted", g=group_id)
+        return 0
+
+    def subscribed_topics(self, group_id: str) -> set[str]:
+        """The topics the members of a consumer group subscribe to (from their join metadata:
+        the consumer protocol's version, then its topic names)."""
+        g = self.groups.get(group_id)
+        out: set[str] = set()
+        if g is None or g.protocol_type != "consumer":
+            return out
+        for m in g.members.values():
+            md = m.metadata_for(g.protocol or "")
+            try:
+                (count,) = struct.unpack_from(">i", md, 2)
+                pos = 6
+                for _ in range(count):
+                    (n,) = struct.unpack_from(">h", md, pos)
+                    out.add(md[pos + 2 : pos + 2 + n].decode("utf-8"))
+                    pos += 2 + n
+            except (struct.error, UnicodeDecodeError):
+                continue
+        return out
 
     def list_groups(self) -> list[tuple[str, str]]:
         names = dict.fromkeys(list(self.groups) + list(self.offsets))

@@ -23,6 +23,7 @@ from polymq.core.errors import BrokerError, ProtocolError
 from polymq.core.message import now_ms
 from polymq.core.stream import Stream
 
+from . import admin as A
 from . import codec as C
 from . import txn as T
 from .fetch import FetchWait, offset_for_time
@@ -862,6 +863,13 @@ class KafkaSession(SessionBase):
         C.ADD_OFFSETS_TO_TXN: T.add_offsets_to_txn,
         C.END_TXN: T.end_txn,
         C.TXN_OFFSET_COMMIT: T.txn_offset_commit,
+        C.CREATE_PARTITIONS: A.create_partitions,
+        C.DELETE_RECORDS: A.delete_records,
+        C.ALTER_CONFIGS: A.alter_configs,
+        C.INCREMENTAL_ALTER_CONFIGS: A.incremental_alter_configs,
+        C.DELETE_GROUPS: A.delete_groups,
+        C.OFFSET_DELETE: A.offset_delete,
+        C.DESCRIBE_CLUSTER: A.describe_cluster,
         C.FIND_COORDINATOR: _find_coordinator,
         C.JOIN_GROUP: _join_group,
         C.SYNC_GROUP: _sync_group,
