@@ -764,6 +764,7 @@ class KafkaSession(SessionBase):
             req.protocol_type,
             [(p.name, p.metadata) for p in req.protocols],
             reply,
+            req.group_instance_id if ver >= 5 else None,
         )
 
     def _sync_group(self, ver: int, req: Any, reply: Callable) -> None:
