@@ -35,12 +35,16 @@ MQTT = frozenset({"mqtt311", "mqtt5"})
 # protocols whose consumers see it). A field survives producer -> consumer when both hold.
 SURVIVES: dict[str, tuple[frozenset, frozenset]] = {
     "body": (ALL, ALL),
-    "content_type": (frozenset({"amqp", "mqtt5", "openwire"}), frozenset({"amqp", "mqtt5"})),
+    # Kafka: the record headers content-type / correlation-id (CloudEvents Kafka binding)
+    "content_type": (
+        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
+        frozenset({"amqp", "mqtt5", "kafka"}),
+    ),
     "content_encoding": (frozenset({"amqp"}), frozenset({"amqp"})),
     "message_id": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
     "correlation_id": (
-        frozenset({"amqp", "mqtt5", "openwire"}),
-        frozenset({"amqp", "mqtt5", "openwire"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
     ),
     "reply_to": (
         frozenset({"amqp", "mqtt5", "openwire"}),

@@ -151,8 +151,11 @@ def test_coordinator_rebalance_and_session_timeout():
     assert got["a2"]["generation_id"] == 2 and got["a2"]["protocol_name"] == "rr"
     assert len(got["a2"]["members"]) == 2 and got["b1"]["members"] == []
     b = got["b1"]["member_id"]
+    co.sync("g", 2, b, [], rec("sb0"))
+    assert "sb0" not in got  # waits for the leader
+    # a repeated SyncGroup answers the earlier one (its connection would stall otherwise)
     co.sync("g", 2, b, [], rec("sb"))
-    assert "sb" not in got  # waits for the leader
+    assert got["sb0"]["error_code"] == C.REBALANCE_IN_PROGRESS and "sb" not in got
     co.sync("g", 2, a, [(a, b"x"), (b, b"y")], rec("sa2"))
     assert got["sb"]["assignment"] == b"y" and got["sa2"]["assignment"] == b"x"
     # b stops heartbeating: after its session timeout a is alone again
@@ -167,6 +170,40 @@ def test_coordinator_rebalance_and_session_timeout():
     # an incompatible protocol is refused
     co.join("g", "", "c", "h", 1000, 1000, "consumer", [("other", b"")], rec("c"))
     assert got["c"]["error_code"] == C.INCONSISTENT_GROUP_PROTOCOL
+    co.close()
+
+
+def test_coordinator_static_member_rejoins_without_rebalance():
+    clock = Clock()
+    co = Coordinator(Broker(MemoryStore(), clock=clock), 0)
+    got = {}
+
+    def rec(key):
+        return lambda body: got.__setitem__(key, body)
+
+    proto = [("range", b"M")]
+    co.join("g", "", "a", "h", 5000, 5000, "consumer", proto, rec("a1"), "inst-a")
+    a = got["a1"]["member_id"]
+    co.sync("g", 1, a, [(a, b"all")], rec("sa1"))
+    co.join("g", "", "b", "h", 5000, 5000, "consumer", proto, rec("b1"), "inst-b")
+    co.join("g", a, "a", "h", 5000, 5000, "consumer", proto, rec("a2"), "inst-a")
+    b = got["b1"]["member_id"]
+    assert got["a2"]["generation_id"] == 2
+    assert {m["group_instance_id"] for m in got["a2"]["members"]} == {"inst-a", "inst-b"}
+    co.sync("g", 2, b, [], rec("sb"))
+    co.sync("g", 2, a, [(a, b"pa"), (b, b"pb")], rec("sa2"))
+    assert got["sb"]["assignment"] == b"pb"
+    # b's process restarts: same instance id, no member id -> answered at once, same generation
+    co.join("g", "", "b", "h", 5000, 5000, "consumer", proto, rec("b2"), "inst-b")
+    b2 = got["b2"]["member_id"]
+    assert got["b2"]["error_code"] == 0 and got["b2"]["generation_id"] == 2 and b2 != b
+    assert co.heartbeat("g", 2, a) == 0  # no rebalance for the others
+    co.sync("g", 2, b2, [], rec("sb2"))
+    assert got["sb2"]["assignment"] == b"pb"  # its old assignment
+    # the old process is fenced
+    assert co.heartbeat("g", 2, b) == C.UNKNOWN_MEMBER_ID
+    co.join("g", b, "b", "h", 5000, 5000, "consumer", proto, rec("b3"), "inst-b")
+    assert got["b3"]["error_code"] == C.FENCED_INSTANCE_ID
     co.close()
 
 

@@ -59,9 +59,17 @@ INVALID_REQUEST = 42
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
 DUPLICATE_SEQUENCE_NUMBER = 46
 INVALID_PRODUCER_EPOCH = 47
+INVALID_TXN_STATE = 48
+INVALID_PRODUCER_ID_MAPPING = 49
+CONCURRENT_TRANSACTIONS = 51
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED = 53
 SASL_AUTHENTICATION_FAILED = 58
 UNKNOWN_SERVER_ERROR = -1
 GROUP_ID_NOT_FOUND = 69
+INVALID_CONFIG = 40
+NON_EMPTY_GROUP = 68
+FENCED_INSTANCE_ID = 82
+GROUP_SUBSCRIBED_TO_TOPIC = 86
 
 PRODUCE = 0
 FETCH = 1
@@ -81,6 +89,17 @@ API_VERSIONS = 18
 CREATE_TOPICS = 19
 DELETE_TOPICS = 20
 INIT_PRODUCER_ID = 22
+ADD_PARTITIONS_TO_TXN = 24
+ADD_OFFSETS_TO_TXN = 25
+END_TXN = 26
+TXN_OFFSET_COMMIT = 28
+DELETE_RECORDS = 21
+ALTER_CONFIGS = 33
+CREATE_PARTITIONS = 37
+DELETE_GROUPS = 42
+INCREMENTAL_ALTER_CONFIGS = 44
+OFFSET_DELETE = 47
+DESCRIBE_CLUSTER = 60
 DESCRIBE_CONFIGS = 32
 SASL_AUTHENTICATE = 36
 
@@ -104,8 +123,19 @@ API_RANGES: dict[int, tuple[int, int]] = {
     CREATE_TOPICS: (0, 4),
     DELETE_TOPICS: (0, 3),
     INIT_PRODUCER_ID: (0, 1),
+    ADD_PARTITIONS_TO_TXN: (0, 1),
+    ADD_OFFSETS_TO_TXN: (0, 1),
+    END_TXN: (0, 1),
+    TXN_OFFSET_COMMIT: (0, 2),
     DESCRIBE_CONFIGS: (0, 2),
     SASL_AUTHENTICATE: (0, 1),
+    DELETE_RECORDS: (0, 1),
+    ALTER_CONFIGS: (0, 1),
+    CREATE_PARTITIONS: (0, 1),
+    DELETE_GROUPS: (0, 1),
+    INCREMENTAL_ALTER_CONFIGS: (0, 0),
+    OFFSET_DELETE: (0, 0),
+    DESCRIBE_CLUSTER: (0, 1),
 }
 # the names Kafka's own protocol guide gives the API keys, for log lines and errors
 API_NAMES: dict[int, str] = {
@@ -127,6 +157,17 @@ API_NAMES: dict[int, str] = {
     CREATE_TOPICS: "CreateTopics",
     DELETE_TOPICS: "DeleteTopics",
     INIT_PRODUCER_ID: "InitProducerId",
+    ADD_PARTITIONS_TO_TXN: "AddPartitionsToTxn",
+    ADD_OFFSETS_TO_TXN: "AddOffsetsToTxn",
+    END_TXN: "EndTxn",
+    TXN_OFFSET_COMMIT: "TxnOffsetCommit",
+    DELETE_RECORDS: "DeleteRecords",
+    ALTER_CONFIGS: "AlterConfigs",
+    CREATE_PARTITIONS: "CreatePartitions",
+    DELETE_GROUPS: "DeleteGroups",
+    INCREMENTAL_ALTER_CONFIGS: "IncrementalAlterConfigs",
+    OFFSET_DELETE: "OffsetDelete",
+    DESCRIBE_CLUSTER: "DescribeCluster",
     DESCRIBE_CONFIGS: "DescribeConfigs",
     SASL_AUTHENTICATE: "SaslAuthenticate",
 }
@@ -159,6 +200,17 @@ FLEXIBLE_SINCE: dict[int, int] = {
     CREATE_TOPICS: 5,
     DELETE_TOPICS: 4,
     INIT_PRODUCER_ID: 2,
+    ADD_PARTITIONS_TO_TXN: 3,
+    ADD_OFFSETS_TO_TXN: 3,
+    END_TXN: 3,
+    TXN_OFFSET_COMMIT: 3,
+    DELETE_RECORDS: 2,
+    ALTER_CONFIGS: 2,
+    CREATE_PARTITIONS: 2,
+    DELETE_GROUPS: 2,
+    INCREMENTAL_ALTER_CONFIGS: 1,
+    OFFSET_DELETE: 99,
+    DESCRIBE_CLUSTER: 0,
     DESCRIBE_CONFIGS: 4,
     SASL_AUTHENTICATE: 2,
 }
@@ -854,6 +906,253 @@ SCHEMAS: dict[int, tuple[list, list]] = {
             F("producer_epoch", I16),
         ],
     ),
+    ADD_PARTITIONS_TO_TXN: (
+        [
+            F("transactional_id", STR),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+            F("topics", Arr([F("name", STR), F("partitions", Arr(I32))])),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "results",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("results", Arr([F("partition_index", I32), F("error_code", I16)])),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    ADD_OFFSETS_TO_TXN: (
+        [
+            F("transactional_id", STR),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+            F("group_id", STR),
+        ],
+        [F("throttle_time_ms", I32), F("error_code", I16)],
+    ),
+    END_TXN: (
+        [
+            F("transactional_id", STR),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+            F("committed", BOOL),
+        ],
+        [F("throttle_time_ms", I32), F("error_code", I16)],
+    ),
+    TXN_OFFSET_COMMIT: (
+        [
+            F("transactional_id", STR),
+            F("group_id", STR),
+            F("producer_id", I64),
+            F("producer_epoch", I16),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("committed_offset", I64),
+                                    F("committed_leader_epoch", I32, 2),
+                                    F("committed_metadata", NSTR),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("partitions", Arr([F("partition_index", I32), F("error_code", I16)])),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    DELETE_RECORDS: (
+        [
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("partitions", Arr([F("partition_index", I32), F("offset", I64)])),
+                    ]
+                ),
+            ),
+            F("timeout_ms", I32),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr(
+                                [
+                                    F("partition_index", I32),
+                                    F("low_watermark", I64),
+                                    F("error_code", I16),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    ALTER_CONFIGS: (
+        [
+            F(
+                "resources",
+                Arr(
+                    [
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                        F("configs", Arr([F("name", STR), F("value", NSTR)])),
+                    ]
+                ),
+            ),
+            F("validate_only", BOOL),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "responses",
+                Arr(
+                    [
+                        F("error_code", I16),
+                        F("error_message", NSTR),
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    INCREMENTAL_ALTER_CONFIGS: (
+        [
+            F(
+                "resources",
+                Arr(
+                    [
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                        F(
+                            "configs",
+                            Arr(
+                                [
+                                    F("name", STR),
+                                    F("config_operation", I8),
+                                    F("value", NSTR),
+                                ]
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+            F("validate_only", BOOL),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "responses",
+                Arr(
+                    [
+                        F("error_code", I16),
+                        F("error_message", NSTR),
+                        F("resource_type", I8),
+                        F("resource_name", STR),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    CREATE_PARTITIONS: (
+        [
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F("count", I32),
+                        F("assignments", Arr([F("broker_ids", Arr(I32))], nullable=True)),
+                    ]
+                ),
+            ),
+            F("timeout_ms", I32),
+            F("validate_only", BOOL),
+        ],
+        [
+            F("throttle_time_ms", I32),
+            F(
+                "results",
+                Arr([F("name", STR), F("error_code", I16), F("error_message", NSTR)]),
+            ),
+        ],
+    ),
+    DELETE_GROUPS: (
+        [F("groups_names", Arr(STR))],
+        [
+            F("throttle_time_ms", I32),
+            F("results", Arr([F("group_id", STR), F("error_code", I16)])),
+        ],
+    ),
+    OFFSET_DELETE: (
+        [
+            F("group_id", STR),
+            F("topics", Arr([F("name", STR), F("partitions", Arr([F("partition_index", I32)]))])),
+        ],
+        [
+            F("error_code", I16),
+            F("throttle_time_ms", I32),
+            F(
+                "topics",
+                Arr(
+                    [
+                        F("name", STR),
+                        F(
+                            "partitions",
+                            Arr([F("partition_index", I32), F("error_code", I16)]),
+                        ),
+                    ]
+                ),
+            ),
+        ],
+    ),
+    DESCRIBE_CLUSTER: (
+        [F("include_cluster_authorized_operations", BOOL), F("endpoint_type", I8, 1)],
+        [
+            F("throttle_time_ms", I32),
+            F("error_code", I16),
+            F("error_message", NSTR),
+            F("endpoint_type", I8, 1),
+            F("cluster_id", STR),
+            F("controller_id", I32),
+            F(
+                "brokers",
+                Arr([F("broker_id", I32), F("host", STR), F("port", I32), F("rack", NSTR)]),
+            ),
+            F("cluster_authorized_operations", I32),
+        ],
+    ),
     DESCRIBE_CONFIGS: (
         [
             F(
@@ -1118,10 +1417,17 @@ def decode_produce(version: int, body: memoryview) -> ProduceRequest:
 
 
 class FetchPartition:
-    __slots__ = ("index", "error", "hw", "log_start", "batches", "size")
+    __slots__ = ("index", "error", "hw", "log_start", "batches", "size", "lso", "aborted")
 
     def __init__(
-        self, index: int, error: int, hw: int, log_start: int, batches: list[bytes]
+        self,
+        index: int,
+        error: int,
+        hw: int,
+        log_start: int,
+        batches: list[bytes],
+        lso: int | None = None,
+        aborted: list[tuple[int, int]] | None = None,
     ) -> None:
         self.index = index
         self.error = error
@@ -1129,6 +1435,8 @@ class FetchPartition:
         self.log_start = log_start
         self.batches = batches
         self.size = sum(len(b) for b in batches)
+        self.lso = hw if lso is None else lso  # last stable offset (read_committed)
+        self.aborted = aborted  # (producer id, first offset) of aborted transactions
 
 
 def encode_fetch_response(
@@ -1150,10 +1458,15 @@ def encode_fetch_response(
         head += _I16.pack(len(nb)) + nb + _I32.pack(len(parts))
         for p in parts:
             head += struct.pack(">ihq", p.index, p.error, p.hw)
-            head += _I64.pack(p.hw)  # last_stable_offset (v4+)
+            head += _I64.pack(p.lso)  # last_stable_offset (v4+)
             if version >= 5:
                 head += _I64.pack(p.log_start)
-            head += _I32.pack(-1) if version >= 4 else b""  # aborted_transactions: null
+            if p.aborted is None:
+                head += _I32.pack(-1)  # aborted_transactions: null
+            else:
+                head += _I32.pack(len(p.aborted))
+                for pid, first in p.aborted:
+                    head += struct.pack(">qq", pid, first)
             if version >= 11:
                 head += _I32.pack(-1)  # preferred_read_replica
             head += _I32.pack(p.size)

@@ -137,6 +137,8 @@ class FetchWait:
         req = self.req
         denied = self.denied
         max_bytes = req.max_bytes if req.max_bytes > 0 else 52428800
+        committed = req.isolation_level == 1  # read_committed: only up to the last stable offset
+        txns = srv.txn.partitions
         total = 0
         records = 0
         errors = False
@@ -174,10 +176,16 @@ class FetchWait:
                     errors = True
                     continue
                 batches: list[bytes] = []
-                if off < p.next_offset and (total < max_bytes or total == 0):
+                end = p.next_offset
+                pt = txns.get((t.topic, rp.partition)) if committed else None
+                if pt is not None:
+                    end = pt.last_stable(end)
+                if off < end and (total < max_bytes or total == 0):
                     budget = min(rp.partition_max_bytes, max_bytes - total)
                     size = 0
                     for e in p.read(off, max(budget, 1)):
+                        if e.offset >= end:
+                            break
                         b = kafka_bytes(p, e)
                         if batches and size + len(b) > budget:
                             break
@@ -185,8 +193,13 @@ class FetchWait:
                         size += len(b)
                         records += e.count
                     total += size
+                aborted = None
+                if committed:
+                    aborted = pt.aborted_between(off, end) if pt is not None else []
                 parts.append(
-                    C.FetchPartition(rp.partition, 0, p.next_offset, p.start_offset, batches)
+                    C.FetchPartition(
+                        rp.partition, 0, p.next_offset, p.start_offset, batches, end, aborted
+                    )
                 )
             out.append((t.topic, parts))
         self.records = records

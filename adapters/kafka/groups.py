@@ -9,6 +9,7 @@ by one per completed join phase. Committed offsets are kept in ``broker.kv("kafk
 from __future__ import annotations
 
 import json
+import struct
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -40,10 +41,12 @@ class Member:
         "join_reply",
         "sync_reply",
         "timer",
+        "instance_id",
     )
 
     def __init__(self, member_id: str, client_id: str, client_host: str) -> None:
         self.id = member_id
+        self.instance_id: str | None = None  # group.instance.id of a static member
         self.client_id = client_id
         self.client_host = client_host
         self.session_timeout = 10000
@@ -72,6 +75,7 @@ class Group:
         self.members: dict[str, Member] = {}
         self.timer: Any = None
         self.waiting_initial = False
+        self.static: dict[str, str] = {}  # group.instance.id -> member id
 
 
 class Coordinator:
@@ -103,6 +107,7 @@ class Coordinator:
         protocol_type: str,
         protocols: list[tuple[str, bytes]],
         reply: Callable[[dict], None],
+        instance_id: str | None = None,
     ) -> None:
         def fail(code: int) -> None:
             reply(
@@ -134,13 +139,25 @@ class Coordinator:
                 common &= {n for n, _ in m.protocols}
             if not common:
                 return fail(E.INCONSISTENT_GROUP_PROTOCOL)
+        known = g.static.get(instance_id) if instance_id else None
+        if member_id and known is not None and known != member_id:
+            return fail(E.FENCED_INSTANCE_ID)  # an older process with the same instance id
         if member_id:
             m = g.members.get(member_id)
             if m is None:
                 return fail(E.UNKNOWN_MEMBER_ID)
+        elif known is not None and known in g.members:
+            # a static member back (restarted) before its session timed out: it takes the
+            # place of its previous member id, without a rebalance when nothing changed
+            if self._replace_static(g, g.members[known], client_id, protocols, reply):
+                return
+            m = g.members[g.static[instance_id]]
         else:
             m = Member(f"{client_id or 'member'}-{uuid.uuid4()}", client_id, client_host)
+            m.instance_id = instance_id
             g.members[m.id] = m
+            if instance_id:
+                g.static[instance_id] = m.id
         g.protocol_type = protocol_type
         m.session_timeout = session_timeout
         m.rebalance_timeout = max(rebalance_timeout, session_timeout)
@@ -163,6 +180,65 @@ class Coordinator:
             self._maybe_complete(g)
         else:
             self._prepare(g)
+
+    def _replace_static(
+        self,
+        g: Group,
+        old: Member,
+        client_id: str,
+        protocols: list[tuple[str, bytes]],
+        reply: Callable[[dict], None],
+    ) -> bool:
+        """Give a returning static member a new member id in its old place; True when it was
+        answered at once (a stable group, same protocols: it keeps its assignment)."""
+        if old.join_reply is not None:
+            old.join_reply(
+                {
+                    "error_code": E.FENCED_INSTANCE_ID,
+                    "generation_id": -1,
+                    "protocol_name": "",
+                    "leader": "",
+                    "member_id": old.id,
+                    "members": [],
+                }
+            )
+        if old.sync_reply is not None:
+            old.sync_reply({"error_code": E.FENCED_INSTANCE_ID, "assignment": b""})
+        old.join_reply = old.sync_reply = None
+        del g.members[old.id]
+        new_id = f"{client_id or 'member'}-{uuid.uuid4()}"
+        if g.leader == old.id:
+            g.leader = new_id
+        old.id = new_id
+        old.client_id = client_id
+        g.members[new_id] = old
+        g.static[old.instance_id or ""] = new_id
+        log.info("group {g}: static member {i} rejoined", g=g.id, i=old.instance_id)
+        if g.state != STABLE or old.protocols != list(protocols):
+            return False
+        self._touch(g, old)
+        reply(
+            {
+                "error_code": 0,
+                "generation_id": g.generation,
+                "protocol_name": g.protocol,
+                "leader": g.leader,
+                "member_id": new_id,
+                "members": self._member_list(g) if new_id == g.leader else [],
+            }
+        )
+        return True
+
+    @staticmethod
+    def _member_list(g: Group) -> list[dict]:
+        return [
+            {
+                "member_id": m.id,
+                "group_instance_id": m.instance_id,
+                "metadata": m.metadata_for(g.protocol or ""),
+            }
+            for m in g.members.values()
+        ]
 
     def _prepare(self, g: Group) -> None:
         was_empty = g.state == EMPTY
@@ -216,10 +292,7 @@ class Coordinator:
         if g.leader not in g.members:
             g.leader = next(iter(g.members))
         g.state = COMPLETING
-        members = [
-            {"member_id": m.id, "group_instance_id": None, "metadata": m.metadata_for(g.protocol)}
-            for m in g.members.values()
-        ]
+        members = self._member_list(g)
         for m in list(g.members.values()):
             reply, m.join_reply = m.join_reply, None
             m.assignment = b""
@@ -276,6 +349,10 @@ class Coordinator:
             return reply({"error_code": E.REBALANCE_IN_PROGRESS, "assignment": b""})
         if g.state == STABLE:
             return reply({"error_code": 0, "assignment": m.assignment})
+        if m.sync_reply is not None:
+            # a repeated SyncGroup: the earlier one must still be answered, or every later
+            # answer on its connection would wait behind it forever
+            m.sync_reply({"error_code": E.REBALANCE_IN_PROGRESS, "assignment": b""})
         m.sync_reply = reply
         if member_id == g.leader:
             given = dict(assignments)
@@ -327,6 +404,8 @@ class Coordinator:
     def _remove(self, g: Group, m: Member) -> None:
         self._stop_timer(m)
         g.members.pop(m.id, None)
+        if m.instance_id and g.static.get(m.instance_id) == m.id:
+            del g.static[m.instance_id]
         if m.join_reply is not None:
             r, m.join_reply = m.join_reply, None
             r(
@@ -407,7 +486,51 @@ class Coordinator:
                 del offs[(t, p)]
                 self.broker.kv_delete(OFFSETS_NS, json.dumps([g, t, p]))
 
+    def delete_offset(self, group_id: str, topic: str, partition: int) -> None:
+        offs = self.offsets.get(group_id)
+        if offs is not None and offs.pop((topic, partition), None) is not None:
+            self.broker.kv_delete(OFFSETS_NS, json.dumps([group_id, topic, partition]))
+
     # -- admin --------------------------------------------------------------------------------
+
+    def known(self, group_id: str) -> bool:
+        return group_id in self.groups or group_id in self.offsets
+
+    def delete_group(self, group_id: str) -> int:
+        """DeleteGroups: only a group without members; its committed offsets go with it."""
+        g = self.groups.get(group_id)
+        if g is not None and g.members:
+            return E.NON_EMPTY_GROUP
+        if not self.known(group_id):
+            return E.GROUP_ID_NOT_FOUND
+        if g is not None:
+            self._cancel(g)
+            del self.groups[group_id]
+        for t, p in list(self.offsets.get(group_id, {})):
+            self.delete_offset(group_id, t, p)
+        self.offsets.pop(group_id, None)
+        log.info("group {g} deleted", g=group_id)
+        return 0
+
+    def subscribed_topics(self, group_id: str) -> set[str]:
+        """The topics the members of a consumer group subscribe to (from their join metadata:
+        the consumer protocol's version, then its topic names)."""
+        g = self.groups.get(group_id)
+        out: set[str] = set()
+        if g is None or g.protocol_type != "consumer":
+            return out
+        for m in g.members.values():
+            md = m.metadata_for(g.protocol or "")
+            try:
+                (count,) = struct.unpack_from(">i", md, 2)
+                pos = 6
+                for _ in range(count):
+                    (n,) = struct.unpack_from(">h", md, pos)
+                    out.add(md[pos + 2 : pos + 2 + n].decode("utf-8"))
+                    pos += 2 + n
+            except (struct.error, UnicodeDecodeError):
+                continue
+        return out
 
     def list_groups(self) -> list[tuple[str, str]]:
         names = dict.fromkeys(list(self.groups) + list(self.offsets))

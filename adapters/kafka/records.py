@@ -39,6 +39,10 @@ assert _HDR.size == HEADER_SIZE
 
 CODEC_NONE, CODEC_GZIP, CODEC_SNAPPY, CODEC_LZ4, CODEC_ZSTD = range(5)
 
+# record headers that carry core fields (the names of the CloudEvents Kafka protocol binding)
+CONTENT_TYPE_HEADER = "content-type"
+CORRELATION_ID_HEADER = "correlation-id"
+
 
 class BatchError(Exception):
     """A batch that must not be appended; ``code`` is the Kafka error code."""
@@ -343,9 +347,13 @@ def decode_messages(data: bytes) -> list[Message]:
 
     key -> ``key``; value -> ``body`` (null -> b""); headers -> ``headers``: a value that is
     valid UTF-8 becomes a str (so other protocols see text), any other stays bytes, a null value
-    becomes None (``header_bytes`` gives the same bytes back); timestamp -> ``timestamp``.
+    becomes None (``header_bytes`` gives the same bytes back); timestamp -> ``timestamp``. The
+    CloudEvents Kafka binding's headers ``content-type`` and ``correlation-id`` become the
+    message's ``content_type`` and ``correlation_id`` instead of application headers.
     """
     out = []
+    if len(data) > 22 and data[22] & 0x20:
+        return out  # a control batch (transaction marker) holds no messages
     for r in decode_batch(data):
         headers: dict[str, Any] = {}
         for k, v in r.headers:
@@ -355,6 +363,8 @@ def decode_messages(data: bytes) -> list[Message]:
                 except UnicodeDecodeError:
                     pass
             headers[k] = v
+        content_type = headers.pop(CONTENT_TYPE_HEADER, None)
+        correlation_id = headers.pop(CORRELATION_ID_HEADER, None)
         out.append(
             Message(
                 r.value if r.value is not None else b"",
@@ -362,9 +372,16 @@ def decode_messages(data: bytes) -> list[Message]:
                 headers=headers,
                 timestamp=r.timestamp,
                 durable=True,
+                content_type=_text_or_none(content_type),
+                correlation_id=_text_or_none(correlation_id),
             )
         )
     return out
+
+
+def _text_or_none(value: Any) -> str | None:
+    # a header that is not UTF-8 cannot be a content type or correlation id: it is dropped
+    return value if isinstance(value, str) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,8 +408,10 @@ def encode_batch(
     producer_id: int = -1,
     producer_epoch: int = -1,
     base_sequence: int = -1,
+    attributes: int = 0,
 ) -> bytes:
-    """Build a v2 batch from (key, value, [(header key, header value)], timestamp) tuples."""
+    """Build a v2 batch from (key, value, [(header key, header value)], timestamp) tuples;
+    ``attributes`` adds flags (transactional, control) to the codec bits."""
     if not records:
         raise ValueError("empty batch")
     base_ts = records[0][3]
@@ -428,7 +447,7 @@ def encode_batch(
     after_crc = (
         struct.pack(
             ">hiqqqhii",
-            codec,
+            codec | attributes,
             len(records) - 1,
             base_ts,
             max_ts,
@@ -452,5 +471,9 @@ def encode_messages(messages: list[Message], base_offset: int = 0) -> bytes:
     for m in messages:
         ts = m.timestamp if m.timestamp is not None else now_ms()
         headers = [(str(k), header_bytes(v)) for k, v in (m.headers or {}).items()]
+        if m.content_type is not None:
+            headers.append((CONTENT_TYPE_HEADER, m.content_type.encode("utf-8")))
+        if m.correlation_id is not None:
+            headers.append((CORRELATION_ID_HEADER, str(m.correlation_id).encode("utf-8")))
         recs.append((m.key, m.body, headers, ts))
     return encode_batch(recs, base_offset)

@@ -4,15 +4,18 @@ and idempotence state, the group coordinator."""
 from __future__ import annotations
 
 import re
+import struct
 from collections import deque
 from typing import Any
 
 from twisted.logger import Logger
 
+from polymq.core.errors import BrokerError
 from polymq.core.stream import Partition, Stream, StreamEntry, StreamFormat
 
 from .groups import Coordinator
-from .records import decode_messages, encode_messages
+from .records import BatchError, decode_messages, encode_messages
+from .txn import ATTR_TRANSACTIONAL, TxnCoordinator
 
 log = Logger(namespace="polymq.kafka")
 
@@ -21,6 +24,7 @@ TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 NODE_ID = 1
 CLUSTER_ID = "polymq"
 RECENT_BATCHES = 5
+_PID = struct.Struct(">q")
 
 
 class ProducerState:
@@ -68,9 +72,50 @@ class KafkaServer:
         )
         self.producers: dict[tuple[int, str, int], ProducerState] = {}
         self.producer_epochs: dict[int, int] = {}
-        self.transactional: dict[str, tuple[int, int]] = {}
         if FORMAT not in broker.stream_formats:
             broker.stream_formats[FORMAT] = StreamFormat(FORMAT, decode_messages, encode_messages)
+        self.txn = TxnCoordinator(self)
+
+    FORMAT = FORMAT
+
+    # -- routing to other protocols -------------------------------------------------------------
+
+    def route(self, s: Stream, name: str, batches: list[bytes]) -> None:
+        """Pass produced batches on through amq.topic to subscribers other than the stream."""
+        ex = self.vhost.exchanges.get("amq.topic")
+        if ex is None:
+            return
+        for d in ex.match(name, {}):
+            if d is not s:
+                break
+        else:
+            return
+        try:
+            for data in batches:
+                for m in decode_messages(data):
+                    self.vhost.publish("amq.topic", name, m, exclude=s)
+        except (BatchError, BrokerError) as e:
+            log.warn("kafka produce to {t} not routed to other protocols: {e}", t=name, e=e)
+
+    def route_committed(
+        self, s: Stream, name: str, p: Partition, first: int, end: int, pid: int
+    ) -> None:
+        """Route a committed transaction's batches in [first, end) of one partition (they were
+        held back from other protocols until the commit)."""
+        batches = []
+        for e in p.read(first, 1 << 62):
+            if e.offset >= end:
+                break
+            if e.fmt != FORMAT or len(e.data) < 61:
+                continue
+            attrs, batch_pid = (
+                struct.unpack_from(">h", e.data, 21)[0],
+                _PID.unpack_from(e.data, 43)[0],
+            )
+            if batch_pid == pid and attrs & ATTR_TRANSACTIONAL:
+                batches.append(e.data)
+        if batches:
+            self.route(s, name, batches)
 
     # -- topics --------------------------------------------------------------------------------
 

@@ -23,9 +23,11 @@ from polymq.core.errors import BrokerError, ProtocolError
 from polymq.core.message import now_ms
 from polymq.core.stream import Stream
 
+from . import admin as A
 from . import codec as C
+from . import txn as T
 from .fetch import FetchWait, offset_for_time
-from .records import BatchError, check_batches, decode_messages
+from .records import BatchError, check_batches
 from .records import with_base_offset as _with_base_offset
 from .server import CLUSTER_ID, FORMAT, NODE_ID, TOPIC_RE, KafkaServer, ProducerState
 
@@ -539,7 +541,14 @@ class KafkaSession(SessionBase):
         base = None
         appended = []
         info = self.conn.info
+        routed = True
         for b in batches:
+            if b.attributes & T.ATTR_TRANSACTIONAL:
+                # held back from other protocols until the transaction commits
+                routed = False
+                code = srv.txn.produced(b.producer_id, b.producer_epoch, name, index, p.next_offset)
+                if code:
+                    return (index, code, -1)
             if b.producer_id >= 0 and b.base_sequence >= 0:
                 key = (b.producer_id, name, index)
                 st = srv.producers.get(key)
@@ -569,29 +578,9 @@ class KafkaSession(SessionBase):
             info.messages_in += b.count
             if base is None:
                 base = off
-        if appended:
-            self._route(s, name, appended)
+        if appended and routed:
+            srv.route(s, name, appended)
         return (index, 0, base)
-
-    def _route(self, s: Stream, name: str, batches: list[bytes]) -> None:
-        """Pass a produce on through amq.topic to subscribers other than the stream itself."""
-        ex = self.vhost.exchanges.get("amq.topic")
-        if ex is None:
-            return
-        dests = ex.match(name, {})
-        for d in dests:
-            if d is not s:
-                break
-        else:
-            return
-        try:
-            for data in batches:
-                for m in decode_messages(data):
-                    self.vhost.publish("amq.topic", name, m, exclude=s)
-        except (BatchError, BrokerError) as e:
-            log.warn("kafka produce to {t} not routed to other protocols: {e}", t=name, e=e)
-
-    # -- Fetch ---------------------------------------------------------------------------------
 
     # -- Fetch ---------------------------------------------------------------------------------
 
@@ -649,6 +638,10 @@ class KafkaSession(SessionBase):
                     p = s.partitions[rp.partition_index]
                     if rp.timestamp == -1:
                         out["offset"] = p.next_offset
+                        if ver >= 2 and req.isolation_level == 1:
+                            pt = self.server.txn.partitions.get((t.name, rp.partition_index))
+                            if pt is not None:
+                                out["offset"] = pt.last_stable(p.next_offset)
                     elif rp.timestamp == -2:
                         out["offset"] = p.start_offset
                     else:
@@ -716,6 +709,7 @@ class KafkaSession(SessionBase):
             try:
                 self.vhost.delete_queue(name)
                 self.server.coordinator.forget_topic(name)
+                self.server.txn.forget_topic(name)
                 for key in [k for k in self.server.producers if k[1] == name]:
                     del self.server.producers[key]
                 log.info("kafka topic {t} deleted", t=name)
@@ -804,23 +798,11 @@ class KafkaSession(SessionBase):
             values[k] = (str(v), False)
         return values
 
-    def _init_producer_id(self, ver: int, req: Any, reply: Callable) -> None:
-        srv = self.server
-        if req.transactional_id:
-            pid, epoch = srv.transactional.get(req.transactional_id, (None, -1))
-            if pid is None:
-                pid = srv.next_producer_id()
-            epoch = (epoch + 1) % 32767
-            srv.transactional[req.transactional_id] = (pid, epoch)
-        else:
-            pid, epoch = srv.next_producer_id(), 0
-        reply({"error_code": 0, "producer_id": pid, "producer_epoch": epoch}, durable=True)
-
     # -- groups --------------------------------------------------------------------------------
 
     def _find_coordinator(self, ver: int, req: Any, reply: Callable) -> None:
         b = self._broker_entry()
-        if not self._may_describe("group", req.key):
+        if req.key_type == 0 and not self._may_describe("group", req.key):
             return reply(
                 {
                     "error_code": C.GROUP_AUTHORIZATION_FAILED,
@@ -830,11 +812,11 @@ class KafkaSession(SessionBase):
                     "port": -1,
                 }
             )
-        if ver >= 1 and req.key_type not in (0,):
+        if ver >= 1 and req.key_type not in (0, 1):  # 0 group, 1 transaction
             return reply(
                 {
-                    "error_code": C.COORDINATOR_NOT_AVAILABLE,
-                    "error_message": "transactions are not supported",
+                    "error_code": C.INVALID_REQUEST,
+                    "error_message": f"unknown coordinator key type {req.key_type}",
                     "node_id": -1,
                     "host": "",
                     "port": -1,
@@ -873,6 +855,7 @@ class KafkaSession(SessionBase):
             req.protocol_type,
             [(p.name, p.metadata) for p in req.protocols],
             reply,
+            req.group_instance_id if ver >= 5 else None,
         )
 
     def _sync_group(self, ver: int, req: Any, reply: Callable) -> None:
@@ -1004,7 +987,18 @@ class KafkaSession(SessionBase):
         C.CREATE_TOPICS: _create_topics,
         C.DELETE_TOPICS: _delete_topics,
         C.DESCRIBE_CONFIGS: _describe_configs,
-        C.INIT_PRODUCER_ID: _init_producer_id,
+        C.INIT_PRODUCER_ID: T.init_producer_id,
+        C.ADD_PARTITIONS_TO_TXN: T.add_partitions_to_txn,
+        C.ADD_OFFSETS_TO_TXN: T.add_offsets_to_txn,
+        C.END_TXN: T.end_txn,
+        C.TXN_OFFSET_COMMIT: T.txn_offset_commit,
+        C.CREATE_PARTITIONS: A.create_partitions,
+        C.DELETE_RECORDS: A.delete_records,
+        C.ALTER_CONFIGS: A.alter_configs,
+        C.INCREMENTAL_ALTER_CONFIGS: A.incremental_alter_configs,
+        C.DELETE_GROUPS: A.delete_groups,
+        C.OFFSET_DELETE: A.offset_delete,
+        C.DESCRIBE_CLUSTER: A.describe_cluster,
         C.FIND_COORDINATOR: _find_coordinator,
         C.JOIN_GROUP: _join_group,
         C.SYNC_GROUP: _sync_group,

@@ -31,3 +31,4 @@ class KafkaFactory(ConnectionFactory):
 
     def stopFactory(self) -> None:
         self.server.coordinator.close()
+        self.server.txn.close()

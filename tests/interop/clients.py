@@ -330,6 +330,11 @@ class KafkaClient:
             (k, v if isinstance(v, bytes) else str(v).encode("utf-8"))
             for k, v in out.headers.items()
         ]
+        # the CloudEvents Kafka binding's header names for the two core fields
+        if out.content_type is not None:
+            headers.append(("content-type", out.content_type.encode()))
+        if out.correlation_id is not None:
+            headers.append(("correlation-id", out.correlation_id.encode()))
         kwargs: dict[str, Any] = {"headers": headers}
         if out.timestamp_ms is not None:
             kwargs["timestamp"] = out.timestamp_ms
@@ -347,10 +352,16 @@ class KafkaClient:
             headers: dict[str, Any] = {}
             for k, v in m.headers() or []:
                 headers[k] = v
+            content_type = headers.pop("content-type", None)
+            correlation_id = headers.pop("correlation-id", None)
             got.append(
                 Got(
                     m.value() or b"",
                     key=m.key(),
+                    content_type=content_type.decode() if content_type is not None else None,
+                    correlation_id=(
+                        correlation_id.decode() if correlation_id is not None else None
+                    ),
                     headers=headers,
                     timestamp_ms=m.timestamp()[1],
                     topic=m.topic(),
