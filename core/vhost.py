@@ -150,6 +150,7 @@ class VirtualHost:
         auto_delete: bool = False,
         arguments: dict | None = None,
         passive: bool = False,
+        name_prefix: str = "amq.gen-",
     ) -> Queue | Stream:
         """Declare (or find) a queue; ``x-queue-type: stream`` makes a stream.
 
@@ -184,7 +185,7 @@ class VirtualHost:
                     )
             return q
         if not name:
-            name = "amq.gen-" + secrets.token_urlsafe(16)
+            name = name_prefix + secrets.token_urlsafe(16)  # a server-named queue
         elif name.startswith("amq."):
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         qtype = _norm(arguments.get("x-queue-type")) or "classic"
@@ -248,7 +249,7 @@ class VirtualHost:
             return 0
         if owner is not None:
             self._check_owner(q, owner)
-        if if_unused and q.consumers:
+        if if_unused and q.consumer_count:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
         if if_empty and q.message_count:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
@@ -257,7 +258,7 @@ class VirtualHost:
         for ex in list(self.exchanges.values()):
             for b in ex.bindings_to(q):
                 self._unbind(ex, q, b.key, b.arguments)
-        consumers = list(q.consumers)
+        consumers = list(q.consumers) + list(getattr(q, "standby", ()))  # (streams: none)
         q.consumers.clear()
         q.close()
         for c in consumers:

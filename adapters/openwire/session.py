@@ -43,6 +43,13 @@ _WF_TYPES = {
 TX_BEGIN, TX_PREPARE, TX_COMMIT_ONE, TX_COMMIT_TWO, TX_ROLLBACK = 0, 1, 2, 3, 4
 TX_RECOVER, TX_FORGET, TX_END = 5, 6, 7
 
+# XA is refused as a whole: a prepare that is not durable, or a read-only answer, would let a
+# transaction manager believe a branch committed whose work was dropped.
+XA_REFUSED = (
+    "XA transactions are not supported by this broker; use a transacted session "
+    "(local transactions) instead"
+)
+
 _BEFORE_CONNECTION = frozenset(
     (
         c.CONNECTION_INFO,
@@ -105,6 +112,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         self._reading_held = False
         self._held_acks: list[bytes] = []
         self.publishing = False  # a producer or a message seen: a publisher to hold back
+        self._xa_logged = False
         self._handlers = {
             c.CONNECTION_INFO: self.on_connection_info,
             c.SESSION_INFO: self.on_session_info,
@@ -484,6 +492,9 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             return
         tx = None
         if m.transaction_id is not None:
+            if m.transaction_id.type == c.XA_TRANSACTION_ID:
+                self._refuse_xa(m, "send")
+                return
             entry = self.transactions.get(key_of(m.transaction_id))
             if entry is None:
                 entry = self._begin(m.transaction_id)
@@ -571,10 +582,29 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if cs.removed:
                 d.queue.requeue([d])
 
+    def _refuse_xa(self, cmd: Obj, what: str) -> None:
+        """Refuse an XA command, or a send or ack inside an XA branch (dropped: the branch's
+        END already failed or is about to, so the transaction manager rolls it back)."""
+        if cmd.response_required:
+            self.respond_error(cmd, "javax.jms.JMSException", XA_REFUSED)
+        if not self._xa_logged:
+            self._xa_logged = True
+            log.info(
+                "openwire: {peer} tried XA ({what}); refused, XA is not supported",
+                peer=self.conn.info.peer,
+                what=what,
+            )
+
     def on_transaction(self, cmd: Obj) -> None:
         tid = cmd.transaction_id
         if tid is None:
-            self.respond(cmd)
+            if cmd.tx_type == TX_RECOVER:
+                self._refuse_xa(cmd, "recover")
+            else:
+                self.respond(cmd)
+            return
+        if tid.type == c.XA_TRANSACTION_ID:
+            self._refuse_xa(cmd, "transaction")
             return
         k = key_of(tid)
         t = cmd.tx_type
@@ -602,22 +632,9 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if entry is not None:
                 self._rollback(entry)
             self.respond(cmd)
-        elif t == TX_RECOVER:
-            if cmd.response_required:
-                self.reply(
-                    c.encode_frame(
-                        Obj(c.DATA_ARRAY_RESPONSE, correlation_id=cmd.command_id, data=[]),
-                        self.cached,
-                    )
-                )
-        elif t == TX_PREPARE:
-            if cmd.response_required:
-                self.reply(
-                    c.encode_frame(
-                        Obj(c.INTEGER_RESPONSE, correlation_id=cmd.command_id, result=3),
-                        self.cached,
-                    )
-                )
+        elif t in (TX_RECOVER, TX_PREPARE):
+            # two-phase commit exists only for XA branches
+            self._refuse_xa(cmd, "prepare/recover")
         else:
             self.respond(cmd)
 
