@@ -157,3 +157,38 @@ def choose(queue: Queue, d: Delivery) -> Consumer | None:
     if message.annotations.get(GROUP_SEQ) == -1:
         del queue.groups[group]  # type: ignore[union-attr]
     return target
+
+
+# -- priority levels on demand ------------------------------------------------------------------
+
+PRIORITY_ON_DEMAND = "x-priority-on-demand"
+DEFAULT_JMS_PRIORITY = 4
+
+
+def wants_levels(queue: Queue, priority: int | None) -> bool:
+    """A message of ``priority`` arrives at a queue with priorities on demand and one level:
+    does it need the levels? (JMS sends 4 unless told otherwise.)"""
+    return priority is not None and priority != DEFAULT_JMS_PRIORITY and not queue.max_priority
+
+
+def add_priority_levels(queue: Queue, restoring: bool = False) -> bool:
+    """Give a one-level queue its priority levels (0 .. ``x-priority-on-demand``), the first
+    time a message with a non-default priority arrives, so a queue that never sees one keeps
+    the single FIFO. Ready messages move to their level. Not while part of the backlog is paged
+    out (it is read back in order first), except while restoring at start-up."""
+    top = queue.priority_on_demand
+    if not top or queue.max_priority or (queue._paged_total and not restoring):
+        return False
+    extra = top  # levels added above level 0
+    old = queue._levels[0]
+    queue.max_priority = top
+    queue._levels = [old] + [type(old)() for _ in range(extra)]
+    for name in ("_paged", "_paged_bytes", "_cursor", "_page_outs"):
+        getattr(queue, name).extend([0] * extra)
+    queue._loading.extend([False] * extra)
+    if old and not queue._paged[0]:
+        moved = list(old)
+        old.clear()
+        for d in moved:
+            queue._levels[queue._level_of(d.message)].append(d)
+    return True

@@ -243,6 +243,10 @@ class Queue:
         self.max_length = _opt_int(arguments, "x-max-length", 0)
         self.max_length_bytes = _opt_int(arguments, "x-max-length-bytes", 0)
         self.max_priority = _opt_int(arguments, "x-max-priority", 0)
+        # one level until a message with a non-default priority comes (core/dispatch.py)
+        self.priority_on_demand = _opt_int(arguments, selection.PRIORITY_ON_DEMAND, 0) or 0
+        if self.priority_on_demand > 255:
+            raise PreconditionFailed(f"{selection.PRIORITY_ON_DEMAND} must be at most 255")
         if self.max_priority is not None and self.max_priority > 255:
             raise PreconditionFailed("x-max-priority must be at most 255")
         limit = _opt_int(arguments, "x-delivery-limit", 0)
@@ -326,6 +330,8 @@ class Queue:
     def restore(self, seq: int, data: bytes, delivery_count: int) -> None:
         """Put back a message read from the store at start-up."""
         message = Message.from_bytes(data)
+        if self.priority_on_demand and selection.wants_levels(self, message.priority):
+            selection.add_priority_levels(self, restoring=True)
         expires_at = self._expiry_for(message, self.vhost.now())
         d = Delivery(self, seq, message, delivery_count, expires_at)
         d.data = data
@@ -335,6 +341,8 @@ class Queue:
     def restore_level(self, level: int, count: int, size: int, top_seq: int) -> None:
         """Account for ``count`` messages of a priority level left in the store at start-up
         (a store that pages): they are read back when consumers get near them."""
+        if level and self.priority_on_demand and not self.max_priority:
+            selection.add_priority_levels(self, restoring=True)
         level = min(max(level, 0), len(self._levels) - 1)
         self._paged[level] += count
         self._paged_bytes[level] += size
@@ -416,6 +424,8 @@ class Queue:
                 if self.overflow == "reject-publish-dlx":
                     self._dead_letter_message(message, "maxlen")
                 return False
+        if self.priority_on_demand and selection.wants_levels(self, message.priority):
+            selection.add_priority_levels(self)
         if self.groups is None and selection.GROUP_ID in message.annotations:
             # the first grouped message: from now on dispatch takes the slow path
             self.groups = {}

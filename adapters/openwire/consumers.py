@@ -15,7 +15,16 @@ from polymq.core.queue import Consumer, Delivery, Queue
 
 from . import codec as c
 from .codec import Obj
-from .mapping import ADVISORY_PREFIX, core_to_jms, is_topic, key_of, split_dest, topic_pattern
+from .mapping import (
+    ADVISORY_PREFIX,
+    core_to_jms,
+    is_topic,
+    is_wildcard,
+    key_of,
+    split_dest,
+    topic_pattern,
+    wildcard_matcher,
+)
 
 if TYPE_CHECKING:
     from .hub import OpenWireHub
@@ -57,6 +66,11 @@ class ConsumerState:
         self.no_local = False
         self.head = c.dispatch_head(self.id, self.destination)
         self.head_later: bytes | None = None  # cached form: the head after the first dispatch
+        # a wildcard queue consumer: one core consumer per matching queue, one shared window
+        # (``core`` is then a stand-in holding that window, attached to no queue)
+        self.wildcard: Any = None  # the name matcher
+        self.cores: dict[str, Consumer] = {}
+        self.selector: Any = None
 
     def wants_advisory(self, dest_type: int) -> bool:
         if self.advisory is None:
@@ -69,6 +83,11 @@ class ConsumerState:
         """The window is prefetch + DELIVERED-acked messages still unsettled."""
         if self.core is not None and self.prefetch > 0:
             self.core.set_prefetch(self.prefetch + len(self.delivered))
+
+    def all_cores(self) -> list[Consumer]:
+        if self.core is None:
+            return []
+        return [self.core, *self.cores.values()] if self.wildcard is not None else [self.core]
 
 
 class ConsumerHandling:
@@ -164,6 +183,9 @@ class ConsumerHandling:
                         f"temporary queue {name} does not exist",
                     )
                     return
+            elif is_wildcard(name):
+                self._wildcard_consumer(cs, cmd, name, selector)
+                return
             else:
                 q = self._ensure_queue(name)
         if not isinstance(q, Queue):
@@ -177,7 +199,9 @@ class ConsumerHandling:
             selector=selector,
             owner=self,
             credit=0 if prefetch <= 0 else None,
-            exclusive=bool(cmd.exclusive),
+            # ActiveMQ: an exclusive consumer takes the queue, a second one waits as standby
+            standby=bool(cmd.exclusive),
+            priority=cmd.priority or 0,
         )
         cs.core = core
         cs.queue = q
@@ -189,6 +213,47 @@ class ConsumerHandling:
                 cs.id, cs.destination, self._cache_slots()
             )
         self.respond(cmd)
+        q.add_consumer(core)
+
+    def _wildcard_consumer(self, cs: ConsumerState, cmd: Obj, name: str, selector: Any) -> None:
+        """A consumer of ``queue://a.>``: it reads every queue whose name matches, now and
+        later (queues made through OpenWire), within one prefetch window."""
+        if cmd.prefetch_size <= 0:
+            self.respond_error(
+                cmd,
+                "javax.jms.JMSException",
+                "a wildcard queue consumer needs a prefetch of at least 1",
+            )
+            return
+        cs.wildcard = wildcard_matcher(name)
+        cs.core = Consumer(f"ow-{cs.key}", lambda d: None, prefetch=cmd.prefetch_size)
+        cs.selector = selector
+        self.consumers[cs.key] = cs
+        if self.cached:
+            cs.head, cs.head_later = c.dispatch_heads_cached(
+                cs.id, cs.destination, self._cache_slots()
+            )
+        self.respond(cmd)
+        self.hub.wildcard_consumers.append((self, cs))
+        for qname, q in list(self.vhost.queues.items()):
+            if isinstance(q, Queue) and cs.wildcard(qname):
+                self.attach_wildcard(cs, q)
+
+    def attach_wildcard(self, cs: ConsumerState, q: Queue) -> None:
+        """Add queue ``q`` to what wildcard consumer ``cs`` reads."""
+        if cs.removed or q.name in cs.cores or cs.core is None:
+            return
+        if not self.conn.authorize("read", "queue", q.name):
+            return  # a queue this user may not read is left out, not an error
+        core = Consumer(
+            f"ow-{cs.key}-{q.name}",
+            lambda d, cs=cs: self._deliver(cs, d),
+            limit=cs.core.limit,
+            selector=cs.selector,
+            owner=self,
+        )
+        core.paused = self.paused
+        cs.cores[q.name] = core
         q.add_consumer(core)
 
     def remove_consumer(self, cs: ConsumerState, last_delivered: int = -1) -> None:
@@ -208,6 +273,9 @@ class ConsumerHandling:
         if cs.no_local:
             cs.no_local = False
             self.hub.no_local_consumers -= 1
+        if cs.wildcard is not None:
+            self._remove_wildcard(cs, last_delivered)
+            return
         if cs.core is not None:
             # deliveries acknowledged inside an open transaction stay with the transaction:
             # settled by its commit, requeued by its rollback (see _rollback)
@@ -234,6 +302,27 @@ class ConsumerHandling:
             q = self.vhost.queues.get(cs.temp_queue)
             if q is not None and not q.consumers:
                 self.vhost.delete_queue(cs.temp_queue)
+
+    def _remove_wildcard(self, cs: ConsumerState, last_delivered: int) -> None:
+        self.hub.wildcard_consumers = [x for x in self.hub.wildcard_consumers if x[1] is not cs]
+        for seq in cs.in_tx:
+            d = cs.dispatched.get(seq)
+            if d is not None and d.consumer is not None:
+                d.consumer.detach(d)
+        for core in cs.cores.values():
+            core.pause()
+        if last_delivered >= 0:
+            undelivered = last_delivered not in cs.dispatched
+            for seq, d in cs.dispatched.items():
+                if undelivered and seq not in cs.in_tx:
+                    d.queue.requeue([d], count=False)
+                elif seq == last_delivered:
+                    undelivered = True
+        for core in cs.cores.values():
+            if core.queue is not None:
+                core.queue.remove_consumer(core, requeue=True)
+        cs.cores.clear()
+        cs.dispatched.clear()
 
     def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
         try:
@@ -306,14 +395,14 @@ class ConsumerHandling:
     def pause(self) -> None:
         self.paused = True
         for cs in self.consumers.values():
-            if cs.core is not None:
-                cs.core.pause()
+            for core in cs.all_cores():
+                core.pause()
 
     def resume(self) -> None:
         self.paused = False
         for cs in list(self.consumers.values()):
-            if cs.core is not None:
-                cs.core.resume()
+            for core in cs.all_cores():
+                core.resume()
 
     # -- pull ------------------------------------------------------------------------------
 

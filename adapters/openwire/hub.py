@@ -82,6 +82,8 @@ class OpenWireHub:
         self.broker_id = "ID:polymq-" + uuid.uuid4().hex[:12]
         self.temp_dests: dict[tuple[int, str], Obj] = {}  # -> DestinationInfo
         self.advisory_consumers: list[tuple[OpenWireSession, ConsumerState]] = []
+        # consumers of a wildcard queue (queue://a.>): they also read queues made later
+        self.wildcard_consumers: list[tuple[OpenWireSession, ConsumerState]] = []
         self.sessions: set[OpenWireSession] = set()
         self.client_ids: dict[str, OpenWireSession] = {}
         self._ids = itertools.count(1)

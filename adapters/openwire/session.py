@@ -25,7 +25,16 @@ from polymq.core.tx import Transaction
 from . import codec as c
 from .codec import Obj
 from .consumers import ConsumerHandling, ConsumerState
-from .mapping import ADVISORY_PREFIX, is_topic, jms_to_core, key_of, split_dest
+from .mapping import (
+    ADVISORY_PREFIX,
+    JMS_QUEUE_ARGUMENTS,
+    is_topic,
+    jms_to_core,
+    key_of,
+    split_dest,
+    topic_pattern,
+    virtual_topic_of,
+)
 
 if TYPE_CHECKING:
     from .hub import OpenWireHub
@@ -561,7 +570,17 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         if q is None:
             if not self.conn.authorize("configure", "queue", name):
                 raise AccessRefused(f"not allowed to create queue {name}")
-            q = self.vhost.declare_queue(name, durable=True)
+            # JMSPriority orders delivery once a message with a non-default one arrives
+            # (ActiveMQ's prioritizedMessages); until then the queue stays a single FIFO
+            q = self.vhost.declare_queue(name, durable=True, arguments=JMS_QUEUE_ARGUMENTS)
+            topic = virtual_topic_of(name)
+            if topic is not None:
+                # Consumer.<name>.VirtualTopic.<topic>: every message published to topic
+                # VirtualTopic.<topic> gets a copy here
+                self.vhost.bind_queue(name, "amq.topic", topic_pattern(topic))
+            for session, cs in list(self.hub.wildcard_consumers):
+                if cs.wildcard(name):
+                    session.attach_wildcard(cs, q)
         return q
 
     # -- transactions -----------------------------------------------------------------------
@@ -685,8 +704,17 @@ class OpenWireSession(ConsumerHandling, SessionBase):
     def on_remove_subscription(self, cmd: Obj) -> None:
         qname = f"{cmd.client_id or self.client_id}.{cmd.subscription_name}"
         q = self.vhost.queues.get(qname)
+        if q is None:
+            # as ActiveMQ: unsubscribing a subscription that does not exist fails
+            self.respond_error(
+                cmd,
+                "javax.jms.InvalidDestinationException",
+                f"no durable subscription {cmd.subscription_name} for client "
+                f"{cmd.client_id or self.client_id}",
+            )
+            return
         if q is not None:
-            if q.consumers:
+            if q.consumer_count:
                 self.respond_error(
                     cmd,
                     "javax.jms.JMSException",
