@@ -1,6 +1,6 @@
-"""Queue dispatch over OpenWire with the real ActiveMQ 5.17 JMS client (tests/java/JmsDispatch.java):
-XA refused, exclusive consumers with a standby, durable unsubscribe, JMSPriority, message groups,
-virtual topics and wildcard queue consumers."""
+"""Queue dispatch over OpenWire with the real ActiveMQ 5.17 JMS client (JmsDispatch.java in
+tests/java): XA two-phase commit (also across a kill -9), exclusive consumers with a standby,
+durable unsubscribe, JMSPriority, message groups, virtual topics and wildcard queue consumers."""
 
 from __future__ import annotations
 
@@ -37,16 +37,49 @@ def run(classes, b, *scenarios):
     )
 
 
-def test_xa_is_refused_never_answered_read_only(classes, broker):
+def test_xa_two_phase_commit_recover_and_rollback(classes, broker):
     r = run(classes, broker, "xa")
     r.check(
-        "xa.branch.refused",
-        "xa.prepare.refused",
-        "xa.recover.refused",
-        "xa.commit.refused",
-        "xa.nothing.delivered",
-        "xa.broker.still.serves",
+        "xa.prepare.ok",
+        "xa.invisible.while.prepared",
+        "xa.two.phase.commit",
+        "xa.one.phase.commit",
+        "xa.rollback.drops.send",
+        "xa.consume.in.branch",
+        "xa.prepare.consume",
+        "xa.recover.lists.prepared",
+        "xa.recover.not.finished",
+        "xa.rollback.returns.consumed",
+        "xa.consume2.in.branch",
+        "xa.commit.consumes",
+        "xa.unknown.commit.refused",
     )
+
+
+def test_xa_prepared_branches_survive_kill9(classes, tmp_path):
+    b = BrokerProcess(tmp_path / "b", adapters=["openwire"], store="sqlite")
+    b.start()
+    try:
+        r = run(classes, b, "xa_prepare")
+        r.check(
+            "xa.restart.prepared.a",
+            "xa.restart.prepared.b",
+            "xa.restart.consumed",
+            "xa.restart.out.empty",
+            "xa.restart.in.held",
+        )
+        b.kill9()  # prepare was answered only once the branch was on disk
+        b.start()
+        r = run(classes, b, "xa_finish")
+        r.check(
+            "xa.restart.recovered",
+            "xa.restart.recover.empty",
+            "xa.restart.committed.send",
+            "xa.restart.rolled.back.consume",
+        )
+    finally:
+        b.stop()
+        b.kill9()
 
 
 def test_exclusive_consumer_standby_takes_over(classes, broker):

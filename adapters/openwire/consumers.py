@@ -523,9 +523,6 @@ class ConsumerHandling:
             self.respond(ack)
             return
         if ack.transaction_id is not None:
-            if ack.transaction_id.type == c.XA_TRANSACTION_ID:
-                self._refuse_xa(ack, "ack")  # the deliveries stay unsettled
-                return
             entry = self.transactions.get(key_of(ack.transaction_id))
             if entry is None:
                 entry = self._begin(ack.transaction_id)

@@ -9,6 +9,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from polymq.core.message import Message
+from polymq.core.xa import PreparedBranches
 
 from . import codec as c
 from .codec import Obj
@@ -95,6 +96,14 @@ class OpenWireHub:
         self._cache: OrderedDict[int, list] = OrderedDict()
         self._cache_bytes = 0
         self.no_local_consumers = 0
+        self._prepared: PreparedBranches | None = None
+
+    @property
+    def prepared(self) -> PreparedBranches:
+        """The prepared XA branches (read from the store on first use, after start-up)."""
+        if self._prepared is None:
+            self._prepared = PreparedBranches(self.broker)
+        return self._prepared
 
     def next_id(self) -> int:
         return next(self._ids)

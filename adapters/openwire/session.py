@@ -51,13 +51,8 @@ _WF_TYPES = {
 
 TX_BEGIN, TX_PREPARE, TX_COMMIT_ONE, TX_COMMIT_TWO, TX_ROLLBACK = 0, 1, 2, 3, 4
 TX_RECOVER, TX_FORGET, TX_END = 5, 6, 7
-
-# XA is refused as a whole: a prepare that is not durable, or a read-only answer, would let a
-# transaction manager believe a branch committed whose work was dropped.
-XA_REFUSED = (
-    "XA transactions are not supported by this broker; use a transacted session "
-    "(local transactions) instead"
-)
+XA_OK = 0
+XA_EXCEPTION = "javax.transaction.xa.XAException"
 
 _BEFORE_CONNECTION = frozenset(
     (
@@ -74,6 +69,16 @@ _BEFORE_CONNECTION = frozenset(
     )
 )
 _ACK, _WIREFORMAT, _MESSAGE_TYPES = c.MESSAGE_ACK, c.WIREFORMAT_INFO, c.MESSAGE_TYPES
+
+
+def xid_record(tid: Obj) -> list:
+    """An XATransactionId as a storable value: [format id, global id, branch qualifier]."""
+    return [tid.format_id, bytes(tid.global_transaction_id), bytes(tid.branch_qualifier)]
+
+
+def xid_key(tid: Obj) -> str:
+    fmt, gtrid, bqual = xid_record(tid)
+    return f"{fmt}:{gtrid.hex()}:{bqual.hex()}"
 
 
 def error_class(e: BrokerError) -> str:
@@ -121,7 +126,6 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         self._reading_held = False
         self._held_acks: list[bytes] = []
         self.publishing = False  # a producer or a message seen: a publisher to hold back
-        self._xa_logged = False
         self._handlers = {
             c.CONNECTION_INFO: self.on_connection_info,
             c.SESSION_INFO: self.on_session_info,
@@ -501,9 +505,6 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             return
         tx = None
         if m.transaction_id is not None:
-            if m.transaction_id.type == c.XA_TRANSACTION_ID:
-                self._refuse_xa(m, "send")
-                return
             entry = self.transactions.get(key_of(m.transaction_id))
             if entry is None:
                 entry = self._begin(m.transaction_id)
@@ -601,32 +602,35 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if cs.removed:
                 d.queue.requeue([d])
 
-    def _refuse_xa(self, cmd: Obj, what: str) -> None:
-        """Refuse an XA command, or a send or ack inside an XA branch (dropped: the branch's
-        END already failed or is about to, so the transaction manager rolls it back)."""
-        if cmd.response_required:
-            self.respond_error(cmd, "javax.jms.JMSException", XA_REFUSED)
-        if not self._xa_logged:
-            self._xa_logged = True
-            log.info(
-                "openwire: {peer} tried XA ({what}); refused, XA is not supported",
-                peer=self.conn.info.peer,
-                what=what,
-            )
+    def _commit(self, entry: tuple[Transaction, list], cmd: Obj) -> None:
+        tx, settled = entry
+        self._settled_for_good(settled)
+        tx.commit()
+        if cmd.response_required:  # once the transaction's writes are on disk
+            self.conn.reply_after_durable(c.encode_response(cmd.command_id))
+        for cs in {x[0] for x in settled}:
+            cs.credit_back()
+
+    @staticmethod
+    def _settled_for_good(settled: list) -> None:
+        for cs, s, _ in settled:
+            cs.in_tx.discard(s)
+            if cs.dispatched.pop(s, None) is not None:
+                cs.delivered.discard(s)
 
     def on_transaction(self, cmd: Obj) -> None:
         tid = cmd.transaction_id
+        t = cmd.tx_type
         if tid is None:
-            if cmd.tx_type == TX_RECOVER:
-                self._refuse_xa(cmd, "recover")
+            if t == TX_RECOVER:
+                self._xa_recover(cmd)
             else:
                 self.respond(cmd)
             return
         if tid.type == c.XA_TRANSACTION_ID:
-            self._refuse_xa(cmd, "transaction")
+            self._on_xa(cmd, tid, t)
             return
         k = key_of(tid)
-        t = cmd.tx_type
         if t == TX_BEGIN:
             if k not in self.transactions:
                 self._begin(tid)
@@ -636,26 +640,107 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if entry is None:
                 self.respond(cmd)
                 return
-            tx, settled = entry
-            for cs, s, _ in settled:
-                cs.in_tx.discard(s)
-                if cs.dispatched.pop(s, None) is not None:
-                    cs.delivered.discard(s)
-            tx.commit()
-            if cmd.response_required:  # once the transaction's writes are on disk
-                self.conn.reply_after_durable(c.encode_response(cmd.command_id))
-            for cs in {x[0] for x in settled}:
-                cs.credit_back()
+            self._commit(entry, cmd)
         elif t == TX_ROLLBACK:
             entry = self.transactions.pop(k, None)
             if entry is not None:
                 self._rollback(entry)
             self.respond(cmd)
-        elif t in (TX_RECOVER, TX_PREPARE):
-            # two-phase commit exists only for XA branches
-            self._refuse_xa(cmd, "prepare/recover")
+        else:
+            # prepare, recover, forget exist only for XA branches
+            self.respond_error(
+                cmd, "javax.jms.JMSException", "two-phase commit needs an XA transaction"
+            )
+
+    # -- XA ---------------------------------------------------------------------------------
+
+    def _on_xa(self, cmd: Obj, tid: Obj, t: int) -> None:
+        """An XA branch runs as a local transaction until PREPARE makes it durable
+        (core/xa.py); COMMIT / ROLLBACK of a prepared branch may come from any connection,
+        also after a restart."""
+        k = key_of(tid)
+        xkey = xid_key(tid)
+        prepared = self.hub.prepared
+        if t == TX_BEGIN:
+            if k not in self.transactions:
+                self._begin(tid)
+            self.respond(cmd)
+        elif t == TX_END or t == TX_FORGET:
+            self.respond(cmd)
+        elif t == TX_PREPARE:
+            entry = self.transactions.pop(k, None)
+            if entry is None:
+                self.respond_error(cmd, XA_EXCEPTION, f"no active XA branch {xkey} to prepare")
+                return
+            tx, settled = entry
+            command_id, wanted = cmd.command_id, cmd.response_required
+
+            def answer() -> None:
+                if wanted and not self.closed:
+                    self.reply(
+                        c.encode_frame(
+                            Obj(c.INTEGER_RESPONSE, correlation_id=command_id, result=XA_OK),
+                            self.cached,
+                        )
+                    )
+
+            prepared.prepare(xkey, xid_record(tid), tx, settled, answer)
+        elif t in (TX_COMMIT_ONE, TX_COMMIT_TWO):
+            entry = self.transactions.pop(k, None)
+            if entry is not None:  # one-phase commit of a branch that was never prepared
+                self._commit(entry, cmd)
+                return
+            b = prepared.take(xkey)
+            if b is None:
+                self.respond_error(cmd, XA_EXCEPTION, f"no prepared XA branch {xkey}")
+                return
+            self._settled_for_good(b.settled)
+            prepared.commit(b)
+            if cmd.response_required:
+                self.conn.reply_after_durable(c.encode_response(cmd.command_id))
+            for cs in {x[0] for x in b.settled}:
+                cs.credit_back()
+        elif t == TX_ROLLBACK:
+            entry = self.transactions.pop(k, None)
+            if entry is not None:
+                self._rollback(entry)
+                self.respond(cmd)
+                return
+            b = prepared.take(xkey)
+            if b is None:
+                self.respond_error(cmd, XA_EXCEPTION, f"no XA branch {xkey}")
+                return
+            deliveries = prepared.rollback(b)
+            for cs, s, d in b.settled:
+                cs.in_tx.discard(s)
+                if cs.removed:
+                    d.queue.requeue([d])
+            prepared.keep_unsettled(deliveries)
+            if cmd.response_required:
+                self.conn.reply_after_durable(c.encode_response(cmd.command_id))
         else:
             self.respond(cmd)
+
+    def _xa_recover(self, cmd: Obj) -> None:
+        """The prepared branches of this connection's virtual host (any connection's, and
+        those restored after a restart)."""
+        if not cmd.response_required:
+            return
+        xids = [
+            Obj(
+                c.XA_TRANSACTION_ID,
+                format_id=fmt,
+                global_transaction_id=gtrid,
+                branch_qualifier=bqual,
+            )
+            for fmt, gtrid, bqual in self.hub.prepared.xids(self.vhost.name)
+        ]
+        self.reply(
+            c.encode_frame(
+                Obj(c.DATA_ARRAY_RESPONSE, correlation_id=cmd.command_id, data=xids),
+                self.cached,
+            )
+        )
 
     # -- temp destinations ---------------------------------------------------------------------
 

@@ -73,64 +73,173 @@ public class JmsDispatch {
         System.exit(0);
     }
 
-    // -- XA: refused as a whole, never a read-only prepare ------------------------------------
+    // -- XA: two-phase commit with a durable prepare -----------------------------------------
     static class TestXid implements Xid {
         final byte[] gtrid, bqual;
-        TestXid(int n) {
-            gtrid = ("polymq-gtrid-" + n + "-" + System.nanoTime()).getBytes();
-            bqual = ("b" + n).getBytes();
+        TestXid(String name) {
+            gtrid = ("polymq-gtrid-" + name).getBytes();
+            bqual = ("b-" + name).getBytes();
         }
+        TestXid(int n) { this(n + "-" + System.nanoTime()); }
         public int getFormatId() { return 4660; }
         public byte[] getGlobalTransactionId() { return gtrid; }
         public byte[] getBranchQualifier() { return bqual; }
     }
 
-    static void sc_xa() throws Exception {
+    static boolean same(Xid a, Xid b) {
+        return a.getFormatId() == b.getFormatId()
+            && Arrays.equals(a.getGlobalTransactionId(), b.getGlobalTransactionId())
+            && Arrays.equals(a.getBranchQualifier(), b.getBranchQualifier());
+    }
+
+    static Xid find(Xid[] found, Xid x) {
+        for (Xid f : found) if (same(f, x)) return f;
+        return null;
+    }
+
+    static String show(Xid[] found) {
+        List<String> out = new ArrayList<>();
+        for (Xid f : found) out.add(new String(f.getGlobalTransactionId()));
+        return out.toString();
+    }
+
+    static XAConnection xaConn() throws JMSException {
         XAConnection xc = new ActiveMQXAConnectionFactory(url).createXAConnection();
         xc.start();
-        XASession xs = xc.createXASession();
-        XAResource xr = xs.getXAResource();
-        Queue q = xs.createQueue("xa.q");
-        Xid xid = new TestXid(1);
-        String answer = null;
-        try {
-            xr.start(xid, XAResource.TMNOFLAGS);
-            xs.createProducer(q).send(xs.createTextMessage("sent in an XA branch"));
-            xr.end(xid, XAResource.TMSUCCESS);
-            answer = "end accepted";
-            answer = "prepare answered " + xr.prepare(xid);
-        } catch (XAException e) {
-            answer = null;
-        }
-        check("xa.branch.refused", answer == null, String.valueOf(answer));
-        try {
-            int r = xr.prepare(new TestXid(2));
-            fail("xa.prepare.refused", "prepare answered " + r + " (3 is XA_RDONLY)");
-        } catch (XAException e) {
-            ok("xa.prepare.refused");
-        }
-        try {
-            Xid[] found = xr.recover(XAResource.TMSTARTRSCAN | XAResource.TMENDRSCAN);
-            fail("xa.recover.refused", "recover answered " + found.length + " branches");
-        } catch (XAException e) {
-            ok("xa.recover.refused");
-        }
-        try {
-            xr.commit(new TestXid(3), true);
-            fail("xa.commit.refused", "one-phase commit accepted");
-        } catch (XAException e) {
-            ok("xa.commit.refused");
-        }
-        xc.close();
-        // the branch's send was not delivered, and the broker still serves this client
+        return xc;
+    }
+
+    static String text(Message m) throws JMSException {
+        return m == null ? null : ((TextMessage) m).getText();
+    }
+
+    static final int ALL = XAResource.TMSTARTRSCAN | XAResource.TMENDRSCAN;
+
+    static void sc_xa() throws Exception {
         Connection c = conn();
         Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
-        Queue q2 = s.createQueue("xa.q");
-        MessageConsumer mc = s.createConsumer(q2);
-        eq("xa.nothing.delivered", null, mc.receive(1000));
-        s.createProducer(q2).send(s.createTextMessage("plain"));
-        Message m = mc.receive(5000);
-        eq("xa.broker.still.serves", "plain", m == null ? null : ((TextMessage) m).getText());
+        Queue out = s.createQueue("xa.out.q");
+        MessageConsumer outc = s.createConsumer(out);
+        XAConnection xc = xaConn();
+        XASession xs = xc.createXASession();
+        XAResource xr = xs.getXAResource();
+        MessageProducer xp = xs.createProducer(out);
+        // two-phase commit of a send
+        Xid x1 = new TestXid(1);
+        xr.start(x1, XAResource.TMNOFLAGS);
+        xp.send(xs.createTextMessage("two-phase"));
+        xr.end(x1, XAResource.TMSUCCESS);
+        eq("xa.prepare.ok", XAResource.XA_OK, xr.prepare(x1));
+        eq("xa.invisible.while.prepared", null, outc.receive(500));
+        xr.commit(x1, false);
+        eq("xa.two.phase.commit", "two-phase", text(outc.receive(5000)));
+        // one-phase commit
+        Xid x2 = new TestXid(2);
+        xr.start(x2, XAResource.TMNOFLAGS);
+        xp.send(xs.createTextMessage("one-phase"));
+        xr.end(x2, XAResource.TMSUCCESS);
+        xr.commit(x2, true);
+        eq("xa.one.phase.commit", "one-phase", text(outc.receive(5000)));
+        // rollback of a prepared send
+        Xid x3 = new TestXid(3);
+        xr.start(x3, XAResource.TMNOFLAGS);
+        xp.send(xs.createTextMessage("rolled back"));
+        xr.end(x3, XAResource.TMSUCCESS);
+        xr.prepare(x3);
+        xr.rollback(x3);
+        eq("xa.rollback.drops.send", null, outc.receive(700));
+        // a message consumed in a prepared branch, rolled back from another connection
+        Queue in = s.createQueue("xa.in.q");
+        s.createProducer(in).send(s.createTextMessage("consumed"));
+        MessageConsumer xcons = xs.createConsumer(in);
+        Xid x4 = new TestXid(4);
+        xr.start(x4, XAResource.TMNOFLAGS);
+        Message got = xcons.receive(5000);
+        xr.end(x4, XAResource.TMSUCCESS);
+        eq("xa.consume.in.branch", "consumed", text(got));
+        eq("xa.prepare.consume", XAResource.XA_OK, xr.prepare(x4));
+        XAConnection xc2 = xaConn();
+        XAResource xr2 = xc2.createXASession().getXAResource();
+        Xid[] found = xr2.recover(ALL);
+        check("xa.recover.lists.prepared", find(found, x4) != null, show(found));
+        check("xa.recover.not.finished", find(found, x1) == null, show(found));
+        xr2.rollback(x4);
+        xc.close();
+        MessageConsumer again = s.createConsumer(in);
+        eq("xa.rollback.returns.consumed", "consumed", text(again.receive(5000)));
+        again.close();
+        // a message consumed in a branch that commits is gone for good
+        s.createProducer(in).send(s.createTextMessage("consumed2"));
+        XAConnection xc3 = xaConn();
+        XASession xs3 = xc3.createXASession();
+        XAResource xr3 = xs3.getXAResource();
+        MessageConsumer xcons3 = xs3.createConsumer(in);
+        Xid x5 = new TestXid(5);
+        xr3.start(x5, XAResource.TMNOFLAGS);
+        eq("xa.consume2.in.branch", "consumed2", text(xcons3.receive(5000)));
+        xr3.end(x5, XAResource.TMSUCCESS);
+        xr3.prepare(x5);
+        xr3.commit(x5, false);
+        xc3.close();
+        eq("xa.commit.consumes", null, s.createConsumer(in).receive(700));
+        try {
+            xr2.commit(new TestXid(99), false);
+            fail("xa.unknown.commit.refused", "commit of an unknown branch accepted");
+        } catch (XAException e) {
+            ok("xa.unknown.commit.refused");
+        }
+        xc2.close();
+        c.close();
+    }
+
+    static final Xid XA_A = new TestXid("restart-A"), XA_B = new TestXid("restart-B");
+
+    /** Prepares two branches and leaves them undecided (the broker is then killed). */
+    static void sc_xa_prepare() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        Queue in = s.createQueue("xa.r.in"), out = s.createQueue("xa.r.out");
+        MessageProducer p = s.createProducer(in);
+        p.send(s.createTextMessage("r1"));
+        p.send(s.createTextMessage("r2"));
+        XAConnection xc = xaConn();
+        XASession xs = xc.createXASession();
+        XAResource xr = xs.getXAResource();
+        MessageConsumer cons = xs.createConsumer(in);
+        MessageProducer prod = xs.createProducer(out);
+        List<String> consumed = new ArrayList<>();
+        for (Xid x : new Xid[] {XA_A, XA_B}) {
+            xr.start(x, XAResource.TMNOFLAGS);
+            consumed.add(text(cons.receive(5000)));
+            prod.send(xs.createTextMessage(x == XA_A ? "A-out" : "B-out"));
+            xr.end(x, XAResource.TMSUCCESS);
+            eq("xa.restart.prepared." + (x == XA_A ? "a" : "b"), XAResource.XA_OK, xr.prepare(x));
+        }
+        eq("xa.restart.consumed", Arrays.asList("r1", "r2"), consumed);
+        xc.close();  // the prepared branches outlive their connection
+        eq("xa.restart.out.empty", null, s.createConsumer(out).receive(500));
+        eq("xa.restart.in.held", null, s.createConsumer(in).receive(500));
+        c.close();
+    }
+
+    /** After the restart: recover, commit one, roll back the other. */
+    static void sc_xa_finish() throws Exception {
+        XAConnection xc = xaConn();
+        XAResource xr = xc.createXASession().getXAResource();
+        Xid[] found = xr.recover(ALL);
+        Xid a = find(found, XA_A), b = find(found, XA_B);
+        check("xa.restart.recovered", a != null && b != null, show(found));
+        if (a == null || b == null) { xc.close(); return; }
+        xr.commit(a, false);
+        xr.rollback(b);
+        check("xa.restart.recover.empty", xr.recover(ALL).length == 0, show(xr.recover(ALL)));
+        xc.close();
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        eq("xa.restart.committed.send", Arrays.asList("A-out"),
+            all(s.createConsumer(s.createQueue("xa.r.out")), 700));
+        eq("xa.restart.rolled.back.consume", Arrays.asList("r2"),
+            all(s.createConsumer(s.createQueue("xa.r.in")), 700));
         c.close();
     }
 
