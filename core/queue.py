@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from . import dispatch as selection
+from .dispatch import DEFAULT_JMS_PRIORITY, GROUP_ID
 from .errors import PreconditionFailed, ResourceLocked
 from .message import Message
 
@@ -424,9 +425,11 @@ class Queue:
                 if self.overflow == "reject-publish-dlx":
                     self._dead_letter_message(message, "maxlen")
                 return False
-        if self.priority_on_demand and selection.wants_levels(self, message.priority):
-            selection.add_priority_levels(self)
-        if self.groups is None and selection.GROUP_ID in message.annotations:
+        if self.priority_on_demand and not self.max_priority:
+            p = message.priority
+            if p is not None and p != DEFAULT_JMS_PRIORITY:
+                selection.add_priority_levels(self)
+        if self.groups is None and GROUP_ID in message.annotations:
             # the first grouped message: from now on dispatch takes the slow path
             self.groups = {}
             self._selective += 1

@@ -433,6 +433,8 @@ def _basic_cancel(session: AMQPSession, ch: Channel, args: dict) -> None:
     tag = args["consumer_tag"]
     consumer = ch.consumers.pop(tag, None)
     if consumer is not None and consumer.queue is not None:
+        if consumer.queue.name == ch.reply_queue:
+            ch.reply_queue = None  # (its queue goes with it: auto-delete)
         consumer.queue.remove_consumer(consumer, requeue=False)
     if not args["nowait"]:
         session.send_method(ch.number, "basic.cancel-ok", consumer_tag=tag)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from polymq.core.errors import AccessRefused
+from polymq.core.errors import AccessRefused, BrokerError
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Queue
 
@@ -243,8 +243,8 @@ class ConsumerHandling:
         """Add queue ``q`` to what wildcard consumer ``cs`` reads."""
         if cs.removed or q.name in cs.cores or cs.core is None:
             return
-        if not self.conn.authorize("read", "queue", q.name):
-            return  # a queue this user may not read is left out, not an error
+        if q.exclusive_owner is not None or not self.conn.authorize("read", "queue", q.name):
+            return  # temporary and exclusive queues, and those it may not read, are left out
         core = Consumer(
             f"ow-{cs.key}-{q.name}",
             lambda d, cs=cs: self._deliver(cs, d),
@@ -253,8 +253,12 @@ class ConsumerHandling:
             owner=self,
         )
         core.paused = self.paused
+        try:
+            q.add_consumer(core)
+        except BrokerError as e:  # e.g. the queue has an exclusive consumer: left out
+            log.info("openwire: wildcard consumer skips queue {q}: {e}", q=q.name, e=e.text)
+            return
         cs.cores[q.name] = core
-        q.add_consumer(core)
 
     def remove_consumer(self, cs: ConsumerState, last_delivered: int = -1) -> None:
         """Detach a consumer; what it was sent and did not settle goes back to its queue.

@@ -672,6 +672,10 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if entry is None:
                 self.respond_error(cmd, XA_EXCEPTION, f"no active XA branch {xkey} to prepare")
                 return
+            if xkey in prepared.branches:
+                self._rollback(entry)
+                self.respond_error(cmd, XA_EXCEPTION, f"XA branch {xkey} is already prepared")
+                return
             tx, settled = entry
             command_id, wanted = cmd.command_id, cmd.response_required
 
