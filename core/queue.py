@@ -645,7 +645,9 @@ class Queue:
     def _level_of(self, message: Message) -> int:
         if self.max_priority is None:
             return 0
-        p = message.priority or 0
+        p = message.priority
+        if p is None:  # (a JMS-style queue puts messages without a priority at JMS's default)
+            p = DEFAULT_JMS_PRIORITY if self.priority_on_demand else 0
         return p if p <= self.max_priority else self.max_priority
 
     def _pop_head(self) -> Delivery | None:

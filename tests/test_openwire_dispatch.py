@@ -4,7 +4,9 @@ durable unsubscribe, JMSPriority, message groups, virtual topics and wildcard qu
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,73 @@ def test_wildcard_queue_consumer(classes, broker):
         "wildcardqueue.star.one.level",
         "wildcardqueue.other.kept",
     )
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("ow-dispatch-multi"),
+        adapters=["openwire", "amqp", "mqtt"],
+        store="sqlite",
+    )
+    b.start()
+    yield b
+    b.stop()
+    b.kill9()
+
+
+def test_virtual_topic_gets_amqp_and_mqtt_publishes(classes, multi):
+    pika = pytest.importorskip("pika")
+    mqtt = pytest.importorskip("paho.mqtt.client")
+    run(classes, multi, "vt_cross_setup").check("vt.cross.queue")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(multi.host, multi.port("amqp")))
+    ch = conn.channel()
+    ch.basic_publish("amq.topic", "VirtualTopic.cross", b"from amqp")
+    conn.close()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="vt-cross")
+    client.connect(multi.host, multi.port("mqtt"))
+    client.loop_start()
+    info = client.publish("VirtualTopic/cross", b"from mqtt", qos=1)
+    info.wait_for_publish(5)
+    client.loop_stop()
+    client.disconnect()
+    run(classes, multi, "vt_cross_read").check("vt.cross.received")
+
+
+def test_pika_direct_reply_to_answered_by_a_jms_responder(classes, multi):
+    pika = pytest.importorskip("pika")
+    url = f"tcp://{multi.host}:{multi.port('openwire')}"
+    responder = subprocess.Popen(
+        jmsrun.java_cmd(classes, "JmsDispatch", url, "rpc_responder"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert responder.stdout.readline().strip() == "READY"
+        conn = pika.BlockingConnection(pika.ConnectionParameters(multi.host, multi.port("amqp")))
+        ch = conn.channel()
+        replies = []
+        ch.basic_consume(
+            "amq.rabbitmq.reply-to",
+            lambda c, m, p, body: replies.append((p.correlation_id, body)),
+            auto_ack=True,
+        )
+        ch.basic_publish(
+            "",
+            "rpc.jms",
+            b"ping",
+            pika.BasicProperties(
+                reply_to="amq.rabbitmq.reply-to", correlation_id="c-1", content_type="text/plain"
+            ),
+        )
+        deadline = time.monotonic() + 20
+        while not replies and time.monotonic() < deadline:
+            conn.process_data_events(0.1)
+        conn.close()
+        out, err = responder.communicate(timeout=30)
+    finally:
+        if responder.poll() is None:
+            responder.kill()
+    assert "OK rpc.replied" in out, out + err[-2000:]
+    assert replies == [("c-1", b"PING")]

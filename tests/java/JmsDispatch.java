@@ -424,4 +424,59 @@ public class JmsDispatch {
         eq("wildcardqueue.other.kept", "other", r == null ? null : ((TextMessage) r).getText());
         c.close();
     }
+
+    // -- across protocols (the Python side publishes or requests) -----------------------------
+    static String body(Message m) throws JMSException {
+        if (m == null) return null;
+        if (m instanceof TextMessage) return ((TextMessage) m).getText();
+        if (m instanceof BytesMessage) {
+            BytesMessage b = (BytesMessage) m;
+            byte[] data = new byte[(int) b.getBodyLength()];
+            b.readBytes(data);
+            return new String(data, java.nio.charset.StandardCharsets.UTF_8);
+        }
+        return String.valueOf(m);
+    }
+
+    static void sc_vt_cross_setup() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        s.createConsumer(s.createQueue("Consumer.X.VirtualTopic.cross")).close();
+        c.close();
+        ok("vt.cross.queue");
+    }
+
+    static void sc_vt_cross_read() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer mc = s.createConsumer(s.createQueue("Consumer.X.VirtualTopic.cross"));
+        List<String> got = new ArrayList<>();
+        for (int i = 0; i < 2; i++) {
+            Message m = mc.receive(5000);
+            if (m == null) break;
+            got.add(body(m));
+        }
+        Collections.sort(got);
+        eq("vt.cross.received", Arrays.asList("from amqp", "from mqtt"), got);
+        c.close();
+    }
+
+    static void sc_rpc_responder() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer mc = s.createConsumer(s.createQueue("rpc.jms"));
+        System.out.println("READY");
+        System.out.flush();
+        Message m = mc.receive(20000);
+        if (m == null) {
+            fail("rpc.request", "no request");
+            c.close();
+            return;
+        }
+        TextMessage r = s.createTextMessage(body(m).toUpperCase());
+        r.setJMSCorrelationID(m.getJMSCorrelationID());
+        s.createProducer(m.getJMSReplyTo()).send(r);
+        ok("rpc.replied");
+        c.close();
+    }
 }
