@@ -200,3 +200,15 @@ def test_pika_direct_reply_to_answered_by_a_jms_responder(classes, multi):
             responder.kill()
     assert "OK rpc.replied" in out, out + err[-2000:]
     assert replies == [("c-1", b"PING")]
+
+
+def test_jms_consumer_refused_on_a_queue_with_an_amqp_exclusive_consumer(classes, multi):
+    pika = pytest.importorskip("pika")
+    conn = pika.BlockingConnection(pika.ConnectionParameters(multi.host, multi.port("amqp")))
+    ch = conn.channel()
+    ch.queue_declare("mixed.excl")
+    ch.basic_consume("mixed.excl", lambda *a: None, exclusive=True)
+    try:
+        run(classes, multi, "excl_refused").check("excl.refused", "excl.connection.fine")
+    finally:
+        conn.close()

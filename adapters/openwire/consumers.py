@@ -203,17 +203,26 @@ class ConsumerHandling:
             standby=bool(cmd.exclusive),
             priority=cmd.priority or 0,
         )
+        # attached paused, so that a refusal (an AMQP exclusive consumer holds the queue) is
+        # the answer, and the answer comes before the first dispatch
+        core.paused = True
+        try:
+            q.add_consumer(core)
+        except BrokerError as e:
+            if cs.no_local:
+                self.hub.no_local_consumers -= 1
+            self.respond_error(cmd, "javax.jms.JMSException", e.text)
+            return
         cs.core = core
         cs.queue = q
-        if self.paused:
-            core.paused = True
         self.consumers[cs.key] = cs
         if self.cached:
             cs.head, cs.head_later = c.dispatch_heads_cached(
                 cs.id, cs.destination, self._cache_slots()
             )
         self.respond(cmd)
-        q.add_consumer(core)
+        if not self.paused:
+            core.resume()
 
     def _wildcard_consumer(self, cs: ConsumerState, cmd: Obj, name: str, selector: Any) -> None:
         """A consumer of ``queue://a.>``: it reads every queue whose name matches, now and

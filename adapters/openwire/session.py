@@ -802,13 +802,12 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                 f"{cmd.client_id or self.client_id}",
             )
             return
-        if q is not None:
-            if q.consumer_count:
-                self.respond_error(
-                    cmd,
-                    "javax.jms.JMSException",
-                    f"durable subscription {cmd.subscription_name} is in use",
-                )
-                return
-            self.vhost.delete_queue(qname)
+        if q.consumer_count:
+            self.respond_error(
+                cmd,
+                "javax.jms.JMSException",
+                f"durable subscription {cmd.subscription_name} is in use",
+            )
+            return
+        self.vhost.delete_queue(qname)
         self.respond(cmd)

@@ -479,4 +479,20 @@ public class JmsDispatch {
         ok("rpc.replied");
         c.close();
     }
+
+    static void sc_excl_refused() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        try {
+            s.createConsumer(s.createQueue("mixed.excl"));
+            fail("excl.refused", "consumer accepted on a queue with an AMQP exclusive consumer");
+        } catch (JMSException e) {
+            ok("excl.refused");
+        }
+        // the connection still works
+        MessageConsumer other = s.createConsumer(s.createQueue("mixed.other"));
+        s.createProducer(s.createQueue("mixed.other")).send(s.createTextMessage("fine"));
+        eq("excl.connection.fine", "fine", body(other.receive(5000)));
+        c.close();
+    }
 }
