@@ -7,7 +7,7 @@ Errors are ``polymq.core.errors`` exceptions carrying AMQP-style reply codes.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
@@ -63,6 +63,8 @@ class VirtualHost:
         self.stream_retention_ms: int | None = broker.stream_retention_ms
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue | Stream] = {}
+        # called with every classic queue created (OpenWire wildcard queue consumers)
+        self.queue_created: list[Callable[[Queue], None]] = []
         self._e2e = 0  # exchange-to-exchange bindings; zero keeps publish on the fast path
         self.now = broker.now
         self.exchanges[""] = DefaultExchange(self, "", durable=True)
@@ -208,6 +210,9 @@ class VirtualHost:
         self.queues[name] = q
         if durable:
             self.store.put_queue(self.name, name, q.record())
+        if self.queue_created and isinstance(q, Queue):
+            for created in list(self.queue_created):
+                created(q)
         return q
 
     def declare_stream(

@@ -212,3 +212,28 @@ def test_jms_consumer_refused_on_a_queue_with_an_amqp_exclusive_consumer(classes
         run(classes, multi, "excl_refused").check("excl.refused", "excl.connection.fine")
     finally:
         conn.close()
+
+
+def test_wildcard_queue_consumer_gets_a_queue_amqp_declares_later(classes, multi):
+    pika = pytest.importorskip("pika")
+    url = f"tcp://{multi.host}:{multi.port('openwire')}"
+    listener = subprocess.Popen(
+        jmsrun.java_cmd(classes, "JmsDispatch", url, "wildcard_listen"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout.readline().strip() == "READY"
+        conn = pika.BlockingConnection(pika.ConnectionParameters(multi.host, multi.port("amqp")))
+        ch = conn.channel()
+        ch.queue_declare("wqm.amqp")
+        ch.basic_publish(
+            "", "wqm.amqp", b"from amqp", pika.BasicProperties(content_type="text/plain")
+        )
+        conn.close()
+        out, err = listener.communicate(timeout=30)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    assert "OK wildcard.amqp.queue" in out, out + err[-2000:]

@@ -243,7 +243,7 @@ class ConsumerHandling:
                 cs.id, cs.destination, self._cache_slots()
             )
         self.respond(cmd)
-        self.hub.wildcard_consumers.append((self, cs))
+        self.hub.add_wildcard_consumer(self, cs)
         for qname, q in list(self.vhost.queues.items()):
             if isinstance(q, Queue) and cs.wildcard(qname):
                 self.attach_wildcard(cs, q)

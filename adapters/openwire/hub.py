@@ -97,6 +97,21 @@ class OpenWireHub:
         self._cache_bytes = 0
         self.no_local_consumers = 0
         self._prepared: PreparedBranches | None = None
+        self._watched_vhosts: set[str] = set()
+
+    def add_wildcard_consumer(self, session: OpenWireSession, cs: ConsumerState) -> None:
+        """Also give ``cs`` the matching queues its virtual host creates from now on (by
+        any protocol)."""
+        self.wildcard_consumers.append((session, cs))
+        vhost = session.vhost
+        if vhost.name not in self._watched_vhosts:
+            self._watched_vhosts.add(vhost.name)
+            vhost.queue_created.append(self._queue_created)
+
+    def _queue_created(self, q: Any) -> None:
+        for session, cs in list(self.wildcard_consumers):
+            if session.vhost is q.vhost and cs.wildcard(q.name):
+                session.attach_wildcard(cs, q)
 
     @property
     def prepared(self) -> PreparedBranches:

@@ -579,9 +579,6 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                 # Consumer.<name>.VirtualTopic.<topic>: every message published to topic
                 # VirtualTopic.<topic> gets a copy here
                 self.vhost.bind_queue(name, "amq.topic", topic_pattern(topic))
-            for session, cs in list(self.hub.wildcard_consumers):
-                if cs.wildcard(name):
-                    session.attach_wildcard(cs, q)
         return q
 
     # -- transactions -----------------------------------------------------------------------

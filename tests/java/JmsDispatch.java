@@ -495,4 +495,14 @@ public class JmsDispatch {
         eq("excl.connection.fine", "fine", body(other.receive(5000)));
         c.close();
     }
+
+    static void sc_wildcard_listen() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageConsumer mc = s.createConsumer(s.createQueue("wqm.>"));
+        System.out.println("READY");
+        System.out.flush();
+        eq("wildcard.amqp.queue", "from amqp", body(mc.receive(20000)));
+        c.close();
+    }
 }
