@@ -44,6 +44,8 @@ def attach(queue: Queue, consumer: Consumer) -> bool:
             queue.standby.append(consumer)
             return False
         queue.standby[:0] = active  # non-exclusive ones wait behind it, in their order
+        if queue.groups:
+            _drop_groups(queue, active)
         active.clear()
         _insert(queue, consumer)
         return True
@@ -78,8 +80,7 @@ def detach(queue: Queue, consumer: Consumer) -> None:
         return
     queue.consumers.remove(consumer)
     if queue.groups:
-        for group in [g for g, c in queue.groups.items() if c is consumer]:
-            del queue.groups[group]
+        _drop_groups(queue, [consumer])
     if queue.prioritized and not any(c.priority for c in queue.consumers):
         queue.prioritized = False
     if queue.standby and not queue.consumers:
@@ -97,6 +98,15 @@ def detach(queue: Queue, consumer: Consumer) -> None:
         queue.standby.clear()
         for c in waiting:
             _insert(queue, c)
+
+
+def _drop_groups(queue: Queue, consumers: list[Consumer]) -> None:
+    """Forget the groups of consumers that stop getting messages (reassigned on their next
+    message)."""
+    groups = queue.groups
+    if groups:
+        for group in [g for g, c in groups.items() if c in consumers]:
+            del groups[group]
 
 
 def next_by_priority(queue: Queue, message: object = None) -> Consumer | None:
