@@ -96,6 +96,11 @@ def test_exclusive_consumer_standby_takes_over(classes, broker):
     )
 
 
+def test_consumer_priority_option(classes, broker):
+    r = run(classes, broker, "consumer_priority")
+    r.check("consumer.priority.high.first", "consumer.priority.low.when.high.full")
+
+
 def test_durable_unsubscribe_of_a_missing_subscription_fails(classes, broker):
     r = run(classes, broker, "unsubscribe")
     r.check("unsubscribe.missing", "unsubscribe.existing", "unsubscribe.twice")

@@ -505,4 +505,21 @@ public class JmsDispatch {
         eq("wildcard.amqp.queue", "from amqp", body(mc.receive(20000)));
         c.close();
     }
+
+    static void sc_consumer_priority() throws Exception {
+        Connection c = conn();
+        Session sl = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        Session sh = c.createSession(false, Session.CLIENT_ACKNOWLEDGE);
+        // the low one subscribes first: round-robin would hand it the first message
+        MessageConsumer low = sl.createConsumer(
+            sl.createQueue("cprio.q?consumer.prefetchSize=1&consumer.priority=1"));
+        MessageConsumer high = sh.createConsumer(
+            sh.createQueue("cprio.q?consumer.prefetchSize=1&consumer.priority=9"));
+        MessageProducer p = sl.createProducer(sl.createQueue("cprio.q"));
+        p.send(sl.createTextMessage("m0"));
+        p.send(sl.createTextMessage("m1"));
+        eq("consumer.priority.high.first", "m0", body(high.receive(5000)));
+        eq("consumer.priority.low.when.high.full", "m1", body(low.receive(5000)));
+        c.close();
+    }
 }
