@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .errors import PreconditionFailed
+
 if TYPE_CHECKING:
     from .queue import Consumer, Delivery, Queue
 
@@ -28,10 +30,16 @@ GROUP_SEQ = "openwire.group_seq"
 
 
 def single_active_argument(arguments: dict) -> bool:
+    """The x-single-active-consumer queue argument: a boolean (anything else is refused, as
+    RabbitMQ does)."""
     value = arguments.get("x-single-active-consumer")
-    if isinstance(value, bytes):
-        value = value.decode()
-    return value is True or value in ("true", "True", 1)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise PreconditionFailed(
+            f"invalid arg 'x-single-active-consumer': expected a boolean, got {value!r}"
+        )
+    return value
 
 
 def attach(queue: Queue, consumer: Consumer) -> bool:

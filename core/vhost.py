@@ -38,6 +38,7 @@ _EQUIVALENT_ARGS = (
     "x-dead-letter-routing-key",
     "x-max-priority",
     "x-queue-type",
+    "x-single-active-consumer",
 )
 
 

@@ -132,6 +132,21 @@ def test_single_active_consumer_takes_over_in_order(broker):
     conns[2].close()
 
 
+def test_single_active_consumer_argument_is_checked(broker):
+    c = connect(broker)
+    q = qname()
+    ch = c.channel()
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.queue_declare(q, arguments={"x-single-active-consumer": "yes"})
+    assert e.value.reply_code == 406
+    ch = c.channel()
+    ch.queue_declare(q, arguments={"x-single-active-consumer": True})
+    with pytest.raises(pe.ChannelClosedByBroker) as e:
+        ch.queue_declare(q)  # inequivalent: the argument is part of the queue's identity
+    assert e.value.reply_code == 406
+    c.close()
+
+
 def test_consumer_priorities_prefer_the_highest_with_room(broker):
     c = connect(broker)
     q = qname()
