@@ -12,6 +12,7 @@ deliveries, only its record, and is committed or rolled back from that (``recove
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 log = Logger(namespace="polymq.xa")
 
 NAMESPACE = "xa.prepared"
+
+_per_broker: weakref.WeakKeyDictionary[Any, PreparedBranches] = weakref.WeakKeyDictionary()
 
 
 class PreparedBranch:
@@ -54,6 +57,15 @@ class PreparedBranch:
 
 class PreparedBranches:
     """Every prepared branch of a broker, keyed by the adapter's text form of its xid."""
+
+    @classmethod
+    def of(cls, broker: Broker) -> PreparedBranches:
+        """The broker's one registry (every listener of every adapter shares it), read from
+        the store on first use, after start-up."""
+        registry = _per_broker.get(broker)
+        if registry is None:
+            registry = _per_broker[broker] = cls(broker)
+        return registry
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker

@@ -96,7 +96,6 @@ class OpenWireHub:
         self._cache: OrderedDict[int, list] = OrderedDict()
         self._cache_bytes = 0
         self.no_local_consumers = 0
-        self._prepared: PreparedBranches | None = None
         self._watched_vhosts: set[str] = set()
 
     def add_wildcard_consumer(self, session: OpenWireSession, cs: ConsumerState) -> None:
@@ -115,10 +114,8 @@ class OpenWireHub:
 
     @property
     def prepared(self) -> PreparedBranches:
-        """The prepared XA branches (read from the store on first use, after start-up)."""
-        if self._prepared is None:
-            self._prepared = PreparedBranches(self.broker)
-        return self._prepared
+        """The broker's prepared XA branches (shared by every OpenWire listener)."""
+        return PreparedBranches.of(self.broker)
 
     def next_id(self) -> int:
         return next(self._ids)
