@@ -1130,6 +1130,10 @@ class Queue:
             self._expiry_timer.cancel()
         for d in list(self.unacked.values()):
             self._detach(d)
+        if self._preloads:  # pulls waiting for a head that will never be read back
+            waiting, self._preloads = self._preloads, []
+            for done in waiting:
+                done()
         if self._spilled and not self.durable:
             # transient messages written out to bound memory (a durable queue's are removed
             # with it by the virtual host)

@@ -269,3 +269,23 @@ def test_single_active_consumer_with_kombu(broker):
             except TimeoutError:
                 pass
         assert got["b"] == ["m4"]
+
+
+def test_basic_get_waits_for_a_head_read_back_from_the_store(broker):
+    """A queue that keeps one message in memory reads every next one back from the store:
+    basic.get answers with it, never get-empty, while messages remain."""
+    c = connect(broker)
+    ch = c.channel()
+    q = qname()
+    ch.queue_declare(q, durable=True, arguments={"x-max-in-memory-length": 1})
+    ch.confirm_delivery()
+    for i in range(200):
+        ch.basic_publish("", q, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+    got = []
+    while True:
+        method, _, body = ch.basic_get(q, auto_ack=True)
+        if method is None:
+            break
+        got.append(int(body))
+    assert got == list(range(200))
+    c.close()

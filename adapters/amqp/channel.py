@@ -443,9 +443,17 @@ def _basic_cancel(session: AMQPSession, ch: Channel, args: dict) -> None:
 def _basic_get(session: AMQPSession, ch: Channel, args: dict) -> None:
     q = session.vhost.get_queue(args["queue"], owner=session)
     session.require("read", "queue", q.name)
-    no_ack = args["no_ack"]
+    _get(session, ch, q, args["no_ack"])
+
+
+def _get(session: AMQPSession, ch: Channel, q: Any, no_ack: bool) -> None:
     d = q.get(no_ack=no_ack)
     if d is None:
+        # "empty" only when it is: a head being read back from the store answers once it is
+        # in memory (a client polling with basic.get would otherwise stop early)
+        when_ready = getattr(q, "when_head_ready", None)
+        if when_ready is not None and when_ready(lambda: _get_again(session, ch, q, no_ack)):
+            return
         session.send_method(ch.number, "basic.get-empty")
         return
     ch.next_tag = tag = ch.next_tag + 1
@@ -467,6 +475,15 @@ def _basic_get(session: AMQPSession, ch: Channel, args: dict) -> None:
         )
         + C.content_frames(ch.number, raw, m.body, session.frame_max)
     )
+
+
+def _get_again(session: AMQPSession, ch: Channel, q: Any, no_ack: bool) -> None:
+    if not ch.open or ch.closing or session.state != "opened":
+        return
+    if q.deleted:  # deleted while its head was read back
+        session.send_method(ch.number, "basic.get-empty")
+    else:
+        _get(session, ch, q, no_ack)
 
 
 def _basic_reject(session: AMQPSession, ch: Channel, args: dict) -> None:
