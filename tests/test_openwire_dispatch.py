@@ -242,3 +242,19 @@ def test_wildcard_queue_consumer_gets_a_queue_amqp_declares_later(classes, multi
         if listener.poll() is None:
             listener.kill()
     assert "OK wildcard.amqp.queue" in out, out + err[-2000:]
+
+
+def test_receive_no_wait_waits_for_a_head_read_back_from_the_store(classes, tmp_path):
+    # one ready message in memory per queue: every next one is read back from the store
+    b = BrokerProcess(
+        tmp_path / "b",
+        adapters=["openwire"],
+        store="sqlite",
+        settings={"store.queue_max_in_memory_length": 1},
+    )
+    b.start()
+    try:
+        run(classes, b, "pull_paged").check("pull.paged.all")
+    finally:
+        b.stop()
+        b.kill9()

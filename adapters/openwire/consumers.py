@@ -434,11 +434,22 @@ class ConsumerHandling:
         if not cs.pull_pending:
             return  # answered synchronously
         if cmd.timeout == -1 or cmd.timeout < 0:
+            # "now", but not "empty" while the queue's head is being read back from the store
+            q = cs.queue
+            if q is not None and q.when_head_ready(lambda cs=cs: self._pull_head_ready(cs)):
+                return
             self._pull_expired(cs)
         elif cmd.timeout > 0:
             cs.pull_timer = self.broker.clock.callLater(
                 cmd.timeout / 1000.0, self._pull_expired, cs
             )
+
+    def _pull_head_ready(self, cs: ConsumerState) -> None:
+        if cs.removed or not cs.pull_pending:
+            return
+        if cs.queue is not None and not cs.queue.deleted:
+            cs.queue.dispatch()  # hands the head over on the pull's credit
+        self._pull_expired(cs)  # (answers "empty" only if that did not)
 
     def _pull_expired(self, cs: ConsumerState) -> None:
         cs.pull_timer = None

@@ -522,4 +522,16 @@ public class JmsDispatch {
         eq("consumer.priority.low.when.high.full", "m1", body(low.receive(5000)));
         c.close();
     }
+
+    static void sc_pull_paged() throws Exception {
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(s.createQueue("pull.paged.q"));
+        for (int i = 0; i < 100; i++) p.send(s.createTextMessage("m" + i));
+        MessageConsumer mc = s.createConsumer(s.createQueue("pull.paged.q?consumer.prefetchSize=0"));
+        int n = 0;
+        while (mc.receiveNoWait() != null) n++;
+        eq("pull.paged.all", 100, n);
+        c.close();
+    }
 }
