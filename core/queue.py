@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from . import dispatch as selection
+from .dispatch import DEFAULT_JMS_PRIORITY, GROUP_ID
 from .errors import PreconditionFailed, ResourceLocked
 from .message import Message
 
@@ -133,6 +135,8 @@ class Consumer:
         "credit",
         "arguments",
         "on_cancel",
+        "standby",
+        "priority",
     )
 
     def __init__(
@@ -149,6 +153,8 @@ class Consumer:
         credit: int | None = None,
         arguments: dict | None = None,
         on_cancel: Callable[[], None] | None = None,
+        standby: bool = False,
+        priority: int = 0,
     ) -> None:
         self.queue: Any = None  # the Queue or Stream it is attached to
         self.tag = tag
@@ -165,6 +171,10 @@ class Consumer:
         self.arguments = arguments or {}
         # called when the broker ends the subscription (queue deleted): AMQP basic.cancel
         self.on_cancel = on_cancel
+        # exclusive, but waiting its turn behind another exclusive consumer instead of being
+        # refused (OpenWire exclusive consumers); see core/dispatch.py
+        self.standby = standby
+        self.priority = priority  # consumer priority (AMQP x-priority): higher goes first
 
     def ready(self) -> bool:
         if self.paused:
@@ -234,6 +244,10 @@ class Queue:
         self.max_length = _opt_int(arguments, "x-max-length", 0)
         self.max_length_bytes = _opt_int(arguments, "x-max-length-bytes", 0)
         self.max_priority = _opt_int(arguments, "x-max-priority", 0)
+        # one level until a message with a non-default priority comes (core/dispatch.py)
+        self.priority_on_demand = _opt_int(arguments, selection.PRIORITY_ON_DEMAND, 0) or 0
+        if self.priority_on_demand > 255:
+            raise PreconditionFailed(f"{selection.PRIORITY_ON_DEMAND} must be at most 255")
         if self.max_priority is not None and self.max_priority > 255:
             raise PreconditionFailed("x-max-priority must be at most 255")
         limit = _opt_int(arguments, "x-delivery-limit", 0)
@@ -280,8 +294,14 @@ class Queue:
         self._spilled = False  # wrote transient messages (a non-durable queue cleans up)
         self._preloads: list[Callable[[], None]] = []
         self._next_seq = 1
-        self.consumers: list[Consumer] = []
+        self.consumers: list[Consumer] = []  # the active ones (dispatched to)
         self._rr = 0
+        # one active consumer, priorities, groups: see core/dispatch.py
+        self.single_active = selection.single_active_argument(arguments)
+        self.standby: list[Consumer] = []  # consumers waiting for their turn
+        self.prioritized = False  # some consumer has a priority: consumers sorted by it
+        self.rr_by_priority: dict[int, int] = {}
+        self.groups: dict[Any, Consumer] | None = None  # message group -> its consumer
         self._selective = 0  # consumers with a selector
         self.unacked: dict[int, Delivery] = {}
         self._dispatching = False
@@ -311,6 +331,8 @@ class Queue:
     def restore(self, seq: int, data: bytes, delivery_count: int) -> None:
         """Put back a message read from the store at start-up."""
         message = Message.from_bytes(data)
+        if self.priority_on_demand and selection.wants_levels(self, message.priority):
+            selection.add_priority_levels(self, restoring=True)
         expires_at = self._expiry_for(message, self.vhost.now())
         d = Delivery(self, seq, message, delivery_count, expires_at)
         d.data = data
@@ -320,6 +342,8 @@ class Queue:
     def restore_level(self, level: int, count: int, size: int, top_seq: int) -> None:
         """Account for ``count`` messages of a priority level left in the store at start-up
         (a store that pages): they are read back when consumers get near them."""
+        if level and self.priority_on_demand and not self.max_priority:
+            selection.add_priority_levels(self, restoring=True)
         level = min(max(level, 0), len(self._levels) - 1)
         self._paged[level] += count
         self._paged_bytes[level] += size
@@ -371,7 +395,7 @@ class Queue:
 
     @property
     def consumer_count(self) -> int:
-        return len(self.consumers)
+        return len(self.consumers) + len(self.standby)
 
     @property
     def paged_count(self) -> int:
@@ -401,6 +425,14 @@ class Queue:
                 if self.overflow == "reject-publish-dlx":
                     self._dead_letter_message(message, "maxlen")
                 return False
+        if self.priority_on_demand and not self.max_priority:
+            p = message.priority
+            if p is not None and p != DEFAULT_JMS_PRIORITY:
+                selection.add_priority_levels(self)
+        if self.groups is None and GROUP_ID in message.annotations:
+            # the first grouped message: from now on dispatch takes the slow path
+            self.groups = {}
+            self._selective += 1
         seq = self._next_seq
         self._next_seq = seq + 1
         if message.expiration is None and self.message_ttl is None:
@@ -616,7 +648,9 @@ class Queue:
     def _level_of(self, message: Message) -> int:
         if self.max_priority is None:
             return 0
-        p = message.priority or 0
+        p = message.priority
+        if p is None:  # (a JMS-style queue puts messages without a priority at JMS's default)
+            p = DEFAULT_JMS_PRIORITY if self.priority_on_demand else 0
         return p if p <= self.max_priority else self.max_priority
 
     def _pop_head(self) -> Delivery | None:
@@ -651,10 +685,23 @@ class Queue:
     # -- delivery ---------------------------------------------------------------------------
 
     def add_consumer(self, consumer: Consumer) -> None:
-        if self.consumers and (consumer.exclusive or any(c.exclusive for c in self.consumers)):
+        """Attach a consumer: active at once, or waiting its turn (one active consumer)."""
+        if (self.consumers or self.standby) and (
+            (consumer.exclusive and not consumer.standby)
+            or any(c.exclusive and not c.standby for c in self.consumers)
+        ):
             raise ResourceLocked(f"queue '{self.name}' has an exclusive consumer")
         consumer.queue = self
-        self.consumers.append(consumer)
+        if (
+            self.standby
+            or self.single_active
+            or self.prioritized
+            or consumer.standby
+            or consumer.priority
+        ):
+            selection.attach(self, consumer)
+        else:
+            self.consumers.append(consumer)
         if consumer.selector is not None:
             self._selective += 1
         self._had_consumers = True
@@ -663,15 +710,18 @@ class Queue:
 
     def remove_consumer(self, consumer: Consumer, requeue: bool = True) -> None:
         """Detach a consumer; with ``requeue`` its unacknowledged deliveries go back."""
-        if consumer in self.consumers:
-            self.consumers.remove(consumer)
+        if consumer in self.consumers or consumer in self.standby:
+            if self.standby or self.prioritized or self.groups:
+                selection.detach(self, consumer)
+            else:
+                self.consumers.remove(consumer)
             if consumer.selector is not None:
                 self._selective -= 1
         if consumer in consumer.limit.consumers:
             consumer.limit.consumers.remove(consumer)
         if requeue and consumer.unacked:
             self.requeue(list(consumer.unacked.values()))
-        if not self.consumers:
+        if not self.consumers and not self.standby:
             if self.auto_delete and self._had_consumers and not self.deleted:
                 self.vhost.delete_queue(self.name)
                 return
@@ -685,6 +735,8 @@ class Queue:
         if n == 1:
             c = consumers[0]
             return c if c.ready() else None
+        if self.prioritized:
+            return selection.next_by_priority(self)
         for i in range(n):
             idx = (self._rr + i) % n
             c = consumers[idx]
@@ -781,14 +833,17 @@ class Queue:
                     self._dead_letter(d, "expired")
                     continue
                 target = None
-                n = len(self.consumers)
-                for k in range(n):
-                    idx = (self._rr + k) % n
-                    c = self.consumers[idx]
-                    if c.ready() and (c.selector is None or c.selector(d.message)):
-                        target = c
-                        self._rr = idx + 1
-                        break
+                if self.prioritized or self.groups is not None:
+                    target = selection.choose(self, d)
+                else:
+                    n = len(self.consumers)
+                    for k in range(n):
+                        idx = (self._rr + k) % n
+                        c = self.consumers[idx]
+                        if c.ready() and (c.selector is None or c.selector(d.message)):
+                            target = c
+                            self._rr = idx + 1
+                            break
                 if target is None:
                     if not any(c.ready() for c in self.consumers):
                         return
@@ -1128,6 +1183,10 @@ class Queue:
             self._expiry_timer.cancel()
         for d in list(self.unacked.values()):
             self._detach(d)
+        if self._preloads:  # pulls waiting for a head that will never be read back
+            waiting, self._preloads = self._preloads, []
+            for done in waiting:
+                done()
         if self._spilled and not self.durable:
             # transient messages written out to bound memory (a durable queue's are removed
             # with it by the virtual host)

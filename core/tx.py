@@ -34,6 +34,10 @@ class Transaction:
     def nack(self, delivery: Delivery, requeue: bool = True) -> None:
         self._work.append((_NACK, delivery, requeue))
 
+    def publishes(self) -> list[tuple[str, str, Message]]:
+        """The publishes waiting for commit: (exchange, routing key, message)."""
+        return [(w[1], w[2], w[3]) for w in self._work if w[0] == _PUBLISH]
+
     def pending_deliveries(self) -> list[Delivery]:
         """Deliveries whose settlement waits for commit."""
         return [w[1] for w in self._work if w[0] != _PUBLISH]

@@ -7,7 +7,7 @@ Errors are ``polymq.core.errors`` exceptions carrying AMQP-style reply codes.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
@@ -38,6 +38,7 @@ _EQUIVALENT_ARGS = (
     "x-dead-letter-routing-key",
     "x-max-priority",
     "x-queue-type",
+    "x-single-active-consumer",
 )
 
 
@@ -63,6 +64,8 @@ class VirtualHost:
         self.stream_retention_ms: int | None = broker.stream_retention_ms
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue | Stream] = {}
+        # called with every classic queue created (OpenWire wildcard queue consumers)
+        self.queue_created: list[Callable[[Queue], None]] = []
         self._e2e = 0  # exchange-to-exchange bindings; zero keeps publish on the fast path
         self.now = broker.now
         self.exchanges[""] = DefaultExchange(self, "", durable=True)
@@ -150,6 +153,7 @@ class VirtualHost:
         auto_delete: bool = False,
         arguments: dict | None = None,
         passive: bool = False,
+        name_prefix: str = "amq.gen-",
     ) -> Queue | Stream:
         """Declare (or find) a queue; ``x-queue-type: stream`` makes a stream.
 
@@ -184,7 +188,7 @@ class VirtualHost:
                     )
             return q
         if not name:
-            name = "amq.gen-" + secrets.token_urlsafe(16)
+            name = name_prefix + secrets.token_urlsafe(16)  # a server-named queue
         elif name.startswith("amq."):
             raise AccessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
         qtype = _norm(arguments.get("x-queue-type")) or "classic"
@@ -207,6 +211,9 @@ class VirtualHost:
         self.queues[name] = q
         if durable:
             self.store.put_queue(self.name, name, q.record())
+        if self.queue_created and isinstance(q, Queue):
+            for created in list(self.queue_created):
+                created(q)
         return q
 
     def declare_stream(
@@ -248,7 +255,7 @@ class VirtualHost:
             return 0
         if owner is not None:
             self._check_owner(q, owner)
-        if if_unused and q.consumers:
+        if if_unused and q.consumer_count:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' in use")
         if if_empty and q.message_count:
             raise PreconditionFailed(f"queue '{name}' in vhost '{self.name}' not empty")
@@ -257,7 +264,7 @@ class VirtualHost:
         for ex in list(self.exchanges.values()):
             for b in ex.bindings_to(q):
                 self._unbind(ex, q, b.key, b.arguments)
-        consumers = list(q.consumers)
+        consumers = list(q.consumers) + list(getattr(q, "standby", ()))  # (streams: none)
         q.consumers.clear()
         q.close()
         for c in consumers:

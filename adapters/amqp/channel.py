@@ -72,6 +72,8 @@ class Channel:
         self.body_size = 0
         self.body_parts: list[bytes] = []
         self.body_received = 0
+        # direct reply-to: the queue behind this channel's amq.rabbitmq.reply-to consumer
+        self.reply_queue: str | None = None
 
     # -- teardown -------------------------------------------------------------------------
 
@@ -354,15 +356,45 @@ def _stream_offset(value: Any) -> Any:
     raise ChannelError(C.PRECONDITION_FAILED, f"invalid x-stream-offset {value!r}")
 
 
+def _consumer_priority(value: Any) -> int:
+    """The x-priority consume argument (RabbitMQ: an integer, default 0)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ChannelError(C.PRECONDITION_FAILED, f"invalid x-priority {value!r}")
+    return value
+
+
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def _direct_reply_queue(session: AMQPSession, ch: Channel, args: dict) -> Any:
+    """RabbitMQ's direct reply-to: consuming from the pseudo-queue amq.rabbitmq.reply-to
+    (no-ack only) gives the channel a private queue; messages it publishes with reply_to
+    amq.rabbitmq.reply-to carry that queue's name instead, so replies come back to it."""
+    if not args["no_ack"]:
+        raise ChannelError(C.PRECONDITION_FAILED, "reply consumer cannot acknowledge")
+    if ch.reply_queue is not None:
+        raise ChannelError(C.PRECONDITION_FAILED, "reply consumer already set")
+    q = session.vhost.declare_queue(
+        "", exclusive_owner=session, auto_delete=True, name_prefix=DIRECT_REPLY_TO + "."
+    )
+    ch.reply_queue = q.name
+    return q
+
+
 def _basic_consume(session: AMQPSession, ch: Channel, args: dict) -> None:
-    q = session.vhost.get_queue(args["queue"], owner=session)
+    if args["queue"] == DIRECT_REPLY_TO:
+        q = _direct_reply_queue(session, ch, args)
+    else:
+        q = session.vhost.get_queue(args["queue"], owner=session)
     session.require("read", "queue", q.name)
     tag = args["consumer_tag"] or "amq.ctag-" + secrets.token_urlsafe(16)
     if tag in ch.consumers:
         raise C.FrameError(C.NOT_ALLOWED, f"attempt to reuse consumer tag '{tag}'", 60, 20)
     no_ack = args["no_ack"]
     arguments = args["arguments"] or {}
-    if q.consumers and (args["exclusive"] or any(c.exclusive for c in q.consumers)):
+    if q.consumer_count and (args["exclusive"] or any(c.exclusive for c in q.consumers)):
         raise ChannelError(
             C.ACCESS_REFUSED, f"queue '{q.name}' in vhost '{session.vhost.name}' in exclusive use"
         )
@@ -375,6 +407,7 @@ def _basic_consume(session: AMQPSession, ch: Channel, args: dict) -> None:
         exclusive=args["exclusive"],
         owner=session,
         arguments=arguments,
+        priority=_consumer_priority(arguments.get("x-priority")),
     )
     consumer.on_cancel = lambda: _server_cancel(session, ch, tag)
     consumer.paused = True
@@ -400,6 +433,8 @@ def _basic_cancel(session: AMQPSession, ch: Channel, args: dict) -> None:
     tag = args["consumer_tag"]
     consumer = ch.consumers.pop(tag, None)
     if consumer is not None and consumer.queue is not None:
+        if consumer.queue.name == ch.reply_queue:
+            ch.reply_queue = None  # (its queue goes with it: auto-delete)
         consumer.queue.remove_consumer(consumer, requeue=False)
     if not args["nowait"]:
         session.send_method(ch.number, "basic.cancel-ok", consumer_tag=tag)
@@ -408,7 +443,10 @@ def _basic_cancel(session: AMQPSession, ch: Channel, args: dict) -> None:
 def _basic_get(session: AMQPSession, ch: Channel, args: dict) -> None:
     q = session.vhost.get_queue(args["queue"], owner=session)
     session.require("read", "queue", q.name)
-    no_ack = args["no_ack"]
+    _get(session, ch, q, args["no_ack"])
+
+
+def _get(session: AMQPSession, ch: Channel, q: Any, no_ack: bool) -> None:
     d = q.get(no_ack=no_ack)
     if d is None:
         # the queue's head may still be in the store (a paged backlog being read back): answer

@@ -27,8 +27,8 @@ SERVER_CAPABILITIES = {
     "connection.blocked": True,
     "per_consumer_qos": True,
     "authentication_failure_close": True,
-    "consumer_priorities": False,
-    "direct_reply_to": False,
+    "consumer_priorities": True,
+    "direct_reply_to": True,
 }
 
 

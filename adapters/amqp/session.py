@@ -26,7 +26,14 @@ from polymq.core.errors import BrokerError, IdleTimeout
 from polymq.core.message import Message
 
 from . import codec as C
-from .channel import _CHANNEL_HANDLERS, _SERVER_ONLY, Channel, ChannelError, reply_text
+from .channel import (
+    _CHANNEL_HANDLERS,
+    _SERVER_ONLY,
+    DIRECT_REPLY_TO,
+    Channel,
+    ChannelError,
+    reply_text,
+)
 from .connection import connection_method, send_start
 from .framing import HEADER, BadProtocolHeader
 from .mapping import PROPS_KEY, message_from_properties, properties_for
@@ -345,6 +352,16 @@ class AMQPSession(SessionBase):
                 40,
             )
             return
+        if message.reply_to == DIRECT_REPLY_TO:
+            if channel.reply_queue is None:
+                self.channel_error(
+                    channel, C.PRECONDITION_FAILED, "fast reply consumer does not exist", 60, 40
+                )
+                return
+            # the reply address is the channel's own reply queue (properties re-encoded)
+            message.reply_to = channel.reply_queue
+            message.annotations.pop(PROPS_KEY, None)
+            raw = None
         exchange = pub["exchange"]
         ex = self.vhost.exchanges.get(exchange)
         if ex is None:

@@ -9,13 +9,22 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
-from polymq.core.errors import AccessRefused
+from polymq.core.errors import AccessRefused, BrokerError
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Queue
 
 from . import codec as c
 from .codec import Obj
-from .mapping import ADVISORY_PREFIX, core_to_jms, is_topic, key_of, split_dest, topic_pattern
+from .mapping import (
+    ADVISORY_PREFIX,
+    core_to_jms,
+    is_topic,
+    is_wildcard,
+    key_of,
+    split_dest,
+    topic_pattern,
+    wildcard_matcher,
+)
 
 if TYPE_CHECKING:
     from .hub import OpenWireHub
@@ -57,6 +66,11 @@ class ConsumerState:
         self.no_local = False
         self.head = c.dispatch_head(self.id, self.destination)
         self.head_later: bytes | None = None  # cached form: the head after the first dispatch
+        # a wildcard queue consumer: one core consumer per matching queue, one shared window
+        # (``core`` is then a stand-in holding that window, attached to no queue)
+        self.wildcard: Any = None  # the name matcher
+        self.cores: dict[str, Consumer] = {}
+        self.selector: Any = None
 
     def wants_advisory(self, dest_type: int) -> bool:
         if self.advisory is None:
@@ -69,6 +83,11 @@ class ConsumerState:
         """The window is prefetch + DELIVERED-acked messages still unsettled."""
         if self.core is not None and self.prefetch > 0:
             self.core.set_prefetch(self.prefetch + len(self.delivered))
+
+    def all_cores(self) -> list[Consumer]:
+        if self.core is None:
+            return []
+        return [self.core, *self.cores.values()] if self.wildcard is not None else [self.core]
 
 
 class ConsumerHandling:
@@ -176,6 +195,9 @@ class ConsumerHandling:
                         f"temporary queue {name} does not exist",
                     )
                     return
+            elif is_wildcard(name):
+                self._wildcard_consumer(cs, cmd, name, selector)
+                return
             else:
                 q = self._ensure_queue(name)
         if not isinstance(q, Queue):
@@ -189,19 +211,75 @@ class ConsumerHandling:
             selector=selector,
             owner=self,
             credit=0 if prefetch <= 0 else None,
-            exclusive=bool(cmd.exclusive),
+            # ActiveMQ: an exclusive consumer takes the queue, a second one waits as standby
+            standby=bool(cmd.exclusive),
+            priority=cmd.priority or 0,
         )
+        # attached paused, so that a refusal (an AMQP exclusive consumer holds the queue) is
+        # the answer, and the answer comes before the first dispatch
+        core.paused = True
+        try:
+            q.add_consumer(core)
+        except BrokerError as e:
+            if cs.no_local:
+                self.hub.no_local_consumers -= 1
+            self.respond_error(cmd, "javax.jms.JMSException", e.text)
+            return
         cs.core = core
         cs.queue = q
-        if self.paused:
-            core.paused = True
         self.consumers[cs.key] = cs
         if self.cached:
             cs.head, cs.head_later = c.dispatch_heads_cached(
                 cs.id, cs.destination, self._cache_slots()
             )
         self.respond(cmd)
-        q.add_consumer(core)
+        if not self.paused:
+            core.resume()
+
+    def _wildcard_consumer(self, cs: ConsumerState, cmd: Obj, name: str, selector: Any) -> None:
+        """A consumer of ``queue://a.>``: it reads every queue whose name matches, now and
+        later (queues made through OpenWire), within one prefetch window."""
+        if cmd.prefetch_size <= 0:
+            self.respond_error(
+                cmd,
+                "javax.jms.JMSException",
+                "a wildcard queue consumer needs a prefetch of at least 1",
+            )
+            return
+        cs.wildcard = wildcard_matcher(name)
+        cs.core = Consumer(f"ow-{cs.key}", lambda d: None, prefetch=cmd.prefetch_size)
+        cs.selector = selector
+        self.consumers[cs.key] = cs
+        if self.cached:
+            cs.head, cs.head_later = c.dispatch_heads_cached(
+                cs.id, cs.destination, self._cache_slots()
+            )
+        self.respond(cmd)
+        self.hub.add_wildcard_consumer(self, cs)
+        for qname, q in list(self.vhost.queues.items()):
+            if isinstance(q, Queue) and cs.wildcard(qname):
+                self.attach_wildcard(cs, q)
+
+    def attach_wildcard(self, cs: ConsumerState, q: Queue) -> None:
+        """Add queue ``q`` to what wildcard consumer ``cs`` reads."""
+        if cs.removed or q.name in cs.cores or cs.core is None:
+            return
+        if q.exclusive_owner is not None or not self.conn.authorize("read", "queue", q.name):
+            return  # temporary and exclusive queues, and those it may not read, are left out
+        core = Consumer(
+            f"ow-{cs.key}-{q.name}",
+            lambda d, cs=cs: self._deliver(cs, d),
+            limit=cs.core.limit,
+            selector=cs.selector,
+            owner=self,
+        )
+        core.paused = self.paused
+        try:
+            q.add_consumer(core)
+        except BrokerError as e:  # e.g. the queue has an exclusive consumer: left out
+            log.info("openwire: wildcard consumer skips queue {q}: {e}", q=q.name, e=e.text)
+            return
+        cs.cores[q.name] = core
 
     def remove_consumer(self, cs: ConsumerState, last_delivered: int = -1) -> None:
         """Detach a consumer; what it was sent and did not settle goes back to its queue.
@@ -220,6 +298,9 @@ class ConsumerHandling:
         if cs.no_local:
             cs.no_local = False
             self.hub.no_local_consumers -= 1
+        if cs.wildcard is not None:
+            self._remove_wildcard(cs, last_delivered)
+            return
         if cs.core is not None:
             # deliveries acknowledged inside an open transaction stay with the transaction:
             # settled by its commit, requeued by its rollback (see _rollback)
@@ -246,6 +327,27 @@ class ConsumerHandling:
             q = self.vhost.queues.get(cs.temp_queue)
             if q is not None and not q.consumers:
                 self.vhost.delete_queue(cs.temp_queue)
+
+    def _remove_wildcard(self, cs: ConsumerState, last_delivered: int) -> None:
+        self.hub.wildcard_consumers = [x for x in self.hub.wildcard_consumers if x[1] is not cs]
+        for seq in cs.in_tx:
+            d = cs.dispatched.get(seq)
+            if d is not None and d.consumer is not None:
+                d.consumer.detach(d)
+        for core in cs.cores.values():
+            core.pause()
+        if last_delivered >= 0:
+            undelivered = last_delivered not in cs.dispatched
+            for seq, d in cs.dispatched.items():
+                if undelivered and seq not in cs.in_tx:
+                    d.queue.requeue([d], count=False)
+                elif seq == last_delivered:
+                    undelivered = True
+        for core in cs.cores.values():
+            if core.queue is not None:
+                core.queue.remove_consumer(core, requeue=True)
+        cs.cores.clear()
+        cs.dispatched.clear()
 
     def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
         try:
@@ -326,14 +428,14 @@ class ConsumerHandling:
     def pause(self) -> None:
         self.paused = True
         for cs in self.consumers.values():
-            if cs.core is not None:
-                cs.core.pause()
+            for core in cs.all_cores():
+                core.pause()
 
     def resume(self) -> None:
         self.paused = False
         for cs in list(self.consumers.values()):
-            if cs.core is not None:
-                cs.core.resume()
+            for core in cs.all_cores():
+                core.resume()
 
     # -- pull ------------------------------------------------------------------------------
 
@@ -352,11 +454,22 @@ class ConsumerHandling:
         if not cs.pull_pending:
             return  # answered synchronously
         if cmd.timeout == -1 or cmd.timeout < 0:
+            # "now", but not "empty" while the queue's head is being read back from the store
+            q = cs.queue
+            if q is not None and q.when_head_ready(lambda cs=cs: self._pull_head_ready(cs)):
+                return
             self._pull_expired(cs)
         elif cmd.timeout > 0:
             cs.pull_timer = self.broker.clock.callLater(
                 cmd.timeout / 1000.0, self._pull_expired, cs
             )
+
+    def _pull_head_ready(self, cs: ConsumerState) -> None:
+        if cs.removed or not cs.pull_pending:
+            return
+        if cs.queue is not None and not cs.queue.deleted:
+            cs.queue.dispatch()  # hands the head over on the pull's credit
+        self._pull_expired(cs)  # (answers "empty" only if that did not)
 
     def _pull_expired(self, cs: ConsumerState) -> None:
         cs.pull_timer = None

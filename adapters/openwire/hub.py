@@ -9,6 +9,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from polymq.core.message import Message
+from polymq.core.xa import PreparedBranches
 
 from . import codec as c
 from .codec import Obj
@@ -82,6 +83,8 @@ class OpenWireHub:
         self.broker_id = "ID:polymq-" + uuid.uuid4().hex[:12]
         self.temp_dests: dict[tuple[int, str], Obj] = {}  # -> DestinationInfo
         self.advisory_consumers: list[tuple[OpenWireSession, ConsumerState]] = []
+        # consumers of a wildcard queue (queue://a.>): they also read queues made later
+        self.wildcard_consumers: list[tuple[OpenWireSession, ConsumerState]] = []
         self.sessions: set[OpenWireSession] = set()
         self.client_ids: dict[str, OpenWireSession] = {}
         self._ids = itertools.count(1)
@@ -93,6 +96,26 @@ class OpenWireHub:
         self._cache: OrderedDict[int, list] = OrderedDict()
         self._cache_bytes = 0
         self.no_local_consumers = 0
+        self._watched_vhosts: set[str] = set()
+
+    def add_wildcard_consumer(self, session: OpenWireSession, cs: ConsumerState) -> None:
+        """Also give ``cs`` the matching queues its virtual host creates from now on (by
+        any protocol)."""
+        self.wildcard_consumers.append((session, cs))
+        vhost = session.vhost
+        if vhost.name not in self._watched_vhosts:
+            self._watched_vhosts.add(vhost.name)
+            vhost.queue_created.append(self._queue_created)
+
+    def _queue_created(self, q: Any) -> None:
+        for session, cs in list(self.wildcard_consumers):
+            if session.vhost is q.vhost and cs.wildcard(q.name):
+                session.attach_wildcard(cs, q)
+
+    @property
+    def prepared(self) -> PreparedBranches:
+        """The broker's prepared XA branches (shared by every OpenWire listener)."""
+        return PreparedBranches.of(self.broker)
 
     def next_id(self) -> int:
         return next(self._ids)

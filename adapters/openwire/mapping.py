@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from polymq.core.address import headers_with_key, key_from_headers, queue_address, topic_address
@@ -94,6 +96,40 @@ def topic_pattern(name: str) -> str:
     """ActiveMQ wildcard (`*` one element, `>` one or more elements) as an amq.topic binding
     key: `>` becomes `*.#` (AMQP's `#` alone would also match zero elements)."""
     return ".".join("*.#" if w == ">" else w for w in name.split("."))
+
+
+# queues created through OpenWire: up to JMSPriority 9 levels, made when first needed
+JMS_QUEUE_ARGUMENTS = {"x-priority-on-demand": 9}
+
+VIRTUAL_TOPIC_PREFIX = "VirtualTopic."
+
+
+def virtual_topic_of(queue: str) -> str | None:
+    """The topic a virtual-topic consumer queue reads, with ActiveMQ's default naming:
+    ``Consumer.<consumer name>.VirtualTopic.<topic>`` reads topic ``VirtualTopic.<topic>``."""
+    if not queue.startswith("Consumer."):
+        return None
+    parts = queue.split(".", 2)
+    if len(parts) < 3 or not parts[1] or not parts[2].startswith(VIRTUAL_TOPIC_PREFIX):
+        return None
+    topic = parts[2]
+    return topic if len(topic) > len(VIRTUAL_TOPIC_PREFIX) else None
+
+
+def is_wildcard(name: str) -> bool:
+    return "*" in name or ">" in name
+
+
+def wildcard_matcher(name: str) -> Callable[[str], bool]:
+    """Whether a queue name matches an ActiveMQ wildcard (``*`` one element, ``>`` one or
+    more trailing elements; ``.`` separates)."""
+    parts = []
+    for w in name.split("."):
+        if w == ">":
+            parts.append(r"[^.]+(?:\.[^.]+)*")
+            break
+        parts.append(r"[^.]+" if w == "*" else re.escape(w))
+    return re.compile(r"\.".join(parts) + r"\Z").match  # type: ignore[return-value]
 
 
 def key_of(obj: Obj | None) -> tuple:

@@ -25,7 +25,16 @@ from polymq.core.tx import Transaction
 from . import codec as c
 from .codec import Obj
 from .consumers import ConsumerHandling, ConsumerState
-from .mapping import ADVISORY_PREFIX, is_topic, jms_to_core, key_of, split_dest
+from .mapping import (
+    ADVISORY_PREFIX,
+    JMS_QUEUE_ARGUMENTS,
+    is_topic,
+    jms_to_core,
+    key_of,
+    split_dest,
+    topic_pattern,
+    virtual_topic_of,
+)
 
 if TYPE_CHECKING:
     from .hub import OpenWireHub
@@ -42,6 +51,8 @@ _WF_TYPES = {
 
 TX_BEGIN, TX_PREPARE, TX_COMMIT_ONE, TX_COMMIT_TWO, TX_ROLLBACK = 0, 1, 2, 3, 4
 TX_RECOVER, TX_FORGET, TX_END = 5, 6, 7
+XA_OK = 0
+XA_EXCEPTION = "javax.transaction.xa.XAException"
 
 _BEFORE_CONNECTION = frozenset(
     (
@@ -58,6 +69,16 @@ _BEFORE_CONNECTION = frozenset(
     )
 )
 _ACK, _WIREFORMAT, _MESSAGE_TYPES = c.MESSAGE_ACK, c.WIREFORMAT_INFO, c.MESSAGE_TYPES
+
+
+def xid_record(tid: Obj) -> list:
+    """An XATransactionId as a storable value: [format id, global id, branch qualifier]."""
+    return [tid.format_id, bytes(tid.global_transaction_id), bytes(tid.branch_qualifier)]
+
+
+def xid_key(tid: Obj) -> str:
+    fmt, gtrid, bqual = xid_record(tid)
+    return f"{fmt}:{gtrid.hex()}:{bqual.hex()}"
 
 
 def error_class(e: BrokerError) -> str:
@@ -560,7 +581,14 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         if q is None:
             if not self.conn.authorize("configure", "queue", name):
                 raise AccessRefused(f"not allowed to create queue {name}")
-            q = self.vhost.declare_queue(name, durable=True)
+            # JMSPriority orders delivery once a message with a non-default one arrives
+            # (ActiveMQ's prioritizedMessages); until then the queue stays a single FIFO
+            q = self.vhost.declare_queue(name, durable=True, arguments=JMS_QUEUE_ARGUMENTS)
+            topic = virtual_topic_of(name)
+            if topic is not None:
+                # Consumer.<name>.VirtualTopic.<topic>: every message published to topic
+                # VirtualTopic.<topic> gets a copy here
+                self.vhost.bind_queue(name, "amq.topic", topic_pattern(topic))
         return q
 
     # -- transactions -----------------------------------------------------------------------
@@ -581,13 +609,35 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if cs.removed:
                 d.queue.requeue([d])
 
+    def _commit(self, entry: tuple[Transaction, list], cmd: Obj) -> None:
+        tx, settled = entry
+        self._settled_for_good(settled)
+        tx.commit()
+        if cmd.response_required:  # once the transaction's writes are on disk
+            self.conn.reply_after_durable(c.encode_response(cmd.command_id))
+        for cs in {x[0] for x in settled}:
+            cs.credit_back()
+
+    @staticmethod
+    def _settled_for_good(settled: list) -> None:
+        for cs, s, _ in settled:
+            cs.in_tx.discard(s)
+            if cs.dispatched.pop(s, None) is not None:
+                cs.delivered.discard(s)
+
     def on_transaction(self, cmd: Obj) -> None:
         tid = cmd.transaction_id
+        t = cmd.tx_type
         if tid is None:
-            self.respond(cmd)
+            if t == TX_RECOVER:
+                self._xa_recover(cmd)
+            else:
+                self.respond(cmd)
+            return
+        if tid.type == c.XA_TRANSACTION_ID:
+            self._on_xa(cmd, tid, t)
             return
         k = key_of(tid)
-        t = cmd.tx_type
         if t == TX_BEGIN:
             if k not in self.transactions:
                 self._begin(tid)
@@ -597,39 +647,111 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if entry is None:
                 self.respond(cmd)
                 return
-            tx, settled = entry
-            for cs, s, _ in settled:
-                cs.in_tx.discard(s)
-                if cs.dispatched.pop(s, None) is not None:
-                    cs.delivered.discard(s)
-            tx.commit()
-            if cmd.response_required:  # once the transaction's writes are on disk
-                self.conn.reply_after_durable(c.encode_response(cmd.command_id))
-            for cs in {x[0] for x in settled}:
-                cs.credit_back()
+            self._commit(entry, cmd)
         elif t == TX_ROLLBACK:
             entry = self.transactions.pop(k, None)
             if entry is not None:
                 self._rollback(entry)
             self.respond(cmd)
-        elif t == TX_RECOVER:
-            if cmd.response_required:
-                self.reply(
-                    c.encode_frame(
-                        Obj(c.DATA_ARRAY_RESPONSE, correlation_id=cmd.command_id, data=[]),
-                        self.cached,
-                    )
-                )
+        else:
+            # prepare, recover, forget exist only for XA branches
+            self.respond_error(
+                cmd, "javax.jms.JMSException", "two-phase commit needs an XA transaction"
+            )
+
+    # -- XA ---------------------------------------------------------------------------------
+
+    def _on_xa(self, cmd: Obj, tid: Obj, t: int) -> None:
+        """An XA branch runs as a local transaction until PREPARE makes it durable
+        (core/xa.py); COMMIT / ROLLBACK of a prepared branch may come from any connection,
+        also after a restart."""
+        k = key_of(tid)
+        xkey = xid_key(tid)
+        prepared = self.hub.prepared
+        if t == TX_BEGIN:
+            if k not in self.transactions:
+                self._begin(tid)
+            self.respond(cmd)
+        elif t == TX_END or t == TX_FORGET:
+            self.respond(cmd)
         elif t == TX_PREPARE:
-            if cmd.response_required:
-                self.reply(
-                    c.encode_frame(
-                        Obj(c.INTEGER_RESPONSE, correlation_id=cmd.command_id, result=3),
-                        self.cached,
+            entry = self.transactions.pop(k, None)
+            if entry is None:
+                self.respond_error(cmd, XA_EXCEPTION, f"no active XA branch {xkey} to prepare")
+                return
+            if xkey in prepared.branches:
+                self._rollback(entry)
+                self.respond_error(cmd, XA_EXCEPTION, f"XA branch {xkey} is already prepared")
+                return
+            tx, settled = entry
+            command_id, wanted = cmd.command_id, cmd.response_required
+
+            def answer() -> None:
+                if wanted and not self.closed:
+                    self.reply(
+                        c.encode_frame(
+                            Obj(c.INTEGER_RESPONSE, correlation_id=command_id, result=XA_OK),
+                            self.cached,
+                        )
                     )
-                )
+
+            prepared.prepare(xkey, xid_record(tid), tx, settled, answer)
+        elif t in (TX_COMMIT_ONE, TX_COMMIT_TWO):
+            entry = self.transactions.pop(k, None)
+            if entry is not None:  # one-phase commit of a branch that was never prepared
+                self._commit(entry, cmd)
+                return
+            b = prepared.take(xkey)
+            if b is None:
+                self.respond_error(cmd, XA_EXCEPTION, f"no prepared XA branch {xkey}")
+                return
+            self._settled_for_good(b.settled)
+            prepared.commit(b)
+            if cmd.response_required:
+                self.conn.reply_after_durable(c.encode_response(cmd.command_id))
+            for cs in {x[0] for x in b.settled}:
+                cs.credit_back()
+        elif t == TX_ROLLBACK:
+            entry = self.transactions.pop(k, None)
+            if entry is not None:
+                self._rollback(entry)
+                self.respond(cmd)
+                return
+            b = prepared.take(xkey)
+            if b is None:
+                self.respond_error(cmd, XA_EXCEPTION, f"no XA branch {xkey}")
+                return
+            deliveries = prepared.rollback(b)
+            for cs, s, d in b.settled:
+                cs.in_tx.discard(s)
+                if cs.removed:
+                    d.queue.requeue([d])
+            prepared.keep_unsettled(deliveries)
+            if cmd.response_required:
+                self.conn.reply_after_durable(c.encode_response(cmd.command_id))
         else:
             self.respond(cmd)
+
+    def _xa_recover(self, cmd: Obj) -> None:
+        """The prepared branches of this connection's virtual host (any connection's, and
+        those restored after a restart)."""
+        if not cmd.response_required:
+            return
+        xids = [
+            Obj(
+                c.XA_TRANSACTION_ID,
+                format_id=fmt,
+                global_transaction_id=gtrid,
+                branch_qualifier=bqual,
+            )
+            for fmt, gtrid, bqual in self.hub.prepared.xids(self.vhost.name)
+        ]
+        self.reply(
+            c.encode_frame(
+                Obj(c.DATA_ARRAY_RESPONSE, correlation_id=cmd.command_id, data=xids),
+                self.cached,
+            )
+        )
 
     # -- temp destinations ---------------------------------------------------------------------
 
@@ -678,13 +800,21 @@ class OpenWireSession(ConsumerHandling, SessionBase):
     def on_remove_subscription(self, cmd: Obj) -> None:
         qname = f"{cmd.client_id or self.client_id}.{cmd.subscription_name}"
         q = self.vhost.queues.get(qname)
-        if q is not None:
-            if q.consumers:
-                self.respond_error(
-                    cmd,
-                    "javax.jms.JMSException",
-                    f"durable subscription {cmd.subscription_name} is in use",
-                )
-                return
-            self.vhost.delete_queue(qname)
+        if q is None:
+            # as ActiveMQ: unsubscribing a subscription that does not exist fails
+            self.respond_error(
+                cmd,
+                "javax.jms.InvalidDestinationException",
+                f"no durable subscription {cmd.subscription_name} for client "
+                f"{cmd.client_id or self.client_id}",
+            )
+            return
+        if q.consumer_count:
+            self.respond_error(
+                cmd,
+                "javax.jms.JMSException",
+                f"durable subscription {cmd.subscription_name} is in use",
+            )
+            return
+        self.vhost.delete_queue(qname)
         self.respond(cmd)
