@@ -32,7 +32,12 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.build-deps
 	$(VPY) -m pip install --quiet --no-build-isolation -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-serve: $(VENV)/.installed
+# Protocol plugins packaged as their own distributions, installed with polymq (editable).
+$(VENV)/.installed-stomp: plugins/stomp/setup.cfg plugins/stomp/pyproject.toml $(VENV)/.installed
+	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e plugins/stomp
+	touch $@
+
+serve: $(VENV)/.installed $(VENV)/.installed-stomp
 	@echo "polymq command: $(VENV)/bin/polymq (or 'make install' to put it on your PATH); Ctrl-C stops the broker"
 	$(VENV)/bin/polymq serve $(SERVE_ARGS)
 
@@ -55,7 +60,7 @@ deb-deps:
 		     DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; }; \
 	fi
 
-test: $(VENV)/.installed-test deb-deps
+test: $(VENV)/.installed-test $(VENV)/.installed-stomp deb-deps
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed-test

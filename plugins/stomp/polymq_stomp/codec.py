@@ -192,9 +192,7 @@ class StompFramer:
         crlf = buf.find(b"\n\r\n", pos, pos + self.max_header_bytes + 3)
         if head_end < 0 and crlf < 0:
             if end - pos > self.max_header_bytes:
-                raise FrameTooLarge(
-                    f"frame headers longer than {self.max_header_bytes} bytes"
-                )
+                raise FrameTooLarge(f"frame headers longer than {self.max_header_bytes} bytes")
             return None
         if crlf >= 0 and (head_end < 0 or crlf < head_end):
             body_start = crlf + 3

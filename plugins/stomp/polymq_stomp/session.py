@@ -82,6 +82,13 @@ def topic_binding(key: str) -> str:
     return ".".join("*.#" if w == ">" else w for w in key.split("."))
 
 
+def _after_prefix(destination: str) -> str:
+    """The name in ``/queue/NAME`` or ``queue://NAME`` (and the topic forms)."""
+    if destination[0] == "/":
+        return destination.split("/", 2)[2]
+    return destination.split("://", 1)[1]
+
+
 def reply_to_core(value: str) -> str:
     """A STOMP reply-to destination as a core address (docs/mapping.md, reply-to)."""
     for prefix, core in (
@@ -345,7 +352,7 @@ class StompSession(SessionBase):
         if found is not None:
             return found
         if destination.startswith("/queue/") or destination.startswith("queue://"):
-            name = destination.split("/", 2)[2] if destination[0] == "/" else destination[8:]
+            name = _after_prefix(destination)
             self._queue(name, declare=True)
             route = ("", name)
         elif destination.startswith("/amq/queue/"):
@@ -480,7 +487,7 @@ class StompSession(SessionBase):
     def _subscription_queue(self, destination: str, sub_id: str, h: dict) -> tuple[str, bool]:
         """(queue name, whether it is the subscription's own) for a SUBSCRIBE."""
         if destination.startswith("/queue/") or destination.startswith("queue://"):
-            name = destination.split("/", 2)[2] if destination[0] == "/" else destination[8:]
+            name = _after_prefix(destination)
             self._queue(name, declare=True)
             return name, False
         if destination.startswith("/amq/queue/"):
@@ -489,7 +496,7 @@ class StompSession(SessionBase):
             return name, False
         if destination.startswith("/topic/") or destination.startswith("topic://"):
             exchange = "amq.topic"
-            pattern = topic_binding(destination.split("/", 2)[2] if destination[0] == "/" else destination[8:])
+            pattern = topic_binding(_after_prefix(destination))
         elif destination.startswith("/exchange/"):
             exchange, _, pattern = destination[len("/exchange/") :].partition("/")
             self.vhost.get_exchange(exchange)
