@@ -146,3 +146,91 @@ def connect_frame(version: str = "1.2", **headers: str) -> bytes:
     lines = ["CONNECT", f"accept-version:{version}", "host:/", "login:guest", "passcode:guest"]
     lines += [f"{k.replace('_', '-')}:{v}" for k, v in headers.items()]
     return ("\n".join(lines) + "\n\n").encode() + b"\0"
+
+
+class StompInterop:
+    """stomp.py behind the interface of tests/interop/clients.py: ``subscribe(key)``,
+    ``publish(key, out)`` and ``receive(handle, n)`` on ``/topic/<amq.topic key>``, with every
+    standard field carried in the header STOMP uses for it (docs/mapping.md)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn, self.got = connect(port, auto_decode=False)
+        self.inbox: dict[str, list] = {}
+        self.n = 0
+
+    def subscribe(self, key: str, destination: str | None = None) -> str:
+        self.n += 1
+        handle = f"s{self.n}"
+        self.conn.subscribe(destination or f"/topic/{key}", id=handle, receipt=f"sub-{handle}")
+        self.got.wait_receipt(f"sub-{handle}")
+        self.inbox[handle] = []
+        return handle
+
+    def publish(self, key: str, out, destination: str | None = None) -> None:
+        h = {k: str(v) for k, v in out.headers.items()}
+        for name, value in (
+            ("content-type", out.content_type),
+            ("content-encoding", out.content_encoding),
+            ("amqp-message-id", out.message_id),
+            ("correlation-id", out.correlation_id),
+            ("reply-to", out.reply_to),
+            ("type", out.type),
+            ("priority", out.priority),
+            ("timestamp", out.timestamp_ms),
+            ("expiration", out.ttl_ms),
+        ):
+            if value is not None:
+                h[name] = str(value)
+        if out.user_id is not None:
+            h["user-id"] = out.user_id
+        if out.key is not None:
+            h["x-kafka-key"] = out.key.decode("utf-8")
+        h["persistent"] = "true" if out.durable else "false"
+        self.n += 1
+        self.conn.send(destination or f"/topic/{key}", out.body, headers=h, receipt=f"p{self.n}")
+        self.got.wait_receipt(f"p{self.n}")
+
+    def receive(self, handle: str, n: int, timeout: float = 10.0) -> list:
+        from clients import Got
+
+        deadline = time.monotonic() + timeout
+        while len(self.inbox[handle]) < n and time.monotonic() < deadline:
+            try:
+                frame = self.got.get(max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            h = {k: v.decode() if isinstance(v, bytes) else v for k, v in frame.headers.items()}
+            own = {
+                "subscription", "message-id", "ack", "destination", "content-length",
+                "content-type", "content-encoding", "amqp-message-id", "correlation-id",
+                "reply-to", "type", "user-id", "timestamp", "expires", "priority",
+                "persistent", "redelivered",
+            }  # fmt: skip
+            expires = int(h["expires"]) if "expires" in h else None
+            key = h.get("x-kafka-key")
+            got = Got(
+                frame.body if isinstance(frame.body, bytes) else frame.body.encode(),
+                content_type=h.get("content-type"),
+                content_encoding=h.get("content-encoding"),
+                message_id=h.get("amqp-message-id"),
+                correlation_id=h.get("correlation-id"),
+                reply_to=h.get("reply-to"),
+                user_id=h.get("user-id"),
+                type=h.get("type"),
+                timestamp_ms=int(h["timestamp"]) if "timestamp" in h else None,
+                ttl_left_ms=expires - int(time.time() * 1000) if expires else None,
+                priority=int(h["priority"]) if "priority" in h else None,
+                durable=h.get("persistent") == "true",
+                headers={k: v for k, v in h.items() if k not in own},
+                key=key.encode() if key is not None else None,
+                topic=h.get("destination"),
+            )
+            self.inbox[h["subscription"]].append(got)
+        got, self.inbox[handle] = self.inbox[handle][:n], self.inbox[handle][n:]
+        return got
+
+    def done(self, handle: str) -> None:
+        self.conn.unsubscribe(handle)
+
+    def close(self) -> None:
+        self.conn.disconnect()
