@@ -39,6 +39,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # client that does not read them (the oldest are dropped and counted, as Mosquitto does)
     "max_queued_qos0": 1000,
     "vhost": "",
+    # MQTT over WebSocket (core/websocket.py), as Mosquitto and RabbitMQ offer it to browsers
+    "websocket_port": 8080,
+    "websocket_path": "/mqtt",
+    "websocket_subprotocols": ["mqtt", "mqttv3.1"],
 }
 
 

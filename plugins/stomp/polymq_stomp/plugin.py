@@ -18,6 +18,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # a frame's header block: bytes and lines (the body's limit is limits.max_message_size)
     "max_header_bytes": 65536,
     "max_headers": 1000,
+    # STOMP over WebSocket (polymq's core WebSocket listener): RabbitMQ Web-STOMP's port and path
+    "websocket_port": 15674,
+    "websocket_path": "/ws",
+    "websocket_subprotocols": ["v12.stomp", "v11.stomp", "v10.stomp"],
 }
 
 
