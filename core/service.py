@@ -498,9 +498,7 @@ class BrokerService(MultiService):
         try:
             listening = await endpoint.listen(factory)
         except error.CannotListenError as exc:
-            return _clash(name, host, port, exc.socketError).replace(
-                ".port=", ".websocket_port="
-            )
+            return _clash(name, host, port, exc.socketError).replace(".port=", ".websocket_port=")
         self._listeners[listener] = listening
         registry_of(self.broker).watch_listener(listening)
         self._trackers[listener] = tracker
