@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEB_PACKAGES := default-jdk-headless libactivemq-java kcat chromium chromium-driver postgresql
+DEB_PACKAGES := default-jdk-headless libactivemq-java kcat chromium chromium-driver postgresql nodejs
 PYTEST_ARGS ?= -q
 SERVE_ARGS ?=
 BIN_DIR ?= $(HOME)/.local/bin
@@ -59,6 +59,9 @@ deb-deps:
 		|| { $$sudo apt-get update && \
 		     DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; }; \
 	fi
+	@# npm comes with some nodejs builds (NodeSource) and is its own Debian package otherwise
+	@command -v npm >/dev/null 2>&1 || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends npm; }
 
 test: $(VENV)/.installed-test $(VENV)/.installed-stomp deb-deps
 	$(VPY) -m pytest $(PYTEST_ARGS) tests

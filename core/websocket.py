@@ -74,9 +74,16 @@ class WebSocketTransport:
         self.outer.close(1000)
 
     def abortConnection(self) -> None:
+        # a reset would discard the 101 answer still unread by the client (a connection
+        # refused by the limits is aborted right after the upgrade): a close frame says why,
+        # and the socket is dropped if the client does not read it
         self.disconnecting = True
-        self.outer.open = False
-        self.tcp.abortConnection()
+        self.outer.close(1013)
+        self.outer.factory.clock.callLater(5.0, self._drop)
+
+    def _drop(self) -> None:
+        if self.tcp.connected:
+            self.tcp.abortConnection()
 
     def getPeer(self) -> Any:
         return self.tcp.getPeer()
@@ -149,6 +156,14 @@ class WebSocketProtocol(Protocol):
                 elif isinstance(event, Ping):
                     self.transport.write(ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
+                    if event.code not in (1000, 1001, 1005):  # wsproto's own on bad frames
+                        log.info(
+                            "{listener}: closing {peer}: WebSocket close {code} {reason}",
+                            listener=self.factory.listener_name,
+                            peer=_peer(self.transport),
+                            code=event.code,
+                            reason=event.reason or "",
+                        )
                     if self.open:
                         self.open = False
                         try:
