@@ -8,7 +8,7 @@ import struct
 import uuid
 from urllib.parse import unquote, urlsplit
 
-PROTOCOLS = ("mqtt", "amqp", "kafka", "openwire")
+PROTOCOLS = ("mqtt", "amqp", "kafka", "openwire", "stomp")
 GUARANTEES = ("at-most-once", "at-least-once", "persistent")
 PATTERNS = ("fanout", "queue")
 
@@ -18,14 +18,16 @@ DEFAULT_URLS = {
     "amqp": "amqp://guest:guest@127.0.0.1:5672/",
     "kafka": "kafka://127.0.0.1:9092",
     "openwire": "tcp://127.0.0.1:61616",
+    "stomp": "stomp://127.0.0.1:61613",
 }
 SCHEMES = {
     "mqtt": ("mqtt", "tcp"),
     "amqp": ("amqp",),
     "kafka": ("kafka", "tcp", ""),
     "openwire": ("tcp", "openwire"),
+    "stomp": ("stomp", "tcp"),
 }
-DEFAULT_PORTS = {"mqtt": 1883, "amqp": 5672, "kafka": 9092, "openwire": 61616}
+DEFAULT_PORTS = {"mqtt": 1883, "amqp": 5672, "kafka": 9092, "openwire": 61616, "stomp": 61613}
 
 # body: producer id (u32), sequence (u32), send time (u64, CLOCK_MONOTONIC ns), then padding
 HEADER = struct.Struct(">IIQ")
@@ -213,7 +215,7 @@ def target_from_url(proto: str, url: str, label: str | None = None) -> Target:
     if not host:
         raise CompareError(f"{proto} URL {url!r}: no host")
     vhost = "/"
-    if proto == "amqp" and parts.path not in ("", "/"):
+    if proto in ("amqp", "stomp") and parts.path not in ("", "/"):
         vhost = unquote(parts.path[1:])
     return Target(
         protocol=proto,
