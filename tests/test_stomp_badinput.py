@@ -346,3 +346,18 @@ def test_fuzz_session_frames(frames):
     for conn, transport in out:
         conn.connectionLost(None)
         assert b"message:internal error" not in transport.value()
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(0, 400), max_size=5))
+def test_crlf_headers_with_any_body(body, cuts):
+    """STOMP 1.2 CRLF line ends: the first empty line ends the headers, whatever the body holds
+    (LF LF, CR LF CR LF) and wherever the reads split it."""
+    data = b"SEND\r\ndestination:/queue/x\r\nh:v\r\n\r\n" + body.replace(b"\0", b"") + b"\0"
+    framer = StompFramer(1000)
+    framer.version = V12
+    framer.one_at_a_time = False
+    frames = feed_all(framer, data + data, cuts)
+    assert framer.error is None
+    assert [(f.headers, f.body) for f in frames] == [
+        ({"destination": "/queue/x", "h": "v"}, body.replace(b"\0", b""))
+    ] * 2

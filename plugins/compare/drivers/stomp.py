@@ -112,9 +112,7 @@ def _destination(ctx: SideContext) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _consume(
-    ctx: SideContext, conn: Conn, tally: Tally, stop: threading.Event, acks: bool
-) -> None:
+def _consume(ctx: SideContext, conn: Conn, tally: Tally, stop: threading.Event, acks: bool) -> None:
     sock = conn.sock
     buf = conn.buf
     add = tally.add
@@ -240,6 +238,7 @@ def _produce(ctx: SideContext, index: int, conn: Conn, out: dict) -> None:
                     if confirm:
                         buf[off + receipt_off : off + receipt_off + 10] = b"%010d" % (sent + k)
                     stamp(buf, off + body_off, index, sent + k)
+                sock.settimeout(30)  # a broker that reads slowly is waited for
                 sock.sendall(view[: n * flen])
                 sent += n
                 counter.value += n

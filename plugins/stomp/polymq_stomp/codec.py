@@ -188,8 +188,10 @@ class StompFramer:
         if pos >= end:
             return None
         # the header block ends with an empty line
-        head_end = buf.find(b"\n\n", pos, pos + self.max_header_bytes + 2)
-        crlf = buf.find(b"\n\r\n", pos, pos + self.max_header_bytes + 3)
+        limit = pos + self.max_header_bytes + 3
+        head_end = buf.find(b"\n\n", pos, limit)
+        # a CRLF empty line can only end the headers before the first LF LF
+        crlf = buf.find(b"\n\r\n", pos, head_end + 2 if head_end >= 0 else limit)
         if head_end < 0 and crlf < 0:
             if end - pos > self.max_header_bytes:
                 raise FrameTooLarge(f"frame headers longer than {self.max_header_bytes} bytes")
