@@ -201,11 +201,11 @@ def run_consumers(ctx: SideContext) -> dict:
 def _produce(ctx: SideContext, index: int, conn: Conn, out: dict) -> None:
     wl = ctx.wl
     confirm = wl.guarantee != "at-most-once"
-    headers = {
-        "destination": _destination(ctx),
-        "content-length": str(wl.size),
-        "persistent": "true" if wl.guarantee == "persistent" else "false",
-    }
+    headers = {"destination": _destination(ctx), "content-length": str(wl.size)}
+    if wl.guarantee == "persistent":
+        # only when true: RabbitMQ also reads `persistent` as the durability of the queue it
+        # declares for /queue/, and false would clash with the consumers' declaration
+        headers["persistent"] = "true"
     if confirm:
         headers["receipt"] = "0" * 10  # patched: the sequence number, fixed width
     one = _frame("SEND", headers, os.urandom(wl.size))
