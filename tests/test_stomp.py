@@ -418,3 +418,18 @@ def test_persistent_messages_survive_a_restart(tmp_path):
         assert [f.body for f in got.take(10)] == [f"p{i}" for i in range(10)]
         assert got.none()
         conn.disconnect()
+
+
+def test_any_protocol_port_hands_stomp_clients_over(tmp_path):
+    """The plugin's looks_like lets the any-protocol listener recognise a STOMP client, and a
+    STOMP client on another adapter's port is told which port it wanted."""
+    with BrokerProcess(tmp_path / "b", adapters=["stomp", "any", "amqp"], log_level="info") as b:
+        conn, got = connect(b.port("any"))
+        conn.subscribe("/queue/via-any", id="a")
+        conn.send("/queue/via-any", "through the any port")
+        assert got.get().body == "through the any port"
+        conn.disconnect()
+        raw = RawStomp(b.port("amqp"))
+        raw.send(connect_frame())
+        raw.closed()
+        assert f"it looks like stomp, which listens on {b.port('stomp')}" in b.log_text()
