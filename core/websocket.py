@@ -85,6 +85,14 @@ class WebSocketTransport:
         if self.tcp.connected:
             self.tcp.abortConnection()
 
+    @property
+    def socket(self) -> Any:
+        # the contract sets TCP keep-alive on it (output still goes through write())
+        return getattr(self.tcp, "socket", None)
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.tcp.setTcpNoDelay(enabled)
+
     def getPeer(self) -> Any:
         return self.tcp.getPeer()
 
