@@ -433,3 +433,37 @@ def test_any_protocol_port_hands_stomp_clients_over(tmp_path):
         raw.send(connect_frame())
         raw.closed()
         assert f"it looks like stomp, which listens on {b.port('stomp')}" in b.log_text()
+
+
+def test_slow_subscriber_leaves_messages_in_the_queue(tmp_path):
+    """Back-pressure: a subscriber that does not read fills its socket, the contract pauses its
+    consumer, and the rest stays in the queue (an AMQP client counts it) until it reads again;
+    then everything arrives, in order."""
+    import socket
+
+    import pika
+
+    with BrokerProcess(tmp_path / "b", adapters=["stomp", "amqp"]) as b:
+        raw = RawStomp.__new__(RawStomp)
+        raw.sock = socket.socket()
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.sock.connect(("127.0.0.1", b.port("stomp")))
+        raw.buf = b""
+        raw.send(connect_frame())
+        assert raw.frame()[0] == "CONNECTED"
+        raw.send(b"SUBSCRIBE\nid:s\ndestination:/queue/bp\nack:auto\nreceipt:on\n\n\0")
+        assert raw.frame()[0] == "RECEIPT"
+        pub, got = connect(b.port("stomp"))
+        n, size = 1500, 16 * 1024
+        for i in range(n):
+            pub.send("/queue/bp", str(i).encode().ljust(size, b"."))
+        pub.send("/queue/bp-done", "x", receipt="sent")
+        got.wait_receipt("sent", timeout=60)
+        amqp = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port("amqp")))
+        waiting = amqp.channel().queue_declare("bp", passive=True).method.message_count
+        amqp.close()
+        assert waiting > n // 2, f"only {waiting} of {n} messages stayed in the queue"
+        bodies = [raw.frame(timeout=30)[2] for _ in range(n)]
+        assert [int(body.rstrip(b".")) for body in bodies] == list(range(n))
+        pub.disconnect()
+        raw.close()
