@@ -361,3 +361,23 @@ def test_crlf_headers_with_any_body(body, cuts):
     assert [(f.headers, f.body) for f in frames] == [
         ({"destination": "/queue/x", "h": "v"}, body.replace(b"\0", b""))
     ] * 2
+
+
+def test_error_after_a_receipt_waiting_for_the_disk(broker):
+    """A persistent SEND's RECEIPT waits for the store; a bad frame right behind it still gets
+    both, in order: RECEIPT, then ERROR, then the close."""
+    raw = RawStomp(broker.port("stomp"))
+    raw.send(connect_frame())
+    assert raw.frame()[0] == "CONNECTED"
+    raw.send(
+        b"SEND\ndestination:/queue/before-error\npersistent:true\nreceipt:kept\n\nbody\0FROB\n\n\0"
+    )
+    command, headers, _ = raw.frame()
+    assert (command, headers.get("receipt-id")) == ("RECEIPT", "kept")
+    command, headers, _ = raw.frame()
+    assert command == "ERROR" and "unknown command" in headers["message"]
+    assert raw.closed()
+    conn, got = connect(broker.port("stomp"))
+    conn.subscribe("/queue/before-error", id="x")
+    assert got.get().body == "body"
+    conn.disconnect()

@@ -201,6 +201,23 @@ class StompSession(SessionBase):
         headers.append(("content-length", str(len(body))))
         self.conn.reply(encode_frame("ERROR", headers, body, self.version))
         self.state = 2
+        # the ERROR leaves after the receipts before it that wait for the disk: the
+        # connection stays open (reading nothing more) until then
+        self.conn.linger(10.0)
+        self._close_after_replies()
+
+    def _close_after_replies(self) -> None:
+        """Close once every answer given so far has left (in order)."""
+        conn = self.conn
+        # a place in the reply order: every answer before it is registered for release
+        # first, so this store callback runs after theirs
+        done = conn.reply_later()
+
+        def close() -> None:
+            done()
+            conn.close()
+
+        self.broker.when_durable(close)
 
     def connection_lost(self) -> None:
         self.state = 2
@@ -724,7 +741,7 @@ class StompSession(SessionBase):
         self.state = 2
         self._receipt(durable=True)
         # closed once the receipt (and every answer before it) has left
-        self.broker.when_durable(self.conn.close)
+        self._close_after_replies()
 
     HANDLERS: dict[str, Any] = {
         "SEND": on_send,
