@@ -263,6 +263,14 @@ def test_escape_inverse(text):
     assert "\n" not in escape(text, V10)
 
 
+@given(st.text(max_size=20))
+def test_escape_never_writes_nul(text):
+    """Header values from other protocols may hold NUL (Kafka binary headers): it would end the
+    frame, so it is replaced."""
+    for version in (V10, V11, V12):
+        assert "\0" not in escape(text, version)
+
+
 # one frame of a random session: commands with headers that make sense, or not
 frame_strategy = st.builds(
     lambda cmd, hdrs, body: encode_frame(cmd, hdrs, body, V12),

@@ -92,7 +92,10 @@ def unescape(text: str, version: str) -> str:
 
 def escape(text: str, version: str) -> str:
     """A header name or value escaped for ``version`` (1.0: line ends replaced by spaces, the
-    only way to keep the frame intact)."""
+    only way to keep the frame intact). A NUL, which no version can carry in a header (it ends
+    the frame), becomes U+FFFD, as MQTT strings do."""
+    if "\0" in text:
+        text = text.replace("\0", "\ufffd")
     if version == V10:
         if "\n" in text or "\r" in text:
             return text.replace("\r", " ").replace("\n", " ")
