@@ -149,6 +149,8 @@ class WebSocketProtocol(Protocol):
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if not data:  # wsproto (h11) reads empty data as the end of the stream
+            return
         ws = self.ws
         try:
             ws.receive_data(data)

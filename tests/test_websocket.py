@@ -15,6 +15,8 @@ import nodeclients
 import paho.mqtt.client as mqtt
 import pytest
 from brokerproc import BrokerProcess
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from stompclient import connect
 
 WS = {
@@ -250,3 +252,76 @@ def test_limits_and_handshake_timeout_apply(tmp_path):
         assert closed(sock)
         assert time.monotonic() - start < 8
         assert "no WebSocket upgrade" in b.log_text()
+
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: v12.stomp\r\n\r\n"
+)
+
+
+def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    mask = b"\x11\x22\x33\x44"
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    else:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+ws_chunk = st.one_of(
+    st.binary(max_size=64),  # anything at all
+    st.builds(  # well-formed frames of any opcode carrying STOMP bytes or garbage
+        _masked,
+        st.sampled_from([0, 1, 2, 8, 9, 10, 3, 15]),
+        st.one_of(
+            st.binary(max_size=200),
+            st.sampled_from(
+                [
+                    b"CONNECT\naccept-version:1.2\nlogin:guest\npasscode:guest\n\n\0",
+                    b"SEND\ndestination:/queue/fz\n\nhi\0",
+                    b"SUBSCRIBE\nid:1\ndestination:/queue/fz\n\n\0",
+                    b"\n",
+                ]
+            ),
+        ),
+        st.booleans(),
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans(), st.lists(ws_chunk, max_size=8))
+def test_fuzz_websocket_layer(upgrade, chunks):
+    """Random bytes and frames, before or after a good upgrade, in-process: the WebSocket
+    layer and the STOMP connection under it answer or close, and nothing escapes as an error."""
+    from polymq_stomp.plugin import DEFAULT_CONFIG
+    from polymq_stomp.transport import StompFactory
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from polymq.core import output
+    from polymq.core.broker import Broker
+    from polymq.core.websocket import WebSocketListenerFactory
+
+    clock = Clock()
+    inner = StompFactory(Broker(clock=clock), dict(DEFAULT_CONFIG))
+    factory = WebSocketListenerFactory(inner, clock)
+    factory.path, factory.subprotocols = "/ws", ["v12.stomp"]
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    if upgrade:
+        proto.dataReceived(UPGRADE)
+        assert transport.value().startswith(b"HTTP/1.1 101")
+    for chunk in chunks:
+        if transport.disconnecting:
+            break
+        proto.dataReceived(chunk)
+        output.flush_pending()
+    clock.advance(60)
+    proto.connectionLost(None)
+    assert b"internal error" not in transport.value()
