@@ -467,3 +467,33 @@ def test_slow_subscriber_leaves_messages_in_the_queue(tmp_path):
         assert [int(body.rstrip(b".")) for body in bodies] == list(range(n))
         pub.disconnect()
         raw.close()
+
+
+def test_temp_queue_replies_from_amqp_and_stomp(tmp_path):
+    """RabbitMQ's temporary reply queues: a reply-to of /temp-queue/r is this connection's own
+    queue, subscribed at once; an AMQP responder and a STOMP responder both reach it."""
+    import pika
+
+    with BrokerProcess(tmp_path / "b", adapters=["stomp", "amqp"]) as b:
+        requester, got = connect(b.port("stomp"))
+        requester.send("/queue/rpc", "ask amqp", headers={"reply-to": "/temp-queue/r"})
+        requester.send("/queue/rpc", "ask stomp", headers={"reply-to": "/temp-queue/r"})
+        amqp = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", b.port("amqp")))
+        ch = amqp.channel()
+        method, props, body = ch.basic_get("rpc", auto_ack=True)
+        assert body == b"ask amqp" and props.reply_to.startswith("stomp-temp.")
+        ch.basic_publish("", props.reply_to, b"amqp answers")
+        responder, rgot = connect(b.port("stomp"))
+        responder.subscribe("/queue/rpc", id="rpc")
+        request = rgot.get()
+        assert request.headers["reply-to"] == "/queue/" + props.reply_to
+        responder.send(request.headers["reply-to"], "stomp answers")
+        answers = got.take(2)
+        assert sorted(a.body for a in answers) == ["amqp answers", "stomp answers"]
+        assert {a.headers["subscription"] for a in answers} == {"/temp-queue/r"}
+        disconnect(requester, got)
+        # the temporary queue went with its connection
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            ch.queue_declare(props.reply_to, passive=True)
+        amqp.close()
+        responder.disconnect()

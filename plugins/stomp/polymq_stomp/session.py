@@ -146,6 +146,7 @@ class StompSession(SessionBase):
         # per transaction: the (ack id, subscription, delivery) its ACK/NACK frames settle
         self.tx_settled: dict[str, list[tuple[str, Subscription, Delivery]]] = {}
         self.dest_cache: dict[str, tuple[str, str]] = {}  # SEND destination -> (exchange, key)
+        self.temp_queues: dict[str, str] = {}  # /temp-queue/ name -> this connection's queue
         self.allowed: set[tuple[str, str, str]] = set()
         self.receipt: str | None = None  # of the frame being handled, for its ERROR
         self.blocked = False
@@ -384,8 +385,10 @@ class StompSession(SessionBase):
             exchange, _, key = destination[len("/exchange/") :].partition("/")
             self.vhost.get_exchange(exchange)  # NotFound -> ERROR
             route = (exchange, key)
-        elif destination.startswith("/temp-queue/") or destination.startswith("/temp-topic/"):
-            raise StompError(f"temporary destinations are not supported: {destination}")
+        elif destination.startswith("/temp-queue/"):
+            route = ("", self._temp_queue(destination[len("/temp-queue/") :], subscribe=True))
+        elif destination.startswith("/temp-topic/"):
+            raise StompError(f"temporary topics are not supported: {destination}")
         elif destination.startswith("/"):
             raise StompError(f"unknown destination {destination[:100]!r}")
         else:
@@ -398,6 +401,30 @@ class StompSession(SessionBase):
         self.dest_cache[destination] = route
         return route
 
+    def _temp_queue(self, name: str, subscribe: bool) -> str:
+        """The queue behind ``/temp-queue/<name>`` (RabbitMQ's temporary reply queues): this
+        connection's own, deleted with it. Named in a SEND or a reply-to, it is subscribed at
+        once (auto ack), with the destination as the subscription id, as RabbitMQ does."""
+        if not name:
+            raise StompError("empty name in a /temp-queue/ destination")
+        qname = self.temp_queues.get(name)
+        if qname is None:
+            if len(self.temp_queues) >= 1024:
+                raise StompError("too many temporary queues on one connection")
+            qname = f"stomp-temp.{self.session_id}.{name}"
+            self._allow("configure", "queue", qname)
+            self.vhost.declare_queue(qname, exclusive_owner=self.conn)
+            self.temp_queues[name] = qname
+        dest = "/temp-queue/" + name
+        if subscribe and dest not in self.subs:
+            self._attach(dest, "auto", dest, qname, True, self.prefetch)
+        return qname
+
+    def _reply_to(self, value: str) -> str:
+        if value.startswith("/temp-queue/"):
+            return "queue://" + self._temp_queue(value[len("/temp-queue/") :], subscribe=True)
+        return reply_to_core(value)
+
     def _message(self, frame: Frame) -> Message:
         h = frame.headers
         headers = {k: v for k, v in h.items() if k not in _FRAME_HEADERS}
@@ -408,7 +435,7 @@ class StompSession(SessionBase):
             content_encoding=h.get("content-encoding"),
             message_id=h.get("amqp-message-id"),
             correlation_id=h.get("correlation-id"),
-            reply_to=reply_to_core(h["reply-to"]) if "reply-to" in h else None,
+            reply_to=self._reply_to(h["reply-to"]) if "reply-to" in h else None,
             type=h.get("type"),
             durable=h.get("persistent", "").lower() == "true",
             user_id=self.user if "user-id" in h else None,
@@ -482,6 +509,20 @@ class StompSession(SessionBase):
             except InvalidSelector as e:
                 raise StompError(f"invalid selector: {e.message}") from None
         queue_name, temp = self._subscription_queue(destination, sub_id, h)
+        self._attach(sub_id, ack, destination, queue_name, temp, prefetch, selector, receipt=True)
+
+    def _attach(
+        self,
+        sub_id: str,
+        ack: str,
+        destination: str,
+        queue_name: str,
+        temp: bool,
+        prefetch: int,
+        selector: Any = None,
+        receipt: bool = False,
+    ) -> None:
+        """Subscribe ``sub_id`` to the queue ``queue_name`` (``temp``: this connection's own)."""
         self._allow("read", "queue", queue_name)
         q = self.vhost.get_queue(queue_name, self.conn if temp else None)
         if q.kind != "queue":
@@ -498,7 +539,8 @@ class StompSession(SessionBase):
         )
         sub.consumer = consumer
         self.subs[sub_id] = sub
-        self._receipt()
+        if receipt:  # before the first MESSAGE
+            self._receipt()
         q.add_consumer(consumer)
 
     def _subscription_queue(self, destination: str, sub_id: str, h: dict) -> tuple[str, bool]:
@@ -511,6 +553,8 @@ class StompSession(SessionBase):
             name = destination[len("/amq/queue/") :]
             self._queue(name, declare=False)
             return name, False
+        if destination.startswith("/temp-queue/"):
+            return self._temp_queue(destination[len("/temp-queue/") :], subscribe=False), True
         if destination.startswith("/topic/") or destination.startswith("topic://"):
             exchange = "amq.topic"
             pattern = topic_binding(_after_prefix(destination))
@@ -582,6 +626,10 @@ class StompSession(SessionBase):
             consumer.queue.remove_consumer(consumer, requeue=requeue)
         if sub.temp and self.state != 2:
             self.vhost.delete_queue(sub.queue_name, owner=self.conn)
+            for name, qname in list(self.temp_queues.items()):
+                if qname == sub.queue_name:
+                    del self.temp_queues[name]
+                    self.dest_cache.clear()
 
     # -- deliveries ---------------------------------------------------------------------------
 
