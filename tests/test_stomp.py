@@ -497,3 +497,37 @@ def test_temp_queue_replies_from_amqp_and_stomp(tmp_path):
             ch.queue_declare(props.reply_to, passive=True)
         amqp.close()
         responder.disconnect()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--preset", "smoke"],
+        ["--preset", "queue", "--count", "300"],
+        ["--preset", "persistent", "--count", "300"],
+        ["--preset", "throughput", "--count", "2000"],
+    ],
+    ids=["fanout-at-least-once", "queue", "persistent", "at-most-once"],
+)
+def test_compare_driver(broker, tmp_path, flags):
+    """`polymq compare`'s STOMP driver against polymq: every message once, in order, with the
+    guarantee's receipts and acknowledgements."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    url = f"stomp@polymq=stomp://127.0.0.1:{broker.port('stomp')}"
+    res = subprocess.run(
+        [sys.executable, "-m", "polymq.core", "compare", *flags, "--url", url]
+        + ["--json", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    (result,) = json.loads(out.read_text())["results"]
+    c = result["counts"]
+    assert result["ok"], result["failures"]
+    assert c["sent"] == c["confirmed"] and c["unique"] == c["expected"] > 0
+    assert c["lost"] == c["duplicates"] == c["out_of_order"] == 0
