@@ -338,9 +338,7 @@ class BrokerService(MultiService):
                 base = _base_name(name)
                 text = _clash(base, host, port, exc)
                 if name.endswith(WS_SUFFIX):
-                    text = text.replace(f"{base}.port=", f"{base}.websocket_port=").replace(
-                        f"__{base.upper()}__PORT", f"__{base.upper()}__WEBSOCKET_PORT"
-                    )
+                    text = _websocket_clash(text, base)
                 elif base != name:
                     text = text.replace(f"{base}.port=", f"{base}.tls_port=").replace(
                         f"__{base.upper()}__PORT", f"__{base.upper()}__TLS_PORT"
@@ -498,7 +496,7 @@ class BrokerService(MultiService):
         try:
             listening = await endpoint.listen(factory)
         except error.CannotListenError as exc:
-            return _clash(name, host, port, exc.socketError).replace(".port=", ".websocket_port=")
+            return _websocket_clash(_clash(name, host, port, exc.socketError), name)
         self._listeners[listener] = listening
         registry_of(self.broker).watch_listener(listening)
         self._trackers[listener] = tracker
@@ -587,6 +585,19 @@ class BrokerService(MultiService):
 def _base_name(listener: str) -> str:
     """The adapter a listener belongs to: ``mqtt+tls`` and ``mqtt+ws`` are MQTT's."""
     return listener.removesuffix(TLS_SUFFIX).removesuffix(WS_SUFFIX)
+
+
+def _websocket_clash(text: str, name: str) -> str:
+    """A clash line of adapter ``name`` rewritten for its WebSocket listener's settings."""
+    return (
+        text.replace(f"{name}.port=", f"{name}.websocket_port=")
+        .replace(f"__{name.upper()}__PORT", f"__{name.upper()}__WEBSOCKET_PORT")
+        .replace(
+            f"turn the adapter off with --set adapters.{name}.enabled=false",
+            f"turn its WebSocket listener off with --set adapters.{name}.websocket_port=-1",
+        )
+        .replace(f"adapter {name}: cannot listen", f"adapter {name}: WebSocket: cannot listen")
+    )
 
 
 def _clash(name: str, host: str, port: int, exc: BaseException | None) -> str:

@@ -325,3 +325,24 @@ def test_fuzz_websocket_layer(upgrade, chunks):
     clock.advance(60)
     proto.connectionLost(None)
     assert b"internal error" not in transport.value()
+
+
+def test_websocket_port_clash_names_its_setting(tmp_path):
+    from brokerproc import BrokerStartError
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    try:
+        with pytest.raises(BrokerStartError) as failed:
+            BrokerProcess(
+                tmp_path / "b", adapters=["mqtt"], settings={"adapters.mqtt.websocket_port": taken}
+            ).start()
+    finally:
+        holder.close()
+    text = str(failed.value)
+    assert f"adapter mqtt: WebSocket: cannot listen on 127.0.0.1:{taken}" in text
+    assert "--set adapters.mqtt.websocket_port=N" in text
+    assert "POLYMQ_ADAPTERS__MQTT__WEBSOCKET_PORT=N" in text
+    assert "--set adapters.mqtt.websocket_port=-1" in text
