@@ -150,7 +150,6 @@ class StompSession(SessionBase):
         self.allowed: set[tuple[str, str, str]] = set()
         self.receipt: str | None = None  # of the frame being handled, for its ERROR
         self.blocked = False
-        self.max_body = self.broker.max_message_size
         self.prefetch = int(section.get("prefetch", 0) or 0)
 
     # -- the contract's callbacks -------------------------------------------------------------
