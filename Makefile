@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-DEB_PACKAGES := default-jdk-headless libactivemq-java kcat chromium chromium-driver postgresql
+DEB_PACKAGES := default-jdk-headless libactivemq-java kcat chromium chromium-driver postgresql nodejs
 PYTEST_ARGS ?= -q
 SERVE_ARGS ?=
 BIN_DIR ?= $(HOME)/.local/bin
@@ -32,21 +32,23 @@ $(VENV)/.installed-test: setup.cfg pyproject.toml $(VENV)/.build-deps
 	$(VPY) -m pip install --quiet --no-build-isolation -e '.[test]'
 	touch $@ $(VENV)/.installed
 
-# the RocketMQ adapter: its own distribution, installed like a third-party plugin
+# Protocol plugins packaged as their own distributions, installed with polymq (editable),
+# as a third party's plugin would be
+$(VENV)/.installed-stomp: plugins/stomp/setup.cfg plugins/stomp/pyproject.toml $(VENV)/.installed
+	$(VPY) -m pip install --quiet --no-deps --no-build-isolation -e plugins/stomp
+	touch $@
+
 $(VENV)/.installed-rocketmq: plugins/rocketmq/setup.cfg $(VENV)/.build-deps | $(VENV)/.installed
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e plugins/rocketmq
 	touch $@
 
 # Node.js clients of the RocketMQ tests (ali-ons), from tests/rocketmq/package-lock.json
-node-deps:
-	@command -v npm >/dev/null 2>&1 || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends nodejs npm \
-		|| { $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive \
-		     $$sudo apt-get install -y --no-install-recommends nodejs npm; }; }
+# (npm itself comes with deb-deps)
+node-deps: deb-deps
 	@[ -f tests/rocketmq/node_modules/ali-ons/package.json ] || \
 		(cd tests/rocketmq && npm ci --no-audit --no-fund)
 
-serve: $(VENV)/.installed $(VENV)/.installed-rocketmq
+serve: $(VENV)/.installed $(VENV)/.installed-stomp $(VENV)/.installed-rocketmq
 	@echo "polymq command: $(VENV)/bin/polymq (or 'make install' to put it on your PATH); Ctrl-C stops the broker"
 	$(VENV)/bin/polymq serve $(SERVE_ARGS)
 
@@ -68,8 +70,11 @@ deb-deps:
 		|| { $$sudo apt-get update && \
 		     DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; }; \
 	fi
+	@# npm comes with some nodejs builds (NodeSource) and is its own Debian package otherwise
+	@command -v npm >/dev/null 2>&1 || { sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends npm; }
 
-test: $(VENV)/.installed-test $(VENV)/.installed-rocketmq deb-deps node-deps
+test: $(VENV)/.installed-test $(VENV)/.installed-stomp $(VENV)/.installed-rocketmq deb-deps node-deps
 	$(VPY) -m pytest $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed-test

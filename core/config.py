@@ -440,6 +440,11 @@ def _check_values(cfg: dict, problems: _Problems) -> None:
         tls_port = section.get("tls_port", -1)
         if not -1 <= tls_port <= 65535:
             problems.add(f"adapters.{name}.tls_port", f"must be 0-65535 (-1: none), got {tls_port}")
+        ws_port = section.get("websocket_port", -1)
+        if not -1 <= ws_port <= 65535:
+            problems.add(
+                f"adapters.{name}.websocket_port", f"must be 0-65535 (-1: none), got {ws_port}"
+            )
         if not section["host"]:
             problems.add(f"adapters.{name}.host", "must not be empty")
         if section["enabled"] and port:

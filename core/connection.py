@@ -80,6 +80,11 @@ CONNECTION_DEFAULTS: dict[str, Any] = {
     # seconds a connection may be silent before the kernel probes its peer (TCP keep-alive,
     # then 6 probes 10 s apart), so that sockets to vanished peers are found; 0: off
     "tcp_keepalive": 60,
+    # the same protocol over WebSocket (core/websocket.py): its port (-1: none), the request
+    # path ("": any) and the Sec-WebSocket-Protocol values accepted ([]: any)
+    "websocket_port": -1,
+    "websocket_path": "",
+    "websocket_subprotocols": [],
 }
 
 

@@ -39,6 +39,7 @@ def is_port_noise(event: dict) -> bool:
 
 # A TLS listener's name: the adapter's name with this suffix ("mqtt+tls"), in the port file too.
 TLS_SUFFIX = "+tls"
+WS_SUFFIX = "+ws"  # the WebSocket listener of an adapter (core/websocket.py)
 
 
 class StartupError(Exception):
@@ -275,7 +276,7 @@ class BrokerService(MultiService):
             self.tls_creator.start(self.reactor)
 
     def _address(self, name: str) -> str:
-        host = self.config["adapters"][name.removesuffix(TLS_SUFFIX)]["host"]
+        host = self.config["adapters"][_base_name(name)]["host"]
         host = f"[{host}]" if ":" in host else host
         return f"{host}:{self.ports[name]}"
 
@@ -334,9 +335,11 @@ class BrokerService(MultiService):
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
             except OSError as exc:
-                base = name.removesuffix(TLS_SUFFIX)
+                base = _base_name(name)
                 text = _clash(base, host, port, exc)
-                if base != name:
+                if name.endswith(WS_SUFFIX):
+                    text = _websocket_clash(text, base)
+                elif base != name:
                     text = text.replace(f"{base}.port=", f"{base}.tls_port=").replace(
                         f"__{base.upper()}__PORT", f"__{base.upper()}__TLS_PORT"
                     )
@@ -354,6 +357,8 @@ class BrokerService(MultiService):
             out.append((name, section["host"], section["port"]))
             if tls_on and section.get("tls_port", -1) >= 0:
                 out.append((name + TLS_SUFFIX, section["host"], section["tls_port"]))
+            if section.get("websocket_port", -1) >= 0:
+                out.append((name + WS_SUFFIX, section["host"], section["websocket_port"]))
         return out
 
     async def _listen(self) -> None:
@@ -409,6 +414,10 @@ class BrokerService(MultiService):
                 failure = await self._listen_tls(name, section, specs[name])
                 if failure:
                     failures.append(failure)
+            if section.get("websocket_port", -1) >= 0:
+                failure = await self._listen_websocket(name, section, specs[name])
+                if failure:
+                    failures.append(failure)
         if failures:
             raise StartupError("\n".join(failures))
 
@@ -455,6 +464,49 @@ class BrokerService(MultiService):
             verify=verify,
             login=f", user from {tls_cfg['cert_login']}" if tls_cfg["cert_login"] else "",
             auth=self._login(name, section),
+        )
+        return None
+
+    async def _listen_websocket(self, name: str, section: dict, spec) -> str | None:
+        """The WebSocket listener of adapter ``name`` (core/websocket.py); an error text when
+        it cannot open. Its connections are the adapter's own, on a sibling of the plain
+        listener (shared adapter state), so limits, login and liveness apply as on TCP."""
+        from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+        from .connection import registry_of
+        from .websocket import WebSocketListenerFactory
+
+        listener = name + WS_SUFFIX
+        inner_section = dict(section, listener_name=listener)
+        host, port = section["host"], section["websocket_port"]
+        try:
+            plain = registry_of(self.broker).factories.get(name)
+            if plain is not None and hasattr(plain, "sibling"):
+                inner = plain.sibling(inner_section)
+            else:
+                inner = spec.build_factory(self.broker, inner_section)
+        except Exception as exc:
+            return f"adapter {name}: cannot build its WebSocket listener: {_describe(exc)}"
+        inner.noisy = False
+        factory = WebSocketListenerFactory(inner, self.reactor)
+        tracker = _ConnectionTracker(factory)
+        endpoint_class = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+        backlog = int(section.get("listen_backlog") or 128)
+        endpoint = endpoint_class(self.reactor, port, backlog=backlog, interface=host)
+        try:
+            listening = await endpoint.listen(factory)
+        except error.CannotListenError as exc:
+            return _websocket_clash(_clash(name, host, port, exc.socketError), name)
+        self._listeners[listener] = listening
+        registry_of(self.broker).watch_listener(listening)
+        self._trackers[listener] = tracker
+        self.ports[listener] = listening.getHost().port
+        self.log.info(
+            "{adapter} listening on {address}: WebSocket, path {path}, subprotocols {subs}",
+            adapter=name,
+            address=self._address(listener),
+            path=section.get("websocket_path") or "(any)",
+            subs=", ".join(section.get("websocket_subprotocols") or []) or "(any)",
         )
         return None
 
@@ -528,6 +580,24 @@ class BrokerService(MultiService):
                 os.unlink(self.port_file)
             except OSError:
                 pass
+
+
+def _base_name(listener: str) -> str:
+    """The adapter a listener belongs to: ``mqtt+tls`` and ``mqtt+ws`` are MQTT's."""
+    return listener.removesuffix(TLS_SUFFIX).removesuffix(WS_SUFFIX)
+
+
+def _websocket_clash(text: str, name: str) -> str:
+    """A clash line of adapter ``name`` rewritten for its WebSocket listener's settings."""
+    return (
+        text.replace(f"{name}.port=", f"{name}.websocket_port=")
+        .replace(f"__{name.upper()}__PORT", f"__{name.upper()}__WEBSOCKET_PORT")
+        .replace(
+            f"turn the adapter off with --set adapters.{name}.enabled=false",
+            f"turn its WebSocket listener off with --set adapters.{name}.websocket_port=-1",
+        )
+        .replace(f"adapter {name}: cannot listen", f"adapter {name}: WebSocket: cannot listen")
+    )
 
 
 def _clash(name: str, host: str, port: int, exc: BaseException | None) -> str:

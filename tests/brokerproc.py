@@ -139,6 +139,8 @@ class BrokerProcess:
             sets[f"adapters.{name}.enabled"] = True
             sets[f"adapters.{name}.host"] = HOST
             sets[f"adapters.{name}.port"] = 0
+            # no WebSocket listener on its fixed default port unless a test asks for one
+            sets[f"adapters.{name}.websocket_port"] = -1
         # the management HTTP port on a free port too, unless a test chose one
         sets["management.port"] = 0
         sets.update(self.settings)

@@ -263,7 +263,7 @@ def _closed_port() -> int:
         ("mqtt=mqtt://127.0.0.1:{port}", "not reachable: Connection refused"),
         ("amqp=http://127.0.0.1:5672/", "bad scheme 'http'"),
         ("kafka=kafka://127.0.0.1:notaport", "Port could not be cast"),
-        ("stomp=tcp://127.0.0.1:61613", "unknown protocol 'stomp'"),
+        ("nats=tcp://127.0.0.1:4222", "unknown protocol 'nats'"),
         ("openwire", "expected PROTOCOL=URL"),
     ],
 )

@@ -1,9 +1,10 @@
 """Every protocol to every protocol (issue 7), with real clients on both sides.
 
-``test_matrix`` covers the 25 ordered pairs (producer, consumer) among MQTT 3.1.1, MQTT 5,
-AMQP 0-9-1, Kafka and OpenWire: the producer sends a binary body holding every byte value and a
-text body with non-ASCII characters, each with every standard field its protocol can carry; the
-consumer checks each field that ``SURVIVES`` (the table of docs/mapping.md) says reaches it.
+``test_matrix`` covers the 36 ordered pairs (producer, consumer) among MQTT 3.1.1, MQTT 5,
+AMQP 0-9-1, Kafka, OpenWire and STOMP (the polymq-stomp plugin, driven by stomp.py): the
+producer sends a binary body holding every byte value and a text body with non-ASCII
+characters, each with every standard field its protocol can carry; the consumer checks each
+field that ``SURVIVES`` (the table of docs/mapping.md) says reaches it.
 The matrix is printed at the end of the module. Then wildcards across protocols, reply-to across
 protocols, and persistent messages surviving a restart consumed by another protocol.
 
@@ -24,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 
 from brokerproc import BrokerProcess  # noqa: E402
 from clients import AmqpClient, JmsClient, KafkaClient, MqttClient, Out  # noqa: E402
+from stompclient import StompInterop  # noqa: E402
 
-ADAPTERS = ["mqtt", "amqp", "kafka", "openwire"]
+ADAPTERS = ["mqtt", "amqp", "kafka", "openwire", "stomp"]
 
-PROTOS = ["mqtt311", "mqtt5", "amqp", "kafka", "openwire"]
+PROTOS = ["mqtt311", "mqtt5", "amqp", "kafka", "openwire", "stomp"]
 ALL = frozenset(PROTOS)
 MQTT = frozenset({"mqtt311", "mqtt5"})
 
@@ -37,40 +39,49 @@ SURVIVES: dict[str, tuple[frozenset, frozenset]] = {
     "body": (ALL, ALL),
     # Kafka: the record headers content-type / correlation-id (CloudEvents Kafka binding)
     "content_type": (
-        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
-        frozenset({"amqp", "mqtt5", "kafka"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp"}),
+        frozenset({"amqp", "mqtt5", "kafka", "stomp"}),
     ),
-    "content_encoding": (frozenset({"amqp"}), frozenset({"amqp"})),
-    "message_id": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
+    "content_encoding": (frozenset({"amqp", "stomp"}), frozenset({"amqp", "stomp"})),
+    "message_id": (
+        frozenset({"amqp", "openwire", "stomp"}),
+        frozenset({"amqp", "openwire", "stomp"}),
+    ),
     "correlation_id": (
-        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
-        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp"}),
     ),
     "reply_to": (
-        frozenset({"amqp", "mqtt5", "openwire"}),
-        frozenset({"amqp", "mqtt5", "openwire"}),
+        frozenset({"amqp", "mqtt5", "openwire", "stomp"}),
+        frozenset({"amqp", "mqtt5", "openwire", "stomp"}),
     ),
-    "user_id": (frozenset({"amqp"}), frozenset({"amqp", "openwire"})),
-    "type": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
+    "user_id": (frozenset({"amqp", "stomp"}), frozenset({"amqp", "openwire", "stomp"})),
+    "type": (
+        frozenset({"amqp", "openwire", "stomp"}),
+        frozenset({"amqp", "openwire", "stomp"}),
+    ),
     "timestamp": (
-        frozenset({"amqp", "kafka", "openwire"}),
-        frozenset({"amqp", "kafka", "openwire"}),
+        frozenset({"amqp", "kafka", "openwire", "stomp"}),
+        frozenset({"amqp", "kafka", "openwire", "stomp"}),
     ),
     "expiration": (
-        frozenset({"amqp", "mqtt5", "openwire"}),
-        frozenset({"amqp", "mqtt5", "openwire"}),
+        frozenset({"amqp", "mqtt5", "openwire", "stomp"}),
+        frozenset({"amqp", "mqtt5", "openwire", "stomp"}),
     ),
-    "priority": (frozenset({"amqp", "openwire"}), frozenset({"amqp", "openwire"})),
+    "priority": (
+        frozenset({"amqp", "openwire", "stomp"}),
+        frozenset({"amqp", "openwire", "stomp"}),
+    ),
     # MQTT producers: QoS 1 = durable; Kafka records are always durable; MQTT consumers: QoS 1
-    "durable": (ALL, frozenset({"amqp", "openwire", "mqtt311", "mqtt5"})),
+    "durable": (ALL, frozenset({"amqp", "openwire", "mqtt311", "mqtt5", "stomp"})),
     "headers": (
-        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
-        frozenset({"amqp", "mqtt5", "kafka", "openwire"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp"}),
     ),
-    # AMQP, MQTT 5 and JMS carry the Kafka key as the header / property x-kafka-key
+    # AMQP, MQTT 5, JMS and STOMP carry the Kafka key as the header / property x-kafka-key
     "key": (
-        frozenset({"amqp", "kafka", "mqtt5", "openwire"}),
-        frozenset({"amqp", "kafka", "mqtt5", "openwire"}),
+        frozenset({"amqp", "kafka", "mqtt5", "openwire", "stomp"}),
+        frozenset({"amqp", "kafka", "mqtt5", "openwire", "stomp"}),
     ),
     "jms_class": (ALL, frozenset({"openwire"})),
 }
@@ -81,16 +92,38 @@ BINARY = bytes(range(256))
 TEXT = "Grüße, 世界 — naïve café ✓ ¿qué? Ωμέγα 🚀"
 TEXT_CT = "text/plain; charset=utf-8"
 TTL = 60_000
-REPLY = {"amqp": "reply.amqp", "mqtt5": "reply/mqtt", "openwire": "reply.jms"}
+REPLY = {
+    "amqp": "reply.amqp",
+    "mqtt5": "reply/mqtt",
+    "openwire": "reply.jms",
+    "stomp": "/queue/reply.stomp",
+}
 # reply-to as each consumer sees it (docs/mapping.md, "Reply-to addresses")
 REPLY_SEEN = {
-    "amqp": {"amqp": "reply.amqp", "mqtt5": "reply/amqp", "openwire": "queue://reply.amqp"},
+    "amqp": {
+        "amqp": "reply.amqp",
+        "mqtt5": "reply/amqp",
+        "openwire": "queue://reply.amqp",
+        "stomp": "/queue/reply.amqp",
+    },
     "mqtt5": {
         "amqp": "topic://reply.mqtt",
         "mqtt5": "reply/mqtt",
         "openwire": "topic://reply.mqtt",
+        "stomp": "/topic/reply.mqtt",
     },
-    "openwire": {"amqp": "reply.jms", "mqtt5": "reply/jms", "openwire": "queue://reply.jms"},
+    "openwire": {
+        "amqp": "reply.jms",
+        "mqtt5": "reply/jms",
+        "openwire": "queue://reply.jms",
+        "stomp": "/queue/reply.jms",
+    },
+    "stomp": {
+        "amqp": "reply.stomp",
+        "mqtt5": "reply/stomp",
+        "openwire": "queue://reply.stomp",
+        "stomp": "/queue/reply.stomp",
+    },
 }
 TYPED_HEADERS = {"h-str": "välue ✓", "h-int": 42, "h-long": 2**40, "h-bool": True}
 HEADERS = {
@@ -98,6 +131,7 @@ HEADERS = {
     "openwire": {**TYPED_HEADERS, "h-float": 1.5},
     "mqtt5": {"h-str": "välue ✓", "h-int": "42"},
     "kafka": {"h-str": "välue ✓".encode(), "h-bin": b"\x00\xff"},
+    "stomp": {"h-str": "välue ✓", "h-int": "42"},  # STOMP headers are strings
 }
 
 
@@ -143,7 +177,7 @@ def expected_header(p: str, c: str, v):
     """A header value ``v`` set by a ``p`` producer, as a ``c`` consumer sees it."""
     if c == "kafka":
         return v if isinstance(v, bytes) else header_text(v).encode()
-    if c == "mqtt5":  # MQTT strings hold no U+0000 (the broker sends U+FFFD instead)
+    if c in ("mqtt5", "stomp"):  # strings hold no U+0000 (the broker sends U+FFFD instead)
         return header_text(v).replace("\x00", "\ufffd")
     # typed consumers (AMQP, JMS)
     if c == "amqp" and isinstance(v, float):
@@ -272,6 +306,7 @@ def _doc_protocols(cell: str) -> frozenset:
             "MQTT": set(MQTT),
             "Kafka": {"kafka"},
             "JMS": {"openwire"},
+            "STOMP": {"stomp"},
         }[word]
     return frozenset(found)
 
@@ -311,6 +346,7 @@ def open_clients(b: BrokerProcess) -> dict:
         "amqp": AmqpClient(b.host, b.port("amqp")),
         "kafka": KafkaClient(b.host, b.port("kafka")),
         "openwire": JmsClient(f"tcp://{b.host}:{b.port('openwire')}"),
+        "stomp": StompInterop(b.port("stomp")),
     }
 
 

@@ -42,6 +42,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # gets 0x97 Quota exceeded (5.0) / 0x80 (3.1.1) for that filter; 0: no limit
     "max_subscriptions": 0,
     "vhost": "",
+    # MQTT over WebSocket (core/websocket.py), as Mosquitto and RabbitMQ offer it to browsers
+    "websocket_port": 8080,
+    "websocket_path": "/mqtt",
+    "websocket_subprotocols": ["mqtt", "mqttv3.1"],
 }
 
 

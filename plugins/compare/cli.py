@@ -58,7 +58,7 @@ def build_parser(prog: str = "polymq compare") -> argparse.ArgumentParser:
         default=",".join(PROTOCOLS),
         metavar="LIST",
         help="comma-separated protocols run against polymq's default URLs when no "
-        "--url is given (default: all four)",
+        "--url is given (default: all of them)",
     )
     p.add_argument(
         "--url",
@@ -66,7 +66,7 @@ def build_parser(prog: str = "polymq compare") -> argparse.ArgumentParser:
         default=[],
         metavar="PROTO[@LABEL]=URL",
         help="a target, repeatable: mqtt=mqtt://H:P, amqp=amqp://user:pw@H:P/vhost, "
-        "kafka=H:P, openwire=tcp://H:P; LABEL names it in the report",
+        "kafka=H:P, openwire=tcp://H:P, stomp=stomp://user:pw@H:P; LABEL names it in the report",
     )
     w = p.add_argument_group("workload (override the preset)")
     w.add_argument("--producers", type=int, metavar="N")

@@ -8,8 +8,8 @@ import struct
 import uuid
 from urllib.parse import unquote, urlsplit
 
-PROTOCOLS = ("mqtt", "amqp", "kafka", "openwire")
-# protocols of adapter plugins (not enabled by default): run only when named
+PROTOCOLS = ("mqtt", "amqp", "kafka", "openwire", "stomp")
+# protocols of adapter plugins not enabled by default: run only when named
 PLUGIN_PROTOCOLS = ("rocketmq",)
 GUARANTEES = ("at-most-once", "at-least-once", "persistent")
 PATTERNS = ("fanout", "queue")
@@ -21,6 +21,7 @@ DEFAULT_URLS = {
     "kafka": "kafka://127.0.0.1:9092",
     "openwire": "tcp://127.0.0.1:61616",
     "rocketmq": "rocketmq://127.0.0.1:9876",
+    "stomp": "stomp://127.0.0.1:61613",
 }
 SCHEMES = {
     "mqtt": ("mqtt", "tcp"),
@@ -28,8 +29,16 @@ SCHEMES = {
     "kafka": ("kafka", "tcp", ""),
     "openwire": ("tcp", "openwire"),
     "rocketmq": ("rocketmq", "tcp", ""),
+    "stomp": ("stomp", "tcp"),
 }
-DEFAULT_PORTS = {"mqtt": 1883, "amqp": 5672, "kafka": 9092, "openwire": 61616, "rocketmq": 9876}
+DEFAULT_PORTS = {
+    "mqtt": 1883,
+    "amqp": 5672,
+    "kafka": 9092,
+    "openwire": 61616,
+    "rocketmq": 9876,
+    "stomp": 61613,
+}
 
 # body: producer id (u32), sequence (u32), send time (u64, CLOCK_MONOTONIC ns), then padding
 HEADER = struct.Struct(">IIQ")
@@ -217,7 +226,7 @@ def target_from_url(proto: str, url: str, label: str | None = None) -> Target:
     if not host:
         raise CompareError(f"{proto} URL {url!r}: no host")
     vhost = "/"
-    if proto == "amqp" and parts.path not in ("", "/"):
+    if proto in ("amqp", "stomp") and parts.path not in ("", "/"):
         vhost = unquote(parts.path[1:])
     return Target(
         protocol=proto,
