@@ -30,7 +30,7 @@ log = Logger(namespace="polymq.store.sqlite")
 
 FILENAME = "polymq.sqlite3"
 LOCKNAME = "polymq.lock"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class StoreOpenError(Exception):
@@ -303,4 +303,14 @@ class _OpenMixin:
         for ns, k, value in conn.execute('SELECT namespace, "key", value FROM kv'):
             kv.setdefault(ns, {})[k] = bytes(value)
         snap.kv = kv
+        snap.scheduled_count, snap.scheduled_top_id = conn.execute(
+            "SELECT count(*), coalesce(max(id), 0) FROM scheduled"
+        ).fetchone()
+        if not self.pages:
+            snap.scheduled = [
+                (i, due, bytes(data))
+                for i, due, data in conn.execute(
+                    "SELECT id, due, data FROM scheduled ORDER BY due, id"
+                )
+            ]
         return snap
