@@ -139,10 +139,9 @@ class Scheduler:
         self._next_id += 1
         message.exchange = exchange
         message.routing_key = routing_key
-        record = msgpack.packb(
-            [vhost, exchange, routing_key, message.to_bytes(), period_ms, repeat, cron, 0, delay_ms],
-            use_bin_type=True,
-        )
+        # [vhost, exchange, key, message, period, repeat, cron, deliveries so far, delay]
+        fields = [vhost, exchange, routing_key, message.to_bytes(), period_ms, repeat, cron]
+        record = msgpack.packb(fields + [0, delay_ms], use_bin_type=True)
         self.pending += 1
         self._add(_Job(job_id, due, record))
         return job_id
@@ -299,4 +298,3 @@ def headers_delay(headers: dict, name: str) -> int | None:
         return int(float(v)) if isinstance(v, str) else int(v)
     except (TypeError, ValueError):
         return None
-

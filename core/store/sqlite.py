@@ -73,6 +73,7 @@ from .sqlite_sql import (
     _DEL_KV,
     _DEL_MESSAGE,
     _DEL_QUEUE,
+    _DEL_SCHEDULED,
     _KIND,
     _OPS,
     _PARAMS,
@@ -83,7 +84,6 @@ from .sqlite_sql import (
     _PUT_MESSAGE,
     _PUT_QUEUE,
     _PUT_SCHEDULED,
-    _DEL_SCHEDULED,
     _READ_LEVEL_SQL,
     _READ_SCHEDULED_SQL,
     _SCHEMA_V1,  # noqa: F401 (re-exported: tests build old schemas)
