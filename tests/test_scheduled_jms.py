@@ -40,7 +40,12 @@ def test_delay_repeat_cron_and_a_bad_repeat(classes, broker_factory):
     )
     try:
         r = jmsrun.run_java(
-            classes, "JmsSchedule", url(b), "delay:sched.delay", "repeat:sched.repeat", "badrepeat:sched.bad"
+            classes,
+            "JmsSchedule",
+            url(b),
+            "delay:sched.delay",
+            "repeat:sched.repeat",
+            "badrepeat:sched.bad",
         )
         r.check(
             "delay.undelayed_first",
