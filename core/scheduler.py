@@ -244,7 +244,8 @@ class Scheduler:
             # delivered: a delayed exchange routes it on at once (RabbitMQ negates it too)
             d = message.headers["x-delay"]
             if isinstance(d, int) and d > 0:
-                message.headers["x-delay"] = -d
+                # (through copy: it drops an adapter's encoding of the old headers)
+                message = message.copy(headers={**message.headers, "x-delay": -d})
         vhost = self.broker.vhosts.get(vhost_name)
         if vhost is not None:
             try:

@@ -24,6 +24,9 @@ SESSIONS_NS = "mqtt.sessions"
 RETAINED_NS = "mqtt.retained"
 SHARED_NS = "mqtt.shared"
 NEVER = 0xFFFFFFFF
+# MQTT 5 user property that delays a publish by its value in milliseconds (the name of the
+# RabbitMQ delayed exchange's header, so one name serves both protocols)
+DELAY_PROPERTY = "x-delay"
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "max_packet_size": 0,  # 0: broker max_message_size + 64 KiB
@@ -407,6 +410,13 @@ class MqttServer:
             entry[1]()
 
     # -- publishing -------------------------------------------------------------------------
+
+    def schedule(self, topic: str, msg: Message, delay_ms: int) -> int:
+        """A publish with the ``x-delay`` user property (MQTT 5): routed ``delay_ms`` later by
+        the broker's scheduler (never retained). Returns 1: accepted."""
+        key = self.keys.get(topic) or c.topic_to_key(topic)
+        self.broker.scheduler.schedule(self.vhost.name, "amq.topic", key, msg, delay_ms=delay_ms)
+        return 1
 
     def publish(self, topic: str, msg: Message, retain: bool, exclude: Any = None) -> int:
         """Route a message published to ``topic``; handles the retained store. Returns routed."""

@@ -26,9 +26,11 @@ from polymq.core.connection import ProtocolConnection, SessionBase
 from polymq.core.errors import BrokerError, ConnectionForced, IdleTimeout
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Limit
+from polymq.core.scheduler import headers_delay
 
 from . import codec as c
 from .server import (
+    DELAY_PROPERTY,
     NEVER,
     MqttServer,
     SessionState,
@@ -619,7 +621,11 @@ class Connection(SessionBase):
             exclude = s.queue
         if block is not None or retain or qos == 2:
             msg = self._message(payload, qos, bool(retain), props or {})
-            routed = server.publish(topic, msg, bool(retain), exclude)
+            delay = headers_delay(msg.headers, DELAY_PROPERTY) if msg.headers else None
+            if delay is not None and delay > 0:
+                routed = server.schedule(topic, msg, delay)
+            else:
+                routed = server.publish(topic, msg, bool(retain), exclude)
         else:
             routed = server.publish_plain(topic, _tb, payload, qos, v5, body, exclude)
         if qos == 1:
