@@ -79,3 +79,39 @@ def test_pending_scheduled_messages_survive_kill9(classes, broker_factory):
     assert min(arrivals) >= sent_ms + 5900, (sent_ms, arrivals)
     assert max(arrivals) <= sent_ms + 6400 + 5000, (sent_ms, arrivals)
     assert time.time() * 1000 >= sent_ms + 6000
+
+
+def test_expired_messages_go_to_the_dead_letter_queue(classes, broker_factory):
+    b = broker_factory(adapters=["openwire"], log_level="info")
+    r = jmsrun.run_java(classes, "JmsSchedule", url(b), "expire:exp.q,ActiveMQ.DLQ")
+    r.check("expire.gone", "expire.in_dlq", "expire.no_ttl_in_dlq")
+
+
+def test_individual_dead_letter_strategy(classes, broker_factory):
+    b = broker_factory(
+        adapters=["openwire"],
+        log_level="info",
+        settings={"adapters.openwire.dead_letter_strategy": "individual"},
+    )
+    r = jmsrun.run_java(classes, "JmsSchedule", url(b), "expire:orders,ActiveMQ.DLQ.Queue.orders")
+    r.check("expire.gone", "expire.in_dlq")
+
+
+def test_broker_side_redelivery_with_backoff_then_dlq(classes, broker_factory):
+    b = broker_factory(
+        adapters=["openwire"],
+        log_level="info",
+        settings={
+            "adapters.openwire.redelivery_maximum": 3,
+            "adapters.openwire.redelivery_initial_delay_ms": 300,
+            "adapters.openwire.redelivery_backoff_multiplier": 2.0,
+            "adapters.openwire.redelivery_max_delay_ms": 1000,
+        },
+    )
+    r = jmsrun.run_java(classes, "JmsSchedule", url(b), "redelivery:poisoned,ActiveMQ.DLQ,3")
+    r.check("redelivery.count", "redelivery.in_dlq")
+    gaps = [int(x) for x in next(x for x in r.lines if x.startswith("GAPS ")).split()[1:]]
+    # delays 300, 600, then 1200 capped at 1000 ms (plus the round trips)
+    assert len(gaps) == 3, gaps
+    for gap, delay in zip(gaps, (300, 600, 1000), strict=True):
+        assert delay - 20 <= gap < delay + 1500, gaps

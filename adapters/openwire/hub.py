@@ -9,6 +9,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from polymq.core.message import Message
+from polymq.core.redelivery import RedeliveryPolicy
 
 from . import codec as c
 from .codec import Obj
@@ -93,6 +94,24 @@ class OpenWireHub:
         self._cache: OrderedDict[int, list] = OrderedDict()
         self._cache_bytes = 0
         self.no_local_consumers = 0
+        self.redelivery = RedeliveryPolicy.from_config(config)
+        self.dlq_individual = config.get("dead_letter_strategy", "shared") == "individual"
+        self.dlq_shared = config.get("dead_letter_queue") or "ActiveMQ.DLQ"
+        self.dlq_queue_prefix = config.get("dead_letter_queue_prefix") or "ActiveMQ.DLQ.Queue."
+        self.dlq_topic_prefix = config.get("dead_letter_topic_prefix") or "ActiveMQ.DLQ.Topic."
+
+    def dead_letter_queue(self, queue: str, topic: str | None = None) -> str | None:
+        """The dead-letter queue of a queue (or of a durable subscription's queue on
+        ``topic``); None for a dead-letter queue itself (a dead letter there stays dropped)."""
+        if queue == self.dlq_shared or queue.startswith(
+            (self.dlq_queue_prefix, self.dlq_topic_prefix)
+        ):
+            return None
+        if not self.dlq_individual:
+            return self.dlq_shared
+        if topic is not None:
+            return self.dlq_topic_prefix + topic
+        return self.dlq_queue_prefix + queue
 
     def next_id(self) -> int:
         return next(self._ids)

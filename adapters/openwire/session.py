@@ -594,6 +594,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if not self.conn.authorize("configure", "queue", name):
                 raise AccessRefused(f"not allowed to create queue {name}")
             q = self.vhost.declare_queue(name, durable=True)
+        self._use_dead_letter_queue(q)
         return q
 
     # -- transactions -----------------------------------------------------------------------

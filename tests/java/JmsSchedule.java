@@ -151,6 +151,61 @@ public class JmsSchedule {
         c.close();
     }
 
+    /** arg "queue,dlq": a message with a 400 ms time to live and no consumer ends in dlq. */
+    static void sc_expire(String arg) throws Exception {
+        String[] a = arg.split(",");
+        Connection c = conn();
+        Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+        MessageProducer p = s.createProducer(s.createQueue(a[0]));
+        p.setDeliveryMode(DeliveryMode.PERSISTENT);
+        p.setTimeToLive(400);
+        p.send(s.createTextMessage("short-lived"));
+        Thread.sleep(1200);
+        MessageConsumer mc = s.createConsumer(s.createQueue(a[0]));
+        check("expire.gone", mc.receive(500) == null, "an expired message was delivered");
+        MessageConsumer dlq = s.createConsumer(s.createQueue(a[1]));
+        Message got = dlq.receive(5000);
+        check("expire.in_dlq", got instanceof TextMessage
+                && "short-lived".equals(((TextMessage) got).getText()), "got " + got);
+        check("expire.no_ttl_in_dlq", got != null && got.getJMSExpiration() == 0,
+                "expiration " + (got == null ? null : got.getJMSExpiration()));
+        c.close();
+    }
+
+    /** arg "queue,dlq,redeliveries": a transacted consumer rolls back every time; with the
+     * client's own redeliveries off each rollback hands the message to the broker, which
+     * redelivers it after its delays; after that many redeliveries it is in dlq. */
+    static void sc_redelivery(String arg) throws Exception {
+        String[] a = arg.split(",");
+        int redeliveries = Integer.parseInt(a[2]);
+        ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(url);
+        f.getRedeliveryPolicy().setMaximumRedeliveries(0);
+        Connection c = f.createConnection();
+        c.start();
+        Session s = c.createSession(true, Session.SESSION_TRANSACTED);
+        Queue q = s.createQueue(a[0]);
+        s.createProducer(q).send(s.createTextMessage("poison"));
+        s.commit();
+        MessageConsumer mc = s.createConsumer(q);
+        List<Long> times = new ArrayList<>();
+        for (int i = 0; i < redeliveries + 2; i++) {
+            Message m = mc.receive(i <= redeliveries ? 15000 : 3000);
+            if (m == null) break;
+            times.add(System.currentTimeMillis());
+            s.rollback();
+        }
+        check("redelivery.count", times.size() == redeliveries + 1, "deliveries " + times.size());
+        StringBuilder gaps = new StringBuilder();
+        for (int i = 1; i < times.size(); i++) gaps.append(times.get(i) - times.get(i - 1)).append(' ');
+        System.out.println("GAPS " + gaps.toString().trim());
+        MessageConsumer dlq = s.createConsumer(s.createQueue(a[1]));
+        Message dead = dlq.receive(5000);
+        check("redelivery.in_dlq", dead instanceof TextMessage
+                && "poison".equals(((TextMessage) dead).getText()), "got " + dead);
+        s.commit();
+        c.close();
+    }
+
     public static void main(String[] args) throws Exception {
         url = args[0];
         for (int i = 1; i < args.length; i++) {
