@@ -22,7 +22,7 @@ import msgpack
 from sortedcontainers import SortedDict
 from twisted.logger import Logger
 
-from .errors import BrokerError
+from .errors import BrokerError, NotFound
 from .message import Message
 
 if TYPE_CHECKING:
@@ -80,6 +80,8 @@ class Scheduler:
         self._next_id = 1
         self.pending = 0  # jobs in memory and on disk
         self.delivered = 0  # deliveries made (each repeat counts)
+        self.dropped = 0  # deliveries whose exchange or vhost no longer existed
+        self._warned: set[tuple[str, str]] = set()
         self._timer: Any = None
         self._timer_due: int | None = None
         # while a read of the store is out: jobs scheduled beyond the horizon meanwhile
@@ -226,7 +228,7 @@ class Scheduler:
                 log.failure("scheduled job {id} failed; dropped", id=job.id)
                 self.store.delete_scheduled(job.id)
                 self.pending -= 1
-        if self.pages and self._horizon is not None and len(window) < self.max_in_memory // 4:
+        if self.pages and self._horizon is not None and len(window) < self.max_in_memory // 2:
             self._read_more()
         if n >= _FIRE_BATCH:
             self._timer_due = now
@@ -247,12 +249,19 @@ class Scheduler:
                 # (through copy: it drops an adapter's encoding of the old headers)
                 message = message.copy(headers={**message.headers, "x-delay": -d})
         vhost = self.broker.vhosts.get(vhost_name)
-        if vhost is not None:
-            try:
-                vhost.publish(exchange, key, message)
-            except BrokerError as e:  # the exchange went away meanwhile
+        try:
+            if vhost is None:
+                raise NotFound(f"no vhost '{vhost_name}'")
+            vhost.publish(exchange, key, message)
+        except BrokerError as e:  # the exchange (or vhost) went away meanwhile
+            self.dropped += 1
+            where = (vhost_name, exchange)
+            if where not in self._warned:  # once per destination, not once per message
+                if len(self._warned) > 1000:
+                    self._warned.clear()
+                self._warned.add(where)
                 log.warn(
-                    "scheduled message for {ex!r} in vhost {vh!r} dropped: {e}",
+                    "scheduled messages for {ex!r} in vhost {vh!r} are dropped: {e}",
                     ex=exchange,
                     vh=vhost_name,
                     e=e.text,
