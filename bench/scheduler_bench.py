@@ -35,6 +35,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def durable(b: Broker) -> defer.Deferred:
     d: defer.Deferred = defer.Deferred()
     b.when_durable(lambda: d.callback(None))

@@ -8,12 +8,16 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
+
 from polymq.core.message import Message
 from polymq.core.redelivery import RedeliveryPolicy
 
 from . import codec as c
 from .codec import Obj
 from .mapping import core_to_jms
+
+log = Logger(namespace="polymq.openwire")
 
 if TYPE_CHECKING:
     from .consumers import ConsumerState
@@ -95,7 +99,14 @@ class OpenWireHub:
         self._cache_bytes = 0
         self.no_local_consumers = 0
         self.redelivery = RedeliveryPolicy.from_config(config)
-        self.dlq_individual = config.get("dead_letter_strategy", "shared") == "individual"
+        strategy = config.get("dead_letter_strategy", "shared")
+        if strategy not in ("shared", "individual"):
+            log.warn(
+                "openwire: dead_letter_strategy {s!r} is neither 'shared' nor 'individual';"
+                " using 'shared'",
+                s=strategy,
+            )
+        self.dlq_individual = strategy == "individual"
         self.dlq_shared = config.get("dead_letter_queue") or "ActiveMQ.DLQ"
         self.dlq_queue_prefix = config.get("dead_letter_queue_prefix") or "ActiveMQ.DLQ.Queue."
         self.dlq_topic_prefix = config.get("dead_letter_topic_prefix") or "ActiveMQ.DLQ.Topic."
