@@ -120,3 +120,25 @@ def test_mqtt5_x_delay_user_property_and_cross_protocol(broker_factory):
     pub.publish(t, b"odd", qos=1, properties=p)
     assert sub.get(timeout=2).payload == b"odd"
     conn.close()
+
+
+def test_scheduled_messages_in_metrics(tmp_path):
+    from test_management_metrics import scrape
+    from test_management_support import Api, start_broker
+
+    b, url = start_broker(tmp_path, adapters=["amqp"], store="sqlite")
+    try:
+        conn, ch = channel(b)
+        ch.exchange_declare("dxm", "x-delayed-message", arguments={"x-delayed-type": "fanout"})
+        ch.queue_declare("dqm")
+        ch.queue_bind("dqm", "dxm", "")
+        ch.confirm_delivery()
+        for delay in (60_000, 60_000, 200):
+            ch.basic_publish("dxm", "", b"m", pika.BasicProperties(headers={"x-delay": delay}))
+        assert get_within(ch, "dqm", 3.0)[0] == b"m"
+        m = scrape(Api(url))
+        assert m["polymq_scheduled_messages"][()] == 2
+        assert m["polymq_scheduled_deliveries_total"][()] == 1
+        conn.close()
+    finally:
+        b.stop()
