@@ -15,6 +15,7 @@ order when the window runs low. Other stores keep every job in memory, as they k
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +73,19 @@ class Scheduler:
         self.broker = broker
         self.store = broker.store
         self.clock = broker.clock
-        self.pages = bool(getattr(self.store, "pages", False))
+        store = self.store
+        if getattr(store, "put_scheduled", None) is None:
+            # a backend written before scheduled delivery: jobs live in memory only
+            log.warn(
+                "store {name} cannot keep scheduled messages: they are lost on a restart",
+                name=getattr(store, "name", store),
+            )
+            self._put_job: Callable[[int, int, bytes], None] = lambda i, due, rec: None
+            self._delete_job: Callable[[int], None] = lambda i: None
+        else:
+            self._put_job = store.put_scheduled
+            self._delete_job = store.delete_scheduled
+        self.pages = bool(getattr(store, "pages", False)) and hasattr(store, "read_scheduled")
         self.max_in_memory = max(16, int(max_in_memory))
         # (due, id) -> job: every job whose key is below ``_horizon`` (all of them when None)
         self._window: SortedDict = SortedDict()
@@ -150,7 +163,7 @@ class Scheduler:
 
     def _add(self, job: _Job, write: bool = True) -> None:
         if write:
-            self.store.put_scheduled(job.id, job.due, job.record)
+            self._put_job(job.id, job.due, job.record)
         key = (job.due, job.id)
         horizon = self._horizon
         if horizon is not None and key >= horizon:
@@ -226,7 +239,7 @@ class Scheduler:
                 self._deliver(job, now)
             except Exception:  # a bug in one job must not stop the others
                 log.failure("scheduled job {id} failed; dropped", id=job.id)
-                self.store.delete_scheduled(job.id)
+                self._delete_job(job.id)
                 self.pending -= 1
         if self.pages and self._horizon is not None and len(window) < self.max_in_memory // 2:
             self._read_more()
@@ -273,10 +286,10 @@ class Scheduler:
             values[7] = count + 1
             job.record = msgpack.packb(values, use_bin_type=True)
             job.due = due
-            self.store.put_scheduled(job.id, due, job.record)
+            self._put_job(job.id, due, job.record)
             self._add(job, write=False)
         else:
-            self.store.delete_scheduled(job.id)
+            self._delete_job(job.id)
             self.pending -= 1
 
     # -- inspection (management, tests) -----------------------------------------------------

@@ -226,3 +226,24 @@ def test_postgres_schema_1_is_migrated(pg_dsn):
     with psycopg.connect(pg_dsn) as con:
         assert con.execute("SELECT version FROM mig.schema_version").fetchone()[0] == 2
         assert con.execute("SELECT id, due FROM mig.scheduled").fetchall() == [(1, 5)]
+
+
+def test_a_store_without_scheduled_support_keeps_jobs_in_memory(clock):
+    from polymq.core.store.memory import MemoryStore
+
+    class OldStore:
+        """A third-party backend written before scheduled delivery."""
+
+        def __init__(self) -> None:
+            self._inner = MemoryStore()
+
+        def __getattr__(self, name: str):
+            if "scheduled" in name:
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    b = Broker(OldStore(), clock=clock)
+    q = b.vhost().declare_queue("q")
+    b.scheduler.schedule("/", "", "q", Message(b"old"), delay_ms=100)
+    clock.advance(0.1)
+    assert drain(q) == [b"old"]
