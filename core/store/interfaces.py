@@ -48,7 +48,7 @@ class StoreSnapshot:
     # scheduler reads them back in due order (``read_scheduled``).
     scheduled: list[tuple[int, int, bytes]] = field(default_factory=list)
     scheduled_count: int = 0
-    scheduled_top_id: int = 0  # the highest job id ever stored (ids are never reused)
+    scheduled_top_id: int = 0  # the highest job id stored (new jobs are numbered above it)
 
 
 class IStore(Interface):
