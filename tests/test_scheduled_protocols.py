@@ -142,3 +142,19 @@ def test_scheduled_messages_in_metrics(tmp_path):
         conn.close()
     finally:
         b.stop()
+
+
+def test_delayed_messages_and_delayed_wills_survive_kill9_on_postgres(broker_factory, pg_server):
+    """The kill -9 tests again, with the broker on the postgres store."""
+    from test_mqtt_receive_max_wills import (
+        test_will_of_a_client_connected_at_a_crash_is_published_after_the_restart as will_test,
+    )
+
+    def on_postgres(adapters=(), store="sqlite", settings=None, **kw):
+        settings = {"store.dsn": pg_server.create_database(), **(settings or {})}
+        b = broker_factory(adapters=adapters, store="postgres", settings=settings, **kw)
+        assert "store: postgres" in b.log_text()
+        return b
+
+    test_pika_delayed_messages_survive_kill9(on_postgres)
+    will_test(on_postgres)
