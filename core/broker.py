@@ -17,6 +17,7 @@ from .alarms import (
 )
 from .errors import AccessRefused, NotFound
 from .queue import DEFAULT_IN_MEMORY_BYTES, DEFAULT_IN_MEMORY_LENGTH, Queue
+from .scheduler import DEFAULT_MAX_IN_MEMORY, Scheduler
 from .store.interfaces import IStore, StoreSnapshot
 from .store.memory import MemoryStore
 from .stream import Stream, StreamFormat
@@ -84,6 +85,10 @@ class Broker:
         self.vhosts: dict[str, VirtualHost] = {}
         self._kv: dict[str, dict[str, bytes]] = {}
         self.started = False
+        # scheduled and delayed delivery for every protocol (one timer, jobs in the store)
+        self.scheduler = Scheduler(
+            self, int(broker_cfg.get("scheduled_max_in_memory") or DEFAULT_MAX_IN_MEMORY)
+        )
         self.add_vhost(self.default_vhost)
         for name in broker_cfg.get("vhosts") or ():
             self.add_vhost(str(name))
@@ -104,6 +109,7 @@ class Broker:
             # basic.get right after start finds it); bounded per queue, whatever the backlog
             yield defer.DeferredList(preloading)
         self.started = True
+        self.scheduler.start()
         self.alarm.start()
         if getattr(self.store, "pages", False):
             from twisted.internet.task import LoopingCall
@@ -116,6 +122,7 @@ class Broker:
     def stop(self):
         """Close the store once every queued write is durable."""
         self.started = False
+        self.scheduler.stop()
         self.alarm.stop()
         if self._retention_loop is not None and self._retention_loop.running:
             self._retention_loop.stop()
@@ -195,6 +202,7 @@ class Broker:
                 for offset, count, ts, fmt, data in rows:
                     p.restore(offset, count, ts, fmt, data)
         self._kv = {ns: dict(v) for ns, v in snap.kv.items()}
+        self.scheduler.restore(snap)
         log.info(
             "restored {queues} queues/streams, {messages} messages ({paged} left in the store)",
             queues=len(snap.queues),

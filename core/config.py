@@ -32,6 +32,8 @@ BASE_DEFAULTS: dict[str, dict] = {
         "vhosts": [],
         "max_deliveries": 0,
         "shutdown_timeout": 10.0,
+        # scheduled delivery (core/scheduler.py): jobs kept in memory with a store that pages
+        "scheduled_max_in_memory": 100_000,
     },
     "store": {
         "backend": "sqlite",

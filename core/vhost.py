@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from . import delayed  # noqa: F401 (registers the x-delayed-message exchange type)
 from .errors import AccessRefused, CommandInvalid, NotFound, PreconditionFailed, ResourceLocked
 from .message import Message
 from .queue import Queue

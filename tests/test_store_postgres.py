@@ -50,9 +50,10 @@ def test_schema_created_on_first_open(pg_dsn):
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'polymq'"
         ).fetchone()[0]
     assert tables == {
-        "schema_version", "exchanges", "queues", "bindings", "messages", "stream_entries", "kv"
+        "schema_version", "exchanges", "queues", "bindings", "messages", "stream_entries", "kv",
+        "scheduled",
     }  # fmt: skip
-    assert version == SCHEMA_VERSION == 1
+    assert version == SCHEMA_VERSION == 2
     assert app == 1  # the writer connection
     yield store.close()
     # a second open finds the schema and leaves it as it is
@@ -115,7 +116,7 @@ def test_newer_schema_refused(pg_dsn):
     yield store.close()
     with psycopg.connect(pg_dsn) as con:
         con.execute("UPDATE polymq.schema_version SET version = 99")
-    with pytest.raises(StoreOpenError, match="has version 99; this polymq understands up to 1"):
+    with pytest.raises(StoreOpenError, match="has version 99; this polymq understands up to 2"):
         yield PostgresStore(pg_dsn).open()
 
 
@@ -336,7 +337,7 @@ def test_cli_exits_1_with_one_line(pg_server, pg_dsn, case, tmp_path):
             con.execute("CREATE SCHEMA polymq")
             con.execute("CREATE TABLE polymq.schema_version (version integer NOT NULL)")
             con.execute("INSERT INTO polymq.schema_version VALUES (7)")
-        expect = "has version 7; this polymq understands up to 1"
+        expect = "has version 7; this polymq understands up to 2"
     out = serve(f"store.dsn={dsn}", f"store.data_dir={tmp_path}")
     assert out.returncode == 1, out.stderr
     line = one_error_line(out)

@@ -51,7 +51,7 @@ def test_provides_interface(tmp_path):
     assert os.path.exists(tmp_path / "data" / FILENAME)
     con = sqlite3.connect(tmp_path / "data" / FILENAME)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 3  # 3: message levels (paging)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 4  # 4: scheduled messages
     con.close()
     yield store.close()
 
@@ -970,9 +970,10 @@ def test_migration_from_schema_1_moves_stream_rows_to_segments(tmp_path):
     yield durable(store)
     yield store.close()
     con = sqlite3.connect(tmp_path / FILENAME)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 4
     tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "stream_entries" not in tables and "stream_starts" in tables
+    assert "scheduled" in tables
     con.close()
     assert len(seg_files(tmp_path / "streams")) == 2
     store, d = open_store(tmp_path)

@@ -23,7 +23,13 @@ log = Logger(namespace="polymq.mqtt")
 SESSIONS_NS = "mqtt.sessions"
 RETAINED_NS = "mqtt.retained"
 SHARED_NS = "mqtt.shared"
+# delayed wills (5.0 Will Delay Interval > 0), so that a crash does not lose them:
+# client id -> [topic, message bytes, retain, delay s, due ms (None while connected)]
+WILLS_NS = "mqtt.wills"
 NEVER = 0xFFFFFFFF
+# MQTT 5 user property that delays a publish by its value in milliseconds (the name of the
+# RabbitMQ delayed exchange's header, so one name serves both protocols)
+DELAY_PROPERTY = "x-delay"
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "max_packet_size": 0,  # 0: broker max_message_size + 64 KiB
@@ -310,6 +316,7 @@ class MqttServer:
         for qname in list(broker.kv(SHARED_NS)):
             self.shared_members[qname] = set(broker.kv_get_obj(SHARED_NS, qname) or ())
         self._arm_stored_expiries()
+        self._arm_stored_wills()
 
     # -- stored sessions --------------------------------------------------------------------
 
@@ -389,23 +396,64 @@ class MqttServer:
 
     # -- wills ------------------------------------------------------------------------------
 
+    def keep_will(self, cid: str, topic: str, msg: Message, retain: bool, delay: int) -> None:
+        """Record a connected client's delayed will in the store (published after a crash)."""
+        self.broker.kv_put_obj(WILLS_NS, cid, [topic, msg.to_bytes(), retain, delay, None])
+
+    def forget_will(self, cid: str) -> None:
+        self.broker.kv_delete(WILLS_NS, cid)
+
+    def _arm_stored_wills(self) -> None:
+        """Wills recorded before a restart: a client that was connected lost its connection
+        when the broker went down, so its will is due its delay after now; a will that was
+        already waiting keeps its due time."""
+        now = now_ms()
+        for cid in list(self.broker.kv(WILLS_NS)):
+            if cid in self.will_timers:
+                continue
+            try:
+                topic, data, retain, delay, due = self.broker.kv_get_obj(WILLS_NS, cid)
+                msg = Message.from_bytes(data)
+            except Exception:
+                log.warn("mqtt: dropping an unreadable stored will of {cid}", cid=cid)
+                self.forget_will(cid)
+                continue
+            if due is None:
+                due = now + delay * 1000
+                self.broker.kv_put_obj(WILLS_NS, cid, [topic, data, retain, delay, due])
+
+            def publish(topic=topic, msg=msg, retain=retain) -> None:
+                self.publish(topic, msg, retain)
+
+            call = self.clock.callLater(max(0.0, (due - now) / 1000.0), self._will_due, cid)
+            self.will_timers[cid] = (call, publish)
+
     def schedule_will(self, cid: str, delay: int, publish: Callable[[], None]) -> None:
-        self.cancel_will(cid)
+        entry = self.will_timers.pop(cid, None)
+        if entry is not None and entry[0].active():
+            entry[0].cancel()
         if delay <= 0:
             publish()
+            self.forget_will(cid)
             return
         call = self.clock.callLater(delay, self._will_due, cid)
         self.will_timers[cid] = (call, publish)
+        rec = self.broker.kv_get_obj(WILLS_NS, cid)
+        if rec is not None:  # waiting now: due at a fixed time, whenever the broker restarts
+            rec[3], rec[4] = delay, now_ms() + delay * 1000
+            self.broker.kv_put_obj(WILLS_NS, cid, rec)
 
     def _will_due(self, cid: str) -> None:
         entry = self.will_timers.pop(cid, None)
         if entry is not None:
             entry[1]()
+        self.forget_will(cid)
 
     def cancel_will(self, cid: str) -> None:
         entry = self.will_timers.pop(cid, None)
         if entry is not None and entry[0].active():
             entry[0].cancel()
+        self.forget_will(cid)
 
     def fire_will(self, cid: str) -> None:
         entry = self.will_timers.pop(cid, None)
@@ -413,8 +461,16 @@ class MqttServer:
             if entry[0].active():
                 entry[0].cancel()
             entry[1]()
+        self.forget_will(cid)
 
     # -- publishing -------------------------------------------------------------------------
+
+    def schedule(self, topic: str, msg: Message, delay_ms: int) -> int:
+        """A publish with the ``x-delay`` user property (MQTT 5): routed ``delay_ms`` later by
+        the broker's scheduler (never retained). Returns 1: accepted."""
+        key = self.keys.get(topic) or c.topic_to_key(topic)
+        self.broker.scheduler.schedule(self.vhost.name, "amq.topic", key, msg, delay_ms=delay_ms)
+        return 1
 
     def publish(self, topic: str, msg: Message, retain: bool, exclude: Any = None) -> int:
         """Route a message published to ``topic``; handles the retained store. Returns routed."""

@@ -26,9 +26,11 @@ from polymq.core.connection import ProtocolConnection, SessionBase
 from polymq.core.errors import BrokerError, ConnectionForced, IdleTimeout
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Limit
+from polymq.core.scheduler import headers_delay
 
 from . import codec as c
 from .server import (
+    DELAY_PROPERTY,
     NEVER,
     MqttServer,
     SessionState,
@@ -69,6 +71,7 @@ class Connection(SessionBase):
         self.keep_alive = 0
         self.will: tuple[str, Message, bool, int] | None = None
         self.inbound_pending = 0
+        self.qos1_unacked = 0  # 5.0: QoS 1 publishes whose PUBACK waits for the store
         self.paused = False
         # the broker-wide resource alarm: a publisher's socket is no longer read while it holds
         self.publishing_held = False
@@ -394,6 +397,10 @@ class Connection(SessionBase):
         session.conn = self
         self.session = session
         self.will = will
+        if will is not None and will[3] > 0 and (expiry == NEVER or expiry > 0):
+            # a delayed will outlives a crash of the broker (published after the restart)
+            delay = will[3] if expiry == NEVER else min(will[3], expiry)
+            server.keep_will(cid, will[0], will[1], will[2], delay)
         self.state = 1
         self.reader.max_size = server.max_packet_size
         # limits the client asked for
@@ -579,6 +586,9 @@ class Connection(SessionBase):
                 msg.key = key_from_headers(headers)
         return msg
 
+    def _qos1_acked(self) -> None:
+        self.qos1_unacked -= 1
+
     def on_publish(self, flags: int, body: bytes) -> None:
         if self.publishing_held:
             self._hold_publisher()
@@ -622,7 +632,8 @@ class Connection(SessionBase):
                 # a resent QoS 2 PUBLISH we already have: only PUBREC again (exactly once)
                 self.reply_durable(c.encode_ack(c.PUBREC, pid))
                 return
-            if self.inbound_pending >= self.server.receive_maximum and v5:
+            if v5 and self.inbound_pending + self.qos1_unacked >= self.server.receive_maximum:
+                # QoS 2 until PUBCOMP, QoS 1 until its PUBACK (sent once durable)
                 raise c.MalformedPacket("receive maximum exceeded", c.RECEIVE_MAXIMUM_EXCEEDED)
         if not self.conn.authorize("write", "topic", topic):
             # refused (no write permission on the topic): dropped. MQTT 5 says 0x87; a 3.1.1
@@ -646,12 +657,23 @@ class Connection(SessionBase):
             exclude = s.queue
         if block is not None or retain or qos == 2:
             msg = self._message(payload, qos, bool(retain), props or {})
-            routed = server.publish(topic, msg, bool(retain), exclude)
+            delay = headers_delay(msg.headers, DELAY_PROPERTY) if msg.headers else None
+            if delay is not None and delay > 0:
+                routed = server.schedule(topic, msg, delay)
+            else:
+                routed = server.publish(topic, msg, bool(retain), exclude)
         else:
             routed = server.publish_plain(topic, _tb, payload, qos, v5, body, exclude)
         if qos == 1:
-            if v5 and not routed:
-                self.reply_durable(c.encode_ack(c.PUBACK, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00"))
+            if v5:
+                self.qos1_unacked += 1
+                self.broker.when_durable(self._qos1_acked)
+                if not routed:
+                    self.reply_durable(
+                        c.encode_ack(c.PUBACK, pid, c.NO_MATCHING_SUBSCRIBERS, b"\x00")
+                    )
+                else:
+                    self.reply_durable(c.encode_ack(c.PUBACK, pid))
             else:
                 self.reply_durable(c.encode_ack(c.PUBACK, pid))
         elif qos == 2:
@@ -934,6 +956,8 @@ class Connection(SessionBase):
                 if s.expiry != NEVER:
                     delay = min(delay, s.expiry)
                 self.server.schedule_will(self.client_id, delay, self._will_publisher(will))
+            else:
+                self.server.forget_will(self.client_id)  # DISCONNECT: the will is discarded
             self._end_or_keep(s)
         elif will is not None:
             self._will_publisher(will)()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from polymq.core.address import queue_address, topic_address
 from polymq.core.errors import AccessRefused, BrokerError
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Queue
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 log = Logger(namespace="polymq.openwire")
 
 DLQ = "ActiveMQ.DLQ"
+# annotation: broker-side redeliveries of a message so far (the redelivery policy's count)
+REDELIVERIES = "openwire.redeliveries"
 BROWSE_MAX = 400  # messages one queue browser sees (ActiveMQ's maxBrowsePageSize)
 
 ACK_DELIVERED, ACK_POISON, ACK_STANDARD, ACK_REDELIVERED = 0, 1, 2, 3
@@ -175,6 +178,7 @@ class ConsumerHandling:
                 q = self.vhost.queues.get(qname)
                 if q is None:
                     q = self.vhost.declare_queue(qname, durable=True)
+                self._use_dead_letter_queue(q, name)
                 ex = self.vhost.get_exchange("amq.topic")
                 stale = [b for b in ex.bindings_to(q) if b.key != pattern]
                 for b in stale:
@@ -557,12 +561,16 @@ class ConsumerHandling:
                 cs.credit_back()
             self.respond(ack)
             return
-        if kind == ACK_POISON:
-            cause = ack.poison_cause[1] if ack.poison_cause else None
+        if kind == ACK_POISON or (kind == ACK_EXPIRED and ack.transaction_id is None):
+            # (the client found it expired before handing it to the application)
+            if kind == ACK_POISON:
+                cause = ack.poison_cause[1] if ack.poison_cause else None
+            else:
+                cause = "expired"
             for s in seqs:
                 d = cs.dispatched.pop(s)
                 cs.delivered.discard(s)
-                self._dead_letter(d, cause)
+                self._dead_letter(d, cause, kind == ACK_POISON)
             cs.credit_back()
             self.respond(ack)
             return
@@ -591,12 +599,58 @@ class ConsumerHandling:
         cs.credit_back()
         self.respond(ack)
 
-    def _dead_letter(self, d: Delivery, cause: str | None) -> None:
+    def _dead_letter(self, d: Delivery, cause: str | None, poisoned: bool = True) -> None:
+        """A message the client gave up on (or found expired): redelivered later by the
+        broker while the redelivery policy allows, then to its dead-letter queue."""
         msg = d.message
-        headers = dict(msg.headers)
-        if cause:
-            headers["dlqDeliveryFailureCause"] = cause
-        dead = msg.copy(headers=headers, expiration=None)
-        self._ensure_queue(DLQ)
-        self.vhost.publish("", DLQ, dead)
-        d.queue.ack(d)
+        q = d.queue
+        policy = self.hub.redelivery
+        if poisoned and policy.enabled and not q.deleted:
+            n = msg.annotations.get(REDELIVERIES, 0)
+            if isinstance(n, int) and n < policy.maximum:
+                again = msg.copy()
+                again.annotations[REDELIVERIES] = n + 1
+                if "openwire.dest" not in again.annotations:  # its destination, as it was
+                    again.annotations["openwire.dest"] = (
+                        topic_address(msg.routing_key)
+                        if msg.exchange == "amq.topic"
+                        else queue_address(msg.routing_key)
+                    )
+                self.vhost.broker.scheduler.schedule(
+                    self.vhost.name, "", q.name, again, delay_ms=policy.delay_for(n)
+                )
+                q.ack(d)
+                return
+        dlq = self.hub.dead_letter_queue(q.name, self._topic_of(q, msg))
+        if dlq is not None:
+            headers = dict(msg.headers)
+            if cause:
+                headers["dlqDeliveryFailureCause"] = cause
+            dead = msg.copy(headers=headers, expiration=None)
+            dead.annotations.pop(REDELIVERIES, None)
+            self._dead_letter_queue(dlq)
+            self.vhost.publish("", dlq, dead)
+        q.ack(d)
+
+    @staticmethod
+    def _topic_of(q: Queue, msg: Message) -> str | None:
+        """The topic of a durable subscription's queue (for the individual strategy)."""
+        return msg.routing_key if msg.exchange == "amq.topic" and q.durable else None
+
+    def _dead_letter_queue(self, name: str) -> Queue:
+        q = self.vhost.queues.get(name)
+        if q is None:  # created by the broker itself, whatever the client may configure
+            q = self.vhost.declare_queue(name, durable=True)
+        return q
+
+    def _use_dead_letter_queue(self, q: Queue, topic: str | None = None) -> None:
+        """A durable queue an OpenWire client uses and that has no dead-letter exchange of
+        its own sends what expires (or exceeds the delivery limit) to its dead-letter queue."""
+        if q.dead_letter_exchange is not None or not q.durable or not isinstance(q, Queue):
+            return
+        dlq = self.hub.dead_letter_queue(q.name, topic)
+        if dlq is None:
+            return
+        self._dead_letter_queue(dlq)
+        q.dead_letter_exchange = ""
+        q.dead_letter_routing_key = dlq

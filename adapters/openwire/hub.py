@@ -8,12 +8,17 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
+
 from polymq.core.message import Message
+from polymq.core.redelivery import RedeliveryPolicy
 from polymq.core.xa import PreparedBranches
 
 from . import codec as c
 from .codec import Obj
 from .mapping import core_to_jms
+
+log = Logger(namespace="polymq.openwire")
 
 if TYPE_CHECKING:
     from .consumers import ConsumerState
@@ -97,6 +102,18 @@ class OpenWireHub:
         self._cache_bytes = 0
         self.no_local_consumers = 0
         self._watched_vhosts: set[str] = set()
+        self.redelivery = RedeliveryPolicy.from_config(config)
+        strategy = config.get("dead_letter_strategy", "shared")
+        if strategy not in ("shared", "individual"):
+            log.warn(
+                "openwire: dead_letter_strategy {s!r} is neither 'shared' nor 'individual';"
+                " using 'shared'",
+                s=strategy,
+            )
+        self.dlq_individual = strategy == "individual"
+        self.dlq_shared = config.get("dead_letter_queue") or "ActiveMQ.DLQ"
+        self.dlq_queue_prefix = config.get("dead_letter_queue_prefix") or "ActiveMQ.DLQ.Queue."
+        self.dlq_topic_prefix = config.get("dead_letter_topic_prefix") or "ActiveMQ.DLQ.Topic."
 
     def add_wildcard_consumer(self, session: OpenWireSession, cs: ConsumerState) -> None:
         """Also give ``cs`` the matching queues its virtual host creates from now on (by
@@ -116,6 +133,19 @@ class OpenWireHub:
     def prepared(self) -> PreparedBranches:
         """The broker's prepared XA branches (shared by every OpenWire listener)."""
         return PreparedBranches.of(self.broker)
+
+    def dead_letter_queue(self, queue: str, topic: str | None = None) -> str | None:
+        """The dead-letter queue of a queue (or of a durable subscription's queue on
+        ``topic``); None for a dead-letter queue itself (a dead letter there stays dropped)."""
+        if queue == self.dlq_shared or queue.startswith(
+            (self.dlq_queue_prefix, self.dlq_topic_prefix)
+        ):
+            return None
+        if not self.dlq_individual:
+            return self.dlq_shared
+        if topic is not None:
+            return self.dlq_topic_prefix + topic
+        return self.dlq_queue_prefix + queue
 
     def next_id(self) -> int:
         return next(self._ids)

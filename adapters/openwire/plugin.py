@@ -16,6 +16,18 @@ DEFAULT_CONFIG = {
     # consumers one connection may hold, advisory consumers aside (ActiveMQ's
     # maximumConsumersAllowedPerConnection); 0: no limit
     "max_consumers_per_connection": 0,
+    # dead letters (expired, poisoned): "shared" -> dead_letter_queue; "individual" -> one
+    # queue per destination, prefix + name (ActiveMQ's individualDeadLetterStrategy)
+    "dead_letter_strategy": "shared",
+    "dead_letter_queue": "ActiveMQ.DLQ",
+    "dead_letter_queue_prefix": "ActiveMQ.DLQ.Queue.",
+    "dead_letter_topic_prefix": "ActiveMQ.DLQ.Topic.",
+    # broker-side redelivery of poisoned messages (ActiveMQ's redeliveryPlugin); -1: off
+    "redelivery_maximum": -1,
+    "redelivery_initial_delay_ms": 1000,
+    "redelivery_delay_ms": 1000,
+    "redelivery_backoff_multiplier": 1.0,
+    "redelivery_max_delay_ms": -1,
 }
 
 

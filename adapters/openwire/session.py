@@ -20,6 +20,7 @@ from polymq.core.connection import ProtocolConnection, SessionBase
 from polymq.core.errors import AccessRefused, BrokerError, IdleTimeout, NotFound, ProtocolError
 from polymq.core.message import Message
 from polymq.core.queue import Queue
+from polymq.core.scheduler import ScheduleError, headers_delay
 from polymq.core.tx import Transaction
 
 from . import codec as c
@@ -492,6 +493,9 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             self.respond_error(m, "javax.jms.JMSException", "message exceeds the maximum size")
             return
         name = dest.physical_name
+        if msg.headers and not SCHEDULE_PROPERTIES.isdisjoint(msg.headers):
+            self._schedule(m, msg, dest)
+            return
         if m.transaction_id is None and name and "," not in name:
             # the common case, one destination outside a transaction
             t = dest.type
@@ -552,6 +556,45 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             return
         self._after_publish(m, msg, tx is not None)
 
+    def _schedule(self, m: Obj, msg: Message, dest: Obj) -> None:
+        """A send with ActiveMQ's ``AMQ_SCHEDULED_*`` properties: to the broker's scheduler,
+        which routes it (again) when due. Outside and inside a transaction alike, at once."""
+        parts = split_dest(dest)
+        if not parts or not all(name for _, name in parts):
+            self.respond_error(m, "javax.jms.InvalidDestinationException", "empty destination name")
+            return
+        try:
+            delay, period, repeat, cron = scheduled_properties(msg.headers)
+            for t, name in parts:
+                if (t, name) not in self._may_write:
+                    self._check_write(t, name)
+            for t, name in parts:
+                if is_topic(t):
+                    if name.startswith(ADVISORY_PREFIX):
+                        continue
+                    exchange = "amq.topic"
+                else:
+                    exchange = ""
+                    if t == c.QUEUE:
+                        self._ensure_queue(name)
+                self.vhost.broker.scheduler.schedule(
+                    self.vhost.name,
+                    exchange,
+                    name,
+                    msg if len(parts) == 1 else msg.copy(),
+                    delay_ms=delay,
+                    period_ms=period,
+                    repeat=repeat,
+                    cron=cron,
+                )
+        except ScheduleError as e:
+            self.respond_error(m, "javax.jms.MessageFormatException", str(e))
+            return
+        except BrokerError as e:
+            self.respond_error(m, error_class(e), e.text)
+            return
+        self._after_publish(m, msg, False)
+
     def _after_publish(self, m: Obj, msg: Message, in_tx: bool) -> None:
         """The producer window given back, or the response (once durable, for a persistent
         message outside a transaction)."""
@@ -589,6 +632,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                 # Consumer.<name>.VirtualTopic.<topic>: every message published to topic
                 # VirtualTopic.<topic> gets a copy here
                 self.vhost.bind_queue(name, "amq.topic", topic_pattern(topic))
+        self._use_dead_letter_queue(q)
         return q
 
     # -- transactions -----------------------------------------------------------------------
@@ -818,3 +862,30 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             return
         self.vhost.delete_queue(qname)
         self.respond(cmd)
+
+
+# ActiveMQ's message properties that schedule a send (its broker's schedulerSupport)
+SCHEDULE_PROPERTIES = frozenset(
+    ("AMQ_SCHEDULED_DELAY", "AMQ_SCHEDULED_PERIOD", "AMQ_SCHEDULED_REPEAT", "AMQ_SCHEDULED_CRON")
+)
+
+
+def scheduled_properties(headers: dict) -> tuple[int, int, int, str | None]:
+    """(delay ms, period ms, repeat, cron) from a JMS message's properties.
+
+    A cron entry alone repeats for ever at its times (as in ActiveMQ); ``AMQ_SCHEDULED_DELAY``
+    is then added to each of them.
+    """
+    delay = headers_delay(headers, "AMQ_SCHEDULED_DELAY") or 0
+    period = headers_delay(headers, "AMQ_SCHEDULED_PERIOD") or 0
+    repeat = headers_delay(headers, "AMQ_SCHEDULED_REPEAT") or 0
+    cron = headers.get("AMQ_SCHEDULED_CRON")
+    if isinstance(cron, bytes):
+        cron = cron.decode("utf-8", "replace")
+    if not isinstance(cron, str) or not cron.strip():
+        cron = None
+    if cron is not None:
+        repeat = -1
+    elif repeat < 0:
+        raise ScheduleError("AMQ_SCHEDULED_REPEAT must not be negative")
+    return delay, period, repeat, cron

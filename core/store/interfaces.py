@@ -43,6 +43,12 @@ class StoreSnapshot:
     stream_partitions: dict[tuple[str, str, int], tuple[int, int, int]] = field(
         default_factory=dict
     )
+    # Scheduled messages (core/scheduler.py): [(job id, due ms, record)] in (due, id) order.
+    # Stores that page leave the list empty and report only how many jobs they hold; the
+    # scheduler reads them back in due order (``read_scheduled``).
+    scheduled: list[tuple[int, int, bytes]] = field(default_factory=list)
+    scheduled_count: int = 0
+    scheduled_top_id: int = 0  # the highest job id stored (new jobs are numbered above it)
 
 
 class IStore(Interface):
@@ -105,6 +111,12 @@ class IStore(Interface):
     def delete_kv(namespace: str, key: str) -> None:
         """Remove an adapter-owned record."""
 
+    def put_scheduled(job_id: int, due: int, record: bytes) -> None:
+        """Create or replace a scheduled message (a job of the scheduler) due at ``due`` ms."""
+
+    def delete_scheduled(job_id: int) -> None:
+        """Forget a scheduled message (delivered for the last time, or cancelled)."""
+
     def after_durable(callback: Callable[[], None]) -> None:
         """Call ``callback`` on the reactor thread once every write issued before it is durable.
 
@@ -162,6 +174,18 @@ class IPagingStore(IStore):
         expires_at)]`` in seq order; the read runs off the reactor thread and sees every write
         issued before the call (fewer than ``limit`` rows: nothing more at that moment).
         Only for stores that page.
+        """
+
+    def read_scheduled(
+        after_due: int,
+        after_id: int,
+        limit: int,
+        callback: Callable[[list[tuple[int, int, bytes]]], None],
+    ) -> None:
+        """Read up to ``limit`` scheduled messages whose (due, id) is at or after
+        (``after_due``, ``after_id``), in that order: ``callback([(id, due, record)])`` on the
+        reactor thread; the read sees every write issued before the call. Only for stores
+        that page.
         """
 
     def purge_messages(vhost: str, queue: str, priority: int, after_seq: int) -> None:

@@ -79,5 +79,14 @@ class MemoryStore:
     def delete_kv(self, namespace: str, key: str) -> None:
         pass
 
+    def put_scheduled(self, job_id: int, due: int, record: bytes) -> None:
+        pass
+
+    def delete_scheduled(self, job_id: int) -> None:
+        pass
+
+    def read_scheduled(self, after_due, after_id, limit, callback) -> None:
+        callback([])
+
     def after_durable(self, callback: Callable[[], None]) -> None:
         callback()

@@ -319,6 +319,12 @@ class PostgresStore:
     def delete_kv(self, namespace: str, key: str) -> None:
         self._write(S.DEL_KV, (namespace, key))
 
+    def put_scheduled(self, job_id: int, due: int, record: bytes) -> None:
+        self._write(S.PUT_SCHEDULED, (job_id, due, record))
+
+    def delete_scheduled(self, job_id: int) -> None:
+        self._write(S.DEL_SCHEDULED, (job_id,))
+
     def after_durable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (reactor thread) once every write issued before it is committed."""
         state = self._state
@@ -852,5 +858,10 @@ class PostgresStore:
         for ns, k, value in cur.execute(S.LOAD_KV.format(s=s)):
             kv.setdefault(name(ns), {})[_decode(k)] = bytes(value)
         snap.kv = kv
+        snap.scheduled = [
+            (i, due, bytes(data)) for i, due, data in cur.execute(S.LOAD_SCHEDULED.format(s=s))
+        ]
+        snap.scheduled_count = len(snap.scheduled)
+        snap.scheduled_top_id = max((i for i, _, _ in snap.scheduled), default=0)
         conn.commit()
         return snap

@@ -12,7 +12,7 @@ an advisory lock, so two brokers starting at once cannot both migrate.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = """
 CREATE TABLE {s}.schema_version (version integer NOT NULL);
@@ -44,8 +44,14 @@ CREATE TABLE {s}.kv (
     PRIMARY KEY (namespace, key));
 """
 
+# Version 2: scheduled messages (core/scheduler.py)
+_V2 = """
+CREATE TABLE {s}.scheduled (id bigint PRIMARY KEY, due bigint NOT NULL, data bytea NOT NULL);
+CREATE INDEX scheduled_by_due ON {s}.scheduled (due, id);
+"""
+
 # from-version -> statements (``{s}`` is the quoted schema name)
-MIGRATIONS: dict[int, str] = {0: _V1}
+MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2}
 
 # Operation kinds: the same numbers as the sqlite store's, so both read the same op tuples.
 PUT_EXCHANGE = 0
@@ -60,6 +66,8 @@ APPEND_STREAM = 8
 TRIM_STREAM = 9
 PUT_KV = 10
 DEL_KV = 11
+PUT_SCHEDULED = 13
+DEL_SCHEDULED = 14
 
 # kind -> positions of names (str) in its parameter tuple, stored as UTF-8 bytea
 NAME_FIELDS: dict[int, tuple[int, ...]] = {
@@ -75,6 +83,8 @@ NAME_FIELDS: dict[int, tuple[int, ...]] = {
     TRIM_STREAM: (0, 1),
     PUT_KV: (0, 1),
     DEL_KV: (0, 1),
+    PUT_SCHEDULED: (),
+    DEL_SCHEDULED: (),
 }
 
 # kind -> [(statement, positions of the op's parameters it takes)], one execution per op.
@@ -125,6 +135,14 @@ STATEMENTS: dict[int, list[tuple[str, tuple[int, ...]]]] = {
             (0, 1, 2, 3, 4, 5),
         )
     ],
+    PUT_SCHEDULED: [
+        (
+            "INSERT INTO {s}.scheduled (id, due, data) VALUES (%s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET due = EXCLUDED.due, data = EXCLUDED.data",
+            (0, 1, 2),
+        )
+    ],
+    DEL_SCHEDULED: [("DELETE FROM {s}.scheduled WHERE id = %s", (0,))],
     TRIM_STREAM: [
         (
             "DELETE FROM {s}.stream_entries WHERE vhost = %s AND stream = %s"
@@ -182,8 +200,18 @@ LOAD_ENTRIES = (
     ' FROM {s}.stream_entries ORDER BY vhost, stream, partition, "offset"'
 )
 LOAD_KV = "SELECT namespace, key, value FROM {s}.kv"
+LOAD_SCHEDULED = "SELECT id, due, data FROM {s}.scheduled ORDER BY due, id"
 
-TABLES = ("schema_version", "exchanges", "queues", "bindings", "messages", "stream_entries", "kv")
+TABLES = (
+    "schema_version",
+    "exchanges",
+    "queues",
+    "bindings",
+    "messages",
+    "stream_entries",
+    "kv",
+    "scheduled",
+)
 
 
 def quote_ident(name: str) -> str:

@@ -73,6 +73,7 @@ from .sqlite_sql import (
     _DEL_KV,
     _DEL_MESSAGE,
     _DEL_QUEUE,
+    _DEL_SCHEDULED,
     _KIND,
     _OPS,
     _PARAMS,
@@ -82,7 +83,9 @@ from .sqlite_sql import (
     _PUT_KV,
     _PUT_MESSAGE,
     _PUT_QUEUE,
+    _PUT_SCHEDULED,
     _READ_LEVEL_SQL,
+    _READ_SCHEDULED_SQL,
     _SCHEMA_V1,  # noqa: F401 (re-exported: tests build old schemas)
     _SQL,
     _SYNCHRONOUS,
@@ -408,6 +411,12 @@ class SqliteStore(_OpenMixin):
     def delete_kv(self, namespace: str, key: str) -> None:
         self._write(_DEL_KV, (namespace, key))
 
+    def put_scheduled(self, job_id: int, due: int, record: bytes) -> None:
+        self._write(_PUT_SCHEDULED, (job_id, due, record))
+
+    def delete_scheduled(self, job_id: int) -> None:
+        self._write(_DEL_SCHEDULED, (job_id,))
+
     def purge_messages(self, vhost: str, queue: str, priority: int, after_seq: int) -> None:
         self._write(_PURGE_MESSAGES, (vhost, queue, priority, after_seq))
 
@@ -457,6 +466,14 @@ class SqliteStore(_OpenMixin):
         self._read(
             self._retain_stream, (vhost, stream, partition, max_bytes, min_timestamp), callback
         )
+
+    def read_scheduled(
+        self, after_due: int, after_id: int, limit: int, callback: Callable[[list], None]
+    ) -> None:
+        self._read(self._read_scheduled, (after_due, after_id, limit), callback)
+
+    def _read_scheduled(self, conn: sqlite3.Connection, args: tuple) -> list:  # writer thread
+        return [(i, due, bytes(data)) for i, due, data in conn.execute(_READ_SCHEDULED_SQL, args)]
 
     def _read(self, fn: Callable, args: tuple, callback: Callable) -> None:
         """Queue a read for the writer thread behind every write issued so far.

@@ -31,7 +31,7 @@ log = Logger(namespace="polymq.store.sqlite")
 
 FILENAME = "polymq.sqlite3"
 LOCKNAME = "polymq.lock"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # WAL file size kept after a checkpoint lets it start over (bytes)
 JOURNAL_SIZE_LIMIT = 64 << 20
 # an old store is converted to incremental vacuum at open only up to this much live data
@@ -348,4 +348,14 @@ class _OpenMixin:
         for ns, k, value in conn.execute('SELECT namespace, "key", value FROM kv'):
             kv.setdefault(ns, {})[k] = bytes(value)
         snap.kv = kv
+        snap.scheduled_count, snap.scheduled_top_id = conn.execute(
+            "SELECT count(*), coalesce(max(id), 0) FROM scheduled"
+        ).fetchone()
+        if not self.pages:
+            snap.scheduled = [
+                (i, due, bytes(data))
+                for i, due, data in conn.execute(
+                    "SELECT id, due, data FROM scheduled ORDER BY due, id"
+                )
+            ]
         return snap

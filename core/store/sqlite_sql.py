@@ -58,12 +58,19 @@ UPDATE messages SET size = length(data);  -- then the body size (_migrate_messag
 CREATE INDEX messages_levels ON messages (vhost, queue, priority, seq, size, transient);
 """
 
+# Version 4: scheduled messages (core/scheduler.py), read back in due order through the index.
+_SCHEDULED = """
+CREATE TABLE scheduled (id INTEGER PRIMARY KEY, due INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE INDEX scheduled_by_due ON scheduled (due, id);
+"""
+
 # from-version -> script bringing the schema to from-version + 1. 1 -> 2 also moves the rows of
 # stream_entries into segment files first (SqliteStore._migrate_streams); 2 -> 3 then fills in
 # the priority of messages on priority queues (SqliteStore._migrate_priorities).
 _MIGRATIONS: dict[int, str] = {
     1: _STREAM_STARTS + "DROP TABLE stream_entries;",
     2: _MESSAGE_META,
+    3: _SCHEDULED,
 }
 
 # Paging reads and the restart summary (never a body).
@@ -77,6 +84,10 @@ _READ_LEVEL_SQL = (
 )
 _DROP_TRANSIENT_SQL = (
     "DELETE FROM messages WHERE vhost = ? AND queue = ? AND priority = ? AND transient = 1"
+)
+_READ_SCHEDULED_SQL = (
+    "SELECT id, due, data FROM scheduled INDEXED BY scheduled_by_due"
+    " WHERE due > ?1 OR (due = ?1 AND id >= ?2) ORDER BY due, id LIMIT ?3"
 )
 _DROP_QUEUE_MESSAGES_SQL = "DELETE FROM messages WHERE vhost = ? AND queue = ?"
 
@@ -94,6 +105,8 @@ _TRIM_STREAM = 9
 _PUT_KV = 10
 _DEL_KV = 11
 _PURGE_MESSAGES = 12
+_PUT_SCHEDULED = 13
+_DEL_SCHEDULED = 14
 
 _SQL: dict[int, tuple[str, ...]] = {
     _PUT_EXCHANGE: ("INSERT OR REPLACE INTO exchanges (vhost, name, record) VALUES (?1, ?2, ?3)",),
@@ -133,12 +146,14 @@ _SQL: dict[int, tuple[str, ...]] = {
     _PURGE_MESSAGES: (
         "DELETE FROM messages WHERE vhost = ?1 AND queue = ?2 AND priority = ?3 AND seq > ?4",
     ),
+    _PUT_SCHEDULED: ("INSERT OR REPLACE INTO scheduled (id, due, data) VALUES (?1, ?2, ?3)",),
+    _DEL_SCHEDULED: ("DELETE FROM scheduled WHERE id = ?1",),
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 # kind -> index of the payload (bytes) in its parameters, for the WAL size estimate
-_DATA_INDEX = {_PUT_MESSAGE: 3, _PUT_KV: 2}
+_DATA_INDEX = {_PUT_MESSAGE: 3, _PUT_KV: 2, _PUT_SCHEDULED: 2}
 _KIND = itemgetter(0)
 _PARAMS = itemgetter(1)
 _OPS = itemgetter(0)

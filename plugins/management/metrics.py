@@ -58,6 +58,13 @@ class BrokerCollector:
         yield CounterMetricFamily(
             "polymq_connections_opened", "Connections accepted", value=reg.opened
         )
+        sched = broker.scheduler
+        yield GaugeMetricFamily(
+            "polymq_scheduled_messages", "Scheduled (delayed) messages waiting", value=sched.pending
+        )
+        yield CounterMetricFamily(
+            "polymq_scheduled_deliveries", "Deliveries made by the scheduler", value=sched.delivered
+        )
         yield CounterMetricFamily(
             "polymq_connections_refused", "Connections refused by a limit", value=reg.refused
         )
