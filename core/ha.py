@@ -138,6 +138,14 @@ WHERE l.id = 1 AND (
 RETURNING l.epoch, l.since
 """
 
+_TAKEABLE = """
+SELECT 1 FROM {s}.ha_lease AS l
+WHERE l.id = 1 AND (
+    l.expires_at IS NULL OR l.expires_at < clock_timestamp()
+    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                   WHERE a.pid = l.holder_pid AND a.backend_start = l.holder_backend_start))
+"""
+
 _RENEW = """
 UPDATE {s}.ha_lease SET expires_at = clock_timestamp() + %(ttl)s * interval '1 second',
     holder_pid = pg_backend_pid(),
@@ -377,14 +385,19 @@ class HaNode:
                         )
                         for stmt in _schema_sql(self._s):
                             self._conn.execute(stmt)
-                sent = time.monotonic()
-                row = self._conn.execute(
-                    _ACQUIRE.format(s=self._s), {"me": self.node_id, "ttl": self.lease_s}
-                ).fetchone()
+                row = None
+                if self._conn.execute(_TAKEABLE.format(s=self._s)).fetchone():
+                    # the deposed active's writer may sit in a transaction that read the lease
+                    # FOR SHARE (paused process): end it, or the takeover would wait for it
+                    self._fence_old_writers()
+                    sent = time.monotonic()
+                    row = self._conn.execute(
+                        _ACQUIRE.format(s=self._s), {"me": self.node_id, "ttl": self.lease_s}
+                    ).fetchone()
                 if row is not None:
                     epoch, since = row
                     self._valid_until = sent + self.lease_s - self.renew_s
-                    self._fence_old_writers()
+                    self._fence_old_writers()  # one that reconnected meanwhile
                     self.reactor.callFromThread(self._won, epoch, since.isoformat())
                     return epoch
                 if not announced:
