@@ -496,7 +496,7 @@ class KafkaSession(SessionBase):
         for b in batches:
             if b.producer_id >= 0 and b.base_sequence >= 0:
                 key = (b.producer_id, name, index)
-                st = srv.producers.get(key)
+                st = srv.producers.get(key) or srv.producer_state(key, p)
                 last = b.base_sequence + b.count - 1
                 if st is None or st.epoch != b.producer_epoch:
                     st = srv.producers[key] = ProducerState(b.producer_epoch)
