@@ -103,6 +103,10 @@ def _schema_sql(s: str) -> list[str]:
             since timestamptz, expires_at timestamptz,
             holder_pid integer, holder_backend_start timestamptz)""",
         f"INSERT INTO {s}.ha_lease (id) VALUES (1) ON CONFLICT DO NOTHING",
+        # every node's last word, for `polymq status` (the lease alone names only the active)
+        f"""CREATE TABLE IF NOT EXISTS {s}.ha_nodes (
+            node_id text PRIMARY KEY, role text NOT NULL, since timestamptz NOT NULL,
+            seen_at timestamptz NOT NULL)""",
         f"""CREATE TABLE IF NOT EXISTS {s}.ha_commits (
             epoch bigint PRIMARY KEY, holder text, commits bigint NOT NULL,
             first_at timestamptz NOT NULL, last_at timestamptz NOT NULL)""",
@@ -170,6 +174,12 @@ WHERE locktype = 'advisory' AND granted AND objsubid = 1
   AND pid NOT IN (SELECT pid FROM pg_stat_activity WHERE application_name = %(app)s)
 """
 
+_SEEN = """
+INSERT INTO {s}.ha_nodes AS n VALUES (%(me)s, %(role)s, clock_timestamp(), clock_timestamp())
+ON CONFLICT (node_id) DO UPDATE SET seen_at = clock_timestamp(), role = excluded.role,
+    since = CASE WHEN n.role = excluded.role THEN n.since ELSE clock_timestamp() END
+"""
+
 _STATUS = """
 SELECT holder, epoch, since, expires_at, expires_at > clock_timestamp() AS valid,
     EXISTS (SELECT 1 FROM pg_stat_activity a
@@ -189,8 +199,16 @@ def lease_status(dsn: str, schema: str = "polymq", connect_timeout: int = 5) -> 
         if exists is None:
             return {"holder": None, "epoch": 0, "active": False}
         row = conn.execute(_STATUS.format(s=s)).fetchone()
+        nodes = conn.execute(
+            f"SELECT node_id, role, since, extract(epoch FROM clock_timestamp() - seen_at)"
+            f" FROM {s}.ha_nodes ORDER BY node_id"
+        ).fetchall()
     holder, epoch, since, expires, valid, alive, now = row
     return {
+        "nodes": [
+            {"node_id": n, "role": r, "since": t.isoformat(), "seen_s_ago": float(ago)}
+            for n, r, t, ago in nodes
+        ],
         "holder": holder,
         "epoch": epoch,
         "since": since.isoformat() if since else None,
@@ -198,6 +216,45 @@ def lease_status(dsn: str, schema: str = "polymq", connect_timeout: int = 5) -> 
         "active": bool(holder and valid and alive),
         "database_time": now.isoformat(),
     }
+
+
+def status_command(cfg: dict, as_json: bool = False) -> int:
+    """``polymq status``: the lease and every node as the shared store sees them.
+
+    Reads the database named by the config, so it answers the same on every node, standby or
+    not, and with no node running. Exit code 0 when a node is active, 1 otherwise, 2 when the
+    config names no shared store."""
+    import json
+    import sys
+
+    store = cfg["store"]
+    if store["backend"] != "postgres" or not store.get("dsn"):
+        print(
+            'polymq: status reads the shared store: set store.backend = "postgres" and store.dsn',
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        status = lease_status(store["dsn"], store.get("schema", "polymq"))
+    except Exception as exc:  # psycopg's errors: unreachable, refused ...
+        print(f"polymq: cannot read the lease: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(status, indent=2))
+    elif status["active"]:
+        print(
+            f"active: {status['holder']} since {status['since']}, epoch {status['epoch']}"
+            f" (lease until {status['expires_at']})"
+        )
+    else:
+        print(f"active: none (last holder {status['holder']}, epoch {status['epoch']})")
+    if not as_json:
+        for node in status.get("nodes", []):
+            print(
+                f"node {node['node_id']}: {node['role']} since {node['since']},"
+                f" last seen {node['seen_s_ago']:.1f}s ago"
+            )
+    return 0 if status["active"] else 1
 
 
 class HaNode:
@@ -358,7 +415,16 @@ class HaNode:
             if self.role == ACTIVE:
                 self.reactor.callFromThread(self._lost, f"lease thread failed: {e!r}")
         finally:
-            if getattr(self, "_release", False) and self.epoch is not None:
+            if self._stop.is_set():  # a clean stop: say so in ha_nodes
+                try:
+                    if self._conn is None:
+                        self._conn = self._connect()
+                    self._conn.execute(
+                        _SEEN.format(s=self._s), {"me": self.node_id, "role": STOPPED}
+                    )
+                except Exception:
+                    pass
+            if self._release and self.epoch is not None:
                 try:
                     if self._conn is None:
                         self._conn = self._connect()
@@ -400,6 +466,7 @@ class HaNode:
                     self._fence_old_writers()  # one that reconnected meanwhile
                     self.reactor.callFromThread(self._won, epoch, since.isoformat())
                     return epoch
+                self._conn.execute(_SEEN.format(s=self._s), {"me": self.node_id, "role": STANDBY})
                 if not announced:
                     holder = self._conn.execute(
                         f"SELECT holder, epoch FROM {self._s}.ha_lease WHERE id = 1"
@@ -454,6 +521,7 @@ class HaNode:
                 self.renewals += 1
                 problem = None
                 self._fence_old_writers()
+                self._conn.execute(_SEEN.format(s=self._s), {"me": self.node_id, "role": ACTIVE})
             except Exception as e:
                 self._close()
                 text = " ".join(str(e).split()) or type(e).__name__

@@ -221,6 +221,7 @@ class ManagementApi(resource.Resource):
             lambda req: {"name": req.polymq_identity.user, "tags": ["administrator"]},
         )
         r("GET", "nodes", lambda req: [self._node()])
+        r("GET", "ha", lambda req: s.ha())
         r("GET", "vhosts", lambda req: [{"name": n} for n in sorted(self.broker.vhosts)])
         r("GET", "health/checks/alarms", self._alarms)
         r("GET", "connections", lambda req: s.connections())

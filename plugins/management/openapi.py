@@ -21,6 +21,7 @@ ENDPOINTS: list[tuple[str, str, str, dict | None, bool]] = [
     ),
     ("/api/whoami", "get", "The authenticated user", _OBJ, False),
     ("/api/nodes", "get", "This node", _LIST, False),
+    ("/api/ha", "get", "High availability: role, node id, epoch and since when", _OBJ, False),
     ("/api/vhosts", "get", "Virtual hosts", _LIST, False),
     ("/api/health/checks/alarms", "get", "200 without a resource alarm, 503 with one", _OBJ, False),
     ("/api/connections", "get", "Connections of every protocol", _LIST, False),
