@@ -62,6 +62,7 @@ class HaNode(BrokerProcess):
             "ha.node_id": node_id,
             "ha.lease_s": lease_s,
             "ha.renew_s": renew_s,
+            "ha.advertised_host": HOST,  # what Kafka Metadata and OpenWire BrokerInfo name
         }
         for a, p in self.fixed_ports.items():
             sets[f"adapters.{a}.port"] = p
@@ -427,10 +428,15 @@ def jms_send(load: Load, nodes: Sequence[tuple[str, int]], queue: str, count: in
         load.errors.append(f"JmsHa send exited {p.returncode}: {p.stderr.read()[-2000:]}")
 
 
-def jms_drain(nodes: Sequence[tuple[str, int]], queue: str, idle_ms: int = 3000) -> list[int]:
+def jms_drain(
+    nodes: Sequence[tuple[str, int]], queue: str, idle_ms: int = 3000, info: dict | None = None
+) -> list[int]:
+    """Consume ``queue``; ``info["broker_url"]`` is what the node's BrokerInfo said."""
     import jmsrun
 
     r = jmsrun.run_java(jms_classes(), "JmsHa", "recv", failover_url(nodes), queue, str(idle_ms))
     if not r.done:
         raise AssertionError(f"JmsHa recv failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    if info is not None:
+        info["broker_url"] = next(x[7:] for x in r.lines if x.startswith("BROKER "))
     return _indexes(line[5:] for line in r.lines if line.startswith("RECV "))

@@ -85,12 +85,15 @@ def test_kill9_active_under_load_every_protocol_fails_over(pg_server, tmp_path):
             assert not load.errors, f"{load.name}: {load.errors}"
             assert len(load.acked) > before[load.name], f"{load.name}: nothing acked after kill"
 
+        jms_info: dict = {}
         consumed = {
             "amqp": amqp_drain(b.address("amqp"), "ha.amqp"),
             "mqtt": mqtt_drain(b.address("mqtt"), "ha-sub"),
             "kafka": kafka_drain([b.address("kafka")], "ha.kafka"),
-            "jms": jms_drain([b.address("openwire")], "ha.jms"),
+            "jms": jms_drain([b.address("openwire")], "ha.jms", info=jms_info),
         }
+        host, port = b.address("openwire")
+        assert jms_info["broker_url"] == f"tcp://{host}:{port}"
         report = []
         for load in loads:
             got = Counter(consumed[load.name])

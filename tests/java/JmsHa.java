@@ -3,9 +3,11 @@
 //   java JmsHa send URL QUEUE COUNT [PAUSE_MS]   persistent sync sends "m-<i>"; prints "ACK <i>"
 //                                                after each send() returned (the broker's Response)
 //   java JmsHa recv URL QUEUE IDLE_MS            prints "RECV <body>" until nothing arrives for
-//                                                IDLE_MS; acknowledges each message
+//                                                IDLE_MS; acknowledges each message; then
+//                                                "BROKER <url>" from the node's BrokerInfo
 // URL is usually failover:(tcp://a,tcp://b)?... so that the client moves to the standby node.
 import javax.jms.*;
+import org.apache.activemq.ActiveMQConnection;
 import org.apache.activemq.ActiveMQConnectionFactory;
 
 public class JmsHa {
@@ -37,6 +39,8 @@ public class JmsHa {
                 System.out.println("RECV " + ((TextMessage) m).getText());
                 m.acknowledge();
             }
+            // the node that served us, as its BrokerInfo names it (ha.advertised_host)
+            System.out.println("BROKER " + ((ActiveMQConnection) c).getBrokerInfo().getBrokerURL());
             System.out.flush();
         }
         c.close();
