@@ -147,6 +147,8 @@ class Load:
     def __init__(self, name: str, target: Callable, *args) -> None:
         self.name = name
         self.acked: list[int] = []
+        self.ack_times: list[float] = []  # time.monotonic() of each acknowledgement
+        self.stop = threading.Event()  # ends the load early (the benchmark's rounds)
         self.errors: list[str] = []
         self.done = threading.Event()
         self.reconnects = 0
@@ -183,19 +185,20 @@ def amqp_publish(load: Load, nodes: Sequence[tuple[str, int]], queue: str, count
     i = 0
     started = time.monotonic()
     deadline = started + deadline_s
-    while i < count and time.monotonic() < deadline:
+    while i < count and time.monotonic() < deadline and not load.stop.is_set():
         conn = None
         try:
             conn = pika.BlockingConnection(params)
             ch = conn.channel()
             ch.confirm_delivery()
             ch.queue_declare(queue, durable=True)
-            while i < count:
+            while i < count and not load.stop.is_set():
                 _pace(started, i, rate)
                 ch.basic_publish(
                     "", queue, f"m-{i}".encode(), pika.BasicProperties(delivery_mode=2)
                 )
                 load.acked.append(i)  # basic_publish returned: confirmed
+                load.ack_times.append(time.monotonic())
                 i += 1
             conn.close()
         except (pika.exceptions.AMQPError, OSError):
@@ -271,6 +274,7 @@ def mqtt_publish(load: Load, nodes: Sequence[tuple[str, int]], client_id: str, t
     acked_mids: set[int] = set()  # fewer than 65535 messages: a mid names one message
 
     def on_publish(client, userdata, mid, rc, props):
+        load.ack_times.append(time.monotonic())
         acked_mids.add(mid)
         pubacks[0] += 1
 
@@ -281,12 +285,14 @@ def mqtt_publish(load: Load, nodes: Sequence[tuple[str, int]], client_id: str, t
     started = time.monotonic()
     deadline = started + deadline_s
     for i in range(count):
+        if load.stop.is_set():
+            break
         _pace(started, i, rate)
         infos.append(c.publish(topic, f"m-{i}".encode(), qos=1))
         while len(infos) - pubacks[0] > 40 and time.monotonic() < deadline:
             time.sleep(0.002)  # a bounded window, as a real publisher keeps
         load.acked[:] = range(pubacks[0])  # progress only; the exact list is set below
-    while pubacks[0] < count and time.monotonic() < deadline:
+    while pubacks[0] < len(infos) and time.monotonic() < deadline:
         time.sleep(0.01)
     # is_published() raises for a message queued while disconnected (paho resends it anyway)
     load.acked[:] = [i for i, info in enumerate(infos) if info.mid in acked_mids]
@@ -346,10 +352,13 @@ def kafka_produce(load: Load, nodes: Sequence[tuple[str, int]], topic: str, coun
     def delivered(err, msg):
         if err is None:
             load.acked.append(int(msg.value().decode().rsplit("-", 1)[1]))
+            load.ack_times.append(time.monotonic())
 
     started = time.monotonic()
     deadline = started + deadline_s
     for i in range(count):
+        if load.stop.is_set():
+            break
         _pace(started, i, rate)
         while True:
             try:
@@ -417,14 +426,18 @@ def jms_send(load: Load, nodes: Sequence[tuple[str, int]], queue: str, count: in
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     timer = threading.Timer(deadline_s, p.kill)
     timer.start()
+    stopper = threading.Thread(target=lambda: load.stop.wait() and p.poll() is None and p.kill())
+    stopper.daemon = True
+    stopper.start()
     try:
         for line in p.stdout:
             if line.startswith("ACK "):
                 load.acked.append(int(line[4:]))
+                load.ack_times.append(time.monotonic())
         p.wait()
     finally:
         timer.cancel()
-    if p.returncode != 0:
+    if p.returncode != 0 and not load.stop.is_set():
         load.errors.append(f"JmsHa send exited {p.returncode}: {p.stderr.read()[-2000:]}")
 
 
