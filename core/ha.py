@@ -1,15 +1,19 @@
 """Shared-store high availability: one active node, standbys waiting, leadership in PostgreSQL.
 
 Every node points at the same PostgreSQL store (``store.backend = "postgres"``, same ``store.dsn``
-and ``store.schema``). Leadership is a lease row, ``<schema>.ha_lease`` (one row, ``id = 1``):
+and ``store.schema``). Leadership is kept in two one-row tables, stamped with the **database**
+clock (``clock_timestamp()``, so node clocks do not matter):
 
-* ``holder`` (node id), ``epoch`` (the fencing token, +1 at every takeover), ``since`` and
-  ``expires_at`` stamped with the **database** clock (``clock_timestamp()``, so node clocks do
-  not matter), and ``holder_pid``/``holder_backend_start``: the holder's lease session.
-* A standby polls every ``ha.poll_s`` with one UPDATE that takes the lease when it has expired,
-  when nobody holds it (clean stop), or when the holder's lease session no longer exists (a
-  killed process: its backend ends within milliseconds, so a ``kill -9`` is taken over in well
-  under a second instead of after a whole lease).
+* ``<schema>.ha_lease``, the fencing row: ``holder`` (node id), ``epoch`` (the fencing token, +1
+  at every takeover) and ``since``. It changes only at a takeover.
+* ``<schema>.ha_renewal``, the liveness row: the same holder and epoch, ``expires_at``, and
+  ``holder_pid``/``holder_backend_start`` (the holder's lease session). A row of its own so that
+  renewals never wait for the store's writers, which hold the fencing row ``FOR SHARE``.
+* A standby polls every ``ha.poll_s``; a takeover is one transaction that updates the liveness
+  row when the lease expired, when nobody holds it (clean stop), or when the holder's lease
+  session no longer exists (a killed process: its backend ends within milliseconds, so a
+  ``kill -9`` is taken over in well under a second instead of after a whole lease), then the
+  fencing row.
 * The active renews every ``ha.renew_s`` (``UPDATE ... WHERE epoch = mine``). Its own local
   deadline is the monotonic time *before* the last successful renew was sent plus ``lease_s``
   minus one renew period: past it without a renewal, or when a renewal finds another epoch, the
@@ -17,7 +21,8 @@ and ``store.schema``). Leadership is a lease row, ``<schema>.ha_lease`` (one row
 * Fencing: every write transaction of the store starts with ``SELECT <schema>.ha_fence(epoch)``
   (installed through the store's ``_write_guard``). The function reads the lease row ``FOR
   SHARE`` and raises unless the epoch is still ours, so a node that was paused or cut off can
-  never commit after a takeover; the takeover UPDATE waits for writers already past the check.
+  never commit after a takeover; the takeover's UPDATE of the fencing row waits for writers
+  already past the check.
   It also counts commits per epoch in ``<schema>.ha_commits`` (epoch, commits, first and last
   commit time), which tells afterwards who wrote when.
 * The new active ends every other session that still holds the store's schema lock (the
@@ -97,12 +102,18 @@ def _quote(ident: str) -> str:
 def _schema_sql(s: str) -> list[str]:
     return [
         f"CREATE SCHEMA IF NOT EXISTS {s}",
+        # the fencing row: changes only at a takeover; every store write reads it FOR SHARE
         f"""CREATE TABLE IF NOT EXISTS {s}.ha_lease (
             id integer PRIMARY KEY CHECK (id = 1),
-            holder text, epoch bigint NOT NULL DEFAULT 0,
-            since timestamptz, expires_at timestamptz,
-            holder_pid integer, holder_backend_start timestamptz)""",
+            holder text, epoch bigint NOT NULL DEFAULT 0, since timestamptz)""",
         f"INSERT INTO {s}.ha_lease (id) VALUES (1) ON CONFLICT DO NOTHING",
+        # the liveness row, renewed every ha.renew_s: a row of its own, so that a renewal never
+        # waits for the store's writers (which hold the fencing row FOR SHARE)
+        f"""CREATE TABLE IF NOT EXISTS {s}.ha_renewal (
+            id integer PRIMARY KEY CHECK (id = 1),
+            holder text, epoch bigint NOT NULL DEFAULT 0, expires_at timestamptz,
+            holder_pid integer, holder_backend_start timestamptz)""",
+        f"INSERT INTO {s}.ha_renewal (id) VALUES (1) ON CONFLICT DO NOTHING",
         # every node's last word, for `polymq status` (the lease alone names only the active)
         f"""CREATE TABLE IF NOT EXISTS {s}.ha_nodes (
             node_id text PRIMARY KEY, role text NOT NULL, since timestamptz NOT NULL,
@@ -129,38 +140,52 @@ def _schema_sql(s: str) -> list[str]:
     ]
 
 
-_ACQUIRE = """
-UPDATE {s}.ha_lease AS l SET holder = %(me)s, epoch = l.epoch + 1,
-    since = clock_timestamp(), expires_at = clock_timestamp() + %(ttl)s * interval '1 second',
-    holder_pid = pg_backend_pid(),
-    holder_backend_start = (SELECT backend_start FROM pg_stat_activity
-                            WHERE pid = pg_backend_pid())
-WHERE l.id = 1 AND (
-    l.expires_at IS NULL OR l.expires_at < clock_timestamp()
-    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                   WHERE a.pid = l.holder_pid AND a.backend_start = l.holder_backend_start))
-RETURNING l.epoch, l.since
+# the lease may be taken: expired, handed back (NULL), or its holder's session is gone
+_LAPSED = """
+r.expires_at IS NULL OR r.expires_at < clock_timestamp()
+OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+               WHERE a.pid = r.holder_pid AND a.backend_start = r.holder_backend_start)
 """
 
-_TAKEABLE = """
-SELECT 1 FROM {s}.ha_lease AS l
-WHERE l.id = 1 AND (
-    l.expires_at IS NULL OR l.expires_at < clock_timestamp()
-    OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
-                   WHERE a.pid = l.holder_pid AND a.backend_start = l.holder_backend_start))
+_MY_SESSION = """holder_pid = pg_backend_pid(),
+    holder_backend_start = (SELECT backend_start FROM pg_stat_activity
+                            WHERE pid = pg_backend_pid())"""
+
+_TAKEABLE = "SELECT 1 FROM {s}.ha_renewal AS r WHERE r.id = 1 AND (" + _LAPSED + ")"
+
+# a takeover is one transaction: the liveness row first (a renewal of the old holder waits
+# for it, then finds another epoch), then the fencing row (waits for writers in flight)
+_ACQUIRE = (
+    """
+UPDATE {s}.ha_renewal AS r SET holder = %(me)s, epoch = r.epoch + 1,
+    expires_at = clock_timestamp() + %(ttl)s * interval '1 second', """
+    + _MY_SESSION
+    + """
+WHERE r.id = 1 AND ("""
+    + _LAPSED
+    + """)
+RETURNING r.epoch
+"""
+)
+
+_ACQUIRE_FENCE = """
+UPDATE {s}.ha_lease SET holder = %(me)s, epoch = %(epoch)s, since = clock_timestamp()
+WHERE id = 1 RETURNING since
 """
 
-_RENEW = """
-UPDATE {s}.ha_lease SET expires_at = clock_timestamp() + %(ttl)s * interval '1 second',
-    holder_pid = pg_backend_pid(),
-    holder_backend_start = (SELECT backend_start FROM pg_stat_activity
-                            WHERE pid = pg_backend_pid())
+_RENEW = (
+    """
+UPDATE {s}.ha_renewal SET expires_at = clock_timestamp() + %(ttl)s * interval '1 second', """
+    + _MY_SESSION
+    + """
 WHERE id = 1 AND epoch = %(epoch)s AND holder = %(me)s
+  AND EXISTS (SELECT 1 FROM {s}.ha_lease WHERE id = 1 AND epoch = %(epoch)s)
 RETURNING epoch
 """
+)
 
 _RELEASE = """
-UPDATE {s}.ha_lease SET expires_at = NULL, holder_pid = NULL
+UPDATE {s}.ha_renewal SET expires_at = NULL, holder_pid = NULL
 WHERE id = 1 AND epoch = %(epoch)s AND holder = %(me)s
 """
 
@@ -181,11 +206,12 @@ ON CONFLICT (node_id) DO UPDATE SET seen_at = clock_timestamp(), role = excluded
 """
 
 _STATUS = """
-SELECT holder, epoch, since, expires_at, expires_at > clock_timestamp() AS valid,
+SELECT l.holder, l.epoch, l.since, r.expires_at, r.expires_at > clock_timestamp() AS valid,
     EXISTS (SELECT 1 FROM pg_stat_activity a
-            WHERE a.pid = l.holder_pid AND a.backend_start = l.holder_backend_start) AS alive,
+            WHERE a.pid = r.holder_pid AND a.backend_start = r.holder_backend_start) AS alive,
     clock_timestamp() AS now
-FROM {s}.ha_lease AS l WHERE id = 1
+FROM {s}.ha_lease AS l JOIN {s}.ha_renewal AS r ON r.id = l.id AND r.epoch = l.epoch
+WHERE l.id = 1
 """
 
 
@@ -199,6 +225,8 @@ def lease_status(dsn: str, schema: str = "polymq", connect_timeout: int = 5) -> 
         if exists is None:
             return {"holder": None, "epoch": 0, "active": False}
         row = conn.execute(_STATUS.format(s=s)).fetchone()
+        if row is None:  # a takeover between its two statements: not committed yet
+            row = (None, 0, None, None, False, False, None)
         nodes = conn.execute(
             f"SELECT node_id, role, since, extract(epoch FROM clock_timestamp() - seen_at)"
             f" FROM {s}.ha_nodes ORDER BY node_id"
@@ -396,6 +424,13 @@ class HaNode:
         conn.execute("SET lock_timeout = 0")
         return conn
 
+    def _close_if_broken(self) -> None:
+        """After an error: keep a healthy connection (a statement timeout, a lock wait), since
+        a new one would change the session a standby checks the holder by."""
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._close()
+
     def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -457,9 +492,16 @@ class HaNode:
                     # FOR SHARE (paused process): end it, or the takeover would wait for it
                     self._fence_old_writers()
                     sent = time.monotonic()
-                    row = self._conn.execute(
-                        _ACQUIRE.format(s=self._s), {"me": self.node_id, "ttl": self.lease_s}
-                    ).fetchone()
+                    with self._conn.transaction():
+                        row = self._conn.execute(
+                            _ACQUIRE.format(s=self._s), {"me": self.node_id, "ttl": self.lease_s}
+                        ).fetchone()
+                        if row is not None:
+                            (since,) = self._conn.execute(
+                                _ACQUIRE_FENCE.format(s=self._s),
+                                {"me": self.node_id, "epoch": row[0]},
+                            ).fetchone()
+                            row = (row[0], since)
                 if row is not None:
                     epoch, since = row
                     self._valid_until = sent + self.lease_s - self.renew_s
@@ -481,7 +523,7 @@ class HaNode:
                     announced = True
                 problem = None
             except Exception as e:
-                self._close()
+                self._close_if_broken()
                 text = " ".join(str(e).split()) or type(e).__name__
                 if text != problem:
                     log.warn("ha: standby cannot reach the lease: {e}", e=text)
@@ -523,7 +565,7 @@ class HaNode:
                 self._fence_old_writers()
                 self._conn.execute(_SEEN.format(s=self._s), {"me": self.node_id, "role": ACTIVE})
             except Exception as e:
-                self._close()
+                self._close_if_broken()
                 text = " ".join(str(e).split()) or type(e).__name__
                 if text != problem:
                     log.warn("ha: lease renewal failed: {e}", e=text)

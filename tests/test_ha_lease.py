@@ -12,10 +12,13 @@ from __future__ import annotations
 import time
 
 import psycopg
+import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
+from polymq.core.config import ConfigError, load_config
 from polymq.core.ha import HA_DEFAULTS, HaNode, lease_status
+from polymq.core.plugins import get_plugin_manager
 from polymq.core.store.postgres import PostgresStore
 
 
@@ -54,6 +57,7 @@ def test_fenced_store_commits_only_with_the_current_epoch(pg_dsn):
     yield wait_for(lambda: done == ["before"])
 
     # another node takes the lease over (what a standby's takeover does to the row)
+    sql(pg_dsn, "UPDATE polymq.ha_renewal SET holder = 'two', epoch = epoch + 1")
     sql(pg_dsn, "UPDATE polymq.ha_lease SET holder = 'two', epoch = epoch + 1")
     store.put_kv("t", "after", b"2")
     store.after_durable(lambda: done.append("after"))
@@ -113,3 +117,47 @@ def test_dead_holder_session_is_taken_over_before_expiry(pg_dsn):
     assert epoch == 2 and time.monotonic() - started < 5
     yield second.stop()
     yield first.stop(release=False)
+
+
+def test_settings_are_checked():
+    pm = get_plugin_manager()
+    with pytest.raises(ConfigError) as e:
+        load_config(pm, overrides=["ha.enabled=true"], environ={}, check_paths=False)
+    assert "ha.enabled" in str(e.value) and "postgres" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(
+            pm,
+            overrides=['store.backend="postgres"', "ha.lease_s=1.0", 'ha.on_lease_lost="x"'],
+            environ={},
+            check_paths=False,
+        )
+    assert "ha.lease_s" in str(e.value) and "ha.on_lease_lost" in str(e.value)
+    cfg = load_config(
+        pm,
+        environ={"POLYMQ_HA__ENABLED": "true", "POLYMQ_STORE__BACKEND": "postgres"},
+        check_paths=False,
+    )
+    assert cfg["ha"]["enabled"] and cfg["ha"]["lease_s"] == 5.0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_long_store_transaction_does_not_stop_renewals(pg_dsn):
+    """A writer transaction holds the fencing row FOR SHARE (as a big commit does) for longer
+    than the lease: renewals go on (they update another row) and nobody takes over."""
+    first = HaNode(section("one"), pg_dsn)
+    yield first.acquire()
+    second = HaNode(section("two"), pg_dsn)
+    won = second.acquire()
+    yield task.deferLater(reactor, 0.3, lambda: None)
+    writer = psycopg.connect(pg_dsn)
+    writer.execute("SELECT epoch FROM polymq.ha_lease WHERE id = 1 FOR SHARE").fetchone()
+    before = first.renewals
+    yield task.deferLater(reactor, first.lease_s * 1.5, lambda: None)
+    during = first.renewals - before
+    writer.rollback()
+    writer.close()
+    assert during >= 5, f"only {during} renewals while a writer held the fencing row"
+    assert first.role == "active" and not won.called and second.role == "standby"
+    assert lease_status(pg_dsn)["epoch"] == 1
+    yield second.stop()
+    yield first.stop()

@@ -55,6 +55,11 @@ def test_status_and_api_name_the_active_node_across_failover(pg_server, tmp_path
         assert ha["since"] == st["since"]
         assert api(a).get("/api/overview")["ha_role"] == "active"
 
+        # a standby stops cleanly on SIGTERM, and comes back as standby
+        assert c.stop() == 0, c.log_tail()
+        c.launch()
+        wait_for(lambda: "is standby; " in c.log_text(), 30, "c standby again")
+
         a.kill9()
         wait_for(lambda: b.port_file.exists() or c.port_file.exists(), 30, "a takeover")
         new = b if b.port_file.exists() else c
