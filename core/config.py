@@ -469,7 +469,7 @@ def _check_values(cfg: dict, problems: _Problems) -> None:
     for key, message in check_ha(cfg["ha"]):
         problems.add(f"ha.{key}", message)
     if cfg["ha"]["enabled"] and cfg["store"]["backend"] != "postgres":
-        problems.add("ha.enabled", "needs store.backend = \"postgres\" (the shared store)")
+        problems.add("ha.enabled", 'needs store.backend = "postgres" (the shared store)')
 
 
 def check_store_paths(cfg: dict, backend: str | None = None) -> None:
