@@ -4,7 +4,8 @@ The paused node's lease expires, the standby takes over with a higher epoch and 
 node's store session. A client then has publishes waiting in the paused node's socket; after
 SIGCONT the old node reads them, but its store refuses every write (the epoch check in each
 transaction) and the node steps down: listeners and connections closed, then it restarts as a
-standby. The database shows that no transaction of the old epoch committed after the takeover.
+standby (or exits with code 3 for a supervisor). The database shows that no transaction of the
+old epoch committed after the takeover.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import time
 
 import pika
+import pytest
 from hanodes import amqp_drain, make_nodes
 
 LEASE_S = 3.0
@@ -28,9 +30,15 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def test_paused_active_is_fenced_and_steps_down(pg_server, tmp_path):
+@pytest.mark.parametrize("on_lost", ["restart", "exit"])
+def test_paused_active_is_fenced_and_steps_down(pg_server, tmp_path, on_lost):
     dsn, (a, b) = make_nodes(
-        pg_server, tmp_path, adapters=("amqp",), lease_s=LEASE_S, renew_s=RENEW_S
+        pg_server,
+        tmp_path,
+        adapters=("amqp",),
+        lease_s=LEASE_S,
+        renew_s=RENEW_S,
+        settings={"ha.on_lease_lost": on_lost},
     )
     dbname = dsn.rsplit("/", 1)[1]
     a.start()
@@ -64,10 +72,13 @@ def test_paused_active_is_fenced_and_steps_down(pg_server, tmp_path):
 
         os.kill(a.pid, signal.SIGCONT)
         wait_for(lambda: "ha: stepping down" in a.log_text(), 20, "node a to step down")
-        wait_for(
-            lambda: a.log_text().count("is standby; ") >= 1, 30, "node a to restart as standby"
-        )
-        assert a.running, "the deposed node restarts itself as a standby"
+        if on_lost == "restart":
+            wait_for(
+                lambda: a.log_text().count("is standby; ") >= 1, 30, "node a to restart as standby"
+            )
+            assert a.running, "the deposed node restarts itself as a standby"
+        else:
+            assert a.proc.wait(20) == 3, "the deposed node exits with code 3"
         assert a.open_ports() == [], "the deposed node's client ports must be closed"
         assert b.open_ports() == ["amqp"]
 
