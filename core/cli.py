@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_parser(sub, _add_config_options)
     sub.add_parser("ctl", help="operate a running broker (polymq ctl -h)", add_help=False)
 
+    status = sub.add_parser(
+        "status", help="which node is active (shared-store HA), since when, and the epoch"
+    )
+    _add_config_options(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
     plugins = sub.add_parser("plugins", help="list adapters and store backends found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -129,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.parse_args(["config", "--help"])
         if args.command == "plugins":
             return list_plugins(args)
+        if args.command == "status":
+            from .ha import status_command
+
+            _, cfg = _load(args, check_paths=False)
+            return status_command(cfg, args.json)
         if args.command == "users":
             from .security.cli import run as users_run
 

@@ -67,6 +67,12 @@ BASE_DEFAULTS: dict[str, dict] = {
 }
 
 
+def _ha_defaults() -> dict[str, dict]:
+    from .ha import HA_DEFAULTS
+
+    return {"ha": copy.deepcopy(HA_DEFAULTS)}
+
+
 def _security_defaults() -> dict[str, dict]:
     from .security.manager import SECURITY_DEFAULTS
     from .security.tls import TLS_DEFAULTS
@@ -128,6 +134,7 @@ def default_config(plugins) -> dict:
     """The full default configuration for the adapters and backends the plugins provide."""
     cfg = copy.deepcopy(BASE_DEFAULTS)
     cfg.update(_security_defaults())
+    cfg.update(_ha_defaults())
     specs = adapter_specs(plugins)
     cfg["adapters"] = {name: _adapter_defaults(specs[name]) for name in sorted(specs)}
     for sections in plugins.hook.polymq_config_sections():
@@ -476,6 +483,12 @@ def _check_values(cfg: dict, problems: _Problems) -> None:
         problems.add("log.format", "must be text or json")
     if not cfg["store"]["data_dir"]:
         problems.add("store.data_dir", "must not be empty")
+    from .ha import check as check_ha
+
+    for key, message in check_ha(cfg["ha"]):
+        problems.add(f"ha.{key}", message)
+    if cfg["ha"]["enabled"] and cfg["store"]["backend"] != "postgres":
+        problems.add("ha.enabled", 'needs store.backend = "postgres" (the shared store)')
 
 
 def check_store_paths(cfg: dict, backend: str | None = None) -> None:

@@ -148,6 +148,7 @@ class BrokerService(MultiService):
         self._broker_started = False
         self.security = None
         self.tls_creator = None
+        self.ha = None  # the HaNode when ha.enabled (core/ha.py)
 
     # -- start ----------------------------------------------------------------------------
 
@@ -184,6 +185,8 @@ class BrokerService(MultiService):
             source=self.config_source or "built-in defaults",
         )
         self._check_ports()
+        if cfg["ha"]["enabled"] and not await self._wait_for_lease():
+            return  # stopped while standby
         backend = store_backends(self.plugins)[store_cfg["backend"]]
         # backends that keep nothing in data_dir (the postgres store names its database itself)
         uses_dir = store_cfg["backend"] not in ("memory", "postgres")
@@ -193,7 +196,11 @@ class BrokerService(MultiService):
             if uses_dir:
                 os.makedirs(data_dir, exist_ok=True)
             self.store = backend.factory(dict(store_cfg))
+            if self.ha is not None:
+                self.ha.install(self.store)
+                self.store.on_fatal = lambda exc: self._lease_lost(f"store write failed: {exc}")
             self.broker = Broker(self.store, plugins=self.plugins, config=cfg, clock=self.reactor)
+            self.broker.ha = self.ha
         except Exception as exc:
             raise StartupError(
                 f"cannot open store {store_cfg['backend']!r}{where}: {_describe(exc)}"
@@ -238,6 +245,68 @@ class BrokerService(MultiService):
             "polymq ready: {listeners}",
             listeners=", ".join(f"{n} {self._address(n)}" for n in self.ports) or "no listeners",
         )
+
+    async def _wait_for_lease(self) -> bool:
+        """Standby until this node holds the lease (client ports stay closed); False when the
+        service was stopped first."""
+        from .ha import HaNode
+
+        store_cfg = self.config["store"]
+        self.ha = HaNode(
+            self.config["ha"],
+            store_cfg["dsn"],
+            store_cfg.get("schema", "polymq"),
+            reactor=self.reactor,
+            on_lost=self._lease_lost,
+        )
+        self.log.info(
+            "ha: node {node} is standby until it holds the lease; client ports stay closed",
+            node=self.ha.node_id,
+        )
+        epoch = await self.ha.acquire()
+        return epoch is not None
+
+    def _lease_lost(self, reason: str) -> None:
+        """Another node is (or may be) active: stop serving at once, then restart as standby
+        (or exit, ``ha.on_lease_lost``). Nothing here waits: what this node holds in memory
+        may already be stale, and the store refuses its writes (fencing)."""
+        import sys
+
+        from .ha import EXIT_LEASE_LOST
+
+        for port in self._listeners.values():
+            try:
+                port.stopListening()
+            except Exception:
+                pass
+        aborted = 0
+        for tracker in self._trackers.values():
+            for proto in list(tracker.protocols):
+                transport = getattr(proto, "transport", None)
+                if transport is not None and hasattr(transport, "abortConnection"):
+                    transport.abortConnection()
+                    aborted += 1
+        if self.port_file:
+            try:
+                os.unlink(self.port_file)
+            except OSError:
+                pass
+        how = self.config["ha"]["on_lease_lost"]
+        self.log.critical(
+            "ha: stepping down ({reason}); listeners closed, {n} connections aborted; {how}",
+            reason=reason,
+            n=aborted,
+            how="restarting as standby" if how == "restart" else "exiting",
+        )
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        if how == "restart":
+            argv = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
+            os.execv(sys.executable, [sys.executable, *argv[1:]])
+        os._exit(EXIT_LEASE_LOST)
 
     def _limit_descriptors(self) -> None:
         from .registry import descriptor_limits, registry_of
@@ -378,6 +447,8 @@ class BrokerService(MultiService):
         for name in names:
             section = dict(self.config["adapters"][name])
             host, port = section["host"], section["port"]
+            if self.config["ha"]["advertised_host"]:
+                section["advertised_host"] = self.config["ha"]["advertised_host"]
             try:
                 factory = specs[name].build_factory(self.broker, section)
             except Exception as exc:
@@ -531,6 +602,8 @@ class BrokerService(MultiService):
         return self._stopping
 
     async def _stop(self) -> None:
+        if self.ha is not None and self.ha.role != "active":
+            self.ha.stop(release=False)  # a standby: acquire() fires with None
         if self._starting is not None:
             try:
                 await self._starting
@@ -575,6 +648,8 @@ class BrokerService(MultiService):
             await broker.stop()
             self.log.info("broker stopped, store closed")
         self.broker = None
+        if self.ha is not None:
+            await self.ha.stop(release=True)  # the store is closed: a standby may take over
         if self.port_file:
             try:
                 os.unlink(self.port_file)

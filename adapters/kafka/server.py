@@ -14,7 +14,7 @@ from polymq.core.errors import BrokerError
 from polymq.core.stream import Partition, Stream, StreamEntry, StreamFormat
 
 from .groups import Coordinator
-from .records import BatchError, decode_messages, encode_messages
+from .records import _HDR, HEADER_SIZE, BatchError, decode_messages, encode_messages
 from .txn import ATTR_TRANSACTIONAL, TxnCoordinator
 
 log = Logger(namespace="polymq.kafka")
@@ -25,6 +25,9 @@ NODE_ID = 1
 CLUSTER_ID = "polymq"
 RECENT_BATCHES = 5
 _PID = struct.Struct(">q")
+# how far back from a partition's end a producer's last batches are looked for after a restart
+# or a failover (see KafkaServer.producer_state)
+PRODUCER_SCAN_ENTRIES = 5000
 
 
 class ProducerState:
@@ -146,6 +149,41 @@ class KafkaServer:
 
     def topics(self) -> list[Stream]:
         return [q for q in self.vhost.queues.values() if q.kind == "stream"]
+
+    def producer_state(self, key: tuple[int, str, int], p: Partition) -> ProducerState | None:
+        """The idempotence state of (producer id, topic, partition), rebuilt from the log when
+        this process has not seen the producer yet (a restart, or a failover to this node).
+
+        The stored batches keep their headers (producer id, epoch, base sequence), committed
+        in the same transaction as the records: a retry of a batch the previous node appended,
+        but could not answer, is then recognised. Called once per producer and partition.
+        """
+        st = self.producers.get(key)
+        if st is not None:
+            return st
+        pid = key[0]
+        found: list[tuple[int, int, int]] = []
+        epoch = None
+        entries = p.entries
+        for e in reversed(entries[-PRODUCER_SCAN_ENTRIES:]):
+            if e.fmt != FORMAT or len(e.data) < HEADER_SIZE:
+                continue
+            h = _HDR.unpack_from(e.data, 0)
+            if h[9] != pid or h[11] < 0:
+                continue
+            if epoch is None:
+                epoch = h[10]
+            elif h[10] != epoch:
+                break
+            found.append((h[11], h[11] + h[6], e.offset))
+            if len(found) == RECENT_BATCHES:
+                break
+        if epoch is None:
+            return None
+        st = self.producers[key] = ProducerState(epoch)
+        st.recent.extend(reversed(found))
+        st.next_seq = (found[0][1] + 1) & 0x7FFFFFFF
+        return st
 
     def next_producer_id(self) -> int:
         cur = self.broker.kv_get_obj("kafka.meta", "next_producer_id") or 1000

@@ -551,7 +551,7 @@ class KafkaSession(SessionBase):
                     return (index, code, -1)
             if b.producer_id >= 0 and b.base_sequence >= 0:
                 key = (b.producer_id, name, index)
-                st = srv.producers.get(key)
+                st = srv.producers.get(key) or srv.producer_state(key, p)
                 last = b.base_sequence + b.count - 1
                 if st is None or st.epoch != b.producer_epoch:
                     st = srv.producers[key] = ProducerState(b.producer_epoch)

@@ -311,10 +311,14 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             )
 
     def broker_info(self) -> Obj:
+        # the address clients are told (ha.advertised_host sets advertised_host in HA setups)
+        cfg = self.hub.config
+        host = cfg.get("advertised_host") or cfg.get("host") or "polymq"
+        port = self.conn.info.local_port or cfg.get("port") or 61616
         return Obj(
             c.BROKER_INFO,
             broker_id=Obj(c.BROKER_ID, value=self.hub.broker_id),
-            broker_url="tcp://polymq",
+            broker_url=f"tcp://{host}:{port}",
             broker_name="polymq",
         )
 

@@ -238,6 +238,7 @@ class ManagementApi(resource.Resource):
             lambda req: {"name": req.polymq_identity.user, "tags": ["administrator"]},
         )
         r("GET", "nodes", lambda req: [self._node()])
+        r("GET", "ha", lambda req: s.ha())
         r("GET", "vhosts", lambda req: [{"name": n} for n in sorted(self.broker.vhosts)])
         r("GET", "vhosts/{name}", lambda req, name: {"name": self._vhost(name).name})
         r("PUT", "vhosts/{name}", self._put_vhost)

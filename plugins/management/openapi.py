@@ -21,6 +21,7 @@ ENDPOINTS: list[tuple[str, str, str, dict | None, bool]] = [
     ),
     ("/api/whoami", "get", "The authenticated user", _OBJ, False),
     ("/api/nodes", "get", "This node", _LIST, False),
+    ("/api/ha", "get", "High availability: role, node id, epoch and since when", _OBJ, False),
     ("/api/vhosts", "get", "Virtual hosts", _LIST, False),
     ("/api/vhosts/{name}", "get", "One virtual host", _OBJ, False),
     ("/api/vhosts/{name}", "put", "Create a virtual host", None, False),

@@ -214,6 +214,13 @@ class State:
 
     # -- overview ----------------------------------------------------------------------------
 
+    def ha(self) -> dict[str, Any]:
+        """This node's shared-store HA state (core/ha.py); "standalone" without ``ha.enabled``."""
+        node = getattr(self.broker, "ha", None)
+        if node is None:
+            return {"role": "standalone"}
+        return node.status()
+
     def overview(self) -> dict[str, Any]:
         from polymq.core.cli import version
 
@@ -240,7 +247,7 @@ class State:
             "management_version": version(),
             "node": os.uname().nodename,
             "uptime": int((self.sampler.clock.seconds() - self.sampler.started_at) * 1000),
-            "ha_role": "standalone",
+            "ha_role": self.ha()["role"],
             "listeners": [
                 {"protocol": name, "host": s.get("host"), "port": s.get("port")}
                 for name, s in sorted(self.config.get("adapters", {}).items())
