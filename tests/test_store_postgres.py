@@ -52,7 +52,7 @@ def test_schema_created_on_first_open(pg_dsn):
     assert tables == {
         "schema_version", "exchanges", "queues", "bindings", "messages", "stream_entries", "kv"
     }  # fmt: skip
-    assert version == SCHEMA_VERSION == 1
+    assert version == SCHEMA_VERSION == 2
     assert app == 1  # the writer connection
     yield store.close()
     # a second open finds the schema and leaves it as it is
@@ -108,6 +108,45 @@ def test_missing_dsn():
         yield PostgresStore("").open()
 
 
+def _compression(con, table: str) -> str:
+    return con.execute(
+        "SELECT attcompression FROM pg_attribute WHERE attrelid = %s::regclass"
+        " AND attname = 'data'",
+        [f"polymq.{table}"],
+    ).fetchone()[0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_schema_v1_migrated_to_lz4_payloads(pg_dsn):
+    """A schema of version 1 (pglz payloads) is brought to version 2: lz4 on both payload
+    columns; the rows already there stay readable."""
+    from polymq.core.store import postgres_schema as S
+
+    with psycopg.connect(pg_dsn) as con:
+        con.execute("CREATE SCHEMA polymq")
+        for stmt in S.MIGRATIONS[0].split(";"):
+            if stmt.strip():
+                con.execute(stmt.format(s="polymq"))
+        con.execute("UPDATE polymq.schema_version SET version = 1")
+        con.execute(
+            "INSERT INTO polymq.messages VALUES ('/', 'q', 1, 0, %s)", [b"body" * 1000]
+        )
+        assert _compression(con, "messages") == ""  # the server default (pglz)
+    store = PostgresStore(pg_dsn)
+    snap = yield store.open()
+    assert snap.messages[("/", "q")] == [(1, b"body" * 1000, 0)]
+    store.put_message("/", "q", 2, b"more" * 1000, 0)
+    yield store.close()
+    with psycopg.connect(pg_dsn) as con:
+        assert con.execute("SELECT version FROM polymq.schema_version").fetchone()[0] == 2
+        assert _compression(con, "messages") == "l"
+        assert _compression(con, "stream_entries") == "l"
+        method = con.execute(
+            "SELECT pg_column_compression(data) FROM polymq.messages WHERE seq = 2"
+        ).fetchone()[0]
+        assert method == "lz4"
+
+
 @pytest_twisted.inlineCallbacks
 def test_newer_schema_refused(pg_dsn):
     store = PostgresStore(pg_dsn)
@@ -115,7 +154,7 @@ def test_newer_schema_refused(pg_dsn):
     yield store.close()
     with psycopg.connect(pg_dsn) as con:
         con.execute("UPDATE polymq.schema_version SET version = 99")
-    with pytest.raises(StoreOpenError, match="has version 99; this polymq understands up to 1"):
+    with pytest.raises(StoreOpenError, match="has version 99; this polymq understands up to 2"):
         yield PostgresStore(pg_dsn).open()
 
 
@@ -336,7 +375,7 @@ def test_cli_exits_1_with_one_line(pg_server, pg_dsn, case, tmp_path):
             con.execute("CREATE SCHEMA polymq")
             con.execute("CREATE TABLE polymq.schema_version (version integer NOT NULL)")
             con.execute("INSERT INTO polymq.schema_version VALUES (7)")
-        expect = "has version 7; this polymq understands up to 1"
+        expect = "has version 7; this polymq understands up to 2"
     out = serve(f"store.dsn={dsn}", f"store.data_dir={tmp_path}")
     assert out.returncode == 1, out.stderr
     line = one_error_line(out)

@@ -781,9 +781,13 @@ class PostgresStore:
                 version = 0
             start = version
             while version < SCHEMA_VERSION:
-                for stmt in S.MIGRATIONS[version].split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt.format(s=self._s))
+                step = S.MIGRATIONS[version]
+                if callable(step):
+                    step(conn, self._s)
+                else:
+                    for stmt in step.split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt.format(s=self._s))
                 version += 1
             if version != start:
                 conn.execute(f"UPDATE {self._s}.schema_version SET version = %s", [version])
