@@ -266,36 +266,61 @@ def test_batch_in_flight_is_retried_after_terminate(pg_server, pg_dsn, where):
 
 
 @pytest_twisted.inlineCallbacks
-def test_outage_longer_than_reconnect_timeout_is_fatal(pg_server, pg_dsn):
-    """The database stays unreachable: nothing is reported durable, on_fatal is called, later
-    writes are dropped; what was committed before is still there."""
-    fatal = []
-    store = PostgresStore(pg_dsn, reconnect_timeout_s=1.0, on_fatal=fatal.append)
+def test_outage_longer_than_reconnect_timeout_fails_writes_back(pg_server, pg_dsn):
+    """The database stays unreachable past reconnect_timeout_s: the waiting writes get their
+    failure callbacks (never their success ones), the store reports itself unavailable and
+    keeps taking writes, each failed back quickly; once the database is back, everything kept
+    is written in order, the store says it is available again and confirms new writes."""
+    fatal: list = []
+    availability: list = []
+    store = PostgresStore(
+        pg_dsn, reconnect_timeout_s=1.0, retry_interval_s=0.2, on_fatal=fatal.append
+    )
+    store.on_availability = lambda up, reason: availability.append((up, reason))
     yield store.open()
     store.put_message("/", "q", 1, b"ok", 0)
     yield durable(store)
     db = dbname(pg_dsn)
     pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+    calls: list = []
     try:
         pg_server.terminate_backends(db)
-        calls = []
-        store.put_message("/", "q", 2, b"never confirmed", 0)
-        store.after_durable(lambda: calls.append("bad"))
-        yield wait_for(lambda: fatal)
-        assert calls == []
-        assert isinstance(fatal[0], psycopg.OperationalError | StoreOpenError)
-        store.put_message("/", "q", 3, b"dropped", 0)
-        store.after_durable(lambda: calls.append("bad2"))
-        yield turn()
-        assert calls == [] and store.dropped_after_close == 1
-        with pytest.raises(Exception):  # noqa: B017 (the store's own failure, any type)
-            yield store.close()
+        store.put_message("/", "q", 2, b"answered negatively", 0)
+        store.after_durable(lambda: calls.append("ok 2"), lambda e: calls.append(("nack 2", e)))
+        store.after_durable(lambda: calls.append("plain 2"))  # no failure callback: never runs
+        yield wait_for(lambda: calls)
+        assert calls[0][0] == "nack 2"
+        assert isinstance(calls[0][1], psycopg.OperationalError | StoreOpenError)
+        assert availability == [(False, "store unavailable")]
+        # later writes are failed back at the writer's next attempt, not after another timeout
+        started = time.monotonic()
+        store.put_message("/", "q", 3, b"also negative", 0)
+        store.delete_message("/", "q", 1)
+        store.after_durable(lambda: calls.append("ok 3"), lambda e: calls.append("nack 3"))
+        yield wait_for(lambda: "nack 3" in calls)
+        assert time.monotonic() - started < 0.9
+        # nothing is confirmed while the database is away, even with no write pending
+        store.after_durable(lambda: calls.append("ok 4"), lambda e: calls.append("nack 4"))
+        yield wait_for(lambda: "nack 4" in calls)
     finally:
         pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+    yield wait_for(lambda: len(availability) == 2)
+    assert availability[1] == (True, "")
+    store.put_message("/", "q", 5, b"after", 0)
+    store.after_durable(lambda: calls.append("ok 5"), lambda e: calls.append("nack 5"))
+    yield wait_for(lambda: "ok 5" in calls)
+    assert [c for c in calls if isinstance(c, str)] == ["nack 3", "nack 4", "ok 5"]
+    assert fatal == [] and store.outages == 1 and store.failed_batches == 3
+    yield store.close()
+    # the writes answered negatively were kept and written, in order (1 deleted after 3)
     store = PostgresStore(pg_dsn)
     snap = yield store.open()
     yield store.close()
-    assert [s for s, _, _ in snap.messages[("/", "q")]][0] == 1
+    assert snap.messages[("/", "q")] == [
+        (2, b"answered negatively", 0),
+        (3, b"also negative", 0),
+        (5, b"after", 0),
+    ]
 
 
 @pytest_twisted.inlineCallbacks

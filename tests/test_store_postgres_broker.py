@@ -4,6 +4,9 @@
   consumes with manual acks) into a broker subprocess on the postgres backend while a thread
   keeps killing the broker's database session (``pg_terminate_backend``); then the broker is
   killed (-9) and restarted, and every confirmed, unacknowledged message must be there.
+* Database down: PostgreSQL is stopped (``pg_ctl stop -m immediate``) under load from pika and
+  confluent-kafka; the writes in flight are answered negatively, the broker keeps serving and
+  recovers when PostgreSQL is started again; every acknowledged message is consumed.
 * The kill -9 durability tests of test_durability.py and test_amqp_durability.py, and the
   interop matrix's persistence cell (test_interop_matrix.py), run unchanged on postgres: the
   same test functions are called with the store swapped (their writer scripts import
@@ -14,6 +17,9 @@
 from __future__ import annotations
 
 import functools
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -25,6 +31,7 @@ import pytest_twisted
 import test_amqp_durability as amqp_durability
 import test_durability as durability
 from brokerproc import BrokerProcess
+from pgserver import PgServer, pg_bindir
 
 from polymq.core.store.postgres import PostgresStore
 
@@ -170,39 +177,175 @@ def test_pika_confirms_through_connection_cuts(pg_server, pg_dsn, pg_broker_fact
     assert not missing, f"{len(missing)} confirmed messages lost, e.g. {sorted(missing)[:5]}"
 
 
-def test_broker_stops_when_the_database_stays_away(pg_server, pg_dsn, pg_broker_factory):
-    """Past store.reconnect_timeout_s the broker exits rather than confirm what is not stored:
-    the unconfirmed publish is never confirmed and the client sees its connection close."""
-    broker = pg_broker_factory(
-        adapters=["amqp"], log_level="info", settings={"store.reconnect_timeout_s": 1.0}
-    )
+@pytest.fixture
+def own_pg():
+    """A PostgreSQL of this test alone, which it may stop and start (in /tmp: the server's
+    user must reach its directory)."""
+    root = tempfile.mkdtemp(prefix="polymq-pg-")
+    server = PgServer(pg_bindir(), root)
+    try:
+        yield server.start()
+    finally:
+        try:
+            server.stop()
+        except (RuntimeError, OSError, subprocess.SubprocessError):
+            pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _pika_publisher(host, port, queue, stop, acked, nacked, errors):
+    """Publish persistent messages with confirms until ``stop``; sort each id by its answer."""
     conn = pika.BlockingConnection(
-        pika.ConnectionParameters(broker.host, broker.port("amqp"), connection_attempts=1)
+        pika.ConnectionParameters(host, port, connection_attempts=1, heartbeat=0)
     )
     ch = conn.channel()
-    ch.queue_declare("gone-q", durable=True)
+    ch.queue_declare(queue, durable=True)
     ch.confirm_delivery()
-    ch.basic_publish("", "gone-q", b"stored", pika.BasicProperties(delivery_mode=2))
-    db = dbname(pg_dsn)
-    pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+    i = 0
     try:
-        pg_server.terminate_backends(db)
-        with pytest.raises((pe.AMQPError, OSError)):
-            ch.basic_publish("", "gone-q", b"never", pika.BasicProperties(delivery_mode=2))
-        for _ in range(200):
-            if not broker.running:
-                break
-            time.sleep(0.05)
-        assert not broker.running
-        assert broker.returncode == 1
-        assert "giving up" in broker.log_text()
+        while not stop.is_set():
+            try:
+                ch.basic_publish("", queue, str(i).encode(), pika.BasicProperties(delivery_mode=2))
+                acked.append(i)
+            except pe.NackError:
+                nacked.append(i)
+            i += 1
+    except Exception as e:  # a broken connection: counted, the test decides
+        errors.append(repr(e))
     finally:
-        pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def _kafka_producer(bootstrap, topic, stop, acked, nacked, errors):
+    """acks=all without retries, so a negative answer reaches the delivery report."""
+    from confluent_kafka import KafkaError, Producer
+
+    p = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "retries": 0, "linger.ms": 5,
+         "enable.idempotence": False, "message.timeout.ms": 60000}
+    )  # fmt: skip
+
+    def report(err, msg):
+        n = int(msg.value())
+        if err is None:
+            acked.append(n)
+        elif err.code() == KafkaError.KAFKA_STORAGE_ERROR:
+            nacked.append(n)
+        else:
+            errors.append(str(err))
+
+    i = 0
+    while not stop.is_set():
+        try:
+            p.produce(topic, str(i).encode(), on_delivery=report)
+            i += 1
+        except BufferError:
+            pass
+        p.poll(0.002)
+    p.flush(60)
+
+
+def _consume_kafka(bootstrap, topic, expect_at_least):
+    from confluent_kafka import Consumer
+
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"check-{topic}",
+         "auto.offset.reset": "earliest", "enable.auto.commit": False}
+    )  # fmt: skip
+    c.subscribe([topic])
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30
+    idle_since = time.monotonic()
+    while time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            if len(seen) >= expect_at_least and time.monotonic() - idle_since > 2:
+                break
+            continue
+        idle_since = time.monotonic()
+        seen.add(int(m.value()))
+    c.close()
+    return seen
+
+
+def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
+    """PostgreSQL is stopped (-m immediate) under load from pika (confirms) and confluent-kafka
+    (acks=all): past store.reconnect_timeout_s the writes in flight are answered negatively
+    (basic.nack, KAFKA_STORAGE_ERROR), the broker keeps serving, holds publishers back and
+    recovers once PostgreSQL is started again. After a kill -9 and restart of the broker,
+    every acknowledged message is consumed."""
+    dsn = own_pg.create_database("negacks")
+    broker = broker_factory(
+        adapters=["amqp", "kafka"], store="postgres", log_level="info",
+        settings={"store.dsn": dsn, "store.reconnect_timeout_s": 1.5,
+                  "store.retry_interval_s": 0.2},
+    )  # fmt: skip
+    bootstrap = f"{broker.host}:{broker.port('kafka')}"
+    topic = "negacks-topic"
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+    stop = threading.Event()
+    a_ok, a_nack, a_err, k_ok, k_nack, k_err = [], [], [], [], [], []
+    threads = [
+        threading.Thread(
+            target=_pika_publisher,
+            args=(broker.host, broker.port("amqp"), "negacks-q", stop, a_ok, a_nack, a_err),
+        ),
+        threading.Thread(
+            target=_kafka_producer, args=(bootstrap, topic, stop, k_ok, k_nack, k_err)
+        ),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2.0)
+        before = (len(a_ok), len(k_ok))
+        own_pg.pg_ctl_stop("immediate")
+        time.sleep(5.0)
+        down = (len(a_ok), len(k_ok))
+        assert broker.running
+        own_pg.pg_ctl_start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (
+            len(a_ok) <= down[0] + 50 or len(k_ok) <= down[1] + 50
+        ):
+            time.sleep(0.2)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    log = broker.log_text()
+    print(
+        f"amqp acked {len(a_ok)} nacked {len(a_nack)} errors {a_err}; before/down {before} {down}"
+    )
+    print(f"kafka acked {len(k_ok)} nacked {len(k_nack)} errors {k_err[:3]}")
+    assert before[0] > 0 and before[1] > 0
+    assert a_nack and k_nack, "no negative answer while the database was down"
+    assert len(a_ok) > down[0] + 50 and len(k_ok) > down[1] + 50, "no recovery"
+    assert not a_err and not k_err
+    assert "the database is unavailable" in log and "the database is back" in log
+    assert broker.running
+    broker.kill9()
     broker.start()
     conn = pika.BlockingConnection(
         pika.ConnectionParameters(broker.host, broker.port("amqp"), connection_attempts=1)
     )
     ch = conn.channel()
-    assert ch.basic_get("gone-q", auto_ack=True)[2] == b"stored"
-    assert ch.basic_get("gone-q", auto_ack=True)[0] is None
+    got: set[int] = set()
+    while True:
+        method, _, body = ch.basic_get("negacks-q", auto_ack=True)
+        if method is None:
+            break
+        got.add(int(body))
     conn.close()
+    lost = set(a_ok) - got
+    assert not lost, f"{len(lost)} confirmed AMQP messages lost, e.g. {sorted(lost)[:5]}"
+    seen = _consume_kafka(f"{broker.host}:{broker.port('kafka')}", topic, len(set(k_ok)))
+    lost = set(k_ok) - seen
+    assert not lost, f"{len(lost)} acknowledged Kafka records lost, e.g. {sorted(lost)[:5]}"

@@ -29,11 +29,19 @@ Failure model
   errors: the writer reconnects and retries the same batches. Every statement is idempotent
   (upserts, deletes, inserts that skip existing entries), so a batch whose commit happened
   but was not reported is simply applied again. Callbacks run only after a commit succeeded.
-  If the database stays unusable for ``reconnect_timeout_s``, or a batch fails ``retries``
-  times with another error, the store becomes *failed*: no callback ever runs again (nothing
-  unconfirmed is reported durable), later writes are dropped, ``on_fatal(exc)`` is called
-  (default: stop the reactor, so every client connection closes and clients resend what was
-  not confirmed).
+* If the database stays unusable for ``reconnect_timeout_s``, the store is *unavailable*: the
+  batches waiting get their ``failed(exc)`` callbacks (``after_durable(callback, failed)``;
+  the protocols send their negative answers) and their plain callbacks never run; the
+  broker keeps serving. The writes themselves are kept and written, in order, before anything
+  newer once the database answers again, so the database catches up with the broker's memory
+  (what a client resends after a negative answer may then be there twice: at least once).
+  While unavailable, each new batch gets one connection attempt before it is failed, and the
+  writer tries every ``retry_interval_s`` on its own; ``on_availability(False/True, reason)``
+  reports the change (the broker holds publishers back meanwhile).
+* A batch that fails ``retries`` times with another error (bad data: a bug) makes the store
+  *failed*: no callback ever runs again (nothing unconfirmed is reported durable), later
+  writes are dropped, ``on_fatal(exc)`` is called (default: stop the reactor, so every client
+  connection closes and clients resend what was not confirmed).
 * A commit that PostgreSQL reports with the warning "canceling wait for synchronous
   replication" (it is committed locally but maybe not on the standby) is treated as failed and
   retried.
@@ -73,6 +81,7 @@ _KIND = itemgetter(0)
 _PARAMS = itemgetter(1)
 _OPS = itemgetter(0)
 _CALLBACKS = itemgetter(1)
+_FAILBACKS = itemgetter(2)
 
 _SYNC_REP_CANCEL = "canceling wait for synchronous replication"
 
@@ -115,6 +124,7 @@ class PostgresStore:
     """
 
     name = "postgres"
+    reports_write_failures = True  # after_durable(callback, failed): see the module docstring
 
     def __init__(
         self,
@@ -126,6 +136,7 @@ class PostgresStore:
         lazy_flush_ms: float = 20.0,
         lazy_flush_ops: int = 10000,
         retries: int = 3,
+        retry_interval_s: float = 1.0,
         clock: Any = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         **ignored: Any,
@@ -142,7 +153,11 @@ class PostgresStore:
         self.lazy_flush = max(0.0, float(lazy_flush_ms)) / 1000.0
         self.lazy_flush_ops = max(1, int(lazy_flush_ops))
         self.retries = int(retries)
+        self.retry_interval = max(0.05, float(retry_interval_s))
         self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
+        # called (reactor thread) with (False, reason) when the database stays away and with
+        # (True, "") when it is back; the broker holds publishers back in between
+        self.on_availability: Callable[[bool, str], None] | None = None
         self._clock = clock
         self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
         self._s = S.quote_ident(schema)
@@ -156,11 +171,15 @@ class PostgresStore:
         self.dropped_after_close = 0
         self.reconnects = 0
         self.retried = 0
+        self.failed_batches = 0
+        self.outages = 0
 
         # reactor side
         self._state = _NEW
         self._ops: list[tuple[int, tuple] | None] = []
         self._callbacks: list[Callable[[], None]] = []
+        self._failbacks: list[Callable[[BaseException], None]] = []
+        self._unavailable = False  # writes failed back, kept by the writer until it is back
         self._puts: dict[tuple[str, str, int], int] = {}
         self._flush_call: Any = None
         self._flush_lazy = False
@@ -319,8 +338,13 @@ class PostgresStore:
     def delete_kv(self, namespace: str, key: str) -> None:
         self._write(S.DEL_KV, (namespace, key))
 
-    def after_durable(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (reactor thread) once every write issued before it is committed."""
+    def after_durable(
+        self,
+        callback: Callable[[], None],
+        failed: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Call ``callback`` (reactor thread) once every write issued before it is committed;
+        or ``failed(exc)`` if the database stays away longer than ``reconnect_timeout_s``."""
         state = self._state
         if state >= _CLOSING:
             if state == _FAILED or self.dropped_after_close:
@@ -341,10 +365,12 @@ class PostgresStore:
 
                 self._close_d.addCallback(run)
             return
-        if not self._ops and not self._callbacks and self._inflight == 0:
+        if not self._ops and not self._callbacks and self._inflight == 0 and not self._unavailable:
             callback()
             return
         self._callbacks.append(callback)
+        if failed is not None:
+            self._failbacks.append(failed)
         call = self._flush_call
         if call is None:
             self._flush_call = self._clock.callLater(0, self._flush)
@@ -363,13 +389,13 @@ class PostgresStore:
             call.cancel()
         if not self._ops and not self._callbacks:
             return
-        ops, callbacks = self._ops, self._callbacks
-        self._ops, self._callbacks, self._puts = [], [], {}
+        ops, callbacks, failbacks = self._ops, self._callbacks, self._failbacks
+        self._ops, self._callbacks, self._failbacks, self._puts = [], [], [], {}
         if self._state == _FAILED:
             return  # never report durable (already logged)
         self._inflight += 1
         self.flushes += 1
-        self._q.put((ops, callbacks))
+        self._q.put((ops, callbacks, failbacks))
 
     def _committed(self, nbatches: int, callbacks: list[Callable[[], None]], stats: tuple) -> None:
         self._inflight -= nbatches
@@ -380,6 +406,44 @@ class PostgresStore:
             except Exception:
                 log.failure("after_durable callback {cb!r} failed", cb=cb)
 
+    def _write_failed(
+        self, nbatches: int, failbacks: list[Callable[[BaseException], None]], exc: BaseException
+    ) -> None:
+        """Reactor thread: the batches could not be committed in time; answer negatively."""
+        self._inflight -= nbatches
+        self.failed_batches += nbatches
+        if not self._unavailable:
+            self._unavailable = True
+            self.outages += 1
+            log.error(
+                "postgres store {where}: the database is unavailable; writes are answered"
+                " negatively and kept until it is back: {exc}",
+                where=self.where,
+                exc=_one_line(exc),
+            )
+            self._availability(False, "store unavailable")
+        for fb in failbacks:
+            try:
+                fb(exc)
+            except Exception:
+                log.failure("after_durable failure callback {fb!r} failed", fb=fb)
+
+    def _available_again(self, stats: tuple) -> None:
+        """Reactor thread: the writes kept during the outage are committed."""
+        self.commits, self.ops_written, self.reconnects, self.retried = stats
+        if not self._unavailable:
+            return
+        self._unavailable = False
+        log.info("postgres store {where}: the database is back", where=self.where)
+        self._availability(True, "")
+
+    def _availability(self, available: bool, reason: str) -> None:
+        if self.on_availability is not None:
+            try:
+                self.on_availability(available, reason)
+            except Exception:
+                log.failure("postgres store on_availability handler failed")
+
     def _opened(self, snapshot: StoreSnapshot | None, error: BaseException | None) -> None:
         d, self._open_d = self._open_d, None
         if error is not None:
@@ -389,7 +453,7 @@ class PostgresStore:
             if self._thread is not None:
                 self._thread.join(1.0)
                 self._thread = None
-            self._ops, self._callbacks, self._puts = [], [], {}
+            self._ops, self._callbacks, self._failbacks, self._puts = [], [], [], {}
             log.error("postgres store failed to open: {error}", error=error)
             if d is not None:
                 d.errback(error)
@@ -407,7 +471,7 @@ class PostgresStore:
     def _fatal(self, exc: BaseException) -> None:
         self._state = _FAILED
         self._failure = exc
-        self._ops, self._callbacks, self._puts = [], [], {}
+        self._ops, self._callbacks, self._failbacks, self._puts = [], [], [], {}
         log.critical(
             "postgres store {where}: write failed, nothing more will be reported durable: {exc}",
             where=self.where,
@@ -471,8 +535,15 @@ class PostgresStore:
     def _loop(self) -> None:
         get, get_nowait = self._q.get, self._q.get_nowait
         failed = False
+        unavailable = False
+        # operations of batches failed back while the database was away: written, in order,
+        # before anything newer once it answers again
+        kept: list = []
         while True:
-            items = [get()]
+            try:
+                items = [get(timeout=self.retry_interval) if unavailable else get()]
+            except queue.Empty:
+                items = []
             while True:
                 try:
                     items.append(get_nowait())
@@ -485,23 +556,48 @@ class PostgresStore:
                     closing = True  # nothing is queued after the sentinel
                 else:
                     batches.append(item)
-            if batches and not failed:
-                error = self._commit_batches(batches)
-                if error is not None:
+            if not failed and (batches or unavailable):
+                work = [(ops, (), ()) for ops in kept] + batches
+                error, lost = self._commit_batches(work, patient=not unavailable)
+                if error is None:
+                    kept = []
+                    if unavailable:
+                        unavailable = False
+                        self._call_from_thread(self._available_again, self._stats())
+                    if batches:
+                        callbacks = list(chain.from_iterable(map(_CALLBACKS, batches)))
+                        self._call_from_thread(
+                            self._committed, len(batches), callbacks, self._stats()
+                        )
+                elif lost:
+                    unavailable = True
+                    kept = [ops for ops, _, _ in work]
+                    if batches:
+                        failbacks = list(chain.from_iterable(map(_FAILBACKS, batches)))
+                        self._call_from_thread(self._write_failed, len(batches), failbacks, error)
+                else:
                     failed = True
                     self._call_from_thread(self._fatal, error)
-                else:
-                    callbacks = list(chain.from_iterable(map(_CALLBACKS, batches)))
-                    self._call_from_thread(self._committed, len(batches), callbacks, self._stats())
             if closing:
+                if kept and not failed:
+                    log.error(
+                        "postgres store {where}: closing while the database is away;"
+                        " {n} operations answered negatively are not written",
+                        where=self.where,
+                        n=sum(map(len, kept)),
+                    )
                 return
 
-    def _commit_batches(self, batches: list) -> BaseException | None:
-        """Run all batches in one transaction until it commits; return the final error or None.
+    def _commit_batches(
+        self, batches: list, patient: bool = True
+    ) -> tuple[BaseException | None, bool]:
+        """Run all batches in one transaction until it commits: (None, False) when it did, else
+        (the final error, whether it is the database being away rather than bad data).
 
         Operational errors (a lost connection above all) are retried, reconnecting as needed,
-        until ``reconnect_timeout_s`` has passed since the first of them; any other error is
-        retried ``retries`` times.
+        until ``reconnect_timeout_s`` has passed since the first of them (``patient``; else
+        they end the attempt at once: the database is known to be away); any other error is
+        retried ``retries`` times. With nothing to write, it only checks the connection.
         """
         import psycopg
 
@@ -509,9 +605,9 @@ class PostgresStore:
             ops = self._prepare(batches)
         except Exception as e:  # nothing can be written (a bug): never report it durable
             log.error("postgres store {where}: bad batch: {e!r}", where=self.where, e=e)
-            return e
-        if not ops:
-            return None  # only callbacks: everything before them is committed already
+            return e, False
+        if not ops and patient:
+            return None, False  # only callbacks: everything before them is committed already
         # connection lost, server shutting down, disk full, lock busy ...; a server that
         # turned read-only (demoted after a failover): find the primary again
         connection_errors = (
@@ -530,10 +626,14 @@ class PostgresStore:
                     self._conn = self._connect(first=False)
                     self._w_reconnects += 1
                     log.info("postgres store {where}: reconnected", where=self.where)
-                self._execute(self._conn, ops)
+                if ops:
+                    self._execute(self._conn, ops)
+                else:  # the database was away: is it back?
+                    self._conn.autocommit = True
+                    self._conn.execute("SELECT 1")
                 if deadline is not None or errors:
                     self._w_retried += 1
-                return None
+                return None, False
             except Exception as e:
                 conn = self._conn
                 broken = conn is None or conn.broken or conn.closed
@@ -552,7 +652,9 @@ class PostgresStore:
                         e=_one_line(e),
                     )
                     if errors > self.retries:
-                        return e
+                        return e, False
+                elif not patient:
+                    return e, True
                 else:
                     now = time.monotonic()
                     if deadline is None:
@@ -565,13 +667,13 @@ class PostgresStore:
                             e=_one_line(e),
                         )
                     if now >= deadline:
-                        log.error(
-                            "postgres store {where}: giving up after {t}s: {e}",
+                        log.warn(
+                            "postgres store {where}: still failing after {t}s: {e}",
                             where=self.where,
                             t=self.reconnect_timeout,
                             e=_one_line(e),
                         )
-                        return e
+                        return e, True
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
