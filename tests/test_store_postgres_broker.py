@@ -219,8 +219,9 @@ def _pika_publisher(host, port, queue, stop, acked, nacked, errors):
             pass
 
 
-def _kafka_producer(bootstrap, topic, stop, acked, nacked, errors):
-    """acks=all without retries, so a negative answer reaches the delivery report."""
+def _kafka_producer(bootstrap, topic, stop, acked, nacked, errors, sent=None):
+    """acks=all without retries, so a negative answer reaches the delivery report;
+    ``sent[0]``: how many records were handed to the client so far."""
     from confluent_kafka import KafkaError, Producer
 
     p = Producer(
@@ -242,6 +243,8 @@ def _kafka_producer(bootstrap, topic, stop, acked, nacked, errors):
         try:
             p.produce(topic, str(i).encode(), on_delivery=report)
             i += 1
+            if sent is not None:
+                sent[0] = i
         except BufferError:
             pass
         p.poll(0.002)
