@@ -515,8 +515,8 @@ def test_lazy_flush_of_writes_nobody_waits_for(tmp_path):
     assert [c.getTime() for c in clock.getDelayedCalls()] == [clock.seconds()]
     clock.advance(0)
     assert store.flushes == 2 and clock.getDelayedCalls() == []
-    (ops, callbacks) = store._q.get_nowait()  # the second batch (the first is also queued)
-    (ops, callbacks) = store._q.get_nowait()
+    (ops, callbacks, _) = store._q.get_nowait()  # the second batch (the first is also queued)
+    (ops, callbacks, _) = store._q.get_nowait()
     assert [op[0] for op in ops] == [7, 6] and len(callbacks) == 1
     # too many pending lazy writes: flushed on the next turn
     store.lazy_flush_ops = 3

@@ -5,16 +5,15 @@ Same semantics as the sqlite store (see ``sqlite.py`` and docs/storage.md); the 
 
 Threading model
 ---------------
-The reactor thread never talks to the database. Every write method appends an operation tuple
-to the current batch; once an ``after_durable`` callback waits for it, the batch is flushed on
-the next reactor turn (``callLater(0)``); writes nobody waits for yet (consumer acks, publishes
-without confirms) wait up to ``lazy_flush_ms`` so that a callback arriving meanwhile takes them
-along. A message put and its delete in the same batch cancel each other (nothing is written).
-A flush hands (operations, callbacks) to the writer thread through a queue. The writer thread
-owns one connection: it takes every batch waiting and writes them in one transaction, usually
-a single statement (see ``postgres_sql.py``) run in autocommit mode, otherwise statements
-between BEGIN and COMMIT; then it hands the callbacks of all those batches to the reactor with
-one ``callFromThread``.
+The reactor thread never talks to the database. The reactor-side half is the one the sqlite
+store has too (``writer.py``, :class:`~.writer.WriterStore`): write methods append operations
+to a batch, ``after_durable`` flushes it on the next reactor turn, writes nobody waits for yet
+wait up to ``lazy_flush_ms``, a put and a delete of one message in a batch cancel out. A flush
+hands (operations, callbacks, failure callbacks) to the writer thread through a queue. The
+writer thread owns one connection: it takes every batch waiting and writes them in one
+transaction, usually a single statement (see ``postgres_sql.py``) run in autocommit mode,
+otherwise statements between BEGIN and COMMIT; then it hands the callbacks of all those batches
+to the reactor with one ``callFromThread``.
 
 Every write transaction starts with the statements of :meth:`PostgresStore._write_guard` (none
 yet: where a shared-store failover adds its lease/epoch check, so that a deposed node's commit
@@ -50,32 +49,29 @@ Failure model
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Callable
 from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import postgres_schema as S
 from .interfaces import IStore, StoreSnapshot
 from .postgres_sql import Statements
-from .sqlite import StoreFailedError, _default_on_fatal
 from .sqlite_open import StoreOpenError
 from .sqlite_sql import _pack, _pack_args, _unpack
+from .writer import CLOSE as _CLOSE
+from .writer import StoreFailedError, WriterStore
+from .writer import one_line as _one_line
 
 __all__ = ["PostgresStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSION"]
 
 log = Logger(namespace="polymq.store.postgres")
 
 SCHEMA_VERSION = S.SCHEMA_VERSION
-
-_CLOSE = object()
-_NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
 
 _KIND = itemgetter(0)
 _PARAMS = itemgetter(1)
@@ -88,11 +84,6 @@ _SYNC_REP_CANCEL = "canceling wait for synchronous replication"
 
 class _Retry(Exception):
     """A commit that cannot be trusted although the server said COMMIT (sync-rep cancel)."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    return text or type(exc).__name__
 
 
 def _decode(b: bytes) -> str:
@@ -114,7 +105,7 @@ def describe_dsn(dsn: str) -> str:
 
 
 @implementer(IStore)
-class PostgresStore:
+class PostgresStore(WriterStore):
     """Durable store in PostgreSQL; see the module docstring for the threading and failure model.
 
     Counters (reactor thread; for tests and metrics): ``commits`` transactions committed,
@@ -125,6 +116,7 @@ class PostgresStore:
 
     name = "postgres"
     reports_write_failures = True  # after_durable(callback, failed): see the module docstring
+    log = log
 
     def __init__(
         self,
@@ -141,125 +133,38 @@ class PostgresStore:
         on_fatal: Callable[[BaseException], None] | None = None,
         **ignored: Any,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
-        from twisted.internet import reactor
-
         self.dsn = dsn
         self.schema = schema
         self.where = f"{describe_dsn(dsn)} schema={schema}"
         self.connect_timeout = max(1, int(connect_timeout_s))
         self.reconnect_timeout = max(0.0, float(reconnect_timeout_s))
-        self.lazy_flush = max(0.0, float(lazy_flush_ms)) / 1000.0
-        self.lazy_flush_ops = max(1, int(lazy_flush_ops))
         self.retries = int(retries)
         self.retry_interval = max(0.05, float(retry_interval_s))
-        self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
-        # called (reactor thread) with (False, reason) when the database stays away and with
-        # (True, "") when it is back; the broker holds publishers back in between
-        self.on_availability: Callable[[bool, str], None] | None = None
-        self._clock = clock
-        self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
+        self.label = f"postgres store {self.where}"
+        # on_availability (reactor thread) is called with (False, reason) when the database
+        # stays away and with (True, "") when it is back; the broker holds publishers back
+        self._init_writer(
+            clock=clock,
+            on_fatal=on_fatal,
+            lazy_flush_ms=lazy_flush_ms,
+            lazy_flush_ops=lazy_flush_ops,
+            thread_name=f"polymq-postgres-writer:{schema}",
+        )
         self._s = S.quote_ident(schema)
         self._statements = Statements(self._s).statements
 
         # counters
         self.commits = 0
-        self.flushes = 0
         self.ops_written = 0
-        self.cancelled = 0
-        self.dropped_after_close = 0
         self.reconnects = 0
         self.retried = 0
-        self.failed_batches = 0
-        self.outages = 0
-
-        # reactor side
-        self._state = _NEW
-        self._ops: list[tuple[int, tuple] | None] = []
-        self._callbacks: list[Callable[[], None]] = []
-        self._failbacks: list[Callable[[BaseException], None]] = []
-        self._unavailable = False  # writes failed back, kept by the writer until it is back
-        self._puts: dict[tuple[str, str, int], int] = {}
-        self._flush_call: Any = None
-        self._flush_lazy = False
-        self._inflight = 0
-        self._open_d: defer.Deferred | None = None
-        self._close_d: defer.Deferred | None = None
-        self._close_waiters: list[defer.Deferred] = []
-        self._failure: BaseException | None = None
-        self._open_failed = False
 
         # writer side
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._conn: Any = None
         self._names: dict[str, bytes] = {}
         self._sync_rep_cancelled = False
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def open(self) -> defer.Deferred:
-        """Connect, migrate and load in the writer thread; fire with a :class:`StoreSnapshot`."""
-        if self._state != _NEW:
-            return defer.fail(StoreOpenError(f"postgres store {self.where} was already opened"))
-        self._state = _OPENING
-        d: defer.Deferred = defer.Deferred()
-        self._open_d = d
-        self._thread = threading.Thread(
-            target=self._run, name=f"polymq-postgres-writer:{self.schema}", daemon=True
-        )
-        self._thread.start()
-        return d
-
-    def close(self) -> defer.Deferred:
-        """Commit every queued write, close the connection, end the thread; return a Deferred."""
-        if self._state in (_NEW, _CLOSED) or self._open_failed:
-            self._state = _CLOSED
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._close_waiters.append(d)
-        if self._state == _CLOSING or (self._state == _FAILED and self._close_d is not None):
-            return d
-        self._flush()
-        if self._state != _FAILED:
-            self._state = _CLOSING
-        self._close_d = d
-        self._q.put(_CLOSE)
-        return d
-
     # ------------------------------------------------------------------ writes (reactor thread)
-
-    def _write(self, kind: int, params: tuple) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(kind)
-            return
-        self._ops.append((kind, params))
-        if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
-
-    def _schedule_lazy(self) -> None:
-        """Flush this turn if a callback waits, else after ``lazy_flush_ms`` (see module doc)."""
-        call = self._flush_call
-        if call is not None and call.active():
-            call.cancel()
-        if self._callbacks or len(self._ops) >= self.lazy_flush_ops or not self.lazy_flush:
-            self._flush_call = self._clock.callLater(0, self._flush)
-            self._flush_lazy = False
-        else:
-            self._flush_call = self._clock.callLater(self.lazy_flush, self._flush)
-            self._flush_lazy = True
-
-    def _dropped(self, kind: int) -> None:
-        self.dropped_after_close += 1
-        if self.dropped_after_close == 1:
-            log.warn(
-                "postgres store {where} is {state}: write ignored (kind {kind}); further ignored"
-                " writes are only counted",
-                where=self.where,
-                state="failed" if self._state == _FAILED else "closed",
-                kind=kind,
-            )
 
     def put_exchange(self, vhost: str, name: str, record: dict) -> None:
         self._write(S.PUT_EXCHANGE, (vhost, name, _pack(record)))
@@ -286,33 +191,7 @@ class PostgresStore:
     def put_message(
         self, vhost: str, queue: str, seq: int, data: bytes, delivery_count: int
     ) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(S.PUT_MESSAGE)
-            return
-        ops = self._ops
-        k = (vhost, queue, seq)
-        old = self._puts.get(k)
-        if old is not None:  # an older version of the same message in this batch: superseded
-            ops[old] = None
-        self._puts[k] = len(ops)
-        ops.append((S.PUT_MESSAGE, (vhost, queue, seq, data, delivery_count)))
-        if self._flush_call is None or (self._flush_lazy and len(ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
-
-    def delete_message(self, vhost: str, queue: str, seq: int) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(S.DEL_MESSAGE)
-            return
-        ops = self._ops
-        i = self._puts.pop((vhost, queue, seq), None)
-        if i is not None:
-            # put and delete in one unflushed batch: the data never goes to the database; the
-            # delete stays because an earlier batch may have written the message
-            ops[i] = None
-            self.cancelled += 1
-        ops.append((S.DEL_MESSAGE, (vhost, queue, seq)))
-        if self._flush_call is None or (self._flush_lazy and len(ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
+        self._put_message_op((vhost, queue, seq), (vhost, queue, seq, data, delivery_count))
 
     def append_stream(
         self,
@@ -338,173 +217,11 @@ class PostgresStore:
     def delete_kv(self, namespace: str, key: str) -> None:
         self._write(S.DEL_KV, (namespace, key))
 
-    def after_durable(
-        self,
-        callback: Callable[[], None],
-        failed: Callable[[BaseException], None] | None = None,
-    ) -> None:
-        """Call ``callback`` (reactor thread) once every write issued before it is committed;
-        or ``failed(exc)`` if the database stays away longer than ``reconnect_timeout_s``."""
-        state = self._state
-        if state >= _CLOSING:
-            if state == _FAILED or self.dropped_after_close:
-                log.warn(
-                    "postgres store {where}: after_durable callback dropped (store {state})",
-                    where=self.where,
-                    state="failed" if state == _FAILED else "closed with dropped writes",
-                )
-                return
-            if state == _CLOSED:
-                callback()
-                return
-            if self._close_d is not None:  # closing: runs once the last batches committed
-
-                def run(result: Any) -> Any:
-                    callback()
-                    return result
-
-                self._close_d.addCallback(run)
-            return
-        if not self._ops and not self._callbacks and self._inflight == 0 and not self._unavailable:
-            callback()
-            return
-        self._callbacks.append(callback)
-        if failed is not None:
-            self._failbacks.append(failed)
-        call = self._flush_call
-        if call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
-        elif self._flush_lazy:  # someone waits now: flush this turn, not after the delay
-            if call.active():
-                call.cancel()
-            self._flush_call = self._clock.callLater(0, self._flush)
-            self._flush_lazy = False
-
-    # ------------------------------------------------------------------ flush (reactor thread)
-
-    def _flush(self) -> None:
-        call, self._flush_call = self._flush_call, None
-        self._flush_lazy = False
-        if call is not None and call.active():
-            call.cancel()
-        if not self._ops and not self._callbacks:
-            return
-        ops, callbacks, failbacks = self._ops, self._callbacks, self._failbacks
-        self._ops, self._callbacks, self._failbacks, self._puts = [], [], [], {}
-        if self._state == _FAILED:
-            return  # never report durable (already logged)
-        self._inflight += 1
-        self.flushes += 1
-        self._q.put((ops, callbacks, failbacks))
-
-    def _committed(self, nbatches: int, callbacks: list[Callable[[], None]], stats: tuple) -> None:
-        self._inflight -= nbatches
+    def _apply_stats(self, stats: tuple) -> None:
         self.commits, self.ops_written, self.reconnects, self.retried = stats
-        for cb in callbacks:
-            try:
-                cb()
-            except Exception:
-                log.failure("after_durable callback {cb!r} failed", cb=cb)
 
-    def _write_failed(
-        self, nbatches: int, failbacks: list[Callable[[BaseException], None]], exc: BaseException
-    ) -> None:
-        """Reactor thread: the batches could not be committed in time; answer negatively."""
-        self._inflight -= nbatches
-        self.failed_batches += nbatches
-        if not self._unavailable:
-            self._unavailable = True
-            self.outages += 1
-            log.error(
-                "postgres store {where}: the database is unavailable; writes are answered"
-                " negatively and kept until it is back: {exc}",
-                where=self.where,
-                exc=_one_line(exc),
-            )
-            self._availability(False, "store unavailable")
-        for fb in failbacks:
-            try:
-                fb(exc)
-            except Exception:
-                log.failure("after_durable failure callback {fb!r} failed", fb=fb)
-
-    def _available_again(self, stats: tuple) -> None:
-        """Reactor thread: the writes kept during the outage are committed."""
-        self.commits, self.ops_written, self.reconnects, self.retried = stats
-        if not self._unavailable:
-            return
-        self._unavailable = False
-        log.info("postgres store {where}: the database is back", where=self.where)
-        self._availability(True, "")
-
-    def _availability(self, available: bool, reason: str) -> None:
-        if self.on_availability is not None:
-            try:
-                self.on_availability(available, reason)
-            except Exception:
-                log.failure("postgres store on_availability handler failed")
-
-    def _opened(self, snapshot: StoreSnapshot | None, error: BaseException | None) -> None:
-        d, self._open_d = self._open_d, None
-        if error is not None:
-            self._state = _FAILED
-            self._open_failed = True
-            self._failure = error
-            if self._thread is not None:
-                self._thread.join(1.0)
-                self._thread = None
-            self._ops, self._callbacks, self._failbacks, self._puts = [], [], [], {}
-            log.error("postgres store failed to open: {error}", error=error)
-            if d is not None:
-                d.errback(error)
-            waiters, self._close_waiters = self._close_waiters, []
-            self._close_d = None
-            for w in waiters:
-                w.callback(None)
-            return
-        if self._state == _OPENING:
-            self._state = _OPEN
-        log.info("postgres store {where} opened", where=self.where)
-        if d is not None:
-            d.callback(snapshot)
-
-    def _fatal(self, exc: BaseException) -> None:
-        self._state = _FAILED
-        self._failure = exc
-        self._ops, self._callbacks, self._failbacks, self._puts = [], [], [], {}
-        log.critical(
-            "postgres store {where}: write failed, nothing more will be reported durable: {exc}",
-            where=self.where,
-            exc=_one_line(exc),
-        )
-        try:
-            self.on_fatal(exc)
-        except Exception:
-            log.failure("postgres store on_fatal handler failed")
-
-    def _closed(self, stats: tuple) -> None:
-        self.commits, self.ops_written, self.reconnects, self.retried = stats
-        self._close_d = None
-        if self._thread is not None:
-            self._thread.join(1.0)
-            self._thread = None
-        waiters, self._close_waiters = self._close_waiters, []
-        if self._state == _FAILED:
-            for d in waiters:
-                d.errback(StoreFailedError(str(self._failure)))
-            return
-        self._state = _CLOSED
-        log.info(
-            "postgres store {where} closed ({commits} commits, {flushes} flushes, {ops}"
-            " operations written, {reconnects} reconnects)",
-            where=self.where,
-            commits=self.commits,
-            flushes=self.flushes,
-            ops=self.ops_written,
-            reconnects=self.reconnects,
-        )
-        for d in waiters:
-            d.callback(None)
+    def _closed_details(self) -> str:
+        return f", {self.reconnects} reconnects"
 
     # ------------------------------------------------------------------ writer thread
 

@@ -49,7 +49,6 @@ CREATE TABLE {s}.kv (
 """
 
 
-
 def _v2_lz4(conn: Any, s: str) -> None:
     """Payloads (message bodies, Kafka record batches) compressed with lz4 instead of pglz.
 
