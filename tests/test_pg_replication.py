@@ -21,11 +21,14 @@ import tempfile
 import threading
 import time
 
-import pika
 import psycopg
 import pytest
 from pgserver import HOST, PASSWORD, USER, PgServer, pg_bindir
-from test_store_postgres_broker import _consume_kafka, _kafka_producer, _pika_publisher
+from test_store_postgres_broker import (
+    _kafka_producer,
+    _pika_publisher,
+    _restart_and_check_all_consumed,
+)
 
 
 @pytest.fixture
@@ -140,21 +143,4 @@ def test_primary_killed_standby_promoted_nothing_acknowledged_lost(replicated_pg
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'polymq'"
         ).fetchone()[0]
         assert apps == 1
-    broker.kill9()
-    broker.start()
-    conn = pika.BlockingConnection(
-        pika.ConnectionParameters(broker.host, broker.port("amqp"), connection_attempts=1)
-    )
-    ch = conn.channel()
-    got: set[int] = set()
-    while True:
-        method, _, body = ch.basic_get("failover-q", auto_ack=True)
-        if method is None:
-            break
-        got.add(int(body))
-    conn.close()
-    lost = set(a_ok) - got
-    assert not lost, f"{len(lost)} confirmed AMQP messages lost, e.g. {sorted(lost)[:5]}"
-    seen = _consume_kafka(f"{broker.host}:{broker.port('kafka')}", topic, len(set(k_ok)))
-    lost = set(k_ok) - seen
-    assert not lost, f"{len(lost)} acknowledged Kafka records lost, e.g. {sorted(lost)[:5]}"
+    _restart_and_check_all_consumed(broker, "failover-q", topic, a_ok, k_ok)

@@ -274,6 +274,29 @@ def _consume_kafka(bootstrap, topic, expect_at_least):
     return seen
 
 
+def _restart_and_check_all_consumed(broker, queue, topic, amqp_acked, kafka_acked):
+    """kill -9 and restart the broker; every acknowledged AMQP message and Kafka record must
+    then be consumed (duplicates allowed: at least once)."""
+    broker.kill9()
+    broker.start()
+    conn = pika.BlockingConnection(
+        pika.ConnectionParameters(broker.host, broker.port("amqp"), connection_attempts=1)
+    )
+    ch = conn.channel()
+    got: set[int] = set()
+    while True:
+        method, _, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            break
+        got.add(int(body))
+    conn.close()
+    lost = set(amqp_acked) - got
+    assert not lost, f"{len(lost)} confirmed AMQP messages lost, e.g. {sorted(lost)[:5]}"
+    seen = _consume_kafka(f"{broker.host}:{broker.port('kafka')}", topic, len(set(kafka_acked)))
+    lost = set(kafka_acked) - seen
+    assert not lost, f"{len(lost)} acknowledged Kafka records lost, e.g. {sorted(lost)[:5]}"
+
+
 def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
     """PostgreSQL is stopped (-m immediate) under load from pika (confirms) and confluent-kafka
     (acks=all): past store.reconnect_timeout_s the writes in flight are answered negatively
@@ -334,21 +357,4 @@ def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
     assert not a_err and not k_err
     assert "the database is unavailable" in log and "the database is back" in log
     assert broker.running
-    broker.kill9()
-    broker.start()
-    conn = pika.BlockingConnection(
-        pika.ConnectionParameters(broker.host, broker.port("amqp"), connection_attempts=1)
-    )
-    ch = conn.channel()
-    got: set[int] = set()
-    while True:
-        method, _, body = ch.basic_get("negacks-q", auto_ack=True)
-        if method is None:
-            break
-        got.add(int(body))
-    conn.close()
-    lost = set(a_ok) - got
-    assert not lost, f"{len(lost)} confirmed AMQP messages lost, e.g. {sorted(lost)[:5]}"
-    seen = _consume_kafka(f"{broker.host}:{broker.port('kafka')}", topic, len(set(k_ok)))
-    lost = set(k_ok) - seen
-    assert not lost, f"{len(lost)} acknowledged Kafka records lost, e.g. {sorted(lost)[:5]}"
+    _restart_and_check_all_consumed(broker, "negacks-q", topic, a_ok, k_ok)

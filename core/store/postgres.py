@@ -62,7 +62,7 @@ from . import postgres_schema as S
 from .interfaces import IStore, StoreSnapshot
 from .postgres_sql import Statements
 from .sqlite_open import StoreOpenError
-from .sqlite_sql import _pack, _pack_args, _unpack
+from .sqlite_sql import _unpack
 from .writer import CLOSE as _CLOSE
 from .writer import StoreFailedError, WriterStore
 from .writer import one_line as _one_line
@@ -166,56 +166,10 @@ class PostgresStore(WriterStore):
 
     # ------------------------------------------------------------------ writes (reactor thread)
 
-    def put_exchange(self, vhost: str, name: str, record: dict) -> None:
-        self._write(S.PUT_EXCHANGE, (vhost, name, _pack(record)))
-
-    def delete_exchange(self, vhost: str, name: str) -> None:
-        self._write(S.DEL_EXCHANGE, (vhost, name))
-
-    def put_queue(self, vhost: str, name: str, record: dict) -> None:
-        self._write(S.PUT_QUEUE, (vhost, name, _pack(record)))
-
-    def delete_queue(self, vhost: str, name: str) -> None:
-        self._write(S.DEL_QUEUE, (vhost, name))
-
-    def put_binding(
-        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
-    ) -> None:
-        self._write(S.PUT_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
-
-    def delete_binding(
-        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
-    ) -> None:
-        self._write(S.DEL_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
-
     def put_message(
         self, vhost: str, queue: str, seq: int, data: bytes, delivery_count: int
     ) -> None:
         self._put_message_op((vhost, queue, seq), (vhost, queue, seq, data, delivery_count))
-
-    def append_stream(
-        self,
-        vhost: str,
-        stream: str,
-        partition: int,
-        offset: int,
-        count: int,
-        timestamp: int,
-        fmt: str,
-        data: bytes,
-    ) -> None:
-        self._write(
-            S.APPEND_STREAM, (vhost, stream, partition, offset, count, timestamp, fmt, data)
-        )
-
-    def trim_stream(self, vhost: str, stream: str, partition: int, before_offset: int) -> None:
-        self._write(S.TRIM_STREAM, (vhost, stream, partition, before_offset))
-
-    def put_kv(self, namespace: str, key: str, value: bytes) -> None:
-        self._write(S.PUT_KV, (namespace, key, value))
-
-    def delete_kv(self, namespace: str, key: str) -> None:
-        self._write(S.DEL_KV, (namespace, key))
 
     def _apply_stats(self, stats: tuple) -> None:
         self.commits, self.ops_written, self.reconnects, self.retried = stats

@@ -69,28 +69,19 @@ from .sqlite_sql import (
     _APPEND_STREAM,
     _CALLBACKS,
     _DATA_INDEX,
-    _DEL_BINDING,
-    _DEL_EXCHANGE,
-    _DEL_KV,
     _DEL_MESSAGE,
     _DEL_QUEUE,
     _KIND,
     _OPS,
     _PARAMS,
     _PURGE_MESSAGES,
-    _PUT_BINDING,
-    _PUT_EXCHANGE,
-    _PUT_KV,
     _PUT_MESSAGE,
-    _PUT_QUEUE,
     _READ_LEVEL_SQL,
     _SCHEMA_V1,  # noqa: F401 (re-exported: tests build old schemas)
     _SQL,
     _SYNCHRONOUS,
     _TRIM_STREAM,
     _delete_many,
-    _pack,
-    _pack_args,
     _put_many,
 )
 from .writer import CLOSE as _CLOSE
@@ -195,28 +186,6 @@ class SqliteStore(_OpenMixin, WriterStore):
         self._log: StreamLog | None = None
         self._seg_applied: list | None = None  # batches whose stream part is on disk (retries)
 
-    def put_exchange(self, vhost: str, name: str, record: dict) -> None:
-        self._write(_PUT_EXCHANGE, (vhost, name, _pack(record)))
-
-    def delete_exchange(self, vhost: str, name: str) -> None:
-        self._write(_DEL_EXCHANGE, (vhost, name))
-
-    def put_queue(self, vhost: str, name: str, record: dict) -> None:
-        self._write(_PUT_QUEUE, (vhost, name, _pack(record)))
-
-    def delete_queue(self, vhost: str, name: str) -> None:
-        self._write(_DEL_QUEUE, (vhost, name))
-
-    def put_binding(
-        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
-    ) -> None:
-        self._write(_PUT_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
-
-    def delete_binding(
-        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
-    ) -> None:
-        self._write(_DEL_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
-
     def put_message(
         self, vhost: str, queue: str, seq: int, data: bytes, delivery_count: int
     ) -> None:
@@ -238,28 +207,6 @@ class SqliteStore(_OpenMixin, WriterStore):
             (vhost, queue, seq),
             (vhost, queue, seq, data, delivery_count, priority, expires_at, size, transient),
         )
-
-    def append_stream(
-        self,
-        vhost: str,
-        stream: str,
-        partition: int,
-        offset: int,
-        count: int,
-        timestamp: int,
-        fmt: str,
-        data: bytes,
-    ) -> None:
-        self._write(_APPEND_STREAM, (vhost, stream, partition, offset, count, timestamp, fmt, data))
-
-    def trim_stream(self, vhost: str, stream: str, partition: int, before_offset: int) -> None:
-        self._write(_TRIM_STREAM, (vhost, stream, partition, before_offset))
-
-    def put_kv(self, namespace: str, key: str, value: bytes) -> None:
-        self._write(_PUT_KV, (namespace, key, value))
-
-    def delete_kv(self, namespace: str, key: str) -> None:
-        self._write(_DEL_KV, (namespace, key))
 
     def purge_messages(self, vhost: str, queue: str, priority: int, after_seq: int) -> None:
         self._write(_PURGE_MESSAGES, (vhost, queue, priority, after_seq))

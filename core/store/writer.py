@@ -30,14 +30,28 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+# operation kinds: the same numbers in both stores (postgres_schema repeats them)
+from .sqlite_sql import (
+    _APPEND_STREAM,
+    _DEL_BINDING,
+    _DEL_EXCHANGE,
+    _DEL_KV,
+    _DEL_MESSAGE,
+    _DEL_QUEUE,
+    _PUT_BINDING,
+    _PUT_EXCHANGE,
+    _PUT_KV,
+    _PUT_MESSAGE,
+    _PUT_QUEUE,
+    _TRIM_STREAM,
+    _pack,
+    _pack_args,
+)
+
 __all__ = ["WriterStore", "StoreFailedError", "default_on_fatal", "CLOSE"]
 
 CLOSE = object()  # writer-queue item: commit what came before, then end the thread
 NEW, OPENING, OPEN, CLOSING, CLOSED, FAILED = range(6)
-
-# operation kinds the front half itself handles (the same numbers in both stores)
-PUT_MESSAGE = 6
-DEL_MESSAGE = 7
 
 
 class StoreFailedError(Exception):
@@ -158,23 +172,67 @@ class WriterStore:
         if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
             self._schedule_lazy()
 
+    def put_exchange(self, vhost: str, name: str, record: dict) -> None:
+        self._write(_PUT_EXCHANGE, (vhost, name, _pack(record)))
+
+    def delete_exchange(self, vhost: str, name: str) -> None:
+        self._write(_DEL_EXCHANGE, (vhost, name))
+
+    def put_queue(self, vhost: str, name: str, record: dict) -> None:
+        self._write(_PUT_QUEUE, (vhost, name, _pack(record)))
+
+    def delete_queue(self, vhost: str, name: str) -> None:
+        self._write(_DEL_QUEUE, (vhost, name))
+
+    def put_binding(
+        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
+    ) -> None:
+        self._write(_PUT_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
+
+    def delete_binding(
+        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
+    ) -> None:
+        self._write(_DEL_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
+
+    def append_stream(
+        self,
+        vhost: str,
+        stream: str,
+        partition: int,
+        offset: int,
+        count: int,
+        timestamp: int,
+        fmt: str,
+        data: bytes,
+    ) -> None:
+        self._write(_APPEND_STREAM, (vhost, stream, partition, offset, count, timestamp, fmt, data))
+
+    def trim_stream(self, vhost: str, stream: str, partition: int, before_offset: int) -> None:
+        self._write(_TRIM_STREAM, (vhost, stream, partition, before_offset))
+
+    def put_kv(self, namespace: str, key: str, value: bytes) -> None:
+        self._write(_PUT_KV, (namespace, key, value))
+
+    def delete_kv(self, namespace: str, key: str) -> None:
+        self._write(_DEL_KV, (namespace, key))
+
     def _put_message_op(self, key: tuple[str, str, int], params: tuple) -> None:
         """A message put; an older version of the same message in this batch is superseded."""
         if self._state >= CLOSING:
-            self._dropped(PUT_MESSAGE)
+            self._dropped(_PUT_MESSAGE)
             return
         ops = self._ops
         old = self._puts.get(key)
         if old is not None:
             ops[old] = None
         self._puts[key] = len(ops)
-        ops.append((PUT_MESSAGE, params))
+        ops.append((_PUT_MESSAGE, params))
         if self._flush_call is None or (self._flush_lazy and len(ops) >= self.lazy_flush_ops):
             self._schedule_lazy()
 
     def delete_message(self, vhost: str, queue: str, seq: int) -> None:
         if self._state >= CLOSING:
-            self._dropped(DEL_MESSAGE)
+            self._dropped(_DEL_MESSAGE)
             return
         ops = self._ops
         i = self._puts.pop((vhost, queue, seq), None)
@@ -184,7 +242,7 @@ class WriterStore:
             # earlier, already flushed batch may have written the message.
             ops[i] = None
             self.cancelled += 1
-        ops.append((DEL_MESSAGE, (vhost, queue, seq)))
+        ops.append((_DEL_MESSAGE, (vhost, queue, seq)))
         if self._flush_call is None or (self._flush_lazy and len(ops) >= self.lazy_flush_ops):
             self._schedule_lazy()
 
