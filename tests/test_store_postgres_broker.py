@@ -251,6 +251,32 @@ def _kafka_producer(bootstrap, topic, stop, acked, nacked, errors, sent=None):
     p.flush(60)
 
 
+def _mqtt_publisher(host, port, stop, acked, disconnects, errors):
+    """QoS 1 publishes, one at a time, with a persistent session and automatic reconnects:
+    a message counts as acknowledged once paho saw its PUBACK."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="negacks-pub", clean_session=False)
+    c.on_disconnect = lambda *args: disconnects.append(time.monotonic())
+    c.reconnect_delay_set(0.1, 0.5)
+    c.connect(host, port, keepalive=60)
+    c.loop_start()
+    i = 0
+    try:
+        while not stop.is_set():
+            info = c.publish("negacks/m", str(i).encode(), qos=1)
+            try:
+                info.wait_for_publish(timeout=30)
+            except (RuntimeError, ValueError) as e:
+                errors.append(repr(e))
+            if info.is_published():
+                acked.append(i)
+            i += 1
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
 def _consume_kafka(bootstrap, topic, expect_at_least):
     from confluent_kafka import Consumer
 
@@ -274,11 +300,8 @@ def _consume_kafka(bootstrap, topic, expect_at_least):
     return seen
 
 
-def _restart_and_check_all_consumed(broker, queue, topic, amqp_acked, kafka_acked):
-    """kill -9 and restart the broker; every acknowledged AMQP message and Kafka record must
-    then be consumed (duplicates allowed: at least once)."""
-    broker.kill9()
-    broker.start()
+def _drain(broker, queue: str) -> set[int]:
+    """The ids of every message in an AMQP queue (consumed)."""
     conn = pika.BlockingConnection(
         pika.ConnectionParameters(broker.host, broker.port("amqp"), connection_attempts=1)
     )
@@ -290,7 +313,15 @@ def _restart_and_check_all_consumed(broker, queue, topic, amqp_acked, kafka_acke
             break
         got.add(int(body))
     conn.close()
-    lost = set(amqp_acked) - got
+    return got
+
+
+def _restart_and_check_all_consumed(broker, queue, topic, amqp_acked, kafka_acked):
+    """kill -9 and restart the broker; every acknowledged AMQP message and Kafka record must
+    then be consumed (duplicates allowed: at least once)."""
+    broker.kill9()
+    broker.start()
+    lost = set(amqp_acked) - _drain(broker, queue)
     assert not lost, f"{len(lost)} confirmed AMQP messages lost, e.g. {sorted(lost)[:5]}"
     seen = _consume_kafka(f"{broker.host}:{broker.port('kafka')}", topic, len(set(kafka_acked)))
     lost = set(kafka_acked) - seen
@@ -298,14 +329,15 @@ def _restart_and_check_all_consumed(broker, queue, topic, amqp_acked, kafka_acke
 
 
 def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
-    """PostgreSQL is stopped (-m immediate) under load from pika (confirms) and confluent-kafka
-    (acks=all): past store.reconnect_timeout_s the writes in flight are answered negatively
-    (basic.nack, KAFKA_STORAGE_ERROR), the broker keeps serving, holds publishers back and
-    recovers once PostgreSQL is started again. After a kill -9 and restart of the broker,
+    """PostgreSQL is stopped (-m immediate) under load from pika (confirms), confluent-kafka
+    (acks=all) and paho (QoS 1): past store.reconnect_timeout_s the writes in flight are
+    answered negatively (basic.nack, KAFKA_STORAGE_ERROR, the MQTT connection closed instead
+    of a PUBACK), the broker keeps serving, holds publishers back and recovers once
+    PostgreSQL is started again. After a kill -9 and restart of the broker,
     every acknowledged message is consumed."""
     dsn = own_pg.create_database("negacks")
     broker = broker_factory(
-        adapters=["amqp", "kafka"], store="postgres", log_level="info",
+        adapters=["amqp", "kafka", "mqtt"], store="postgres", log_level="info",
         settings={"store.dsn": dsn, "store.reconnect_timeout_s": 1.5,
                   "store.retry_interval_s": 0.2},
     )  # fmt: skip
@@ -315,12 +347,24 @@ def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+    # MQTT publishes reach this durable queue through amq.topic
+    conn = pika.BlockingConnection(
+        pika.ConnectionParameters(broker.host, broker.port("amqp"), connection_attempts=1)
+    )
+    conn.channel().queue_declare("negacks-mqtt", durable=True)
+    conn.channel().queue_bind("negacks-mqtt", "amq.topic", "negacks.#")
+    conn.close()
     stop = threading.Event()
     a_ok, a_nack, a_err, k_ok, k_nack, k_err = [], [], [], [], [], []
+    m_ok, m_closed, m_err = [], [], []
     threads = [
         threading.Thread(
             target=_pika_publisher,
             args=(broker.host, broker.port("amqp"), "negacks-q", stop, a_ok, a_nack, a_err),
+        ),
+        threading.Thread(
+            target=_mqtt_publisher,
+            args=(broker.host, broker.port("mqtt"), stop, m_ok, m_closed, m_err),
         ),
         threading.Thread(
             target=_kafka_producer, args=(bootstrap, topic, stop, k_ok, k_nack, k_err)
@@ -330,15 +374,16 @@ def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
         t.start()
     try:
         time.sleep(2.0)
-        before = (len(a_ok), len(k_ok))
+        before = (len(a_ok), len(k_ok), len(m_ok))
         own_pg.pg_ctl_stop("immediate")
         time.sleep(5.0)
-        down = (len(a_ok), len(k_ok))
+        down = (len(a_ok), len(k_ok), len(m_ok))
+        closed_while_down = len(m_closed)
         assert broker.running
         own_pg.pg_ctl_start()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (
-            len(a_ok) <= down[0] + 50 or len(k_ok) <= down[1] + 50
+            len(a_ok) <= down[0] + 50 or len(k_ok) <= down[1] + 50 or len(m_ok) <= down[2] + 20
         ):
             time.sleep(0.2)
         time.sleep(1.0)
@@ -351,10 +396,15 @@ def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
         f"amqp acked {len(a_ok)} nacked {len(a_nack)} errors {a_err}; before/down {before} {down}"
     )
     print(f"kafka acked {len(k_ok)} nacked {len(k_nack)} errors {k_err[:3]}")
-    assert before[0] > 0 and before[1] > 0
+    print(f"mqtt acked {len(m_ok)} connections closed {len(m_closed)} errors {m_err}")
+    assert min(before) > 0
     assert a_nack and k_nack, "no negative answer while the database was down"
+    assert closed_while_down >= 1, "MQTT: no connection closed instead of a PUBACK"
     assert len(a_ok) > down[0] + 50 and len(k_ok) > down[1] + 50, "no recovery"
-    assert not a_err and not k_err
+    assert len(m_ok) > down[2] + 20, "no MQTT recovery"
+    assert not a_err and not k_err and not m_err
     assert "the database is unavailable" in log and "the database is back" in log
     assert broker.running
     _restart_and_check_all_consumed(broker, "negacks-q", topic, a_ok, k_ok)
+    lost = set(m_ok) - _drain(broker, "negacks-mqtt")
+    assert not lost, f"{len(lost)} MQTT messages PUBACKed but lost, e.g. {sorted(lost)[:5]}"
