@@ -19,9 +19,11 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pika
 import pika.exceptions as pe
@@ -32,6 +34,9 @@ import test_amqp_durability as amqp_durability
 import test_durability as durability
 from brokerproc import BrokerProcess
 from pgserver import PgServer, pg_bindir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
+import jmsrun  # noqa: E402
 
 from polymq.core.store.postgres import PostgresStore
 
@@ -277,6 +282,43 @@ def _mqtt_publisher(host, port, stop, acked, disconnects, errors):
         c.loop_stop()
 
 
+class _JmsPublisher:
+    """tests/java/JmsOutage.java: persistent sync sends until stop(); ACK/NACK per message."""
+
+    def __init__(self, broker, queue: str) -> None:
+        classes = jmsrun.classes_once(["JmsOutage.java"])
+        self.proc = subprocess.Popen(
+            ["java", "-cp", jmsrun.classpath(classes), "JmsOutage",
+             f"tcp://{broker.host}:{broker.port('openwire')}", queue],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.acked: list[int] = []
+        self.nacked: list[str] = []
+        self.other: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            kind, _, rest = line.strip().partition(" ")
+            if kind == "ACK":
+                self.acked.append(int(rest))
+            elif kind == "NACK":
+                self.nacked.append(rest)
+            elif kind != "DONE":
+                self.other.append(line)
+
+    def stop(self) -> str:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(10)
+        return self.proc.stderr.read()[-2000:]
+
+
 def _consume_kafka(bootstrap, topic, expect_at_least):
     from confluent_kafka import Consumer
 
@@ -330,14 +372,15 @@ def _restart_and_check_all_consumed(broker, queue, topic, amqp_acked, kafka_acke
 
 def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
     """PostgreSQL is stopped (-m immediate) under load from pika (confirms), confluent-kafka
-    (acks=all) and paho (QoS 1): past store.reconnect_timeout_s the writes in flight are
-    answered negatively (basic.nack, KAFKA_STORAGE_ERROR, the MQTT connection closed instead
-    of a PUBACK), the broker keeps serving, holds publishers back and recovers once
+    (acks=all), paho (QoS 1) and the ActiveMQ JMS client (persistent sync sends): past
+    store.reconnect_timeout_s the writes in flight are answered negatively (basic.nack,
+    KAFKA_STORAGE_ERROR, the MQTT connection closed instead of a PUBACK, a JMSException from
+    send()), the broker keeps serving, holds publishers back and recovers once
     PostgreSQL is started again. After a kill -9 and restart of the broker,
     every acknowledged message is consumed."""
     dsn = own_pg.create_database("negacks")
     broker = broker_factory(
-        adapters=["amqp", "kafka", "mqtt"], store="postgres", log_level="info",
+        adapters=["amqp", "kafka", "mqtt", "openwire"], store="postgres", log_level="info",
         settings={"store.dsn": dsn, "store.reconnect_timeout_s": 1.5,
                   "store.retry_interval_s": 0.2},
     )  # fmt: skip
@@ -370,20 +413,27 @@ def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
             target=_kafka_producer, args=(bootstrap, topic, stop, k_ok, k_nack, k_err)
         ),
     ]
+    jms = _JmsPublisher(broker, "negacks-jms")
     for t in threads:
         t.start()
     try:
-        time.sleep(2.0)
-        before = (len(a_ok), len(k_ok), len(m_ok))
+        deadline = time.monotonic() + 60
+        while not jms.acked and time.monotonic() < deadline:  # the JVM is up and sending
+            time.sleep(0.1)
+        time.sleep(1.0)
+        before = (len(a_ok), len(k_ok), len(m_ok), len(jms.acked))
         own_pg.pg_ctl_stop("immediate")
         time.sleep(5.0)
-        down = (len(a_ok), len(k_ok), len(m_ok))
+        down = (len(a_ok), len(k_ok), len(m_ok), len(jms.acked))
         closed_while_down = len(m_closed)
         assert broker.running
         own_pg.pg_ctl_start()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and (
-            len(a_ok) <= down[0] + 50 or len(k_ok) <= down[1] + 50 or len(m_ok) <= down[2] + 20
+            len(a_ok) <= down[0] + 50
+            or len(k_ok) <= down[1] + 50
+            or len(m_ok) <= down[2] + 20
+            or len(jms.acked) <= down[3] + 20
         ):
             time.sleep(0.2)
         time.sleep(1.0)
@@ -391,20 +441,27 @@ def test_negative_answers_while_the_database_is_down(own_pg, broker_factory):
         stop.set()
         for t in threads:
             t.join(60)
+        jms_stderr = jms.stop()
     log = broker.log_text()
     print(
         f"amqp acked {len(a_ok)} nacked {len(a_nack)} errors {a_err}; before/down {before} {down}"
     )
     print(f"kafka acked {len(k_ok)} nacked {len(k_nack)} errors {k_err[:3]}")
     print(f"mqtt acked {len(m_ok)} connections closed {len(m_closed)} errors {m_err}")
+    print(f"jms acked {len(jms.acked)} refused {len(jms.nacked)}: {jms.nacked[:1]}")
     assert min(before) > 0
     assert a_nack and k_nack, "no negative answer while the database was down"
     assert closed_while_down >= 1, "MQTT: no connection closed instead of a PUBACK"
+    assert jms.nacked and "could not make this durable" in jms.nacked[0], jms_stderr
+    assert not jms.other, jms.other[:3]
     assert len(a_ok) > down[0] + 50 and len(k_ok) > down[1] + 50, "no recovery"
     assert len(m_ok) > down[2] + 20, "no MQTT recovery"
+    assert len(jms.acked) > down[3] + 20, "no JMS recovery"
     assert not a_err and not k_err and not m_err
     assert "the database is unavailable" in log and "the database is back" in log
     assert broker.running
     _restart_and_check_all_consumed(broker, "negacks-q", topic, a_ok, k_ok)
     lost = set(m_ok) - _drain(broker, "negacks-mqtt")
     assert not lost, f"{len(lost)} MQTT messages PUBACKed but lost, e.g. {sorted(lost)[:5]}"
+    lost = set(jms.acked) - _drain(broker, "negacks-jms")
+    assert not lost, f"{len(lost)} JMS sends accepted but lost, e.g. {sorted(lost)[:5]}"
