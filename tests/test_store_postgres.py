@@ -128,9 +128,7 @@ def test_schema_v1_migrated_to_lz4_payloads(pg_dsn):
             if stmt.strip():
                 con.execute(stmt.format(s="polymq"))
         con.execute("UPDATE polymq.schema_version SET version = 1")
-        con.execute(
-            "INSERT INTO polymq.messages VALUES ('/', 'q', 1, 0, %s)", [b"body" * 1000]
-        )
+        con.execute("INSERT INTO polymq.messages VALUES ('/', 'q', 1, 0, %s)", [b"body" * 1000])
         assert _compression(con, "messages") == ""  # the server default (pglz)
     store = PostgresStore(pg_dsn)
     snap = yield store.open()
