@@ -257,9 +257,21 @@ class Broker:
 
     # -- durability -------------------------------------------------------------------------
 
-    def when_durable(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once everything written so far is on disk (group commit)."""
-        self.store.after_durable(callback)
+    def when_durable(
+        self,
+        callback: Callable[[], None],
+        failed: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Run ``callback`` once everything written so far is on disk (group commit).
+
+        ``failed(exc)`` runs instead when the store could not make those writes durable and
+        keeps serving (a database away for longer than the store waits): the caller sends its
+        protocol's negative answer. Stores that stop the broker on a write failure, and stores
+        of plugins that predate it, never call it."""
+        if failed is not None and getattr(self.store, "reports_write_failures", False):
+            self.store.after_durable(callback, failed)
+        else:
+            self.store.after_durable(callback)
 
     # -- adapter-owned records (MQTT sessions, retained messages, Kafka offsets) --------------
 

@@ -197,6 +197,7 @@ def _set_keepalive(transport: Any, idle: int) -> None:
 
 
 _DURABLE = object()  # marks a reply batch that waits for the store (or for reply_later)
+_CLOSE_HERE = object()  # a batch the store failed that has no negative answer: close instead
 
 
 def _ignore(*data: bytes) -> None:
@@ -246,6 +247,8 @@ class ProtocolConnection(Protocol):
         # replies waiting behind a durable one: lists of frames, or _DURABLE-headed batches
         self._replies: list[list] = []
         self._durable_open: list | None = None
+        # negative answers of the open durable batch, one per reply (None: close instead)
+        self._durable_negatives: list | None = None
         self._in_read = False
 
     # -- Twisted protocol --------------------------------------------------------------------
@@ -372,7 +375,7 @@ class ProtocolConnection(Protocol):
             self.broker.security.release_connection(self._counted_user)
             self._counted_user = None
         self._replies = []
-        self._durable_open = None
+        self._durable_open = self._durable_negatives = None
         try:
             self.transport.unregisterProducer()
         except Exception:
@@ -435,29 +438,47 @@ class ProtocolConnection(Protocol):
 
         return ready
 
-    def reply_after_durable(self, data: bytes) -> None:
+    def reply_after_durable(self, data: bytes, negative: Callable[[], bytes] | None = None) -> None:
         """A reply that may leave only once everything written to the store so far is durable
         (a publisher confirm, PUBACK, a sync-send response). Replies after it wait for it, so
-        the client sees them in request order. Replies of one read share one store callback."""
+        the client sees them in request order. Replies of one read share one store callback.
+
+        If the store cannot make the writes durable (its database stays away), ``negative()``
+        gives the answer sent instead (the protocol's error for that request); without one
+        the connection is closed at that point, so the client never sees the positive answer
+        and resends (MQTT's way)."""
         if self.closing:
             return
         batch = self._durable_open
         if batch is None:
             batch = self._durable_open = [_DURABLE]
+            self._durable_negatives = []
             self._replies.append(batch)
         batch.append(data)
+        self._durable_negatives.append(negative)  # type: ignore[union-attr]
         if not self._in_read:
             self._register_durable()
 
     def _register_durable(self) -> None:
         batch = self._durable_open
-        self._durable_open = None
+        negatives = self._durable_negatives or []
+        self._durable_open = self._durable_negatives = None
 
         def durable() -> None:
             batch[0] = None  # ready
             self._release_replies()
 
-        self.broker.when_durable(durable)
+        def failed(exc: BaseException) -> None:
+            if batch[0] is not _DURABLE or self.closing:
+                return
+            if None in negatives:
+                batch[:] = [_CLOSE_HERE]
+            else:
+                batch[1:] = [negative() for negative in negatives]
+                batch[0] = None
+            self._release_replies()
+
+        self.broker.when_durable(durable, failed)
 
     def _release_replies(self) -> None:
         replies = self._replies
@@ -465,9 +486,13 @@ class ProtocolConnection(Protocol):
         i = 0
         n = len(replies)
         sent = 0
+        close_here = False
         while i < n:
             entry = replies[i]
             if entry[0] is _DURABLE:
+                break
+            if entry[0] is _CLOSE_HERE:
+                close_here = True
                 break
             for data in itertools.islice(entry, 1, None) if entry[0] is None else entry:
                 sent += len(data)
@@ -477,6 +502,16 @@ class ProtocolConnection(Protocol):
             del replies[:i]
             if not self.closing and self.info is not None:
                 self.info.bytes_out += sent
+        if close_here:
+            log.warn(
+                "{protocol}: closing {peer}{client}: the store could not make its writes"
+                " durable, so they are not confirmed",
+                protocol=self.factory.protocol_name,
+                peer=self.peer,
+                client=self._client_text(),
+            )
+            self._replies = []
+            self.close()
 
     def switch_protocol(self, factory: ConnectionFactory) -> None:
         """Hand this connection to another adapter's listener (the any-protocol listener does,

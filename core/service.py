@@ -320,6 +320,11 @@ class BrokerService(MultiService):
                     blocked, reason, source="resource alarm"
                 )
             )
+        if hasattr(self.store, "on_availability"):
+            # a store whose database is away answers writes negatively: hold publishers back
+            self.store.on_availability = lambda available, reason: registry.set_publishing_blocked(
+                not available, reason, source="store"
+            )
         before, now, budget = descriptor_limits()
         registry.descriptor_budget = budget
         self.log.info(

@@ -70,6 +70,7 @@ def polymq_store_backends():
                 "schema": "polymq",
                 "connect_timeout_s": 5,
                 "reconnect_timeout_s": 30.0,
+                "retry_interval_s": 1.0,
                 "lazy_flush_ms": 20.0,
                 "lazy_flush_ops": 10000,
             },

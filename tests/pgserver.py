@@ -133,6 +133,57 @@ class PgServer:
             except (RuntimeError, subprocess.TimeoutExpired):
                 self._run("pg_ctl", "stop", "-D", str(self.data), "-m", "immediate", "-w")
 
+    def pg_ctl_stop(self, mode: str = "immediate") -> None:
+        """``pg_ctl stop -m <mode>`` (immediate: like a crash, no shutdown checkpoint)."""
+        self._run("pg_ctl", "stop", "-D", str(self.data), "-m", mode, "-w")
+
+    def pg_ctl_start(self) -> None:
+        """Start the cluster again after :meth:`pg_ctl_stop` (same port and directories)."""
+        self._run(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.logfile)
+        )
+
+    def postmaster_pid(self) -> int:
+        """The pid of the running postmaster (first line of postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def reload_with(self, **settings: str) -> None:
+        """Append settings to postgresql.conf and reload (for reloadable settings)."""
+        with open(self.data / "postgresql.conf", "a") as conf:
+            for key, value in settings.items():
+                conf.write(f"{key} = '{value}'\n")
+        self._run("pg_ctl", "reload", "-D", str(self.data))
+
+    def start_standby_of(self, primary: PgServer, name: str) -> PgServer:
+        """Make this server a streaming standby of ``primary`` (``pg_basebackup -R``: it
+        connects as ``name``, the name ``synchronous_standby_names`` lists) and start it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sockdir.mkdir(exist_ok=True)
+        if self._uid is not None:
+            for p in (self.root, self.sockdir):
+                os.chown(p, self._uid, self._gid)
+        os.chmod(self.root, 0o700)
+        conninfo = (
+            f"host={HOST} port={primary.port} user={USER} password={PASSWORD}"
+            f" application_name={name}"
+        )
+        self._run(
+            "pg_basebackup", "-D", str(self.data), "-d", conninfo, "-R", "-X", "stream",
+            "--checkpoint=fast", "--no-sync",
+        )  # fmt: skip
+        self.port = free_port()
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(
+                f"\nport = {self.port}\nunix_socket_directories = '{self.sockdir}'\n"
+                "hot_standby = on\n"
+            )
+        self.pg_ctl_start()
+        return self
+
+    def promote(self) -> None:
+        """``pg_ctl promote``: a standby becomes a primary (waits until it accepts writes)."""
+        self._run("pg_ctl", "promote", "-w", "-t", "60", "-D", str(self.data))
+
     def dsn(
         self, dbname: str = "postgres", user: str = USER, password: str = PASSWORD, **extra
     ) -> str:

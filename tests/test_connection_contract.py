@@ -63,6 +63,10 @@ class LineSession(SessionBase):
                 raise ProtocolError("bad command", code=7)
             elif cmd == b"DUR":
                 self.conn.reply_after_durable(b"DURABLE " + arg + b"\n")
+            elif cmd == b"DURN":  # with a negative answer for when the store fails
+                self.conn.reply_after_durable(
+                    b"DURABLE " + arg + b"\n", lambda a=arg: b"NOT DURABLE " + a + b"\n"
+                )
             elif cmd == b"ECHO":
                 self.conn.reply(b"ECHO " + arg + b"\n")
             elif cmd == b"LIVE":
@@ -110,6 +114,25 @@ class SlowStore:
         waiting, self.waiting = self.waiting, []
         for cb in waiting:
             cb()
+
+
+class FailingStore(SlowStore):
+    """A store that reports write failures: ``fail()`` answers the waiters negatively."""
+
+    reports_write_failures = True
+
+    def after_durable(self, callback, failed=None) -> None:
+        self.waiting.append((callback, failed))
+
+    def commit(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for cb, _ in waiting:
+            cb()
+
+    def fail(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for _, failed in waiting:
+            failed(OSError("database away"))
 
 
 def make(section=None, store=None):
@@ -235,6 +258,32 @@ def test_replies_stay_in_request_order_behind_a_durable_one():
     store.commit()
     output.flush_pending()
     assert t.value() == b"ECHO 1\nDURABLE 2\nECHO 3\nDURABLE 4\nECHO 5\n"
+
+
+def test_a_store_failure_sends_the_negative_answers_in_order():
+    """Replies whose writes the store could not make durable: each gets its negative answer,
+    in request order with the rest; a batch with a reply that has none closes the connection
+    at its place (what came before it still goes out)."""
+    store = FailingStore()
+    clock, broker, f = make(store=store)
+    p, t = connect(f)
+    send(p, b"ECHO 1\nDURN 2\nDURN 3\nECHO 4\n")
+    send(p, b"DURN 5\n")
+    store.fail()
+    output.flush_pending()
+    assert t.value() == b"ECHO 1\nNOT DURABLE 2\nNOT DURABLE 3\nECHO 4\nNOT DURABLE 5\n"
+    assert not t.disconnecting
+    send(p, b"DURN 6\n")
+    store.commit()  # the store is back: positive again
+    output.flush_pending()
+    assert t.value().endswith(b"NOT DURABLE 5\nDURABLE 6\n")
+    q, tq = connect(f)
+    send(q, b"DURN 7\n")
+    send(q, b"ECHO 8\nDUR 9\nECHO 10\n")  # DUR has no negative answer (MQTT's PUBACK)
+    store.fail()
+    output.flush_pending()
+    assert tq.value() == b"NOT DURABLE 7\nECHO 8\n"
+    assert tq.disconnecting
 
 
 def test_the_resource_alarm_reaches_every_session_and_new_ones():

@@ -290,8 +290,11 @@ def test_close_commits_pending_then_writes_ignored(backend):
     store.after_durable(lambda: calls.append("while-closing"))
     yield closed
     assert calls[0] == "before-close"
+    assert store._thread is None  # the writer thread is gone
+    # everything issued before close is committed: a late after_durable runs at once
     store.after_durable(lambda: calls.append("after-close"))
     assert calls == ["before-close", "while-closing", "after-close"]
+    # writes after close are ignored (counted, logged once) and never reported durable
     store.put_message("/", "q", 1000, b"late", 0)
     store.put_queue("/", "late", {})
     assert store.dropped_after_close == 2

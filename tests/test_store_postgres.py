@@ -18,7 +18,7 @@ import psycopg
 import pytest
 import pytest_twisted
 from pgserver import PgServer, free_port, pg_bindir
-from test_store_sqlite import durable, turn
+from test_store_sqlite import durable
 from twisted.internet import defer, reactor, task
 
 from polymq.core.store.postgres import SCHEMA_VERSION, PostgresStore, StoreOpenError
@@ -53,7 +53,7 @@ def test_schema_created_on_first_open(pg_dsn):
         "schema_version", "exchanges", "queues", "bindings", "messages", "stream_entries", "kv",
         "scheduled",
     }  # fmt: skip
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     assert app == 1  # the writer connection
     yield store.close()
     # a second open finds the schema and leaves it as it is
@@ -107,6 +107,43 @@ def test_wrong_password_is_one_line_without_the_password(pg_server):
 def test_missing_dsn():
     with pytest.raises(StoreOpenError, match="store.dsn is not set"):
         yield PostgresStore("").open()
+
+
+def _compression(con, table: str) -> str:
+    return con.execute(
+        "SELECT attcompression FROM pg_attribute WHERE attrelid = %s::regclass"
+        " AND attname = 'data'",
+        [f"polymq.{table}"],
+    ).fetchone()[0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_schema_v1_migrated_to_lz4_payloads(pg_dsn):
+    """A schema of version 1 (pglz payloads) is brought to version 2: lz4 on both payload
+    columns; the rows already there stay readable."""
+    from polymq.core.store import postgres_schema as S
+
+    with psycopg.connect(pg_dsn) as con:
+        con.execute("CREATE SCHEMA polymq")
+        for stmt in S.MIGRATIONS[0].split(";"):
+            if stmt.strip():
+                con.execute(stmt.format(s="polymq"))
+        con.execute("UPDATE polymq.schema_version SET version = 1")
+        con.execute("INSERT INTO polymq.messages VALUES ('/', 'q', 1, 0, %s)", [b"body" * 1000])
+        assert _compression(con, "messages") == ""  # the server default (pglz)
+    store = PostgresStore(pg_dsn)
+    snap = yield store.open()
+    assert snap.messages[("/", "q")] == [(1, b"body" * 1000, 0)]
+    store.put_message("/", "q", 2, b"more" * 1000, 0)
+    yield store.close()
+    with psycopg.connect(pg_dsn) as con:
+        assert con.execute("SELECT version FROM polymq.schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert _compression(con, "messages") == "l"
+        assert _compression(con, "stream_entries") == "l"
+        method = con.execute(
+            "SELECT pg_column_compression(data) FROM polymq.messages WHERE seq = 2"
+        ).fetchone()[0]
+        assert method == "lz4"
 
 
 @pytest_twisted.inlineCallbacks
@@ -228,36 +265,61 @@ def test_batch_in_flight_is_retried_after_terminate(pg_server, pg_dsn, where):
 
 
 @pytest_twisted.inlineCallbacks
-def test_outage_longer_than_reconnect_timeout_is_fatal(pg_server, pg_dsn):
-    """The database stays unreachable: nothing is reported durable, on_fatal is called, later
-    writes are dropped; what was committed before is still there."""
-    fatal = []
-    store = PostgresStore(pg_dsn, reconnect_timeout_s=1.0, on_fatal=fatal.append)
+def test_outage_longer_than_reconnect_timeout_fails_writes_back(pg_server, pg_dsn):
+    """The database stays unreachable past reconnect_timeout_s: the waiting writes get their
+    failure callbacks (never their success ones), the store reports itself unavailable and
+    keeps taking writes, each failed back quickly; once the database is back, everything kept
+    is written in order, the store says it is available again and confirms new writes."""
+    fatal: list = []
+    availability: list = []
+    store = PostgresStore(
+        pg_dsn, reconnect_timeout_s=1.0, retry_interval_s=0.2, on_fatal=fatal.append
+    )
+    store.on_availability = lambda up, reason: availability.append((up, reason))
     yield store.open()
     store.put_message("/", "q", 1, b"ok", 0)
     yield durable(store)
     db = dbname(pg_dsn)
     pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+    calls: list = []
     try:
         pg_server.terminate_backends(db)
-        calls = []
-        store.put_message("/", "q", 2, b"never confirmed", 0)
-        store.after_durable(lambda: calls.append("bad"))
-        yield wait_for(lambda: fatal)
-        assert calls == []
-        assert isinstance(fatal[0], psycopg.OperationalError | StoreOpenError)
-        store.put_message("/", "q", 3, b"dropped", 0)
-        store.after_durable(lambda: calls.append("bad2"))
-        yield turn()
-        assert calls == [] and store.dropped_after_close == 1
-        with pytest.raises(Exception):  # noqa: B017 (the store's own failure, any type)
-            yield store.close()
+        store.put_message("/", "q", 2, b"answered negatively", 0)
+        store.after_durable(lambda: calls.append("ok 2"), lambda e: calls.append(("nack 2", e)))
+        store.after_durable(lambda: calls.append("plain 2"))  # no failure callback: never runs
+        yield wait_for(lambda: calls)
+        assert calls[0][0] == "nack 2"
+        assert isinstance(calls[0][1], psycopg.OperationalError | StoreOpenError)
+        assert availability == [(False, "store unavailable")]
+        # later writes are failed back at the writer's next attempt, not after another timeout
+        started = time.monotonic()
+        store.put_message("/", "q", 3, b"also negative", 0)
+        store.delete_message("/", "q", 1)
+        store.after_durable(lambda: calls.append("ok 3"), lambda e: calls.append("nack 3"))
+        yield wait_for(lambda: "nack 3" in calls)
+        assert time.monotonic() - started < 0.9
+        # nothing is confirmed while the database is away, even with no write pending
+        store.after_durable(lambda: calls.append("ok 4"), lambda e: calls.append("nack 4"))
+        yield wait_for(lambda: "nack 4" in calls)
     finally:
         pg_server.sql(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+    yield wait_for(lambda: len(availability) == 2)
+    assert availability[1] == (True, "")
+    store.put_message("/", "q", 5, b"after", 0)
+    store.after_durable(lambda: calls.append("ok 5"), lambda e: calls.append("nack 5"))
+    yield wait_for(lambda: "ok 5" in calls)
+    assert [c for c in calls if isinstance(c, str)] == ["nack 3", "nack 4", "ok 5"]
+    assert fatal == [] and store.outages == 1 and store.failed_batches == 3
+    yield store.close()
+    # the writes answered negatively were kept and written, in order (1 deleted after 3)
     store = PostgresStore(pg_dsn)
     snap = yield store.open()
     yield store.close()
-    assert [s for s, _, _ in snap.messages[("/", "q")]][0] == 1
+    assert snap.messages[("/", "q")] == [
+        (2, b"answered negatively", 0),
+        (3, b"also negative", 0),
+        (5, b"after", 0),
+    ]
 
 
 @pytest_twisted.inlineCallbacks
@@ -398,8 +460,10 @@ def test_statement_error_is_retried_then_fatal(pg_dsn):
 def test_commit_not_confirmed_by_the_sync_standby_is_never_reported():
     """With synchronous replication, a commit whose wait for the standby is cancelled
     (pg_cancel_backend; no standby ever answers here) returns success with a WARNING: committed
-    locally, maybe lost in a failover. The store treats it as failed: no callback, then fatal.
-    A server of its own: synchronous_standby_names is server-wide."""
+    locally, maybe lost in a failover. The store treats it as not durable: it writes it again
+    until reconnect_timeout_s, then answers negatively (never positively) and keeps it; once a
+    commit works again it is written. A server of its own: synchronous_standby_names is
+    server-wide."""
     import tempfile
 
     root = tempfile.mkdtemp(prefix="polymq-pg-")
@@ -429,12 +493,18 @@ def test_commit_not_confirmed_by_the_sync_standby_is_never_reported():
         t.start()
         calls = []
         store.put_message("/", "q", 1, b"m", 0)
-        store.after_durable(lambda: calls.append("bad"))
-        yield wait_for(lambda: fatal)
+        store.after_durable(lambda: calls.append("bad"), calls.append)
+        yield wait_for(lambda: calls)
         assert sum(cancels) >= 2  # cancelled, written again, cancelled again ...
-        assert calls == [] and "synchronous standby" in str(fatal[0])
-        with pytest.raises(Exception):  # noqa: B017 (the store's own failure)
-            yield store.close()
+        assert "synchronous standby" in str(calls[0]) and fatal == []
+        stop.set()
+        t.join()
+        server.sql("ALTER SYSTEM RESET synchronous_standby_names")
+        server.sql("SELECT pg_reload_conf()")
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        yield store.close()  # writes what was kept
+        assert calls[1:] == [] and fatal == []
+        assert server.sql("SELECT seq FROM polymq.messages") == [(1,)]
     finally:
         stop.set()
         server.stop()

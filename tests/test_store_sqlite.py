@@ -1,4 +1,7 @@
-"""The sqlite store: round trips, delete semantics, durability ordering, group commit."""
+"""What only the sqlite store has: its file and paging, open errors, write errors, statements,
+checkpoints, the lazy flush on an injected clock, stream segments, migrations, and a model
+test (hypothesis). The IStore contract (round trips, delete semantics, after_durable order,
+group commit, close) runs on sqlite and postgres in test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -41,7 +44,8 @@ def open_store(path, **kw) -> tuple[SqliteStore, defer.Deferred]:
 
 
 @pytest_twisted.inlineCallbacks
-def test_provides_interface(tmp_path):
+def test_paging_interface_and_file(tmp_path):
+    """What only sqlite has (the IStore contract itself is in test_store_contract.py)."""
     store, d = open_store(tmp_path / "data")
     snap = yield d
     assert verifyObject(IStore, store)
@@ -53,143 +57,6 @@ def test_provides_interface(tmp_path):
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert con.execute("PRAGMA user_version").fetchone()[0] == 4  # 4: scheduled messages
     con.close()
-    yield store.close()
-
-
-@pytest_twisted.inlineCallbacks
-def test_round_trip_every_kind(tmp_path):
-    store, d = open_store(tmp_path)
-    yield d
-    store.put_exchange("/", "ex", {"type": "topic", "durable": True, "args": {"a": [1, b"x"]}})
-    store.put_exchange("v2", "ex", {"type": "direct"})
-    store.put_queue("/", "q1", {"durable": True, "arguments": {"x-max-length": 10}})
-    store.put_queue("/", "s1", {"type": "stream"})
-    store.put_binding("/", "ex", "queue", "q1", "a.*", {})
-    store.put_binding("/", "ex", "queue", "q1", "a.*", {})  # idempotent
-    store.put_binding("/", "amq.headers", "queue", "q1", "", {"x-match": "all", "h": 1})
-    store.put_binding("/", "ex", "exchange", "ex2", "#", {})
-    yield turn()
-    for seq in range(5):
-        store.put_message("/", "q1", seq, b"m%d" % seq, 0)
-    store.put_message("/", "q1", 3, b"m3", 2)  # delivery-count update
-    store.append_stream("/", "s1", 0, 0, 3, 1000, "kafka.v2", b"batch0")
-    store.append_stream("/", "s1", 0, 3, 1, 1001, "polymq", b"batch1")
-    store.append_stream("/", "s1", 1, 0, 1, 1002, "polymq", b"p1")
-    store.put_kv("mqtt.session", "client-1", b"\x00\x01")
-    store.put_kv("mqtt.retained", "a/b", b"ret")
-    yield durable(store)
-    yield store.close()
-
-    store2, d2 = open_store(tmp_path)
-    snap = yield d2
-    assert sorted(snap.exchanges) == [
-        ("/", "ex", {"type": "topic", "durable": True, "args": {"a": [1, b"x"]}}),
-        ("v2", "ex", {"type": "direct"}),
-    ]
-    assert sorted(snap.queues, key=lambda q: q[1]) == [
-        ("/", "q1", {"durable": True, "arguments": {"x-max-length": 10}}),
-        ("/", "s1", {"type": "stream"}),
-    ]
-    assert sorted(snap.bindings, key=repr) == sorted(
-        [
-            ("/", "ex", "queue", "q1", "a.*", {}),
-            ("/", "amq.headers", "queue", "q1", "", {"x-match": "all", "h": 1}),
-            ("/", "ex", "exchange", "ex2", "#", {}),
-        ],
-        key=repr,
-    )
-    assert snap.messages == {
-        ("/", "q1"): [(0, b"m0", 0), (1, b"m1", 0), (2, b"m2", 0), (3, b"m3", 2), (4, b"m4", 0)]
-    }
-    assert snap.stream_entries == {
-        ("/", "s1", 0): [(0, 3, 1000, "kafka.v2", b"batch0"), (3, 1, 1001, "polymq", b"batch1")],
-        ("/", "s1", 1): [(0, 1, 1002, "polymq", b"p1")],
-    }
-    assert snap.kv == {"mqtt.session": {"client-1": b"\x00\x01"}, "mqtt.retained": {"a/b": b"ret"}}
-    yield store2.close()
-
-
-@pytest_twisted.inlineCallbacks
-def test_delete_semantics(tmp_path):
-    store, d = open_store(tmp_path)
-    yield d
-    store.put_exchange("/", "x", {})
-    store.put_exchange("/", "y", {})
-    store.put_queue("/", "q", {})
-    store.put_queue("/", "other", {})
-    store.put_binding("/", "x", "queue", "q", "k", {"b": 1, "a": 2})
-    store.put_binding("/", "x", "exchange", "y", "k", {})
-    store.put_binding("/", "y", "queue", "other", "k", {})
-    store.put_binding("/", "y", "exchange", "x", "k", {})
-    store.put_binding("/", "y", "queue", "q", "z", {})
-    for s in range(3):
-        store.put_message("/", "q", s, b"q", 0)
-        store.put_message("/", "other", s, b"o", 0)
-    store.append_stream("/", "q", 0, 0, 1, 0, "f", b"e")
-    store.append_stream("/", "other", 0, 0, 1, 0, "f", b"e0")
-    store.append_stream("/", "other", 0, 1, 2, 0, "f", b"e1")
-    store.append_stream("/", "other", 0, 3, 1, 0, "f", b"e3")
-    store.put_kv("ns", "a", b"1")
-    store.put_kv("ns", "b", b"2")
-    yield durable(store)
-    # binding args are matched regardless of dict order
-    store.delete_binding("/", "x", "queue", "q", "k", {"a": 2, "b": 1})
-    store.put_binding("/", "x", "queue", "q", "k2", {})
-    store.delete_queue("/", "q")  # messages, stream entries, bindings *to* q
-    store.delete_exchange("/", "x")  # bindings from x and to x
-    store.delete_message("/", "other", 1)
-    store.trim_stream("/", "other", 0, 3)
-    store.delete_kv("ns", "a")
-    yield durable(store)
-    yield store.close()
-
-    store2, d2 = open_store(tmp_path)
-    snap = yield d2
-    yield store2.close()
-    assert snap.exchanges == [("/", "y", {})]
-    assert snap.queues == [("/", "other", {})]
-    assert snap.bindings == [("/", "y", "queue", "other", "k", {})]
-    assert snap.messages == {("/", "other"): [(0, b"o", 0), (2, b"o", 0)]}
-    assert snap.stream_entries == {("/", "other", 0): [(3, 1, 0, "f", b"e3")]}
-    assert snap.kv == {"ns": {"b": b"2"}}
-
-
-@pytest_twisted.inlineCallbacks
-def test_after_durable_order_and_visibility(tmp_path):
-    store, d = open_store(tmp_path)
-    yield d
-    path = str(tmp_path / FILENAME)
-    seen: list[tuple[int, int]] = []
-
-    def check(seq: int) -> None:
-        con = sqlite3.connect(path)
-        try:
-            rows = con.execute("SELECT count(*) FROM messages WHERE seq <= ?", (seq,)).fetchone()
-        finally:
-            con.close()
-        seen.append((seq, rows[0]))
-
-    # nothing pending: called synchronously
-    called = []
-    store.after_durable(lambda: called.append(1))
-    assert called == [1]
-
-    for turn_no in range(5):
-        for i in range(20):
-            seq = turn_no * 20 + i
-            store.put_message("/", "q", seq, b"x" * 100, 0)
-            if i % 7 == 0:
-                store.after_durable(lambda seq=seq: check(seq))
-                assert seen == [] or seen[-1][0] < seq  # never synchronous while pending
-        yield turn()
-    yield durable(store)
-    assert [s for s, _ in seen] == sorted(s for s, _ in seen)
-    assert len(seen) == 15
-    # at callback time every message up to seq was readable by another connection
-    assert all(count == seq + 1 for seq, count in seen)
-    # pending state drains: synchronous again
-    store.after_durable(lambda: called.append(2))
-    assert called == [1, 2]
     yield store.close()
 
 
@@ -215,24 +82,6 @@ def test_after_durable_with_only_inflight_writes(tmp_path):
     gate.set()
     yield durable(store)
     assert order == ["cb"]
-    yield store.close()
-
-
-@pytest_twisted.inlineCallbacks
-def test_group_commit(tmp_path):
-    store, d = open_store(tmp_path)
-    yield d
-    acks = []
-    for t in range(20):
-        for i in range(50):
-            seq = t * 50 + i
-            store.put_message("/", "q", seq, b"payload", 0)
-            store.after_durable(lambda seq=seq: acks.append(seq))
-        yield turn()
-    yield durable(store)
-    assert acks == list(range(1000))
-    assert 1 <= store.commits <= 20 < 1000
-    assert store.ops_written == 1000
     yield store.close()
 
 
@@ -263,30 +112,6 @@ def test_group_commit_merges_reactor_turns(tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
-def test_put_delete_cancel(tmp_path):
-    store, d = open_store(tmp_path)
-    yield d
-    store.put_message("/", "q", 1, b"keep", 0)
-    yield durable(store)
-    order = []
-    store.put_message("/", "q", 2, b"gone", 0)
-    store.after_durable(lambda: order.append("confirm2"))
-    store.put_message("/", "q", 2, b"gone", 1)
-    store.delete_message("/", "q", 2)  # acked before it reached the disk
-    store.delete_message("/", "q", 1)  # deletes a message flushed earlier
-    store.put_message("/", "q", 3, b"three", 0)
-    store.after_durable(lambda: order.append("confirm3"))
-    assert store.cancelled == 1
-    yield durable(store)
-    assert order == ["confirm2", "confirm3"]
-    yield store.close()
-    store2, d2 = open_store(tmp_path)
-    snap = yield d2
-    yield store2.close()
-    assert snap.messages == {("/", "q"): [(3, b"three", 0)]}
-
-
-@pytest_twisted.inlineCallbacks
 def test_put_delete_across_batches(tmp_path):
     """A delete in a later batch than its put is not cancelled away: the row goes."""
     store, d = open_store(tmp_path, lazy_flush_ms=0)
@@ -304,37 +129,6 @@ def test_put_delete_across_batches(tmp_path):
     snap = yield d2
     yield store2.close()
     assert snap.messages == {}
-
-
-@pytest_twisted.inlineCallbacks
-def test_close_commits_pending_then_writes_ignored(tmp_path):
-    store, d = open_store(tmp_path)
-    yield d
-    calls = []
-    for seq in range(100):
-        store.put_message("/", "q", seq, b"m", 0)
-    store.after_durable(lambda: calls.append("before-close"))
-    closed = store.close()
-    store.after_durable(lambda: calls.append("while-closing"))
-    yield closed
-    assert calls[0] == "before-close"
-    assert store._thread is None
-    # everything issued before close is committed; a late after_durable runs at once
-    store.after_durable(lambda: calls.append("after-close"))
-    assert calls == ["before-close", "while-closing", "after-close"]
-    # writes after close are ignored (counted, logged once) and never reported durable
-    store.put_message("/", "q", 1000, b"late", 0)
-    store.put_queue("/", "late", {})
-    assert store.dropped_after_close == 2
-    store.after_durable(lambda: calls.append("never"))
-    yield turn()
-    assert "never" not in calls
-    yield store.close()  # idempotent
-    store2, d2 = open_store(tmp_path)
-    snap = yield d2
-    yield store2.close()
-    assert [s for s, _, _ in snap.messages[("/", "q")]] == list(range(100))
-    assert snap.queues == []
 
 
 @pytest_twisted.inlineCallbacks
@@ -515,8 +309,8 @@ def test_lazy_flush_of_writes_nobody_waits_for(tmp_path):
     assert [c.getTime() for c in clock.getDelayedCalls()] == [clock.seconds()]
     clock.advance(0)
     assert store.flushes == 2 and clock.getDelayedCalls() == []
-    (ops, callbacks) = store._q.get_nowait()  # the second batch (the first is also queued)
-    (ops, callbacks) = store._q.get_nowait()
+    (ops, callbacks, _) = store._q.get_nowait()  # the second batch (the first is also queued)
+    (ops, callbacks, _) = store._q.get_nowait()
     assert [op[0] for op in ops] == [7, 6] and len(callbacks) == 1
     # too many pending lazy writes: flushed on the next turn
     store.lazy_flush_ops = 3
@@ -947,7 +741,7 @@ def test_stream_names_are_escaped(tmp_path):
 
 @pytest_twisted.inlineCallbacks
 def test_migration_from_schema_1_moves_stream_rows_to_segments(tmp_path):
-    from polymq.core.store import sqlite as mod
+    from polymq.core.store import sqlite_sql as mod
 
     con = sqlite3.connect(tmp_path / FILENAME)
     con.executescript(mod._SCHEMA_V1)

@@ -437,13 +437,16 @@ class AMQPSession(SessionBase):
             out, channel.confirm_out = channel.confirm_out, []
             if not out:
                 continue
-            if channel.confirm_durable:
+            if channel.confirm_durable or channel.confirm_waiting:
                 channel.confirm_durable = False
                 channel.confirm_waiting += 1
-                self.broker.when_durable(lambda ch=channel, o=out: self._send_confirms(ch, o, 1))
-            elif channel.confirm_waiting:
-                channel.confirm_waiting += 1
-                self.broker.when_durable(lambda ch=channel, o=out: self._send_confirms(ch, o, 1))
+                # basic.nack for each if the store cannot make them durable
+                self.broker.when_durable(
+                    lambda ch=channel, o=out: self._send_confirms(ch, o, 1),
+                    lambda exc, ch=channel, o=out: self._send_confirms(
+                        ch, [(seq, False) for seq, _ in o], 1
+                    ),
+                )
             else:
                 self._send_confirms(channel, out, 0)
 

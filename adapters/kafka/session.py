@@ -13,6 +13,7 @@ connections share lives in :class:`~.server.KafkaServer`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from twisted.logger import Logger
@@ -209,7 +210,11 @@ class KafkaSession(SessionBase):
                     body["throttle_time_ms"] = min(int((now - since) * 1000), _MAX_THROTTLE_MS)
                 ready(C.encode_response(C.PRODUCE, ver, corr, body))
 
-        self.broker.when_durable(release)
+        def failed(exc: BaseException) -> None:
+            for ready, ver, corr, body, _ in held:
+                ready(_not_durable(ver, corr, body))
+
+        self.broker.when_durable(release, failed)
 
     # -- ApiVersions / SASL ------------------------------------------------------------------
 
@@ -515,7 +520,9 @@ class KafkaSession(SessionBase):
         if self.blocked:
             self._hold(ver, corr, body)
             return
-        self.conn.reply_after_durable(C.encode_response(C.PRODUCE, ver, corr, body))
+        self.conn.reply_after_durable(
+            C.encode_response(C.PRODUCE, ver, corr, body), partial(_not_durable, ver, corr, body)
+        )
 
     def _hold(self, ver: int, corr: int, body: dict) -> None:
         """Keep a Produce answer until the resource alarm clears (see publishing_blocked)."""
@@ -1013,6 +1020,27 @@ class KafkaSession(SessionBase):
     }
 
     # -- lifecycle -----------------------------------------------------------------------------
+
+
+def _not_durable(ver: int, corr: int, body: dict) -> bytes:
+    """A Produce answer for writes the store could not make durable (its database is away):
+    every partition that was appended to answers KAFKA_STORAGE_ERROR, which clients retry."""
+    failed = {
+        "responses": [
+            {
+                "name": t["name"],
+                "partition_responses": [
+                    {**p, "error_code": C.KAFKA_STORAGE_ERROR, "base_offset": -1}
+                    if p["error_code"] == C.NONE
+                    else p
+                    for p in t["partition_responses"]
+                ],
+            }
+            for t in body["responses"]
+        ],
+        "throttle_time_ms": body.get("throttle_time_ms", 0),
+    }
+    return C.encode_response(C.PRODUCE, ver, corr, failed)
 
 
 def _fill(body: dict) -> dict:

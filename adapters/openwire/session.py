@@ -11,6 +11,7 @@ output goes through the :class:`~polymq.core.connection.ProtocolConnection`.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 log = Logger(namespace="polymq.openwire")
 
 PROTOCOL_VERSION = 12
+NOT_DURABLE_TEXT = "polymq: the store could not make this durable (database away); not accepted"
 MIN_VERSION = 9
 _WF_TYPES = {
     "MaxInactivityDuration": "long",
@@ -309,6 +311,18 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                     self.cached,
                 )
             )
+
+    def _not_durable(self, command_id: int) -> bytes:
+        """The answer to a request whose writes the store could not make durable: the client's
+        send (or commit) throws, as with ActiveMQ's store IOException."""
+        return c.encode_frame(
+            Obj(
+                c.EXCEPTION_RESPONSE,
+                correlation_id=command_id,
+                exception=("java.io.IOException", NOT_DURABLE_TEXT),
+            ),
+            self.cached,
+        )
 
     def broker_info(self) -> Obj:
         # the address clients are told (ha.advertised_host sets advertised_host in HA setups)
@@ -619,7 +633,9 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                 self.write(ack)
         if m.response_required:
             if msg.durable and not in_tx:
-                self.conn.reply_after_durable(c.encode_response(m.command_id))
+                self.conn.reply_after_durable(
+                    c.encode_response(m.command_id), partial(self._not_durable, m.command_id)
+                )
             else:
                 self.reply(c.encode_response(m.command_id))
 
@@ -662,7 +678,9 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         self._settled_for_good(settled)
         tx.commit()
         if cmd.response_required:  # once the transaction's writes are on disk
-            self.conn.reply_after_durable(c.encode_response(cmd.command_id))
+            self.conn.reply_after_durable(
+                c.encode_response(cmd.command_id), partial(self._not_durable, cmd.command_id)
+            )
         for cs in {x[0] for x in settled}:
             cs.credit_back()
 
@@ -756,7 +774,9 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             self._settled_for_good(b.settled)
             prepared.commit(b)
             if cmd.response_required:
-                self.conn.reply_after_durable(c.encode_response(cmd.command_id))
+                self.conn.reply_after_durable(
+                    c.encode_response(cmd.command_id), partial(self._not_durable, cmd.command_id)
+                )
             for cs in {x[0] for x in b.settled}:
                 cs.credit_back()
         elif t == TX_ROLLBACK:

@@ -121,6 +121,12 @@ class IStore(Interface):
         """Call ``callback`` on the reactor thread once every write issued before it is durable.
 
         Callbacks run in the order they were registered.
+
+        A store whose ``reports_write_failures`` attribute is true also takes
+        ``after_durable(callback, failed)``: when it cannot make those writes durable but keeps
+        serving (its database stays away), it calls ``failed(exc)`` instead of ``callback``
+        and the caller answers its client negatively. Other stores stop the broker on such a
+        failure; ``Broker.when_durable`` hides the difference.
         """
 
 

@@ -5,16 +5,15 @@ Same semantics as the sqlite store (see ``sqlite.py`` and docs/storage.md); the 
 
 Threading model
 ---------------
-The reactor thread never talks to the database. Every write method appends an operation tuple
-to the current batch; once an ``after_durable`` callback waits for it, the batch is flushed on
-the next reactor turn (``callLater(0)``); writes nobody waits for yet (consumer acks, publishes
-without confirms) wait up to ``lazy_flush_ms`` so that a callback arriving meanwhile takes them
-along. A message put and its delete in the same batch cancel each other (nothing is written).
-A flush hands (operations, callbacks) to the writer thread through a queue. The writer thread
-owns one connection: it takes every batch waiting and writes them in one transaction, usually
-a single statement (see ``postgres_sql.py``) run in autocommit mode, otherwise statements
-between BEGIN and COMMIT; then it hands the callbacks of all those batches to the reactor with
-one ``callFromThread``.
+The reactor thread never talks to the database. The reactor-side half is the one the sqlite
+store has too (``writer.py``, :class:`~.writer.WriterStore`): write methods append operations
+to a batch, ``after_durable`` flushes it on the next reactor turn, writes nobody waits for yet
+wait up to ``lazy_flush_ms``, a put and a delete of one message in a batch cancel out. A flush
+hands (operations, callbacks, failure callbacks) to the writer thread through a queue. The
+writer thread owns one connection: it takes every batch waiting and writes them in one
+transaction, usually a single statement (see ``postgres_sql.py``) run in autocommit mode,
+otherwise statements between BEGIN and COMMIT; then it hands the callbacks of all those batches
+to the reactor with one ``callFromThread``.
 
 Every write transaction starts with the statements of :meth:`PostgresStore._write_guard` (none
 yet: where a shared-store failover adds its lease/epoch check, so that a deposed node's commit
@@ -29,11 +28,19 @@ Failure model
   errors: the writer reconnects and retries the same batches. Every statement is idempotent
   (upserts, deletes, inserts that skip existing entries), so a batch whose commit happened
   but was not reported is simply applied again. Callbacks run only after a commit succeeded.
-  If the database stays unusable for ``reconnect_timeout_s``, or a batch fails ``retries``
-  times with another error, the store becomes *failed*: no callback ever runs again (nothing
-  unconfirmed is reported durable), later writes are dropped, ``on_fatal(exc)`` is called
-  (default: stop the reactor, so every client connection closes and clients resend what was
-  not confirmed).
+* If the database stays unusable for ``reconnect_timeout_s``, the store is *unavailable*: the
+  batches waiting get their ``failed(exc)`` callbacks (``after_durable(callback, failed)``;
+  the protocols send their negative answers) and their plain callbacks never run; the
+  broker keeps serving. The writes themselves are kept and written, in order, before anything
+  newer once the database answers again, so the database catches up with the broker's memory
+  (what a client resends after a negative answer may then be there twice: at least once).
+  While unavailable, each new batch gets one connection attempt before it is failed, and the
+  writer tries every ``retry_interval_s`` on its own; ``on_availability(False/True, reason)``
+  reports the change (the broker holds publishers back meanwhile).
+* A batch that fails ``retries`` times with another error (bad data: a bug) makes the store
+  *failed*: no callback ever runs again (nothing unconfirmed is reported durable), later
+  writes are dropped, ``on_fatal(exc)`` is called (default: stop the reactor, so every client
+  connection closes and clients resend what was not confirmed).
 * A commit that PostgreSQL reports with the warning "canceling wait for synchronous
   replication" (it is committed locally but maybe not on the standby) is treated as failed and
   retried.
@@ -42,23 +49,23 @@ Failure model
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Callable
 from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import postgres_schema as S
 from .interfaces import IStore, StoreSnapshot
 from .postgres_sql import Statements
-from .sqlite import StoreFailedError, _default_on_fatal
 from .sqlite_open import StoreOpenError
-from .sqlite_sql import _pack, _pack_args, _unpack
+from .sqlite_sql import _unpack
+from .writer import CLOSE as _CLOSE
+from .writer import StoreFailedError, WriterStore
+from .writer import one_line as _one_line
 
 __all__ = ["PostgresStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSION"]
 
@@ -66,24 +73,17 @@ log = Logger(namespace="polymq.store.postgres")
 
 SCHEMA_VERSION = S.SCHEMA_VERSION
 
-_CLOSE = object()
-_NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
-
 _KIND = itemgetter(0)
 _PARAMS = itemgetter(1)
 _OPS = itemgetter(0)
 _CALLBACKS = itemgetter(1)
+_FAILBACKS = itemgetter(2)
 
 _SYNC_REP_CANCEL = "canceling wait for synchronous replication"
 
 
 class _Retry(Exception):
     """A commit that cannot be trusted although the server said COMMIT (sync-rep cancel)."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    return text or type(exc).__name__
 
 
 def _decode(b: bytes) -> str:
@@ -105,7 +105,7 @@ def describe_dsn(dsn: str) -> str:
 
 
 @implementer(IStore)
-class PostgresStore:
+class PostgresStore(WriterStore):
     """Durable store in PostgreSQL; see the module docstring for the threading and failure model.
 
     Counters (reactor thread; for tests and metrics): ``commits`` transactions committed,
@@ -115,6 +115,8 @@ class PostgresStore:
     """
 
     name = "postgres"
+    reports_write_failures = True  # after_durable(callback, failed): see the module docstring
+    log = log
 
     def __init__(
         self,
@@ -126,327 +128,54 @@ class PostgresStore:
         lazy_flush_ms: float = 20.0,
         lazy_flush_ops: int = 10000,
         retries: int = 3,
+        retry_interval_s: float = 1.0,
         clock: Any = None,
         on_fatal: Callable[[BaseException], None] | None = None,
         **ignored: Any,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
-        from twisted.internet import reactor
-
         self.dsn = dsn
         self.schema = schema
         self.where = f"{describe_dsn(dsn)} schema={schema}"
         self.connect_timeout = max(1, int(connect_timeout_s))
         self.reconnect_timeout = max(0.0, float(reconnect_timeout_s))
-        self.lazy_flush = max(0.0, float(lazy_flush_ms)) / 1000.0
-        self.lazy_flush_ops = max(1, int(lazy_flush_ops))
         self.retries = int(retries)
-        self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
-        self._clock = clock
-        self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
+        self.retry_interval = max(0.05, float(retry_interval_s))
+        self.label = f"postgres store {self.where}"
+        # on_availability (reactor thread) is called with (False, reason) when the database
+        # stays away and with (True, "") when it is back; the broker holds publishers back
+        self._init_writer(
+            clock=clock,
+            on_fatal=on_fatal,
+            lazy_flush_ms=lazy_flush_ms,
+            lazy_flush_ops=lazy_flush_ops,
+            thread_name=f"polymq-postgres-writer:{schema}",
+        )
         self._s = S.quote_ident(schema)
         self._statements = Statements(self._s).statements
 
         # counters
         self.commits = 0
-        self.flushes = 0
         self.ops_written = 0
-        self.cancelled = 0
-        self.dropped_after_close = 0
         self.reconnects = 0
         self.retried = 0
 
-        # reactor side
-        self._state = _NEW
-        self._ops: list[tuple[int, tuple] | None] = []
-        self._callbacks: list[Callable[[], None]] = []
-        self._puts: dict[tuple[str, str, int], int] = {}
-        self._flush_call: Any = None
-        self._flush_lazy = False
-        self._inflight = 0
-        self._open_d: defer.Deferred | None = None
-        self._close_d: defer.Deferred | None = None
-        self._close_waiters: list[defer.Deferred] = []
-        self._failure: BaseException | None = None
-        self._open_failed = False
-
         # writer side
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._conn: Any = None
         self._names: dict[str, bytes] = {}
         self._sync_rep_cancelled = False
 
-    # ------------------------------------------------------------------ lifecycle
-
-    def open(self) -> defer.Deferred:
-        """Connect, migrate and load in the writer thread; fire with a :class:`StoreSnapshot`."""
-        if self._state != _NEW:
-            return defer.fail(StoreOpenError(f"postgres store {self.where} was already opened"))
-        self._state = _OPENING
-        d: defer.Deferred = defer.Deferred()
-        self._open_d = d
-        self._thread = threading.Thread(
-            target=self._run, name=f"polymq-postgres-writer:{self.schema}", daemon=True
-        )
-        self._thread.start()
-        return d
-
-    def close(self) -> defer.Deferred:
-        """Commit every queued write, close the connection, end the thread; return a Deferred."""
-        if self._state in (_NEW, _CLOSED) or self._open_failed:
-            self._state = _CLOSED
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._close_waiters.append(d)
-        if self._state == _CLOSING or (self._state == _FAILED and self._close_d is not None):
-            return d
-        self._flush()
-        if self._state != _FAILED:
-            self._state = _CLOSING
-        self._close_d = d
-        self._q.put(_CLOSE)
-        return d
-
     # ------------------------------------------------------------------ writes (reactor thread)
-
-    def _write(self, kind: int, params: tuple) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(kind)
-            return
-        self._ops.append((kind, params))
-        if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
-
-    def _schedule_lazy(self) -> None:
-        """Flush this turn if a callback waits, else after ``lazy_flush_ms`` (see module doc)."""
-        call = self._flush_call
-        if call is not None and call.active():
-            call.cancel()
-        if self._callbacks or len(self._ops) >= self.lazy_flush_ops or not self.lazy_flush:
-            self._flush_call = self._clock.callLater(0, self._flush)
-            self._flush_lazy = False
-        else:
-            self._flush_call = self._clock.callLater(self.lazy_flush, self._flush)
-            self._flush_lazy = True
-
-    def _dropped(self, kind: int) -> None:
-        self.dropped_after_close += 1
-        if self.dropped_after_close == 1:
-            log.warn(
-                "postgres store {where} is {state}: write ignored (kind {kind}); further ignored"
-                " writes are only counted",
-                where=self.where,
-                state="failed" if self._state == _FAILED else "closed",
-                kind=kind,
-            )
-
-    def put_exchange(self, vhost: str, name: str, record: dict) -> None:
-        self._write(S.PUT_EXCHANGE, (vhost, name, _pack(record)))
-
-    def delete_exchange(self, vhost: str, name: str) -> None:
-        self._write(S.DEL_EXCHANGE, (vhost, name))
-
-    def put_queue(self, vhost: str, name: str, record: dict) -> None:
-        self._write(S.PUT_QUEUE, (vhost, name, _pack(record)))
-
-    def delete_queue(self, vhost: str, name: str) -> None:
-        self._write(S.DEL_QUEUE, (vhost, name))
-
-    def put_binding(
-        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
-    ) -> None:
-        self._write(S.PUT_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
-
-    def delete_binding(
-        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
-    ) -> None:
-        self._write(S.DEL_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
 
     def put_message(
         self, vhost: str, queue: str, seq: int, data: bytes, delivery_count: int
     ) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(S.PUT_MESSAGE)
-            return
-        ops = self._ops
-        k = (vhost, queue, seq)
-        old = self._puts.get(k)
-        if old is not None:  # an older version of the same message in this batch: superseded
-            ops[old] = None
-        self._puts[k] = len(ops)
-        ops.append((S.PUT_MESSAGE, (vhost, queue, seq, data, delivery_count)))
-        if self._flush_call is None or (self._flush_lazy and len(ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
+        self._put_message_op((vhost, queue, seq), (vhost, queue, seq, data, delivery_count))
 
-    def delete_message(self, vhost: str, queue: str, seq: int) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(S.DEL_MESSAGE)
-            return
-        ops = self._ops
-        i = self._puts.pop((vhost, queue, seq), None)
-        if i is not None:
-            # put and delete in one unflushed batch: the data never goes to the database; the
-            # delete stays because an earlier batch may have written the message
-            ops[i] = None
-            self.cancelled += 1
-        ops.append((S.DEL_MESSAGE, (vhost, queue, seq)))
-        if self._flush_call is None or (self._flush_lazy and len(ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
-
-    def append_stream(
-        self,
-        vhost: str,
-        stream: str,
-        partition: int,
-        offset: int,
-        count: int,
-        timestamp: int,
-        fmt: str,
-        data: bytes,
-    ) -> None:
-        self._write(
-            S.APPEND_STREAM, (vhost, stream, partition, offset, count, timestamp, fmt, data)
-        )
-
-    def trim_stream(self, vhost: str, stream: str, partition: int, before_offset: int) -> None:
-        self._write(S.TRIM_STREAM, (vhost, stream, partition, before_offset))
-
-    def put_kv(self, namespace: str, key: str, value: bytes) -> None:
-        self._write(S.PUT_KV, (namespace, key, value))
-
-    def delete_kv(self, namespace: str, key: str) -> None:
-        self._write(S.DEL_KV, (namespace, key))
-
-    def put_scheduled(self, job_id: int, due: int, record: bytes) -> None:
-        self._write(S.PUT_SCHEDULED, (job_id, due, record))
-
-    def delete_scheduled(self, job_id: int) -> None:
-        self._write(S.DEL_SCHEDULED, (job_id,))
-
-    def after_durable(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (reactor thread) once every write issued before it is committed."""
-        state = self._state
-        if state >= _CLOSING:
-            if state == _FAILED or self.dropped_after_close:
-                log.warn(
-                    "postgres store {where}: after_durable callback dropped (store {state})",
-                    where=self.where,
-                    state="failed" if state == _FAILED else "closed with dropped writes",
-                )
-                return
-            if state == _CLOSED:
-                callback()
-                return
-            if self._close_d is not None:  # closing: runs once the last batches committed
-
-                def run(result: Any) -> Any:
-                    callback()
-                    return result
-
-                self._close_d.addCallback(run)
-            return
-        if not self._ops and not self._callbacks and self._inflight == 0:
-            callback()
-            return
-        self._callbacks.append(callback)
-        call = self._flush_call
-        if call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
-        elif self._flush_lazy:  # someone waits now: flush this turn, not after the delay
-            if call.active():
-                call.cancel()
-            self._flush_call = self._clock.callLater(0, self._flush)
-            self._flush_lazy = False
-
-    # ------------------------------------------------------------------ flush (reactor thread)
-
-    def _flush(self) -> None:
-        call, self._flush_call = self._flush_call, None
-        self._flush_lazy = False
-        if call is not None and call.active():
-            call.cancel()
-        if not self._ops and not self._callbacks:
-            return
-        ops, callbacks = self._ops, self._callbacks
-        self._ops, self._callbacks, self._puts = [], [], {}
-        if self._state == _FAILED:
-            return  # never report durable (already logged)
-        self._inflight += 1
-        self.flushes += 1
-        self._q.put((ops, callbacks))
-
-    def _committed(self, nbatches: int, callbacks: list[Callable[[], None]], stats: tuple) -> None:
-        self._inflight -= nbatches
+    def _apply_stats(self, stats: tuple) -> None:
         self.commits, self.ops_written, self.reconnects, self.retried = stats
-        for cb in callbacks:
-            try:
-                cb()
-            except Exception:
-                log.failure("after_durable callback {cb!r} failed", cb=cb)
 
-    def _opened(self, snapshot: StoreSnapshot | None, error: BaseException | None) -> None:
-        d, self._open_d = self._open_d, None
-        if error is not None:
-            self._state = _FAILED
-            self._open_failed = True
-            self._failure = error
-            if self._thread is not None:
-                self._thread.join(1.0)
-                self._thread = None
-            self._ops, self._callbacks, self._puts = [], [], {}
-            log.error("postgres store failed to open: {error}", error=error)
-            if d is not None:
-                d.errback(error)
-            waiters, self._close_waiters = self._close_waiters, []
-            self._close_d = None
-            for w in waiters:
-                w.callback(None)
-            return
-        if self._state == _OPENING:
-            self._state = _OPEN
-        log.info("postgres store {where} opened", where=self.where)
-        if d is not None:
-            d.callback(snapshot)
-
-    def _fatal(self, exc: BaseException) -> None:
-        self._state = _FAILED
-        self._failure = exc
-        self._ops, self._callbacks, self._puts = [], [], {}
-        log.critical(
-            "postgres store {where}: write failed, nothing more will be reported durable: {exc}",
-            where=self.where,
-            exc=_one_line(exc),
-        )
-        try:
-            self.on_fatal(exc)
-        except Exception:
-            log.failure("postgres store on_fatal handler failed")
-
-    def _closed(self, stats: tuple) -> None:
-        self.commits, self.ops_written, self.reconnects, self.retried = stats
-        self._close_d = None
-        if self._thread is not None:
-            self._thread.join(1.0)
-            self._thread = None
-        waiters, self._close_waiters = self._close_waiters, []
-        if self._state == _FAILED:
-            for d in waiters:
-                d.errback(StoreFailedError(str(self._failure)))
-            return
-        self._state = _CLOSED
-        log.info(
-            "postgres store {where} closed ({commits} commits, {flushes} flushes, {ops}"
-            " operations written, {reconnects} reconnects)",
-            where=self.where,
-            commits=self.commits,
-            flushes=self.flushes,
-            ops=self.ops_written,
-            reconnects=self.reconnects,
-        )
-        for d in waiters:
-            d.callback(None)
+    def _closed_details(self) -> str:
+        return f", {self.reconnects} reconnects"
 
     # ------------------------------------------------------------------ writer thread
 
@@ -477,8 +206,15 @@ class PostgresStore:
     def _loop(self) -> None:
         get, get_nowait = self._q.get, self._q.get_nowait
         failed = False
+        unavailable = False
+        # operations of batches failed back while the database was away: written, in order,
+        # before anything newer once it answers again
+        kept: list = []
         while True:
-            items = [get()]
+            try:
+                items = [get(timeout=self.retry_interval) if unavailable else get()]
+            except queue.Empty:
+                items = []
             while True:
                 try:
                     items.append(get_nowait())
@@ -491,23 +227,48 @@ class PostgresStore:
                     closing = True  # nothing is queued after the sentinel
                 else:
                     batches.append(item)
-            if batches and not failed:
-                error = self._commit_batches(batches)
-                if error is not None:
+            if not failed and (batches or unavailable):
+                work = [(ops, (), ()) for ops in kept] + batches
+                error, lost = self._commit_batches(work, patient=not unavailable)
+                if error is None:
+                    kept = []
+                    if unavailable:
+                        unavailable = False
+                        self._call_from_thread(self._available_again, self._stats())
+                    if batches:
+                        callbacks = list(chain.from_iterable(map(_CALLBACKS, batches)))
+                        self._call_from_thread(
+                            self._committed, len(batches), callbacks, self._stats()
+                        )
+                elif lost:
+                    unavailable = True
+                    kept = [ops for ops, _, _ in work]
+                    if batches:
+                        failbacks = list(chain.from_iterable(map(_FAILBACKS, batches)))
+                        self._call_from_thread(self._write_failed, len(batches), failbacks, error)
+                else:
                     failed = True
                     self._call_from_thread(self._fatal, error)
-                else:
-                    callbacks = list(chain.from_iterable(map(_CALLBACKS, batches)))
-                    self._call_from_thread(self._committed, len(batches), callbacks, self._stats())
             if closing:
+                if kept and not failed:
+                    log.error(
+                        "postgres store {where}: closing while the database is away;"
+                        " {n} operations answered negatively are not written",
+                        where=self.where,
+                        n=sum(map(len, kept)),
+                    )
                 return
 
-    def _commit_batches(self, batches: list) -> BaseException | None:
-        """Run all batches in one transaction until it commits; return the final error or None.
+    def _commit_batches(
+        self, batches: list, patient: bool = True
+    ) -> tuple[BaseException | None, bool]:
+        """Run all batches in one transaction until it commits: (None, False) when it did, else
+        (the final error, whether it is the database being away rather than bad data).
 
         Operational errors (a lost connection above all) are retried, reconnecting as needed,
-        until ``reconnect_timeout_s`` has passed since the first of them; any other error is
-        retried ``retries`` times.
+        until ``reconnect_timeout_s`` has passed since the first of them (``patient``; else
+        they end the attempt at once: the database is known to be away); any other error is
+        retried ``retries`` times. With nothing to write, it only checks the connection.
         """
         import psycopg
 
@@ -515,9 +276,9 @@ class PostgresStore:
             ops = self._prepare(batches)
         except Exception as e:  # nothing can be written (a bug): never report it durable
             log.error("postgres store {where}: bad batch: {e!r}", where=self.where, e=e)
-            return e
-        if not ops:
-            return None  # only callbacks: everything before them is committed already
+            return e, False
+        if not ops and patient:
+            return None, False  # only callbacks: everything before them is committed already
         # connection lost, server shutting down, disk full, lock busy ...; a server that
         # turned read-only (demoted after a failover): find the primary again
         connection_errors = (
@@ -536,10 +297,14 @@ class PostgresStore:
                     self._conn = self._connect(first=False)
                     self._w_reconnects += 1
                     log.info("postgres store {where}: reconnected", where=self.where)
-                self._execute(self._conn, ops)
+                if ops:
+                    self._execute(self._conn, ops)
+                else:  # the database was away: is it back?
+                    self._conn.autocommit = True
+                    self._conn.execute("SELECT 1")
                 if deadline is not None or errors:
                     self._w_retried += 1
-                return None
+                return None, False
             except Exception as e:
                 conn = self._conn
                 broken = conn is None or conn.broken or conn.closed
@@ -558,7 +323,9 @@ class PostgresStore:
                         e=_one_line(e),
                     )
                     if errors > self.retries:
-                        return e
+                        return e, False
+                elif not patient:
+                    return e, True
                 else:
                     now = time.monotonic()
                     if deadline is None:
@@ -571,13 +338,13 @@ class PostgresStore:
                             e=_one_line(e),
                         )
                     if now >= deadline:
-                        log.error(
-                            "postgres store {where}: giving up after {t}s: {e}",
+                        log.warn(
+                            "postgres store {where}: still failing after {t}s: {e}",
                             where=self.where,
                             t=self.reconnect_timeout,
                             e=_one_line(e),
                         )
-                        return e
+                        return e, True
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -787,9 +554,13 @@ class PostgresStore:
                 version = 0
             start = version
             while version < SCHEMA_VERSION:
-                for stmt in S.MIGRATIONS[version].split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt.format(s=self._s))
+                step = S.MIGRATIONS[version]
+                if callable(step):
+                    step(conn, self._s)
+                else:
+                    for stmt in step.split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt.format(s=self._s))
                 version += 1
             if version != start:
                 conn.execute(f"UPDATE {self._s}.schema_version SET version = %s", [version])

@@ -5,6 +5,8 @@ commit is fsynced before it is reported durable.
 
 Threading model
 ---------------
+The reactor-side half (batches, lazy flush, ``after_durable``, open/close, failure reports) is
+``writer.py``'s :class:`~.writer.WriterStore`, shared with the postgres store.
 The reactor thread never touches the disk. Every write method only appends an operation tuple
 to the current batch. Once an ``after_durable`` callback waits for the batch, ``_flush`` is
 scheduled with ``clock.callLater(0, ...)``; writes nobody waits for yet (consumer acks, writes
@@ -49,12 +51,11 @@ from itertools import chain, groupby
 from operator import itemgetter
 from typing import Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..stats import SECONDS_BUCKETS, SIZE_BUCKETS, Histogram
-from .interfaces import IPagingStore, StoreSnapshot
+from .interfaces import IPagingStore
 from .segments import (  # noqa: F401 (re-exported: tests and tools name them from here)
     SEGMENT_SUFFIX,
     STREAMS_DIR,
@@ -68,22 +69,13 @@ from .sqlite_sql import (
     _APPEND_STREAM,
     _CALLBACKS,
     _DATA_INDEX,
-    _DEL_BINDING,
-    _DEL_EXCHANGE,
-    _DEL_KV,
     _DEL_MESSAGE,
     _DEL_QUEUE,
-    _DEL_SCHEDULED,
     _KIND,
     _OPS,
     _PARAMS,
     _PURGE_MESSAGES,
-    _PUT_BINDING,
-    _PUT_EXCHANGE,
-    _PUT_KV,
     _PUT_MESSAGE,
-    _PUT_QUEUE,
-    _PUT_SCHEDULED,
     _READ_LEVEL_SQL,
     _READ_SCHEDULED_SQL,
     _SCHEMA_V1,  # noqa: F401 (re-exported: tests build old schemas)
@@ -91,22 +83,17 @@ from .sqlite_sql import (
     _SYNCHRONOUS,
     _TRIM_STREAM,
     _delete_many,
-    _pack,
-    _pack_args,
     _put_many,
 )
+from .writer import CLOSE as _CLOSE
+from .writer import OPEN as _OPEN
+from .writer import OPENING as _OPENING
+from .writer import StoreFailedError, WriterStore
+from .writer import default_on_fatal as _default_on_fatal  # noqa: F401 (re-exported)
 
 __all__ = ["SqliteStore", "StoreOpenError", "StoreFailedError", "SCHEMA_VERSION", "FILENAME"]
 
 log = Logger(namespace="polymq.store.sqlite")
-
-
-class StoreFailedError(Exception):
-    """The store hit an unrecoverable write error; nothing after it was made durable."""
-
-
-# Writer-queue items other than batches.
-_CLOSE = object()
 
 
 class _Read:
@@ -130,19 +117,8 @@ RECLAIM_STEP_PAGES = 4096
 IDLE_WAL_TRUNCATE_BYTES = 4 << 20
 
 
-# Store states (reactor side).
-_NEW, _OPENING, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
-
-
-def _default_on_fatal(exc: BaseException) -> None:
-    from twisted.internet import reactor
-
-    if reactor.running:  # type: ignore[attr-defined]
-        reactor.stop()  # type: ignore[attr-defined]
-
-
 @implementer(IPagingStore)
-class SqliteStore(_OpenMixin):
+class SqliteStore(_OpenMixin, WriterStore):
     """Embedded durable store; see the module docstring for the threading and failure model.
 
     Counters (read them from the reactor thread; they are for tests and metrics):
@@ -152,6 +128,7 @@ class SqliteStore(_OpenMixin):
     """
 
     name = "sqlite"
+    log = log
 
     def __init__(
         self,
@@ -174,17 +151,19 @@ class SqliteStore(_OpenMixin):
             raise ValueError(
                 f"sqlite synchronous must be one of {_SYNCHRONOUS}, not {synchronous!r}"
             )
-        if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
-        from twisted.internet import reactor
-
         self.data_dir = os.path.abspath(data_dir)
         self.path = os.path.join(self.data_dir, FILENAME)
         self.synchronous = synchronous
         self.busy_timeout_ms = int(busy_timeout_ms)
         self.retries = int(retries)
-        self.lazy_flush = max(0.0, float(lazy_flush_ms)) / 1000.0
-        self.lazy_flush_ops = max(1, int(lazy_flush_ops))
+        self.label = f"sqlite store {self.path}"
+        self._init_writer(
+            clock=clock,
+            on_fatal=on_fatal,
+            lazy_flush_ms=lazy_flush_ms,
+            lazy_flush_ops=lazy_flush_ops,
+            thread_name=f"polymq-sqlite-writer:{self.data_dir}",
+        )
         # WAL bytes (estimated) after which the checkpointer thread runs; 0 = sqlite's own
         # automatic checkpoints inside the commit, as without a checkpointer
         self.checkpoint_bytes = int(max(0.0, float(checkpoint_mb)) * (1 << 20))
@@ -195,42 +174,20 @@ class SqliteStore(_OpenMixin):
         self.pages = bool(paging)
         self.reads = 0  # read_messages / read_stream / retain_stream calls served
         self.streams_dir = os.path.join(self.data_dir, STREAMS_DIR)
-        self.on_fatal: Callable[[BaseException], None] = on_fatal or _default_on_fatal
-        self._clock = clock
-        self._call_from_thread = getattr(clock, "callFromThread", reactor.callFromThread)
 
         # counters
         self.commits = 0
-        self.flushes = 0
         # writer thread: seconds per commit (fsyncs included) and operations per commit
         self.commit_seconds = Histogram(SECONDS_BUCKETS)
         self.commit_sizes = Histogram(SIZE_BUCKETS)
         self.segment_sync_seconds = Histogram(SECONDS_BUCKETS)
         self.ops_written = 0
-        self.cancelled = 0
-        self.dropped_after_close = 0
         self.checkpoints = 0
         self.segment_fsyncs = 0  # fdatasync of segment files + fsync of stream directories
         self.segment_writes = 0  # os.writev calls on segment files
         self.segments_truncated = 0  # torn tails cut at open
 
-        # reactor-side state
-        self._state = _NEW
-        self._ops: list[tuple[int, tuple] | None] = []
-        self._callbacks: list[Callable[[], None]] = []
-        self._puts: dict[tuple[str, str, int], int] = {}  # message key -> index in _ops
-        self._flush_call: Any = None
-        self._flush_lazy = False  # the scheduled flush is the lazy one (no callback waits)
-        self._inflight = 0  # batches handed to the writer whose callbacks have not run yet
-        self._open_d: defer.Deferred | None = None
-        self._close_d: defer.Deferred | None = None
-        self._close_waiters: list[defer.Deferred] = []
-        self._failure: BaseException | None = None
-        self._open_failed = False
-
         # writer side
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
         self._wal_estimate = 0  # writer thread: bytes committed since the last checkpoint signal
         self._ckpt_event = threading.Event()
@@ -241,102 +198,6 @@ class SqliteStore(_OpenMixin):
         self._ckpt_thread: threading.Thread | None = None
         self._log: StreamLog | None = None
         self._seg_applied: list | None = None  # batches whose stream part is on disk (retries)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def open(self) -> defer.Deferred:
-        """Open or create the store in the writer thread; fire with a :class:`StoreSnapshot`."""
-        if self._state != _NEW:
-            return defer.fail(StoreOpenError(f"sqlite store {self.path} was already opened"))
-        self._state = _OPENING
-        d: defer.Deferred = defer.Deferred()
-        self._open_d = d
-        self._thread = threading.Thread(
-            target=self._run, name=f"polymq-sqlite-writer:{self.data_dir}", daemon=True
-        )
-        self._thread.start()
-        return d
-
-    def close(self) -> defer.Deferred:
-        """Commit every queued write, close the connection, end the thread; return a Deferred."""
-        if self._state in (_NEW, _CLOSED):
-            self._state = _CLOSED
-            return defer.succeed(None)
-        if self._open_failed:
-            self._state = _CLOSED
-            return defer.succeed(None)
-        d: defer.Deferred = defer.Deferred()
-        self._close_waiters.append(d)
-        if self._state == _CLOSING or (self._state == _FAILED and self._close_d is not None):
-            return d
-        self._flush()
-        if self._state != _FAILED:
-            self._state = _CLOSING
-        self._close_d = d
-        self._q.put(_CLOSE)
-        return d
-
-    # ------------------------------------------------------------------ writes (reactor thread)
-
-    def _write(self, kind: int, params: tuple) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(kind)
-            return
-        self._ops.append((kind, params))
-        if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
-
-    def _schedule_lazy(self) -> None:
-        """Schedule the flush of a batch nobody waits for yet (no ``after_durable`` callback).
-
-        Such writes (consumer acks, writes of publishers without confirms) are held up to
-        ``lazy_flush_ms`` (or until ``lazy_flush_ops`` operations are pending): a callback
-        registered meanwhile takes them along in its own commit, instead of queueing behind a
-        commit of theirs. Nobody was promised anything about them, so this costs no durability.
-        """
-        call = self._flush_call
-        if call is not None and call.active():
-            call.cancel()
-        if self._callbacks or len(self._ops) >= self.lazy_flush_ops or not self.lazy_flush:
-            self._flush_call = self._clock.callLater(0, self._flush)
-            self._flush_lazy = False
-        else:
-            self._flush_call = self._clock.callLater(self.lazy_flush, self._flush)
-            self._flush_lazy = True
-
-    def _dropped(self, kind: int) -> None:
-        self.dropped_after_close += 1
-        if self.dropped_after_close == 1:
-            state = "failed" if self._state == _FAILED else "closed"
-            log.warn(
-                "sqlite store {path} is {state}: write ignored (kind {kind}); further ignored"
-                " writes are only counted",
-                path=self.path,
-                state=state,
-                kind=kind,
-            )
-
-    def put_exchange(self, vhost: str, name: str, record: dict) -> None:
-        self._write(_PUT_EXCHANGE, (vhost, name, _pack(record)))
-
-    def delete_exchange(self, vhost: str, name: str) -> None:
-        self._write(_DEL_EXCHANGE, (vhost, name))
-
-    def put_queue(self, vhost: str, name: str, record: dict) -> None:
-        self._write(_PUT_QUEUE, (vhost, name, _pack(record)))
-
-    def delete_queue(self, vhost: str, name: str) -> None:
-        self._write(_DEL_QUEUE, (vhost, name))
-
-    def put_binding(
-        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
-    ) -> None:
-        self._write(_PUT_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
-
-    def delete_binding(
-        self, vhost: str, source: str, kind: str, destination: str, key: str, arguments: dict
-    ) -> None:
-        self._write(_DEL_BINDING, (vhost, source, kind, destination, key, _pack_args(arguments)))
 
     def put_message(
         self, vhost: str, queue: str, seq: int, data: bytes, delivery_count: int
@@ -355,67 +216,10 @@ class SqliteStore(_OpenMixin):
         size: int,
         transient: bool,
     ) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(_PUT_MESSAGE)
-            return
-        ops = self._ops
-        k = (vhost, queue, seq)
-        old = self._puts.get(k)
-        if old is not None:  # an older version of the same message in this batch: superseded
-            ops[old] = None
-        self._puts[k] = len(ops)
-        ops.append(
-            (
-                _PUT_MESSAGE,
-                (vhost, queue, seq, data, delivery_count, priority, expires_at, size, transient),
-            )
+        self._put_message_op(
+            (vhost, queue, seq),
+            (vhost, queue, seq, data, delivery_count, priority, expires_at, size, transient),
         )
-        if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
-
-    def delete_message(self, vhost: str, queue: str, seq: int) -> None:
-        if self._state >= _CLOSING:
-            self._dropped(_DEL_MESSAGE)
-            return
-        ops = self._ops
-        i = self._puts.pop((vhost, queue, seq), None)
-        if i is not None:
-            # Put and delete in the same unflushed batch: the data never reaches the disk. The
-            # delete stays (cheap primary-key miss when the row does not exist) because an
-            # earlier, already flushed batch may have written the message.
-            ops[i] = None
-            self.cancelled += 1
-        ops.append((_DEL_MESSAGE, (vhost, queue, seq)))
-        if self._flush_call is None or (self._flush_lazy and len(self._ops) >= self.lazy_flush_ops):
-            self._schedule_lazy()
-
-    def append_stream(
-        self,
-        vhost: str,
-        stream: str,
-        partition: int,
-        offset: int,
-        count: int,
-        timestamp: int,
-        fmt: str,
-        data: bytes,
-    ) -> None:
-        self._write(_APPEND_STREAM, (vhost, stream, partition, offset, count, timestamp, fmt, data))
-
-    def trim_stream(self, vhost: str, stream: str, partition: int, before_offset: int) -> None:
-        self._write(_TRIM_STREAM, (vhost, stream, partition, before_offset))
-
-    def put_kv(self, namespace: str, key: str, value: bytes) -> None:
-        self._write(_PUT_KV, (namespace, key, value))
-
-    def delete_kv(self, namespace: str, key: str) -> None:
-        self._write(_DEL_KV, (namespace, key))
-
-    def put_scheduled(self, job_id: int, due: int, record: bytes) -> None:
-        self._write(_PUT_SCHEDULED, (job_id, due, record))
-
-    def delete_scheduled(self, job_id: int) -> None:
-        self._write(_DEL_SCHEDULED, (job_id,))
 
     def purge_messages(self, vhost: str, queue: str, priority: int, after_seq: int) -> None:
         self._write(_PURGE_MESSAGES, (vhost, queue, priority, after_seq))
@@ -511,134 +315,8 @@ class SqliteStore(_OpenMixin):
             self._log.sync()
         return (start, size)
 
-    def after_durable(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (reactor thread) once every write issued before it is committed."""
-        state = self._state
-        if state >= _CLOSING:
-            if state == _FAILED or self.dropped_after_close:
-                log.warn(
-                    "sqlite store {path}: after_durable callback dropped (store {state})",
-                    path=self.path,
-                    state="failed" if state == _FAILED else "closed with dropped writes",
-                )
-                return
-            if state == _CLOSED:
-                callback()
-                return
-            # closing: the callback runs after the last batches, before close() fires
-        elif not self._ops and not self._callbacks and self._inflight == 0:
-            callback()
-            return
-        if state == _CLOSING:
-            self._ops_closing_callback(callback)
-            return
-        self._callbacks.append(callback)
-        call = self._flush_call
-        if call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
-        elif self._flush_lazy:  # someone waits now: flush this turn, not after the delay
-            if call.active():
-                call.cancel()
-            self._flush_call = self._clock.callLater(0, self._flush)
-            self._flush_lazy = False
-
-    def _ops_closing_callback(self, callback: Callable[[], None]) -> None:
-        # The close sentinel is already queued; chain the callback behind close().
-        def run(_: Any) -> Any:
-            callback()
-            return _
-
-        if self._close_d is not None:
-            self._close_d.addCallback(run)
-
-    # ------------------------------------------------------------------ flush / commit
-
-    def _flush(self) -> None:
-        call, self._flush_call = self._flush_call, None
-        self._flush_lazy = False
-        if call is not None and call.active():
-            call.cancel()
-        if not self._ops and not self._callbacks:
-            return
-        ops, callbacks = self._ops, self._callbacks
-        self._ops, self._callbacks, self._puts = [], [], {}
-        if self._state == _FAILED:
-            return  # never report durable; writes are lost (already logged)
-        self._inflight += 1
-        self.flushes += 1
-        self._q.put((ops, callbacks))
-
-    def _committed(self, nbatches: int, callbacks: list[Callable[[], None]]) -> None:
-        """Reactor thread: the batches are on disk; run their callbacks in order."""
-        self._inflight -= nbatches
-        for cb in callbacks:
-            try:
-                cb()
-            except Exception:
-                log.failure("after_durable callback {cb!r} failed", cb=cb)
-
-    def _opened(self, snapshot: StoreSnapshot | None, error: BaseException | None) -> None:
-        d, self._open_d = self._open_d, None
-        if error is not None:
-            self._state = _FAILED
-            self._open_failed = True
-            self._failure = error
-            if self._thread is not None:
-                self._thread.join(1.0)
-                self._thread = None
-            self._ops, self._callbacks, self._puts = [], [], {}
-            log.error("sqlite store {path} failed to open: {error}", path=self.path, error=error)
-            if d is not None:
-                d.errback(error)
-            waiters, self._close_waiters = self._close_waiters, []
-            self._close_d = None
-            for w in waiters:  # close() was called while opening
-                w.callback(None)
-            return
-        if self._state == _OPENING:
-            self._state = _OPEN
-        log.info("sqlite store {path} opened", path=self.path)
-        if d is not None:
-            d.callback(snapshot)
-
-    def _fatal(self, exc: BaseException) -> None:
-        """Reactor thread: the writer gave up on a batch."""
-        self._state = _FAILED
-        self._failure = exc
-        self._ops, self._callbacks, self._puts = [], [], {}
-        log.critical(
-            "sqlite store {path}: write failed after retries, nothing more will be reported"
-            " durable: {exc!r}",
-            path=self.path,
-            exc=exc,
-        )
-        try:
-            self.on_fatal(exc)
-        except Exception:
-            log.failure("sqlite store on_fatal handler failed")
-
-    def _closed(self) -> None:
-        self._close_d = None
-        if self._thread is not None:
-            self._thread.join(1.0)
-            self._thread = None
-        waiters, self._close_waiters = self._close_waiters, []
-        if self._state == _FAILED:
-            for d in waiters:
-                d.errback(StoreFailedError(str(self._failure)))
-            return
-        self._state = _CLOSED
-        log.info(
-            "sqlite store {path} closed ({commits} commits, {flushes} flushes, {ops} "
-            "operations written, {cancelled} puts cancelled by a delete)",
-            path=self.path,
-            commits=self.commits,
-            flushes=self.flushes,
-            ops=self.ops_written,
-            cancelled=self.cancelled,
-        )
-        for d in waiters:
-            d.callback(None)
+    def _closed_details(self) -> str:
+        return f", {self.cancelled} puts cancelled by a delete"
 
     # ------------------------------------------------------------------ writer thread
 
