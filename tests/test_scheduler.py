@@ -208,6 +208,7 @@ def test_store_keeps_scheduled_jobs(store_maker):
 def test_postgres_schema_1_is_migrated(pg_dsn):
     import psycopg
 
+    from polymq.core.store.postgres import SCHEMA_VERSION as PG_SCHEMA_VERSION
     from polymq.core.store.postgres import PostgresStore
 
     store = PostgresStore(pg_dsn, schema="mig")
@@ -224,7 +225,9 @@ def test_postgres_schema_1_is_migrated(pg_dsn):
     yield d
     yield store.close()
     with psycopg.connect(pg_dsn) as con:
-        assert con.execute("SELECT version FROM mig.schema_version").fetchone()[0] == 2
+        assert (
+            con.execute("SELECT version FROM mig.schema_version").fetchone()[0] == PG_SCHEMA_VERSION
+        )
         assert con.execute("SELECT id, due FROM mig.scheduled").fetchall() == [(1, 5)]
 
 

@@ -137,7 +137,9 @@ def test_schema_v1_migrated_to_lz4_payloads(pg_dsn):
     store.put_message("/", "q", 2, b"more" * 1000, 0)
     yield store.close()
     with psycopg.connect(pg_dsn) as con:
-        assert con.execute("SELECT version FROM polymq.schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert (
+            con.execute("SELECT version FROM polymq.schema_version").fetchone()[0] == SCHEMA_VERSION
+        )
         assert _compression(con, "messages") == "l"
         assert _compression(con, "stream_entries") == "l"
         method = con.execute(
@@ -153,7 +155,9 @@ def test_newer_schema_refused(pg_dsn):
     yield store.close()
     with psycopg.connect(pg_dsn) as con:
         con.execute("UPDATE polymq.schema_version SET version = 99")
-    with pytest.raises(StoreOpenError, match="has version 99; this polymq understands up to 2"):
+    with pytest.raises(
+        StoreOpenError, match=f"has version 99; this polymq understands up to {SCHEMA_VERSION}"
+    ):
         yield PostgresStore(pg_dsn).open()
 
 
@@ -399,7 +403,7 @@ def test_cli_exits_1_with_one_line(pg_server, pg_dsn, case, tmp_path):
             con.execute("CREATE SCHEMA polymq")
             con.execute("CREATE TABLE polymq.schema_version (version integer NOT NULL)")
             con.execute("INSERT INTO polymq.schema_version VALUES (7)")
-        expect = "has version 7; this polymq understands up to 2"
+        expect = f"has version 7; this polymq understands up to {SCHEMA_VERSION}"
     out = serve(f"store.dsn={dsn}", f"store.data_dir={tmp_path}")
     assert out.returncode == 1, out.stderr
     line = one_error_line(out)
