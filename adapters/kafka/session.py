@@ -809,7 +809,8 @@ class KafkaSession(SessionBase):
 
     def _find_coordinator(self, ver: int, req: Any, reply: Callable) -> None:
         b = self._broker_entry()
-        if req.key_type == 0 and not self._may_describe("group", req.key):
+        key_type = req.key_type if ver >= 1 else 0
+        if key_type == 0 and not self._may_describe("group", req.key):
             return reply(
                 {
                     "error_code": C.GROUP_AUTHORIZATION_FAILED,
@@ -819,11 +820,11 @@ class KafkaSession(SessionBase):
                     "port": -1,
                 }
             )
-        if ver >= 1 and req.key_type not in (0, 1):  # 0 group, 1 transaction
+        if key_type not in (0, 1):  # 0 group, 1 transaction
             return reply(
                 {
                     "error_code": C.INVALID_REQUEST,
-                    "error_message": f"unknown coordinator key type {req.key_type}",
+                    "error_message": f"unknown coordinator key type {key_type}",
                     "node_id": -1,
                     "host": "",
                     "port": -1,

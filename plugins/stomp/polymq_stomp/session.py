@@ -160,14 +160,7 @@ class StompSession(SessionBase):
             if self.state != 1:
                 if self.state == 2:
                     return
-                self.on_connect(frame)
-                # what came with CONNECT is framed with the negotiated version
-                if self.state == 1:
-                    framer = self.framer
-                    framer.one_at_a_time = False
-                    more = framer.feed(b"")
-                    if more:
-                        self.frames_received(more)
+                self.on_connect(frame)  # the rest follows once the login is answered
                 return
             self.receipt = frame.headers.get("receipt")
             handler = self.HANDLERS.get(frame.command)
@@ -292,9 +285,18 @@ class StompSession(SessionBase):
         # host names a vhost when one is called so (RabbitMQ); a host name does not
         self.vhost = self.broker.vhost(host if host in vhosts else None)
         login = h.get("login")
-        result = self.conn.authenticate(login or None, h.get("passcode"))
-        if isinstance(result, Refusal):
-            raise AccessRefused(f"access refused for user '{login or ''}': {result.reason}")
+        # the password may be checked in a thread: the connection waits for the answer
+        self.conn.login(
+            login or None, h.get("passcode"), lambda result: self._logged_in(result, h, login)
+        )
+
+    def _logged_in(self, result: Any, h: dict, login: str | None) -> None:
+        if self.state == 2:
+            return
+        if result is None or isinstance(result, Refusal):
+            reason = getattr(result, "reason", "refused")
+            raise AccessRefused(f"access refused for user '{login or ''}': {reason}")
+        version = self.version
         self.user = result.user
         self.client_id = h.get("client-id", "")
         self.session_id = f"polymq-{next(_session_ids)}"
@@ -311,6 +313,12 @@ class StompSession(SessionBase):
             user=self.user, client_id=self.client_id or None, vhost=self.vhost.name
         )
         self.conn.reply(encode_frame("CONNECTED", headers, b"", version, raw=True))
+        # what came with CONNECT is framed with the negotiated version
+        framer = self.framer
+        framer.one_at_a_time = False
+        more = framer.feed(b"")
+        if more:
+            self.frames_received(more)
 
     def _heart_beat(self, text: str) -> str:
         """Negotiate heart-beating (STOMP 1.1): returns the CONNECTED header and arms the
