@@ -9,6 +9,9 @@
         sock = socket.create_connection((broker.host, broker.port("mqtt")))
 
 Every broker it started is stopped (SIGTERM, then SIGKILL if needed) at teardown.
+
+``kbroker`` is one Kafka-only broker per test module (sqlite store, info log), for modules of
+Kafka client tests that share it; a module may define its own ``kbroker`` with other settings.
 """
 
 from __future__ import annotations
@@ -47,3 +50,14 @@ def broker_factory(tmp_path):
 
 
 from pgserver import pg_dsn, pg_server  # noqa: E402,F401  (a private PostgreSQL; see pgserver.py)
+
+
+@pytest.fixture(scope="module")
+def kbroker(tmp_path_factory):
+    b = BrokerProcess(tmp_path_factory.mktemp("kafka"), adapters=["kafka"], log_level="info")
+    b.start()
+    yield b
+    try:
+        b.stop()
+    finally:
+        b.kill9()

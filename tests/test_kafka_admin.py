@@ -23,17 +23,6 @@ from kafka import KafkaAdminClient
 from kafka import TopicPartition as PyTopicPartition
 
 
-@pytest.fixture(scope="module")
-def kbroker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("admin"), adapters=["kafka"], log_level="info")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
-
-
 def bootstrap(b: BrokerProcess) -> str:
     return f"{b.host}:{b.port('kafka')}"
 

@@ -19,17 +19,6 @@ GROUP_SETTINGS = {
 }
 
 
-@pytest.fixture(scope="module")
-def kbroker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("kafka"), adapters=["kafka"], log_level="info")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
-
-
 def bootstrap(b: BrokerProcess) -> str:
     return f"{b.host}:{b.port('kafka')}"
 

@@ -13,17 +13,6 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 
-@pytest.fixture(scope="module")
-def kbroker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("kafka"), adapters=["kafka"], log_level="info")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
-
-
 def bootstrap(b: BrokerProcess) -> str:
     return f"{b.host}:{b.port('kafka')}"
 

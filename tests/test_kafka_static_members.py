@@ -7,21 +7,8 @@ from __future__ import annotations
 import time
 import uuid
 
-import pytest
-from brokerproc import BrokerProcess
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
-
-
-@pytest.fixture(scope="module")
-def kbroker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("static"), adapters=["kafka"], log_level="info")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
 
 
 def test_static_member_restart_keeps_assignment_without_rebalance(kbroker):

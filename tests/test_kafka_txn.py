@@ -13,17 +13,6 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
-@pytest.fixture(scope="module")
-def kbroker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("txn"), adapters=["kafka"], log_level="info")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
-
-
 def bootstrap(b: BrokerProcess) -> str:
     return f"{b.host}:{b.port('kafka')}"
 
