@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 # encoded messages kept (oldest out first) for dispatch: bounded in bytes, and per message
 CACHE_BYTES = 16 * 1024 * 1024
 CACHE_MAX_BODY = 64 * 1024
+# producers the HA producer audit remembers (ActiveMQ's keeps a bounded number too)
+AUDIT_PRODUCERS = 65536
 
 # -- the per-broker shared state ---------------------------------------------------------------
 
@@ -153,8 +155,11 @@ class OpenWireHub:
         records it. Sequence ids of one producer only grow (ActiveMQ's client)."""
         audit = self.audit
         last = audit.get(producer)
-        if last is not None and seq <= last:
-            return True
+        if last is not None:
+            if seq <= last:
+                return True
+        elif len(audit) >= AUDIT_PRODUCERS:
+            del audit[next(iter(audit))]  # the producer seen first goes (bounded memory)
         audit[producer] = seq
         return False
 
