@@ -124,14 +124,14 @@ class OpenWireHub:
         # (``ID:connection:session:producer:``), so that a persistent message a failover
         # client sends again after the node that stored it died is answered, not enqueued
         # twice. Rebuilt from the store's messages when the node takes over.
-        self.audit: dict[str, int] | None = None
+        self.audit: OrderedDict[str, int] | None = None
         if self.ha is not None:
             self.ha.cluster_listeners.append(self._cluster_changed)
             self.audit = self._stored_producer_sequences()
 
-    def _stored_producer_sequences(self) -> dict[str, int]:
+    def _stored_producer_sequences(self) -> OrderedDict[str, int]:
         """Producer prefix -> highest sequence id among the stored messages of every queue."""
-        audit: dict[str, int] = {}
+        audit: OrderedDict[str, int] = OrderedDict()
         for vhost in self.broker.vhosts.values():
             for q in list(vhost.queues.values()):
                 browse = getattr(q, "browse", None)
@@ -159,7 +159,7 @@ class OpenWireHub:
             if seq <= last:
                 return True
         elif len(audit) >= AUDIT_PRODUCERS:
-            del audit[next(iter(audit))]  # the producer seen first goes (bounded memory)
+            audit.popitem(last=False)  # the producer seen first goes (bounded memory)
         audit[producer] = seq
         return False
 
