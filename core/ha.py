@@ -596,7 +596,10 @@ class HaNode:
         """Renew until stopped; report a loss to the reactor."""
         problem = None
         try:
-            self._refresh_cluster()  # the clients of the first connections learn the others
+            # the node's row says active from the start (`polymq status`), and the clients of
+            # the first connections learn the other nodes
+            self._seen(ACTIVE)
+            self._refresh_cluster()
         except Exception as e:
             self._close_if_broken()
             log.warn("ha: cannot read the nodes: {e}", e=" ".join(str(e).split()))
