@@ -118,6 +118,8 @@ def _schema_sql(s: str) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS {s}.ha_nodes (
             node_id text PRIMARY KEY, role text NOT NULL, since timestamptz NOT NULL,
             seen_at timestamptz NOT NULL)""",
+        # where OpenWire clients reach each node (the active tells them: ConnectionControl)
+        f"ALTER TABLE {s}.ha_nodes ADD COLUMN IF NOT EXISTS openwire_url text",
         f"""CREATE TABLE IF NOT EXISTS {s}.ha_commits (
             epoch bigint PRIMARY KEY, holder text, commits bigint NOT NULL,
             first_at timestamptz NOT NULL, last_at timestamptz NOT NULL)""",
@@ -200,9 +202,20 @@ WHERE locktype = 'advisory' AND granted AND objsubid = 1
 """
 
 _SEEN = """
-INSERT INTO {s}.ha_nodes AS n VALUES (%(me)s, %(role)s, clock_timestamp(), clock_timestamp())
+INSERT INTO {s}.ha_nodes AS n (node_id, role, since, seen_at, openwire_url)
+VALUES (%(me)s, %(role)s, clock_timestamp(), clock_timestamp(), %(openwire)s)
 ON CONFLICT (node_id) DO UPDATE SET seen_at = clock_timestamp(), role = excluded.role,
+    openwire_url = excluded.openwire_url,
     since = CASE WHEN n.role = excluded.role THEN n.since ELSE clock_timestamp() END
+"""
+
+# the OpenWire addresses of the nodes alive lately (a standby is seen every poll_s), this
+# node's first: what ActiveMQ's updateClusterClients names in ConnectionControl
+_CLUSTER = """
+SELECT openwire_url FROM {s}.ha_nodes
+WHERE openwire_url IS NOT NULL AND role IN ('active', 'standby')
+  AND seen_at > clock_timestamp() - %(fresh)s * interval '1 second'
+ORDER BY node_id <> %(me)s, node_id
 """
 
 _STATUS = """
@@ -300,6 +313,7 @@ class HaNode:
         schema: str = "polymq",
         reactor: Any = None,
         on_lost: Callable[[str], None] | None = None,
+        openwire_url: str | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -326,6 +340,12 @@ class HaNode:
         self._valid_until = 0.0
         self._lost_reported = False
         self._release = False
+        # this node's address for OpenWire clients, and every live node's (this one first),
+        # kept up to date while active; listeners (the OpenWire adapter) hear of changes
+        self.openwire_url = openwire_url
+        self.openwire_urls: list[str] = []
+        self.cluster_listeners: list[Callable[[list[str]], None]] = []
+        self._cluster_seen: list[str] | None = None
 
     # -- reactor side ----------------------------------------------------------------------
 
@@ -391,6 +411,17 @@ class HaNode:
         if d is not None:
             d.callback(epoch)
 
+    def _cluster_changed(self, urls: list[str]) -> None:
+        if self.role != ACTIVE:
+            return
+        self.openwire_urls = urls
+        log.info("ha: nodes for OpenWire clients: {urls}", urls=", ".join(urls))
+        for listener in list(self.cluster_listeners):
+            try:
+                listener(urls)
+            except Exception:
+                log.failure("ha: a cluster listener failed")
+
     def _lost(self, reason: str) -> None:
         if self._lost_reported or self.role == STOPPED:
             return
@@ -454,9 +485,7 @@ class HaNode:
                 try:
                     if self._conn is None:
                         self._conn = self._connect()
-                    self._conn.execute(
-                        _SEEN.format(s=self._s), {"me": self.node_id, "role": STOPPED}
-                    )
+                    self._seen(STOPPED)
                 except Exception:
                     pass
             if self._release and self.epoch is not None:
@@ -508,7 +537,7 @@ class HaNode:
                     self._fence_old_writers()  # one that reconnected meanwhile
                     self.reactor.callFromThread(self._won, epoch, since.isoformat())
                     return epoch
-                self._conn.execute(_SEEN.format(s=self._s), {"me": self.node_id, "role": STANDBY})
+                self._seen(STANDBY)
                 if not announced:
                     holder = self._conn.execute(
                         f"SELECT holder, epoch FROM {self._s}.ha_lease WHERE id = 1"
@@ -544,9 +573,36 @@ class HaNode:
                 pids=", ".join(str(r[0]) for r in ended),
             )
 
+    def _seen(self, role: str) -> None:
+        self._conn.execute(
+            _SEEN.format(s=self._s),
+            {"me": self.node_id, "role": role, "openwire": self.openwire_url},
+        )
+
+    def _refresh_cluster(self) -> None:
+        """Read the live nodes' OpenWire addresses; tell the reactor when they changed."""
+        if self.openwire_url is None:  # no OpenWire listener here
+            return
+        fresh = max(15.0, 3 * self.lease_s)
+        rows = self._conn.execute(
+            _CLUSTER.format(s=self._s), {"fresh": fresh, "me": self.node_id}
+        ).fetchall()
+        urls = [r[0] for r in rows]
+        if urls != self._cluster_seen:
+            self._cluster_seen = urls
+            self.reactor.callFromThread(self._cluster_changed, urls)
+
     def _active(self, epoch: int) -> None:
         """Renew until stopped; report a loss to the reactor."""
         problem = None
+        try:
+            # the node's row says active from the start (`polymq status`), and the clients of
+            # the first connections learn the other nodes
+            self._seen(ACTIVE)
+            self._refresh_cluster()
+        except Exception as e:
+            self._close_if_broken()
+            log.warn("ha: cannot read the nodes: {e}", e=" ".join(str(e).split()))
         while not self._stop.wait(self.renew_s):
             sent = time.monotonic()
             try:
@@ -563,7 +619,8 @@ class HaNode:
                 self.renewals += 1
                 problem = None
                 self._fence_old_writers()
-                self._conn.execute(_SEEN.format(s=self._s), {"me": self.node_id, "role": ACTIVE})
+                self._seen(ACTIVE)
+                self._refresh_cluster()
             except Exception as e:
                 self._close_if_broken()
                 text = " ".join(str(e).split()) or type(e).__name__

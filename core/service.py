@@ -258,6 +258,7 @@ class BrokerService(MultiService):
             store_cfg.get("schema", "polymq"),
             reactor=self.reactor,
             on_lost=self._lease_lost,
+            openwire_url=self._openwire_url(),
         )
         self.log.info(
             "ha: node {node} is standby until it holds the lease; client ports stay closed",
@@ -265,6 +266,18 @@ class BrokerService(MultiService):
         )
         epoch = await self.ha.acquire()
         return epoch is not None
+
+    def _openwire_url(self) -> str | None:
+        """Where OpenWire clients reach this node (told to them by the active node)."""
+        section = self.config["adapters"].get("openwire")
+        if not section or not section["enabled"] or not section["port"]:
+            return None
+        host = self.config["ha"]["advertised_host"] or section["host"]
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.getfqdn()
+        if ":" in host:
+            host = f"[{host}]"
+        return f"tcp://{host}:{section['port']}"
 
     def _lease_lost(self, reason: str) -> None:
         """Another node is (or may be) active: stop serving at once, then restart as standby

@@ -453,3 +453,74 @@ def jms_drain(
     if info is not None:
         info["broker_url"] = next(x[7:] for x in r.lines if x.startswith("BROKER "))
     return _indexes(line[5:] for line in r.lines if line.startswith("RECV "))
+
+
+# -- a TCP relay that can lose the broker's answers ----------------------------------------
+
+
+class ReplyCutter:
+    """A TCP relay on loopback between clients and one node. ``hold_replies()`` drops what the
+    node sends from then on (what the client sends still arrives): the node stores a message
+    but its answer never reaches the client, as when the node dies between its commit and its
+    reply. ``close()`` resets every relayed connection and stops listening, so the client's
+    failover finds the relay gone."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        self.holding = threading.Event()
+        self.closed = threading.Event()
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            self.socks += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            if replies and self.holding.is_set():
+                continue
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            _shut(s)
+
+    def hold_replies(self) -> None:
+        self.holding.set()
+
+    def close(self) -> None:
+        self.closed.set()
+        for s in [self.listener, *self.socks]:
+            _shut(s)
+
+
+def _shut(s: socket.socket) -> None:
+    """Shut down, then close: a close alone leaves the connection open while another thread
+    still waits in recv() or accept() on the socket."""
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()

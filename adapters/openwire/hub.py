@@ -4,6 +4,7 @@ advisories, client ids, and the encodings of messages kept for dispatch."""
 from __future__ import annotations
 
 import itertools
+import sys
 import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 # encoded messages kept (oldest out first) for dispatch: bounded in bytes, and per message
 CACHE_BYTES = 16 * 1024 * 1024
 CACHE_MAX_BODY = 64 * 1024
+# producers the HA producer audit remembers (ActiveMQ's keeps a bounded number too)
+AUDIT_PRODUCERS = 65536
 
 # -- the per-broker shared state ---------------------------------------------------------------
 
@@ -114,6 +117,69 @@ class OpenWireHub:
         self.dlq_shared = config.get("dead_letter_queue") or "ActiveMQ.DLQ"
         self.dlq_queue_prefix = config.get("dead_letter_queue_prefix") or "ActiveMQ.DLQ.Queue."
         self.dlq_topic_prefix = config.get("dead_letter_topic_prefix") or "ActiveMQ.DLQ.Topic."
+        # shared-store HA: the active node names every live node to its clients, as ActiveMQ's
+        # updateClusterClients does, so a failover: URL naming one node learns the others
+        self.ha = getattr(broker, "ha", None)
+        # ActiveMQ's producer audit, for HA: the highest sequence id stored per producer
+        # (``ID:connection:session:producer:``), so that a persistent message a failover
+        # client sends again after the node that stored it died is answered, not enqueued
+        # twice. Rebuilt from the store's messages when the node takes over.
+        self.audit: OrderedDict[str, int] | None = None
+        if self.ha is not None:
+            self.ha.cluster_listeners.append(self._cluster_changed)
+            self.audit = self._stored_producer_sequences()
+
+    def _stored_producer_sequences(self) -> OrderedDict[str, int]:
+        """Producer prefix -> highest sequence id among the stored messages of every queue."""
+        audit: OrderedDict[str, int] = OrderedDict()
+        for vhost in self.broker.vhosts.values():
+            for q in list(vhost.queues.values()):
+                browse = getattr(q, "browse", None)
+                if browse is None:
+                    continue
+                for d in browse(sys.maxsize):
+                    mid = d.message.message_id
+                    if not mid or not mid.startswith("ID:"):
+                        continue
+                    prefix, _, seq = mid.rpartition(":")
+                    if seq.isdigit():
+                        key = prefix + ":"
+                        if int(seq) > audit.get(key, -1):
+                            audit[key] = int(seq)
+        if audit:
+            log.info("openwire: producer audit rebuilt for {n} producer(s)", n=len(audit))
+        return audit
+
+    def resent(self, producer: str, seq: int) -> bool:
+        """True when ``producer``'s message ``seq`` was stored already (a resend); otherwise
+        records it. Sequence ids of one producer only grow (ActiveMQ's client)."""
+        audit = self.audit
+        last = audit.get(producer)
+        if last is not None:
+            if seq <= last:
+                return True
+        elif len(audit) >= AUDIT_PRODUCERS:
+            audit.popitem(last=False)  # the producer seen first goes (bounded memory)
+        audit[producer] = seq
+        return False
+
+    def cluster_control(self) -> Obj | None:
+        """The ConnectionControl naming every live HA node; None outside HA."""
+        if self.ha is None or not self.ha.openwire_urls:
+            return None
+        return Obj(
+            c.CONNECTION_CONTROL,
+            connected_brokers=",".join(self.ha.openwire_urls),
+            rebalance_connection=False,
+        )
+
+    def _cluster_changed(self, urls: list[str]) -> None:
+        control = self.cluster_control()
+        if control is None:
+            return
+        for session in list(self.sessions):
+            if session.connection_id is not None and not session.closed:
+                session.send(control)
 
     def add_wildcard_consumer(self, session: OpenWireSession, cs: ConsumerState) -> None:
         """Also give ``cs`` the matching queues its virtual host creates from now on (by

@@ -30,6 +30,7 @@ from .consumers import ConsumerHandling, ConsumerState
 from .mapping import (
     ADVISORY_PREFIX,
     JMS_QUEUE_ARGUMENTS,
+    _id_prefix,
     is_topic,
     jms_to_core,
     key_of,
@@ -115,6 +116,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         self.windowed_producers: set[tuple] = set()  # producers with a producerWindowSize
         self.paused = False
         self.closed = False
+        self._resend_logged = False  # a resend after a failover is logged once per connection
         self.ucache: list | None = None  # the unmarshalling cache, when negotiated
         self.cached = False
         self.cache_size = 0
@@ -424,6 +426,9 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         self.client_id = cmd.client_id
         self.conn.handshake_done(user=result.user, client_id=cmd.client_id, vhost=self.vhost.name)
         self.respond(cmd)
+        control = self.hub.cluster_control()
+        if control is not None:
+            self.send(control)
 
     def on_session_info(self, cmd: Obj) -> None:
         self.respond(cmd)
@@ -510,6 +515,12 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         if len(msg.body) > self.max_size:
             self.respond_error(m, "javax.jms.JMSException", "message exceeds the maximum size")
             return
+        if self.hub.audit is not None and m.persistent and m.transaction_id is None:
+            mid = m.message_id
+            if mid is not None and mid.producer_id is not None:
+                if self.hub.resent(_id_prefix(mid.producer_id), mid.producer_sequence_id):
+                    self._resent(m, msg)
+                    return
         name = dest.physical_name
         if msg.headers and not SCHEDULE_PROPERTIES.isdisjoint(msg.headers):
             self._schedule(m, msg, dest)
@@ -573,6 +584,19 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             self.respond_error(m, error_class(e), e.text)
             return
         self._after_publish(m, msg, tx is not None)
+
+    def _resent(self, m: Obj, msg: Message) -> None:
+        """A persistent message stored before (a failover client's resend): answered as
+        ActiveMQ's producer audit does, not enqueued again."""
+        if not self._resend_logged:
+            self._resend_logged = True
+            log.info(
+                "openwire: {peer} sent message {mid} again (stored before a failover or a"
+                " reconnect); answered, not enqueued twice",
+                peer=self.conn.peer,
+                mid=msg.message_id,
+            )
+        self._after_publish(m, msg, False)
 
     def _schedule(self, m: Obj, msg: Message, dest: Obj) -> None:
         """A send with ActiveMQ's ``AMQ_SCHEDULED_*`` properties: to the broker's scheduler,
