@@ -1,13 +1,13 @@
 'use strict';
 // Drives the unmodified ali-ons client for the polymq tests; one JSON object per output line.
-//   node rmq.js produce <nameSrv> <topic> <count> [tag] [prefix] [size]
+//   node rmq.js produce <nameSrv> <topic> <count> [tag] [prefix] [size] [delayLevel]
 //   node rmq.js consume <nameSrv> <group> <topic> <expr> <count> [broadcast|cluster] [failMatch] [maxReconsume] [timeoutS]
 const { Producer, Consumer, Message } = require('ali-ons');
 
 const silent = { info() {}, warn() {}, debug() {}, error() {} };
 const out = obj => process.stdout.write(JSON.stringify(obj) + '\n');
 
-async function produce(nameSrv, topic, count, tag, prefix, size) {
+async function produce(nameSrv, topic, count, tag, prefix, size, delayLevel) {
   const producer = new Producer({ nameSrv, httpclient: {}, producerGroup: 'polymq-test-producer', logger: silent });
   producer.on('error', err => out({ error: err.message }));
   await producer.ready();
@@ -17,8 +17,9 @@ async function produce(nameSrv, topic, count, tag, prefix, size) {
     const msg = new Message(topic, tag || '', Buffer.from(text));
     msg.keys = [ `key-${i}` ];
     msg.properties.app_header = `value-${i}`;
+    if (delayLevel) msg.delayTimeLevel = delayLevel;
     const r = await producer.send(msg);
-    out({ sent: text.slice(0, 40), status: r.sendStatus, msgId: r.msgId, queueId: Number(r.messageQueue.queueId), queueOffset: r.queueOffset });
+    out({ sent: text.slice(0, 40), at: Date.now(), status: r.sendStatus, msgId: r.msgId, queueId: Number(r.messageQueue.queueId), queueOffset: r.queueOffset });
   }
   await producer.close();
   out({ done: true });
@@ -50,7 +51,7 @@ async function consume(nameSrv, group, topic, expr, count, model, failMatch, max
     out({ body: body.length > 60 ? body.slice(0, 40) + `..(${body.length})` : body, len: body.length,
       topic: msg.topic, tags: msg.tags, keys: msg.keys, queueId: msg.queueId,
       queueOffset: msg.queueOffset, reconsumeTimes: msg.reconsumeTimes,
-      props: msg.properties, bornTimestamp: msg.bornTimestamp });
+      props: msg.properties, bornTimestamp: msg.bornTimestamp, at: Date.now() });
     if (failMatch && body.includes(failMatch)) throw new Error('refusing ' + body);
     got++;
     if (got >= count) setTimeout(() => finish(0), 200);
@@ -60,7 +61,7 @@ async function consume(nameSrv, group, topic, expr, count, model, failMatch, max
 
 const [ mode, ...args ] = process.argv.slice(2);
 if (mode === 'produce') {
-  produce(args[0], args[1], Number(args[2]), args[3], args[4], Number(args[5] || 0)).catch(err => { out({ error: err.message }); process.exit(2); });
+  produce(args[0], args[1], Number(args[2]), args[3], args[4], Number(args[5] || 0), Number(args[6] || 0)).catch(err => { out({ error: err.message }); process.exit(2); });
 } else if (mode === 'consume') {
   consume(args[0], args[1], args[2], args[3], Number(args[4]), args[5], args[6], args[7], args[8]).catch(err => { out({ error: err.message }); process.exit(2); });
 } else {
