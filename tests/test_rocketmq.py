@@ -234,8 +234,34 @@ def test_batch_and_oneway_sends_then_pull(rmq):
     assert r.code == C.MESSAGE_ILLEGAL and "delayed" in r.remark
     r = raw.call(C.SEND_MESSAGE, dict(header, properties="DELAY\x01soon\x02"), b"later")
     assert r.code == C.MESSAGE_ILLEGAL and "DELAY" in r.remark
+    wild = dict(header, properties="__STARTDELIVERTIME\x01" + "9" * 40 + "\x02")
+    r = raw.call(C.SEND_MESSAGE, wild, b"never")
+    assert r.code == C.MESSAGE_ILLEGAL and "ahead" in r.remark
     r = raw.call(C.SEND_MESSAGE, dict(header, sysFlag=4), b"half")
     assert r.code == C.MESSAGE_ILLEGAL and "transaction" in r.remark
+    raw.close()
+
+
+def test_start_deliver_time_holds_a_message_until_then(rmq):
+    """Alibaba's ``__STARTDELIVERTIME`` (epoch ms): the queue is empty until that time."""
+    raw = Raw(rmq.host, rmq.port(ADAPTER))
+    raw.call(C.UPDATE_AND_CREATE_TOPIC, {"topic": "At", "readQueueNums": 1, "writeQueueNums": 1})
+    at = int(time.time() * 1000) + 1500
+    header = {"producerGroup": "p", "topic": "At", "queueId": 0, "sysFlag": 0, "flag": 0}
+    r = raw.call(C.SEND_MESSAGE, dict(header, properties=f"__STARTDELIVERTIME\x01{at}\x02"), b"x")
+    assert r.code == C.SUCCESS, r.remark
+    assert raw.call(C.GET_MAX_OFFSET, {"topic": "At", "queueId": 0}).ext["offset"] == "0"
+    while raw.call(C.GET_MAX_OFFSET, {"topic": "At", "queueId": 0}).ext["offset"] == "0":
+        assert time.time() * 1000 < at + 10_000, "never delivered"
+        time.sleep(0.05)
+    assert time.time() * 1000 >= at - 50  # not before its time
+    r = raw.call(
+        C.PULL_MESSAGE,
+        {"consumerGroup": "g", "topic": "At", "queueId": 0, "queueOffset": 0, "maxMsgNums": 8,
+         "sysFlag": 0},
+    )  # fmt: skip
+    (rec,) = decode_pulled(r.body)
+    assert rec.body == b"x" and "__STARTDELIVERTIME" not in rec.properties
     raw.close()
 
 

@@ -44,6 +44,8 @@ V2_FIELDS = {
 }
 # where RocketMQ keeps delayed messages until due (in msgIds of delayed sends)
 SCHEDULE_TOPIC = "SCHEDULE_TOPIC_XXXX"
+# the furthest ahead a start-deliver time may be (a bound, so a wild value gets an answer)
+MAX_START_DELAY_MS = 366 * 86_400_000
 # messages one pull may scan for a tag filter before it answers "nothing matched yet"
 MAX_SCAN = 4096
 
@@ -343,7 +345,10 @@ class RocketSession(SessionBase):
             raise ValueError(f"bad DELAY {level!r} or __STARTDELIVERTIME {start!r}") from None
         if n > 0:
             return self.server.delay_ms(n)
-        return max(0, at - now_ms()) if at > 0 else 0
+        delay = max(0, at - now_ms()) if at > 0 else 0
+        if delay > MAX_START_DELAY_MS:
+            raise ValueError(f"__STARTDELIVERTIME {start} is more than a year ahead")
+        return delay
 
     def _send_later(
         self, cmd: C.Command, s: Stream, name: str, ext: dict, message: Message, delay: int
