@@ -546,9 +546,7 @@ def test_mqtt5_and_jms_requests_answered_across(clients):
 def test_persistent_messages_survive_restart_across_protocols(tmp_path):
     """Persistent messages from each protocol into durable queues and streams are consumed by
     another protocol after the broker is killed (-9) and started again."""
-    b = BrokerProcess(
-        tmp_path / "restart", adapters=ADAPTERS, settings=SETTINGS, log_level="info"
-    ).start()
+    b = BrokerProcess(tmp_path / "restart", adapters=ADAPTERS, log_level="info").start()
     try:
         cl = open_clients(b)
         try:
