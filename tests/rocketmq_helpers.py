@@ -117,9 +117,12 @@ class Node:
                 self.proc.wait()
 
 
-def produce(name_srv: str, topic: str, count: int, tag: str = "", prefix: str = "m", size=0):
-    """Send ``count`` messages with ali-ons; returns its send results."""
-    p = Node("produce", name_srv, topic, count, tag, prefix, size)
+def produce(
+    name_srv: str, topic: str, count: int, tag: str = "", prefix: str = "m", size=0, delay_level=0
+):
+    """Send ``count`` messages with ali-ons (``delay_level``: RocketMQ's DELAY level); returns
+    its send results (``at``: when each send was answered, epoch ms)."""
+    p = Node("produce", name_srv, topic, count, tag, prefix, size, delay_level)
     p.finish(120)
     sent = [o for o in p.lines if "sent" in o]
     assert len(sent) == count, (p.lines, p.stderr())

@@ -1,7 +1,8 @@
 """Every protocol to every protocol (issue 7), with real clients on both sides.
 
-``test_matrix`` covers the 36 ordered pairs (producer, consumer) among MQTT 3.1.1, MQTT 5,
-AMQP 0-9-1, Kafka, OpenWire and STOMP (the polymq-stomp plugin, driven by stomp.py): the
+``test_matrix`` covers the 49 ordered pairs (producer, consumer) among MQTT 3.1.1, MQTT 5,
+AMQP 0-9-1, Kafka, OpenWire, STOMP (the polymq-stomp plugin, driven by stomp.py) and RocketMQ
+(the polymq-rocketmq plugin, driven by ali-ons on Node.js): the
 producer sends a binary body holding every byte value and a text body with non-ASCII
 characters, each with every standard field its protocol can carry; the consumer checks each
 field that ``SURVIVES`` (the table of docs/mapping.md) says reaches it.
@@ -24,12 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "interop"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 
 from brokerproc import BrokerProcess  # noqa: E402
-from clients import AmqpClient, JmsClient, KafkaClient, MqttClient, Out  # noqa: E402
+from clients import AmqpClient, JmsClient, KafkaClient, MqttClient, Out, RocketClient  # noqa: E402
 from stompclient import StompInterop  # noqa: E402
 
-ADAPTERS = ["mqtt", "amqp", "kafka", "openwire", "stomp"]
+ADAPTERS = ["mqtt", "amqp", "kafka", "openwire", "stomp", "rocketmq"]
+# RocketMQ topics of one queue, so a cell's two messages keep their order (as Kafka's topics here)
+SETTINGS = {"adapters.rocketmq.queue_nums": 1}
 
-PROTOS = ["mqtt311", "mqtt5", "amqp", "kafka", "openwire", "stomp"]
+PROTOS = ["mqtt311", "mqtt5", "amqp", "kafka", "openwire", "stomp", "rocketmq"]
 ALL = frozenset(PROTOS)
 MQTT = frozenset({"mqtt311", "mqtt5"})
 
@@ -43,9 +46,10 @@ SURVIVES: dict[str, tuple[frozenset, frozenset]] = {
         frozenset({"amqp", "mqtt5", "kafka", "stomp"}),
     ),
     "content_encoding": (frozenset({"amqp", "stomp"}), frozenset({"amqp", "stomp"})),
+    # RocketMQ consumers: the property UNIQ_KEY (ali-ons gives its producers no way to set it)
     "message_id": (
         frozenset({"amqp", "openwire", "stomp"}),
-        frozenset({"amqp", "openwire", "stomp"}),
+        frozenset({"amqp", "openwire", "stomp", "rocketmq"}),
     ),
     "correlation_id": (
         frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp"}),
@@ -60,9 +64,10 @@ SURVIVES: dict[str, tuple[frozenset, frozenset]] = {
         frozenset({"amqp", "openwire", "stomp"}),
         frozenset({"amqp", "openwire", "stomp"}),
     ),
+    # RocketMQ consumers: the born timestamp (set by the client when sending, not by the user)
     "timestamp": (
         frozenset({"amqp", "kafka", "openwire", "stomp"}),
-        frozenset({"amqp", "kafka", "openwire", "stomp"}),
+        frozenset({"amqp", "kafka", "openwire", "stomp", "rocketmq"}),
     ),
     "expiration": (
         frozenset({"amqp", "mqtt5", "openwire", "stomp"}),
@@ -74,16 +79,19 @@ SURVIVES: dict[str, tuple[frozenset, frozenset]] = {
     ),
     # MQTT producers: QoS 1 = durable; Kafka records are always durable; MQTT consumers: QoS 1
     "durable": (ALL, frozenset({"amqp", "openwire", "mqtt311", "mqtt5", "stomp"})),
+    # RocketMQ: user properties (strings)
     "headers": (
-        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp"}),
-        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp", "rocketmq"}),
+        frozenset({"amqp", "mqtt5", "kafka", "openwire", "stomp", "rocketmq"}),
     ),
-    # AMQP, MQTT 5, JMS and STOMP carry the Kafka key as the header / property x-kafka-key
+    # AMQP, MQTT 5, JMS and STOMP carry the Kafka key as the header / property x-kafka-key;
+    # RocketMQ as its KEYS
     "key": (
-        frozenset({"amqp", "kafka", "mqtt5", "openwire", "stomp"}),
-        frozenset({"amqp", "kafka", "mqtt5", "openwire", "stomp"}),
+        frozenset({"amqp", "kafka", "mqtt5", "openwire", "stomp", "rocketmq"}),
+        frozenset({"amqp", "kafka", "mqtt5", "openwire", "stomp", "rocketmq"}),
     ),
     "jms_class": (ALL, frozenset({"openwire"})),
+    "tags": (frozenset({"rocketmq"}), frozenset({"rocketmq"})),
 }
 
 TYPED = frozenset({"amqp", "openwire"})  # typed header values (field tables, JMS properties)
@@ -132,6 +140,7 @@ HEADERS = {
     "mqtt5": {"h-str": "välue ✓", "h-int": "42"},
     "kafka": {"h-str": "välue ✓".encode(), "h-bin": b"\x00\xff"},
     "stomp": {"h-str": "välue ✓", "h-int": "42"},  # STOMP headers are strings
+    "rocketmq": {"h-str": "välue ✓", "h-int": "42"},  # user properties are strings
 }
 
 
@@ -162,6 +171,8 @@ def make_out(p: str, text: bool, cell: str) -> Out:
         out.headers = dict(HEADERS[p])
     if "key" in ins:
         out.key = f"key-{cell}".encode()
+    if "tags" in ins:
+        out.tags = f"tag-{int(text)}"
     return out
 
 
@@ -179,6 +190,8 @@ def expected_header(p: str, c: str, v):
         return v if isinstance(v, bytes) else header_text(v).encode()
     if c in ("mqtt5", "stomp"):  # strings hold no U+0000 (the broker sends U+FFFD instead)
         return header_text(v).replace("\x00", "\ufffd")
+    if c == "rocketmq":  # property values are strings (U+0000 included)
+        return header_text(v)
     # typed consumers (AMQP, JMS)
     if c == "amqp" and isinstance(v, float):
         return int(v)  # pika decodes a double ('d') field as an integer (pika/data.py)
@@ -270,6 +283,8 @@ def check(p: str, c: str, out: Out, got, sent_at: float, jms_id: str | None) -> 
         else:  # textual content type and valid UTF-8 -> Text
             want = "Text" if (out.text and out.content_type == TEXT_CT) else "Bytes"
         eq("JMS message class", want, got.jms_class)
+    if survives("tags"):
+        eq("tags", out.tags, got.tags)
     return bad
 
 
@@ -289,6 +304,7 @@ DOC_ROWS = {  # first words of the rows of docs/mapping.md's "What survives" tab
     "headers / properties": "headers",
     "Kafka key": "key",
     "JMS message class": "jms_class",
+    "RocketMQ tag": "tags",
 }
 
 
@@ -307,6 +323,7 @@ def _doc_protocols(cell: str) -> frozenset:
             "Kafka": {"kafka"},
             "JMS": {"openwire"},
             "STOMP": {"stomp"},
+            "RocketMQ": {"rocketmq"},
         }[word]
     return frozenset(found)
 
@@ -330,7 +347,9 @@ RESULTS: dict[tuple[str, str], str] = {}
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("interop"), adapters=ADAPTERS, log_level="info")
+    b = BrokerProcess(
+        tmp_path_factory.mktemp("interop"), adapters=ADAPTERS, settings=SETTINGS, log_level="info"
+    )
     b.start()
     yield b
     try:
@@ -347,6 +366,7 @@ def open_clients(b: BrokerProcess) -> dict:
         "kafka": KafkaClient(b.host, b.port("kafka")),
         "openwire": JmsClient(f"tcp://{b.host}:{b.port('openwire')}"),
         "stomp": StompInterop(b.port("stomp")),
+        "rocketmq": RocketClient(f"{b.host}:{b.port('rocketmq')}"),
     }
 
 
@@ -390,7 +410,8 @@ def clients(broker, request):
 def test_matrix(clients, producer, consumer):
     RESULTS[(producer, consumer)] = "FAIL"
     cell = f"{producer}-{consumer}"
-    key = f"ix.{producer}.{consumer}"
+    # dashes, not dots: a RocketMQ topic name has none (one word for every protocol)
+    key = f"ix-{producer}-{consumer}"
     pc, cc = clients[producer], clients[consumer]
     handle = cc.subscribe(key)
     sent_at = time.time()

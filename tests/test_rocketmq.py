@@ -126,22 +126,61 @@ def test_broadcast_consumers_each_get_everything(rmq):
     assert sorted(m["body"] for m in b.finish(30)) == expected
 
 
-def test_failed_messages_are_retried_then_dead_lettered(rmq):
-    ns = name_srv(rmq)
+def test_failed_messages_are_retried_then_dead_lettered(broker_factory, ali_ons):
+    # short levels: the first retry waits level 3 (1 s here), the second level 4 (2 s)
+    b = broker_factory(
+        adapters=[ADAPTER], settings={"adapters.rocketmq.delay_levels": "1s 1s 1s 2s 3s"}
+    )
+    ns = name_srv(b)
     c = consumer(ns, "g-retry", "Poison", "*", count=1, fail="bad", max_reconsume=2, timeout=40)
     c.ready()
     produce(ns, "Poison", 1, prefix="bad")
-    produce(ns, "Poison", 1, prefix="good")
+    c.wait_for(lambda o: o.get("body") == "bad-0" and o.get("reconsumeTimes") == 2, 30)
+    produce(ns, "Poison", 1, prefix="good")  # the consumer ends when it has one good message
     c.finish(40)
     deliveries = [m for m in c.messages if m["body"] == "bad-0"]
     # the original and two redeliveries through %RETRY%g-retry, counted
     assert [m["reconsumeTimes"] for m in deliveries] == [0, 1, 2]
     assert [m["props"].get("RETRY_TOPIC") for m in deliveries[1:]] == ["Poison", "Poison"]
+    # each after RocketMQ's back-off (level 3 + reconsume times), not at once
+    gaps = [b["at"] - a["at"] for a, b in zip(deliveries, deliveries[1:], strict=False)]
+    assert gaps[0] >= 1000 and gaps[1] >= 2000, gaps
     dlq = consumer(ns, "g-dlq-reader", "%DLQ%g-retry", "*", count=1, timeout=30)
     got = dlq.finish(30)
     assert [(m["body"], m["reconsumeTimes"]) for m in got] == [("bad-0", 3)]
     assert got[0]["props"]["ORIGIN_MESSAGE_ID"]
-    assert "went to %DLQ%g-retry after 3 deliveries" in rmq.log_text()
+    assert "went to %DLQ%g-retry after 3 deliveries" in b.log_text()
+
+
+def test_delay_levels_hold_messages_back(rmq):
+    """DELAY levels 1 and 2 (1 s and 5 s, RocketMQ's defaults) sent with ali-ons arrive after
+    their delay, not before; an undelayed message alongside arrives too."""
+    ns = name_srv(rmq)
+    c = consumer(ns, "g-delay", "Later", "*", count=3, timeout=40)
+    c.ready()
+    (late,) = produce(ns, "Later", 1, prefix="level2", delay_level=2)
+    (soon,) = produce(ns, "Later", 1, prefix="level1", delay_level=1)
+    (now,) = produce(ns, "Later", 1, prefix="now")
+    got = {m["body"]: m for m in c.finish(40)}
+    assert sorted(got) == ["level1-0", "level2-0", "now-0"]
+    assert got["level2-0"]["at"] - late["at"] >= 5000 - 50
+    assert got["level1-0"]["at"] - soon["at"] >= 1000 - 50
+    # the level is spent: consumers do not see a DELAY property (as RocketMQ clears it)
+    assert "DELAY" not in got["level1-0"]["props"]
+    assert got["level1-0"]["props"]["app_header"] == "value-0" and got["level1-0"]["keys"]
+
+
+def test_delayed_send_survives_a_crash_while_pending(rmq):
+    """An acknowledged delayed send is on disk: after a kill -9 before it is due it still
+    arrives, once due."""
+    ns = name_srv(rmq)
+    (sent,) = produce(ns, "LaterCrash", 1, prefix="pending", delay_level=2)
+    rmq.kill9()
+    rmq.start()
+    c = consumer(name_srv(rmq), "g-delay-crash", "LaterCrash", "*", count=1, timeout=40)
+    (got,) = c.finish(40)
+    assert got["body"] == "pending-0"
+    assert got["at"] - sent["at"] >= 5000 - 50
 
 
 def test_group_offsets_survive_a_crash(rmq):
@@ -187,11 +226,41 @@ def test_batch_and_oneway_sends_then_pull(rmq):
     assert [x.body for x in recs] == [b"one", b"four"]
     assert [x.queue_offset for x in recs] == [0, 3]
     assert r.ext["nextBeginOffset"] == "4"
-    # the delayed levels and transactions are refused, with a reason
-    r = raw.call(C.SEND_MESSAGE, dict(header, properties="DELAY\x013\x02"), b"later")
+    # a batch cannot hold a delay (as RocketMQ), a level must be a number; transactions are
+    # refused, each with a reason
+    delayed = C.encode_batch_item(0, b"later", b"DELAY\x012\x02")
+    r = raw.call(C.SEND_BATCH_MESSAGE, header, _batch(b"now") + delayed)
     assert r.code == C.MESSAGE_ILLEGAL and "delayed" in r.remark
+    r = raw.call(C.SEND_MESSAGE, dict(header, properties="DELAY\x01soon\x02"), b"later")
+    assert r.code == C.MESSAGE_ILLEGAL and "DELAY" in r.remark
+    wild = dict(header, properties="__STARTDELIVERTIME\x01" + "9" * 40 + "\x02")
+    r = raw.call(C.SEND_MESSAGE, wild, b"never")
+    assert r.code == C.MESSAGE_ILLEGAL and "ahead" in r.remark
     r = raw.call(C.SEND_MESSAGE, dict(header, sysFlag=4), b"half")
     assert r.code == C.MESSAGE_ILLEGAL and "transaction" in r.remark
+    raw.close()
+
+
+def test_start_deliver_time_holds_a_message_until_then(rmq):
+    """Alibaba's ``__STARTDELIVERTIME`` (epoch ms): the queue is empty until that time."""
+    raw = Raw(rmq.host, rmq.port(ADAPTER))
+    raw.call(C.UPDATE_AND_CREATE_TOPIC, {"topic": "At", "readQueueNums": 1, "writeQueueNums": 1})
+    at = int(time.time() * 1000) + 1500
+    header = {"producerGroup": "p", "topic": "At", "queueId": 0, "sysFlag": 0, "flag": 0}
+    r = raw.call(C.SEND_MESSAGE, dict(header, properties=f"__STARTDELIVERTIME\x01{at}\x02"), b"x")
+    assert r.code == C.SUCCESS, r.remark
+    assert raw.call(C.GET_MAX_OFFSET, {"topic": "At", "queueId": 0}).ext["offset"] == "0"
+    while raw.call(C.GET_MAX_OFFSET, {"topic": "At", "queueId": 0}).ext["offset"] == "0":
+        assert time.time() * 1000 < at + 10_000, "never delivered"
+        time.sleep(0.05)
+    assert time.time() * 1000 >= at - 50  # not before its time
+    r = raw.call(
+        C.PULL_MESSAGE,
+        {"consumerGroup": "g", "topic": "At", "queueId": 0, "queueOffset": 0, "maxMsgNums": 8,
+         "sysFlag": 0},
+    )  # fmt: skip
+    (rec,) = decode_pulled(r.body)
+    assert rec.body == b"x" and "__STARTDELIVERTIME" not in rec.properties
     raw.close()
 
 

@@ -10,14 +10,17 @@ Every wrapper has the same three calls, all addressed by an ``amq.topic`` routin
 * ``receive(handle, n, timeout) -> [Got]`` — what arrived, as protocol-neutral :class:`Got`
   records (``None`` where the protocol has no place for a field).
 
-Clients: paho-mqtt (3.1.1 and 5.0), pika (AMQP 0-9-1), confluent-kafka, and the ActiveMQ 5.x JMS
-client through the long-lived ``JmsInterop`` Java program (commands on stdin).
+Clients: paho-mqtt (3.1.1 and 5.0), pika (AMQP 0-9-1), confluent-kafka, the ActiveMQ 5.x JMS
+client through the long-lived ``JmsInterop`` Java program (commands on stdin), and the RocketMQ
+client ali-ons (npm) through ``tests/rocketmq/rmq.js interop`` on Node.js (JSON lines on stdin).
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
+import json
+import queue
 import subprocess
 import sys
 import threading
@@ -54,6 +57,7 @@ class Out:
     headers: dict[str, Any] = field(default_factory=dict)
     key: bytes | None = None
     jms_map: dict[str, str] | None = None  # JMS only: send a MapMessage instead
+    tags: str | None = None  # RocketMQ only: the message's tag
 
 
 @dataclass
@@ -77,6 +81,7 @@ class Got:
     qos: int | None = None
     retain: bool | None = None
     topic: str | None = None
+    tags: str | None = None
 
 
 def mqtt_topic(key: str) -> str:
@@ -528,3 +533,121 @@ class JmsClient:
             self.proc.wait(10)
         except Exception:
             self.proc.kill()
+
+
+# -- RocketMQ --------------------------------------------------------------------------------
+
+
+class RocketClient:
+    """ali-ons on Node.js: one producer and a push consumer (a new group) per subscription, in
+    one long-lived ``rmq.js interop`` process. A key is a RocketMQ topic, so it has no dots."""
+
+    def __init__(self, name_srv: str) -> None:
+        from rocketmq_helpers import NODE_DIR, ensure_ali_ons
+
+        ensure_ali_ons()
+        self.proc = subprocess.Popen(
+            ["node", str(NODE_DIR / "rmq.js"), "interop", name_srv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=NODE_DIR,
+        )
+        self.lock = threading.Lock()
+        self.inbox: dict[str, list[Got]] = {}
+        self.replies: queue.Queue = queue.Queue()
+        self.seq = 0
+        threading.Thread(target=self._read, daemon=True).start()
+        first = self.replies.get(timeout=60)
+        assert first.get("started"), first
+
+    def _read(self) -> None:
+        from polymq_rocketmq.server import SYSTEM_PROPERTIES
+
+        for line in self.proc.stdout:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            m = obj.get("msg")
+            if m is None:
+                self.replies.put(obj)
+                continue
+            props = m.get("props") or {}
+            keys = props.get("KEYS")
+            got = Got(
+                base64.b64decode(m["body"]),
+                message_id=props.get("UNIQ_KEY"),
+                timestamp_ms=m.get("bornTimestamp"),
+                # ("": ali-ons reads the separator that ends the properties as an empty one)
+                headers={k: v for k, v in props.items() if k and k not in SYSTEM_PROPERTIES},
+                key=keys.encode("utf-8") if keys else None,
+                topic=m.get("topic"),
+                tags=m.get("tags") or None,
+            )
+            with self.lock:
+                if obj["handle"] in self.inbox:
+                    self.inbox[obj["handle"]].append(got)
+        self.replies.put({"exited": True})
+
+    def cmd(self, op: str, timeout: float = 30.0, **fields: Any) -> dict:
+        self.seq += 1
+        self.proc.stdin.write(json.dumps({"op": op, "seq": self.seq, **fields}) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self.replies.get(timeout=max(0.01, deadline - time.monotonic()))
+            assert "error" not in reply and "exited" not in reply, (op, reply)
+            if reply.get("seq") == self.seq:
+                return reply
+
+    def subscribe(self, key: str) -> str:
+        handle = f"r{next(_ids)}"
+        with self.lock:
+            self.inbox[handle] = []
+        self.cmd("subscribe", handle=handle, topic=key)
+        return handle
+
+    def publish(self, key: str, out: Out) -> None:
+        # property values are strings
+        props = {
+            k: v.decode("utf-8", "replace")
+            if isinstance(v, bytes)
+            else ("true" if v else "false")
+            if isinstance(v, bool)
+            else str(v)
+            for k, v in out.headers.items()
+        }
+        self.cmd(
+            "publish",
+            topic=key,
+            body=base64.b64encode(out.body).decode(),
+            tags=out.tags or "",
+            keys=out.key.decode("utf-8") if out.key is not None else "",
+            props=props,
+        )
+
+    def receive(self, handle: str, n: int, timeout: float = 10.0) -> list[Got]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.inbox[handle]) >= n:
+                    break
+            time.sleep(0.01)
+        with self.lock:
+            got, self.inbox[handle] = self.inbox[handle][:n], self.inbox[handle][n:]
+        return got
+
+    def done(self, handle: str) -> None:
+        self.cmd("done", handle=handle)
+        with self.lock:
+            del self.inbox[handle]
+
+    def close(self) -> None:
+        try:
+            self.cmd("close", timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()

@@ -20,6 +20,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # deliveries of a message before CONSUMER_SEND_MSG_BACK moves it to %DLQ%<group>, when
     # the client does not say (RocketMQ's default)
     "max_reconsume_times": 16,
+    # the delay of each DELAY level, 1 first (RocketMQ's messageDelayLevel and its default)
+    "delay_levels": "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h",
     # the longest a PULL_MESSAGE is held open waiting for a message (long polling)
     "max_suspend_ms": 30000,
     # the largest remoting frame accepted (0: limits.max_message_size + 1 MiB)

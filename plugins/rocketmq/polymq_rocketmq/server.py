@@ -21,6 +21,8 @@ log = Logger(namespace="polymq.rocketmq")
 PROTOCOL = "rocketmq"
 OFFSETS_NS = "rocketmq.offsets"
 TOPIC_RE = re.compile(r"^[%|A-Za-z0-9_-]{1,127}$")
+DEFAULT_DELAY_LEVELS = "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h"
+_DELAY_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 RETRY_PREFIX = "%RETRY%"
 DLQ_PREFIX = "%DLQ%"
 PERM_READ_WRITE = 6
@@ -67,6 +69,20 @@ def parse_tags(expression: str | None) -> frozenset[str] | None:
     if expression in ("", "*"):
         return None
     return frozenset(t.strip() for t in expression.split("||") if t.strip())
+
+
+def parse_delay_levels(text: str) -> list[int]:
+    """RocketMQ's ``messageDelayLevel`` (``"1s 5s 10s 30s 1m ..."``, units ms, s, m, h, d) as
+    the delay of each level in ms, level 1 first."""
+    levels = []
+    for word in text.split():
+        m = re.fullmatch(r"(\d+)(ms|s|m|h|d)", word)
+        if m is None:
+            raise ValueError(f"bad delay level {word!r} (a number then ms, s, m, h or d)")
+        levels.append(int(m.group(1)) * _DELAY_UNITS_MS[m.group(2)])
+    if not levels:
+        raise ValueError("no delay levels")
+    return levels
 
 
 def message_tag(m: Message) -> str | None:
@@ -162,6 +178,9 @@ class RocketServer:
         self.queue_nums: int = max(1, min(32, int(section.get("queue_nums") or 4)))
         self.auto_create: bool = bool(section.get("auto_create_topics", True))
         self.max_reconsume_times: int = int(section.get("max_reconsume_times") or 16)
+        self.delay_levels_ms = parse_delay_levels(
+            str(section.get("delay_levels") or DEFAULT_DELAY_LEVELS)
+        )
         self.max_suspend_s: float = float(section.get("max_suspend_ms") or 30000) / 1000.0
         try:
             self.store_host = socket.inet_aton(self.advertised_host)
@@ -220,6 +239,23 @@ class RocketServer:
             ],
             "filterServerTable": {},
         }
+
+    def delay_ms(self, level: int) -> int:
+        """The delay of a DELAY level; a level past the last is the last (as RocketMQ)."""
+        levels = self.delay_levels_ms
+        return levels[min(level, len(levels)) - 1]
+
+    def schedule(self, name: str, message: Message, delay_ms: int) -> int:
+        """Hand ``message`` for topic ``name`` to the broker's scheduler; returns the job id.
+
+        When due it is routed as a send to ``name`` then is: through ``amq.topic`` (the topic's
+        stream and every other protocol's subscribers of the name), or for a retry topic,
+        which is bound to nothing, through the default exchange straight to its stream."""
+        internal = name.startswith((RETRY_PREFIX, DLQ_PREFIX))
+        exchange = "" if internal or "amq.topic" not in self.vhost.exchanges else "amq.topic"
+        return self.broker.scheduler.schedule(
+            self.vhost.name, exchange, name, message, delay_ms=delay_ms
+        )
 
     # -- ids -------------------------------------------------------------------------------
 

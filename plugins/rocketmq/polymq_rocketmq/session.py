@@ -18,6 +18,7 @@ from polymq.core.auth import Refusal
 from polymq.core.connection import ProtocolConnection, SessionBase
 from polymq.core.errors import AccessRefused, BrokerError
 from polymq.core.message import Message, now_ms
+from polymq.core.scheduler import ScheduleError
 from polymq.core.stream import READ_BATCH_BYTES, Partition, Stream
 
 from . import codec as C
@@ -41,6 +42,10 @@ V2_FIELDS = {
     "l": "maxReconsumeTimes",
     "m": "batch",
 }
+# where RocketMQ keeps delayed messages until due (in msgIds of delayed sends)
+SCHEDULE_TOPIC = "SCHEDULE_TOPIC_XXXX"
+# the furthest ahead a start-deliver time may be (a bound, so a wild value gets an answer)
+MAX_START_DELAY_MS = 366 * 86_400_000
 # messages one pull may scan for a tag filter before it answers "nothing matched yet"
 MAX_SCAN = 4096
 
@@ -280,15 +285,13 @@ class RocketSession(SessionBase):
             self.answer(cmd, C.MESSAGE_ILLEGAL, "transactional messages are not supported")
             return
         messages = []
+        delays = []
         for flag, body, text in items:
             props = C.parse_properties(text)
-            if props.get("DELAY", "0") not in ("", "0") or props.get("__STARTDELIVERTIME"):
-                self.answer(
-                    cmd,
-                    C.MESSAGE_ILLEGAL,
-                    "delayed delivery (DELAY level / start deliver time) is not supported "
-                    "by polymq",
-                )
+            try:
+                delays.append(self._delay_of(props))
+            except ValueError as e:
+                self.answer(cmd, C.MESSAGE_ILLEGAL, str(e))
                 return
             if sys_flag & C.MSG_COMPRESSED:
                 try:
@@ -300,6 +303,13 @@ class RocketSession(SessionBase):
                 self.answer(cmd, C.MESSAGE_ILLEGAL, f"message body over {limit} bytes")
                 return
             messages.append(to_core(body, props, born, reconsume, flag))
+        if any(delays):
+            if len(messages) > 1:
+                # as RocketMQ's broker: a batch cannot carry delays
+                self.answer(cmd, C.MESSAGE_ILLEGAL, "a batch cannot hold delayed messages")
+                return
+            self._send_later(cmd, s, name, ext, messages[0], delays[0])
+            return
         n = len(s.partitions)
         qid = _int(ext, "queueId", 0) % n
         p = s.partitions[qid]
@@ -322,6 +332,45 @@ class RocketSession(SessionBase):
             {"msgId": ",".join(ids), "queueId": qid, "queueOffset": first},
         )
         self.conn.reply_after_durable(reply)
+
+    def _delay_of(self, props: dict[str, str]) -> int:
+        """The delay (ms) a message's properties ask for, taking those properties out: a
+        ``DELAY`` level, or a ``__STARTDELIVERTIME`` (epoch ms) of Alibaba's clients."""
+        level = props.pop("DELAY", "")
+        start = props.pop("__STARTDELIVERTIME", "")
+        try:
+            n = int(level or 0)
+            at = int(start or 0)
+        except ValueError:
+            raise ValueError(f"bad DELAY {level!r} or __STARTDELIVERTIME {start!r}") from None
+        if n > 0:
+            return self.server.delay_ms(n)
+        delay = max(0, at - now_ms()) if at > 0 else 0
+        if delay > MAX_START_DELAY_MS:
+            raise ValueError(f"__STARTDELIVERTIME {start} is more than a year ahead")
+        return delay
+
+    def _send_later(
+        self, cmd: C.Command, s: Stream, name: str, ext: dict, message: Message, delay: int
+    ) -> None:
+        """A delayed send: to the broker's scheduler, answered once the job is on disk."""
+        try:
+            job = self.server.schedule(name, message, delay)
+        except ScheduleError as e:
+            self.answer(cmd, C.MESSAGE_ILLEGAL, f"cannot schedule: {e}")
+            return
+        self.conn.info.messages_in += 1
+        if cmd.oneway:
+            return
+        port = self.server.advertised_port or self.local_port
+        # RocketMQ answers with the place in its schedule topic; the job id stands for it
+        cl_offset = self.server.commit_log_offset(SCHEDULE_TOPIC, 0, job)
+        ext_out = {
+            "msgId": self.server.msg_id(port, cl_offset),
+            "queueId": _int(ext, "queueId", 0) % len(s.partitions),
+            "queueOffset": job,
+        }
+        self.conn.reply_after_durable(C.response(cmd, C.SUCCESS, None, ext_out))
 
     def _route(self, s: Stream, name: str, messages: list[Message]) -> None:
         """Pass messages on through amq.topic to its subscribers other than the topic itself
@@ -567,14 +616,24 @@ class RocketSession(SessionBase):
         props.setdefault("ORIGIN_MESSAGE_ID", ext.get("originMsgId", ""))
         ann["rocketmq.props"] = props
         ann["rocketmq.reconsume_times"] = times + 1
-        s.partitions[0].append_message(message.copy(annotations=ann, timestamp=now_ms()))
+        again = message.copy(annotations=ann, timestamp=now_ms())
         if dead:
+            s.partitions[0].append_message(again)
             log.info(
                 "rocketmq: a message of {t} went to {d} after {n} deliveries",
                 t=origin,
                 d=target,
                 n=times + 1,
             )
+        else:
+            # RocketMQ's back-off: level 3 (10 s) for the first retry, one level more for
+            # each further one, unless the client named a level
+            level = delay if delay > 0 else 3 + times
+            try:
+                srv.schedule(target, again, srv.delay_ms(level))
+            except ScheduleError as e:
+                self.answer(cmd, C.SYSTEM_ERROR, f"cannot schedule the retry: {e}")
+                return
         if not cmd.oneway:
             self.conn.reply_after_durable(C.response(cmd, C.SUCCESS))
 
