@@ -37,8 +37,9 @@ def broker(tmp_path_factory, pki):
     assert main(["users", "add", "bob", "--password", "bob-pw", *where,
                  "--configure", bob, "--write", bob, "--read", bob]) == 0  # fmt: skip
     # carol reads every topic and group but writes only carol.* (and carol.* transactional ids)
+    carol = "^carol\\."
     assert main(["users", "add", "carol", "--password", "carol-pw", *where,
-                 "--configure", "^carol\\.", "--write", "^carol\\.", "--read", ".*"]) == 0  # fmt: skip
+                 "--configure", carol, "--write", carol, "--read", ".*"]) == 0  # fmt: skip
     b = BrokerProcess(d, adapters=["kafka"], store="memory", log_level="info", settings={
         "adapters.kafka.sasl": True,
         "adapters.kafka.tls_port": 0,
