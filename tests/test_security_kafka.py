@@ -36,6 +36,10 @@ def broker(tmp_path_factory, pki):
     bob = "^bob\\."
     assert main(["users", "add", "bob", "--password", "bob-pw", *where,
                  "--configure", bob, "--write", bob, "--read", bob]) == 0  # fmt: skip
+    # carol reads every topic and group but writes only carol.* (and carol.* transactional ids)
+    carol = "^carol\\."
+    assert main(["users", "add", "carol", "--password", "carol-pw", *where,
+                 "--configure", carol, "--write", carol, "--read", ".*"]) == 0  # fmt: skip
     b = BrokerProcess(d, adapters=["kafka"], store="memory", log_level="info", settings={
         "adapters.kafka.sasl": True,
         "adapters.kafka.tls_port": 0,
@@ -185,3 +189,38 @@ def test_cluster_and_describe_permissions(broker, pki):
     with pytest.raises(Exception) as refused:
         described.result(15)
     assert refused.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+
+
+def test_transactional_permissions(broker, pki):
+    """Transactions need write on the transactional id (Kafka's TransactionalId Write): bob may
+    use ``bob.*`` ids, not others; alice's ``.*`` may use any."""
+    from confluent_kafka import KafkaException
+
+    def transactional(c: dict, tid: str) -> Producer:
+        return Producer({**c, "transactional.id": tid, "transaction.timeout.ms": 10000})
+
+    bob = conf(broker, pki, "SCRAM-SHA-256", "bob", "bob-pw")
+    p = transactional(bob, "alice.tx-" + uuid.uuid4().hex[:6])
+    with pytest.raises(KafkaException) as refused:
+        p.init_transactions(15)
+    assert refused.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    p = transactional(bob, "bob.tx-" + uuid.uuid4().hex[:6])
+    p.init_transactions(15)
+    p.begin_transaction()
+    p.produce("bob.txn", b"in a transaction")
+    p.commit_transaction(15)
+    assert consume_one(bob, "bob.txn", "bob.txg") == b"in a transaction"
+    # a topic carol may read but not write, inside her transaction: AddPartitionsToTxn refuses
+    alice = conf(broker, pki, "SCRAM-SHA-256", "alice", "alice-pw")
+    theirs = "theirs-" + uuid.uuid4().hex[:6]
+    assert produce(alice, theirs, b"x") == [None]
+    carol = conf(broker, pki, "SCRAM-SHA-256", "carol", "carol-pw")
+    p = transactional(carol, "carol.tx-" + uuid.uuid4().hex[:6])
+    p.init_transactions(15)
+    p.begin_transaction()
+    p.produce(theirs, b"forged")
+    with pytest.raises(KafkaException) as refused:
+        p.commit_transaction(15)
+    assert "TOPIC_AUTHORIZATION_FAILED" in str(refused.value) or (
+        refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    ), refused.value

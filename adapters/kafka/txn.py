@@ -318,7 +318,7 @@ class TxnCoordinator:
 def init_producer_id(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
     srv = session.server
     if req.transactional_id:
-        if not session.conn.authorize("write", "transactional-id", req.transactional_id):
+        if not _may_use(session, req.transactional_id):
             return reply(
                 {
                     "error_code": C.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
@@ -332,11 +332,28 @@ def init_producer_id(session: KafkaSession, ver: int, req: Any, reply: Callable)
     reply({"error_code": 0, "producer_id": pid, "producer_epoch": epoch}, durable=True)
 
 
+def _may_use(session: KafkaSession, transactional_id: str) -> bool:
+    """Kafka's ACL for every transactional request: Write on the TransactionalId."""
+    return session.conn.authorize("write", "transactional-id", transactional_id)
+
+
 def add_partitions_to_txn(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
     parts = [(t.name, p) for t in req.topics for p in t.partitions]
-    codes = session.server.txn.add_partitions(
-        req.transactional_id, req.producer_id, req.producer_epoch, parts
-    )
+    authorize = session.conn.authorize
+    if not _may_use(session, req.transactional_id):
+        codes = dict.fromkeys(parts, C.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+    elif any(not authorize("write", "topic", t.name) for t in req.topics):
+        # as Kafka: the refused topics say so, the others that they were not attempted
+        codes = {
+            (name, p): C.TOPIC_AUTHORIZATION_FAILED
+            if not authorize("write", "topic", name)
+            else C.OPERATION_NOT_ATTEMPTED
+            for name, p in parts
+        }
+    else:
+        codes = session.server.txn.add_partitions(
+            req.transactional_id, req.producer_id, req.producer_epoch, parts
+        )
     results = []
     for t in req.topics:
         results.append(
@@ -351,6 +368,10 @@ def add_partitions_to_txn(session: KafkaSession, ver: int, req: Any, reply: Call
 
 
 def add_offsets_to_txn(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
+    if not _may_use(session, req.transactional_id):
+        return reply({"error_code": C.TRANSACTIONAL_ID_AUTHORIZATION_FAILED})
+    if not session.conn.authorize("read", "group", req.group_id):
+        return reply({"error_code": C.GROUP_AUTHORIZATION_FAILED})
     code = session.server.txn.add_offsets(
         req.transactional_id, req.producer_id, req.producer_epoch, req.group_id
     )
@@ -363,9 +384,14 @@ def txn_offset_commit(session: KafkaSession, ver: int, req: Any, reply: Callable
         for t in req.topics
         for p in t.partitions
     ]
-    code = session.server.txn.commit_offsets(
-        req.transactional_id, req.group_id, req.producer_id, req.producer_epoch, entries
-    )
+    if not _may_use(session, req.transactional_id):
+        code = C.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    elif not session.conn.authorize("read", "group", req.group_id):
+        code = C.GROUP_AUTHORIZATION_FAILED
+    else:
+        code = session.server.txn.commit_offsets(
+            req.transactional_id, req.group_id, req.producer_id, req.producer_epoch, entries
+        )
     topics = [
         {
             "name": t.name,
@@ -379,6 +405,8 @@ def txn_offset_commit(session: KafkaSession, ver: int, req: Any, reply: Callable
 
 
 def end_txn(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
+    if not _may_use(session, req.transactional_id):
+        return reply({"error_code": C.TRANSACTIONAL_ID_AUTHORIZATION_FAILED})
     code = session.server.txn.end(
         req.transactional_id, req.producer_id, req.producer_epoch, bool(req.committed)
     )
