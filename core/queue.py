@@ -993,13 +993,7 @@ class Queue:
         now = self.vhost.now()
         out: list[Delivery] = []
         for level in reversed(self._levels):
-            for d in level:
-                if len(out) >= limit:
-                    return out
-                if d.expires_at is not None and d.expires_at <= now:
-                    continue
-                if selector is None or selector(d.message):
-                    out.append(d)
+            _browse_into(out, level, now, limit, selector)
         return out
 
     def browse_all(
@@ -1016,19 +1010,10 @@ class Queue:
         levels = list(range(len(self._levels) - 1, -1, -1))
         store = self.vhost.store
 
-        def keep(d: Delivery) -> None:
-            if d.expires_at is not None and d.expires_at <= now:
-                return
-            if selector is None or selector(d.message):
-                out.append(d)
-
         def from_level(i: int) -> None:
             while i < len(levels) and len(out) < limit:
                 level = levels[i]
-                for d in self._levels[level]:
-                    if len(out) >= limit:
-                        break
-                    keep(d)
+                _browse_into(out, self._levels[level], now, limit, selector)
                 if self._paged[level] and len(out) < limit and not self.deleted:
                     read_paged(i, self._cursor[level])
                     return
@@ -1039,10 +1024,11 @@ class Queue:
             want = max(limit - len(out), MIN_READ_AHEAD)
 
             def rows_read(rows: list) -> None:
-                for seq, data, delivery_count, expires_at in rows:
-                    if len(out) >= limit:
-                        break
-                    keep(Delivery(self, seq, Message.from_bytes(data), delivery_count, expires_at))
+                paged = (
+                    Delivery(self, seq, Message.from_bytes(data), delivery_count, expires_at)
+                    for seq, data, delivery_count, expires_at in rows
+                )
+                _browse_into(out, paged, now, limit, selector)
                 if len(out) < limit and len(rows) == want and not self.deleted:
                     read_paged(i, rows[-1][0])  # a selector skipped some: read on
                 else:
@@ -1213,3 +1199,21 @@ def _opt_str(arguments: dict, name: str) -> str | None:
     if not isinstance(v, str):
         raise PreconditionFailed(f"invalid arg '{name}': expected a string")
     return v
+
+
+def _browse_into(
+    out: list[Delivery],
+    deliveries: Iterable[Delivery],
+    now: int,
+    limit: int,
+    selector: Callable[[Message], bool] | None,
+) -> None:
+    """Append to ``out`` the unexpired ``deliveries`` the selector takes, up to ``limit`` in all
+    (queue browsers: nothing is taken from the queue)."""
+    for d in deliveries:
+        if len(out) >= limit:
+            return
+        if d.expires_at is not None and d.expires_at <= now:
+            continue
+        if selector is None or selector(d.message):
+            out.append(d)
