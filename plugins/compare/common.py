@@ -18,6 +18,10 @@ now_ns = time.monotonic_ns  # CLOCK_MONOTONIC: one clock for every process on th
 LATENCY_MAX_US = 3_600_000_000  # 1 h
 
 
+class DriverError(Exception):
+    """A failure a driver reports in one line (refused login, broker closed the channel...)."""
+
+
 class Tally:
     """What one consumer received: counts, duplicates, order violations, latencies (µs)."""
 
@@ -150,6 +154,24 @@ class Budget:
 
 def stamp(buf: bytearray, offset: int, producer: int, seq: int) -> None:
     _pack_header_into(buf, offset, producer, seq, now_ns())
+
+
+def read_answers(sock, buf: bytearray, block: bool, who: str) -> bool:
+    """Append what the broker has sent to ``buf``: everything waiting, or (``block``) what
+    comes within 0.2 s. Returns whether anything arrived; a closed connection is an error."""
+    sock.setblocking(block)
+    if block:
+        sock.settimeout(0.2)
+    try:
+        data = sock.recv(65536)
+    except (BlockingIOError, TimeoutError):
+        return False
+    finally:
+        sock.settimeout(0.2)
+    if not data:
+        raise DriverError(f"{who}: broker closed the connection")
+    buf += data
+    return True
 
 
 _SS_RE = re.compile(r"bytes_(sent|received):(\d+)")

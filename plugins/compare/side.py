@@ -15,12 +15,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .common import Tally, cpu_seconds, merge_tallies, socket_bytes
+from .common import DriverError, Tally, cpu_seconds, merge_tallies, socket_bytes
 from .workload import Target, Workload
-
-
-class DriverError(Exception):
-    """A failure a driver reports in one line (refused login, broker closed the channel...)."""
 
 
 class Shared:

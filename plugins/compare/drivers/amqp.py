@@ -14,7 +14,7 @@ import threading
 
 from polymq.adapters.amqp import codec as amqp
 
-from ..common import Budget, Pacer, Tally, now_ns, stamp
+from ..common import Budget, Pacer, Tally, now_ns, read_answers, stamp
 from ..side import (
     DriverError,
     SideContext,
@@ -295,20 +295,9 @@ def _produce(ctx: SideContext, index: int, conn: Conn, out: dict) -> None:
 
 
 def _read_confirms(ctx: SideContext, conn: Conn, state: dict, block: bool) -> None:
-    sock = conn.sock
-    sock.setblocking(block)
-    if block:
-        sock.settimeout(0.2)
-    try:
-        data = sock.recv(65536)
-    except (BlockingIOError, TimeoutError):
-        return
-    finally:
-        sock.settimeout(0.2)
-    if not data:
-        raise DriverError("amqp producer: broker closed the connection")
     buf = conn.buf
-    buf += data
+    if not read_answers(conn.sock, buf, block, "amqp producer"):
+        return
     pos = 0
     blen = len(buf)
     done = state["acked"] + state["nacked"]

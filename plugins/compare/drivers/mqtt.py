@@ -9,7 +9,7 @@ import socket
 import struct
 import threading
 
-from ..common import Budget, Pacer, Tally, now_ns, stamp
+from ..common import Budget, Pacer, Tally, now_ns, read_answers, stamp
 from ..side import (
     DriverError,
     SideContext,
@@ -303,18 +303,8 @@ def _produce(ctx: SideContext, index: int, conn: Conn, out: dict) -> None:
 
 
 def _read_acks(sock: socket.socket, buf: bytearray, block: bool) -> int:
-    sock.setblocking(block)
-    if block:
-        sock.settimeout(0.2)
-    try:
-        data = sock.recv(65536)
-    except (BlockingIOError, TimeoutError):
+    if not read_answers(sock, buf, block, "mqtt producer"):
         return 0
-    finally:
-        sock.settimeout(0.2)
-    if not data:
-        raise DriverError("mqtt producer: broker closed the connection")
-    buf += data
     pos = n = 0
     while True:
         got = _parse(buf, pos)
