@@ -12,30 +12,7 @@ import javax.transaction.xa.Xid;
 import org.apache.activemq.ActiveMQConnectionFactory;
 import org.apache.activemq.ActiveMQXAConnectionFactory;
 
-public class JmsDispatch {
-    static String url;
-
-    static void ok(String name) { System.out.println("OK " + name); }
-
-    static void fail(String name, String detail) {
-        System.out.println("FAIL " + name + " " + detail.replace('\n', ' '));
-    }
-
-    static void check(String name, boolean cond, String detail) {
-        if (cond) ok(name); else fail(name, detail);
-    }
-
-    static void eq(String name, Object expected, Object got) {
-        boolean same = expected == null ? got == null : expected.equals(got);
-        check(name, same, "expected <" + expected + "> got <" + got + ">");
-    }
-
-    static Connection conn() throws JMSException {
-        Connection c = new ActiveMQConnectionFactory(url).createConnection();
-        c.start();
-        return c;
-    }
-
+public class JmsDispatch extends JmsChecks {
     /** Every text ``mc`` receives until it has been quiet for ``quietMs``. */
     static List<String> all(MessageConsumer mc, long quietMs) throws JMSException {
         List<String> got = new ArrayList<>();
@@ -57,20 +34,7 @@ public class JmsDispatch {
     }
 
     public static void main(String[] args) throws Exception {
-        url = args[0];
-        for (int i = 1; i < args.length; i++) {
-            String sc = args[i];
-            try {
-                JmsDispatch.class.getDeclaredMethod("sc_" + sc.replace('-', '_')).invoke(null);
-            } catch (java.lang.reflect.InvocationTargetException e) {
-                Throwable t = e.getCause();
-                fail(sc, "exception " + t);
-                t.printStackTrace(System.err);
-            }
-        }
-        System.out.println("DONE");
-        System.out.flush();
-        System.exit(0);
+        runScenarios(JmsDispatch.class, args);
     }
 
     // -- XA: two-phase commit with a durable prepare -----------------------------------------

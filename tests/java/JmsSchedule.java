@@ -7,25 +7,7 @@ import javax.jms.Queue;
 import org.apache.activemq.ActiveMQConnectionFactory;
 import org.apache.activemq.ScheduledMessage;
 
-public class JmsSchedule {
-    static String url;
-
-    static void ok(String name) { System.out.println("OK " + name); }
-
-    static void fail(String name, String detail) {
-        System.out.println("FAIL " + name + " " + detail.replace('\n', ' '));
-    }
-
-    static void check(String name, boolean cond, String detail) {
-        if (cond) ok(name); else fail(name, detail);
-    }
-
-    static Connection conn() throws JMSException {
-        Connection c = new ActiveMQConnectionFactory(url).createConnection();
-        c.start();
-        return c;
-    }
-
+public class JmsSchedule extends JmsChecks {
     /** Delay 1.5 s: nothing before, the message after, and not much later than due. */
     static void sc_delay(String q) throws Exception {
         Connection c = conn();
@@ -207,20 +189,6 @@ public class JmsSchedule {
     }
 
     public static void main(String[] args) throws Exception {
-        url = args[0];
-        for (int i = 1; i < args.length; i++) {
-            String[] sc = args[i].split(":", 2);
-            try {
-                JmsSchedule.class.getDeclaredMethod("sc_" + sc[0], String.class)
-                        .invoke(null, sc.length > 1 ? sc[1] : sc[0]);
-            } catch (java.lang.reflect.InvocationTargetException e) {
-                Throwable t = e.getCause();
-                fail(sc[0], "exception " + t);
-                t.printStackTrace(System.err);
-            }
-        }
-        System.out.println("DONE");
-        System.out.flush();
-        System.exit(0);
+        runScenarios(JmsSchedule.class, args);
     }
 }

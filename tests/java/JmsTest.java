@@ -10,39 +10,7 @@ import org.apache.activemq.ActiveMQConnection;
 import org.apache.activemq.ActiveMQConnectionFactory;
 import org.apache.activemq.RedeliveryPolicy;
 
-public class JmsTest {
-    static String url;
-
-    static void ok(String name) { System.out.println("OK " + name); }
-
-    static void fail(String name, String detail) {
-        System.out.println("FAIL " + name + " " + detail.replace('\n', ' '));
-    }
-
-    static void check(String name, boolean cond, String detail) {
-        if (cond) ok(name); else fail(name, detail);
-    }
-
-    static void eq(String name, Object expected, Object got) {
-        boolean same = expected == null ? got == null : expected.equals(got);
-        check(name, same, "expected <" + expected + "> got <" + got + ">");
-    }
-
-    static ActiveMQConnectionFactory factory(String u) {
-        ActiveMQConnectionFactory f = new ActiveMQConnectionFactory(u);
-        f.setTrustAllPackages(false);
-        f.setTrustedPackages(Arrays.asList("java.lang", "java.util"));
-        return f;
-    }
-
-    static Connection conn() throws JMSException { return conn(url); }
-
-    static Connection conn(String u) throws JMSException {
-        Connection c = factory(u).createConnection();
-        c.start();
-        return c;
-    }
-
+public class JmsTest extends JmsChecks {
     /** Up to ``expected`` texts (patient), then a short wait for any surplus one. */
     static List<String> texts(MessageConsumer mc, int expected) throws JMSException {
         List<String> got = new ArrayList<>();
@@ -63,20 +31,7 @@ public class JmsTest {
     }
 
     public static void main(String[] args) throws Exception {
-        url = args[0];
-        for (int i = 1; i < args.length; i++) {
-            String sc = args[i];
-            try {
-                JmsTest.class.getDeclaredMethod("sc_" + sc.replace('-', '_')).invoke(null);
-            } catch (java.lang.reflect.InvocationTargetException e) {
-                Throwable t = e.getCause();
-                fail(sc, "exception " + t);
-                t.printStackTrace(System.err);
-            }
-        }
-        System.out.println("DONE");
-        System.out.flush();
-        System.exit(0);
+        runScenarios(JmsTest.class, args);
     }
 
     // -- handshake and a round trip ---------------------------------------------------------

@@ -45,6 +45,7 @@ def compile_java(outdir: str | os.PathLike, sources: list[str] | None = None) ->
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     files = [str(HERE / s) for s in (sources or ["JmsTest.java"])]
+    files.append(str(HERE / "JmsChecks.java"))  # the scenario programs' shared base class
     subprocess.run(
         ["javac", "-nowarn", "-cp", classpath(), "-d", str(outdir), *files],
         check=True,
