@@ -24,6 +24,11 @@ answered by ``session.internal_error`` before the connection closes. Either way 
 on serving everyone else.
 
 Nothing here runs per message except :meth:`ProtocolConnection.write` and the reply helpers.
+
+The contract's parts live in their own modules and are all importable from this one:
+:mod:`polymq.core.contract` (the interfaces, :class:`SessionBase`, :data:`CONNECTION_DEFAULTS`),
+:mod:`polymq.core.login` (authentication and authorization) and :mod:`polymq.core.timers`
+(handshake, liveness and linger timers); :mod:`polymq.core.registry` holds the registry.
 """
 
 from __future__ import annotations
@@ -33,15 +38,16 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import implementer
 
 from . import output
-from .auth import Identity, Refusal
-from .errors import BrokerError, ConnectionForced, IdleTimeout, ProtocolError
+from .auth import Identity
+from .contract import CONNECTION_DEFAULTS, IFramer, IProtocolSession, SessionBase
+from .errors import BrokerError, ConnectionForced, ProtocolError
+from .login import ConnectionLogin
 from .registry import (
     ConnectionInfo,
     ConnectionRegistry,
@@ -49,6 +55,7 @@ from .registry import (
     peer_of,
     registry_of,
 )
+from .timers import ConnectionTimers, set_tcp_keepalive
 
 __all__ = [
     "CONNECTION_DEFAULTS",
@@ -59,142 +66,10 @@ __all__ = [
     "IProtocolSession",
     "ProtocolConnection",
     "SessionBase",
+    "registry_of",
 ]
 
 log = Logger(namespace="polymq.connection")
-
-# The keys every adapter's config table has, whatever the protocol (merged into each
-# adapter's defaults by the config loader; an adapter may give its own default for any).
-CONNECTION_DEFAULTS: dict[str, Any] = {
-    # connections this listener accepts at once (0: no limit but the process's descriptors)
-    "max_connections": 0,
-    # connections one source address may hold on this listener at once (0: no limit)
-    "max_connections_per_host": 0,
-    # seconds a new connection has to finish its protocol's handshake
-    "handshake_timeout": 10.0,
-    # seconds of silence after which a connection is closed, unless the protocol negotiates
-    # its own liveness (MQTT keep-alive, AMQP heartbeat, OpenWire inactivity); 0: never
-    "idle_timeout": 0.0,
-    # pending connections the kernel queues for this listener (listen(2) backlog)
-    "listen_backlog": 128,
-    # seconds a connection may be silent before the kernel probes its peer (TCP keep-alive,
-    # then 6 probes 10 s apart), so that sockets to vanished peers are found; 0: off
-    "tcp_keepalive": 60,
-    # the same protocol over WebSocket (core/websocket.py): its port (-1: none), the request
-    # path ("": any) and the Sec-WebSocket-Protocol values accepted ([]: any)
-    "websocket_port": -1,
-    "websocket_path": "",
-    "websocket_subprotocols": [],
-}
-
-
-class IFramer(Interface):
-    """Splits one connection's byte stream into frames, without I/O.
-
-    A framer keeps one buffer for the frame in progress and checks a frame's announced length
-    against ``max_length`` before it keeps any of its bytes.
-    """
-
-    max_length = Attribute("The largest frame accepted; may change between frames.")
-    error = Attribute(
-        "None, or the ProtocolError that ended the stream; the frames before it were returned."
-    )
-    buffered = Attribute("Bytes held for the frame in progress.")
-
-    def feed(data: bytes) -> list:
-        """Return the frames completed by ``data`` (maybe none), in order.
-
-        On bad framing either raise :class:`~polymq.core.errors.ProtocolError` or set
-        :attr:`error` and return the frames before the bad one.
-        """
-
-
-class IProtocolSession(Interface):
-    """An adapter's protocol state machine, as the contract drives it."""
-
-    def frames_received(frames: list) -> None:
-        """Handle the frames of one read, in order. Raise ProtocolError on bad input."""
-
-    def protocol_error(error: Exception) -> None:
-        """The client broke the protocol (or the broker refused something the session did not
-        answer itself): tell it in the protocol's words. The connection closes afterwards."""
-
-    def internal_error(error: BaseException) -> None:
-        """A bug in the broker: tell the client with the protocol's internal-error code, if it
-        has one. The connection closes afterwards; the traceback is already logged."""
-
-    def connection_lost() -> None:
-        """The connection is gone: release consumers, requeue what was in flight."""
-
-    def pause() -> None:
-        """The socket's buffer is full: stop pushing deliveries until :meth:`resume`."""
-
-    def resume() -> None:
-        """The socket drained: deliveries may flow again."""
-
-    def publishing_blocked(blocked: bool, reason: str) -> None:
-        """The broker-wide resource alarm set (``blocked``) or cleared: hold publishers back
-        in the protocol's own way (AMQP connection.blocked, fewer reads, delayed acks ...)."""
-
-    def keepalive() -> None:
-        """Nothing was written for the negotiated keep-alive interval: send the protocol's
-        keep-alive frame (called only after ``conn.set_liveness(..., keepalive=...)``)."""
-
-    def shutting_down() -> None:
-        """The broker is stopping; say so if the protocol can (MQTT 5 DISCONNECT 0x8B)."""
-
-
-@implementer(IProtocolSession)
-class SessionBase:
-    """Defaults for the optional parts of :class:`IProtocolSession`. ``conn`` is the
-    :class:`ProtocolConnection` the session writes to."""
-
-    def __init__(self, conn: ProtocolConnection) -> None:
-        self.conn = conn
-
-    def frames_received(self, frames: list) -> None:
-        raise NotImplementedError
-
-    def protocol_error(self, error: Exception) -> None:
-        pass
-
-    def internal_error(self, error: BaseException) -> None:
-        pass
-
-    def connection_lost(self) -> None:
-        pass
-
-    def pause(self) -> None:
-        pass
-
-    def resume(self) -> None:
-        pass
-
-    def publishing_blocked(self, blocked: bool, reason: str) -> None:
-        pass
-
-    def keepalive(self) -> None:
-        pass
-
-    def shutting_down(self) -> None:
-        pass
-
-
-def _set_keepalive(transport: Any, idle: int) -> None:
-    import socket
-
-    sock = getattr(transport, "socket", None)
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
-    except OSError:
-        pass
-
 
 _DURABLE = object()  # marks a reply batch that waits for the store (or for reply_later)
 _CLOSE_HERE = object()  # a batch the store failed that has no negative answer: close instead
@@ -205,7 +80,7 @@ def _ignore(*data: bytes) -> None:
 
 
 @implementer(IPushProducer)
-class ProtocolConnection(Protocol):
+class ProtocolConnection(ConnectionLogin, ConnectionTimers, Protocol):
     """One client connection of any protocol: the thin transport every adapter shares.
 
     Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable` /
@@ -271,7 +146,7 @@ class ProtocolConnection(Protocol):
         except Exception:  # not TCP (tests, TLS wrappers decide themselves)
             pass
         if f.tcp_keepalive > 0:
-            _set_keepalive(t, f.tcp_keepalive)
+            set_tcp_keepalive(t, f.tcp_keepalive)
         now = self.clock.seconds()
         self._last_read = self._last_write = now
         self.info = info = ConnectionInfo(
@@ -602,160 +477,6 @@ class ProtocolConnection(Protocol):
                     client=self._client_text(),
                 )
 
-    def authenticate(self, username: str | None, password: Any) -> Identity | Refusal | Deferred:
-        """Ask the broker's auth plugins; the result's user is recorded on success. The answer
-        may be a Deferred (a password hash is verified in a thread): sessions use :meth:`login`,
-        which handles both.
-
-        On a TLS listener with ``[tls] cert_login`` set, a verified client certificate names the
-        user (whatever user name the client sent) and the password is a
-        :class:`~polymq.core.security.CertificateCredential`."""
-        cert_login = getattr(self.factory, "cert_login", "")
-        if cert_login:
-            from .security.manager import CertificateCredential
-            from .security.tls import certificate_user
-
-            found = certificate_user(self.transport, cert_login)
-            if found is not None:
-                username, password = found[0], CertificateCredential(found[1])
-        result = self.broker.authenticate(
-            self.factory.protocol_name, username, password, self.transport.getPeer()
-        )
-        if isinstance(result, Deferred):
-            return result.addErrback(self._auth_failed).addCallback(self._identified)
-        return self._identified(result)
-
-    def _identified(self, result: Any) -> Identity | Refusal:
-        if result is None:
-            return Refusal("not authorized")
-        if isinstance(result, Identity):
-            if self.closing:
-                return Refusal("connection closed")
-            refusal = self.accept_identity(result)
-            if refusal is not None:
-                return refusal
-        return result
-
-    def _auth_failed(self, failure: Any) -> Refusal:
-        log.failure("auth plugin failed", failure)
-        return Refusal(f"authentication error: {failure.getErrorMessage()}")
-
-    def login(
-        self, username: str | None, password: Any, then: Callable[[Identity | Refusal], None]
-    ) -> bool:
-        """Authenticate and call ``then(Identity or Refusal)``: at once (returns True) or, when
-        the answer needs a password hash verified in a thread, later (returns False).
-
-        While the answer is pending the connection stops reading, and frames already received
-        wait: the session hands the frames of the current read that follow the login frame to
-        :meth:`hold_frames` and returns. Once ``then`` has run, the waiting frames (possibly
-        none) go to ``session.frames_received`` as one read, and reading resumes."""
-        result = self.authenticate(username, password)
-        if not isinstance(result, Deferred):
-            then(result)
-            return True
-        self.logging_in = True
-        self._login_held: list = []
-        self.pause_reading()
-        result.addCallback(self._login_answered, then)
-        result.addErrback(lambda f: log.failure("login completion failed", f))
-        return False
-
-    def hold_frames(self, frames: list, after: Any = None) -> None:
-        """Keep the frames of the current read that follow the frame ``after`` (all of
-        ``frames`` when None) until the pending login is answered (see :meth:`login`)."""
-        if after is not None:
-            for i, frame in enumerate(frames):
-                if frame is after:
-                    frames = frames[i + 1 :]
-                    break
-        self._login_held.extend(frames)
-
-    def _login_answered(self, result: Identity | Refusal, then: Callable) -> None:
-        self.logging_in = False
-        held, self._login_held = self._login_held, []
-        if self.closing:
-            return
-        self._in_read = True
-        try:
-            then(result)
-            if not self.closing and not self.logging_in:
-                self.session.frames_received(held)
-            elif self.logging_in:
-                self._login_held[:0] = held
-        except (ProtocolError, BrokerError) as e:
-            self._fail(e)
-        except Exception as e:
-            self._crash(e)
-        finally:
-            self._in_read = False
-            if self._durable_open is not None:
-                self._register_durable()
-        if not self.closing:
-            self.resume_reading()
-
-    def accept_identity(self, identity: Identity) -> Refusal | None:
-        """Make ``identity`` this connection's user, within the per-user connection limit
-        (``security.max_connections_per_user``, or the user's own ``max_connections``).
-        :meth:`authenticate` calls it; an adapter that proved a login itself (a SASL
-        exchange) calls it directly. A Refusal says the user holds enough connections."""
-        security = getattr(self.broker, "security", None)
-        if security is not None and self._counted_user != identity.user:
-            reason = security.hold_connection(identity.user)
-            if reason is not None:
-                return Refusal(reason)
-            if self._counted_user is not None:
-                security.release_connection(self._counted_user)
-            self._counted_user = identity.user
-        self.identity = identity
-        if self.info is not None:
-            self.info.user = identity.user
-        return None
-
-    def authorize(self, action: str, kind: str, name: str, vhost: str | None = None) -> bool:
-        """The authorization check point: may this connection's user do ``action``
-        (``configure``, ``write``, ``read``) on the resource ``kind`` (``exchange``,
-        ``queue``, ``topic``, ``group`` ...) called ``name``? Every adapter asks here before
-        it declares, publishes or consumes; the answer comes from the broker's authorizer
-        (everything is allowed while none is configured): ``authorizer(identity, vhost,
-        action, kind, name)``, plus the connection's client id as a sixth argument when the
-        authorizer has ``wants_client_id = True`` (the built-in one, for ``%c`` patterns)."""
-        authorizer = getattr(self.broker, "authorizer", None)
-        if authorizer is None:
-            return True
-        info = self.info
-        vhost = vhost if vhost is not None else info.vhost
-        if getattr(authorizer, "wants_client_id", False):
-            return authorizer(self.identity, vhost, action, kind, name, info.client_id)
-        return authorizer(self.identity, vhost, action, kind, name)
-
-    def may_enter(self, vhost: str) -> bool:
-        """May this connection's user use ``vhost`` at all (a permission entry for it)? True
-        when no authorizer is configured, or one that does not say (no ``may_enter``)."""
-        check = getattr(getattr(self.broker, "authorizer", None), "may_enter", None)
-        return True if check is None else bool(check(self.identity, vhost))
-
-    def linger(self, timeout: float) -> None:
-        """Called from ``protocol_error`` / ``internal_error``: keep the connection open after
-        the answer, until the session calls :meth:`close` or ``timeout`` seconds pass (a
-        protocol whose close is a handshake, such as AMQP's connection.close / close-ok).
-        Reads still reach the session meanwhile, so the client's last frames are read rather
-        than reset; a second error while lingering closes at once."""
-        if self.closing or self._linger_timer is not None:
-            return
-        self._linger_timer = self.clock.callLater(timeout, self.close, True)
-
-    def set_liveness(self, read_timeout: float, keepalive: float = 0.0) -> None:
-        """Close the connection after ``read_timeout`` seconds without a byte from the client
-        (0: never), and call ``session.keepalive()`` when nothing was written for
-        ``keepalive`` seconds (0: never). Replaces the listener's ``idle_timeout``."""
-        self._read_timeout = float(read_timeout or 0)
-        self._keepalive_interval = float(keepalive or 0)
-        if self._liveness_timer is not None and self._liveness_timer.active():
-            self._liveness_timer.cancel()
-        self._liveness_timer = None
-        self._arm_liveness()
-
     def pause_reading(self) -> None:
         """Stop reading from the client (flow control); nested with :meth:`resume_reading`."""
         self._reading_paused += 1
@@ -862,60 +583,6 @@ class ProtocolConnection(Protocol):
             )
         if self._linger_timer is None:
             self.close()
-
-    # -- timers ------------------------------------------------------------------------------
-
-    def _handshake_expired(self) -> None:
-        self._handshake_timer = None
-        self.call_session(
-            self._raise, ProtocolError(f"no handshake within {self.factory.handshake_timeout:g} s")
-        )
-
-    @staticmethod
-    def _raise(error: Exception) -> None:
-        raise error
-
-    def _arm_liveness(self) -> None:
-        if self.closing:
-            return
-        steps = [x for x in (self._read_timeout, self._keepalive_interval) if x > 0]
-        if not steps:
-            return
-        # wake at the nearest deadline (at least 10 ms ahead)
-        now = self.clock.seconds()
-        due = []
-        if self._read_timeout > 0:
-            due.append(self._last_read + self._read_timeout - now)
-        if self._keepalive_interval > 0:
-            due.append(self._last_write + self._keepalive_interval - now)
-        self._liveness_timer = self.clock.callLater(max(min(due), 0.01), self._check_liveness)
-
-    def _check_liveness(self) -> None:
-        self._liveness_timer = None
-        if self.closing:
-            return
-        now = self.clock.seconds()
-        if self._reading_paused:
-            # not read on purpose (flow control): the silence is ours, not the client's
-            self._last_read = now
-        if self._read_timeout > 0 and now - self._last_read >= self._read_timeout:
-            silent = now - self._last_read
-            self.call_session(self._raise, IdleTimeout(f"nothing received for {silent:.1f} s"))
-            return
-        if self._keepalive_interval > 0 and now - self._last_write >= self._keepalive_interval:
-            self.call_session(self.session.keepalive)
-            # after the call: write() sets the cheap "recently" (the last read), which for a
-            # silent client is long ago and would bring the next keep-alive due at once
-            self._last_write = now
-        self._arm_liveness()
-
-    def _cancel_timers(self) -> None:
-        for name in ("_handshake_timer", "_liveness_timer", "_linger_timer"):
-            t = getattr(self, name)
-            if t is not None:
-                setattr(self, name, None)
-                if t.active():
-                    t.cancel()
 
 
 class ConnectionFactory(ServerFactory):
