@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import PreconditionFailed
 from .message import Message
-from .queue import Consumer, Delivery
+from .delivery import Consumer, Delivery
 
 if TYPE_CHECKING:
     from .vhost import VirtualHost
