@@ -2,12 +2,15 @@
 
 A queue pushes to its consumers while they have room (prefetch window and/or link credit),
 round-robin across the ones that do, so prefetch=1 gives fair dispatch. Everything an adapter
-needs for delivery semantics lives here: ack, nack/reject with or without requeue, redelivery
-with a delivery count, TTL, priorities, max-length, dead-letter exchange, delivery limit.
+needs for delivery semantics is a method of :class:`Queue`: ack, nack/reject with or without
+requeue, redelivery with a delivery count, TTL, priorities, max-length, dead-letter exchange,
+delivery limit.
 
-On a store that pages (``store.pages``), a queue holds a bounded window of ready messages in
-memory; the rest wait in the store and are read back, per priority level and in order, on the
-store's thread as consumers get near them (see docs/storage.md, *Backlogs larger than memory*).
+This module holds enqueue, dispatch and settlement (the per-message paths). The rest of the
+class lives in mixins, one module per concern: paging to the store and reading back
+(core/queue_paging.py), TTL, length limits, dead-lettering and queue expiry
+(core/queue_expiry.py), browsing (core/queue_browse.py). :class:`Delivery`, :class:`Consumer`
+and :class:`Limit` are in core/delivery.py and importable from here.
 """
 
 from __future__ import annotations
@@ -16,209 +19,38 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from twisted.logger import Logger
-
 from . import dispatch as selection
+from .delivery import Consumer, Delivery, Limit
 from .dispatch import DEFAULT_JMS_PRIORITY, GROUP_ID
 from .errors import PreconditionFailed, ResourceLocked
 from .message import Message
+from .queue_browse import QueueBrowsing
+from .queue_expiry import QueueExpiry
+from .queue_paging import (
+    DEFAULT_IN_MEMORY_BYTES,
+    DEFAULT_IN_MEMORY_LENGTH,
+    MIN_READ_AHEAD,
+    QueuePaging,
+)
 
 if TYPE_CHECKING:
     from .vhost import VirtualHost
 
-log = Logger(namespace="polymq.queue")
+# imported from here by adapters, plugins and the broker
+__all__ = [
+    "DEFAULT_IN_MEMORY_BYTES",
+    "DEFAULT_IN_MEMORY_LENGTH",
+    "OVERFLOW_MODES",
+    "Consumer",
+    "Delivery",
+    "Limit",
+    "Queue",
+]
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 
-# Paging (stores that keep bodies on disk): a queue holds at most this many ready messages /
-# body bytes in memory unless x-max-in-memory-length / x-max-in-memory-bytes or the broker's
-# store.queue_max_in_memory_length / _bytes say otherwise; the rest waits in the store.
-DEFAULT_IN_MEMORY_LENGTH = 4096
-DEFAULT_IN_MEMORY_BYTES = 8 * 1024 * 1024
-MIN_READ_AHEAD = 128
 
-log = Logger()
-
-
-class Delivery:
-    """One message on one queue. The same object is handed out again on redelivery.
-
-    ``delivery_count`` is how many times it was delivered before the current delivery, so
-    ``redelivered`` (AMQP) is ``delivery_count > 0`` and JMSXDeliveryCount is ``delivery_count+1``.
-    """
-
-    __slots__ = (
-        "queue",
-        "seq",
-        "message",
-        "delivery_count",
-        "consumer",
-        "expires_at",
-        "data",
-        "offset",
-    )
-
-    def __init__(
-        self, queue: Queue, seq: int, message: Message, delivery_count: int, expires_at: int | None
-    ) -> None:
-        self.queue = queue
-        self.seq = seq
-        self.message = message
-        self.delivery_count = delivery_count
-        self.consumer: Consumer | None = None
-        self.expires_at = expires_at
-        self.data: bytes | None = None  # persisted form, when stored
-        self.offset: int | None = None  # stream offset, for deliveries from a stream
-
-    @property
-    def redelivered(self) -> bool:
-        return self.delivery_count > 0
-
-    def __repr__(self) -> str:
-        return f"Delivery({self.queue.name!r}, seq={self.seq}, count={self.delivery_count})"
-
-
-class Limit:
-    """An unacknowledged-message window (AMQP prefetch, OpenWire prefetch, MQTT receive max).
-
-    Shared by several consumers for AMQP ``basic.qos(global=True)``. ``prefetch == 0`` is
-    unlimited.
-    """
-
-    __slots__ = ("prefetch", "in_flight", "consumers")
-
-    def __init__(self, prefetch: int = 0) -> None:
-        self.prefetch = prefetch
-        self.in_flight = 0
-        self.consumers: list[Consumer] = []
-
-    def has_room(self) -> bool:
-        return self.prefetch == 0 or self.in_flight < self.prefetch
-
-    def set_prefetch(self, prefetch: int) -> None:
-        grew = prefetch == 0 or prefetch > self.prefetch
-        self.prefetch = prefetch
-        if grew:
-            self._wake()
-
-    def release(self, n: int = 1) -> None:
-        was_full = not self.has_room()
-        self.in_flight -= n
-        if was_full and self.has_room():
-            self._wake()
-
-    def _wake(self) -> None:
-        for c in list(self.consumers):
-            if c.queue is not None:
-                c.queue.dispatch()
-
-
-class Consumer:
-    """A subscription of an adapter's session to a queue.
-
-    ``deliver(delivery)`` is a plain callable, invoked synchronously by the queue: it must write
-    the delivery out and return, never raise. ``credit`` is None (no link credit, only the
-    window) or a count decremented per delivery (AMQP 1.0 link credit, pull requests).
-    """
-
-    __slots__ = (
-        "queue",
-        "tag",
-        "deliver",
-        "limit",
-        "no_ack",
-        "exclusive",
-        "selector",
-        "owner",
-        "unacked",
-        "paused",
-        "credit",
-        "arguments",
-        "on_cancel",
-        "standby",
-        "priority",
-    )
-
-    def __init__(
-        self,
-        tag: str,
-        deliver: Callable[[Delivery], None],
-        *,
-        prefetch: int = 0,
-        limit: Limit | None = None,
-        no_ack: bool = False,
-        exclusive: bool = False,
-        selector: Callable[[Message], bool] | None = None,
-        owner: Any = None,
-        credit: int | None = None,
-        arguments: dict | None = None,
-        on_cancel: Callable[[], None] | None = None,
-        standby: bool = False,
-        priority: int = 0,
-    ) -> None:
-        self.queue: Any = None  # the Queue or Stream it is attached to
-        self.tag = tag
-        self.deliver = deliver
-        self.limit = limit if limit is not None else Limit(prefetch)
-        self.limit.consumers.append(self)
-        self.no_ack = no_ack
-        self.exclusive = exclusive
-        self.selector = selector
-        self.owner = owner
-        self.unacked: dict[int, Delivery] = {}
-        self.paused = False
-        self.credit = credit
-        self.arguments = arguments or {}
-        # called when the broker ends the subscription (queue deleted): AMQP basic.cancel
-        self.on_cancel = on_cancel
-        # exclusive, but waiting its turn behind another exclusive consumer instead of being
-        # refused (OpenWire exclusive consumers); see core/dispatch.py
-        self.standby = standby
-        self.priority = priority  # consumer priority (AMQP x-priority): higher goes first
-
-    def ready(self) -> bool:
-        if self.paused:
-            return False
-        if self.credit is not None and self.credit <= 0:
-            return False
-        return self.no_ack or self.limit.has_room()
-
-    def pause(self) -> None:
-        """Stop deliveries (the transport's buffer is full)."""
-        self.paused = True
-
-    def resume(self) -> None:
-        if self.paused:
-            self.paused = False
-            if self.queue is not None:
-                self.queue.dispatch()
-
-    def add_credit(self, n: int) -> None:
-        self.credit = (self.credit or 0) + n
-        if self.queue is not None:
-            self.queue.dispatch()
-
-    def set_prefetch(self, prefetch: int) -> None:
-        self.limit.set_prefetch(prefetch)
-
-    def set_credit(self, credit: int | None) -> None:
-        """Replace the link credit (0 takes back what is left, as an expired pull does)."""
-        self.credit = credit
-        if self.queue is not None and (credit is None or credit > 0):
-            self.queue.dispatch()
-
-    def detach(self, delivery: Delivery) -> None:
-        """Stop counting ``delivery`` against this consumer; it stays unacknowledged.
-
-        For settlements held by a transaction that outlives the consumer: the delivery is no
-        longer requeued with the consumer, and its ack or nack still applies later.
-        """
-        if self.unacked.pop(delivery.seq, None) is not None:
-            delivery.consumer = None
-            self.limit.release()
-
-
-class Queue:
+class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
     """A FIFO queue of a virtual host."""
 
     kind = "queue"
@@ -339,49 +171,6 @@ class Queue:
         self._next_seq = max(self._next_seq, seq + 1)
         self._append(d)
 
-    def restore_level(self, level: int, count: int, size: int, top_seq: int) -> None:
-        """Account for ``count`` messages of a priority level left in the store at start-up
-        (a store that pages): they are read back when consumers get near them."""
-        if level and self.priority_on_demand and not self.max_priority:
-            selection.add_priority_levels(self, restoring=True)
-        level = min(max(level, 0), len(self._levels) - 1)
-        self._paged[level] += count
-        self._paged_bytes[level] += size
-        self._paged_total += count
-        self._count += count
-        self._bytes += size
-        self._cursor[level] = 0
-        self._next_seq = max(self._next_seq, top_seq + 1)
-
-    def preload(self, done: Callable[[], None]) -> None:
-        """Read the head of a backlog left in the store back before anyone asks (start-up);
-        ``done()`` runs once it is in memory (at once when there is nothing to read)."""
-        for i in range(len(self._levels) - 1, -1, -1):
-            if self._levels[i]:
-                break
-            if self._paged[i]:
-                self._preloads.append(done)
-                # a small first read: start-up cost stays bounded however many queues have
-                # backlogs; the first consumer or get reads further
-                self._load(i, MIN_READ_AHEAD)
-                return
-        done()
-
-    def when_head_ready(self, callback: Callable[[], None]) -> bool:
-        """For a pull (basic.get, an OpenWire pull) that got None from :meth:`get`.
-
-        False: the queue really has nothing ready, answer "empty" now. True: its head is being
-        read back from the store; ``callback()`` runs once it is in memory (then ``get`` again).
-        """
-        if not self._count or self._peek_head() is not None:
-            return False
-        self._preloads.append(callback)
-        for i in range(len(self._levels) - 1, -1, -1):
-            if self._paged[i]:
-                self._load(i)
-                break
-        return True
-
     # -- stats ------------------------------------------------------------------------------
 
     @property
@@ -484,28 +273,6 @@ class Queue:
             self.dispatch()
         return True
 
-    def _expiry_for(self, message: Message, now: int) -> int | None:
-        exp = message.expiration
-        if self.message_ttl is not None:
-            t = now + self.message_ttl
-            exp = t if exp is None else min(exp, t)
-        return exp
-
-    def _over_limit(self, extra: int, extra_bytes: int) -> bool:
-        if self.max_length is not None and self._count + extra > self.max_length:
-            return True
-        if self.max_length_bytes is not None and self._bytes + extra_bytes > self.max_length_bytes:
-            return True
-        return False
-
-    def _drop_head_for(self, size: int, extra: int = 1) -> None:
-        while self._count and self._over_limit(extra, size):
-            d = self._pop_head()
-            if d is None:  # the head is still in the store: dropped when it is read back
-                return
-            self.dropped += 1
-            self._dead_letter(d, "maxlen")
-
     def _append(self, d: Delivery) -> None:
         level = self._level_of(d.message)
         self._levels[level].append(d)
@@ -515,135 +282,6 @@ class Queue:
         self._mem_bytes += size
         if d.expires_at is not None and self._count == 1:
             self._schedule_expiry()
-
-    # -- paging -----------------------------------------------------------------------------
-
-    def _mem_full(self, size: int) -> bool:
-        return (
-            self._mem_bytes + size > self.max_in_memory_bytes
-            or self._count - self._paged_total >= self.max_in_memory_length
-        )
-
-    def _page_out(self, d: Delivery, level: int, size: int) -> None:
-        """Leave a new message in the store only (written now if it was not persistent)."""
-        if not self._paged[level]:
-            # every message of this level with a lower seq is in memory, with a consumer or
-            # gone: the store is read back from here on
-            self._cursor[level] = d.seq - 1
-        if d.data is None:
-            self._put_queued(
-                self.vhost.name,
-                self.name,
-                d.seq,
-                d.message.to_bytes(),
-                0,
-                level,
-                d.expires_at,
-                size,
-                True,
-            )
-            self._spilled = True
-        self._paged[level] += 1
-        self._paged_bytes[level] += size
-        self._paged_total += 1
-        self._page_outs[level] += 1
-        self._count += 1
-        self._bytes += size
-
-    def _read_ahead(self, level: int) -> int:
-        """How many messages to read back: what the consumers have room for, twice, within
-        the memory budget."""
-        room = 0
-        for c in self.consumers:
-            if c.no_ack or c.limit.prefetch == 0:
-                room = self.max_in_memory_length
-                break
-            room += max(c.limit.prefetch - c.limit.in_flight, 0)
-        if not self.consumers:
-            # read by basic.get / pulls, one round trip each: read far ahead, so that the next
-            # read is back long before the head runs out
-            room = self.max_in_memory_length
-        n = min(max(room * 2, MIN_READ_AHEAD), self.max_in_memory_length)
-        avg = self._paged_bytes[level] // max(self._paged[level], 1) + 1
-        n = min(n, max(1, (self.max_in_memory_bytes - self._mem_bytes) // avg))
-        return max(1, min(n, self._paged[level]))
-
-    def _load(self, level: int, limit: int | None = None) -> None:
-        """Read the next paged-out messages of ``level`` back (on the store's thread)."""
-        if self._loading[level] or self.deleted or not self._paged[level]:
-            return
-        self._loading[level] = True
-        n = self._read_ahead(level)
-        if limit is not None:
-            n = min(n, limit)
-        self._low_water = max(MIN_READ_AHEAD // 2, n // 2)
-        epoch, outs = self._purges, self._page_outs[level]
-        self.vhost.store.read_messages(
-            self.vhost.name,
-            self.name,
-            level,
-            self._cursor[level],
-            n,
-            lambda rows: self._loaded(level, epoch, outs, rows),
-        )
-
-    def _loaded(self, level: int, epoch: int, outs: int, rows: list) -> None:
-        self._loading[level] = False
-        if self.deleted or epoch != self._purges:
-            if not self.deleted:
-                self._load(level)
-            return
-        lv = self._levels[level]
-        cursor = self._cursor[level]
-        taken = 0
-        for seq, data, delivery_count, expires_at in rows:
-            if seq <= cursor or not self._paged[level]:
-                continue
-            message = Message.from_bytes(data)
-            d = Delivery(self, seq, message, delivery_count, expires_at)
-            if expires_at is None and self.message_ttl is not None:
-                d.expires_at = self._expiry_for(message, self.vhost.now())
-            d.data = data
-            size = len(message.body)
-            self._paged[level] -= 1
-            self._paged_bytes[level] -= size
-            self._paged_total -= 1
-            self._mem_bytes += size
-            cursor = seq
-            lv.append(d)
-            taken += 1
-        self._cursor[level] = cursor
-        if not taken and self._paged[level]:
-            if self._page_outs[level] == outs:
-                # nothing more in the store although the books say so (rows lost outside the
-                # broker): believe the store
-                log.warn(
-                    "queue {q}: {n} paged messages of priority level {lvl} were not in the store",
-                    q=self.name,
-                    n=self._paged[level],
-                    lvl=level,
-                )
-                self._count -= self._paged[level]
-                self._bytes -= self._paged_bytes[level]
-                self._paged_total -= self._paged[level]
-                self._paged[level] = 0
-                self._paged_bytes[level] = 0
-            else:
-                self._load(level)  # written after the read was queued: read again
-                return
-        elif self._paged[level] and not lv:
-            self._load(level)  # every row read had expired or was skipped: go on
-        if taken:
-            if self.overflow == "drop-head" and self._over_limit(0, 0):
-                # over x-max-length while the head was in the store: drop it now it is here
-                self._drop_head_for(0, extra=0)
-            self._schedule_expiry()
-        if self._preloads:
-            waiting, self._preloads = self._preloads, []
-            for done in waiting:
-                done()
-        if self.consumers:
-            self.dispatch()
 
     def _level_of(self, message: Message) -> int:
         if self.max_priority is None:
@@ -982,62 +620,6 @@ class Queue:
         else:
             self.dispatch()
 
-    def browse(
-        self, limit: int, selector: Callable[[Message], bool] | None = None
-    ) -> list[Delivery]:
-        """Up to ``limit`` ready messages in delivery order, taking nothing (queue browsers).
-
-        The deliveries returned are the queue's own: read them, never settle them. Only the
-        messages in memory are browsed (:meth:`browse_all` reads paged-out ones too).
-        """
-        now = self.vhost.now()
-        out: list[Delivery] = []
-        for level in reversed(self._levels):
-            _browse_into(out, level, now, limit, selector)
-        return out
-
-    def browse_all(
-        self,
-        limit: int,
-        selector: Callable[[Message], bool] | None,
-        callback: Callable[[list[Delivery]], None],
-    ) -> None:
-        """As :meth:`browse`, then on to the messages paged out to the store, read back for the
-        browser only (the queue's memory is left as it is): ``callback(deliveries)`` on the
-        reactor thread, at once when nothing is paged out."""
-        now = self.vhost.now()
-        out: list[Delivery] = []
-        levels = list(range(len(self._levels) - 1, -1, -1))
-        store = self.vhost.store
-
-        def from_level(i: int) -> None:
-            while i < len(levels) and len(out) < limit:
-                level = levels[i]
-                _browse_into(out, self._levels[level], now, limit, selector)
-                if self._paged[level] and len(out) < limit and not self.deleted:
-                    read_paged(i, self._cursor[level])
-                    return
-                i += 1
-            callback(out)
-
-        def read_paged(i: int, after: int) -> None:
-            want = max(limit - len(out), MIN_READ_AHEAD)
-
-            def rows_read(rows: list) -> None:
-                paged = (
-                    Delivery(self, seq, Message.from_bytes(data), delivery_count, expires_at)
-                    for seq, data, delivery_count, expires_at in rows
-                )
-                _browse_into(out, paged, now, limit, selector)
-                if len(out) < limit and len(rows) == want and not self.deleted:
-                    read_paged(i, rows[-1][0])  # a selector skipped some: read on
-                else:
-                    from_level(i + 1)
-
-            store.read_messages(self.vhost.name, self.name, levels[i], after, want, rows_read)
-
-        from_level(0)
-
     def purge(self) -> int:
         """Drop every ready message; returns how many."""
         n = self._count
@@ -1055,111 +637,6 @@ class Queue:
         self._bytes = 0
         self._mem_bytes = 0
         return n
-
-    # -- dead-lettering, TTL ----------------------------------------------------------------
-
-    def _dead_letter(self, d: Delivery, reason: str) -> None:
-        self._settle(d)
-        self._dead_letter_message(d.message, reason)
-
-    def _dead_letter_message(self, message: Message, reason: str) -> None:
-        dlx = self.dead_letter_exchange
-        if dlx is None:
-            return
-        deaths = list(message.headers.get("x-death") or [])
-        # RabbitMQ's cycle rule: a message that only ever expired and comes back to a queue
-        # it already died in is dropped, or it would circle forever.
-        if reason != "rejected" and any(
-            isinstance(x, dict) and x.get("queue") == self.name for x in deaths
-        ):
-            if all(isinstance(x, dict) and x.get("reason") != "rejected" for x in deaths):
-                return
-        for x in deaths:
-            if isinstance(x, dict) and x.get("queue") == self.name and x.get("reason") == reason:
-                x["count"] = int(x.get("count", 1)) + 1
-                break
-        else:
-            deaths.insert(
-                0,
-                {
-                    "count": 1,
-                    "reason": reason,
-                    "queue": self.name,
-                    "time": self.vhost.now() // 1000,
-                    "exchange": message.exchange,
-                    "routing-keys": [message.routing_key],
-                },
-            )
-        headers = dict(message.headers)
-        headers["x-death"] = deaths
-        headers.setdefault("x-first-death-reason", reason)
-        headers.setdefault("x-first-death-queue", self.name)
-        headers.setdefault("x-first-death-exchange", message.exchange)
-        key = (
-            self.dead_letter_routing_key
-            if self.dead_letter_routing_key is not None
-            else message.routing_key
-        )
-        dead = message.copy(headers=headers, expiration=None)
-        if dlx not in self.vhost.exchanges:
-            # as RabbitMQ does: a dead-letter exchange that does not exist drops the message;
-            # neither the publisher nor the queue's expiry and overflow fail because of it
-            self.dead_letters_dropped += 1
-            if not self._dlx_missing_logged:
-                self._dlx_missing_logged = True
-                log.warn(
-                    "queue {queue} in vhost {vhost}: dead-letter exchange {dlx!r} does not "
-                    "exist; dead letters are dropped",
-                    queue=self.name,
-                    vhost=self.vhost.name,
-                    dlx=dlx,
-                )
-            return
-        self._dlx_missing_logged = False
-        self.vhost.publish(dlx, key, dead)
-
-    def _schedule_expiry(self) -> None:
-        head = self._peek_head()
-        if head is None or head.expires_at is None:
-            return
-        if self._expiry_at is not None and self._expiry_at <= head.expires_at:
-            return
-        if self._expiry_timer is not None and self._expiry_timer.active():
-            self._expiry_timer.cancel()
-        self._expiry_at = head.expires_at
-        delay = max(0.0, (head.expires_at - self.vhost.now()) / 1000.0)
-        self._expiry_timer = self.vhost.clock.callLater(delay, self._expire_head)
-
-    def _expire_head(self) -> None:
-        self._expiry_timer = None
-        self._expiry_at = None
-        if self.deleted:
-            return
-        now = self.vhost.now()
-        while True:
-            head = self._peek_head()
-            if head is None or head.expires_at is None or head.expires_at > now:
-                break
-            self._dead_letter(self._pop_head(), "expired")
-        self._schedule_expiry()
-
-    # -- queue expiry (x-expires) and deletion ----------------------------------------------
-
-    def _touch(self) -> None:
-        if self.expires is None or self.consumers:
-            return
-        self._cancel_idle_timer()
-        self._idle_timer = self.vhost.clock.callLater(self.expires / 1000.0, self._idle_expired)
-
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None and self._idle_timer.active():
-            self._idle_timer.cancel()
-        self._idle_timer = None
-
-    def _idle_expired(self) -> None:
-        self._idle_timer = None
-        if not self.consumers and not self.deleted:
-            self.vhost.delete_queue(self.name)
 
     def close(self) -> None:
         """Called by the virtual host on deletion: cancel timers and consumers."""
@@ -1199,21 +676,3 @@ def _opt_str(arguments: dict, name: str) -> str | None:
     if not isinstance(v, str):
         raise PreconditionFailed(f"invalid arg '{name}': expected a string")
     return v
-
-
-def _browse_into(
-    out: list[Delivery],
-    deliveries: Iterable[Delivery],
-    now: int,
-    limit: int,
-    selector: Callable[[Message], bool] | None,
-) -> None:
-    """Append to ``out`` the unexpired ``deliveries`` the selector takes, up to ``limit`` in all
-    (queue browsers: nothing is taken from the queue)."""
-    for d in deliveries:
-        if len(out) >= limit:
-            return
-        if d.expires_at is not None and d.expires_at <= now:
-            continue
-        if selector is None or selector(d.message):
-            out.append(d)

@@ -12,14 +12,15 @@ them, through ``broker.stream_formats``; encodings made for a reader are cached 
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .delivery import Consumer, Delivery
 from .errors import PreconditionFailed
 from .message import Message
-from .queue import Consumer, Delivery
 
 if TYPE_CHECKING:
     from .vhost import VirtualHost
@@ -276,17 +277,6 @@ class Partition:
         for r in list(self.readers):
             r.pump()
 
-    def offset_for_timestamp(self, timestamp: int) -> int:
-        """The earliest offset in memory whose entry timestamp is >= ``timestamp`` (or the end).
-
-        For a paged partition only the entries in memory are searched: an older timestamp
-        gives the first offset in memory (``find_timestamp`` searches the disk too).
-        """
-        for e in self.entries:
-            if e.timestamp >= timestamp:
-                return e.offset
-        return self.next_offset
-
     def find_timestamp(self, timestamp: int, callback: Callable[[list[StreamEntry]], None]) -> None:
         """``callback(entries)`` with the entries, in offset order, that hold the earliest
         record whose timestamp is >= ``timestamp`` (an entry's timestamp is that of its newest
@@ -301,6 +291,22 @@ class Partition:
             callback([_entry(*row)] if row is not None and not s.deleted else [])
 
         s.vhost.store.find_stream_timestamp(s.vhost.name, s.name, self.index, timestamp, found)
+
+    def offset_at_time(self, timestamp: int, callback: Callable[[int], None]) -> None:
+        """``callback(offset)`` with the first offset whose entry timestamp is >= ``timestamp``
+        (an entry's timestamp is that of its newest record), or the end of the partition as it
+        was at this call when no entry is that new. The segment files are searched when part
+        of the partition is only on disk (see :meth:`find_timestamp`); else called at once."""
+        end = self.next_offset
+
+        def found(entries: list[StreamEntry]) -> None:
+            for e in entries:
+                if e.timestamp >= timestamp:
+                    callback(e.offset)
+                    return
+            callback(end)
+
+        self.find_timestamp(timestamp, found)
 
     def messages(self, entry: StreamEntry) -> list[Message]:
         """The core messages of an entry, decoding a batch through its registered format."""
@@ -568,33 +574,57 @@ class Stream:
 
     # -- consumers (AMQP x-stream-offset style push) ------------------------------------------
 
-    def resolve_offset(self, partition: Partition, spec: Any) -> int:
-        """``first`` | ``last`` | ``next`` | an integer offset | ``("timestamp", ms)``."""
+    def resolve_offset(
+        self, partition: Partition, spec: Any, callback: Callable[[int], None]
+    ) -> None:
+        """``callback(offset)`` with where a reader of ``partition`` starts for ``spec``:
+        ``first`` | ``last`` | ``next`` | an integer offset | ``("timestamp", ms)``.
+
+        Called at once, except for a timestamp on a partition partly on disk: the segment files
+        are searched first. Any other spec raises PreconditionFailed before calling back.
+        """
         if isinstance(spec, bytes):
             spec = spec.decode()
         if spec is None or spec == "next":
-            return partition.next_offset
-        if spec == "first":
-            return partition.start_offset
-        if spec == "last":
+            callback(partition.next_offset)
+        elif spec == "first":
+            callback(partition.start_offset)
+        elif spec == "last":
             if not partition.entries:
                 # (paged out: the last offset, inside the last entry if it is a batch)
-                return max(partition.start_offset, partition.next_offset - 1)
-            return partition.entries[-1].offset
-        if isinstance(spec, tuple) and spec[0] == "timestamp":
-            return partition.offset_for_timestamp(int(spec[1]))
-        if isinstance(spec, int) and not isinstance(spec, bool):
-            return max(partition.start_offset, min(spec, partition.next_offset))
-        raise PreconditionFailed(f"invalid stream offset {spec!r}")
+                callback(max(partition.start_offset, partition.next_offset - 1))
+            else:
+                callback(partition.entries[-1].offset)
+        elif isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "timestamp":
+            partition.offset_at_time(int(spec[1]), callback)
+        elif isinstance(spec, int) and not isinstance(spec, bool):
+            callback(max(partition.start_offset, min(spec, partition.next_offset)))
+        else:
+            raise PreconditionFailed(f"invalid stream offset {spec!r}")
 
     def add_consumer(self, consumer: Consumer, offset: Any = "next") -> None:
+        """Push every partition to ``consumer`` from ``offset`` (see :meth:`resolve_offset`).
+
+        A partition whose start is being searched on disk gets its reader when the answer is
+        back, unless the consumer was removed (or the stream deleted) meanwhile.
+        """
         consumer.queue = self
         self.consumers.append(consumer)
-        readers = []
-        for p in self.partitions:
-            r = StreamReader(self, p, consumer, self.resolve_offset(p, offset))
+        resolved: list[StreamReader] | None = []  # the readers of this call, pumped together
+
+        def start(p: Partition, at: int) -> None:
+            if self.deleted or consumer not in self.consumers:
+                return
+            r = StreamReader(self, p, consumer, at)
             p.readers.append(r)
-            readers.append(r)
+            if resolved is None:
+                r.pump()  # resolved later, from the disk
+            else:
+                resolved.append(r)
+
+        for p in self.partitions:
+            self.resolve_offset(p, offset, functools.partial(start, p))
+        readers, resolved = resolved, None
         for r in readers:
             r.pump()
 

@@ -131,7 +131,8 @@ def produce(
 
 
 def consumer(name_srv: str, group: str, topic: str, expr: str = "*", count: int = 1, **kw):
-    """Start an ali-ons push consumer (``model``, ``fail``, ``max_reconsume``, ``timeout``)."""
+    """Start an ali-ons push consumer (``model``, ``fail``, ``max_reconsume``, ``timeout``;
+    ``from_ms``: a new group starts at that time, epoch ms on a whole second)."""
     return Node(
         "consume",
         name_srv,
@@ -143,6 +144,7 @@ def consumer(name_srv: str, group: str, topic: str, expr: str = "*", count: int 
         kw.get("fail", ""),
         kw.get("max_reconsume", 16),
         kw.get("timeout", 60),
+        kw.get("from_ms", 0),
     )
 
 

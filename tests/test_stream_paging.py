@@ -12,6 +12,7 @@ from twisted.internet import defer, reactor, task
 from polymq.core.broker import Broker
 from polymq.core.message import Message
 from polymq.core.queue import Consumer
+from polymq.core.store.segments import StreamLog
 from polymq.core.store.sqlite import SEGMENT_SUFFIX, SqliteStore, escape_name
 
 TAIL = 64 * 1024  # bytes of a partition kept in memory
@@ -181,3 +182,26 @@ def test_clean_close_records_partition_ends_and_a_changed_segment_is_read_again(
     assert [b[:5] for _, b in got] == [b"%05d" % i for i in range(495, 500)]
     assert p.append_message(Message(b"more")) == 500
     yield broker.stop()
+
+
+def test_segment_reads_and_timestamp_search_cross_a_record_larger_than_a_read(tmp_path):
+    """StreamLog.read and StreamLog.find_timestamp walk the same records: a 2 MiB entry (more
+    than one read of either) is returned whole, and the entries after it are found."""
+    log = StreamLog(str(tmp_path), 64 * 1024 * 1024, False)
+    log.load({})
+    big = b"B" * (2 * 1024 * 1024)
+    rows = [(i, 1, 100 + i, "t", b"%03d" % i) for i in range(10)]
+    rows += [(10, 1, 200, "t", big), (11, 1, 300, "t", b"after")]
+    for offset, count, ts, fmt, data in rows:
+        log.append(("/", "s", 0, offset, count, ts, fmt, data))
+    log.write_pending()
+    try:
+        assert log.find_timestamp("/", "s", 0, 105)[:3] == (5, 1, 105)
+        assert log.find_timestamp("/", "s", 0, 150) == rows[10]
+        assert log.find_timestamp("/", "s", 0, 250) == rows[11]
+        assert log.find_timestamp("/", "s", 0, 301) is None
+        assert log.read("/", "s", 0, 10, 1000) == [rows[10]]
+        assert log.read("/", "s", 0, 3, 6) == rows[3:5]
+        assert log.read("/", "s", 0, 8, 10 * 1024 * 1024) == rows[8:]
+    finally:
+        log.close()

@@ -16,6 +16,7 @@ import shutil
 import struct
 import time
 import urllib.parse
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from crc32c import crc32c
@@ -46,6 +47,10 @@ _MAX_PAYLOAD = 0xFFFFFFFF
 # one sparse index entry per this many bytes of log (Kafka's index.interval.bytes)
 INDEX_INTERVAL = 4096
 _SCAN_CHUNK = 1 << 20
+
+
+def _scan_chunk() -> int:
+    return _SCAN_CHUNK
 
 
 def escape_name(name: str) -> str:
@@ -372,6 +377,31 @@ class StreamLog:
         idx.end = pos
         return idx
 
+    def _record_chunks(
+        self, fd: int, pos: int, size: int, chunk: Callable[[], int]
+    ) -> Iterator[list[tuple[int, int, int, str, bytes]]]:
+        """The intact records of a segment from byte ``pos`` on, a list per read.
+
+        Each read asks ``chunk()`` how many bytes to read (called again before every read, so a
+        caller can shrink it to what it still wants); a record larger than that is read whole
+        by a second read. Stops at the end of what is written (or at a torn record).
+        """
+        while pos < size:
+            buf = os.pread(fd, min(size - pos, chunk()), pos)
+            got: list = []
+            end = self._parse(buf, got, 0)
+            if not got and len(buf) >= _REC.size:
+                # one record larger than what was read: read exactly that record
+                _c, length, _o, _n, _t, flen = _REC.unpack_from(buf, 0)
+                need = _REC.size + flen + length
+                if need > len(buf) and pos + need <= size:
+                    buf = os.pread(fd, need, pos)
+                    end = self._parse(buf, got, 0)
+            if not got:
+                return
+            pos += end
+            yield got
+
     def read(
         self, vhost: str, stream: str, partition: int, offset: int, max_bytes: int
     ) -> list[tuple[int, int, int, str, bytes]]:
@@ -383,6 +413,10 @@ class StreamLog:
         i = max(0, bisect.bisect_right(segs, offset) - 1)
         out: list[tuple[int, int, int, str, bytes]] = []
         total = 0
+
+        def chunk() -> int:  # what is still wanted, and a margin for the record that ends it
+            return max(max_bytes - total, 0) + 65536
+
         while i < len(segs) and (not out or total < max_bytes):
             try:
                 fd = os.open(self._segment_path(part.dir, segs[i]), os.O_RDONLY | os.O_CLOEXEC)
@@ -392,21 +426,7 @@ class StreamLog:
             try:
                 size = os.fstat(fd).st_size
                 pos = 0 if out else self._index(part, segs[i], fd, size).position_for(offset)
-                while pos < size and (not out or total < max_bytes):
-                    want = min(size - pos, max(max_bytes - total, 0) + 65536)
-                    buf = os.pread(fd, want, pos)
-                    got: list = []
-                    end = self._parse(buf, got, 0)
-                    if not got and len(buf) >= _REC.size:
-                        # one record larger than what was read: read exactly that record
-                        _c, length, _o, _n, _t, flen = _REC.unpack_from(buf, 0)
-                        need = _REC.size + flen + length
-                        if need > len(buf) and pos + need <= size:
-                            buf = os.pread(fd, need, pos)
-                            end = self._parse(buf, got, 0)
-                    if not got:
-                        break  # the end of what is written
-                    pos += end
+                for got in self._record_chunks(fd, pos, size, chunk):
                     for e in got:
                         if e[0] + e[1] <= offset:
                             continue
@@ -414,6 +434,8 @@ class StreamLog:
                             return out
                         out.append(e)
                         total += len(e[4])
+                    if out and total >= max_bytes:
+                        break
             finally:
                 os.close(fd)
             i += 1
@@ -442,21 +464,10 @@ class StreamLog:
                 size = os.fstat(fd).st_size
                 if self._index(part, base, fd, size).max_ts < timestamp:
                     continue
-                pos = 0
-                while pos < size:
-                    buf = os.pread(fd, min(_SCAN_CHUNK, size - pos), pos)
-                    got: list = []
-                    end = self._parse(buf, got, 0)
-                    if not got and len(buf) >= _REC.size:  # one record larger than the chunk
-                        _c, length, _o, _n, _t, flen = _REC.unpack_from(buf, 0)
-                        buf = os.pread(fd, _REC.size + flen + length, pos)
-                        end = self._parse(buf, got, 0)
-                    if not got:
-                        break
+                for got in self._record_chunks(fd, 0, size, _scan_chunk):
                     for e in got:
                         if e[0] + e[1] > part.start and e[2] >= timestamp:
                             return e
-                    pos += end
             finally:
                 os.close(fd)
         return None

@@ -1,7 +1,8 @@
 'use strict';
 // Drives the unmodified ali-ons client for the polymq tests; one JSON object per output line.
 //   node rmq.js produce <nameSrv> <topic> <count> [tag] [prefix] [size] [delayLevel]
-//   node rmq.js consume <nameSrv> <group> <topic> <expr> <count> [broadcast|cluster] [failMatch] [maxReconsume] [timeoutS]
+//   node rmq.js consume <nameSrv> <group> <topic> <expr> <count> [broadcast|cluster] [failMatch] [maxReconsume] [timeoutS] [fromMs]
+//     (fromMs: a new group starts at this time, epoch ms on a whole second: CONSUME_FROM_TIMESTAMP)
 //   node rmq.js interop <nameSrv>   (commands as JSON lines on stdin, for tests/interop/clients.py)
 const { Producer, Consumer, Message } = require('ali-ons');
 
@@ -27,7 +28,15 @@ async function produce(nameSrv, topic, count, tag, prefix, size, delayLevel) {
   process.exit(0);
 }
 
-async function consume(nameSrv, group, topic, expr, count, model, failMatch, maxReconsume, timeoutS) {
+// ali-ons takes the start time as local yyyyMMddHHmmss
+const localTime = ms => {
+  const d = new Date(ms);
+  const two = n => String(n).padStart(2, '0');
+  return `${d.getFullYear()}${two(d.getMonth() + 1)}${two(d.getDate())}${two(d.getHours())}${two(d.getMinutes())}${two(d.getSeconds())}`;
+};
+
+async function consume(nameSrv, group, topic, expr, count, model, failMatch, maxReconsume, timeoutS, fromMs) {
+  const from = Number(fromMs) ? { consumeFromWhere: 'CONSUME_FROM_TIMESTAMP', consumeTimestamp: localTime(Number(fromMs)) } : {};
   const consumer = new Consumer({
     nameSrv, httpclient: {}, consumerGroup: group, logger: silent,
     isBroadcast: model === 'broadcast',
@@ -35,6 +44,7 @@ async function consume(nameSrv, group, topic, expr, count, model, failMatch, max
     persistConsumerOffsetInterval: 500,
     maxReconsumeTimes: maxReconsume === undefined ? 16 : Number(maxReconsume),
     consumeFromWhere: topic.startsWith('%DLQ%') ? 'CONSUME_FROM_FIRST_OFFSET' : 'CONSUME_FROM_LAST_OFFSET',
+    ...from,
   });
   consumer.on('error', err => { if (!/process mq message failed/.test(err.message)) out({ error: err.message }); });
   let got = 0;
@@ -117,7 +127,7 @@ const [ mode, ...args ] = process.argv.slice(2);
 if (mode === 'produce') {
   produce(args[0], args[1], Number(args[2]), args[3], args[4], Number(args[5] || 0), Number(args[6] || 0)).catch(err => { out({ error: err.message }); process.exit(2); });
 } else if (mode === 'consume') {
-  consume(args[0], args[1], args[2], args[3], Number(args[4]), args[5], args[6], args[7], args[8]).catch(err => { out({ error: err.message }); process.exit(2); });
+  consume(args[0], args[1], args[2], args[3], Number(args[4]), args[5], args[6], args[7], args[8], args[9]).catch(err => { out({ error: err.message }); process.exit(2); });
 } else if (mode === 'interop') {
   interop(args[0]).catch(err => { out({ error: err.message }); process.exit(2); });
 } else {

@@ -534,7 +534,17 @@ class RocketSession(SessionBase):
 
     def do_search_offset(self, cmd: C.Command) -> None:
         ts = _int(cmd.ext, "timestamp")
-        self._offset_of(cmd, lambda p: p.offset_for_timestamp(ts))
+        name, qid = cmd.ext.get("topic", ""), _int(cmd.ext, "queueId")
+        s = self.server.topic(name)
+        if s is None or not 0 <= qid < len(s.partitions):
+            self.answer(cmd, C.TOPIC_NOT_EXIST, f"no queue {qid} in topic {name}")
+            return
+
+        def found(offset: int) -> None:
+            self.answer(cmd, C.SUCCESS, None, ext={"offset": offset})
+
+        # a queue partly on disk is searched in its segment files: answered when that is back
+        s.partitions[qid].offset_at_time(ts, lambda offset: self.conn.call_session(found, offset))
 
     def do_earliest_time(self, cmd: C.Command) -> None:
         name, qid = cmd.ext.get("topic", ""), _int(cmd.ext, "queueId")
