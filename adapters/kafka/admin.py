@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = Logger(namespace="polymq.kafka")
 
 TOPIC_RESOURCE = 2
+BROKER_RESOURCE = 4
 MAX_PARTITIONS = 10000
 # the topic configs that change how the stream keeps records; the others are kept and reported
 RETENTION_MS = "retention.ms"
@@ -136,17 +137,22 @@ def _check_topic_configs(configs: dict[str, str | None]) -> str | None:
     return None
 
 
+def _resource_result(r: Any) -> dict:
+    """The answer about one resource of AlterConfigs or DescribeConfigs: fine, until told."""
+    return {
+        "error_code": 0,
+        "error_message": None,
+        "resource_type": r.resource_type,
+        "resource_name": r.resource_name,
+    }
+
+
 def _alter(
     session: KafkaSession, req: Any, reply: Callable, new_configs: Callable[[Stream, Any], Any]
 ) -> None:
     responses = []
     for r in req.resources:
-        res = {
-            "error_code": 0,
-            "error_message": None,
-            "resource_type": r.resource_type,
-            "resource_name": r.resource_name,
-        }
+        res = _resource_result(r)
         responses.append(res)
         if r.resource_type != TOPIC_RESOURCE:
             res.update(
@@ -269,7 +275,7 @@ def create_topics(session: KafkaSession, ver: int, req: Any, reply: Callable) ->
                 error_code=C.TOPIC_ALREADY_EXISTS,
                 error_message=f"Topic '{t.name}' already exists.",
             )
-        elif n <= 0 or n > 10000:
+        elif n <= 0 or n > MAX_PARTITIONS:
             r.update(error_code=C.INVALID_PARTITIONS, error_message="invalid partitions")
         elif t.replication_factor not in (-1, 1):
             r.update(
@@ -278,7 +284,7 @@ def create_topics(session: KafkaSession, ver: int, req: Any, reply: Callable) ->
             )
         elif any(c.name == "cleanup.policy" and "compact" in (c.value or "") for c in t.configs):
             r.update(
-                error_code=40,  # INVALID_CONFIG: compaction is not implemented
+                error_code=C.INVALID_CONFIG,  # compaction is not implemented
                 error_message="cleanup.policy=compact is not supported (delete only)",
             )
         elif not (
@@ -321,31 +327,24 @@ def delete_topics(session: KafkaSession, ver: int, req: Any, reply: Callable) ->
 def describe_configs(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
     results = []
     for r in req.resources:
-        res = {
-            "error_code": 0,
-            "error_message": None,
-            "resource_type": r.resource_type,
-            "resource_name": r.resource_name,
-            "configs": [],
-        }
-        if r.resource_type == 2:  # topic
+        res = _resource_result(r)
+        res["configs"] = []
+        results.append(res)
+        if r.resource_type == TOPIC_RESOURCE:
             s = session.server.topic(r.resource_name)
             if not session.conn.authorize("configure", "topic", r.resource_name):
                 res.update(error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized")
-                results.append(res)
                 continue
             if s is None:
                 res.update(error_code=C.UNKNOWN_TOPIC_OR_PARTITION, error_message="unknown topic")
-                results.append(res)
                 continue
             values = _topic_configs(session, s)
-        elif r.resource_type == 4:  # broker
+        elif r.resource_type == BROKER_RESOURCE:
             if not session.may_configure_cluster():
                 res.update(
                     error_code=C.CLUSTER_AUTHORIZATION_FAILED,
                     error_message="not authorized to describe the cluster's configuration",
                 )
-                results.append(res)
                 continue
             values = {
                 "message.max.bytes": (str(session.broker.max_message_size), True),
@@ -355,7 +354,6 @@ def describe_configs(session: KafkaSession, ver: int, req: Any, reply: Callable)
             }
         else:
             res.update(error_code=C.INVALID_REQUEST, error_message="unsupported resource")
-            results.append(res)
             continue
         keys = r.configuration_keys
         for name, (value, default) in values.items():
@@ -372,7 +370,6 @@ def describe_configs(session: KafkaSession, ver: int, req: Any, reply: Callable)
                     "synonyms": [],
                 }
             )
-        results.append(res)
     reply({"results": results})
 
 

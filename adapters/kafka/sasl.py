@@ -101,36 +101,25 @@ def _plain(
 
 
 def sasl_authenticate(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
-    if session.sasl_mechanism is None or session.authenticated or session.sasl_raw:
-        return reply(
+    def answer(code: int, message: str | None, out: bytes = b"") -> None:
+        reply(
             {
-                "error_code": C.ILLEGAL_SASL_STATE,
-                "error_message": "no handshake",
-                "auth_bytes": b"",
+                "error_code": code,
+                "error_message": message,
+                "auth_bytes": out,
                 "session_lifetime_ms": 0,
             }
         )
 
+    if session.sasl_mechanism is None or session.authenticated or session.sasl_raw:
+        return answer(C.ILLEGAL_SASL_STATE, "no handshake")
+
     def done(out: bytes | None, err: str | None) -> None:
         if err is not None:
-            reply(
-                {
-                    "error_code": C.SASL_AUTHENTICATION_FAILED,
-                    "error_message": err,
-                    "auth_bytes": b"",
-                    "session_lifetime_ms": 0,
-                }
-            )
+            answer(C.SASL_AUTHENTICATION_FAILED, err)
             log.info("kafka client {peer}: SASL refused: {e}", peer=session.peer, e=err)
             return
-        reply(
-            {
-                "error_code": 0,
-                "error_message": None,
-                "auth_bytes": out or b"",
-                "session_lifetime_ms": 0,
-            }
-        )
+        answer(0, None, out or b"")
 
     _sasl_token(session, bytes(req.auth_bytes), done)
 
