@@ -209,6 +209,7 @@ class FetchWait:
 
 
 def fetch(session: KafkaSession, hdr: C.RequestHeader, req: Any) -> None:
+    """A Fetch: read permission asked once per topic and connection, then answered or polled."""
     readable = session.readable
     denied = None
     for t in req.topics:
@@ -223,6 +224,8 @@ def fetch(session: KafkaSession, hdr: C.RequestHeader, req: Any) -> None:
 
 
 def list_offsets(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
+    """ListOffsets: -1 the end (the last stable offset for read_committed), -2 the start, else
+    the first record at or after a timestamp."""
     topics = []
     # lookups by time may read the disk (a paged partition): the answer waits for them
     waiting = [1]

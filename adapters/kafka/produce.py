@@ -1,5 +1,6 @@
-"""Writing topics: the Produce request (the adapter's hot path: no per-record Python work, a
-batch is checked and stored as it came) and the answers the resource alarm holds back."""
+"""Writing topics: the Produce request, a hot path (each batch is validated and stored as the
+bytes the producer sent, with its offsets filled in), and the answers the resource alarm holds
+back."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from polymq.core.stream import Stream
 
 from . import codec as C
 from . import txn as T
-from .records import BatchError, check_batches
-from .records import with_base_offset as _with_base_offset
+from .records import BatchError, check_batches, with_base_offset
 from .server import FORMAT, TOPIC_RE, ProducerState
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ _MAX_THROTTLE_MS = 2**31 - 1
 
 
 def produce(session: KafkaSession, hdr: C.RequestHeader, req: C.ProduceRequest) -> None:
+    """Append each partition's batches and answer once they are durable (acks 1/-1)."""
     acks = req.acks
     results = []
     bad_acks = acks not in (0, 1, -1)
@@ -151,7 +152,7 @@ def _append(session: KafkaSession, s: Stream, name: str, index: int, records: me
             st.next_seq = (last + 1) & 0x7FFFFFFF
         off = p.next_offset
         ts = b.max_timestamp if b.max_timestamp >= 0 else now_ms()
-        data = _with_base_offset(b.data, off)
+        data = with_base_offset(b.data, off)
         p.append_batch(FORMAT, data, b.count, ts)
         appended.append(data)
         info.messages_in += b.count
