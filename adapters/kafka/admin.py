@@ -1,4 +1,4 @@
-"""Admin requests beyond topic creation and deletion: CreatePartitions, DeleteRecords,
+"""Admin requests: CreateTopics, DeleteTopics, CreatePartitions, DeleteRecords, DescribeConfigs,
 AlterConfigs / IncrementalAlterConfigs (topic retention), DeleteGroups, OffsetDelete and
 DescribeCluster. Each handler is a method of :class:`~.session.KafkaSession` (see its
 HANDLERS)."""
@@ -8,15 +8,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
+
+from polymq.core.errors import BrokerError
 from polymq.core.stream import Stream, parse_max_age
 
 from . import codec as C
-from .server import CLUSTER_ID, NODE_ID
+from .server import CLUSTER_ID, NODE_ID, TOPIC_RE
 
 if TYPE_CHECKING:
     from .session import KafkaSession
 
+log = Logger(namespace="polymq.kafka")
+
 TOPIC_RESOURCE = 2
+BROKER_RESOURCE = 4
 MAX_PARTITIONS = 10000
 # the topic configs that change how the stream keeps records; the others are kept and reported
 RETENTION_MS = "retention.ms"
@@ -131,17 +137,22 @@ def _check_topic_configs(configs: dict[str, str | None]) -> str | None:
     return None
 
 
+def _resource_result(r: Any) -> dict:
+    """The answer about one resource of AlterConfigs or DescribeConfigs: fine, until told."""
+    return {
+        "error_code": 0,
+        "error_message": None,
+        "resource_type": r.resource_type,
+        "resource_name": r.resource_name,
+    }
+
+
 def _alter(
     session: KafkaSession, req: Any, reply: Callable, new_configs: Callable[[Stream, Any], Any]
 ) -> None:
     responses = []
     for r in req.resources:
-        res = {
-            "error_code": 0,
-            "error_message": None,
-            "resource_type": r.resource_type,
-            "resource_name": r.resource_name,
-        }
+        res = _resource_result(r)
         responses.append(res)
         if r.resource_type != TOPIC_RESOURCE:
             res.update(
@@ -231,7 +242,7 @@ def offset_delete(session: KafkaSession, ver: int, req: Any, reply: Callable) ->
 
 
 def describe_cluster(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
-    b = session._broker_entry()
+    b = session.broker_entry()
     # v1 asks for brokers (1) or controllers (2); this one node answers as a broker
     code = C.INVALID_REQUEST if ver >= 1 and req.endpoint_type != 1 else 0
     reply(
@@ -245,3 +256,138 @@ def describe_cluster(session: KafkaSession, ver: int, req: Any, reply: Callable)
             "cluster_authorized_operations": -2147483648,
         }
     )
+
+
+def create_topics(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
+    srv = session.server
+    out = []
+    for t in req.topics:
+        r = {"name": t.name, "error_code": 0, "error_message": None}
+        n = t.num_partitions
+        if t.assignments:
+            n = len(t.assignments)
+        if n == -1:
+            n = srv.num_partitions
+        if not TOPIC_RE.match(t.name) or t.name in (".", ".."):
+            r.update(error_code=C.INVALID_TOPIC_EXCEPTION, error_message="invalid name")
+        elif t.name in session.vhost.queues:
+            r.update(
+                error_code=C.TOPIC_ALREADY_EXISTS,
+                error_message=f"Topic '{t.name}' already exists.",
+            )
+        elif n <= 0 or n > MAX_PARTITIONS:
+            r.update(error_code=C.INVALID_PARTITIONS, error_message="invalid partitions")
+        elif t.replication_factor not in (-1, 1):
+            r.update(
+                error_code=C.INVALID_REPLICATION_FACTOR,
+                error_message="replication factor must be 1 (one broker)",
+            )
+        elif any(c.name == "cleanup.policy" and "compact" in (c.value or "") for c in t.configs):
+            r.update(
+                error_code=C.INVALID_CONFIG,  # compaction is not implemented
+                error_message="cleanup.policy=compact is not supported (delete only)",
+            )
+        elif not (
+            session.may_configure_cluster() or session.conn.authorize("configure", "topic", t.name)
+        ):
+            # Kafka: Create on the cluster, else Create on the topic
+            r.update(error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized")
+        elif not (ver >= 1 and req.validate_only):
+            try:
+                srv.create_topic(t.name, n, {c.name: c.value for c in t.configs})
+            except BrokerError as e:
+                r.update(error_code=C.INVALID_REQUEST, error_message=e.text)
+        out.append(r)
+    reply({"topics": out})
+
+
+def delete_topics(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
+    out = []
+    for name in req.topic_names:
+        s = session.server.topic(name)
+        if s is None:
+            out.append({"name": name, "error_code": C.UNKNOWN_TOPIC_OR_PARTITION})
+            continue
+        if not session.conn.authorize("configure", "topic", name):
+            out.append({"name": name, "error_code": C.TOPIC_AUTHORIZATION_FAILED})
+            continue
+        try:
+            session.vhost.delete_queue(name)
+            session.server.coordinator.forget_topic(name)
+            session.server.txn.forget_topic(name)
+            for key in [k for k in session.server.producers if k[1] == name]:
+                del session.server.producers[key]
+            log.info("kafka topic {t} deleted", t=name)
+            out.append({"name": name, "error_code": 0})
+        except BrokerError:
+            out.append({"name": name, "error_code": C.UNKNOWN_SERVER_ERROR})
+    reply({"responses": out}, durable=True)
+
+
+def describe_configs(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
+    results = []
+    for r in req.resources:
+        res = _resource_result(r)
+        res["configs"] = []
+        results.append(res)
+        if r.resource_type == TOPIC_RESOURCE:
+            s = session.server.topic(r.resource_name)
+            if not session.conn.authorize("configure", "topic", r.resource_name):
+                res.update(error_code=C.TOPIC_AUTHORIZATION_FAILED, error_message="not authorized")
+                continue
+            if s is None:
+                res.update(error_code=C.UNKNOWN_TOPIC_OR_PARTITION, error_message="unknown topic")
+                continue
+            values = _topic_configs(session, s)
+        elif r.resource_type == BROKER_RESOURCE:
+            if not session.may_configure_cluster():
+                res.update(
+                    error_code=C.CLUSTER_AUTHORIZATION_FAILED,
+                    error_message="not authorized to describe the cluster's configuration",
+                )
+                continue
+            values = {
+                "message.max.bytes": (str(session.broker.max_message_size), True),
+                "num.partitions": (str(session.server.num_partitions), True),
+                "auto.create.topics.enable": (str(session.server.auto_create).lower(), True),
+                "broker.id": (str(NODE_ID), True),
+            }
+        else:
+            res.update(error_code=C.INVALID_REQUEST, error_message="unsupported resource")
+            continue
+        keys = r.configuration_keys
+        for name, (value, default) in values.items():
+            if keys is not None and name not in keys:
+                continue
+            res["configs"].append(
+                {
+                    "name": name,
+                    "value": value,
+                    "read_only": True,
+                    "is_default": default,
+                    "config_source": 5 if default else 1,
+                    "is_sensitive": False,
+                    "synonyms": [],
+                }
+            )
+    reply({"results": results})
+
+
+def _topic_configs(session: KafkaSession, s: Stream) -> dict[str, tuple[str, bool]]:
+    values = {
+        "cleanup.policy": ("delete", True),
+        "retention.ms": (
+            str(s.max_age_ms if s.max_age_ms is not None else -1),
+            s.max_age_ms is None,
+        ),
+        "retention.bytes": (
+            str(s.max_bytes if s.max_bytes is not None else -1),
+            s.max_bytes is None,
+        ),
+        "max.message.bytes": (str(session.broker.max_message_size), True),
+        "message.timestamp.type": ("CreateTime", True),
+        "compression.type": ("producer", True),
+    }
+    for k, v in s.config.items():
+        values[k] = (str(v), False)
+    return values

@@ -1,7 +1,9 @@
-"""Reading topics: the Fetch request (answered at once or long-polled) and ListOffsets by time."""
+"""Reading topics: the Fetch request (answered at once or long-polled) and ListOffsets (the
+first, last and last stable offsets, and offsets by time)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from polymq.core.stream import Partition
@@ -204,3 +206,72 @@ class FetchWait:
             out.append((t.topic, parts))
         self.records = records
         return out, total, errors
+
+
+def fetch(session: KafkaSession, hdr: C.RequestHeader, req: Any) -> None:
+    """A Fetch: read permission asked once per topic and connection, then answered or polled."""
+    readable = session.readable
+    denied = None
+    for t in req.topics:
+        name = t.topic
+        if name not in readable:
+            if session.conn.authorize("read", "topic", name):
+                readable.add(name)
+            else:
+                denied = denied or set()
+                denied.add(name)
+    FetchWait(session, hdr, req, denied).start()
+
+
+def list_offsets(session: KafkaSession, ver: int, req: Any, reply: Callable) -> None:
+    """ListOffsets: -1 the end (the last stable offset for read_committed), -2 the start, else
+    the first record at or after a timestamp."""
+    topics = []
+    # lookups by time may read the disk (a paged partition): the answer waits for them
+    waiting = [1]
+
+    def one_done() -> None:
+        waiting[0] -= 1
+        if not waiting[0]:
+            reply({"topics": topics})
+
+    def by_time(p: Any, out: dict, ts: int) -> None:
+        def found(entries: list) -> None:
+            out["offset"], out["timestamp"] = offset_for_time(p, entries, ts)
+            one_done()
+
+        waiting[0] += 1
+        p.find_timestamp(ts, found)
+
+    for t in req.topics:
+        s = session.server.topic(t.name)
+        described = session.may_describe("topic", t.name)
+        parts = []
+        for rp in t.partitions:
+            out = {
+                "partition_index": rp.partition_index,
+                "error_code": 0,
+                "timestamp": -1,
+                "offset": -1,
+                "leader_epoch": -1,
+                "old_style_offsets": [],
+            }
+            if not described:
+                out["error_code"] = C.TOPIC_AUTHORIZATION_FAILED
+            elif s is None or not 0 <= rp.partition_index < len(s.partitions):
+                out["error_code"] = C.UNKNOWN_TOPIC_OR_PARTITION
+            else:
+                p = s.partitions[rp.partition_index]
+                if rp.timestamp == -1:
+                    out["offset"] = p.next_offset
+                    if ver >= 2 and req.isolation_level == 1:
+                        pt = session.server.txn.partitions.get((t.name, rp.partition_index))
+                        if pt is not None:
+                            out["offset"] = pt.last_stable(p.next_offset)
+                elif rp.timestamp == -2:
+                    out["offset"] = p.start_offset
+                else:
+                    by_time(p, out, rp.timestamp)
+            parts.append(out)
+        topics.append({"name": t.name, "partitions": parts})
+    one_done()

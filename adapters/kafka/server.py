@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from polymq.core.errors import BrokerError
+from polymq.core.errors import BrokerError, ProtocolError
 from polymq.core.stream import Partition, Stream, StreamEntry, StreamFormat
 
 from .groups import Coordinator
@@ -28,6 +28,11 @@ _PID = struct.Struct(">q")
 # how far back from a partition's end a producer's last batches are looked for after a restart
 # or a failover (see KafkaServer.producer_state)
 PRODUCER_SCAN_ENTRIES = 5000
+
+
+class ProtocolViolation(ProtocolError):
+    """A request Kafka does not allow here: the connection closes (Kafka has no error frame
+    for a request it cannot parse or does not support)."""
 
 
 class ProducerState:
