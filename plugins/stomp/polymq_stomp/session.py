@@ -26,6 +26,7 @@ from polymq.core.connection import ProtocolConnection, SessionBase
 from polymq.core.errors import AccessRefused, BrokerError, IdleTimeout, NotFound
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery
+from polymq.core.settlement import RESTORE, DeliveryLedger
 from polymq.core.tx import Transaction
 
 from .codec import V10, V11, V12, VERSIONS, Frame, StompError, encode_frame, escape
@@ -58,10 +59,10 @@ _session_ids = itertools.count(1)
 
 
 class Subscription:
-    """One SUBSCRIBE: its consumer, the queue it reads, and its unacknowledged deliveries in
-    delivery order (ack id -> delivery), which cumulative ``client`` acks walk."""
+    """One SUBSCRIBE: its consumer, the queue it reads, and the ledger of its unacknowledged
+    deliveries in delivery order (ack id -> delivery), which cumulative ``client`` acks walk."""
 
-    __slots__ = ("id", "ack", "consumer", "queue_name", "destination", "head", "pending", "temp")
+    __slots__ = ("id", "ack", "consumer", "queue_name", "destination", "head", "ledger", "temp")
 
     def __init__(self, sub_id: str, ack: str, destination: str, queue_name: str, temp: bool):
         self.id = sub_id
@@ -71,7 +72,9 @@ class Subscription:
         self.temp = temp  # a queue of this subscription's own (topic, exchange): deleted after
         self.consumer: Consumer | None = None
         self.head = b""  # the MESSAGE frame's first lines, the same for every delivery
-        self.pending: dict[str, Delivery] = {}
+        # STOMP's rule (RabbitMQ, ActiveMQ): an ABORT leaves the messages whose ACK / NACK it
+        # discards unacknowledged, under the same ids
+        self.ledger = DeliveryLedger(RESTORE)
 
 
 def topic_binding(key: str) -> str:
@@ -143,8 +146,6 @@ class StompSession(SessionBase):
         self.acks: dict[str, Subscription] = {}  # ack id -> subscription holding it
         self.next_ack = 1
         self.txs: dict[str, Transaction] = {}
-        # per transaction: the (ack id, subscription, delivery) its ACK/NACK frames settle
-        self.tx_settled: dict[str, list[tuple[str, Subscription, Delivery]]] = {}
         self.dest_cache: dict[str, tuple[str, str]] = {}  # SEND destination -> (exchange, key)
         self.temp_queues: dict[str, str] = {}  # /temp-queue/ name -> this connection's queue
         self.allowed: set[tuple[str, str, str]] = set()
@@ -216,8 +217,9 @@ class StompSession(SessionBase):
         self.state = 2
         # uncommitted transactions are aborted; then what was delivered and not acknowledged
         # goes back to its queue
+        for tx in self.txs.values():
+            tx.rollback()
         self.txs.clear()
-        self.tx_settled.clear()
         for sub in list(self.subs.values()):
             self._drop_subscription(sub, requeue=True)
         self.subs.clear()
@@ -620,15 +622,11 @@ class StompSession(SessionBase):
         if consumer is None:
             return
         sub.consumer = None
-        for ack_id in sub.pending:
+        for ack_id in sub.ledger.unsettled:
             self.acks.pop(ack_id, None)
-        sub.pending.clear()
-        # settlements waiting in a transaction still apply: those deliveries leave the
-        # consumer, so that cancelling it does not requeue them
-        for settled in self.tx_settled.values():
-            for _aid, _sub, d in settled:
-                if d.consumer is consumer:
-                    consumer.detach(d)
+        # settlements waiting in a transaction still apply: the ledger takes those deliveries
+        # off the consumer, so that cancelling it does not requeue them
+        sub.ledger.close()
         if consumer.queue is not None:
             consumer.queue.remove_consumer(consumer, requeue=requeue)
         if sub.temp and self.state != 2:
@@ -648,7 +646,7 @@ class StompSession(SessionBase):
         self.next_ack += 1
         lines = [f"message-id:{ack_id}"]
         if sub.ack != "auto":
-            sub.pending[ack_id] = delivery
+            sub.ledger.unsettled[ack_id] = delivery
             self.acks[ack_id] = sub
             if version == V12:
                 lines.append(f"ack:{ack_id}")
@@ -706,34 +704,25 @@ class StompSession(SessionBase):
         if ack_id is None:
             raise StompError(f"{frame.command} without an id header")
         sub = self.acks.get(ack_id)
-        if sub is None:
+        ledger = sub.ledger if sub is not None else None
+        if ledger is None or ack_id not in ledger or ack_id in ledger.held:
             raise StompError(f"{frame.command} of an unknown message id {ack_id[:40]!r}")
-        if sub.ack == "client":
-            # cumulative: this message and every earlier one of the subscription
-            settled = []
-            for aid in sub.pending:
-                settled.append(aid)
-                if aid == ack_id:
-                    break
-        else:
-            settled = [ack_id]
+        # client: cumulative, this message and every earlier one of the subscription
+        tags = ledger.tags_up_to(ack_id) if sub.ack == "client" else [ack_id]
         tx_name = h.get("transaction")
-        tx = self._tx(tx_name) if tx_name is not None else None
-        tx_settled = self.tx_settled[tx_name] if tx is not None else None
         requeue = h.get("requeue", "true").lower() != "false"
-        for aid in settled:
-            d = sub.pending.pop(aid)
-            del self.acks[aid]
-            if tx is not None:
-                tx_settled.append((aid, sub, d))
-                if ack:
-                    tx.ack(d)
-                else:
-                    tx.nack(d, requeue)
-            elif ack:
-                d.queue.ack(d)
-            else:
-                d.queue.nack(d, requeue)
+        if tx_name is not None:
+            ledger.settle_in(self._tx(tx_name), tags, ack, requeue)
+            self._receipt()
+            return
+        acks = self.acks
+        for aid in tags:
+            del acks[aid]
+        taken = ledger.take_tags(tags)
+        if ack:
+            ledger.ack(taken)
+        else:
+            ledger.nack(taken, requeue)
         self._receipt()
 
     def on_ack(self, frame: Frame) -> None:
@@ -765,14 +754,14 @@ class StompSession(SessionBase):
         if len(self.txs) >= 1024:
             raise StompError("too many open transactions")
         self.txs[name] = Transaction(self.vhost)
-        self.tx_settled[name] = []
         self._receipt()
 
     def on_commit(self, frame: Frame) -> None:
         name = self._tx_name(frame)
         tx = self._tx(name)
         del self.txs[name]
-        del self.tx_settled[name]
+        for _ledger, aid in tx.settlements():
+            self.acks.pop(aid, None)
         tx.commit()
         # the receipt leaves once what the transaction wrote is on disk
         self._receipt(durable=True)
@@ -781,15 +770,9 @@ class StompSession(SessionBase):
         name = self._tx_name(frame)
         tx = self._tx(name)
         del self.txs[name]
-        tx.rollback()
         # acks and nacks in the transaction are discarded: their messages are unacknowledged
-        # again under the same ids (or requeued when their subscription is gone)
-        for aid, sub, d in self.tx_settled.pop(name):
-            if sub.consumer is not None and d.consumer is sub.consumer:
-                sub.pending[aid] = d
-                self.acks[aid] = sub
-            elif d.queue is not None:
-                d.queue.nack(d, True)
+        # again under the same ids (requeued when their subscription is gone)
+        tx.rollback()
         self._receipt()
 
     def on_disconnect(self, frame: Frame) -> None:
