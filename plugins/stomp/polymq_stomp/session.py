@@ -30,6 +30,7 @@ from polymq.core.settlement import RESTORE, DeliveryLedger
 from polymq.core.tx import Transaction
 
 from .codec import V10, V11, V12, VERSIONS, Frame, StompError, encode_frame, escape
+from .destinations import after_prefix, header_text, reply_to_core, reply_to_stomp, topic_binding
 
 PROTOCOL = "stomp"
 
@@ -75,59 +76,6 @@ class Subscription:
         # STOMP's rule (RabbitMQ, ActiveMQ): an ABORT leaves the messages whose ACK / NACK it
         # discards unacknowledged, under the same ids
         self.ledger = DeliveryLedger(RESTORE)
-
-
-def topic_binding(key: str) -> str:
-    """A /topic/ name as an ``amq.topic`` binding key: ActiveMQ's ``>`` (one or more words)
-    becomes ``*.#``; AMQP's ``*`` and ``#`` stay."""
-    if ">" not in key:
-        return key
-    return ".".join("*.#" if w == ">" else w for w in key.split("."))
-
-
-def _after_prefix(destination: str) -> str:
-    """The name in ``/queue/NAME`` or ``queue://NAME`` (and the topic forms)."""
-    if destination[0] == "/":
-        return destination.split("/", 2)[2]
-    return destination.split("://", 1)[1]
-
-
-def reply_to_core(value: str) -> str:
-    """A STOMP reply-to destination as a core address (docs/mapping.md, reply-to)."""
-    for prefix, core in (
-        ("/queue/", "queue://"),
-        ("/amq/queue/", "queue://"),
-        ("/topic/", "topic://"),
-        ("/temp-queue/", "temp-queue://"),
-        ("/temp-topic/", "temp-topic://"),
-    ):
-        if value.startswith(prefix):
-            return core + value[len(prefix) :]
-    return value
-
-
-def reply_to_stomp(value: str) -> str:
-    for prefix, stomp in (
-        ("queue://", "/queue/"),
-        ("topic://", "/topic/"),
-        ("temp-queue://", "/temp-queue/"),
-        ("temp-topic://", "/temp-topic/"),
-    ):
-        if value.startswith(prefix):
-            return stomp + value[len(prefix) :]
-    if value.startswith("/"):
-        return value
-    return "/queue/" + value
-
-
-def _header_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
 
 
 class StompSession(SessionBase):
@@ -379,7 +327,7 @@ class StompSession(SessionBase):
         if found is not None:
             return found
         if destination.startswith("/queue/") or destination.startswith("queue://"):
-            name = _after_prefix(destination)
+            name = after_prefix(destination)
             self._queue(name, declare=True)
             route = ("", name)
         elif destination.startswith("/amq/queue/"):
@@ -555,7 +503,7 @@ class StompSession(SessionBase):
     def _subscription_queue(self, destination: str, sub_id: str, h: dict) -> tuple[str, bool]:
         """(queue name, whether it is the subscription's own) for a SUBSCRIBE."""
         if destination.startswith("/queue/") or destination.startswith("queue://"):
-            name = _after_prefix(destination)
+            name = after_prefix(destination)
             self._queue(name, declare=True)
             return name, False
         if destination.startswith("/amq/queue/"):
@@ -566,7 +514,7 @@ class StompSession(SessionBase):
             return self._temp_queue(destination[len("/temp-queue/") :], subscribe=False), True
         if destination.startswith("/topic/") or destination.startswith("topic://"):
             exchange = "amq.topic"
-            pattern = topic_binding(_after_prefix(destination))
+            pattern = topic_binding(after_prefix(destination))
         elif destination.startswith("/exchange/"):
             exchange, _, pattern = destination[len("/exchange/") :].partition("/")
             self.vhost.get_exchange(exchange)
@@ -682,13 +630,13 @@ class StompSession(SessionBase):
             lines.append("redelivered:true")
         headers = m.headers
         if m.key is not None and "x-kafka-key" not in headers:
-            lines.append("x-kafka-key:" + escape(_header_text(m.key), version))
+            lines.append("x-kafka-key:" + escape(header_text(m.key), version))
         for k, v in headers.items():
             if k in _FRAME_HEADERS or k == "message-id" or k == "subscription":
                 continue
             if version == V10 and ":" in k:
                 continue
-            lines.append(escape(k, version) + ":" + escape(_header_text(v), version))
+            lines.append(escape(k, version) + ":" + escape(header_text(v), version))
         body = m.body
         lines.append(f"content-length:{len(body)}\n\n")
         self.conn.write(sub.head + "\n".join(lines).encode("utf-8") + body + b"\0")
