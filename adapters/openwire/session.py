@@ -690,12 +690,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         """Discard a transaction. Its acknowledged deliveries stay with their consumer (the
         JMS client redelivers them itself); those of a consumer closed meanwhile go back to
         their queue."""
-        tx, settled = entry
-        tx.rollback()
-        for cs, s, d in settled:
-            cs.in_tx.discard(s)
-            if cs.removed:
-                d.queue.requeue([d])
+        entry[0].rollback()  # (the consumers' ledgers apply that rule)
 
     def _commit(self, entry: tuple[Transaction, list], cmd: Obj) -> None:
         tx, settled = entry
@@ -813,11 +808,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if b is None:
                 self.respond_error(cmd, XA_EXCEPTION, f"no XA branch {xkey}")
                 return
-            deliveries = prepared.rollback(b)
-            for cs, s, d in b.settled:
-                cs.in_tx.discard(s)
-                if cs.removed:
-                    d.queue.requeue([d])
+            deliveries = prepared.rollback(b)  # (the consumers' ledgers apply JMS's rule)
             prepared.keep_unsettled(deliveries)
             if cmd.response_required:
                 self.conn.reply_after_durable(c.encode_response(cmd.command_id))
