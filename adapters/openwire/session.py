@@ -77,7 +77,9 @@ _ACK, _WIREFORMAT, _MESSAGE_TYPES = c.MESSAGE_ACK, c.WIREFORMAT_INFO, c.MESSAGE_
 
 def xid_record(tid: Obj) -> list:
     """An XATransactionId as a storable value: [format id, global id, branch qualifier]."""
-    return [tid.format_id, bytes(tid.global_transaction_id), bytes(tid.branch_qualifier)]
+    # (a client may leave either id out: the empty id then)
+    gtrid, bqual = tid.global_transaction_id or b"", tid.branch_qualifier or b""
+    return [tid.format_id, bytes(gtrid), bytes(bqual)]
 
 
 def xid_key(tid: Obj) -> str:
