@@ -114,7 +114,7 @@ class DeliveryLedger:
         unsettled = self.unsettled
         if self.held or not unsettled or next(iter(unsettled)) != tag:
             return None
-        d = unsettled.popitem(last=False)[1]
+        d = unsettled.pop(tag)
         d.queue.ack(d)
         return d
 
