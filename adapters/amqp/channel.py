@@ -9,13 +9,13 @@ The hot methods (basic.publish, basic.ack, content) are handled by the session i
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from polymq.core.errors import ProtocolError
 from polymq.core.message import Message
 from polymq.core.queue import Consumer, Limit
+from polymq.core.settlement import RESTORE, DeliveryLedger
 from polymq.core.tx import Transaction
 
 from . import codec as C
@@ -51,7 +51,10 @@ class Channel:
         self.open = True
         self.closing = False
         self.consumers: dict[str, Consumer] = {}
-        self.unacked: OrderedDict[int, Any] = OrderedDict()
+        # AMQP's rollback rule: settlements a rolled-back transaction discards leave their
+        # messages unacknowledged, under the same tags
+        self.ledger = DeliveryLedger(RESTORE, ordered=True)
+        self.unacked = self.ledger.unsettled  # the deliver hot path records here directly
         self.next_tag = 0
         self.prefetch_count = 0
         self.global_limit: Limit | None = None
@@ -62,7 +65,6 @@ class Channel:
         self.confirm_durable = False
         self.confirm_waiting = 0
         self.tx: Transaction | None = None
-        self.tx_settled: list[tuple[int, Any]] = []
         self.tx_returns: list[tuple[bool, Message, bytes | None]] = []
         self.flow_active = True
         # content being received: (publish args, props, raw props, body size, parts, received)
@@ -84,92 +86,62 @@ class Channel:
             # settlements not committed are discarded: those deliveries are unacked again
             self.tx.rollback()
             self.tx = None
-            for tag, d in self.tx_settled:
-                self.unacked[tag] = d
-            self.tx_settled = []
         for consumer in list(self.consumers.values()):
             q = consumer.queue
             if q is not None:
                 # unacknowledged deliveries are requeued below, all together and in order
                 q.remove_consumer(consumer, requeue=False)
         self.consumers.clear()
-        self.requeue_all()
+        self.ledger.requeue_all()
         self.pub = None
         self.body_parts = []
 
     def requeue_all(self) -> None:
-        if not self.unacked:
-            return
-        by_queue: dict[int, tuple[Any, list]] = {}
-        for d in self.unacked.values():
-            q = d.queue
-            entry = by_queue.get(id(q))
-            if entry is None:
-                by_queue[id(q)] = (q, [d])
-            else:
-                entry[1].append(d)
-        self.unacked.clear()
-        for q, ds in by_queue.values():
-            q.requeue(ds)
+        self.ledger.requeue_all()
 
     # -- acknowledgements -----------------------------------------------------------------
 
-    def take(self, tag: int, multiple: bool) -> list[tuple[int, Any]]:
-        """Remove and return the (tag, delivery) pairs an ack/nack/reject settles."""
-        unacked = self.unacked
-        if multiple:
-            if tag == 0:
-                out = list(unacked.items())
-                unacked.clear()
-                return out
-            out = []
-            while unacked:
-                first = next(iter(unacked))
-                if first > tag:
-                    break
-                out.append(unacked.popitem(last=False))
-            if not out:
-                raise ChannelError(C.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
-            return out
-        d = unacked.pop(tag, None)
-        if d is None:
+    def _taken(self, tag: int, multiple: bool) -> list[tuple[int, Any]]:
+        """Remove the (tag, delivery) pairs an ack/nack/reject outside a transaction settles."""
+        ledger = self.ledger
+        if not multiple:
+            d = ledger.take(tag)
+            taken = [] if d is None else [(tag, d)]
+        elif tag == 0:
+            return ledger.take_all()
+        else:
+            taken = ledger.take_up_to(tag)
+        if not taken:
             raise ChannelError(C.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
-        return [(tag, d)]
+        return taken
+
+    def _settle_in_tx(
+        self, tx: Transaction, tag: int, multiple: bool, ack: bool, requeue: bool
+    ) -> None:
+        ledger = self.ledger
+        if not multiple:
+            tags = [tag]
+        else:
+            tags = ledger.tags_all() if tag == 0 else ledger.tags_up_to(tag)
+        if not ledger.settle_in(tx, tags, ack, requeue) and (tag != 0 or not multiple):
+            raise ChannelError(C.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
 
     def ack(self, tag: int, multiple: bool) -> None:
-        if not multiple and self.tx is None:
-            d = self.unacked.pop(tag, None)
-            if d is None:
-                raise ChannelError(C.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
-            d.queue.ack(d)
-            return
-        taken = self.take(tag, multiple)
         tx = self.tx
         if tx is not None:
-            for _, d in taken:
-                tx.ack(d)
-            self.tx_settled.extend(taken)
-            return
-        for _, d in taken:
-            d.queue.ack(d)
+            self._settle_in_tx(tx, tag, multiple, True, False)
+        elif not multiple:
+            if self.ledger.ack_one(tag) is None:
+                raise ChannelError(C.PRECONDITION_FAILED, f"unknown delivery tag {tag}")
+        else:
+            self.ledger.ack(self._taken(tag, multiple))
 
     def nack(self, tag: int, multiple: bool, requeue: bool) -> None:
-        taken = self.take(tag, multiple)
         tx = self.tx
         if tx is not None:
-            for _, d in taken:
-                tx.nack(d, requeue)
-            self.tx_settled.extend(taken)
-            return
-        if requeue:
-            by_queue: dict[int, tuple[Any, list]] = {}
-            for _, d in taken:
-                by_queue.setdefault(id(d.queue), (d.queue, []))[1].append(d)
-            for q, group in by_queue.values():
-                q.requeue(group)
-            return
-        for _, d in taken:
-            d.queue.nack(d, False)
+            self._settle_in_tx(tx, tag, multiple, False, requeue)
+        else:
+            self.ledger.nack(self._taken(tag, multiple), requeue)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,7 +499,6 @@ def _tx_commit(session: AMQPSession, ch: Channel, args: dict) -> None:
     if tx is None:
         raise ChannelError(C.PRECONDITION_FAILED, "channel is not transactional")
     returns, ch.tx_returns = ch.tx_returns, []
-    ch.tx_settled = []
     number = ch.number
 
     def done() -> None:
@@ -544,15 +515,8 @@ def _tx_rollback(session: AMQPSession, ch: Channel, args: dict) -> None:
     tx = ch.tx
     if tx is None:
         raise ChannelError(C.PRECONDITION_FAILED, "channel is not transactional")
-    tx.rollback()
+    tx.rollback()  # (the ledger puts the discarded settlements back in tag order)
     ch.tx_returns = []
-    settled, ch.tx_settled = ch.tx_settled, []
-    if settled:
-        for tag, d in settled:
-            ch.unacked[tag] = d
-        items = sorted(ch.unacked.items())
-        ch.unacked.clear()
-        ch.unacked.update(items)
     session.send_method(ch.number, "tx.rollback-ok")
 
 

@@ -4,7 +4,6 @@ browsing, pull, and acknowledgements (a mixin of :class:`.session.OpenWireSessio
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -13,6 +12,7 @@ from polymq.core.address import queue_address, topic_address
 from polymq.core.errors import AccessRefused, BrokerError
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Queue
+from polymq.core.settlement import REDELIVERIES, RESTORE, DeliveryLedger, redeliver_later
 
 from . import codec as c
 from .codec import Obj
@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 log = Logger(namespace="polymq.openwire")
 
 DLQ = "ActiveMQ.DLQ"
-# annotation: broker-side redeliveries of a message so far (the redelivery policy's count)
-REDELIVERIES = "openwire.redeliveries"
 BROWSE_MAX = 400  # messages one queue browser sees (ActiveMQ's maxBrowsePageSize)
 
 ACK_DELIVERED, ACK_POISON, ACK_STANDARD, ACK_REDELIVERED = 0, 1, 2, 3
@@ -57,11 +55,13 @@ class ConsumerState:
         self.core: Consumer | None = None
         self.queue: Queue | None = None
         self.temp_queue: str | None = None  # per-consumer subscription queue (topics)
-        # dispatch seq -> delivery, in order; an OrderedDict because acks remove from the front,
-        # and a plain dict would then scan the holes left there to find the oldest
-        self.dispatched: OrderedDict[int, Delivery] = OrderedDict()
+        # dispatch seq -> delivery, in order. JMS's rollback rule: the client redelivers what a
+        # rolled-back session received from its own buffer, so those stay unsettled here (and
+        # go back to the queue if the consumer closed meanwhile)
+        self.ledger = DeliveryLedger(RESTORE)
+        self.dispatched = self.ledger.unsettled  # (the dispatch hot path records here)
+        self.in_tx = self.ledger.held  # seqs acknowledged inside an open transaction
         self.delivered: set[int] = set()  # DELIVERED-acked, still unsettled
-        self.in_tx: set[int] = set()
         self.advisory: set[str] | None = None
         self.pull_timer: Any = None
         self.pull_pending = False
@@ -91,6 +91,16 @@ class ConsumerState:
         if self.core is None:
             return []
         return [self.core, *self.cores.values()] if self.wildcard is not None else [self.core]
+
+
+def _keep_destination(again: Message) -> None:
+    """A message redelivered by the broker keeps the destination it was sent to."""
+    if "openwire.dest" not in again.annotations:
+        again.annotations["openwire.dest"] = (
+            topic_address(again.routing_key)
+            if again.exchange == "amq.topic"
+            else queue_address(again.routing_key)
+        )
 
 
 class ConsumerHandling:
@@ -305,13 +315,6 @@ class ConsumerHandling:
         if cs.wildcard is not None:
             self._remove_wildcard(cs, last_delivered)
             return
-        if cs.core is not None:
-            # deliveries acknowledged inside an open transaction stay with the transaction:
-            # settled by its commit, requeued by its rollback (see _rollback)
-            for seq in cs.in_tx:
-                d = cs.dispatched.get(seq)
-                if d is not None:
-                    cs.core.detach(d)
         if last_delivered >= 0 and cs.core is not None and cs.queue is not None:
             # dispatch order: what follows the last delivered message was only prefetched,
             # so it goes back without counting as a delivery
@@ -324,9 +327,11 @@ class ConsumerHandling:
                 elif seq == last_delivered:
                     undelivered = True
             cs.queue.requeue(prefetched, count=False)
+        # deliveries acknowledged inside an open transaction stay with the transaction:
+        # settled by its commit, requeued by its rollback
+        cs.ledger.close()
         if cs.core is not None and cs.queue is not None:
             cs.queue.remove_consumer(cs.core, requeue=True)
-        cs.dispatched.clear()
         if cs.temp_queue is not None:
             q = self.vhost.queues.get(cs.temp_queue)
             if q is not None and not q.consumers:
@@ -334,10 +339,6 @@ class ConsumerHandling:
 
     def _remove_wildcard(self, cs: ConsumerState, last_delivered: int) -> None:
         self.hub.wildcard_consumers = [x for x in self.hub.wildcard_consumers if x[1] is not cs]
-        for seq in cs.in_tx:
-            d = cs.dispatched.get(seq)
-            if d is not None and d.consumer is not None:
-                d.consumer.detach(d)
         for core in cs.cores.values():
             core.pause()
         if last_delivered >= 0:
@@ -347,11 +348,11 @@ class ConsumerHandling:
                     d.queue.requeue([d], count=False)
                 elif seq == last_delivered:
                     undelivered = True
+        cs.ledger.close()
         for core in cs.cores.values():
             if core.queue is not None:
                 core.queue.remove_consumer(core, requeue=True)
         cs.cores.clear()
-        cs.dispatched.clear()
 
     def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
         try:
@@ -505,11 +506,9 @@ class ConsumerHandling:
         """A standard ack outside a transaction: when ``last`` is the oldest message in
         flight (AUTO_ACKNOWLEDGE acks each on its own, oldest first), settle it, forget its
         encoding, recompute the window only while DELIVERED acks are outstanding, and say so."""
-        dispatched = cs.dispatched
-        if cs.in_tx or not dispatched or next(iter(dispatched)) != last:
+        d = cs.ledger.ack_oldest(last)
+        if d is None:
             return False
-        d = dispatched.pop(last)
-        d.queue.ack(d)
         self.hub.forget(d.message)
         if cs.delivered:
             cs.delivered.discard(last)
@@ -534,26 +533,13 @@ class ConsumerHandling:
         if kind == ACK_STANDARD and ack.transaction_id is None and self._settle_if_oldest(cs, last):
             self.respond(ack)
             return
-        if last not in cs.dispatched:
-            seqs = []
-        elif kind in (ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED):
-            seqs = [last]
+        ledger = cs.ledger
+        if kind in (ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED):
+            seqs = [last] if last in ledger and last not in ledger.held else []
+        elif kind == ACK_POISON and ack.first_message_id is not None:
+            seqs = ledger.tags_range(ack.first_message_id.broker_sequence_id, last)
         else:
-            # everything dispatched up to ``last``, in dispatch order (for POISON from ``first``)
-            first = None
-            if kind == ACK_POISON and ack.first_message_id is not None:
-                first = ack.first_message_id.broker_sequence_id
-                if first not in cs.dispatched:
-                    first = None
-            seqs = []
-            collecting = first is None
-            for s in cs.dispatched:
-                if not collecting and s == first:
-                    collecting = True
-                if collecting:
-                    seqs.append(s)
-                if s == last:
-                    break
+            seqs = ledger.tags_up_to(last)  # everything dispatched up to ``last``
         if kind in (ACK_DELIVERED, ACK_REDELIVERED):
             before = len(cs.delivered)
             cs.delivered.update(seqs)
@@ -567,8 +553,7 @@ class ConsumerHandling:
                 cause = ack.poison_cause[1] if ack.poison_cause else None
             else:
                 cause = "expired"
-            for s in seqs:
-                d = cs.dispatched.pop(s)
+            for s, d in ledger.take_tags(seqs):
                 cs.delivered.discard(s)
                 self._dead_letter(d, cause, kind == ACK_POISON)
             cs.credit_back()
@@ -579,20 +564,12 @@ class ConsumerHandling:
             if entry is None:
                 entry = self._begin(ack.transaction_id)
             tx, settled = entry
-            for s in seqs:
-                if s in cs.in_tx:
-                    continue
-                cs.in_tx.add(s)
-                d = cs.dispatched[s]
-                tx.ack(d)
+            for s, d in ledger.settle_in(tx, seqs):
                 settled.append((cs, s, d))
             self.respond(ack)
             return
         forget = self.hub.forget
-        for s in seqs:
-            if s in cs.in_tx:
-                continue
-            d = cs.dispatched.pop(s)
+        for s, d in ledger.take_tags(seqs):
             cs.delivered.discard(s)
             d.queue.ack(d)
             forget(d.message)
@@ -604,23 +581,8 @@ class ConsumerHandling:
         broker while the redelivery policy allows, then to its dead-letter queue."""
         msg = d.message
         q = d.queue
-        policy = self.hub.redelivery
-        if poisoned and policy.enabled and not q.deleted:
-            n = msg.annotations.get(REDELIVERIES, 0)
-            if isinstance(n, int) and n < policy.maximum:
-                again = msg.copy()
-                again.annotations[REDELIVERIES] = n + 1
-                if "openwire.dest" not in again.annotations:  # its destination, as it was
-                    again.annotations["openwire.dest"] = (
-                        topic_address(msg.routing_key)
-                        if msg.exchange == "amq.topic"
-                        else queue_address(msg.routing_key)
-                    )
-                self.vhost.broker.scheduler.schedule(
-                    self.vhost.name, "", q.name, again, delay_ms=policy.delay_for(n)
-                )
-                q.ack(d)
-                return
+        if poisoned and redeliver_later(d, self.hub.redelivery, _keep_destination):
+            return
         dlq = self.hub.dead_letter_queue(q.name, self._topic_of(q, msg))
         if dlq is not None:
             headers = dict(msg.headers)

@@ -77,7 +77,9 @@ _ACK, _WIREFORMAT, _MESSAGE_TYPES = c.MESSAGE_ACK, c.WIREFORMAT_INFO, c.MESSAGE_
 
 def xid_record(tid: Obj) -> list:
     """An XATransactionId as a storable value: [format id, global id, branch qualifier]."""
-    return [tid.format_id, bytes(tid.global_transaction_id), bytes(tid.branch_qualifier)]
+    # (a client may leave either id out: the empty id then)
+    gtrid, bqual = tid.global_transaction_id or b"", tid.branch_qualifier or b""
+    return [tid.format_id, bytes(gtrid), bytes(bqual)]
 
 
 def xid_key(tid: Obj) -> str:
@@ -690,12 +692,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         """Discard a transaction. Its acknowledged deliveries stay with their consumer (the
         JMS client redelivers them itself); those of a consumer closed meanwhile go back to
         their queue."""
-        tx, settled = entry
-        tx.rollback()
-        for cs, s, d in settled:
-            cs.in_tx.discard(s)
-            if cs.removed:
-                d.queue.requeue([d])
+        entry[0].rollback()  # (the consumers' ledgers apply that rule)
 
     def _commit(self, entry: tuple[Transaction, list], cmd: Obj) -> None:
         tx, settled = entry
@@ -813,11 +810,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             if b is None:
                 self.respond_error(cmd, XA_EXCEPTION, f"no XA branch {xkey}")
                 return
-            deliveries = prepared.rollback(b)
-            for cs, s, d in b.settled:
-                cs.in_tx.discard(s)
-                if cs.removed:
-                    d.queue.requeue([d])
+            deliveries = prepared.rollback(b)  # (the consumers' ledgers apply JMS's rule)
             prepared.keep_unsettled(deliveries)
             if cmd.response_required:
                 self.conn.reply_after_durable(c.encode_response(cmd.command_id))

@@ -26,9 +26,11 @@ from polymq.core.connection import ProtocolConnection, SessionBase
 from polymq.core.errors import AccessRefused, BrokerError, IdleTimeout, NotFound
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery
+from polymq.core.settlement import RESTORE, DeliveryLedger
 from polymq.core.tx import Transaction
 
 from .codec import V10, V11, V12, VERSIONS, Frame, StompError, encode_frame, escape
+from .destinations import after_prefix, header_text, reply_to_core, reply_to_stomp, topic_binding
 
 PROTOCOL = "stomp"
 
@@ -58,10 +60,10 @@ _session_ids = itertools.count(1)
 
 
 class Subscription:
-    """One SUBSCRIBE: its consumer, the queue it reads, and its unacknowledged deliveries in
-    delivery order (ack id -> delivery), which cumulative ``client`` acks walk."""
+    """One SUBSCRIBE: its consumer, the queue it reads, and the ledger of its unacknowledged
+    deliveries in delivery order (ack id -> delivery), which cumulative ``client`` acks walk."""
 
-    __slots__ = ("id", "ack", "consumer", "queue_name", "destination", "head", "pending", "temp")
+    __slots__ = ("id", "ack", "consumer", "queue_name", "destination", "head", "ledger", "temp")
 
     def __init__(self, sub_id: str, ack: str, destination: str, queue_name: str, temp: bool):
         self.id = sub_id
@@ -71,60 +73,9 @@ class Subscription:
         self.temp = temp  # a queue of this subscription's own (topic, exchange): deleted after
         self.consumer: Consumer | None = None
         self.head = b""  # the MESSAGE frame's first lines, the same for every delivery
-        self.pending: dict[str, Delivery] = {}
-
-
-def topic_binding(key: str) -> str:
-    """A /topic/ name as an ``amq.topic`` binding key: ActiveMQ's ``>`` (one or more words)
-    becomes ``*.#``; AMQP's ``*`` and ``#`` stay."""
-    if ">" not in key:
-        return key
-    return ".".join("*.#" if w == ">" else w for w in key.split("."))
-
-
-def _after_prefix(destination: str) -> str:
-    """The name in ``/queue/NAME`` or ``queue://NAME`` (and the topic forms)."""
-    if destination[0] == "/":
-        return destination.split("/", 2)[2]
-    return destination.split("://", 1)[1]
-
-
-def reply_to_core(value: str) -> str:
-    """A STOMP reply-to destination as a core address (docs/mapping.md, reply-to)."""
-    for prefix, core in (
-        ("/queue/", "queue://"),
-        ("/amq/queue/", "queue://"),
-        ("/topic/", "topic://"),
-        ("/temp-queue/", "temp-queue://"),
-        ("/temp-topic/", "temp-topic://"),
-    ):
-        if value.startswith(prefix):
-            return core + value[len(prefix) :]
-    return value
-
-
-def reply_to_stomp(value: str) -> str:
-    for prefix, stomp in (
-        ("queue://", "/queue/"),
-        ("topic://", "/topic/"),
-        ("temp-queue://", "/temp-queue/"),
-        ("temp-topic://", "/temp-topic/"),
-    ):
-        if value.startswith(prefix):
-            return stomp + value[len(prefix) :]
-    if value.startswith("/"):
-        return value
-    return "/queue/" + value
-
-
-def _header_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
+        # STOMP's rule (RabbitMQ, ActiveMQ): an ABORT leaves the messages whose ACK / NACK it
+        # discards unacknowledged, under the same ids
+        self.ledger = DeliveryLedger(RESTORE)
 
 
 class StompSession(SessionBase):
@@ -143,8 +94,6 @@ class StompSession(SessionBase):
         self.acks: dict[str, Subscription] = {}  # ack id -> subscription holding it
         self.next_ack = 1
         self.txs: dict[str, Transaction] = {}
-        # per transaction: the (ack id, subscription, delivery) its ACK/NACK frames settle
-        self.tx_settled: dict[str, list[tuple[str, Subscription, Delivery]]] = {}
         self.dest_cache: dict[str, tuple[str, str]] = {}  # SEND destination -> (exchange, key)
         self.temp_queues: dict[str, str] = {}  # /temp-queue/ name -> this connection's queue
         self.allowed: set[tuple[str, str, str]] = set()
@@ -216,8 +165,9 @@ class StompSession(SessionBase):
         self.state = 2
         # uncommitted transactions are aborted; then what was delivered and not acknowledged
         # goes back to its queue
+        for tx in self.txs.values():
+            tx.rollback()
         self.txs.clear()
-        self.tx_settled.clear()
         for sub in list(self.subs.values()):
             self._drop_subscription(sub, requeue=True)
         self.subs.clear()
@@ -377,7 +327,7 @@ class StompSession(SessionBase):
         if found is not None:
             return found
         if destination.startswith("/queue/") or destination.startswith("queue://"):
-            name = _after_prefix(destination)
+            name = after_prefix(destination)
             self._queue(name, declare=True)
             route = ("", name)
         elif destination.startswith("/amq/queue/"):
@@ -553,7 +503,7 @@ class StompSession(SessionBase):
     def _subscription_queue(self, destination: str, sub_id: str, h: dict) -> tuple[str, bool]:
         """(queue name, whether it is the subscription's own) for a SUBSCRIBE."""
         if destination.startswith("/queue/") or destination.startswith("queue://"):
-            name = _after_prefix(destination)
+            name = after_prefix(destination)
             self._queue(name, declare=True)
             return name, False
         if destination.startswith("/amq/queue/"):
@@ -564,7 +514,7 @@ class StompSession(SessionBase):
             return self._temp_queue(destination[len("/temp-queue/") :], subscribe=False), True
         if destination.startswith("/topic/") or destination.startswith("topic://"):
             exchange = "amq.topic"
-            pattern = topic_binding(_after_prefix(destination))
+            pattern = topic_binding(after_prefix(destination))
         elif destination.startswith("/exchange/"):
             exchange, _, pattern = destination[len("/exchange/") :].partition("/")
             self.vhost.get_exchange(exchange)
@@ -620,15 +570,11 @@ class StompSession(SessionBase):
         if consumer is None:
             return
         sub.consumer = None
-        for ack_id in sub.pending:
+        for ack_id in sub.ledger.unsettled:
             self.acks.pop(ack_id, None)
-        sub.pending.clear()
-        # settlements waiting in a transaction still apply: those deliveries leave the
-        # consumer, so that cancelling it does not requeue them
-        for settled in self.tx_settled.values():
-            for _aid, _sub, d in settled:
-                if d.consumer is consumer:
-                    consumer.detach(d)
+        # settlements waiting in a transaction still apply: the ledger takes those deliveries
+        # off the consumer, so that cancelling it does not requeue them
+        sub.ledger.close()
         if consumer.queue is not None:
             consumer.queue.remove_consumer(consumer, requeue=requeue)
         if sub.temp and self.state != 2:
@@ -648,7 +594,7 @@ class StompSession(SessionBase):
         self.next_ack += 1
         lines = [f"message-id:{ack_id}"]
         if sub.ack != "auto":
-            sub.pending[ack_id] = delivery
+            sub.ledger.unsettled[ack_id] = delivery
             self.acks[ack_id] = sub
             if version == V12:
                 lines.append(f"ack:{ack_id}")
@@ -684,13 +630,13 @@ class StompSession(SessionBase):
             lines.append("redelivered:true")
         headers = m.headers
         if m.key is not None and "x-kafka-key" not in headers:
-            lines.append("x-kafka-key:" + escape(_header_text(m.key), version))
+            lines.append("x-kafka-key:" + escape(header_text(m.key), version))
         for k, v in headers.items():
             if k in _FRAME_HEADERS or k == "message-id" or k == "subscription":
                 continue
             if version == V10 and ":" in k:
                 continue
-            lines.append(escape(k, version) + ":" + escape(_header_text(v), version))
+            lines.append(escape(k, version) + ":" + escape(header_text(v), version))
         body = m.body
         lines.append(f"content-length:{len(body)}\n\n")
         self.conn.write(sub.head + "\n".join(lines).encode("utf-8") + body + b"\0")
@@ -706,34 +652,25 @@ class StompSession(SessionBase):
         if ack_id is None:
             raise StompError(f"{frame.command} without an id header")
         sub = self.acks.get(ack_id)
-        if sub is None:
+        ledger = sub.ledger if sub is not None else None
+        if ledger is None or ack_id not in ledger or ack_id in ledger.held:
             raise StompError(f"{frame.command} of an unknown message id {ack_id[:40]!r}")
-        if sub.ack == "client":
-            # cumulative: this message and every earlier one of the subscription
-            settled = []
-            for aid in sub.pending:
-                settled.append(aid)
-                if aid == ack_id:
-                    break
-        else:
-            settled = [ack_id]
+        # client: cumulative, this message and every earlier one of the subscription
+        tags = ledger.tags_up_to(ack_id) if sub.ack == "client" else [ack_id]
         tx_name = h.get("transaction")
-        tx = self._tx(tx_name) if tx_name is not None else None
-        tx_settled = self.tx_settled[tx_name] if tx is not None else None
         requeue = h.get("requeue", "true").lower() != "false"
-        for aid in settled:
-            d = sub.pending.pop(aid)
-            del self.acks[aid]
-            if tx is not None:
-                tx_settled.append((aid, sub, d))
-                if ack:
-                    tx.ack(d)
-                else:
-                    tx.nack(d, requeue)
-            elif ack:
-                d.queue.ack(d)
-            else:
-                d.queue.nack(d, requeue)
+        if tx_name is not None:
+            ledger.settle_in(self._tx(tx_name), tags, ack, requeue)
+            self._receipt()
+            return
+        acks = self.acks
+        for aid in tags:
+            del acks[aid]
+        taken = ledger.take_tags(tags)
+        if ack:
+            ledger.ack(taken)
+        else:
+            ledger.nack(taken, requeue)
         self._receipt()
 
     def on_ack(self, frame: Frame) -> None:
@@ -765,14 +702,14 @@ class StompSession(SessionBase):
         if len(self.txs) >= 1024:
             raise StompError("too many open transactions")
         self.txs[name] = Transaction(self.vhost)
-        self.tx_settled[name] = []
         self._receipt()
 
     def on_commit(self, frame: Frame) -> None:
         name = self._tx_name(frame)
         tx = self._tx(name)
         del self.txs[name]
-        del self.tx_settled[name]
+        for _ledger, aid in tx.settlements():
+            self.acks.pop(aid, None)
         tx.commit()
         # the receipt leaves once what the transaction wrote is on disk
         self._receipt(durable=True)
@@ -781,15 +718,9 @@ class StompSession(SessionBase):
         name = self._tx_name(frame)
         tx = self._tx(name)
         del self.txs[name]
-        tx.rollback()
         # acks and nacks in the transaction are discarded: their messages are unacknowledged
-        # again under the same ids (or requeued when their subscription is gone)
-        for aid, sub, d in self.tx_settled.pop(name):
-            if sub.consumer is not None and d.consumer is sub.consumer:
-                sub.pending[aid] = d
-                self.acks[aid] = sub
-            elif d.queue is not None:
-                d.queue.nack(d, True)
+        # again under the same ids (requeued when their subscription is gone)
+        tx.rollback()
         self._receipt()
 
     def on_disconnect(self, frame: Frame) -> None:
