@@ -40,7 +40,7 @@ RESTORE = "restore"
 REDELIVER = "redeliver"
 
 # annotation: broker-side redeliveries of a message so far (see redeliver_later)
-REDELIVERIES = "openwire.redeliveries"
+REDELIVERIES = "polymq.redeliveries"
 
 
 def requeue_grouped(deliveries: Iterable[Delivery], count: bool = True) -> None:

@@ -16,6 +16,7 @@ from polymq.core.connection import ProtocolConnection, SessionBase
 from polymq.core.errors import AccessRefused, BrokerError, FrameTooLarge
 from polymq.core.message import Message
 from polymq.core.queue import Consumer, Delivery
+from polymq.core.settlement import DeliveryLedger
 
 PROTOCOL = "lineproto"
 
@@ -29,7 +30,9 @@ class LineSession(SessionBase):
         self.greeting = str(section["greeting"])
         self.identity: Identity | None = None
         self.consumers: dict[str, Consumer] = {}  # queue name -> this connection's consumer
-        self.unacked: dict[int, Delivery] = {}  # delivery tag -> delivery not yet settled
+        # what was delivered and not yet settled, by delivery tag (one ledger for the
+        # connection: tags are counted per connection, as on an AMQP channel)
+        self.unsettled = DeliveryLedger(ordered=True)
         self.next_tag = 1
         self.allowed: set[tuple[str, str]] = set()  # (action, queue) the authorizer allowed
         self.blocked = False
@@ -83,7 +86,7 @@ class LineSession(SessionBase):
             if consumer.queue is not None:
                 consumer.queue.remove_consumer(consumer, requeue=True)
         self.consumers.clear()
-        self.unacked.clear()
+        self.unsettled.close()
         self.vhost.connection_closed(self.conn)
 
     def pause(self) -> None:
@@ -121,7 +124,7 @@ class LineSession(SessionBase):
         """Called by the queue for each message it pushes to one of our consumers."""
         tag = self.next_tag
         self.next_tag = tag + 1
-        self.unacked[tag] = delivery
+        self.unsettled.unsettled[tag] = delivery  # the ledger's hot-path record
         body = delivery.message.body.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
         self.conn.write(
             b"DELIVER %d %s %d %s\n"
@@ -210,8 +213,9 @@ class LineSession(SessionBase):
         if consumer is None:
             self.reply(f"ERR not subscribed to {name}")
             return
-        for tag in [t for t, d in self.unacked.items() if d.consumer is consumer]:
-            del self.unacked[tag]
+        # its unsettled deliveries leave the ledger and go back with the consumer
+        ledger = self.unsettled
+        ledger.take_tags([t for t, d in ledger.unsettled.items() if d.consumer is consumer])
         if consumer.queue is not None:
             consumer.queue.remove_consumer(consumer, requeue=True)
         self.reply("OK")
@@ -220,22 +224,20 @@ class LineSession(SessionBase):
         tag = self._tag(rest)
         if tag is None:
             return
-        delivery = self.unacked.pop(tag, None)
-        if delivery is None:
+        if self.unsettled.ack_one(tag) is None:
             self.reply(f"ERR unknown delivery tag {tag}")
             return
-        delivery.queue.ack(delivery)
         self.reply("OK")
 
     def do_nack(self, rest: str) -> None:
         tag = self._tag(rest)
         if tag is None:
             return
-        delivery = self.unacked.pop(tag, None)
+        delivery = self.unsettled.take(tag)
         if delivery is None:
             self.reply(f"ERR unknown delivery tag {tag}")
             return
-        delivery.queue.nack(delivery, requeue=True)
+        self.unsettled.nack([(tag, delivery)], requeue=True)
         self.reply("OK")
 
     def do_stats(self, rest: str) -> None:
