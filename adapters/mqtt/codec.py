@@ -579,7 +579,10 @@ class FrameReader:
 
 
 def frame(type_flags: int, body: bytes) -> bytes:
-    return bytes((type_flags,)) + encode_varint(len(body)) + body
+    n = len(body)
+    if n < 0x80:  # a one-byte remaining length: small publishes, most other packets
+        return bytes((type_flags, n)) + body
+    return bytes((type_flags,)) + encode_varint(n) + body
 
 
 # -- generic decode (construct) -------------------------------------------------------------
