@@ -396,9 +396,9 @@ class VirtualHost:
         the adapter delivered it itself (the queue records nothing, as for a no-ack delivery),
         False that the queue takes it. A ``durable`` message is offered only to no-ack
         consumers: one that acknowledges must get it through the queue, which keeps it until
-        then. ``make_message(context)`` is called at most once, when
-        some destination needs a core Message. Exchange-to-exchange bindings and alternate
-        exchanges are resolved as :meth:`publish` does, without the shortcut (a delayed
+        then. ``make_message(context)`` is called at most once, when some destination needs a
+        core Message; the rest are enqueued as :meth:`publish` does. With exchange-to-exchange
+        bindings or an alternate exchange the whole publish takes :meth:`publish` (a delayed
         exchange's scheduler may be on the way). Returns (routed, refused) as :meth:`publish`.
         """
         ex = self.exchanges.get(exchange)
