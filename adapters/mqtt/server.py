@@ -514,9 +514,9 @@ class MqttServer:
             if len(keys) > 8192:
                 keys.clear()
             key = keys[topic] = c.topic_to_key(topic)
-        # what both callbacks read (a list, the cheapest to build per message); the last two
-        # slots: the QoS 0 frame per protocol family (3.x, 5.0), built once for all the
-        # subscribers of that family
+        # what both callbacks read, a list (the cheapest to build per message): routing key,
+        # QoS, publisher is 5.0, received body, topic bytes, payload, topic, then the QoS 0
+        # frame per protocol family (3.x, 5.0), built once for all subscribers of the family
         publish = [key, qos, v5, body, tbytes, payload, topic, None, None]
         make_message, direct = self._direct_callbacks
         routed, _ = self.vhost.publish_direct(
