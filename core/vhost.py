@@ -19,6 +19,7 @@ from .stream import Stream
 
 if TYPE_CHECKING:
     from .broker import Broker
+    from .queue import Consumer
 
 STANDARD_EXCHANGES = (
     ("amq.direct", "direct"),
@@ -373,7 +374,68 @@ class VirtualHost:
             dests = ex.match(routing_key, message.headers)
             if not dests and ex.arguments:
                 dests = self._resolve(ex, routing_key, message.headers)
-        routed = refused = 0
+        return self._enqueue(dests, message, exclude, 0)
+
+    def publish_direct(
+        self,
+        exchange: str,
+        routing_key: str,
+        size: int,
+        durable: bool,
+        make_message: Callable[[Any], Message],
+        direct: Callable[[Consumer, Any], bool],
+        context: Any = None,
+        *,
+        exclude: Any = None,
+    ) -> tuple[int, int]:
+        """:meth:`publish` for an adapter's fast path: a message of ``size`` body bytes and
+        no headers that may reach some consumers without ever becoming a core Message.
+
+        For each destination whose queue would hand the message at once to its one consumer
+        (``Queue.direct_consumer``), ``direct(consumer, context)`` is asked first: True means
+        the adapter delivered it itself (the queue records nothing, as for a no-ack delivery),
+        False that the queue takes it. A ``durable`` message is offered only to no-ack
+        consumers: one that acknowledges must get it through the queue, which keeps it until
+        then. ``make_message(context)`` is called at most once, when some destination needs a
+        core Message; the rest are enqueued as :meth:`publish` does. With exchange-to-exchange
+        bindings or an alternate exchange the whole publish takes :meth:`publish` (a delayed
+        exchange's scheduler may be on the way). Returns (routed, refused) as :meth:`publish`.
+        """
+        ex = self.exchanges.get(exchange)
+        if ex is None:
+            raise NotFound(f"no exchange '{exchange}' in vhost '{self.name}'")
+        if self._e2e or ex.arguments:
+            return self.publish(exchange, routing_key, make_message(context), exclude=exclude)
+        routed = 0
+        rest = None  # the destinations that need a core Message
+        for q in ex.match(routing_key, _NO_HEADERS):
+            if q is exclude:
+                continue
+            consumer = q.direct_consumer(size)
+            if (
+                consumer is not None
+                and (consumer.no_ack or not durable)
+                and direct(consumer, context)
+            ):
+                routed += 1
+            elif rest is None:
+                rest = [q]
+            else:
+                rest.append(q)
+        if rest is None:
+            return routed, 0
+        message = make_message(context)
+        message.exchange = exchange
+        message.routing_key = routing_key
+        return self._enqueue(rest, message, None, routed)
+
+    def _enqueue(
+        self, dests: Iterable[Any], message: Message, exclude: Any, routed: int
+    ) -> tuple[int, int]:
+        """Enqueue a routed message on its destinations (both publish paths); a persistent
+        message is serialized once for all the durable queues. Returns (routed, refused),
+        ``routed`` counting on from the given number."""
+        refused = 0
         data = None
         for q in dests:
             if q is exclude:
@@ -385,16 +447,6 @@ class VirtualHost:
             else:
                 refused += 1
         return routed, refused
-
-    def route(self, exchange: str, routing_key: str, headers: dict) -> Iterable[Any] | None:
-        """The destinations ``publish`` would give a message, when the exchange's own bindings
-        decide (no exchange-to-exchange bindings, no alternate exchange); None when only
-        ``publish`` can tell. For adapters' fast paths that deliver some destinations directly.
-        """
-        ex = self.exchanges.get(exchange)
-        if ex is None or self._e2e or ex.arguments:
-            return None
-        return ex.match(routing_key, headers)
 
     def _resolve(self, ex: Exchange, key: str, headers: dict) -> list[Any]:
         """Destinations through exchange-to-exchange bindings and alternate exchanges."""
@@ -421,6 +473,9 @@ class VirtualHost:
                 if alt is not None:
                     todo.append(alt)
         return list(out.values())
+
+
+_NO_HEADERS: dict = {}
 
 
 def _norm(v: Any) -> Any:

@@ -280,3 +280,22 @@ def test_a_session_queue_length_limit_still_allows_the_direct_path(no_messages):
     assert q.message_count == 2  # the oldest were dropped (drop-head), as the core does
     sub.p.resumeProducing()
     assert [pl for *_, pl in sub.publishes()] == [b"0", b"4", b"5"]
+
+
+def test_exchange_to_exchange_binding_on_amq_topic_routes_through_the_core(factory, no_messages):
+    sub = Peer(factory, "s")
+    sub.subscribe("e/#")
+    pub = Peer(factory, "p")
+    vh = factory.server.vhost
+    vh.declare_exchange("side", "fanout")
+    vh.bind_exchange("side", "amq.topic", "e.#")
+    vh.declare_queue("behind")
+    vh.bind_queue("behind", "side")
+    sub.packets()
+    pub.packets()
+    no_messages.clear()
+    pub.publish("e/x", b"both")
+    assert no_messages == [1]  # one core Message for both destinations
+    assert [pl for *_, pl in sub.publishes()] == [b"both"]
+    d = vh.get_queue("behind").get(no_ack=True)
+    assert (d.message.body, d.message.routing_key) == (b"both", "e.x")

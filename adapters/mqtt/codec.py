@@ -11,6 +11,7 @@ a configured maximum *before* anything is buffered for the packet.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from construct import (
@@ -579,7 +580,10 @@ class FrameReader:
 
 
 def frame(type_flags: int, body: bytes) -> bytes:
-    return bytes((type_flags,)) + encode_varint(len(body)) + body
+    n = len(body)
+    if n < 0x80:  # a one-byte remaining length: small publishes, most other packets
+        return bytes((type_flags, n)) + body
+    return bytes((type_flags,)) + encode_varint(n) + body
 
 
 # -- generic decode (construct) -------------------------------------------------------------
@@ -698,6 +702,10 @@ def props_from_block(block: bytes) -> dict[str, Any]:
     return props_to_dict(items)
 
 
+_FIRST_LEN_U16 = struct.Struct(">BBH").pack
+_U16 = struct.Struct(">H").pack
+
+
 def encode_publish(
     topic: bytes,
     payload: bytes,
@@ -714,15 +722,16 @@ def encode_publish(
     if dup:
         first |= 8
     tl = len(topic)
-    head = bytes((tl >> 8, tl & 0xFF)) + topic
+    rl = 2 + tl + len(payload) + (2 if qos else 0) + (len(props) if props is not None else 0)
+    if rl < 128:  # (struct packs the header: bytes() of a tuple costs twice as much)
+        out = _FIRST_LEN_U16(first, rl, tl) + topic
+    else:
+        out = bytes((first,)) + encode_varint(rl) + _U16(tl) + topic
     if qos:
-        head += bytes((packet_id >> 8, packet_id & 0xFF))
+        out += _U16(packet_id)
     if props is not None:
-        head += props
-    rl = len(head) + len(payload)
-    if rl < 128:
-        return bytes((first, rl)) + head + payload
-    return bytes((first,)) + encode_varint(rl) + head + payload
+        out += props
+    return out + payload
 
 
 # -- validation helpers ---------------------------------------------------------------------

@@ -313,6 +313,8 @@ class MqttServer:
         # the class of this listener's connections (session.Connection, set by the factory):
         # publish_plain writes straight to a connection of exactly that class
         self.connection_class: type | None = None
+        # the callbacks of publish_plain, bound once (not per publish)
+        self._direct_callbacks = (self._plain_message, self._deliver_direct)
         for qname in list(broker.kv(SHARED_NS)):
             self.shared_members[qname] = set(broker.kv_get_obj(SHARED_NS, qname) or ())
         self._arm_stored_expiries()
@@ -501,76 +503,72 @@ class MqttServer:
     ) -> int:
         """Route a PUBLISH without properties and without retain (hot path); returns routed.
 
-        Where a destination is an MQTT session queue that the core would hand the message to
-        at once (no backlog, room under its length limits, no TTL, one ready consumer: the
-        session's own connection) and the delivery is QoS 0 and needs no per-subscriber
-        properties (5.0 subscription ids, topic aliases), the PUBLISH frame is written to that
-        connection directly: no core Message, Delivery or consumer callback. Every other
-        destination gets a core Message through ``Queue.enqueue`` as ``VirtualHost.publish``
-        would do. ``body`` is the received packet body (reused as the outgoing frame for QoS 0
-        to the same family).
+        The core routes (``VirtualHost.publish_direct``) and offers each consumer that would
+        get the message at once to :meth:`_deliver_direct`; every other destination gets one
+        core Message from :meth:`_plain_message`. ``body`` is the received packet body (reused
+        as the outgoing frame for QoS 0 to the same family).
         """
-        connection_class = self.connection_class
         keys = self.keys
         key = keys.get(topic)
         if key is None:
             if len(keys) > 8192:
                 keys.clear()
             key = keys[topic] = c.topic_to_key(topic)
-        dests = self.vhost.route("amq.topic", key, _NO_HEADERS)
-        if dests is None:
-            # exchange-to-exchange bindings or an alternate exchange: the core resolves
-            return self.publish(topic, Message(payload, durable=qos > 0), False, exclude)
-        routed = 0
-        msg = None
-        data = None
-        frames: list = [None, None]  # the QoS 0 frame per protocol family, built once
-        for q in dests:
-            if q is exclude:
-                continue
-            cons = q.direct_consumer(len(payload))
-            # (a QoS 1 publish goes direct only to sessions whose subscriptions are all QoS 0)
-            if cons is not None and (not qos or cons.no_ack):
-                conn = cons.owner
-                if (
-                    type(conn) is connection_class
-                    and cons is conn.own_consumer
-                    and conn.state == 1
-                    and cons.credit is None
-                ):
-                    hit = conn.session.match(key)
-                    subqos = hit[2]
-                    if subqos < 0:  # the session queue's bindings match, its filters not
-                        routed += 1
-                        continue
-                    sv5 = conn.version == c.V5
-                    if (qos == 0 or subqos == 0) and not (sv5 and (hit[3] or conn.out_alias_max)):
-                        frame = frames[sv5]
-                        if frame is None:
-                            if qos == 0 and sv5 == v5:
-                                frame = c.frame(0x30, body)
-                            else:
-                                frame = c.encode_publish(
-                                    tbytes, payload, 0, 0, False, False, b"\x00" if sv5 else None
-                                )
-                            frames[sv5] = frame
-                        if len(frame) <= conn.client_max_packet:
-                            conn.write(frame)
-                        routed += 1
-                        continue
-            if msg is None:
-                msg = Message(payload, durable=qos > 0)
-                msg.exchange = "amq.topic"
-                msg.routing_key = key
-                if qos == 0 and not q.message_count:
-                    # deliveries the core makes at once reuse the frame (see _send); behind a
-                    # backlog the slot would be overwritten long before its turn
-                    self.enc[v5] = [msg, False, topic, frames[v5], body]
-            if data is None and qos and q.durable and q.kind == "queue":
-                data = msg.to_bytes()
-            if q.enqueue(msg, data):
-                routed += 1
+        # what both callbacks read, a list (the cheapest to build per message): routing key,
+        # QoS, publisher is 5.0, received body, topic bytes, payload, topic, then the QoS 0
+        # frame per protocol family (3.x, 5.0), built once for all subscribers of the family
+        publish = [key, qos, v5, body, tbytes, payload, topic, None, None]
+        make_message, direct = self._direct_callbacks
+        routed, _ = self.vhost.publish_direct(
+            "amq.topic", key, len(payload), qos > 0, make_message, direct, publish, exclude=exclude
+        )
         return routed
+
+    def _deliver_direct(self, cons: Any, publish: list) -> bool:
+        """Write a plain PUBLISH straight to a subscriber, when ``cons`` is the own consumer
+        of a connected session of this listener and the delivery is QoS 0 and needs no
+        per-subscriber properties (5.0 subscription ids, topic aliases): no core Message,
+        Delivery or consumer callback. False: the queue takes the message."""
+        conn = cons.owner
+        if not (
+            type(conn) is self.connection_class
+            and cons is conn.own_consumer
+            and conn.state == 1
+            and cons.credit is None
+        ):
+            return False
+        session = conn.session
+        hit = session.match_cache.get(publish[0]) or session.match(publish[0])
+        subqos = hit[2]
+        if subqos < 0:  # the session queue's bindings match, its filters not
+            return True
+        sv5 = conn.version == c.V5
+        qos = publish[1]
+        # (a QoS 1 publish comes here only for sessions whose subscriptions are all QoS 0)
+        if (qos and subqos) or (sv5 and (hit[3] or conn.out_alias_max)):
+            return False
+        frame = publish[7 + sv5]
+        if frame is None:
+            if qos == 0 and sv5 == publish[2]:
+                frame = c.frame(0x30, publish[3])
+            else:
+                frame = c.encode_publish(
+                    publish[4], publish[5], 0, 0, False, False, b"\x00" if sv5 else None
+                )
+            publish[7 + sv5] = frame
+        if len(frame) <= conn.client_max_packet:
+            conn.write(frame)
+        return True
+
+    def _plain_message(self, publish: list) -> Message:
+        """The core Message of a plain PUBLISH, for the destinations that need one."""
+        qos = publish[1]
+        msg = Message(publish[5], durable=qos > 0)
+        if qos == 0:
+            # deliveries the core makes at once reuse the frame (see Connection._send)
+            v5 = publish[2]
+            self.enc[v5] = [msg, False, publish[6], publish[7 + v5], publish[3]]
+        return msg
 
     def retained_for(self, flt: str) -> list[Message]:
         now = now_ms()
@@ -602,9 +600,6 @@ def _str(v: Any) -> str:
     else:
         s = str(v)
     return s.replace("\x00", "\ufffd") if "\x00" in s else s
-
-
-_NO_HEADERS: dict = {}
 
 
 def reply_to_core(response_topic: str) -> str:
