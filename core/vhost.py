@@ -429,6 +429,22 @@ class VirtualHost:
         message.routing_key = routing_key
         return self._enqueue(rest, message, None, routed)
 
+    def reaches_beyond(self, exchange: str, routing_key: str, own: Any) -> bool:
+        """Whether a headerless publish to ``exchange`` with ``routing_key`` could reach a
+        destination other than ``own``: the cheap test an adapter that stores its messages
+        itself (a Kafka or RocketMQ topic) makes before converting them for :meth:`publish`
+        with ``exclude=own``. True whenever exchange-to-exchange bindings or an alternate
+        exchange are in play (only :meth:`publish` can tell then)."""
+        ex = self.exchanges.get(exchange)
+        if ex is None:
+            return False
+        if self._e2e or ex.arguments:
+            return True
+        for d in ex.match(routing_key, _NO_HEADERS):
+            if d is not own:
+                return True
+        return False
+
     def _enqueue(
         self, dests: Iterable[Any], message: Message, exclude: Any, routed: int
     ) -> tuple[int, int]:

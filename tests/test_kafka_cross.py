@@ -180,3 +180,24 @@ def test_mqtt_and_kafka_both_ways(tmp_path):
                 out.append(m.value())
         k.close()
         assert out == [b"first", b"from-mqtt", b"from-kafka"]
+
+
+def test_kafka_produce_follows_an_exchange_to_exchange_binding(broker):
+    """A Kafka produce reaches a queue bound to amq.topic only through another exchange."""
+    t = "cross." + uuid.uuid4().hex[:8]
+    conn, ch = amqp_channel(broker)
+    ch.exchange_declare("e2e-" + t, "topic", auto_delete=True)
+    ch.exchange_bind(destination="e2e-" + t, source="amq.topic", routing_key=t)
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "e2e-" + t, routing_key=t)
+    p = Producer({"bootstrap.servers": f"{broker.host}:{broker.port('kafka')}"})
+    p.produce(t, b"through-e2e")
+    assert p.flush(10) == 0
+    body = None
+    deadline = time.time() + 10
+    while body is None and time.time() < deadline:
+        _, _, body = ch.basic_get(q, auto_ack=True)
+        if body is None:
+            time.sleep(0.1)
+    conn.close()
+    assert body == b"through-e2e"

@@ -90,13 +90,7 @@ class KafkaServer:
 
     def route(self, s: Stream, name: str, batches: list[bytes]) -> None:
         """Pass produced batches on through amq.topic to subscribers other than the stream."""
-        ex = self.vhost.exchanges.get("amq.topic")
-        if ex is None:
-            return
-        for d in ex.match(name, {}):
-            if d is not s:
-                break
-        else:
+        if not self.vhost.reaches_beyond("amq.topic", name, s):
             return
         try:
             for data in batches:

@@ -375,10 +375,9 @@ class RocketSession(SessionBase):
     def _route(self, s: Stream, name: str, messages: list[Message]) -> None:
         """Pass messages on through amq.topic to its subscribers other than the topic itself
         (MQTT, AMQP and OpenWire subscribers; a Kafka topic of the same name is this one)."""
-        ex = self.vhost.exchanges.get("amq.topic")
-        if ex is None or name.startswith((RETRY_PREFIX, DLQ_PREFIX)):
+        if name.startswith((RETRY_PREFIX, DLQ_PREFIX)):
             return
-        if all(d is s for d in ex.match(name, {})):
+        if not self.vhost.reaches_beyond("amq.topic", name, s):
             return
         for m in messages:
             self.vhost.publish("amq.topic", name, m, exclude=s)
