@@ -104,6 +104,9 @@ class OpenWireHub:
         self._cache: OrderedDict[int, list] = OrderedDict()
         self._cache_bytes = 0
         self.no_local_consumers = 0
+        # connections that negotiated no marshalling cache (the plain form): while there
+        # are any, prime keeps what re-encodes a message in either form
+        self.plain_sessions = 0
         self._watched_vhosts: set[str] = set()
         self.redelivery = RedeliveryPolicy.from_config(config)
         strategy = config.get("dead_letter_strategy", "shared")
@@ -222,9 +225,18 @@ class OpenWireHub:
         connection negotiated) instead of converting and encoding it again."""
         if len(msg.body) > CACHE_MAX_BODY or m.message_id is None:
             return
-        # only what reencode_message reads is kept (not the decoded frame's thirty fields):
-        # a backlog holds one of these per message, and its size shows in the time per message
-        self._remember([msg, next(self._ids), _Frame(m), None, None, 0], len(m.raw))
+        seq = next(self._ids)
+        if m.mark is None and not self.plain_sessions and m.data_structure is None:
+            # a frame in the cached form while every connection uses that form: its
+            # dispatch encoding now, while the frame is in the CPU's cache, and only that
+            # kept (not the frame too: a backlog holds one entry per message, and its size
+            # shows in the time per message)
+            data = c.reencode_message(m, seq, True)
+            if data is not None:
+                self._remember([msg, seq, None, None, data, 0], len(data))
+                return
+        # only what reencode_message reads is kept (not the decoded frame's thirty fields)
+        self._remember([msg, seq, _Frame(m), None, None, 0], len(m.raw))
 
     def _remember(self, entry: list, size: int) -> None:
         """entry: [message, broker sequence id, decoded frame | None, plain encoding | None,

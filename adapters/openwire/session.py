@@ -245,6 +245,8 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
             and theirs_cache > 0
         ):
             self.enable_cache(min(theirs_cache, ours_cache))
+        else:
+            self.hub.plain_sessions += 1
         self.send(self.broker_info())
         theirs = props.get("MaxInactivityDuration", 0)
         ours = self.settings["max_inactivity_ms"]
@@ -460,6 +462,8 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
             return
         self.closed = True
         self.hub.sessions.discard(self)
+        if self.negotiated and not self.cached:
+            self.hub.plain_sessions -= 1
         if self.client_id and self.hub.client_ids.get(self.client_id) is self:
             del self.hub.client_ids[self.client_id]
         for entry in list(self.transactions.values()):
