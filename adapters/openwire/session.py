@@ -92,6 +92,7 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
         self.broker = hub.broker
         self.vhost = hub.broker.vhost()
         self.write = conn.write
+        self.encoded = hub.encoded  # (per dispatch)
         self.reply = conn.reply
         self.settings = settings
         self.max_size = hub.broker.max_message_size
@@ -166,6 +167,7 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
         # the per-frame dispatch, inlined: this loop runs for every frame
         uc = self.ucache
         handle, decode = self.handle, c.decode_command
+        on_message = self.on_message
         conn = self.conn
         for frame in frames:
             if not self.negotiated:
@@ -178,6 +180,8 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
                 fields = c.ack_fields(frame, uc)
                 if fields is None or not self.standard_ack(fields):
                     handle(decode(frame, uc))
+            elif t in _MESSAGE_TYPES:
+                on_message(decode(frame, uc))
             elif t != _WIREFORMAT:  # a repeated WireFormatInfo changes nothing
                 handle(decode(frame, uc))
                 if conn.logging_in:  # ConnectionInfo waits for its login: the rest waits too
