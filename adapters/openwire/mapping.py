@@ -224,7 +224,8 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
         elif p is not None:
             message_id = _id_prefix(p) + str(mid.producer_sequence_id)
         if p is not None:
-            ann["openwire.pid"] = [p.connection_id, p.value, p.session_id, mid.producer_sequence_id]
+            # (a tuple: one allocation, and no list for the collector to track)
+            ann["openwire.pid"] = (p.connection_id, p.value, p.session_id, mid.producer_sequence_id)
     if conn_key is not None:
         ann["openwire.conn"] = conn_key
     dest = m.destination
