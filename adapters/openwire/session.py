@@ -534,7 +534,8 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
             except BrokerError as e:
                 self.respond_error(m, error_class(e), e.text)
                 return
-            self._after_publish(m, msg, False)
+            if m.response_required or self.windowed_producers:  # (else nothing to answer)
+                self._after_publish(m, msg, False)
             return
         tx = None
         if m.transaction_id is not None:
