@@ -412,52 +412,52 @@ def test_session_survives_nonsense_commands_cached_form(cmds, junk):
         proto.connectionLost(None)
 
 
+def _client(factory, name: str, cached: bool, dest: Obj | None):
+    """A connection in the given form (with a consumer of ``dest`` unless None): its
+    protocol, transport, a function that sends a command and its unmarshalling cache."""
+    from openwire_oracle import ClientWriter
+
+    proto, tr = factory.buildProtocol(None), TurnTransport()
+    proto.makeConnection(tr)
+    proto.dataReceived(
+        c.encode_wireformat(
+            12,
+            {"MaxInactivityDuration": 0, "CacheEnabled": cached, "CacheSize": 16},
+            {"MaxInactivityDuration": "long"},
+        )
+    )
+    w = ClientWriter(16) if cached else None
+
+    def send(o):
+        body = w.frame(o) if w is not None else c.encode_frame(o)[4:]
+        proto.dataReceived(struct.pack(">i", len(body)) + body)
+
+    send(Obj(c.CONNECTION_INFO, command_id=1, connection_id=Obj(c.CONNECTION_ID, value=name)))
+    tr.clear()
+    if dest is not None:
+        cid = Obj(c.CONSUMER_ID, connection_id=name, session_id=1, value=1)
+        send(
+            Obj(c.CONSUMER_INFO, command_id=2, prefetch_size=100, destination=dest, consumer_id=cid)
+        )
+    return proto, tr, send, [None] * 16 if cached else None
+
+
 @pytest.mark.parametrize("producer_cached", [True, False])
 def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
     """A topic message from a producer of either form reaches a plain-form consumer and a
     cached-form consumer, each in its own form (the hub keeps one encoding per form)."""
-    from openwire_oracle import ClientWriter
-
     broker = Broker(clock=Clock())
     factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
     topic = Obj(c.TOPIC, physical_name="mix.t")
-    conns = []
-    for name, cached in (("plain", False), ("cached", True), ("producer", producer_cached)):
-        proto = factory.buildProtocol(None)
-        tr = TurnTransport()
-        proto.makeConnection(tr)
-        proto.dataReceived(
-            c.encode_wireformat(
-                12,
-                {"MaxInactivityDuration": 0, "CacheEnabled": cached, "CacheSize": 16},
-                {"MaxInactivityDuration": "long"},
-            )
-        )
-        w = ClientWriter(16) if cached else None
-
-        def send(o, proto=proto, w=w):
-            body = w.frame(o) if w is not None else c.encode_frame(o)[4:]
-            proto.dataReceived(struct.pack(">i", len(body)) + body)
-
-        conn_id = Obj(c.CONNECTION_ID, value=f"ID:{name}")
-        send(Obj(c.CONNECTION_INFO, command_id=1, connection_id=conn_id))
-        if name != "producer":
-            send(
-                Obj(
-                    c.CONSUMER_INFO,
-                    command_id=2,
-                    prefetch_size=100,
-                    destination=topic,
-                    consumer_id=Obj(
-                        c.CONSUMER_ID, connection_id=f"ID:{name}", session_id=1, value=1
-                    ),
-                )
-            )
-        cache = [None] * 16 if cached else None
-        got = frames(tr.value(), cache)
+    conns = [
+        _client(factory, "ID:plain", False, topic),
+        _client(factory, "ID:cached", True, topic),
+        _client(factory, "ID:producer", producer_cached, None),
+    ]
+    for _, tr, _, cache in conns:
+        got = frames(tr.value(), list(cache) if cache is not None else None)
         assert not [x for x in got if getattr(x, "type", None) == c.EXCEPTION_RESPONSE], got
         tr.clear()
-        conns.append((proto, tr, send, cache))
     pid = Obj(c.PRODUCER_ID, connection_id="ID:producer", value=1, session_id=1)
     send = conns[2][2]
     for k in range(3):
@@ -481,6 +481,49 @@ def test_one_message_to_a_plain_and_a_cached_consumer(producer_cached):
             assert m.type == c.TEXT_MESSAGE and c.decode_text_body(m.content) == f"hello {k}"
             assert m.producer_id == pid and m.destination == topic
             assert m.message_id.producer_sequence_id == k and m.correlation_id == "corr"
+
+
+def test_queued_messages_reach_a_plain_consumer_that_comes_later():
+    """While every connection uses the cached form, a message keeps only its dispatch
+    encoding (not its frame); a plain-form consumer that attaches later still gets every
+    field as sent, and a cached-form one gets that kept encoding."""
+    broker = Broker(clock=Clock())
+    factory = OpenWireFactory(broker, {"max_inactivity_ms": 0})
+    queue = Obj(c.QUEUE, physical_name="later.q")
+    _, _, send, _ = _client(factory, "ID:producer", True, None)
+    pid = Obj(c.PRODUCER_ID, connection_id="ID:producer", value=1, session_id=1)
+    for k in range(4):
+        send(
+            Obj(
+                c.BYTES_MESSAGE,
+                command_id=5 + k,
+                producer_id=pid,
+                destination=queue,
+                message_id=Obj(c.MESSAGE_ID, producer_id=pid, producer_sequence_id=k),
+                priority=4,
+                timestamp=1_700_000_000_000 + k,
+                content=b"body %d" % k,
+                correlation_id="corr",
+                marshalled_properties=c.encode_primitive_map({"n": k}),
+            )
+        )
+    hub = factory.hub
+    kept = list(hub._cache.values())
+    assert len(kept) == 4 and all(e[2] is None and isinstance(e[4], bytes) for e in kept)
+    got = {}
+    for name, cached in (("ID:plain", False), ("ID:cached", True)):
+        proto, tr, _, cache = _client(factory, name, cached, queue)
+        dispatches = [f for f in frames(tr.value(), cache) if f.type == c.MESSAGE_DISPATCH]
+        got[name] = [d.message for d in dispatches]
+        proto.connectionLost(None)  # its deliveries go back for the next consumer
+    assert hub.plain_sessions == 0
+    for name, msgs in got.items():
+        assert [m.message_id.producer_sequence_id for m in msgs] == [0, 1, 2, 3], name
+        for k, m in enumerate(msgs):
+            assert m.type == c.BYTES_MESSAGE and m.content == b"body %d" % k, name
+            assert m.producer_id == pid and m.destination == queue, name
+            assert m.correlation_id == "corr" and m.timestamp == 1_700_000_000_000 + k, name
+            assert c.decode_primitive_map(c.Reader(m.marshalled_properties), 1024) == {"n": k}
 
 
 def test_resource_alarm_holds_back_publishers_only():

@@ -237,11 +237,14 @@ def decode_command(frame: bytes, cache: list | None = None) -> Obj:
     return obj
 
 
+_CNONE = b"\x01\xff\xff\x00"  # a null cached field, as new with index -1
+
+
 def _cenc(v: Obj | None) -> bytes:
     """A cached field as new with index -1; memoized on id and destination objects, which
     are never changed once decoded (a cached one comes back as the same object)."""
     if v is None:
-        return b"\x01\xff\xff\x00"
+        return _CNONE
     try:
         return v.cenc
     except AttributeError:
@@ -324,13 +327,14 @@ def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> b
                 m.original_destination,
                 mid.producer_id,
             )
+        otx, tcid = m.original_transaction_id, m.target_consumer_id
         return b"".join(
             (
                 entry[0],
                 _QQ.pack(mid.producer_sequence_id, broker_sequence_id),
-                _cenc(m.original_transaction_id),
+                _CNONE if otx is None else _cenc(otx),
                 frame[m1:m2],
-                _cenc(m.target_consumer_id),
+                _CNONE if tcid is None else _cenc(tcid),
                 frame[m3:],
             )
         )

@@ -37,6 +37,8 @@ BROWSE_MAX = 400  # messages one queue browser sees (ActiveMQ's maxBrowsePageSiz
 
 ACK_DELIVERED, ACK_POISON, ACK_STANDARD, ACK_REDELIVERED = 0, 1, 2, 3
 ACK_INDIVIDUAL, ACK_UNMATCHED, ACK_EXPIRED = 4, 5, 6
+_I = c._I
+_ZERO = _I.pack(0)
 
 # -- consumers ---------------------------------------------------------------------------------
 
@@ -356,7 +358,7 @@ class ConsumerHandling:
 
     def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
         try:
-            seq, data = self.hub.encoded(d.message, self.cached)
+            seq, data = self.encoded(d.message, self.cached)
         except (ValueError, TypeError, OverflowError, struct.error) as e:
             # never let one odd message from another protocol break the queue's dispatch
             log.info(
@@ -376,7 +378,19 @@ class ConsumerHandling:
         cs.pull_pending = False
         self.conn.info.messages_out += 1
         if not self.closed:
-            self.write(c.encode_dispatch_raw(cs.head, data, d.delivery_count))
+            # encode_dispatch_raw, inlined (once per message)
+            head = cs.head
+            count = d.delivery_count
+            self.write(
+                b"".join(
+                    (
+                        _I.pack(len(head) + len(data) + 4),
+                        head,
+                        data,
+                        _I.pack(count) if count else _ZERO,
+                    )
+                )
+            )
             if cs.head_later is not None:
                 cs.head = cs.head_later
                 cs.head_later = None

@@ -101,9 +101,12 @@ class OpenWireHub:
         self.synthetic_pid = Obj(c.PRODUCER_ID, connection_id=self.broker_id, value=0, session_id=0)
         # oldest first; an OrderedDict because evicting from the front of a plain dict
         # leaves holes that make next(iter(d)) linear in what was evicted before
-        self._cache: OrderedDict[int, list] = OrderedDict()
+        self._cache: OrderedDict[int, tuple] = OrderedDict()
         self._cache_bytes = 0
         self.no_local_consumers = 0
+        # connections that negotiated no marshalling cache (the plain form): while there
+        # are any, prime keeps what re-encodes a message in either form
+        self.plain_sessions = 0
         self._watched_vhosts: set[str] = set()
         self.redelivery = RedeliveryPolicy.from_config(config)
         strategy = config.get("dead_letter_strategy", "shared")
@@ -222,19 +225,36 @@ class OpenWireHub:
         connection negotiated) instead of converting and encoding it again."""
         if len(msg.body) > CACHE_MAX_BODY or m.message_id is None:
             return
-        # only what reencode_message reads is kept (not the decoded frame's thirty fields):
-        # a backlog holds one of these per message, and its size shows in the time per message
-        self._remember([msg, next(self._ids), _Frame(m), None, None, 0], len(m.raw))
+        seq = next(self._ids)
+        if m.mark is None and not self.plain_sessions and m.data_structure is None:
+            # a frame in the cached form while every connection uses that form: its
+            # dispatch encoding now, while the frame is in the CPU's cache, and only that
+            # kept (not the frame too: a backlog holds one entry per message, and its size
+            # shows in the time per message)
+            data = c.reencode_message(m, seq, True)
+            if data is not None:
+                self._remember(msg, seq, None, None, data, len(data))
+                return
+        # only what reencode_message reads is kept (not the decoded frame's thirty fields)
+        self._remember(msg, seq, _Frame(m), None, None, len(m.raw))
 
-    def _remember(self, entry: list, size: int) -> None:
-        """entry: [message, broker sequence id, decoded frame | None, plain encoding | None,
-        cached encoding | None, bytes accounted]."""
+    def _remember(
+        self,
+        msg: Message,
+        seq: int,
+        frame: _Frame | None,
+        plain: bytes | None,
+        cached: bytes | None,
+        size: int,
+    ) -> None:
+        """An entry: (message, broker sequence id, decoded frame | None, plain encoding | None,
+        cached encoding | None, bytes accounted), a tuple (one object fewer than a list for
+        every message in flight) replaced when a second form is added."""
         cache = self._cache
-        msg = entry[0]
         # (never there already: an entry keeps its message alive, so no other has its id)
-        entry[5] = size + len(msg.body)
-        self._cache_bytes += entry[5]
-        cache[id(msg)] = entry
+        size += len(msg.body)
+        self._cache_bytes += size
+        cache[id(msg)] = (msg, seq, frame, plain, cached, size)
         while self._cache_bytes > CACHE_BYTES:
             self._cache_bytes -= cache.popitem(last=False)[1][5]
 
@@ -244,7 +264,8 @@ class OpenWireHub:
         once). The sequence id identifies the message in acknowledgements; the redelivery
         counter travels in MessageDispatch."""
         i = 4 if cached else 3
-        e = self._cache.get(id(msg))
+        cache = self._cache
+        e = cache.get(id(msg))
         if e is not None and e[0] is msg:
             data = e[i]
             if data is None:
@@ -252,16 +273,19 @@ class OpenWireHub:
                     data = c.reencode_message(e[2], e[1], cached)
                 if data is None:
                     data = c.encode_message(core_to_jms(msg, self.synthetic_pid, e[1]), cached)
-                e[i] = data
-                e[5] += len(data)
+                entry = list(e)
+                entry[i] = data
+                entry[5] += len(data)
+                cache[id(msg)] = tuple(entry)  # (an entry keeps its place in the order)
                 self._cache_bytes += len(data)
             return e[1], data
         seq = next(self._ids)
         data = c.encode_message(core_to_jms(msg, self.synthetic_pid, seq), cached)
         if len(msg.body) <= CACHE_MAX_BODY:
-            entry = [msg, seq, None, None, None, 0]
-            entry[i] = data
-            self._remember(entry, len(data))
+            if cached:
+                self._remember(msg, seq, None, None, data, len(data))
+            else:
+                self._remember(msg, seq, None, data, None, len(data))
         return seq, data
 
     def forget(self, msg: Message) -> None:

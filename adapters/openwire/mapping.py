@@ -158,14 +158,16 @@ def _id_prefix(p: Obj) -> str:
     return prefix
 
 
+_TEMP_TYPES = frozenset((c.TEMP_QUEUE, c.TEMP_TOPIC))
+
+
 def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
     """An incoming ActiveMQ message as a core Message (see docs/openwire.md)."""
-    ann: dict[str, Any] = {}
-    jtype = JMS_TYPES[m.type]
-    ann["jms.type"] = jtype
+    t = m.type
+    ann: dict[str, Any] = {"jms.type": JMS_TYPES[t]}
     content = m.content
     if content is not None and m.compressed:
-        if m.type == c.BYTES_MESSAGE and len(content) >= 4:
+        if t == c.BYTES_MESSAGE and len(content) >= 4:
             # int32 original length, then zlib data; the 5.17 client deflates the whole
             # backing array, so only the first ``length`` inflated bytes are the body
             length = int.from_bytes(content[:4], "big", signed=True)
@@ -175,13 +177,15 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
         else:
             content = _inflate_any(content, max_size)
     content_type = None
-    if m.type == c.TEXT_MESSAGE:
+    if t == c.BYTES_MESSAGE:  # the common case first
+        body = content or b""
+    elif t == c.TEXT_MESSAGE:
         text = c.decode_text_body(content)
         body = b"" if text is None else text.encode("utf-8", "surrogatepass")
         content_type = TEXT_CT
         if text is None:
             ann["openwire.null_text"] = True
-    elif m.type == c.MAP_MESSAGE:
+    elif t == c.MAP_MESSAGE:
         raw = content or b""
         if raw:
             mp = c.decode_primitive_map(c.Reader(raw), max_size)
@@ -190,20 +194,22 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
         body = json.dumps(_jsonable(mp), separators=(",", ":")).encode()
         content_type = "application/json"
         ann["openwire.map"] = raw
-    elif m.type == c.OBJECT_MESSAGE:
+    elif t == c.OBJECT_MESSAGE:
         body = content or b""
         content_type = "application/x-java-serialized-object"
     else:
         body = content or b""
-        if m.type == c.STREAM_MESSAGE:
+        if t == c.STREAM_MESSAGE:
             content_type = "application/x-activemq-stream"
-    headers: dict[str, Any] = {}
+    headers: dict[str, Any] | None = None
+    key = None
     if m.marshalled_properties:
         ptypes: dict[str, str] = {}
         headers = c.decode_primitive_map(c.Reader(m.marshalled_properties), max_size, ptypes)
         if ptypes:
             ann["openwire.ptypes"] = ptypes
-    key = key_from_headers(headers) if headers else None
+        if headers:
+            key = key_from_headers(headers)
     if m.group_id is not None:
         ann["openwire.group_id"] = m.group_id
         ann["openwire.group_seq"] = m.group_sequence
@@ -218,11 +224,13 @@ def jms_to_core(m: Obj, max_size: int, conn_key: str | None) -> Message:
         elif p is not None:
             message_id = _id_prefix(p) + str(mid.producer_sequence_id)
         if p is not None:
-            ann["openwire.pid"] = [p.connection_id, p.value, p.session_id, mid.producer_sequence_id]
+            # (a tuple: one allocation, and no list for the collector to track)
+            ann["openwire.pid"] = (p.connection_id, p.value, p.session_id, mid.producer_sequence_id)
     if conn_key is not None:
         ann["openwire.conn"] = conn_key
-    if m.destination is not None and m.destination.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
-        ann["openwire.dest"] = dest_to_str(m.destination)
+    dest = m.destination
+    if dest is not None and dest.type in _TEMP_TYPES:
+        ann["openwire.dest"] = dest_to_str(dest)
     return Message(
         body,
         key=key,

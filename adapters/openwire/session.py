@@ -3,8 +3,10 @@
 :meth:`OpenWireSession.frames_received` gets the frames of each read from the connection's
 length-prefixed framer. The first must be the client's WireFormatInfo (the handshake: version,
 marshalling cache, inactivity interval); every later frame is a command, decoded and handled
-here (connections, sessions, producers, publishing, transactions, temp destinations) or in
-:class:`.consumers.ConsumerHandling` (consumers, dispatch, acknowledgements). No sockets here:
+here (connections, sessions, producers, publishing, transactions), in
+:class:`.consumers.ConsumerHandling` (consumers, dispatch, acknowledgements) or in
+:class:`.destinations.DestinationHandling` (queues made on first use, scheduled sends, temp
+destinations, durable subscription removal). No sockets here:
 output goes through the :class:`~polymq.core.connection.ProtocolConnection`.
 """
 
@@ -18,25 +20,21 @@ from twisted.logger import Logger
 
 from polymq.core.auth import Refusal
 from polymq.core.connection import ProtocolConnection, SessionBase
-from polymq.core.errors import AccessRefused, BrokerError, IdleTimeout, NotFound, ProtocolError
+from polymq.core.errors import BrokerError, IdleTimeout, ProtocolError
 from polymq.core.message import Message
-from polymq.core.queue import Queue
-from polymq.core.scheduler import ScheduleError, headers_delay
 from polymq.core.tx import Transaction
 
 from . import codec as c
 from .codec import Obj
 from .consumers import ConsumerHandling, ConsumerState
+from .destinations import SCHEDULE_PROPERTIES, DestinationHandling, error_class
 from .mapping import (
     ADVISORY_PREFIX,
-    JMS_QUEUE_ARGUMENTS,
     _id_prefix,
     is_topic,
     jms_to_core,
     key_of,
     split_dest,
-    topic_pattern,
-    virtual_topic_of,
 )
 
 if TYPE_CHECKING:
@@ -87,16 +85,7 @@ def xid_key(tid: Obj) -> str:
     return f"{fmt}:{gtrid.hex()}:{bqual.hex()}"
 
 
-def error_class(e: BrokerError) -> str:
-    """The Java exception class a client gets for a broker refusal."""
-    if isinstance(e, NotFound):
-        return "javax.jms.InvalidDestinationException"
-    if isinstance(e, AccessRefused):
-        return "java.lang.SecurityException"
-    return "javax.jms.JMSException"
-
-
-class OpenWireSession(ConsumerHandling, SessionBase):
+class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
     """One OpenWire client connection."""
 
     def __init__(self, conn: ProtocolConnection, hub: OpenWireHub, settings: dict) -> None:
@@ -105,6 +94,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         self.broker = hub.broker
         self.vhost = hub.broker.vhost()
         self.write = conn.write
+        self.encoded = hub.encoded  # (per dispatch)
         self.reply = conn.reply
         self.settings = settings
         self.max_size = hub.broker.max_message_size
@@ -179,6 +169,7 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         # the per-frame dispatch, inlined: this loop runs for every frame
         uc = self.ucache
         handle, decode = self.handle, c.decode_command
+        on_message = self.on_message
         conn = self.conn
         for frame in frames:
             if not self.negotiated:
@@ -191,6 +182,8 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                 fields = c.ack_fields(frame, uc)
                 if fields is None or not self.standard_ack(fields):
                     handle(decode(frame, uc))
+            elif t in _MESSAGE_TYPES:
+                on_message(decode(frame, uc))
             elif t != _WIREFORMAT:  # a repeated WireFormatInfo changes nothing
                 handle(decode(frame, uc))
                 if conn.logging_in:  # ConnectionInfo waits for its login: the rest waits too
@@ -258,6 +251,8 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             and theirs_cache > 0
         ):
             self.enable_cache(min(theirs_cache, ours_cache))
+        else:
+            self.hub.plain_sessions += 1
         self.send(self.broker_info())
         theirs = props.get("MaxInactivityDuration", 0)
         ours = self.settings["max_inactivity_ms"]
@@ -473,6 +468,8 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             return
         self.closed = True
         self.hub.sessions.discard(self)
+        if self.negotiated and not self.cached:
+            self.hub.plain_sessions -= 1
         if self.client_id and self.hub.client_ids.get(self.client_id) is self:
             del self.hub.client_ids[self.client_id]
         for entry in list(self.transactions.values()):
@@ -487,13 +484,6 @@ class OpenWireSession(ConsumerHandling, SessionBase):
         self.vhost.connection_closed(self)
 
     # -- producing ---------------------------------------------------------------------------
-
-    def _check_write(self, t: int, name: str) -> None:
-        """The authorization check point of a publish, asked once per destination."""
-        topic = is_topic(t)
-        if not self.conn.authorize("write", "topic" if topic else "queue", name):
-            raise AccessRefused(f"not allowed to write to {'topic' if topic else 'queue'} {name}")
-        self._may_write.add((t, name))
 
     def on_message(self, m: Obj) -> None:
         if self.connection_id is None:
@@ -546,7 +536,8 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             except BrokerError as e:
                 self.respond_error(m, error_class(e), e.text)
                 return
-            self._after_publish(m, msg, False)
+            if m.response_required or self.windowed_producers:  # (else nothing to answer)
+                self._after_publish(m, msg, False)
             return
         tx = None
         if m.transaction_id is not None:
@@ -600,45 +591,6 @@ class OpenWireSession(ConsumerHandling, SessionBase):
             )
         self._after_publish(m, msg, False)
 
-    def _schedule(self, m: Obj, msg: Message, dest: Obj) -> None:
-        """A send with ActiveMQ's ``AMQ_SCHEDULED_*`` properties: to the broker's scheduler,
-        which routes it (again) when due. Outside and inside a transaction alike, at once."""
-        parts = split_dest(dest)
-        if not parts or not all(name for _, name in parts):
-            self.respond_error(m, "javax.jms.InvalidDestinationException", "empty destination name")
-            return
-        try:
-            delay, period, repeat, cron = scheduled_properties(msg.headers)
-            for t, name in parts:
-                if (t, name) not in self._may_write:
-                    self._check_write(t, name)
-            for t, name in parts:
-                if is_topic(t):
-                    if name.startswith(ADVISORY_PREFIX):
-                        continue
-                    exchange = "amq.topic"
-                else:
-                    exchange = ""
-                    if t == c.QUEUE:
-                        self._ensure_queue(name)
-                self.vhost.broker.scheduler.schedule(
-                    self.vhost.name,
-                    exchange,
-                    name,
-                    msg if len(parts) == 1 else msg.copy(),
-                    delay_ms=delay,
-                    period_ms=period,
-                    repeat=repeat,
-                    cron=cron,
-                )
-        except ScheduleError as e:
-            self.respond_error(m, "javax.jms.MessageFormatException", str(e))
-            return
-        except BrokerError as e:
-            self.respond_error(m, error_class(e), e.text)
-            return
-        self._after_publish(m, msg, False)
-
     def _after_publish(self, m: Obj, msg: Message, in_tx: bool) -> None:
         """The producer window given back, or the response (once durable, for a persistent
         message outside a transaction)."""
@@ -664,22 +616,6 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                 )
             else:
                 self.reply(c.encode_response(m.command_id))
-
-    def _ensure_queue(self, name: str) -> Queue:
-        q = self.vhost.queues.get(name)
-        if q is None:
-            if not self.conn.authorize("configure", "queue", name):
-                raise AccessRefused(f"not allowed to create queue {name}")
-            # JMSPriority orders delivery once a message with a non-default one arrives
-            # (ActiveMQ's prioritizedMessages); until then the queue stays a single FIFO
-            q = self.vhost.declare_queue(name, durable=True, arguments=JMS_QUEUE_ARGUMENTS)
-            topic = virtual_topic_of(name)
-            if topic is not None:
-                # Consumer.<name>.VirtualTopic.<topic>: every message published to topic
-                # VirtualTopic.<topic> gets a copy here
-                self.vhost.bind_queue(name, "amq.topic", topic_pattern(topic))
-        self._use_dead_letter_queue(q)
-        return q
 
     # -- transactions -----------------------------------------------------------------------
 
@@ -837,96 +773,3 @@ class OpenWireSession(ConsumerHandling, SessionBase):
                 self.cached,
             )
         )
-
-    # -- temp destinations ---------------------------------------------------------------------
-
-    def on_destination_info(self, cmd: Obj) -> None:
-        dest = cmd.destination
-        if dest is None or not dest.physical_name:
-            self.respond_error(
-                cmd, "javax.jms.InvalidDestinationException", "empty destination name"
-            )
-            return
-        if cmd.operation_type == 0:
-            if dest.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
-                kind = "queue" if dest.type == c.TEMP_QUEUE else "topic"
-                if not self.conn.authorize("configure", kind, dest.physical_name):
-                    raise AccessRefused(f"not allowed to create {kind} {dest.physical_name}")
-            if dest.type == c.TEMP_QUEUE:
-                if dest.physical_name not in self.vhost.queues:
-                    self.vhost.declare_queue(dest.physical_name, exclusive_owner=self)
-            if dest.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
-                self.temp_dests.append(dest)
-                self.hub.add_temp(
-                    Obj(
-                        c.DESTINATION_INFO,
-                        connection_id=cmd.connection_id,
-                        destination=dest,
-                        operation_type=0,
-                    )
-                )
-            elif dest.type == c.QUEUE:
-                self._ensure_queue(dest.physical_name)
-        elif cmd.operation_type == 1:
-            if dest.type in (c.TEMP_QUEUE, c.TEMP_TOPIC):
-                self.temp_dests = [d for d in self.temp_dests if key_of(d) != key_of(dest)]
-                self._drop_temp(dest)
-        self.respond(cmd)
-
-    def _drop_temp(self, dest: Obj) -> None:
-        if dest.type == c.TEMP_QUEUE:
-            q = self.vhost.queues.get(dest.physical_name)
-            if q is not None and q.exclusive_owner is self:
-                self.vhost.delete_queue(dest.physical_name)
-        self.hub.remove_temp(dest, self.connection_id)
-
-    # -- durable subscriptions -------------------------------------------------------------
-
-    def on_remove_subscription(self, cmd: Obj) -> None:
-        qname = f"{cmd.client_id or self.client_id}.{cmd.subscription_name}"
-        q = self.vhost.queues.get(qname)
-        if q is None:
-            # as ActiveMQ: unsubscribing a subscription that does not exist fails
-            self.respond_error(
-                cmd,
-                "javax.jms.InvalidDestinationException",
-                f"no durable subscription {cmd.subscription_name} for client "
-                f"{cmd.client_id or self.client_id}",
-            )
-            return
-        if q.consumer_count:
-            self.respond_error(
-                cmd,
-                "javax.jms.JMSException",
-                f"durable subscription {cmd.subscription_name} is in use",
-            )
-            return
-        self.vhost.delete_queue(qname)
-        self.respond(cmd)
-
-
-# ActiveMQ's message properties that schedule a send (its broker's schedulerSupport)
-SCHEDULE_PROPERTIES = frozenset(
-    ("AMQ_SCHEDULED_DELAY", "AMQ_SCHEDULED_PERIOD", "AMQ_SCHEDULED_REPEAT", "AMQ_SCHEDULED_CRON")
-)
-
-
-def scheduled_properties(headers: dict) -> tuple[int, int, int, str | None]:
-    """(delay ms, period ms, repeat, cron) from a JMS message's properties.
-
-    A cron entry alone repeats for ever at its times (as in ActiveMQ); ``AMQ_SCHEDULED_DELAY``
-    is then added to each of them.
-    """
-    delay = headers_delay(headers, "AMQ_SCHEDULED_DELAY") or 0
-    period = headers_delay(headers, "AMQ_SCHEDULED_PERIOD") or 0
-    repeat = headers_delay(headers, "AMQ_SCHEDULED_REPEAT") or 0
-    cron = headers.get("AMQ_SCHEDULED_CRON")
-    if isinstance(cron, bytes):
-        cron = cron.decode("utf-8", "replace")
-    if not isinstance(cron, str) or not cron.strip():
-        cron = None
-    if cron is not None:
-        repeat = -1
-    elif repeat < 0:
-        raise ScheduleError("AMQ_SCHEDULED_REPEAT must not be negative")
-    return delay, period, repeat, cron

@@ -17,6 +17,7 @@ import gc
 import os
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,12 @@ def main() -> None:
         help="bytes held per message waiting for its ack (tracemalloc)",
     )
     ap.add_argument("--gc-off", action="store_true", help="no cyclic collector (diagnostic)")
+    ap.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="under valgrind --tool=callgrind --instr-atstart=no: collect only during the "
+        "timed runs (instruction counts stay steady on a busy machine)",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs; prints each and the median")
     ap.add_argument(
         "--floor",
@@ -226,6 +233,8 @@ def main() -> None:
         batch = frames(args.messages, first, seq)
         first += args.messages
         seq += args.messages
+        if args.callgrind:
+            callgrind_collect(True)
         t0 = time.process_time()
         if args.profile:
             prof = cProfile.Profile()
@@ -233,6 +242,8 @@ def main() -> None:
         run(batch)
         if args.profile:
             prof.disable()
+        if args.callgrind:
+            callgrind_collect(False)
         cpu = time.process_time() - t0
         assert not cs.dispatched, "acks did not settle"
         results.append(cpu / args.messages * 1e6)
@@ -247,6 +258,15 @@ def main() -> None:
         )
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def callgrind_collect(on: bool) -> None:
+    """Switch callgrind's collection of this process on or off (callgrind_control)."""
+    subprocess.run(
+        ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())],
+        check=True,
+        capture_output=True,
+    )
 
 
 def floor(

@@ -8,7 +8,8 @@ Starts polymq as a subprocess (sqlite store, OpenWire only), compiles JmsBench.j
 the Debian ActiveMQ 5.17 jars, runs each scenario against both brokers (ActiveMQ must already
 listen, on 26616 unless ``--activemq-port`` says otherwise: docs/benchmarks.md, "Reference
 brokers", shows how to run it; ``ss -ltnp`` shows its pid) and prints
-two Markdown tables: send / receive rates, and CPU per message of broker and client.
+Markdown tables: send / receive rates, CPU per message of broker and client, and each
+target's receive rate over the last target's (ActiveMQ's) in the same round.
 
 Each run is a fresh client JVM with the JVM's default compilers: it first moves
 ``--warmup-factor`` times the scenario's messages through the same connections, untimed (the
@@ -19,7 +20,9 @@ process CPU time.
 ``--baseline DIR`` adds a second polymq whose ``PYTHONPATH`` is DIR (e.g. a ``polymq``
 package tree of an older commit) as a "before" column of the same run; ``--repeat N`` runs every
 scenario N times per broker, interleaved (each round in another order), and reports for each
-target the run with the median receive rate (``--best``: the best run) and the median CPU.
+target the run with the median receive rate (``--best``: the best run), the median CPU and
+the median of the per-round rate ratios (steadier than a ratio of medians on a shared machine,
+whose load changes between rounds more than within one).
 """
 
 from __future__ import annotations
@@ -119,24 +122,33 @@ def main() -> None:
         )
     else:
         print(f"(ActiveMQ not listening on {args.activemq_port}: polymq only)")
-    rates, cpus = [], []
+    rates, cpus, ratios = [], [], []
     try:
         for sc in scenarios:
             _, kind, persistent, p, c, n, size = sc
             warm = int(n * args.warmup_factor)
             runs: list[list[dict]] = [[] for _ in targets]
             errors: list = [None] * len(targets)
+            # receive rate of each target over the last one's, per round (the load of a
+            # shared machine changes between rounds far more than within one)
+            round_ratios: list[list[float]] = [[] for _ in targets]
             for rep in range(args.repeat):
                 order = list(range(len(targets)))
                 k = rep % len(order)
+                this_round: dict[int, dict] = {}
                 for i in order[k:] + order[:k]:
                     _, url, pid = targets[i]
                     try:
-                        runs[i].append(
-                            run_bench(classes, url, kind, persistent, p, c, n, size, warm, pid)
+                        this_round[i] = run_bench(
+                            classes, url, kind, persistent, p, c, n, size, warm, pid
                         )
+                        runs[i].append(this_round[i])
                     except RuntimeError as e:
                         errors[i] = errors[i] or f"error: {str(e)[-300:]}"
+                last = this_round.get(len(targets) - 1)
+                for i, r in this_round.items():
+                    if last is not None and last["recv_rate"]:
+                        round_ratios[i].append(r["recv_rate"] / last["recv_rate"])
             rate_row = [sc[0], str(p * n)]
             cpu_row = [sc[0]]
             for (_, _, pid), rs, err in zip(targets, runs, errors, strict=True):
@@ -155,6 +167,13 @@ def main() -> None:
                 cpu_row.append(f"{broker_us} / {client:.1f}")
             rates.append(rate_row)
             cpus.append(cpu_row)
+            ratios.append(
+                [sc[0]]
+                + [
+                    f"{statistics.median(rs):.2f} ({min(rs):.2f}–{max(rs):.2f})" if rs else "-"
+                    for rs in round_ratios[:-1]
+                ]
+            )
             print(" | ".join(rate_row) + " || " + " | ".join(cpu_row[1:]), flush=True)
     finally:
         for b in brokers:
@@ -176,6 +195,13 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for row in cpus:
         print("| " + " | ".join(row) + " |")
+    if len(names) > 1:
+        print(f"\nreceive rate / {names[-1]}'s in the same round (median of {args.repeat}, range)")
+        header = ["scenario"] + names[:-1]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in ratios:
+            print("| " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
