@@ -305,9 +305,9 @@ class SessionLifecycle:
             sent = s.sent_pids
             if len(sent) > 131072:  # stale entries (messages that went elsewhere)
                 sent.clear()
-            for pid, d in self.inflight.items():
+            for pid, d in self.inflight.unsettled.items():
                 sent[(d.queue.name, d.seq)] = pid
-        self.inflight.clear()
+        self.inflight.close()  # what was in flight goes back with the consumers, below
         for cons in consumers:
             q = cons.queue
             if q is not None:

@@ -26,6 +26,7 @@ from polymq.core.errors import BrokerError, ConnectionForced, IdleTimeout
 from polymq.core.message import Message, now_ms
 from polymq.core.queue import Consumer, Delivery, Limit
 from polymq.core.scheduler import headers_delay
+from polymq.core.settlement import DeliveryLedger
 
 from . import codec as c
 from .connect import SessionLifecycle
@@ -64,7 +65,8 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
         self.session: SessionState | None = None
         self.consumers: list[Consumer] = []
         self.limit: Limit | None = None
-        self.inflight: dict[int, Delivery] = {}
+        # QoS 1/2 deliveries sent and not yet acknowledged, by packet id
+        self.inflight = DeliveryLedger()
         self.own_consumer: Consumer | None = None
         self.next_pid = 1
         self.in_aliases: dict[int, str] = {}
@@ -109,9 +111,7 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
             elif first & 0xF0 == 0x30:  # PUBLISH (hot path)
                 self.on_publish(first & 0x0F, body)
             elif first == 0x40 and len(body) == 2:  # PUBACK without reason (hot path)
-                d = self.inflight.pop((body[0] << 8) | body[1], None)
-                if d is not None:
-                    d.queue.ack(d)
+                self.inflight.ack_one((body[0] << 8) | body[1])
             else:
                 self.handle(first, body)
         reader = self.reader
@@ -178,14 +178,10 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
             return
         if ptype == c.PUBACK:
             pid, _ = c.decode_ack(body, self.version)
-            d = self.inflight.pop(pid, None)
-            if d is not None:
-                d.queue.ack(d)
+            self.inflight.ack_one(pid)
         elif ptype == c.PUBREC:
             pid, reason = c.decode_ack(body, self.version)
-            d = self.inflight.pop(pid, None)
-            if d is not None:
-                d.queue.ack(d)
+            d = self.inflight.ack_one(pid)
             if reason >= 0x80:
                 return
             s = self.session
@@ -484,7 +480,7 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
                     pid = sent.pop((d.queue.name, d.seq), 0)
             if not pid or pid in self.inflight or pid in self.session.pubrel_pending:
                 pid = self._next_pid()
-            self.inflight[pid] = d
+            self.inflight.unsettled[pid] = d
         frame = c.encode_publish(
             tbytes, msg.body, qos, pid, retain, qos > 0 and d.delivery_count > 0, props
         )
@@ -492,7 +488,7 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
             if new_alias is not None:  # never sent: the client must not learn it this way
                 del self.out_aliases[new_alias]
             if qos:
-                self.inflight.pop(pid, None)
+                self.inflight.take(pid)
             d.queue.ack(d)
             return
         self.write(frame)

@@ -215,6 +215,5 @@ class Subscriptions:
                     cons.queue.remove_consumer(cons, requeue=True)
 
     def _drop_inflight_of(self, cons: Consumer) -> None:
-        for pid, d in list(self.inflight.items()):
-            if d.consumer is cons:
-                del self.inflight[pid]
+        inflight = self.inflight
+        inflight.take_tags([pid for pid, d in inflight.unsettled.items() if d.consumer is cons])
