@@ -35,7 +35,8 @@ and always stops it (SIGTERM, then SIGKILL in a ``finally``)::
             yield b
 
 :func:`running_broker` does the same in a directory the caller made (e.g. one holding a users
-file written before the broker starts).
+file written before the broker starts); :func:`stopping` gives the same end to a broker started
+some other way (e.g. by ``start_broker`` of ``tests/test_management_support.py``).
 """
 
 from __future__ import annotations
@@ -80,13 +81,9 @@ from pgserver import pg_dsn, pg_server  # noqa: E402,F401  (a private PostgreSQL
 
 
 @contextlib.contextmanager
-def running_broker(
-    workdir: str | os.PathLike, adapters: Iterable[str], **kwargs: object
-) -> Iterator[BrokerProcess]:
-    """A started :class:`BrokerProcess` in ``workdir`` (keyword arguments as its own: ``store``,
-    ``settings``, ``log_level`` ...), stopped on exit and then SIGKILLed whatever happened."""
-    broker = BrokerProcess(workdir, adapters=adapters, **kwargs)
-    broker.start()
+def stopping(broker: BrokerProcess) -> Iterator[BrokerProcess]:
+    """``broker`` (already started), stopped on exit (SIGTERM) and then SIGKILLed even if the
+    block or the stop failed, so that no broker outlives its test module."""
     try:
         yield broker
     finally:
@@ -94,6 +91,16 @@ def running_broker(
             broker.stop()
         finally:
             broker.kill9()
+
+
+@contextlib.contextmanager
+def running_broker(
+    workdir: str | os.PathLike, adapters: Iterable[str], **kwargs: object
+) -> Iterator[BrokerProcess]:
+    """A started :class:`BrokerProcess` in ``workdir`` (keyword arguments as its own: ``store``,
+    ``settings``, ``log_level`` ...), stopped on exit and then SIGKILLed whatever happened."""
+    with stopping(BrokerProcess(workdir, adapters=adapters, **kwargs).start()) as broker:
+        yield broker
 
 
 @contextlib.contextmanager
