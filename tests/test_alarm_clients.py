@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pika
 import pytest
 from confluent_kafka import Consumer, Producer
+from conftest import stopping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 import jmsrun  # noqa: E402
@@ -33,11 +34,8 @@ HELD_S = 1.5  # how long a held-back publisher is watched for a leak
 def alarmed(tmp_path_factory):
     broker, url = start_broker(tmp_path_factory.mktemp("alarm-clients"), store="sqlite")
     api = Api(url)
-    yield broker, api
-    try:
-        broker.stop()
-    finally:
-        broker.kill9()
+    with stopping(broker):
+        yield broker, api
 
 
 def set_alarm(api: Api, on: bool) -> None:

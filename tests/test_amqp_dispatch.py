@@ -10,18 +10,11 @@ import kombu
 import pika
 import pika.exceptions as pe
 import pytest
-from brokerproc import BrokerProcess
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("amqp_dispatch"), adapters=["amqp"], log_level="info")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+def broker(amqp_broker):
+    return amqp_broker
 
 
 def connect(broker) -> pika.BlockingConnection:

@@ -8,18 +8,11 @@ import uuid
 import amqp
 import kombu
 import pytest
-from brokerproc import BrokerProcess
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("amqp_kombu"), adapters=["amqp"], log_level="info")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+def broker(amqp_broker):
+    return amqp_broker
 
 
 def url(broker):

@@ -11,23 +11,16 @@ import uuid
 import pika
 import pika.exceptions as pe
 import pytest
-from brokerproc import BrokerProcess
+from conftest import module_broker
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("amqp_pika"),
-        adapters=["amqp"],
-        log_level="info",
-        settings={"adapters.amqp.frame_max": 16384, "limits.max_message_size": 2 * 1024 * 1024},
-    )
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    settings = {"adapters.amqp.frame_max": 16384, "limits.max_message_size": 2 * 1024 * 1024}
+    with module_broker(
+        tmp_path_factory, "amqp_pika", ["amqp"], log_level="info", settings=settings
+    ) as b:
+        yield b
 
 
 def params(broker, **kw):

@@ -12,7 +12,7 @@ import time
 
 import pika
 import pytest
-from brokerproc import BrokerProcess
+from conftest import module_broker
 from wire import peer_closed
 
 from polymq.adapters.amqp import codec as C
@@ -20,18 +20,11 @@ from polymq.adapters.amqp import codec as C
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("amqp_raw"),
-        adapters=["amqp"],
-        log_level="info",
-        settings={"adapters.amqp.frame_max": 8192, "adapters.amqp.handshake_timeout": 3},
-    )
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    settings = {"adapters.amqp.frame_max": 8192, "adapters.amqp.handshake_timeout": 3}
+    with module_broker(
+        tmp_path_factory, "amqp_raw", ["amqp"], log_level="info", settings=settings
+    ) as b:
+        yield b
 
 
 class Raw:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 
 from brokerproc import BrokerProcess  # noqa: E402
 from clients import AmqpClient, JmsClient, KafkaClient, MqttClient, Out, RocketClient  # noqa: E402
+from conftest import module_broker  # noqa: E402
 from stompclient import StompInterop  # noqa: E402
 
 ADAPTERS = ["mqtt", "amqp", "kafka", "openwire", "stomp", "rocketmq"]
@@ -347,15 +348,10 @@ RESULTS: dict[tuple[str, str], str] = {}
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("interop"), adapters=ADAPTERS, settings=SETTINGS, log_level="info"
-    )
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    with module_broker(
+        tmp_path_factory, "interop", ADAPTERS, settings=SETTINGS, log_level="info"
+    ) as b:
+        yield b
 
 
 def open_clients(b: BrokerProcess) -> dict:

@@ -12,21 +12,15 @@ import pika
 import pytest
 from brokerproc import BrokerProcess
 from confluent_kafka import Consumer, Producer
+from conftest import module_broker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("ce"), adapters=["kafka", "amqp", "mqtt"], log_level="info"
-    )
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    with module_broker(tmp_path_factory, "ce", ["kafka", "amqp", "mqtt"], log_level="info") as b:
+        yield b
 
 
 def bootstrap(b: BrokerProcess) -> str:

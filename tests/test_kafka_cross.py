@@ -10,19 +10,13 @@ import pika
 import pytest
 from brokerproc import BrokerProcess
 from confluent_kafka import Consumer, Producer, TopicPartition
+from conftest import module_broker
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("cross"), adapters=["kafka", "amqp"], log_level="info"
-    )
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    with module_broker(tmp_path_factory, "cross", ["kafka", "amqp"], log_level="info") as b:
+        yield b
 
 
 def amqp_channel(b):

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from brokerproc import BrokerProcess
+from conftest import module_broker
 from wire import peer_closed
 
 from polymq.adapters.kafka import codec as C
@@ -17,18 +18,11 @@ from polymq.adapters.kafka.records import encode_batch
 
 @pytest.fixture(scope="module")
 def kbroker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("kafka"),
-        adapters=["kafka"],
-        log_level="info",
-        settings={"adapters.kafka.max_request_size": 1024 * 1024},
-    )
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    settings = {"adapters.kafka.max_request_size": 1024 * 1024}
+    with module_broker(
+        tmp_path_factory, "kafka", ["kafka"], log_level="info", settings=settings
+    ) as b:
+        yield b
 
 
 class Client:

@@ -8,8 +8,8 @@ import time
 import uuid
 
 import pytest
-from brokerproc import BrokerProcess
 from confluent_kafka import Consumer, KafkaError, Producer
+from conftest import module_broker
 from kafka import KafkaProducer
 
 from polymq.adapters.kafka import codec as C
@@ -17,18 +17,11 @@ from polymq.adapters.kafka import codec as C
 
 @pytest.fixture(scope="module")
 def sbroker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("sasl"),
-        adapters=["kafka"],
-        log_level="info",
-        settings={"adapters.kafka.sasl": True, "security.sasl_plain_without_tls": True},
-    )
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    settings = {"adapters.kafka.sasl": True, "security.sasl_plain_without_tls": True}
+    with module_broker(
+        tmp_path_factory, "sasl", ["kafka"], log_level="info", settings=settings
+    ) as b:
+        yield b
 
 
 def conf(b, user, password):

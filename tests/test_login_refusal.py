@@ -7,21 +7,15 @@ import threading
 import paho.mqtt.client as mqtt
 import pika
 import pytest
+from conftest import module_broker
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    from brokerproc import BrokerProcess
-
-    b = BrokerProcess(tmp_path_factory.mktemp("login"), adapters=["amqp", "mqtt"], store="memory")
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    with module_broker(tmp_path_factory, "login", ["amqp", "mqtt"], store="memory") as b:
+        yield b
 
 
 def amqp_refusal(broker, user: str, password: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pika
 import pytest
+from conftest import stopping
 from kafka import KafkaConsumer, KafkaProducer
 from test_management_support import (
     Api,
@@ -27,11 +28,8 @@ import jmsrun  # noqa: E402
 @pytest.fixture(scope="module")
 def mbroker(tmp_path_factory):
     broker, url = start_broker(tmp_path_factory.mktemp("mgmt-api"))
-    yield broker, Api(url)
-    try:
-        broker.stop()
-    finally:
-        broker.kill9()
+    with stopping(broker):
+        yield broker, Api(url)
 
 
 def name(prefix: str) -> str:

@@ -11,6 +11,7 @@ import uuid
 
 import pika
 import pytest
+from conftest import stopping
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -53,11 +54,8 @@ def mbroker(tmp_path_factory):
     broker, url = start_broker(
         tmp_path_factory.mktemp("mgmt-ui"), adapters=["amqp", "mqtt", "echo"], env=env
     )
-    yield broker, url
-    try:
-        broker.stop()
-    finally:
-        broker.kill9()
+    with stopping(broker):
+        yield broker, url
 
 
 @pytest.fixture

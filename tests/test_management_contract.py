@@ -15,6 +15,7 @@ import sys
 import urllib.request
 
 import pytest
+from conftest import stopping
 from prometheus_client.parser import text_string_to_metric_families
 from test_management_support import (
     Api,
@@ -35,11 +36,8 @@ def echo_env(tmp_path_factory):
 def mbroker(tmp_path_factory, echo_env):
     workdir = tmp_path_factory.mktemp("mgmt-contract")
     broker, url = start_broker(workdir, adapters=["echo", "mqtt"], env=echo_env, sys_interval=0.5)
-    yield broker, Api(url), url
-    try:
-        broker.stop()
-    finally:
-        broker.kill9()
+    with stopping(broker):
+        yield broker, Api(url), url
 
 
 def test_contract_connections_listed_counted_and_closed(mbroker):

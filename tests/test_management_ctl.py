@@ -11,6 +11,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pika
 import pytest
+from conftest import stopping
 from kafka import KafkaConsumer, KafkaProducer
 from test_management_support import (
     Api,
@@ -22,11 +23,8 @@ from test_management_support import (
 @pytest.fixture(scope="module")
 def mbroker(tmp_path_factory):
     broker, url = start_broker(tmp_path_factory.mktemp("mgmt-ctl"))
-    yield broker, url
-    try:
-        broker.stop()
-    finally:
-        broker.kill9()
+    with stopping(broker):
+        yield broker, url
 
 
 def ctl(url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pika
 import pytest
+from conftest import stopping
 from kafka import KafkaConsumer, KafkaProducer
 from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,11 +20,8 @@ from polymq.plugins.management.api import ManagementApi
 @pytest.fixture(scope="module")
 def mbroker(tmp_path_factory):
     broker, url = start_broker(tmp_path_factory.mktemp("mgmt-metrics"), sys_interval=0.5)
-    yield broker, Api(url)
-    try:
-        broker.stop()
-    finally:
-        broker.kill9()
+    with stopping(broker):
+        yield broker, Api(url)
 
 
 def scrape(api: Api, path: str = "/metrics") -> dict[str, dict[tuple, float]]:

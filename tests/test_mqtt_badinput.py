@@ -7,6 +7,7 @@ import struct
 import time
 
 import pytest
+from conftest import module_broker
 from test_mqtt_helpers import (
     V3,
     Client,
@@ -25,13 +26,11 @@ BOTH = pytest.mark.parametrize("level", [4, 5], ids=["v311", "v5"])
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = start_broker(
-        tmp_path_factory,
-        store="memory",
-        settings={"adapters.mqtt.max_packet_size": 65536, "adapters.mqtt.handshake_timeout": 1.0},
-    )
-    yield b
-    b.stop()
+    settings = {"adapters.mqtt.max_packet_size": 65536, "adapters.mqtt.handshake_timeout": 1.0}
+    with module_broker(
+        tmp_path_factory, "mqttbroker", ["mqtt"], store="memory", settings=settings
+    ) as b:
+        yield b
 
 
 @pytest.fixture

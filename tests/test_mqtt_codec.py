@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from conftest import module_broker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -242,11 +243,8 @@ def test_fuzz_session_never_raises(prefix, frames):
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    from test_mqtt_helpers import start_broker
-
-    b = start_broker(tmp_path_factory, store="memory")
-    yield b
-    b.stop()
+    with module_broker(tmp_path_factory, "mqttbroker", ["mqtt"], store="memory") as b:
+        yield b
 
 
 @settings(

@@ -18,17 +18,14 @@ from test_mqtt_helpers import (
     raw,
     recv_packet,
     s16,
-    start_broker,
     uid,
     varint,
 )
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = start_broker(tmp_path_factory, store="sqlite")
-    yield b
-    b.stop()
+def broker(mqtt_broker):
+    return mqtt_broker
 
 
 @VERSIONS

@@ -6,6 +6,7 @@ import time
 
 import pika
 import pytest
+from conftest import module_broker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from test_mqtt_helpers import V3, V5, Client, uid
@@ -13,13 +14,8 @@ from test_mqtt_helpers import V3, V5, Client, uid
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    from brokerproc import BrokerProcess
-
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("xproto"), adapters=["mqtt", "amqp"], store="memory"
-    ).start()
-    yield b
-    b.stop()
+    with module_broker(tmp_path_factory, "xproto", ["mqtt", "amqp"], store="memory") as b:
+        yield b
 
 
 @pytest.fixture
@@ -90,13 +86,8 @@ def test_mqtt5_to_amqp(broker, channel):
 
 @pytest.fixture(scope="module")
 def kbroker(tmp_path_factory):
-    from brokerproc import BrokerProcess
-
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("xkafka"), adapters=["mqtt", "kafka"], store="memory"
-    ).start()
-    yield b
-    b.stop()
+    with module_broker(tmp_path_factory, "xkafka", ["mqtt", "kafka"], store="memory") as b:
+        yield b
 
 
 def test_kafka_and_mqtt_share_topics(kbroker):

@@ -21,12 +21,8 @@ from test_mqtt_helpers import (
 
 
 @pytest.fixture(scope="module")
-def shared_broker(tmp_path_factory):
-    from test_mqtt_helpers import start_broker
-
-    b = start_broker(tmp_path_factory, store="sqlite")
-    yield b
-    b.stop()
+def shared_broker(mqtt_broker):
+    return mqtt_broker
 
 
 def _session(broker, cid, version):

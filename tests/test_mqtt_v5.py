@@ -6,6 +6,7 @@ import struct
 import time
 
 import pytest
+from conftest import module_broker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -19,7 +20,6 @@ from test_mqtt_helpers import (
     raw,
     recv_packet,
     s16,
-    start_broker,
     uid,
     varint,
 )
@@ -27,18 +27,16 @@ from test_mqtt_helpers import (
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = start_broker(
-        tmp_path_factory,
-        store="sqlite",
-        settings={
-            "adapters.mqtt.max_keep_alive": 30,
-            "adapters.mqtt.max_packet_size": 8192,
-            "adapters.mqtt.topic_alias_maximum": 5,
-            "adapters.mqtt.receive_maximum": 50,
-        },
-    )
-    yield b
-    b.stop()
+    settings = {
+        "adapters.mqtt.max_keep_alive": 30,
+        "adapters.mqtt.max_packet_size": 8192,
+        "adapters.mqtt.topic_alias_maximum": 5,
+        "adapters.mqtt.receive_maximum": 50,
+    }
+    with module_broker(
+        tmp_path_factory, "mqttbroker", ["mqtt"], store="sqlite", settings=settings
+    ) as b:
+        yield b
 
 
 def props(kind=PacketTypes.PUBLISH, **kw) -> Properties:

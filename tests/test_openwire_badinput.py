@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 
 import jmsrun  # noqa: E402
 from brokerproc import BrokerProcess  # noqa: E402
+from conftest import module_broker  # noqa: E402
 
 from polymq.adapters.openwire import codec as c  # noqa: E402
 from polymq.adapters.openwire.codec import Obj  # noqa: E402
@@ -26,22 +27,21 @@ MAX_MESSAGE = 4096
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("ow-bad"),
-        adapters=["openwire"],
+    settings = {
+        "adapters.openwire.max_frame_size": MAX_FRAME,
+        "limits.max_message_size": MAX_MESSAGE,
+        "adapters.openwire.max_inactivity_ms": 1500,
+        "adapters.openwire.inactivity_initial_delay_ms": 500,
+    }
+    with module_broker(
+        tmp_path_factory,
+        "ow-bad",
+        ["openwire"],
         store="memory",
         log_level="info",
-        settings={
-            "adapters.openwire.max_frame_size": MAX_FRAME,
-            "limits.max_message_size": MAX_MESSAGE,
-            "adapters.openwire.max_inactivity_ms": 1500,
-            "adapters.openwire.inactivity_initial_delay_ms": 500,
-        },
-    )
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+        settings=settings,
+    ) as b:
+        yield b
 
 
 class Raw:

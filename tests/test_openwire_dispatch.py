@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 
 import jmsrun  # noqa: E402
 from brokerproc import BrokerProcess  # noqa: E402
+from conftest import module_broker  # noqa: E402
 
 pytestmark = pytest.mark.skipif(jmsrun.missing() is not None, reason=str(jmsrun.missing()))
 
@@ -26,11 +27,8 @@ def classes():
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("ow-dispatch"), adapters=["openwire"], store="sqlite")
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+    with module_broker(tmp_path_factory, "ow-dispatch", ["openwire"], store="sqlite") as b:
+        yield b
 
 
 def run(classes, b, *scenarios):
@@ -139,15 +137,9 @@ def test_wildcard_queue_consumer(classes, broker):
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("ow-dispatch-multi"),
-        adapters=["openwire", "amqp", "mqtt"],
-        store="sqlite",
-    )
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+    adapters = ["openwire", "amqp", "mqtt"]
+    with module_broker(tmp_path_factory, "ow-dispatch-multi", adapters, store="sqlite") as b:
+        yield b
 
 
 def test_virtual_topic_gets_amqp_and_mqtt_publishes(classes, multi):

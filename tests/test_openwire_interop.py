@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 
 import jmsrun  # noqa: E402
-from brokerproc import BrokerProcess  # noqa: E402
+from conftest import module_broker  # noqa: E402
 
 pika = pytest.importorskip("pika")
 mqtt = pytest.importorskip("paho.mqtt.client")
@@ -29,16 +29,11 @@ def classes():
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("ow-interop"),
-        adapters=["openwire", "amqp", "mqtt"],
-        store="sqlite",
-        log_level="info",
-    )
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+    adapters = ["openwire", "amqp", "mqtt"]
+    with module_broker(
+        tmp_path_factory, "ow-interop", adapters, store="sqlite", log_level="info"
+    ) as b:
+        yield b
 
 
 def amqp_channel(b):

@@ -27,17 +27,8 @@ def classes():
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("ow-broker"),
-        adapters=["openwire"],
-        store="sqlite",
-        log_level="info",
-    )
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+def broker(openwire_broker):
+    return openwire_broker
 
 
 def url(b: BrokerProcess) -> str:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from brokerproc import BrokerProcess
+from conftest import module_broker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 
@@ -57,13 +57,8 @@ def with_ports(code: str, ports: dict[str, int]) -> str:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("readme"), adapters=list(DEFAULT_PORTS))
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    with module_broker(tmp_path_factory, "readme", list(DEFAULT_PORTS)) as b:
+        yield b
 
 
 def test_the_connect_section_has_one_example_per_protocol():

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import module_broker
 from rocketmq_helpers import ADAPTER, consumer, ensure_ali_ons, produce
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "interop"))
@@ -19,19 +20,9 @@ from clients import AmqpClient, MqttClient, Out  # noqa: E402
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     ensure_ali_ons()
-    from brokerproc import BrokerProcess
-
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("rmq-interop"),
-        adapters=[ADAPTER, "amqp", "mqtt", "kafka"],
-        store="sqlite",
-    )
-    b.start()
-    yield b
-    try:
-        b.stop()
-    finally:
-        b.kill9()
+    adapters = [ADAPTER, "amqp", "mqtt", "kafka"]
+    with module_broker(tmp_path_factory, "rmq-interop", adapters, store="sqlite") as b:
+        yield b
 
 
 def name_srv(b) -> str:

@@ -9,13 +9,17 @@ while 20 bad logins are hashed, and a login flood beyond the bound is refused, n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
+from brokerproc import BrokerProcess
+from conftest import running_broker
 
 from polymq.core.cli import main
 
@@ -66,26 +70,22 @@ def read_until_closed(sock: socket.socket, timeout: float = 60.0) -> bytes:
         return data
 
 
-def _broker(tmp_path_factory, name: str, **settings):
-    from brokerproc import BrokerProcess
-
+@contextlib.contextmanager
+def _broker(tmp_path_factory, name: str, **settings) -> Iterator[BrokerProcess]:
     d = tmp_path_factory.mktemp(name)
     users = d / "users.toml"
     where = f"security.users_file={json.dumps(str(users))}"
     assert main(["users", "add", "alice", "--password", "right", "--set", where,
                  "--configure", ".*", "--write", ".*", "--read", ".*"]) == 0  # fmt: skip
-    b = BrokerProcess(d, adapters=["mqtt"], store="memory", log_level="info",
-                      settings={"security.users_file": str(users), **settings})  # fmt: skip
-    b.start()
-    return b
+    with running_broker(d, ["mqtt"], store="memory", log_level="info",
+                        settings={"security.users_file": str(users), **settings}) as b:  # fmt: skip
+        yield b
 
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = _broker(tmp_path_factory, "async-login", **{"security.hash_threads": 2})
-    yield b
-    b.stop()
-    b.kill9()
+    with _broker(tmp_path_factory, "async-login", **{"security.hash_threads": 2}) as b:
+        yield b
 
 
 def test_round_trips_go_on_while_twenty_bad_logins_are_hashed(broker):
@@ -158,12 +158,11 @@ def test_packets_sent_with_connect_wait_for_the_login_and_keep_their_order(broke
 
 
 def test_a_login_flood_beyond_the_bound_is_refused_not_queued(tmp_path_factory):
-    b = _broker(
+    with _broker(
         tmp_path_factory,
         "login-flood",
         **{"security.hash_threads": 1, "security.max_waiting_logins": 2},
-    )
-    try:
+    ) as b:
         socks = [socket.create_connection((b.host, b.port("mqtt"))) for _ in range(20)]
         for i, s in enumerate(socks):
             s.sendall(connect_packet(f"flood-{i}", "alice", f"wrong-{i}", v5=True))
@@ -182,6 +181,3 @@ def test_a_login_flood_beyond_the_bound_is_refused_not_queued(tmp_path_factory):
         assert ok.recv(4) == b"\x20\x02\x00\x00"
         ok.close()
         assert "password checks already under way" in b.log_text()
-    finally:
-        b.stop()
-        b.kill9()

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 import trustme
-from brokerproc import BrokerProcess
 from confluent_kafka import Consumer, KafkaError, Producer
+from conftest import running_broker
 
 from polymq.core.cli import main
 
@@ -40,17 +40,14 @@ def broker(tmp_path_factory, pki):
     carol = "^carol\\."
     assert main(["users", "add", "carol", "--password", "carol-pw", *where,
                  "--configure", carol, "--write", carol, "--read", ".*"]) == 0  # fmt: skip
-    b = BrokerProcess(d, adapters=["kafka"], store="memory", log_level="info", settings={
+    with running_broker(d, ["kafka"], store="memory", log_level="info", settings={
         "adapters.kafka.sasl": True,
         "adapters.kafka.tls_port": 0,
         "tls.certfile": str(pki / "server.pem"),
         "tls.keyfile": str(pki / "server.key"),
         "security.users_file": str(users),
-    })  # fmt: skip
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+    }) as b:  # fmt: skip
+        yield b
 
 
 def conf(broker, pki, mechanism, user, password, tls=True) -> dict:

@@ -13,6 +13,7 @@ import time
 import paho.mqtt.client as mqtt
 import pika
 import pytest
+from conftest import module_broker
 from test_amqp_raw import Raw
 
 from polymq.adapters.amqp import codec as C
@@ -27,17 +28,12 @@ def wait(predicate, timeout: float = 10.0) -> bool:
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    from brokerproc import BrokerProcess
-
-    b = BrokerProcess(tmp_path_factory.mktemp("limits"), adapters=["amqp", "mqtt"],
-                      store="memory", log_level="info", settings={
-                          "adapters.amqp.channel_max": 3,
-                          "adapters.mqtt.max_subscriptions": 2,
-                      })  # fmt: skip
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+    with module_broker(tmp_path_factory, "limits", ["amqp", "mqtt"],
+                       store="memory", log_level="info", settings={
+                           "adapters.amqp.channel_max": 3,
+                           "adapters.mqtt.max_subscriptions": 2,
+                       }) as b:  # fmt: skip
+        yield b
 
 
 def test_amqp_channel_max_is_negotiated_and_enforced(limited):

@@ -14,6 +14,7 @@ import uuid
 
 import paho.mqtt.client as mqtt
 import pytest
+from conftest import running_broker
 
 from polymq.core.cli import main
 
@@ -27,8 +28,6 @@ def wait(predicate, timeout: float = 10.0) -> bool:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    from brokerproc import BrokerProcess
-
     d = tmp_path_factory.mktemp("perm-broker")
     users = d / "users.toml"
     where = f"security.users_file={json.dumps(str(users))}"
@@ -38,12 +37,9 @@ def broker(tmp_path_factory):
     assert main(["users", "add", "app", "--password", "pw", "--set", where,
                  "--configure", "^app\\.", "--write", "^(app\\.|amq\\.default$)",
                  "--read", "^app\\."]) == 0  # fmt: skip
-    b = BrokerProcess(d, adapters=["mqtt", "amqp"], store="memory", log_level="info",
-                      settings={"security.users_file": str(users)})  # fmt: skip
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+    with running_broker(d, ["mqtt", "amqp"], store="memory", log_level="info",
+                        settings={"security.users_file": str(users)}) as b:  # fmt: skip
+        yield b
 
 
 class Client:

@@ -14,7 +14,7 @@ import uuid
 import paho.mqtt.client as mqtt
 import pytest
 import trustme
-from brokerproc import BrokerProcess
+from conftest import module_broker
 from java import jmsrun
 
 from polymq.core.cli import main as main_cli
@@ -55,17 +55,15 @@ def tls_settings(pki, **more) -> dict:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory, pki):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("tls-broker"),
-        adapters=ADAPTERS,
+    with module_broker(
+        tmp_path_factory,
+        "tls-broker",
+        ADAPTERS,
         store="memory",
         log_level="info",
         settings=tls_settings(pki),
-    )
-    b.start()
-    yield b
-    b.stop()
-    b.kill9()
+    ) as b:
+        yield b
 
 
 def mqtt_client(pki, cert: str | None = None, **kw) -> mqtt.Client:

@@ -20,6 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pika
 import pytest
+from conftest import running_broker
 from test_management_support import Api, wait_for
 
 from polymq.core.cli import main
@@ -27,8 +28,6 @@ from polymq.core.cli import main
 
 @pytest.fixture(scope="module")
 def vbroker(tmp_path_factory):
-    from brokerproc import BrokerProcess
-
     d = tmp_path_factory.mktemp("vhosts")
     users = d / "users.toml"
     where = ["--set", f"security.users_file={json.dumps(str(users))}"]
@@ -38,20 +37,17 @@ def vbroker(tmp_path_factory):
                  "--configure", "",
                  "--write", "^devices/%c/", "--read", "^devices/%c/"]) == 0  # fmt: skip
     port_file = d / "mgmt-port.json"
-    b = BrokerProcess(d, adapters=["amqp", "mqtt"], store="sqlite", log_level="info", settings={
+    with running_broker(d, ["amqp", "mqtt"], store="sqlite", log_level="info", settings={
         "security.users_file": str(users),
         "broker.default_vhost": "prod",
         "broker.vhosts": ["/", "other"],
         "management.port": 0,
         "management.port_file": str(port_file),
         "management.sys_interval": 0.0,
-    })  # fmt: skip
-    b.start()
-    wait_for(port_file.exists, what="management port file")
-    url = f"http://127.0.0.1:{json.loads(port_file.read_text())['management']}"
-    yield b, url
-    b.stop()
-    b.kill9()
+    }) as b:  # fmt: skip
+        wait_for(port_file.exists, what="management port file")
+        url = f"http://127.0.0.1:{json.loads(port_file.read_text())['management']}"
+        yield b, url
 
 
 def amqp(broker, vhost: str, user: str = "guest", password: str = "guest"):

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from brokerproc import BrokerProcess, installed_adapters
+from conftest import module_broker
 from stompclient import RawStomp, ack_args, connect, connect_frame, disconnect
 
 VERSIONS = ["1.0", "1.1", "1.2"]
@@ -20,14 +21,9 @@ def test_plugin_is_found_through_its_entry_point():
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("stomp"),
-        adapters=["stomp"],
-        settings={"adapters.stomp.heart_beat_send_ms": 200},
-    )
-    b.start()
-    yield b
-    b.stop()
+    settings = {"adapters.stomp.heart_beat_send_ms": 200}
+    with module_broker(tmp_path_factory, "stomp", ["stomp"], settings=settings) as b:
+        yield b
 
 
 @pytest.fixture

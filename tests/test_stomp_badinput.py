@@ -6,7 +6,7 @@ errors, never an internal one."""
 from __future__ import annotations
 
 import pytest
-from brokerproc import BrokerProcess
+from conftest import module_broker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polymq_stomp.codec import (
@@ -29,19 +29,14 @@ MAX = 64 * 1024
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("stompbad"),
-        adapters=["stomp"],
-        settings={
-            "limits.max_message_size": MAX,
-            "adapters.stomp.max_header_bytes": 4096,
-            "adapters.stomp.max_headers": 50,
-        },
-    )
-    b.start()
-    yield b
-    assert "internal error" not in b.log_text()
-    b.stop()
+    settings = {
+        "limits.max_message_size": MAX,
+        "adapters.stomp.max_header_bytes": 4096,
+        "adapters.stomp.max_headers": 50,
+    }
+    with module_broker(tmp_path_factory, "stompbad", ["stomp"], settings=settings) as b:
+        yield b
+        assert "internal error" not in b.log_text()
 
 
 def still_serving(port: int) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "interop"))
 
-from brokerproc import BrokerProcess  # noqa: E402
 from clients import AmqpClient, JmsClient, KafkaClient, MqttClient, Out  # noqa: E402
+from conftest import module_broker  # noqa: E402
 from stompclient import StompInterop  # noqa: E402
 
 OTHERS = ["amqp", "mqtt5", "mqtt311", "kafka", "openwire"]
@@ -26,26 +26,22 @@ TTL = 60_000
 
 @pytest.fixture(scope="module")
 def clients(tmp_path_factory):
-    b = BrokerProcess(
-        tmp_path_factory.mktemp("stompinterop"),
-        adapters=["stomp", "amqp", "mqtt", "kafka", "openwire"],
-    )
-    b.start()
-    made = {
-        "stomp": StompInterop(b.port("stomp")),
-        "amqp": AmqpClient(b.host, b.port("amqp")),
-        "mqtt5": MqttClient(b.host, b.port("mqtt"), v5=True),
-        "mqtt311": MqttClient(b.host, b.port("mqtt"), v5=False),
-        "kafka": KafkaClient(b.host, b.port("kafka")),
-        "openwire": JmsClient(f"tcp://{b.host}:{b.port('openwire')}"),
-    }
-    yield made
-    for c in made.values():
-        try:
-            c.close()
-        except Exception:
-            pass
-    b.stop()
+    adapters = ["stomp", "amqp", "mqtt", "kafka", "openwire"]
+    with module_broker(tmp_path_factory, "stompinterop", adapters) as b:
+        made = {
+            "stomp": StompInterop(b.port("stomp")),
+            "amqp": AmqpClient(b.host, b.port("amqp")),
+            "mqtt5": MqttClient(b.host, b.port("mqtt"), v5=True),
+            "mqtt311": MqttClient(b.host, b.port("mqtt"), v5=False),
+            "kafka": KafkaClient(b.host, b.port("kafka")),
+            "openwire": JmsClient(f"tcp://{b.host}:{b.port('openwire')}"),
+        }
+        yield made
+        for c in made.values():
+            try:
+                c.close()
+            except Exception:
+                pass
 
 
 def key_for(p: str) -> str:

@@ -15,6 +15,7 @@ import nodeclients
 import paho.mqtt.client as mqtt
 import pytest
 from brokerproc import BrokerProcess
+from conftest import module_broker
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stompclient import connect
@@ -27,11 +28,9 @@ WS = {
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    b = BrokerProcess(tmp_path_factory.mktemp("ws"), adapters=["mqtt", "stomp"], settings=WS)
-    b.start()
-    yield b
-    log = b.log_text()
-    b.stop()
+    with module_broker(tmp_path_factory, "ws", ["mqtt", "stomp"], settings=WS) as b:
+        yield b
+        log = b.log_text()
     assert "internal error" not in log
 
 
