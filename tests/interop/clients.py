@@ -84,6 +84,21 @@ class Got:
     tags: str | None = None
 
 
+def take_from_inbox(lock: threading.Lock, inbox: list[Got], n: int, timeout: float) -> list[Got]:
+    """The first ``n`` messages a client's callback thread appends to ``inbox`` (fewer if they
+    have not all come within ``timeout``), removed from it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with lock:
+            if len(inbox) >= n:
+                break
+        time.sleep(0.01)
+    with lock:
+        got = inbox[:n]
+        del inbox[:n]
+    return got
+
+
 def mqtt_topic(key: str) -> str:
     """An amq.topic key (or pattern) as an MQTT topic (filter)."""
     swapped = key.translate(str.maketrans("./", "/."))
@@ -186,15 +201,7 @@ class MqttClient:
         info.wait_for_publish(10)
 
     def receive(self, handle: str, n: int, timeout: float = 10.0) -> list[Got]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.inbox[handle]) >= n:
-                    break
-            time.sleep(0.01)
-        with self.lock:
-            got, self.inbox[handle] = self.inbox[handle][:n], self.inbox[handle][n:]
-        return got
+        return take_from_inbox(self.lock, self.inbox[handle], n, timeout)
 
     def done(self, handle: str) -> None:
         with self.lock:
@@ -629,15 +636,7 @@ class RocketClient:
         )
 
     def receive(self, handle: str, n: int, timeout: float = 10.0) -> list[Got]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.inbox[handle]) >= n:
-                    break
-            time.sleep(0.01)
-        with self.lock:
-            got, self.inbox[handle] = self.inbox[handle][:n], self.inbox[handle][n:]
-        return got
+        return take_from_inbox(self.lock, self.inbox[handle], n, timeout)
 
     def done(self, handle: str) -> None:
         self.cmd("done", handle=handle)
