@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING
 
-from .queue import Delivery
+from .queue import Consumer, Delivery
 
 if TYPE_CHECKING:
     from .redelivery import RedeliveryPolicy
@@ -88,13 +88,6 @@ class DeliveryLedger:
 
     def add(self, tag: Hashable, delivery: Delivery) -> None:
         self.unsettled[tag] = delivery
-
-    def get(self, tag: Hashable) -> Delivery | None:
-        return self.unsettled.get(tag)
-
-    def oldest(self) -> Hashable | None:
-        """The tag dispatched first among those unsettled (None: nothing unsettled)."""
-        return next(iter(self.unsettled), None)
 
     # -- settling outside a transaction --------------------------------------------------------
 
@@ -192,6 +185,20 @@ class DeliveryLedger:
             self.unsettled.clear()
             return out
         return self.take_tags(self.tags_all())
+
+    def take_consumer(self, consumer: Consumer) -> list[tuple[Hashable, Delivery]]:
+        """:meth:`close` for one subscription of a ledger that serves several: remove the
+        deliveries made through ``consumer``, which its queue requeues with it; those a
+        transaction holds stay here and leave the consumer, as :meth:`close` does."""
+        held = self.held
+        mine = []
+        for t, d in self.unsettled.items():
+            if d.consumer is consumer:
+                if t in held:
+                    consumer.detach(d)
+                else:
+                    mine.append(t)
+        return self.take_tags(mine)
 
     def take_tags(self, tags: Iterable[Hashable]) -> list[tuple[Hashable, Delivery]]:
         """Remove ``tags`` (unsettled, not held ones; the others are left out)."""

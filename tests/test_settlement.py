@@ -76,6 +76,32 @@ def test_ack_oldest_only_settles_the_oldest(vh):
     assert ledger.ack_oldest(2) is not None and list(ledger.unsettled) == [3]
 
 
+def test_take_consumer_removes_only_that_consumers_unheld_deliveries(vh):
+    ledger = DeliveryLedger()
+    q = vh.declare_queue("shared")
+    tag = iter(range(1, 100))
+    a = Consumer("a", lambda d: ledger.add(next(tag), d), prefetch=2)
+    b = Consumer("b", lambda d: ledger.add(next(tag), d), prefetch=2)
+    q.add_consumer(a)
+    q.add_consumer(b)
+    for i in range(4):
+        vh.publish("", "shared", Message(b"%d" % i))
+    mine = [t for t, d in ledger.unsettled.items() if d.consumer is a]
+    assert len(mine) == 2
+    tx = Transaction(vh)
+    ledger.settle_in(tx, mine[:1])
+    taken = ledger.take_consumer(a)
+    assert [t for t, _ in taken] == mine[1:]  # the held one stays with the transaction...
+    held = ledger.unsettled[mine[0]]
+    assert held.consumer is None and held.seq not in a.unacked  # ...not requeued with a
+    q.remove_consumer(a, requeue=True)
+    assert q.message_count == 1  # the one taken, requeued; not the held one
+    tx.commit()
+    assert held.seq not in q.unacked and mine[0] not in ledger
+    assert all(d.consumer is b for d in ledger.unsettled.values())
+    assert len(ledger) == 2
+
+
 def test_up_to_and_range_with_string_tags_in_dispatch_order(vh):
     ledger = DeliveryLedger()  # STOMP-like ids: ordered by dispatch, not by value
     tags = fill(vh, "q", 5, ledger, tags=["9", "10", "x", "2", "b"])

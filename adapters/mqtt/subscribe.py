@@ -210,10 +210,6 @@ class Subscriptions:
         for cons in list(self.consumers):
             if cons.arguments.get("mqtt.sub") is sub:
                 self.consumers.remove(cons)
-                self._drop_inflight_of(cons)
+                self.inflight.take_consumer(cons)  # requeued with the consumer below
                 if cons.queue is not None:
                     cons.queue.remove_consumer(cons, requeue=True)
-
-    def _drop_inflight_of(self, cons: Consumer) -> None:
-        inflight = self.inflight
-        inflight.take_tags([pid for pid, d in inflight.unsettled.items() if d.consumer is cons])

@@ -32,7 +32,7 @@ class LineSession(SessionBase):
         self.consumers: dict[str, Consumer] = {}  # queue name -> this connection's consumer
         # what was delivered and not yet settled, by delivery tag (one ledger for the
         # connection: tags are counted per connection, as on an AMQP channel)
-        self.unsettled = DeliveryLedger(ordered=True)
+        self.ledger = DeliveryLedger(ordered=True)
         self.next_tag = 1
         self.allowed: set[tuple[str, str]] = set()  # (action, queue) the authorizer allowed
         self.blocked = False
@@ -86,7 +86,7 @@ class LineSession(SessionBase):
             if consumer.queue is not None:
                 consumer.queue.remove_consumer(consumer, requeue=True)
         self.consumers.clear()
-        self.unsettled.close()
+        self.ledger.close()
         self.vhost.connection_closed(self.conn)
 
     def pause(self) -> None:
@@ -124,7 +124,7 @@ class LineSession(SessionBase):
         """Called by the queue for each message it pushes to one of our consumers."""
         tag = self.next_tag
         self.next_tag = tag + 1
-        self.unsettled.unsettled[tag] = delivery  # the ledger's hot-path record
+        self.ledger.unsettled[tag] = delivery  # the ledger's hot-path record
         body = delivery.message.body.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
         self.conn.write(
             b"DELIVER %d %s %d %s\n"
@@ -214,8 +214,7 @@ class LineSession(SessionBase):
             self.reply(f"ERR not subscribed to {name}")
             return
         # its unsettled deliveries leave the ledger and go back with the consumer
-        ledger = self.unsettled
-        ledger.take_tags([t for t, d in ledger.unsettled.items() if d.consumer is consumer])
+        self.ledger.take_consumer(consumer)
         if consumer.queue is not None:
             consumer.queue.remove_consumer(consumer, requeue=True)
         self.reply("OK")
@@ -224,7 +223,7 @@ class LineSession(SessionBase):
         tag = self._tag(rest)
         if tag is None:
             return
-        if self.unsettled.ack_one(tag) is None:
+        if self.ledger.ack_one(tag) is None:
             self.reply(f"ERR unknown delivery tag {tag}")
             return
         self.reply("OK")
@@ -233,11 +232,11 @@ class LineSession(SessionBase):
         tag = self._tag(rest)
         if tag is None:
             return
-        delivery = self.unsettled.take(tag)
+        delivery = self.ledger.take(tag)
         if delivery is None:
             self.reply(f"ERR unknown delivery tag {tag}")
             return
-        self.unsettled.nack([(tag, delivery)], requeue=True)
+        self.ledger.nack([(tag, delivery)], requeue=True)
         self.reply("OK")
 
     def do_stats(self, rest: str) -> None:
