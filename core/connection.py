@@ -96,6 +96,8 @@ class ProtocolConnection(ConnectionLogin, ConnectionTimers, Protocol):
     closing = False
     # a login is being checked (a password hash in a thread): frames wait in _login_held
     logging_in = False
+    # the resource alarm holds this publisher: the rest of its read (None: not held)
+    _publisher_rest: list | None = None
 
     def __init__(self, factory: ConnectionFactory) -> None:
         self.factory = factory
@@ -489,6 +491,31 @@ class ProtocolConnection(ConnectionLogin, ConnectionTimers, Protocol):
         self._reading_paused -= 1
         if self._reading_paused == 0 and not self.closing:
             self.transport.resumeProducing()
+
+    def hold_publisher(self, rest: list) -> None:
+        """The session took a publish while the broker-wide alarm is on: as RabbitMQ blocks a
+        connection that publishes (and only such a connection), reading stops until the alarm
+        clears, and ``rest``, the frames of the current read after that publish, wait too, or
+        a client's whole burst would be answered at once. The session returns from its read
+        after the call. :meth:`release_publisher` runs them when the alarm clears."""
+        if self._publisher_rest is None:
+            self._publisher_rest = []
+            self.pause_reading()
+        self._publisher_rest.extend(rest)
+
+    @property
+    def publisher_held(self) -> bool:
+        return self._publisher_rest is not None
+
+    def release_publisher(self) -> None:
+        """The alarm cleared (the registry calls this after ``session.publishing_blocked``)."""
+        rest = self._publisher_rest
+        if rest is None:
+            return
+        self._publisher_rest = None
+        if rest and not self.closing:
+            self.call_session(self.session.frames_received, rest)
+        self.resume_reading()
 
     def call_session(self, method: Callable, *args: Any) -> Any:
         """Run a session method outside a read with the same error boundary."""

@@ -289,6 +289,8 @@ class ConnectionRegistry:
             conn = info.conn
             if conn is not None and conn.session is not None:
                 conn.call_session(conn.session.publishing_blocked, now, now_reason)
+                if not now:
+                    conn.release_publisher()
 
 
 def descriptor_limits(reserve_fraction: float = 0.1, reserve_min: int = 64) -> tuple[int, int, int]:

@@ -25,17 +25,27 @@ from conftest import stopping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "java"))
 import jmsrun  # noqa: E402
-from test_management_support import Api, start_broker, wait_for  # noqa: E402
+from stompclient import connect as stomp_connect  # noqa: E402
+from test_management_support import ALL_ADAPTERS, Api, start_broker, wait_for  # noqa: E402
 
 HELD_S = 1.5  # how long a held-back publisher is watched for a leak
 
 
 @pytest.fixture(scope="module")
-def alarmed(tmp_path_factory):
-    broker, url = start_broker(tmp_path_factory.mktemp("alarm-clients"), store="sqlite")
+def alarm_broker(tmp_path_factory):
+    broker, url = start_broker(
+        tmp_path_factory.mktemp("alarm-clients"), [*ALL_ADAPTERS, "stomp"], store="sqlite"
+    )
     api = Api(url)
     with stopping(broker):
         yield broker, api
+
+
+@pytest.fixture
+def alarmed(alarm_broker):
+    yield alarm_broker
+    # a test that fails with the alarm on must not leave it on for the next one
+    alarm_broker[1].call("PUT", "/api/limits", {"memory_high_watermark": 0.95})
 
 
 def set_alarm(api: Api, on: bool) -> None:
@@ -111,6 +121,39 @@ def test_paho_publisher_is_not_acknowledged_then_released(alarmed):
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_stomp_publisher_is_held_while_a_subscriber_keeps_acknowledging(alarmed):
+    broker, api = alarmed
+    q = f"alarm-stomp-{uuid.uuid4().hex[:6]}"
+    port = broker.port("stomp")
+    publisher, sent = stomp_connect(port)
+    for i in range(3):  # a backlog, queued before the alarm
+        publisher.send(f"/queue/{q}", f"before-{i}", receipt=f"b{i}")
+    sent.wait_receipt("b2")
+    set_alarm(api, True)
+    for i in range(5):
+        publisher.send(f"/queue/{q}", f"held-{i}", receipt=f"h{i}")
+    # a connection that does not publish is still read: it subscribes, receives, acknowledges
+    subscriber, got = stomp_connect(port)
+    subscriber.subscribe(f"/queue/{q}", id="s", ack="client-individual")
+    frames = got.take(3)
+    for frame in frames:
+        subscriber.ack(frame.headers["ack"], receipt=f"a-{frame.body}")
+    got.wait_receipt("a-before-2")
+    time.sleep(HELD_S)
+    held = [r for r in sent.receipts if r.startswith("h")]
+    assert len(held) <= 1, f"receipts for SENDs during the alarm: {held}"
+    # the SEND that found the alarm on was taken (and delivered); the rest wait unread
+    assert got.messages.qsize() <= 1
+    set_alarm(api, False)
+    sent.wait_receipt("h4")
+    rest = got.take(5)
+    assert [f.body for f in frames + rest] == [f"before-{i}" for i in range(3)] + [
+        f"held-{i}" for i in range(5)
+    ]
+    publisher.disconnect()
+    subscriber.disconnect()
 
 
 def test_kafka_producer_gets_no_answer_then_released(alarmed):

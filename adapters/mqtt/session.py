@@ -78,9 +78,8 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
         self.inbound_pending = 0
         self.qos1_unacked = 0  # 5.0: QoS 1 publishes whose PUBACK waits for the store
         self.paused = False
-        # the broker-wide resource alarm: a publisher's socket is no longer read while it holds
+        # the broker-wide resource alarm is on: a publish holds this connection
         self.publishing_held = False
-        self.reading_held = False
         self.request_problem_info = True
         self.user = None
 
@@ -100,16 +99,19 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
 
     def frames_received(self, packets: list) -> None:
         """The packets of one read (the contract's error boundary handles what is raised)."""
-        for first, body in packets:
+        for i, (first, body) in enumerate(packets):
             if self.state != 1:
                 if self.state == 2:
                     break
                 self.handle(first, body)
                 if self.conn.logging_in:  # CONNECT waits for its login: the rest waits too
-                    self.conn.hold_frames(packets[packets.index((first, body)) + 1 :])
+                    self.conn.hold_frames(packets[i + 1 :])
                     return
             elif first & 0xF0 == 0x30:  # PUBLISH (hot path)
                 self.on_publish(first & 0x0F, body)
+                if self.publishing_held:
+                    self.conn.hold_publisher(packets[i + 1 :])
+                    return
             elif first == 0x40 and len(body) == 2:  # PUBACK without reason (hot path)
                 self.inflight.ack_one((body[0] << 8) | body[1])
             else:
@@ -144,17 +146,9 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
         self.state = 2
 
     def publishing_blocked(self, blocked: bool, reason: str) -> None:
+        # MQTT cannot say it: the next publish holds the connection (conn.hold_publisher),
+        # its PUBACKs wait; subscribers keep draining
         self.publishing_held = blocked
-        if not blocked and self.reading_held:
-            self.reading_held = False
-            self.conn.resume_reading()
-
-    def _hold_publisher(self) -> None:
-        # as RabbitMQ does: a connection that publishes while the alarm is on is not read
-        # until it clears (its receive maximum fills); subscribers keep draining
-        if not self.reading_held:
-            self.reading_held = True
-            self.conn.pause_reading()
 
     def shutting_down(self) -> None:
         if self.state == 1 and self.version == c.V5:
@@ -302,8 +296,6 @@ class Connection(SessionLifecycle, Subscriptions, SessionBase):
         self.qos1_unacked -= 1
 
     def on_publish(self, flags: int, body: bytes) -> None:
-        if self.publishing_held:
-            self._hold_publisher()
         qos = (flags >> 1) & 3
         if qos == 3:
             raise c.MalformedPacket("PUBLISH with QoS 3")

@@ -120,7 +120,6 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
         self._may_write: set[tuple[int, str]] = set()
         # the broker-wide resource alarm: publishers' reading paused, ProducerAcks held
         self.blocked = False
-        self._reading_held = False
         self._held_acks: list[bytes] = []
         self.publishing = False  # a producer or a message seen: a publisher to hold back
         self._handlers = {
@@ -171,7 +170,7 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
         handle, decode = self.handle, c.decode_command
         on_message = self.on_message
         conn = self.conn
-        for frame in frames:
+        for i, frame in enumerate(frames):
             if not self.negotiated:
                 self._hello(frame)
                 uc = self.ucache
@@ -184,6 +183,9 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
                     handle(decode(frame, uc))
             elif t in _MESSAGE_TYPES:
                 on_message(decode(frame, uc))
+                if self.blocked:  # the alarm holds this publisher: the rest of the read waits
+                    conn.hold_publisher(frames[i + 1 :])
+                    return
             elif t != _WIREFORMAT:  # a repeated WireFormatInfo changes nothing
                 handle(decode(frame, uc))
                 if conn.logging_in:  # ConnectionInfo waits for its login: the rest waits too
@@ -219,19 +221,12 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
         self.blocked = blocked
         if blocked:
             if self.publishing:
-                self._hold_reading()
+                self.conn.hold_publisher([])
             return
-        if self._reading_held:
-            self._reading_held = False
-            self.conn.resume_reading()
+        # reading resumes in core (release_publisher) once this returns
         held, self._held_acks = self._held_acks, []
         for data in held:
             self.write(data)
-
-    def _hold_reading(self) -> None:
-        if not self._reading_held:
-            self._reading_held = True
-            self.conn.pause_reading()
 
     # -- the handshake -----------------------------------------------------------------------
 
@@ -433,7 +428,7 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
     def on_producer_info(self, cmd: Obj) -> None:
         self.publishing = True
         if self.blocked:
-            self._hold_reading()
+            self.conn.hold_publisher([])
         if cmd.window_size > 0 and cmd.producer_id is not None:
             self.windowed_producers.add(key_of(cmd.producer_id))
         self.respond(cmd)
@@ -489,9 +484,8 @@ class OpenWireSession(ConsumerHandling, DestinationHandling, SessionBase):
         if self.connection_id is None:
             raise ProtocolError("message before ConnectionInfo")
         self.conn.info.messages_in += 1
-        if self.blocked and not self._reading_held:
+        if self.blocked:
             self.publishing = True
-            self._hold_reading()
         dest = m.destination
         if dest is None:
             self.respond_error(m, "javax.jms.InvalidDestinationException", "no destination")

@@ -131,7 +131,7 @@ class RocketSession(SessionBase):
 
     def frames_received(self, frames: list) -> None:
         conn = self.conn
-        for frame in frames:
+        for i, frame in enumerate(frames):
             cmd = C.decode_command(frame)
             if cmd.is_response:
                 continue  # an answer to a broker-initiated request (none needs reading)
@@ -151,6 +151,9 @@ class RocketSession(SessionBase):
                 self.answer(cmd, C.SYSTEM_ERROR, f"{e.code} {e.text}")
             if conn.closing:
                 return
+            if self.blocked and handler is RocketSession.do_send:
+                conn.hold_publisher(frames[i + 1 :])
+                return
 
     def protocol_error(self, error: Exception) -> None:
         pass  # the remoting protocol has no connection-level error frame: the close says it
@@ -165,11 +168,8 @@ class RocketSession(SessionBase):
         self.groups.clear()
 
     def publishing_blocked(self, blocked: bool, reason: str) -> None:
-        # short of memory or disk: read no more requests (sends among them) until it clears
-        if blocked and not self.blocked:
-            self.conn.pause_reading()
-        elif not blocked and self.blocked:
-            self.conn.resume_reading()
+        # short of memory or disk: a send holds the connection unread until it clears
+        # (conn.hold_publisher); consumers keep pulling
         self.blocked = blocked
 
     # -- helpers ---------------------------------------------------------------------------

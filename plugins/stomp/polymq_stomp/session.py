@@ -105,7 +105,7 @@ class StompSession(SessionBase):
 
     def frames_received(self, frames: list) -> None:
         conn = self.conn
-        for frame in frames:
+        for i, frame in enumerate(frames):
             if self.state != 1:
                 if self.state == 2:
                     return
@@ -118,6 +118,9 @@ class StompSession(SessionBase):
             handler(self, frame)
             if conn.closing or self.state != 1:
                 return
+            if self.blocked and frame.command == "SEND":
+                conn.hold_publisher(frames[i + 1 :])
+                break
         self.receipt = None
 
     def protocol_error(self, error: Exception) -> None:
@@ -186,11 +189,8 @@ class StompSession(SessionBase):
                 sub.consumer.resume()
 
     def publishing_blocked(self, blocked: bool, reason: str) -> None:
-        # STOMP has no way to say it: read no more frames while the alarm holds
-        if blocked and not self.blocked:
-            self.conn.pause_reading()
-        elif not blocked and self.blocked:
-            self.conn.resume_reading()
+        # STOMP has no way to say it: a SEND holds the connection unread until the alarm
+        # clears (conn.hold_publisher); subscribers keep reading and acknowledging
         self.blocked = blocked
 
     def keepalive(self) -> None:

@@ -54,7 +54,7 @@ class LineSession(SessionBase):
 
     def frames_received(self, frames: list) -> None:
         conn = self.conn
-        for line in frames:
+        for i, line in enumerate(frames):
             verb, _, rest = line.decode("utf-8", "replace").partition(" ")
             command = self.COMMANDS.get(verb.upper())
             if command is None:
@@ -65,6 +65,10 @@ class LineSession(SessionBase):
             except BrokerError as exc:  # the broker refused the request: answer, carry on
                 self.reply(f"ERR {exc.code} {exc.text}")
             if conn.closing:
+                return
+            if self.blocked and command is LineSession.do_pub:
+                # the alarm holds this publisher: no more reading, the rest of the read waits
+                conn.hold_publisher(frames[i + 1 :])
                 return
 
     def protocol_error(self, error: Exception) -> None:
@@ -99,11 +103,8 @@ class LineSession(SessionBase):
             consumer.resume()
 
     def publishing_blocked(self, blocked: bool, reason: str) -> None:
-        # the broker is short of memory or disk: read no more commands until it is not
-        if blocked and not self.blocked:
-            self.conn.pause_reading()
-        elif not blocked and self.blocked:
-            self.conn.resume_reading()
+        # the broker is short of memory or disk: the next PUB holds this connection (above);
+        # the contract reads it again, and hands over the rest, once the alarm clears
         self.blocked = blocked
 
     # -- helpers ----------------------------------------------------------------------------
