@@ -545,13 +545,21 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
 
     def ack(self, d: Delivery) -> None:
         """The consumer is done with ``d``: forget it for good."""
-        if d.seq not in self.unacked:
+        # _detach and _settle inlined: this runs once per acknowledged message
+        seq = d.seq
+        if self.unacked.pop(seq, None) is None:
             return
         runs = self._dispatches
-        self._detach(d)
-        self._settle(d)
-        # (a window that was full and has room again already dispatched, in _detach)
-        if self.consumers and self._dispatches == runs:
+        c = d.consumer
+        if c is not None:
+            d.consumer = None
+            if c.unacked.pop(seq, None) is not None:
+                c.limit.release()
+        if d.data is not None:
+            self._settle(d)
+        # (a window that was full and has room again already dispatched, in release; with
+        # no message ready there is nothing to hand out)
+        if self._count and self.consumers and self._dispatches == runs:
             self.dispatch()
 
     def nack(self, d: Delivery, requeue: bool = True) -> None:
