@@ -85,9 +85,10 @@ class LengthPrefixedFramer:
         append = frames.append
         pos = 0
         n = len(data)
-        while pos + hsize <= n:
+        last = n - hsize  # the last place a whole header can start
+        while pos <= last:
             (size,) = unpack(data, pos)
-            if not lo <= size <= hi:
+            if size > hi or size < lo:
                 if size > hi:
                     raise FrameTooLarge(f"frame length {size} over the maximum {hi}")
                 raise ProtocolError(f"frame length {size} under the minimum {lo}")
