@@ -515,14 +515,8 @@ class ConsumerHandling:
             or self.connection_id is None
         ):
             return False
-        # _settle_if_oldest, inlined (once per message)
-        d = cs.ledger.ack_oldest(last)
-        if d is None:
+        if not self._settle_if_oldest(cs, last):
             return False
-        self.hub.forget(d.message)
-        if cs.delivered:
-            cs.delivered.discard(last)
-            cs.credit_back()
         if response_required:
             self._respond_id(command_id)
         return True
