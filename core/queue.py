@@ -295,10 +295,7 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
         """The next ready message, or None while the head of the queue is still in the store
         (its read is then under way)."""
         levels = self._levels
-        # highest priority first; a while loop, as a range object per message costs more than
-        # the loop itself when there is one level
-        i = len(levels) - 1
-        while i >= 0:
+        for i in range(len(levels) - 1, -1, -1):
             level = levels[i]
             if level:
                 d = level.popleft()
@@ -312,7 +309,6 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
             if self._paged_total and self._paged[i]:
                 self._load(i)
                 return None
-            i -= 1
         raise IndexError("empty queue")
 
     def _peek_head(self) -> Delivery | None:
