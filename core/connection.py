@@ -106,8 +106,13 @@ class ProtocolConnection(ConnectionLogin, ConnectionTimers, Protocol):
         self.identity: Identity | None = None
         self._counted_user: str | None = None  # counted against the per-user limit
         self._seconds = factory.clock.seconds
-        # the output turn a read is part of (None: output waits for the reactor turn)
-        self._turn = output.current_turn() if factory.reading is not None else None
+        # the output turn a read is part of (None: output waits for the reactor turn, which
+        # polymq's reactor ends with a flush of its own: then reads need not be counted)
+        self._turn = (
+            output.current_turn()
+            if factory.reading is not None and not hasattr(self.clock, "call_at_turn_end")
+            else None
+        )
         self.out: Any = None
         self._handshake_timer: Any = None
         self._linger_timer: Any = None

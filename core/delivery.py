@@ -76,13 +76,21 @@ class Limit:
             self._wake()
 
     def release(self, n: int = 1) -> None:
-        was_full = not self.has_room()
-        self.in_flight -= n
-        if was_full and self.has_room():
+        in_flight = self.in_flight
+        self.in_flight = in_flight - n
+        prefetch = self.prefetch
+        # (has_room before and after, spelt out: this runs once per acknowledged message)
+        if prefetch and in_flight >= prefetch > in_flight - n:  # was full, has room now
             self._wake()
 
     def _wake(self) -> None:
-        for c in list(self.consumers):
+        consumers = self.consumers
+        if len(consumers) == 1:  # the common window of one consumer: no copy of the list
+            q = consumers[0].queue
+            if q is not None:
+                q.dispatch()
+            return
+        for c in list(consumers):
             if c.queue is not None:
                 c.queue.dispatch()
 

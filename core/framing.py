@@ -35,7 +35,8 @@ class LengthPrefixedFramer:
         "buffered",
         "_buf",
         "_need",
-        "_prefix",
+        "_hsize",
+        "_unpack",
         "_views",
     )
 
@@ -47,12 +48,16 @@ class LengthPrefixedFramer:
         self.error: ProtocolError | None = None
         self._buf = bytearray()
         self._need = 0  # bytes the buffered frame needs in all (0: its header is incomplete)
-        self._prefix = struct.Struct(prefix)
+        header = struct.Struct(prefix)
+        self._hsize = header.size
+        self._unpack = header.unpack_from
         self._views = views
-        self.buffered = 0  # bytes held for the frame in progress
+        self.buffered = 0  # bytes held for the frame in progress (always len(_buf))
 
     def feed(self, data: bytes) -> list:
         buf = self._buf
+        hsize = self._hsize
+        unpack = self._unpack
         if buf:
             buf += data
             if len(buf) < self._need:
@@ -66,27 +71,36 @@ class LengthPrefixedFramer:
                 data = bytes(buf)
                 buf.clear()
             self._need = 0
-        hsize = self._prefix.size
-        unpack = self._prefix.unpack_from
+        else:
+            n = len(data)
+            if n > hsize:
+                # a read of exactly one whole frame (the usual one when each request waits
+                # for its answer): no loop, nothing buffered
+                (size,) = unpack(data, 0)
+                if size == n - hsize and self.min_length <= size <= self.max_length:
+                    return [memoryview(data)[hsize:] if self._views else data[hsize:]]
         lo, hi = self.min_length, self.max_length
         src = memoryview(data) if self._views else data
-        frames = []
+        frames: list = []
+        append = frames.append
         pos = 0
         n = len(data)
-        while n - pos >= hsize:
+        last = n - hsize  # the last place a whole header can start
+        while pos <= last:
             (size,) = unpack(data, pos)
-            if size > hi:
-                raise FrameTooLarge(f"frame length {size} over the maximum {hi}")
-            if size < lo:
+            if size > hi or size < lo:
+                if size > hi:
+                    raise FrameTooLarge(f"frame length {size} over the maximum {hi}")
                 raise ProtocolError(f"frame length {size} under the minimum {lo}")
-            end = pos + hsize + size
+            start = pos + hsize
+            end = start + size
             if end > n:
                 self._need = end - pos
                 break
-            frames.append(src[pos + hsize : end])
+            append(src[start:end])
             pos = end
         if pos < n:
-            buf += src[pos:] if self._views else data[pos:]
+            buf += src[pos:]
         self.buffered = len(buf)
         return frames
 

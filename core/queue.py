@@ -545,14 +545,52 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
 
     def ack(self, d: Delivery) -> None:
         """The consumer is done with ``d``: forget it for good."""
-        if d.seq not in self.unacked:
+        # _detach and _settle inlined: this runs once per acknowledged message
+        seq = d.seq
+        if self.unacked.pop(seq, None) is None:
             return
         runs = self._dispatches
-        self._detach(d)
-        self._settle(d)
-        # (a window that was full and has room again already dispatched, in _detach)
-        if self.consumers and self._dispatches == runs:
+        c = d.consumer
+        if c is not None:
+            d.consumer = None
+            if c.unacked.pop(seq, None) is not None:
+                self._release(c)
+        if d.data is not None:
+            self._settle(d)
+        # (a window that was full and has room again already dispatched, in _release; with
+        # no message ready there is nothing to hand out)
+        if self._count and self.consumers and self._dispatches == runs:
             self.dispatch()
+
+    def _release(self, c: Consumer) -> None:
+        """An acknowledgement freed a place in ``c``'s window: ``Limit.release``, with a fast
+        path for the consumer of a queue with a backlog (it runs behind: its window was full
+        and messages wait). The next message goes straight to it, without a dispatch run and
+        its search for a consumer with room (twice: again once the window is full again)."""
+        limit = c.limit
+        if (
+            limit.in_flight != limit.prefetch
+            or not self._count
+            or self._dispatching
+            or self._selective
+            or c.paused
+            or c.credit is not None
+            or len(limit.consumers) != 1
+            or len(self.consumers) != 1
+            or self.consumers[0] is not c
+        ):
+            limit.release()
+            return
+        limit.in_flight -= 1
+        self._dispatches += 1
+        d = self._pop_head()
+        if d is None:
+            return  # the head is being read back from the store: _loaded dispatches
+        if d.expires_at is not None and d.expires_at <= self.vhost.now():
+            self._dead_letter(d, "expired")
+            self.dispatch()  # the next one
+            return
+        self._hand_to(c, d)
 
     def nack(self, d: Delivery, requeue: bool = True) -> None:
         """Reject ``d``: back to the queue, or dead-lettered (reason ``rejected``)."""

@@ -105,9 +105,15 @@ class DeliveryLedger:
         """Acknowledge ``tag`` only if it is the oldest unsettled one and nothing is held (what
         a client acknowledging each message in turn sends); None, with nothing done, else."""
         unsettled = self.unsettled
-        if self.held or not unsettled or next(iter(unsettled)) != tag:
+        if self.held or not unsettled:
             return None
-        d = unsettled.pop(tag)
+        # one popitem, cheaper than a look at the front and a pop by key; a tag that is not
+        # the oldest (rare: another acknowledgement mode) is put back in front
+        oldest, d = unsettled.popitem(False)
+        if oldest != tag:
+            unsettled[oldest] = d
+            unsettled.move_to_end(oldest, False)
+            return None
         d.queue.ack(d)
         return d
 

@@ -334,6 +334,22 @@ def test_framer_gives_the_same_frames_however_the_bytes_are_split(bodies, cuts, 
     assert framer.buffered == 0
 
 
+def test_framer_completes_a_held_frame_from_the_next_read():
+    """A read that ends mid-frame (mid-header too): the next read completes that frame and
+    its own frames follow, as bytes (or views that later reads leave intact)."""
+    data = frame(b"first") + frame(b"second") + frame(b"third")
+    for cut in (3, 4, 8):  # inside the 2nd frame's header, at its body, inside its body
+        for views in (False, True):
+            framer = LengthPrefixedFramer(100, views=views)
+            got = framer.feed(data[: len(frame(b"first")) + cut])
+            assert framer.buffered == cut
+            got += framer.feed(data[len(frame(b"first")) + cut :])
+            got += framer.feed(frame(b"fourth")[:2])
+            assert [bytes(x) for x in got] == [b"first", b"second", b"third"]
+            assert all(isinstance(x, memoryview if views else bytes) for x in got)
+            assert framer.buffered == 2
+
+
 def test_framer_refuses_an_oversized_frame_before_keeping_its_bytes():
     framer = LengthPrefixedFramer(100)
     assert framer.feed(frame(b"ok") + struct.pack(">i", 10**8)[:3]) == [b"ok"]

@@ -62,6 +62,39 @@ def test_prefetch_limits_unacked(vh):
     assert bodies(got) == [b"0", b"1", b"2", b"3", b"4"]
 
 
+def test_ack_refills_a_full_window_past_expired_messages(vh, clock):
+    """An ack that frees a place in a full window hands the next live message on; one that
+    expired meanwhile goes to the dead-letter queue instead."""
+    dlq = vh.declare_queue("dlq")
+    q = vh.declare_queue("q", arguments={"x-dead-letter-exchange": ""})
+    q.dead_letter_routing_key = "dlq"
+    got = []
+    q.add_consumer(Consumer("c", got.append, prefetch=1))
+    now = vh.now()
+    vh.publish("", "q", Message(b"0"))
+    vh.publish("", "q", Message(b"short", expiration=now + 10))
+    vh.publish("", "q", Message(b"2"))
+    clock.advance(0.02)
+    q.ack(got[0])
+    assert bodies(got) == [b"0", b"2"]
+    assert dlq.message_count == 1 and q.message_count == 0
+
+
+def test_ack_of_a_paused_consumer_waits_for_its_resume(vh):
+    q = vh.declare_queue("q")
+    got = []
+    c = Consumer("c", got.append, prefetch=1)
+    q.add_consumer(c)
+    publish_n(vh, "q", 3)
+    c.pause()
+    q.ack(got[0])
+    assert bodies(got) == [b"0"] and q.message_count == 2
+    c.resume()
+    assert bodies(got) == [b"0", b"1"]
+    q.ack(got[1])
+    assert bodies(got) == [b"0", b"1", b"2"]
+
+
 def test_round_robin_across_consumers(vh):
     q = vh.declare_queue("q")
     a, b = [], []

@@ -64,16 +64,23 @@ from .schema import (
 # The standard ack of the client's usual shape (see the speculative decoders), read without
 # building any object: command id, response required, consumer id, transaction id, ack type,
 # the last MessageId's broker sequence id. Checked against the decoders by the tests.
-_ACK_SHAPE = struct.Struct(">i??H?H?Hb?B??Hqq?B??Hqqi?")
-_ACK_FRAME_SIZE = 1 + _ACK_SHAPE.size
+# Layout: type, commandId, responseRequired, then the cached fields destination, transactionId
+# and consumerId as references (new flag 0, index), ackType, then firstMessageId and
+# lastMessageId, each: notNull, type, textView null, ProducerId a reference (one int32, the
+# _ID_HEAD, and its index), producerSequenceId, brokerSequenceId; then messageCount and
+# poisonCause (null). Fields the session does not read are skipped (``x``).
+_ACK_SHAPE = struct.Struct(">Bi?BHBHBHbIH16xIH8xq4xB")
+_ACK_FRAME_SIZE = _ACK_SHAPE.size
+_ID_HEAD = int.from_bytes(bytes((1, MESSAGE_ID, 0, 0)), "big")
 
 
 def ack_fields(frame: bytes, uc: list) -> tuple | None:
     """The fields of a cached-form MessageAck that the session's common case reads, or None
     when the frame is not a MessageAck of that shape (then decode it)."""
-    if len(frame) != _ACK_FRAME_SIZE or frame[0] != MESSAGE_ACK:
+    if len(frame) != _ACK_FRAME_SIZE:
         return None
     (
+        t,
         cid,
         rr,
         dn,
@@ -83,39 +90,26 @@ def ack_fields(frame: bytes, uc: list) -> tuple | None:
         cn,
         ci,
         kind,
-        fp,
-        ft,
-        ftv,
-        fpn,
+        first_head,
         fpi,
-        _,
-        _,
-        lp,
-        lt,
-        ltv,
-        lpn,
+        last_head,
         lpi,
-        _,
         last,
-        _,
         poison,
-    ) = _ACK_SHAPE.unpack_from(frame, 1)
+    ) = _ACK_SHAPE.unpack_from(frame)
+    # (the flags are compared as bytes: a flag byte other than 0 or 1 goes to the decoder)
     if (
-        dn
+        t != MESSAGE_ACK
+        or dn
         or tn
         or cn
-        or not fp
-        or ft != MESSAGE_ID
-        or ftv
-        or fpn
-        or not lp
-        or lt != MESSAGE_ID
-        or ltv
-        or lpn
         or poison
+        or first_head != _ID_HEAD
+        or last_head != _ID_HEAD
     ):
         return None
-    if max(di, ti, ci, fpi, lpi) >= len(uc):
+    n = len(uc)  # (five comparisons: cheaper than max() of the five indexes)
+    if di >= n or ti >= n or ci >= n or fpi >= n or lpi >= n:
         return None
     return cid, rr, uc[ci], uc[ti], kind, last
 

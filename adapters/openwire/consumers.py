@@ -505,10 +505,15 @@ class ConsumerHandling:
         the oldest message in flight. Settled here without decoding the frame; False (nothing
         done) for anything else, which then goes through :meth:`on_ack`."""
         command_id, response_required, cid, tid, kind, last = fields
-        if kind != ACK_STANDARD or tid is not None or self.connection_id is None:
-            return False
         cs = self._ack_cs
-        if cid is not self._ack_cid or cs is None or cs.removed:
+        if (
+            kind != ACK_STANDARD
+            or tid is not None
+            or cid is not self._ack_cid
+            or cs is None
+            or cs.removed
+            or self.connection_id is None
+        ):
             return False
         if not self._settle_if_oldest(cs, last):
             return False
