@@ -60,7 +60,10 @@ class Message:
     ``timestamp`` and ``expiration`` are epoch milliseconds; ``priority`` is 0–9.
     """
 
-    __slots__ = _FIELDS
+    # ``encoded``: what one adapter keeps to dispatch this message again without converting
+    # it (its own encoded form, in a tuple whose first item is that adapter's); it lives and
+    # dies with the message, and is neither persisted nor copied
+    __slots__ = _FIELDS + ("encoded",)
 
     def __init__(
         self,
@@ -100,6 +103,7 @@ class Message:
         self.annotations = annotations if annotations is not None else {}
         self.exchange = exchange
         self.routing_key = routing_key
+        self.encoded = None
 
     @property
     def size(self) -> int:
@@ -120,6 +124,7 @@ class Message:
             setattr(m, f, getattr(self, f))
         m.headers = dict(self.headers)
         m.annotations = dict(self.annotations)
+        m.encoded = None
         for k, v in changes.items():
             setattr(m, k, v)
         if DERIVED_ANNOTATIONS and not _PROPERTY_FIELDS.isdisjoint(changes):
@@ -144,6 +149,7 @@ class Message:
             setattr(m, f, v)
         for f in _FIELDS[len(values) :]:
             setattr(m, f, None)
+        m.encoded = None
         return m
 
     def __eq__(self, other: object) -> bool:

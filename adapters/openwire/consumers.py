@@ -518,12 +518,11 @@ class ConsumerHandling:
 
     def _settle_if_oldest(self, cs: ConsumerState, last: int) -> bool:
         """A standard ack outside a transaction: when ``last`` is the oldest message in
-        flight (AUTO_ACKNOWLEDGE acks each on its own, oldest first), settle it, forget its
-        encoding, recompute the window only while DELIVERED acks are outstanding, and say so."""
+        flight (AUTO_ACKNOWLEDGE acks each on its own, oldest first), settle it, recompute
+        the window only while DELIVERED acks are outstanding, and say so."""
         d = cs.ledger.ack_oldest(last)
         if d is None:
             return False
-        self.hub.forget(d.message)
         if cs.delivered:
             cs.delivered.discard(last)
             cs.credit_back()
@@ -582,11 +581,9 @@ class ConsumerHandling:
                 settled.append((cs, s, d))
             self.respond(ack)
             return
-        forget = self.hub.forget
         for s, d in ledger.take_tags(seqs):
             cs.delivered.discard(s)
             d.queue.ack(d)
-            forget(d.message)
         cs.credit_back()
         self.respond(ack)
 
