@@ -274,7 +274,8 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
         return True
 
     def _append(self, d: Delivery) -> None:
-        level = self._level_of(d.message)
+        # (one level unless priorities are in use: no call then)
+        level = 0 if self.max_priority is None else self._level_of(d.message)
         self._levels[level].append(d)
         size = len(d.message.body)
         self._count += 1
@@ -441,9 +442,15 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
     def _dispatch_fifo(self) -> None:
         now = None
         while self._count and self.consumers:
-            c = self._next_ready_consumer()
-            if c is None:
-                return
+            consumers = self.consumers
+            if len(consumers) == 1:  # (_next_ready_consumer's common case, without a call)
+                c = consumers[0]
+                if not c.ready():
+                    return
+            else:
+                c = self._next_ready_consumer()
+                if c is None:
+                    return
             d = self._pop_head()
             if d is None:
                 return  # reading the head back; _loaded dispatches again
