@@ -296,7 +296,8 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
         """The next ready message, or None while the head of the queue is still in the store
         (its read is then under way)."""
         levels = self._levels
-        for i in range(len(levels) - 1, -1, -1):
+        i = len(levels) - 1
+        while i >= 0:  # (highest level first; a while loop: no range object per message)
             level = levels[i]
             if level:
                 d = level.popleft()
@@ -310,6 +311,7 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
             if self._paged_total and self._paged[i]:
                 self._load(i)
                 return None
+            i -= 1
         raise IndexError("empty queue")
 
     def _peek_head(self) -> Delivery | None:
