@@ -247,7 +247,11 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
             )
         if self.consumers and not self._count and not self._selective:
             # fast path: straight to a consumer, never touching the ready list
-            c = self._next_ready_consumer()
+            consumers = self.consumers
+            if len(consumers) == 1:  # (_next_ready_consumer's common case, without a call)
+                c = consumers[0] if consumers[0].ready() else None
+            else:
+                c = self._next_ready_consumer()
             if c is not None and not self._dispatching:
                 if d.expires_at is not None and d.expires_at <= now:
                     self._dead_letter(d, "expired")

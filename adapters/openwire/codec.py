@@ -312,11 +312,13 @@ def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> b
     MessageId's broker sequence id set; ``cached`` gives the cached form (whatever the form
     of the frame). None when ``m`` was not decoded from a frame or has no MessageId, or when
     the forms differ and it carries a data structure."""
-    frame = getattr(m, "raw", None)
+    try:
+        frame, mark = m.raw, m.mark
+    except AttributeError:  # not decoded from a frame
+        return None
     mid = m.message_id
     if frame is None or mid is None:
         return None
-    mark = getattr(m, "mark", None)
     if not cached and mark is not None:
         # a plain frame into the plain form: one slice around the broker sequence id
         return b"".join(
