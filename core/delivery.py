@@ -163,7 +163,10 @@ class Consumer:
             return False
         if self.credit is not None and self.credit <= 0:
             return False
-        return self.no_ack or self.limit.has_room()
+        if self.no_ack:
+            return True
+        limit = self.limit  # (Limit.has_room, inlined: asked twice per dispatched message)
+        return limit.prefetch == 0 or limit.in_flight < limit.prefetch
 
     def pause(self) -> None:
         """Stop deliveries (the transport's buffer is full)."""

@@ -60,12 +60,16 @@ class Message:
     ``timestamp`` and ``expiration`` are epoch milliseconds; ``priority`` is 0–9.
     """
 
-    __slots__ = _FIELDS
+    # ``encoded``: what one adapter keeps to dispatch this message again without converting
+    # it (its own encoded form, in a tuple whose first item is that adapter's); it lives and
+    # dies with the message, and is neither persisted nor copied
+    __slots__ = _FIELDS + ("encoded",)
 
+    # The fields may be given by position, in ``_FIELDS`` order: calling a class with
+    # keywords builds a dict of them per call (several µs), which a per-message path avoids.
     def __init__(
         self,
         body: bytes = b"",
-        *,
         key: bytes | None = None,
         headers: dict[str, Any] | None = None,
         content_type: str | None = None,
@@ -100,6 +104,7 @@ class Message:
         self.annotations = annotations if annotations is not None else {}
         self.exchange = exchange
         self.routing_key = routing_key
+        self.encoded = None
 
     @property
     def size(self) -> int:
@@ -120,6 +125,7 @@ class Message:
             setattr(m, f, getattr(self, f))
         m.headers = dict(self.headers)
         m.annotations = dict(self.annotations)
+        m.encoded = None
         for k, v in changes.items():
             setattr(m, k, v)
         if DERIVED_ANNOTATIONS and not _PROPERTY_FIELDS.isdisjoint(changes):
@@ -144,6 +150,7 @@ class Message:
             setattr(m, f, v)
         for f in _FIELDS[len(values) :]:
             setattr(m, f, None)
+        m.encoded = None
         return m
 
     def __eq__(self, other: object) -> bool:

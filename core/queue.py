@@ -247,7 +247,11 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
             )
         if self.consumers and not self._count and not self._selective:
             # fast path: straight to a consumer, never touching the ready list
-            c = self._next_ready_consumer()
+            consumers = self.consumers
+            if len(consumers) == 1:  # (_next_ready_consumer's common case, without a call)
+                c = consumers[0] if consumers[0].ready() else None
+            else:
+                c = self._next_ready_consumer()
             if c is not None and not self._dispatching:
                 if d.expires_at is not None and d.expires_at <= now:
                     self._dead_letter(d, "expired")
@@ -274,7 +278,8 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
         return True
 
     def _append(self, d: Delivery) -> None:
-        level = self._level_of(d.message)
+        # (one level unless priorities are in use: no call then)
+        level = 0 if self.max_priority is None else self._level_of(d.message)
         self._levels[level].append(d)
         size = len(d.message.body)
         self._count += 1
@@ -295,7 +300,8 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
         """The next ready message, or None while the head of the queue is still in the store
         (its read is then under way)."""
         levels = self._levels
-        for i in range(len(levels) - 1, -1, -1):
+        i = len(levels) - 1
+        while i >= 0:  # (highest level first; a while loop: no range object per message)
             level = levels[i]
             if level:
                 d = level.popleft()
@@ -309,6 +315,7 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
             if self._paged_total and self._paged[i]:
                 self._load(i)
                 return None
+            i -= 1
         raise IndexError("empty queue")
 
     def _peek_head(self) -> Delivery | None:
@@ -441,9 +448,15 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
     def _dispatch_fifo(self) -> None:
         now = None
         while self._count and self.consumers:
-            c = self._next_ready_consumer()
-            if c is None:
-                return
+            consumers = self.consumers
+            if len(consumers) == 1:  # (_next_ready_consumer's common case, without a call)
+                c = consumers[0]
+                if not c.ready():
+                    return
+            else:
+                c = self._next_ready_consumer()
+                if c is None:
+                    return
             d = self._pop_head()
             if d is None:
                 return  # reading the head back; _loaded dispatches again

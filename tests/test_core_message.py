@@ -102,3 +102,63 @@ def test_persisted_form_is_a_msgpack_array_of_the_fields_in_order():
     with pytest.raises(TypeError):
         Message(b"", headers={"bad": object()}).to_bytes()
     assert m.to_bytes() == msgpack.packb(fields, use_bin_type=True)  # the packer recovered
+
+
+def test_fields_by_position_are_the_fields_by_keyword():
+    """Message(...) by position, in the persisted field order (what a per-message path uses),
+    builds the same message as by keyword."""
+    by_keyword = Message(
+        b"body",
+        key=b"k",
+        headers={"h": 1},
+        content_type="text/plain",
+        content_encoding="gzip",
+        message_id="m1",
+        correlation_id="c1",
+        reply_to="queue://r",
+        user_id="u",
+        type="t",
+        timestamp=1,
+        expiration=2,
+        priority=3,
+        durable=True,
+        annotations={"a": 1},
+        exchange="ex",
+        routing_key="rk",
+    )
+    by_position = Message(
+        b"body",
+        b"k",
+        {"h": 1},
+        "text/plain",
+        "gzip",
+        "m1",
+        "c1",
+        "queue://r",
+        "u",
+        "t",
+        1,
+        2,
+        3,
+        True,
+        {"a": 1},
+        "ex",
+        "rk",
+    )
+    assert by_position == by_keyword
+    assert [getattr(by_position, f) for f in message_module._FIELDS] == [
+        getattr(by_keyword, f) for f in message_module._FIELDS
+    ]
+
+
+def test_an_adapters_encoding_is_neither_copied_nor_persisted():
+    """``Message.encoded`` (an adapter's encoded form for dispatch) stays with the message
+    object: a copy, and a message read back from its persisted form, start without it."""
+    m = Message(b"x", message_id="m1")
+    assert m.encoded is None
+    m.encoded = ("adapter", b"encoded form")
+    assert m.copy().encoded is None
+    assert m.copy(priority=5).encoded is None
+    back = Message.from_bytes(m.to_bytes())
+    assert back == m and back.encoded is None
+    assert m.encoded == ("adapter", b"encoded form")

@@ -251,6 +251,49 @@ def _cenc(v: Obj | None) -> bytes:
     return b
 
 
+def _reencode_head(m: Obj, mid: Obj, frame: bytes) -> tuple:
+    """(the start of a cached-form message up to its MessageId's sequence ids, then what it
+    was made of): its destination, transaction id, original destination, MessageId's
+    producer id and text view, type byte. Shared by the messages of one producer to one
+    destination; the entry holds the objects themselves, so their ids stay theirs."""
+    key = (
+        frame[0],
+        id(m.producer_id),
+        id(m.destination),
+        id(m.transaction_id),
+        id(m.original_destination),
+        id(mid.producer_id),
+        mid.text_view,
+    )
+    entry = _REENCODE_HEADS.get(key)
+    if entry is None:
+        parts = [
+            b"\x01",
+            frame[:1],
+            b"\x00\x00\x00\x00\x00",
+            _cenc(m.producer_id),
+            _cenc(m.destination),
+            _cenc(m.transaction_id),
+            _cenc(m.original_destination),
+            _MID_HEAD,
+        ]
+        write_string(mid.text_view, parts)
+        parts.append(_cenc(mid.producer_id))
+        if len(_REENCODE_HEADS) >= 4096:
+            _REENCODE_HEADS.clear()
+        entry = _REENCODE_HEADS[key] = (
+            b"".join(parts),
+            m.destination,
+            m.transaction_id,
+            m.original_destination,
+            mid.producer_id,
+            mid.text_view,
+            frame[0],
+            m.producer_id,
+        )
+    return entry
+
+
 _VALUE_TYPES = DESTINATION_TYPES | {CONNECTION_ID, SESSION_ID, CONSUMER_ID, PRODUCER_ID, BROKER_ID}
 _MID_HEAD = _OBJ_HEADER[MESSAGE_ID]
 _QQ = struct.Struct(">qq")
@@ -263,11 +306,13 @@ def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> b
     MessageId's broker sequence id set; ``cached`` gives the cached form (whatever the form
     of the frame). None when ``m`` was not decoded from a frame or has no MessageId, or when
     the forms differ and it carries a data structure."""
-    frame = getattr(m, "raw", None)
+    try:
+        frame, mark = m.raw, m.mark
+    except AttributeError:  # not decoded from a frame
+        return None
     mid = m.message_id
     if frame is None or mid is None:
         return None
-    mark = getattr(m, "mark", None)
     if not cached and mark is not None:
         # a plain frame into the plain form: one slice around the broker sequence id
         return b"".join(
@@ -287,40 +332,25 @@ def reencode_message(m: Obj, broker_sequence_id: int, cached: bool = False) -> b
         # A cached-form frame into the cached form. Its ids and destination are the objects
         # of the connection's unmarshalling cache, the same for every message of a producer
         # to a destination, and so is everything up to the MessageId's sequence ids: built
-        # once (the entry holds the objects themselves, so their ids stay theirs).
-        key = (
-            frame[0],
-            id(m.producer_id),
-            id(m.destination),
-            id(m.transaction_id),
-            id(m.original_destination),
-            id(mid.producer_id),
-            mid.text_view,
-        )
-        entry = _REENCODE_HEADS.get(key)
-        if entry is None:
-            parts = [
-                b"\x01",
-                frame[:1],
-                b"\x00\x00\x00\x00\x00",
-                _cenc(m.producer_id),
-                _cenc(m.destination),
-                _cenc(m.transaction_id),
-                _cenc(m.original_destination),
-                _MID_HEAD,
-            ]
-            write_string(mid.text_view, parts)
-            parts.append(_cenc(mid.producer_id))
-            if len(_REENCODE_HEADS) >= 4096:
-                _REENCODE_HEADS.clear()
-            entry = _REENCODE_HEADS[key] = (
-                b"".join(parts),
-                m.producer_id,
-                m.destination,
-                m.transaction_id,
-                m.original_destination,
-                mid.producer_id,
-            )
+        # once (_reencode_head). The head of the producer's previous message is tried first
+        # (kept on its producer id): identity checks instead of a key of ids to hash.
+        pid = m.producer_id
+        try:
+            entry = pid.rehead
+        except AttributeError:  # (none yet, or no producer id)
+            entry = None
+        if (
+            entry is None
+            or entry[1] is not m.destination
+            or entry[2] is not m.transaction_id
+            or entry[3] is not m.original_destination
+            or entry[4] is not mid.producer_id
+            or entry[5] != mid.text_view
+            or entry[6] != frame[0]
+        ):
+            entry = _reencode_head(m, mid, frame)
+            if pid is not None:
+                pid.rehead = entry[:7]  # (without the producer id: no reference cycle)
         otx, tcid = m.original_transaction_id, m.target_consumer_id
         return b"".join(
             (

@@ -4,6 +4,7 @@ browsing, pull, and acknowledgements (a mixin of :class:`.session.OpenWireSessio
 from __future__ import annotations
 
 import struct
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -222,7 +223,7 @@ class ConsumerHandling:
         prefetch = cmd.prefetch_size
         core = Consumer(
             f"ow-{cs.key}",
-            lambda d, cs=cs: self._deliver(cs, d),
+            partial(self._deliver, cs),  # (no Python frame of its own per delivery)
             prefetch=max(prefetch, 0),
             selector=selector,
             owner=self,
@@ -284,7 +285,7 @@ class ConsumerHandling:
             return  # temporary and exclusive queues, and those it may not read, are left out
         core = Consumer(
             f"ow-{cs.key}-{q.name}",
-            lambda d, cs=cs: self._deliver(cs, d),
+            partial(self._deliver, cs),  # (no Python frame of its own per delivery)
             limit=cs.core.limit,
             selector=cs.selector,
             owner=self,
@@ -357,18 +358,12 @@ class ConsumerHandling:
         cs.cores.clear()
 
     def _deliver(self, cs: ConsumerState, d: Delivery) -> None:
-        try:
-            seq, data = self.encoded(d.message, self.cached)
-        except (ValueError, TypeError, OverflowError, struct.error) as e:
-            # never let one odd message from another protocol break the queue's dispatch
-            log.info(
-                "openwire: delivering the body only of a message that does not convert: {err}",
-                err=e,
-            )
-            seq = self.hub.next_id()
-            data = c.encode_message(
-                core_to_jms(Message(d.message.body), self.hub.synthetic_pid, seq), self.cached
-            )
+        # the encoding the message keeps (OpenWireHub.encoded), read here: once per message
+        e = d.message.encoded
+        if e is not None and e[0] is self.hub and self.cached and e[4] is not None:
+            seq, data = e[1], e[4]
+        else:
+            seq, data = self._encoded(d)
         if seq in cs.dispatched:  # the same message twice on one consumer: a fresh id
             seq = self.hub.next_id()
             data = c.encode_message(
@@ -394,6 +389,23 @@ class ConsumerHandling:
             if cs.head_later is not None:
                 cs.head = cs.head_later
                 cs.head_later = None
+
+    def _encoded(self, d: Delivery) -> tuple[int, bytes]:
+        """The broker sequence id and encoding of a delivery's message (OpenWireHub.encoded);
+        the body alone for a message that does not convert."""
+        try:
+            return self.encoded(d.message, self.cached)
+        except (ValueError, TypeError, OverflowError, struct.error) as e:
+            # never let one odd message from another protocol break the queue's dispatch
+            log.info(
+                "openwire: delivering the body only of a message that does not convert: {err}",
+                err=e,
+            )
+            seq = self.hub.next_id()
+            data = c.encode_message(
+                core_to_jms(Message(d.message.body), self.hub.synthetic_pid, seq), self.cached
+            )
+            return seq, data
 
     def dispatch_advisory(self, cs: ConsumerState, info: Obj) -> None:
         seq = self.hub.next_id()
@@ -523,12 +535,11 @@ class ConsumerHandling:
 
     def _settle_if_oldest(self, cs: ConsumerState, last: int) -> bool:
         """A standard ack outside a transaction: when ``last`` is the oldest message in
-        flight (AUTO_ACKNOWLEDGE acks each on its own, oldest first), settle it, forget its
-        encoding, recompute the window only while DELIVERED acks are outstanding, and say so."""
+        flight (AUTO_ACKNOWLEDGE acks each on its own, oldest first), settle it, recompute
+        the window only while DELIVERED acks are outstanding, and say so."""
         d = cs.ledger.ack_oldest(last)
         if d is None:
             return False
-        self.hub.forget(d.message)
         if cs.delivered:
             cs.delivered.discard(last)
             cs.credit_back()
@@ -587,11 +598,9 @@ class ConsumerHandling:
                 settled.append((cs, s, d))
             self.respond(ack)
             return
-        forget = self.hub.forget
         for s, d in ledger.take_tags(seqs):
             cs.delivered.discard(s)
             d.queue.ack(d)
-            forget(d.message)
         cs.credit_back()
         self.respond(ack)
 

@@ -25,8 +25,7 @@ if TYPE_CHECKING:
     from .consumers import ConsumerState
     from .session import OpenWireSession
 
-# encoded messages kept (oldest out first) for dispatch: bounded in bytes, and per message
-CACHE_BYTES = 16 * 1024 * 1024
+# the largest body whose message keeps its dispatch encoding (a second copy of the body)
 CACHE_MAX_BODY = 64 * 1024
 # producers the HA producer audit remembers (ActiveMQ's keeps a bounded number too)
 AUDIT_PRODUCERS = 65536
@@ -99,10 +98,6 @@ class OpenWireHub:
 
         # the producer id of messages that did not come from a JMS producer
         self.synthetic_pid = Obj(c.PRODUCER_ID, connection_id=self.broker_id, value=0, session_id=0)
-        # oldest first; an OrderedDict because evicting from the front of a plain dict
-        # leaves holes that make next(iter(d)) linear in what was evicted before
-        self._cache: OrderedDict[int, tuple] = OrderedDict()
-        self._cache_bytes = 0
         self.no_local_consumers = 0
         # connections that negotiated no marshalling cache (the plain form): while there
         # are any, prime keeps what re-encodes a message in either form
@@ -229,72 +224,42 @@ class OpenWireHub:
         if m.mark is None and not self.plain_sessions and m.data_structure is None:
             # a frame in the cached form while every connection uses that form: its
             # dispatch encoding now, while the frame is in the CPU's cache, and only that
-            # kept (not the frame too: a backlog holds one entry per message, and its size
-            # shows in the time per message)
+            # kept (not the frame too: a backlog holds one per message, and its size shows
+            # in the time per message)
             data = c.reencode_message(m, seq, True)
             if data is not None:
-                self._remember(msg, seq, None, None, data, len(data))
+                msg.encoded = (self, seq, None, None, data)
                 return
         # only what reencode_message reads is kept (not the decoded frame's thirty fields)
-        self._remember(msg, seq, _Frame(m), None, None, len(m.raw))
-
-    def _remember(
-        self,
-        msg: Message,
-        seq: int,
-        frame: _Frame | None,
-        plain: bytes | None,
-        cached: bytes | None,
-        size: int,
-    ) -> None:
-        """An entry: (message, broker sequence id, decoded frame | None, plain encoding | None,
-        cached encoding | None, bytes accounted), a tuple (one object fewer than a list for
-        every message in flight) replaced when a second form is added."""
-        cache = self._cache
-        # (never there already: an entry keeps its message alive, so no other has its id)
-        size += len(msg.body)
-        self._cache_bytes += size
-        cache[id(msg)] = (msg, seq, frame, plain, cached, size)
-        while self._cache_bytes > CACHE_BYTES:
-            self._cache_bytes -= cache.popitem(last=False)[1][5]
+        msg.encoded = (self, seq, _Frame(m), None, None)
 
     def encoded(self, msg: Message, cached: bool = False) -> tuple[int, bytes]:
         """The OpenWire encoding of a core message (plain or cached form) and its broker
         sequence id, shared by every consumer it is dispatched to (topic fan-out encodes
         once). The sequence id identifies the message in acknowledgements; the redelivery
-        counter travels in MessageDispatch."""
-        i = 4 if cached else 3
-        cache = self._cache
-        e = cache.get(id(msg))
-        if e is not None and e[0] is msg:
-            data = e[i]
+        counter travels in MessageDispatch.
+
+        Kept on the message (``Message.encoded``: this hub, the sequence id, what re-encodes
+        it from its frame, the plain form, the cached form), so it goes with the message:
+        nothing to forget on the ack, and what it holds is bounded by what the queues hold.
+        Bodies over ``CACHE_MAX_BODY`` are encoded per dispatch instead (not kept twice)."""
+        e = msg.encoded
+        if e is not None and e[0] is self:
+            data = e[4] if cached else e[3]
             if data is None:
                 if e[2] is not None:
                     data = c.reencode_message(e[2], e[1], cached)
                 if data is None:
                     data = c.encode_message(core_to_jms(msg, self.synthetic_pid, e[1]), cached)
-                entry = list(e)
-                entry[i] = data
-                entry[5] += len(data)
-                cache[id(msg)] = tuple(entry)  # (an entry keeps its place in the order)
-                self._cache_bytes += len(data)
+                msg.encoded = (
+                    (self, e[1], e[2], e[3], data) if cached else (self, e[1], e[2], data, e[4])
+                )
             return e[1], data
         seq = next(self._ids)
         data = c.encode_message(core_to_jms(msg, self.synthetic_pid, seq), cached)
         if len(msg.body) <= CACHE_MAX_BODY:
-            if cached:
-                self._remember(msg, seq, None, None, data, len(data))
-            else:
-                self._remember(msg, seq, None, data, None, len(data))
+            msg.encoded = (self, seq, None, None, data) if cached else (self, seq, None, data, None)
         return seq, data
-
-    def forget(self, msg: Message) -> None:
-        """Drop the encodings of a message once a consumer settled it: most messages reach
-        one consumer, and a cache of only live messages keeps few objects for the garbage
-        collector to scan (a message still to be dispatched elsewhere is encoded again)."""
-        e = self._cache.pop(id(msg), None)
-        if e is not None:
-            self._cache_bytes -= e[5]
 
     def add_temp(self, info: Obj) -> None:
         k = (info.destination.type, info.destination.physical_name)

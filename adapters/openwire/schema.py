@@ -473,6 +473,7 @@ class Obj:
     # before and after its target consumer id (the rest of the frame is the same in both forms)
     # ``cenc``: the cached form of an id or destination object, memoized
     # ``idstr``: for a producer id, the message id prefix its messages share (session.py)
+    # ``rehead``: for a producer id, the re-encoding head of its last message (codec.py)
     __slots__ = (
         "type",
         "command_id",
@@ -482,6 +483,7 @@ class Obj:
         "raw",
         "cenc",
         "idstr",
+        "rehead",
         "__dict__",
     )
 

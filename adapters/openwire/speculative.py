@@ -34,6 +34,7 @@ from .astgen import set_attr as _attr_set
 from .astgen import store as _st
 from .primitives import _I
 from .schema import (
+    _DEFAULTS,
     BLOB_MESSAGE,
     DECLARATIONS,
     MESSAGE_ACK,
@@ -49,6 +50,27 @@ _FIXED = {"z": "?", "b": "b", "h": "h", "i": "i", "l": "q"}
 # the nested objects present in the shape (everything else nested is absent)
 SPEC_PRESENT = {MESSAGE_ACK: ("first_message_id", "last_message_id")}
 SPEC_PRESENT.update({t: ("message_id",) for t in MESSAGE_TYPES if t != BLOB_MESSAGE})
+
+
+# the fields that usually hold a value in that shape, stored as decoded; every other field
+# usually holds its default (0, False, None) and is stored only when it does not (one test
+# costs less than one dict store)
+SPEC_USUAL = {
+    MESSAGE_ACK: (
+        "destination",
+        "consumer_id",
+        "ack_type",
+        "first_message_id",
+        "last_message_id",
+        "message_count",
+    )
+}
+SPEC_USUAL.update(
+    {
+        t: ("producer_id", "destination", "message_id", "priority", "timestamp", "content")
+        for t in MESSAGE_TYPES
+    }
+)
 
 
 def _return_none_if(test: ast.expr) -> ast.If:
@@ -257,14 +279,23 @@ def build(t: int) -> Callable:
         if message and name == "target_consumer_id":
             b.mark("m3")
     b.flush()
-    # the fields: a copy of a dict of all of them in wire order (the absent ones None), then
-    # the present ones (a dict display of thirty keys costs about twice that)
-    tmpl = b.global_(dict.fromkeys(values), "TMPL")
+    # the fields: a copy of a dict of all of them in wire order, each holding its default
+    # (what Obj gives), then the present ones (a dict display of thirty keys costs about
+    # twice that)
+    kinds = dict(fields)
+    tmpl = b.global_({name: _DEFAULTS.get(kinds[name].kind) for name in values}, "TMPL")
     body = b.body
     body.append(_assign("d", _call(ast.Attribute(tmpl, "copy", ast.Load()))))
+    usual = SPEC_USUAL[t]
     for name, e in values.items():
-        if e is not None:
-            body.append(_assign(ast.Subscript(_n("d"), _k(name), ast.Store()), e))
+        if e is None:
+            continue
+        store = _assign(ast.Subscript(_n("d"), _k(name), ast.Store()), e)
+        if name in usual:
+            body.append(store)
+        else:  # (the template holds the default: 0 or False for fixed-width fields, else None)
+            holds = e if kinds[name].kind in _FIXED else _cmp(e, ast.IsNot(), _k(None))
+            body.append(ast.If(holds, [store], []))
     body += b.new_obj("o", t, cid, rr, _n("d"))
     if message:
         body.append(_attr_set("o", "mark", _k(None)))
