@@ -86,8 +86,8 @@ class ProtocolConnection(ConnectionLogin, ConnectionTimers, Protocol):
     Sessions use: :meth:`write`, :meth:`close`, :meth:`reply` / :meth:`reply_after_durable` /
     :meth:`reply_later`,
     :meth:`handshake_done`, :meth:`authenticate`, :meth:`authorize`, :meth:`set_liveness`,
-    :meth:`pause_reading` / :meth:`resume_reading`, :meth:`linger`, and :attr:`info` (the
-    registry entry).
+    :meth:`pause_reading` / :meth:`resume_reading`, :meth:`hold_publisher`, :meth:`linger`,
+    and :attr:`info` (the registry entry).
     """
 
     framer: Any = None
@@ -507,10 +507,6 @@ class ProtocolConnection(ConnectionLogin, ConnectionTimers, Protocol):
             self._publisher_rest = []
             self.pause_reading()
         self._publisher_rest.extend(rest)
-
-    @property
-    def publisher_held(self) -> bool:
-        return self._publisher_rest is not None
 
     def release_publisher(self) -> None:
         """The alarm cleared (the registry calls this after ``session.publishing_blocked``)."""

@@ -558,7 +558,8 @@ class Queue(QueuePaging, QueueExpiry, QueueBrowsing):
 
     def ack(self, d: Delivery) -> None:
         """The consumer is done with ``d``: forget it for good."""
-        # _detach and _settle inlined: this runs once per acknowledged message
+        # _detach inlined (the window freed through _release): this runs once per
+        # acknowledged message
         seq = d.seq
         if self.unacked.pop(seq, None) is None:
             return

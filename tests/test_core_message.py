@@ -107,44 +107,27 @@ def test_persisted_form_is_a_msgpack_array_of_the_fields_in_order():
 def test_fields_by_position_are_the_fields_by_keyword():
     """Message(...) by position, in the persisted field order (what a per-message path uses),
     builds the same message as by keyword."""
-    by_keyword = Message(
-        b"body",
-        key=b"k",
-        headers={"h": 1},
-        content_type="text/plain",
-        content_encoding="gzip",
-        message_id="m1",
-        correlation_id="c1",
-        reply_to="queue://r",
-        user_id="u",
-        type="t",
-        timestamp=1,
-        expiration=2,
-        priority=3,
-        durable=True,
-        annotations={"a": 1},
-        exchange="ex",
-        routing_key="rk",
-    )
-    by_position = Message(
-        b"body",
-        b"k",
-        {"h": 1},
-        "text/plain",
-        "gzip",
-        "m1",
-        "c1",
-        "queue://r",
-        "u",
-        "t",
-        1,
-        2,
-        3,
-        True,
-        {"a": 1},
-        "ex",
-        "rk",
-    )
+    fields = {
+        "key": b"k",
+        "headers": {"h": 1},
+        "content_type": "text/plain",
+        "content_encoding": "gzip",
+        "message_id": "m1",
+        "correlation_id": "c1",
+        "reply_to": "queue://r",
+        "user_id": "u",
+        "type": "t",
+        "timestamp": 1,
+        "expiration": 2,
+        "priority": 3,
+        "durable": True,
+        "annotations": {"a": 1},
+        "exchange": "ex",
+        "routing_key": "rk",
+    }
+    assert list(fields) == list(message_module._FIELDS[1:])  # every field after the body
+    by_keyword = Message(b"body", **fields)
+    by_position = Message(b"body", *fields.values())
     assert by_position == by_keyword
     assert [getattr(by_position, f) for f in message_module._FIELDS] == [
         getattr(by_keyword, f) for f in message_module._FIELDS
